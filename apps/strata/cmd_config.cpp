@@ -1,0 +1,52 @@
+// strata config check FILE: validate a config and print its normalized form.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "strata/base/config.h"
+
+namespace strata::cli {
+
+void add_config_command(CLI::App& app, int* exit_code) {
+  auto* cmd = app.add_subcommand("config", "Work with config files");
+  cmd->require_subcommand(1);
+  auto* check = cmd->add_subcommand("check", "Validate a config file and print it normalized, with defaults");
+  auto path = std::make_shared<std::string>();
+  check->add_option("file", *path, "JSON config (DeepSpeed vocabulary plus a strata section)")->required();
+  check->callback([path, exit_code] {
+    std::vector<std::string> warnings;
+    auto cfg = Config::load(*path, &warnings);
+    for (const auto& w : warnings) fmt::print(stderr, "warning: {}\n", w);
+    if (!cfg) {
+      fmt::print(stderr, "error: {}\n", cfg.error());
+      *exit_code = 1;
+      return;
+    }
+    fmt::print("{}\n", cfg->to_json().dump(2));
+    fmt::print(stderr, "{}: ok ({} warning{})\n", *path, warnings.size(), warnings.size() == 1 ? "" : "s");
+    *exit_code = 0;
+  });
+
+  auto* keys = cmd->add_subcommand("keys", "List every config key with its type, default and status");
+  auto markdown = std::make_shared<bool>(false);
+  keys->add_flag("--markdown", *markdown, "Print a Markdown table (as in docs/config.md)");
+  keys->callback([markdown, exit_code] {
+    if (*markdown) {
+      fmt::print("| key | type | default | range | status |\n|---|---|---|---|---|\n");
+      for (const auto& k : config_keys()) {
+        fmt::print("| `{}` | {} | {} | {} | {}{} |\n", k.path, k.type,
+                   k.default_value.empty() ? "" : "`" + k.default_value + "`", k.range, k.status,
+                   k.note.empty() ? "" : ": " + k.note);
+      }
+    } else {
+      for (const auto& k : config_keys()) {
+        fmt::print("{:<58} {:<10} {:<14} {}\n", k.path, k.type.size() > 10 ? "enum" : k.type,
+                   k.default_value.empty() ? "-" : k.default_value, k.status);
+      }
+    }
+    *exit_code = 0;
+  });
+}
+
+}  // namespace strata::cli

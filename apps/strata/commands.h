@@ -1,0 +1,14 @@
+// Subcommands of the `strata` tool. Each add_* function registers one subcommand on
+// the app; when it runs, it stores its process exit code in *exit_code.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace strata::cli {
+
+void add_env_command(CLI::App& app, int* exit_code);
+void add_config_command(CLI::App& app, int* exit_code);
+
+}  // namespace strata::cli

@@ -1,0 +1,185 @@
+// strata::Config: the one validated configuration of a training job.
+//
+//   std::vector<std::string> warnings;
+//   STRATA_ASSIGN_OR_RETURN(strata::Config cfg, strata::Config::load("ds_config.json", &warnings));
+//   engine.configure(cfg.zero, cfg.aio);   // components take their own section
+//   fmt::print("{}", cfg.to_json().dump(2));
+//
+// The file format is DeepSpeed's config vocabulary (train_batch_size, fp16, bf16,
+// optimizer, zero_optimization, aio) plus strata's own `strata` section; docs/config.md
+// lists every key. Loading checks every key against one schema (src/base/config_schema.cpp):
+// unknown keys, wrong types and out-of-range values are errors that name the JSON path;
+// DeepSpeed keys that strata recognises but does not act on are warnings.
+//
+// Element counts (bucket sizes, thresholds, chunk_size) are in elements, as in DeepSpeed;
+// budgets and block sizes are in bytes. Every numeric field also takes a string with a
+// unit or exponent: "5e8", "64MiB", "1.5GB", "500M".
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "strata/base/status.h"
+
+namespace strata {
+
+enum class OptimizerType { kAdam, kAdamW, kSGD, kAdagrad };
+enum class OffloadDevice { kNone, kCpu, kNvme };
+enum class Placement { kStatic, kAuto };
+
+std::string_view to_string(OptimizerType t);
+std::string_view to_string(OffloadDevice d);
+std::string_view to_string(Placement p);
+
+struct OptimizerConfig {
+  OptimizerType type = OptimizerType::kAdamW;
+  double lr = 1e-3;
+  std::array<double, 2> betas{0.9, 0.999};
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool amsgrad = false;
+  // DeepSpeed's Adam uses decoupled weight decay unless adam_w_mode is false; strata
+  // follows it so that DeepSpeed configs train the same way. See effective_type().
+  bool adam_w_mode = true;
+  double momentum = 0.0;  // SGD
+  double dampening = 0.0;
+  bool nesterov = false;
+  double lr_decay = 0.0;  // Adagrad
+  double initial_accumulator_value = 0.0;
+
+  // kAdam with adam_w_mode is kAdamW; every other type is itself.
+  OptimizerType effective_type() const;
+
+  bool operator==(const OptimizerConfig&) const = default;
+};
+
+struct Fp16Config {
+  bool enabled = false;
+  double loss_scale = 0.0;  // 0 = dynamic loss scaling
+  int initial_scale_power = 16;
+  int loss_scale_window = 1000;
+  int hysteresis = 2;
+  bool consecutive_hysteresis = false;
+  double min_loss_scale = 1.0;
+
+  bool operator==(const Fp16Config&) const = default;
+};
+
+struct Bf16Config {
+  bool enabled = false;
+
+  bool operator==(const Bf16Config&) const = default;
+};
+
+struct OffloadOptimizerConfig {
+  OffloadDevice device = OffloadDevice::kNone;
+  std::string nvme_path;
+  int buffer_count = 4;
+  bool pipeline_read = false;
+  bool pipeline_write = false;
+
+  bool operator==(const OffloadOptimizerConfig&) const = default;
+};
+
+struct OffloadParamConfig {
+  OffloadDevice device = OffloadDevice::kNone;
+  std::string nvme_path;
+  int buffer_count = 5;
+  std::uint64_t buffer_size = 100'000'000;  // elements
+  std::uint64_t max_in_cpu = 1'000'000'000;  // elements
+
+  bool operator==(const OffloadParamConfig&) const = default;
+};
+
+struct ZeroConfig {
+  int stage = 0;
+  bool overlap_comm = true;
+  std::uint64_t reduce_bucket_size = 500'000'000;     // elements
+  std::uint64_t allgather_bucket_size = 500'000'000;  // elements
+  std::uint64_t stage3_prefetch_bucket_size = 50'000'000;
+  std::uint64_t stage3_param_persistence_threshold = 100'000;
+  std::uint64_t stage3_max_live_parameters = 1'000'000'000;
+  std::uint64_t stage3_max_reuse_distance = 1'000'000'000;
+  OffloadOptimizerConfig offload_optimizer;
+  OffloadParamConfig offload_param;
+
+  bool operator==(const ZeroConfig&) const = default;
+};
+
+struct AioConfig {
+  std::uint64_t block_size = 1 << 20;  // bytes
+  int queue_depth = 8;
+  int intra_op_parallelism = 1;
+  bool single_submit = false;
+  bool overlap_events = true;
+
+  bool operator==(const AioConfig&) const = default;
+};
+
+struct StrataConfig {
+  std::uint64_t chunk_size = 0;  // elements; 0 = search for the least waste
+  std::uint64_t chunk_search_range = 64 * 1024 * 1024;  // elements above the largest param
+  Placement placement = Placement::kStatic;
+  std::uint64_t compute_budget = 0;  // bytes; 0 = no limit (on CPU: same pool as host)
+  std::uint64_t host_budget = 0;     // bytes; 0 = no limit
+  std::uint64_t nvme_budget = 0;     // bytes; 0 = no limit
+  // Static placement fractions, as Gemini's: the share of parameter chunks whose shard
+  // lives off the compute tier, and the share of optimizer-state chunks offloaded.
+  double offload_param_frac = 0.0;
+  double offload_optim_frac = 0.0;
+  int optimizer_threads = 0;  // 0 = one per core
+  std::uint64_t min_io_bytes = 1 << 20;  // smaller swap records stay in host memory
+  double comm_timeout_s = 300.0;
+  std::string job_name;  // names the NVMe directory; empty = derived from the pid
+
+  bool operator==(const StrataConfig&) const = default;
+};
+
+struct Config {
+  std::int64_t train_batch_size = 0;  // 0 = micro_batch * grad_accum * world
+  std::int64_t train_micro_batch_size_per_gpu = 1;
+  std::int64_t gradient_accumulation_steps = 1;
+  double gradient_clipping = 0.0;  // 0 = no clipping
+  Fp16Config fp16;
+  Bf16Config bf16;
+  OptimizerConfig optimizer;
+  ZeroConfig zero_optimization;
+  AioConfig aio;
+  StrataConfig strata;
+
+  // Parses and validates a JSON document. Warnings (keys recognised but not acted on)
+  // are appended to *warnings, or logged when warnings is null.
+  static Result<Config> from_json(const nlohmann::json& doc, std::vector<std::string>* warnings = nullptr);
+  // Parses JSON text; `origin` names the source in messages (a path or "<string>").
+  static Result<Config> parse(std::string_view text, std::string_view origin = "<string>",
+                              std::vector<std::string>* warnings = nullptr);
+  static Result<Config> load(const std::string& path, std::vector<std::string>* warnings = nullptr);
+
+  // The normalized form: every key, with defaults filled in. from_json(to_json()) == *this.
+  nlohmann::json to_json() const;
+
+  // Rules that span fields (fp16 and bf16 together, offload to nvme without a path, ...).
+  Status validate() const;
+  // Checks train_batch_size == micro * accum * world, or fills it in when it is 0.
+  Status resolve_batch(int world_size);
+
+  bool operator==(const Config&) const = default;
+};
+
+// One row of the schema, for `strata config keys` and docs/config.md.
+struct ConfigKey {
+  std::string path;           // "zero_optimization.stage"
+  std::string type;           // "int", "number", "bool", "string", "one of: a, b", "any"
+  std::string default_value;  // JSON text; empty for recognised-only keys
+  std::string range;          // "0..3", "> 0", "" when unbounded
+  std::string status;         // "active", "not implemented", "no effect"
+  std::string note;
+};
+std::vector<ConfigKey> config_keys();
+
+}  // namespace strata

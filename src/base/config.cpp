@@ -1,0 +1,294 @@
+#include "strata/base/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "config_schema.h"
+#include "strata/base/log.h"
+
+namespace strata {
+namespace {
+
+using nlohmann::json;
+using config_schema::Field;
+using config_schema::Kind;
+using config_schema::Support;
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string parent_of(const std::string& path) {
+  const auto dot = path.rfind('.');
+  return dot == std::string::npos ? std::string() : path.substr(0, dot);
+}
+std::string leaf_of(const std::string& path) {
+  const auto dot = path.rfind('.');
+  return dot == std::string::npos ? path : path.substr(dot + 1);
+}
+std::string join(const std::string& parent, const std::string& key) {
+  return parent.empty() ? key : parent + "." + key;
+}
+
+// Walks a JSON document against the bound schema, collecting every error (so one run
+// of `strata config check` shows them all) and every warning.
+class Reader {
+ public:
+  Reader(std::vector<Field>& fields, std::vector<std::string>& errors, std::vector<std::string>& warnings)
+      : errors_(errors), warnings_(warnings) {
+    for (Field& f : fields) {
+      by_path_[f.path] = &f;
+      // Every proper prefix of a path is a section that may hold an object.
+      for (std::string p = parent_of(f.path); !p.empty(); p = parent_of(p)) sections_.insert(p);
+    }
+  }
+
+  void read_object(const json& obj, const std::string& path) {
+    if (!obj.is_object()) {
+      errors_.push_back(fmt::format("{}: expected an object, got {}", path.empty() ? "<top level>" : path,
+                                    obj.type_name()));
+      return;
+    }
+    for (const auto& [key, value] : obj.items()) read_key(join(path, key), value);
+  }
+
+ private:
+  void read_key(const std::string& path, const json& value) {
+    if (auto it = by_path_.find(path); it != by_path_.end()) {
+      read_field(*it->second, value);
+    } else if (sections_.contains(path)) {
+      read_object(value, path);
+    } else {
+      errors_.push_back(fmt::format("{}: unknown key{}", path, suggestion(path)));
+    }
+  }
+
+  void read_field(const Field& f, const json& value) {
+    if (f.support != Support::kActive) {
+      warnings_.push_back(fmt::format("{}: {} by strata ({}); it has no effect", f.path,
+                                      f.support == Support::kNotImplemented ? "recognised but not implemented"
+                                                                            : "recognised but not used",
+                                      f.note));
+    }
+    if (!f.read) return;
+    // DeepSpeed configs written for the HF Trainer say "auto" for numbers: keep
+    // strata's default. (For enums "auto" may be a real choice, as in strata.placement.)
+    const bool numeric = f.kind == Kind::kInt || f.kind == Kind::kFloat || f.kind == Kind::kFloatPair;
+    if (numeric && value.is_string() && value.get<std::string>() == "auto") return;
+    if (auto st = f.read(value); !st) errors_.push_back(fmt::format("{}: {}", f.path, st.error().message()));
+  }
+
+  // "; did you mean stage3_prefetch_bucket_size?" or "; valid keys here: a, b, c".
+  std::string suggestion(const std::string& path) const {
+    const std::string parent = parent_of(path), leaf = leaf_of(path);
+    std::vector<std::string> siblings;
+    for (const auto& [p, f] : by_path_)
+      if (parent_of(p) == parent) siblings.push_back(leaf_of(p));
+    for (const auto& s : sections_)
+      if (parent_of(s) == parent) siblings.push_back(leaf_of(s));
+    std::string best;
+    std::size_t best_d = std::max<std::size_t>(2, leaf.size() / 3) + 1;
+    for (const auto& s : siblings) {
+      const std::size_t d = edit_distance(leaf, s);
+      if (d < best_d) best_d = d, best = s;
+    }
+    if (!best.empty()) return fmt::format("; did you mean {}?", best);
+    // The right key in the wrong section: "stage at top level" -> zero_optimization.stage.
+    for (const auto& [p, f] : by_path_)
+      if (leaf_of(p) == leaf && f->support == Support::kActive) return fmt::format("; did you mean {}?", p);
+    std::sort(siblings.begin(), siblings.end());
+    return fmt::format("; valid keys{}: {}", parent.empty() ? " at the top level" : " in " + parent,
+                       fmt::join(siblings, ", "));
+  }
+
+  std::map<std::string, Field*> by_path_;
+  std::set<std::string> sections_;
+  std::vector<std::string>& errors_;
+  std::vector<std::string>& warnings_;
+};
+
+// Parse errors report a byte offset; people want a line and column.
+std::string line_col(std::string_view text, std::size_t byte) {
+  std::size_t line = 1, col = 1;
+  for (std::size_t i = 0; i < std::min(byte, text.size()); ++i) {
+    if (text[i] == '\n') ++line, col = 1;
+    else ++col;
+  }
+  return fmt::format("line {}, column {}", line, col);
+}
+
+}  // namespace
+
+std::string_view to_string(OptimizerType t) {
+  switch (t) {
+    case OptimizerType::kAdam: return "Adam";
+    case OptimizerType::kAdamW: return "AdamW";
+    case OptimizerType::kSGD: return "SGD";
+    case OptimizerType::kAdagrad: return "Adagrad";
+  }
+  return "?";
+}
+std::string_view to_string(OffloadDevice d) {
+  switch (d) {
+    case OffloadDevice::kNone: return "none";
+    case OffloadDevice::kCpu: return "cpu";
+    case OffloadDevice::kNvme: return "nvme";
+  }
+  return "?";
+}
+std::string_view to_string(Placement p) { return p == Placement::kAuto ? "auto" : "static"; }
+
+OptimizerType OptimizerConfig::effective_type() const {
+  return type == OptimizerType::kAdam && adam_w_mode ? OptimizerType::kAdamW : type;
+}
+
+Result<Config> Config::from_json(const json& doc, std::vector<std::string>* warnings) {
+  Config cfg;
+  std::vector<Field> fields = config_schema::bind(cfg);
+  std::vector<std::string> errors, warns;
+  Reader(fields, errors, warns).read_object(doc, "");
+  if (errors.empty()) {
+    if (auto st = cfg.validate(); !st) errors.push_back(st.error().message());
+  }
+  if (!errors.empty()) {
+    if (errors.size() == 1) return make_error(ErrorCode::kInvalidArgument, "{}", errors[0]);
+    return make_error(ErrorCode::kInvalidArgument, "{} errors:\n  {}", errors.size(), fmt::join(errors, "\n  "));
+  }
+  for (auto& w : warns) {
+    if (warnings != nullptr) warnings->push_back(std::move(w));
+    else log::warn("config: {}", w);
+  }
+  return cfg;
+}
+
+Result<Config> Config::parse(std::string_view text, std::string_view origin, std::vector<std::string>* warnings) {
+  json doc = json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  if (doc.is_discarded()) {
+    // Parse again with exceptions only to learn where it broke.
+    std::string where;
+    try {
+      json unused = json::parse(text, nullptr, true, true);
+      (void)unused;
+    } catch (const json::parse_error& e) {
+      where = fmt::format(" at {}", line_col(text, e.byte > 0 ? e.byte - 1 : 0));
+    }
+    return make_error(ErrorCode::kInvalidArgument, "not valid JSON{}", where).with_path(std::string(origin));
+  }
+  auto cfg = from_json(doc, warnings);
+  if (!cfg) return make_error(std::move(cfg).error().with_path(std::string(origin)));
+  return cfg;
+}
+
+Result<Config> Config::load(const std::string& path, std::vector<std::string>* warnings) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(errno_error(errno, "cannot open config file").with_path(path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path, warnings);
+}
+
+json Config::to_json() const {
+  Config copy = *this;
+  json out = json::object();
+  for (const Field& f : config_schema::bind(copy)) {
+    if (!f.write) continue;
+    json* node = &out;
+    std::string rest = f.path;
+    for (auto dot = rest.find('.'); dot != std::string::npos; dot = rest.find('.')) {
+      node = &(*node)[rest.substr(0, dot)];
+      rest = rest.substr(dot + 1);
+    }
+    (*node)[rest] = f.write();
+  }
+  return out;
+}
+
+std::vector<ConfigKey> config_keys() {
+  Config defaults;
+  std::vector<ConfigKey> out;
+  for (const Field& f : config_schema::bind(defaults)) {
+    ConfigKey k{.path = f.path, .note = f.note};
+    switch (f.kind) {
+      case Kind::kBool: k.type = "bool"; break;
+      case Kind::kInt: k.type = "int"; break;
+      case Kind::kFloat: k.type = "number"; break;
+      case Kind::kString: k.type = "string"; break;
+      case Kind::kEnum: k.type = fmt::format("one of: {}", fmt::join(f.choices, ", ")); break;
+      case Kind::kFloatPair: k.type = "[number, number]"; break;
+      case Kind::kAny: k.type = "any"; break;
+    }
+    if (f.write) k.default_value = f.write().dump();
+    const bool lo = std::isfinite(f.min), hi = std::isfinite(f.max);
+    if (lo && hi) k.range = fmt::format("{}{:g}..{:g}", f.min_exclusive ? "> " : "", f.min, f.max);
+    else if (lo) k.range = fmt::format("{} {:g}", f.min_exclusive ? ">" : ">=", f.min);
+    switch (f.support) {
+      case Support::kActive: k.status = "active"; break;
+      case Support::kNotImplemented: k.status = "not implemented"; break;
+      case Support::kNoEffect: k.status = "no effect"; break;
+    }
+    out.push_back(std::move(k));
+  }
+  return out;
+}
+
+Status Config::validate() const {
+  std::vector<std::string> errs;
+  if (fp16.enabled && bf16.enabled) errs.emplace_back("fp16.enabled and bf16.enabled: choose one");
+  const auto& z = zero_optimization;
+  auto check_nvme = [&](std::string_view section, OffloadDevice dev, const std::string& nvme_path) {
+    if (dev == OffloadDevice::kNvme && nvme_path.empty())
+      errs.push_back(fmt::format("zero_optimization.{}.nvme_path: required when device is \"nvme\"", section));
+  };
+  check_nvme("offload_optimizer", z.offload_optimizer.device, z.offload_optimizer.nvme_path);
+  check_nvme("offload_param", z.offload_param.device, z.offload_param.nvme_path);
+  if (z.offload_param.device != OffloadDevice::kNone && z.stage != 3) {
+    errs.push_back(fmt::format("zero_optimization.offload_param: needs stage 3 (parameters are only sharded "
+                               "and offloaded in stage 3), but stage is {}", z.stage));
+  }
+  if (z.offload_optimizer.device != OffloadDevice::kNone && z.stage == 0) {
+    errs.emplace_back("zero_optimization.offload_optimizer: needs stage 1, 2 or 3");
+  }
+  if (strata.compute_budget != 0 && strata.compute_budget < 4096) {
+    errs.push_back(fmt::format("strata.compute_budget: {} bytes is too small to hold anything; use 0 for no limit",
+                               strata.compute_budget));
+  }
+  if (aio.block_size % 4096 != 0) {
+    errs.push_back(fmt::format("aio.block_size: {} is not a multiple of 4096 (O_DIRECT alignment)", aio.block_size));
+  }
+  if (errs.empty()) return ok();
+  return make_error(ErrorCode::kInvalidArgument, "{}", fmt::join(errs, "\n  "));
+}
+
+Status Config::resolve_batch(int world_size) {
+  if (world_size < 1) return make_error(ErrorCode::kInvalidArgument, "world size must be >= 1, got {}", world_size);
+  const std::int64_t product = train_micro_batch_size_per_gpu * gradient_accumulation_steps * world_size;
+  if (train_batch_size == 0) {
+    train_batch_size = product;
+    return ok();
+  }
+  if (train_batch_size != product) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "train_batch_size {} != train_micro_batch_size_per_gpu {} * gradient_accumulation_steps {} "
+                      "* world size {} = {}",
+                      train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, world_size,
+                      product);
+  }
+  return ok();
+}
+
+}  // namespace strata

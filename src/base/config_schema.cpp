@@ -1,0 +1,281 @@
+// The config schema. Adding a key = one line here plus a member in config.h and a row
+// in docs/config.md. The Support column is kept honest: a key is kActive only when
+// the code reads it.
+#include "config_schema.h"
+
+#include <cmath>
+#include <cstdlib>
+
+#include "strata/base/units.h"
+
+namespace strata::config_schema {
+namespace {
+
+using nlohmann::json;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::string describe(const json& v) {
+  std::string dumped = v.dump();
+  if (dumped.size() > 40) dumped = dumped.substr(0, 37) + "...";
+  return fmt::format("{} {}", v.type_name(), dumped);
+}
+
+// A number from a JSON number or a string such as "5e8", "64MiB", "1e-4".
+Result<double> read_number(const json& v, bool integral) {
+  if (v.is_number()) return v.get<double>();
+  if (v.is_string()) {
+    const std::string s = v.get<std::string>();
+    if (integral) {
+      auto size = parse_size(s);
+      if (!size) return make_error(std::move(size).error());
+      return static_cast<double>(*size);
+    }
+    char* end = nullptr;
+    const double d = std::strtod(s.c_str(), &end);
+    if (end != s.c_str() && *end == '\0') return d;
+    // Allow unit suffixes on real-valued fields too ("1.5G" budgets in a float field).
+    auto size = parse_size(s);
+    if (size) return static_cast<double>(*size);
+    return make_error(ErrorCode::kInvalidArgument, "expected a number, got string \"{}\"", s);
+  }
+  return make_error(ErrorCode::kInvalidArgument, "expected a {}, got {}",
+                    integral ? "whole number or size string" : "number", describe(v));
+}
+
+Status check_range(const Field& f, double d, const json& v) {
+  const bool below = f.min_exclusive ? d <= f.min : d < f.min;
+  if (below || d > f.max || std::isnan(d)) {
+    std::string lo = f.min == -kInf ? "-inf" : fmt::format("{:g}", f.min);
+    std::string hi = f.max == kInf ? "inf" : fmt::format("{:g}", f.max);
+    return make_error(ErrorCode::kOutOfRange, "{} is out of range; allowed {}{}..{}", v.dump(),
+                      f.min_exclusive ? "> " : "", lo, hi);
+  }
+  return ok();
+}
+
+// The Field under construction keeps the range; closures refer to it through a copy
+// made when the schema is built, which is fine because a Field never changes after.
+template <class T>
+Field integer(std::string path, T& member, double min, double max) {
+  Field f{.path = std::move(path), .kind = Kind::kInt, .min = min, .max = max};
+  f.read = [&member, f](const json& v) -> Status {
+    STRATA_ASSIGN_OR_RETURN(double d, read_number(v, /*integral=*/true));
+    if (d != std::floor(d)) return make_error(ErrorCode::kInvalidArgument, "expected a whole number, got {}", v.dump());
+    STRATA_RETURN_IF_ERROR(check_range(f, d, v));
+    member = static_cast<T>(d);
+    return ok();
+  };
+  f.write = [&member] { return json(member); };
+  return f;
+}
+
+Field real(std::string path, double& member, double min, double max, bool min_exclusive = false) {
+  Field f{.path = std::move(path), .kind = Kind::kFloat, .min = min, .max = max, .min_exclusive = min_exclusive};
+  f.read = [&member, f](const json& v) -> Status {
+    STRATA_ASSIGN_OR_RETURN(double d, read_number(v, /*integral=*/false));
+    STRATA_RETURN_IF_ERROR(check_range(f, d, v));
+    member = d;
+    return ok();
+  };
+  f.write = [&member] { return json(member); };
+  return f;
+}
+
+Field boolean(std::string path, bool& member) {
+  Field f{.path = std::move(path), .kind = Kind::kBool};
+  f.read = [&member](const json& v) -> Status {
+    if (!v.is_boolean()) return make_error(ErrorCode::kInvalidArgument, "expected true or false, got {}", describe(v));
+    member = v.get<bool>();
+    return ok();
+  };
+  f.write = [&member] { return json(member); };
+  return f;
+}
+
+Field text(std::string path, std::string& member) {
+  Field f{.path = std::move(path), .kind = Kind::kString};
+  f.read = [&member](const json& v) -> Status {
+    if (!v.is_string()) return make_error(ErrorCode::kInvalidArgument, "expected a string, got {}", describe(v));
+    member = v.get<std::string>();
+    return ok();
+  };
+  f.write = [&member] { return json(member); };
+  return f;
+}
+
+template <class E>
+Field choice(std::string path, E& member, std::vector<std::pair<std::string, E>> options) {
+  Field f{.path = std::move(path), .kind = Kind::kEnum};
+  for (const auto& [name, value] : options) f.choices.push_back(name);
+  f.read = [&member, options, f](const json& v) -> Status {
+    if (v.is_string()) {
+      const std::string s = v.get<std::string>();
+      for (const auto& [name, value] : options) {
+        if (name.size() == s.size() &&
+            std::equal(name.begin(), name.end(), s.begin(),
+                       [](char a, char b) { return std::tolower(a) == std::tolower(b); })) {
+          member = value;
+          return ok();
+        }
+      }
+    }
+    return make_error(ErrorCode::kInvalidArgument, "{} is not one of: {}", v.dump(), fmt::join(f.choices, ", "));
+  };
+  f.write = [&member, options]() -> json {
+    for (const auto& [name, value] : options)
+      if (value == member) return name;
+    return nullptr;
+  };
+  return f;
+}
+
+Field real_pair(std::string path, std::array<double, 2>& member, double min, double max) {
+  Field f{.path = std::move(path), .kind = Kind::kFloatPair, .min = min, .max = max};
+  f.read = [&member, f](const json& v) -> Status {
+    if (!v.is_array() || v.size() != 2) {
+      return make_error(ErrorCode::kInvalidArgument, "expected a list of two numbers, got {}", describe(v));
+    }
+    std::array<double, 2> out{};
+    for (std::size_t i = 0; i < 2; ++i) {
+      STRATA_ASSIGN_OR_RETURN(out[i], read_number(v[i], /*integral=*/false));
+      STRATA_RETURN_IF_ERROR(check_range(f, out[i], v[i]));
+    }
+    member = out;
+    return ok();
+  };
+  f.write = [&member] { return json::array({member[0], member[1]}); };
+  return f;
+}
+
+// A DeepSpeed key (or whole section) that strata accepts with a warning.
+Field recognised(std::string path, Support s, std::string note) {
+  return Field{.path = std::move(path), .kind = Kind::kAny, .support = s, .note = std::move(note)};
+}
+
+constexpr Support kTodo = Support::kNotImplemented;
+constexpr Support kNoEffect = Support::kNoEffect;
+
+void add_offload_fields(std::vector<Field>& out, const std::string& p, OffloadOptimizerConfig& o) {
+  out.push_back(choice(p + ".device", o.device,
+                       {{"none", OffloadDevice::kNone}, {"cpu", OffloadDevice::kCpu}, {"nvme", OffloadDevice::kNvme}}));
+  out.push_back(text(p + ".nvme_path", o.nvme_path));
+  out.push_back(integer(p + ".buffer_count", o.buffer_count, 1, 1024));
+  out.push_back(recognised(p + ".pin_memory", kNoEffect, "pinning needs CUDA; host buffers are pinned automatically when it is present"));
+  out.push_back(boolean(p + ".pipeline_read", o.pipeline_read));
+  out.push_back(boolean(p + ".pipeline_write", o.pipeline_write));
+  out.push_back(recognised(p + ".ratio", kTodo, "partial optimizer offload is set with strata.offload_optim_frac"));
+  out.push_back(recognised(p + ".fast_init", kNoEffect, "strata always initialises offloaded state in place"));
+}
+
+void add_offload_fields(std::vector<Field>& out, const std::string& p, OffloadParamConfig& o) {
+  out.push_back(choice(p + ".device", o.device,
+                       {{"none", OffloadDevice::kNone}, {"cpu", OffloadDevice::kCpu}, {"nvme", OffloadDevice::kNvme}}));
+  out.push_back(text(p + ".nvme_path", o.nvme_path));
+  out.push_back(integer(p + ".buffer_count", o.buffer_count, 1, 1024));
+  out.push_back(integer(p + ".buffer_size", o.buffer_size, 1, kInf));
+  out.push_back(integer(p + ".max_in_cpu", o.max_in_cpu, 0, kInf));
+  out.push_back(recognised(p + ".pin_memory", kNoEffect, "pinning needs CUDA; host buffers are pinned automatically when it is present"));
+}
+
+}  // namespace
+
+std::vector<Field> bind(Config& c) {
+  std::vector<Field> f;
+  f.push_back(integer("train_batch_size", c.train_batch_size, 0, kInf));
+  f.push_back(integer("train_micro_batch_size_per_gpu", c.train_micro_batch_size_per_gpu, 1, kInf));
+  f.push_back(integer("gradient_accumulation_steps", c.gradient_accumulation_steps, 1, kInf));
+  f.push_back(real("gradient_clipping", c.gradient_clipping, 0, kInf));
+
+  f.push_back(boolean("fp16.enabled", c.fp16.enabled));
+  f.push_back(real("fp16.loss_scale", c.fp16.loss_scale, 0, kInf));
+  f.push_back(integer("fp16.initial_scale_power", c.fp16.initial_scale_power, 0, 63));
+  f.push_back(integer("fp16.loss_scale_window", c.fp16.loss_scale_window, 1, kInf));
+  f.push_back(integer("fp16.hysteresis", c.fp16.hysteresis, 1, kInf));
+  f.push_back(boolean("fp16.consecutive_hysteresis", c.fp16.consecutive_hysteresis));
+  f.push_back(real("fp16.min_loss_scale", c.fp16.min_loss_scale, 0, kInf, /*min_exclusive=*/true));
+  f.push_back(recognised("fp16.auto_cast", kNoEffect, "strata casts parameters, not module inputs"));
+  f.push_back(boolean("bf16.enabled", c.bf16.enabled));
+
+  OptimizerConfig& o = c.optimizer;
+  f.push_back(choice("optimizer.type", o.type,
+                     {{"Adam", OptimizerType::kAdam}, {"AdamW", OptimizerType::kAdamW},
+                      {"SGD", OptimizerType::kSGD}, {"Adagrad", OptimizerType::kAdagrad}}));
+  f.push_back(real("optimizer.params.lr", o.lr, 0, kInf));
+  f.push_back(real_pair("optimizer.params.betas", o.betas, 0, 1));
+  f.push_back(real("optimizer.params.eps", o.eps, 0, kInf));
+  f.push_back(real("optimizer.params.weight_decay", o.weight_decay, 0, kInf));
+  f.push_back(boolean("optimizer.params.amsgrad", o.amsgrad));
+  f.push_back(boolean("optimizer.params.adam_w_mode", o.adam_w_mode));
+  f.push_back(real("optimizer.params.momentum", o.momentum, 0, kInf));
+  f.push_back(real("optimizer.params.dampening", o.dampening, 0, 1));
+  f.push_back(boolean("optimizer.params.nesterov", o.nesterov));
+  f.push_back(real("optimizer.params.lr_decay", o.lr_decay, 0, kInf));
+  f.push_back(real("optimizer.params.initial_accumulator_value", o.initial_accumulator_value, 0, kInf));
+  f.push_back(recognised("optimizer.params.torch_adam", kNoEffect, "strata always uses its fused CPU kernels"));
+  f.push_back(recognised("optimizer.params.bias_correction", kNoEffect, "bias correction is always on, as in torch.optim"));
+
+  ZeroConfig& z = c.zero_optimization;
+  const std::string zp = "zero_optimization";
+  f.push_back(integer(zp + ".stage", z.stage, 0, 3));
+  f.push_back(recognised(zp + ".contiguous_gradients", kNoEffect, "gradients always live in contiguous chunk buffers"));
+  f.push_back(boolean(zp + ".overlap_comm", z.overlap_comm));
+  f.push_back(integer(zp + ".reduce_bucket_size", z.reduce_bucket_size, 1, kInf));
+  f.push_back(integer(zp + ".allgather_bucket_size", z.allgather_bucket_size, 1, kInf));
+  f.push_back(integer(zp + ".stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size, 0, kInf));
+  f.push_back(integer(zp + ".stage3_param_persistence_threshold", z.stage3_param_persistence_threshold, 0, kInf));
+  f.push_back(integer(zp + ".stage3_max_live_parameters", z.stage3_max_live_parameters, 0, kInf));
+  f.push_back(integer(zp + ".stage3_max_reuse_distance", z.stage3_max_reuse_distance, 0, kInf));
+  f.push_back(recognised(zp + ".sub_group_size", kNoEffect,
+                         "the optimizer steps chunk by chunk, which bounds its working set the same way"));
+  add_offload_fields(f, zp + ".offload_optimizer", z.offload_optimizer);
+  add_offload_fields(f, zp + ".offload_param", z.offload_param);
+  for (const char* key : {"allgather_partitions", "reduce_scatter", "round_robin_gradients",
+                          "load_from_fp32_weights", "elastic_checkpoint", "ignore_unused_parameters",
+                          "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save"}) {
+    f.push_back(recognised(zp + "." + key, kNoEffect, "strata's behaviour here is fixed; see docs/config.md"));
+  }
+  for (const char* key : {"zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_gradients",
+                          "mics_shard_size", "mics_hierarchical_params_gather", "cpu_offload",
+                          "memory_efficient_linear", "offload_param.ratio"}) {
+    f.push_back(recognised(zp + "." + key, kTodo, "not implemented by strata"));
+  }
+
+  AioConfig& a = c.aio;
+  f.push_back(integer("aio.block_size", a.block_size, 4096, 1 << 30));
+  f.push_back(integer("aio.queue_depth", a.queue_depth, 1, 4096));
+  f.push_back(integer("aio.intra_op_parallelism", a.intra_op_parallelism, 1, 256));
+  f.push_back(boolean("aio.single_submit", a.single_submit));
+  f.push_back(boolean("aio.overlap_events", a.overlap_events));
+  f.push_back(recognised("aio.thread_count", kNoEffect, "use aio.intra_op_parallelism"));
+  f.push_back(recognised("aio.use_gds", kNoEffect, "GPUDirect Storage is not supported"));
+
+  StrataConfig& s = c.strata;
+  f.push_back(integer("strata.chunk_size", s.chunk_size, 0, kInf));
+  f.push_back(integer("strata.chunk_search_range", s.chunk_search_range, 0, kInf));
+  f.push_back(choice("strata.placement", s.placement, {{"static", Placement::kStatic}, {"auto", Placement::kAuto}}));
+  f.push_back(integer("strata.compute_budget", s.compute_budget, 0, kInf));
+  f.push_back(integer("strata.host_budget", s.host_budget, 0, kInf));
+  f.push_back(integer("strata.nvme_budget", s.nvme_budget, 0, kInf));
+  f.push_back(real("strata.offload_param_frac", s.offload_param_frac, 0, 1));
+  f.push_back(real("strata.offload_optim_frac", s.offload_optim_frac, 0, 1));
+  f.push_back(integer("strata.optimizer_threads", s.optimizer_threads, 0, 1024));
+  f.push_back(integer("strata.min_io_bytes", s.min_io_bytes, 0, kInf));
+  f.push_back(real("strata.comm_timeout_s", s.comm_timeout_s, 0, kInf, /*min_exclusive=*/true));
+  f.push_back(text("strata.job_name", s.job_name));
+
+  // Top-level DeepSpeed sections that describe things outside strata's engine.
+  for (const char* key : {"steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown",
+                          "tensorboard", "wandb", "csv_monitor", "comms_logger", "flops_profiler",
+                          "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer"}) {
+    f.push_back(recognised(key, kNoEffect, "DeepSpeed runtime option with no strata equivalent"));
+  }
+  for (const char* key : {"scheduler", "activation_checkpointing", "prescale_gradients",
+                          "gradient_predivide_factor", "communication_data_type", "sparse_gradients",
+                          "amp", "compression_training", "elasticity", "pipeline", "data_efficiency",
+                          "checkpoint", "data_types", "autotuning"}) {
+    f.push_back(recognised(key, kTodo, "not implemented by strata"));
+  }
+  return f;
+}
+
+}  // namespace strata::config_schema

@@ -1,0 +1,47 @@
+#include "strata/kernels/dispatch.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include <hwy/targets.h>
+
+namespace strata::kernels {
+namespace {
+
+std::string upper(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
+  return s;
+}
+
+}  // namespace
+
+std::vector<Target> available_targets() {
+  std::vector<Target> out;
+  // SupportedAndGeneratedTargets lists lowest bit first, and lower bits are better.
+  for (std::int64_t bits : hwy::SupportedAndGeneratedTargets()) out.push_back({bits, hwy::TargetName(bits)});
+  return out;
+}
+
+Target active_target() {
+  auto targets = available_targets();
+  return targets.empty() ? Target{0, "none"} : targets.front();
+}
+
+Status force_target(const std::string& name) {
+  const std::string want = upper(name);
+  hwy::SetSupportedTargetsForTest(0);  // see every target the CPU has, not a prior mock
+  std::vector<std::string> names;
+  for (const Target& t : available_targets()) {
+    if (upper(t.name) == want) {
+      hwy::SetSupportedTargetsForTest(t.bits);
+      return ok();
+    }
+    names.push_back(t.name);
+  }
+  return make_error(ErrorCode::kInvalidArgument, "SIMD target '{}' is not available here; choose one of: {}", name,
+                    fmt::join(names, ", "));
+}
+
+void reset_target() { hwy::SetSupportedTargetsForTest(0); }
+
+}  // namespace strata::kernels

@@ -1,0 +1,20 @@
+#include "strata/tiers/device.h"
+
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/version.h>
+
+namespace strata::tiers {
+
+DeviceInfo detect_device() {
+  DeviceInfo d;
+  d.torch_version = TORCH_VERSION;
+  d.cuda_available = at::hasCUDA();
+  // at::hasCUDA() says the CUDA runtime is linked; device count says a GPU is present.
+  d.cuda_device_count = d.cuda_available ? static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
+  if (d.cuda_device_count > 0) d.compute = c10::Device(c10::kCUDA, 0);
+  d.can_pin_memory = d.cuda_device_count > 0;
+  return d;
+}
+
+}  // namespace strata::tiers

@@ -1,0 +1,221 @@
+#include "strata/base/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace strata {
+namespace {
+
+using nlohmann::json;
+
+Result<Config> parse(std::string_view text, std::vector<std::string>* warnings = nullptr) {
+  std::vector<std::string> local;
+  return Config::parse(text, "test.json", warnings != nullptr ? warnings : &local);
+}
+
+std::string error_of(std::string_view text) {
+  auto r = parse(text);
+  EXPECT_FALSE(r) << "expected an error for " << text;
+  return r ? std::string() : r.error().to_string();
+}
+
+TEST(Config, DefaultsAreValid) {
+  auto cfg = parse("{}");
+  ASSERT_TRUE(cfg) << cfg.error();
+  EXPECT_EQ(*cfg, Config{});
+}
+
+TEST(Config, ReadsATypicalDeepSpeedZero3OffloadConfig) {
+  const char* text = R"({
+    "train_batch_size": 64, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 8,
+    "gradient_clipping": 1.0,
+    "bf16": {"enabled": true},
+    "optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
+    "zero_optimization": {
+      "stage": 3, "overlap_comm": true, "contiguous_gradients": true,
+      "reduce_bucket_size": 5e8, "stage3_prefetch_bucket_size": "5e7",
+      "stage3_param_persistence_threshold": 1e5, "stage3_max_live_parameters": "1G",
+      "offload_optimizer": {"device": "nvme", "nvme_path": "/local_nvme", "pipeline_read": true},
+      "offload_param": {"device": "cpu"}
+    },
+    "aio": {"block_size": "1MiB", "queue_depth": 32, "single_submit": false, "overlap_events": true},
+    "strata": {"placement": "auto", "compute_budget": "2GiB"}
+  })";
+  auto cfg = parse(text);
+  ASSERT_TRUE(cfg) << cfg.error();
+  EXPECT_TRUE(cfg->bf16.enabled);
+  EXPECT_EQ(cfg->optimizer.type, OptimizerType::kAdamW);
+  EXPECT_DOUBLE_EQ(cfg->optimizer.betas[1], 0.95);
+  EXPECT_EQ(cfg->zero_optimization.stage, 3);
+  EXPECT_EQ(cfg->zero_optimization.reduce_bucket_size, 500'000'000u);
+  EXPECT_EQ(cfg->zero_optimization.stage3_prefetch_bucket_size, 50'000'000u);
+  EXPECT_EQ(cfg->zero_optimization.stage3_max_live_parameters, 1'000'000'000u);
+  EXPECT_EQ(cfg->zero_optimization.offload_optimizer.device, OffloadDevice::kNvme);
+  EXPECT_EQ(cfg->zero_optimization.offload_optimizer.nvme_path, "/local_nvme");
+  EXPECT_EQ(cfg->zero_optimization.offload_param.device, OffloadDevice::kCpu);
+  EXPECT_EQ(cfg->aio.block_size, 1u << 20);
+  EXPECT_EQ(cfg->aio.queue_depth, 32);
+  EXPECT_EQ(cfg->strata.placement, Placement::kAuto);
+  EXPECT_EQ(cfg->strata.compute_budget, 2ull << 30);
+  EXPECT_TRUE(cfg->resolve_batch(2));
+  EXPECT_FALSE(cfg->resolve_batch(3));
+}
+
+TEST(Config, UnknownKeySuggestsTheClosestValidKey) {
+  const std::string e = error_of(R"({"zero_optimization": {"stage3_prefetch_bucket_sz": 1}})");
+  EXPECT_NE(e.find("zero_optimization.stage3_prefetch_bucket_sz: unknown key; did you mean "
+                   "stage3_prefetch_bucket_size?"), std::string::npos) << e;
+  EXPECT_NE(e.find("path=test.json"), std::string::npos) << e;
+}
+
+TEST(Config, KeyInTheWrongSectionPointsToTheRightOne) {
+  const std::string e = error_of(R"({"stage": 2})");
+  EXPECT_NE(e.find("stage: unknown key; did you mean zero_optimization.stage?"), std::string::npos) << e;
+}
+
+TEST(Config, FarOffUnknownKeyListsValidKeys) {
+  const std::string e = error_of(R"({"aio": {"completely_different": 1}})");
+  EXPECT_NE(e.find("valid keys in aio: block_size"), std::string::npos) << e;
+}
+
+TEST(Config, WrongTypeNamesPathAndValue) {
+  const std::string e = error_of(R"({"fp16": {"enabled": "yes"}})");
+  EXPECT_NE(e.find("fp16.enabled: expected true or false, got string \"yes\""), std::string::npos) << e;
+  const std::string e2 = error_of(R"({"zero_optimization": {"reduce_bucket_size": [1]}})");
+  EXPECT_NE(e2.find("zero_optimization.reduce_bucket_size: expected a whole number or size string, got array"),
+            std::string::npos) << e2;
+}
+
+TEST(Config, OutOfRangeNamesPathValueAndRange) {
+  const std::string e = error_of(R"({"zero_optimization": {"stage": 4}})");
+  EXPECT_NE(e.find("zero_optimization.stage: 4 is out of range; allowed 0..3"), std::string::npos) << e;
+  const std::string e2 = error_of(R"({"optimizer": {"params": {"betas": [0.9, 1.5]}}})");
+  EXPECT_NE(e2.find("optimizer.params.betas: 1.5 is out of range; allowed 0..1"), std::string::npos) << e2;
+  const std::string e3 = error_of(R"({"fp16": {"min_loss_scale": 0}})");
+  EXPECT_NE(e3.find("allowed > 0..inf"), std::string::npos) << e3;
+  EXPECT_NE(error_of(R"({"zero_optimization": {"stage": 1.5}})").find("expected a whole number"), std::string::npos);
+}
+
+TEST(Config, BadEnumListsChoices) {
+  const std::string e = error_of(R"({"zero_optimization": {"offload_optimizer": {"device": "gpu"}}})");
+  EXPECT_NE(e.find("\"gpu\" is not one of: none, cpu, nvme"), std::string::npos) << e;
+  auto ok = parse(R"({"optimizer": {"type": "adamw"}})");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->optimizer.type, OptimizerType::kAdamW);
+}
+
+TEST(Config, BadSizeStringIsAnError) {
+  const std::string e = error_of(R"({"strata": {"compute_budget": "2 parsecs"}})");
+  EXPECT_NE(e.find("strata.compute_budget: '2 parsecs' has an unknown unit"), std::string::npos) << e;
+}
+
+TEST(Config, ReportsEveryErrorAtOnce) {
+  const std::string e = error_of(R"({"zero_optimization": {"stage": 9, "overlap_com": true}, "fp16": 3})");
+  EXPECT_NE(e.find("3 errors"), std::string::npos) << e;
+}
+
+TEST(Config, RecognisedButUnusedDeepSpeedKeysWarn) {
+  std::vector<std::string> w;
+  auto cfg = parse(R"({"steps_per_print": 10, "zero_optimization": {"sub_group_size": 1e9, "zero_quantized_weights": true},
+                       "scheduler": {"type": "WarmupLR", "params": {}}})", &w);
+  ASSERT_TRUE(cfg) << cfg.error();
+  ASSERT_EQ(w.size(), 4u);
+  std::string all;
+  for (auto& s : w) all += s + "\n";
+  EXPECT_NE(all.find("zero_optimization.zero_quantized_weights: recognised but not implemented"), std::string::npos) << all;
+  EXPECT_NE(all.find("scheduler: recognised but not implemented"), std::string::npos) << all;
+  EXPECT_NE(all.find("steps_per_print: recognised but not used"), std::string::npos) << all;
+}
+
+TEST(Config, AutoKeepsTheDefault) {
+  auto cfg = parse(R"({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"reduce_bucket_size": "auto"}})");
+  ASSERT_TRUE(cfg) << cfg.error();
+  EXPECT_EQ(cfg->train_micro_batch_size_per_gpu, 1);
+  EXPECT_EQ(cfg->zero_optimization.reduce_bucket_size, ZeroConfig{}.reduce_bucket_size);
+}
+
+TEST(Config, CrossFieldRules) {
+  EXPECT_NE(error_of(R"({"fp16": {"enabled": true}, "bf16": {"enabled": true}})").find("choose one"), std::string::npos);
+  EXPECT_NE(error_of(R"({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}})")
+                .find("offload_param.nvme_path: required"), std::string::npos);
+  EXPECT_NE(error_of(R"({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}})").find("needs stage 3"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"aio": {"block_size": 5000}})").find("not a multiple of 4096"), std::string::npos);
+}
+
+TEST(Config, InvalidJsonGivesLineAndColumn) {
+  const std::string e = error_of("{\n  \"fp16\": {\n    \"enabled\": tru\n  }\n}");
+  EXPECT_NE(e.find("not valid JSON at line 3"), std::string::npos) << e;
+}
+
+TEST(Config, CommentsAreAllowed) {
+  auto cfg = parse("{ // ZeRO-2\n \"zero_optimization\": {\"stage\": 2} }");
+  ASSERT_TRUE(cfg) << cfg.error();
+  EXPECT_EQ(cfg->zero_optimization.stage, 2);
+}
+
+TEST(Config, RoundTripsThroughNormalizedJson) {
+  Config c;
+  c.train_micro_batch_size_per_gpu = 3;
+  c.gradient_clipping = 0.5;
+  c.fp16.enabled = true;
+  c.fp16.hysteresis = 4;
+  c.optimizer.type = OptimizerType::kSGD;
+  c.optimizer.momentum = 0.9;
+  c.optimizer.nesterov = true;
+  c.zero_optimization.stage = 3;
+  c.zero_optimization.offload_param.device = OffloadDevice::kNvme;
+  c.zero_optimization.offload_param.nvme_path = "/tmp/x";
+  c.aio.queue_depth = 64;
+  c.strata.placement = Placement::kAuto;
+  c.strata.job_name = "demo";
+  c.strata.offload_optim_frac = 0.25;
+  const json j = c.to_json();
+  EXPECT_EQ(j["zero_optimization"]["offload_param"]["device"], "nvme");
+  EXPECT_EQ(j["optimizer"]["type"], "SGD");
+  std::vector<std::string> w;
+  auto back = Config::from_json(j, &w);
+  ASSERT_TRUE(back) << back.error();
+  EXPECT_EQ(*back, c);
+  EXPECT_TRUE(w.empty());
+  EXPECT_EQ(back->to_json(), j);
+}
+
+TEST(Config, LoadReportsMissingFile) {
+  auto r = Config::load("/nonexistent/strata.json");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(r.error().context().path, "/nonexistent/strata.json");
+}
+
+TEST(Config, AdamFollowsDeepSpeedAdamWMode) {
+  auto a = parse(R"({"optimizer": {"type": "Adam"}})");
+  EXPECT_EQ(a->optimizer.effective_type(), OptimizerType::kAdamW);
+  auto b = parse(R"({"optimizer": {"type": "Adam", "params": {"adam_w_mode": false}}})");
+  EXPECT_EQ(b->optimizer.effective_type(), OptimizerType::kAdam);
+}
+
+}  // namespace
+}  // namespace strata
+
+namespace strata {
+namespace {
+
+// docs/config.md lists every key between markers; keep it in step with the schema.
+TEST(ConfigDocs, EveryKeyIsDocumented) {
+  std::ifstream in(std::string(STRATA_TEST_SOURCE_DIR) + "/docs/config.md");
+  ASSERT_TRUE(in) << "docs/config.md missing";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  for (const ConfigKey& k : config_keys()) {
+    EXPECT_NE(doc.find("| `" + k.path + "` | " + k.type + " |"), std::string::npos)
+        << k.path << " is missing or stale in docs/config.md; regenerate with `strata config keys --markdown`";
+  }
+}
+
+}  // namespace
+}  // namespace strata
