@@ -10,5 +10,7 @@ namespace strata::cli {
 
 void add_env_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
+// Registers `strata bench` and returns it, so each benchmark can add itself.
+CLI::App* add_bench_command(CLI::App& app);
 
 }  // namespace strata::cli
