@@ -1,0 +1,371 @@
+#include "strata/comm/communicator.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
+#include "strata/base/log.h"
+#include "strata/base/units.h"
+
+namespace strata::comm {
+
+Caps caps_for_backend(const std::string& name) {
+  if (name == "nccl") return Caps{.reduce_scatter = true, .allgather_base = true, .bf16 = true, .fp16 = true, .avg = true};
+  // Gloo in torch 1.13: allgather and allreduce take fp16 but not bf16; no
+  // reduce_scatter, no _allgather_base, no AVG. Unknown backends get every fallback,
+  // which is always correct, only slower.
+  if (name == "gloo") return Caps{.fp16 = true};
+  return Caps{};
+}
+
+bool CommOptions::default_check_order() {
+  if (const char* env = std::getenv("STRATA_COMM_CHECK"); env != nullptr && *env != '\0') {
+    return std::strcmp(env, "0") != 0;
+  }
+#ifdef NDEBUG
+  return false;
+#else
+  return true;
+#endif
+}
+
+// ---- Handle -----------------------------------------------------------------------
+
+struct Handle::State {
+  c10::intrusive_ptr<c10d::Work> work;
+  std::function<void()> finish;  // local completion: fallback sums, copy-back, divide
+  std::string op;
+  std::uint64_t bytes = 0;
+  int rank = 0;
+  std::chrono::milliseconds timeout{0};
+  bool finished = false;
+  Status status;
+};
+
+Handle::Handle(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Handle::Handle(Handle&&) noexcept = default;
+Handle& Handle::operator=(Handle&& other) noexcept {
+  if (this != &other) {
+    if (state_) (void)wait();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Handle::~Handle() {
+  if (state_ && !state_->finished) {
+    if (auto st = wait(); !st) log::error("un-awaited collective failed: {}", st.error());
+  }
+}
+
+bool Handle::done() {
+  if (!state_ || state_->finished) return true;
+  return !state_->work || state_->work->isCompleted();
+}
+
+Status Handle::wait() {
+  if (!state_) return ok();
+  State& s = *state_;
+  if (s.finished) return s.status;
+  s.finished = true;
+  auto fail = [&s](ErrorCode code, std::string_view what) {
+    s.status = make_error(code, "{} of {} failed: {}", s.op, format_bytes(s.bytes), what)
+                   .with_op(s.op)
+                   .with_length(s.bytes)
+                   .with_rank(s.rank);
+    return s.status;
+  };
+  if (s.work) {
+    try {
+      s.work->wait(s.timeout);
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      // c10 errors carry a C++ backtrace after the first line; keep the message.
+      const std::string first_line = what.substr(0, what.find('\n'));
+      auto has = [&what](const char* needle) { return what.find(needle) != std::string::npos; };
+      // Gloo says "Timed out waiting ..." for its own deadline; Work::wait says
+      // "Operation timed out!". Closed or reset connections mean a peer went away.
+      if (has("imed out") || has("imeout")) {
+        return fail(ErrorCode::kTimeout, fmt::format("timed out after {} ms ({})", s.timeout.count(), first_line));
+      }
+      if (has("onnection") || has("closed") || has("reset") || has("peer") || has("ocket") || has("Broken pipe")) {
+        return fail(ErrorCode::kUnavailable, fmt::format("peer failure ({})", first_line));
+      }
+      return fail(ErrorCode::kInternal, first_line);
+    }
+  }
+  if (s.finish) {
+    try {
+      s.finish();
+    } catch (const std::exception& e) {
+      return fail(ErrorCode::kInternal, e.what());
+    }
+  }
+  return s.status;
+}
+
+// ---- Communicator -------------------------------------------------------------------
+
+Communicator::Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg, CommOptions options)
+    : pg_(std::move(pg)), options_(options) {
+  backend_ = pg_->getBackendName();
+  caps_ = caps_for_backend(backend_);
+  rank_ = pg_->getRank();
+  world_ = pg_->getSize();
+}
+
+Communicator::~Communicator() = default;
+
+Result<std::unique_ptr<Communicator>> Communicator::create(c10::intrusive_ptr<c10d::ProcessGroup> pg,
+                                                           CommOptions options) {
+  if (!pg) return make_error(ErrorCode::kInvalidArgument, "process group is null");
+  if (options.timeout.count() <= 0) {
+    return make_error(ErrorCode::kInvalidArgument, "communicator timeout must be positive, got {} ms",
+                      options.timeout.count());
+  }
+  return std::unique_ptr<Communicator>(new Communicator(std::move(pg), options));
+}
+
+at::Tensor Communicator::movable(const at::Tensor& t) const {
+  const auto dt = t.scalar_type();
+  // Note [16-bit moves]: a data move needs no arithmetic, so a 16-bit float the
+  // backend rejects travels as its raw bytes. Gloo in torch 1.13 rejects int16 as
+  // well as bf16, so the portable bit-cast is to uint8, two per element.
+  if ((dt == at::kBFloat16 && !caps_.bf16) || (dt == at::kHalf && !caps_.fp16)) return t.view(at::kByte);
+  return t;
+}
+
+bool Communicator::reducible(const at::Tensor& t) const {
+  const auto dt = t.scalar_type();
+  if (dt == at::kBFloat16) return caps_.bf16;
+  if (dt == at::kHalf) return caps_.fp16;
+  return true;
+}
+
+namespace {
+
+// Small codes for the order check, so a divergence message can name both sides.
+constexpr const char* kOpNames[] = {"all_gather", "reduce_scatter", "all_reduce", "broadcast", "barrier"};
+std::int64_t op_code(const std::string& op) {
+  for (std::int64_t i = 0; i < 5; ++i)
+    if (op == kOpNames[i]) return i;
+  return -1;
+}
+std::string describe(std::int64_t code, std::int64_t dtype, std::int64_t numel) {
+  const char* name = code >= 0 && code < 5 ? kOpNames[code] : "?";
+  return fmt::format("{}({} x {})", name, numel, c10::toString(static_cast<c10::ScalarType>(dtype)));
+}
+
+}  // namespace
+
+Status Communicator::check_order(const std::string& op, const at::Tensor& t) {
+  const std::int64_t mine[4] = {static_cast<std::int64_t>(seq_), op_code(op),
+                                t.defined() ? static_cast<std::int64_t>(t.scalar_type()) : -1,
+                                t.defined() ? t.numel() : 0};
+  at::Tensor local = at::from_blob(const_cast<std::int64_t*>(mine), {4}, at::kLong).clone();
+  at::Tensor all = at::empty({world_, 4}, at::kLong);
+  std::vector<at::Tensor> rows = all.unbind(0);
+  std::vector<std::vector<at::Tensor>> outs{rows};
+  std::vector<at::Tensor> ins{local};
+  c10d::AllgatherOptions opts;
+  opts.timeout = options_.timeout;
+  auto st = Handle(std::make_unique<Handle::State>(Handle::State{
+                       .work = pg_->allgather(outs, ins, opts), .op = "order check", .bytes = 32, .rank = rank_,
+                       .timeout = options_.timeout}))
+                .wait();
+  STRATA_RETURN_IF_ERROR(st);
+  auto a = all.accessor<std::int64_t, 2>();
+  for (int r = 0; r < world_; ++r) {
+    if (a[r][0] != mine[0] || a[r][1] != mine[1] || a[r][2] != mine[2] || a[r][3] != mine[3]) {
+      return make_error(ErrorCode::kFailedPrecondition,
+                        "collective order diverged at #{}: rank {} issued {} but rank {} issued {} (call #{})",
+                        seq_, rank_, describe(mine[1], mine[2], mine[3]), r, describe(a[r][1], a[r][2], a[r][3]),
+                        a[r][0])
+          .with_op(op)
+          .with_rank(rank_);
+    }
+  }
+  return ok();
+}
+
+Handle Communicator::issue(const std::string& op, const at::Tensor& t,
+                           const std::function<c10::intrusive_ptr<c10d::Work>()>& start,
+                           std::function<void()> finish) {
+  auto state = std::make_unique<Handle::State>();
+  state->op = op;
+  state->bytes = t.defined() ? t.numel() * t.element_size() : 0;
+  state->rank = rank_;
+  state->timeout = options_.timeout;
+  if (options_.check_order) {
+    if (auto st = check_order(op, t); !st) {
+      state->finished = true;
+      state->status = std::move(st);
+      ++seq_;
+      return Handle(std::move(state));
+    }
+  }
+  ++seq_;
+  try {
+    state->work = start();
+    state->finish = std::move(finish);
+  } catch (const std::exception& e) {
+    state->finished = true;
+    const std::string what = e.what();
+    state->status = make_error(ErrorCode::kInvalidArgument, "{} could not start: {}", op, what.substr(0, what.find('\n')))
+                        .with_op(op)
+                        .with_rank(rank_);
+  }
+  return Handle(std::move(state));
+}
+
+namespace {
+
+Status check_flat(const char* op, const at::Tensor& small, const at::Tensor& big, int world) {
+  if (!small.is_contiguous() || !big.is_contiguous()) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: tensors must be contiguous", op);
+  }
+  if (small.scalar_type() != big.scalar_type()) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: dtypes differ ({} vs {})", op,
+                      c10::toString(small.scalar_type()), c10::toString(big.scalar_type()));
+  }
+  if (big.numel() != small.numel() * world) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: flat tensor has {} elements, expected world {} x {}", op,
+                      big.numel(), world, small.numel());
+  }
+  return ok();
+}
+
+}  // namespace
+
+Handle Communicator::error_handle(Status st) {
+  auto state = std::make_unique<Handle::State>();
+  state->finished = true;
+  state->status = std::move(st);
+  return Handle(std::move(state));
+}
+
+Handle Communicator::all_gather(const at::Tensor& input, const at::Tensor& output) {
+  if (auto st = check_flat("all_gather", input, output, world_); !st) return error_handle(std::move(st));
+  const at::Tensor in = movable(input), out = movable(output);
+  if (caps_.allgather_base) {
+    return issue("all_gather", input, [&] {
+      c10d::AllgatherOptions opts;
+      opts.timeout = options_.timeout;
+      at::Tensor o = out, i = in;
+      return pg_->_allgather_base(o, i, opts);
+    });
+  }
+  return issue("all_gather", input, [&] {
+    std::vector<std::vector<at::Tensor>> outs{out.view({world_, in.numel()}).unbind(0)};
+    std::vector<at::Tensor> ins{in};
+    c10d::AllgatherOptions opts;
+    opts.timeout = options_.timeout;
+    return pg_->allgather(outs, ins, opts);
+  });
+}
+
+Handle Communicator::reduce_scatter(const at::Tensor& input, const at::Tensor& output, ReduceOp op) {
+  if (auto st = check_flat("reduce_scatter", output, input, world_); !st) return error_handle(std::move(st));
+  if (op == ReduceOp::kMax) {
+    return error_handle(make_error(ErrorCode::kInvalidArgument, "reduce_scatter supports sum and avg, not max"));
+  }
+  const std::int64_t n = output.numel();
+  const double divisor = op == ReduceOp::kAvg ? world_ : 1.0;
+  if (caps_.reduce_scatter && reducible(input) && (op == ReduceOp::kSum || caps_.avg)) {
+    return issue("reduce_scatter", input, [&] {
+      std::vector<at::Tensor> outs{output};
+      std::vector<std::vector<at::Tensor>> ins{input.view({world_, n}).unbind(0)};
+      c10d::ReduceScatterOptions opts;
+      opts.reduceOp = op == ReduceOp::kAvg ? c10d::ReduceOp::AVG : c10d::ReduceOp::SUM;
+      opts.timeout = options_.timeout;
+      return pg_->reduce_scatter(outs, ins, opts);
+    });
+  }
+  // Fallback (Note [reduce-scatter by alltoall]): alltoall_base sends slice r of every
+  // rank's input to rank r, which then holds world rows of n elements and sums them
+  // locally, in rank order and in fp32, so the result is deterministic and bf16/fp16
+  // inputs lose no precision in the sum.
+  at::Tensor received = at::empty_like(input);
+  const at::Tensor in = movable(input), recv = movable(received);
+  return issue(
+      "reduce_scatter", input,
+      [&] {
+        at::Tensor o = recv, i = in;
+        std::vector<std::int64_t> even;  // empty split sizes = equal slices
+        c10d::AllToAllOptions opts;
+        opts.timeout = options_.timeout;
+        return pg_->alltoall_base(o, i, even, even, opts);
+      },
+      [received, output, n, divisor, world = world_] {
+        at::Tensor rows = received.view({world, n});
+        at::Tensor sum = rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble
+                             ? rows.sum(0)
+                             : rows.to(at::kFloat).sum(0);
+        if (divisor != 1.0) sum.div_(divisor);
+        output.copy_(sum);
+      });
+}
+
+Handle Communicator::all_reduce(const at::Tensor& tensor, ReduceOp op) {
+  if (!tensor.is_contiguous()) {
+    return error_handle(make_error(ErrorCode::kInvalidArgument, "all_reduce: tensor must be contiguous"));
+  }
+  if (op == ReduceOp::kAvg && !at::isFloatingType(tensor.scalar_type())) {
+    return error_handle(make_error(ErrorCode::kInvalidArgument, "all_reduce: avg needs a floating-point tensor"));
+  }
+  // Reduce a fp32 copy when the backend rejects the dtype; divide locally when it has
+  // no AVG. Both are completion steps that run in wait().
+  const bool upcast = !reducible(tensor);
+  const bool local_avg = op == ReduceOp::kAvg && !caps_.avg;
+  at::Tensor target = upcast ? tensor.to(at::kFloat) : tensor;
+  std::function<void()> finish;
+  if (upcast || local_avg) {
+    finish = [tensor, target, upcast, local_avg, world = world_] {
+      if (local_avg) target.div_(world);
+      if (upcast) tensor.copy_(target);
+    };
+  }
+  c10d::ReduceOp rop = op == ReduceOp::kMax ? c10d::ReduceOp::MAX
+                       : (op == ReduceOp::kAvg && !local_avg) ? c10d::ReduceOp::AVG
+                                                              : c10d::ReduceOp::SUM;
+  return issue(
+      "all_reduce", tensor,
+      [&] {
+        std::vector<at::Tensor> ts{target};
+        c10d::AllreduceOptions opts;
+        opts.reduceOp = rop;
+        opts.timeout = options_.timeout;
+        return pg_->allreduce(ts, opts);
+      },
+      std::move(finish));
+}
+
+Handle Communicator::broadcast(const at::Tensor& tensor, int root) {
+  if (root < 0 || root >= world_) {
+    return error_handle(make_error(ErrorCode::kInvalidArgument, "broadcast: root {} is not a rank of {}", root, world_));
+  }
+  if (!tensor.is_contiguous()) {
+    return error_handle(make_error(ErrorCode::kInvalidArgument, "broadcast: tensor must be contiguous"));
+  }
+  const at::Tensor t = movable(tensor);
+  return issue("broadcast", tensor, [&] {
+    std::vector<at::Tensor> ts{t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    opts.timeout = options_.timeout;
+    return pg_->broadcast(ts, opts);
+  });
+}
+
+Handle Communicator::barrier() {
+  return issue("barrier", at::Tensor(), [&] {
+    c10d::BarrierOptions opts;
+    opts.timeout = options_.timeout;
+    return pg_->barrier(opts);
+  });
+}
+
+}  // namespace strata::comm
