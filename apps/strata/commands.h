@@ -6,10 +6,17 @@ namespace CLI {
 class App;
 }
 
+#include <string>
+#include <vector>
+
 namespace strata::cli {
+
+// The arguments after the first "--" on the command line (not seen by CLI11).
+const std::vector<std::string>& trailing_args();
 
 void add_env_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
+void add_launch_command(CLI::App& app, int* exit_code);
 // Registers `strata bench` and returns it, so each benchmark can add itself.
 CLI::App* add_bench_command(CLI::App& app);
 

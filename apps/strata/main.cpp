@@ -1,15 +1,36 @@
 // strata: train models that do not fit in memory. See `strata --help`.
+#include <string>
+#include <string_view>
+#include <vector>
+
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
 
+namespace strata::cli {
+namespace {
+std::vector<std::string> g_trailing;
+}
+const std::vector<std::string>& trailing_args() { return g_trailing; }
+}  // namespace strata::cli
+
 int main(int argc, char** argv) {
+  // Everything after the first "--" belongs to a program strata starts (strata launch
+  // -n 2 -- prog --its-flags); CLI11 only sees what comes before it.
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--") {
+      strata::cli::g_trailing.assign(argv + i + 1, argv + argc);
+      argc = i;
+      break;
+    }
+  }
   CLI::App app{"strata: sharded, tiered training of models that do not fit in memory", "strata"};
   app.set_version_flag("--version", std::string("strata ") + STRATA_VERSION);
   app.require_subcommand(1);
   int exit_code = 0;
   strata::cli::add_env_command(app, &exit_code);
   strata::cli::add_config_command(app, &exit_code);
+  strata::cli::add_launch_command(app, &exit_code);
   CLI::App* bench = strata::cli::add_bench_command(app);
   (void)bench;  // benchmarks register here: strata::cli::add_bench_<what>(*bench, &exit_code);
   CLI11_PARSE(app, argc, argv);

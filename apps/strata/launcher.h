@@ -1,0 +1,41 @@
+// Starts N local ranks of a program, the way torchrun does on one machine.
+//
+//   LaunchOptions opts{.nproc = 4, .argv = {"./train", "--steps", "100"}};
+//   int code = launch(opts);   // 0, or the exit code of the first rank that failed
+//
+// Each rank gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and
+// MASTER_PORT (a free port), so strata::comm::init_from_env() works unchanged. Output
+// is prefixed "[r<k>] " per line. When a rank fails, the others get SIGTERM, then
+// SIGKILL after a grace period, and the launcher returns the first failure's code
+// (128+signal for a rank killed by a signal).
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "strata/base/status.h"
+
+namespace strata::cli {
+
+struct LaunchOptions {
+  int nproc = 1;
+  std::vector<std::string> argv;  // program (looked up in PATH) and its arguments
+  std::string master_addr = "127.0.0.1";
+  int master_port = 0;  // 0 = pick a free port
+  // Rank 0 writes straight to this process's stdout/stderr, unprefixed, so that a live
+  // progress line keeps working on a terminal. Other ranks stay prefixed.
+  bool rank0_passthrough = false;
+  std::chrono::milliseconds grace{5000};
+  std::map<std::string, std::string> extra_env;
+};
+
+// Runs the ranks to completion. An error only for failures to start (bad program,
+// no free port); a rank's own failure is its exit code.
+Result<int> launch(const LaunchOptions& options);
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+Result<int> pick_free_port();
+
+}  // namespace strata::cli
