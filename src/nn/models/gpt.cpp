@@ -1,0 +1,172 @@
+#include "strata/nn/models/gpt.h"
+
+#include <cmath>
+#include <cstdlib>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/util/irange.h>
+#include <torch/nn/options/embedding.h>
+#include <torch/nn/options/linear.h>
+#include <torch/nn/options/normalization.h>
+
+#include "strata/engine/module_hooks.h"
+
+namespace strata::nn {
+
+namespace {
+
+struct NamedSize {
+  const char* name;
+  std::int64_t layers, hidden, heads, context;
+};
+constexpr NamedSize kSizes[] = {
+    {"tiny", 4, 128, 4, 256},          {"gpt2", 12, 768, 12, 1024},      {"gpt2-medium", 24, 1024, 16, 1024},
+    {"gpt2-large", 36, 1280, 20, 1024}, {"gpt2-xl", 48, 1600, 25, 1024},
+};
+
+Result<std::int64_t> parse_dim(const std::string& s, const std::string& whole) {
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || v <= 0) {
+    return make_error(ErrorCode::kInvalidArgument, "model '{}': '{}' is not a positive integer", whole, s);
+  }
+  return static_cast<std::int64_t>(v);
+}
+
+}  // namespace
+
+std::vector<std::int64_t> GPTConfig::parameter_sizes() const {
+  const std::int64_t h = hidden;
+  std::vector<std::int64_t> sizes = {vocab * h, context * h};
+  for (std::int64_t l = 0; l < layers; ++l) {
+    // ln_1 (w, b), c_attn (w, b), attn_proj (w, b), ln_2 (w, b), c_fc (w, b), mlp_proj (w, b)
+    for (std::int64_t s : {h, h, 3 * h * h, 3 * h, h * h, h, h, h, 4 * h * h, 4 * h, 4 * h * h, h}) sizes.push_back(s);
+  }
+  sizes.push_back(h);  // ln_f
+  sizes.push_back(h);
+  return sizes;
+}
+
+std::int64_t GPTConfig::parameter_count() const {
+  std::int64_t n = 0;
+  for (std::int64_t s : parameter_sizes()) n += s;
+  return n;
+}
+
+Result<GPTConfig> gpt_config(const std::string& name, std::int64_t vocab, std::int64_t context) {
+  GPTConfig cfg;
+  cfg.name = name;
+  bool found = false;
+  for (const auto& s : kSizes) {
+    if (name == s.name) {
+      cfg.layers = s.layers, cfg.hidden = s.hidden, cfg.heads = s.heads, cfg.context = s.context;
+      found = true;
+    }
+  }
+  if (!found && name.rfind("custom:", 0) == 0) {
+    const std::string dims = name.substr(7);
+    const auto x1 = dims.find('x'), x2 = dims.find('x', x1 == std::string::npos ? x1 : x1 + 1);
+    if (x1 == std::string::npos || x2 == std::string::npos) {
+      return make_error(ErrorCode::kInvalidArgument, "model '{}': expected custom:<layers>x<hidden>x<heads>", name);
+    }
+    STRATA_ASSIGN_OR_RETURN(cfg.layers, parse_dim(dims.substr(0, x1), name));
+    STRATA_ASSIGN_OR_RETURN(cfg.hidden, parse_dim(dims.substr(x1 + 1, x2 - x1 - 1), name));
+    STRATA_ASSIGN_OR_RETURN(cfg.heads, parse_dim(dims.substr(x2 + 1), name));
+    cfg.context = 1024;
+    found = true;
+  }
+  if (!found) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "unknown model '{}'; use tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl or "
+                      "custom:<layers>x<hidden>x<heads>",
+                      name);
+  }
+  if (cfg.hidden % cfg.heads != 0) {
+    return make_error(ErrorCode::kInvalidArgument, "model '{}': hidden size {} is not divisible by {} heads", name,
+                      cfg.hidden, cfg.heads);
+  }
+  if (vocab > 0) cfg.vocab = vocab;
+  if (context > 0) cfg.context = context;
+  return cfg;
+}
+
+EmbeddingsImpl::EmbeddingsImpl(std::int64_t vocab, std::int64_t context, std::int64_t hidden) {
+  wte = register_module("wte", torch::nn::Embedding(vocab, hidden));
+  wpe = register_module("wpe", torch::nn::Embedding(context, hidden));
+}
+
+at::Tensor EmbeddingsImpl::forward(const at::Tensor& tokens) {
+  const std::int64_t seq = tokens.size(1);
+  at::Tensor pos = at::arange(seq, tokens.options().dtype(at::kLong));
+  return wte->forward(tokens) + wpe->forward(pos).unsqueeze(0);
+}
+
+BlockImpl::BlockImpl(std::int64_t hidden, std::int64_t heads) : heads_(heads) {
+  ln_1 = register_module("ln_1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
+  c_attn = register_module("c_attn", torch::nn::Linear(hidden, 3 * hidden));
+  attn_proj = register_module("attn_proj", torch::nn::Linear(hidden, hidden));
+  ln_2 = register_module("ln_2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
+  c_fc = register_module("c_fc", torch::nn::Linear(hidden, 4 * hidden));
+  mlp_proj = register_module("mlp_proj", torch::nn::Linear(4 * hidden, hidden));
+}
+
+at::Tensor BlockImpl::forward(const at::Tensor& x) {
+  const std::int64_t b = x.size(0), t = x.size(1), h = x.size(2), d = h / heads_;
+  // Causal self-attention on the normalised input.
+  std::vector<at::Tensor> qkv = c_attn->forward(ln_1->forward(x)).split(h, 2);
+  auto heads = [&](const at::Tensor& y) { return y.view({b, t, heads_, d}).transpose(1, 2); };
+  at::Tensor q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
+  at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(d)));
+  at::Tensor mask = at::ones({t, t}, x.options().dtype(at::kBool)).triu(1);
+  att = at::softmax(att.masked_fill(mask, -std::numeric_limits<float>::infinity()), -1);
+  at::Tensor y = at::matmul(att, v).transpose(1, 2).contiguous().view({b, t, h});
+  at::Tensor r = x + attn_proj->forward(y);
+  return r + mlp_proj->forward(at::gelu(c_fc->forward(ln_2->forward(r)), "tanh"));
+}
+
+HeadImpl::HeadImpl(std::int64_t hidden, torch::nn::Embedding tied) : tied_(std::move(tied)) {
+  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
+}
+
+at::Tensor HeadImpl::forward(const at::Tensor& x) { return at::matmul(ln_f->forward(x), tied_->weight.t()); }
+
+GPTImpl::GPTImpl(const GPTConfig& cfg) : cfg_(cfg) {
+  embeddings = register_module("embeddings", Embeddings(cfg.vocab, cfg.context, cfg.hidden));
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (std::int64_t l = 0; l < cfg.layers; ++l) {
+    block_list.push_back(Block(cfg.hidden, cfg.heads));
+    blocks->push_back(block_list.back());
+  }
+  head = register_module("head", Head(cfg.hidden, embeddings->wte));
+}
+
+at::Tensor GPTImpl::forward(const at::Tensor& tokens) {
+  at::Tensor x = engine::forward(embeddings, tokens);
+  for (auto& block : block_list) x = engine::forward(block, x);
+  return engine::forward(head, x);
+}
+
+at::Tensor GPTImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
+  at::Tensor logits = forward(tokens);
+  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}));
+}
+
+void GPTImpl::init_weights(std::uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::NoGradGuard no_grad;
+  const double std = 0.02, proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(cfg_.layers));
+  // named_parameters() is in registration order, so the draw order is fixed.
+  for (auto& p : named_parameters(/*recurse=*/true)) {
+    const std::string& name = p.key();
+    at::Tensor t = p.value();
+    const bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+    const bool is_norm = name.find("ln_") != std::string::npos;
+    if (is_norm) t.fill_(is_bias ? 0.0 : 1.0);
+    else if (is_bias) t.zero_();
+    else if (name.find("_proj.weight") != std::string::npos) t.normal_(0.0, proj_std, gen);
+    else t.normal_(0.0, std, gen);
+  }
+}
+
+}  // namespace strata::nn
