@@ -249,7 +249,11 @@ Handle Communicator::error_handle(Status st) {
 
 Handle Communicator::all_gather(const at::Tensor& input, const at::Tensor& output) {
   if (auto st = check_flat("all_gather", input, output, world_); !st) return error_handle(std::move(st));
-  const at::Tensor in = movable(input), out = movable(output);
+  // Note [in-place all_gather]: callers gather a rank's slice of a chunk into the chunk
+  // itself. c10d documents that as safe only for _allgather_base (NCCL); elsewhere the
+  // input is copied first (1/world of the output: cheap).
+  const bool alias = input.is_alias_of(output) && !caps_.allgather_base;
+  const at::Tensor in = movable(alias ? input.clone() : input), out = movable(output);
   if (caps_.allgather_base) {
     return issue("all_gather", input, [&] {
       c10d::AllgatherOptions opts;

@@ -1,0 +1,129 @@
+#include "strata/engine/chunk_store.h"
+
+#include <unordered_set>
+
+#include <ATen/ATen.h>
+#include <ATen/native/Resize.h>
+#include <c10/core/StorageImpl.h>
+
+namespace strata::engine {
+
+Result<kernels::DType> kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kernels::DType::kF32;
+    case at::kBFloat16: return kernels::DType::kBF16;
+    case at::kHalf: return kernels::DType::kF16;
+    default:
+      return make_error(ErrorCode::kInvalidArgument, "dtype {} is not supported (use float32, bfloat16 or float16)",
+                        c10::toString(t));
+  }
+}
+
+Status ChunkStoreOptions::validate() const {
+  if (world < 1 || rank < 0 || rank >= world) {
+    return make_error(ErrorCode::kInvalidArgument, "rank {} of world {} is not valid", rank, world);
+  }
+  STRATA_RETURN_IF_ERROR(kernel_dtype(compute_dtype));
+  if (io_align_bytes == 0) return make_error(ErrorCode::kInvalidArgument, "io_align_bytes must be >= 1");
+  return ok();
+}
+
+Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> params, const ChunkStoreOptions& opt,
+                                                       std::span<const plan::ParamAccess> uses, const InitHook& on_init) {
+  STRATA_RETURN_IF_ERROR(opt.validate());
+  std::vector<plan::ParamInfo> infos;
+  std::unordered_set<const void*> seen;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    if (!p.defined() || p.is_sparse() || !p.is_contiguous()) {
+      return make_error(ErrorCode::kInvalidArgument, "parameter {} must be a defined, dense, contiguous tensor", i);
+    }
+    if (!seen.insert(p.unsafeGetTensorImpl()).second) {
+      return make_error(ErrorCode::kInvalidArgument, "parameter {} is listed twice (pass shared parameters once)", i);
+    }
+    infos.push_back({static_cast<std::uint64_t>(p.numel()), true});
+  }
+  const std::uint64_t elem_bytes = c10::elementSize(opt.compute_dtype);
+  plan::ChunkingOptions co;
+  co.world = opt.world;
+  // The master and states are fp32, so align shards for fp32 I/O (the strictest case).
+  co.io_align_elems = std::max<std::uint64_t>(1, opt.io_align_bytes / std::max<std::uint64_t>(elem_bytes, 4));
+  co.chunk_size_elems = opt.chunk_size_elems;
+  co.search_range_elems = opt.search_range_elems;
+  co.search_step_elems = std::max<std::uint64_t>(1, opt.search_step_elems);
+  co.persistence_threshold_elems = opt.persistence_threshold_elems;
+  co.private_min_gap = opt.private_min_gap;
+  STRATA_ASSIGN_OR_RETURN(plan::ChunkLayout layout, plan::pack_chunks(infos, uses, co));
+
+  std::unique_ptr<ChunkStore> store(new ChunkStore());
+  store->options_ = opt;
+  store->layout_ = std::move(layout);
+  store->params_ = std::move(params);
+  at::NoGradGuard no_grad;
+  for (std::size_t c = 0; c < store->num_chunks(); ++c) {
+    const auto opts = store->params_.empty() ? at::TensorOptions() : store->params_[0].options();
+    store->full_.push_back(at::zeros({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype)));
+    store->grad_.push_back(at::zeros({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype)));
+  }
+  // Note [gathered storage]: copy each value in, then rebind the parameter to its view.
+  for (std::size_t i = 0; i < store->params_.size(); ++i) {
+    at::Tensor& p = store->params_[i];
+    at::Tensor view = store->param_view(store->full_[store->layout_.where[i].chunk], i);
+    if (on_init) on_init(*store, i, p.detach());
+    view.copy_(p.detach());
+    p.set_data(view);
+  }
+  store->bind_grads();
+  return store;
+}
+
+at::Tensor ChunkStore::shard(const at::Tensor& full_chunk, std::size_t c) const {
+  const std::int64_t n = shard_elems(c);
+  return full_chunk.narrow(0, options_.rank * n, n);
+}
+
+at::Tensor ChunkStore::param_view(const at::Tensor& chunk_tensor, std::size_t i) const {
+  const plan::ParamLocation& loc = layout_.where[i];
+  return chunk_tensor.narrow(0, static_cast<std::int64_t>(loc.offset_elems), static_cast<std::int64_t>(loc.numel))
+      .view(params_[i].sizes());
+}
+
+void ChunkStore::free_storage(const at::Tensor& t) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  s->reset();  // drops the bytes; the StorageImpl, and every view of it, lives on
+}
+
+void ChunkStore::alloc_storage(const at::Tensor& t) {
+  const std::size_t bytes = static_cast<std::size_t>(t.numel()) * t.element_size();
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  if (s->nbytes() == bytes) return;
+  TORCH_INTERNAL_ASSERT(t.is_cpu(), "alloc_storage: only CPU storage is handled here");
+  at::native::resize_bytes_cpu(s, bytes);
+}
+
+bool ChunkStore::has_storage(const at::Tensor& t) { return t.storage().nbytes() != 0; }
+
+void ChunkStore::bind_grads() {
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    params_[i].mutable_grad() = param_view(grad_[layout_.where[i].chunk], i);
+  }
+  zero_grads();
+}
+
+void ChunkStore::zero_grads() {
+  for (auto& g : grad_)
+    if (has_storage(g)) g.zero_();
+}
+
+std::vector<ChunkStore::ShardSlot> ChunkStore::shard_slots(std::size_t c, int rank) const {
+  const std::int64_t n = shard_elems(c), lo = rank * n, hi = lo + n;
+  std::vector<ShardSlot> out;
+  for (const plan::ParamSlot& s : layout_.chunks[c].params) {
+    const std::int64_t a = std::max<std::int64_t>(lo, static_cast<std::int64_t>(s.offset_elems));
+    const std::int64_t b = std::min<std::int64_t>(hi, static_cast<std::int64_t>(s.offset_elems + s.numel));
+    if (a < b) out.push_back({s.param, a - lo, a - static_cast<std::int64_t>(s.offset_elems), b - a});
+  }
+  return out;
+}
+
+}  // namespace strata::engine

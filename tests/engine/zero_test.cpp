@@ -1,0 +1,84 @@
+// ZeRO stages 1 and 2 against plain LibTorch, over real processes.
+#include <gtest/gtest.h>
+
+#include "support/multirank.h"
+
+namespace strata {
+namespace {
+
+using testing::all_output;
+using testing::run_ranks;
+
+std::string worker() { return std::string(STRATA_TEST_BIN_DIR) + "/zero_worker"; }
+
+void expect_all_ok(const std::vector<testing::RankResult>& rs) {
+  for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << all_output(rs);
+}
+
+struct ParityCase {
+  int world;
+  int stage;
+  const char* optim;
+};
+
+class ZeroParity : public ::testing::TestWithParam<ParityCase> {};
+
+TEST_P(ZeroParity, MatchesTorchOptimFor20Steps) {
+  const auto& p = GetParam();
+  expect_all_ok(run_ranks(p.world, {worker(), "parity", std::to_string(p.stage), p.optim}));
+}
+
+std::vector<ParityCase> parity_cases() {
+  std::vector<ParityCase> cases;
+  for (int world : {1, 2, 3, 4})
+    for (int stage : {1, 2})
+      for (const char* optim : {"adam", "adamw", "sgd"}) cases.push_back({world, stage, optim});
+  cases.push_back({3, 2, "adagrad"});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ZeroParity, ::testing::ValuesIn(parity_cases()), [](const auto& info) {
+  return fmt::format("w{}_stage{}_{}", info.param.world, info.param.stage, info.param.optim);
+});
+
+TEST(Zero, WrappedTorchOptimizerMatches) {
+  expect_all_ok(run_ranks(3, {worker(), "parity", "2", "adamw", "wrap"}));
+}
+
+TEST(Zero, StageOneAndTwoAgree) { expect_all_ok(run_ranks(3, {worker(), "stages", "adam"})); }
+
+TEST(Zero, AccumulationOverFourMicroStepsEqualsOneLargeBatch) {
+  expect_all_ok(run_ranks(2, {worker(), "accum", "2"}));
+  expect_all_ok(run_ranks(2, {worker(), "accum", "1"}));
+}
+
+TEST(Zero, ClippingEqualsTorchForNorms1_2_Inf) {
+  for (const char* norm : {"1", "2", "inf"}) expect_all_ok(run_ranks(3, {worker(), "clip", "2", norm}));
+  expect_all_ok(run_ranks(2, {worker(), "clip", "1", "2"}));
+}
+
+TEST(Zero, Fp16LossScalerSkipsExactlyTheOverflowingSteps) {
+  expect_all_ok(run_ranks(3, {worker(), "fp16", "2"}));
+}
+
+TEST(Zero, Bf16ComputeCopiesAreTheRoundedMasters) { expect_all_ok(run_ranks(2, {worker(), "bf16", "2"})); }
+
+TEST(Zero, StateDictSavedAtWorld4LoadsAtWorld2AndContinuesIdentically) {
+  const auto dir = testing::fresh_temp_dir("zero-ckpt");
+  expect_all_ok(run_ranks(4, {worker(), "save", dir.string(), "10"}));
+  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10"}));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Zero, KilledRankMakesTheOthersFailWithinTheTimeout) {
+  auto rs = run_ranks(3, {worker(), "kill", "2"}, std::chrono::seconds(60));
+  EXPECT_EQ(rs[2].exit_code, 128 + SIGKILL);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(rs[r].exit_code, 3) << all_output(rs);
+    EXPECT_NE(rs[r].output.find("EXPECTED FAILURE at step 5"), std::string::npos) << all_output(rs);
+    EXPECT_LT(rs[r].seconds, 30.0);
+  }
+}
+
+}  // namespace
+}  // namespace strata

@@ -1,0 +1,334 @@
+// One rank of the ZeRO-1/2 tests (tests/engine/zero_test.cpp starts N of these). Each
+// rank also trains the reference — the same model, unsharded, with plain torch::optim on
+// the whole job's batch — and compares. Prints "OK" and exits 0 on success, 1 on a
+// mismatch, 3 on an expected failure.
+//
+// zero_worker parity STAGE OPTIM [wrap]   20 steps vs torch::optim (fp32, <= 1e-6)
+// zero_worker stages OPTIM                 stage 1 and stage 2 side by side
+// zero_worker accum STAGE                  4 micro-steps == one 4x batch
+// zero_worker clip STAGE NORM              clip_grad_norm(1|2|inf) vs clip_grad_norm_
+// zero_worker fp16 STAGE                   loss scaler skips exactly the overflowing steps
+// zero_worker bf16 STAGE                   bf16 compute copies == RNE(master), loss tracks
+// zero_worker save DIR STEPS | resume DIR STEPS   consolidated state dict across world sizes
+// zero_worker kill STAGE                   the last rank dies mid-run; others must error
+#include <signal.h>
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim.h>
+#include <torch/serialize.h>
+
+#include "strata/comm/rendezvous.h"
+#include "strata/engine/sharded_optimizer.h"
+#include "toy_model.h"
+
+using namespace strata;
+using strata::testing::rel_error;
+using strata::testing::toy_batch;
+using strata::testing::ToyModel;
+
+namespace {
+
+constexpr std::int64_t kRowsPerRank = 6;
+comm::Communicator* g_comm = nullptr;
+
+[[noreturn]] void fail(const std::string& what) {
+  fmt::print(stderr, "WRONG (rank {}): {}\n", g_comm ? g_comm->rank() : -1, what);
+  std::fflush(stderr);
+  std::_Exit(1);
+}
+template <class T>
+T check(Result<T> r, const char* what) {
+  if (!r) fail(fmt::format("{}: {}", what, r.error()));
+  return std::move(*r);
+}
+void check(Status s, const char* what) {
+  if (!s) fail(fmt::format("{}: {}", what, s.error()));
+}
+
+OptimizerConfig optim_config(const std::string& name) {
+  OptimizerConfig c;
+  c.lr = 1e-2;
+  if (name == "adam") c.type = OptimizerType::kAdam, c.adam_w_mode = false, c.weight_decay = 0.01;
+  else if (name == "adamw") c.type = OptimizerType::kAdamW, c.weight_decay = 0.05;
+  else if (name == "sgd") c.type = OptimizerType::kSGD, c.momentum = 0.9, c.nesterov = true, c.weight_decay = 0.01;
+  else if (name == "adagrad") c.type = OptimizerType::kAdagrad, c.lr_decay = 0.01, c.weight_decay = 0.01, c.eps = 1e-10;
+  else fail("unknown optimizer " + name);
+  return c;
+}
+
+std::unique_ptr<torch::optim::Optimizer> torch_optimizer(const OptimizerConfig& c, std::vector<at::Tensor> params) {
+  const auto betas = std::make_tuple(c.betas[0], c.betas[1]);
+  switch (c.effective_type()) {
+    case OptimizerType::kAdam:
+      return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(c.lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay));
+    case OptimizerType::kAdamW:
+      return std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(c.lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay));
+    case OptimizerType::kSGD:
+      return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(c.weight_decay));
+    case OptimizerType::kAdagrad:
+      return std::make_unique<torch::optim::Adagrad>(params, torch::optim::AdagradOptions(c.lr).lr_decay(c.lr_decay).weight_decay(c.weight_decay).eps(c.eps));
+  }
+  return nullptr;
+}
+
+std::vector<at::Tensor> trainable(ToyModel& m) {
+  std::vector<at::Tensor> out;
+  for (auto& p : m.parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+engine::ShardedOptimizerOptions sharded_options(int stage, const OptimizerConfig& oc) {
+  engine::ShardedOptimizerOptions o;
+  o.stage = stage;
+  o.optimizer = oc;
+  o.reduce_bucket_size = 1500;  // several chunks per bucket and several buckets
+  o.chunks.chunk_size_elems = 512;
+  o.chunks.io_align_bytes = 64;
+  o.optimizer_threads = 2;
+  return o;
+}
+
+// The reference: one process, the whole job's batch, plain torch::optim.
+struct Reference {
+  ToyModel model{7};
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  explicit Reference(const OptimizerConfig& c) { opt = torch_optimizer(c, trainable(model)); }
+  double step(std::int64_t step, std::int64_t rows, double clip = 0, double norm_type = 2, double* norm = nullptr) {
+    auto [x, y] = toy_batch(step, rows);
+    opt->zero_grad();
+    at::Tensor loss = model.loss(x, y);
+    loss.backward();
+    if (clip > 0) {
+      const double n = torch::nn::utils::clip_grad_norm_(trainable(model), clip, norm_type);
+      if (norm) *norm = n;
+    }
+    opt->step();
+    return loss.item<double>();
+  }
+};
+
+void compare(ToyModel& got, ToyModel& want, double tol, const std::string& when) {
+  auto a = got.named_parameters(), b = want.named_parameters();
+  for (const auto& item : a) {
+    const double e = rel_error(item.value(), b[item.key()]);
+    if (e > tol) fail(fmt::format("{}: parameter {} differs, relative error {:.3g} > {:.0g}", when, item.key(), e, tol));
+  }
+}
+
+std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step, std::int64_t per_rank) {
+  auto [x, y] = toy_batch(step, per_rank * g_comm->world());
+  return {x.narrow(0, g_comm->rank() * per_rank, per_rank), y.narrow(0, g_comm->rank() * per_rank, per_rank)};
+}
+
+void parity(int stage, const std::string& optim, bool wrap) {
+  OptimizerConfig oc = optim_config(optim);
+  Reference ref(oc);
+  ToyModel model(7);
+  auto opts = sharded_options(stage, oc);
+  if (wrap) opts.wrap = [oc](std::vector<at::Tensor> shards) { return torch_optimizer(oc, std::move(shards)); };
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, opts), "create");
+  const at::Tensor unused_before = model.unused.detach().clone();
+  for (int s = 0; s < 20; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank);
+    check(opt->backward(model.loss(x, y)), "backward");
+    auto r = check(opt->step(), "step");
+    if (!r.applied) fail("step not applied");
+    ref.step(s, kRowsPerRank * g_comm->world());
+    compare(model, ref.model, 1e-6, fmt::format("stage {} {} step {}", stage, optim, s));
+  }
+  if (!at::equal(model.unused, unused_before)) fail("a parameter that never had a gradient changed");
+}
+
+void stages(const std::string& optim) {
+  OptimizerConfig oc = optim_config(optim);
+  ToyModel m1(7), m2(7);
+  auto o1 = check(engine::ShardedOptimizer::create(trainable(m1), *g_comm, sharded_options(1, oc)), "create 1");
+  auto o2 = check(engine::ShardedOptimizer::create(trainable(m2), *g_comm, sharded_options(2, oc)), "create 2");
+  for (int s = 0; s < 20; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank);
+    check(o1->backward(m1.loss(x, y)), "backward 1");
+    check(o1->step(), "step 1");
+    check(o2->backward(m2.loss(x, y)), "backward 2");
+    check(o2->step(), "step 2");
+    compare(m1, m2, 1e-6, fmt::format("stage 1 vs 2, step {}", s));
+  }
+}
+
+void accum(int stage) {
+  OptimizerConfig oc = optim_config("adamw");
+  Reference ref(oc);
+  ToyModel model(7);
+  auto opts = sharded_options(stage, oc);
+  opts.gradient_accumulation_steps = 4;
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, opts), "create");
+  const std::int64_t per_rank = 4 * kRowsPerRank;
+  for (int s = 0; s < 10; ++s) {
+    auto [x, y] = my_rows(s, per_rank);
+    for (int m = 0; m < 4; ++m) {
+      const std::uint64_t seq_before = g_comm->sequence();
+      check(opt->backward(model.loss(x.narrow(0, m * kRowsPerRank, kRowsPerRank), y.narrow(0, m * kRowsPerRank, kRowsPerRank))), "backward");
+      auto r = check(opt->step(), "step");
+      if (r.boundary != (m == 3)) fail("boundary flag wrong");
+      if (m < 3 && g_comm->sequence() != seq_before) fail("communication before the accumulation boundary");
+    }
+    ref.step(s, per_rank * g_comm->world());
+    compare(model, ref.model, 1e-6, fmt::format("accumulation step {}", s));
+  }
+}
+
+void clip(int stage, double norm_type) {
+  OptimizerConfig oc = optim_config("sgd");
+  Reference ref(oc);
+  ToyModel model(7);
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, sharded_options(stage, oc)), "create");
+  for (int s = 0; s < 10; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank);
+    check(opt->backward(model.loss(x, y)), "backward");
+    const double norm = check(opt->clip_grad_norm(0.05, norm_type), "clip_grad_norm");
+    check(opt->step(), "step");
+    double want = 0;
+    ref.step(s, kRowsPerRank * g_comm->world(), 0.05, norm_type, &want);
+    if (std::abs(norm - want) > 1e-6 * want) fail(fmt::format("norm {} vs torch {}", norm, want));
+    compare(model, ref.model, 1e-6, fmt::format("clip norm {} step {}", norm_type, s));
+  }
+}
+
+void fp16(int stage) {
+  OptimizerConfig oc = optim_config("adam");
+  Reference ref(oc);
+  ToyModel model(7);
+  auto opts = sharded_options(stage, oc);
+  opts.fp16 = {.enabled = true, .initial_scale_power = 8, .loss_scale_window = 3, .hysteresis = 2, .min_loss_scale = 1};
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, opts), "create");
+  // Overflow only on rank 0: every rank must still skip. Expected scales by hand from
+  // DeepSpeed's rules (start 256, window 3, hysteresis 2):
+  const std::set<int> overflow = {2, 3, 4, 9};
+  const double want_scale[] = {256, 256, 256, 256, 128, 64, 64, 64, 128, 128, 128, 128};
+  for (int s = 0; s < 12; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank);
+    at::Tensor loss = model.loss(x, y);
+    if (overflow.count(s) && g_comm->rank() == 0) loss = loss * std::numeric_limits<float>::infinity();
+    check(opt->backward(loss), "backward");
+    auto r = check(opt->step(), "step");
+    if (r.loss_scale != want_scale[s]) fail(fmt::format("step {}: loss scale {} != {}", s, r.loss_scale, want_scale[s]));
+    if (r.applied == (overflow.count(s) > 0)) fail(fmt::format("step {}: applied={} but overflow={}", s, r.applied, overflow.count(s)));
+    if (!overflow.count(s)) ref.step(s, kRowsPerRank * g_comm->world());
+    compare(model, ref.model, 1e-6, fmt::format("fp16 scaler step {}", s));
+  }
+  if (opt->loss_scaler().skipped_steps() != overflow.size()) fail("skipped step count");
+}
+
+void bf16(int stage) {
+  OptimizerConfig oc = optim_config("adamw");
+  Reference ref(oc);
+  ToyModel model(7);
+  auto opts = sharded_options(stage, oc);
+  opts.compute_dtype = at::kBFloat16;
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, opts), "create");
+  for (int s = 0; s < 20; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank);
+    at::Tensor loss = model.loss(x.to(at::kBFloat16), y.to(at::kBFloat16)).to(at::kFloat);
+    check(opt->backward(loss), "backward");
+    check(opt->step(), "step");
+    // Compare against the rank-sum of losses: the reference's loss is the job's mean.
+    at::Tensor l = loss.detach().clone();
+    check(g_comm->all_reduce(l, comm::ReduceOp::kAvg).wait(), "loss avg");
+    const double want = ref.step(s, kRowsPerRank * g_comm->world());
+    if (std::abs(l.item<double>() - want) > 0.02 * want) fail(fmt::format("bf16 loss {} vs fp32 {}", l.item<double>(), want));
+  }
+  auto full = check(opt->consolidate_state_dict(0), "consolidate");
+  if (g_comm->rank() == 0) {
+    auto masters = full->param_groups()[0].params();
+    auto params = trainable(model);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (params[i].scalar_type() != at::kBFloat16) fail("parameters are not bf16");
+      if (!at::equal(params[i], masters[i].to(at::kBFloat16))) fail(fmt::format("param {} != RNE(master)", i));
+    }
+  }
+}
+
+void save(const std::string& dir, int steps) {
+  OptimizerConfig oc = optim_config("adam");
+  ToyModel model(7);
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, sharded_options(2, oc)), "create");
+  for (int s = 0; s < steps; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());  // 24 rows per step at any world size
+    check(opt->backward(model.loss(x, y)), "backward");
+    check(opt->step(), "step");
+  }
+  auto full = check(opt->consolidate_state_dict(0), "consolidate");
+  if (g_comm->rank() == 0) {
+    torch::save(*full, dir + "/optim.pt");
+    torch::save(full->param_groups()[0].params(), dir + "/params.pt");
+  }
+}
+
+void resume(const std::string& dir, int steps) {
+  OptimizerConfig oc = optim_config("adam");
+  ToyModel model(7);
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, sharded_options(2, oc)), "create");
+  std::vector<at::Tensor> params;
+  torch::load(params, dir + "/params.pt");
+  torch::optim::Adam loaded(params, torch::optim::AdamOptions(oc.lr));
+  torch::load(loaded, dir + "/optim.pt");
+  check(opt->load_state_dict(loaded), "load_state_dict");
+  // The reference runs all steps uninterrupted in one process.
+  Reference ref(oc);
+  for (int s = 0; s < 2 * steps; ++s) {
+    if (s >= steps) {
+      auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());
+      check(opt->backward(model.loss(x, y)), "backward");
+      check(opt->step(), "step");
+    }
+    ref.step(s, kRowsPerRank * 4);
+    if (s >= steps) compare(model, ref.model, 1e-6, fmt::format("resumed step {}", s));
+  }
+}
+
+void kill(int stage) {
+  ToyModel model(7);
+  auto opt = check(engine::ShardedOptimizer::create(trainable(model), *g_comm, sharded_options(stage, optim_config("adam"))), "create");
+  for (int s = 0; s < 100; ++s) {
+    if (s == 5 && g_comm->rank() == g_comm->world() - 1) ::raise(SIGKILL);
+    auto [x, y] = my_rows(s, kRowsPerRank);
+    auto st = opt->backward(model.loss(x, y));
+    auto r = st ? opt->step() : Result<engine::StepResult>(std::unexpected(st.error()));
+    if (!r) {
+      fmt::print(stderr, "EXPECTED FAILURE at step {}: {}\n", s, r.error());
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
+  }
+  fail("no failure seen");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> a(argv + 1, argv + argc);
+  if (a.empty()) fail("usage: zero_worker MODE ...");
+  comm::CommOptions co;
+  co.timeout = std::chrono::milliseconds(a[0] == "kill" ? 5000 : 60000);
+  auto comm = check(comm::init_from_env(co), "init");
+  g_comm = comm.get();
+  const std::string& mode = a[0];
+  if (mode == "parity") parity(std::stoi(a.at(1)), a.at(2), a.size() > 3 && a[3] == "wrap");
+  else if (mode == "stages") stages(a.at(1));
+  else if (mode == "accum") accum(std::stoi(a.at(1)));
+  else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)));
+  else if (mode == "fp16") fp16(std::stoi(a.at(1)));
+  else if (mode == "bf16") bf16(std::stoi(a.at(1)));
+  else if (mode == "save") save(a.at(1), std::stoi(a.at(2)));
+  else if (mode == "resume") resume(a.at(1), std::stoi(a.at(2)));
+  else if (mode == "kill") kill(std::stoi(a.at(1)));
+  else fail("unknown mode " + mode);
+  fmt::print("OK\n");
+  return 0;
+}
