@@ -129,7 +129,7 @@ void GradReducer::launch(Bucket& b) {
 Status GradReducer::finish() {
   if (finished_) return ok();
   finished_ = true;
-  if (stage_ == 1) {
+  if (stage_ < 2) {  // stages 0 and 1: all-reduce, then read this rank's slice
     for (std::size_t c = 0; c < store_.num_chunks(); ++c) {
       allreduces_.push_back(comm_.all_reduce(store_.grad(c), comm::ReduceOp::kAvg));
     }

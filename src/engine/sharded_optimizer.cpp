@@ -33,8 +33,8 @@ Result<ShardedOptimizerOptions> ShardedOptimizerOptions::from_config(const Confi
 }
 
 Status ShardedOptimizerOptions::validate() const {
-  if (stage != 1 && stage != 2) {
-    return make_error(ErrorCode::kInvalidArgument, "ShardedOptimizer runs ZeRO stage 1 or 2, not {}", stage);
+  if (stage < 0 || stage > 2) {
+    return make_error(ErrorCode::kInvalidArgument, "ShardedOptimizer runs ZeRO stage 0, 1 or 2, not {}", stage);
   }
   if (gradient_accumulation_steps < 1) {
     return make_error(ErrorCode::kInvalidArgument, "gradient_accumulation_steps must be >= 1");
@@ -52,8 +52,10 @@ ShardedOptimizer::~ShardedOptimizer() = default;
 Result<std::unique_ptr<ShardedOptimizer>> ShardedOptimizer::create(std::vector<at::Tensor> params,
                                                                    comm::Communicator& comm,
                                                                    ShardedOptimizerOptions options) {
-  options.chunks.world = comm.world();
-  options.chunks.rank = comm.rank();
+  // Stage 0 is plain data parallelism: every rank holds the whole state (a shard of a
+  // one-rank world) and gradients are all-reduced, as in stage 1.
+  options.chunks.world = options.stage == 0 ? 1 : comm.world();
+  options.chunks.rank = options.stage == 0 ? 0 : comm.rank();
   options.chunks.compute_dtype = options.compute_dtype;
   STRATA_RETURN_IF_ERROR(options.validate());
   // Frozen parameters are not the optimizer's business: they stay as they are.
@@ -90,7 +92,7 @@ Result<std::unique_ptr<ShardedOptimizer>> ShardedOptimizer::create(std::vector<a
   impl.reducer = std::make_unique<GradReducer>(store, comm, options.stage, options.reduce_bucket_size,
                                                options.overlap_comm);
   impl.reducer->install_hooks();
-  for (std::size_t c = 0; c < store.num_chunks(); ++c) impl.slots.push_back(store.shard_slots(c, comm.rank()));
+  for (std::size_t c = 0; c < store.num_chunks(); ++c) impl.slots.push_back(store.shard_slots(c, options.chunks.rank));
   if (options.wrap) {
     for (auto& s : impl.shards) impl.wrapped_params.push_back(s.master.detach().requires_grad_(true));
     impl.wrapped = options.wrap(impl.wrapped_params);

@@ -125,7 +125,8 @@ Result<std::unique_ptr<torch::optim::Optimizer>> ShardedOptimizer::consolidate_s
     for (const auto& t : impl.shards[c].states) shard_tensors.push_back(t);
     for (std::size_t k = 0; k < shard_tensors.size(); ++k) {
       at::Tensor full = at::empty({store.chunk_elems(c)}, at::kFloat);
-      STRATA_RETURN_IF_ERROR(comm_.all_gather(shard_tensors[k], full).wait());
+      if (store.options().world > 1) STRATA_RETURN_IF_ERROR(comm_.all_gather(shard_tensors[k], full).wait());
+      else full.copy_(shard_tensors[k]);
       if (!root) continue;
       for (const plan::ParamSlot& slot : store.chunk(c).params) {
         at::Tensor piece = full.narrow(0, static_cast<std::int64_t>(slot.offset_elems), static_cast<std::int64_t>(slot.numel))

@@ -74,9 +74,10 @@ Status ShardedOptimizer::Impl::apply(ChunkStore& store, comm::Communicator& comm
 
 Status ShardedOptimizer::Impl::gather_params(ChunkStore& store, comm::Communicator& comm, bool cast_masters) {
   std::vector<comm::Handle> hs;
+  const bool sharded = store.options().world > 1;  // stage 0: every rank stepped everything
   for (std::size_t c = 0; c < store.num_chunks(); ++c) {
     if (cast_masters) store.shard(store.full(c), c).copy_(shards[c].master);  // RNE cast to the compute dtype
-    hs.push_back(comm.all_gather(store.shard(store.full(c), c), store.full(c)));
+    if (sharded) hs.push_back(comm.all_gather(store.shard(store.full(c), c), store.full(c)));
   }
   Status first = ok();
   for (auto& h : hs)

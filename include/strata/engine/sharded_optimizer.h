@@ -1,4 +1,5 @@
-// ShardedOptimizer: ZeRO stages 1 and 2 over LibTorch parameters.
+// ShardedOptimizer: ZeRO stages 1 and 2 over LibTorch parameters (and stage 0, plain
+// data parallelism, as the baseline they are measured against).
 //
 //   STRATA_ASSIGN_OR_RETURN(auto comm, strata::comm::init_from_env());
 //   STRATA_ASSIGN_OR_RETURN(auto opts, ShardedOptimizerOptions::from_config(cfg));  // stage 1 or 2
@@ -52,7 +53,7 @@ namespace strata::engine {
 using OptimizerFactory = std::function<std::unique_ptr<torch::optim::Optimizer>(std::vector<at::Tensor> shards)>;
 
 struct ShardedOptimizerOptions {
-  int stage = 1;  // 1 or 2
+  int stage = 1;  // 1 or 2; 0 = unsharded data parallel (the baseline)
   OptimizerConfig optimizer;
   Fp16Config fp16;             // loss scaling (dynamic when fp16.loss_scale == 0)
   at::ScalarType compute_dtype = at::kFloat;
