@@ -255,6 +255,9 @@ class Planner {
     const std::uint64_t host_budget = budget_or_inf(opt_.budget_bytes[1]);
     for (const GatherEvent& g : gathers_)
       if (in_.chunks[g.chunk].shard_tier == Tier::kNvme) staging_[g.use] += shard(in_.chunks[g.chunk]);
+    // Persistent chunks are gathered (so staged, when homed on nvme) at pre(0).
+    for (ChunkId c = 0; c < in_.chunks.size() && n_ > 0; ++c)
+      if (persistent_[c] && in_.chunks[c].shard_tier == Tier::kNvme) staging_[0] += shard(in_.chunks[c]);
     for (std::uint32_t i = 0; i < n_; ++i)
       if (fixed_[1] + staging_[i] > host_budget) return cannot_fit_tier(Tier::kHost, fixed_[1] + staging_[i]);
     if (opt_.prefetch_bucket_bytes == 0) return ok();
