@@ -86,15 +86,17 @@ class Planner {
                             n_chunks);
       std::sort(ids.begin(), ids.end());
       ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+      // Aliased chunks get gradients too, but are never gathered.
+      for (ChunkId c : ids)
+        if (in_.accesses[i].phase == Phase::kBackward && in_.chunks[c].grad_bytes > 0) {
+          if (first_bwd[c] == kNone) first_bwd[c] = i;
+          last_bwd[c] = i;
+        }
       std::erase_if(ids, [&](ChunkId c) { return aliased_[c]; });
       std::uint64_t elems = 0;
       for (ChunkId c : ids) {
         uses_[c].push_back(i);
         elems += in_.chunks[c].numel;
-        if (in_.accesses[i].phase == Phase::kBackward && in_.chunks[c].grad_bytes > 0) {
-          if (first_bwd[c] == kNone) first_bwd[c] = i;
-          last_bwd[c] = i;
-        }
       }
       prefix_elems_[i + 1] = std::min(kInf - elems, prefix_elems_[i]) + elems;
       chunks_at_[i] = std::move(ids);
@@ -328,13 +330,12 @@ class Planner {
       ++s.n_gathers;
       if (g->issue < g->use) ++s.n_prefetched;
     }
-    for (std::uint32_t i = 0; i < n_; ++i)
-      for (ChunkId c : chunks_at_[i])
-        if (last_bwd_[c] == i) {
-          const ScheduleChunk& ch = in_.chunks[c];
-          s.accesses[i].post.push_back(Op{.kind = OpKind::kReduceScatter, .chunk = c, .from_tier = Tier::kCompute,
-                                          .to_tier = step_tier(ch), .bytes = ch.grad_bytes, .use_index = i});
-        }
+    for (ChunkId c = 0; c < in_.chunks.size(); ++c)
+      if (const std::uint32_t i = last_bwd_[c]; i != kNone) {
+        const ScheduleChunk& ch = in_.chunks[c];
+        s.accesses[i].post.push_back(Op{.kind = OpKind::kReduceScatter, .chunk = c, .from_tier = Tier::kCompute,
+                                        .to_tier = step_tier(ch), .bytes = ch.grad_bytes, .use_index = i});
+      }
     for (ChunkId c = 0; c < in_.chunks.size(); ++c) {
       const ScheduleChunk& ch = in_.chunks[c];
       if (ch.grad_bytes == 0) continue;

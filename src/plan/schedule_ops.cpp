@@ -170,8 +170,10 @@ std::string describe(const Schedule& s) {
   const LinkBytes& m = s.moved;
   out += fmt::format(
       "moved: nvme->host {}, host->nvme {}, host->compute {}, compute->host {}, gather {}, reduce-scatter {}\n",
-      m.nvme_to_host, m.host_to_nvme, m.host_to_compute, m.compute_to_host, m.net_gather, m.net_reduce_scatter);
-  out += fmt::format("peak: compute {}, host {}, nvme {}\n", s.peak[0], s.peak[1], s.peak[2]);
+      format_bytes(m.nvme_to_host), format_bytes(m.host_to_nvme), format_bytes(m.host_to_compute),
+      format_bytes(m.compute_to_host), format_bytes(m.net_gather), format_bytes(m.net_reduce_scatter));
+  out += fmt::format("peak: compute {}, host {}, nvme {}\n", format_bytes(s.peak[0]), format_bytes(s.peak[1]),
+                     format_bytes(s.peak[2]));
   return out;
 }
 

@@ -53,7 +53,7 @@ inline Facts facts_of(const ScheduleInput& in) {
     for (ChunkId c : in.accesses[i].chunks)
       if (!f.aliased[c] && std::find(f.at[i].begin(), f.at[i].end(), c) == f.at[i].end()) f.at[i].push_back(c);
     if (in.accesses[i].phase == Phase::kBackward)
-      for (ChunkId c : f.at[i])
+      for (ChunkId c : in.accesses[i].chunks)  // aliased chunks included: they have grads
         if (in.chunks[c].grad_bytes > 0) {
           if (first_bwd[c] == UINT32_MAX) first_bwd[c] = i;
           f.last_bwd[c] = i;
