@@ -90,6 +90,20 @@ Status ChunkingOptions::validate() const {
   return ok();
 }
 
+Result<ChunkingOptions> ChunkingOptions::from_config(const Config& cfg, int world, std::uint64_t io_align_elems,
+                                                    std::uint64_t hidden_elems) {
+  ChunkingOptions o;
+  o.world = world;
+  o.io_align_elems = io_align_elems;
+  o.chunk_size_elems = cfg.strata.chunk_size;
+  o.search_range_elems = cfg.strata.chunk_search_range;
+  o.search_step_elems = hidden_elems;
+  if (cfg.zero_optimization.stage == 3)
+    o.persistence_threshold_elems = cfg.zero_optimization.stage3_param_persistence_threshold;
+  STRATA_RETURN_IF_ERROR(o.validate());
+  return o;
+}
+
 std::vector<std::uint32_t> first_use_order(std::size_t n_params, std::span<const ParamAccess> uses) {
   std::vector<std::uint64_t> first(n_params, kNever);
   std::uint64_t seq = 0;

@@ -48,6 +48,20 @@ Status EstimateInput::validate() const {
   return ok();
 }
 
+Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_t n_params,
+                                                std::uint64_t largest_layer_params, int world) {
+  EstimateInput in;
+  in.n_params = n_params;
+  in.largest_layer_params = largest_layer_params;
+  in.world = world;
+  in.stage = cfg.zero_optimization.stage;
+  in.dtype = cfg.bf16.enabled ? Dtype::kBf16 : cfg.fp16.enabled ? Dtype::kFp16 : Dtype::kFp32;
+  in.offload_optimizer = cfg.zero_optimization.offload_optimizer.device;
+  in.offload_param = cfg.zero_optimization.offload_param.device;
+  STRATA_RETURN_IF_ERROR(in.validate());
+  return in;
+}
+
 std::uint64_t MemoryEstimate::tier_total(Tier t) const {
   std::uint64_t s = 0;
   for (std::uint64_t b : bytes[tier_index(t)]) s += b;

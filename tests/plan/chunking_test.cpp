@@ -12,7 +12,7 @@ namespace strata::plan {
 namespace {
 
 #if defined(__SANITIZE_ADDRESS__)
-constexpr int kScale = 10;
+constexpr int kScale = 4;
 #else
 constexpr int kScale = 1;
 #endif
@@ -218,6 +218,20 @@ TEST(Chunking, AlignmentIsTheLcmOfWorldAndIo) {
   EXPECT_EQ(l->chunks.size(), 2u);
   l = pack_chunks(of({1000}), {}, ChunkingOptions{.world = 8, .io_align_elems = 512, .chunk_size_elems = 1000});
   EXPECT_EQ(l->chunk_size_elems, 1024u);
+}
+
+TEST(Chunking, OptionsFromConfig) {
+  Config cfg;
+  cfg.strata.chunk_size = 4096;
+  cfg.zero_optimization.stage = 3;
+  auto o = ChunkingOptions::from_config(cfg, 4, 2048, 768);
+  ASSERT_TRUE(o.has_value()) << o.error();
+  EXPECT_EQ(o->chunk_size_elems, 4096u);
+  EXPECT_EQ(o->search_step_elems, 768u);
+  EXPECT_EQ(o->persistence_threshold_elems, cfg.zero_optimization.stage3_param_persistence_threshold);
+  cfg.zero_optimization.stage = 2;
+  EXPECT_EQ(ChunkingOptions::from_config(cfg, 4, 2048, 768)->persistence_threshold_elems, 0u);
+  EXPECT_FALSE(ChunkingOptions::from_config(cfg, 0, 2048, 768).has_value());
 }
 
 TEST(Chunking, BadInputIsAnError) {

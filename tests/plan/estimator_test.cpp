@@ -10,7 +10,7 @@ namespace strata::plan {
 namespace {
 
 #if defined(__SANITIZE_ADDRESS__)
-constexpr int kScale = 10;
+constexpr int kScale = 4;
 #else
 constexpr int kScale = 1;
 #endif
@@ -121,6 +121,21 @@ TEST(Estimator, KindsAndTiers) {
   // Padding from chunking is sharded state.
   auto padded = estimate_memory(EstimateInput{.n_params = 1000, .padded_params = 1024, .world = 4, .stage = 3});
   EXPECT_EQ(padded->at(Tier::kCompute, StateKind::kOptimizer), 12u * 256);
+}
+
+TEST(Estimator, InputFromConfig) {
+  Config cfg;
+  cfg.bf16.enabled = true;
+  cfg.zero_optimization.stage = 3;
+  cfg.zero_optimization.offload_optimizer.device = OffloadDevice::kNvme;
+  auto in = EstimateInput::from_config(cfg, 1000, 100, 2);
+  ASSERT_TRUE(in.has_value()) << in.error();
+  EXPECT_EQ(in->dtype, Dtype::kBf16);
+  EXPECT_EQ(in->stage, 3);
+  EXPECT_EQ(in->offload_optimizer, OffloadDevice::kNvme);
+  cfg.zero_optimization.stage = 2;
+  cfg.zero_optimization.offload_param.device = OffloadDevice::kCpu;
+  EXPECT_FALSE(EstimateInput::from_config(cfg, 1000, 100, 2).has_value());
 }
 
 TEST(Estimator, InvalidSettingsAreErrors) {

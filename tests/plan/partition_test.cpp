@@ -12,7 +12,7 @@ namespace strata::plan {
 namespace {
 
 #if defined(__SANITIZE_ADDRESS__)
-constexpr int kScale = 10;
+constexpr int kScale = 4;
 #else
 constexpr int kScale = 1;
 #endif

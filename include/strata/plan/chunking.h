@@ -37,6 +37,7 @@
 #include <span>
 #include <vector>
 
+#include "strata/base/config.h"
 #include "strata/base/status.h"
 #include "strata/plan/partition.h"
 #include "strata/plan/trace.h"
@@ -62,6 +63,11 @@ struct ChunkingOptions {
   std::uint64_t max_candidates = 1u << 20;
 
   Status validate() const;
+  // From strata.chunk_size, strata.chunk_search_range and DeepSpeed's
+  // stage3_param_persistence_threshold (persistent chunks at stage 3 only); the caller
+  // knows the world, the I/O alignment in elements and the model's hidden size.
+  static Result<ChunkingOptions> from_config(const Config& cfg, int world, std::uint64_t io_align_elems,
+                                             std::uint64_t hidden_elems);
 };
 
 struct ParamSlot {

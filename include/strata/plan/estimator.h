@@ -63,6 +63,9 @@ struct EstimateInput {
   OffloadDevice offload_param = OffloadDevice::kNone;
 
   Status validate() const;
+  // Stage, dtype (bf16/fp16 sections) and offload devices from a config.
+  static Result<EstimateInput> from_config(const Config& cfg, std::uint64_t n_params,
+                                           std::uint64_t largest_layer_params, int world);
 };
 
 struct MemoryEstimate {
