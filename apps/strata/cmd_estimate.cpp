@@ -90,8 +90,9 @@ void print_table(const plan::EstimateInput& in, const plan::MemoryEstimate& e, c
   fmt::print("strata estimate: {}{} params, world {} ({} per node), ZeRO stage {}, {}\n",
              model.empty() ? "" : model + ", ", format_count(in.n_params), in.world, per_node, in.stage,
              plan::to_string(in.dtype));
-  fmt::print("offload: optimizer {}, params {}; largest layer {} params\n", to_string(in.offload_optimizer),
-             to_string(in.offload_param), format_count(in.largest_layer_params));
+  fmt::print("offload: optimizer {}, params {}", to_string(in.offload_optimizer), to_string(in.offload_param));
+  if (in.largest_layer_params > 0) fmt::print("; largest layer {} params", format_count(in.largest_layer_params));
+  fmt::print("\n");
   if (chunks)
     fmt::print("chunks: {} of {} elements, padding {} elements ({:.2f}% waste)\n", chunks->n_chunks,
                format_count(chunks->chunk_elems), format_count(chunks->padding_elems), 100 * chunks->waste_ratio);
@@ -108,7 +109,7 @@ void print_table(const plan::EstimateInput& in, const plan::MemoryEstimate& e, c
   for (plan::StateKind k : plan::kAllStateKinds) fmt::print(" {:>11}", format_bytes(e.kind_total(k)));
   fmt::print(" {:>11}\n", format_bytes(e.total()));
   if (ds.applicable) {
-    fmt::print("\nDeepSpeed {} (zero_init, buffer factor 1.5{}):\n", ds.function,
+    fmt::print("\nDeepSpeed {} ({}buffer factor 1.5{}):\n", ds.function, in.stage == 3 ? "zero_init, " : "",
                in.offload_optimizer == OffloadDevice::kNvme || in.offload_param == OffloadDevice::kNvme
                    ? "; nvme counted as cpu"
                    : "");
