@@ -2,7 +2,6 @@
 #include "strata/plan/partition.h"
 
 #include <algorithm>
-#include <cassert>
 #include <limits>
 #include <numeric>
 
