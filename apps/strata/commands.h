@@ -17,6 +17,8 @@ const std::vector<std::string>& trailing_args();
 void add_env_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
 void add_launch_command(CLI::App& app, int* exit_code);
+// strata estimate: per-rank memory per tier (strata/plan/estimator.h).
+void add_estimate_command(CLI::App& app, int* exit_code);
 // Registers `strata bench` and returns it, so each benchmark can add itself.
 CLI::App* add_bench_command(CLI::App& app);
 

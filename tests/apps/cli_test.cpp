@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "support/subprocess.h"
 
@@ -51,6 +52,48 @@ TEST(Cli, ConfigCheckFailsOnBadConfig) {
   auto r = run_command(strata_bin() + " config check " + path);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("did you mean stage3_prefetch_bucket_size?"), std::string::npos) << r.output;
+}
+
+TEST(Cli, EstimatePrintsATablePerTier) {
+  auto r = run_command(strata_bin() +
+                       " estimate --params 7e9 --largest-layer 2e8 --world 8 --stage 3 --offload-optimizer nvme --bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* want : {"compute", "host", "nvme", "params", "grads", "optimizer", "buffers", "total",
+                           "estimate_zero3_model_states_mem_needs"})
+    EXPECT_NE(r.output.find(want), std::string::npos) << want << "\n" << r.output;
+}
+
+TEST(Cli, EstimateJsonMatchesDeepSpeedOnTheGpu) {
+  // ZeRO-3 without offload: compute = 4 * largest layer + 18 P / N, DeepSpeed's formula.
+  auto r = run_command(strata_bin() + " estimate --params 1e9 --largest-layer 5e7 --world 4 --stage 3 --json 2>/dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  const std::uint64_t want = 4 * 50'000'000ull + 18 * 1'000'000'000ull / 4;
+  EXPECT_EQ(j["tiers"]["compute"]["total"].get<std::uint64_t>(), want) << r.output;
+  EXPECT_EQ(j["deepspeed"]["gpu_bytes"].get<std::uint64_t>(), want);
+  EXPECT_EQ(j["tiers"]["nvme"]["optimizer"].get<std::uint64_t>(), 0u);
+  std::uint64_t sum = 0;
+  for (const char* tier : {"compute", "host", "nvme"})
+    for (const char* kind : {"params", "grads", "optimizer", "buffers"}) sum += j["tiers"][tier][kind].get<std::uint64_t>();
+  EXPECT_EQ(j["total"].get<std::uint64_t>(), sum);
+}
+
+TEST(Cli, EstimateFromAModelShape) {
+  auto r = run_command(strata_bin() + " estimate --model gpt:12x768 --world 2 --stage 3 --json 2>/dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["inputs"]["params"].get<std::uint64_t>(), 124'439'808u);
+  EXPECT_EQ(j["inputs"]["largest_layer"].get<std::uint64_t>(), 50257u * 768);
+  EXPECT_GE(j["inputs"]["padded_params"].get<std::uint64_t>(), 124'439'808u);
+  EXPECT_GT(j["chunks"]["count"].get<std::uint64_t>(), 0u);
+}
+
+TEST(Cli, EstimateRejectsBadInput) {
+  for (const char* args : {"--params 1e9 --model gpt:2x64", "--model gpt:2", "--params lots", "--stage 2 --params 1e9 --offload-param cpu",
+                           "--params 1e9 --bf16 --fp16"}) {
+    auto r = run_command(strata_bin() + " estimate " + args);
+    EXPECT_NE(r.exit_code, 0) << args << "\n" << r.output;
+  }
 }
 
 TEST(Cli, UnknownSubcommandFails) {

@@ -1,0 +1,232 @@
+// The memory estimator; see Note [estimator] in strata/plan/estimator.h.
+#include "strata/plan/estimator.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <limits>
+
+namespace strata::plan {
+
+std::string_view to_string(Dtype d) {
+  switch (d) {
+    case Dtype::kFp32: return "fp32";
+    case Dtype::kFp16: return "fp16";
+    case Dtype::kBf16: return "bf16";
+  }
+  return "?";
+}
+
+std::uint32_t dtype_bytes(Dtype d) { return d == Dtype::kFp32 ? 4 : 2; }
+
+std::string_view to_string(StateKind k) {
+  switch (k) {
+    case StateKind::kParams: return "params";
+    case StateKind::kGrads: return "grads";
+    case StateKind::kOptimizer: return "optimizer";
+    case StateKind::kBuffers: return "buffers";
+  }
+  return "?";
+}
+
+Status EstimateInput::validate() const {
+  if (world < 1) return make_error(ErrorCode::kInvalidArgument, "estimate: world must be >= 1, got {}", world);
+  const int per_node = gpus_per_node == 0 ? world : gpus_per_node;
+  if (per_node < 1 || world % per_node != 0)
+    return make_error(ErrorCode::kInvalidArgument, "estimate: world {} is not a multiple of {} ranks per node", world,
+                      per_node);
+  if (stage < 0 || stage > 3) return make_error(ErrorCode::kInvalidArgument, "estimate: stage must be 0..3, got {}", stage);
+  if (offload_optimizer != OffloadDevice::kNone && stage == 0)
+    return make_error(ErrorCode::kInvalidArgument, "estimate: offloading the optimizer needs stage >= 1");
+  if (offload_param != OffloadDevice::kNone && stage != 3)
+    return make_error(ErrorCode::kInvalidArgument, "estimate: offloading parameters needs stage 3, got stage {}", stage);
+  if (padded_params != 0 && padded_params < n_params)
+    return make_error(ErrorCode::kInvalidArgument, "estimate: padded_params {} < n_params {}", padded_params, n_params);
+  // Keep every product below 2^64: 20 bytes per element at most.
+  if (std::max(n_params, padded_params) > (std::numeric_limits<std::uint64_t>::max() / 32))
+    return make_error(ErrorCode::kOutOfRange, "estimate: {} parameters is too many", n_params);
+  return ok();
+}
+
+Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_t n_params,
+                                                std::uint64_t largest_layer_params, int world) {
+  EstimateInput in;
+  in.n_params = n_params;
+  in.largest_layer_params = largest_layer_params;
+  in.world = world;
+  in.stage = cfg.zero_optimization.stage;
+  in.dtype = cfg.bf16.enabled ? Dtype::kBf16 : cfg.fp16.enabled ? Dtype::kFp16 : Dtype::kFp32;
+  in.offload_optimizer = cfg.zero_optimization.offload_optimizer.device;
+  in.offload_param = cfg.zero_optimization.offload_param.device;
+  STRATA_RETURN_IF_ERROR(in.validate());
+  return in;
+}
+
+std::uint64_t MemoryEstimate::tier_total(Tier t) const {
+  std::uint64_t s = 0;
+  for (std::uint64_t b : bytes[tier_index(t)]) s += b;
+  return s;
+}
+
+std::uint64_t MemoryEstimate::kind_total(StateKind k) const {
+  std::uint64_t s = 0;
+  for (Tier t : kAllTiers) s += at(t, k);
+  return s;
+}
+
+std::uint64_t MemoryEstimate::total() const {
+  std::uint64_t s = 0;
+  for (Tier t : kAllTiers) s += tier_total(t);
+  return s;
+}
+
+namespace {
+
+Tier tier_of(OffloadDevice d) {
+  switch (d) {
+    case OffloadDevice::kNone: return Tier::kCompute;
+    case OffloadDevice::kCpu: return Tier::kHost;
+    case OffloadDevice::kNvme: return Tier::kNvme;
+  }
+  return Tier::kCompute;
+}
+
+}  // namespace
+
+Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
+  STRATA_RETURN_IF_ERROR(in.validate());
+  MemoryEstimate e;
+  auto add = [&e](Tier t, StateKind k, std::uint64_t b) { e.bytes[tier_index(t)][static_cast<std::size_t>(k)] += b; };
+  const std::uint64_t lp = dtype_bytes(in.dtype);
+  const bool mixed = lp == 2;
+  const std::uint64_t P = in.n_params;
+  const std::uint64_t padded = in.padded_params == 0 ? P : in.padded_params;
+  const auto N = static_cast<std::uint64_t>(in.world);
+  const std::uint64_t s = padded / N + (padded % N != 0 ? 1 : 0);  // this rank's shard elements
+  const std::uint64_t W = std::max(in.largest_layer_params, in.chunk_elems);
+  e.working_set_elems = W;
+  const Tier opt_tier = tier_of(in.offload_optimizer);
+  const Tier step_tier = opt_tier == Tier::kCompute ? Tier::kCompute : Tier::kHost;
+  const Tier param_tier = tier_of(in.offload_param);
+  const std::uint64_t state_per_elem = mixed ? 12 : 8;  // fp32 master (mixed only) + m + v
+
+  // params
+  if (in.stage < 3) {
+    add(Tier::kCompute, StateKind::kParams, lp * P);
+  } else {
+    add(param_tier, StateKind::kParams, lp * s);
+    add(Tier::kCompute, StateKind::kParams, lp * W);
+  }
+  // grads
+  switch (in.stage) {
+    case 0:
+      add(Tier::kCompute, StateKind::kGrads, lp * P);
+      if (mixed) add(step_tier, StateKind::kGrads, 4 * P);
+      break;
+    case 1:
+      add(Tier::kCompute, StateKind::kGrads, lp * P);
+      if (mixed) add(step_tier, StateKind::kGrads, 4 * s);
+      break;
+    case 2:
+      if (mixed && opt_tier == Tier::kCompute) add(Tier::kCompute, StateKind::kGrads, lp * s);
+      add(step_tier, StateKind::kGrads, 4 * s);
+      break;
+    default:
+      add(Tier::kCompute, StateKind::kGrads, lp * W);
+      add(step_tier, StateKind::kGrads, 4 * s);
+      break;
+  }
+  // optimizer state
+  add(opt_tier, StateKind::kOptimizer, state_per_elem * (in.stage == 0 ? P : s));
+  // staging buffers for nvme (one chunk's state in the step; two param shards in flight)
+  const std::uint64_t w_shard = W / N + (W % N != 0 ? 1 : 0);
+  if (opt_tier == Tier::kNvme) add(Tier::kHost, StateKind::kBuffers, state_per_elem * w_shard);
+  if (param_tier == Tier::kNvme) add(Tier::kHost, StateKind::kBuffers, 2 * lp * w_shard);
+  return e;
+}
+
+Result<DeepSpeedEstimate> deepspeed_estimate(const EstimateInput& in, bool zero_init, double additional_buffer_factor) {
+  STRATA_RETURN_IF_ERROR(in.validate());
+  DeepSpeedEstimate d;
+  const double P = static_cast<double>(in.n_params);
+  const std::uint64_t Pi = in.n_params;
+  const auto total_gpus = static_cast<std::uint64_t>(in.world);
+  const int per_node = in.gpus_per_node == 0 ? in.world : in.gpus_per_node;
+  const double nodes = static_cast<double>(in.world / per_node);
+  const double f = additional_buffer_factor;
+  const bool cpu_offload = in.offload_optimizer != OffloadDevice::kNone;
+  const bool cpu_offload_params = in.offload_param != OffloadDevice::kNone;
+  auto trunc = [](double x) { return static_cast<std::uint64_t>(x); };  // Python's int()
+  if (in.stage == 2) {
+    d.applicable = true;
+    d.function = "estimate_zero2_model_states_mem_needs";
+    if (cpu_offload) {
+      d.gpu_bytes = 2 * Pi;
+      d.cpu_bytes = trunc(P * std::max(4.0 * static_cast<double>(total_gpus), 16.0) * f);
+    } else {
+      d.gpu_bytes = 2 * Pi + 18 * Pi / total_gpus;
+      d.cpu_bytes = trunc(P * 4 * per_node * f);
+    }
+  } else if (in.stage == 3 && !(cpu_offload_params && !cpu_offload)) {
+    d.applicable = true;
+    d.function = "estimate_zero3_model_states_mem_needs";
+    const std::uint64_t L = in.largest_layer_params;
+    const double gpus_factor = 1.0 / nodes;
+    const std::uint64_t largest_layer_memory = 4 * L;
+    if (cpu_offload) {
+      const double k = cpu_offload_params ? 18.0 : 16.0;
+      d.gpu_bytes = largest_layer_memory + (cpu_offload_params ? 0 : 2 * Pi / total_gpus);
+      d.cpu_bytes = zero_init ? trunc(P * k * gpus_factor * f)
+                              : trunc(P * std::max(4.0 * per_node, k * gpus_factor) * f);
+    } else {
+      d.gpu_bytes = largest_layer_memory + 18 * Pi / total_gpus;
+      d.cpu_bytes = zero_init ? trunc(static_cast<double>(L) * 4 * per_node * f) : trunc(P * 4 * per_node * f);
+    }
+  }
+  return d;
+}
+
+ModelShape gpt_shape(std::uint64_t layers, std::uint64_t hidden) {
+  constexpr std::uint64_t kVocab = 50257, kPositions = 1024;
+  const std::uint64_t H = hidden;
+  ModelShape m;
+  m.name = "gpt:" + std::to_string(layers) + "x" + std::to_string(hidden);
+  m.hidden = H;
+  m.param_sizes = {kVocab * H, kPositions * H};  // token embedding (tied LM head), positions
+  for (std::uint64_t l = 0; l < layers; ++l) {
+    for (std::uint64_t n : {H, H,                    // ln_1 weight, bias
+                            3 * H * H, 3 * H,        // attention qkv
+                            H * H, H,                // attention output projection
+                            H, H,                    // ln_2
+                            4 * H * H, 4 * H,        // MLP up
+                            4 * H * H, H})           // MLP down
+      m.param_sizes.push_back(n);
+  }
+  m.param_sizes.push_back(H);  // ln_f weight, bias
+  m.param_sizes.push_back(H);
+  for (std::uint64_t n : m.param_sizes) m.n_params += n;
+  // DeepSpeed's largest layer: the most parameters one module owns directly.
+  m.largest_layer_params = std::max({kVocab * H, kPositions * H, 4 * H * H + 4 * H, 3 * H * H + 3 * H});
+  return m;
+}
+
+Result<ModelShape> parse_model_spec(std::string_view spec) {
+  auto bad = [&] {
+    return make_error(ErrorCode::kInvalidArgument, "model \"{}\": expected gpt:<layers>x<hidden>, e.g. gpt:12x768", spec);
+  };
+  if (!spec.starts_with("gpt:")) return bad();
+  const std::string_view dims = spec.substr(4);
+  const std::size_t x = dims.find('x');
+  if (x == std::string_view::npos) return bad();
+  std::uint64_t layers = 0, hidden = 0;
+  auto parse = [](std::string_view t, std::uint64_t& out) {
+    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), out);
+    return ec == std::errc{} && p == t.data() + t.size() && out > 0;
+  };
+  if (!parse(dims.substr(0, x), layers) || !parse(dims.substr(x + 1), hidden)) return bad();
+  if (hidden > (1u << 20) || layers > (1u << 16))
+    return make_error(ErrorCode::kOutOfRange, "model \"{}\": at most 65536 layers and hidden 1048576", spec);
+  return gpt_shape(layers, hidden);
+}
+
+}  // namespace strata::plan

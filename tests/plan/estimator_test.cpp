@@ -1,0 +1,162 @@
+// The memory estimator against DeepSpeed's published formulas and output.
+#include <random>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "strata/plan/estimator.h"
+
+namespace strata::plan {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kScale = 4;
+#else
+constexpr int kScale = 1;
+#endif
+
+std::string gb(std::uint64_t bytes) { return fmt::format("{:.2f}", static_cast<double>(bytes) / (1ull << 30)); }
+
+// DeepSpeed's documented output of estimate_zero3_model_states_mem_needs_all_live for
+// t5-small (60506624 params, largest layer the 32128 x 512 shared embedding) on one GPU.
+TEST(Estimator, DeepSpeedZero3PublishedT5Small) {
+  struct Row {
+    OffloadDevice param, optim;
+    bool zero_init;
+    const char* cpu;
+    const char* gpu;
+  };
+  const Row rows[] = {
+      {OffloadDevice::kCpu, OffloadDevice::kCpu, true, "1.52", "0.06"},
+      {OffloadDevice::kCpu, OffloadDevice::kCpu, false, "1.52", "0.06"},
+      {OffloadDevice::kNone, OffloadDevice::kCpu, true, "1.35", "0.17"},
+      {OffloadDevice::kNone, OffloadDevice::kCpu, false, "1.35", "0.17"},
+      {OffloadDevice::kNone, OffloadDevice::kNone, true, "0.09", "1.08"},
+      {OffloadDevice::kNone, OffloadDevice::kNone, false, "0.34", "1.08"},
+  };
+  for (const Row& r : rows) {
+    EstimateInput in{.n_params = 60'506'624, .largest_layer_params = 32128 * 512, .world = 1, .stage = 3,
+                     .offload_optimizer = r.optim, .offload_param = r.param};
+    auto ds = deepspeed_estimate(in, r.zero_init);
+    ASSERT_TRUE(ds.has_value()) << ds.error();
+    ASSERT_TRUE(ds->applicable);
+    EXPECT_EQ(gb(ds->cpu_bytes), r.cpu);
+    EXPECT_EQ(gb(ds->gpu_bytes), r.gpu);
+  }
+}
+
+TEST(Estimator, DeepSpeedZero2Formulas) {
+  EstimateInput in{.n_params = 7'000'000'000, .world = 8, .stage = 2};
+  auto ds = deepspeed_estimate(in);
+  ASSERT_TRUE(ds.has_value());
+  EXPECT_EQ(ds->gpu_bytes, 2 * 7'000'000'000ull + 18 * 7'000'000'000ull / 8);  // 2P + 18P/N
+  EXPECT_EQ(ds->cpu_bytes, static_cast<std::uint64_t>(7e9 * 4 * 8 * 1.5));
+  in.offload_optimizer = OffloadDevice::kCpu;
+  ds = deepspeed_estimate(in);
+  EXPECT_EQ(ds->gpu_bytes, 2 * 7'000'000'000ull);
+  EXPECT_EQ(ds->cpu_bytes, static_cast<std::uint64_t>(7e9 * 32 * 1.5));  // max(4N, 16) = 32
+  in.stage = 1;
+  EXPECT_FALSE(deepspeed_estimate(in)->applicable);
+}
+
+// Where the settings coincide, strata's compute tier is DeepSpeed's GPU figure exactly,
+// and strata's per-rank host bytes, times ranks per node and DeepSpeed's 1.5 buffer
+// factor, are its CPU figure when DeepSpeed's is model state (not init copies).
+TEST(Estimator, ComputeTierEqualsDeepSpeedGpu) {
+  std::mt19937_64 rng(8);
+  int compared = 0;
+  for (int t = 0; t < 3000 / kScale; ++t) {
+    const int per_node = 1 << (rng() % 4);
+    EstimateInput in{.n_params = 1 + rng() % 100'000'000'000ull, .world = per_node * static_cast<int>(1 + rng() % 4),
+                     .gpus_per_node = per_node, .stage = 2 + static_cast<int>(rng() % 2),
+                     .dtype = rng() % 2 ? Dtype::kBf16 : Dtype::kFp16};
+    in.largest_layer_params = in.n_params / (1 + rng() % 100);
+    const int variant = static_cast<int>(rng() % 3);
+    if (variant >= 1) in.offload_optimizer = OffloadDevice::kCpu;
+    if (variant == 2 && in.stage == 3) in.offload_param = OffloadDevice::kCpu;
+    // DeepSpeed's integer division of P by N is strata's shard only when N divides P.
+    in.n_params -= in.n_params % static_cast<std::uint64_t>(in.world);
+    auto ours = estimate_memory(in);
+    auto ds = deepspeed_estimate(in);
+    ASSERT_TRUE(ours && ds);
+    ASSERT_TRUE(ds->applicable);
+    EXPECT_EQ(ours->tier_total(Tier::kCompute), ds->gpu_bytes) << "t=" << t;
+    // DeepSpeed's ZeRO-2 CPU figure is the whole job's state (it does not divide by nodes)
+    // and at least 4 bytes x total GPUs: it is per node state only on one node with <= 4 GPUs.
+    const bool ds_cpu_is_state = in.offload_optimizer != OffloadDevice::kNone &&
+                                 (in.stage == 3 || (in.world == per_node && 4 * in.world <= 16));
+    if (ds_cpu_is_state) {
+      const double per_node_host = static_cast<double>(ours->tier_total(Tier::kHost)) * per_node * 1.5;
+      EXPECT_NEAR(per_node_host, static_cast<double>(ds->cpu_bytes), 2.0 * per_node) << "t=" << t;
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 3000 / kScale);
+}
+
+TEST(Estimator, KindsAndTiers) {
+  // 7B, 8 ranks, ZeRO-3, optimizer state on nvme, params on host, bf16.
+  EstimateInput in{.n_params = 7'000'000'000, .largest_layer_params = 200'000'000, .world = 8, .stage = 3,
+                   .dtype = Dtype::kBf16, .offload_optimizer = OffloadDevice::kNvme, .offload_param = OffloadDevice::kCpu};
+  auto e = estimate_memory(in);
+  ASSERT_TRUE(e.has_value());
+  const std::uint64_t s = 7'000'000'000ull / 8;
+  EXPECT_EQ(e->at(Tier::kCompute, StateKind::kParams), 2 * 200'000'000ull);
+  EXPECT_EQ(e->at(Tier::kCompute, StateKind::kGrads), 2 * 200'000'000ull);
+  EXPECT_EQ(e->at(Tier::kHost, StateKind::kParams), 2 * s);
+  EXPECT_EQ(e->at(Tier::kHost, StateKind::kGrads), 4 * s);
+  EXPECT_EQ(e->at(Tier::kNvme, StateKind::kOptimizer), 12 * s);
+  EXPECT_EQ(e->at(Tier::kHost, StateKind::kBuffers), 12 * (200'000'000ull / 8));
+  EXPECT_EQ(e->total(), e->tier_total(Tier::kCompute) + e->tier_total(Tier::kHost) + e->tier_total(Tier::kNvme));
+  // fp32 training keeps no master copy: 8 bytes of state per element.
+  in.dtype = Dtype::kFp32;
+  in.offload_optimizer = OffloadDevice::kNone;
+  in.offload_param = OffloadDevice::kNone;
+  e = estimate_memory(in);
+  EXPECT_EQ(e->at(Tier::kCompute, StateKind::kOptimizer), 8 * s);
+  // Stage 0: nothing sharded. 16 bytes per param in mixed precision (ZeRO paper's K=12 + 2 + 2)
+  // plus DeepSpeed's fp32 grads.
+  auto z0 = estimate_memory(EstimateInput{.n_params = 1000, .world = 4, .stage = 0});
+  EXPECT_EQ(z0->total(), 1000u * (2 + 2 + 4 + 12));
+  // Padding from chunking is sharded state.
+  auto padded = estimate_memory(EstimateInput{.n_params = 1000, .padded_params = 1024, .world = 4, .stage = 3});
+  EXPECT_EQ(padded->at(Tier::kCompute, StateKind::kOptimizer), 12u * 256);
+}
+
+TEST(Estimator, InputFromConfig) {
+  Config cfg;
+  cfg.bf16.enabled = true;
+  cfg.zero_optimization.stage = 3;
+  cfg.zero_optimization.offload_optimizer.device = OffloadDevice::kNvme;
+  auto in = EstimateInput::from_config(cfg, 1000, 100, 2);
+  ASSERT_TRUE(in.has_value()) << in.error();
+  EXPECT_EQ(in->dtype, Dtype::kBf16);
+  EXPECT_EQ(in->stage, 3);
+  EXPECT_EQ(in->offload_optimizer, OffloadDevice::kNvme);
+  cfg.zero_optimization.stage = 2;
+  cfg.zero_optimization.offload_param.device = OffloadDevice::kCpu;
+  EXPECT_FALSE(EstimateInput::from_config(cfg, 1000, 100, 2).has_value());
+}
+
+TEST(Estimator, InvalidSettingsAreErrors) {
+  EXPECT_FALSE(estimate_memory(EstimateInput{.n_params = 1, .world = 0}).has_value());
+  EXPECT_FALSE(estimate_memory(EstimateInput{.n_params = 1, .world = 8, .gpus_per_node = 3}).has_value());
+  EXPECT_FALSE(estimate_memory(EstimateInput{.n_params = 1, .stage = 4}).has_value());
+  EXPECT_FALSE(estimate_memory(EstimateInput{.n_params = 1, .stage = 2, .offload_param = OffloadDevice::kCpu}).has_value());
+  EXPECT_FALSE(estimate_memory(EstimateInput{.n_params = 1, .stage = 0, .offload_optimizer = OffloadDevice::kCpu}).has_value());
+}
+
+TEST(Estimator, GptShapes) {
+  const ModelShape gpt2 = gpt_shape(12, 768);
+  EXPECT_EQ(gpt2.n_params, 124'439'808u);  // GPT-2 small with tied embeddings
+  EXPECT_EQ(gpt2.largest_layer_params, 50257u * 768);
+  EXPECT_EQ(gpt2.param_sizes.size(), 2u + 12 * 12 + 2);
+  auto parsed = parse_model_spec("gpt:24x1024");
+  ASSERT_TRUE(parsed.has_value());
+  EXPECT_EQ(parsed->n_params, 354'823'168u);  // GPT-2 medium
+  for (const char* bad : {"gpt:12", "gpt:x768", "gpt:12x", "bert:12x768", "gpt:0x768", "gpt:12x768x2", "gpt:-1x5"})
+    EXPECT_FALSE(parse_model_spec(bad).has_value()) << bad;
+}
+
+}  // namespace
+}  // namespace strata::plan

@@ -1,0 +1,126 @@
+// The access trace: record, freeze, validate with inserted, dropped and reordered
+// modules (one warning each, then a re-record), and a hash that never changes.
+#include <gtest/gtest.h>
+
+#include "strata/plan/trace.h"
+
+namespace strata::plan {
+namespace {
+
+std::vector<ModuleAccess> fwd_bwd(std::vector<int> modules) {
+  std::vector<ModuleAccess> out;
+  for (int m : modules) out.push_back({m, Phase::kForward});
+  for (auto it = modules.rbegin(); it != modules.rend(); ++it) out.push_back({*it, Phase::kBackward});
+  return out;
+}
+
+// Runs one step; returns the indexes on_access gave back (-1 for nullopt).
+std::vector<long> run_step(AccessTrace& t, const std::vector<ModuleAccess>& step) {
+  std::vector<long> at;
+  t.begin_step();
+  for (const ModuleAccess& a : step) {
+    auto i = t.on_access(a);
+    at.push_back(i ? static_cast<long>(*i) : -1);
+  }
+  t.end_step();
+  return at;
+}
+
+TEST(Trace, RecordsFreezesAndMatches) {
+  AccessTrace t;
+  const auto step = fwd_bwd({1, 2, 3});
+  EXPECT_EQ(run_step(t, step), std::vector<long>(6, -1));  // recording
+  ASSERT_TRUE(t.complete());
+  EXPECT_EQ(t.accesses().size(), 6u);
+  EXPECT_EQ(run_step(t, step), (std::vector<long>{0, 1, 2, 3, 4, 5}));
+  EXPECT_TRUE(t.complete());
+  EXPECT_EQ(t.n_warnings(), 0u);
+}
+
+struct Case {
+  const char* name;
+  std::vector<ModuleAccess> step;
+  std::string expect;  // the part of the warning that names expected and actual
+};
+
+TEST(Trace, MismatchesInvalidateOnceAndReRecord) {
+  const auto good = fwd_bwd({1, 2, 3});
+  std::vector<Case> cases;
+  {
+    auto inserted = good;
+    inserted.insert(inserted.begin() + 2, {9, Phase::kForward});
+    cases.push_back({"inserted", inserted, "access 2: expected module 3 (fwd), got module 9 (fwd)"});
+  }
+  {
+    auto dropped = good;
+    dropped.erase(dropped.begin() + 1);
+    cases.push_back({"dropped", dropped, "access 1: expected module 2 (fwd), got module 3 (fwd)"});
+  }
+  {
+    auto reordered = good;
+    std::swap(reordered[3], reordered[4]);
+    cases.push_back({"reordered", reordered, "access 3: expected module 3 (bwd), got module 2 (bwd)"});
+  }
+  {
+    auto extra = good;
+    extra.push_back({4, Phase::kForward});
+    cases.push_back({"extra at the end", extra, "access 6: expected end of step, got module 4 (fwd)"});
+  }
+  {
+    auto short_step = good;
+    short_step.pop_back();
+    cases.push_back({"ends early", short_step, "access 5: expected module 1 (bwd), got end of step"});
+  }
+  {
+    auto phase = good;
+    phase[0].phase = Phase::kBackward;
+    cases.push_back({"wrong phase", phase, "access 0: expected module 1 (fwd), got module 1 (bwd)"});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    AccessTrace t;
+    run_step(t, good);
+    const std::uint64_t h = t.hash();
+    run_step(t, good);
+    const auto at = run_step(t, c.step);  // step 3 diverges
+    EXPECT_EQ(t.state(), AccessTrace::State::kInvalid);
+    EXPECT_EQ(t.n_warnings(), 1u) << "one warning per invalidated step";
+    EXPECT_NE(t.last_warning().find("step 3, " + c.expect), std::string::npos) << t.last_warning();
+    // After the mismatch nothing is matched (prefetching stops for the step).
+    const auto first_bad = std::find(at.begin(), at.end(), -1);
+    EXPECT_TRUE(std::all_of(first_bad, at.end(), [](long i) { return i == -1; }));
+    // The next step records the new path; the one after runs on it.
+    EXPECT_EQ(run_step(t, c.step), std::vector<long>(c.step.size(), -1));
+    EXPECT_TRUE(t.complete());
+    EXPECT_NE(t.hash(), h);
+    const auto again = run_step(t, c.step);
+    EXPECT_EQ(again.back(), static_cast<long>(c.step.size()) - 1);
+    EXPECT_EQ(t.n_warnings(), 1u);
+  }
+}
+
+TEST(Trace, HashIsStableAndSensitive) {
+  // A fixed value: the hash must be identical on every rank, process, run and build.
+  const auto step = fwd_bwd({0, 1, 2});
+  EXPECT_EQ(trace_hash(step), trace_hash(fwd_bwd({0, 1, 2})));
+  EXPECT_EQ(trace_hash(step), 0x676a31ca67ce166aull);
+  auto other = step;
+  other[5].phase = Phase::kForward;
+  EXPECT_NE(trace_hash(other), trace_hash(step));
+  EXPECT_NE(trace_hash(fwd_bwd({0, 1})), trace_hash(fwd_bwd({0, 1, 0})));
+  EXPECT_NE(trace_hash(std::vector<ModuleAccess>{{-1, Phase::kForward}}),
+            trace_hash(std::vector<ModuleAccess>{{255, Phase::kForward}}));
+}
+
+TEST(Trace, EmptyStepKeepsRecording) {
+  AccessTrace t;
+  t.begin_step();
+  t.end_step();
+  EXPECT_EQ(t.state(), AccessTrace::State::kRecord);
+  run_step(t, fwd_bwd({5}));
+  EXPECT_TRUE(t.complete());
+  EXPECT_EQ(t.step(), 2u);
+}
+
+}  // namespace
+}  // namespace strata::plan
