@@ -21,5 +21,6 @@ void add_launch_command(CLI::App& app, int* exit_code);
 void add_estimate_command(CLI::App& app, int* exit_code);
 // Registers `strata bench` and returns it, so each benchmark can add itself.
 CLI::App* add_bench_command(CLI::App& app);
+void add_bench_zero(CLI::App& bench, int* exit_code);
 
 }  // namespace strata::cli

@@ -45,6 +45,7 @@ struct Handle::State {
   Status status;
 };
 
+Handle::Handle() = default;
 Handle::Handle(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Handle::Handle(Handle&&) noexcept = default;
 Handle& Handle::operator=(Handle&& other) noexcept {

@@ -19,9 +19,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
-#include <torch/nn/utils/clip_grad.h>
-#include <torch/optim.h>
-#include <torch/serialize.h>
+#include <torch/torch.h>
 
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/sharded_optimizer.h"

@@ -67,7 +67,7 @@ struct CommOptions {
 // waits for it (so buffers it writes stay owned) and logs a failure, if any.
 class Handle {
  public:
-  Handle() = default;  // an already-completed no-op
+  Handle();  // an already-completed no-op
   Handle(Handle&&) noexcept;
   Handle& operator=(Handle&&) noexcept;
   Handle(const Handle&) = delete;
