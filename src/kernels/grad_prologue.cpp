@@ -15,7 +15,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // Sums of |g| and g^2 (unscaled, in double) and max |g| over [begin, end), as
 // compensated totals of blocks of kBlock elements: inside a block each double lane
-// adds at most kBlock / lanes terms, so rounding stays near 1e-14 relative even for
+// adds at most kBlock / lanes / 2 terms, so rounding stays near 1e-14 relative even for
 // billions of elements.
 template <class G>
 HWY_NOINLINE void PrologueRange(const void* grad, std::size_t begin, std::size_t end, detail::PrologueSums* out) {
@@ -28,29 +28,53 @@ HWY_NOINLINE void PrologueRange(const void* grad, std::size_t begin, std::size_t
 #if HWY_HAVE_FLOAT64 && HWY_TARGET != HWY_SCALAR  // SCALAR vectors have one lane: no halves
   const hn::Half<decltype(d)> dh;
   const hn::Rebind<double, decltype(dh)> dd;
-  auto max_abs = hn::Zero(d);
-  // Accumulates one vector of |g| into the double sums (lower and upper halves).
-  auto add = [&](hn::Vec<decltype(d)> a, hn::Vec<decltype(dd)>& l1, hn::Vec<decltype(dd)>& l2) HWY_ATTR {
-    max_abs = hn::Max(max_abs, a);
+  using VD = hn::Vec<decltype(dd)>;
+  // Two vectors per iteration into eight independent double accumulators: with one
+  // accumulator the loop waits on the add (FMA) latency, not on memory.
+  struct Acc {
+    VD l1_lo, l1_hi, l2_lo, l2_hi;
+  };
+  auto max_abs0 = hn::Zero(d), max_abs1 = hn::Zero(d);
+  auto add = [&](hn::Vec<decltype(d)> a, Acc& acc) HWY_ATTR {
     const auto lo = hn::PromoteTo(dd, hn::LowerHalf(dh, a));
     const auto hi = hn::PromoteTo(dd, hn::UpperHalf(dh, a));
-    l1 = hn::Add(l1, hn::Add(lo, hi));
-    l2 = hn::MulAdd(lo, lo, hn::MulAdd(hi, hi, l2));
+    acc.l1_lo = hn::Add(acc.l1_lo, lo);
+    acc.l1_hi = hn::Add(acc.l1_hi, hi);
+    acc.l2_lo = hn::MulAdd(lo, lo, acc.l2_lo);
+    acc.l2_hi = hn::MulAdd(hi, hi, acc.l2_hi);
   };
   std::size_t i = begin;
   while (i < end) {
     const std::size_t block_end = end - i > kBlock ? i + kBlock : end;
-    auto l1 = hn::Zero(dd), l2 = hn::Zero(dd);
-    for (; i + lanes <= block_end; i += lanes) add(hn::Abs(LoadAsF32(d, G(), g + i)), l1, l2);
-    if (i < block_end) {  // only the range's last block has a tail
-      HWY_ALIGN GT sg[HWY_LANES(float)];
-      CopyIn(sg, g + i, block_end - i, lanes);
-      add(hn::Abs(LoadAsF32(d, G(), sg)), l1, l2);
-      i = block_end;
+    Acc a0{hn::Zero(dd), hn::Zero(dd), hn::Zero(dd), hn::Zero(dd)}, a1 = a0;
+    for (; i + 2 * lanes <= block_end; i += 2 * lanes) {
+      const auto x0 = hn::Abs(LoadAsF32(d, G(), g + i));
+      const auto x1 = hn::Abs(LoadAsF32(d, G(), g + i + lanes));
+      max_abs0 = hn::Max(max_abs0, x0);
+      max_abs1 = hn::Max(max_abs1, x1);
+      add(x0, a0);
+      add(x1, a1);
     }
+    if (i < block_end) {  // at most two vectors left; only the range's last block has a partial one
+      for (; i + lanes <= block_end; i += lanes) {
+        const auto x = hn::Abs(LoadAsF32(d, G(), g + i));
+        max_abs0 = hn::Max(max_abs0, x);
+        add(x, a0);
+      }
+      if (i < block_end) {
+        HWY_ALIGN GT sg[HWY_LANES(float)];
+        CopyIn(sg, g + i, block_end - i, lanes);
+        const auto x = hn::Abs(LoadAsF32(d, G(), sg));
+        max_abs0 = hn::Max(max_abs0, x);
+        add(x, a0);
+        i = block_end;
+      }
+    }
+    const VD l1 = hn::Add(hn::Add(a0.l1_lo, a0.l1_hi), hn::Add(a1.l1_lo, a1.l1_hi));
+    const VD l2 = hn::Add(hn::Add(a0.l2_lo, a0.l2_hi), hn::Add(a1.l2_lo, a1.l2_hi));
     total.add_block(hn::GetLane(hn::SumOfLanes(dd, l1)), hn::GetLane(hn::SumOfLanes(dd, l2)));
   }
-  total.max_abs = hn::GetLane(hn::MaxOfLanes(d, max_abs));
+  total.max_abs = hn::GetLane(hn::MaxOfLanes(d, hn::Max(max_abs0, max_abs1)));
 #else
   // Targets without double lanes: convert with the vector code, sum in scalar double.
   for (std::size_t i = begin; i < end;) {
