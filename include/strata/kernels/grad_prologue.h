@@ -3,13 +3,14 @@
 // and whether any element is inf or NaN.
 //
 //   GradStats local;
-//   for (const auto& shard : grad_shards)
+//   for (const auto& shard : grad_shards) {
 //     STRATA_ASSIGN_OR_RETURN(GradStats s, grad_prologue(shard.data, DType::kF32, shard.n, 1.0 / loss_scale, &pool));
 //     local.merge(s);
-//   // all-reduce across ranks: l1 and l2_sq with SUM, linf with MAX, nonfinite with MAX (or OR)
-//   if (global.nonfinite) { skip the step, lower the loss scale }
-//   double coef = clip_coefficient(global.norm(2), max_norm);          // 1 when no clipping is needed
-//   float grad_scale = static_cast<float>(coef / loss_scale);          // passed to the step kernel
+//   }
+//   // all-reduce across ranks: l1 and l2_sq with SUM, linf with MAX, nonfinite with MAX (OR)
+//   if (global.nonfinite) { /* skip the step, lower the loss scale */ }
+//   double coef = clip_coefficient(global.norm(2), max_norm);  // 1 when no clipping is needed
+//   StepInfo info{.step = t, .grad_scale = coef / loss_scale};  // for the step kernel
 //
 // The step kernels then multiply each gradient by grad_scale as they read it, so neither
 // unscaling nor clipping is a separate pass over memory (optimizer.h).
