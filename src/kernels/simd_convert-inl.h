@@ -155,10 +155,6 @@ HWY_INLINE void CopyIn(T* HWY_RESTRICT scratch, const T* src, std::size_t rem, s
   for (std::size_t j = 0; j < lanes; ++j) scratch[j] = j < rem ? src[j] : T{};
 }
 template <class T>
-HWY_INLINE T* OffsetOrNull(T* p, std::size_t i) {
-  return p ? p + i : nullptr;  // optional streams are null; null + i is undefined
-}
-template <class T>
 HWY_INLINE void CopyOut(T* dst, const T* HWY_RESTRICT scratch, std::size_t rem) {
   for (std::size_t j = 0; j < rem; ++j) dst[j] = scratch[j];
 }
