@@ -81,25 +81,25 @@ struct Buffers {
 };
 
 struct Paired {
-  double kernel_s = 0, roofline_s = 0;
+  double a_s = 0, b_s = 0;  // median seconds of a and of b
 };
 
-// Times `kernel` and `roofline` alternately, swapping which goes first each repeat so
-// that neither always inherits the other's dirty cache lines; medians of each.
-Paired time_paired(int repeats, const std::function<void()>& kernel, const std::function<void()>& roofline) {
-  kernel();  // warm-up: caches, the pool's threads, the dispatch tables
-  roofline();
-  std::vector<double> tk, tr;
+// Times a and b alternately, swapping which goes first each repeat so that neither
+// always inherits the other's dirty cache lines, and a noisy neighbour hits both.
+Paired time_paired(int repeats, const std::function<void()>& a, const std::function<void()>& b) {
+  a();  // warm-up: caches, the pool's threads, the dispatch tables, torch's states
+  b();
+  std::vector<double> ta, tb;
   for (int r = 0; r < repeats; ++r) {
     if (r % 2 == 0) {
-      tk.push_back(median_seconds(0, 1, kernel));
-      tr.push_back(median_seconds(0, 1, roofline));
+      ta.push_back(median_seconds(0, 1, a));
+      tb.push_back(median_seconds(0, 1, b));
     } else {
-      tr.push_back(median_seconds(0, 1, roofline));
-      tk.push_back(median_seconds(0, 1, kernel));
+      tb.push_back(median_seconds(0, 1, b));
+      ta.push_back(median_seconds(0, 1, a));
     }
   }
-  return {median(tk), median(tr)};
+  return {median(ta), median(tb)};
 }
 
 // Benchmark loops cannot return a Status from inside a timed lambda; an error aborts
@@ -128,13 +128,13 @@ class OptimBench {
              const std::function<void()>& kernel, const std::function<void()>& roof) {
     const Paired t = time_paired(opt_.repeats, kernel, roof);
     const double bytes = static_cast<double>(kernels::step_bytes_per_elem(pattern, shard)) * n_;
-    const double gbps = bytes / t.kernel_s / 1e9, roof_gbps = bytes / t.roofline_s / 1e9;
+    const double gbps = bytes / t.a_s / 1e9, roof_gbps = bytes / t.b_s / 1e9;
     report_.add(name, gbps, "GB/s", "roofline", roof_gbps,
                 fmt::format("{}: {} B/elem", describe(pattern, shard), kernels::step_bytes_per_elem(pattern, shard)));
-    report_.add(name, n_ / t.kernel_s / 1e9, "Gelem/s");
+    report_.add(name, n_ / t.a_s / 1e9, "Gelem/s");
     report_.add_ratio(key + "_vs_roofline", gbps / roof_gbps);
-    report_.add_figure(key + "_seconds", t.kernel_s);
-    report_.add_figure(key + "_roofline_seconds", t.roofline_s);
+    report_.add_figure(key + "_seconds", t.a_s);
+    report_.add_figure(key + "_roofline_seconds", t.b_s);
     return gbps;
   }
 
@@ -153,17 +153,19 @@ class OptimBench {
     return "";
   }
 
-  // torch::optim::Adam or AdamW on a copy of the same data; returns median seconds/step.
-  double torch_step_seconds(bool adamw) {
+  // torch::optim::Adam or AdamW on a copy of the same data, timed alternately with
+  // `ours` (the same step by strata) so that both see the same machine. Returns the
+  // medians as {a_s: torch, b_s: ours}.
+  Paired torch_vs_ours(bool adamw, const std::function<void()>& ours) {
     at::Tensor p = at::from_blob(b_.master.data(), {static_cast<std::int64_t>(n_)}, at::kFloat).clone();
     p.set_requires_grad(true);
     p.mutable_grad() = at::from_blob(b_.grad.data(), {static_cast<std::int64_t>(n_)}, at::kFloat).clone();
     std::unique_ptr<torch::optim::Optimizer> opt;
     if (adamw) opt = std::make_unique<torch::optim::AdamW>(std::vector{p}, torch::optim::AdamWOptions(1e-3).weight_decay(0.01));
     else opt = std::make_unique<torch::optim::Adam>(std::vector{p}, torch::optim::AdamOptions(1e-3).weight_decay(0.01));
-    // The first step allocates m and v; it is the warm-up. Later steps reuse them (torch
-    // still allocates its temporaries every step: that is part of what it costs).
-    return median_seconds(1, std::max(3, opt_.repeats / 2), [&] { opt->step(); });
+    // The warm-up step allocates torch's m and v, which later steps reuse (torch still
+    // allocates its temporaries every step: that is part of what it costs).
+    return time_paired(opt_.repeats, [&] { opt->step(); }, ours);
   }
 
  private:
@@ -224,8 +226,8 @@ int run_optim(const OptimOptions& o) {
       return bench.step_row(name, key, StepPattern::kAdam, s,
                             [&] { return kernels::adam_step(s, st, h, info, &pool); }, st.exp_avg, st.exp_avg_sq);
     };
-    const double adamw_gbps = adam_row("adamw fp32", "adamw_fp32", fp32, adamw, st32);
-    const double adam_gbps = adam_row("adam fp32", "adam_fp32", fp32, adam, st32);
+    adam_row("adamw fp32", "adamw_fp32", fp32, adamw, st32);
+    adam_row("adam fp32", "adam_fp32", fp32, adam, st32);
     adam_row("adamw bf16 params", "adamw_bf16", bf16p, adamw, st32);
     adam_row("adamw fp16 params", "adamw_fp16", fp16p, adamw, st32);
     adam_row("adamw bf16 grads+params", "adamw_bf16_grads", bf16g, adamw, st32);
@@ -251,13 +253,17 @@ int run_optim(const OptimOptions& o) {
     if (!o.skip_torch) {
       const double bytes = static_cast<double>(kernels::step_bytes_per_elem(StepPattern::kAdam, fp32)) * n;
       for (bool is_adamw : {true, false}) {
-        const double t = bench.torch_step_seconds(is_adamw);
-        const double torch_gbps = bytes / t / 1e9, ours = is_adamw ? adamw_gbps : adam_gbps;
+        const kernels::AdamHyper& h = is_adamw ? adamw : adam;
+        const Paired t = bench.torch_vs_ours(
+            is_adamw, [&] { die_on_error(kernels::adam_step(fp32, st32, h, info, &pool)); });
+        const double torch_s = t.a_s, ours_s = t.b_s;
         const std::string name = is_adamw ? "adamw" : "adam";
-        report.add(name + " fp32 (strata)", ours, "GB/s", std::string("torch::optim::") + (is_adamw ? "AdamW" : "Adam"),
-                   torch_gbps);
-        report.add_figure(name + "_fp32_torch_seconds", t);
-        report.add_ratio(name + "_fp32_vs_torch", ours / torch_gbps);
+        report.add(name + " fp32 (strata)", bytes / ours_s / 1e9, "GB/s",
+                   std::string("torch::optim::") + (is_adamw ? "AdamW" : "Adam"), bytes / torch_s / 1e9,
+                   "timed alternately with torch");
+        report.add(name + " fp32 (torch)", n / torch_s / 1e9, "Gelem/s");
+        report.add_figure(name + "_fp32_torch_seconds", torch_s);
+        report.add_ratio(name + "_fp32_vs_torch", torch_s / ours_s);
       }
     }
   } catch (const std::exception& e) {
