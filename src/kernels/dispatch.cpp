@@ -3,7 +3,14 @@
 #include <algorithm>
 #include <cctype>
 
+#include <cassert>
+#include <cstring>
+
 #include <hwy/targets.h>
+
+#include "kernels/internal.h"
+#include "kernels/roofline_table.h"
+#include "kernels/step_args.h"
 
 namespace strata::kernels {
 namespace {
@@ -25,6 +32,20 @@ std::vector<Target> available_targets() {
 Target active_target() {
   auto targets = available_targets();
   return targets.empty() ? Target{0, "none"} : targets.front();
+}
+
+Target kernel_target() {
+  // Every kernel file has its own dispatch table, but they share Highway's chosen-target
+  // state, so they must agree.
+  const char* name = detail::cast_table().target;
+  assert(std::strcmp(name, detail::prologue_table().target) == 0);
+  assert(std::strcmp(name, detail::adam_table().target) == 0);
+  assert(std::strcmp(name, detail::sgd_adagrad_table().target) == 0);
+  assert(std::strcmp(name, detail::roof_table().target) == 0);
+  for (const Target& t : available_targets()) {
+    if (t.name == name) return t;
+  }
+  return Target{0, name};
 }
 
 Status force_target(const std::string& name) {

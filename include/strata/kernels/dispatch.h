@@ -27,6 +27,10 @@ struct Target {
 std::vector<Target> available_targets();
 // The target dispatch uses now (the best available, unless forced).
 Target active_target();
+// The target whose code the kernels actually run now, read back through their own
+// dispatch tables (cast, prologue, steps, roofline). It equals active_target() unless
+// Highway's dispatch ignored a forced target, which tests check never happens.
+Target kernel_target();
 // Makes dispatch use only `name` (case-insensitive) until reset_target(). Errors if
 // the target is unknown, not compiled in, or not supported by this CPU.
 Status force_target(const std::string& name);

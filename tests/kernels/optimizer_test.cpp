@@ -1,0 +1,233 @@
+#include "strata/kernels/optimizer.h"
+
+#include <cmath>
+
+#include <gtest/gtest.h>
+
+#include "kernel_test_util.h"
+#include "kernels/reference.h"
+#include "strata/base/thread_pool.h"
+
+namespace strata::kernels {
+namespace {
+
+using testing::TestArray;
+
+struct Combo {
+  DType grad, state;
+  bool has_param;
+  DType param;
+};
+
+// Every dtype combination the step kernels take: 3 grads x 2 states x (no copy + 3).
+std::vector<Combo> all_combos() {
+  std::vector<Combo> out;
+  for (DType g : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (DType s : {DType::kF32, DType::kBF16}) {
+      out.push_back({g, s, false, DType::kF32});
+      for (DType p : {DType::kF32, DType::kBF16, DType::kF16}) out.push_back({g, s, true, p});
+    }
+  }
+  return out;
+}
+
+std::string describe(const Combo& c) {
+  return fmt::format("grad={} state={} param={}", dtype_name(c.grad), dtype_name(c.state),
+                     c.has_param ? dtype_name(c.param) : "none");
+}
+
+// One shard's arrays, each at its own unaligned offset, with random contents that keep
+// the states valid (v, vmax and Adagrad's sum non-negative, vmax >= v).
+struct StepData {
+  Combo combo;
+  TestArray master, grad, s0, s1, s2, param;
+
+  StepData(const Combo& c, std::size_t n, std::size_t off, std::mt19937& rng)
+      : combo(c),
+        master(DType::kF32, n, off),
+        grad(c.grad, n, (off + 1) % 4),
+        s0(c.state, n, (off + 2) % 4),
+        s1(c.state, n, (off + 3) % 4),
+        s2(c.state, n, off),
+        param(c.param, n, (off + 1) % 4) {
+    master.fill(rng, std::normal_distribution<double>(0.0, 1.0));
+    grad.fill(rng, std::normal_distribution<double>(0.0, 8.0));
+    s0.fill(rng, std::normal_distribution<double>(0.0, 0.1));
+    s1.fill(rng, std::uniform_real_distribution<double>(0.0, 0.01));
+    for (std::size_t i = 0; i < n; ++i) s2.set(i, s1.get(i) * 1.5f);
+  }
+  StepData(const StepData& o)
+      : combo(o.combo), master(o.master.clone()), grad(o.grad.clone()), s0(o.s0.clone()), s1(o.s1.clone()),
+        s2(o.s2.clone()), param(o.param.clone()) {}
+
+  StepShard shard() {
+    return StepShard{.n = master.size(), .master = master.f32(), .grad = grad.data(), .grad_dtype = combo.grad,
+                     .param = combo.has_param ? param.data() : nullptr, .param_dtype = combo.param,
+                     .state_dtype = combo.state};
+  }
+  AdamState adam_state() { return {s0.data(), s1.data(), s2.data()}; }
+
+  ::testing::AssertionResult same_as(const StepData& ref) const {
+    for (auto r : {master.same_bits(ref.master, "master"), s0.same_bits(ref.s0, "state 0"),
+                   s1.same_bits(ref.s1, "state 1"), s2.same_bits(ref.s2, "state 2"),
+                   combo.has_param ? param.same_bits(ref.param, "param") : ::testing::AssertionSuccess()}) {
+      if (!r) return r;
+    }
+    return ::testing::AssertionSuccess();
+  }
+};
+
+constexpr int kSteps = 3;  // covers SGD's first step and the bias corrections moving
+
+// Runs `simd` and `ref` for kSteps steps on copies of the same data, on every target,
+// dtype combination, tail size and offset, and requires identical bits.
+template <class Simd, class Ref>
+void check_against_reference(const char* name, Simd simd, Ref ref) {
+  std::mt19937 rng(42);
+  for (const std::string& target : testing::all_targets()) {
+    testing::ScopedTarget scoped(target);
+    for (const Combo& c : all_combos()) {
+      for (std::size_t n : testing::tail_sizes()) {
+        const std::size_t off = n % 4;
+        SCOPED_TRACE(::testing::Message() << name << " " << target << " " << describe(c) << " n=" << n
+                                          << " offset=" << off);
+        StepData got(c, n, off, rng);
+        StepData want(got);
+        for (std::int64_t step = 1; step <= kSteps; ++step) {
+          const StepInfo info{.step = step, .grad_scale = step == 2 ? 0.25 : 1.0};
+          ASSERT_TRUE(simd(got, info));
+          ref(want, info);
+        }
+        ASSERT_TRUE(got.same_as(want));
+      }
+    }
+  }
+}
+
+TEST(AdamStep, EveryTargetMatchesTheScalarReference) {
+  const AdamHyper adam{.lr = 1e-2, .weight_decay = 0.05, .amsgrad = true};
+  check_against_reference("adam(l2, amsgrad)", [&](StepData& d, const StepInfo& info) {
+    return adam_step(d.shard(), d.adam_state(), adam, info);
+  }, [&](StepData& d, const StepInfo& info) { detail::adam_reference(d.shard(), d.adam_state(), adam, info); });
+  const AdamHyper adamw{.lr = 3e-3, .beta1 = 0.8, .beta2 = 0.99, .eps = 1e-6, .weight_decay = 0.1,
+                        .decoupled_weight_decay = true};
+  check_against_reference("adamw", [&](StepData& d, const StepInfo& info) {
+    return adam_step(d.shard(), d.adam_state(), adamw, info);
+  }, [&](StepData& d, const StepInfo& info) { detail::adam_reference(d.shard(), d.adam_state(), adamw, info); });
+}
+
+TEST(SgdStep, EveryTargetMatchesTheScalarReference) {
+  for (const SgdHyper& h : {SgdHyper{.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .weight_decay = 0.01},
+                            SgdHyper{.lr = 0.05, .momentum = 0.9, .nesterov = true},
+                            SgdHyper{.lr = 0.2, .weight_decay = 0.001}}) {
+    check_against_reference("sgd", [&](StepData& d, const StepInfo& info) {
+      return sgd_step(d.shard(), d.s0.data(), h, info);
+    }, [&](StepData& d, const StepInfo& info) { detail::sgd_reference(d.shard(), d.s0.data(), h, info); });
+  }
+}
+
+TEST(AdagradStep, EveryTargetMatchesTheScalarReference) {
+  for (const AdagradHyper& h : {AdagradHyper{.lr = 0.1, .lr_decay = 0.01, .weight_decay = 0.01},
+                                AdagradHyper{.lr = 0.05}}) {
+    check_against_reference("adagrad", [&](StepData& d, const StepInfo& info) {
+      return adagrad_step(d.shard(), d.s1.data(), h, info);
+    }, [&](StepData& d, const StepInfo& info) { detail::adagrad_reference(d.shard(), d.s1.data(), h, info); });
+  }
+}
+
+// A pool splits the shard into blocks; the bits must not depend on it.
+TEST(OptimizerSteps, ThreadedStepsEqualSingleThreaded) {
+  std::mt19937 rng(1);
+  ThreadPool pool(3);
+  const std::size_t n = 200'003;
+  for (const Combo& c : {Combo{DType::kF32, DType::kF32, true, DType::kBF16},
+                         Combo{DType::kBF16, DType::kBF16, true, DType::kF16},
+                         Combo{DType::kF16, DType::kF32, false, DType::kF32}}) {
+    SCOPED_TRACE(describe(c));
+    StepData one(c, n, 1, rng);
+    StepData many(one);
+    const AdamHyper adam{.weight_decay = 0.01, .decoupled_weight_decay = true, .amsgrad = true};
+    const SgdHyper sgd{.lr = 0.01, .momentum = 0.9};
+    const AdagradHyper adagrad{};
+    for (std::int64_t step = 1; step <= 2; ++step) {
+      const StepInfo info{.step = step, .grad_scale = 0.5};
+      ASSERT_TRUE(adam_step(one.shard(), one.adam_state(), adam, info));
+      ASSERT_TRUE(adam_step(many.shard(), many.adam_state(), adam, info, &pool));
+      ASSERT_TRUE(sgd_step(one.shard(), one.s0.data(), sgd, info));
+      ASSERT_TRUE(sgd_step(many.shard(), many.s0.data(), sgd, info, &pool));
+      ASSERT_TRUE(adagrad_step(one.shard(), one.s1.data(), adagrad, info));
+      ASSERT_TRUE(adagrad_step(many.shard(), many.s1.data(), adagrad, info, &pool));
+    }
+    EXPECT_TRUE(many.same_as(one));
+  }
+}
+
+TEST(OptimizerSteps, ComputeCopyIsTheRoundedMaster) {
+  std::mt19937 rng(2);
+  for (DType p : {DType::kBF16, DType::kF16}) {
+    StepData d(Combo{DType::kF32, DType::kF32, true, p}, 5000, 3, rng);
+    ASSERT_TRUE(adam_step(d.shard(), d.adam_state(), AdamHyper{.lr = 0.1}, {.step = 1}));
+    for (std::size_t i = 0; i < 5000; ++i) {
+      const std::uint16_t want = p == DType::kBF16 ? bf16_from_f32(d.master.f32()[i]) : f16_from_f32(d.master.f32()[i]);
+      ASSERT_EQ(d.param.u16()[i], want) << i;
+    }
+  }
+}
+
+TEST(OptimizerSteps, Fp32ParamMayAliasTheMaster) {
+  std::mt19937 rng(4);
+  StepData d(Combo{DType::kF32, DType::kF32, false, DType::kF32}, 1001, 1, rng);
+  StepData want(d);
+  StepShard aliased = d.shard();
+  aliased.param = aliased.master;
+  aliased.param_dtype = DType::kF32;
+  ASSERT_TRUE(adam_step(aliased, d.adam_state(), AdamHyper{}, {.step = 1}));
+  detail::adam_reference(want.shard(), want.adam_state(), AdamHyper{}, {.step = 1});
+  EXPECT_TRUE(d.same_as(want));
+}
+
+TEST(OptimizerSteps, RejectBadArgumentsWithContext) {
+  std::mt19937 rng(5);
+  StepData d(Combo{DType::kF32, DType::kF32, true, DType::kBF16}, 64, 0, rng);
+  auto message = [](const Status& st) { return st ? std::string("ok") : st.error().message(); };
+
+  StepShard bad_state = d.shard();
+  bad_state.state_dtype = DType::kF16;
+  auto st = adam_step(bad_state, d.adam_state(), AdamHyper{}, {});
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(message(st).find("fp32 or bf16, got fp16"), std::string::npos) << message(st);
+
+  EXPECT_NE(message(adam_step(d.shard(), {d.s0.data(), nullptr}, AdamHyper{}, {})).find("exp_avg_sq"),
+            std::string::npos);
+  EXPECT_NE(message(adam_step(d.shard(), {d.s0.data(), d.s1.data()}, AdamHyper{.amsgrad = true}, {}))
+                .find("max_exp_avg_sq"),
+            std::string::npos);
+  EXPECT_NE(message(adam_step(d.shard(), d.adam_state(), AdamHyper{}, {.step = 0})).find("step"), std::string::npos);
+  EXPECT_NE(message(adam_step(d.shard(), d.adam_state(), AdamHyper{.beta2 = 1.0}, {})).find("beta2"),
+            std::string::npos);
+  EXPECT_NE(message(adam_step(d.shard(), d.adam_state(), AdamHyper{.lr = -1}, {})).find("lr"), std::string::npos);
+  EXPECT_FALSE(adam_step(d.shard(), d.adam_state(), AdamHyper{}, {.grad_scale = std::nan("")}));
+
+  StepShard aliased = d.shard();
+  aliased.param = aliased.master;  // bf16 copy on top of the fp32 master
+  EXPECT_NE(message(adam_step(aliased, d.adam_state(), AdamHyper{}, {})).find("aliases"), std::string::npos);
+  StepShard no_grad = d.shard();
+  no_grad.grad = nullptr;
+  EXPECT_NE(message(sgd_step(no_grad, nullptr, SgdHyper{}, {})).find("grad is null"), std::string::npos);
+
+  EXPECT_NE(message(sgd_step(d.shard(), d.s0.data(), SgdHyper{.momentum = 0.9, .dampening = 0.1, .nesterov = true}, {}))
+                .find("nesterov"),
+            std::string::npos);
+  EXPECT_NE(message(sgd_step(d.shard(), nullptr, SgdHyper{.momentum = 0.9}, {})).find("momentum_buffer"),
+            std::string::npos);
+  EXPECT_TRUE(sgd_step(d.shard(), nullptr, SgdHyper{}, {}));  // no momentum: no buffer needed
+  EXPECT_NE(message(adagrad_step(d.shard(), nullptr, AdagradHyper{}, {})).find("sum"), std::string::npos);
+  EXPECT_NE(message(adagrad_step(d.shard(), d.s1.data(), AdagradHyper{.lr_decay = -1}, {})).find("lr_decay"),
+            std::string::npos);
+  // An empty shard needs no arrays.
+  EXPECT_TRUE(adam_step(StepShard{}, AdamState{}, AdamHyper{}, {}));
+}
+
+}  // namespace
+}  // namespace strata::kernels
