@@ -1,4 +1,5 @@
 // ZeRO stages 1 and 2 against plain LibTorch, over real processes.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "support/multirank.h"
@@ -37,8 +38,9 @@ std::vector<ParityCase> parity_cases() {
   return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(All, ZeroParity, ::testing::ValuesIn(parity_cases()), [](const auto& info) {
-  return fmt::format("w{}_stage{}_{}", info.param.world, info.param.stage, info.param.optim);
+INSTANTIATE_TEST_SUITE_P(All, ZeroParity, ::testing::ValuesIn(parity_cases()), [](const auto& param_info) {
+  const ParityCase& c = param_info.param;
+  return fmt::format("w{}_stage{}_{}", c.world, c.stage, c.optim);
 });
 
 TEST(Zero, WrappedTorchOptimizerMatches) {
