@@ -46,6 +46,7 @@ struct OpState {
   // Set when any piece fails; workers then stop issuing the op's remaining pieces.
   std::atomic<bool> failed{false};
   std::atomic<int> parts_left{0};
+  std::shared_ptr<void> hold;  // released when the op completes (FileEngine::writev)
 
   mutable std::mutex mu;
   mutable std::condition_variable cv;

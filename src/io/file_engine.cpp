@@ -61,6 +61,7 @@ void OpState::fail(Error e) {
 
 void OpState::finish_part() {
   if (parts_left.fetch_sub(1) != 1) return;
+  hold.reset();  // before `done`: a waiter may reuse what it held at once
   {
     std::lock_guard lock(mu);
     done = true;
@@ -354,23 +355,24 @@ Result<File> FileEngine::open(const std::string& path, const OpenOptions& option
 
 IoHandle FileEngine::read(const File& file, std::uint64_t offset, std::span<std::byte> dst) {
   const IoSegment seg{offset, dst.data(), dst.size()};
-  return submit(file, false, {&seg, 1});
+  return submit(file, false, {&seg, 1}, nullptr);
 }
 
 IoHandle FileEngine::write(const File& file, std::uint64_t offset, std::span<const std::byte> src) {
   // The engine never writes through the pointer; IoSegment is shared by both directions.
   const IoSegment seg{offset, const_cast<std::byte*>(src.data()), src.size()};
-  return submit(file, true, {&seg, 1});
+  return submit(file, true, {&seg, 1}, nullptr);
 }
 
-IoHandle FileEngine::readv(const File& file, std::span<const IoSegment> segments) {
-  return submit(file, false, segments);
+IoHandle FileEngine::readv(const File& file, std::span<const IoSegment> segments, std::shared_ptr<void> hold) {
+  return submit(file, false, segments, std::move(hold));
 }
-IoHandle FileEngine::writev(const File& file, std::span<const IoSegment> segments) {
-  return submit(file, true, segments);
+IoHandle FileEngine::writev(const File& file, std::span<const IoSegment> segments, std::shared_ptr<void> hold) {
+  return submit(file, true, segments, std::move(hold));
 }
 
-IoHandle FileEngine::submit(const File& file, bool write, std::span<const IoSegment> segments) {
+IoHandle FileEngine::submit(const File& file, bool write, std::span<const IoSegment> segments,
+                            std::shared_ptr<void> hold) {
   const char* what = write ? "write" : "read";
   auto fail = [&](Error e) { return IoHandle(detail::OpState::failed_now(std::move(e).with_op(what))); };
   if (!core_) return fail(Error(ErrorCode::kFailedPrecondition, "the file engine was moved from"));
@@ -406,7 +408,9 @@ IoHandle FileEngine::submit(const File& file, bool write, std::span<const IoSegm
   op->file = file.state_;
   op->write = write;
   op->bytes = bytes;
+  op->hold = std::move(hold);
   if (segs.empty()) {
+    op->hold.reset();
     op->done = true;
     return IoHandle(std::move(op));
   }

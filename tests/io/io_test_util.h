@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <cstdint>
 #include <cstdlib>
@@ -75,6 +76,43 @@ inline std::size_t random_size(std::mt19937_64& rng, std::size_t lo, std::size_t
   std::uniform_real_distribution<double> d(std::log(static_cast<double>(lo)), std::log(static_cast<double>(hi)));
   const auto s = static_cast<std::size_t>(std::exp(d(rng)));
   return std::clamp(s, lo, hi);
+}
+
+}  // namespace strata::testing
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <functional>
+
+namespace strata::testing {
+
+// Runs `body` in a forked child (for process-wide changes such as rlimits, or to
+// simulate a crash with _exit). The child's result string comes back through a pipe;
+// an empty string means success. Returns the child's result, or a description of how
+// it died.
+inline std::string run_in_child(const std::function<std::string()>& body) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "pipe failed";
+  const pid_t pid = ::fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    ::close(fds[0]);
+    const std::string out = body();
+    [[maybe_unused]] ssize_t n = ::write(fds[1], out.data(), out.size());
+    ::close(fds[1]);
+    std::fflush(nullptr);
+    ::_exit(0);  // no atexit handlers, no destructors of the parent's objects
+  }
+  ::close(fds[1]);
+  std::string out;
+  char buf[1024];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) out += " (child died: status " + std::to_string(status) + ")";
+  return out;
 }
 
 }  // namespace strata::testing

@@ -201,9 +201,12 @@ class FileEngine {
   IoHandle read(const File& file, std::uint64_t offset, std::span<std::byte> dst);
   IoHandle write(const File& file, std::uint64_t offset, std::span<const std::byte> src);
   // Several segments of one file as one op: one handle, one Status, pieces in flight
-  // together. The swap store writes a record's header and payload this way.
-  IoHandle readv(const File& file, std::span<const IoSegment> segments);
-  IoHandle writev(const File& file, std::span<const IoSegment> segments);
+  // together. The swap store writes a record's header and payload this way. `hold`
+  // (optional) is released as soon as the op completes, on the thread that completes
+  // it — e.g. staging buffers, which then go back to their pool without waiting for
+  // the caller to call wait(). Its destructor must not block or throw.
+  IoHandle readv(const File& file, std::span<const IoSegment> segments, std::shared_ptr<void> hold = nullptr);
+  IoHandle writev(const File& file, std::span<const IoSegment> segments, std::shared_ptr<void> hold = nullptr);
 
   // Registers [data, data+bytes) as fixed buffers (io_uring). A no-op registration on
   // the thread pool. Fails with kResourceExhausted when the table is full.
@@ -211,7 +214,7 @@ class FileEngine {
 
  private:
   explicit FileEngine(std::shared_ptr<detail::EngineCore> core) : core_(std::move(core)) {}
-  IoHandle submit(const File& file, bool write, std::span<const IoSegment> segments);
+  IoHandle submit(const File& file, bool write, std::span<const IoSegment> segments, std::shared_ptr<void> hold);
   std::shared_ptr<detail::EngineCore> core_;
 };
 
