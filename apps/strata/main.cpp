@@ -11,7 +11,8 @@ int main(int argc, char** argv) {
   strata::cli::add_env_command(app, &exit_code);
   strata::cli::add_config_command(app, &exit_code);
   CLI::App* bench = strata::cli::add_bench_command(app);
-  (void)bench;  // benchmarks register here: strata::cli::add_bench_<what>(*bench, &exit_code);
+  // benchmarks register here: strata::cli::add_bench_<what>(*bench, &exit_code);
+  strata::cli::add_bench_io(*bench, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

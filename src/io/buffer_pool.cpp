@@ -1,6 +1,9 @@
 #include "strata/io/buffer_pool.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -29,9 +32,68 @@ PinHooks default_pin_hooks() {
 
 namespace detail {
 
+// The pool's memory: an anonymous mapping, 2 MiB-aligned when huge pages are wanted
+// (Note [huge pages]). Move-only; unmaps on destruction.
+class Arena {
+ public:
+  static constexpr std::size_t kHugePage = std::size_t{2} << 20;
+
+  static Result<Arena> map(std::size_t bytes, bool huge) {
+    Arena a;
+    const std::size_t align = huge ? kHugePage : 4096;
+    // The usable size stays `bytes` (the budget is a hard bound); the mapping is
+    // rounded up to whole huge pages, and the part past `bytes` is never touched.
+    a.size_ = bytes;
+    a.map_size_ = round_up(bytes, align);
+    // Over-map by one alignment unit, then trim both ends to an aligned range.
+    const std::size_t span = a.map_size_ + (huge ? align : 0);
+    void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return make_error(errno_error(errno, "mmap").with_length(span).with_note("allocating the buffer pool"));
+    }
+    auto base = reinterpret_cast<std::uintptr_t>(p);
+    const std::uintptr_t start = round_up(base, align);
+    if (start > base) ::munmap(p, start - base);
+    if (const std::uintptr_t end = start + a.map_size_; end < base + span) {
+      ::munmap(reinterpret_cast<void*>(end), base + span - end);
+    }
+    a.data_ = reinterpret_cast<std::byte*>(start);
+    // Before any page is touched, so the first faults (or the io_uring pin) already
+    // take huge pages. Fails harmlessly where THP is off.
+    a.huge_ = huge && ::madvise(a.data_, a.map_size_, MADV_HUGEPAGE) == 0;
+    return a;
+  }
+
+  Arena() = default;
+  Arena(Arena&& o) noexcept { swap(o); }
+  Arena& operator=(Arena&& o) noexcept {
+    Arena(std::move(o)).swap(*this);
+    return *this;
+  }
+  ~Arena() {
+    if (data_ != nullptr) ::munmap(data_, map_size_);
+  }
+  void swap(Arena& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    std::swap(map_size_, o.map_size_);
+    std::swap(huge_, o.huge_);
+  }
+  std::byte* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  bool huge() const { return huge_; }
+  std::span<std::byte> span() const { return {data_, size_}; }
+
+ private:
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;      // usable bytes
+  std::size_t map_size_ = 0;  // mapped bytes
+  bool huge_ = false;
+};
+
 // Member order matters for destruction: the registration goes before the arena.
 struct PoolState {
-  AlignedBuffer arena;
+  Arena arena;
   BufferRegistration registration;
   PinHooks pin;
   bool pinned = false;
@@ -130,8 +192,8 @@ Result<BufferPool> BufferPool::create(const BufferPoolOptions& options) {
   auto state = std::make_shared<detail::PoolState>();
   state->alignment = options.alignment;
   state->timeout = options.acquire_timeout;
-  STRATA_ASSIGN_OR_RETURN(state->arena, AlignedBuffer::allocate(round_up(options.budget_bytes, options.alignment),
-                                                                options.alignment));
+  STRATA_ASSIGN_OR_RETURN(state->arena, detail::Arena::map(round_up(options.budget_bytes, options.alignment),
+                                                           options.huge_pages));
   state->free.emplace(0, state->arena.size());
   state->stats.budget_bytes = state->arena.size();
   state->pin = options.pin.active() ? options.pin : default_pin_hooks();
@@ -146,6 +208,7 @@ Result<BufferPool> BufferPool::create(const BufferPoolOptions& options) {
   }
   state->stats.registered = state->registration.active();
   state->stats.pinned = state->pinned;
+  state->stats.huge_pages = state->arena.huge();
   BufferPool pool;
   pool.state_ = std::move(state);
   return pool;

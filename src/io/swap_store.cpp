@@ -62,6 +62,7 @@ Result<std::unique_ptr<SwapStoreImpl>> SwapStoreImpl::open(const SwapStoreOption
   po.budget_bytes = options.pool_bytes;
   po.acquire_timeout = options.pool_timeout;
   po.engine = options.register_pool ? &*s->engine : nullptr;
+  po.huge_pages = options.pool_huge_pages;
   STRATA_ASSIGN_OR_RETURN(s->pool, BufferPool::create(po));
 
   for (int k = 0; k < kSwapKinds; ++k) {

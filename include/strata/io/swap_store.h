@@ -96,6 +96,7 @@ struct SwapStoreOptions {
   std::size_t pool_bytes = std::size_t{64} << 20;
   std::chrono::milliseconds pool_timeout{30'000};
   bool register_pool = true;  // make the pool an io_uring fixed buffer
+  bool pool_huge_pages = true;  // Note [huge pages] in buffer_pool.h
   std::shared_ptr<FaultInjector> faults;  // tests only
 
   // aio, min_io_bytes, nvme_budget and job_name from the config.
