@@ -35,7 +35,8 @@ namespace {
 struct Options {
   std::string dir = ".";
   std::string size = "4GiB";
-  std::string block_size, queue_depth_text, records = "8MiB,64MiB", pool = "1GiB", backend = "auto";
+  std::string block_size, records = "8MiB,64MiB", pool = "1GiB", backend = "auto";
+  int queue_depth = 0;  // 0: both 8 and 32
   int repeats = 3;
   bool no_fio = false, json = false;
 };
@@ -85,6 +86,10 @@ Result<std::pair<double, double>> run_strata(const Case& c, std::uint64_t total,
   o.pool_timeout = std::chrono::minutes(2);
   STRATA_ASSIGN_OR_RETURN(auto store, io::SwapStore::open(o));
   *backend_used = std::string(io::to_string(store->engine().backend()));
+  if (!store->direct_io()) {
+    return make_error(ErrorCode::kUnavailable, "{} does not support O_DIRECT; the benchmark would measure the page "
+                      "cache", dir);
+  }
   const std::uint64_t n = total / c.record;
   std::vector<io::SwapReservation> res;
   for (std::uint64_t i = 0; i < n; ++i) res.push_back({io::SwapKey{io::SwapKind::kOptimizer, 0, i}, c.record});
@@ -173,9 +178,14 @@ int run(const Options& opt) {
     auto b = parse_size(opt.block_size);
     if (!b) return fail(b.error());
     block = *b;
+    if (block == 0 || block % 4096 != 0 || block > (std::uint64_t{1} << 30)) {
+      return fail(Error(ErrorCode::kInvalidArgument,
+                        fmt::format("--block-size (aio.block_size) must be a multiple of 4096 up to 1 GiB, got {}",
+                                    block)));
+    }
   }
   std::vector<int> depths = {8, 32};
-  if (!opt.queue_depth_text.empty()) depths = {std::stoi(opt.queue_depth_text)};
+  if (opt.queue_depth > 0) depths = {opt.queue_depth};
   for (int qd : depths) cases.push_back({block, block, *pool, qd, false, true});
   for (std::uint64_t rec : record_sizes) cases.push_back({block, rec, *pool, depths.front(), false, true});
   // fio's buffer is bs x iodepth, on 4 KiB pages. The ring cases give strata a buffer
@@ -271,11 +281,13 @@ void add_bench_io(CLI::App& bench, int* exit_code) {
   cmd->add_option("--dir", opt->dir, "Directory for the test files (default: current)");
   cmd->add_option("--size", opt->size, "Bytes written and read per pass (default 4GiB)");
   cmd->add_option("--block-size", opt->block_size, "aio.block_size and fio --bs (default 1MiB)");
-  cmd->add_option("--queue-depth", opt->queue_depth_text, "aio.queue_depth and fio --iodepth (default: 8 and 32)");
+  cmd->add_option("--queue-depth", opt->queue_depth, "aio.queue_depth and fio --iodepth (default: 8 and 32)")
+      ->check(CLI::Range(1, 4096));
   cmd->add_option("--records", opt->records, "Extra record (shard) sizes, comma separated (default 8MiB,64MiB)");
   cmd->add_option("--pool", opt->pool, "Buffer pool size for strata's buffers (default 1GiB)");
   cmd->add_option("--backend", opt->backend, "auto, io_uring or threads (default auto)");
-  cmd->add_option("--repeats", opt->repeats, "Runs per figure; medians are reported (default 3)");
+  cmd->add_option("--repeats", opt->repeats, "Runs per figure; medians are reported (default 3)")
+      ->check(CLI::Range(1, 100));
   cmd->add_flag("--no-fio", opt->no_fio, "Skip the fio baseline");
   cmd->add_flag("--json", opt->json, "Print one JSON object");
   cmd->callback([opt, exit_code] { *exit_code = run(*opt); });

@@ -288,6 +288,11 @@ Status SwapStore::close() { return impl_->close(); }
 const std::vector<StaleFile>& SwapStore::stale_files() const { return impl_->stale; }
 const std::string& SwapStore::rank_dir() const { return impl_->dir.path(); }
 std::string SwapStore::path(SwapKind kind) const { return impl_->paths[static_cast<int>(kind)]; }
+bool SwapStore::direct_io() const {
+  for (const File& f : impl_->files)
+    if (!f.valid() || !f.direct()) return false;
+  return true;
+}
 FileEngine& SwapStore::engine() { return *impl_->engine; }
 BufferPool& SwapStore::pool() { return impl_->pool; }
 std::uint64_t SwapStore::run_id() const { return impl_->run_id; }

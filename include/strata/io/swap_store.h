@@ -186,6 +186,9 @@ class SwapStore {
   const std::vector<StaleFile>& stale_files() const;
   const std::string& rank_dir() const;
   std::string path(SwapKind kind) const;
+  // True when both files bypass the page cache (O_DIRECT); false where the filesystem
+  // refused it and the store fell back to buffered I/O (logged at open).
+  bool direct_io() const;
   FileEngine& engine();
   BufferPool& pool();
   std::uint64_t run_id() const;
