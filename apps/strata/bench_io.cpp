@@ -38,7 +38,7 @@ struct Options {
   std::string block_size, records = "8MiB,64MiB", pool = "1GiB", backend = "auto";
   int queue_depth = 0;  // 0: both 8 and 32
   int repeats = 3;
-  bool no_fio = false, json = false;
+  bool no_fio = false, json = false, unregistered = false;
 };
 
 struct Case {
@@ -73,7 +73,7 @@ std::size_t window(const Case& c) {
 
 // One write pass then one read pass of `total` bytes, as `total / record` records.
 Result<std::pair<double, double>> run_strata(const Case& c, std::uint64_t total, const std::string& dir,
-                                             io::Backend backend, std::string* backend_used) {
+                                             io::Backend backend, bool registered, std::string* backend_used) {
   io::SwapStoreOptions o;
   o.nvme_path = dir;
   o.job_name = fmt::format("bench-io-{}", ::getpid());
@@ -83,6 +83,7 @@ Result<std::pair<double, double>> run_strata(const Case& c, std::uint64_t total,
   o.backend = backend;
   o.pool_bytes = c.pool;
   o.pool_huge_pages = c.huge;
+  o.register_pool = registered;
   o.pool_timeout = std::chrono::minutes(2);
   STRATA_ASSIGN_OR_RETURN(auto store, io::SwapStore::open(o));
   *backend_used = std::string(io::to_string(store->engine().backend()));
@@ -212,7 +213,7 @@ int run(const Options& opt) {
   for (int rep = 0; rep < std::max(1, opt.repeats); ++rep) {
     std::map<std::pair<std::uint64_t, int>, bool> fio_done;
     for (const Case& c : cases) {
-      auto r = run_strata(c, *total, opt.dir, *backend, &backend_used);
+      auto r = run_strata(c, *total, opt.dir, *backend, !opt.unregistered, &backend_used);
       if (!r) return fail(r.error());
       strata_s[c.label()].write_gbps.push_back(r->first);
       strata_s[c.label()].read_gbps.push_back(r->second);
@@ -238,6 +239,7 @@ int run(const Options& opt) {
   report.set_config("repeats", opt.repeats);
   report.set_config("backend", backend_used);
   report.set_config("fio", with_fio);
+  report.set_config("fixed_buffers", !opt.unregistered);
   double min_w = 1e300, min_r = 1e300;
   for (const Case& c : cases) {
     const Sample& s = strata_s[c.label()];
@@ -289,6 +291,7 @@ void add_bench_io(CLI::App& bench, int* exit_code) {
   cmd->add_option("--repeats", opt->repeats, "Runs per figure; medians are reported (default 3)")
       ->check(CLI::Range(1, 100));
   cmd->add_flag("--no-fio", opt->no_fio, "Skip the fio baseline");
+  cmd->add_flag("--unregistered", opt->unregistered, "Do not register the pool as io_uring fixed buffers");
   cmd->add_flag("--json", opt->json, "Print one JSON object");
   cmd->callback([opt, exit_code] { *exit_code = run(*opt); });
 }

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 
@@ -86,7 +88,14 @@ class UringTransport final : public Transport {
         prepared_ = 0;
         break;
       }
-      if (rc == -EINTR || rc == -EAGAIN || rc == -EBUSY || rc == -ETIME) continue;
+      if (rc == -EINTR) continue;
+      if (rc == -EAGAIN || rc == -EBUSY) {
+        // The kernel is short of resources: reap what has completed, or back off
+        // briefly rather than spin on the syscall.
+        if (io_uring_cq_ready(&ring_) > 0) break;
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+        continue;
+      }
       fatal("io_uring wait", rc);
     }
     unsigned head = 0, seen = 0;

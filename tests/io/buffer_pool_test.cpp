@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstring>
 #include <set>
 #include <thread>
 
@@ -139,6 +141,30 @@ TEST(BufferPool, BuffersOutliveThePoolHandle) {
   }
   std::memset(keep.data(), 1, keep.size());  // the arena lives while a buffer does
   keep.reset();
+}
+
+TEST(BufferPool, ArenaIsOnHugePagesWhereTheKernelAllowsIt) {
+  std::string thp;
+  if (FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r")) {
+    char buf[128] = {};
+    if (std::fgets(buf, sizeof buf, f) != nullptr) thp = buf;
+    std::fclose(f);
+  }
+  BufferPool pool = make_pool(4 << 20);
+  auto b = pool.acquire(4096);
+  ASSERT_TRUE(b.has_value());
+  if (thp.empty() || thp.find("[never]") != std::string::npos) {
+    GTEST_SKIP() << "transparent huge pages are off here: '" << thp << "'";
+  }
+  EXPECT_TRUE(pool.stats().huge_pages);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b->data()) % (2 << 20), 0u);  // the arena starts on a huge page
+  BufferPoolOptions o;
+  o.budget_bytes = 1 << 20;
+  o.huge_pages = false;
+  auto small = BufferPool::create(o);
+  ASSERT_TRUE(small.has_value());
+  EXPECT_FALSE(small->stats().huge_pages);
+  EXPECT_EQ(small->budget(), 1u << 20);  // rounding for huge pages never grows the budget
 }
 
 struct PinLog {
