@@ -254,8 +254,9 @@ Result<SwapRecordInfo> SwapStoreImpl::info(const SwapKey& key) {
   return i;
 }
 
-SwapStore::Stats SwapStoreImpl::stats() const {
+SwapStore::Stats SwapStoreImpl::stats() {
   std::lock_guard lock(mu_);
+  for (auto& [key, r] : records_) fold(*r);  // count puts that completed since the last op on their key
   SwapStore::Stats s = stats_;
   s.puts = puts_;
   s.gets = gets_;

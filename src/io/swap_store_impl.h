@@ -89,7 +89,7 @@ class SwapStoreImpl {
   SwapHandle put_async(const SwapKey& key, std::span<const std::byte> src);
   SwapHandle get_async(const SwapKey& key, std::span<std::byte> dst);
   Result<SwapRecordInfo> info(const SwapKey& key);
-  SwapStore::Stats stats() const;
+  SwapStore::Stats stats();
   Status close();
 
   SwapStoreOptions options;

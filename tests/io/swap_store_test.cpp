@@ -100,6 +100,12 @@ TEST_P(SwapStoreBackends, RandomSizeRoundTrips) {
   const auto st = store->stats();
   EXPECT_EQ(st.disk_records, static_cast<std::size_t>(kRecords));
   EXPECT_EQ(st.verify_failures, 0u);
+  std::uint64_t payload = 0;
+  for (std::size_t n : sizes) payload += n;
+  EXPECT_EQ(st.bytes_written, 2 * payload);
+  EXPECT_EQ(st.bytes_read, 2 * payload);
+  EXPECT_EQ(st.puts, 2u * kRecords);
+  EXPECT_EQ(st.gets, 2u * kRecords);
   EXPECT_EQ(store->pool().stats().in_use_bytes, 0u);  // every staging buffer came back
 }
 

@@ -150,7 +150,7 @@ class SwapStore {
     std::size_t disk_records = 0, host_records = 0;
     std::uint64_t reserved_file_bytes[kSwapKinds] = {};  // including headers and padding
     std::uint64_t reserved_host_bytes = 0;
-    std::uint64_t puts = 0, gets = 0;
+    std::uint64_t puts = 0, gets = 0;                 // ops submitted
     std::uint64_t bytes_written = 0, bytes_read = 0;  // payload bytes of successful ops
     std::uint64_t verify_failures = 0;                // gets rejected by a check
   };
