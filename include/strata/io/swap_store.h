@@ -3,9 +3,11 @@
 //   io::SwapStoreOptions o = io::SwapStoreOptions::from_config(cfg, rank, nvme_path);
 //   STRATA_ASSIGN_OR_RETURN(auto store, io::SwapStore::open(o));   // unique_ptr
 //   const io::SwapKey m{io::SwapKind::kOptimizer, /*tensor=*/1, /*chunk=*/7};
-//   STRATA_RETURN_IF_ERROR(store->reserve({{master, n}, {m, n}, {v, n}}));  // fallocate: ENOSPC here
+//   const io::SwapKey next_m{io::SwapKind::kOptimizer, 1, 8};
+//   STRATA_RETURN_IF_ERROR(store->reserve({{m, n}, {next_m, n}}));  // fallocate: ENOSPC here
+//   STRATA_ASSIGN_OR_RETURN(io::PooledBuffer next_buf, store->pool().acquire(n));
 //   io::SwapHandle w = store->put_async(m, m_buf);                  // write back
-//   io::SwapHandle r = store->get_async(next_m, next_buf);          // read ahead
+//   io::SwapHandle r = store->get_async(next_m, next_buf.span());   // read ahead
 //   STRATA_RETURN_IF_ERROR(r.wait());                               // checksum verified
 //   ...                                                             // ~SwapStore removes the files
 //
