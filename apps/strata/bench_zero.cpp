@@ -123,7 +123,8 @@ int run_parent(const ZeroBenchOptions& o) {
     nlohmann::json j = nlohmann::json::parse(in);
     for (const auto& [stage, v] : j.items()) {
       for (const char* k : {"state_bytes", "iteration_s", "step_s", "params"}) {
-        agg[stage][k] = std::max(agg[stage].value(k, 0.0), v[k].get<double>());
+        const double prev = agg.contains(stage) && agg[stage].contains(k) ? agg[stage][k].get<double>() : 0.0;
+        agg[stage][k] = std::max(prev, v[k].get<double>());
       }
     }
   }

@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "strata/base/units.h"
+#include "strata/io/file_engine.h"
 #include "strata/io/probe.h"
 #include "strata/kernels/dispatch.h"
 #include "strata/tiers/device.h"
@@ -66,7 +67,11 @@ int run_env(const std::string& dir) {
   row("disk", fmt::format("{} free of {}", format_bytes(probe.free_bytes), format_bytes(probe.total_bytes)));
   row("O_DIRECT", yes_no(probe.o_direct));
   row("io_uring", yes_no(probe.io_uring));
-  row("I/O backend", probe.io_uring.ok ? "io_uring" : "pread/pwrite thread pool");
+  // The engine's own selection, so env and the swap store never disagree.
+  const io::BackendChoice choice = io::select_backend(io::Backend::kAuto, &probe);
+  row("I/O backend", fmt::format("{} ({})",
+                                 choice.backend == io::Backend::kUring ? "io_uring" : "pread/pwrite thread pool",
+                                 choice.reason));
   return 0;
 }
 

@@ -24,5 +24,7 @@ CLI::App* add_bench_command(CLI::App& app);
 void add_bench_zero(CLI::App& bench, int* exit_code);
 // `strata bench optim`: the fused optimizer kernels vs the memory roofline and torch::optim.
 void add_bench_optim(CLI::App& bench, int* exit_code);
+// strata bench io: swap store throughput next to fio (bench_io.cpp).
+void add_bench_io(CLI::App& bench, int* exit_code);
 
 }  // namespace strata::cli

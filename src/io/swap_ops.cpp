@@ -1,0 +1,287 @@
+// Swap store puts and gets: staging, per-key order, submission, verification.
+#include <cstring>
+
+#include "strata/base/units.h"
+#include "swap_store_impl.h"
+
+namespace strata::io {
+namespace detail {
+namespace {
+
+bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % kBlock == 0; }
+
+// How a payload of n bytes moves: in place when the caller's span is aligned (the last,
+// partial block through a scratch block), else through a bounce buffer.
+struct Staging {
+  bool zero_copy = false;
+  std::uint64_t body = 0;  // bytes moved in place
+  std::uint64_t tail = 0;  // bytes moved through the scratch tail block
+  std::size_t scratch_bytes() const { return kBlock + (tail != 0 ? kBlock : 0); }
+};
+
+Staging plan(const void* p, std::uint64_t n) {
+  Staging s;
+  s.zero_copy = aligned(p);
+  if (s.zero_copy) {
+    s.body = n / kBlock * kBlock;
+    s.tail = n - s.body;
+  }
+  return s;
+}
+
+std::vector<IoSegment> segments(std::uint64_t slot, const Staging& st, std::byte* user, const PooledBuffer& scratch,
+                                const PooledBuffer& bounce) {
+  std::vector<IoSegment> segs;
+  segs.push_back({slot, scratch.data(), kBlock});
+  if (st.zero_copy) {
+    if (st.body != 0) segs.push_back({slot + kBlock, user, st.body});
+    if (st.tail != 0) segs.push_back({slot + kBlock + st.body, scratch.data() + kBlock, kBlock});
+  } else if (bounce.capacity() != 0) {
+    segs.push_back({slot + kBlock, bounce.data(), bounce.capacity()});
+  }
+  return segs;
+}
+
+}  // namespace
+
+Status SwapOp::verify() {
+  auto fail = [&](std::string what) {
+    return make_error(ErrorCode::kDataLoss, "record {}: {}", key.to_string(), what)
+        .with_path(path)
+        .with_offset(slot_offset)
+        .with_length(slot_length)
+        .with_op("get");
+  };
+  // Note [record verification], in order.
+  auto h = decode_record_header(scratch.padded_span().first(kBlock));
+  if (!h) return fail(h.error().message());
+  if (h->run_id != run_id) {
+    return fail(fmt::format("written by another run ({:016x}; this run is {:016x})", h->run_id, run_id));
+  }
+  const SwapKey found{static_cast<SwapKind>(h->kind), h->tensor, h->chunk};
+  if (!(found == key)) return fail(fmt::format("the slot holds {}", found.to_string()));
+  if (h->generation != generation) {
+    return fail(fmt::format("stale record: generation {} on disk, expected {} (a lost or reverted write)",
+                            h->generation, generation));
+  }
+  if (h->length != length) return fail(fmt::format("length {} on disk, expected {}", h->length, length));
+  if (bounce.valid() && length != 0) {
+    std::memcpy(dst.data(), bounce.data(), length);
+  } else if (length > aligned_length) {
+    std::memcpy(dst.data() + aligned_length, scratch.data() + kBlock, length - aligned_length);
+  }
+  if (const std::uint64_t sum = checksum(dst.first(length)); sum != h->payload_checksum) {
+    return fail(fmt::format("payload checksum mismatch: bytes hash to {:016x}, header says {:016x}", sum,
+                            h->payload_checksum));
+  }
+  return ok();
+}
+
+Status SwapOp::finish() {
+  std::lock_guard lock(mu);
+  if (finished) return result;
+  Status st = io.valid() ? io.wait() : Status(ok());
+  if (!st) {
+    result = make_error(std::move(st).error().with_note(
+        fmt::format("{} {}", is_get ? "swap-in of" : "swap-out of", key.to_string())));
+  } else if (is_get) {
+    result = verify();
+    if (result) {
+      *bytes_done += length;
+    } else {
+      ++*verify_failures;
+    }
+  }
+  finished = true;
+  scratch.reset();
+  bounce.reset();
+  return result;
+}
+
+void SwapOp::abandon() {
+  std::lock_guard lock(mu);
+  if (finished) return;
+  wait_io();
+  finished = true;
+  result = make_error(ErrorCode::kFailedPrecondition, "{} of {} was dropped before wait()",
+                      is_get ? "swap-in" : "swap-out", key.to_string());
+  scratch.reset();
+  bounce.reset();
+}
+
+SwapHandle SwapStoreImpl::put_async(const SwapKey& key, std::span<const std::byte> src) {
+  Record* r = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    if (closed_) return SwapHandle(SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "swap store is closed")));
+    auto found = find(key);
+    if (!found) return SwapHandle(SwapOp::done(std::unexpected(found.error())));
+    r = *found;
+  }
+  if (src.size() > r->capacity) {
+    return SwapHandle(SwapOp::done(make_error(ErrorCode::kInvalidArgument, "put of {} bytes into {}, reserved {}",
+                                              src.size(), key.to_string(), r->capacity)));
+  }
+  ++puts_;
+  if (!r->on_disk) {
+    std::lock_guard hl(r->host_mu);
+    if (!src.empty()) std::memcpy(r->host.data(), src.data(), src.size());
+    r->length = src.size();
+    r->generation = ++r->next_generation;
+    bytes_written_ += src.size();
+    return SwapHandle(SwapOp::done(ok()));
+  }
+
+  // Staging and hashing happen before the lock: they are the slow part, and the pool
+  // may make us wait.
+  auto op = std::make_shared<SwapOp>();
+  op->key = key;
+  op->length = src.size();
+  const Staging st = plan(src.data(), src.size());
+  auto fail = [&](Error e) {
+    return SwapHandle(SwapOp::done(make_error(std::move(e).with_note("swap-out of " + key.to_string()))));
+  };
+  auto scratch = pool.acquire(st.scratch_bytes());
+  if (!scratch) return fail(std::move(scratch).error());
+  op->scratch = std::move(*scratch);
+  std::byte* user = const_cast<std::byte*>(src.data());  // only ever read from
+  if (!st.zero_copy && !src.empty()) {
+    auto bounce = pool.acquire(round_up(src.size(), kBlock));
+    if (!bounce) return fail(std::move(bounce).error());
+    op->bounce = std::move(*bounce);
+    std::memcpy(op->bounce.data(), src.data(), src.size());
+    std::memset(op->bounce.data() + src.size(), 0, op->bounce.capacity() - src.size());
+  } else if (st.tail != 0) {
+    std::memcpy(op->scratch.data() + kBlock, src.data() + st.body, st.tail);
+    std::memset(op->scratch.data() + kBlock + st.tail, 0, kBlock - st.tail);
+  }
+  const std::uint64_t sum = checksum(src);
+
+  std::unique_lock lock(mu_);
+  wait_for_conflicts(lock, *r, /*for_put=*/true);
+  if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
+  op->generation = ++r->next_generation;
+  RecordHeader h{};
+  std::memcpy(h.magic, kRecordMagic, sizeof h.magic);
+  h.version = kSwapFormatVersion;
+  h.kind = static_cast<std::uint8_t>(key.kind);
+  h.run_id = run_id;
+  h.chunk = key.chunk;
+  h.tensor = key.tensor;
+  h.length = src.size();
+  h.capacity = r->capacity;
+  h.generation = op->generation;
+  h.payload_checksum = sum;
+  encode(h, op->scratch.padded_span().first(kBlock));
+  const int k = static_cast<int>(key.kind);
+  // Header and payload are adjacent in the file and go as one op (Note [swap file layout]).
+  // The staging buffers go back to the pool when the write completes, not when the
+  // caller gets round to wait(): a writer never holds pool space it no longer needs.
+  const std::vector<IoSegment> segs = segments(r->offset, st, user, op->scratch, op->bounce);
+  auto staged = std::make_shared<std::pair<PooledBuffer, PooledBuffer>>(std::move(op->scratch), std::move(op->bounce));
+  op->io = engine->writev(files[k], segs, std::move(staged));
+  r->writer = op;
+  return SwapHandle(std::move(op));
+}
+
+SwapHandle SwapStoreImpl::get_async(const SwapKey& key, std::span<std::byte> dst) {
+  Record* r = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    if (closed_) return SwapHandle(SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "swap store is closed")));
+    auto found = find(key);
+    if (!found) return SwapHandle(SwapOp::done(std::unexpected(found.error())));
+    r = *found;
+  }
+  ++gets_;
+  if (!r->on_disk) {
+    std::lock_guard hl(r->host_mu);
+    if (r->generation == 0) {
+      return SwapHandle(SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "{} was never written",
+                                                key.to_string())));
+    }
+    if (dst.size() != r->length) {
+      return SwapHandle(SwapOp::done(make_error(ErrorCode::kInvalidArgument,
+                                                "get of {} needs a span of {} bytes, got {}", key.to_string(),
+                                                r->length, dst.size())));
+    }
+    if (!dst.empty()) std::memcpy(dst.data(), r->host.data(), dst.size());
+    *bytes_read_ += dst.size();
+    return SwapHandle(SwapOp::done(ok()));
+  }
+
+  auto op = std::make_shared<SwapOp>();
+  op->is_get = true;
+  op->key = key;
+  op->dst = dst;
+  op->length = dst.size();
+  op->run_id = run_id;
+  op->verify_failures = verify_failures_;
+  op->bytes_done = bytes_read_;
+  const Staging st = plan(dst.data(), dst.size());
+  op->aligned_length = st.body;
+  auto fail = [&](Error e) {
+    return SwapHandle(SwapOp::done(make_error(std::move(e).with_note("swap-in of " + key.to_string()))));
+  };
+  auto scratch = pool.acquire(st.scratch_bytes());
+  if (!scratch) return fail(std::move(scratch).error());
+  op->scratch = std::move(*scratch);
+  if (!st.zero_copy && !dst.empty()) {
+    auto bounce = pool.acquire(round_up(dst.size(), kBlock));
+    if (!bounce) return fail(std::move(bounce).error());
+    op->bounce = std::move(*bounce);
+  }
+
+  std::unique_lock lock(mu_);
+  wait_for_conflicts(lock, *r, /*for_put=*/false);
+  if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
+  const int k = static_cast<int>(key.kind);
+  if (r->lost) {
+    return SwapHandle(SwapOp::done(make_error(ErrorCode::kDataLoss, "{} was lost: its last put failed: {}",
+                                              key.to_string(), r->lost->to_string())
+                                       .with_path(paths[k])
+                                       .with_offset(r->offset)
+                                       .with_length(slot_bytes(r->capacity))));
+  }
+  if (r->generation == 0) {
+    return SwapHandle(
+        SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "{} was never written", key.to_string())));
+  }
+  if (dst.size() != r->length) {
+    return SwapHandle(SwapOp::done(make_error(ErrorCode::kInvalidArgument,
+                                              "get of {} needs a span of {} bytes, got {}", key.to_string(),
+                                              r->length, dst.size())));
+  }
+  op->generation = r->generation;
+  op->path = paths[k];
+  op->slot_offset = r->offset;
+  op->slot_length = slot_bytes(r->capacity);
+  op->io = engine->readv(files[k], segments(r->offset, st, dst.data(), op->scratch, op->bounce));
+  r->readers.push_back(op);
+  return SwapHandle(std::move(op));
+}
+
+}  // namespace detail
+
+// ---- SwapHandle ---------------------------------------------------------------------
+
+SwapHandle& SwapHandle::operator=(SwapHandle&& other) noexcept {
+  if (this != &other) {
+    if (op_) op_->abandon();
+    op_ = std::move(other.op_);
+  }
+  return *this;
+}
+
+SwapHandle::~SwapHandle() {
+  if (op_) op_->abandon();
+}
+
+bool SwapHandle::ready() const { return !op_ || op_->io_ready(); }
+
+Status SwapHandle::wait() {
+  if (!op_) return make_error(ErrorCode::kFailedPrecondition, "wait on an empty SwapHandle");
+  return op_->finish();
+}
+
+}  // namespace strata::io

@@ -1,0 +1,84 @@
+// strata bench io as a user runs it: a tiny size, the JSON shape, the fio baseline
+// when fio is installed, argument errors, and no files left behind.
+#include <filesystem>
+
+#include <gtest/gtest.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "io/io_test_util.h"
+#include "support/subprocess.h"
+
+namespace strata {
+namespace {
+
+using testing::run_command;
+using testing::ScratchDir;
+using testing::strata_bin;
+
+nlohmann::json run_json(const std::string& args, int* exit_code) {
+  // stdout only: progress lines go to stderr.
+  // (fmt, not operator+: GCC 12 gives a false -Wrestrict on "(" + std::string.)
+  auto r = run_command(fmt::format("({} bench io {} 2>/dev/null)", strata_bin(), args));
+  *exit_code = r.exit_code;
+  auto doc = nlohmann::json::parse(r.output, nullptr, false);
+  EXPECT_FALSE(doc.is_discarded()) << r.output;
+  return doc;
+}
+
+TEST(BenchIo, JsonHasEveryFigureAndLeavesNoFiles) {
+  ScratchDir dir;
+  int rc = -1;
+  auto doc = run_json("--dir " + dir.path() + " --size 16MiB --records 8MiB --pool 64MiB --repeats 1 --no-fio --json",
+                      &rc);
+  ASSERT_EQ(rc, 0);
+  EXPECT_EQ(doc["bench"], "io");
+  EXPECT_EQ(doc["config"]["fio"], false);
+  // qd 8 and 32, one record size, two rings; a write and a read row each.
+  ASSERT_EQ(doc["rows"].size(), 10u) << doc.dump(2);
+  for (const auto& row : doc["rows"]) {
+    EXPECT_GT(row["value"].get<double>(), 0.0) << row.dump();
+    EXPECT_EQ(row["unit"], "GB/s");
+    EXPECT_NE(row["note"].get<std::string>().find("strata buf:"), std::string::npos) << row.dump();
+  }
+  EXPECT_TRUE(doc["ratios"].empty());
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+TEST(BenchIo, FioBaselineGivesTheWorstCaseRatios) {
+  if (run_command("fio --version").exit_code != 0) GTEST_SKIP() << "fio is not installed";
+  ScratchDir dir;
+  int rc = -1;
+  auto doc = run_json("--dir " + dir.path() + " --size 16MiB --queue-depth 8 --records 4MiB --pool 64MiB "
+                      "--repeats 1 --json", &rc);
+  ASSERT_EQ(rc, 0);
+  EXPECT_EQ(doc["config"]["fio"], true);
+  for (const char* k : {"min_write_vs_fio", "min_read_vs_fio", "ring_4k_read_vs_fio"}) {
+    ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+    EXPECT_GT(doc["ratios"][k].get<double>(), 0.0);
+  }
+  for (const auto& row : doc["rows"]) {
+    EXPECT_GT(row["baseline_value"].get<double>(), 0.0) << row.dump();
+    EXPECT_NE(row["baseline"].get<std::string>().find("fio bs 1.0 MiB qd 8"), std::string::npos) << row.dump();
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+TEST(BenchIo, BadArgumentsFailClearly) {
+  ScratchDir dir;
+  auto r = run_command(strata_bin() + " bench io --no-fio --dir " + dir.path() + " --size 16MiB --block-size 1000");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("block_size"), std::string::npos) << r.output;
+  r = run_command(strata_bin() + " bench io --no-fio --dir " + dir.path() + " --records 3000");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("multiple of 4 KiB"), std::string::npos) << r.output;
+}
+
+TEST(BenchIo, EnvReportsTheEnginesBackendChoice) {
+  auto r = run_command(strata_bin() + " env --dir " + std::filesystem::temp_directory_path().string());
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("I/O backend      io_uring (io_uring completes"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace strata
