@@ -59,7 +59,8 @@ int run_worker(const ZeroBenchOptions& o) {
   }
   const auto target = parse_size(o.params);
   if (!target) return 1;
-  const std::int64_t layers = std::max<std::int64_t>(1, static_cast<std::int64_t>(*target) / (o.hidden * o.hidden + o.hidden));
+  const double per_layer = static_cast<double>(o.hidden * o.hidden + o.hidden);
+  const std::int64_t layers = std::max<std::int64_t>(1, std::llround(static_cast<double>(*target) / per_layer));
   nlohmann::json out;
   for (int stage : {0, 1, 2}) {
     at::manual_seed(1);
@@ -67,7 +68,9 @@ int run_worker(const ZeroBenchOptions& o) {
     engine::ShardedOptimizerOptions so;
     so.stage = stage;
     so.optimizer.type = OptimizerType::kAdamW;
-    so.chunks.chunk_size_elems = 32ull << 20;  // a few chunks, as a real model would have
+    so.chunks.chunk_size_elems = 0;  // searched for the least padding, as in training
+    so.chunks.search_range_elems = 32ull << 20;
+    so.chunks.search_step_elems = static_cast<std::uint64_t>(o.hidden);
     auto opt = engine::ShardedOptimizer::create(model.parameters(), **comm, so);
     if (!opt) {
       fmt::print(stderr, "bench zero: stage {}: {}\n", stage, opt.error());

@@ -58,5 +58,12 @@ TEST(Launch, TorchrunStandaloneMode) {
   EXPECT_NE(r.output.find("[default1]:OK"), std::string::npos) << r.output;
 }
 
+// The ZeRO-2 example from docs/distributed.md trains to a low loss on two ranks.
+TEST(Launch, Zero2ExampleTrains) {
+  auto r = run_command(strata_bin() + " launch -n 2 -- " + std::string(STRATA_TEST_BIN_DIR) + "/example_zero2_mlp");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[r1] rank 1: loss"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace strata
