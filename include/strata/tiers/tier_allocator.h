@@ -1,0 +1,82 @@
+// TierAllocator: byte budgets per memory tier, with RAII reservations.
+//
+//   tiers::TierAllocator tiers({/*compute=*/256 << 20, /*host=*/0, /*nvme=*/0});  // 0 = no limit
+//   STRATA_ASSIGN_OR_RETURN(tiers::Reservation r, tiers.reserve(Tier::kCompute, bytes, "chunk 3 params"));
+//   ...                                  // the bytes are accounted until r is destroyed
+//   tiers.peak(Tier::kCompute);          // high-water mark since reset_peak()
+//
+// Every byte of model state strata holds goes through a reservation (DESIGN §3, "Tiers
+// and budgets"). A reservation that would exceed the budget fails with an error that
+// names the need, the budget, and the biggest holders:
+//   resource_exhausted: cannot fit: need 48.0 MiB in compute, budget 128.0 MiB, 96.0 MiB
+//   in use, held by: gathered chunk 2 (32.0 MiB), gathered chunk 5 (32.0 MiB), ...
+// The allocator only accounts; the memory itself comes from LibTorch or the I/O pool.
+// Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "strata/base/status.h"
+#include "strata/plan/tier.h"
+
+namespace strata::tiers {
+
+using plan::Tier;
+
+class TierAllocator;
+
+// Move-only: holds `bytes` of a tier on behalf of a named holder until destroyed.
+class Reservation {
+ public:
+  Reservation() = default;
+  Reservation(Reservation&& o) noexcept { *this = std::move(o); }
+  Reservation& operator=(Reservation&& o) noexcept;
+  Reservation(const Reservation&) = delete;
+  Reservation& operator=(const Reservation&) = delete;
+  ~Reservation() { release(); }
+
+  void release();
+  std::uint64_t bytes() const { return bytes_; }
+  Tier tier() const { return tier_; }
+  explicit operator bool() const { return owner_ != nullptr; }
+
+ private:
+  friend class TierAllocator;
+  TierAllocator* owner_ = nullptr;
+  Tier tier_ = Tier::kCompute;
+  std::uint64_t bytes_ = 0;
+  std::string holder_;
+};
+
+class TierAllocator {
+ public:
+  explicit TierAllocator(plan::TierBytes budgets = {0, 0, 0});
+  TierAllocator(const TierAllocator&) = delete;
+  TierAllocator& operator=(const TierAllocator&) = delete;
+
+  Result<Reservation> reserve(Tier tier, std::uint64_t bytes, std::string holder);
+
+  std::uint64_t budget(Tier t) const { return budgets_[plan::tier_index(t)]; }
+  std::uint64_t used(Tier t) const;
+  std::uint64_t peak(Tier t) const;
+  void reset_peak();
+  // The `n` largest holders of a tier, largest first.
+  std::vector<std::pair<std::string, std::uint64_t>> holders(Tier t, std::size_t n) const;
+
+ private:
+  friend class Reservation;
+  void give_back(Tier t, std::uint64_t bytes, const std::string& holder);
+
+  plan::TierBytes budgets_;
+  mutable std::mutex mu_;
+  plan::TierBytes used_{0, 0, 0};
+  plan::TierBytes peak_{0, 0, 0};
+  std::map<std::string, std::uint64_t> held_[plan::kNumTiers];
+};
+
+}  // namespace strata::tiers

@@ -1,0 +1,59 @@
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "strata/tiers/memory_probe.h"
+#include "strata/tiers/tier_allocator.h"
+
+namespace strata::tiers {
+namespace {
+
+TEST(TierAllocator, AccountsReservationsAndPeaks) {
+  TierAllocator a({100, 0, 0});
+  {
+    auto r1 = a.reserve(Tier::kCompute, 60, "chunk 1");
+    ASSERT_TRUE(r1);
+    EXPECT_EQ(a.used(Tier::kCompute), 60u);
+    auto r2 = a.reserve(Tier::kCompute, 40, "chunk 2");
+    ASSERT_TRUE(r2);
+    Reservation moved = std::move(*r2);
+    EXPECT_EQ(a.used(Tier::kCompute), 100u);
+    moved.release();
+    EXPECT_EQ(a.used(Tier::kCompute), 60u);
+    auto host = a.reserve(Tier::kHost, 1ull << 40, "unlimited");
+    EXPECT_TRUE(host);
+  }
+  EXPECT_EQ(a.used(Tier::kCompute), 0u);
+  EXPECT_EQ(a.peak(Tier::kCompute), 100u);
+  a.reset_peak();
+  EXPECT_EQ(a.peak(Tier::kCompute), 0u);
+}
+
+TEST(TierAllocator, OverBudgetNamesNeedBudgetAndHolders) {
+  TierAllocator a({1 << 20, 0, 0});
+  auto big = a.reserve(Tier::kCompute, 768 << 10, "gathered chunk 2");
+  auto small = a.reserve(Tier::kCompute, 128 << 10, "persistent chunk 0");
+  ASSERT_TRUE(big && small);
+  auto fail = a.reserve(Tier::kCompute, 256 << 10, "gathered chunk 5");
+  ASSERT_FALSE(fail);
+  EXPECT_EQ(fail.error().code(), ErrorCode::kResourceExhausted);
+  EXPECT_EQ(fail.error().message(),
+            "cannot fit: need 256.0 KiB in compute for gathered chunk 5, budget 1.0 MiB, 896.0 KiB in use, held by: "
+            "gathered chunk 2 (768.0 KiB), persistent chunk 0 (128.0 KiB)");
+  auto h = a.holders(Tier::kCompute, 1);
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].first, "gathered chunk 2");
+}
+
+TEST(MemoryProbe, CountsTensorAllocations) {
+  MemoryProbe::install();
+  ASSERT_TRUE(MemoryProbe::installed());
+  const std::uint64_t before = MemoryProbe::live_bytes();
+  {
+    at::Tensor t = at::empty({1 << 20}, at::kFloat);
+    EXPECT_GE(MemoryProbe::live_bytes(), before + (4u << 20));
+  }
+  EXPECT_EQ(MemoryProbe::live_bytes(), before);
+}
+
+}  // namespace
+}  // namespace strata::tiers
