@@ -29,7 +29,8 @@ Status ChunkStoreOptions::validate() const {
 }
 
 Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> params, const ChunkStoreOptions& opt,
-                                                       std::span<const plan::ParamAccess> uses, const InitHook& on_init) {
+                                                       std::span<const plan::ParamAccess> uses, const InitHook& on_init,
+                                                       const ChunkHook& on_chunk) {
   STRATA_RETURN_IF_ERROR(opt.validate());
   std::vector<plan::ParamInfo> infos;
   std::unordered_set<const void*> seen;
@@ -41,7 +42,7 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> p
     if (!seen.insert(p.unsafeGetTensorImpl()).second) {
       return make_error(ErrorCode::kInvalidArgument, "parameter {} is listed twice (pass shared parameters once)", i);
     }
-    infos.push_back({static_cast<std::uint64_t>(p.numel()), true});
+    infos.push_back({static_cast<std::uint64_t>(p.numel()), p.requires_grad()});
   }
   const std::uint64_t elem_bytes = c10::elementSize(opt.compute_dtype);
   plan::ChunkingOptions co;
@@ -60,18 +61,23 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> p
   store->layout_ = std::move(layout);
   store->params_ = std::move(params);
   at::NoGradGuard no_grad;
+  // One chunk at a time (Note [gathered storage]): allocate, copy each value in, rebind
+  // the parameter to its view, then let the caller shard and free the chunk.
+  const auto opts = store->params_.empty() ? at::TensorOptions() : store->params_[0].options();
   for (std::size_t c = 0; c < store->num_chunks(); ++c) {
-    const auto opts = store->params_.empty() ? at::TensorOptions() : store->params_[0].options();
     store->full_.push_back(at::zeros({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype)));
-    store->grad_.push_back(at::zeros({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype)));
-  }
-  // Note [gathered storage]: copy each value in, then rebind the parameter to its view.
-  for (std::size_t i = 0; i < store->params_.size(); ++i) {
-    at::Tensor& p = store->params_[i];
-    at::Tensor view = store->param_view(store->full_[store->layout_.where[i].chunk], i);
-    if (on_init) on_init(*store, i, p.detach());
-    view.copy_(p.detach());
-    p.set_data(view);
+    at::Tensor g = at::empty({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype));
+    if (opt.materialize_grads) g.zero_();
+    else free_storage(g);
+    store->grad_.push_back(g);
+    for (const plan::ParamSlot& slot : store->layout_.chunks[c].params) {
+      at::Tensor& p = store->params_[slot.param];
+      at::Tensor view = store->param_view(store->full_[c], slot.param);
+      if (on_init) on_init(*store, slot.param, p.detach());
+      view.copy_(p.detach());
+      p.set_data(view);
+    }
+    if (on_chunk) on_chunk(*store, c);
   }
   store->bind_grads();
   return store;
@@ -105,7 +111,7 @@ bool ChunkStore::has_storage(const at::Tensor& t) { return t.storage().nbytes() 
 
 void ChunkStore::bind_grads() {
   for (std::size_t i = 0; i < params_.size(); ++i) {
-    params_[i].mutable_grad() = param_view(grad_[layout_.where[i].chunk], i);
+    if (params_[i].requires_grad()) params_[i].mutable_grad() = param_view(grad_[layout_.where[i].chunk], i);
   }
   zero_grads();
 }

@@ -43,6 +43,9 @@ struct ChunkStoreOptions {
   std::uint64_t io_align_bytes = 4096;        // shards stay O_DIRECT-aligned when offloaded
   std::uint64_t persistence_threshold_elems = 0;
   std::uint32_t private_min_gap = 0;
+  // Stages 1-2 keep every gradient buffer; stage 3 creates them empty (no bytes) and
+  // materializes them during backward.
+  bool materialize_grads = true;
 
   Status validate() const;
 };
@@ -52,13 +55,17 @@ class ChunkStore {
   // Called once per parameter with its original value, before it is cast and rebound:
   // the place to copy full-precision values into fp32 master shards.
   using InitHook = std::function<void(const ChunkStore& store, std::size_t param, const at::Tensor& original)>;
+  // Called once per chunk right after its parameters were copied in and rebound: the
+  // place to take this rank's shard and free the full chunk, so that building the store
+  // never holds more than one extra chunk.
+  using ChunkHook = std::function<void(const ChunkStore& store, std::size_t chunk)>;
 
   // Packs `params` (trainable, registration order) and rebinds each as a view of its
   // chunk; values are copied in (cast to compute_dtype). `uses` is the recorded access
   // trace, when there is one. Parameters must be distinct, dense and contiguous.
   static Result<std::unique_ptr<ChunkStore>> create(std::vector<at::Tensor> params, const ChunkStoreOptions& options,
                                                     std::span<const plan::ParamAccess> uses = {},
-                                                    const InitHook& on_init = {});
+                                                    const InitHook& on_init = {}, const ChunkHook& on_chunk = {});
 
   const ChunkStoreOptions& options() const { return options_; }
   const plan::ChunkLayout& layout() const { return layout_; }
@@ -79,7 +86,8 @@ class ChunkStore {
   static void alloc_storage(const at::Tensor& t);
   static bool has_storage(const at::Tensor& t);
 
-  // Sets every parameter's .grad to its view of grad(c) and zeroes the buffers.
+  // Sets every trainable parameter's .grad to its view of grad(c) and zeroes the
+  // buffers that have storage.
   void bind_grads();
   void zero_grads();
 

@@ -1,0 +1,138 @@
+// Private state of Zero3Engine, shared by its .cpp files. See zero3.h for the flow.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "shard_state.h"
+#include "strata/base/thread_pool.h"
+#include "strata/comm/communicator.h"
+#include "strata/engine/chunk_state.h"
+#include "strata/engine/chunk_store.h"
+#include "strata/engine/loss_scaler.h"
+#include "strata/engine/step_trace.h"
+#include "strata/engine/zero3.h"
+#include "strata/io/swap_store.h"
+#include "strata/kernels/grad_prologue.h"
+#include "strata/plan/trace.h"
+#include "strata/tiers/tier_allocator.h"
+
+namespace torch::autograd {
+struct Node;
+}
+
+namespace strata::engine {
+
+using plan::Tier;
+using Clock = std::chrono::steady_clock;
+
+// Everything the engine knows about one chunk at run time.
+struct ChunkRt {
+  ChunkStateMachine sm;
+  bool persistent = false;      // gathered once, never released
+  bool aliased = false;         // world 1 with a compute shard: the full chunk is the shard
+  bool trainable = false;       // holds a parameter that requires grad
+  Tier shard_tier = Tier::kCompute;
+  Tier optim_tier = Tier::kCompute;
+  at::Tensor shard;             // this rank's parameter shard (compute dtype); empty on nvme
+  tiers::Reservation shard_res, gathered_res, grad_res, optim_res;
+  comm::Handle gather;          // in-flight gather
+  bool gather_in_flight = false;
+  bool prefetched = false;      // the in-flight or finished gather was issued ahead of use
+  Clock::time_point gather_issued;
+  // Backward: the full gradient buffer's life and the reduce-scatter into grad_shard.
+  bool grad_live = false;
+  std::int64_t grads_pending = 0;
+  at::Tensor rs_out;            // compute dtype [shard] reduce-scatter output
+  comm::Handle rs;
+  bool rs_in_flight = false;
+  ShardState optim;             // fp32 master + states (empty tensors while on nvme)
+  at::Tensor grad_shard;        // fp32 accumulator [shard], where the step runs
+};
+
+struct UnitRt {
+  UnitSpec spec;
+  int id = 0;
+  std::vector<std::uint32_t> chunks;   // chunks holding the unit's parameters
+  std::vector<std::uint32_t> params;   // indexes into the store's params
+};
+
+struct Zero3Engine::Impl {
+  Zero3Options opt;
+  comm::Communicator* comm = nullptr;
+  std::unique_ptr<ChunkStore> store;
+  std::vector<ChunkRt> chunks;
+  std::vector<UnitRt> units;
+  std::unordered_map<const torch::nn::Module*, int> unit_of;
+  tiers::TierAllocator tiers;
+  std::unique_ptr<io::SwapStore> swap;
+  StepKernel kernel;
+  LossScaler scaler;
+  std::unique_ptr<ThreadPool> pool;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  std::vector<std::int64_t> param_steps;   // torch::optim's state.step per parameter
+  std::vector<std::uint8_t> had_grad;      // ever, after the all-reduce at each step
+
+  // The trace and the schedule it drives.
+  plan::AccessTrace trace;
+  std::optional<plan::Schedule> schedule;
+  std::vector<plan::ScheduleChunk> sched_chunks;
+  std::vector<plan::Op> deferred_post;     // backward post ops, run at the next access
+  bool in_step = false;                    // between the first forward access and step()
+  bool in_backward = false;
+  bool scheduled_step = false;             // this step follows the schedule (so far)
+  std::int64_t micro_step = 0;
+  std::int64_t step_count = 0;
+  std::vector<std::uint64_t> access_activation_bytes;  // auto placement: measured per access
+  std::uint64_t baseline_live_bytes = 0;
+
+  // Metrics of the step in progress and of the last finished one.
+  StepMetrics cur, last;
+  Clock::time_point step_t0, backward_t0;
+  std::uint64_t gathered_bytes = 0;
+  std::optional<kernels::GradStats> stats;
+  std::optional<double> clip_coef;
+  StepTrace trace_out;
+
+  // zero3_fetch.cpp
+  void on_access(int unit, plan::Phase phase);
+  void run_ops(const std::vector<plan::Op>& ops, std::size_t at);
+  void start_gather(std::uint32_t c, bool prefetch);
+  void wait_gather(std::uint32_t c);
+  void release(std::uint32_t c);
+  void make_room(std::uint64_t bytes, const std::vector<std::uint32_t>& keep);
+  void finish_access_post(int unit, plan::Phase phase, std::optional<std::size_t> at);
+  void ensure_gathered(const std::vector<std::uint32_t>& chunks);
+  // zero3_backward.cpp
+  void install_grad_hooks(Zero3Engine* owner);
+  void begin_unit_backward(int unit);
+  void on_grad_ready(std::uint32_t param);
+  void on_backward_end();
+  void launch_reduce_scatter(std::uint32_t c);
+  void finish_reduce_scatter(std::uint32_t c);
+  Status drain_reduce_scatters();
+  // zero3_step.cpp
+  Result<kernels::GradStats> global_stats(double inv_scale);
+  Status optimizer_step(double grad_scale);
+  Status end_trace_step();
+  Result<plan::Schedule> plan_schedule(std::span<const plan::ModuleAccess> accesses);
+  // zero3_placement.cpp
+  Status place(const Zero3Options& o);
+  Status load_shard(std::uint32_t c, const at::Tensor& dst);   // param shard from nvme
+  Status store_shard(std::uint32_t c, const at::Tensor& src);
+
+  void account(Tier from, Tier to, std::uint64_t bytes);
+  std::string chunk_name(std::uint32_t c) const;
+};
+
+// Thrown from hooks (which cannot return a Status) and caught at backward()/step(); the
+// message is the Error's text. LibTorch sees a c10::Error, as DESIGN §4 asks.
+[[noreturn]] void throw_error(const Error& e);
+
+}  // namespace strata::engine
