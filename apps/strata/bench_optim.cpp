@@ -114,17 +114,18 @@ class OptimBench {
   OptimBench(const OptimOptions& o, std::size_t n, ThreadPool& pool, Buffers& b, BenchReport& r)
       : opt_(o), n_(n), pool_(pool), b_(b), report_(r) {}
 
-  // A step kernel and its roofline; returns the kernel's GB/s.
-  double step_row(const std::string& name, const std::string& key, StepPattern pattern, const StepShard& shard,
+  // A step kernel and its roofline loop.
+  void step_row(const std::string& name, const std::string& key, StepPattern pattern, const StepShard& shard,
                   const std::function<Status()>& kernel, void* s0, void* s1) {
     auto roof = [&] {
       die_on_error(pattern == StepPattern::kAdam ? kernels::roofline_adam(shard, s0, s1, &pool_)
                                                  : kernels::roofline_one_state(shard, s0, &pool_));
     };
-    return row(name, key, pattern, shard, [&] { die_on_error(kernel()); }, roof);
+    row(name, key, pattern, shard, [&] { die_on_error(kernel()); }, roof);
   }
 
-  double row(const std::string& name, const std::string& key, StepPattern pattern, const StepShard& shard,
+  // One figure: `kernel` against `roof`, in GB/s of the pattern's bytes and Gelem/s.
+  void row(const std::string& name, const std::string& key, StepPattern pattern, const StepShard& shard,
              const std::function<void()>& kernel, const std::function<void()>& roof) {
     const Paired t = time_paired(opt_.repeats, kernel, roof);
     const double bytes = static_cast<double>(kernels::step_bytes_per_elem(pattern, shard)) * n_;
@@ -135,10 +136,9 @@ class OptimBench {
     report_.add_ratio(key + "_vs_roofline", gbps / roof_gbps);
     report_.add_figure(key + "_seconds", t.a_s);
     report_.add_figure(key + "_roofline_seconds", t.b_s);
-    return gbps;
   }
 
-  // What the pattern reads and writes, in the report's baseline column.
+  // What the pattern reads and writes, for the note next to the roofline figure.
   static std::string describe(StepPattern p, const StepShard& s) {
     auto d = [](DType t) { return std::string(kernels::dtype_name(t)); };
     const std::string copy = s.param ? fmt::format(",p:{}", d(s.param_dtype)) : "";
@@ -244,11 +244,11 @@ int run_optim(const OptimOptions& o) {
                 [&] { die_on_error(kernels::roofline_read(s->grad, s->grad_dtype, n, &pool)); });
     }
     for (const StepShard* s : std::array<const StepShard*, 2>{&bf16p, &fp16p}) {
+      // The kCast pattern reads grad_dtype (fp32 in these shards) and writes param_dtype.
       const std::string dt(kernels::dtype_name(s->param_dtype));
-      StepShard c = *s;  // the kCast pattern reads grad_dtype (fp32 here) and writes param_dtype
-      bench.row("cast fp32->" + dt, "cast_fp32_" + dt, StepPattern::kCast, c,
-                [&] { die_on_error(kernels::cast(master, DType::kF32, c.param, c.param_dtype, n, &pool)); },
-                [&] { die_on_error(kernels::roofline_cast(master, DType::kF32, c.param, c.param_dtype, n, &pool)); });
+      bench.row("cast fp32->" + dt, "cast_fp32_" + dt, StepPattern::kCast, *s,
+                [&] { die_on_error(kernels::cast(master, DType::kF32, s->param, s->param_dtype, n, &pool)); },
+                [&] { die_on_error(kernels::roofline_cast(master, DType::kF32, s->param, s->param_dtype, n, &pool)); });
     }
     if (!o.skip_torch) {
       const double bytes = static_cast<double>(kernels::step_bytes_per_elem(StepPattern::kAdam, fp32)) * n;

@@ -64,14 +64,12 @@ HWY_NOINLINE void AdamRange(const detail::AdamArgs& args, std::size_t begin, std
   ST* vmax = amsgrad ? static_cast<ST*>(a.vmax) : nullptr;
   PT* out = static_cast<PT*>(a.param);
 
-  // In the main loop the optional streams get stand-in pointers that are never null
-  // (the body does not touch them unless amsgrad / a copy is wanted): no per-vector
-  // null checks, and no arithmetic on null pointers.
+  // Without amsgrad, m stands in for vmax (the body does not touch it): no per-vector
+  // null check, and no offsetting of a null pointer.
   ST* vmax_or_m = vmax ? vmax : m;
-  PT* out_or_dummy = out ? out : reinterpret_cast<PT*>(m);
   std::size_t i = begin;
   for (; i + lanes <= end; i += lanes) {
-    body(w + i, g + i, m + i, v + i, vmax_or_m + i, out_or_dummy + i);
+    body(w + i, g + i, m + i, v + i, vmax_or_m + i, CopyAt<P>(out, i));
   }
   if (i == end) return;
   // The tail (fewer than `lanes` elements): same code on zero-padded copies.

@@ -52,10 +52,9 @@ HWY_NOINLINE void StepRoofRange(const detail::RoofArgs& a, std::size_t begin, st
   ST* s0 = static_cast<ST*>(a.s0);
   ST* s1 = static_cast<ST*>(a.s1);
   PT* out = static_cast<PT*>(a.param);
-  ST* s1_or_s0 = s1 ? s1 : s0;  // never-touched stand-ins, as in the step loops
-  PT* out_or_w = out ? out : reinterpret_cast<PT*>(w);
+  ST* s1_or_s0 = s1 ? s1 : s0;  // a never-touched stand-in for the one-state pattern
   std::size_t i = begin;
-  for (; i + lanes <= end; i += lanes) body(w + i, g + i, s0 + i, s1_or_s0 + i, out_or_w + i);
+  for (; i + lanes <= end; i += lanes) body(w + i, g + i, s0 + i, s1_or_s0 + i, CopyAt<P>(out, i));
   if (i == end) return;
   const std::size_t rem = end - i;
   HWY_ALIGN float sw[HWY_LANES(float)];

@@ -49,11 +49,8 @@ HWY_NOINLINE void SgdRange(const detail::SgdArgs& args, std::size_t begin, std::
   const GT* g = static_cast<const GT*>(a.grad);
   ST* buf = momentum ? static_cast<ST*>(a.buf) : nullptr;
   PT* out = static_cast<PT*>(a.param);
-  // Stand-ins for absent optional streams, never touched (as in adam_simd.cpp).
-  ST* buf_or_w = buf ? buf : reinterpret_cast<ST*>(w);
-  PT* out_or_w = out ? out : reinterpret_cast<PT*>(w);
   std::size_t i = begin;
-  for (; i + lanes <= end; i += lanes) body(w + i, g + i, buf_or_w + i, out_or_w + i);
+  for (; i + lanes <= end; i += lanes) body(w + i, g + i, momentum ? buf + i : nullptr, CopyAt<P>(out, i));
   if (i == end) return;
   const std::size_t rem = end - i;
   HWY_ALIGN float sw[HWY_LANES(float)];
@@ -99,9 +96,8 @@ HWY_NOINLINE void AdagradRange(const detail::AdagradArgs& args, std::size_t begi
   const GT* g = static_cast<const GT*>(a.grad);
   ST* sum = static_cast<ST*>(a.sum);
   PT* out = static_cast<PT*>(a.param);
-  PT* out_or_w = out ? out : reinterpret_cast<PT*>(w);  // a never-touched stand-in
   std::size_t i = begin;
-  for (; i + lanes <= end; i += lanes) body(w + i, g + i, sum + i, out_or_w + i);
+  for (; i + lanes <= end; i += lanes) body(w + i, g + i, sum + i, CopyAt<P>(out, i));
   if (i == end) return;
   const std::size_t rem = end - i;
   HWY_ALIGN float sw[HWY_LANES(float)];

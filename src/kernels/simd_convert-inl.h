@@ -20,6 +20,7 @@
 #endif
 
 #include <cstdint>
+#include <type_traits>
 
 #include <hwy/highway.h>
 
@@ -153,6 +154,16 @@ HWY_INLINE void StoreFromF32(D, NoParam, hn::Vec<D>, std::uint16_t*) {}
 template <class T>
 HWY_INLINE void CopyIn(T* HWY_RESTRICT scratch, const T* src, std::size_t rem, std::size_t lanes) {
   for (std::size_t j = 0; j < lanes; ++j) scratch[j] = j < rem ? src[j] : T{};
+}
+// The compute copy's pointer at element i. Dispatch picks NoParam exactly when there is
+// no copy, so this needs no null check (and never offsets a null pointer).
+template <class P, class T>
+HWY_INLINE T* CopyAt(T* base, std::size_t i) {
+  if constexpr (std::is_same_v<P, NoParam>) {
+    return nullptr;
+  } else {
+    return base + i;
+  }
 }
 template <class T>
 HWY_INLINE void CopyOut(T* dst, const T* HWY_RESTRICT scratch, std::size_t rem) {

@@ -6,7 +6,8 @@
 //   strata::kernels::reset_target();
 //
 // Every kernel is compiled once per Highway target (SSSE3, SSE4, AVX2, AVX3 = AVX-512,
-// AVX3_DL = AVX-512 with VNNI/VBMI2/BF16 extensions, and the portable EMU128 fallback)
+// AVX3_DL = AVX-512 with VNNI/VBMI2/BITALG extensions, and a portable fallback, SCALAR
+// with this Highway build)
 // and the best one the CPU supports is picked on first call.
 #pragma once
 

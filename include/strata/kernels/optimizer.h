@@ -30,8 +30,9 @@
 // fp16. The compute copy is fp32, bf16 or fp16.
 //
 // Threads: with a pool the shard is split into one contiguous block per thread (block
-// edges on 64-element boundaries, so threads never share a cache line); with nullptr it
-// runs on the caller. Arrays may have any alignment but must not overlap, except that
+// edges on 64-element boundaries, so with 64-byte aligned arrays no two threads write
+// one cache line); with nullptr it runs on the caller. Shards under 32 Ki elements stay
+// on the caller either way. Arrays may have any alignment but must not overlap, except that
 // param may equal master when both are fp32.
 //
 // Errors (kInvalidArgument, with the offending value): a null array that the call needs,
