@@ -1,6 +1,11 @@
 #include "shard_state.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include <ATen/ATen.h>
+
+#include "strata/comm/communicator.h"
 
 namespace strata::engine {
 
@@ -80,6 +85,65 @@ std::uint64_t ShardState::bytes() const {
   std::uint64_t b = master.numel() * 4;
   for (const auto& t : states) b += t.numel() * 4;
   return b;
+}
+
+Status ParamSteps::sync(const std::vector<std::uint8_t>& local, comm::Communicator& comm) {
+  if (std::all_of(ever_had_grad.begin(), ever_had_grad.end(), [](std::uint8_t f) { return f != 0; })) return ok();
+  at::Tensor flags = at::empty({static_cast<std::int64_t>(local.size())}, at::kByte);
+  std::copy(local.begin(), local.end(), flags.data_ptr<std::uint8_t>());
+  STRATA_RETURN_IF_ERROR(comm.all_reduce(flags, comm::ReduceOp::kMax).wait());
+  const std::uint8_t* f = flags.data_ptr<std::uint8_t>();
+  for (std::size_t i = 0; i < ever_had_grad.size(); ++i) ever_had_grad[i] |= f[i];
+  return ok();
+}
+
+void ParamSteps::advance() {
+  for (std::size_t i = 0; i < steps.size(); ++i) steps[i] += ever_had_grad[i];
+}
+
+Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
+                  const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
+                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool) {
+  const auto* g_bytes = static_cast<const std::byte*>(grad);
+  auto* p_bytes = static_cast<std::byte*>(param);
+  const std::size_t g_size = kernels::dtype_size(grad_dtype), p_size = kernels::dtype_size(param_dtype);
+  for (std::size_t i = 0; i < sl.size();) {
+    if (!params.ever_had_grad[sl[i].param]) {
+      ++i;
+      continue;
+    }
+    const std::int64_t step = params.steps[sl[i].param] + 1, begin = sl[i].shard_offset;
+    std::int64_t end = begin + sl[i].numel;
+    std::size_t j = i + 1;
+    while (j < sl.size() && sl[j].shard_offset == end && params.ever_had_grad[sl[j].param] &&
+           params.steps[sl[j].param] + 1 == step) {
+      end += sl[j].numel;
+      ++j;
+    }
+    std::vector<void*> states;
+    for (auto& t : s.states) states.push_back(t.data_ptr<float>() + begin);
+    STRATA_RETURN_IF_ERROR(kernel.run(end - begin, s.master.data_ptr<float>() + begin, std::move(states),
+                                      g_bytes + begin * g_size, grad_dtype,
+                                      p_bytes == nullptr ? nullptr : p_bytes + begin * p_size, param_dtype,
+                                      {.step = step, .grad_scale = grad_scale}, pool));
+    i = j;
+  }
+  return ok();
+}
+
+Result<kernels::GradStats> all_reduce_stats(const kernels::GradStats& local, comm::Communicator& comm) {
+  at::Tensor sums = at::tensor({local.l1, local.l2_sq}, at::kDouble);
+  at::Tensor maxes = at::tensor({local.linf, local.nonfinite ? 1.0 : 0.0}, at::kDouble);
+  comm::Handle h1 = comm.all_reduce(sums, comm::ReduceOp::kSum);
+  comm::Handle h2 = comm.all_reduce(maxes, comm::ReduceOp::kMax);
+  STRATA_RETURN_IF_ERROR(h1.wait());
+  STRATA_RETURN_IF_ERROR(h2.wait());
+  kernels::GradStats global;
+  global.l1 = sums[0].item<double>();
+  global.l2_sq = sums[1].item<double>();
+  global.linf = maxes[0].item<double>();
+  global.nonfinite = maxes[1].item<double>() != 0 || !std::isfinite(global.l2_sq);
+  return global;
 }
 
 }  // namespace strata::engine

@@ -15,10 +15,15 @@
 
 #include "strata/base/config.h"
 #include "strata/base/status.h"
+#include "strata/engine/chunk_store.h"
+#include "strata/kernels/grad_prologue.h"
 #include "strata/kernels/optimizer.h"
 
 namespace strata {
 class ThreadPool;
+}
+namespace strata::comm {
+class Communicator;
 }
 
 namespace strata::engine {
@@ -57,5 +62,31 @@ struct ShardState {
   static ShardState make(std::int64_t n, const StepKernel& kernel);
   std::uint64_t bytes() const;
 };
+
+// Per-parameter bookkeeping both engines keep identical on every rank: torch::optim's
+// state.step, and whether the parameter has ever had a gradient (torch::optim never
+// steps a parameter that has not).
+struct ParamSteps {
+  std::vector<std::int64_t> steps;
+  std::vector<std::uint8_t> ever_had_grad;
+
+  explicit ParamSteps(std::size_t n = 0) : steps(n, 0), ever_had_grad(n, 0) {}
+  // ORs this rank's "had a gradient" flags into ever_had_grad across ranks (skipped,
+  // on every rank alike, once all are set).
+  Status sync(const std::vector<std::uint8_t>& local, comm::Communicator& comm);
+  // After a step: every parameter that has had a gradient advanced by one.
+  void advance();
+};
+
+// One fused step over a chunk shard: parameters that have had a gradient are stepped in
+// runs of adjacent parameters at the same step count (each run one kernel call);
+// others are skipped, as torch::optim skips them. grad and param point at the shard's
+// first element.
+Status step_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
+                  const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
+                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool);
+
+// Sums L1/L2 partials and maxes linf/nonfinite across ranks.
+Result<kernels::GradStats> all_reduce_stats(const kernels::GradStats& local, comm::Communicator& comm);
 
 }  // namespace strata::engine

@@ -86,8 +86,7 @@ Result<std::unique_ptr<ShardedOptimizer>> ShardedOptimizer::create(std::vector<a
     for (std::size_t k = 0; k < store.num_chunks(); ++k)
       impl.shards.push_back(ShardState::make(store.shard_elems(k), impl.kernel));
   }
-  impl.param_steps.assign(store.params().size(), 0);
-  impl.ever_had_grad.assign(store.params().size(), 0);
+  impl.param_steps = ParamSteps(store.params().size());
   impl.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, options.optimizer_threads)));
   impl.reducer = std::make_unique<GradReducer>(store, comm, options.stage, options.reduce_bucket_size,
                                                options.overlap_comm);
@@ -133,18 +132,7 @@ Result<kernels::GradStats> ShardedOptimizer::Impl::global_stats(ChunkStore& stor
                             kernels::grad_prologue(g.data_ptr(), dt, g.numel(), inv_scale, pool.get()));
     local.merge(s);
   }
-  at::Tensor sums = at::tensor({local.l1, local.l2_sq}, at::kDouble);
-  at::Tensor maxes = at::tensor({local.linf, local.nonfinite ? 1.0 : 0.0}, at::kDouble);
-  comm::Handle h1 = comm.all_reduce(sums, comm::ReduceOp::kSum);
-  comm::Handle h2 = comm.all_reduce(maxes, comm::ReduceOp::kMax);
-  STRATA_RETURN_IF_ERROR(h1.wait());
-  STRATA_RETURN_IF_ERROR(h2.wait());
-  kernels::GradStats global;
-  global.l1 = sums[0].item<double>();
-  global.l2_sq = sums[1].item<double>();
-  global.linf = maxes[0].item<double>();
-  global.nonfinite = maxes[1].item<double>() != 0 || !std::isfinite(global.l2_sq);
-  return global;
+  return all_reduce_stats(local, comm);
 }
 
 Result<double> ShardedOptimizer::clip_grad_norm(double max_norm, double norm_type) {
@@ -175,7 +163,7 @@ Result<StepResult> ShardedOptimizer::step() {
   impl.clip_coef.reset();
   r.applied = scaler_.update(stats.nonfinite);
   if (r.applied) {
-    STRATA_RETURN_IF_ERROR(impl.sync_had_grad(comm_));
+    STRATA_RETURN_IF_ERROR(impl.param_steps.sync(impl.reducer->had_grad(), comm_));
     STRATA_RETURN_IF_ERROR(impl.apply(*store_, comm_, coef / r.loss_scale));
     ++step_count_;
   } else {

@@ -20,10 +20,7 @@ struct ShardedOptimizer::Impl {
   std::unique_ptr<GradReducer> reducer;
   std::vector<ShardState> shards;                       // per chunk: this rank's master + states
   std::vector<std::vector<ChunkStore::ShardSlot>> slots;  // per chunk: params in this rank's shard
-  // Per parameter, identical on every rank: torch::optim's state.step, and whether the
-  // parameter has ever had a gradient (torch::optim skips those that never had one).
-  std::vector<std::int64_t> param_steps;
-  std::vector<std::uint8_t> ever_had_grad;
+  ParamSteps param_steps;
   std::unique_ptr<ThreadPool> pool;
   std::optional<kernels::GradStats> stats;  // global stats of the current boundary
   std::optional<double> clip_coef;          // set by clip_grad_norm() for the current boundary
@@ -31,8 +28,6 @@ struct ShardedOptimizer::Impl {
   std::vector<at::Tensor> wrapped_params;  // master shards as leaves of the wrapped optimizer
 
   Result<kernels::GradStats> global_stats(ChunkStore& store, comm::Communicator& comm, double inv_scale);
-  // ORs the local "had a gradient" flags across ranks into ever_had_grad.
-  Status sync_had_grad(comm::Communicator& comm);
   // Runs the step on every shard with gradients scaled by grad_scale, then all-gathers
   // the updated compute-dtype shards into the full chunks.
   Status apply(ChunkStore& store, comm::Communicator& comm, double grad_scale);

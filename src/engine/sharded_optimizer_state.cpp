@@ -142,9 +142,9 @@ Result<std::unique_ptr<torch::optim::Optimizer>> ShardedOptimizer::consolidate_s
   for (std::size_t i = 0; i < n_params; ++i) {
     // torch::optim creates Adam and SGD state on a parameter's first gradient, Adagrad's
     // at construction; mirror that. SGD without momentum has no state at all.
-    if (!impl.ever_had_grad[i] && type != OptimizerType::kAdagrad) continue;
+    if (!impl.param_steps.ever_had_grad[i] && type != OptimizerType::kAdagrad) continue;
     if (type == OptimizerType::kSGD && n_states == 0) continue;
-    opt->state()[state_key(master[i])] = make_param_state(type, impl.param_steps[i], states[i]);
+    opt->state()[state_key(master[i])] = make_param_state(type, impl.param_steps.steps[i], states[i]);
   }
   return opt;
 }
@@ -178,8 +178,8 @@ Status ShardedOptimizer::load_state_dict(torch::optim::Optimizer& full) {
       return make_error(ErrorCode::kInvalidArgument, "load_state_dict: parameter {} has state of another optimizer "
                         "type than {}", i, to_string(type));
     }
-    impl.param_steps[i] = step;
-    impl.ever_had_grad[i] = has && (type != OptimizerType::kAdagrad || step > 0) ? 1 : 0;
+    impl.param_steps.steps[i] = step;
+    impl.param_steps.ever_had_grad[i] = has && (type != OptimizerType::kAdagrad || step > 0) ? 1 : 0;
     const plan::ParamLocation& loc = store.layout().where[i];
     for (const auto& slot : impl.slots[loc.chunk]) {
       if (slot.param != i) continue;

@@ -2,6 +2,7 @@
 #include <unordered_set>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -187,13 +188,17 @@ Result<std::unique_ptr<Zero3Engine>> shard(torch::nn::Module& model, comm::Commu
 
 void Zero3Engine::pre_forward(const torch::nn::Module& unit) {
   const int u = impl_->unit_of.at(&unit);
-  impl_->on_access(u, plan::Phase::kForward);
+  impl_->fwd_stack.emplace_back(u, impl_->on_access(u, plan::Phase::kForward));
 }
 
 void Zero3Engine::post_forward(const torch::nn::Module& unit, at::Tensor& output) {
   Impl& m = *impl_;
   const int u = m.unit_of.at(&unit);
-  m.finish_access_post(u, plan::Phase::kForward, std::nullopt);
+  TORCH_INTERNAL_ASSERT(!m.fwd_stack.empty() && m.fwd_stack.back().first == u, "unbalanced unit forward");
+  const auto at = m.fwd_stack.back().second;
+  m.fwd_stack.pop_back();
+  m.finish_access(u, plan::Phase::kForward, at);
+  if (!at::GradMode::is_enabled()) return;  // inference: no backward to prepare
   if (output.requires_grad()) {
     // The pre-backward hook: the gradient of this unit's output arrives just before the
     // unit's own backward runs, so that is when its chunks must be gathered again.

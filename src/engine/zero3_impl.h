@@ -46,6 +46,7 @@ struct ChunkRt {
   bool gather_in_flight = false;
   bool prefetched = false;      // the in-flight or finished gather was issued ahead of use
   Clock::time_point gather_issued;
+  std::uint64_t last_used = 0;  // use_clock at the last wait: on-demand eviction is LRU
   // Backward: the full gradient buffer's life and the reduce-scatter into grad_shard.
   bool grad_live = false;
   std::int64_t grads_pending = 0;
@@ -83,7 +84,6 @@ struct Zero3Engine::Impl {
   plan::AccessTrace trace;
   std::optional<plan::Schedule> schedule;
   std::vector<plan::ScheduleChunk> sched_chunks;
-  std::vector<plan::Op> deferred_post;     // backward post ops, run at the next access
   bool in_step = false;                    // between the first forward access and step()
   bool in_backward = false;
   bool scheduled_step = false;             // this step follows the schedule (so far)
@@ -91,6 +91,12 @@ struct Zero3Engine::Impl {
   std::int64_t step_count = 0;
   std::vector<std::uint64_t> access_activation_bytes;  // auto placement: measured per access
   std::uint64_t baseline_live_bytes = 0;
+
+  std::vector<std::uint64_t> access_live_bytes;  // auto warm-up: non-model bytes per access
+  std::vector<std::pair<int, std::optional<std::size_t>>> fwd_stack;  // open forward accesses
+  std::optional<std::pair<int, std::optional<std::size_t>>> bwd_prev;  // the backward access to close
+  Clock::time_point unit_t0;
+  std::uint64_t use_clock = 0;
 
   // Metrics of the step in progress and of the last finished one.
   StepMetrics cur, last;
@@ -101,14 +107,23 @@ struct Zero3Engine::Impl {
   StepTrace trace_out;
 
   // zero3_fetch.cpp
-  void on_access(int unit, plan::Phase phase);
+  void begin_step_if_needed();
+  bool measuring_activations() const;
+  std::uint64_t accounted_bytes() const;
+  // Trace bookkeeping, schedule ops and gathers before unit u runs; returns the access's
+  // index in the frozen trace when the schedule drives this step.
+  std::optional<std::size_t> on_access(int unit, plan::Phase phase);
+  // After unit u ran: its chunks leave COMPUTE; the schedule's post ops, or on-demand release.
+  void finish_access(int unit, plan::Phase phase, std::optional<std::size_t> at);
   void run_ops(const std::vector<plan::Op>& ops, std::size_t at);
   void start_gather(std::uint32_t c, bool prefetch);
   void wait_gather(std::uint32_t c);
-  void release(std::uint32_t c);
-  void make_room(std::uint64_t bytes, const std::vector<std::uint32_t>& keep);
-  void finish_access_post(int unit, plan::Phase phase, std::optional<std::size_t> at);
   void ensure_gathered(const std::vector<std::uint32_t>& chunks);
+  void release(std::uint32_t c);
+  tiers::Reservation reserve_compute(std::uint64_t bytes, const std::string& holder,
+                                     const std::vector<std::uint32_t>& keep);
+  void make_room(std::uint64_t bytes, const std::vector<std::uint32_t>& keep);
+  std::vector<std::uint32_t> keep_for_gather(std::uint32_t c) const;
   // zero3_backward.cpp
   void install_grad_hooks(Zero3Engine* owner);
   void begin_unit_backward(int unit);
@@ -116,6 +131,7 @@ struct Zero3Engine::Impl {
   void on_backward_end();
   void launch_reduce_scatter(std::uint32_t c);
   void finish_reduce_scatter(std::uint32_t c);
+  void poll_reduce_scatters();  // finishes those already complete
   Status drain_reduce_scatters();
   // zero3_step.cpp
   Result<kernels::GradStats> global_stats(double inv_scale);

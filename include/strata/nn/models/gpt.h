@@ -29,6 +29,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "strata/base/status.h"
+#include "strata/engine/uses_params.h"
 
 namespace strata::nn {
 
@@ -71,10 +72,11 @@ class BlockImpl : public torch::nn::Module {
 TORCH_MODULE(Block);
 
 // The final LayerNorm and the tied LM head: one unit that reads the token embedding.
-class HeadImpl : public torch::nn::Module {
+class HeadImpl : public torch::nn::Module, public engine::UsesParams {
  public:
   HeadImpl(std::int64_t hidden, torch::nn::Embedding tied);
   at::Tensor forward(const at::Tensor& x);
+  std::vector<at::Tensor> used_params() const override { return {tied_->weight}; }
   torch::nn::LayerNorm ln_f{nullptr};
 
  private:
