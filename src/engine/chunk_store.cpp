@@ -110,9 +110,18 @@ void ChunkStore::alloc_storage(const at::Tensor& t) {
 bool ChunkStore::has_storage(const at::Tensor& t) { return t.storage().nbytes() != 0; }
 
 void ChunkStore::bind_grads() {
+  // A view can only be made of a storage that has its bytes: give freed gradient
+  // buffers theirs back while binding, then free them again.
+  std::vector<bool> was_free(grad_.size());
+  for (std::size_t c = 0; c < grad_.size(); ++c) {
+    was_free[c] = !has_storage(grad_[c]);
+    if (was_free[c]) alloc_storage(grad_[c]);
+  }
   for (std::size_t i = 0; i < params_.size(); ++i) {
     if (params_[i].requires_grad()) params_[i].mutable_grad() = param_view(grad_[layout_.where[i].chunk], i);
   }
+  for (std::size_t c = 0; c < grad_.size(); ++c)
+    if (was_free[c]) free_storage(grad_[c]);
   zero_grads();
 }
 

@@ -100,8 +100,7 @@ Result<std::unique_ptr<Zero3Engine>> Zero3Engine::create(std::vector<UnitSpec> u
   Impl& m = *impl;
   m.opt = options;
   m.comm = &comm;
-  m.tiers.~TierAllocator();
-  new (&m.tiers) tiers::TierAllocator(options.schedule.budget_bytes);
+  m.tiers.set_budgets(options.schedule.budget_bytes);
   STRATA_ASSIGN_OR_RETURN(m.kernel, StepKernel::create(options.optimizer));
   m.scaler = LossScaler(options.fp16);
 
@@ -151,13 +150,12 @@ Result<std::unique_ptr<Zero3Engine>> Zero3Engine::create(std::vector<UnitSpec> u
     std::vector<std::uint32_t> ps(u.params.begin(), u.params.end());
     u.chunks = plan::chunks_of(m.store->layout(), ps);
   }
-  m.param_steps.assign(params.size(), 0);
-  m.had_grad.assign(params.size(), 0);
+  m.param_steps = ParamSteps(params.size());
   m.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, options.optimizer_threads)));
   STRATA_RETURN_IF_ERROR(m.place(options));
 
   std::unique_ptr<Zero3Engine> eng(new Zero3Engine(std::move(impl)));
-  eng->impl_->install_grad_hooks(eng.get());
+  eng->impl_->install_grad_hooks();
   for (const UnitRt& u : eng->impl_->units) set_module_hooks(*u.spec.module, eng.get());
   log::info("zero3: {} parameters in {} chunks of {} elements ({:.1f}% padding), {} units, rank shard {}",
             format_count(eng->impl_->store->layout().used_elems), eng->impl_->store->num_chunks(),

@@ -27,6 +27,8 @@ void Zero3Engine::Impl::begin_step_if_needed() {
   in_step = true;
   trace.begin_step();
   scheduled_step = opt.prefetch && schedule.has_value() && trace.complete();
+  if (scheduled_step) cur.planned += schedule->moved;
+  cur.scheduled = scheduled_step;
   step_t0 = Clock::now();
   trace_out.begin_step();
   if (measuring_activations()) {
@@ -45,8 +47,9 @@ std::uint64_t Zero3Engine::Impl::accounted_bytes() const {
 
 std::optional<std::size_t> Zero3Engine::Impl::on_access(int u, plan::Phase phase) {
   std::optional<std::size_t> at;
-  // Inference (no autograd graph): fetch on demand and leave the training trace alone.
-  const bool training = at::GradMode::is_enabled();
+  // Inference (a forward without an autograd graph) fetches on demand and leaves the
+  // training trace alone. Backward runs with grad mode off, but is always training.
+  const bool training = phase == plan::Phase::kBackward || at::GradMode::is_enabled();
   if (training) {
     begin_step_if_needed();
     at = trace.on_access({u, phase});
@@ -163,6 +166,7 @@ void Zero3Engine::Impl::start_gather(std::uint32_t c, bool prefetch) {
     cur.moved.net_gather += shard_bytes * (opt.chunks.world - 1);
   }
   k.prefetched = prefetch;
+  k.awaiting_use = true;
   k.sm.to(ChunkState::kHold);
   if (!k.persistent) ++cur.gathers;
   gathered_bytes += bytes;
@@ -181,15 +185,19 @@ std::vector<std::uint32_t> Zero3Engine::Impl::keep_for_gather(std::uint32_t c) c
 void Zero3Engine::Impl::wait_gather(std::uint32_t c) {
   ChunkRt& k = chunks[c];
   k.last_used = ++use_clock;
+  // A gather issued ahead of use is a hit if its data is there when the access needs it.
+  const bool ready = !k.gather_in_flight || k.gather.done();
+  if (k.awaiting_use) {
+    k.awaiting_use = false;
+    if (k.prefetched && ready && !k.persistent) ++cur.prefetch_hits;
+  }
   if (!k.gather_in_flight) return;
-  const bool ready = k.gather.done();
   const auto t0 = Clock::now();
   auto st = k.gather.wait();
   k.gather_in_flight = false;
   const auto t1 = Clock::now();
   if (!st) throw_error(st.error());
   cur.gather_wait_s += std::chrono::duration<double>(t1 - t0).count();
-  if (k.prefetched && ready && !k.persistent) ++cur.prefetch_hits;
   trace_out.add(StepTrace::kGather, "gather " + chunk_name(c), k.gather_issued, t1);
 }
 

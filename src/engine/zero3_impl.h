@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -41,15 +42,18 @@ struct ChunkRt {
   Tier shard_tier = Tier::kCompute;
   Tier optim_tier = Tier::kCompute;
   at::Tensor shard;             // this rank's parameter shard (compute dtype); empty on nvme
-  tiers::Reservation shard_res, gathered_res, grad_res, optim_res;
+  tiers::Reservation shard_res, gathered_res, grad_res, optim_res, grad_shard_res;
   comm::Handle gather;          // in-flight gather
   bool gather_in_flight = false;
   bool prefetched = false;      // the in-flight or finished gather was issued ahead of use
+  bool awaiting_use = false;    // gathered, not yet waited on by an access (hit accounting)
   Clock::time_point gather_issued;
   std::uint64_t last_used = 0;  // use_clock at the last wait: on-demand eviction is LRU
   // Backward: the full gradient buffer's life and the reduce-scatter into grad_shard.
   bool grad_live = false;
-  std::int64_t grads_pending = 0;
+  std::int64_t grads_expected = 0;  // trainable parameters in the chunk
+  std::int64_t grads_pending = 0;   // of those, not yet accumulated in this backward
+  Clock::time_point rs_issued;
   at::Tensor rs_out;            // compute dtype [shard] reduce-scatter output
   comm::Handle rs;
   bool rs_in_flight = false;
@@ -69,6 +73,7 @@ struct Zero3Engine::Impl {
   comm::Communicator* comm = nullptr;
   std::unique_ptr<ChunkStore> store;
   std::vector<ChunkRt> chunks;
+  std::vector<std::vector<ChunkStore::ShardSlot>> slots;  // per chunk: params in this rank's shard
   std::vector<UnitRt> units;
   std::unordered_map<const torch::nn::Module*, int> unit_of;
   tiers::TierAllocator tiers;
@@ -77,8 +82,9 @@ struct Zero3Engine::Impl {
   LossScaler scaler;
   std::unique_ptr<ThreadPool> pool;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
-  std::vector<std::int64_t> param_steps;   // torch::optim's state.step per parameter
-  std::vector<std::uint8_t> had_grad;      // ever, after the all-reduce at each step
+  ParamSteps param_steps;                     // identical on every rank
+  std::vector<std::uint8_t> local_had_grad;   // this rank's AccumulateGrad calls, ever
+  std::deque<std::uint32_t> rs_order;         // reduce-scatters in flight, in issue order
 
   // The trace and the schedule it drives.
   plan::AccessTrace trace;
@@ -125,7 +131,8 @@ struct Zero3Engine::Impl {
   void make_room(std::uint64_t bytes, const std::vector<std::uint32_t>& keep);
   std::vector<std::uint32_t> keep_for_gather(std::uint32_t c) const;
   // zero3_backward.cpp
-  void install_grad_hooks(Zero3Engine* owner);
+  void install_grad_hooks();
+  void ensure_grad_buffer(std::uint32_t c);
   void begin_unit_backward(int unit);
   void on_grad_ready(std::uint32_t param);
   void on_backward_end();
@@ -134,16 +141,29 @@ struct Zero3Engine::Impl {
   void poll_reduce_scatters();  // finishes those already complete
   Status drain_reduce_scatters();
   // zero3_step.cpp
+  struct StateSwap;
+  Result<std::unique_ptr<StateSwap>> swap_in_state(std::uint32_t c);
   Result<kernels::GradStats> global_stats(double inv_scale);
   Status optimizer_step(double grad_scale);
   Status end_trace_step();
   Result<plan::Schedule> plan_schedule(std::span<const plan::ModuleAccess> accesses);
   // zero3_placement.cpp
   Status place(const Zero3Options& o);
+  void static_tiers(std::uint32_t c, std::size_t trainable_index, std::size_t n_trainable);
+  Status materialize(std::uint32_t c);
+  void refresh_schedule_chunks();
+  std::vector<plan::ModuleAccess> provisional_trace() const;
+  Status check_fits_provisional();
+  Status fit_auto_placement();
+  Status move_shard_to_host(std::uint32_t c);
   Status load_shard(std::uint32_t c, const at::Tensor& dst);   // param shard from nvme
   Status store_shard(std::uint32_t c, const at::Tensor& src);
 
   void account(Tier from, Tier to, std::uint64_t bytes);
+  // Where chunk c's optimizer step runs: compute if its state is there, else host.
+  Tier step_tier(std::uint32_t c) const {
+    return chunks[c].optim_tier == Tier::kCompute ? Tier::kCompute : Tier::kHost;
+  }
   std::string chunk_name(std::uint32_t c) const;
 };
 

@@ -25,6 +25,11 @@ void Reservation::release() {
 
 TierAllocator::TierAllocator(plan::TierBytes budgets) : budgets_(budgets) {}
 
+void TierAllocator::set_budgets(plan::TierBytes budgets) {
+  std::lock_guard lock(mu_);
+  budgets_ = budgets;
+}
+
 Result<Reservation> TierAllocator::reserve(Tier tier, std::uint64_t bytes, std::string holder) {
   std::lock_guard lock(mu_);
   const std::size_t t = plan::tier_index(tier);

@@ -60,6 +60,8 @@ class TierAllocator {
   TierAllocator& operator=(const TierAllocator&) = delete;
 
   Result<Reservation> reserve(Tier tier, std::uint64_t bytes, std::string holder);
+  // Sets the budgets before anything is reserved (owners built before their budget is known).
+  void set_budgets(plan::TierBytes budgets);
 
   std::uint64_t budget(Tier t) const { return budgets_[plan::tier_index(t)]; }
   std::uint64_t used(Tier t) const;

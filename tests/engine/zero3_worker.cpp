@@ -1,0 +1,294 @@
+// One rank of the ZeRO-3 tests (tests/engine/zero3_test.cpp starts N of these). Each
+// rank also trains the reference — the same model, unsharded, plain torch::optim, on
+// the whole job's batch — and compares. "OK" and exit 0 on success, 1 on a mismatch,
+// 3 on an expected failure.
+//
+// zero3_worker parity PLACEMENT [bf16]   PLACEMENT: compute | host | quarter | auto | nvme
+// zero3_worker memory                     max_live bound and shard bytes
+// zero3_worker branch                     a data-dependent path invalidates the trace
+// zero3_worker overbudget                 a compute budget that cannot fit fails at setup
+#include <cmath>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "strata/base/units.h"
+#include "strata/comm/rendezvous.h"
+#include "strata/engine/zero3.h"
+#include "strata/nn/models/gpt.h"
+#include "support/multirank.h"
+#include "toy_model.h"
+
+using namespace strata;
+using strata::testing::rel_error;
+
+namespace {
+
+comm::Communicator* g_comm = nullptr;
+constexpr std::int64_t kBatchPerRank = 2, kSeq = 16;
+
+[[noreturn]] void fail(const std::string& what) {
+  fmt::print(stderr, "WRONG (rank {}): {}\n", g_comm ? g_comm->rank() : -1, what);
+  std::fflush(stderr);
+  std::_Exit(1);
+}
+template <class T>
+T check(Result<T> r, const char* what) {
+  if (!r) fail(fmt::format("{}: {}", what, r.error()));
+  return std::move(*r);
+}
+void check(Status s, const char* what) {
+  if (!s) fail(fmt::format("{}: {}", what, s.error()));
+}
+
+// Twelve narrow blocks: each block is a small part of the model, so a compute budget of
+// a quarter of the model holds a block's parameters and gradients with room to prefetch.
+nn::GPTConfig model_config() { return check(nn::gpt_config("custom:12x64x4", 64, 32), "gpt config"); }
+
+std::pair<at::Tensor, at::Tensor> batch(std::int64_t step, std::int64_t rows) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(500 + step);
+  at::Tensor data = at::randint(0, 64, {rows, kSeq + 1}, g, at::kLong);
+  return {data.narrow(1, 0, kSeq).contiguous(), data.narrow(1, 1, kSeq).contiguous()};
+}
+
+std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step) {
+  auto [x, y] = batch(step, kBatchPerRank * g_comm->world());
+  return {x.narrow(0, g_comm->rank() * kBatchPerRank, kBatchPerRank), y.narrow(0, g_comm->rank() * kBatchPerRank, kBatchPerRank)};
+}
+
+engine::Zero3Options options(const std::string& placement, const nn::GPTConfig& cfg, std::uint64_t* model_bytes) {
+  engine::Zero3Options o;
+  // SGD with momentum: Adam turns the rounding noise in gradients that are exactly zero
+  // in theory (attention key biases) into full-size steps, which no two summation
+  // orders agree on; the ZeRO-1/2 tests cover Adam parity on a model without them.
+  o.optimizer.type = OptimizerType::kSGD;
+  o.optimizer.lr = 0.1;
+  o.optimizer.momentum = 0.9;
+  o.optimizer.weight_decay = 0.01;
+  o.chunks.chunk_size_elems = 8192;
+  o.chunks.io_align_bytes = 64;
+  o.optimizer_threads = 1;
+  o.schedule.prefetch_bucket_bytes = 1 << 20;
+  *model_bytes = static_cast<std::uint64_t>(cfg.parameter_count()) * 4;
+  if (placement == "host") {
+    o.param_device = OffloadDevice::kCpu;
+    o.optim_device = OffloadDevice::kCpu;
+  } else if (placement == "quarter") {
+    // A compute tier of a quarter of the model: chunks are evicted and prefetched
+    // every step; shards and optimizer state live on host.
+    o.param_device = OffloadDevice::kCpu;
+    o.optim_device = OffloadDevice::kCpu;
+    o.schedule.budget_bytes[0] = *model_bytes / 4;
+  } else if (placement == "auto") {
+    o.placement = Placement::kAuto;
+    o.schedule.budget_bytes[0] = *model_bytes / 2;
+  } else if (placement == "nvme") {
+    o.param_device = OffloadDevice::kNvme;
+    o.optim_device = OffloadDevice::kNvme;
+    o.nvme_path = std::getenv("STRATA_TEST_NVME");
+    o.job_name = "zero3test";
+    o.io.strata.min_io_bytes = 0;  // every record on disk, however small
+  } else if (placement != "compute") {
+    fail("unknown placement " + placement);
+  }
+  return o;
+}
+
+// max |a - b| / max(max |b|, 0.02): relative error per tensor, with a floor at the init
+// scale so that tensors whose values are themselves rounding noise (attention key
+// biases, whose exact gradient is zero) are compared against the model's scale.
+double scaled_error(const at::Tensor& a, const at::Tensor& b) {
+  const double scale = std::max(b.abs().max().item<double>(), 0.02);
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / scale;
+}
+
+void compare_params(engine::Zero3Engine& eng, nn::GPT& ref, double tol, const std::string& when) {
+  auto got = check(eng.consolidated_params(), "consolidated_params");
+  auto want = ref->parameters();
+  if (got.size() != want.size()) fail("parameter count differs");
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const double e = scaled_error(got[i], want[i]);
+    if (e > tol) fail(fmt::format("{}: parameter {} differs, relative error {:.3g} > {:.0g}", when, i, e, tol));
+  }
+}
+
+void parity(const std::string& placement, bool bf16) {
+  const nn::GPTConfig cfg = model_config();
+  nn::GPT model(cfg), ref(cfg);
+  model->init_weights(11);
+  ref->init_weights(11);
+  std::uint64_t model_bytes = 0;
+  engine::Zero3Options o = options(placement, cfg, &model_bytes);
+  if (bf16) o.compute_dtype = at::kBFloat16;
+  if (bf16) {
+    o.optimizer.type = OptimizerType::kAdamW;
+    o.optimizer.lr = 3e-3;
+  }
+  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  std::unique_ptr<torch::optim::Optimizer> ref_opt;
+  if (bf16) ref_opt = std::make_unique<torch::optim::AdamW>(ref->parameters(), torch::optim::AdamWOptions(3e-3).weight_decay(0.01));
+  else ref_opt = std::make_unique<torch::optim::SGD>(ref->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(0.01));
+  const int steps = 20;
+  double hit_rate_sum = 0;
+  int hit_steps = 0;
+  for (int s = 0; s < steps; ++s) {
+    auto [x, y] = my_rows(s);
+    at::Tensor loss = model->loss(x, y);
+    check(eng->backward(loss), "backward");
+    check(eng->step(), "step");
+    auto [fx, fy] = batch(s, kBatchPerRank * g_comm->world());
+    ref_opt->zero_grad();
+    at::Tensor ref_loss = ref->loss(fx, fy);
+    ref_loss.backward();
+    ref_opt->step();
+    at::Tensor l = loss.detach().to(at::kFloat).clone();
+    check(g_comm->all_reduce(l, comm::ReduceOp::kAvg).wait(), "loss avg");
+    const double got = l.item<double>(), want = ref_loss.item<double>();
+    const double tol = bf16 ? 0.02 : 1e-5;
+    if (std::abs(got - want) > tol * std::abs(want)) fail(fmt::format("step {}: loss {} vs reference {}", s, got, want));
+    const auto& m = eng->last_metrics();
+    if (s >= 2 && !m.scheduled) fail(fmt::format("step {} was not driven by the schedule", s));
+    if (s >= 2 && m.gathers > 0) hit_rate_sum += m.prefetch_hit_rate, ++hit_steps;
+    if (!bf16 && s % 5 == 4) compare_params(*eng, ref, 1e-5, fmt::format("{} step {}", placement, s));
+    if (placement == "quarter" && m.peak[0] > model_bytes / 4) {
+      fail(fmt::format("compute peak {} over the budget {}", m.peak[0], model_bytes / 4));
+    }
+  }
+  const auto& m = eng->last_metrics();
+  fmt::print("rank {} {}: gathers {} hit rate {:.2f} (mean {:.2f}) host->compute {}+{} planned {}+{} peak compute {}\n",
+             g_comm->rank(), placement, m.gathers, m.prefetch_hit_rate, hit_steps ? hit_rate_sum / hit_steps : 0.0,
+             m.moved.host_to_compute, m.moved.compute_to_host, m.planned.host_to_compute, m.planned.compute_to_host,
+             m.peak[0]);
+  if (placement == "quarter" && m.gathers == 0) fail("a quarter budget should gather every step");
+  if ((placement == "host" || placement == "quarter") && m.moved.host_compute() != m.planned.host_compute()) {
+    fail(fmt::format("host<->compute bytes {} differ from the plan's {}", m.moved.host_compute(), m.planned.host_compute()));
+  }
+}
+
+void memory() {
+  const nn::GPTConfig cfg = model_config();
+  nn::GPT model(cfg);
+  model->init_weights(11);
+  std::uint64_t model_bytes = 0;
+  engine::Zero3Options o = options("compute", cfg, &model_bytes);
+  // Eight chunks: more than the largest unit needs (a block touches five), far less
+  // than the model (49 chunks), so the bound is what limits prefetching.
+  o.schedule.max_live_bytes = 8 * 8192 * 4;
+  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  const std::uint64_t chunk_bytes = 8192 * 4;
+  for (int s = 0; s < 6; ++s) {
+    auto [x, y] = my_rows(s);
+    check(eng->backward(model->loss(x, y)), "backward");
+    check(eng->step(), "step");
+    const auto& m = eng->last_metrics();
+    if (m.peak_gathered_bytes > o.schedule.max_live_bytes + chunk_bytes) {
+      fail(fmt::format("step {}: gathered peak {} > max_live {} + one chunk", s, m.peak_gathered_bytes, o.schedule.max_live_bytes));
+    }
+  }
+  // Shard bytes: (parameters + padding) / world, in the compute dtype.
+  const auto& layout = eng->store().layout();
+  const std::uint64_t want = (static_cast<std::uint64_t>(cfg.parameter_count()) + layout.padding_elems) * 4 / g_comm->world();
+  if (eng->shard_bytes() != want) fail(fmt::format("shard bytes {} != {}", eng->shard_bytes(), want));
+  if (layout.used_elems != static_cast<std::uint64_t>(cfg.parameter_count())) fail("layout does not hold every parameter");
+}
+
+// Three units and a data-dependent path: every third step skips unit `b` and runs `c`.
+struct Branchy : torch::nn::Module {
+  torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr}, head{nullptr};
+  Branchy() {
+    a = register_module("a", torch::nn::Linear(16, 32));
+    b = register_module("b", torch::nn::Linear(32, 32));
+    c = register_module("c", torch::nn::Linear(32, 32));
+    head = register_module("head", torch::nn::Linear(32, 4));
+  }
+  at::Tensor forward(const at::Tensor& x, bool take_c) {
+    at::Tensor h = at::tanh(engine::forward(a, x));
+    h = at::tanh(take_c ? engine::forward(c, h) : engine::forward(b, h));
+    return engine::forward(head, h);
+  }
+};
+
+void branch() {
+  at::manual_seed(3);
+  auto model = std::make_shared<Branchy>();
+  at::manual_seed(3);
+  auto ref = std::make_shared<Branchy>();
+  engine::Zero3Options o;
+  o.optimizer.type = OptimizerType::kAdam;
+  o.optimizer.adam_w_mode = false;
+  o.optimizer.lr = 1e-2;
+  o.chunks.chunk_size_elems = 512;
+  o.chunks.io_align_bytes = 64;
+  o.schedule.prefetch_bucket_bytes = 1 << 20;
+  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int s = 0; s < 12; ++s) {
+    const bool take_c = s % 3 == 2;
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(70 + s);
+    at::Tensor x = at::randn({4 * g_comm->world(), 16}, g), y = at::randn({4 * g_comm->world(), 4}, g);
+    at::Tensor mx = x.narrow(0, 4 * g_comm->rank(), 4), my = y.narrow(0, 4 * g_comm->rank(), 4);
+    check(eng->backward(at::mse_loss(model->forward(mx, take_c), my)), "backward");
+    check(eng->step(), "step");
+    ref_opt.zero_grad();
+    at::mse_loss(ref->forward(x, take_c), y).backward();
+    ref_opt.step();
+    auto got = check(eng->consolidated_params(), "consolidated");
+    auto want = ref->parameters();
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      if (rel_error(got[i], want[i]) > 1e-5) fail(fmt::format("step {}: param {} differs", s, i));
+    }
+  }
+  if (eng->last_metrics().trace_invalidations < 3) fail("the branch should have invalidated the trace");
+}
+
+// Rank 1 takes the other branch in step 0: the recorded traces differ, and the hash
+// comparison at the end of the step must say so (b and c have equal chunk sizes, so
+// the gathers themselves do not fail first).
+void diverge() {
+  at::manual_seed(3);
+  auto model = std::make_shared<Branchy>();
+  engine::Zero3Options o;
+  o.optimizer.type = OptimizerType::kSGD;
+  o.chunks.chunk_size_elems = 512;
+  o.chunks.io_align_bytes = 64;
+  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  at::Tensor x = at::randn({4, 16}), y = at::randn({4, 4});
+  auto st = eng->backward(at::mse_loss(model->forward(x, g_comm->rank() == 1), y));
+  if (st) fail("diverging traces were not detected");
+  fmt::print(stderr, "EXPECTED FAILURE: {}\n", st.error());
+  std::fflush(stderr);
+  std::_Exit(3);
+}
+
+void overbudget() {
+  const nn::GPTConfig cfg = model_config();
+  nn::GPT model(cfg);
+  std::uint64_t model_bytes = 0;
+  engine::Zero3Options o = options("quarter", cfg, &model_bytes);
+  o.schedule.budget_bytes[0] = 16 << 10;  // smaller than one chunk
+  auto eng = engine::shard(*model, *g_comm, o);
+  if (eng) fail("an impossible compute budget was accepted");
+  fmt::print(stderr, "EXPECTED FAILURE: {}\n", eng.error());
+  std::fflush(stderr);
+  std::_Exit(3);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> a(argv + 1, argv + argc);
+  if (a.empty()) fail("usage: zero3_worker MODE ...");
+  auto comm = check(comm::init_from_env(), "init");
+  g_comm = comm.get();
+  const std::string& mode = a[0];
+  if (mode == "parity") parity(a.at(1), a.size() > 2 && a[2] == "bf16");
+  else if (mode == "memory") memory();
+  else if (mode == "branch") branch();
+  else if (mode == "overbudget") overbudget();
+  else if (mode == "diverge") diverge();
+  else fail("unknown mode " + mode);
+  fmt::print("OK\n");
+  return 0;
+}
