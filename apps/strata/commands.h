@@ -22,6 +22,7 @@ void add_estimate_command(CLI::App& app, int* exit_code);
 // Registers `strata bench` and returns it, so each benchmark can add itself.
 CLI::App* add_bench_command(CLI::App& app);
 void add_bench_zero(CLI::App& bench, int* exit_code);
+void add_bench_zero3(CLI::App& bench, int* exit_code);
 // `strata bench optim`: the fused optimizer kernels vs the memory roofline and torch::optim.
 void add_bench_optim(CLI::App& bench, int* exit_code);
 // strata bench io: swap store throughput next to fio (bench_io.cpp).

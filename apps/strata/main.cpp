@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   strata::cli::add_estimate_command(app, &exit_code);
   CLI::App* bench = strata::cli::add_bench_command(app);
   strata::cli::add_bench_zero(*bench, &exit_code);
+  strata::cli::add_bench_zero3(*bench, &exit_code);
   strata::cli::add_bench_optim(*bench, &exit_code);
   strata::cli::add_bench_io(*bench, &exit_code);
   CLI11_PARSE(app, argc, argv);

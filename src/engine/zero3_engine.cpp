@@ -47,9 +47,8 @@ Result<Zero3Options> Zero3Options::from_config(const Config& cfg, int world) {
   o.optim_device = z.offload_optimizer.device;
   o.offload_param_frac = cfg.strata.offload_param_frac;
   o.offload_optim_frac = cfg.strata.offload_optim_frac;
-  o.nvme_path = !z.offload_optimizer.nvme_path.empty() ? z.offload_optimizer.nvme_path : z.offload_param.nvme_path;
-  o.job_name = cfg.strata.job_name;
-  o.io = cfg;
+  o.swap = io::SwapStoreOptions::from_config(
+      cfg, 0, !z.offload_optimizer.nvme_path.empty() ? z.offload_optimizer.nvme_path : z.offload_param.nvme_path);
   STRATA_RETURN_IF_ERROR(o.validate());
   return o;
 }
@@ -57,7 +56,7 @@ Result<Zero3Options> Zero3Options::from_config(const Config& cfg, int world) {
 Status Zero3Options::validate() const {
   STRATA_RETURN_IF_ERROR(kernel_dtype(compute_dtype));
   if (gradient_accumulation_steps < 1) return make_error(ErrorCode::kInvalidArgument, "gradient_accumulation_steps must be >= 1");
-  if ((param_device == OffloadDevice::kNvme || optim_device == OffloadDevice::kNvme) && nvme_path.empty()) {
+  if ((param_device == OffloadDevice::kNvme || optim_device == OffloadDevice::kNvme) && swap.nvme_path.empty()) {
     return make_error(ErrorCode::kInvalidArgument, "nvme offload needs an nvme_path");
   }
   return schedule.validate();
@@ -96,6 +95,7 @@ Result<std::unique_ptr<Zero3Engine>> Zero3Engine::create(std::vector<UnitSpec> u
   options.chunks.compute_dtype = options.compute_dtype;
   options.chunks.materialize_grads = false;
   options.schedule.world = comm.world();
+  options.swap.rank = comm.rank();
   auto impl = std::make_unique<Impl>();
   Impl& m = *impl;
   m.opt = options;

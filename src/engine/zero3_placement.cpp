@@ -73,8 +73,7 @@ Status Zero3Engine::Impl::place(const Zero3Options& o) {
     any_nvme |= k.shard_tier == Tier::kNvme || (k.trainable && k.optim_tier == Tier::kNvme);
   }
   if (any_nvme) {
-    io::SwapStoreOptions so = io::SwapStoreOptions::from_config(o.io, o.chunks.rank, o.nvme_path);
-    STRATA_ASSIGN_OR_RETURN(swap, io::SwapStore::open(so));
+    STRATA_ASSIGN_OR_RETURN(swap, io::SwapStore::open(o.swap));
     std::vector<io::SwapReservation> records;
     for (std::uint32_t c = 0; c < chunks.size(); ++c) {
       const std::uint64_t n = static_cast<std::uint64_t>(store->shard_elems(c));

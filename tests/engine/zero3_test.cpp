@@ -49,7 +49,11 @@ TEST(Zero3, Bf16LossesTrackTheFp32Reference) {
   expect_all_ok(run_ranks(2, {worker(), "parity", "quarter", "bf16"}, std::chrono::seconds(300)));
 }
 
-TEST(Zero3, GatheredBytesStayWithinMaxLivePlusOneChunk) { expect_all_ok(run_ranks(2, {worker(), "memory"})); }
+TEST(Zero3, GatheredBytesStayWithinMaxLivePlusOneChunkAndTheStepTraceHasEveryTrack) {
+  const auto dir = testing::fresh_temp_dir("zero3-mem");
+  expect_all_ok(run_ranks(2, {worker(), "memory"}, std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
+}
 
 TEST(Zero3, DataDependentBranchInvalidatesTheTraceAndResultsStayExact) {
   expect_all_ok(run_ranks(2, {worker(), "branch"}));

@@ -8,10 +8,13 @@
 // zero3_worker branch                     a data-dependent path invalidates the trace
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
 #include <cmath>
+#include <fstream>
+#include <set>
 #include <string>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "strata/base/units.h"
@@ -87,9 +90,9 @@ engine::Zero3Options options(const std::string& placement, const nn::GPTConfig& 
   } else if (placement == "nvme") {
     o.param_device = OffloadDevice::kNvme;
     o.optim_device = OffloadDevice::kNvme;
-    o.nvme_path = std::getenv("STRATA_TEST_NVME");
-    o.job_name = "zero3test";
-    o.io.strata.min_io_bytes = 0;  // every record on disk, however small
+    o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+    o.swap.job_name = "zero3test";
+    o.swap.min_io_bytes = 0;  // every record on disk, however small
   } else if (placement != "compute") {
     fail("unknown placement " + placement);
   }
@@ -178,7 +181,9 @@ void memory() {
   o.schedule.max_live_bytes = 8 * 8192 * 4;
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
   const std::uint64_t chunk_bytes = 8192 * 4;
+  const std::string trace_path = fmt::format("{}/trace{}.json", std::getenv("STRATA_TEST_NVME"), g_comm->rank());
   for (int s = 0; s < 6; ++s) {
+    if (s == 3) eng->trace_next_step(trace_path);
     auto [x, y] = my_rows(s);
     check(eng->backward(model->loss(x, y)), "backward");
     check(eng->step(), "step");
@@ -187,6 +192,15 @@ void memory() {
       fail(fmt::format("step {}: gathered peak {} > max_live {} + one chunk", s, m.peak_gathered_bytes, o.schedule.max_live_bytes));
     }
   }
+  // The Chrome trace of step 3 has events on the compute, gather, reduce-scatter and
+  // optimizer tracks.
+  std::ifstream in(trace_path);
+  if (!in) fail("no trace file " + trace_path);
+  nlohmann::json trace = nlohmann::json::parse(in);
+  std::set<int> tracks;
+  for (const auto& e : trace["traceEvents"])
+    if (e["ph"] == "X") tracks.insert(e["tid"].get<int>());
+  if (tracks != std::set<int>{0, 1, 2, 4}) fail(fmt::format("trace tracks: {} events on {} tracks", trace["traceEvents"].size(), tracks.size()));
   // Shard bytes: (parameters + padding) / world, in the compute dtype.
   const auto& layout = eng->store().layout();
   const std::uint64_t want = (static_cast<std::uint64_t>(cfg.parameter_count()) + layout.padding_elems) * 4 / g_comm->world();

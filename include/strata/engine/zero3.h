@@ -46,6 +46,7 @@
 #include "strata/engine/chunk_store.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/engine/sharded_optimizer.h"
+#include "strata/io/swap_store.h"
 #include "strata/plan/schedule.h"
 
 namespace torch::nn {
@@ -71,9 +72,9 @@ struct Zero3Options {
   OffloadDevice optim_device = OffloadDevice::kNone;  // where master + optimizer state live
   double offload_param_frac = 0.0;   // static: share of chunks whose param shard is off compute
   double offload_optim_frac = 0.0;   // static: share of chunks whose optimizer state is off compute
-  std::string nvme_path;             // for nvme offload
-  std::string job_name;
-  Config io;                         // aio and swap settings for nvme offload
+  // For nvme offload: the swap store (nvme_path, job, aio, min_io_bytes); its rank is
+  // filled in from the communicator.
+  io::SwapStoreOptions swap;
   bool prefetch = true;              // false: on-demand fetching even with a trace
 
   static Result<Zero3Options> from_config(const Config& cfg, int world);

@@ -1,0 +1,230 @@
+// strata bench zero3: the GPT model across 2 ranks, for stage 0 (unsharded data
+// parallel), stage 3 with compute memory only, stage 3 with a compute budget of a
+// quarter of the model, and stage 3 `auto`, measured in one run.
+//
+// Like bench zero, the command starts the ranks itself (`--worker DIR`); each rank
+// writes its figures to DIR/rank<k>.json and the parent prints them.
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "bench_report.h"
+#include "commands.h"
+#include "launcher.h"
+#include "strata/base/units.h"
+#include "strata/comm/rendezvous.h"
+#include "strata/engine/sharded_optimizer.h"
+#include "strata/engine/zero3.h"
+#include "strata/nn/models/gpt.h"
+#include "strata/tiers/memory_probe.h"
+
+namespace strata::cli {
+namespace {
+
+struct Zero3BenchOptions {
+  std::string model = "custom:16x512x8";  // about 50M parameters with byte-level tokens
+  int world = 2;
+  int steps = 4;
+  std::int64_t seq = 128;
+  std::int64_t batch = 2;
+  std::string chunk = "1M";
+  bool json = false;
+  std::string worker_dir;
+};
+
+std::pair<at::Tensor, at::Tensor> batch_for(std::int64_t step, int rank, std::int64_t batch, std::int64_t seq) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1000 * step + rank);
+  at::Tensor d = at::randint(0, 256, {batch, seq + 1}, g, at::kLong);
+  return {d.narrow(1, 0, seq).contiguous(), d.narrow(1, 1, seq).contiguous()};
+}
+
+// One configuration: `steps` timed steps after two warm-up steps (the first records the
+// trace, the second is the first scheduled one).
+nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, comm::Communicator& comm,
+                          const nn::GPTConfig& cfg) {
+  nn::GPT model(cfg);
+  model->init_weights(1);
+  const std::uint64_t model_bytes = static_cast<std::uint64_t>(cfg.parameter_count()) * 4;
+  std::unique_ptr<engine::ShardedOptimizer> dp;
+  std::unique_ptr<engine::Zero3Engine> z3;
+  Config c;
+  c.optimizer.type = OptimizerType::kAdamW;
+  c.optimizer.lr = 1e-4;
+  c.strata.chunk_size = *parse_size(o.chunk);
+  c.zero_optimization.stage3_param_persistence_threshold = 0;
+  c.zero_optimization.stage3_prefetch_bucket_size = 2 * c.strata.chunk_size;
+  c.zero_optimization.stage3_max_live_parameters = 1'000'000'000;
+  if (name == "stage0") {
+    c.zero_optimization.stage = 0;
+    auto so = engine::ShardedOptimizerOptions::from_config(c);
+    if (so) so->stage = 0;
+    auto opt = so ? engine::ShardedOptimizer::create(model->parameters(), comm, *so)
+                  : Result<std::unique_ptr<engine::ShardedOptimizer>>(std::unexpected(so.error()));
+    if (!opt) return {{"error", opt.error().to_string()}};
+    dp = std::move(*opt);
+  } else {
+    c.zero_optimization.stage = 3;
+    if (name == "stage3_quarter") {
+      c.strata.compute_budget = model_bytes / 4;
+      c.zero_optimization.offload_param.device = OffloadDevice::kCpu;
+      c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
+    } else if (name == "stage3_auto") {
+      c.strata.placement = Placement::kAuto;
+      c.strata.compute_budget = model_bytes;  // room for activations and part of the shards
+    }
+    auto zo = engine::Zero3Options::from_config(c, comm.world());
+    if (!zo) return {{"error", zo.error().to_string()}};
+    auto eng = engine::shard(*model, comm, *zo);
+    if (!eng) return {{"error", eng.error().to_string()}};
+    z3 = std::move(*eng);
+  }
+  std::vector<double> step_s;
+  engine::StepMetrics m;
+  for (int s = 0; s < o.steps + 2; ++s) {
+    auto [x, y] = batch_for(s, comm.rank(), o.batch, o.seq);
+    const auto t0 = std::chrono::steady_clock::now();
+    at::Tensor loss = model->loss(x, y);
+    Status st = dp ? dp->backward(loss) : z3->backward(loss);
+    if (!st) return {{"error", st.error().to_string()}};
+    auto r = dp ? dp->step() : z3->step();
+    if (!r) return {{"error", r.error().to_string()}};
+    if (s < 2) continue;
+    step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (z3) {  // sum the timed steps' figures
+      const auto& l = z3->last_metrics();
+      m.moved += l.moved;
+      m.planned += l.planned;
+      m.gathers += l.gathers;
+      m.prefetch_hits += l.prefetch_hits;
+      m.gather_wait_s += l.gather_wait_s;
+      for (std::size_t t = 0; t < 3; ++t) m.peak[t] = std::max(m.peak[t], l.peak[t]);
+    }
+  }
+  const double t = median(step_s);
+  nlohmann::json j = {{"step_s", t}, {"tokens_per_s", static_cast<double>(o.batch * o.seq * comm.world()) / t}};
+  if (z3) {
+    const double n = static_cast<double>(o.steps);
+    j["peak_compute"] = m.peak[0];
+    j["peak_host"] = m.peak[1];
+    j["host_compute_bytes"] = m.moved.host_compute() / n;
+    j["host_compute_plan"] = m.planned.host_compute() / n;
+    j["net_gather_bytes"] = m.moved.net_gather / n;
+    j["net_reduce_scatter_bytes"] = m.moved.net_reduce_scatter / n;
+    j["gathers"] = m.gathers / n;
+    j["prefetch_hit_rate"] = m.gathers ? static_cast<double>(m.prefetch_hits) / m.gathers : 0.0;
+    j["gather_wait_s"] = m.gather_wait_s / n;
+  } else {
+    j["peak_compute"] = static_cast<double>(model_bytes * 2 + dp->state_bytes());  // params + grads + state
+  }
+  return j;
+}
+
+int run_worker(const Zero3BenchOptions& o) {
+  tiers::MemoryProbe::install();  // before the model allocates: the auto policy measures with it
+  auto comm = comm::init_from_env();
+  if (!comm) {
+    fmt::print(stderr, "bench zero3: {}\n", comm.error());
+    return 1;
+  }
+  auto cfg = nn::gpt_config(o.model, 256, o.seq);
+  if (!cfg) {
+    fmt::print(stderr, "bench zero3: {}\n", cfg.error());
+    return 1;
+  }
+  nlohmann::json out;
+  out["params"] = cfg->parameter_count();
+  for (const char* name : {"stage0", "stage3_compute", "stage3_quarter", "stage3_auto"}) {
+    out[name] = run_config(name, o, **comm, *cfg);
+    if (out[name].contains("error")) {
+      fmt::print(stderr, "bench zero3: {}: {}\n", name, out[name]["error"].get<std::string>());
+      return 1;
+    }
+  }
+  std::ofstream(fmt::format("{}/rank{}.json", o.worker_dir, (*comm)->rank())) << out.dump();
+  return 0;
+}
+
+int run_parent(const Zero3BenchOptions& o) {
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return 1;
+  self[n] = '\0';
+  std::string tmpl = (std::filesystem::temp_directory_path() / "strata-bench-zero3-XXXXXX").string();
+  if (::mkdtemp(tmpl.data()) == nullptr) return 1;
+  LaunchOptions lo;
+  lo.nproc = o.world;
+  lo.argv = {self, "bench", "zero3", "--worker", tmpl, "--model", o.model, "--steps", std::to_string(o.steps),
+             "--seq", std::to_string(o.seq), "--batch", std::to_string(o.batch), "--chunk", o.chunk};
+  auto code = launch(lo);
+  if (!code || *code != 0) {
+    fmt::print(stderr, "bench zero3: ranks failed\n");
+    return 1;
+  }
+  // Rank 0's figures (ranks are symmetric); times are the slower rank's.
+  std::vector<nlohmann::json> ranks;
+  for (int r = 0; r < o.world; ++r) {
+    std::ifstream in(fmt::format("{}/rank{}.json", tmpl, r));
+    ranks.push_back(nlohmann::json::parse(in));
+  }
+  std::filesystem::remove_all(tmpl);
+  nlohmann::json j = ranks[0];
+  for (const char* cfg : {"stage0", "stage3_compute", "stage3_quarter", "stage3_auto"}) {
+    for (const auto& r : ranks) j[cfg]["tokens_per_s"] = std::min(j[cfg]["tokens_per_s"].get<double>(), r[cfg]["tokens_per_s"].get<double>());
+  }
+  BenchReport report("zero3");
+  report.set_config("model", o.model);
+  report.set_config("params", j["params"]);
+  report.set_config("world", o.world);
+  report.set_config("tokens_per_step", o.batch * o.seq * o.world);
+  report.set_config("chunk_elems", o.chunk);
+  const double base = j["stage0"]["tokens_per_s"].get<double>();
+  report.add("stage0 tokens/s", base, "tok/s");
+  for (const char* cfg : {"stage3_compute", "stage3_quarter", "stage3_auto"}) {
+    const auto& c = j[cfg];
+    report.add(fmt::format("{} tokens/s", cfg), c["tokens_per_s"].get<double>(), "tok/s", "stage0", base);
+    report.add(fmt::format("{} peak compute", cfg), c["peak_compute"].get<double>() / (1 << 20), "MiB", "stage0",
+               j["stage0"]["peak_compute"].get<double>() / (1 << 20), "per rank; stage0: params+grads+state");
+    report.add(fmt::format("{} peak host", cfg), c["peak_host"].get<double>() / (1 << 20), "MiB");
+    report.add(fmt::format("{} gather (net)", cfg), c["net_gather_bytes"].get<double>() / (1 << 20), "MiB/step");
+    report.add(fmt::format("{} reduce-scatter (net)", cfg), c["net_reduce_scatter_bytes"].get<double>() / (1 << 20), "MiB/step");
+    report.add(fmt::format("{} host<->compute", cfg), c["host_compute_bytes"].get<double>() / (1 << 20), "MiB/step",
+               "planner", c["host_compute_plan"].get<double>() / (1 << 20));
+    report.add(fmt::format("{} prefetch hit rate", cfg), c["prefetch_hit_rate"].get<double>(), "",
+               "", std::nullopt, fmt::format("{:.0f} gathers/step, {:.3f} s/step blocked", c["gathers"].get<double>(),
+                                             c["gather_wait_s"].get<double>()));
+  }
+  report.add_ratio("stage3_tokens_vs_stage0", j["stage3_compute"]["tokens_per_s"].get<double>() / base);
+  report.add_ratio("stage3_quarter_tokens_vs_stage0", j["stage3_quarter"]["tokens_per_s"].get<double>() / base);
+  report.add_ratio("stage3_auto_tokens_vs_stage0", j["stage3_auto"]["tokens_per_s"].get<double>() / base);
+  report.add_ratio("prefetch_hit_rate_quarter_budget", j["stage3_quarter"]["prefetch_hit_rate"].get<double>());
+  const double plan = j["stage3_quarter"]["host_compute_plan"].get<double>();
+  report.add_ratio("host_compute_bytes_vs_plan", plan > 0 ? j["stage3_quarter"]["host_compute_bytes"].get<double>() / plan : 0.0);
+  report.print(o.json);
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_zero3(CLI::App& bench, int* exit_code) {
+  auto* cmd = bench.add_subcommand("zero3", "GPT training: stage 0 vs stage 3 (compute, 1/4 budget, auto)");
+  auto o = std::make_shared<Zero3BenchOptions>();
+  cmd->add_option("--model", o->model, "GPT size (tiny, gpt2, custom:LxHxA)");
+  cmd->add_option("--world", o->world, "Ranks to start")->check(CLI::Range(1, 64));
+  cmd->add_option("--steps", o->steps, "Timed steps per configuration")->check(CLI::Range(1, 1000));
+  cmd->add_option("--seq", o->seq, "Sequence length")->check(CLI::Range(8, 8192));
+  cmd->add_option("--batch", o->batch, "Sequences per rank per step")->check(CLI::Range(1, 1024));
+  cmd->add_option("--chunk", o->chunk, "Chunk size in elements (e.g. 1M)");
+  cmd->add_flag("--json", o->json, "Print one JSON object");
+  cmd->add_option("--worker", o->worker_dir, "(internal) run as one rank")->group("");
+  cmd->callback([o, exit_code] { *exit_code = o->worker_dir.empty() ? run_parent(*o) : run_worker(*o); });
+}
+
+}  // namespace strata::cli
