@@ -19,6 +19,7 @@
 #include "bench_report.h"
 #include "commands.h"
 #include "launcher.h"
+#include "rank_threads.h"
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/sharded_optimizer.h"
@@ -34,8 +35,9 @@ struct Zero3BenchOptions {
   int world = 2;
   int steps = 4;
   std::int64_t seq = 128;
-  std::int64_t batch = 2;
-  std::string chunk = "1M";
+  std::int64_t batch = 4;
+  std::string chunk = "0";  // 0: the planner searches for the size with the least padding
+  bool fp32 = false;        // default bf16 compute (oneDNN); fp32 matmuls use Debian's reference BLAS
   bool json = false;
   std::string worker_dir;
 };
@@ -58,7 +60,10 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   Config c;
   c.optimizer.type = OptimizerType::kAdamW;
   c.optimizer.lr = 1e-4;
+  c.bf16.enabled = !o.fp32;
+  c.strata.optimizer_threads = threads_per_rank();
   c.strata.chunk_size = *parse_size(o.chunk);
+  c.strata.chunk_search_range = 4ull << 20;
   c.zero_optimization.stage3_param_persistence_threshold = 0;
   c.zero_optimization.stage3_prefetch_bucket_size = 2 * c.strata.chunk_size;
   c.zero_optimization.stage3_max_live_parameters = 1'000'000'000;
@@ -78,7 +83,8 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
       c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
     } else if (name == "stage3_auto") {
       c.strata.placement = Placement::kAuto;
-      c.strata.compute_budget = model_bytes;  // room for activations and part of the shards
+      // Room for the activations (measured in the first step) and some of the shards.
+      c.strata.compute_budget = model_bytes * 2;
     }
     auto zo = engine::Zero3Options::from_config(c, comm.world());
     if (!zo) return {{"error", zo.error().to_string()}};
@@ -129,6 +135,7 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
 
 int run_worker(const Zero3BenchOptions& o) {
   tiers::MemoryProbe::install();  // before the model allocates: the auto policy measures with it
+  apply_rank_threads();
   auto comm = comm::init_from_env();
   if (!comm) {
     fmt::print(stderr, "bench zero3: {}\n", comm.error());
@@ -143,6 +150,9 @@ int run_worker(const Zero3BenchOptions& o) {
   out["params"] = cfg->parameter_count();
   for (const char* name : {"stage0", "stage3_compute", "stage3_quarter", "stage3_auto"}) {
     out[name] = run_config(name, o, **comm, *cfg);
+    if ((*comm)->rank() == 0 && !out[name].contains("error")) {
+      fmt::print(stderr, "bench zero3: {} done: {:.0f} tokens/s\n", name, out[name]["tokens_per_s"].get<double>());
+    }
     if (out[name].contains("error")) {
       fmt::print(stderr, "bench zero3: {}: {}\n", name, out[name]["error"].get<std::string>());
       return 1;
@@ -163,6 +173,7 @@ int run_parent(const Zero3BenchOptions& o) {
   lo.nproc = o.world;
   lo.argv = {self, "bench", "zero3", "--worker", tmpl, "--model", o.model, "--steps", std::to_string(o.steps),
              "--seq", std::to_string(o.seq), "--batch", std::to_string(o.batch), "--chunk", o.chunk};
+  if (o.fp32) lo.argv.push_back("--fp32");
   auto code = launch(lo);
   if (!code || *code != 0) {
     fmt::print(stderr, "bench zero3: ranks failed\n");
@@ -185,6 +196,7 @@ int run_parent(const Zero3BenchOptions& o) {
   report.set_config("world", o.world);
   report.set_config("tokens_per_step", o.batch * o.seq * o.world);
   report.set_config("chunk_elems", o.chunk);
+  report.set_config("compute_dtype", o.fp32 ? "fp32" : "bf16");
   const double base = j["stage0"]["tokens_per_s"].get<double>();
   report.add("stage0 tokens/s", base, "tok/s");
   for (const char* cfg : {"stage3_compute", "stage3_quarter", "stage3_auto"}) {
@@ -221,7 +233,8 @@ void add_bench_zero3(CLI::App& bench, int* exit_code) {
   cmd->add_option("--steps", o->steps, "Timed steps per configuration")->check(CLI::Range(1, 1000));
   cmd->add_option("--seq", o->seq, "Sequence length")->check(CLI::Range(8, 8192));
   cmd->add_option("--batch", o->batch, "Sequences per rank per step")->check(CLI::Range(1, 1024));
-  cmd->add_option("--chunk", o->chunk, "Chunk size in elements (e.g. 1M)");
+  cmd->add_option("--chunk", o->chunk, "Chunk size in elements (e.g. 1M); 0 searches for the least padding");
+  cmd->add_flag("--fp32", o->fp32, "Compute in fp32 (default bf16)");
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_option("--worker", o->worker_dir, "(internal) run as one rank")->group("");
   cmd->callback([o, exit_code] { *exit_code = o->worker_dir.empty() ? run_parent(*o) : run_worker(*o); });

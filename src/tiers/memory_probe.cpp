@@ -6,6 +6,7 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
 
 namespace strata::tiers {
 namespace {
@@ -14,35 +15,33 @@ std::atomic<std::uint64_t> g_live{0};
 std::atomic<std::uint64_t> g_peak{0};
 std::atomic<bool> g_installed{false};
 
-// What a counted allocation carries to its deleter: the inner allocation and its size.
-struct Counted {
-  c10::DataPtr inner;
-  std::size_t bytes;
-};
+// Note [counted allocations]: every allocation carries its size in a 64-byte header in
+// front of the data, so the deleter can count it down without a side table, and the
+// data pointer is its own context — which c10's raw_allocate (used by oneDNN) requires.
+constexpr std::size_t kHeader = 64;  // keeps the data 64-byte aligned, as c10 does
 
-void counted_delete(void* ctx) {
-  auto* c = static_cast<Counted*>(ctx);
-  g_live.fetch_sub(c->bytes, std::memory_order_relaxed);
-  delete c;  // frees the inner allocation through its own deleter
+void counted_free(void* data) {
+  if (data == nullptr) return;
+  auto* base = static_cast<char*>(data) - kHeader;
+  const std::size_t n = *reinterpret_cast<std::size_t*>(base);
+  g_live.fetch_sub(n, std::memory_order_relaxed);
+  c10::free_cpu(base);
 }
 
 class CountingAllocator final : public c10::Allocator {
  public:
-  explicit CountingAllocator(c10::Allocator* inner) : inner_(inner) {}
   c10::DataPtr allocate(std::size_t n) const override {
-    c10::DataPtr d = inner_->allocate(n);
-    void* data = d.get();
-    const c10::Device dev = d.device();
+    if (n == 0) return {nullptr, nullptr, &counted_free, c10::Device(c10::kCPU)};
+    auto* base = static_cast<char*>(c10::alloc_cpu(n + kHeader));
+    *reinterpret_cast<std::size_t*>(base) = n;
+    void* data = base + kHeader;
     const std::uint64_t now = g_live.fetch_add(n, std::memory_order_relaxed) + n;
     std::uint64_t peak = g_peak.load(std::memory_order_relaxed);
     while (now > peak && !g_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
     }
-    return {data, new Counted{std::move(d), n}, &counted_delete, dev};
+    return {data, data, &counted_free, c10::Device(c10::kCPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
-
- private:
-  c10::Allocator* inner_;
+  c10::DeleterFnPtr raw_deleter() const override { return &counted_free; }
 };
 
 }  // namespace
@@ -51,7 +50,7 @@ void MemoryProbe::install() {
   static std::once_flag once;
   std::call_once(once, [] {
     // Never destroyed: tensors allocated through it may outlive any scope.
-    static auto* counting = new CountingAllocator(c10::GetCPUAllocator());
+    static auto* counting = new CountingAllocator();
     c10::SetCPUAllocator(counting, /*priority=*/100);
     g_installed = true;
   });

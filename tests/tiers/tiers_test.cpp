@@ -1,4 +1,5 @@
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
 
 #include "strata/tiers/memory_probe.h"
@@ -53,6 +54,14 @@ TEST(MemoryProbe, CountsTensorAllocations) {
     EXPECT_GE(MemoryProbe::live_bytes(), before + (4u << 20));
   }
   EXPECT_EQ(MemoryProbe::live_bytes(), before);
+  // oneDNN allocates through raw_allocate, which needs the data pointer as context.
+  c10::Allocator* a = c10::GetCPUAllocator();
+  void* raw = a->raw_allocate(1000);
+  EXPECT_EQ(MemoryProbe::live_bytes(), before + 1000);
+  a->raw_deallocate(raw);
+  EXPECT_EQ(MemoryProbe::live_bytes(), before);
+  at::Tensor bf = at::randn({64, 64}).to(at::kBFloat16);
+  EXPECT_EQ(at::matmul(bf, bf).size(0), 64);  // a oneDNN matmul
 }
 
 }  // namespace
