@@ -65,7 +65,9 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   c.strata.chunk_size = *parse_size(o.chunk);
   c.strata.chunk_search_range = 4ull << 20;
   c.zero_optimization.stage3_param_persistence_threshold = 0;
-  c.zero_optimization.stage3_prefetch_bucket_size = 2 * c.strata.chunk_size;
+  // DeepSpeed's default prefetch bucket (5e7 elements) is larger than this model: the
+  // quarter budget, not the bucket, limits prefetching there.
+  c.zero_optimization.stage3_prefetch_bucket_size = 50'000'000;
   c.zero_optimization.stage3_max_live_parameters = 1'000'000'000;
   if (name == "stage0") {
     c.zero_optimization.stage = 0;
