@@ -159,10 +159,10 @@ void add_offload_fields(std::vector<Field>& out, const std::string& p, OffloadOp
   out.push_back(choice(p + ".device", o.device,
                        {{"none", OffloadDevice::kNone}, {"cpu", OffloadDevice::kCpu}, {"nvme", OffloadDevice::kNvme}}));
   out.push_back(text(p + ".nvme_path", o.nvme_path));
-  out.push_back(integer(p + ".buffer_count", o.buffer_count, 1, 1024));
+  out.push_back(recognised(p + ".buffer_count", kNoEffect, "the step keeps one chunk of read-ahead and one of write-back in flight"));
   out.push_back(recognised(p + ".pin_memory", kNoEffect, "pinning needs CUDA; host buffers are pinned automatically when it is present"));
-  out.push_back(boolean(p + ".pipeline_read", o.pipeline_read));
-  out.push_back(boolean(p + ".pipeline_write", o.pipeline_write));
+  out.push_back(recognised(p + ".pipeline_read", kNoEffect, "nvme optimizer state is always read ahead"));
+  out.push_back(recognised(p + ".pipeline_write", kNoEffect, "nvme optimizer state is always written back asynchronously"));
   out.push_back(recognised(p + ".ratio", kTodo, "partial optimizer offload is set with strata.offload_optim_frac"));
   out.push_back(recognised(p + ".fast_init", kNoEffect, "strata always initialises offloaded state in place"));
 }
@@ -171,9 +171,9 @@ void add_offload_fields(std::vector<Field>& out, const std::string& p, OffloadPa
   out.push_back(choice(p + ".device", o.device,
                        {{"none", OffloadDevice::kNone}, {"cpu", OffloadDevice::kCpu}, {"nvme", OffloadDevice::kNvme}}));
   out.push_back(text(p + ".nvme_path", o.nvme_path));
-  out.push_back(integer(p + ".buffer_count", o.buffer_count, 1, 1024));
-  out.push_back(integer(p + ".buffer_size", o.buffer_size, 1, kInf));
-  out.push_back(integer(p + ".max_in_cpu", o.max_in_cpu, 0, kInf));
+  out.push_back(recognised(p + ".buffer_count", kNoEffect, "nvme parameter shards are read straight into the gathered chunk"));
+  out.push_back(recognised(p + ".buffer_size", kNoEffect, "transfers are whole chunk shards"));
+  out.push_back(recognised(p + ".max_in_cpu", kNoEffect, "use strata.host_budget"));
   out.push_back(recognised(p + ".pin_memory", kNoEffect, "pinning needs CUDA; host buffers are pinned automatically when it is present"));
 }
 
@@ -220,7 +220,7 @@ std::vector<Field> bind(Config& c) {
   f.push_back(recognised(zp + ".contiguous_gradients", kNoEffect, "gradients always live in contiguous chunk buffers"));
   f.push_back(boolean(zp + ".overlap_comm", z.overlap_comm));
   f.push_back(integer(zp + ".reduce_bucket_size", z.reduce_bucket_size, 1, kInf));
-  f.push_back(integer(zp + ".allgather_bucket_size", z.allgather_bucket_size, 1, kInf));
+  f.push_back(recognised(zp + ".allgather_bucket_size", kNoEffect, "parameters are all-gathered chunk by chunk"));
   f.push_back(integer(zp + ".stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size, 0, kInf));
   f.push_back(integer(zp + ".stage3_param_persistence_threshold", z.stage3_param_persistence_threshold, 0, kInf));
   f.push_back(integer(zp + ".stage3_max_live_parameters", z.stage3_max_live_parameters, 0, kInf));

@@ -79,9 +79,6 @@ struct Bf16Config {
 struct OffloadOptimizerConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
-  int buffer_count = 4;
-  bool pipeline_read = false;
-  bool pipeline_write = false;
 
   bool operator==(const OffloadOptimizerConfig&) const = default;
 };
@@ -89,9 +86,6 @@ struct OffloadOptimizerConfig {
 struct OffloadParamConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
-  int buffer_count = 5;
-  std::uint64_t buffer_size = 100'000'000;  // elements
-  std::uint64_t max_in_cpu = 1'000'000'000;  // elements
 
   bool operator==(const OffloadParamConfig&) const = default;
 };
@@ -100,7 +94,6 @@ struct ZeroConfig {
   int stage = 0;
   bool overlap_comm = true;
   std::uint64_t reduce_bucket_size = 500'000'000;     // elements
-  std::uint64_t allgather_bucket_size = 500'000'000;  // elements
   std::uint64_t stage3_prefetch_bucket_size = 50'000'000;
   std::uint64_t stage3_param_persistence_threshold = 100'000;
   std::uint64_t stage3_max_live_parameters = 1'000'000'000;
