@@ -67,12 +67,17 @@ void Zero3Engine::Impl::ensure_grad_buffer(std::uint32_t c) {
   k.grads_pending = k.grads_expected;
 }
 
+// Note [nested backward]: the gradient of a unit's output arrives when its backward
+// starts; nothing says when it ends. The next unit to start is either nested in it (an
+// inner module: the enclosing unit's backward is still running around it) or not (the
+// enclosing unit is done). So accesses stay open while units nested in them run.
 void Zero3Engine::Impl::begin_unit_backward(int u) {
-  if (bwd_prev) {
-    finish_access(bwd_prev->first, plan::Phase::kBackward, bwd_prev->second);
-    bwd_prev.reset();
+  const auto& anc = units[u].ancestors;
+  while (!bwd_stack.empty() && std::find(anc.begin(), anc.end(), bwd_stack.back().first) == anc.end()) {
+    finish_access(bwd_stack.back().first, plan::Phase::kBackward, bwd_stack.back().second);
+    bwd_stack.pop_back();
   }
-  bwd_prev = std::make_pair(u, on_access(u, plan::Phase::kBackward));
+  bwd_stack.emplace_back(u, on_access(u, plan::Phase::kBackward));
 }
 
 void Zero3Engine::Impl::on_grad_ready(std::uint32_t param) {
@@ -139,9 +144,9 @@ Status Zero3Engine::Impl::drain_reduce_scatters() {
 }
 
 void Zero3Engine::Impl::on_backward_end() {
-  if (bwd_prev) {
-    finish_access(bwd_prev->first, plan::Phase::kBackward, bwd_prev->second);
-    bwd_prev.reset();
+  while (!bwd_stack.empty()) {
+    finish_access(bwd_stack.back().first, plan::Phase::kBackward, bwd_stack.back().second);
+    bwd_stack.pop_back();
   }
   // Chunks whose parameters did not all get a gradient in this backward: reduce what
   // they have (the missing ones are zero), in chunk order on every rank.

@@ -149,6 +149,13 @@ Result<std::unique_ptr<Zero3Engine>> Zero3Engine::create(std::vector<UnitSpec> u
   for (UnitRt& u : m.units) {
     std::vector<std::uint32_t> ps(u.params.begin(), u.params.end());
     u.chunks = plan::chunks_of(m.store->layout(), ps);
+    // Units whose module tree contains this unit's module (nesting).
+    for (const UnitRt& outer : m.units) {
+      if (outer.id == u.id) continue;
+      for (const auto& sub : outer.spec.module->modules(/*include_self=*/false)) {
+        if (sub.get() == u.spec.module.get()) u.ancestors.push_back(outer.id);
+      }
+    }
   }
   m.param_steps = ParamSteps(params.size());
   m.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, options.optimizer_threads)));

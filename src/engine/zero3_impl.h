@@ -66,6 +66,7 @@ struct UnitRt {
   int id = 0;
   std::vector<std::uint32_t> chunks;   // chunks holding the unit's parameters
   std::vector<std::uint32_t> params;   // indexes into the store's params
+  std::vector<int> ancestors;          // units whose module contains this one
 };
 
 struct Zero3Engine::Impl {
@@ -100,7 +101,9 @@ struct Zero3Engine::Impl {
 
   std::vector<std::uint64_t> access_live_bytes;  // auto warm-up: non-model bytes per access
   std::vector<std::pair<int, std::optional<std::size_t>>> fwd_stack;  // open forward accesses
-  std::optional<std::pair<int, std::optional<std::size_t>>> bwd_prev;  // the backward access to close
+  // Open backward accesses, outermost first. A unit's backward has no end event; it ends
+  // when a unit that is not nested in it begins (Note [nested backward]).
+  std::vector<std::pair<int, std::optional<std::size_t>>> bwd_stack;
   Clock::time_point unit_t0;
   std::uint64_t use_clock = 0;
 

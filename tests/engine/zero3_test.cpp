@@ -36,7 +36,7 @@ TEST_P(Zero3Parity, MatchesUnshardedTrainingFor20Steps) {
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (int w : {1, 2, 3, 4}) out.push_back({w, "compute"});
-  for (const char* p : {"host", "quarter", "auto", "nvme"}) out.push_back({2, p});
+  for (const char* p : {"host", "quarter", "auto", "nvme", "persist"}) out.push_back({2, p});
   out.push_back({3, "quarter"});
   return out;
 }
@@ -58,6 +58,8 @@ TEST(Zero3, GatheredBytesStayWithinMaxLivePlusOneChunkAndTheStepTraceHasEveryTra
 TEST(Zero3, DataDependentBranchInvalidatesTheTraceAndResultsStayExact) {
   expect_all_ok(run_ranks(2, {worker(), "branch"}));
 }
+
+TEST(Zero3, NestedUnitsMatchUnshardedTraining) { expect_all_ok(run_ranks(2, {worker(), "nested"})); }
 
 TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
   auto rs = run_ranks(2, {worker(), "diverge"}, std::chrono::seconds(60));
