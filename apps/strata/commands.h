@@ -13,10 +13,13 @@ namespace strata::cli {
 
 // The arguments after the first "--" on the command line (not seen by CLI11).
 const std::vector<std::string>& trailing_args();
+// Every argument after the program name, as given (to start ranks of this command).
+const std::vector<std::string>& original_args();
 
 void add_env_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
 void add_launch_command(CLI::App& app, int* exit_code);
+void add_train_command(CLI::App& app, int* exit_code);
 // strata estimate: per-rank memory per tier (strata/plan/estimator.h).
 void add_estimate_command(CLI::App& app, int* exit_code);
 // Registers `strata bench` and returns it, so each benchmark can add itself.

@@ -10,11 +10,14 @@
 namespace strata::cli {
 namespace {
 std::vector<std::string> g_trailing;
+std::vector<std::string> g_original;
 }
 const std::vector<std::string>& trailing_args() { return g_trailing; }
+const std::vector<std::string>& original_args() { return g_original; }
 }  // namespace strata::cli
 
 int main(int argc, char** argv) {
+  strata::cli::g_original.assign(argv + 1, argv + argc);
   // Everything after the first "--" belongs to a program strata starts (strata launch
   // -n 2 -- prog --its-flags); CLI11 only sees what comes before it.
   for (int i = 1; i < argc; ++i) {
@@ -31,6 +34,7 @@ int main(int argc, char** argv) {
   strata::cli::add_env_command(app, &exit_code);
   strata::cli::add_config_command(app, &exit_code);
   strata::cli::add_launch_command(app, &exit_code);
+  strata::cli::add_train_command(app, &exit_code);
   strata::cli::add_estimate_command(app, &exit_code);
   CLI::App* bench = strata::cli::add_bench_command(app);
   strata::cli::add_bench_zero(*bench, &exit_code);

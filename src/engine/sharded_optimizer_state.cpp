@@ -149,6 +149,25 @@ Result<std::unique_ptr<torch::optim::Optimizer>> ShardedOptimizer::consolidate_s
   return opt;
 }
 
+Result<std::vector<at::Tensor>> ShardedOptimizer::consolidated_params() {
+  const ChunkStore& store = *store_;
+  std::vector<at::Tensor> out(store.params().size());
+  for (std::size_t c = 0; c < store.num_chunks(); ++c) {
+    at::Tensor full = at::empty({store.chunk_elems(c)}, at::kFloat);
+    if (store.options().world > 1) STRATA_RETURN_IF_ERROR(comm_.all_gather(impl_->shards[c].master, full).wait());
+    else full.copy_(impl_->shards[c].master);
+    for (const plan::ParamSlot& slot : store.chunk(c).params) {
+      out[slot.param] = full.narrow(0, static_cast<std::int64_t>(slot.offset_elems), static_cast<std::int64_t>(slot.numel))
+                            .view(store.params()[slot.param].sizes())
+                            .clone();
+    }
+  }
+  return out;
+}
+
+double ShardedOptimizer::lr() const { return impl_->kernel.lr(); }
+void ShardedOptimizer::set_lr(double lr) { impl_->kernel.set_lr(lr); }
+
 Status ShardedOptimizer::load_state_dict(torch::optim::Optimizer& full) {
   Impl& impl = *impl_;
   ChunkStore& store = *store_;

@@ -164,7 +164,7 @@ Result<std::unique_ptr<Zero3Engine>> Zero3Engine::create(std::vector<UnitSpec> u
   std::unique_ptr<Zero3Engine> eng(new Zero3Engine(std::move(impl)));
   eng->impl_->install_grad_hooks();
   for (const UnitRt& u : eng->impl_->units) set_module_hooks(*u.spec.module, eng.get());
-  log::info("zero3: {} parameters in {} chunks of {} elements ({:.1f}% padding), {} units, rank shard {}",
+  log::debug("zero3: {} parameters in {} chunks of {} elements ({:.1f}% padding), {} units, rank shard {}",
             format_count(eng->impl_->store->layout().used_elems), eng->impl_->store->num_chunks(),
             format_count(eng->impl_->store->layout().chunk_size_elems), 100 * eng->impl_->store->layout().waste_ratio,
             eng->impl_->units.size(), format_bytes(eng->shard_bytes()));
@@ -291,6 +291,21 @@ const plan::Schedule* Zero3Engine::schedule() const { return impl_->schedule ? &
 void Zero3Engine::trace_next_step(std::string path) { impl_->trace_out.arm(std::move(path)); }
 double Zero3Engine::lr() const { return impl_->kernel.lr(); }
 void Zero3Engine::set_lr(double lr) { impl_->kernel.set_lr(lr); }
+
+std::array<std::array<std::uint64_t, 4>, 3> Zero3Engine::memory_by_kind() const {
+  std::array<std::array<std::uint64_t, 4>, 3> out{};
+  for (Tier t : plan::kAllTiers) {
+    for (const auto& [holder, bytes] : impl_->tiers.holders(t, SIZE_MAX)) {
+      // Holder names say what they hold (Impl::materialize, start_gather, ...).
+      const std::size_t kind = holder.starts_with("param shard") || holder.starts_with("gathered") ? 0
+                               : holder.starts_with("grad")                                      ? 1
+                               : holder.starts_with("optimizer")                                 ? 2
+                                                                                                 : 3;
+      out[plan::tier_index(t)][kind] += bytes;
+    }
+  }
+  return out;
+}
 
 std::uint64_t Zero3Engine::shard_bytes() const {
   std::uint64_t b = 0;

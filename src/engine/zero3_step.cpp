@@ -36,12 +36,15 @@ struct Zero3Engine::Impl::StateSwap {
   std::uint32_t chunk = 0;
   ShardState state;
   std::vector<io::SwapHandle> io;
+  tiers::Reservation staging;  // declared after io: released once the I/O has finished
 };
 
 Result<std::unique_ptr<Zero3Engine::Impl::StateSwap>> Zero3Engine::Impl::swap_in_state(std::uint32_t c) {
   auto s = std::make_unique<StateSwap>();
   s->chunk = c;
   s->state = ShardState::make(store->shard_elems(c), kernel);
+  // The host copy is model state too: it is accounted while it exists.
+  STRATA_ASSIGN_OR_RETURN(s->staging, tiers.reserve(Tier::kHost, s->state.bytes(), "optimizer staging " + chunk_name(c)));
   std::vector<at::Tensor*> ts{&s->state.master};
   for (auto& t : s->state.states) ts.push_back(&t);
   for (std::uint32_t i = 0; i < ts.size(); ++i) s->io.push_back(swap->get_async(optim_key(c, i), bytes_of(*ts[i])));

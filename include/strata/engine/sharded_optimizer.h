@@ -106,6 +106,12 @@ class ShardedOptimizer {
   // from its per-parameter entries and the master weights from its parameters.
   Status load_state_dict(torch::optim::Optimizer& full);
 
+  // Full fp32 parameters from the master shards, in store().params() order, on every
+  // rank (checkpoints, samples). Every rank must call it.
+  Result<std::vector<at::Tensor>> consolidated_params();
+  double lr() const;
+  void set_lr(double lr);
+
   ChunkStore& store() { return *store_; }
   const LossScaler& loss_scaler() const { return scaler_; }
   std::int64_t steps() const { return step_count_; }

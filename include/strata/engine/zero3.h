@@ -34,6 +34,7 @@
 // strata.compute_budget makes compute a separate, smaller pool with real copies.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -123,6 +124,9 @@ class Zero3Engine : public ModuleHooks {
   const ChunkStore& store() const;
   const plan::Schedule* schedule() const;  // null until the trace is frozen
   std::uint64_t shard_bytes() const;       // this rank's parameter shard bytes, all tiers
+  // Bytes this rank holds now, [tier][kind] with kinds params, grads, optimizer state,
+  // buffers (plan::StateKind order), from the tier reservations.
+  std::array<std::array<std::uint64_t, 4>, 3> memory_by_kind() const;
   // Writes a Chrome/Perfetto trace of the next full step to `path` when it ends.
   void trace_next_step(std::string path);
   double lr() const;

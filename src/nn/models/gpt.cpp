@@ -21,7 +21,7 @@ struct NamedSize {
   std::int64_t layers, hidden, heads, context;
 };
 constexpr NamedSize kSizes[] = {
-    {"tiny", 4, 128, 4, 256},          {"gpt2", 12, 768, 12, 1024},      {"gpt2-medium", 24, 1024, 16, 1024},
+    {"tiny", 8, 128, 4, 256},          {"gpt2", 12, 768, 12, 1024},      {"gpt2-medium", 24, 1024, 16, 1024},
     {"gpt2-large", 36, 1280, 20, 1024}, {"gpt2-xl", 48, 1600, 25, 1024},
 };
 

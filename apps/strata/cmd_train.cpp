@@ -1,0 +1,87 @@
+// strata train: a GPT trained across ranks with sharding and offload.
+//
+// Started by a user (no RANK in the environment) with -n N > 1, it checks the options,
+// creates the run directory and starts N ranks of itself through the launcher, rank 0
+// writing straight to the terminal so the progress line stays live. Under torchrun or
+// strata launch (RANK set), or with -n 1, the process is one rank and trains.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "launcher.h"
+#include "rank_threads.h"
+#include "strata/base/log.h"
+#include "strata/comm/rendezvous.h"
+#include "train/train_options.h"
+#include "train/trainer.h"
+
+namespace strata::cli {
+namespace {
+
+int train_main(TrainOptions& o, bool explicit_out) {
+  const bool is_rank = std::getenv("RANK") != nullptr;
+  if (auto st = o.resolve(/*demo_defaults=*/true); !st) {
+    fmt::print(stderr, "strata train: {}\n", st.error());
+    return 2;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(o.out, ec);
+  if (ec) {
+    fmt::print(stderr, "strata train: cannot create {}: {}\n", o.out, ec.message());
+    return 2;
+  }
+  if (!is_rank && o.nproc > 1) {
+    char self[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0) return 2;
+    self[n] = '\0';
+    LaunchOptions lo;
+    lo.nproc = o.nproc;
+    lo.argv = {self};
+    for (const auto& a : original_args()) lo.argv.push_back(a);
+    // Every rank must write to the same run directory.
+    if (!explicit_out) lo.argv.insert(lo.argv.end(), {"--out", o.out});
+    lo.rank0_passthrough = true;
+    auto code = launch(lo);
+    if (!code) {
+      fmt::print(stderr, "strata train: {}\n", code.error());
+      return 2;
+    }
+    return *code;
+  }
+  // One rank: quiet unless rank 0, threads shared with the other local ranks.
+  apply_rank_threads();
+  comm::CommOptions co;
+  co.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(o.config.strata.comm_timeout_s * 1000));
+  auto comm = comm::init_from_env(co);
+  if (!comm) {
+    fmt::print(stderr, "strata train: {}\n", comm.error());
+    return 1;
+  }
+  if ((*comm)->rank() != 0 && log::level() < log::Level::kWarn) log::set_level(log::Level::kWarn);
+  if (auto st = o.config.resolve_batch((*comm)->world()); !st) {
+    fmt::print(stderr, "strata train: {}\n", st.error());
+    return 2;
+  }
+  if (auto st = run_training(o, **comm); !st) {
+    fmt::print(stderr, "strata train: rank {}: {}\n", (*comm)->rank(), st.error());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app, int* exit_code) {
+  auto* cmd = app.add_subcommand("train", "Train a GPT on a text corpus across ranks, with sharding and offload");
+  auto o = std::make_shared<TrainOptions>();
+  add_train_flags(*cmd, *o);
+  cmd->callback([cmd, o, exit_code] { *exit_code = train_main(*o, cmd->count("--out") > 0); });
+}
+
+}  // namespace strata::cli

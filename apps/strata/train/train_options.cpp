@@ -1,0 +1,184 @@
+#include "train_options.h"
+
+#include <filesystem>
+
+#include <CLI/CLI.hpp>
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include "strata/base/units.h"
+#include "strata/nn/data/byte_corpus.h"
+#include "strata/nn/models/gpt.h"
+#include "strata/tiers/device.h"
+
+namespace strata::cli {
+namespace {
+
+Result<OffloadDevice> parse_device(const std::string& flag, const std::string& v) {
+  if (v == "none") return OffloadDevice::kNone;
+  if (v == "cpu") return OffloadDevice::kCpu;
+  if (v == "nvme") return OffloadDevice::kNvme;
+  return make_error(ErrorCode::kInvalidArgument, "{} {}: expected cpu, nvme or none", flag, v);
+}
+
+Result<std::int64_t> parse_int(const std::string& flag, const std::string& v, std::int64_t lo) {
+  auto n = parse_size(v);
+  if (!n || static_cast<std::int64_t>(*n) < lo) {
+    return make_error(ErrorCode::kInvalidArgument, "{} {}: expected a whole number >= {}", flag, v, lo);
+  }
+  return static_cast<std::int64_t>(*n);
+}
+
+// The settings `strata train` uses when no --config is given: what the demo shows.
+Config demo_config(const std::string& out) {
+  Config c;
+  c.zero_optimization.stage = 3;
+  c.bf16.enabled = true;
+  c.gradient_clipping = 1.0;
+  c.train_micro_batch_size_per_gpu = 8;
+  c.optimizer.type = OptimizerType::kAdamW;
+  c.optimizer.betas = {0.9, 0.95};
+  c.optimizer.weight_decay = 0.1;
+  // Optimizer state on NVMe in the run directory, parameter shards on host, and a
+  // simulated compute tier too small for the whole model: every step gathers, evicts
+  // and prefetches, and moves bytes on every link.
+  c.zero_optimization.offload_optimizer.device = OffloadDevice::kNvme;
+  c.zero_optimization.offload_optimizer.nvme_path = out + "/nvme";
+  c.zero_optimization.offload_param.device = OffloadDevice::kCpu;
+  c.zero_optimization.stage3_param_persistence_threshold = 0;
+  c.strata.chunk_size = 32768;
+  c.strata.min_io_bytes = 0;  // the demo's shards are small; put them on disk anyway
+  c.strata.job_name = "train";
+  return c;
+}
+
+}  // namespace
+
+void add_train_flags(CLI::App& cmd, TrainOptions& o) {
+  cmd.add_option("--config", o.config_path, "DeepSpeed-style JSON config; flags override its keys");
+  cmd.add_option("-n,--nproc", o.nproc, "Local ranks to start (default 2); under torchrun each process is one rank")
+      ->check(CLI::Range(1, 256));
+  cmd.add_option("--model", o.model, "tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl or custom:<layers>x<hidden>x<heads>");
+  cmd.add_option("--data", o.data, "Text file or folder (default: Debian's fortunes corpus)");
+  cmd.add_option("--seq-len", o.seq_len, "Tokens (bytes) per sequence")->check(CLI::Range(2, 1 << 20));
+  cmd.add_option("--steps", o.steps, "Optimizer steps")->check(CLI::Range(1, 100'000'000));
+  cmd.add_option("--lr", o.lr, "Peak learning rate (linear warmup, then cosine)")->check(CLI::PositiveNumber);
+  cmd.add_option("--min-lr", o.min_lr, "Final learning rate (default lr/10)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--warmup", o.warmup, "Warmup steps (default 10% of --steps)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--seed", o.seed, "Seed of the model's init and the data order");
+  cmd.add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = only at the end)")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--eval-batches", o.eval_batches, "Batches per validation")->check(CLI::Range(1, 100000));
+  cmd.add_option("--save-every", o.save_every, "Checkpoint every N steps (0 = only at the end)")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--out", o.out, "Run directory (default runs/<date>-<time>)");
+  cmd.add_option("--sample-bytes", o.sample_bytes, "Bytes to sample from the model at the end")
+      ->check(CLI::Range(0, 100000));
+  cmd.add_option("--trace-step", o.trace_step, "Step to write as trace.json (default: a steady-state step)");
+  cmd.add_option("--stage", o.stage, "ZeRO stage 0-3");
+  cmd.add_option("--offload-optimizer", o.offload_optimizer, "cpu, nvme or none");
+  cmd.add_option("--offload-param", o.offload_param, "cpu, nvme or none (stage 3)");
+  cmd.add_option("--nvme-path", o.nvme_path, "Directory for NVMe offload (default <out>/nvme)");
+  cmd.add_option("--compute-budget", o.compute_budget,
+                 "Compute tier budget per rank: a size (256MiB), a share of the model (50%), or none");
+  cmd.add_option("--placement", o.placement, "static or auto");
+  cmd.add_option("--micro-batch", o.micro_batch, "Sequences per rank per micro-step");
+  cmd.add_option("--grad-accum", o.grad_accum, "Micro-steps per optimizer step");
+  cmd.add_option("--clip", o.clip, "Gradient clipping (max L2 norm; 0 = off)");
+  auto* prec = cmd.add_option_group("precision");
+  prec->add_flag_callback("--bf16", [&o] { o.precision = "bf16"; }, "bf16 compute, fp32 master (default)");
+  prec->add_flag_callback("--fp16", [&o] { o.precision = "fp16"; }, "fp16 compute with dynamic loss scaling");
+  prec->add_flag_callback("--fp32", [&o] { o.precision = "fp32"; }, "fp32 compute");
+  prec->require_option(0, 1);
+}
+
+Status TrainOptions::resolve(bool demo_defaults) {
+  if (out.empty()) {
+    const auto now = std::chrono::system_clock::now();
+    out = fmt::format("runs/{:%Y%m%d-%H%M%S}", std::chrono::floor<std::chrono::seconds>(now));
+  }
+  if (!config_path.empty()) {
+    std::vector<std::string> warnings;
+    STRATA_ASSIGN_OR_RETURN(config, Config::load(config_path, &warnings));
+    for (const auto& w : warnings) fmt::print(stderr, "warning: {}\n", w);
+  } else {
+    config = demo_defaults ? demo_config(out) : Config{};
+  }
+  Config& c = config;
+  c.optimizer.lr = lr;
+  if (!stage.empty()) {
+    STRATA_ASSIGN_OR_RETURN(std::int64_t s, parse_int("--stage", stage, 0));
+    if (s > 3) return make_error(ErrorCode::kInvalidArgument, "--stage {}: expected 0, 1, 2 or 3", stage);
+    c.zero_optimization.stage = static_cast<int>(s);
+    if (s != 3) c.zero_optimization.offload_param.device = OffloadDevice::kNone;
+    if (s == 0) c.zero_optimization.offload_optimizer.device = OffloadDevice::kNone;
+  }
+  if (!offload_optimizer.empty()) {
+    STRATA_ASSIGN_OR_RETURN(c.zero_optimization.offload_optimizer.device,
+                            parse_device("--offload-optimizer", offload_optimizer));
+  }
+  if (!offload_param.empty()) {
+    STRATA_ASSIGN_OR_RETURN(c.zero_optimization.offload_param.device, parse_device("--offload-param", offload_param));
+  }
+  const std::string nvme = nvme_path.empty() ? out + "/nvme" : nvme_path;
+  for (auto* path : {&c.zero_optimization.offload_optimizer.nvme_path, &c.zero_optimization.offload_param.nvme_path}) {
+    if (!nvme_path.empty() || path->empty()) *path = nvme;
+  }
+  if (!placement.empty()) {
+    if (placement != "static" && placement != "auto") {
+      return make_error(ErrorCode::kInvalidArgument, "--placement {}: expected static or auto", placement);
+    }
+    c.strata.placement = placement == "auto" ? Placement::kAuto : Placement::kStatic;
+  }
+  if (!micro_batch.empty()) {
+    STRATA_ASSIGN_OR_RETURN(c.train_micro_batch_size_per_gpu, parse_int("--micro-batch", micro_batch, 1));
+  }
+  if (!grad_accum.empty()) {
+    STRATA_ASSIGN_OR_RETURN(c.gradient_accumulation_steps, parse_int("--grad-accum", grad_accum, 1));
+  }
+  if (!clip.empty()) {
+    char* end = nullptr;
+    c.gradient_clipping = std::strtod(clip.c_str(), &end);
+    if (*end != '\0' || c.gradient_clipping < 0) return make_error(ErrorCode::kInvalidArgument, "--clip {}: expected a number >= 0", clip);
+  }
+  if (!precision.empty()) {
+    c.bf16.enabled = precision == "bf16";
+    c.fp16.enabled = precision == "fp16";
+  }
+  if (c.fp16.enabled && !tiers::detect_device().cuda_available) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--fp16 needs a GPU: LibTorch 1.13 has no fp16 matrix multiply on CPU; use --bf16 (or --fp32)");
+  }
+
+  STRATA_ASSIGN_OR_RETURN(nn::GPTConfig model_cfg, nn::gpt_config(model, 256, 0));
+  if (seq_len > model_cfg.context) {
+    return make_error(ErrorCode::kInvalidArgument, "--seq-len {} is longer than model {}'s context of {}", seq_len,
+                      model, model_cfg.context);
+  }
+  if (!compute_budget.empty() || (demo_defaults && config_path.empty())) {
+    const std::string b = compute_budget.empty() ? "50%" : compute_budget;
+    if (b == "none") {
+      c.strata.compute_budget = 0;
+    } else if (b.back() == '%') {
+      const double pct = std::strtod(b.c_str(), nullptr);
+      if (pct <= 0) return make_error(ErrorCode::kInvalidArgument, "--compute-budget {}: expected a positive share", b);
+      const std::uint64_t elem = c.bf16.enabled || c.fp16.enabled ? 2 : 4;
+      c.strata.compute_budget = static_cast<std::uint64_t>(pct / 100.0 * model_cfg.parameter_count() * elem);
+    } else {
+      auto bytes = parse_size(b);
+      if (!bytes) return make_error(std::move(bytes).error().with_note("--compute-budget"));
+      c.strata.compute_budget = *bytes;
+    }
+  }
+  if (warmup < 0) warmup = steps / 10;
+  if (min_lr == 0) min_lr = lr / 10;
+  STRATA_RETURN_IF_ERROR(c.validate());
+  // The data must be there, readable, and long enough, before any rank starts.
+  STRATA_ASSIGN_OR_RETURN(nn::ByteCorpus corpus, nn::ByteCorpus::open(data.empty() ? nn::kFortunesDir : data));
+  for (nn::Split s : {nn::Split::kTrain, nn::Split::kValidation}) {
+    STRATA_RETURN_IF_ERROR(corpus.sample(s, 1, seq_len, {}));
+  }
+  return ok();
+}
+
+}  // namespace strata::cli

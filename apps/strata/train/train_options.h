@@ -1,0 +1,50 @@
+// The options of `strata train`: the model, data and run settings, plus the strata
+// Config they are merged into (DeepSpeed keys from --config, then the flags).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "strata/base/config.h"
+#include "strata/base/status.h"
+
+namespace CLI {
+class App;
+}
+
+namespace strata::cli {
+
+struct TrainOptions {
+  // Run settings that are not DeepSpeed config keys.
+  std::string config_path;
+  int nproc = 2;
+  std::string model = "tiny";
+  std::int64_t seq_len = 128;
+  std::int64_t steps = 300;
+  double lr = 3e-3;
+  double min_lr = 0;         // 0 = lr / 10
+  std::int64_t warmup = -1;  // -1 = 10% of the steps
+  std::uint64_t seed = 42;
+  std::int64_t eval_every = 50;
+  std::int64_t eval_batches = 8;
+  std::int64_t save_every = 0;  // 0 = only at the end
+  std::string out;              // empty = runs/<date>-<time>
+  std::string data;             // empty = Debian's fortunes corpus
+  std::int64_t sample_bytes = 200;
+  std::int64_t trace_step = -1;  // -1 = a steady-state step chosen by strata
+
+  // Flags that override config keys, when given.
+  std::string stage, offload_optimizer, offload_param, nvme_path, compute_budget, placement, precision;
+  std::string micro_batch, grad_accum, clip;
+
+  Config config;  // the merged result (after resolve())
+
+  // Merges defaults, --config and flags into `config`; validates everything a user can
+  // get wrong (before any rank starts).
+  Status resolve(bool demo_defaults);
+};
+
+// Registers the flags on `cmd`; `opts` must outlive the app.
+void add_train_flags(CLI::App& cmd, TrainOptions& opts);
+
+}  // namespace strata::cli

@@ -1,0 +1,259 @@
+#include "trainer.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numbers>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+
+#include "bench_report.h"
+#include "strata/base/log.h"
+#include "strata/base/units.h"
+#include "strata/comm/communicator.h"
+#include "strata/nn/data/byte_corpus.h"
+#include "strata/nn/models/gpt.h"
+#include "train_engine.h"
+#include "train_report.h"
+
+namespace strata::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Linear warmup to lr, then cosine down to min_lr at the last step.
+double lr_at(const TrainOptions& o, std::int64_t step) {
+  if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
+  const double span = static_cast<double>(std::max<std::int64_t>(1, o.steps - o.warmup - 1));
+  const double t = std::min(1.0, static_cast<double>(step - o.warmup) / span);
+  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + std::cos(std::numbers::pi * t));
+}
+
+double mean_across_ranks(comm::Communicator& comm, double v) {
+  at::Tensor t = at::full({1}, v, at::kDouble);
+  if (auto st = comm.all_reduce(t, comm::ReduceOp::kAvg).wait(); !st) return std::nan("");
+  return t.item<double>();
+}
+
+std::string placement_text(const Config& c) {
+  const auto& z = c.zero_optimization;
+  std::string s = fmt::format("placement {}: param shards on {}, optimizer state on {}",
+                              to_string(c.strata.placement),
+                              z.stage < 3 ? "compute (stage < 3: full parameters)"
+                                          : z.offload_param.device == OffloadDevice::kNone ? "compute"
+                                                                                            : (z.offload_param.device == OffloadDevice::kCpu ? "host" : "nvme"),
+                              z.offload_optimizer.device == OffloadDevice::kNone ? "compute"
+                              : z.offload_optimizer.device == OffloadDevice::kCpu ? "host"
+                                                                                  : "nvme (" + z.offload_optimizer.nvme_path + ")");
+  s += c.strata.compute_budget ? fmt::format(", compute budget {}", format_bytes(c.strata.compute_budget)) : ", no compute budget";
+  return s;
+}
+
+// Validation loss: the mean over eval_batches batches per rank, then over ranks.
+Result<double> evaluate(nn::GPT& model, const nn::ByteCorpus& corpus, const TrainOptions& o, std::int64_t micro,
+                        comm::Communicator& comm) {
+  at::NoGradGuard no_grad;
+  double sum = 0;
+  for (std::int64_t b = 0; b < o.eval_batches; ++b) {
+    STRATA_ASSIGN_OR_RETURN(nn::Batch batch, corpus.sample(nn::Split::kValidation, micro, o.seq_len,
+                                                           {o.seed + 7919, static_cast<std::uint64_t>(b), static_cast<std::uint64_t>(comm.rank())}));
+    sum += model->loss(batch.tokens, batch.targets).item<double>();
+  }
+  return mean_across_ranks(comm, sum / static_cast<double>(o.eval_batches));
+}
+
+// Every rank samples in lockstep (ZeRO-3 gathers are collectives), with the same seed.
+std::string sample_text(nn::GPT& model, const TrainOptions& o) {
+  at::NoGradGuard no_grad;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1);
+  std::vector<std::int64_t> tokens = {'\n'};
+  for (std::int64_t i = 0; i < o.sample_bytes; ++i) {
+    const std::int64_t start = std::max<std::int64_t>(0, static_cast<std::int64_t>(tokens.size()) - o.seq_len);
+    at::Tensor ctx = at::tensor(std::vector<std::int64_t>(tokens.begin() + start, tokens.end()), at::kLong).unsqueeze(0);
+    at::Tensor logits = model->forward(ctx).select(1, ctx.size(1) - 1).to(at::kFloat).squeeze(0);
+    at::Tensor probs = at::softmax(logits / 0.8, 0);
+    tokens.push_back(at::multinomial(probs, 1, false, gen).item<std::int64_t>());
+  }
+  std::string s;
+  for (std::size_t i = 1; i < tokens.size(); ++i) {
+    const auto c = static_cast<unsigned char>(tokens[i]);
+    // Bytes, not characters: show ASCII, and '?' for the rest (a lone UTF-8 byte).
+    s += (c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7f)) ? static_cast<char>(c) : '?';
+  }
+  return s;
+}
+
+Status save_checkpoint(TrainEngine& eng, const nn::GPTConfig& cfg, const TrainOptions& o, std::int64_t step,
+                       bool root, std::string* path) {
+  STRATA_ASSIGN_OR_RETURN(auto named, eng.consolidated_params());
+  if (!root) return ok();
+  const fs::path dir = fs::path(o.out) / "checkpoints" / fmt::format("step-{}", step);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  // Written as a LibTorch module file: torch::load(model, path) reads it back into a
+  // GPT of the same size.
+  nn::GPT copy(cfg);
+  at::NoGradGuard no_grad;
+  auto dst = copy->named_parameters();
+  for (auto& [name, value] : named) dst[name].copy_(value);
+  const std::string file = (dir / "model.pt").string();
+  try {
+    torch::save(copy, file);
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kIoError, "cannot write the checkpoint: {}", std::string(e.what()).substr(0, 200)).with_path(file);
+  }
+  std::ofstream(dir / "config.json") << nlohmann::json{{"model", o.model}, {"step", step}, {"config", o.config.to_json()}}.dump(2);
+  *path = file;
+  return ok();
+}
+
+}  // namespace
+
+Status run_training(const TrainOptions& o, comm::Communicator& comm) {
+  const bool root = comm.rank() == 0;
+  const Config& cfg = o.config;
+  const std::int64_t micro = cfg.train_micro_batch_size_per_gpu, accum = cfg.gradient_accumulation_steps;
+  STRATA_ASSIGN_OR_RETURN(nn::ByteCorpus corpus, nn::ByteCorpus::open(o.data.empty() ? nn::kFortunesDir : o.data));
+  STRATA_ASSIGN_OR_RETURN(nn::GPTConfig mcfg, nn::gpt_config(o.model, 256, 0));
+  nn::GPT model(mcfg);
+  model->init_weights(o.seed);
+  STRATA_ASSIGN_OR_RETURN(auto eng, TrainEngine::create(model, cfg, comm));
+
+  // The start summary: the estimator's prediction next to what the engine holds.
+  const auto& layout = eng->store().layout();
+  StartInfo si{.model = o.model, .params = mcfg.parameter_count(), .layers = mcfg.layers, .hidden = mcfg.hidden,
+               .heads = mcfg.heads, .world = comm.world(), .stage = cfg.zero_optimization.stage,
+               .precision = cfg.bf16.enabled ? "bf16 compute, fp32 master" : cfg.fp16.enabled ? "fp16 compute, fp32 master" : "fp32",
+               .data = o.data.empty() ? nn::kFortunesDir : o.data, .data_files = corpus.file_count(),
+               .train_bytes = corpus.split_bytes(nn::Split::kTrain), .val_bytes = corpus.split_bytes(nn::Split::kValidation),
+               .steps = o.steps, .micro_batch = micro, .grad_accum = accum, .seq = o.seq_len,
+               .optimizer = fmt::format("{} lr {:g} (warmup {}, cosine to {:g})", to_string(cfg.optimizer.effective_type()),
+                                        o.lr, o.warmup, o.min_lr)};
+  std::uint64_t largest = 0;
+  for (const auto& m : model->modules(false)) {
+    std::uint64_t n = 0;
+    for (const auto& p : m->parameters(false)) n += p.numel();
+    largest = std::max(largest, n);
+  }
+  STRATA_ASSIGN_OR_RETURN(plan::EstimateInput ei, plan::EstimateInput::from_config(cfg, mcfg.parameter_count(), largest, comm.world()));
+  ei.padded_params = layout.capacity_elems;
+  ei.chunk_elems = layout.chunk_size_elems;
+  STRATA_ASSIGN_OR_RETURN(si.estimate, plan::estimate_memory(ei));
+  si.measured = eng->memory_by_kind();
+  si.chunks = layout.chunks.size();
+  si.chunk_elems = layout.chunk_size_elems;
+  si.padding = layout.waste_ratio;
+  si.placement = placement_text(cfg);
+  si.out = o.out;
+  if (root) print_start(si);
+
+  std::ofstream metrics;
+  if (root) metrics.open(fs::path(o.out) / "metrics.jsonl");
+  const std::int64_t trace_step = o.trace_step >= 0 ? o.trace_step : std::min<std::int64_t>(o.steps - 1, 4);
+  const std::string trace_path = (fs::path(o.out) / "trace.json").string();
+  Progress progress(o.steps, Progress::stdout_is_tty());
+  EndInfo end;
+  std::vector<double> step_times, recent_losses;
+  std::string checkpoint = "(none)";
+  std::uint64_t gathers = 0, hits = 0;  // over the schedule-driven steps
+  const auto run_t0 = std::chrono::steady_clock::now();
+  for (std::int64_t step = 0; step < o.steps; ++step) {
+    const double lr = lr_at(o, step);
+    eng->set_lr(lr);
+    if (step == trace_step && root) eng->trace_next_step(trace_path);
+    eng->own_trace().begin_step();
+    const auto t0 = std::chrono::steady_clock::now();
+    double loss_sum = 0;
+    engine::StepResult r;
+    for (std::int64_t m = 0; m < accum; ++m) {
+      STRATA_ASSIGN_OR_RETURN(nn::Batch batch, corpus.sample(nn::Split::kTrain, micro, o.seq_len,
+                                                             {o.seed, static_cast<std::uint64_t>(step),
+                                                              static_cast<std::uint64_t>(comm.rank() * accum + m)}));
+      const auto f0 = std::chrono::steady_clock::now();
+      at::Tensor loss = model->loss(batch.tokens, batch.targets);
+      const auto f1 = std::chrono::steady_clock::now();
+      STRATA_RETURN_IF_ERROR(eng->backward(loss));
+      const auto f2 = std::chrono::steady_clock::now();
+      STRATA_ASSIGN_OR_RETURN(r, eng->step());
+      eng->own_trace().add(engine::StepTrace::kCompute, "forward", f0, f1);
+      eng->own_trace().add(engine::StepTrace::kCompute, "backward", f1, f2);
+      eng->own_trace().add(engine::StepTrace::kOptimizer, "step", f2, std::chrono::steady_clock::now());
+      loss_sum += loss.item<double>();
+    }
+    STRATA_RETURN_IF_ERROR(eng->own_trace().end_step(comm.rank()));
+    const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double loss = mean_across_ranks(comm, loss_sum / static_cast<double>(accum));
+    if (!std::isfinite(loss)) return make_error(ErrorCode::kInternal, "the loss is not finite at step {}", step);
+    const double tokens_per_s = static_cast<double>(micro * accum * o.seq_len * comm.world()) / step_s;
+    if (step > 0) step_times.push_back(step_s);
+    recent_losses.push_back(loss);
+    if (recent_losses.size() > 10) recent_losses.erase(recent_losses.begin());
+    if (step == 0) end.first_loss = loss;
+
+    std::optional<double> val;
+    if ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps) {
+      STRATA_ASSIGN_OR_RETURN(val, evaluate(model, corpus, o, micro, comm));
+      end.val_loss = val;
+    }
+    nlohmann::json line = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", r.grad_norm},
+                           {"loss_scale", r.loss_scale}, {"applied", r.applied}, {"step_s", step_s},
+                           {"tokens_per_s", tokens_per_s}};
+    if (val) line["val_loss"] = *val;
+    std::array<std::uint64_t, 3> mem{};
+    if (auto* z3 = eng->zero3()) {
+      const engine::StepMetrics& m = z3->last_metrics();
+      mem = {m.peak[0], m.peak[1], m.peak[2]};
+      line["memory_peak"] = {{"compute", m.peak[0]}, {"host", m.peak[1]}, {"nvme", m.peak[2]}};
+      auto links = [](const plan::LinkBytes& l) {
+        return nlohmann::json{{"net_gather", l.net_gather}, {"net_reduce_scatter", l.net_reduce_scatter},
+                              {"host_to_compute", l.host_to_compute}, {"compute_to_host", l.compute_to_host},
+                              {"nvme_to_host", l.nvme_to_host}, {"host_to_nvme", l.host_to_nvme}};
+      };
+      line["moved"] = links(m.moved);
+      line["planned"] = links(m.planned);
+      line["gathers"] = m.gathers;
+      line["prefetch_hit_rate"] = m.prefetch_hit_rate;
+      line["gather_wait_s"] = m.gather_wait_s;
+      line["forward_s"] = m.forward_s;
+      line["backward_s"] = m.backward_s;
+      line["optimizer_s"] = m.optimizer_s;
+      line["scheduled"] = m.scheduled;
+      end.moved += m.moved;
+      if (m.scheduled) gathers += m.gathers, hits += m.prefetch_hits;
+      for (int t = 0; t < 3; ++t) end.peak[t] = std::max(end.peak[t], m.peak[t]);
+    } else {
+      const auto held = eng->memory_by_kind();
+      for (int t = 0; t < 3; ++t) mem[t] = held[t][0] + held[t][1] + held[t][2] + held[t][3];
+      line["memory_peak"] = {{"compute", mem[0]}, {"host", mem[1]}, {"nvme", mem[2]}};
+      end.peak = mem;
+    }
+    if (root) metrics << line.dump() << '\n' << std::flush;
+    if (root) progress.update(step, loss, tokens_per_s, step_s, mem, val);
+    if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || step + 1 == o.steps) {
+      STRATA_RETURN_IF_ERROR(save_checkpoint(*eng, mcfg, o, step + 1, root, &checkpoint));
+    }
+  }
+  if (root) progress.finish();
+  end.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_t0).count();
+  end.steps = o.steps;
+  double sum = 0;
+  for (double l : recent_losses) sum += l;
+  end.train_loss = sum / static_cast<double>(recent_losses.size());
+  end.tokens_per_s = step_times.empty() ? 0 : static_cast<double>(micro * accum * o.seq_len * comm.world()) / median(step_times);
+  end.hit_rate = gathers ? static_cast<double>(hits) / static_cast<double>(gathers) : -1.0;
+  if (o.sample_bytes > 0) end.sample = sample_text(model, o);
+  if (!root) return ok();
+  end.out = o.out;
+  end.metrics = (fs::path(o.out) / "metrics.jsonl").string();
+  end.trace = trace_path;
+  end.checkpoint = checkpoint;
+  const std::string err = render_report(o.out);
+  end.report = err.empty() ? (fs::path(o.out) / "report.png").string() : "(not rendered: " + err + ")";
+  print_end(end);
+  return ok();
+}
+
+}  // namespace strata::cli

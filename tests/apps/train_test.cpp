@@ -1,0 +1,135 @@
+// strata train as a user runs it: outputs, learning, reproducibility, and errors.
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+
+#include "strata/nn/models/gpt.h"
+#include "support/multirank.h"
+#include "support/subprocess.h"
+
+namespace strata {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::run_command;
+using testing::strata_bin;
+
+std::vector<nlohmann::json> read_metrics(const fs::path& dir) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+class Train : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = testing::fresh_temp_dir("train"); }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(Train, DefaultRunLearnsAndWritesEveryOutput) {
+  const fs::path out = dir_ / "run";
+  auto r = run_command(fmt::format("{} train --out {} --steps 40 --eval-every 20 --sample-bytes 50", strata_bin(), out.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // What the user sees.
+  for (const char* want : {"strata train: model tiny", "ZeRO stage 3", "estimated: compute", "measured: compute",
+                           "step 40/40", "strata train: done", "bytes moved", "prefetch", "sample from the model"}) {
+    EXPECT_NE(r.output.find(want), std::string::npos) << want << "\n" << r.output;
+  }
+  // metrics.jsonl: one parseable line per step, with the loss clearly falling.
+  auto rows = read_metrics(out);
+  ASSERT_EQ(rows.size(), 40u);
+  const double first = rows.front()["loss"], last = rows.back()["loss"];
+  EXPECT_LT(last, first - 1.5) << "loss " << first << " -> " << last;
+  EXPECT_TRUE(rows.back().contains("val_loss"));
+  EXPECT_TRUE(rows.back()["scheduled"].get<bool>());
+  EXPECT_GT(rows.back()["moved"]["host_to_nvme"].get<double>(), 0);
+  EXPECT_EQ(rows.back()["moved"]["host_to_compute"], rows.back()["planned"]["host_to_compute"]);
+  // trace.json: a Chrome trace with compute and gather spans.
+  std::ifstream tin(out / "trace.json");
+  auto trace = nlohmann::json::parse(tin);
+  std::set<std::string> cats;
+  for (const auto& e : trace["traceEvents"])
+    if (e["ph"] == "X") cats.insert(e["cat"].get<std::string>());
+  for (const char* c : {"compute", "gather", "reduce-scatter", "copy", "optimizer"}) EXPECT_TRUE(cats.contains(c)) << c;
+  // report.png: a PNG.
+  std::ifstream png(out / "report.png", std::ios::binary);
+  char sig[8] = {};
+  png.read(sig, 8);
+  EXPECT_EQ(std::string(sig + 1, 3), "PNG");
+  // The checkpoint loads into a GPT of the same size.
+  auto cfg = nn::gpt_config("tiny", 256);
+  ASSERT_TRUE(cfg);
+  nn::GPT model(*cfg);
+  torch::load(model, (out / "checkpoints" / "step-40" / "model.pt").string());
+  EXPECT_GT(model->embeddings->wte->weight.abs().sum().item<double>(), 0);
+  std::ifstream cj(out / "checkpoints" / "step-40" / "config.json");
+  EXPECT_EQ(nlohmann::json::parse(cj)["model"], "tiny");
+  // The swap files are gone after a clean shutdown.
+  EXPECT_TRUE(fs::is_empty(out / "nvme")) << "swap files left behind";
+}
+
+TEST_F(Train, SameSeedSameLossesBitForBit) {
+  std::vector<std::vector<nlohmann::json>> runs;
+  for (int i = 0; i < 2; ++i) {
+    const fs::path out = dir_ / fmt::format("r{}", i);
+    auto r = run_command(fmt::format("{} train --out {} --steps 8 --eval-every 4 --sample-bytes 0", strata_bin(), out.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    runs.push_back(read_metrics(out));
+  }
+  ASSERT_EQ(runs[0].size(), 8u);
+  for (std::size_t s = 0; s < 8; ++s) {
+    for (const char* k : {"loss", "grad_norm", "lr", "val_loss", "moved", "gathers"}) {
+      EXPECT_EQ(runs[0][s].value(k, nlohmann::json()), runs[1][s].value(k, nlohmann::json())) << k << " at step " << s;
+    }
+  }
+}
+
+TEST_F(Train, OtherStagesAndOneRank) {
+  for (const char* args : {"--stage 2 -n 2", "--stage 1 -n 2 --fp32", "--stage 0 -n 1", "--stage 3 -n 1 --placement auto --compute-budget 100%"}) {
+    auto r = run_command(fmt::format("{} train --out {} --steps 4 --sample-bytes 10 {}", strata_bin(), (dir_ / "x").string(), args));
+    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("strata train: done"), std::string::npos) << args << "\n" << r.output;
+    fs::remove_all(dir_ / "x");
+  }
+}
+
+TEST_F(Train, RunsAsOneRankPerProcessUnderTorchrun) {
+  auto r = run_command(fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --out {} --steps 3 "
+                                   "--sample-bytes 0",
+                                   strata_bin(), (dir_ / "t").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 ranks"), std::string::npos) << r.output;
+}
+
+TEST_F(Train, BadFlagsAndDataAreClearErrors) {
+  struct Case {
+    std::string args, want;
+  };
+  const std::vector<Case> cases = {
+      {"--data /nonexistent/corpus", "data path does not exist [path=/nonexistent/corpus]"},
+      {"--data " + (dir_ / "empty").string(), "no non-empty text files"},
+      {"--model gpt5", "unknown model 'gpt5'"},
+      {"--stage 7", "--stage 7: expected 0, 1, 2 or 3"},
+      {"--offload-optimizer gpu", "--offload-optimizer gpu: expected cpu, nvme or none"},
+      {"--seq-len 4096", "--seq-len 4096 is longer than model tiny's context of 256"},
+      {"--fp16", "--fp16 needs a GPU"},
+      {"--compute-budget 2parsecs", "--compute-budget"},
+      {"--bogus", "The following argument was not expected: --bogus"},
+      {"--stage 3 --compute-budget 64KiB", "cannot fit: need"},
+  };
+  fs::create_directories(dir_ / "empty");
+  for (const auto& c : cases) {
+    auto r = run_command(fmt::format("{} train --out {} --steps 2 {}", strata_bin(), (dir_ / "bad").string(), c.args));
+    EXPECT_NE(r.exit_code, 0) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.want), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace strata
