@@ -104,26 +104,15 @@ int run_worker(const ZeroBenchOptions& o) {
 }
 
 int run_parent(const ZeroBenchOptions& o) {
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return 1;
-  self[n] = '\0';
-  std::string tmpl = (std::filesystem::temp_directory_path() / "strata-bench-zero-XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) return 1;
-  LaunchOptions lo;
-  lo.nproc = o.world;
-  lo.argv = {self, "bench", "zero", "--worker", tmpl, "--params", o.params, "--steps", std::to_string(o.steps),
-             "--hidden", std::to_string(o.hidden), "--batch", std::to_string(o.batch)};
-  auto code = launch(lo);
-  if (!code || *code != 0) {
-    fmt::print(stderr, "bench zero: ranks failed{}\n", code ? fmt::format(" with exit code {}", *code) : ": " + code.error().to_string());
+  auto ranks = run_bench_ranks("zero", o.world, {"--params", o.params, "--steps", std::to_string(o.steps), "--hidden",
+                                                 std::to_string(o.hidden), "--batch", std::to_string(o.batch)});
+  if (!ranks) {
+    fmt::print(stderr, "bench zero: {}\n", ranks.error());
     return 1;
   }
   // Per-rank figures: state bytes are the largest rank's; times the slowest rank's.
   nlohmann::json agg;
-  for (int r = 0; r < o.world; ++r) {
-    std::ifstream in(fmt::format("{}/rank{}.json", tmpl, r));
-    nlohmann::json j = nlohmann::json::parse(in);
+  for (const nlohmann::json& j : *ranks) {
     for (const auto& [stage, v] : j.items()) {
       for (const char* k : {"state_bytes", "iteration_s", "step_s", "params"}) {
         const double prev = agg.contains(stage) && agg[stage].contains(k) ? agg[stage][k].get<double>() : 0.0;
@@ -131,7 +120,6 @@ int run_parent(const ZeroBenchOptions& o) {
       }
     }
   }
-  std::filesystem::remove_all(tmpl);
   BenchReport report("zero");
   report.set_config("params", agg["stage0"]["params"].get<double>());
   report.set_config("world", o.world);

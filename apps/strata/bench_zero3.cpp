@@ -165,29 +165,16 @@ int run_worker(const Zero3BenchOptions& o) {
 }
 
 int run_parent(const Zero3BenchOptions& o) {
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return 1;
-  self[n] = '\0';
-  std::string tmpl = (std::filesystem::temp_directory_path() / "strata-bench-zero3-XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) return 1;
-  LaunchOptions lo;
-  lo.nproc = o.world;
-  lo.argv = {self, "bench", "zero3", "--worker", tmpl, "--model", o.model, "--steps", std::to_string(o.steps),
-             "--seq", std::to_string(o.seq), "--batch", std::to_string(o.batch), "--chunk", o.chunk};
-  if (o.fp32) lo.argv.push_back("--fp32");
-  auto code = launch(lo);
-  if (!code || *code != 0) {
-    fmt::print(stderr, "bench zero3: ranks failed\n");
+  std::vector<std::string> args = {"--model", o.model, "--steps", std::to_string(o.steps), "--seq", std::to_string(o.seq),
+                                   "--batch", std::to_string(o.batch), "--chunk", o.chunk};
+  if (o.fp32) args.push_back("--fp32");
+  auto got = run_bench_ranks("zero3", o.world, args);
+  if (!got) {
+    fmt::print(stderr, "bench zero3: {}\n", got.error());
     return 1;
   }
-  // Rank 0's figures (ranks are symmetric); times are the slower rank's.
-  std::vector<nlohmann::json> ranks;
-  for (int r = 0; r < o.world; ++r) {
-    std::ifstream in(fmt::format("{}/rank{}.json", tmpl, r));
-    ranks.push_back(nlohmann::json::parse(in));
-  }
-  std::filesystem::remove_all(tmpl);
+  // Rank 0's figures (ranks are symmetric); tokens/s is the slower rank's.
+  const std::vector<nlohmann::json>& ranks = *got;
   nlohmann::json j = ranks[0];
   for (const char* cfg : {"stage0", "stage3_compute", "stage3_quarter", "stage3_auto"}) {
     for (const auto& r : ranks) j[cfg]["tokens_per_s"] = std::min(j[cfg]["tokens_per_s"].get<double>(), r[cfg]["tokens_per_s"].get<double>());

@@ -36,13 +36,14 @@ int train_main(TrainOptions& o, bool explicit_out) {
     return 2;
   }
   if (!is_rank && o.nproc > 1) {
-    char self[4096];
-    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0) return 2;
-    self[n] = '\0';
+    auto self = self_exe();
+    if (!self) {
+      fmt::print(stderr, "strata train: {}\n", self.error());
+      return 2;
+    }
     LaunchOptions lo;
     lo.nproc = o.nproc;
-    lo.argv = {self};
+    lo.argv = {*self};
     for (const auto& a : original_args()) lo.argv.push_back(a);
     // Every rank must write to the same run directory.
     if (!explicit_out) lo.argv.insert(lo.argv.end(), {"--out", o.out});

@@ -11,6 +11,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include <fmt/format.h>
 
@@ -74,6 +76,39 @@ Result<int> pick_free_port() {
   }
   ::close(fd);
   return static_cast<int>(ntohs(addr.sin_port));
+}
+
+Result<std::string> self_exe() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return make_error(errno_error(errno, "readlink /proc/self/exe"));
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+Result<std::vector<nlohmann::json>> run_bench_ranks(const std::string& bench, int world,
+                                                    const std::vector<std::string>& args) {
+  STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
+  std::string dir = (std::filesystem::temp_directory_path() / ("strata-bench-" + bench + "-XXXXXX")).string();
+  if (::mkdtemp(dir.data()) == nullptr) return make_error(errno_error(errno, "mkdtemp").with_path(dir));
+  LaunchOptions lo;
+  lo.nproc = world;
+  lo.argv = {self, "bench", bench, "--worker", dir};
+  lo.argv.insert(lo.argv.end(), args.begin(), args.end());
+  auto code = launch(lo);
+  std::vector<nlohmann::json> out;
+  Status st = ok();
+  if (!code) st = make_error(std::move(code).error());
+  else if (*code != 0) st = make_error(ErrorCode::kInternal, "bench {}: a rank failed with exit code {}", bench, *code);
+  for (int r = 0; st && r < world; ++r) {
+    std::ifstream in(fmt::format("{}/rank{}.json", dir, r));
+    auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) st = make_error(ErrorCode::kDataLoss, "bench {}: rank {} wrote no figures", bench, r);
+    else out.push_back(std::move(j));
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  if (!st) return make_error(std::move(st).error());
+  return out;
 }
 
 Result<int> launch(const LaunchOptions& o) {

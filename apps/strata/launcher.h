@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "strata/base/status.h"
 
 namespace strata::cli {
@@ -37,5 +39,13 @@ Result<int> launch(const LaunchOptions& options);
 
 // A TCP port on 127.0.0.1 that was free a moment ago.
 Result<int> pick_free_port();
+
+// The path of the running executable, to start ranks of this very program.
+Result<std::string> self_exe();
+
+// Starts `world` ranks of `strata bench <bench> --worker DIR <args>`, each of which
+// writes DIR/rank<k>.json, and returns those objects in rank order.
+Result<std::vector<nlohmann::json>> run_bench_ranks(const std::string& bench, int world,
+                                                    const std::vector<std::string>& args);
 
 }  // namespace strata::cli

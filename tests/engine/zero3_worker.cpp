@@ -22,6 +22,7 @@
 #include "strata/engine/zero3.h"
 #include "strata/nn/models/gpt.h"
 #include "support/multirank.h"
+#include "support/worker.h"
 #include "toy_model.h"
 
 using namespace strata;
@@ -30,21 +31,10 @@ using strata::testing::rel_error;
 namespace {
 
 comm::Communicator* g_comm = nullptr;
+using strata::testing::check;
+using strata::testing::fail;
 constexpr std::int64_t kBatchPerRank = 2, kSeq = 16;
 
-[[noreturn]] void fail(const std::string& what) {
-  fmt::print(stderr, "WRONG (rank {}): {}\n", g_comm ? g_comm->rank() : -1, what);
-  std::fflush(stderr);
-  std::_Exit(1);
-}
-template <class T>
-T check(Result<T> r, const char* what) {
-  if (!r) fail(fmt::format("{}: {}", what, r.error()));
-  return std::move(*r);
-}
-void check(Status s, const char* what) {
-  if (!s) fail(fmt::format("{}: {}", what, s.error()));
-}
 
 // Twelve narrow blocks: each block is a small part of the model, so a compute budget of
 // a quarter of the model holds a block's parameters and gradients with room to prefetch.
@@ -283,9 +273,7 @@ void diverge() {
   at::Tensor x = at::randn({4, 16}), y = at::randn({4, 4});
   auto st = eng->backward(at::mse_loss(model->forward(x, g_comm->rank() == 1), y));
   if (st) fail("diverging traces were not detected");
-  fmt::print(stderr, "EXPECTED FAILURE: {}\n", st.error());
-  std::fflush(stderr);
-  std::_Exit(3);
+  strata::testing::expected_failure(st.error());
 }
 
 // An inner unit called from inside an outer unit, both sharded.
@@ -362,9 +350,7 @@ void overbudget() {
   o.schedule.budget_bytes[0] = 16 << 10;  // smaller than one chunk
   auto eng = engine::shard(*model, *g_comm, o);
   if (eng) fail("an impossible compute budget was accepted");
-  fmt::print(stderr, "EXPECTED FAILURE: {}\n", eng.error());
-  std::fflush(stderr);
-  std::_Exit(3);
+  strata::testing::expected_failure(eng.error());
 }
 
 }  // namespace
@@ -374,6 +360,7 @@ int main(int argc, char** argv) {
   if (a.empty()) fail("usage: zero3_worker MODE ...");
   auto comm = check(comm::init_from_env(), "init");
   g_comm = comm.get();
+  strata::testing::worker_comm() = g_comm;
   const std::string& mode = a[0];
   if (mode == "parity") parity(a.at(1), a.size() > 2 && a[2] == "bf16");
   else if (mode == "memory") memory();

@@ -23,6 +23,7 @@
 
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/sharded_optimizer.h"
+#include "support/worker.h"
 #include "toy_model.h"
 
 using namespace strata;
@@ -34,20 +35,9 @@ namespace {
 
 constexpr std::int64_t kRowsPerRank = 6;
 comm::Communicator* g_comm = nullptr;
+using strata::testing::check;
+using strata::testing::fail;
 
-[[noreturn]] void fail(const std::string& what) {
-  fmt::print(stderr, "WRONG (rank {}): {}\n", g_comm ? g_comm->rank() : -1, what);
-  std::fflush(stderr);
-  std::_Exit(1);
-}
-template <class T>
-T check(Result<T> r, const char* what) {
-  if (!r) fail(fmt::format("{}: {}", what, r.error()));
-  return std::move(*r);
-}
-void check(Status s, const char* what) {
-  if (!s) fail(fmt::format("{}: {}", what, s.error()));
-}
 
 OptimizerConfig optim_config(const std::string& name) {
   OptimizerConfig c;
@@ -321,6 +311,7 @@ int main(int argc, char** argv) {
   co.timeout = std::chrono::milliseconds(a[0] == "kill" ? 5000 : 60000);
   auto comm = check(comm::init_from_env(co), "init");
   g_comm = comm.get();
+  strata::testing::worker_comm() = g_comm;
   const std::string& mode = a[0];
   if (mode == "parity") parity(std::stoi(a.at(1)), a.at(2), a.size() > 3 && a[3] == "wrap");
   else if (mode == "stages") stages(a.at(1));

@@ -1,0 +1,45 @@
+// Helpers for the rank programs that multi-rank tests start (zero_worker, zero3_worker):
+// a failed check prints "WRONG (rank r): ..." and exits 1; an expected failure prints
+// "EXPECTED FAILURE: ..." and exits 3. _Exit skips destructors on purpose: after a
+// failed collective the process group's threads may still be blocked.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "strata/base/status.h"
+#include "strata/comm/communicator.h"
+
+namespace strata::testing {
+
+inline comm::Communicator*& worker_comm() {
+  static comm::Communicator* c = nullptr;
+  return c;
+}
+
+[[noreturn]] inline void fail(const std::string& what) {
+  fmt::print(stderr, "WRONG (rank {}): {}\n", worker_comm() ? worker_comm()->rank() : -1, what);
+  std::fflush(stderr);
+  std::_Exit(1);
+}
+
+template <class T>
+T check(Result<T> r, const char* what) {
+  if (!r) fail(fmt::format("{}: {}", what, r.error()));
+  return std::move(*r);
+}
+
+inline void check(const Status& s, const char* what) {
+  if (!s) fail(fmt::format("{}: {}", what, s.error()));
+}
+
+[[noreturn]] inline void expected_failure(const Error& e) {
+  fmt::print(stderr, "EXPECTED FAILURE: {}\n", e);
+  std::fflush(stderr);
+  std::_Exit(3);
+}
+
+}  // namespace strata::testing
