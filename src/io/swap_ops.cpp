@@ -110,14 +110,9 @@ void SwapOp::abandon() {
 }
 
 SwapHandle SwapStoreImpl::put_async(const SwapKey& key, std::span<const std::byte> src) {
-  Record* r = nullptr;
-  {
-    std::lock_guard lock(mu_);
-    if (closed_) return SwapHandle(SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "swap store is closed")));
-    auto found = find(key);
-    if (!found) return SwapHandle(SwapOp::done(std::unexpected(found.error())));
-    r = *found;
-  }
+  auto found = find_open(key);
+  if (!found) return SwapHandle(SwapOp::done(std::unexpected(found.error())));
+  Record* r = *found;
   if (src.size() > r->capacity) {
     return SwapHandle(SwapOp::done(make_error(ErrorCode::kInvalidArgument, "put of {} bytes into {}, reserved {}",
                                               src.size(), key.to_string(), r->capacity)));
@@ -185,14 +180,9 @@ SwapHandle SwapStoreImpl::put_async(const SwapKey& key, std::span<const std::byt
 }
 
 SwapHandle SwapStoreImpl::get_async(const SwapKey& key, std::span<std::byte> dst) {
-  Record* r = nullptr;
-  {
-    std::lock_guard lock(mu_);
-    if (closed_) return SwapHandle(SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "swap store is closed")));
-    auto found = find(key);
-    if (!found) return SwapHandle(SwapOp::done(std::unexpected(found.error())));
-    r = *found;
-  }
+  auto found = find_open(key);
+  if (!found) return SwapHandle(SwapOp::done(std::unexpected(found.error())));
+  Record* r = *found;
   ++gets_;
   if (!r->on_disk) {
     std::lock_guard hl(r->host_mu);

@@ -130,6 +130,12 @@ Result<Record*> SwapStoreImpl::find(const SwapKey& key) {
   return it->second.get();
 }
 
+Result<Record*> SwapStoreImpl::find_open(const SwapKey& key) {
+  std::lock_guard lock(mu_);
+  if (closed_) return make_error(ErrorCode::kFailedPrecondition, "swap store is closed");
+  return find(key);
+}
+
 void SwapStoreImpl::fold(Record& r) {
   if (r.writer && r.writer->io_ready()) {
     const auto st = r.writer->io.valid() ? r.writer->io.wait() : Status(ok());

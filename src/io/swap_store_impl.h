@@ -109,6 +109,9 @@ class SwapStoreImpl {
   // (a put) is in flight on `r`; returns with the lock held and `r` folded.
   void wait_for_conflicts(std::unique_lock<std::mutex>& lock, Record& r, bool for_put);
   Result<Record*> find(const SwapKey& key);
+  // find() under the store mutex, failing once the store is closed. Records are never
+  // erased while open, so the pointer stays valid after the lock is dropped.
+  Result<Record*> find_open(const SwapKey& key);
   Status write_file_header(SwapKind kind);
 
   mutable std::mutex mu_;
