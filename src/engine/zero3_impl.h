@@ -72,12 +72,12 @@ struct UnitRt {
 struct Zero3Engine::Impl {
   Zero3Options opt;
   comm::Communicator* comm = nullptr;
+  tiers::TierAllocator tiers;  // before the chunks, whose reservations it accounts
   std::unique_ptr<ChunkStore> store;
   std::vector<ChunkRt> chunks;
   std::vector<std::vector<ChunkStore::ShardSlot>> slots;  // per chunk: params in this rank's shard
   std::vector<UnitRt> units;
   std::unordered_map<const torch::nn::Module*, int> unit_of;
-  tiers::TierAllocator tiers;
   std::unique_ptr<io::SwapStore> swap;
   StepKernel kernel;
   LossScaler scaler;

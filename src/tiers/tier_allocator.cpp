@@ -9,7 +9,8 @@ namespace strata::tiers {
 Reservation& Reservation::operator=(Reservation&& o) noexcept {
   if (this != &o) {
     release();
-    owner_ = std::exchange(o.owner_, nullptr);
+    owner_ = std::move(o.owner_);
+    o.owner_ = nullptr;
     tier_ = o.tier_;
     bytes_ = std::exchange(o.bytes_, 0);
     holder_ = std::move(o.holder_);
@@ -23,65 +24,73 @@ void Reservation::release() {
   bytes_ = 0;
 }
 
-TierAllocator::TierAllocator(plan::TierBytes budgets) : budgets_(budgets) {}
+namespace detail {
+void TierLedger::give_back(Tier tier, std::uint64_t bytes, const std::string& holder) {
+  std::lock_guard lock(mu);
+  const std::size_t t = plan::tier_index(tier);
+  used[t] -= bytes;
+  auto it = held[t].find(holder);
+  if (it != held[t].end() && (it->second -= bytes) == 0) held[t].erase(it);
+}
+}  // namespace detail
+
+TierAllocator::TierAllocator(plan::TierBytes budgets) { ledger_->budgets = budgets; }
 
 void TierAllocator::set_budgets(plan::TierBytes budgets) {
-  std::lock_guard lock(mu_);
-  budgets_ = budgets;
+  std::lock_guard lock(ledger_->mu);
+  ledger_->budgets = budgets;
+}
+
+std::uint64_t TierAllocator::budget(Tier t) const {
+  std::lock_guard lock(ledger_->mu);
+  return ledger_->budgets[plan::tier_index(t)];
 }
 
 Result<Reservation> TierAllocator::reserve(Tier tier, std::uint64_t bytes, std::string holder) {
-  std::lock_guard lock(mu_);
+  detail::TierLedger& l = *ledger_;
+  std::lock_guard lock(l.mu);
   const std::size_t t = plan::tier_index(tier);
-  if (budgets_[t] != 0 && used_[t] + bytes > budgets_[t]) {
-    std::vector<std::pair<std::string, std::uint64_t>> top(held_[t].begin(), held_[t].end());
+  if (l.budgets[t] != 0 && l.used[t] + bytes > l.budgets[t]) {
+    std::vector<std::pair<std::string, std::uint64_t>> top(l.held[t].begin(), l.held[t].end());
     std::sort(top.begin(), top.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
     std::string who;
     for (std::size_t i = 0; i < std::min<std::size_t>(top.size(), 4); ++i) {
       who += fmt::format("{}{} ({})", i ? ", " : "", top[i].first, format_bytes(top[i].second));
     }
     return make_error(ErrorCode::kResourceExhausted, "cannot fit: need {} in {} for {}, budget {}, {} in use, held by: {}",
-                      format_bytes(bytes), plan::to_string(tier), holder, format_bytes(budgets_[t]),
-                      format_bytes(used_[t]), who.empty() ? "nothing" : who);
+                      format_bytes(bytes), plan::to_string(tier), holder, format_bytes(l.budgets[t]),
+                      format_bytes(l.used[t]), who.empty() ? "nothing" : who);
   }
-  used_[t] += bytes;
-  peak_[t] = std::max(peak_[t], used_[t]);
-  held_[t][holder] += bytes;
+  l.used[t] += bytes;
+  l.peak[t] = std::max(l.peak[t], l.used[t]);
+  l.held[t][holder] += bytes;
   Reservation r;
-  r.owner_ = this;
+  r.owner_ = ledger_;
   r.tier_ = tier;
   r.bytes_ = bytes;
   r.holder_ = std::move(holder);
   return r;
 }
 
-void TierAllocator::give_back(Tier tier, std::uint64_t bytes, const std::string& holder) {
-  std::lock_guard lock(mu_);
-  const std::size_t t = plan::tier_index(tier);
-  used_[t] -= bytes;
-  auto it = held_[t].find(holder);
-  if (it != held_[t].end() && (it->second -= bytes) == 0) held_[t].erase(it);
-}
-
 std::uint64_t TierAllocator::used(Tier t) const {
-  std::lock_guard lock(mu_);
-  return used_[plan::tier_index(t)];
+  std::lock_guard lock(ledger_->mu);
+  return ledger_->used[plan::tier_index(t)];
 }
 
 std::uint64_t TierAllocator::peak(Tier t) const {
-  std::lock_guard lock(mu_);
-  return peak_[plan::tier_index(t)];
+  std::lock_guard lock(ledger_->mu);
+  return ledger_->peak[plan::tier_index(t)];
 }
 
 void TierAllocator::reset_peak() {
-  std::lock_guard lock(mu_);
-  peak_ = used_;
+  std::lock_guard lock(ledger_->mu);
+  ledger_->peak = ledger_->used;
 }
 
 std::vector<std::pair<std::string, std::uint64_t>> TierAllocator::holders(Tier t, std::size_t n) const {
-  std::lock_guard lock(mu_);
-  std::vector<std::pair<std::string, std::uint64_t>> out(held_[plan::tier_index(t)].begin(),
-                                                         held_[plan::tier_index(t)].end());
+  std::lock_guard lock(ledger_->mu);
+  const auto& held = ledger_->held[plan::tier_index(t)];
+  std::vector<std::pair<std::string, std::uint64_t>> out(held.begin(), held.end());
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
   if (out.size() > n) out.resize(n);
   return out;

@@ -2,6 +2,9 @@
 #include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
 
+#include <cstddef>
+#include <new>
+
 #include "strata/tiers/memory_probe.h"
 #include "strata/tiers/tier_allocator.h"
 
@@ -43,6 +46,28 @@ TEST(TierAllocator, OverBudgetNamesNeedBudgetAndHolders) {
   auto h = a.holders(Tier::kCompute, 1);
   ASSERT_EQ(h.size(), 1u);
   EXPECT_EQ(h[0].first, "gathered chunk 2");
+}
+
+// Owners do not always control the order their members die in: ZeRO-3's engine once
+// destroyed its allocator before the chunks' reservations (a crash at exit). A
+// reservation released after its allocator died must touch nothing else, even a new
+// allocator built at the same address.
+TEST(TierAllocator, ReservationMayOutliveItsAllocator) {
+  alignas(TierAllocator) std::byte storage[sizeof(TierAllocator)];
+  auto* a = new (storage) TierAllocator({1 << 20, 0, 0});
+  auto old_res = a->reserve(Tier::kCompute, 300 << 10, "chunk of the old engine");
+  ASSERT_TRUE(old_res);
+  a->~TierAllocator();
+  a = new (storage) TierAllocator({1 << 20, 0, 0});  // the same address
+  auto new_res = a->reserve(Tier::kCompute, 100 << 10, "chunk of the new engine");
+  ASSERT_TRUE(new_res);
+  old_res->release();
+  EXPECT_FALSE(*old_res);
+  EXPECT_EQ(a->used(Tier::kCompute), 100u << 10);
+  EXPECT_EQ(a->holders(Tier::kCompute, 4).size(), 1u);
+  new_res->release();
+  EXPECT_EQ(a->used(Tier::kCompute), 0u);
+  a->~TierAllocator();
 }
 
 TEST(MemoryProbe, CountsTensorAllocations) {

@@ -11,11 +11,13 @@
 //   resource_exhausted: cannot fit: need 48.0 MiB in compute, budget 128.0 MiB, 96.0 MiB
 //   in use, held by: gathered chunk 2 (32.0 MiB), gathered chunk 5 (32.0 MiB), ...
 // The allocator only accounts; the memory itself comes from LibTorch or the I/O pool.
-// Thread-safe.
+// Thread-safe. A reservation shares the allocator's ledger, so releasing one after its
+// allocator is gone is safe (owners rarely control the order their members die in).
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -29,6 +31,19 @@ namespace strata::tiers {
 using plan::Tier;
 
 class TierAllocator;
+
+namespace detail {
+// The accounting behind one TierAllocator, shared with its reservations.
+struct TierLedger {
+  mutable std::mutex mu;
+  plan::TierBytes budgets{0, 0, 0};
+  plan::TierBytes used{0, 0, 0};
+  plan::TierBytes peak{0, 0, 0};
+  std::map<std::string, std::uint64_t> held[plan::kNumTiers];
+
+  void give_back(Tier t, std::uint64_t bytes, const std::string& holder);
+};
+}  // namespace detail
 
 // Move-only: holds `bytes` of a tier on behalf of a named holder until destroyed.
 class Reservation {
@@ -47,7 +62,7 @@ class Reservation {
 
  private:
   friend class TierAllocator;
-  TierAllocator* owner_ = nullptr;
+  std::shared_ptr<detail::TierLedger> owner_;
   Tier tier_ = Tier::kCompute;
   std::uint64_t bytes_ = 0;
   std::string holder_;
@@ -63,7 +78,7 @@ class TierAllocator {
   // Sets the budgets before anything is reserved (owners built before their budget is known).
   void set_budgets(plan::TierBytes budgets);
 
-  std::uint64_t budget(Tier t) const { return budgets_[plan::tier_index(t)]; }
+  std::uint64_t budget(Tier t) const;
   std::uint64_t used(Tier t) const;
   std::uint64_t peak(Tier t) const;
   void reset_peak();
@@ -71,14 +86,7 @@ class TierAllocator {
   std::vector<std::pair<std::string, std::uint64_t>> holders(Tier t, std::size_t n) const;
 
  private:
-  friend class Reservation;
-  void give_back(Tier t, std::uint64_t bytes, const std::string& holder);
-
-  plan::TierBytes budgets_;
-  mutable std::mutex mu_;
-  plan::TierBytes used_{0, 0, 0};
-  plan::TierBytes peak_{0, 0, 0};
-  std::map<std::string, std::uint64_t> held_[plan::kNumTiers];
+  std::shared_ptr<detail::TierLedger> ledger_ = std::make_shared<detail::TierLedger>();
 };
 
 }  // namespace strata::tiers
