@@ -1,6 +1,7 @@
 // strata bench zero3: the GPT model across 2 ranks, for stage 0 (unsharded data
 // parallel), stage 3 with compute memory only, stage 3 with a compute budget of a
-// quarter of the model, and stage 3 `auto`, measured in one run.
+// quarter of the model, and stage 3 `auto` with a budget that forces about half of the
+// state off compute, measured in one run.
 //
 // Like bench zero, the command starts the ranks itself (`--worker DIR`); each rank
 // writes its figures to DIR/rank<k>.json and the parent prints them.
@@ -9,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <string_view>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -50,8 +52,9 @@ std::pair<at::Tensor, at::Tensor> batch_for(std::int64_t step, int rank, std::in
 
 // One configuration: `steps` timed steps after two warm-up steps (the first records the
 // trace, the second is the first scheduled one).
+// `auto_budget` is the compute budget of stage3_auto.
 nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, comm::Communicator& comm,
-                          const nn::GPTConfig& cfg) {
+                          const nn::GPTConfig& cfg, std::uint64_t auto_budget) {
   nn::GPT model(cfg);
   model->init_weights(1);
   const std::uint64_t model_bytes = static_cast<std::uint64_t>(cfg.parameter_count()) * 4;
@@ -85,8 +88,7 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
       c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
     } else if (name == "stage3_auto") {
       c.strata.placement = Placement::kAuto;
-      // Room for the activations (measured in the first step) and some of the shards.
-      c.strata.compute_budget = model_bytes * 2;
+      c.strata.compute_budget = auto_budget;
     }
     auto zo = engine::Zero3Options::from_config(c, comm.world());
     if (!zo) return {{"error", zo.error().to_string()}};
@@ -97,6 +99,7 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   std::vector<double> step_s;
   engine::StepMetrics m;
   for (int s = 0; s < o.steps + 2; ++s) {
+    if (s == 2) tiers::MemoryProbe::reset_peak();
     auto [x, y] = batch_for(s, comm.rank(), o.batch, o.seq);
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor loss = model->loss(x, y);
@@ -118,8 +121,11 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   }
   const double t = median(step_s);
   nlohmann::json j = {{"step_s", t}, {"tokens_per_s", static_cast<double>(o.batch * o.seq * comm.world()) / t}};
+  // Every live CPU byte of the timed steps: model state, gathered chunks, activations.
+  j["probe_peak"] = tiers::MemoryProbe::peak_bytes();
   if (z3) {
     const double n = static_cast<double>(o.steps);
+    j["compute_budget"] = c.strata.compute_budget;
     j["peak_compute"] = m.peak[0];
     j["peak_host"] = m.peak[1];
     j["host_compute_bytes"] = m.moved.host_compute() / n;
@@ -150,14 +156,29 @@ int run_worker(const Zero3BenchOptions& o) {
   }
   nlohmann::json out;
   out["params"] = cfg->parameter_count();
+  std::uint64_t auto_budget = 0;
   for (const char* name : {"stage0", "stage3_compute", "stage3_quarter", "stage3_auto"}) {
-    out[name] = run_config(name, o, **comm, *cfg);
+    out[name] = run_config(name, o, **comm, *cfg, auto_budget);
     if ((*comm)->rank() == 0 && !out[name].contains("error")) {
       fmt::print(stderr, "bench zero3: {} done: {:.0f} tokens/s\n", name, out[name]["tokens_per_s"].get<double>());
     }
     if (out[name].contains("error")) {
       fmt::print(stderr, "bench zero3: {}: {}\n", name, out[name]["error"].get<std::string>());
       return 1;
+    }
+    if (std::string_view(name) == "stage3_compute") {
+      // auto gets what compute-only needed at its peak (activations included) less half
+      // of the model state it held then, so it must move about half of the state to host
+      // whatever the model's shape. Ranks take the largest figure: placement and
+      // schedule must agree across ranks.
+      const auto& r = out[name];
+      at::Tensor peak = at::full(
+          {1}, r["probe_peak"].get<double>() - 0.5 * r["peak_compute"].get<double>(), at::kDouble);
+      if (Status st = (*comm)->all_reduce(peak, comm::ReduceOp::kMax).wait(); !st) {
+        fmt::print(stderr, "bench zero3: {}\n", st.error());
+        return 1;
+      }
+      auto_budget = static_cast<std::uint64_t>(peak.item<double>());
     }
   }
   std::ofstream(fmt::format("{}/rank{}.json", o.worker_dir, (*comm)->rank())) << out.dump();
@@ -191,8 +212,11 @@ int run_parent(const Zero3BenchOptions& o) {
   for (const char* cfg : {"stage3_compute", "stage3_quarter", "stage3_auto"}) {
     const auto& c = j[cfg];
     report.add(fmt::format("{} tokens/s", cfg), c["tokens_per_s"].get<double>(), "tok/s", "stage0", base);
+    const double budget = c["compute_budget"].get<double>();
     report.add(fmt::format("{} peak compute", cfg), c["peak_compute"].get<double>() / (1 << 20), "MiB", "stage0",
-               j["stage0"]["peak_compute"].get<double>() / (1 << 20), "per rank; stage0: params+grads+state");
+               j["stage0"]["peak_compute"].get<double>() / (1 << 20),
+               fmt::format("per rank; stage0: params+grads+state; budget {}",
+                           budget > 0 ? format_bytes(static_cast<std::uint64_t>(budget)) : "none"));
     report.add(fmt::format("{} peak host", cfg), c["peak_host"].get<double>() / (1 << 20), "MiB");
     report.add(fmt::format("{} gather (net)", cfg), c["net_gather_bytes"].get<double>() / (1 << 20), "MiB/step");
     report.add(fmt::format("{} reduce-scatter (net)", cfg), c["net_reduce_scatter_bytes"].get<double>() / (1 << 20), "MiB/step");

@@ -1,5 +1,6 @@
 #include "strata/engine/chunk_store.h"
 
+#include <algorithm>
 #include <unordered_set>
 
 #include <ATen/ATen.h>
@@ -51,7 +52,13 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> p
   co.io_align_elems = std::max<std::uint64_t>(1, opt.io_align_bytes / std::max<std::uint64_t>(elem_bytes, 4));
   co.chunk_size_elems = opt.chunk_size_elems;
   co.search_range_elems = opt.search_range_elems;
-  co.search_step_elems = std::max<std::uint64_t>(1, opt.search_step_elems);
+  co.max_chunk_elems = opt.max_chunk_elems;
+  // Coarsen the search step rather than fail the planner's cost guard: a small hidden
+  // size (the usual step) with the default search range would trip it.
+  const std::uint64_t range =
+      opt.max_chunk_elems > 0 ? std::min(opt.search_range_elems, opt.max_chunk_elems) : opt.search_range_elems;
+  co.search_step_elems = std::max<std::uint64_t>(
+      {1, opt.search_step_elems, (range + co.max_candidates - 2) / (co.max_candidates - 1)});
   co.persistence_threshold_elems = opt.persistence_threshold_elems;
   co.private_min_gap = opt.private_min_gap;
   STRATA_ASSIGN_OR_RETURN(plan::ChunkLayout layout, plan::pack_chunks(infos, uses, co));

@@ -94,6 +94,15 @@ Result<std::unique_ptr<Zero3Engine>> Zero3Engine::create(std::vector<UnitSpec> u
   options.chunks.rank = comm.rank();
   options.chunks.compute_dtype = options.compute_dtype;
   options.chunks.materialize_grads = false;
+  // A searched chunk size must leave room in a budgeted compute tier: the chunk in use,
+  // its gradient buffer and a prefetched successor. A quarter of the budget per chunk
+  // keeps that possible; without the bound a small model packs into one chunk larger
+  // than the whole budget. Parameters larger than the bound still get their own chunk.
+  if (options.chunks.chunk_size_elems == 0 && options.chunks.max_chunk_elems == 0 &&
+      options.schedule.budget_bytes[0] > 0) {
+    options.chunks.max_chunk_elems =
+        std::max<std::uint64_t>(1, options.schedule.budget_bytes[0] / 4 / c10::elementSize(options.compute_dtype));
+  }
   options.schedule.world = comm.world();
   options.swap.rank = comm.rank();
   auto impl = std::make_unique<Impl>();

@@ -155,11 +155,13 @@ Result<ChunkSearch> search_chunk_size(std::span<const std::uint64_t> sizes, cons
       if (static_cast<double>(s) <= upper) start = std::max(start, s);
     start = std::max<std::uint64_t>(start, 1);
   }
-  const std::uint64_t n = opt.search_range_elems / opt.search_step_elems + 1;
+  std::uint64_t range = opt.search_range_elems;
+  if (opt.max_chunk_elems > 0) range = std::min(range, opt.max_chunk_elems > start ? opt.max_chunk_elems - start : 0);
+  const std::uint64_t n = range / opt.search_step_elems + 1;
   if (n > opt.max_candidates)
     return make_error(ErrorCode::kInvalidArgument,
                       "chunk search: range {} / step {} gives {} candidates, more than {}; raise the step",
-                      opt.search_range_elems, opt.search_step_elems, n, opt.max_candidates);
+                      range, opt.search_step_elems, n, opt.max_candidates);
   ChunkSearch best{.chunk_size_elems = 0, .waste_elems = kNever, .n_candidates = n};
   std::uint64_t prev_cap = 0;
   for (std::uint64_t k = 0; k < n; ++k) {

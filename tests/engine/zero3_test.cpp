@@ -36,7 +36,7 @@ TEST_P(Zero3Parity, MatchesUnshardedTrainingFor20Steps) {
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (int w : {1, 2, 3, 4}) out.push_back({w, "compute"});
-  for (const char* p : {"host", "quarter", "auto", "nvme", "persist"}) out.push_back({2, p});
+  for (const char* p : {"host", "quarter", "auto", "nvme", "persist", "searched"}) out.push_back({2, p});
   out.push_back({3, "quarter"});
   return out;
 }

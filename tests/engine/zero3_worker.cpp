@@ -3,7 +3,8 @@
 // the whole job's batch — and compares. "OK" and exit 0 on success, 1 on a mismatch,
 // 3 on an expected failure.
 //
-// zero3_worker parity PLACEMENT [bf16]   PLACEMENT: compute | host | quarter | auto | nvme
+// zero3_worker parity PLACEMENT [bf16]   PLACEMENT: compute | host | quarter | auto | nvme |
+//                                        persist | searched
 // zero3_worker memory                     max_live bound and shard bytes
 // zero3_worker branch                     a data-dependent path invalidates the trace
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
@@ -90,6 +91,14 @@ engine::Zero3Options options(const std::string& placement, const nn::GPTConfig& 
     o.param_device = OffloadDevice::kCpu;
     o.optim_device = OffloadDevice::kCpu;
     o.schedule.budget_bytes[0] = *model_bytes / 3;
+  } else if (placement == "searched") {
+    // The quarter budget with the chunk size left to the search: without a bound it
+    // packs the model into chunks larger than the whole budget.
+    o.param_device = OffloadDevice::kCpu;
+    o.optim_device = OffloadDevice::kCpu;
+    o.schedule.budget_bytes[0] = *model_bytes / 4;
+    o.chunks.chunk_size_elems = 0;
+    o.chunks.search_step_elems = static_cast<std::uint64_t>(cfg.hidden);
   } else if (placement != "compute") {
     fail("unknown placement " + placement);
   }
@@ -131,6 +140,13 @@ void parity(const std::string& placement, bool bf16) {
     int persistent = 0;
     for (const auto& c : eng->store().layout().chunks) persistent += c.kind == plan::ChunkKind::kPersistent;
     if (persistent == 0) fail("no persistent chunk with a persistence threshold of 4096");
+  }
+  if (placement == "searched") {
+    const std::uint64_t bound = o.schedule.budget_bytes[0] / 4 / c10::elementSize(o.compute_dtype);
+    for (const auto& c : eng->store().layout().chunks) {
+      if (c.kind == plan::ChunkKind::kShared && c.size_elems > bound + eng->store().layout().align_elems)
+        fail(fmt::format("searched chunk of {} elements, above a quarter of the budget ({})", c.size_elems, bound));
+    }
   }
   std::unique_ptr<torch::optim::Optimizer> ref_opt;
   if (bf16) ref_opt = std::make_unique<torch::optim::AdamW>(ref->parameters(), torch::optim::AdamWOptions(3e-3).weight_decay(0.01));

@@ -51,6 +51,7 @@ TEST(Chunking, SearchFindsTheBruteForceMinimumWaste) {
     ChunkingOptions opt{.world = 1 + static_cast<int>(rng() % 4), .io_align_elems = 1 + rng() % 16,
                         .search_range_elems = rng() % 3000, .search_step_elems = 1 + rng() % 200,
                         .filter_outliers = rng() % 2 == 0};
+    if (rng() % 3 == 0) opt.max_chunk_elems = 1 + rng() % 4000;
     auto found = search_chunk_size(sizes, opt);
     ASSERT_TRUE(found.has_value()) << found.error();
     const std::uint64_t align = *alignment_elems(opt.world, opt.io_align_elems);
@@ -65,6 +66,7 @@ TEST(Chunking, SearchFindsTheBruteForceMinimumWaste) {
       if (static_cast<double>(s) <= limit) start = std::max(start, s);
     std::uint64_t best = UINT64_MAX, best_cap = 0;
     for (std::uint64_t s = start; s <= start + opt.search_range_elems; s += opt.search_step_elems) {
+      if (opt.max_chunk_elems != 0 && s > opt.max_chunk_elems && s != start) break;  // the bound, m always kept
       const std::uint64_t cap = (s + align - 1) / align * align;
       const std::uint64_t w = reference_waste(sizes, cap, align);
       if (w < best || (w == best && cap < best_cap)) best = w, best_cap = cap;

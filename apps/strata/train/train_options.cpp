@@ -30,7 +30,7 @@ Result<std::int64_t> parse_int(const std::string& flag, const std::string& v, st
 }
 
 // The settings `strata train` uses when no --config is given: what the demo shows.
-Config demo_config(const std::string& out) {
+Config demo_config(const std::string& out, const std::string& model) {
   Config c;
   c.zero_optimization.stage = 3;
   c.bf16.enabled = true;
@@ -46,7 +46,10 @@ Config demo_config(const std::string& out) {
   c.zero_optimization.offload_optimizer.nvme_path = out + "/nvme";
   c.zero_optimization.offload_param.device = OffloadDevice::kCpu;
   c.zero_optimization.stage3_param_persistence_threshold = 0;
-  c.strata.chunk_size = 32768;
+  // The tiny model gets small chunks so that its few MiB still make dozens of chunks
+  // to gather, evict and prefetch; bigger models let the planner search (bounded by the
+  // compute budget).
+  c.strata.chunk_size = model == "tiny" ? 32768 : 0;
   c.strata.min_io_bytes = 0;  // the demo's shards are small; put them on disk anyway
   c.strata.job_name = "train";
   return c;
@@ -102,7 +105,7 @@ Status TrainOptions::resolve(bool demo_defaults) {
     STRATA_ASSIGN_OR_RETURN(config, Config::load(config_path, &warnings));
     for (const auto& w : warnings) fmt::print(stderr, "warning: {}\n", w);
   } else {
-    config = demo_defaults ? demo_config(out) : Config{};
+    config = demo_defaults ? demo_config(out, model) : Config{};
   }
   Config& c = config;
   c.optimizer.lr = lr;

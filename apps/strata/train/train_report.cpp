@@ -51,8 +51,14 @@ void print_start(const StartInfo& s) {
   fmt::print("  run    {} steps x {} seq x {} tokens x {} micro-step{} x {} ranks = {} tokens/step; {}\n", s.steps,
              s.micro_batch, s.seq, s.grad_accum, s.grad_accum == 1 ? "" : "s", s.world,
              s.micro_batch * s.seq * s.grad_accum * s.world, s.optimizer);
-  fmt::print("  chunks {} x {} elements ({:.1f}% padding); {}\n", s.chunks, format_count(s.chunk_elems), 100 * s.padding,
-             s.placement);
+  if (s.own_chunks == 0) {
+    fmt::print("  chunks {} x {} elements ({:.1f}% padding); {}\n", s.chunks, format_count(s.chunk_elems),
+               100 * s.padding, s.placement);
+  } else {
+    fmt::print("  chunks {} x {} elements and {} of one parameter each (up to {}), {:.1f}% padding; {}\n",
+               s.chunks - s.own_chunks, format_count(s.chunk_elems), s.own_chunks, format_count(s.largest_chunk),
+               100 * s.padding, s.placement);
+  }
   fmt::print("\n  per rank     |  estimated: compute        host        nvme |   measured: compute        host        nvme\n");
   fmt::print("  -------------+---------------------------------------------+---------------------------------------------\n");
   for (std::size_t k = 0; k < 4; ++k) {

@@ -32,6 +32,8 @@ struct StartInfo {
   TierKindBytes measured{};
   std::size_t chunks = 0;
   std::uint64_t chunk_elems = 0;
+  std::size_t own_chunks = 0;        // oversized and private chunks: one parameter each
+  std::uint64_t largest_chunk = 0;
   double padding = 0;
   std::string placement;      // human-readable
   std::string out;

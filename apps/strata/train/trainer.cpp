@@ -145,6 +145,10 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   si.measured = eng->memory_by_kind();
   si.chunks = layout.chunks.size();
   si.chunk_elems = layout.chunk_size_elems;
+  for (const plan::Chunk& c : layout.chunks) {
+    si.own_chunks += c.kind == plan::ChunkKind::kOversized || c.kind == plan::ChunkKind::kPrivate;
+    si.largest_chunk = std::max(si.largest_chunk, c.size_elems);
+  }
   si.padding = layout.waste_ratio;
   si.placement = placement_text(cfg);
   si.out = o.out;

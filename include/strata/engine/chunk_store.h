@@ -40,6 +40,7 @@ struct ChunkStoreOptions {
   std::uint64_t chunk_size_elems = 0;         // 0 = search for the least waste
   std::uint64_t search_range_elems = 64ull << 20;
   std::uint64_t search_step_elems = 1024;     // the model's hidden size works best
+  std::uint64_t max_chunk_elems = 0;          // bound on searched sizes; 0 = none
   std::uint64_t io_align_bytes = 4096;        // shards stay O_DIRECT-aligned when offloaded
   std::uint64_t persistence_threshold_elems = 0;
   std::uint32_t private_min_gap = 0;

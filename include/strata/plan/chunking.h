@@ -23,7 +23,9 @@
 //    largest parameter after dropping parameters above mean + 3 sigma (they become
 //    oversized chunks). Each candidate is aligned up and scored by the padding the packing
 //    above would leave (tail waste, including oversized chunks' alignment); the least
-//    waste wins, the smaller C on ties.
+//    waste wins, the smaller C on ties. With max_chunk_elems set, candidates above it
+//    (before alignment) are dropped, m itself always stays: a budgeted compute tier
+//    bounds the chunk size.
 //  - Private chunks (Elixir's fused chunks): a parameter whose consecutive uses within
 //    one phase are at least `private_min_gap` accesses apart (a tied embedding used at
 //    the start and the end of forward) gets its own chunk, so that keeping it gathered
@@ -56,6 +58,7 @@ struct ChunkingOptions {
   std::uint64_t chunk_size_elems = 0;   // 0 = search
   std::uint64_t search_range_elems = 64ull << 20;
   std::uint64_t search_step_elems = 1024;  // the model's hidden size, as in Gemini
+  std::uint64_t max_chunk_elems = 0;       // 0 = no bound on searched candidates
   bool filter_outliers = true;             // drop params above mean + 3 sigma before searching
   std::uint64_t persistence_threshold_elems = 0;  // 0 = no persistent chunks
   std::uint32_t private_min_gap = 0;              // 0 = no private chunks
