@@ -2,7 +2,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
+#include <mutex>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
@@ -108,10 +110,39 @@ Status Handle::wait() {
   return s.status;
 }
 
+// ---- Scratch buffers ----------------------------------------------------------------
+
+// Receive buffers of the reduce-scatter fallback, kept for the next call of the same
+// shape. Buckets and chunks repeat their sizes every step, so a handful covers a run;
+// past kKeep the oldest is dropped. Shared with completion steps, which may run after
+// the communicator is gone, and locked because handles may be waited on any thread.
+struct Communicator::ScratchPool {
+  static constexpr std::size_t kKeep = 4;
+  std::mutex mu;
+  std::deque<at::Tensor> free;
+
+  at::Tensor take(const at::Tensor& like) {
+    std::lock_guard lock(mu);
+    for (auto it = free.begin(); it != free.end(); ++it) {
+      if (it->numel() == like.numel() && it->scalar_type() == like.scalar_type()) {
+        at::Tensor t = std::move(*it);
+        free.erase(it);
+        return t;
+      }
+    }
+    return at::empty({like.numel()}, like.options());
+  }
+  void give(at::Tensor t) {
+    std::lock_guard lock(mu);
+    free.push_back(std::move(t));
+    if (free.size() > kKeep) free.pop_front();
+  }
+};
+
 // ---- Communicator -------------------------------------------------------------------
 
 Communicator::Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg, CommOptions options)
-    : pg_(std::move(pg)), options_(options) {
+    : pg_(std::move(pg)), options_(options), scratch_(std::make_shared<ScratchPool>()) {
   backend_ = pg_->getBackendName();
   caps_ = caps_for_backend(backend_);
   rank_ = pg_->getRank();
@@ -291,9 +322,10 @@ Handle Communicator::reduce_scatter(const at::Tensor& input, const at::Tensor& o
   }
   // Fallback (Note [reduce-scatter by alltoall]): alltoall_base sends slice r of every
   // rank's input to rank r, which then holds world rows of n elements and sums them
-  // locally, in rank order and in fp32, so the result is deterministic and bf16/fp16
-  // inputs lose no precision in the sum.
-  at::Tensor received = at::empty_like(input);
+  // locally, row by row in rank order and in fp32, so the result is deterministic and
+  // bf16/fp16 inputs lose no precision in the sum. The receive buffer comes from a pool:
+  // fresh pages of a bucket-sized buffer cost more than the alltoall's local work.
+  at::Tensor received = scratch_->take(input);
   const at::Tensor in = movable(input), recv = movable(received);
   return issue(
       "reduce_scatter", input,
@@ -304,13 +336,15 @@ Handle Communicator::reduce_scatter(const at::Tensor& input, const at::Tensor& o
         opts.timeout = options_.timeout;
         return pg_->alltoall_base(o, i, even, even, opts);
       },
-      [received, output, n, divisor, world = world_] {
-        at::Tensor rows = received.view({world, n});
-        at::Tensor sum = rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble
-                             ? rows.sum(0)
-                             : rows.to(at::kFloat).sum(0);
+      [received, output, n, divisor, world = world_, pool = scratch_] {
+        const at::Tensor rows = received.view({world, n});
+        const bool wide = output.scalar_type() == at::kFloat || output.scalar_type() == at::kDouble;
+        at::Tensor sum = wide ? output : at::empty({n}, output.options().dtype(at::kFloat));
+        sum.copy_(rows[0]);
+        for (int r = 1; r < world; ++r) sum.add_(rows[r]);
         if (divisor != 1.0) sum.div_(divisor);
-        output.copy_(sum);
+        if (!wide) output.copy_(sum);
+        pool->give(received);
       });
 }
 

@@ -95,6 +95,20 @@ void collectives(comm::Communicator& c) {
     expect_ok(hs[i].wait(), "in-flight all_reduce");
     expect_equal(ts[i], at::full({4096}, static_cast<double>(w * (w - 1) / 2 + w * i)), "in-flight all_reduce");
   }
+  // Reduce-scatters of one size in flight at once (the fallback pools its receive
+  // buffers: none may be shared by two live ops), then again to reuse the pooled ones.
+  for (int round = 0; round < 2; ++round) {
+    std::vector<at::Tensor> outs;
+    std::vector<comm::Handle> rs;
+    for (int i = 0; i < 6; ++i) {
+      outs.push_back(at::empty({4096}));
+      rs.push_back(c.reduce_scatter(at::full({4096 * w}, static_cast<float>(r + i + round)), outs.back(), ReduceOp::kSum));
+    }
+    for (int i = 5; i >= 0; --i) {
+      expect_ok(rs[i].wait(), "in-flight reduce_scatter");
+      expect_equal(outs[i], at::full({4096}, static_cast<double>(w * (w - 1) / 2 + w * (i + round))), "in-flight reduce_scatter");
+    }
+  }
   expect_ok(c.barrier().wait(), "barrier");
   // Argument errors come back through wait(), naming the op.
   auto bad = c.all_gather(at::ones({3}), at::empty({3 * w + 1}));

@@ -13,7 +13,8 @@
 // Backends differ in what they can do (Gloo in torch 1.13 has no reduce_scatter and no
 // _allgather_base, and rejects bf16). Capabilities are data (Caps); each operation
 // picks the native path or its fallback in one place (communicator.cpp):
-//   reduce_scatter   native, or alltoall_base + a local sum in fp32
+//   reduce_scatter   native, or alltoall_base + a local sum in fp32 (its receive
+//                    buffers are pooled: a few of each recent size stay allocated)
 //   all_gather       _allgather_base, or allgather into views of the flat output
 //   bf16/fp16 moves  bit-cast to raw bytes when the backend rejects the dtype
 //                    (int16 would do, but Gloo in 1.13 rejects int16 too)
@@ -128,8 +129,11 @@ class Communicator {
   at::Tensor movable(const at::Tensor& t) const;
   bool reducible(const at::Tensor& t) const;
 
+  struct ScratchPool;
+
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   CommOptions options_;
+  std::shared_ptr<ScratchPool> scratch_;
   Caps caps_;
   std::string backend_;
   int rank_ = 0;
