@@ -9,8 +9,7 @@ namespace strata::tiers {
 Reservation& Reservation::operator=(Reservation&& o) noexcept {
   if (this != &o) {
     release();
-    owner_ = std::move(o.owner_);
-    o.owner_ = nullptr;
+    owner_ = std::exchange(o.owner_, nullptr);
     tier_ = o.tier_;
     bytes_ = std::exchange(o.bytes_, 0);
     holder_ = std::move(o.holder_);
