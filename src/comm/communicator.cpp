@@ -1,5 +1,7 @@
 #include "strata/comm/communicator.h"
 
+#include <signal.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -141,6 +143,19 @@ struct Communicator::ScratchPool {
 
 // ---- Communicator -------------------------------------------------------------------
 
+namespace {
+
+// Gloo's TCP transport writes with writev, so a write to a peer that has died raises
+// SIGPIPE, whose default action kills this rank before the write can fail with EPIPE
+// and become an error naming the op. Ignore it, as the Python interpreter does for
+// every torch.distributed job; a handler the program installed itself is left alone.
+void ignore_default_sigpipe() {
+  struct sigaction current {};
+  if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) ::signal(SIGPIPE, SIG_IGN);
+}
+
+}  // namespace
+
 Communicator::Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg, CommOptions options)
     : pg_(std::move(pg)), options_(options), scratch_(std::make_shared<ScratchPool>()) {
   backend_ = pg_->getBackendName();
@@ -158,6 +173,7 @@ Result<std::unique_ptr<Communicator>> Communicator::create(c10::intrusive_ptr<c1
     return make_error(ErrorCode::kInvalidArgument, "communicator timeout must be positive, got {} ms",
                       options.timeout.count());
   }
+  ignore_default_sigpipe();
   return std::unique_ptr<Communicator>(new Communicator(std::move(pg), options));
 }
 

@@ -33,6 +33,14 @@ TEST(CommFailures, KilledPeerIsAnErrorNotAHang) {
   }
 }
 
+// A rank whose peer died used to be killed by SIGPIPE (exit 141) when Gloo wrote to the
+// dead connection, instead of reporting the failure (seen in KilledPeerIsAnErrorNotAHang).
+TEST(CommFailures, WriteToADeadPeerIsAnErrorNotASignal) {
+  auto rs = run_ranks(1, {worker(), "closed_socket"}, std::chrono::seconds(60));
+  EXPECT_EQ(rs[0].exit_code, 0) << all_output(rs);
+  EXPECT_NE(rs[0].output.find("OK"), std::string::npos) << all_output(rs);
+}
+
 TEST(CommFailures, SilentPeerTimesOut) {
   auto rs = run_ranks(2, {worker(), "hang", "2000"}, std::chrono::seconds(60));
   EXPECT_EQ(rs[0].exit_code, 3) << all_output(rs);

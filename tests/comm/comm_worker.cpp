@@ -1,10 +1,12 @@
 // One rank of the communicator tests; tests/comm/comm_test.cpp starts N of these.
-// Usage: comm_worker collectives|kill|hang|diverge [timeout_ms]
+// Usage: comm_worker collectives|kill|hang|diverge|closed_socket [timeout_ms]
 // Prints "OK" and exits 0 on success; prints the error and exits 3 on an expected
 // failure path, 1 on a wrong result.
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -149,6 +151,15 @@ int main(int argc, char** argv) {
       t.fill_(1);
     }
     fail("no failure seen");
+  } else if (mode == "closed_socket") {
+    // What Gloo meets when a peer dies: a write to a socket whose other end is gone.
+    // It must fail with EPIPE (and become an error), not raise SIGPIPE and kill us.
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) fail("socketpair failed");
+    ::close(fds[1]);
+    const char byte = 0;
+    if (::write(fds[0], &byte, 1) != -1 || errno != EPIPE) fail("write to a closed socket did not fail with EPIPE");
+    ::close(fds[0]);
   } else if (mode == "diverge") {
     at::Tensor t = at::ones({16});
     expect_ok(cm.all_reduce(t, ReduceOp::kSum).wait(), "first all_reduce");

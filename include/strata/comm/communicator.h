@@ -20,6 +20,9 @@
 //                    (int16 would do, but Gloo in 1.13 rejects int16 too)
 //   bf16/fp16 sums   reduced in fp32 when the backend rejects the dtype
 //
+// create() sets SIGPIPE to ignored (if it still has its default action), so a peer that
+// dies mid-write is an error from wait(), not a signal that kills this rank.
+//
 // Collectives must be issued in the same order on every rank. With check_order on
 // (debug builds, or STRATA_COMM_CHECK=1), each op first exchanges a tiny
 // (sequence number, op signature) record so divergence is a clear error, not a hang.
