@@ -103,7 +103,7 @@ void ParamSteps::advance() {
 
 Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
                   const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
-                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool) {
+                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool, std::vector<ShardRun>* stepped) {
   const auto* g_bytes = static_cast<const std::byte*>(grad);
   auto* p_bytes = static_cast<std::byte*>(param);
   const std::size_t g_size = kernels::dtype_size(grad_dtype), p_size = kernels::dtype_size(param_dtype);
@@ -126,6 +126,7 @@ Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<Chu
                                       g_bytes + begin * g_size, grad_dtype,
                                       p_bytes == nullptr ? nullptr : p_bytes + begin * p_size, param_dtype,
                                       {.step = step, .grad_scale = grad_scale}, pool));
+    if (stepped != nullptr) stepped->push_back({begin, end});
     i = j;
   }
   return ok();

@@ -78,13 +78,21 @@ struct ParamSteps {
   void advance();
 };
 
+// [begin, end) elements of a shard that one kernel call stepped.
+struct ShardRun {
+  std::int64_t begin = 0, end = 0;
+};
+
 // One fused step over a chunk shard: parameters that have had a gradient are stepped in
 // runs of adjacent parameters at the same step count (each run one kernel call);
-// others are skipped, as torch::optim skips them. grad and param point at the shard's
-// first element.
+// others are skipped, as torch::optim skips them, and their elements are never written.
+// grad and param point at the shard's first element. The runs stepped are appended to
+// *stepped when it is not null: a caller that steps into a staging buffer copies only
+// those elements home (Note [step writes only what it computed]).
 Status step_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
                   const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
-                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool);
+                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool,
+                  std::vector<ShardRun>* stepped = nullptr);
 
 // Sums L1/L2 partials and maxes linf/nonfinite across ranks.
 Result<kernels::GradStats> all_reduce_stats(const kernels::GradStats& local, comm::Communicator& comm);

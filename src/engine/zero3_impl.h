@@ -148,6 +148,9 @@ struct Zero3Engine::Impl {
   Result<std::unique_ptr<StateSwap>> swap_in_state(std::uint32_t c);
   Result<kernels::GradStats> global_stats(double inv_scale);
   Status optimizer_step(double grad_scale);
+  // Whether every parameter in this rank's shard of chunk c is stepped (none is frozen
+  // or still without a gradient).
+  bool steps_every_param(std::uint32_t c) const;
   Status end_trace_step();
   Result<plan::Schedule> plan_schedule(std::span<const plan::ModuleAccess> accesses);
   // zero3_placement.cpp

@@ -51,6 +51,12 @@ Result<std::unique_ptr<Zero3Engine::Impl::StateSwap>> Zero3Engine::Impl::swap_in
   return s;
 }
 
+bool Zero3Engine::Impl::steps_every_param(std::uint32_t c) const {
+  for (const auto& slot : slots[c])
+    if (!param_steps.ever_had_grad[slot.param]) return false;
+  return true;
+}
+
 Status Zero3Engine::Impl::optimizer_step(double grad_scale) {
   STRATA_RETURN_IF_ERROR(param_steps.sync(local_had_grad, *comm));
   STRATA_ASSIGN_OR_RETURN(kernels::DType pdt, kernel_dtype(opt.compute_dtype));
@@ -82,15 +88,33 @@ Status Zero3Engine::Impl::optimizer_step(double grad_scale) {
     }
     // The kernel writes the new compute-dtype shard straight into the shard when it
     // lives where the step runs, else into a staging shard that is then stored home.
+    // Note [step writes only what it computed]: the kernel skips frozen parameters and
+    // parameters that never had a gradient, so the staging buffer holds new values only
+    // in the runs it stepped. Only those runs go home; a record on nvme is written whole,
+    // so when some parameter of the shard was not stepped the staging buffer starts as
+    // the record's current contents.
     const Tier st = step_tier(c);
     const bool direct = k.shard_tier == st;
-    at::Tensor out = direct ? k.shard : at::empty({store->shard_elems(c)}, store->full(c).options());
+    const bool nvme_home = k.shard_tier == Tier::kNvme;
+    at::Tensor out = direct ? k.shard : at::zeros({store->shard_elems(c)}, store->full(c).options());
+    std::vector<ShardRun> stepped;
+    if (nvme_home && !steps_every_param(c)) {
+      STRATA_RETURN_IF_ERROR(load_shard(c, out));
+      account(Tier::kNvme, Tier::kHost, static_cast<std::uint64_t>(out.numel()) * out.element_size());
+    }
     STRATA_RETURN_IF_ERROR(step_shard(kernel, *state, slots[c], param_steps, k.grad_shard.data_ptr(),
-                                      kernels::DType::kF32, out.data_ptr(), pdt, grad_scale, pool.get()));
+                                      kernels::DType::kF32, out.data_ptr(), pdt, grad_scale, pool.get(), &stepped));
     if (!direct) {
-      const std::uint64_t bytes = static_cast<std::uint64_t>(out.numel()) * out.element_size();
-      if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(store_shard(c, out));
-      else k.shard.copy_(out);
+      std::uint64_t bytes = 0;
+      if (nvme_home) {
+        STRATA_RETURN_IF_ERROR(store_shard(c, out));
+        bytes = static_cast<std::uint64_t>(out.numel()) * out.element_size();
+      } else {
+        for (const ShardRun& run : stepped) {
+          k.shard.narrow(0, run.begin, run.end - run.begin).copy_(out.narrow(0, run.begin, run.end - run.begin));
+          bytes += static_cast<std::uint64_t>(run.end - run.begin) * out.element_size();
+        }
+      }
       account(st, k.shard_tier, bytes);
     }
     if (swapped) {

@@ -69,6 +69,17 @@ TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
   }
 }
 
+// Frozen weights, a parameter without a gradient, a unit called twice and a skip
+// connection, with the optimizer stepping in another tier than the parameter shards.
+TEST(Zero3, AwkwardModelWithOffloadedOptimizerMatchesLibTorch) {
+  for (const char* placement : {"optim_cpu", "optim_nvme"}) {
+    const auto dir = testing::fresh_temp_dir("zero3-awkward");
+    expect_all_ok(run_ranks(2, {worker(), "awkward", placement}, std::chrono::seconds(120),
+                            {{"STRATA_TEST_NVME", dir.string()}}));
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST(Zero3, OverBudgetConfigurationFailsAtSetup) {
   auto rs = run_ranks(2, {worker(), "overbudget"});
   for (const auto& r : rs) {

@@ -8,6 +8,8 @@
 // zero3_worker memory                     max_live bound and shard bytes
 // zero3_worker branch                     a data-dependent path invalidates the trace
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
+// zero3_worker awkward PLACEMENT          frozen / no-grad / twice-called units vs LibTorch;
+//                                        PLACEMENT: optim_cpu | optim_nvme
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -24,6 +26,7 @@
 #include "strata/nn/models/gpt.h"
 #include "support/multirank.h"
 #include "support/worker.h"
+#include "awkward_model.h"
 #include "toy_model.h"
 
 using namespace strata;
@@ -369,6 +372,75 @@ void overbudget() {
   strata::testing::expected_failure(eng.error());
 }
 
+
+// The awkward model (awkward_model.h) against plain LibTorch: losses per step, the
+// consolidated parameters, the frozen weight bit for bit, and the loss of the live
+// sharded model against a plain model loaded with the consolidated parameters.
+void awkward(const std::string& placement) {
+  using strata::testing::AwkwardModel;
+  auto model = std::make_shared<AwkwardModel>(21);
+  AwkwardModel ref(21);
+  const at::Tensor frozen_before = model->frozen->weight.detach().clone();
+  engine::Zero3Options o;
+  o.optimizer.type = OptimizerType::kSGD;
+  o.optimizer.lr = 0.05;
+  o.optimizer.momentum = 0.9;
+  o.optimizer.weight_decay = 0.01;
+  o.chunks.chunk_size_elems = 2048;
+  o.chunks.io_align_bytes = 64;
+  o.optimizer_threads = 1;
+  o.schedule.prefetch_bucket_bytes = 1 << 20;
+  if (placement == "optim_cpu") {
+    o.optim_device = OffloadDevice::kCpu;
+  } else if (placement == "optim_nvme") {
+    o.optim_device = OffloadDevice::kNvme;
+    o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+    o.swap.job_name = "awkward";
+    o.swap.min_io_bytes = 0;
+  } else {
+    fail("unknown placement " + placement);
+  }
+  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  std::vector<at::Tensor> ref_params;
+  for (auto& p : ref.parameters())
+    if (p.requires_grad()) ref_params.push_back(p);
+  torch::optim::SGD ref_opt(ref_params, torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(0.01));
+  const std::int64_t rows = 4;
+  for (int s = 0; s < 8; ++s) {
+    auto [x, y] = strata::testing::awkward_batch(s, rows * g_comm->world());
+    at::Tensor loss = model->loss(x.narrow(0, rows * g_comm->rank(), rows), y.narrow(0, rows * g_comm->rank(), rows));
+    check(eng->backward(loss), "backward");
+    check(eng->step(), "step");
+    ref_opt.zero_grad();
+    at::Tensor ref_loss = ref.loss(x, y);
+    ref_loss.backward();
+    ref_opt.step();
+    at::Tensor l = loss.detach().clone();
+    check(g_comm->all_reduce(l, comm::ReduceOp::kAvg).wait(), "loss avg");
+    if (std::abs(l.item<double>() - ref_loss.item<double>()) > 1e-5 * std::abs(ref_loss.item<double>()))
+      fail(fmt::format("{} step {}: loss {} vs reference {}", placement, s, l.item<double>(), ref_loss.item<double>()));
+  }
+  auto got = check(eng->consolidated_params(), "consolidated_params");
+  auto named = ref.named_parameters();
+  std::size_t i = 0;
+  AwkwardModel plain(99);
+  auto plain_named = plain.named_parameters();
+  at::NoGradGuard no_grad;
+  for (const auto& item : model->named_parameters()) {
+    const at::Tensor& want = named[item.key()];
+    if (rel_error(got[i], want) > 1e-5) fail(fmt::format("{}: parameter {} differs from the reference", placement, item.key()));
+    if (item.key() == "frozen.weight" && !at::equal(got[i], frozen_before)) fail(placement + ": the frozen weight changed");
+    plain_named[item.key()].copy_(got[i]);
+    ++i;
+  }
+  // The live sharded model and a plain model with the consolidated weights compute the
+  // same loss on a fresh batch.
+  auto [x, y] = strata::testing::awkward_batch(100, 8);
+  const double live = model->loss(x, y).item<double>(), cons = plain.loss(x, y).item<double>();
+  if (std::abs(live - cons) > 1e-6 * std::abs(cons))
+    fail(fmt::format("{}: live model loss {} but consolidated weights give {}", placement, live, cons));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -384,6 +456,7 @@ int main(int argc, char** argv) {
   else if (mode == "overbudget") overbudget();
   else if (mode == "diverge") diverge();
   else if (mode == "nested") nested();
+  else if (mode == "awkward") awkward(a.at(1));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;
