@@ -1,0 +1,214 @@
+#!/usr/bin/python3
+"""PyTorch baseline for strata's training throughput: ZeRO-1 (or plain AdamW) with DDP.
+
+Trains the same GPT as strata's C++ nn::GPT (token + position embeddings, pre-LayerNorm
+blocks with causal self-attention and a tanh-GELU MLP, final LayerNorm, LM head tied to
+the token embedding) on random byte tokens (vocab 256), and measures the wall time of
+one training step: forward + loss + backward + optimizer.step() + zero_grad. After
+--warmup untimed steps it times --steps steps, takes each rank's median, and reports the
+slowest rank's median: tokens_per_s = batch * seq * world / step_s.
+
+--optimizer zero: DDP + torch.distributed.optim.ZeroRedundancyOptimizer(AdamW)
+--optimizer adamw: DDP + torch.optim.AdamW
+
+Launch one process per rank with the environment set (no torchrun needed), e.g.
+
+  RANK=0 WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
+      /usr/bin/python3 scripts/torch_zero_baseline.py --model tiny --out result.json
+  RANK=1 WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
+      /usr/bin/python3 scripts/torch_zero_baseline.py --model tiny
+
+Without WORLD_SIZE it runs as a single process (no DDP, plain AdamW, reported as
+"adamw"). Rank 0 prints one JSON object on stdout (and writes it to --out); logs go to
+stderr. Needs Debian's /usr/bin/python3 with python3-torch (1.13, CPU); uses gloo.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
+
+VOCAB = 256
+SIZES = {  # name: (layers, hidden, heads), as in strata's gpt_config()
+    "tiny": (8, 128, 4),
+    "gpt2": (12, 768, 12),
+    "gpt2-medium": (24, 1024, 16),
+    "gpt2-large": (36, 1280, 20),
+}
+
+
+def parse_model(name: str) -> tuple[int, int, int]:
+    if name in SIZES:
+        return SIZES[name]
+    if name.startswith("custom:"):
+        dims = name.removeprefix("custom:").split("x")
+        if len(dims) == 3 and all(d.isdigit() and int(d) > 0 for d in dims):
+            return tuple(int(d) for d in dims)
+    raise argparse.ArgumentTypeError(
+        f"unknown model '{name}'; use {', '.join(SIZES)} or custom:<layers>x<hidden>x<heads>"
+    )
+
+
+class Block(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(hidden)
+        self.c_attn = nn.Linear(hidden, 3 * hidden)
+        self.attn_proj = nn.Linear(hidden, hidden)
+        self.ln_2 = nn.LayerNorm(hidden)
+        self.c_fc = nn.Linear(hidden, 4 * hidden)
+        self.mlp_proj = nn.Linear(4 * hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        d = h // self.heads
+        q, k, v = (
+            y.view(b, t, self.heads, d).transpose(1, 2) for y in self.c_attn(self.ln_1(x)).split(h, 2)
+        )
+        att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(d))
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        att = torch.softmax(att.masked_fill(mask, float("-inf")), dim=-1)
+        y = torch.matmul(att, v).transpose(1, 2).contiguous().view(b, t, h)
+        r = x + self.attn_proj(y)
+        return r + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(r)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, layers: int, hidden: int, heads: int, vocab: int, context: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, hidden)
+        self.wpe = nn.Embedding(context, hidden)
+        self.blocks = nn.ModuleList(Block(hidden, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden)
+        proj_std = 0.02 / math.sqrt(2 * layers)
+        with torch.no_grad():  # GPT-2's init, as strata's GPTImpl::init_weights
+            for name, p in self.named_parameters():
+                if "ln_" in name:
+                    p.fill_(0.0 if name.endswith("bias") else 1.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.normal_(0.0, proj_std if "_proj.weight" in name else 0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(tokens.size(1), device=tokens.device)
+        x = self.wte(tokens) + self.wpe(pos).unsqueeze(0)
+        for block in self.blocks:
+            x = block(x)
+        return torch.matmul(self.ln_f(x), self.wte.weight.t())  # tied LM head
+
+
+def strata_parameter_count(layers: int, h: int, vocab: int, context: int) -> int:
+    """GPTConfig::parameter_count() in src/nn/models/gpt.cpp."""
+    return vocab * h + context * h + layers * (12 * h * h + 13 * h) + 2 * h
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="custom:16x512x8")
+    ap.add_argument("--seq", type=int, default=128, help="sequence length, also the context")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per rank")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--optimizer", choices=["zero", "adamw"], default="zero")
+    ap.add_argument("--out", help="JSON result file (rank 0)")
+    ap.add_argument("--threads", type=int, help="default: cpu_count / LOCAL_WORLD_SIZE")
+    args = ap.parse_args()
+    try:
+        layers, hidden, heads = parse_model(args.model)
+    except argparse.ArgumentTypeError as e:
+        ap.error(str(e))
+    if hidden % heads:
+        ap.error(f"model '{args.model}': hidden size {hidden} is not divisible by {heads} heads")
+    if args.steps < 1 or args.seq < 1 or args.batch < 1 or args.warmup < 0:
+        ap.error("--steps, --seq and --batch must be positive, --warmup non-negative")
+
+    distributed = "WORLD_SIZE" in os.environ
+    if distributed:
+        dist.init_process_group("gloo")  # RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from env
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
+    torch.set_num_threads(threads)
+
+    torch.manual_seed(42)
+    model = GPT(layers, hidden, heads, VOCAB, context=args.seq)
+    params = sum(p.numel() for p in model.parameters())  # parameters() yields the tied wte once
+    expected = strata_parameter_count(layers, hidden, VOCAB, args.seq)
+    if params != expected:
+        raise SystemExit(f"parameter count {params} != strata's {expected}")
+
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model)
+    if args.optimizer == "zero" and distributed:
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-4)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = args.optimizer if distributed else "adamw"  # one process: no sharding
+
+    if rank == 0:
+        log(f"torch_zero_baseline: {args.model} ({params:,} params), world {world}, "
+            f"{threads} threads/rank, {args.precision}, {optimizer}, batch {args.batch}x{args.seq}")
+
+    gen = torch.Generator()
+    times = []
+    for step in range(args.warmup + args.steps):
+        gen.manual_seed(step * 1_000_003 + rank)
+        data = torch.randint(0, VOCAB, (args.batch, args.seq + 1), generator=gen)
+        inputs, targets = data[:, :-1], data[:, 1:]
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB).float(), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        if step >= args.warmup:
+            times.append(elapsed)
+        if rank == 0:
+            log(f"step {step}{' (warmup)' if step < args.warmup else ''}: "
+                f"loss {loss.item():.4f}, {elapsed:.3f} s")
+
+    step_s = torch.tensor([statistics.median(times)], dtype=torch.float64)
+    if distributed:
+        dist.all_reduce(step_s, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    step_s = step_s.item()
+    result = {
+        "tokens_per_s": args.batch * args.seq * world / step_s,
+        "step_s": step_s,
+        "params": params,
+        "world": world,
+        "model": args.model,
+        "precision": args.precision,
+        "optimizer": optimizer,
+        "threads": threads,
+        "torch": torch.__version__,
+    }
+    if rank == 0:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f)
+                f.write("\n")
+        print(json.dumps(result), flush=True)
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
