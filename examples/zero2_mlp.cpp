@@ -4,7 +4,8 @@
 //   torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python build/release/bin/example_zero2_mlp
 //
 // Every rank holds the full model in memory but only its shard of the fp32 master
-// weights and Adam state; gradients are reduce-scattered during backward.
+// weights and Adam state; gradients are reduce-scattered into shards during backward,
+// and each full-size gradient buffer lives only until it is reduced.
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <torch/nn/modules/container/sequential.h>
@@ -12,7 +13,7 @@
 #include <torch/nn/modules/activation.h>
 
 #include "strata/comm/rendezvous.h"
-#include "strata/engine/sharded_optimizer.h"
+#include "strata/engine/engine.h"
 
 using namespace strata;
 
@@ -30,9 +31,12 @@ int main() {
   cfg.optimizer.type = OptimizerType::kAdamW;
   cfg.optimizer.lr = 1e-2;
   cfg.gradient_clipping = 1.0;
-  auto opts = engine::ShardedOptimizerOptions::from_config(cfg);
-  if (!opts) return 1;
-  auto opt = engine::ShardedOptimizer::create(model->parameters(), **comm, *opts);
+  auto opts = engine::EngineOptions::from_config(cfg, (*comm)->world());
+  if (!opts) {
+    fmt::print(stderr, "{}\n", opts.error());
+    return 1;
+  }
+  auto opt = engine::Engine::create(model->parameters(), **comm, *opts);
   if (!opt) {
     fmt::print(stderr, "{}\n", opt.error());
     return 1;

@@ -1,5 +1,5 @@
-// strata bench zero: optimizer-state bytes and step time per rank for stage 0
-// (unsharded data parallel), stage 1 and stage 2, measured in one run of N ranks.
+// strata bench zero: optimizer-state bytes, gradient bytes and step time per rank for
+// stage 0 (unsharded data parallel), stage 1 and stage 2, measured in one run of N ranks.
 //
 // The command starts the ranks itself (through the launcher) as `strata bench zero
 // --worker DIR`; each rank runs the three stages one after the other on the same model
@@ -21,7 +21,7 @@
 #include "launcher.h"
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
-#include "strata/engine/sharded_optimizer.h"
+#include "strata/engine/engine.h"
 
 namespace strata::cli {
 namespace {
@@ -65,19 +65,20 @@ int run_worker(const ZeroBenchOptions& o) {
   for (int stage : {0, 1, 2}) {
     at::manual_seed(1);
     Mlp model(o.hidden, layers);
-    engine::ShardedOptimizerOptions so;
+    engine::EngineOptions so;
     so.stage = stage;
     so.optimizer.type = OptimizerType::kAdamW;
     so.chunks.chunk_size_elems = 0;  // searched for the least padding, as in training
     so.chunks.search_range_elems = 32ull << 20;
     so.chunks.search_step_elems = static_cast<std::uint64_t>(o.hidden);
-    auto opt = engine::ShardedOptimizer::create(model.parameters(), **comm, so);
+    auto opt = engine::Engine::create(model.parameters(), **comm, so);
     if (!opt) {
       fmt::print(stderr, "bench zero: stage {}: {}\n", stage, opt.error());
       return 1;
     }
     at::Tensor x = at::randn({o.batch, o.hidden});
     std::vector<double> iter_s, step_s;
+    std::uint64_t grad_bytes = 0;  // peak over the timed steps
     for (int s = 0; s < o.steps + 1; ++s) {
       const auto t0 = std::chrono::steady_clock::now();
       if (auto st = (*opt)->backward(model.forward(x).square().mean()); !st) return 1;
@@ -89,12 +90,14 @@ int run_worker(const ZeroBenchOptions& o) {
       }
       const auto t2 = std::chrono::steady_clock::now();
       if (s == 0) continue;  // warm-up: first-touch of state and buffers
+      grad_bytes = std::max(grad_bytes, (*opt)->last_metrics().peak_grad_bytes);
       iter_s.push_back(std::chrono::duration<double>(t2 - t0).count());
       step_s.push_back(std::chrono::duration<double>(t2 - t1).count());
     }
     std::int64_t n_params = 0;
     for (const auto& p : model.parameters()) n_params += p.numel();
     out[fmt::format("stage{}", stage)] = {{"state_bytes", (*opt)->state_bytes()},
+                                          {"grad_bytes", grad_bytes},
                                           {"iteration_s", median(iter_s)},
                                           {"step_s", median(step_s)},
                                           {"params", n_params}};
@@ -114,7 +117,7 @@ int run_parent(const ZeroBenchOptions& o) {
   nlohmann::json agg;
   for (const nlohmann::json& j : *ranks) {
     for (const auto& [stage, v] : j.items()) {
-      for (const char* k : {"state_bytes", "iteration_s", "step_s", "params"}) {
+      for (const char* k : {"state_bytes", "grad_bytes", "iteration_s", "step_s", "params"}) {
         const double prev = agg.contains(stage) && agg[stage].contains(k) ? agg[stage][k].get<double>() : 0.0;
         agg[stage][k] = std::max(prev, v[k].get<double>());
       }
@@ -132,6 +135,15 @@ int run_parent(const ZeroBenchOptions& o) {
     report.add(fmt::format("{} state/rank", st), b / (1 << 20), "MiB", "stage0", s0_bytes / (1 << 20),
                b <= s0_bytes / o.world * 1.01 ? "<= 1/world + 1%: yes" : "<= 1/world + 1%: NO");
     report.add_ratio(fmt::format("{}_state_bytes_vs_stage0", st), b / s0_bytes);
+  }
+  // Gradients: stages 0-1 keep full-size buffers; stage 2 keeps 1/world in fp32 shards
+  // plus the buffers waiting for or in their reduce-scatter.
+  const double s0_grads = agg["stage0"]["grad_bytes"].get<double>();
+  report.add("stage0 grads/rank", s0_grads / (1 << 20), "MiB", "", std::nullopt, "peak: full-size buffers");
+  for (const char* st : {"stage1", "stage2"}) {
+    const double b = agg[st]["grad_bytes"].get<double>();
+    report.add(fmt::format("{} grads/rank", st), b / (1 << 20), "MiB", "stage0", s0_grads / (1 << 20), "peak");
+    report.add_ratio(fmt::format("{}_grad_bytes_vs_stage0", st), b / s0_grads);
   }
   const double s0_iter = agg["stage0"]["iteration_s"].get<double>(), s0_step = agg["stage0"]["step_s"].get<double>();
   report.add("stage0 iteration", s0_iter * 1e3, "ms");

@@ -24,8 +24,8 @@
 #include "rank_threads.h"
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
-#include "strata/engine/sharded_optimizer.h"
-#include "strata/engine/zero3.h"
+#include "strata/engine/engine.h"
+#include "strata/engine/module_hooks.h"
 #include "strata/nn/models/gpt.h"
 #include "strata/tiers/memory_probe.h"
 
@@ -58,8 +58,6 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   nn::GPT model(cfg);
   model->init_weights(1);
   const std::uint64_t model_bytes = static_cast<std::uint64_t>(cfg.parameter_count()) * 4;
-  std::unique_ptr<engine::ShardedOptimizer> dp;
-  std::unique_ptr<engine::Zero3Engine> z3;
   Config c;
   c.optimizer.type = OptimizerType::kAdamW;
   c.optimizer.lr = 1e-4;
@@ -72,30 +70,21 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   // quarter budget, not the bucket, limits prefetching there.
   c.zero_optimization.stage3_prefetch_bucket_size = 50'000'000;
   c.zero_optimization.stage3_max_live_parameters = 1'000'000'000;
-  if (name == "stage0") {
-    c.zero_optimization.stage = 0;
-    auto so = engine::ShardedOptimizerOptions::from_config(c);
-    if (so) so->stage = 0;
-    auto opt = so ? engine::ShardedOptimizer::create(model->parameters(), comm, *so)
-                  : Result<std::unique_ptr<engine::ShardedOptimizer>>(std::unexpected(so.error()));
-    if (!opt) return {{"error", opt.error().to_string()}};
-    dp = std::move(*opt);
-  } else {
-    c.zero_optimization.stage = 3;
-    if (name == "stage3_quarter") {
-      c.strata.compute_budget = model_bytes / 4;
-      c.zero_optimization.offload_param.device = OffloadDevice::kCpu;
-      c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
-    } else if (name == "stage3_auto") {
-      c.strata.placement = Placement::kAuto;
-      c.strata.compute_budget = auto_budget;
-    }
-    auto zo = engine::Zero3Options::from_config(c, comm.world());
-    if (!zo) return {{"error", zo.error().to_string()}};
-    auto eng = engine::shard(*model, comm, *zo);
-    if (!eng) return {{"error", eng.error().to_string()}};
-    z3 = std::move(*eng);
+  c.zero_optimization.stage = name == "stage0" ? 0 : 3;
+  if (name == "stage3_quarter") {
+    c.strata.compute_budget = model_bytes / 4;
+    c.zero_optimization.offload_param.device = OffloadDevice::kCpu;
+    c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
+  } else if (name == "stage3_auto") {
+    c.strata.placement = Placement::kAuto;
+    c.strata.compute_budget = auto_budget;
   }
+  auto eo = engine::EngineOptions::from_config(c, comm.world());
+  if (!eo) return {{"error", eo.error().to_string()}};
+  auto made = engine::shard(*model, comm, *eo);
+  if (!made) return {{"error", made.error().to_string()}};
+  std::unique_ptr<engine::Engine> eng = std::move(*made);
+  const bool z3 = eng->stage() == 3;
   std::vector<double> step_s;
   engine::StepMetrics m;
   for (int s = 0; s < o.steps + 2; ++s) {
@@ -103,30 +92,31 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
     auto [x, y] = batch_for(s, comm.rank(), o.batch, o.seq);
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor loss = model->loss(x, y);
-    Status st = dp ? dp->backward(loss) : z3->backward(loss);
+    Status st = eng->backward(loss);
     if (!st) return {{"error", st.error().to_string()}};
-    auto r = dp ? dp->step() : z3->step();
+    auto r = eng->step();
     if (!r) return {{"error", r.error().to_string()}};
     if (s < 2) continue;
     step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    if (z3) {  // sum the timed steps' figures
-      const auto& l = z3->last_metrics();
-      m.moved += l.moved;
-      m.planned += l.planned;
-      m.gathers += l.gathers;
-      m.prefetch_hits += l.prefetch_hits;
-      m.gather_wait_s += l.gather_wait_s;
-      for (std::size_t t = 0; t < 3; ++t) m.peak[t] = std::max(m.peak[t], l.peak[t]);
-    }
+    // Sum the timed steps' figures.
+    const auto& l = eng->last_metrics();
+    m.moved += l.moved;
+    m.planned += l.planned;
+    m.gathers += l.gathers;
+    m.prefetch_hits += l.prefetch_hits;
+    m.gather_wait_s += l.gather_wait_s;
+    for (std::size_t t = 0; t < 3; ++t) m.peak[t] = std::max(m.peak[t], l.peak[t]);
   }
   const double t = median(step_s);
   nlohmann::json j = {{"step_s", t}, {"tokens_per_s", static_cast<double>(o.batch * o.seq * comm.world()) / t}};
   // Every live CPU byte of the timed steps: model state, gathered chunks, activations.
   j["probe_peak"] = tiers::MemoryProbe::peak_bytes();
+  // Model state held on compute at its peak (params, grads, optimizer state, gathered
+  // chunks and gradient buffers; reservations, not activations).
+  j["peak_compute"] = m.peak[0];
   if (z3) {
     const double n = static_cast<double>(o.steps);
     j["compute_budget"] = c.strata.compute_budget;
-    j["peak_compute"] = m.peak[0];
     j["peak_host"] = m.peak[1];
     j["host_compute_bytes"] = m.moved.host_compute() / n;
     j["host_compute_plan"] = m.planned.host_compute() / n;
@@ -135,8 +125,6 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
     j["gathers"] = m.gathers / n;
     j["prefetch_hit_rate"] = m.gathers ? static_cast<double>(m.prefetch_hits) / m.gathers : 0.0;
     j["gather_wait_s"] = m.gather_wait_s / n;
-  } else {
-    j["peak_compute"] = static_cast<double>(model_bytes * 2 + dp->state_bytes());  // params + grads + state
   }
   return j;
 }
@@ -215,7 +203,7 @@ int run_parent(const Zero3BenchOptions& o) {
     const double budget = c["compute_budget"].get<double>();
     report.add(fmt::format("{} peak compute", cfg), c["peak_compute"].get<double>() / (1 << 20), "MiB", "stage0",
                j["stage0"]["peak_compute"].get<double>() / (1 << 20),
-               fmt::format("per rank; stage0: params+grads+state; budget {}",
+               fmt::format("per rank, measured; budget {}",
                            budget > 0 ? format_bytes(static_cast<std::uint64_t>(budget)) : "none"));
     report.add(fmt::format("{} peak host", cfg), c["peak_host"].get<double>() / (1 << 20), "MiB");
     report.add(fmt::format("{} gather (net)", cfg), c["net_gather_bytes"].get<double>() / (1 << 20), "MiB/step");

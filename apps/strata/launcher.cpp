@@ -39,18 +39,18 @@ void write_all(int fd, std::string_view s) {
 
 // Emits every complete segment ending in '\n' or '\r' with the rank prefix. A '\r'
 // segment is a live progress update; it keeps its '\r' so it redraws in place.
-void forward(Child& c, std::string_view data, bool flush) {
+void forward(int fd, Child& c, std::string_view data, bool flush) {
   c.pending.append(data);
   std::size_t start = 0;
   for (std::size_t i = 0; i < c.pending.size(); ++i) {
     if (c.pending[i] == '\n' || c.pending[i] == '\r') {
-      write_all(STDOUT_FILENO, fmt::format("[r{}] {}", c.rank, std::string_view(c.pending).substr(start, i + 1 - start)));
+      write_all(fd, fmt::format("[r{}] {}", c.rank, std::string_view(c.pending).substr(start, i + 1 - start)));
       start = i + 1;
     }
   }
   c.pending.erase(0, start);
   if (flush && !c.pending.empty()) {
-    write_all(STDOUT_FILENO, fmt::format("[r{}] {}\n", c.rank, c.pending));
+    write_all(fd, fmt::format("[r{}] {}\n", c.rank, c.pending));
     c.pending.clear();
   }
 }
@@ -92,6 +92,7 @@ Result<std::vector<nlohmann::json>> run_bench_ranks(const std::string& bench, in
   if (::mkdtemp(dir.data()) == nullptr) return make_error(errno_error(errno, "mkdtemp").with_path(dir));
   LaunchOptions lo;
   lo.nproc = world;
+  lo.output_fd = STDERR_FILENO;  // stdout is the bench's own: one JSON document with --json
   lo.argv = {self, "bench", bench, "--worker", dir};
   lo.argv.insert(lo.argv.end(), args.begin(), args.end());
   auto code = launch(lo);
@@ -202,9 +203,9 @@ Result<int> launch(const LaunchOptions& o) {
       char buf[65536];
       ssize_t n = ::read(k.out_fd, buf, sizeof(buf));
       if (n > 0) {
-        forward(k, std::string_view(buf, static_cast<std::size_t>(n)), false);
+        forward(o.output_fd, k, std::string_view(buf, static_cast<std::size_t>(n)), false);
       } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-        forward(k, {}, true);
+        forward(o.output_fd, k, {}, true);
         ::close(k.out_fd);
         k.out_fd = -1;
       }
@@ -242,8 +243,8 @@ Result<int> launch(const LaunchOptions& o) {
   for (auto& k : kids) {
     if (k.out_fd < 0) continue;
     char buf[65536];
-    for (ssize_t n; (n = ::read(k.out_fd, buf, sizeof(buf))) > 0;) forward(k, std::string_view(buf, n), false);
-    forward(k, {}, true);
+    for (ssize_t n; (n = ::read(k.out_fd, buf, sizeof(buf))) > 0;) forward(o.output_fd, k, std::string_view(buf, n), false);
+    forward(o.output_fd, k, {}, true);
     ::close(k.out_fd);
   }
   ::sigaction(SIGINT, &old_int, nullptr);

@@ -29,6 +29,9 @@ struct LaunchOptions {
   // Rank 0 writes straight to this process's stdout/stderr, unprefixed, so that a live
   // progress line keeps working on a terminal. Other ranks stay prefixed.
   bool rank0_passthrough = false;
+  // Where the ranks' prefixed output goes (benchmarks: stderr, so that stdout holds
+  // only their own report).
+  int output_fd = 1;
   std::chrono::milliseconds grace{5000};
   std::map<std::string, std::string> extra_env;
 };

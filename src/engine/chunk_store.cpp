@@ -25,7 +25,7 @@ Status ChunkStoreOptions::validate() const {
     return make_error(ErrorCode::kInvalidArgument, "rank {} of world {} is not valid", rank, world);
   }
   STRATA_RETURN_IF_ERROR(kernel_dtype(compute_dtype));
-  if (io_align_bytes == 0) return make_error(ErrorCode::kInvalidArgument, "io_align_bytes must be >= 1");
+  if (packing.io_align_bytes == 0) return make_error(ErrorCode::kInvalidArgument, "io_align_bytes must be >= 1");
   return ok();
 }
 
@@ -49,18 +49,19 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> p
   plan::ChunkingOptions co;
   co.world = opt.world;
   // The master and states are fp32, so align shards for fp32 I/O (the strictest case).
-  co.io_align_elems = std::max<std::uint64_t>(1, opt.io_align_bytes / std::max<std::uint64_t>(elem_bytes, 4));
-  co.chunk_size_elems = opt.chunk_size_elems;
-  co.search_range_elems = opt.search_range_elems;
-  co.max_chunk_elems = opt.max_chunk_elems;
+  const ChunkOptions& pk = opt.packing;
+  co.io_align_elems = std::max<std::uint64_t>(1, pk.io_align_bytes / std::max<std::uint64_t>(elem_bytes, 4));
+  co.chunk_size_elems = pk.chunk_size_elems;
+  co.search_range_elems = pk.search_range_elems;
+  co.max_chunk_elems = pk.max_chunk_elems;
   // Coarsen the search step rather than fail the planner's cost guard: a small hidden
   // size (the usual step) with the default search range would trip it.
   const std::uint64_t range =
-      opt.max_chunk_elems > 0 ? std::min(opt.search_range_elems, opt.max_chunk_elems) : opt.search_range_elems;
+      pk.max_chunk_elems > 0 ? std::min(pk.search_range_elems, pk.max_chunk_elems) : pk.search_range_elems;
   co.search_step_elems = std::max<std::uint64_t>(
-      {1, opt.search_step_elems, (range + co.max_candidates - 2) / (co.max_candidates - 1)});
+      {1, pk.search_step_elems, (range + co.max_candidates - 2) / (co.max_candidates - 1)});
   co.persistence_threshold_elems = opt.persistence_threshold_elems;
-  co.private_min_gap = opt.private_min_gap;
+  co.private_min_gap = pk.private_min_gap;
   STRATA_ASSIGN_OR_RETURN(plan::ChunkLayout layout, plan::pack_chunks(infos, uses, co));
 
   std::unique_ptr<ChunkStore> store(new ChunkStore());
@@ -74,8 +75,7 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> p
   for (std::size_t c = 0; c < store->num_chunks(); ++c) {
     store->full_.push_back(at::zeros({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype)));
     at::Tensor g = at::empty({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype));
-    if (opt.materialize_grads) g.zero_();
-    else free_storage(g);
+    free_storage(g);
     store->grad_.push_back(g);
     for (const plan::ParamSlot& slot : store->layout_.chunks[c].params) {
       at::Tensor& p = store->params_[slot.param];
@@ -129,12 +129,6 @@ void ChunkStore::bind_grads() {
   }
   for (std::size_t c = 0; c < grad_.size(); ++c)
     if (was_free[c]) free_storage(grad_[c]);
-  zero_grads();
-}
-
-void ChunkStore::zero_grads() {
-  for (auto& g : grad_)
-    if (has_storage(g)) g.zero_();
 }
 
 std::vector<ChunkStore::ShardSlot> ChunkStore::shard_slots(std::size_t c, int rank) const {

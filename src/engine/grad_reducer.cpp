@@ -1,173 +1,235 @@
 #include "grad_reducer.h"
 
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
-
-#include "strata/base/log.h"
 
 namespace strata::engine {
 namespace {
 
-// Runs after AccumulateGrad has added this backward's gradient into param.grad (a view
-// of the chunk's gradient buffer).
+// Before AccumulateGrad writes into param.grad (a view of the chunk's buffer).
+class BufferHook : public torch::autograd::FunctionPreHook {
+ public:
+  BufferHook(std::function<void()> activity, GradReducer* r, std::uint32_t chunk)
+      : activity_(std::move(activity)), r_(r), chunk_(chunk) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    activity_();
+    r_->ensure_buffer(chunk_);
+    return grads;
+  }
+
+ private:
+  std::function<void()> activity_;
+  GradReducer* r_;
+  std::uint32_t chunk_;
+};
+
+// After AccumulateGrad has added this backward's gradient into param.grad.
 class ReadyHook : public torch::autograd::FunctionPostHook {
  public:
-  ReadyHook(GradReducer* reducer, std::uint32_t param) : reducer_(reducer), param_(param) {}
+  ReadyHook(GradReducer* r, std::uint32_t param) : r_(r), param_(param) {}
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
                                             const torch::autograd::variable_list&) override {
-    reducer_->on_grad_ready(param_);
+    r_->on_grad_ready(param_);
     return outputs;
   }
 
  private:
-  GradReducer* reducer_;
+  GradReducer* r_;
   std::uint32_t param_;
 };
 
 }  // namespace
 
-GradReducer::GradReducer(ChunkStore& store, comm::Communicator& comm, int stage, std::uint64_t bucket_elems,
-                         bool overlap)
-    : store_(store), comm_(comm), stage_(stage), overlap_(overlap) {
-  const std::size_t n_chunks = store.num_chunks();
+GradReducer::GradReducer(EngineCore& core) : core_(core) {
+  const ChunkStore& store = core.chunks->store();
+  grads_.resize(core.chunks->size());
   had_grad_.assign(store.params().size(), 0);
-  reported_.assign(store.params().size(), 0);
-  pending_.assign(n_chunks, 0);
-  bucket_of_.assign(n_chunks, 0);
-  for (std::size_t c = 0; c < n_chunks; ++c) {
-    grad_shards_.push_back(stage == 2 ? at::zeros({store.shard_elems(c)}, store.grad(c).options())
-                                      : store.shard(store.grad(c), c));
-  }
-  if (stage != 2) return;
-  // Backward finishes the last chunks first, so buckets run from the last chunk down.
-  for (std::size_t i = n_chunks; i-- > 0;) {
-    const auto elems = store.chunk_elems(i);
-    if (buckets_.empty() || buckets_.back().elems + elems > static_cast<std::int64_t>(bucket_elems)) {
-      buckets_.emplace_back();
-    }
-    buckets_.back().chunks.push_back(i);
-    buckets_.back().elems += elems;
-    bucket_of_[i] = buckets_.size() - 1;
-  }
-  for (Bucket& b : buckets_) {
-    if (b.chunks.size() < 2) continue;
-    b.staging_in = at::empty({b.elems}, store.grad(b.chunks[0]).options());
-    b.staging_out = at::empty({b.elems / comm.world()}, store.grad(b.chunks[0]).options());
-  }
+  for (std::uint32_t i = 0; i < store.params().size(); ++i)
+    if (store.params()[i].requires_grad()) ++grads_[store.layout().where[i].chunk].expected;
 }
 
-GradReducer::~GradReducer() = default;
+GradReducer::~GradReducer() {
+  // Reductions still in flight write into buffers this object owns: wait for them.
+  for (std::uint32_t c : order_) (void)grads_[c].op->handle.wait();
+}
 
-void GradReducer::install_hooks() {
-  for (std::size_t i = 0; i < store_.params().size(); ++i) {
-    // The accumulator is held only weakly by the parameter; keep it alive so the hook
-    // stays installed for the life of the optimizer.
-    auto acc = torch::autograd::impl::grad_accumulator(store_.params()[i]);
-    acc->add_post_hook(std::make_unique<ReadyHook>(this, static_cast<std::uint32_t>(i)));
-    accumulators_.push_back(std::move(acc));
+Status GradReducer::setup(std::function<void()> on_activity) {
+  ChunkRuntime& chunks = *core_.chunks;
+  ChunkStore& store = chunks.store();
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+    if (!chunks[c].trainable) continue;
+    ChunkGrads& g = grads_[c];
+    const Tier step = chunks.step_tier(c);
+    const std::int64_t n = store.shard_elems(c);
+    if (!scatter_mode()) {
+      // The buffer lives for good; stage 0-1 gradients accumulate in it.
+      STRATA_RETURN_IF_ERROR(reserve_buffer(c));
+      if (step == Tier::kCompute) {
+        g.shard = store.shard(store.grad(c), c);
+        continue;
+      }
+    }
+    STRATA_ASSIGN_OR_RETURN(g.shard_res,
+                            chunks.reserve(step, static_cast<std::uint64_t>(n) * 4, StateKind::kGrads, c, "grad shard"));
+    g.shard = at::zeros({n}, at::kFloat);
   }
+  for (std::uint32_t i = 0; i < store.params().size(); ++i) {
+    const at::Tensor& p = store.params()[i];
+    if (!p.requires_grad()) continue;
+    auto acc = torch::autograd::impl::grad_accumulator(p);
+    acc->add_pre_hook(std::make_unique<BufferHook>(on_activity, this, store.layout().where[i].chunk));
+    acc->add_post_hook(std::make_unique<ReadyHook>(this, i));
+    accumulators_.push_back(std::move(acc));  // the parameter holds it only weakly
+  }
+  return ok();
+}
+
+Status GradReducer::reserve_buffer(std::uint32_t c) {
+  ChunkGrads& g = grads_[c];
+  const std::uint64_t bytes = core_.chunks->full_bytes(c);
+  auto r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
+  if (!r && !order_.empty()) {
+    // Buffers whose reductions are in flight free their room once they land.
+    STRATA_RETURN_IF_ERROR(drain());
+    r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
+  }
+  if (!r) return std::unexpected(std::move(r).error());
+  g.buffer_res = std::move(*r);
+  const at::Tensor& buf = core_.chunks->store().grad(c);
+  ChunkStore::alloc_storage(buf);
+  buf.zero_();
+  g.live = true;
+  live_buffer_bytes_ += bytes;
+  return ok();
 }
 
 void GradReducer::begin_backward(bool boundary) {
   boundary_ = boundary;
-  callback_queued_ = false;
-  std::fill(reported_.begin(), reported_.end(), 0);
-  for (std::size_t c = 0; c < store_.num_chunks(); ++c) {
-    pending_[c] = static_cast<std::int64_t>(store_.chunk(c).params.size());
+  for (ChunkGrads& g : grads_) {
+    g.pending = g.expected;
+    g.launched = false;
   }
+}
+
+void GradReducer::ensure_buffer(std::uint32_t c) {
+  if (grads_[c].live) return;
+  // Bound the buffers alive at once: the oldest reductions land first.
+  const std::uint64_t cap = core_.opt.reduce_bucket_size * c10::elementSize(core_.opt.compute_dtype);
+  while (!order_.empty() && live_buffer_bytes_ + core_.chunks->full_bytes(c) > cap) core_.errors.check(complete_oldest());
+  core_.errors.check(reserve_buffer(c));
 }
 
 void GradReducer::on_grad_ready(std::uint32_t param) {
-  if (!callback_queued_) {
-    callback_queued_ = true;
-    torch::autograd::Engine::get_default_engine().queue_callback([this] { on_backward_end(); });
-  }
   had_grad_[param] = 1;
-  if (reported_[param]) return;
-  reported_[param] = 1;
-  const std::size_t c = store_.layout().where[param].chunk;
-  if (--pending_[c] == 0 && stage_ == 2 && boundary_ && overlap_) launch_ready_buckets(false);
+  const std::uint32_t c = core_.chunks->store().layout().where[param].chunk;
+  if (--grads_[c].pending > 0 || !core_.opt.overlap_comm) return;
+  if (scatter_mode() || boundary_) core_.errors.check(launch(c));
 }
 
-void GradReducer::on_backward_end() {
-  if (stage_ == 2 && boundary_) launch_ready_buckets(true);
-}
+Status GradReducer::reduce_now(std::uint32_t c) { return scatter_mode() ? launch(c) : ok(); }
 
-void GradReducer::launch_ready_buckets(bool force) {
-  while (next_bucket_ < buckets_.size()) {
-    Bucket& b = buckets_[next_bucket_];
-    if (!force) {
-      for (std::size_t c : b.chunks)
-        if (pending_[c] != 0) return;
+Status GradReducer::launch(std::uint32_t c) {
+  ChunkGrads& g = grads_[c];
+  const at::Tensor& buf = core_.chunks->store().grad(c);
+  const int world = core_.comm.world();
+  if (!scatter_mode()) {
+    if (g.launched) return ok();
+    g.launched = true;
+    if (world > 1) {
+      g.op = InFlight{.handle = core_.comm.all_reduce(buf, comm::ReduceOp::kAvg), .issued = Clock::now()};
+      order_.push_back(c);
+      core_.cur.moved.net_all_reduce += core_.chunks->full_bytes(c) * 2 * static_cast<std::uint64_t>(world - 1) / world;
     }
-    launch(b);
-    ++next_bucket_;
+    return ok();
   }
+  if (!g.live || g.op) return ok();  // nothing accumulated, or already on its way
+  // In place: the result lands in this rank's own slice of the buffer (with one rank,
+  // the buffer is that slice), so a reduction needs no memory beyond the buffer.
+  InFlight f{.out = core_.chunks->store().shard(buf, c), .issued = Clock::now()};
+  if (world > 1) {
+    f.handle = core_.comm.reduce_scatter(buf, f.out, comm::ReduceOp::kAvg);
+    core_.cur.moved.net_reduce_scatter += core_.chunks->shard_bytes(c) * static_cast<std::uint64_t>(world - 1);
+  }
+  g.op = std::move(f);
+  order_.push_back(c);
+  return ok();
 }
 
-void GradReducer::launch(Bucket& b) {
-  b.launched = true;
-  if (b.chunks.size() == 1) {
-    const std::size_t c = b.chunks[0];
-    b.handle = comm_.reduce_scatter(store_.grad(c), grad_shards_[c], comm::ReduceOp::kAvg);
-    return;
+Status GradReducer::complete(std::uint32_t c) {
+  ChunkGrads& g = grads_[c];
+  InFlight f = std::move(*g.op);
+  g.op.reset();
+  STRATA_RETURN_IF_ERROR(f.handle.wait());
+  const auto t1 = Clock::now();
+  core_.trace.add(StepTrace::kReduceScatter,
+                  fmt::format("{} {}", scatter_mode() ? "reduce-scatter" : "all-reduce", core_.chunks->name(c)),
+                  f.issued, t1);
+  if (!scatter_mode()) return ok();
+  // Land it in the fp32 shard where the step runs: a compute->host copy when the
+  // optimizer state is off the compute tier.
+  g.shard.add_(f.out);
+  core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
+  f.out = at::Tensor();
+  ChunkStore::free_storage(core_.chunks->store().grad(c));
+  g.buffer_res.release();
+  g.live = false;
+  live_buffer_bytes_ -= core_.chunks->full_bytes(c);
+  return ok();
+}
+
+Status GradReducer::complete_oldest() {
+  const std::uint32_t c = order_.front();
+  order_.pop_front();
+  return complete(c);
+}
+
+Status GradReducer::poll() {
+  while (!order_.empty() && grads_[order_.front()].op->handle.done()) STRATA_RETURN_IF_ERROR(complete_oldest());
+  return ok();
+}
+
+Status GradReducer::end_backward() {
+  if (scatter_mode()) {
+    for (std::uint32_t c = 0; c < grads_.size(); ++c) STRATA_RETURN_IF_ERROR(launch(c));
+    return drain();
   }
-  // Rank-major staging: rank r's part of the bucket is the r-th shard of every chunk.
-  std::int64_t pos = 0;
-  for (int r = 0; r < comm_.world(); ++r) {
-    for (std::size_t c : b.chunks) {
-      const std::int64_t n = store_.shard_elems(c);
-      b.staging_in.narrow(0, pos, n).copy_(store_.grad(c).narrow(0, r * n, n));
-      pos += n;
-    }
+  if (boundary_) {
+    for (std::uint32_t c = 0; c < grads_.size(); ++c)
+      if (grads_[c].expected > 0) STRATA_RETURN_IF_ERROR(launch(c));
   }
-  b.handle = comm_.reduce_scatter(b.staging_in, b.staging_out, comm::ReduceOp::kAvg);
+  return ok();
+}
+
+Status GradReducer::drain() {
+  while (!order_.empty()) STRATA_RETURN_IF_ERROR(complete_oldest());
+  return ok();
 }
 
 Status GradReducer::finish() {
-  if (finished_) return ok();
-  finished_ = true;
-  if (stage_ < 2) {  // stages 0 and 1: all-reduce, then read this rank's slice
-    for (std::size_t c = 0; c < store_.num_chunks(); ++c) {
-      allreduces_.push_back(comm_.all_reduce(store_.grad(c), comm::ReduceOp::kAvg));
-    }
-    Status first = ok();
-    for (auto& h : allreduces_) {
-      auto st = h.wait();
-      if (!st && first) first = std::move(st);
-    }
-    allreduces_.clear();
-    return first;
+  if (scatter_mode()) return drain();
+  for (std::uint32_t c = 0; c < grads_.size(); ++c)
+    if (grads_[c].expected > 0) STRATA_RETURN_IF_ERROR(launch(c));
+  STRATA_RETURN_IF_ERROR(drain());
+  // The step runs off compute: it reads an fp32 copy of this rank's slice.
+  ChunkStore& store = core_.chunks->store();
+  for (std::uint32_t c = 0; c < grads_.size(); ++c) {
+    ChunkGrads& g = grads_[c];
+    if (g.expected == 0 || core_.chunks->step_tier(c) == Tier::kCompute) continue;
+    g.shard.copy_(store.shard(store.grad(c), c));
+    core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   }
-  launch_ready_buckets(true);
-  Status first = ok();
-  for (Bucket& b : buckets_) {
-    auto st = b.handle.wait();
-    if (!st) {
-      if (first) first = std::move(st);
-      continue;
-    }
-    if (b.chunks.size() < 2) continue;
-    std::int64_t pos = 0;
-    for (std::size_t c : b.chunks) {
-      const std::int64_t n = store_.shard_elems(c);
-      grad_shards_[c].copy_(b.staging_out.narrow(0, pos, n));
-      pos += n;
-    }
-  }
-  return first;
+  return ok();
 }
 
-void GradReducer::reset() {
-  store_.zero_grads();
-  if (stage_ == 2) {
-    for (auto& g : grad_shards_) g.zero_();
+void GradReducer::after_step() {
+  for (std::uint32_t c = 0; c < grads_.size(); ++c) {
+    ChunkGrads& g = grads_[c];
+    if (g.expected == 0) continue;
+    if (!scatter_mode()) core_.chunks->store().grad(c).zero_();
+    if (scatter_mode() || core_.chunks->step_tier(c) != Tier::kCompute) g.shard.zero_();
   }
-  for (Bucket& b : buckets_) b.launched = false;
-  next_bucket_ = 0;
-  finished_ = false;
 }
 
 }  // namespace strata::engine

@@ -1,25 +1,41 @@
-// GradReducer: turns the full-size gradient chunks of one backward into this rank's
-// gradient shards, for ZeRO stages 1 and 2. Internal to src/engine.
+// GradReducer: turns the gradients autograd accumulates into the gradient shards the
+// step reads, for every stage. Internal to src/engine.
 //
-// Hooks: an AccumulateGrad post hook on every parameter marks it as having a gradient
-// in this backward. In stage 2, at the accumulation boundary, a chunk whose parameters
-// have all reported is ready; buckets (fixed groups of chunks of up to bucket_elems,
-// in reverse chunk order, which is roughly the order backward completes them) are
-// launched as soon as they and every earlier bucket are ready. Launching strictly in
-// bucket order keeps the collective order identical on every rank even if backward
-// finishes chunks in a different order. A callback queued on the autograd engine
-// launches whatever remains when backward ends (parameters unused in this backward).
+// Each chunk has one full-size gradient buffer in the compute dtype; every trainable
+// parameter's .grad is a view of it (Note [gathered storage]). AccumulateGrad hooks on
+// every trainable parameter drive the reduction:
+//   pre-hook   the chunk's buffer must have bytes before autograd writes into it
+//   post-hook  the parameter's gradient is in; when all of a chunk's are, it is ready
+// Two modes, by stage:
+//   all-reduce (stages 0-1)       buffers live for good and accumulate across
+//       micro-steps; in the boundary micro-step each ready chunk is all-reduced (avg),
+//       the rest when backward ends. The step reads this rank's slice of the buffer, or
+//       an fp32 copy of it where the step runs when that is not compute.
+//   reduce-scatter (stages 2-3)   a buffer gets its bytes at the chunk's first gradient
+//       and loses them once reduced: every micro-step, a ready chunk is reduce-scattered
+//       (avg) and the result added to this rank's fp32 gradient shard, which lives where
+//       the chunk's step runs. At most reduce_bucket_size elements of buffers are alive
+//       at once (beyond one chunk): a new buffer first waits for the oldest reductions.
+//       On a budgeted compute tier a buffer that does not fit first waits for the
+//       reductions in flight; if it still does not fit, that is a "cannot fit" error.
+// Reductions are launched in the order chunks become ready, which is the same on every
+// rank (the same graph); with overlap_comm off, all at the end of backward in chunk
+// order. Chunks whose parameters did not all get a gradient are reduced at the end of
+// backward (the missing ones are zero), or when the schedule says their last use has
+// passed (reduce_now).
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 
-#include "strata/base/status.h"
-#include "strata/comm/communicator.h"
-#include "strata/engine/chunk_store.h"
+#include "engine_core.h"
+#include "strata/kernels/dtype.h"
 
 namespace torch::autograd {
 struct Node;
@@ -29,55 +45,66 @@ namespace strata::engine {
 
 class GradReducer {
  public:
-  GradReducer(ChunkStore& store, comm::Communicator& comm, int stage, std::uint64_t bucket_elems, bool overlap);
+  explicit GradReducer(EngineCore& core);
   ~GradReducer();
 
-  // Installs the AccumulateGrad hooks; call once, after the store rebound the params.
-  void install_hooks();
-  // Before each backward: whether it is the boundary micro-step.
-  void begin_backward(bool boundary);
-  // At the boundary, after backward: makes every gradient shard final (launching what
-  // is left and waiting). Idempotent until reset().
-  Status finish();
-  // This rank's gradient shard of chunk c (compute dtype), valid after finish().
-  const at::Tensor& grad_shard(std::size_t c) const { return grad_shards_[c]; }
-  // Which parameters received a gradient in any backward since reset().
-  const std::vector<std::uint8_t>& had_grad() const { return had_grad_; }
-  // After the step: zero the gradients and forget the reductions.
-  void reset();
+  // Reserves what lives for good (stage 0-1 buffers, gradient shards) and installs the
+  // hooks. `on_activity` runs at the start of every hook (the engine opens its backward
+  // session there).
+  Status setup(std::function<void()> on_activity);
 
-  // Called from the hooks.
+  void begin_backward(bool boundary);
+  // Hooks (errors are raised through core.errors).
+  void ensure_buffer(std::uint32_t c);
   void on_grad_ready(std::uint32_t param);
-  void on_backward_end();
+  // The schedule's ReduceScatter op: chunk c's last use in backward has passed.
+  Status reduce_now(std::uint32_t c);
+  // Finishes the reductions that have completed (frees their buffers).
+  Status poll();
+  // When backward ends: launches what is left; in reduce-scatter mode also waits for
+  // every reduction, so the buffers are gone before the next forward.
+  Status end_backward();
+  // Waits for every reduction in flight (their buffers free their room).
+  Status drain();
+  // At the boundary, before the step: every gradient shard is final.
+  Status finish();
+  // The gradient shard the step reads for chunk c (fp32, or the compute dtype when it
+  // is a slice of a stage 0-1 buffer).
+  const at::Tensor& grad_shard(std::uint32_t c) const { return grads_[c].shard; }
+  // Which parameters received a gradient on this rank, ever.
+  const std::vector<std::uint8_t>& had_grad() const { return had_grad_; }
+  // After the step: zero the accumulators.
+  void after_step();
 
  private:
-  struct Bucket {
-    std::vector<std::size_t> chunks;
-    std::int64_t elems = 0;
-    at::Tensor staging_in, staging_out;  // rank-major copies, multi-chunk buckets only
+  struct InFlight {
     comm::Handle handle;
-    bool launched = false;
+    at::Tensor out;  // reduce-scatter: this rank's slice of the buffer, the result
+    Clock::time_point issued;
   };
-  void launch_ready_buckets(bool force);
-  void launch(Bucket& b);
+  struct ChunkGrads {
+    std::int64_t expected = 0;  // trainable parameters in the chunk
+    std::int64_t pending = 0;   // of those, not yet accumulated in this backward
+    bool live = false;          // the full buffer has bytes
+    bool launched = false;      // reduced in this backward (all-reduce mode)
+    tiers::Reservation buffer_res;
+    at::Tensor shard;           // what the step reads (see grad_shard)
+    tiers::Reservation shard_res;
+    std::optional<InFlight> op;
+  };
+  bool scatter_mode() const { return core_.stage() >= 2; }
+  Status reserve_buffer(std::uint32_t c);
+  Status launch(std::uint32_t c);
+  Status complete(std::uint32_t c);  // waits for c's reduction and lands it
+  Status complete_oldest();
 
-  ChunkStore& store_;
-  comm::Communicator& comm_;
-  int stage_;
-  bool overlap_;
-  bool boundary_ = false;
-  bool callback_queued_ = false;
-  bool finished_ = false;
-  std::vector<at::Tensor> grad_shards_;
+  EngineCore& core_;
+  std::vector<ChunkGrads> grads_;
   std::vector<std::uint8_t> had_grad_;
-  std::vector<std::uint8_t> reported_;      // per param, this backward
-  std::vector<std::int64_t> pending_;       // per chunk: params not yet reported
-  std::vector<std::size_t> bucket_of_;      // per chunk
-  std::vector<Bucket> buckets_;
-  std::size_t next_bucket_ = 0;
-  std::vector<comm::Handle> allreduces_;    // stage 1
+  std::deque<std::uint32_t> order_;        // reductions in flight, in launch order
+  std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
+  bool boundary_ = false;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
-  Status hook_error_;
 };
 
 }  // namespace strata::engine

@@ -1,5 +1,5 @@
 // ShardState: one rank's optimizer state for one chunk shard, and the fused step over
-// it. Internal to src/engine; shared by the ZeRO-1/2 optimizer and the ZeRO-3 engine.
+// it. Internal to src/engine: the step driver's building blocks.
 //
 // The state tensors follow torch::optim's names, so consolidation can hand them over:
 //   Adam/AdamW: exp_avg, exp_avg_sq (+ max_exp_avg_sq with amsgrad)
@@ -63,7 +63,7 @@ struct ShardState {
   std::uint64_t bytes() const;
 };
 
-// Per-parameter bookkeeping both engines keep identical on every rank: torch::optim's
+// Per-parameter bookkeeping the engine keeps identical on every rank: torch::optim's
 // state.step, and whether the parameter has ever had a gradient (torch::optim never
 // steps a parameter that has not).
 struct ParamSteps {

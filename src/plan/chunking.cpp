@@ -254,4 +254,13 @@ std::vector<std::uint32_t> chunks_of(const ChunkLayout& layout, std::span<const 
   return ids;
 }
 
+std::uint64_t chunk_size_cap(const ChunkCapInput& in) {
+  std::uint64_t cap = std::max<std::uint64_t>(1, in.model_elems / kMinChunksPerModel);
+  const std::uint64_t elem = std::max<std::uint64_t>(1, in.elem_bytes);
+  if (in.compute_budget_bytes > 0) cap = std::min(cap, in.compute_budget_bytes / 4 / elem);
+  if (in.stage == 3 && in.prefetch_bucket_bytes > 0) cap = std::min(cap, in.prefetch_bucket_bytes / elem);
+  if (in.stage >= 2 && in.reduce_bucket_elems > 0) cap = std::min(cap, in.reduce_bucket_elems);
+  return std::max<std::uint64_t>(1, cap);
+}
+
 }  // namespace strata::plan

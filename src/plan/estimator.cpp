@@ -19,16 +19,6 @@ std::string_view to_string(Dtype d) {
 
 std::uint32_t dtype_bytes(Dtype d) { return d == Dtype::kFp32 ? 4 : 2; }
 
-std::string_view to_string(StateKind k) {
-  switch (k) {
-    case StateKind::kParams: return "params";
-    case StateKind::kGrads: return "grads";
-    case StateKind::kOptimizer: return "optimizer";
-    case StateKind::kBuffers: return "buffers";
-  }
-  return "?";
-}
-
 Status EstimateInput::validate() const {
   if (world < 1) return make_error(ErrorCode::kInvalidArgument, "estimate: world must be >= 1, got {}", world);
   const int per_node = gpus_per_node == 0 ? world : gpus_per_node;

@@ -18,6 +18,16 @@ std::string_view to_string(Tier t) {
   return "?";
 }
 
+std::string_view to_string(StateKind k) {
+  switch (k) {
+    case StateKind::kParams: return "params";
+    case StateKind::kGrads: return "grads";
+    case StateKind::kOptimizer: return "optimizer";
+    case StateKind::kBuffers: return "buffers";
+  }
+  return "?";
+}
+
 namespace {
 
 Status check_world(int world) {

@@ -52,7 +52,6 @@ class Planner {
 
  private:
   std::uint64_t shard(const ScheduleChunk& c) const { return c.bytes / static_cast<std::uint64_t>(opt_.world); }
-  Tier step_tier(const ScheduleChunk& c) const { return c.optim_tier == Tier::kCompute ? Tier::kCompute : Tier::kHost; }
 
   Status prepare() {
     const std::size_t n_chunks = in_.chunks.size();
@@ -65,8 +64,10 @@ class Planner {
       if (ch.bytes % w != 0 || ch.grad_bytes % w != 0)
         return make_error(ErrorCode::kInvalidArgument, "schedule: chunk {} has {} bytes ({} grad), not divisible by world {}",
                           c, ch.bytes, ch.grad_bytes, opt_.world);
-      aliased_[c] = opt_.world == 1 && ch.shard_tier == Tier::kCompute;
-      persistent_[c] = !aliased_[c] && (ch.persistent || ch.numel < opt_.persistence_threshold_elems);
+      if (ch.replicated)
+        return make_error(ErrorCode::kInvalidArgument, "schedule: chunk {} is replicated (stages 0-2 have no schedule)", c);
+      aliased_[c] = chunk_aliased(ch, opt_.world);
+      persistent_[c] = chunk_persistent(ch, opt_);
       fixed_[tier_index(ch.shard_tier)] += shard(ch);
       fixed_[tier_index(ch.optim_tier)] += ch.optim_state_bytes;
       fixed_[tier_index(step_tier(ch))] += ch.grad_shard_bytes;
@@ -308,7 +309,6 @@ class Planner {
   Result<Schedule> emit() {
     Schedule s;
     s.accesses.resize(n_);
-    const auto w = static_cast<std::uint64_t>(opt_.world);
     if (n_ > 0)
       for (ChunkId c = 0; c < in_.chunks.size(); ++c)
         if (persistent_[c]) push_gather(s.accesses[0].pre, c, 0);
@@ -335,21 +335,7 @@ class Planner {
         s.accesses[i].post.push_back(Op{.kind = OpKind::kReduceScatter, .chunk = c, .from_tier = Tier::kCompute,
                                         .to_tier = step_tier(ch), .bytes = ch.grad_bytes, .use_index = i});
       }
-    for (ChunkId c = 0; c < in_.chunks.size(); ++c) {
-      const ScheduleChunk& ch = in_.chunks[c];
-      if (ch.grad_bytes == 0) continue;
-      const Tier run = step_tier(ch);
-      if (ch.optim_tier == Tier::kNvme)
-        s.step.push_back(Op{.kind = OpKind::kLoad, .chunk = c, .from_tier = Tier::kNvme, .to_tier = Tier::kHost,
-                            .bytes = ch.optim_state_bytes});
-      s.step.push_back(Op{.kind = OpKind::kStep, .chunk = c, .from_tier = run, .to_tier = run, .bytes = ch.optim_state_bytes});
-      if (ch.optim_tier == Tier::kNvme)
-        s.step.push_back(Op{.kind = OpKind::kStore, .chunk = c, .from_tier = Tier::kHost, .to_tier = Tier::kNvme,
-                            .bytes = ch.optim_state_bytes});
-      if (ch.shard_tier != run)
-        s.step.push_back(Op{.kind = OpKind::kStore, .chunk = c, .from_tier = run, .to_tier = ch.shard_tier,
-                            .bytes = ch.bytes / w});
-    }
+    s.step = step_ops(in_.chunks, opt_.world);
     // Totals and peaks.
     for (const AccessOps& a : s.accesses) {
       for (const Op& op : a.pre) s.moved += link_bytes(op, opt_.world);

@@ -59,21 +59,56 @@ LinkBytes& LinkBytes::operator+=(const LinkBytes& o) {
   compute_to_host += o.compute_to_host;
   net_gather += o.net_gather;
   net_reduce_scatter += o.net_reduce_scatter;
+  net_all_reduce += o.net_all_reduce;
   return *this;
+}
+
+void add_copy(LinkBytes& l, Tier from, Tier to, std::uint64_t b) {
+  // One directed copy between adjacent tiers, or both legs of compute<->nvme via host.
+  if (from == to) return;
+  const bool up = tier_index(to) < tier_index(from);
+  const Tier lo = up ? from : to;  // the slower end
+  const Tier hi = up ? to : from;
+  if (lo == Tier::kNvme) (up ? l.nvme_to_host : l.host_to_nvme) += b;
+  if (hi == Tier::kCompute) (up ? l.host_to_compute : l.compute_to_host) += b;
+}
+
+Tier step_tier(Tier optim_tier) { return optim_tier == Tier::kCompute ? Tier::kCompute : Tier::kHost; }
+
+bool chunk_aliased(const ScheduleChunk& c, int world) { return world == 1 && c.shard_tier == Tier::kCompute; }
+
+bool chunk_persistent(const ScheduleChunk& c, const ScheduleOptions& o) {
+  return !c.replicated && !chunk_aliased(c, o.world) && (c.persistent || c.numel < o.persistence_threshold_elems);
+}
+
+std::vector<Op> step_ops(std::span<const ScheduleChunk> chunks, int world) {
+  std::vector<Op> ops;
+  const auto w = static_cast<std::uint64_t>(std::max(world, 1));
+  for (ChunkId c = 0; c < chunks.size(); ++c) {
+    const ScheduleChunk& ch = chunks[c];
+    if (ch.grad_bytes == 0) continue;
+    const Tier run = step_tier(ch);
+    if (ch.optim_tier == Tier::kNvme)
+      ops.push_back(Op{.kind = OpKind::kLoad, .chunk = c, .from_tier = Tier::kNvme, .to_tier = Tier::kHost,
+                       .bytes = ch.optim_state_bytes, .what = StateKind::kOptimizer});
+    ops.push_back(Op{.kind = OpKind::kStep, .chunk = c, .from_tier = run, .to_tier = run, .bytes = ch.optim_state_bytes,
+                     .what = StateKind::kOptimizer});
+    if (ch.optim_tier == Tier::kNvme)
+      ops.push_back(Op{.kind = OpKind::kStore, .chunk = c, .from_tier = Tier::kHost, .to_tier = Tier::kNvme,
+                       .bytes = ch.optim_state_bytes, .what = StateKind::kOptimizer});
+    if (ch.shard_tier != run)
+      ops.push_back(Op{.kind = OpKind::kStore, .chunk = c, .from_tier = run, .to_tier = ch.shard_tier, .bytes = ch.bytes / w});
+    if (ch.replicated && w > 1)
+      ops.push_back(Op{.kind = OpKind::kGather, .chunk = c, .from_tier = Tier::kCompute, .to_tier = Tier::kCompute,
+                       .bytes = ch.bytes});
+  }
+  return ops;
 }
 
 LinkBytes link_bytes(const Op& op, int world) {
   LinkBytes l;
   const auto w = static_cast<std::uint64_t>(world);
-  // One directed copy between adjacent tiers, or both legs of compute<->nvme via host.
-  auto copy = [&l](Tier from, Tier to, std::uint64_t b) {
-    if (from == to) return;
-    const bool up = tier_index(to) < tier_index(from);
-    const Tier lo = up ? from : to;  // the slower end
-    const Tier hi = up ? to : from;
-    if (lo == Tier::kNvme) (up ? l.nvme_to_host : l.host_to_nvme) += b;
-    if (hi == Tier::kCompute) (up ? l.host_to_compute : l.compute_to_host) += b;
-  };
+  auto copy = [&l](Tier from, Tier to, std::uint64_t b) { add_copy(l, from, to, b); };
   switch (op.kind) {
     case OpKind::kLoad:
     case OpKind::kStore:

@@ -11,6 +11,7 @@ Reservation& Reservation::operator=(Reservation&& o) noexcept {
     release();
     owner_ = std::exchange(o.owner_, nullptr);
     tier_ = o.tier_;
+    kind_ = o.kind_;
     bytes_ = std::exchange(o.bytes_, 0);
     holder_ = std::move(o.holder_);
   }
@@ -18,16 +19,17 @@ Reservation& Reservation::operator=(Reservation&& o) noexcept {
 }
 
 void Reservation::release() {
-  if (owner_ != nullptr) owner_->give_back(tier_, bytes_, holder_);
+  if (owner_ != nullptr) owner_->give_back(tier_, kind_, bytes_, holder_);
   owner_ = nullptr;
   bytes_ = 0;
 }
 
 namespace detail {
-void TierLedger::give_back(Tier tier, std::uint64_t bytes, const std::string& holder) {
+void TierLedger::give_back(Tier tier, StateKind kind, std::uint64_t bytes, const std::string& holder) {
   std::lock_guard lock(mu);
   const std::size_t t = plan::tier_index(tier);
   used[t] -= bytes;
+  kind_used[t][plan::kind_index(kind)] -= bytes;
   auto it = held[t].find(holder);
   if (it != held[t].end() && (it->second -= bytes) == 0) held[t].erase(it);
 }
@@ -45,7 +47,7 @@ std::uint64_t TierAllocator::budget(Tier t) const {
   return ledger_->budgets[plan::tier_index(t)];
 }
 
-Result<Reservation> TierAllocator::reserve(Tier tier, std::uint64_t bytes, std::string holder) {
+Result<Reservation> TierAllocator::reserve(Tier tier, std::uint64_t bytes, StateKind kind, std::string holder) {
   detail::TierLedger& l = *ledger_;
   std::lock_guard lock(l.mu);
   const std::size_t t = plan::tier_index(tier);
@@ -62,10 +64,14 @@ Result<Reservation> TierAllocator::reserve(Tier tier, std::uint64_t bytes, std::
   }
   l.used[t] += bytes;
   l.peak[t] = std::max(l.peak[t], l.used[t]);
+  std::uint64_t& ku = l.kind_used[t][plan::kind_index(kind)];
+  ku += bytes;
+  l.kind_peak[t][plan::kind_index(kind)] = std::max(l.kind_peak[t][plan::kind_index(kind)], ku);
   l.held[t][holder] += bytes;
   Reservation r;
   r.owner_ = ledger_;
   r.tier_ = tier;
+  r.kind_ = kind;
   r.bytes_ = bytes;
   r.holder_ = std::move(holder);
   return r;
@@ -81,9 +87,20 @@ std::uint64_t TierAllocator::peak(Tier t) const {
   return ledger_->peak[plan::tier_index(t)];
 }
 
+std::uint64_t TierAllocator::used(Tier t, StateKind k) const {
+  std::lock_guard lock(ledger_->mu);
+  return ledger_->kind_used[plan::tier_index(t)][plan::kind_index(k)];
+}
+
+std::uint64_t TierAllocator::peak(Tier t, StateKind k) const {
+  std::lock_guard lock(ledger_->mu);
+  return ledger_->kind_peak[plan::tier_index(t)][plan::kind_index(k)];
+}
+
 void TierAllocator::reset_peak() {
   std::lock_guard lock(ledger_->mu);
   ledger_->peak = ledger_->used;
+  ledger_->kind_peak = ledger_->kind_used;
 }
 
 std::vector<std::pair<std::string, std::uint64_t>> TierAllocator::holders(Tier t, std::size_t n) const {

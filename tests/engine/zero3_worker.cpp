@@ -22,7 +22,8 @@
 
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
-#include "strata/engine/zero3.h"
+#include "strata/engine/engine.h"
+#include "strata/engine/module_hooks.h"
 #include "strata/nn/models/gpt.h"
 #include "support/multirank.h"
 #include "support/worker.h"
@@ -55,8 +56,8 @@ std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step) {
   return {x.narrow(0, g_comm->rank() * kBatchPerRank, kBatchPerRank), y.narrow(0, g_comm->rank() * kBatchPerRank, kBatchPerRank)};
 }
 
-engine::Zero3Options options(const std::string& placement, const nn::GPTConfig& cfg, std::uint64_t* model_bytes) {
-  engine::Zero3Options o;
+engine::EngineOptions options(const std::string& placement, const nn::GPTConfig& cfg, std::uint64_t* model_bytes) {
+  engine::EngineOptions o;
   // SGD with momentum: Adam turns the rounding noise in gradients that are exactly zero
   // in theory (attention key biases) into full-size steps, which no two summation
   // orders agree on; the ZeRO-1/2 tests cover Adam parity on a model without them.
@@ -90,7 +91,7 @@ engine::Zero3Options options(const std::string& placement, const nn::GPTConfig& 
   } else if (placement == "persist") {
     // Parameters under 4096 elements (LayerNorms, biases) pack into persistent chunks
     // that stay gathered; with a budget so that the rest is evicted and prefetched.
-    o.chunks.persistence_threshold_elems = 4096;
+    o.schedule.persistence_threshold_elems = 4096;
     o.param_device = OffloadDevice::kCpu;
     o.optim_device = OffloadDevice::kCpu;
     o.schedule.budget_bytes[0] = *model_bytes / 3;
@@ -116,7 +117,7 @@ double scaled_error(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / scale;
 }
 
-void compare_params(engine::Zero3Engine& eng, nn::GPT& ref, double tol, const std::string& when) {
+void compare_params(engine::Engine& eng, nn::GPT& ref, double tol, const std::string& when) {
   auto got = check(eng.consolidated_params(), "consolidated_params");
   auto want = ref->parameters();
   if (got.size() != want.size()) fail("parameter count differs");
@@ -132,7 +133,7 @@ void parity(const std::string& placement, bool bf16) {
   model->init_weights(11);
   ref->init_weights(11);
   std::uint64_t model_bytes = 0;
-  engine::Zero3Options o = options(placement, cfg, &model_bytes);
+  engine::EngineOptions o = options(placement, cfg, &model_bytes);
   if (bf16) o.compute_dtype = at::kBFloat16;
   if (bf16) {
     o.optimizer.type = OptimizerType::kAdamW;
@@ -196,7 +197,7 @@ void memory() {
   nn::GPT model(cfg);
   model->init_weights(11);
   std::uint64_t model_bytes = 0;
-  engine::Zero3Options o = options("compute", cfg, &model_bytes);
+  engine::EngineOptions o = options("compute", cfg, &model_bytes);
   // Eight chunks: more than the largest unit needs (a block touches five), far less
   // than the model (49 chunks), so the bound is what limits prefetching.
   o.schedule.max_live_bytes = 8 * 8192 * 4;
@@ -250,7 +251,7 @@ void branch() {
   auto model = std::make_shared<Branchy>();
   at::manual_seed(3);
   auto ref = std::make_shared<Branchy>();
-  engine::Zero3Options o;
+  engine::EngineOptions o;
   o.optimizer.type = OptimizerType::kAdam;
   o.optimizer.adam_w_mode = false;
   o.optimizer.lr = 1e-2;
@@ -284,7 +285,7 @@ void branch() {
 void diverge() {
   at::manual_seed(3);
   auto model = std::make_shared<Branchy>();
-  engine::Zero3Options o;
+  engine::EngineOptions o;
   o.optimizer.type = OptimizerType::kSGD;
   o.chunks.chunk_size_elems = 512;
   o.chunks.io_align_bytes = 64;
@@ -330,7 +331,7 @@ void nested() {
   auto model = std::make_shared<Nested>();
   at::manual_seed(5);
   auto ref = std::make_shared<Nested>();
-  engine::Zero3Options o;
+  engine::EngineOptions o;
   o.optimizer.type = OptimizerType::kSGD;
   o.optimizer.lr = 0.05;
   o.optimizer.momentum = 0.9;
@@ -338,7 +339,7 @@ void nested() {
   o.chunks.io_align_bytes = 64;
   o.schedule.prefetch_bucket_bytes = 1 << 20;
   o.schedule.max_reuse_distance_elems = 0;  // release after every use: nesting must hold them
-  std::vector<engine::UnitSpec> units = {{.module = model->outer, .name = "outer"},
+  std::vector<engine::ModuleUnit> units = {{.module = model->outer, .name = "outer"},
                                          {.module = model->outer->inner, .name = "inner"},
                                          {.module = model->head.ptr(), .name = "head"}};
   auto eng = check(engine::shard(*model, *g_comm, o, units), "shard");
@@ -365,7 +366,7 @@ void overbudget() {
   const nn::GPTConfig cfg = model_config();
   nn::GPT model(cfg);
   std::uint64_t model_bytes = 0;
-  engine::Zero3Options o = options("quarter", cfg, &model_bytes);
+  engine::EngineOptions o = options("quarter", cfg, &model_bytes);
   o.schedule.budget_bytes[0] = 16 << 10;  // smaller than one chunk
   auto eng = engine::shard(*model, *g_comm, o);
   if (eng) fail("an impossible compute budget was accepted");
@@ -381,7 +382,7 @@ void awkward(const std::string& placement) {
   auto model = std::make_shared<AwkwardModel>(21);
   AwkwardModel ref(21);
   const at::Tensor frozen_before = model->frozen->weight.detach().clone();
-  engine::Zero3Options o;
+  engine::EngineOptions o;
   o.optimizer.type = OptimizerType::kSGD;
   o.optimizer.lr = 0.05;
   o.optimizer.momentum = 0.9;

@@ -84,8 +84,8 @@ TEST(GPT, InitIsDeterministicPerSeed) {
   EXPECT_TRUE(any_diff);
   // GPT-2's scheme: std 0.02, smaller for the residual projections, zero biases.
   EXPECT_NEAR(a->embeddings->wte->weight.std().item<double>(), 0.02, 0.002);
-  EXPECT_NEAR(a->block_list[0]->mlp_proj->weight.std().item<double>(), 0.02 / std::sqrt(4.0), 0.002);
-  EXPECT_EQ(a->block_list[0]->c_fc->bias.abs().sum().item<double>(), 0.0);
+  EXPECT_NEAR(a->blocks->ptr<BlockImpl>(0)->mlp_proj->weight.std().item<double>(), 0.02 / std::sqrt(4.0), 0.002);
+  EXPECT_EQ(a->blocks->ptr<BlockImpl>(0)->c_fc->bias.abs().sum().item<double>(), 0.0);
 }
 
 TEST(GPT, LearnsAFixedBatch) {

@@ -14,30 +14,37 @@ namespace {
 TEST(TierAllocator, AccountsReservationsAndPeaks) {
   TierAllocator a({100, 0, 0});
   {
-    auto r1 = a.reserve(Tier::kCompute, 60, "chunk 1");
+    auto r1 = a.reserve(Tier::kCompute, 60, StateKind::kParams, "chunk 1");
     ASSERT_TRUE(r1);
     EXPECT_EQ(a.used(Tier::kCompute), 60u);
-    auto r2 = a.reserve(Tier::kCompute, 40, "chunk 2");
+    auto r2 = a.reserve(Tier::kCompute, 40, StateKind::kGrads, "chunk 2");
     ASSERT_TRUE(r2);
     Reservation moved = std::move(*r2);
     EXPECT_EQ(a.used(Tier::kCompute), 100u);
+    EXPECT_EQ(moved.kind(), StateKind::kGrads);
+    EXPECT_EQ(a.used(Tier::kCompute, StateKind::kParams), 60u);
+    EXPECT_EQ(a.used(Tier::kCompute, StateKind::kGrads), 40u);
     moved.release();
     EXPECT_EQ(a.used(Tier::kCompute), 60u);
-    auto host = a.reserve(Tier::kHost, 1ull << 40, "unlimited");
+    EXPECT_EQ(a.used(Tier::kCompute, StateKind::kGrads), 0u);
+    auto host = a.reserve(Tier::kHost, 1ull << 40, StateKind::kOptimizer, "unlimited");
     EXPECT_TRUE(host);
   }
   EXPECT_EQ(a.used(Tier::kCompute), 0u);
   EXPECT_EQ(a.peak(Tier::kCompute), 100u);
+  EXPECT_EQ(a.peak(Tier::kCompute, StateKind::kGrads), 40u);
+  EXPECT_EQ(a.peak(Tier::kHost, StateKind::kOptimizer), 1ull << 40);
   a.reset_peak();
   EXPECT_EQ(a.peak(Tier::kCompute), 0u);
+  EXPECT_EQ(a.peak(Tier::kCompute, StateKind::kGrads), 0u);
 }
 
 TEST(TierAllocator, OverBudgetNamesNeedBudgetAndHolders) {
   TierAllocator a({1 << 20, 0, 0});
-  auto big = a.reserve(Tier::kCompute, 768 << 10, "gathered chunk 2");
-  auto small = a.reserve(Tier::kCompute, 128 << 10, "persistent chunk 0");
+  auto big = a.reserve(Tier::kCompute, 768 << 10, StateKind::kParams, "gathered chunk 2");
+  auto small = a.reserve(Tier::kCompute, 128 << 10, StateKind::kParams, "persistent chunk 0");
   ASSERT_TRUE(big && small);
-  auto fail = a.reserve(Tier::kCompute, 256 << 10, "gathered chunk 5");
+  auto fail = a.reserve(Tier::kCompute, 256 << 10, StateKind::kParams, "gathered chunk 5");
   ASSERT_FALSE(fail);
   EXPECT_EQ(fail.error().code(), ErrorCode::kResourceExhausted);
   EXPECT_EQ(fail.error().message(),
@@ -55,11 +62,11 @@ TEST(TierAllocator, OverBudgetNamesNeedBudgetAndHolders) {
 TEST(TierAllocator, ReservationMayOutliveItsAllocator) {
   alignas(TierAllocator) std::byte storage[sizeof(TierAllocator)];
   auto* a = new (storage) TierAllocator({1 << 20, 0, 0});
-  auto old_res = a->reserve(Tier::kCompute, 300 << 10, "chunk of the old engine");
+  auto old_res = a->reserve(Tier::kCompute, 300 << 10, StateKind::kParams, "chunk of the old engine");
   ASSERT_TRUE(old_res);
   a->~TierAllocator();
   a = new (storage) TierAllocator({1 << 20, 0, 0});  // the same address
-  auto new_res = a->reserve(Tier::kCompute, 100 << 10, "chunk of the new engine");
+  auto new_res = a->reserve(Tier::kCompute, 100 << 10, StateKind::kParams, "chunk of the new engine");
   ASSERT_TRUE(new_res);
   old_res->release();
   EXPECT_FALSE(*old_res);

@@ -115,10 +115,10 @@ void print_end(const EndInfo& e) {
              e.val_loss ? fmt::format(", validation {:.4f}", *e.val_loss) : "");
   fmt::print("  throughput      {} tokens/s (median step, all ranks)\n", format_count(static_cast<std::uint64_t>(e.tokens_per_s)));
   fmt::print("  peak memory     compute {}, host {}, nvme {} (rank 0)\n", b(e.peak[0]), b(e.peak[1]), b(e.peak[2]));
-  fmt::print("  bytes moved     network gather {}, reduce-scatter {}; host->compute {}, compute->host {}; "
+  fmt::print("  bytes moved     network gather {}, reduce-scatter {}, all-reduce {}; host->compute {}, compute->host {}; "
              "nvme->host {}, host->nvme {} (rank 0, whole run)\n",
-             b(e.moved.net_gather), b(e.moved.net_reduce_scatter), b(e.moved.host_to_compute), b(e.moved.compute_to_host),
-             b(e.moved.nvme_to_host), b(e.moved.host_to_nvme));
+             b(e.moved.net_gather), b(e.moved.net_reduce_scatter), b(e.moved.net_all_reduce), b(e.moved.host_to_compute),
+             b(e.moved.compute_to_host), b(e.moved.nvme_to_host), b(e.moved.host_to_nvme));
   if (e.hit_rate >= 0) fmt::print("  prefetch        {:.1f}% of gathers ready when needed\n", 100 * e.hit_rate);
   fmt::print("  outputs         {}\n", e.out);
   fmt::print("    metrics       {}\n", e.metrics);

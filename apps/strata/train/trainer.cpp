@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <fstream>
 #include <numbers>
+#include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 
@@ -15,8 +17,10 @@
 #include "strata/base/units.h"
 #include "strata/comm/communicator.h"
 #include "strata/nn/data/byte_corpus.h"
+#include "rank_threads.h"
+#include "strata/engine/engine.h"
+#include "strata/engine/module_hooks.h"
 #include "strata/nn/models/gpt.h"
-#include "train_engine.h"
 #include "train_report.h"
 
 namespace strata::cli {
@@ -38,18 +42,34 @@ double mean_across_ranks(comm::Communicator& comm, double v) {
   return t.item<double>();
 }
 
-std::string placement_text(const Config& c) {
-  const auto& z = c.zero_optimization;
-  std::string s = fmt::format("placement {}: param shards on {}, optimizer state on {}",
-                              to_string(c.strata.placement),
-                              z.stage < 3 ? "compute (stage < 3: full parameters)"
-                                          : z.offload_param.device == OffloadDevice::kNone ? "compute"
-                                                                                            : (z.offload_param.device == OffloadDevice::kCpu ? "host" : "nvme"),
-                              z.offload_optimizer.device == OffloadDevice::kNone ? "compute"
-                              : z.offload_optimizer.device == OffloadDevice::kCpu ? "host"
-                                                                                  : "nvme (" + z.offload_optimizer.nvme_path + ")");
+// Where the engine put things, read back from it (not from the config).
+std::string placement_text(const Config& c, const engine::Engine& eng) {
+  const engine::MemoryByKind held = eng.memory_by_kind();
+  auto where = [&](plan::StateKind k) {
+    std::vector<std::string> tiers;
+    for (plan::Tier t : plan::kAllTiers) {
+      if (held[plan::tier_index(t)][plan::kind_index(k)] == 0) continue;
+      tiers.push_back(t == plan::Tier::kNvme ? fmt::format("nvme ({})", eng.options().swap.nvme_path)
+                                             : std::string(plan::to_string(t)));
+    }
+    return tiers.empty() ? std::string("-") : fmt::format("{}", fmt::join(tiers, " and "));
+  };
+  std::string s = fmt::format("placement {}: {} on {}, optimizer state on {}", to_string(c.strata.placement),
+                              eng.stage() < 3 ? "parameters (whole)" : "param shards", where(plan::StateKind::kParams),
+                              where(plan::StateKind::kOptimizer));
   s += c.strata.compute_budget ? fmt::format(", compute budget {}", format_bytes(c.strata.compute_budget)) : ", no compute budget";
   return s;
+}
+
+// fp32 values of every parameter, keyed like model->named_parameters(); every rank
+// must call it (the engine gathers).
+Result<std::vector<std::pair<std::string, at::Tensor>>> named_consolidated(engine::Engine& eng, nn::GPT& model) {
+  STRATA_ASSIGN_OR_RETURN(std::vector<at::Tensor> values, eng.consolidated_params());
+  std::unordered_map<const void*, std::size_t> index;
+  for (std::size_t i = 0; i < eng.params().size(); ++i) index[eng.params()[i].unsafeGetTensorImpl()] = i;
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : model->named_parameters()) out.emplace_back(p.key(), values.at(index.at(p.value().unsafeGetTensorImpl())));
+  return out;
 }
 
 // Validation loss: the mean over eval_batches batches per rank, then over ranks.
@@ -86,9 +106,9 @@ std::string sample_text(nn::GPT& model, const TrainOptions& o) {
   return s;
 }
 
-Status save_checkpoint(TrainEngine& eng, const nn::GPTConfig& cfg, const TrainOptions& o, std::int64_t step,
-                       bool root, std::string* path) {
-  STRATA_ASSIGN_OR_RETURN(auto named, eng.consolidated_params());
+Status save_checkpoint(engine::Engine& eng, nn::GPT& model, const nn::GPTConfig& cfg, const TrainOptions& o,
+                       std::int64_t step, bool root, std::string* path) {
+  STRATA_ASSIGN_OR_RETURN(auto named, named_consolidated(eng, model));
   if (!root) return ok();
   const fs::path dir = fs::path(o.out) / "checkpoints" / fmt::format("step-{}", step);
   std::error_code ec;
@@ -120,7 +140,11 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   STRATA_ASSIGN_OR_RETURN(nn::GPTConfig mcfg, nn::gpt_config(o.model, 256, 0));
   nn::GPT model(mcfg);
   model->init_weights(o.seed);
-  STRATA_ASSIGN_OR_RETURN(auto eng, TrainEngine::create(model, cfg, comm));
+  Config ecfg = cfg;
+  ecfg.strata.optimizer_threads = cfg.strata.optimizer_threads ? cfg.strata.optimizer_threads : threads_per_rank();
+  STRATA_ASSIGN_OR_RETURN(engine::EngineOptions eo, engine::EngineOptions::from_config(ecfg, comm.world()));
+  eo.chunks.search_step_elems = static_cast<std::uint64_t>(mcfg.hidden);
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng, engine::shard(*model, comm, std::move(eo)));
 
   // The start summary: the estimator's prediction next to what the engine holds.
   const auto& layout = eng->store().layout();
@@ -150,7 +174,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     si.largest_chunk = std::max(si.largest_chunk, c.size_elems);
   }
   si.padding = layout.waste_ratio;
-  si.placement = placement_text(cfg);
+  si.placement = placement_text(cfg, *eng);
   si.out = o.out;
   if (root) print_start(si);
 
@@ -168,7 +192,6 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     const double lr = lr_at(o, step);
     eng->set_lr(lr);
     if (step == trace_step && root) eng->trace_next_step(trace_path);
-    eng->own_trace().begin_step();
     const auto t0 = std::chrono::steady_clock::now();
     double loss_sum = 0;
     engine::StepResult r;
@@ -176,18 +199,11 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
       STRATA_ASSIGN_OR_RETURN(nn::Batch batch, corpus.sample(nn::Split::kTrain, micro, o.seq_len,
                                                              {o.seed, static_cast<std::uint64_t>(step),
                                                               static_cast<std::uint64_t>(comm.rank() * accum + m)}));
-      const auto f0 = std::chrono::steady_clock::now();
       at::Tensor loss = model->loss(batch.tokens, batch.targets);
-      const auto f1 = std::chrono::steady_clock::now();
       STRATA_RETURN_IF_ERROR(eng->backward(loss));
-      const auto f2 = std::chrono::steady_clock::now();
       STRATA_ASSIGN_OR_RETURN(r, eng->step());
-      eng->own_trace().add(engine::StepTrace::kCompute, "forward", f0, f1);
-      eng->own_trace().add(engine::StepTrace::kCompute, "backward", f1, f2);
-      eng->own_trace().add(engine::StepTrace::kOptimizer, "step", f2, std::chrono::steady_clock::now());
       loss_sum += loss.item<double>();
     }
-    STRATA_RETURN_IF_ERROR(eng->own_trace().end_step(comm.rank()));
     const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double loss = mean_across_ranks(comm, loss_sum / static_cast<double>(accum));
     if (!std::isfinite(loss)) return make_error(ErrorCode::kInternal, "the loss is not finite at step {}", step);
@@ -206,38 +222,34 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
                            {"loss_scale", r.loss_scale}, {"applied", r.applied}, {"step_s", step_s},
                            {"tokens_per_s", tokens_per_s}};
     if (val) line["val_loss"] = *val;
-    std::array<std::uint64_t, 3> mem{};
-    if (auto* z3 = eng->zero3()) {
-      const engine::StepMetrics& m = z3->last_metrics();
-      mem = {m.peak[0], m.peak[1], m.peak[2]};
-      line["memory_peak"] = {{"compute", m.peak[0]}, {"host", m.peak[1]}, {"nvme", m.peak[2]}};
-      auto links = [](const plan::LinkBytes& l) {
-        return nlohmann::json{{"net_gather", l.net_gather}, {"net_reduce_scatter", l.net_reduce_scatter},
-                              {"host_to_compute", l.host_to_compute}, {"compute_to_host", l.compute_to_host},
-                              {"nvme_to_host", l.nvme_to_host}, {"host_to_nvme", l.host_to_nvme}};
-      };
-      line["moved"] = links(m.moved);
+    const engine::StepMetrics& m = eng->last_metrics();
+    const std::array<std::uint64_t, 3> mem = {m.peak[0], m.peak[1], m.peak[2]};
+    line["memory_peak"] = {{"compute", m.peak[0]}, {"host", m.peak[1]}, {"nvme", m.peak[2]}};
+    line["grad_bytes_peak"] = m.peak_grad_bytes;
+    auto links = [](const plan::LinkBytes& l) {
+      return nlohmann::json{{"net_gather", l.net_gather}, {"net_reduce_scatter", l.net_reduce_scatter},
+                            {"net_all_reduce", l.net_all_reduce}, {"host_to_compute", l.host_to_compute},
+                            {"compute_to_host", l.compute_to_host}, {"nvme_to_host", l.nvme_to_host},
+                            {"host_to_nvme", l.host_to_nvme}};
+    };
+    line["moved"] = links(m.moved);
+    line["forward_s"] = m.forward_s;
+    line["backward_s"] = m.backward_s;
+    line["optimizer_s"] = m.optimizer_s;
+    if (eng->stage() == 3) {
       line["planned"] = links(m.planned);
       line["gathers"] = m.gathers;
       line["prefetch_hit_rate"] = m.prefetch_hit_rate;
       line["gather_wait_s"] = m.gather_wait_s;
-      line["forward_s"] = m.forward_s;
-      line["backward_s"] = m.backward_s;
-      line["optimizer_s"] = m.optimizer_s;
       line["scheduled"] = m.scheduled;
-      end.moved += m.moved;
       if (m.scheduled) gathers += m.gathers, hits += m.prefetch_hits;
-      for (int t = 0; t < 3; ++t) end.peak[t] = std::max(end.peak[t], m.peak[t]);
-    } else {
-      const auto held = eng->memory_by_kind();
-      for (int t = 0; t < 3; ++t) mem[t] = held[t][0] + held[t][1] + held[t][2] + held[t][3];
-      line["memory_peak"] = {{"compute", mem[0]}, {"host", mem[1]}, {"nvme", mem[2]}};
-      end.peak = mem;
     }
+    end.moved += m.moved;
+    for (int t = 0; t < 3; ++t) end.peak[t] = std::max(end.peak[t], m.peak[t]);
     if (root) metrics << line.dump() << '\n' << std::flush;
     if (root) progress.update(step, loss, tokens_per_s, step_s, mem, val);
     if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || step + 1 == o.steps) {
-      STRATA_RETURN_IF_ERROR(save_checkpoint(*eng, mcfg, o, step + 1, root, &checkpoint));
+      STRATA_RETURN_IF_ERROR(save_checkpoint(*eng, model, mcfg, o, step + 1, root, &checkpoint));
     }
   }
   if (root) progress.finish();

@@ -107,6 +107,8 @@ class Communicator {
   // output (world * n elements, contiguous) <- every rank's input (n elements), in rank order.
   Handle all_gather(const at::Tensor& input, const at::Tensor& output);
   // output (n elements) <- op over ranks of input[rank*n, (rank+1)*n). kSum or kAvg.
+  // output may be that very slice of input (in place): every path reads all of input
+  // before it writes output.
   Handle reduce_scatter(const at::Tensor& input, const at::Tensor& output, ReduceOp op);
   // In place. kSum, kAvg or kMax.
   Handle all_reduce(const at::Tensor& tensor, ReduceOp op);

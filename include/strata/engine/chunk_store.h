@@ -1,7 +1,7 @@
 // ChunkStore: a model's trainable parameters packed into flat chunks.
 //
 //   ChunkStoreOptions opt{.world = comm.world(), .rank = comm.rank(), .compute_dtype = at::kBFloat16};
-//   STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::create(model->parameters(), opt));
+//   STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::create(params, opt));   // distinct tensors
 //   // every parameter is now a view of store->full(c); its .grad a view of store->grad(c)
 //   at::Tensor mine = store->shard(store->full(c), c);  // this rank's slice of chunk c
 //
@@ -16,7 +16,7 @@
 // and re-materializing resizes it back. Views, and the tensors autograd saved for
 // backward, point at the storage object, so they stay valid across a release and a
 // re-gather. This is what lets ZeRO-3 release parameters after forward and re-gather
-// them before backward. Stages 1 and 2 keep every chunk materialized.
+// them before backward. Stages 0-2 keep every chunk materialized.
 #pragma once
 
 #include <cstdint>
@@ -33,20 +33,24 @@
 
 namespace strata::engine {
 
+// How parameters pack into chunks: the knobs a user sets (EngineOptions::chunks).
+struct ChunkOptions {
+  std::uint64_t chunk_size_elems = 0;         // 0 = search for the least waste
+  std::uint64_t search_range_elems = 64ull << 20;
+  std::uint64_t search_step_elems = 1024;     // the model's hidden size works best
+  std::uint64_t max_chunk_elems = 0;          // bound on searched sizes; 0 = the engine's cap
+  std::uint64_t io_align_bytes = 4096;        // shards stay O_DIRECT-aligned when offloaded
+  std::uint32_t private_min_gap = 0;
+};
+
 struct ChunkStoreOptions {
   int world = 1;
   int rank = 0;
   at::ScalarType compute_dtype = at::kFloat;  // dtype of the parameters the model computes with
-  std::uint64_t chunk_size_elems = 0;         // 0 = search for the least waste
-  std::uint64_t search_range_elems = 64ull << 20;
-  std::uint64_t search_step_elems = 1024;     // the model's hidden size works best
-  std::uint64_t max_chunk_elems = 0;          // bound on searched sizes; 0 = none
-  std::uint64_t io_align_bytes = 4096;        // shards stay O_DIRECT-aligned when offloaded
+  ChunkOptions packing;
+  // Parameters smaller than this pack into persistent chunks. The engine takes it from
+  // its schedule options (stage 3), the one place it is set.
   std::uint64_t persistence_threshold_elems = 0;
-  std::uint32_t private_min_gap = 0;
-  // Stages 1-2 keep every gradient buffer; stage 3 creates them empty (no bytes) and
-  // materializes them during backward.
-  bool materialize_grads = true;
 
   Status validate() const;
 };
@@ -87,10 +91,9 @@ class ChunkStore {
   static void alloc_storage(const at::Tensor& t);
   static bool has_storage(const at::Tensor& t);
 
-  // Sets every trainable parameter's .grad to its view of grad(c) and zeroes the
-  // buffers that have storage.
+  // Sets every trainable parameter's .grad to its view of grad(c). Gradient buffers
+  // start without bytes; their owner allocates them (alloc_storage) when needed.
   void bind_grads();
-  void zero_grads();
 
   // Parameter i's view into a tensor laid out like chunk(layout.where[i].chunk).
   at::Tensor param_view(const at::Tensor& chunk_tensor, std::size_t param) const;

@@ -1,49 +1,117 @@
-// Forward hooks for C++ modules.
+// The C++ front end: units are torch::nn modules called through engine::forward().
 //
-// LibTorch's C++ torch::nn::Module has no forward hooks, so strata's unit boundaries
-// are calls through strata::engine::forward():
+// LibTorch's C++ torch::nn::Module has no forward hooks, so a unit boundary is a call
+// through strata::engine::forward():
 //
 //   struct GPTImpl : torch::nn::Module {
 //     at::Tensor forward(at::Tensor x) {
-//       for (auto& block : blocks) x = strata::engine::forward(block, x);  // was: block(x)
-//       ...
+//       for (std::size_t i = 0; i < blocks->size(); ++i)
+//         x = strata::engine::forward_as<BlockImpl>(blocks[i], x);   // was: blocks[i](x)
+//       return strata::engine::forward(head, x);                     // was: head(x)
+//     ...
+//   STRATA_ASSIGN_OR_RETURN(auto eng, strata::engine::shard(*model, *comm, options));
 //
-// With no engine attached this is exactly module->forward(args...). Once an engine
-// shards the model (strata::shard(model, engine)), it registers its units here and
-// forward() runs pre_forward (gather the unit's chunks) and post_forward (release them,
-// hook the output so backward re-gathers) around the call.
+// With no engine attached, forward() is exactly module->forward(args...). Once shard()
+// has made a module a unit, forward() calls the engine's pre_forward before it and
+// post_forward with every tensor the module returned (a tensor, a tuple or pair of
+// them, or a vector) after it. An engine error inside forward() is thrown as a
+// c10::Error with the error's text. Destroying the engine detaches its units.
 #pragma once
 
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "strata/base/status.h"
+#include "strata/engine/engine_options.h"
 
 namespace torch::nn {
 class Module;
 }
+namespace strata::comm {
+class Communicator;
+}
 
 namespace strata::engine {
 
-class ModuleHooks {
- public:
-  virtual ~ModuleHooks() = default;
-  virtual void pre_forward(const torch::nn::Module& unit) = 0;
-  // May replace `output` (e.g. with a tensor carrying a backward hook).
-  virtual void post_forward(const torch::nn::Module& unit, at::Tensor& output) = 0;
-};
+class Engine;
+using UnitId = int;
 
-// Registers (or, with nullptr, removes) the hooks for one unit module.
-void set_module_hooks(const torch::nn::Module& unit, ModuleHooks* hooks);
-ModuleHooks* module_hooks(const torch::nn::Module& unit);
+// Which engine unit a module is.
+struct UnitHook {
+  Engine* engine = nullptr;
+  UnitId unit = 0;
+};
+void set_unit_hook(const torch::nn::Module& module, UnitHook hook);  // engine null: remove
+void clear_unit_hooks(const Engine* engine);                         // every module of `engine`
+std::optional<UnitHook> unit_hook(const torch::nn::Module& module);
+// Call the engine; an error is thrown as a c10::Error carrying its text.
+void run_pre_forward(const UnitHook& hook);
+void run_post_forward(const UnitHook& hook, std::span<const at::Tensor> outputs);
+
+namespace detail {
+inline void collect_tensors(const at::Tensor& t, std::vector<at::Tensor>& out) { out.push_back(t); }
+inline void collect_tensors(const std::vector<at::Tensor>& v, std::vector<at::Tensor>& out) {
+  out.insert(out.end(), v.begin(), v.end());
+}
+template <class A, class B>
+void collect_tensors(const std::pair<A, B>& p, std::vector<at::Tensor>& out);
+template <class... T>
+void collect_tensors(const std::tuple<T...>& t, std::vector<at::Tensor>& out) {
+  std::apply([&out](const auto&... x) { (collect_tensors(x, out), ...); }, t);
+}
+template <class A, class B>
+void collect_tensors(const std::pair<A, B>& p, std::vector<at::Tensor>& out) {
+  collect_tensors(p.first, out);
+  collect_tensors(p.second, out);
+}
+template <class T>
+void collect_tensors(const T&, std::vector<at::Tensor>&) {}  // not a tensor: nothing to hook
+}  // namespace detail
 
 template <class Holder, class... Args>
-at::Tensor forward(Holder& module, Args&&... args) {
-  ModuleHooks* hooks = module_hooks(*module);
-  if (hooks == nullptr) return module->forward(std::forward<Args>(args)...);
-  hooks->pre_forward(*module);
-  at::Tensor out = module->forward(std::forward<Args>(args)...);
-  hooks->post_forward(*module, out);
+auto forward(Holder& module, Args&&... args) -> decltype(module->forward(std::forward<Args>(args)...)) {
+  const std::optional<UnitHook> hook = unit_hook(*module);
+  if (!hook) return module->forward(std::forward<Args>(args)...);
+  run_pre_forward(*hook);
+  auto out = module->forward(std::forward<Args>(args)...);
+  std::vector<at::Tensor> tensors;
+  detail::collect_tensors(out, tensors);
+  run_post_forward(*hook, tensors);
   return out;
 }
+
+// A type-erased module (a ModuleList or ModuleDict element) called as `Impl`.
+template <class Impl, class... Args>
+auto forward_as(const std::shared_ptr<torch::nn::Module>& module, Args&&... args) {
+  std::shared_ptr<Impl> typed = std::dynamic_pointer_cast<Impl>(module);
+  TORCH_CHECK(typed != nullptr, "strata::engine::forward_as: the module is not of the requested type");
+  return forward(typed, std::forward<Args>(args)...);
+}
+
+// A unit of a C++ model: a module at any depth, plus any parameter it reads without
+// owning it (GPT's tied head reads the token embedding; see uses_params.h).
+struct ModuleUnit {
+  std::shared_ptr<torch::nn::Module> module;
+  std::vector<at::Tensor> extra_params;
+  std::string name;
+};
+
+// Every child module of `model` that holds parameters, ModuleLists flattened, with the
+// parameters it declares through UsesParams.
+std::vector<ModuleUnit> default_units(torch::nn::Module& model);
+
+// Makes `units` (default: default_units(model)) the engine's units and attaches them.
+// At stage 3 every trainable parameter must be in a unit, or nothing would gather it;
+// at stages 0-2 parameters outside the units are managed as well.
+Result<std::unique_ptr<Engine>> shard(torch::nn::Module& model, comm::Communicator& comm, EngineOptions options,
+                                      std::vector<ModuleUnit> units = {});
 
 }  // namespace strata::engine

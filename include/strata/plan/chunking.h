@@ -113,6 +113,28 @@ struct ChunkLayout {
 Result<ChunkLayout> pack_chunks(std::span<const ParamInfo> params, std::span<const ParamAccess> uses,
                                 const ChunkingOptions& opt);
 
+// Note [chunk granularity]: the largest chunk size a search may pick (elements, >= 1).
+// Chunks are the unit of gathering, gradient reduction and I/O, so one chunk holding
+// most of the model leaves nothing to overlap: a 51M-element model packed into a single
+// chunk is gathered all at once and its gradients reduced only at the end. The cap is
+// the least of
+//   - model_elems / kMinChunksPerModel, so that work on one chunk overlaps moving the next;
+//   - a quarter of the compute budget: the chunk in use, its gradient buffer and a
+//     prefetched successor must fit together;
+//   - stage 3: the prefetch bucket, or no chunk could be prefetched;
+//   - stages 2-3: the reduce bucket, the gradient bytes in flight.
+// The search keeps its smallest candidate (the largest parameter) even above the cap.
+inline constexpr std::uint64_t kMinChunksPerModel = 8;
+struct ChunkCapInput {
+  std::uint64_t model_elems = 0;
+  int stage = 0;
+  std::uint64_t elem_bytes = 4;            // compute dtype
+  std::uint64_t compute_budget_bytes = 0;  // 0 = none
+  std::uint64_t prefetch_bucket_bytes = 0; // 0 = no prefetch (no bound from it)
+  std::uint64_t reduce_bucket_elems = 0;   // 0 = no bound
+};
+std::uint64_t chunk_size_cap(const ChunkCapInput& in);
+
 // First-use order (see the rules above).
 std::vector<std::uint32_t> first_use_order(std::size_t n_params, std::span<const ParamAccess> uses);
 

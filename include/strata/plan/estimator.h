@@ -44,11 +44,6 @@ enum class Dtype : std::uint8_t { kFp32, kFp16, kBf16 };
 std::string_view to_string(Dtype d);
 std::uint32_t dtype_bytes(Dtype d);
 
-enum class StateKind : std::uint8_t { kParams = 0, kGrads = 1, kOptimizer = 2, kBuffers = 3 };
-inline constexpr std::size_t kNumStateKinds = 4;
-inline constexpr std::array<StateKind, kNumStateKinds> kAllStateKinds{StateKind::kParams, StateKind::kGrads,
-                                                                       StateKind::kOptimizer, StateKind::kBuffers};
-std::string_view to_string(StateKind k);
 
 struct EstimateInput {
   std::uint64_t n_params = 0;             // P; shared parameters counted once

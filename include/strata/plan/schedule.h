@@ -77,6 +77,10 @@ struct ScheduleChunk {
   std::uint64_t optim_state_bytes = 0;  // this rank's master + optimizer state bytes
   std::uint64_t grad_shard_bytes = 0;   // this rank's fp32 grad accumulator bytes
   bool persistent = false;              // keep gathered regardless of the threshold
+  // Stages 0-2: every rank holds the whole chunk for good (only the optimizer state is
+  // sharded). Never gathered or released by an access; after the step this rank's
+  // updated slice is all-gathered into it (a Gather in the step ops when world > 1).
+  bool replicated = false;
 };
 
 struct ScheduleAccess {
@@ -131,6 +135,8 @@ struct Op {
   std::uint64_t bytes = 0;
   // Gather and its Load: the access that needs it (a prefetch when > the issuing access).
   std::uint32_t use_index = 0;
+  // What a Load, Store or Step moves: parameters, or (step ops) the optimizer state.
+  StateKind what = StateKind::kParams;
   bool operator==(const Op&) const = default;
 };
 
@@ -147,6 +153,7 @@ struct LinkBytes {
   std::uint64_t compute_to_host = 0;
   std::uint64_t net_gather = 0;          // bytes this rank receives in all-gathers
   std::uint64_t net_reduce_scatter = 0;  // bytes this rank sends in reduce-scatters
+  std::uint64_t net_all_reduce = 0;      // bytes this rank sends in all-reduces (stages 0-1 gradients)
   std::uint64_t host_compute() const { return host_to_compute + compute_to_host; }
   std::uint64_t nvme_host() const { return nvme_to_host + host_to_nvme; }
   LinkBytes& operator+=(const LinkBytes& o);
@@ -180,6 +187,31 @@ struct Schedule {
 };
 
 Result<Schedule> make_schedule(const ScheduleInput& in);
+
+// Note [residency rules]: the rules every component applies to a chunk, defined once.
+// The step of a chunk runs where its optimizer state is when that is compute, else on
+// host (the CPU optimizer); the fp32 gradient shard lives there too.
+Tier step_tier(Tier optim_tier);
+inline Tier step_tier(const ScheduleChunk& c) { return step_tier(c.optim_tier); }
+// World 1 with the shard on compute: the shard is the gathered chunk; never moved.
+bool chunk_aliased(const ScheduleChunk& c, int world);
+// Gathered at pre(0), never released within a step: flagged persistent (a chunk of
+// small parameters) or smaller than the persistence threshold; never aliased or
+// replicated.
+bool chunk_persistent(const ScheduleChunk& c, const ScheduleOptions& o);
+
+// Note [step ops]: the optimizer step, per chunk with a gradient, in chunk order:
+//   load     nvme -> host      the chunk's optimizer state, when it lives on nvme
+//   step     on step_tier      the fused kernel
+//   store    host -> nvme      the state back, when it lives on nvme
+//   store    step -> shard     the updated parameter shard home, when it lives elsewhere
+//   gather   compute           replicated chunks, world > 1: every rank's updated slice
+// `world` is the chunks' shard count (1 for stage 0). make_schedule's `step` is this.
+std::vector<Op> step_ops(std::span<const ScheduleChunk> chunks, int world);
+
+// The cost model's copy rule: `bytes` moved from -> to counts on every link of the
+// path (compute <-> nvme goes through host).
+void add_copy(LinkBytes& l, Tier from, Tier to, std::uint64_t bytes);
 
 // The chunk access sequence of a trace: module i's chunks through module_chunks (a
 // module absent from the map uses no chunk). Indexes match the trace's.

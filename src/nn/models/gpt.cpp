@@ -134,16 +134,13 @@ at::Tensor HeadImpl::forward(const at::Tensor& x) { return at::matmul(ln_f->forw
 GPTImpl::GPTImpl(const GPTConfig& cfg) : cfg_(cfg) {
   embeddings = register_module("embeddings", Embeddings(cfg.vocab, cfg.context, cfg.hidden));
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (std::int64_t l = 0; l < cfg.layers; ++l) {
-    block_list.push_back(Block(cfg.hidden, cfg.heads));
-    blocks->push_back(block_list.back());
-  }
+  for (std::int64_t l = 0; l < cfg.layers; ++l) blocks->push_back(Block(cfg.hidden, cfg.heads));
   head = register_module("head", Head(cfg.hidden, embeddings->wte));
 }
 
 at::Tensor GPTImpl::forward(const at::Tensor& tokens) {
   at::Tensor x = engine::forward(embeddings, tokens);
-  for (auto& block : block_list) x = engine::forward(block, x);
+  for (const auto& block : *blocks) x = engine::forward_as<BlockImpl>(block, x);
   return engine::forward(head, x);
 }
 

@@ -13,8 +13,9 @@
 // vocabulary is separate: strata train uses byte-level tokens (256); GPT-2's own is
 // 50257 (then "gpt2" has 124,439,808 parameters).
 //
-// Each block, the embeddings and the final LayerNorm are called through
-// strata::engine::forward(), so a ZeRO-3 engine can gather their parameters just in time.
+// The embeddings, each block (a ModuleList element, through engine::forward_as) and the
+// head are called through strata::engine's forward hooks, so that at stage 3 the engine
+// gathers their parameters just in time.
 #pragma once
 
 #include <cstdint>
@@ -98,7 +99,6 @@ class GPTImpl : public torch::nn::Module {
   const GPTConfig& config() const { return cfg_; }
   Embeddings embeddings{nullptr};
   torch::nn::ModuleList blocks{nullptr};
-  std::vector<Block> block_list;
   Head head{nullptr};
 
  private:

@@ -1,0 +1,149 @@
+// Engine: strata's one training engine, ZeRO stages 0-3, every tier at every stage.
+//
+//   STRATA_ASSIGN_OR_RETURN(auto o, engine::EngineOptions::from_config(cfg, comm->world()));
+//   // C++ modules: strata::engine::shard() (module_hooks.h) builds the units and hooks.
+//   STRATA_ASSIGN_OR_RETURN(auto eng, engine::shard(*model, *comm, o));
+//   for (...) {
+//     at::Tensor loss = model->loss(x, y);            // units gather around their forward
+//     STRATA_RETURN_IF_ERROR(eng->backward(loss));     // scaled; re-gathers, reduces grads
+//     STRATA_ASSIGN_OR_RETURN(auto r, eng->step());    // at the accumulation boundary
+//   }
+//
+// Note [front ends]: the engine never sees a module type. A unit is an id (its index in
+// the `units` given to create()) plus the parameter tensors it computes with; units may
+// share tensors (a tied embedding) and nest (an outer unit's tensors include an inner
+// unit's). A front end calls pre_forward(u) before unit u runs and post_forward(u,
+// outputs) after it; post_forward hooks the outputs so that backward re-gathers the
+// unit's chunks when the first gradient of an output arrives (any number of outputs,
+// e.g. a tuple). Nesting is learned from the calls: a unit whose pre_forward comes while
+// another is open runs inside it. Today's front end is the C++ one (engine::forward()).
+//
+// What each stage does is in engine_options.h. Step 1 of stage 3 records the access
+// trace and fetches on demand; from step 2 the planner's schedule drives prefetching,
+// releases and evictions (plan/schedule.h). Every byte of model state is a tier
+// reservation that says its kind; errors raised inside autograd hooks reach backward()'s
+// caller with their code (an over-budget gradient buffer is "resource_exhausted: cannot
+// fit ...", not an internal error).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "strata/base/status.h"
+#include "strata/engine/chunk_store.h"
+#include "strata/engine/engine_options.h"
+#include "strata/engine/loss_scaler.h"
+#include "strata/plan/schedule.h"
+
+namespace strata::comm {
+class Communicator;
+}
+
+namespace strata::engine {
+
+using UnitId = int;
+
+struct UnitSpec {
+  std::string name;                      // for messages and traces; "unit<i>" when empty
+  std::vector<at::Tensor> params;        // the tensors the unit computes with
+  std::vector<std::string> param_names;  // optional, one per param: names in errors
+};
+
+struct StepResult {
+  bool boundary = false;    // false: a micro-step inside gradient accumulation
+  bool applied = false;     // false at a boundary: overflow, step skipped on every rank
+  double grad_norm = 0.0;   // global L2 norm of the unscaled gradient (before clipping)
+  double loss_scale = 1.0;  // the scale used for this step's gradients
+  std::int64_t step = 0;    // optimizer steps applied so far
+};
+
+// One optimizer step's figures on this rank (micro-steps included).
+struct StepMetrics {
+  std::int64_t step = 0;
+  plan::LinkBytes moved;           // measured bytes per link
+  plan::LinkBytes planned;         // the schedule's prediction (zero while on demand)
+  plan::TierBytes peak{0, 0, 0};   // peak bytes held per tier
+  std::uint64_t peak_grad_bytes = 0;      // peak gradient bytes (buffers and shards), summed over tiers
+  std::uint64_t peak_gathered_bytes = 0;  // peak of gathered parameter bytes (stage 3)
+  std::uint64_t gathers = 0;       // chunk gathers (persistent ones excluded)
+  std::uint64_t prefetch_hits = 0; // gathers issued ahead and complete when needed
+  double prefetch_hit_rate = 0.0;  // hits / gathers (0 when there were none)
+  double gather_wait_s = 0.0;      // time blocked waiting for gathers
+  double forward_s = 0.0, backward_s = 0.0, optimizer_s = 0.0;
+  bool scheduled = false;          // the trace drove this step's fetching
+  std::uint64_t trace_hash = 0;
+  std::uint64_t trace_invalidations = 0;  // so far
+};
+
+// Bytes held per [tier][kind], plan::StateKind order: params, grads, optimizer, buffers.
+using MemoryByKind = std::array<std::array<std::uint64_t, plan::kNumStateKinds>, plan::kNumTiers>;
+
+class Engine {
+ public:
+  // Parameters are taken from the units, each distinct tensor once. Stages 0-2 never
+  // gather, so their units matter only for the parameters they list.
+  static Result<std::unique_ptr<Engine>> create(std::vector<UnitSpec> units, comm::Communicator& comm,
+                                                EngineOptions options);
+  // Every parameter in one unit (duplicates are the same parameter, taken once).
+  static Result<std::unique_ptr<Engine>> create(std::vector<at::Tensor> params, comm::Communicator& comm,
+                                                EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Front-end hooks (Note [front ends]).
+  Status pre_forward(UnitId unit);
+  Status post_forward(UnitId unit, std::span<const at::Tensor> outputs);
+
+  // (loss * loss_scale / accumulation_steps).backward(), with the engine's hooks.
+  Status backward(const at::Tensor& loss);
+  // At the accumulation boundary: finish the reduction, check, clip, step, and bring
+  // the parameters up to date. Inside the accumulation window it only counts.
+  Result<StepResult> step();
+  // The global gradient norm of order 1, 2 or inf; as torch's clip_grad_norm_, the next
+  // step() scales the gradients to max_norm when above it. Between backward() and step()
+  // at a boundary.
+  Result<double> clip_grad_norm(double max_norm, double norm_type = 2.0);
+
+  // Full fp32 values of every parameter, in params() order, on every rank (every rank
+  // must call it): the master weights of trained parameters, frozen ones as they are.
+  Result<std::vector<at::Tensor>> consolidated_params();
+  // A torch::optim optimizer of the configured type over full fp32 copies of the
+  // trainable parameters, its state filled from every rank's shards, on `to_rank`
+  // (nullptr elsewhere). Every rank must call it. Fused kernels only.
+  Result<std::unique_ptr<torch::optim::Optimizer>> consolidate_state_dict(int to_rank);
+  // Loads a consolidated optimizer (saved at any world size) into this rank's shards.
+  Status load_state_dict(torch::optim::Optimizer& full);
+
+  int stage() const;
+  const EngineOptions& options() const;
+  // Every distinct parameter the units listed, in the engine's order.
+  const std::vector<at::Tensor>& params() const;
+  const ChunkStore& store() const;
+  const plan::Schedule* schedule() const;  // stage 3, once the trace is frozen
+  const StepMetrics& last_metrics() const;
+  MemoryByKind memory_by_kind() const;
+  std::uint64_t shard_bytes() const;   // this rank's parameter bytes (stage 3: its shards)
+  std::uint64_t state_bytes() const;   // this rank's master + optimizer state bytes
+  // Writes a Chrome/Perfetto trace of the next full step to `path` when it ends.
+  void trace_next_step(std::string path);
+  double lr() const;
+  void set_lr(double lr);
+  const LossScaler& loss_scaler() const;
+  std::int64_t steps() const;          // optimizer steps applied
+  bool at_boundary() const;            // the next backward ends an accumulation window
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace strata::engine

@@ -1,0 +1,75 @@
+// EngineOptions: the one validated options struct of the engine, for every ZeRO stage.
+//
+//   STRATA_ASSIGN_OR_RETURN(engine::EngineOptions o, engine::EngineOptions::from_config(cfg, comm.world()));
+//   o.chunks.search_step_elems = hidden;   // anything the config does not say
+//   STRATA_ASSIGN_OR_RETURN(auto eng, engine::Engine::create(units, comm, o));
+//
+// Every setting has one home: budgets, prefetch and reuse knobs and the persistence
+// threshold are in `schedule`; packing knobs in `chunks`; tiers in the offload fields.
+// What each stage does with them (validate() rejects what a stage cannot do):
+//   stage 0  data parallel: every rank holds all parameters, gradients and optimizer
+//            state; gradients are all-reduced. The baseline the others are measured by.
+//   stage 1  + the optimizer state (fp32 master, m, v) is sharded across ranks.
+//   stage 2  + gradients are reduce-scattered into shards during backward; full-size
+//            gradient buffers live only until reduced (reduce_bucket_size in flight).
+//   stage 3  + parameters are sharded and gathered per unit, as the schedule says.
+// The optimizer state may live on compute, host (offload_optimizer cpu) or nvme at
+// stages 1-3; parameter shards on host or nvme at stage 3 (offload_param).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "strata/base/config.h"
+#include "strata/base/status.h"
+#include "strata/engine/chunk_store.h"
+#include "strata/io/swap_store.h"
+#include "strata/plan/schedule.h"
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace strata::engine {
+
+// Builds a torch::optim optimizer over the fp32 master shards (one tensor per chunk
+// with a trainable parameter), to run instead of the fused kernels (FairScale OSS's
+// "wrap any optimizer"). Elementwise optimizers then behave as unsharded.
+using OptimizerFactory = std::function<std::unique_ptr<torch::optim::Optimizer>(std::vector<at::Tensor> shards)>;
+
+struct EngineOptions {
+  int stage = 3;
+  OptimizerConfig optimizer;
+  Fp16Config fp16;                      // loss scaling (dynamic when fp16.loss_scale == 0)
+  at::ScalarType compute_dtype = at::kFloat;
+  double gradient_clipping = 0.0;       // max L2 norm; 0 = off
+  int gradient_accumulation_steps = 1;
+  // Stages 2-3: the most gradient elements in flight to their reduce-scatter (full-size
+  // buffers waiting or being reduced); stages 0-1 all-reduce chunk by chunk.
+  std::uint64_t reduce_bucket_size = 500'000'000;
+  bool overlap_comm = true;             // reduce during backward, not after it
+  int optimizer_threads = 0;            // 0 = one per core
+  ChunkOptions chunks;
+  // Stage-3 knobs (prefetch bucket, max live, reuse distance, persistence threshold) and
+  // the tier budgets of every stage. world is filled in from the communicator.
+  plan::ScheduleOptions schedule;
+  Placement placement = Placement::kStatic;
+  OffloadDevice param_device = OffloadDevice::kNone;  // stage 3: where parameter shards live
+  OffloadDevice optim_device = OffloadDevice::kNone;  // where master + optimizer state live
+  double offload_param_frac = 0.0;   // static: share of chunks whose param shard is on host
+  double offload_optim_frac = 0.0;   // static: share of chunks whose optimizer state is on host
+  // For nvme offload: the swap store (nvme_path, job, aio, min_io_bytes); its rank is
+  // filled in from the communicator.
+  io::SwapStoreOptions swap;
+  bool prefetch = true;              // false: on-demand fetching even with a trace
+  OptimizerFactory wrap;             // set: this torch::optim optimizer runs the step
+
+  static Result<EngineOptions> from_config(const Config& cfg, int world);
+  Status validate() const;
+};
+
+}  // namespace strata::engine

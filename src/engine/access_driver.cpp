@@ -1,0 +1,213 @@
+#include "access_driver.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/util/Exception.h>
+
+#include "strata/base/log.h"
+#include "strata/base/units.h"
+#include "strata/tiers/memory_probe.h"
+
+namespace strata::engine {
+
+AccessDriver::AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& reducer, std::vector<UnitRt> units,
+                           Callbacks callbacks)
+    : core_(core), gatherer_(gatherer), reducer_(reducer), units_(std::move(units)), cb_(std::move(callbacks)) {}
+
+void AccessDriver::begin_step_if_needed() {
+  if (in_step_) return;
+  in_step_ = true;
+  trace_.begin_step();
+  scheduled_step_ = core_.opt.prefetch && schedule_.has_value() && trace_.complete();
+  if (scheduled_step_) core_.cur.planned += schedule_->moved;
+  core_.cur.scheduled = scheduled_step_;
+  if (measuring_activations()) {
+    access_live_bytes_.clear();
+    baseline_live_bytes_ = tiers::MemoryProbe::live_bytes() - (core_.tiers.used(Tier::kCompute) + core_.tiers.used(Tier::kHost));
+  }
+}
+
+bool AccessDriver::measuring_activations() const {
+  return core_.opt.placement == Placement::kAuto && tiers::MemoryProbe::installed() && !trace_.complete();
+}
+
+void AccessDriver::drop_schedule() {
+  scheduled_step_ = false;
+  schedule_.reset();
+}
+
+Result<std::optional<std::size_t>> AccessDriver::on_access(UnitId u, plan::Phase phase) {
+  std::optional<std::size_t> at;
+  // Inference (a forward without an autograd graph) fetches on demand and leaves the
+  // training trace alone. Backward runs with grad mode off, but is always training.
+  const bool training = phase == plan::Phase::kBackward || at::GradMode::is_enabled();
+  if (training) {
+    begin_step_if_needed();
+    at = trace_.on_access({u, phase});
+    if (scheduled_step_ && !at) {
+      // Another path through the model: the trace warned once. What the schedule
+      // prefetched for the old path goes; the rest of the step runs on demand.
+      drop_schedule();
+      STRATA_RETURN_IF_ERROR(gatherer_.release_all(false));
+    }
+    if (scheduled_step_) STRATA_RETURN_IF_ERROR(run_ops(schedule_->accesses[*at].pre, *at));
+  }
+  STRATA_RETURN_IF_ERROR(reducer_.poll());
+  STRATA_RETURN_IF_ERROR(gatherer_.ensure(units_[u].chunks));
+  for (std::uint32_t c : units_[u].chunks) (*core_.chunks)[c].sm.begin_use();
+  if (training && measuring_activations()) {
+    const std::uint64_t live =
+        tiers::MemoryProbe::live_bytes() - (core_.tiers.used(Tier::kCompute) + core_.tiers.used(Tier::kHost));
+    access_live_bytes_.push_back(live > baseline_live_bytes_ ? live - baseline_live_bytes_ : 0);
+  }
+  unit_t0_ = Clock::now();
+  return at;
+}
+
+Status AccessDriver::finish_access(UnitId u, plan::Phase phase, std::optional<std::size_t> at) {
+  const ChunkState after = phase == plan::Phase::kForward ? ChunkState::kHoldAfterFwd : ChunkState::kHoldAfterBwd;
+  for (std::uint32_t c : units_[u].chunks) (*core_.chunks)[c].sm.end_use(after);
+  core_.trace.add(StepTrace::kCompute, fmt::format("{} {}", units_[u].name, plan::to_string(phase)), unit_t0_,
+                  Clock::now());
+  if (scheduled_step_ && at) return run_ops(schedule_->accesses[*at].post, *at);
+  // On demand: release what this unit used as soon as nobody uses it.
+  for (std::uint32_t c : units_[u].chunks) STRATA_RETURN_IF_ERROR(gatherer_.release(c));
+  return ok();
+}
+
+Status AccessDriver::run_ops(const std::vector<plan::Op>& ops, std::size_t at) {
+  for (const plan::Op& op : ops) {
+    switch (op.kind) {
+      case plan::OpKind::kLoad: STRATA_RETURN_IF_ERROR(gatherer_.load(op.chunk)); break;
+      case plan::OpKind::kGather: STRATA_RETURN_IF_ERROR(gatherer_.gather(op.chunk, op.use_index > at)); break;
+      case plan::OpKind::kRelease:
+      case plan::OpKind::kEvict: STRATA_RETURN_IF_ERROR(gatherer_.release(op.chunk)); break;
+      case plan::OpKind::kReduceScatter: STRATA_RETURN_IF_ERROR(reducer_.reduce_now(op.chunk)); break;
+      case plan::OpKind::kStep:
+      case plan::OpKind::kStore:
+        // The planner puts these in Schedule::step only (plan::step_ops).
+        TORCH_INTERNAL_ASSERT(false, "the schedule has a ", plan::to_string(op.kind), " op at access ", at);
+    }
+  }
+  return ok();
+}
+
+Status AccessDriver::pre_forward(UnitId u) {
+  // Units open now enclose this one (Note [nested backward]).
+  for (const auto& [outer, at] : fwd_stack_) {
+    auto& anc = units_[u].ancestors;
+    if (outer != u && std::find(anc.begin(), anc.end(), outer) == anc.end()) anc.push_back(outer);
+  }
+  STRATA_ASSIGN_OR_RETURN(std::optional<std::size_t> at, on_access(u, plan::Phase::kForward));
+  fwd_stack_.emplace_back(u, at);
+  return ok();
+}
+
+Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs) {
+  if (fwd_stack_.empty() || fwd_stack_.back().first != u) {
+    return make_error(ErrorCode::kFailedPrecondition, "post_forward of unit '{}' without its pre_forward",
+                      units_[u].name);
+  }
+  const auto at = fwd_stack_.back().second;
+  fwd_stack_.pop_back();
+  STRATA_RETURN_IF_ERROR(finish_access(u, plan::Phase::kForward, at));
+  if (!at::GradMode::is_enabled()) return ok();  // inference: no backward to prepare
+  // The pre-backward hook: the first gradient of any output of this call arrives just
+  // before the unit's own backward runs, so that is when its chunks must be gathered
+  // again. One call, one backward access, however many outputs it has.
+  auto fired = std::make_shared<bool>(false);
+  for (const at::Tensor& out : outputs) {
+    if (!out.defined() || !out.requires_grad()) continue;
+    at::Tensor hooked = out;
+    hooked.register_hook([this, u, fired](const at::Tensor&) {
+      if (*fired) return;
+      *fired = true;
+      cb_.backward_activity();
+      begin_unit_backward(u);
+    });
+  }
+  return ok();
+}
+
+// Note [nested backward].
+void AccessDriver::begin_unit_backward(UnitId u) {
+  const auto& anc = units_[u].ancestors;
+  while (!bwd_stack_.empty() && std::find(anc.begin(), anc.end(), bwd_stack_.back().first) == anc.end()) {
+    const auto [open, at] = bwd_stack_.back();
+    bwd_stack_.pop_back();
+    core_.errors.check(finish_access(open, plan::Phase::kBackward, at));
+  }
+  auto at = on_access(u, plan::Phase::kBackward);
+  if (!at) core_.errors.raise(std::move(at).error());
+  bwd_stack_.emplace_back(u, *at);
+}
+
+Status AccessDriver::end_backward() {
+  while (!bwd_stack_.empty()) {
+    const auto [open, at] = bwd_stack_.back();
+    bwd_stack_.pop_back();
+    STRATA_RETURN_IF_ERROR(finish_access(open, plan::Phase::kBackward, at));
+  }
+  STRATA_RETURN_IF_ERROR(reducer_.end_backward());
+  // The step may change every parameter: nothing but persistent chunks stays gathered.
+  STRATA_RETURN_IF_ERROR(gatherer_.release_all(false));
+  return end_trace_step();
+}
+
+Status AccessDriver::after_optimizer_step() { return gatherer_.release_all(true); }
+
+Result<plan::Schedule> AccessDriver::plan(std::span<const plan::ModuleAccess> accesses) const {
+  std::map<int, std::vector<plan::ChunkId>> module_chunks;
+  for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u) module_chunks[u] = {units_[u].chunks.begin(), units_[u].chunks.end()};
+  plan::ScheduleInput in{.accesses = plan::chunk_accesses(accesses, module_chunks), .options = core_.opt.schedule};
+  for (std::uint32_t c = 0; c < core_.chunks->size(); ++c) in.chunks.push_back(core_.chunks->schedule_chunk(c, core_.n_optim_states));
+  if (access_live_bytes_.size() == in.accesses.size()) {
+    for (std::size_t i = 0; i < in.accesses.size(); ++i) in.accesses[i].reserved_compute_bytes = access_live_bytes_[i];
+  }
+  return plan::make_schedule(in);
+}
+
+std::vector<plan::ModuleAccess> AccessDriver::provisional_trace() const {
+  std::vector<plan::ModuleAccess> t;
+  for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u) t.push_back({u, plan::Phase::kForward});
+  for (UnitId u = static_cast<UnitId>(units_.size()); u-- > 0;) t.push_back({u, plan::Phase::kBackward});
+  return t;
+}
+
+Status AccessDriver::end_trace_step() {
+  const bool was_recording = trace_.state() == plan::AccessTrace::State::kRecord;
+  trace_.end_step();
+  in_step_ = false;
+  if (!trace_.complete()) {
+    schedule_.reset();
+    return ok();
+  }
+  if (!was_recording) return ok();
+  // Every rank must have seen the same sequence, or their collectives would diverge.
+  comm::Communicator& comm = core_.comm;
+  const auto mine = static_cast<std::int64_t>(trace_.hash());
+  at::Tensor local = at::full({1}, mine, at::kLong), all = at::empty({comm.world()}, at::kLong);
+  STRATA_RETURN_IF_ERROR(comm.all_gather(local, all).wait());
+  for (int r = 0; r < comm.world(); ++r) {
+    if (all[r].item<std::int64_t>() != mine) {
+      return make_error(ErrorCode::kFailedPrecondition,
+                        "the access trace differs across ranks: rank {} recorded {} accesses with hash {:016x}, rank {} "
+                        "hash {:016x}; every rank must run the same modules in the same order",
+                        comm.rank(), trace_.accesses().size(), static_cast<std::uint64_t>(mine), r,
+                        static_cast<std::uint64_t>(all[r].item<std::int64_t>()))
+          .with_rank(comm.rank());
+    }
+  }
+  STRATA_RETURN_IF_ERROR(cb_.refit());
+  STRATA_ASSIGN_OR_RETURN(plan::Schedule s, plan(trace_.accesses()));
+  log::debug("stage 3: trace of {} accesses frozen (hash {:016x}); schedule: {} gathers, {} prefetched, host<->compute {}",
+             trace_.accesses().size(), trace_.hash(), s.n_gathers, s.n_prefetched, format_bytes(s.moved.host_compute()));
+  schedule_ = std::move(s);
+  return ok();
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,97 @@
+// AccessDriver: stage 3's side of the front-end hooks — each unit access is traced, and
+// the gathers, releases and reductions around it come from the planner's schedule once
+// the trace is frozen, or on demand before that. Internal to src/engine.
+//
+// Note [nested backward]: the gradient of a unit's output arrives when its backward
+// starts; nothing says when it ends. The next unit to start is either nested in it (an
+// inner module: the enclosing unit's backward is still running around it) or not (the
+// enclosing unit is done). So backward accesses stay open while units nested in them
+// run. Nesting is learned in forward: a unit whose pre_forward comes while another
+// unit's forward is open is nested in it.
+//
+// A step (one forward and its backward) begins at the first training access and ends
+// when backward does. Step 1 records the trace; at its end the trace is frozen, its hash
+// compared across ranks (a mismatch is an error, not a hang), and the schedule planned.
+// An access that does not match the frozen trace (a data-dependent branch) drops the
+// schedule for the rest of the step: chunks prefetched for it are released, everything
+// is fetched on demand, results do not change, and the next step records again.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "engine_core.h"
+#include "gatherer.h"
+#include "grad_reducer.h"
+#include "strata/plan/trace.h"
+
+namespace strata::engine {
+
+struct UnitRt {
+  std::string name;
+  std::vector<std::uint32_t> chunks;  // chunks holding the unit's parameters
+  std::vector<UnitId> ancestors;      // units whose forward was open when it ran
+};
+
+class AccessDriver {
+ public:
+  struct Callbacks {
+    std::function<void()> backward_activity;  // a backward hook ran (opens the engine's session)
+    std::function<Status()> refit;            // auto placement, once the trace is frozen
+  };
+  AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& reducer, std::vector<UnitRt> units,
+               Callbacks callbacks);
+
+  Status pre_forward(UnitId u);
+  Status post_forward(UnitId u, std::span<const at::Tensor> outputs);
+  // When backward ends: the open backward accesses close, every chunk but the
+  // persistent ones is released, and the trace step ends.
+  Status end_backward();
+  // After an optimizer step: gathered persistent chunks hold stale values.
+  Status after_optimizer_step();
+
+  const std::vector<UnitRt>& units() const { return units_; }
+  const plan::AccessTrace& trace() const { return trace_; }
+  const plan::Schedule* schedule() const { return schedule_ ? &*schedule_ : nullptr; }
+  bool in_step() const { return in_step_; }
+  // The schedule of an access sequence with the chunks' current tiers and the measured
+  // activation bytes (when they were measured for this sequence).
+  Result<plan::Schedule> plan(std::span<const plan::ModuleAccess> accesses) const;
+  // Units forward in order, then backward in reverse: the trace most models make, to
+  // check a placement before any step has run.
+  std::vector<plan::ModuleAccess> provisional_trace() const;
+
+ private:
+  void begin_step_if_needed();
+  bool measuring_activations() const;
+  Result<std::optional<std::size_t>> on_access(UnitId u, plan::Phase phase);
+  Status finish_access(UnitId u, plan::Phase phase, std::optional<std::size_t> at);
+  Status run_ops(const std::vector<plan::Op>& ops, std::size_t at);
+  void begin_unit_backward(UnitId u);  // from a tensor hook; raises through core.errors
+  Status end_trace_step();
+  void drop_schedule();
+
+  EngineCore& core_;
+  Gatherer& gatherer_;
+  GradReducer& reducer_;
+  std::vector<UnitRt> units_;
+  Callbacks cb_;
+  plan::AccessTrace trace_;
+  std::optional<plan::Schedule> schedule_;
+  bool in_step_ = false;
+  bool scheduled_step_ = false;  // this step follows the schedule (so far)
+  // Open accesses: (unit, its index in the frozen trace). Backward ones outermost first.
+  std::vector<std::pair<UnitId, std::optional<std::size_t>>> fwd_stack_, bwd_stack_;
+  Clock::time_point unit_t0_;
+  // auto placement: non-model bytes live at each access of the recording step.
+  std::vector<std::uint64_t> access_live_bytes_;
+  std::uint64_t baseline_live_bytes_ = 0;
+};
+
+}  // namespace strata::engine

@@ -1,0 +1,110 @@
+// ChunkRuntime: what the engine knows about each chunk at run time — its state, where
+// its parameter shard lives, its gathered storage and the reservations that account
+// for them. Internal to src/engine.
+//
+// A chunk's residency is fixed at setup (Note [residency rules] in plan/schedule.h):
+//   sharded     stage 3: gathered for the units that use it, released after, by the
+//               schedule or on demand
+//   persistent  stage 3: gathered at the start of a step and kept until the step
+//   aliased     stage 3, world 1, shard on compute: the shard is the whole chunk
+//   replicated  stages 0-2: every rank holds the whole chunk for good; this rank's
+//               slice of it is its shard, which the step updates
+// Only sharded and persistent chunks move between FREE and gathered states; aliased and
+// replicated ones stay in HOLD.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "strata/engine/chunk_state.h"
+#include "strata/engine/chunk_store.h"
+#include "strata/io/swap_store.h"
+#include "strata/plan/schedule.h"
+#include "strata/tiers/tier_allocator.h"
+
+namespace strata::engine {
+
+using plan::StateKind;
+using plan::Tier;
+
+enum class Residency : std::uint8_t { kSharded, kPersistent, kAliased, kReplicated };
+
+struct ChunkRt {
+  ChunkStateMachine sm;
+  Residency residency = Residency::kSharded;
+  bool trainable = false;          // fixed at setup: holds a parameter that requires grad
+  Tier shard_tier = Tier::kCompute;
+  Tier optim_tier = Tier::kCompute;
+  at::Tensor shard;                // this rank's shard (compute dtype); a view of the full
+                                   // chunk when aliased or replicated; empty on nvme
+  tiers::Reservation shard_res;    // the shard (replicated: the whole chunk it lives in)
+  tiers::Reservation gathered_res; // the gathered copy, while gathered
+
+  bool always_gathered() const { return residency == Residency::kAliased || residency == Residency::kReplicated; }
+};
+
+class ChunkRuntime {
+ public:
+  // `swap` points at the engine's swap store, which is opened after placement.
+  // `replicated`: stages 0-2. `sched`: the engine's schedule options (world, the
+  // persistence threshold), which outlive the runtime.
+  ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, const plan::ScheduleOptions& sched,
+               tiers::TierAllocator& tiers, io::SwapStore** swap);
+
+  ChunkStore& store() { return *store_; }
+  const ChunkStore& store() const { return *store_; }
+  std::uint32_t size() const { return static_cast<std::uint32_t>(rt_.size()); }
+  ChunkRt& operator[](std::uint32_t c) { return rt_[c]; }
+  const ChunkRt& operator[](std::uint32_t c) const { return rt_[c]; }
+  // The parameters in this rank's shard of chunk c.
+  const std::vector<ChunkStore::ShardSlot>& slots(std::uint32_t c) const { return slots_[c]; }
+  std::string name(std::uint32_t c) const;
+  Tier step_tier(std::uint32_t c) const { return plan::step_tier(rt_[c].optim_tier); }
+  std::uint64_t full_bytes(std::uint32_t c) const;
+  std::uint64_t shard_bytes(std::uint32_t c) const;
+  // The planner's view of chunk c (sizes, tiers, residency).
+  plan::ScheduleChunk schedule_chunk(std::uint32_t c, std::size_t n_optim_states) const;
+
+  // Reserves bytes in a tier for chunk c, naming it "<what> chunk <c>".
+  Result<tiers::Reservation> reserve(Tier t, std::uint64_t bytes, StateKind kind, std::uint32_t c,
+                                     std::string_view what);
+
+  // Parameter shards on nvme: one record per chunk.
+  Status load_shard(std::uint32_t c, const at::Tensor& dst);
+  Status store_shard(std::uint32_t c, const at::Tensor& src);
+
+  // Sets chunk c's residency from its tiers by the planner's rules.
+  void decide_residency(std::uint32_t c);
+  // Makes chunk c's placement real (its shard moves to shard_tier, reserved there).
+  // Before: `shard` holds this rank's shard values in host memory (stage 3) or the full
+  // chunk holds the values (replicated).
+  Status materialize(std::uint32_t c);
+  // auto placement: chunk c's shard moves from compute to host.
+  Status move_shard_to_host(std::uint32_t c);
+
+  // The full chunk's bytes back / gone (Note [gathered storage]).
+  void alloc_full(std::uint32_t c);
+  void free_full(std::uint32_t c);
+
+ private:
+  std::unique_ptr<ChunkStore> store_;
+  bool replicated_;
+  const plan::ScheduleOptions& sched_;
+  tiers::TierAllocator& tiers_;
+  io::SwapStore** swap_;  // the engine's swap store, opened after placement
+  std::vector<ChunkRt> rt_;
+  std::vector<std::vector<ChunkStore::ShardSlot>> slots_;
+};
+
+// The swap-store key of chunk c's parameter shard, and of its optimizer tensor t
+// (0 = master, then the states in StepKernel::state_names() order).
+io::SwapKey param_key(std::uint32_t c);
+io::SwapKey optim_key(std::uint32_t c, std::uint32_t t);
+// A tensor's bytes, for the swap store.
+std::span<std::byte> bytes_of(const at::Tensor& t);
+
+}  // namespace strata::engine

@@ -1,0 +1,286 @@
+// Engine: setup, the front-end hooks, and the backward and step entry points.
+#include "strata/engine/engine.h"
+
+#include <unordered_map>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/engine.h>
+
+#include "engine_impl.h"
+#include "strata/base/log.h"
+#include "strata/base/units.h"
+#include "strata/engine/module_hooks.h"
+
+namespace strata::engine {
+namespace {
+
+std::string param_label(const UnitSpec& u, std::size_t i) {
+  if (i < u.param_names.size() && !u.param_names[i].empty()) return fmt::format("'{}'", u.param_names[i]);
+  return fmt::format("{} of unit '{}'", i, u.name);
+}
+
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Engine::~Engine() { clear_unit_hooks(this); }
+
+Result<std::unique_ptr<Engine>> Engine::create(std::vector<at::Tensor> params, comm::Communicator& comm,
+                                               EngineOptions options) {
+  return create({UnitSpec{.name = "model", .params = std::move(params)}}, comm, std::move(options));
+}
+
+Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm::Communicator& comm,
+                                               EngineOptions options) {
+  const int stage = options.stage;
+  options.schedule.world = stage == 0 ? 1 : comm.world();
+  options.swap.rank = comm.rank();
+  STRATA_RETURN_IF_ERROR(options.validate());
+  if (units.empty()) return make_error(ErrorCode::kInvalidArgument, "the engine needs at least one unit");
+  auto impl = std::make_unique<Impl>(std::move(options), comm);
+  Impl& m = *impl;
+  m.n_units = units.size();
+  EngineCore& core = m.core;
+  const EngineOptions& o = core.opt;
+  STRATA_ASSIGN_OR_RETURN(m.kernel, StepKernel::create(o.optimizer));
+  core.n_optim_states = m.kernel.state_names().size();
+
+  // Every distinct parameter once, in unit order (the forward order until a trace says
+  // otherwise). A tensor listed twice, in one unit or two, is one parameter.
+  std::unordered_map<const void*, std::size_t> index_of;
+  std::vector<std::vector<std::size_t>> unit_params(units.size());
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    if (units[u].name.empty()) units[u].name = fmt::format("unit{}", u);
+    for (std::size_t i = 0; i < units[u].params.size(); ++i) {
+      const at::Tensor& p = units[u].params[i];
+      if (!p.defined() || p.is_sparse() || !p.is_contiguous()) {
+        return make_error(ErrorCode::kInvalidArgument, "parameter {} must be a defined, dense, contiguous tensor",
+                          param_label(units[u], i));
+      }
+      auto [it, fresh] = index_of.emplace(p.unsafeGetTensorImpl(), m.all_params.size());
+      if (fresh) m.all_params.push_back(p);
+      unit_params[u].push_back(it->second);
+    }
+  }
+  // Stage 3 shards every parameter; stages 0-2 leave frozen ones as they are.
+  std::vector<at::Tensor> chunked;
+  std::uint64_t model_elems = 0;
+  for (const at::Tensor& p : m.all_params) {
+    const bool in_store = stage == 3 || p.requires_grad();
+    m.store_index.push_back(in_store ? static_cast<int>(chunked.size()) : -1);
+    if (!in_store) continue;
+    chunked.push_back(p);
+    model_elems += static_cast<std::uint64_t>(p.numel());
+  }
+  std::vector<plan::ParamAccess> uses;
+  if (stage == 3) {
+    for (const auto& ps : unit_params) {
+      plan::ParamAccess a;
+      for (std::size_t i : ps) a.params.push_back(static_cast<std::uint32_t>(m.store_index[i]));
+      uses.push_back(std::move(a));
+    }
+  }
+  ChunkStoreOptions so{.world = core.chunk_world(), .rank = stage == 0 ? 0 : comm.rank(), .compute_dtype = o.compute_dtype,
+                       .packing = o.chunks,
+                       .persistence_threshold_elems = stage == 3 ? o.schedule.persistence_threshold_elems : 0};
+  if (so.packing.chunk_size_elems == 0 && so.packing.max_chunk_elems == 0) {
+    so.packing.max_chunk_elems = plan::chunk_size_cap({.model_elems = model_elems,
+                                                       .stage = stage,
+                                                       .elem_bytes = c10::elementSize(o.compute_dtype),
+                                                       .compute_budget_bytes = o.schedule.budget_bytes[0],
+                                                       .prefetch_bucket_bytes = o.schedule.prefetch_bucket_bytes,
+                                                       .reduce_bucket_elems = o.reduce_bucket_size});
+  }
+  // Pack; per chunk take the fp32 master shard from the parameters' original values
+  // (before any cast to the compute dtype) and, at stage 3, this rank's parameter shard,
+  // freeing the full chunk, so setup never holds more than one extra chunk.
+  std::vector<ShardState> masters;
+  std::vector<at::Tensor> shards;
+  auto fill_master = [&](const ChunkStore& store, std::size_t param, const at::Tensor& original) {
+    const std::size_t c = store.layout().where[param].chunk;
+    if (masters.size() <= c) masters.resize(c + 1);
+    if (!masters[c].master.defined()) masters[c] = ShardState::make(store.shard_elems(c), m.kernel);
+    at::Tensor flat = original.reshape({-1});
+    for (const auto& slot : store.shard_slots(c, store.options().rank)) {
+      if (slot.param == param) {
+        masters[c].master.narrow(0, slot.shard_offset, slot.numel).copy_(flat.narrow(0, slot.param_offset, slot.numel));
+      }
+    }
+  };
+  auto take_shard = [&](const ChunkStore& store, std::size_t c) {
+    if (stage < 3) return;  // replicated: the full chunk stays
+    if (shards.size() <= c) shards.resize(c + 1);
+    shards[c] = store.shard(store.full(c), c).clone();
+    ChunkStore::free_storage(store.full(c));
+  };
+  STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::create(chunked, so, uses, fill_master, take_shard));
+  core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, core.opt.schedule, core.tiers, &core.swap_ptr);
+  core.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, o.optimizer_threads)));
+  m.optim = std::make_unique<OptimStateHolder>(core, m.kernel);
+  for (std::uint32_t c = 0; c < core.chunks->size(); ++c) {
+    if (c < shards.size()) (*core.chunks)[c].shard = std::move(shards[c]);
+    if (c < masters.size() && (*core.chunks)[c].trainable) m.optim->set_initial(c, std::move(masters[c]));
+  }
+  masters.clear();
+
+  m.reducer = std::make_unique<GradReducer>(core);
+  GradReducer* reducer = m.reducer.get();
+  m.gatherer = std::make_unique<Gatherer>(core, [reducer] { return reducer->drain(); });
+  m.stepper = std::make_unique<StepDriver>(core, m.kernel, *m.reducer, *m.optim, *m.gatherer);
+  Impl* self = &m;
+  if (stage == 3) {
+    std::vector<UnitRt> rts;
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      std::vector<std::uint32_t> ps;
+      for (std::size_t i : unit_params[u]) ps.push_back(static_cast<std::uint32_t>(m.store_index[i]));
+      rts.push_back(UnitRt{.name = units[u].name, .chunks = plan::chunks_of(core.chunks->store().layout(), ps)});
+    }
+    m.access = std::make_unique<AccessDriver>(
+        core, *m.gatherer, *m.reducer, std::move(rts),
+        AccessDriver::Callbacks{.backward_activity = [self] { self->open_backward(); },
+                                .refit = [self] { return self->core.opt.placement == Placement::kAuto ? self->fit_auto() : ok(); }});
+  }
+  STRATA_RETURN_IF_ERROR(m.place());
+  STRATA_RETURN_IF_ERROR(m.reducer->setup([self] { self->open_backward(); }));
+  if (o.wrap) STRATA_RETURN_IF_ERROR(m.stepper->wrap(o.wrap));
+  STRATA_RETURN_IF_ERROR(m.check_fits());
+  const plan::ChunkLayout& layout = core.chunks->store().layout();
+  log::debug("engine: stage {}, {} parameters in {} chunks of {} elements ({:.1f}% padding), {} units, state {}", stage,
+             format_count(layout.used_elems), layout.chunks.size(), format_count(layout.chunk_size_elems),
+             100 * layout.waste_ratio, units.size(), format_bytes(m.optim->bytes()));
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Status Engine::pre_forward(UnitId unit) {
+  Impl& m = *impl_;
+  if (unit < 0 || static_cast<std::size_t>(unit) >= m.n_units) {
+    return make_error(ErrorCode::kInvalidArgument, "pre_forward: no unit {}", unit);
+  }
+  if (!m.step_open && at::GradMode::is_enabled()) {
+    m.step_open = true;
+    m.step_t0 = Clock::now();
+    m.core.trace.begin_step();
+  }
+  return m.access ? m.access->pre_forward(unit) : ok();
+}
+
+Status Engine::post_forward(UnitId unit, std::span<const at::Tensor> outputs) {
+  return impl_->access ? impl_->access->post_forward(unit, outputs) : ok();
+}
+
+void Engine::Impl::open_backward() {
+  if (in_backward) return;
+  in_backward = true;
+  ++backward_sessions;
+  backward_t0 = Clock::now();
+  if (step_open) core.cur.forward_s += std::chrono::duration<double>(backward_t0 - step_t0).count();
+  core.trace.begin_step();
+  reducer->begin_backward(at_boundary());
+  // Runs when autograd has finished the whole graph, still inside backward().
+  torch::autograd::Engine::get_default_engine().queue_callback([this] { core.errors.check(close_backward()); });
+}
+
+Status Engine::Impl::close_backward() {
+  in_backward = false;
+  step_open = false;
+  Status st = access ? access->end_backward() : reducer->end_backward();
+  core.cur.backward_s += std::chrono::duration<double>(Clock::now() - backward_t0).count();
+  return st;
+}
+
+Status Engine::backward(const at::Tensor& loss) {
+  Impl& m = *impl_;
+  if (!loss.defined() || loss.numel() != 1) return make_error(ErrorCode::kInvalidArgument, "backward needs a scalar loss");
+  if (m.access && !m.access->in_step()) {
+    return make_error(ErrorCode::kFailedPrecondition, "backward() without a forward through the model's units");
+  }
+  const double factor = m.stepper->scaler().scale() / m.core.opt.gradient_accumulation_steps;
+  const std::uint64_t sessions = m.backward_sessions;
+  try {
+    (factor == 1.0 ? loss : loss * factor).backward();
+  } catch (const std::exception& e) {
+    m.in_backward = false;
+    m.step_open = false;
+    return make_error(m.core.errors.take_or(e, "backward failed"));
+  }
+  if (m.backward_sessions != sessions) return ok();
+  // No hook ran (the loss depends on nothing the engine holds): end the step here.
+  m.backward_t0 = Clock::now();
+  m.reducer->begin_backward(m.at_boundary());
+  return m.close_backward();
+}
+
+Result<double> Engine::clip_grad_norm(double max_norm, double norm_type) {
+  return impl_->stepper->clip_grad_norm(max_norm, norm_type);
+}
+
+Result<StepResult> Engine::step() {
+  Impl& m = *impl_;
+  StepResult r;
+  r.loss_scale = m.stepper->scaler().scale();
+  r.step = m.step_count;
+  const bool boundary = m.at_boundary();
+  ++m.micro_step;
+  if (!boundary) return r;
+  r.boundary = true;
+  const auto t0 = Clock::now();
+  STRATA_RETURN_IF_ERROR(m.stepper->step(r));
+  if (r.applied) ++m.step_count;
+  m.reducer->after_step();
+  if (m.access) STRATA_RETURN_IF_ERROR(m.access->after_optimizer_step());
+  m.core.cur.optimizer_s += std::chrono::duration<double>(Clock::now() - t0).count();
+  m.core.trace.add(StepTrace::kOptimizer, "optimizer step", t0, Clock::now());
+  m.finish_metrics();
+  STRATA_RETURN_IF_ERROR(m.core.trace.end_step(m.core.comm.rank()));
+  r.step = m.step_count;
+  return r;
+}
+
+void Engine::Impl::finish_metrics() {
+  StepMetrics& c = core.cur;
+  c.step = step_count;
+  for (Tier t : plan::kAllTiers) {
+    c.peak[plan::tier_index(t)] = core.tiers.peak(t);
+    c.peak_grad_bytes += core.tiers.peak(t, StateKind::kGrads);
+  }
+  c.prefetch_hit_rate = c.gathers ? static_cast<double>(c.prefetch_hits) / static_cast<double>(c.gathers) : 0.0;
+  if (access) {
+    c.trace_hash = access->trace().complete() ? access->trace().hash() : 0;
+    c.trace_invalidations = access->trace().n_warnings();
+  }
+  last = c;
+  c = StepMetrics{};
+  core.tiers.reset_peak();
+}
+
+int Engine::stage() const { return impl_->core.opt.stage; }
+const EngineOptions& Engine::options() const { return impl_->core.opt; }
+const std::vector<at::Tensor>& Engine::params() const { return impl_->all_params; }
+const ChunkStore& Engine::store() const { return impl_->core.chunks->store(); }
+const plan::Schedule* Engine::schedule() const { return impl_->access ? impl_->access->schedule() : nullptr; }
+const StepMetrics& Engine::last_metrics() const { return impl_->last; }
+void Engine::trace_next_step(std::string path) { impl_->core.trace.arm(std::move(path)); }
+double Engine::lr() const { return impl_->kernel.lr(); }
+void Engine::set_lr(double lr) { impl_->kernel.set_lr(lr); }
+const LossScaler& Engine::loss_scaler() const { return impl_->stepper->scaler(); }
+std::int64_t Engine::steps() const { return impl_->step_count; }
+bool Engine::at_boundary() const { return impl_->at_boundary(); }
+std::uint64_t Engine::state_bytes() const { return impl_->optim->bytes(); }
+
+MemoryByKind Engine::memory_by_kind() const {
+  MemoryByKind out{};
+  for (Tier t : plan::kAllTiers)
+    for (StateKind k : plan::kAllStateKinds) out[plan::tier_index(t)][plan::kind_index(k)] = impl_->core.tiers.used(t, k);
+  return out;
+}
+
+std::uint64_t Engine::shard_bytes() const {
+  const ChunkRuntime& chunks = *impl_->core.chunks;
+  std::uint64_t b = 0;
+  for (std::uint32_t c = 0; c < chunks.size(); ++c)
+    b += chunks[c].residency == Residency::kReplicated ? chunks.full_bytes(c) : chunks.shard_bytes(c);
+  return b;
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,55 @@
+// Engine::Impl: the engine's components, built in dependency order. Internal to
+// src/engine. engine.cpp holds setup and the entry points, placement.cpp the tier
+// decisions, state_dict.cpp consolidation and loading.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "access_driver.h"
+#include "engine_core.h"
+#include "gatherer.h"
+#include "grad_reducer.h"
+#include "optim_state.h"
+#include "shard_state.h"
+#include "step_driver.h"
+
+namespace strata::engine {
+
+struct Engine::Impl {
+  Impl(EngineOptions options, comm::Communicator& comm) : core(std::move(options), comm) {}
+
+  EngineCore core;  // first: everything below refers to it
+  StepKernel kernel;
+  std::vector<at::Tensor> all_params;   // every distinct parameter, engine order
+  std::vector<int> store_index;         // per all_params: its index in the store, or -1 (stage < 3 frozen)
+  std::unique_ptr<OptimStateHolder> optim;
+  std::unique_ptr<GradReducer> reducer;
+  std::unique_ptr<Gatherer> gatherer;
+  std::unique_ptr<AccessDriver> access;  // stage 3
+  std::unique_ptr<StepDriver> stepper;
+  std::vector<UnitRt> pending_units;     // built before the access driver exists
+
+  std::size_t n_units = 0;
+  std::int64_t micro_step = 0;
+  std::int64_t step_count = 0;
+  bool step_open = false;        // a training forward has begun and its backward not ended
+  Clock::time_point step_t0;
+  bool in_backward = false;      // a backward session is open (a hook ran)
+  std::uint64_t backward_sessions = 0;
+  Clock::time_point backward_t0;
+  StepMetrics last;
+
+  // placement.cpp
+  Status place();                // tiers of every chunk, the swap store, materialization
+  Status fit_auto();             // auto: shards off compute until the schedule fits
+  Status check_fits();           // stage 3: the schedule of the provisional trace fits
+  // engine.cpp
+  void open_backward();          // the first hook of a backward
+  Status close_backward();       // when backward ends (autograd callback, or backward())
+  bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }
+  void finish_metrics();
+};
+
+}  // namespace strata::engine

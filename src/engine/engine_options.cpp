@@ -1,0 +1,62 @@
+#include "strata/engine/engine_options.h"
+
+#include <c10/core/ScalarType.h>
+
+#include "strata/engine/chunk_store.h"
+
+namespace strata::engine {
+
+Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
+  EngineOptions o;
+  const ZeroConfig& z = cfg.zero_optimization;
+  o.stage = z.stage;
+  o.optimizer = cfg.optimizer;
+  o.fp16 = cfg.fp16;
+  o.compute_dtype = cfg.bf16.enabled ? at::kBFloat16 : cfg.fp16.enabled ? at::kHalf : at::kFloat;
+  o.gradient_clipping = cfg.gradient_clipping;
+  o.gradient_accumulation_steps = static_cast<int>(cfg.gradient_accumulation_steps);
+  o.reduce_bucket_size = z.reduce_bucket_size;
+  o.overlap_comm = z.overlap_comm;
+  o.optimizer_threads = cfg.strata.optimizer_threads;
+  o.chunks.chunk_size_elems = cfg.strata.chunk_size;
+  o.chunks.search_range_elems = cfg.strata.chunk_search_range;
+  STRATA_ASSIGN_OR_RETURN(o.schedule, plan::ScheduleOptions::from_config(
+                                          cfg, world, static_cast<std::uint32_t>(c10::elementSize(o.compute_dtype))));
+  o.placement = cfg.strata.placement;
+  o.param_device = z.offload_param.device;
+  o.optim_device = z.offload_optimizer.device;
+  o.offload_param_frac = cfg.strata.offload_param_frac;
+  o.offload_optim_frac = cfg.strata.offload_optim_frac;
+  o.swap = io::SwapStoreOptions::from_config(
+      cfg, 0, !z.offload_optimizer.nvme_path.empty() ? z.offload_optimizer.nvme_path : z.offload_param.nvme_path);
+  STRATA_RETURN_IF_ERROR(o.validate());
+  return o;
+}
+
+Status EngineOptions::validate() const {
+  auto invalid = [](std::string msg) { return make_error(ErrorCode::kInvalidArgument, "{}", msg); };
+  if (stage < 0 || stage > 3) return invalid(fmt::format("stage must be 0, 1, 2 or 3, not {}", stage));
+  STRATA_RETURN_IF_ERROR(kernel_dtype(compute_dtype));
+  if (gradient_accumulation_steps < 1) return invalid("gradient_accumulation_steps must be >= 1");
+  if (reduce_bucket_size == 0) return invalid("reduce_bucket_size must be >= 1");
+  if (stage != 3 && (param_device != OffloadDevice::kNone || offload_param_frac > 0)) {
+    return invalid(fmt::format("offloading parameters needs stage 3 (parameters are sharded only there), but stage is {}",
+                               stage));
+  }
+  if (stage == 0 && (optim_device != OffloadDevice::kNone || offload_optim_frac > 0)) {
+    return invalid("offloading the optimizer state needs stage 1, 2 or 3 (stage 0 is plain data parallelism)");
+  }
+  if ((param_device == OffloadDevice::kNvme || optim_device == OffloadDevice::kNvme) && swap.nvme_path.empty()) {
+    return invalid("nvme offload needs an nvme_path");
+  }
+  if (wrap && optim_device == OffloadDevice::kNvme) {
+    return invalid("a wrapped torch::optim optimizer steps master weights in memory: it cannot run with the "
+                   "optimizer state on nvme");
+  }
+  if (offload_param_frac < 0 || offload_param_frac > 1 || offload_optim_frac < 0 || offload_optim_frac > 1) {
+    return invalid("offload fractions must be between 0 and 1");
+  }
+  return schedule.validate();
+}
+
+}  // namespace strata::engine

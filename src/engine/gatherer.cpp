@@ -1,0 +1,150 @@
+#include "gatherer.h"
+
+#include <ATen/ATen.h>
+
+namespace strata::engine {
+
+Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room)
+    : core_(core), make_room_(std::move(make_room)), g_(core.chunks->size()) {}
+
+Gatherer::~Gatherer() {
+  // Collectives and reads in flight write into storage: let them finish first.
+  for (GatherRt& g : g_) {
+    if (g.pending) (void)g.pending->handle.wait();
+    if (g.staged) (void)g.staged->io.wait();
+  }
+  for (auto& h : refreshing_) (void)h.wait();
+}
+
+Status Gatherer::load(std::uint32_t c) {
+  const ChunkRt& k = (*core_.chunks)[c];
+  GatherRt& g = g_[c];
+  if (k.shard_tier != Tier::kNvme || k.sm.gathered() || g.staged) return ok();
+  const std::uint64_t bytes = core_.chunks->shard_bytes(c);
+  Staged s;
+  STRATA_ASSIGN_OR_RETURN(s.res, core_.chunks->reserve(Tier::kHost, bytes, StateKind::kBuffers, c, "param staging"));
+  s.buf = at::empty({core_.chunks->store().shard_elems(c)}, core_.chunks->store().full(c).options());
+  s.io = core_.swap->get_async(param_key(c), bytes_of(s.buf));
+  core_.account(Tier::kNvme, Tier::kHost, bytes);
+  g.staged = std::move(s);
+  return ok();
+}
+
+Result<tiers::Reservation> Gatherer::reserve_compute(std::uint32_t c) {
+  const std::uint64_t bytes = core_.chunks->full_bytes(c);
+  auto r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kParams, c, "gathered");
+  if (r) return r;
+  STRATA_RETURN_IF_ERROR(make_room_());
+  return core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kParams, c, "gathered");
+}
+
+// Note [shard into slice].
+Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
+  ChunkRt& k = (*core_.chunks)[c];
+  GatherRt& g = g_[c];
+  const std::uint64_t bytes = core_.chunks->shard_bytes(c);
+  const auto t0 = Clock::now();
+  if (k.shard_tier == Tier::kNvme) {
+    if (g.staged) {
+      STRATA_RETURN_IF_ERROR(g.staged->io.wait());
+      slice.copy_(g.staged->buf);
+      g.staged.reset();
+    } else {
+      STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, slice));
+      core_.account(Tier::kNvme, Tier::kHost, bytes);
+    }
+    core_.account(Tier::kHost, Tier::kCompute, bytes);
+  } else {
+    slice.copy_(k.shard);
+    core_.account(k.shard_tier, Tier::kCompute, bytes);
+  }
+  if (k.shard_tier != Tier::kCompute) core_.trace.add(StepTrace::kCopy, "shard->compute " + core_.chunks->name(c), t0, Clock::now());
+  return ok();
+}
+
+Status Gatherer::gather(std::uint32_t c, bool prefetch) {
+  ChunkRt& k = (*core_.chunks)[c];
+  if (k.always_gathered() || k.sm.gathered()) return ok();
+  GatherRt& g = g_[c];
+  STRATA_ASSIGN_OR_RETURN(k.gathered_res, reserve_compute(c));
+  core_.chunks->alloc_full(c);
+  const at::Tensor& full = core_.chunks->store().full(c);
+  const at::Tensor slice = core_.chunks->store().shard(full, c);
+  STRATA_RETURN_IF_ERROR(fill_slice(c, slice));
+  const int world = core_.comm.world();
+  if (world > 1) {
+    g.pending = Pending{.handle = core_.comm.all_gather(slice, full), .issued = Clock::now()};
+    core_.cur.moved.net_gather += core_.chunks->shard_bytes(c) * static_cast<std::uint64_t>(world - 1);
+  }
+  g.prefetched = prefetch;
+  g.awaiting_use = true;
+  k.sm.to(ChunkState::kHold);
+  if (k.residency != Residency::kPersistent) ++core_.cur.gathers;
+  gathered_bytes_ += core_.chunks->full_bytes(c);
+  core_.cur.peak_gathered_bytes = std::max(core_.cur.peak_gathered_bytes, gathered_bytes_);
+  return ok();
+}
+
+Status Gatherer::wait(std::uint32_t c) {
+  GatherRt& g = g_[c];
+  // A gather issued ahead of use is a hit if its data is there when the access needs it.
+  const bool ready = !g.pending || g.pending->handle.done();
+  if (g.awaiting_use) {
+    g.awaiting_use = false;
+    if (g.prefetched && ready && (*core_.chunks)[c].residency != Residency::kPersistent) ++core_.cur.prefetch_hits;
+  }
+  if (!g.pending) return ok();
+  const auto t0 = Clock::now();
+  Pending p = std::move(*g.pending);
+  g.pending.reset();
+  STRATA_RETURN_IF_ERROR(p.handle.wait());
+  const auto t1 = Clock::now();
+  core_.cur.gather_wait_s += std::chrono::duration<double>(t1 - t0).count();
+  core_.trace.add(StepTrace::kGather, "gather " + core_.chunks->name(c), p.issued, t1);
+  return ok();
+}
+
+Status Gatherer::ensure(const std::vector<std::uint32_t>& chunks) {
+  for (std::uint32_t c : chunks) STRATA_RETURN_IF_ERROR(gather(c, false));
+  for (std::uint32_t c : chunks) STRATA_RETURN_IF_ERROR(wait(c));
+  return ok();
+}
+
+Status Gatherer::release(std::uint32_t c, bool persistent_too) {
+  ChunkRt& k = (*core_.chunks)[c];
+  if (!k.sm.gathered() || k.always_gathered() || k.sm.users() > 0) return ok();
+  if (k.residency == Residency::kPersistent && !persistent_too) return ok();
+  GatherRt& g = g_[c];
+  if (g.pending) {  // never free storage under a running collective
+    Pending p = std::move(*g.pending);
+    g.pending.reset();
+    STRATA_RETURN_IF_ERROR(p.handle.wait());
+  }
+  g.awaiting_use = false;
+  core_.chunks->free_full(c);
+  gathered_bytes_ -= k.gathered_res.bytes();
+  k.gathered_res.release();
+  k.sm.to(ChunkState::kFree);
+  return ok();
+}
+
+Status Gatherer::release_all(bool and_persistent) {
+  for (std::uint32_t c = 0; c < g_.size(); ++c) STRATA_RETURN_IF_ERROR(release(c, and_persistent));
+  return ok();
+}
+
+void Gatherer::refresh(std::uint32_t c) {
+  const at::Tensor& full = core_.chunks->store().full(c);
+  refreshing_.push_back(core_.comm.all_gather(core_.chunks->store().shard(full, c), full));
+  core_.cur.moved.net_gather += core_.chunks->shard_bytes(c) * static_cast<std::uint64_t>(core_.comm.world() - 1);
+}
+
+Status Gatherer::finish_refresh() {
+  Status first = ok();
+  for (auto& h : refreshing_)
+    if (Status st = h.wait(); !st && first) first = std::move(st);
+  refreshing_.clear();
+  return first;
+}
+
+}  // namespace strata::engine

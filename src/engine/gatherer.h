@@ -1,0 +1,76 @@
+// Gatherer: brings chunks into compute memory and lets them go — the Load, Gather,
+// Release and Evict ops of the schedule, the same ops on demand, and the all-gather of
+// replicated chunks after a step. Internal to src/engine.
+//
+// Note [shard into slice]: a gather copies this rank's shard into its slice of the
+// chunk's full-size storage (a real copy when the shard lives on host; a read when it
+// lives on nvme, from the staging buffer a Load op filled, or straight from the swap
+// store when none did), then all-gathers the other slices in place. Every byte of a
+// gathered chunk is a compute reservation. The gatherer has no eviction policy: what is
+// released when is the schedule's decision (on demand: after every use).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "engine_core.h"
+
+namespace strata::engine {
+
+class Gatherer {
+ public:
+  // `make_room` frees compute memory that is on its way out (gradient buffers whose
+  // reductions are in flight) when a reservation does not fit.
+  Gatherer(EngineCore& core, std::function<Status()> make_room);
+  ~Gatherer();
+
+  // Load: chunk c's shard from nvme into a host staging buffer, for a later gather.
+  Status load(std::uint32_t c);
+  // Gather: start bringing chunk c in. `prefetch`: issued before the access that uses it.
+  Status gather(std::uint32_t c, bool prefetch);
+  // Before an access uses c: its gather has finished.
+  Status wait(std::uint32_t c);
+  // Gather what is missing of `chunks` (all issued first, so they overlap), then wait.
+  Status ensure(const std::vector<std::uint32_t>& chunks);
+  // Release or Evict: free c's gathered storage, unless an access uses it, it is never
+  // released (aliased, replicated) or it is persistent and `persistent_too` is not set.
+  Status release(std::uint32_t c, bool persistent_too = false);
+  // Every chunk not in use and not persistent (or with `and_persistent`, persistent too).
+  Status release_all(bool and_persistent);
+
+  // After the step, replicated chunks: all-gather this rank's updated slice into the
+  // whole chunk (async; finish_refresh waits).
+  void refresh(std::uint32_t c);
+  Status finish_refresh();
+
+  std::uint64_t gathered_bytes() const { return gathered_bytes_; }
+
+ private:
+  struct Staged {
+    at::Tensor buf;
+    io::SwapHandle io;
+    tiers::Reservation res;  // declared after io: released once the read has finished
+  };
+  struct Pending {
+    comm::Handle handle;
+    Clock::time_point issued;
+  };
+  struct GatherRt {
+    std::optional<Staged> staged;    // a Load's result, until its gather
+    std::optional<Pending> pending;  // an all-gather in flight
+    bool prefetched = false;         // the current gather was issued ahead of its use
+    bool awaiting_use = false;       // gathered, not yet waited on by an access
+  };
+  Result<tiers::Reservation> reserve_compute(std::uint32_t c);
+  Status fill_slice(std::uint32_t c, const at::Tensor& slice);
+
+  EngineCore& core_;
+  std::function<Status()> make_room_;
+  std::vector<GatherRt> g_;
+  std::vector<comm::Handle> refreshing_;
+  std::uint64_t gathered_bytes_ = 0;
+};
+
+}  // namespace strata::engine

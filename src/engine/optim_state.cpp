@@ -1,0 +1,131 @@
+#include "optim_state.h"
+
+#include <ATen/ATen.h>
+
+namespace strata::engine {
+
+OptimStateHolder::OptimStateHolder(EngineCore& core, const StepKernel& kernel)
+    : core_(core), kernel_(kernel), mem_(core.chunks->size()), res_(core.chunks->size()) {}
+
+OptimStateHolder::~OptimStateHolder() {
+  // Reads and writes in flight write into or read from buffers held here: finish them.
+  for (auto& [c, s] : reading_)
+    for (auto& h : s->io) (void)h.wait();
+  for (auto& s : writing_)
+    for (auto& h : s->io) (void)h.wait();
+}
+
+bool OptimStateHolder::on_nvme(std::uint32_t c) const { return (*core_.chunks)[c].optim_tier == Tier::kNvme; }
+
+std::vector<at::Tensor*> OptimStateHolder::tensors(ShardState& s) const {
+  std::vector<at::Tensor*> ts{&s.master};
+  for (auto& t : s.states) ts.push_back(&t);
+  return ts;
+}
+
+void OptimStateHolder::add_records(std::uint32_t c, std::vector<io::SwapReservation>& out) const {
+  if (!(*core_.chunks)[c].trainable || !on_nvme(c)) return;
+  const auto n = static_cast<std::uint64_t>(core_.chunks->store().shard_elems(c));
+  for (std::uint32_t t = 0; t <= kernel_.state_names().size(); ++t) out.push_back({optim_key(c, t), n * 4});
+}
+
+Status OptimStateHolder::materialize(std::uint32_t c) {
+  const ChunkRt& k = (*core_.chunks)[c];
+  if (!k.trainable) {
+    mem_[c] = ShardState{};  // nothing to step: no state
+    return ok();
+  }
+  ShardState& s = mem_[c];
+  if (!s.master.defined()) s = ShardState::make(core_.chunks->store().shard_elems(c), kernel_);
+  const std::uint64_t bytes = s.bytes();
+  if (on_nvme(c)) {
+    const auto ts = tensors(s);
+    for (std::uint32_t t = 0; t < ts.size(); ++t) STRATA_RETURN_IF_ERROR(core_.swap->put(optim_key(c, t), bytes_of(*ts[t])));
+    s = ShardState{};  // the swap store holds it now
+  }
+  STRATA_ASSIGN_OR_RETURN(res_[c], core_.chunks->reserve(k.optim_tier, bytes, StateKind::kOptimizer, c, "optimizer state"));
+  return ok();
+}
+
+std::uint64_t OptimStateHolder::bytes() const {
+  std::uint64_t b = 0;
+  for (const auto& r : res_) b += r.bytes();
+  return b;
+}
+
+Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c) {
+  auto s = std::make_unique<Swap>();
+  s->state = ShardState::make(core_.chunks->store().shard_elems(c), kernel_);
+  // The host copy is model state too: it is accounted while it exists.
+  STRATA_ASSIGN_OR_RETURN(s->staging,
+                          core_.chunks->reserve(Tier::kHost, s->state.bytes(), StateKind::kBuffers, c, "optimizer staging"));
+  const auto ts = tensors(s->state);
+  for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t), bytes_of(*ts[t])));
+  return s;
+}
+
+Status OptimStateHolder::prefetch(std::uint32_t c) {
+  if (!on_nvme(c) || reading_.contains(c)) return ok();
+  STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c));
+  return ok();
+}
+
+Result<ShardState*> OptimStateHolder::acquire(std::uint32_t c) {
+  if (!on_nvme(c)) return &mem_[c];
+  STRATA_RETURN_IF_ERROR(prefetch(c));
+  Swap& s = *reading_.at(c);
+  for (auto& h : s.io) STRATA_RETURN_IF_ERROR(h.wait());
+  s.io.clear();
+  core_.account(Tier::kNvme, Tier::kHost, s.state.bytes());
+  return &s.state;
+}
+
+Status OptimStateHolder::release(std::uint32_t c) {
+  if (!on_nvme(c)) return ok();
+  auto it = reading_.find(c);
+  if (it == reading_.end()) return ok();
+  std::unique_ptr<Swap> s = std::move(it->second);
+  reading_.erase(it);
+  const auto ts = tensors(s->state);
+  for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->put_async(optim_key(c, t), bytes_of(*ts[t])));
+  core_.account(Tier::kHost, Tier::kNvme, s->state.bytes());
+  writing_.push_back(std::move(s));
+  // Bound the host memory held by write-backs: wait for the older one.
+  while (writing_.size() > 1) {
+    for (auto& h : writing_.front()->io) STRATA_RETURN_IF_ERROR(h.wait());
+    writing_.erase(writing_.begin());
+  }
+  return ok();
+}
+
+Status OptimStateHolder::flush() {
+  Status first = ok();
+  for (auto& s : writing_)
+    for (auto& h : s->io)
+      if (Status st = h.wait(); !st && first) first = std::move(st);
+  writing_.clear();
+  return first;
+}
+
+Result<ShardState> OptimStateHolder::read(std::uint32_t c) {
+  if (!on_nvme(c)) return mem_[c];
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Swap> s, start_read(c));
+  for (auto& h : s->io) STRATA_RETURN_IF_ERROR(h.wait());
+  s->io.clear();
+  return std::move(s->state);
+}
+
+Status OptimStateHolder::write(std::uint32_t c, const ShardState& s) {
+  if (!on_nvme(c)) {
+    if (s.master.data_ptr() == mem_[c].master.data_ptr()) return ok();  // read() gave the tensors themselves
+    mem_[c].master.copy_(s.master);
+    for (std::size_t t = 0; t < s.states.size(); ++t) mem_[c].states[t].copy_(s.states[t]);
+    return ok();
+  }
+  ShardState copy = s;
+  const auto ts = tensors(copy);
+  for (std::uint32_t t = 0; t < ts.size(); ++t) STRATA_RETURN_IF_ERROR(core_.swap->put(optim_key(c, t), bytes_of(*ts[t])));
+  return ok();
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,106 @@
+// Engine: where each chunk's parameter shard and optimizer state live.
+//
+// Note [auto placement]: `auto` starts with every parameter shard on compute (stage 3)
+// and its optimizer state on host when compute is a budgeted pool of its own (else on
+// compute). Then, while the planner says the schedule does not fit the compute budget,
+// the largest shard still on compute moves to host. Before any step this runs on the
+// provisional trace (units forward, then backward in reverse); once the first step has
+// recorded the real trace, again on it, with the non-model bytes measured at each
+// access (tiers::MemoryProbe: activations, temporaries) as reserved compute memory.
+// Shards only ever move towards host, so a placement that fit stays valid.
+#include <cmath>
+
+#include "engine_impl.h"
+#include "strata/base/log.h"
+
+namespace strata::engine {
+namespace {
+
+Tier tier_of(OffloadDevice d) {
+  return d == OffloadDevice::kNvme ? Tier::kNvme : d == OffloadDevice::kCpu ? Tier::kHost : Tier::kCompute;
+}
+
+}  // namespace
+
+Status Engine::Impl::place() {
+  ChunkRuntime& chunks = *core.chunks;
+  const EngineOptions& o = core.opt;
+  std::size_t n_trainable = 0;
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) n_trainable += chunks[c].trainable;
+  // static: the offload devices, else the configured fractions of the trainable chunks,
+  // counted in chunk order.
+  std::size_t trainable_index = 0;
+  auto frac_hit = [&](double frac) {
+    return trainable_index < static_cast<std::size_t>(std::ceil(frac * static_cast<double>(n_trainable)));
+  };
+  const bool compute_budgeted = o.schedule.budget_bytes[plan::tier_index(Tier::kCompute)] != 0;
+  bool any_nvme = false;
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+    ChunkRt& k = chunks[c];
+    if (o.placement == Placement::kAuto) {
+      k.shard_tier = Tier::kCompute;
+      k.optim_tier = compute_budgeted ? Tier::kHost : Tier::kCompute;
+    } else {
+      k.shard_tier = o.param_device != OffloadDevice::kNone ? tier_of(o.param_device)
+                     : frac_hit(o.offload_param_frac)       ? Tier::kHost
+                                                            : Tier::kCompute;
+      k.optim_tier = o.optim_device != OffloadDevice::kNone ? tier_of(o.optim_device)
+                     : frac_hit(o.offload_optim_frac)       ? Tier::kHost
+                                                            : Tier::kCompute;
+    }
+    if (core.stage() < 3) k.shard_tier = Tier::kCompute;  // replicated: whole parameters on compute
+    if (!k.trainable) k.optim_tier = Tier::kHost;         // nothing to step; no state
+    trainable_index += k.trainable;
+    chunks.decide_residency(c);
+    any_nvme |= k.shard_tier == Tier::kNvme || (k.trainable && k.optim_tier == Tier::kNvme);
+  }
+  if (any_nvme) {
+    STRATA_ASSIGN_OR_RETURN(core.swap, io::SwapStore::open(o.swap));
+    core.swap_ptr = core.swap.get();
+    std::vector<io::SwapReservation> records;
+    for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+      if (chunks[c].shard_tier == Tier::kNvme) records.push_back({param_key(c), chunks.shard_bytes(c)});
+      optim->add_records(c, records);
+    }
+    // All of it up front: a full disk fails here, before training starts.
+    STRATA_RETURN_IF_ERROR(core.swap->reserve(records));
+  }
+  // auto decides on paper first (nothing is reserved yet), then materializes.
+  if (o.placement == Placement::kAuto && access) STRATA_RETURN_IF_ERROR(fit_auto());
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+    STRATA_RETURN_IF_ERROR(chunks.materialize(c));
+    STRATA_RETURN_IF_ERROR(optim->materialize(c));
+  }
+  return ok();
+}
+
+// Note [auto placement].
+Status Engine::Impl::fit_auto() {
+  ChunkRuntime& chunks = *core.chunks;
+  const plan::AccessTrace& trace = access->trace();
+  const std::vector<plan::ModuleAccess> accesses =
+      trace.complete() ? std::vector<plan::ModuleAccess>(trace.accesses().begin(), trace.accesses().end())
+                       : access->provisional_trace();
+  for (;;) {
+    auto s = access->plan(accesses);
+    if (s) return ok();
+    std::optional<std::uint32_t> victim;
+    for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+      if (chunks[c].shard_tier != Tier::kCompute || chunks[c].residency == Residency::kPersistent) continue;
+      if (!victim || chunks.store().chunk_elems(c) > chunks.store().chunk_elems(*victim)) victim = c;
+    }
+    if (!victim) return make_error(std::move(s).error().with_note("auto placement: even with every shard on host"));
+    STRATA_RETURN_IF_ERROR(chunks.move_shard_to_host(*victim));
+    log::debug("auto placement: param shard of {} moved to host", chunks.name(*victim));
+  }
+}
+
+Status Engine::Impl::check_fits() {
+  if (!access) return ok();  // stages 0-2: the reservations made at setup are the check
+  if (core.opt.placement == Placement::kAuto) return fit_auto();
+  auto s = access->plan(access->provisional_trace());
+  if (!s) return make_error(std::move(s).error().with_note("the configured placement does not fit"));
+  return ok();
+}
+
+}  // namespace strata::engine

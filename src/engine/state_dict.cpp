@@ -1,0 +1,279 @@
+// Engine: consolidated parameters, and the optimizer state as a torch::optim optimizer
+// (consolidation onto one rank, and loading one saved at any world size).
+#include <ATen/ATen.h>
+#include <c10/util/string_utils.h>
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+#include "engine_impl.h"
+#include "strata/comm/communicator.h"
+
+namespace strata::engine {
+namespace {
+
+std::string state_key(const at::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(OptimizerType type, const OptimizerConfig& c, double lr,
+                                                        std::vector<at::Tensor> params) {
+  const auto betas = std::make_tuple(c.betas[0], c.betas[1]);
+  switch (type) {
+    case OptimizerType::kAdam:
+      return std::make_unique<torch::optim::Adam>(
+          params, torch::optim::AdamOptions(lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay).amsgrad(c.amsgrad));
+    case OptimizerType::kAdamW:
+      return std::make_unique<torch::optim::AdamW>(
+          params,
+          torch::optim::AdamWOptions(lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay).amsgrad(c.amsgrad));
+    case OptimizerType::kSGD:
+      return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(lr)
+                                                             .momentum(c.momentum)
+                                                             .dampening(c.dampening)
+                                                             .weight_decay(c.weight_decay)
+                                                             .nesterov(c.nesterov));
+    case OptimizerType::kAdagrad:
+      return std::make_unique<torch::optim::Adagrad>(params, torch::optim::AdagradOptions(lr)
+                                                                 .lr_decay(c.lr_decay)
+                                                                 .weight_decay(c.weight_decay)
+                                                                 .initial_accumulator_value(c.initial_accumulator_value)
+                                                                 .eps(c.eps));
+  }
+  return nullptr;
+}
+
+// torch::optim's per-parameter state as (step, tensors in StepKernel::state_names order).
+std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(OptimizerType type, std::int64_t step,
+                                                                    const std::vector<at::Tensor>& t) {
+  switch (type) {
+    case OptimizerType::kAdam: {
+      auto s = std::make_unique<torch::optim::AdamParamState>();
+      s->step(step).exp_avg(t[0]).exp_avg_sq(t[1]);
+      if (t.size() > 2) s->max_exp_avg_sq(t[2]);
+      return s;
+    }
+    case OptimizerType::kAdamW: {
+      auto s = std::make_unique<torch::optim::AdamWParamState>();
+      s->step(step).exp_avg(t[0]).exp_avg_sq(t[1]);
+      if (t.size() > 2) s->max_exp_avg_sq(t[2]);
+      return s;
+    }
+    case OptimizerType::kSGD: {
+      auto s = std::make_unique<torch::optim::SGDParamState>();
+      s->momentum_buffer(t[0]);
+      return s;
+    }
+    case OptimizerType::kAdagrad: {
+      auto s = std::make_unique<torch::optim::AdagradParamState>();
+      s->step(step).sum(t[0]);
+      return s;
+    }
+  }
+  return nullptr;
+}
+
+// Reads (step, tensors) back; false if the state is not of the expected type.
+bool read_param_state(OptimizerType type, torch::optim::OptimizerParamState& ps, std::int64_t* step,
+                      std::vector<at::Tensor>* t, bool amsgrad) {
+  auto adam_like = [&](auto* s) {
+    if (s == nullptr) return false;
+    *step = s->step();
+    *t = {s->exp_avg(), s->exp_avg_sq()};
+    if (amsgrad) t->push_back(s->max_exp_avg_sq());
+    return true;
+  };
+  switch (type) {
+    case OptimizerType::kAdam: return adam_like(dynamic_cast<torch::optim::AdamParamState*>(&ps));
+    case OptimizerType::kAdamW: return adam_like(dynamic_cast<torch::optim::AdamWParamState*>(&ps));
+    case OptimizerType::kSGD: {
+      auto* s = dynamic_cast<torch::optim::SGDParamState*>(&ps);
+      if (s == nullptr) return false;
+      *t = {s->momentum_buffer()};
+      return true;
+    }
+    case OptimizerType::kAdagrad: {
+      auto* s = dynamic_cast<torch::optim::AdagradParamState*>(&ps);
+      if (s == nullptr) return false;
+      *step = s->step();
+      *t = {s->sum()};
+      return true;
+    }
+  }
+  return false;
+}
+
+// The fp32 values of chunk c's shard on this rank: the master when the chunk trains,
+// else (a chunk of frozen parameters, stage 3) its compute-dtype shard.
+Result<at::Tensor> shard_values(Engine::Impl& m, std::uint32_t c) {
+  const ChunkRt& k = (*m.core.chunks)[c];
+  if (k.trainable) {
+    STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
+    return s.master;
+  }
+  if (k.shard_tier != Tier::kNvme) return k.shard.to(at::kFloat);
+  at::Tensor t = at::empty({m.core.chunks->store().shard_elems(c)}, m.core.opt.compute_dtype);
+  STRATA_RETURN_IF_ERROR(m.core.chunks->load_shard(c, t));
+  return t.to(at::kFloat);
+}
+
+// Every rank's shard of `shard` (fp32, chunk c's shard size) in one full-chunk tensor.
+Result<at::Tensor> gather_chunk(Engine::Impl& m, std::uint32_t c, const at::Tensor& shard) {
+  at::Tensor full = at::empty({m.core.chunks->store().chunk_elems(c)}, at::kFloat);
+  if (m.core.chunk_world() > 1) STRATA_RETURN_IF_ERROR(m.core.comm.all_gather(shard.contiguous(), full).wait());
+  else full.copy_(shard);
+  return full;
+}
+
+// Parameter p's values in a full-chunk tensor laid out like its chunk.
+at::Tensor param_piece(const ChunkStore& store, const at::Tensor& full, const plan::ParamSlot& slot) {
+  return full.narrow(0, static_cast<std::int64_t>(slot.offset_elems), static_cast<std::int64_t>(slot.numel))
+      .view(store.params()[slot.param].sizes())
+      .clone();
+}
+
+}  // namespace
+
+Result<std::vector<at::Tensor>> Engine::consolidated_params() {
+  Impl& m = *impl_;
+  const ChunkStore& store = m.core.chunks->store();
+  std::vector<at::Tensor> out(m.all_params.size());
+  std::vector<std::size_t> engine_index(store.params().size());
+  for (std::size_t i = 0; i < m.all_params.size(); ++i) {
+    if (m.store_index[i] >= 0) engine_index[static_cast<std::size_t>(m.store_index[i])] = i;
+    else out[i] = m.all_params[i].detach().to(at::kFloat).clone();  // frozen, stages 0-2: as it is
+  }
+  for (std::uint32_t c = 0; c < m.core.chunks->size(); ++c) {
+    STRATA_ASSIGN_OR_RETURN(at::Tensor shard, shard_values(m, c));
+    STRATA_ASSIGN_OR_RETURN(at::Tensor full, gather_chunk(m, c, shard));
+    for (const plan::ParamSlot& slot : store.chunk(c).params) out[engine_index[slot.param]] = param_piece(store, full, slot);
+  }
+  return out;
+}
+
+Result<std::unique_ptr<torch::optim::Optimizer>> Engine::consolidate_state_dict(int to_rank) {
+  Impl& m = *impl_;
+  comm::Communicator& comm = m.core.comm;
+  if (to_rank < 0 || to_rank >= comm.world()) {
+    return make_error(ErrorCode::kInvalidArgument, "consolidate_state_dict: rank {} is not in 0..{}", to_rank,
+                      comm.world() - 1);
+  }
+  if (m.stepper->wrapped()) {
+    return make_error(ErrorCode::kUnimplemented,
+                      "consolidate_state_dict works with strata's fused optimizers; a wrapped torch::optim "
+                      "optimizer keeps per-chunk state that has no per-parameter form");
+  }
+  const ChunkStore& store = m.core.chunks->store();
+  const bool root = comm.rank() == to_rank;
+  const std::size_t n_params = store.params().size(), n_states = m.kernel.state_names().size();
+  std::vector<at::Tensor> master(n_params);
+  std::vector<std::vector<at::Tensor>> states(n_params, std::vector<at::Tensor>(n_states));
+  for (std::uint32_t c = 0; c < m.core.chunks->size(); ++c) {
+    if (!(*m.core.chunks)[c].trainable) continue;
+    STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
+    std::vector<at::Tensor> shard_tensors = {s.master};
+    for (const auto& t : s.states) shard_tensors.push_back(t);
+    for (std::size_t k = 0; k < shard_tensors.size(); ++k) {
+      // Every rank gathers (a collective); only the root keeps the pieces.
+      STRATA_ASSIGN_OR_RETURN(at::Tensor full, gather_chunk(m, c, shard_tensors[k]));
+      if (!root) continue;
+      for (const plan::ParamSlot& slot : store.chunk(c).params)
+        (k == 0 ? master[slot.param] : states[slot.param][k - 1]) = param_piece(store, full, slot);
+    }
+  }
+  if (!root) return std::unique_ptr<torch::optim::Optimizer>();
+  const OptimizerType type = m.kernel.type();
+  const ParamSteps& steps = m.stepper->param_steps();
+  std::vector<std::size_t> trainable;
+  std::vector<at::Tensor> group;
+  for (std::size_t i = 0; i < n_params; ++i) {
+    if (!store.params()[i].requires_grad()) continue;
+    trainable.push_back(i);
+    group.push_back(master[i]);
+  }
+  auto opt = make_optimizer(type, m.core.opt.optimizer, m.kernel.lr(), group);
+  for (std::size_t i : trainable) {
+    // torch::optim creates Adam and SGD state on a parameter's first gradient, Adagrad's
+    // at construction; mirror that. SGD without momentum has no state at all.
+    if (!steps.ever_had_grad[i] && type != OptimizerType::kAdagrad) continue;
+    if (type == OptimizerType::kSGD && n_states == 0) continue;
+    opt->state()[state_key(master[i])] = make_param_state(type, steps.steps[i], states[i]);
+  }
+  return opt;
+}
+
+Status Engine::load_state_dict(torch::optim::Optimizer& full) {
+  Impl& m = *impl_;
+  ChunkRuntime& chunks = *m.core.chunks;
+  const ChunkStore& store = chunks.store();
+  const OptimizerType type = m.kernel.type();
+  if (full.param_groups().size() != 1) {
+    return make_error(ErrorCode::kInvalidArgument, "load_state_dict: expected one parameter group, got {}",
+                      full.param_groups().size());
+  }
+  // The state dict lists the trainable parameters, in params() order.
+  std::vector<std::size_t> trainable;
+  for (std::size_t i = 0; i < store.params().size(); ++i)
+    if (store.params()[i].requires_grad()) trainable.push_back(i);
+  const auto& params = full.param_groups()[0].params();
+  if (params.size() != trainable.size()) {
+    return make_error(ErrorCode::kInvalidArgument, "load_state_dict: {} parameters in the state dict, {} trainable in the model",
+                      params.size(), trainable.size());
+  }
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    if (params[j].sizes() != store.params()[trainable[j]].sizes()) {
+      return make_error(ErrorCode::kInvalidArgument, "load_state_dict: parameter {} has shape {} but the model's is {}",
+                        j, c10::str(params[j].sizes()), c10::str(store.params()[trainable[j]].sizes()));
+    }
+  }
+  m.kernel.set_lr(full.param_groups()[0].options().get_lr());
+  ParamSteps& steps = m.stepper->param_steps();
+  std::vector<std::optional<ShardState>> loaded(chunks.size());
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    const std::size_t i = trainable[j];
+    std::int64_t step = 0;
+    std::vector<at::Tensor> st;
+    auto it = full.state().find(state_key(params[j]));
+    const bool has = it != full.state().end();
+    if (has && !read_param_state(type, *it->second, &step, &st, m.core.opt.optimizer.amsgrad)) {
+      return make_error(ErrorCode::kInvalidArgument, "load_state_dict: parameter {} has state of another optimizer "
+                        "type than {}", j, to_string(type));
+    }
+    steps.steps[i] = step;
+    steps.ever_had_grad[i] = has && (type != OptimizerType::kAdagrad || step > 0) ? 1 : 0;
+    const std::uint32_t c = store.layout().where[i].chunk;
+    if (!loaded[c]) {
+      STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
+      loaded[c] = std::move(s);
+    }
+    for (const auto& slot : chunks.slots(c)) {
+      if (slot.param != i) continue;
+      ShardState& s = *loaded[c];
+      s.master.narrow(0, slot.shard_offset, slot.numel)
+          .copy_(params[j].detach().reshape({-1}).narrow(0, slot.param_offset, slot.numel));
+      for (std::size_t k = 0; k < s.states.size(); ++k) {
+        at::Tensor dst = s.states[k].narrow(0, slot.shard_offset, slot.numel);
+        if (has && k < st.size() && st[k].defined()) dst.copy_(st[k].reshape({-1}).narrow(0, slot.param_offset, slot.numel));
+        else dst.fill_(m.kernel.initial_value(k));
+      }
+    }
+  }
+  // The state goes home, and the model's trainable parameters become the loaded masters
+  // (cast to the compute dtype); frozen ones stay as they are.
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+    if (!loaded[c]) continue;
+    STRATA_RETURN_IF_ERROR(m.optim->write(c, *loaded[c]));
+    ChunkRt& k = chunks[c];
+    at::Tensor shard = k.shard_tier == Tier::kNvme ? at::empty({store.shard_elems(c)}, m.core.opt.compute_dtype) : k.shard;
+    if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(chunks.load_shard(c, shard));
+    for (const auto& slot : chunks.slots(c))
+      if (store.params()[slot.param].requires_grad())
+        shard.narrow(0, slot.shard_offset, slot.numel).copy_(loaded[c]->master.narrow(0, slot.shard_offset, slot.numel));
+    if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(chunks.store_shard(c, shard));
+    if (k.residency == Residency::kReplicated && m.core.chunk_world() > 1) m.gatherer->refresh(c);
+  }
+  STRATA_RETURN_IF_ERROR(m.gatherer->finish_refresh());
+  // Gathered copies of the chunks (persistent ones) are stale now.
+  return m.access ? m.access->after_optimizer_step() : ok();
+}
+
+}  // namespace strata::engine

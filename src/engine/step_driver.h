@@ -1,0 +1,79 @@
+// StepDriver: the optimizer step, the same for every stage. Internal to src/engine.
+//
+// At the accumulation boundary: one gradient prologue over every gradient shard (unscale,
+// inf/NaN check, norm partials) reduced across ranks; dynamic loss scaling (an overflow
+// skips the step on every rank); clipping folded into the kernel's gradient scale; then
+// the planner's step ops (plan::step_ops, Note [step ops]) carried out in order:
+//   load    the chunk's nvme state starts coming in (read ahead: the next chunk's state
+//           is requested while this one steps)
+//   step    the fused kernel over this rank's shard: master, state and the compute-dtype
+//           parameter shard, or the wrapped torch::optim optimizer
+//   store   the state back to nvme (async), or the new parameter shard to its home tier
+//   gather  replicated chunks (stages 1-2): the updated slices all-gathered
+// Per-parameter step counts follow torch::optim: a parameter that never had a gradient
+// is never stepped, and its elements are never written (Note [step writes only what it
+// computed]).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "engine_core.h"
+#include "gatherer.h"
+#include "grad_reducer.h"
+#include "optim_state.h"
+#include "shard_state.h"
+#include "strata/engine/loss_scaler.h"
+
+namespace strata::engine {
+
+class StepDriver {
+ public:
+  StepDriver(EngineCore& core, const StepKernel& kernel, GradReducer& reducer, OptimStateHolder& holder,
+             Gatherer& gatherer);
+  ~StepDriver();
+
+  // The wrapped torch::optim optimizer (EngineOptions::wrap), over the master shards.
+  Status wrap(const OptimizerFactory& factory);
+  LossScaler& scaler() { return scaler_; }
+  ParamSteps& param_steps() { return param_steps_; }
+  const ParamSteps& param_steps() const { return param_steps_; }
+  bool wrapped() const { return wrapped_ != nullptr; }
+
+  Result<double> clip_grad_norm(double max_norm, double norm_type);
+  // The boundary step; r.boundary is set by the caller.
+  Status step(StepResult& r);
+
+ private:
+  Result<kernels::GradStats> global_stats(double inv_scale);
+  Status run_ops(std::span<const plan::Op> ops, double grad_scale);
+  Status step_chunk(std::uint32_t c, double grad_scale);
+  Status store_param(std::uint32_t c);
+  Status step_wrapped(double grad_scale);
+  bool steps_every_param(std::uint32_t c) const;
+
+  EngineCore& core_;
+  const StepKernel& kernel_;
+  GradReducer& reducer_;
+  OptimStateHolder& holder_;
+  Gatherer& gatherer_;
+  LossScaler scaler_;
+  ParamSteps param_steps_;
+  std::optional<kernels::GradStats> stats_;  // the current boundary's, once computed
+  std::optional<double> clip_coef_;          // set by clip_grad_norm() for the current boundary
+  // The new parameter shard of the chunk just stepped, until its store op.
+  struct Staged {
+    std::uint32_t chunk = 0;
+    at::Tensor values;
+    std::vector<ShardRun> stepped;
+  };
+  std::optional<Staged> staged_;
+  std::unique_ptr<torch::optim::Optimizer> wrapped_;
+  std::vector<std::uint32_t> wrapped_chunks_;   // the chunks whose masters it steps
+  std::vector<at::Tensor> wrapped_params_;      // those masters, as its leaves
+};
+
+}  // namespace strata::engine
