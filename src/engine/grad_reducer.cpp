@@ -1,5 +1,7 @@
 #include "grad_reducer.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -102,6 +104,7 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
   buf.zero_();
   g.live = true;
   live_buffer_bytes_ += bytes;
+  if (scatter_mode()) live_order_.push_back(c);
   return ok();
 }
 
@@ -115,9 +118,21 @@ void GradReducer::begin_backward(bool boundary) {
 
 void GradReducer::ensure_buffer(std::uint32_t c) {
   if (grads_[c].live) return;
-  // Bound the buffers alive at once: the oldest reductions land first.
+  // Note [gradient bytes in flight]: the buffers alive at once stay within
+  // reduce_bucket_size elements (a single chunk larger than that excepted). First the
+  // oldest reductions land; if none is in flight, the oldest buffer is reduced now with
+  // the gradients it has, and the rest of its gradients land in a fresh buffer that is
+  // reduced again later (a reduction is linear, so the sum is the same).
   const std::uint64_t cap = core_.opt.reduce_bucket_size * c10::elementSize(core_.opt.compute_dtype);
-  while (!order_.empty() && live_buffer_bytes_ + core_.chunks->full_bytes(c) > cap) core_.errors.check(complete_oldest());
+  while (live_buffer_bytes_ + core_.chunks->full_bytes(c) > cap) {
+    if (!order_.empty()) {
+      core_.errors.check(complete_oldest());
+      continue;
+    }
+    auto oldest = std::find_if(live_order_.begin(), live_order_.end(), [&](std::uint32_t b) { return !grads_[b].op; });
+    if (oldest == live_order_.end()) break;
+    core_.errors.check(launch(*oldest));
+  }
   core_.errors.check(reserve_buffer(c));
 }
 
@@ -176,6 +191,7 @@ Status GradReducer::complete(std::uint32_t c) {
   g.buffer_res.release();
   g.live = false;
   live_buffer_bytes_ -= core_.chunks->full_bytes(c);
+  std::erase(live_order_, c);
   return ok();
 }
 

@@ -15,7 +15,7 @@
 //       and loses them once reduced: every micro-step, a ready chunk is reduce-scattered
 //       (avg) and the result added to this rank's fp32 gradient shard, which lives where
 //       the chunk's step runs. At most reduce_bucket_size elements of buffers are alive
-//       at once (beyond one chunk): a new buffer first waits for the oldest reductions.
+//       at once (Note [gradient bytes in flight]).
 //       On a budgeted compute tier a buffer that does not fit first waits for the
 //       reductions in flight; if it still does not fit, that is a "cannot fit" error.
 // Reductions are launched in the order chunks become ready, which is the same on every
@@ -102,6 +102,7 @@ class GradReducer {
   std::vector<ChunkGrads> grads_;
   std::vector<std::uint8_t> had_grad_;
   std::deque<std::uint32_t> order_;        // reductions in flight, in launch order
+  std::deque<std::uint32_t> live_order_;   // reduce-scatter mode: buffers with bytes, oldest first
   std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
   bool boundary_ = false;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;

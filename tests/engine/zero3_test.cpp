@@ -70,14 +70,31 @@ TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
 }
 
 // Frozen weights, a parameter without a gradient, a unit called twice and a skip
-// connection, with the optimizer stepping in another tier than the parameter shards.
-TEST(Zero3, AwkwardModelWithOffloadedOptimizerMatchesLibTorch) {
-  for (const char* placement : {"optim_cpu", "optim_nvme"}) {
-    const auto dir = testing::fresh_temp_dir("zero3-awkward");
-    expect_all_ok(run_ranks(2, {worker(), "awkward", placement}, std::chrono::seconds(120),
-                            {{"STRATA_TEST_NVME", dir.string()}}));
-    std::filesystem::remove_all(dir);
-  }
+// connection, at stages 1-3 and every placement (awkward_case in zero3_worker.cpp).
+class Awkward : public ::testing::TestWithParam<int> {};
+
+TEST_P(Awkward, EveryPlacementMatchesLibTorchAndTheConsolidatedWeights) {
+  const auto dir = testing::fresh_temp_dir("awkward");
+  expect_all_ok(run_ranks(2, {worker(), "awkward", std::to_string(GetParam())}, std::chrono::seconds(300),
+                          {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, Awkward, ::testing::Values(1, 2, 3),
+                         [](const auto& param_info) { return fmt::format("stage{}", param_info.param); });
+
+TEST(Zero3, AUnitReturningATupleMatchesLibTorchAtWorldSizes1To4) {
+  for (int world : {1, 2, 3, 4}) expect_all_ok(run_ranks(world, {worker(), "tuple"}));
+}
+
+TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
+  for (int world : {2, 4}) expect_all_ok(run_ranks(world, {worker(), "gradmem"}));
+}
+
+TEST(Zero3, AnOverBudgetBufferInBackwardIsCannotFitNotInternal) {
+  auto rs = run_ranks(1, {worker(), "bwdbudget"});
+  ASSERT_EQ(rs[0].exit_code, 3) << all_output(rs);
+  EXPECT_NE(rs[0].output.find("EXPECTED FAILURE: resource_exhausted: cannot fit"), std::string::npos) << all_output(rs);
 }
 
 TEST(Zero3, OverBudgetConfigurationFailsAtSetup) {

@@ -8,8 +8,11 @@
 // zero3_worker memory                     max_live bound and shard bytes
 // zero3_worker branch                     a data-dependent path invalidates the trace
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
-// zero3_worker awkward PLACEMENT          frozen / no-grad / twice-called units vs LibTorch;
-//                                        PLACEMENT: optim_cpu | optim_nvme
+// zero3_worker awkward STAGE              frozen / no-grad / twice-called units vs LibTorch at
+//                                        every placement
+// zero3_worker tuple                      a unit returning a tuple
+// zero3_worker gradmem                    stage 2 holds 1/world of stage 0's gradient bytes
+// zero3_worker bwdbudget                  an over-budget buffer in backward is "cannot fit"
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -374,15 +377,22 @@ void overbudget() {
 }
 
 
-// The awkward model (awkward_model.h) against plain LibTorch: losses per step, the
-// consolidated parameters, the frozen weight bit for bit, and the loss of the live
-// sharded model against a plain model loaded with the consolidated parameters.
-void awkward(const std::string& placement) {
+// The awkward model (awkward_model.h) against plain LibTorch at one stage and placement:
+// losses per step, the consolidated parameters, the frozen weight bit for bit, and the
+// loss of the live sharded model against a plain model loaded with the consolidated
+// parameters. Placements: none, optim_cpu, optim_nvme, params_host, params_nvme (stage 3:
+// parameter shards and optimizer state there), budget (a compute budget; at stage 3 it
+// forces evictions).
+void awkward_case(int stage, const std::string& placement) {
   using strata::testing::AwkwardModel;
+  const std::string what = fmt::format("stage {} {}", stage, placement);
   auto model = std::make_shared<AwkwardModel>(21);
   AwkwardModel ref(21);
   const at::Tensor frozen_before = model->frozen->weight.detach().clone();
+  std::uint64_t model_bytes = 0;
+  for (const auto& p : ref.parameters()) model_bytes += static_cast<std::uint64_t>(p.numel()) * 4;
   engine::EngineOptions o;
+  o.stage = stage;
   o.optimizer.type = OptimizerType::kSGD;
   o.optimizer.lr = 0.05;
   o.optimizer.momentum = 0.9;
@@ -391,27 +401,56 @@ void awkward(const std::string& placement) {
   o.chunks.io_align_bytes = 64;
   o.optimizer_threads = 1;
   o.schedule.prefetch_bucket_bytes = 1 << 20;
+  o.schedule.persistence_threshold_elems = 0;
+  auto nvme = [&] {
+    o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+    o.swap.job_name = fmt::format("awkward-{}-{}", stage, placement);
+    o.swap.min_io_bytes = 0;
+  };
   if (placement == "optim_cpu") {
     o.optim_device = OffloadDevice::kCpu;
   } else if (placement == "optim_nvme") {
     o.optim_device = OffloadDevice::kNvme;
-    o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
-    o.swap.job_name = "awkward";
-    o.swap.min_io_bytes = 0;
-  } else {
+    nvme();
+  } else if (placement == "params_host") {
+    o.param_device = o.optim_device = OffloadDevice::kCpu;
+  } else if (placement == "params_nvme") {
+    o.param_device = o.optim_device = OffloadDevice::kNvme;
+    nvme();
+  } else if (placement == "budget") {
+    o.optim_device = OffloadDevice::kCpu;
+    if (stage == 3) {
+      // Small chunks and a budget under the whole model: chunks are evicted and gathered
+      // again within a step.
+      o.param_device = OffloadDevice::kCpu;
+      o.chunks.chunk_size_elems = 512;
+      o.schedule.budget_bytes[0] = model_bytes * 5 / 4;
+    } else {
+      o.schedule.budget_bytes[0] = model_bytes * 5 / 2;  // whole parameters, gradients, in-flight buffers
+    }
+  } else if (placement != "none") {
     fail("unknown placement " + placement);
   }
-  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  auto made = engine::shard(*model, *g_comm, o);
+  if (stage < 3 && (placement == "params_host" || placement == "params_nvme")) {
+    // Parameters are only sharded, so only offloaded, at stage 3.
+    if (made || made.error().code() != ErrorCode::kInvalidArgument || made.error().message().find("stage 3") == std::string::npos)
+      fail(what + ": offloading parameters should be refused, got " + (made ? "an engine" : made.error().to_string()));
+    return;
+  }
+  auto eng = check(std::move(made), "shard");
   std::vector<at::Tensor> ref_params;
   for (auto& p : ref.parameters())
     if (p.requires_grad()) ref_params.push_back(p);
   torch::optim::SGD ref_opt(ref_params, torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(0.01));
   const std::int64_t rows = 4;
+  std::uint64_t gathers = 0;
   for (int s = 0; s < 8; ++s) {
     auto [x, y] = strata::testing::awkward_batch(s, rows * g_comm->world());
     at::Tensor loss = model->loss(x.narrow(0, rows * g_comm->rank(), rows), y.narrow(0, rows * g_comm->rank(), rows));
     check(eng->backward(loss), "backward");
     check(eng->step(), "step");
+    gathers = eng->last_metrics().gathers;
     ref_opt.zero_grad();
     at::Tensor ref_loss = ref.loss(x, y);
     ref_loss.backward();
@@ -419,27 +458,166 @@ void awkward(const std::string& placement) {
     at::Tensor l = loss.detach().clone();
     check(g_comm->all_reduce(l, comm::ReduceOp::kAvg).wait(), "loss avg");
     if (std::abs(l.item<double>() - ref_loss.item<double>()) > 1e-5 * std::abs(ref_loss.item<double>()))
-      fail(fmt::format("{} step {}: loss {} vs reference {}", placement, s, l.item<double>(), ref_loss.item<double>()));
+      fail(fmt::format("{} step {}: loss {} vs reference {}", what, s, l.item<double>(), ref_loss.item<double>()));
   }
+  const std::size_t n_chunks = eng->store().num_chunks();
+  if (stage == 3 && placement == "budget" && gathers <= n_chunks)
+    fail(fmt::format("{}: {} gathers in a step over {} chunks: the budget forced no eviction", what, gathers, n_chunks));
   auto got = check(eng->consolidated_params(), "consolidated_params");
   auto named = ref.named_parameters();
-  std::size_t i = 0;
   AwkwardModel plain(99);
   auto plain_named = plain.named_parameters();
   at::NoGradGuard no_grad;
   for (const auto& item : model->named_parameters()) {
-    const at::Tensor& want = named[item.key()];
-    if (rel_error(got[i], want) > 1e-5) fail(fmt::format("{}: parameter {} differs from the reference", placement, item.key()));
-    if (item.key() == "frozen.weight" && !at::equal(got[i], frozen_before)) fail(placement + ": the frozen weight changed");
-    plain_named[item.key()].copy_(got[i]);
-    ++i;
+    auto it = std::find_if(eng->params().begin(), eng->params().end(), [&](const at::Tensor& p) { return p.is_same(item.value()); });
+    const at::Tensor& value = got.at(static_cast<std::size_t>(it - eng->params().begin()));
+    if (rel_error(value, named[item.key()]) > 1e-5) fail(fmt::format("{}: parameter {} differs from the reference", what, item.key()));
+    if (item.key() == "frozen.weight" && !at::equal(value, frozen_before)) fail(what + ": the frozen weight changed");
+    plain_named[item.key()].copy_(value);
   }
   // The live sharded model and a plain model with the consolidated weights compute the
   // same loss on a fresh batch.
   auto [x, y] = strata::testing::awkward_batch(100, 8);
   const double live = model->loss(x, y).item<double>(), cons = plain.loss(x, y).item<double>();
   if (std::abs(live - cons) > 1e-6 * std::abs(cons))
-    fail(fmt::format("{}: live model loss {} but consolidated weights give {}", placement, live, cons));
+    fail(fmt::format("{}: live model loss {} but consolidated weights give {}", what, live, cons));
+}
+
+void awkward(int stage) {
+  for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "budget"}) awkward_case(stage, p);
+}
+
+// A unit whose forward returns a tuple: both outputs feed the rest of the model, and the
+// unit's backward is one access however many outputs it has.
+struct TwoWayImpl : torch::nn::Module {
+  torch::nn::Linear lin{nullptr};
+  TwoWayImpl() { lin = register_module("lin", torch::nn::Linear(32, 32)); }
+  std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x) {
+    at::Tensor y = lin->forward(x);
+    return {y.narrow(1, 0, 16), y.narrow(1, 16, 16)};
+  }
+};
+TORCH_MODULE(TwoWay);
+
+struct TupleModel : torch::nn::Module {
+  torch::nn::Linear in{nullptr}, out{nullptr};
+  TwoWay split{nullptr};
+  TupleModel() {
+    in = register_module("in", torch::nn::Linear(16, 32));
+    split = register_module("split", TwoWay());
+    out = register_module("out", torch::nn::Linear(32, 4));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = at::tanh(engine::forward(in, x));
+    auto [a, b] = engine::forward(split, h);
+    return engine::forward(out, at::cat({at::tanh(a), b * b}, 1));
+  }
+};
+
+void tuple_outputs() {
+  at::manual_seed(8);
+  auto model = std::make_shared<TupleModel>();
+  at::manual_seed(8);
+  auto ref = std::make_shared<TupleModel>();
+  engine::EngineOptions o;
+  // SGD, as in parity(): Adam turns gradients that are rounding noise into full steps.
+  o.optimizer.type = OptimizerType::kSGD;
+  o.optimizer.lr = 0.05;
+  o.optimizer.momentum = 0.9;
+  o.chunks.chunk_size_elems = 512;
+  o.chunks.io_align_bytes = 64;
+  o.schedule.prefetch_bucket_bytes = 1 << 20;
+  o.schedule.persistence_threshold_elems = 0;
+  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  for (int s = 0; s < 10; ++s) {
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(40 + s);
+    at::Tensor x = at::randn({4 * g_comm->world(), 16}, g), y = at::randn({4 * g_comm->world(), 4}, g);
+    check(eng->backward(at::mse_loss(model->forward(x.narrow(0, 4 * g_comm->rank(), 4)), y.narrow(0, 4 * g_comm->rank(), 4))),
+          "backward");
+    check(eng->step(), "step");
+    ref_opt.zero_grad();
+    at::mse_loss(ref->forward(x), y).backward();
+    ref_opt.step();
+    auto got = check(eng->consolidated_params(), "consolidated");
+    auto want = ref->parameters();
+    for (std::size_t i = 0; i < got.size(); ++i)
+      if (const double e = rel_error(got[i], want[i]); e > 1e-5)
+        fail(fmt::format("step {}: param {} differs, relative error {:.3g}", s, i, e));
+    if (s >= 2 && !eng->last_metrics().scheduled) fail(fmt::format("step {} was not driven by the schedule", s));
+  }
+  // Three units, each one forward and one backward access.
+  if (eng->schedule() == nullptr || eng->schedule()->accesses.size() != 6)
+    fail(fmt::format("the trace has {} accesses, expected 6", eng->schedule() ? eng->schedule()->accesses.size() : 0));
+}
+
+// Stage 2 holds 1/world of the gradients (fp32 shards) plus the full-size buffers in
+// flight, at most reduce_bucket_size elements beyond one chunk; stage 0 all of them.
+void gradmem() {
+  const nn::GPTConfig cfg = model_config();
+  std::uint64_t peak[3] = {0, 0, 0};
+  const std::uint64_t bucket_elems = 2 * 8192;
+  for (int stage : {0, 2}) {
+    nn::GPT model(cfg);
+    model->init_weights(11);
+    engine::EngineOptions o;
+    o.stage = stage;
+    o.optimizer.type = OptimizerType::kSGD;
+    o.chunks.chunk_size_elems = 8192;
+    o.chunks.io_align_bytes = 64;
+    o.reduce_bucket_size = bucket_elems;
+    auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+    for (int s = 0; s < 3; ++s) {
+      auto [x, y] = my_rows(s);
+      check(eng->backward(model->loss(x, y)), "backward");
+      check(eng->step(), "step");
+      peak[stage] = std::max(peak[stage], eng->last_metrics().peak_grad_bytes);
+    }
+  }
+  const std::uint64_t bound = peak[0] / g_comm->world() + bucket_elems * 4;
+  fmt::print("rank {}: gradient bytes stage 0 {}, stage 2 {}, bound {}\n", g_comm->rank(), peak[0], peak[2], bound);
+  if (peak[2] > bound) fail(fmt::format("stage 2 held {} gradient bytes, more than stage 0's {} / {} + one bucket", peak[2], peak[0], g_comm->world()));
+}
+
+// An outer unit that calls an inner unit it does not own: the provisional check sees
+// one unit at a time, but backward holds both, and the inner one's gradient buffer does
+// not fit. The error must reach backward()'s caller as what it is.
+struct Wrapper : torch::nn::Module {
+  torch::nn::Linear a{nullptr};
+  torch::nn::Linear inner;  // not registered here: a unit of its own
+  explicit Wrapper(torch::nn::Linear in) : inner(std::move(in)) { a = register_module("a", torch::nn::Linear(32, 32)); }
+  at::Tensor forward(const at::Tensor& x) { return at::tanh(engine::forward(inner, at::tanh(a->forward(x)))); }
+};
+struct BudgetModel : torch::nn::Module {
+  torch::nn::Linear inner{nullptr}, head{nullptr};
+  std::shared_ptr<Wrapper> outer;
+  BudgetModel() {
+    inner = register_module("inner", torch::nn::Linear(32, 32));
+    outer = register_module("outer", std::make_shared<Wrapper>(inner));
+    head = register_module("head", torch::nn::Linear(32, 32));
+  }
+  at::Tensor forward(const at::Tensor& x) { return engine::forward(head, engine::forward(outer, x)); }
+};
+
+void backward_budget() {
+  auto model = std::make_shared<BudgetModel>();
+  engine::EngineOptions o;
+  o.optimizer.type = OptimizerType::kSGD;
+  o.chunks.chunk_size_elems = 1056;  // one Linear(32, 32) per chunk
+  o.chunks.io_align_bytes = 64;
+  o.param_device = OffloadDevice::kCpu;
+  o.optim_device = OffloadDevice::kCpu;
+  o.schedule.persistence_threshold_elems = 0;
+  o.schedule.budget_bytes[0] = 2 * 1056 * 4 + 1024;  // two chunks: one unit and its gradients
+  std::vector<engine::ModuleUnit> units = {{.module = model->outer, .name = "outer"},
+                                           {.module = model->inner.ptr(), .name = "inner"},
+                                           {.module = model->head.ptr(), .name = "head"}};
+  auto eng = check(engine::shard(*model, *g_comm, o, units), "shard");
+  at::Tensor x = at::randn({4, 32}), y = at::randn({4, 32});
+  auto st = eng->backward(at::mse_loss(model->forward(x), y));
+  if (st) fail("the gradient buffer that does not fit was not reported");
+  if (st.error().code() != ErrorCode::kResourceExhausted) fail("the error lost its type: " + st.error().to_string());
+  strata::testing::expected_failure(st.error());
 }
 
 }  // namespace
@@ -457,7 +635,10 @@ int main(int argc, char** argv) {
   else if (mode == "overbudget") overbudget();
   else if (mode == "diverge") diverge();
   else if (mode == "nested") nested();
-  else if (mode == "awkward") awkward(a.at(1));
+  else if (mode == "awkward") awkward(std::stoi(a.at(1)));
+  else if (mode == "tuple") tuple_outputs();
+  else if (mode == "gradmem") gradmem();
+  else if (mode == "bwdbudget") backward_budget();
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

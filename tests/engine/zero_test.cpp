@@ -43,6 +43,43 @@ INSTANTIATE_TEST_SUITE_P(All, ZeroParity, ::testing::ValuesIn(parity_cases()), [
   return fmt::format("w{}_stage{}_{}", c.world, c.stage, c.optim);
 });
 
+// Stages 1 and 2 with the optimizer state on host (ZeRO-Offload) or on nvme files, at
+// world sizes 1-4, against torch::optim in one process.
+struct OffloadCase {
+  int world;
+  int stage;
+  const char* device;
+};
+
+class ZeroOffloadParity : public ::testing::TestWithParam<OffloadCase> {};
+
+TEST_P(ZeroOffloadParity, MatchesTorchOptimFor20Steps) {
+  const auto& p = GetParam();
+  const auto dir = testing::fresh_temp_dir("zero-offload");
+  expect_all_ok(run_ranks(p.world, {worker(), "parity", std::to_string(p.stage), "adamw", p.device},
+                          std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
+}
+
+std::vector<OffloadCase> offload_cases() {
+  std::vector<OffloadCase> cases;
+  for (int world : {1, 2, 3, 4})
+    for (int stage : {1, 2})
+      for (const char* device : {"cpu", "nvme"}) cases.push_back({world, stage, device});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ZeroOffloadParity, ::testing::ValuesIn(offload_cases()), [](const auto& param_info) {
+  const OffloadCase& c = param_info.param;
+  return fmt::format("w{}_stage{}_{}", c.world, c.stage, c.device);
+});
+
+TEST(Zero, AModuleRegisteredTwiceIsOneParameterAtEveryStage) {
+  for (const char* stage : {"1", "2", "3"}) expect_all_ok(run_ranks(2, {worker(), "shared", stage}));
+}
+
+TEST(Zero, ABadParameterIsNamedByItsIndex) { expect_all_ok(run_ranks(1, {worker(), "badparam"})); }
+
 TEST(Zero, WrappedTorchOptimizerMatches) {
   expect_all_ok(run_ranks(3, {worker(), "parity", "2", "adamw", "wrap"}));
 }

@@ -3,7 +3,10 @@
 // the whole job's batch — and compares. Prints "OK" and exits 0 on success, 1 on a
 // mismatch, 3 on an expected failure.
 //
-// zero_worker parity STAGE OPTIM [wrap]   20 steps vs torch::optim (fp32, <= 1e-6)
+// zero_worker parity STAGE OPTIM [wrap|cpu|nvme]   20 steps vs torch::optim (fp32, <= 1e-6);
+//                                         the optimizer wrapped, or its state on cpu or nvme
+// zero_worker shared STAGE                 a module registered twice, through every entry point
+// zero_worker badparam                     a bad parameter is named by its index
 // zero_worker stages OPTIM                 stage 1 and stage 2 side by side
 // zero_worker accum STAGE                  4 micro-steps == one 4x batch
 // zero_worker clip STAGE NORM              clip_grad_norm(1|2|inf) vs clip_grad_norm_
@@ -23,6 +26,7 @@
 
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
+#include "strata/engine/module_hooks.h"
 #include "support/worker.h"
 #include "toy_model.h"
 
@@ -116,12 +120,20 @@ std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step, std::int64_t per_ra
   return {x.narrow(0, g_comm->rank() * per_rank, per_rank), y.narrow(0, g_comm->rank() * per_rank, per_rank)};
 }
 
-void parity(int stage, const std::string& optim, bool wrap) {
+void parity(int stage, const std::string& optim, const std::string& mode) {
+  const bool wrap = mode == "wrap";
   OptimizerConfig oc = optim_config(optim);
   Reference ref(oc);
   ToyModel model(7);
   auto opts = sharded_options(stage, oc);
   if (wrap) opts.wrap = [oc](std::vector<at::Tensor> shards) { return torch_optimizer(oc, std::move(shards)); };
+  if (mode == "cpu") opts.optim_device = OffloadDevice::kCpu;
+  if (mode == "nvme") {
+    opts.optim_device = OffloadDevice::kNvme;
+    opts.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+    opts.swap.job_name = fmt::format("parity-{}-{}", stage, optim);
+    opts.swap.min_io_bytes = 0;  // every record on disk, however small
+  }
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   const at::Tensor unused_before = model.unused.detach().clone();
   for (int s = 0; s < 20; ++s) {
@@ -306,6 +318,71 @@ void kill(int stage) {
   fail("no failure seen");
 }
 
+// A module registered twice (LibTorch lists its parameters twice in parameters()) and
+// called twice: every entry point takes the duplicate as the same parameter.
+struct Shared : torch::nn::Module {
+  torch::nn::Linear in{nullptr}, twice{nullptr}, again{nullptr};
+  Shared() {
+    in = register_module("in", torch::nn::Linear(23, 16));
+    twice = register_module("twice", torch::nn::Linear(16, 16));
+    again = register_module("again", twice);  // the same module under a second name
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = at::tanh(strata::engine::forward(in, x));
+    h = at::tanh(strata::engine::forward(twice, h));
+    return strata::engine::forward(again, h).narrow(1, 0, 11);
+  }
+};
+
+void shared(int stage) {
+  OptimizerConfig oc = optim_config("adamw");
+  at::manual_seed(4);
+  auto model = std::make_shared<Shared>();
+  at::manual_seed(4);
+  auto ref = std::make_shared<Shared>();
+  if (model->parameters().size() != 6) fail("LibTorch no longer lists a twice-registered module twice");
+  auto opts = sharded_options(stage, oc);
+  auto eng = stage == 3 ? check(engine::shard(*model, *g_comm, opts), "shard")
+                        : check(engine::Engine::create(model->parameters(), *g_comm, opts), "create");
+  if (eng->params().size() != 4) fail(fmt::format("{} parameters, expected 4 distinct ones", eng->params().size()));
+  std::vector<at::Tensor> distinct;  // torch::optim would step a listed-twice parameter twice
+  for (const auto& p : ref->parameters())
+    if (std::find_if(distinct.begin(), distinct.end(), [&](const at::Tensor& d) { return d.is_same(p); }) == distinct.end())
+      distinct.push_back(p);
+  auto ref_opt = torch_optimizer(oc, distinct);
+  for (int s = 0; s < 10; ++s) {
+    auto [x, y] = toy_batch(s, kRowsPerRank * g_comm->world());
+    check(eng->backward(at::mse_loss(model->forward(x.narrow(0, g_comm->rank() * kRowsPerRank, kRowsPerRank)),
+                                     y.narrow(0, g_comm->rank() * kRowsPerRank, kRowsPerRank))),
+          "backward");
+    check(eng->step(), "step");
+    ref_opt->zero_grad();
+    at::mse_loss(ref->forward(x), y).backward();
+    ref_opt->step();
+  }
+  auto got = check(eng->consolidated_params(), "consolidated");
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    auto it = std::find_if(model->parameters().begin(), model->parameters().end(),
+                           [&](const at::Tensor& p) { return p.is_same(eng->params()[i]); });
+    const std::size_t k = static_cast<std::size_t>(it - model->parameters().begin());
+    if (rel_error(got[i], ref->parameters()[k]) > 1e-6) fail(fmt::format("stage {}: parameter {} differs", stage, i));
+  }
+}
+
+// A parameter the engine cannot take is named by its index in the caller's list.
+void badparam() {
+  ToyModel model(7);
+  std::vector<at::Tensor> params = model.parameters();
+  params[2] = at::randn({11, 37}).t();  // not contiguous
+  for (int stage : {1, 3}) {
+    auto eng = engine::Engine::create(params, *g_comm, sharded_options(stage, optim_config("sgd")));
+    if (eng) fail("a non-contiguous parameter was accepted");
+    const std::string msg = eng.error().message();
+    if (eng.error().code() != ErrorCode::kInvalidArgument || msg.find("parameter 2 of unit 'model'") == std::string::npos)
+      fail("stage " + std::to_string(stage) + ": " + eng.error().to_string());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -317,7 +394,9 @@ int main(int argc, char** argv) {
   g_comm = comm.get();
   strata::testing::worker_comm() = g_comm;
   const std::string& mode = a[0];
-  if (mode == "parity") parity(std::stoi(a.at(1)), a.at(2), a.size() > 3 && a[3] == "wrap");
+  if (mode == "parity") parity(std::stoi(a.at(1)), a.at(2), a.size() > 3 ? a[3] : "");
+  else if (mode == "shared") shared(std::stoi(a.at(1)));
+  else if (mode == "badparam") badparam();
   else if (mode == "stages") stages(a.at(1));
   else if (mode == "accum") accum(std::stoi(a.at(1)));
   else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)));

@@ -158,7 +158,10 @@ Status TrainOptions::resolve(bool demo_defaults) {
     return make_error(ErrorCode::kInvalidArgument, "--seq-len {} is longer than model {}'s context of {}", seq_len,
                       model, model_cfg.context);
   }
-  if (!compute_budget.empty() || (demo_defaults && config_path.empty())) {
+  // The demo's default budget (half the model) makes stage 3 gather, evict and prefetch;
+  // stages 0-2 hold the whole model on compute, so they get no default budget.
+  const bool default_budget = demo_defaults && config_path.empty() && c.zero_optimization.stage == 3;
+  if (!compute_budget.empty() || default_budget) {
     const std::string b = compute_budget.empty() ? "50%" : compute_budget;
     if (b == "none") {
       c.strata.compute_budget = 0;
