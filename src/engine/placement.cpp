@@ -1,8 +1,8 @@
 // Engine: where each chunk's parameter shard and optimizer state live.
 //
 // Note [auto placement]: `auto` starts with every parameter shard on compute (stage 3)
-// and its optimizer state on host when compute is a budgeted pool of its own (else on
-// compute). Then, while the planner says the schedule does not fit the compute budget,
+// and its optimizer state on host when compute is a budgeted pool of its own (else, and
+// always at stage 0, on compute). Then, while the planner says the schedule does not fit the compute budget,
 // the largest shard still on compute moves to host. Before any step this runs on the
 // provisional trace (units forward, then backward in reverse); once the first step has
 // recorded the real trace, again on it, with the non-model bytes measured at each
@@ -39,7 +39,7 @@ Status Engine::Impl::place() {
     ChunkRt& k = chunks[c];
     if (o.placement == Placement::kAuto) {
       k.shard_tier = Tier::kCompute;
-      k.optim_tier = compute_budgeted ? Tier::kHost : Tier::kCompute;
+      k.optim_tier = compute_budgeted && core.stage() > 0 ? Tier::kHost : Tier::kCompute;
     } else {
       k.shard_tier = o.param_device != OffloadDevice::kNone ? tier_of(o.param_device)
                      : frac_hit(o.offload_param_frac)       ? Tier::kHost

@@ -361,11 +361,11 @@ void shared(int stage) {
     ref_opt->step();
   }
   auto got = check(eng->consolidated_params(), "consolidated");
+  const std::vector<at::Tensor> mine = model->parameters(), theirs = ref->parameters();
   for (std::size_t i = 0; i < got.size(); ++i) {
-    auto it = std::find_if(model->parameters().begin(), model->parameters().end(),
-                           [&](const at::Tensor& p) { return p.is_same(eng->params()[i]); });
-    const std::size_t k = static_cast<std::size_t>(it - model->parameters().begin());
-    if (rel_error(got[i], ref->parameters()[k]) > 1e-6) fail(fmt::format("stage {}: parameter {} differs", stage, i));
+    auto it = std::find_if(mine.begin(), mine.end(), [&](const at::Tensor& p) { return p.is_same(eng->params()[i]); });
+    const std::size_t k = static_cast<std::size_t>(it - mine.begin());
+    if (rel_error(got[i], theirs.at(k)) > 1e-6) fail(fmt::format("stage {}: parameter {} differs", stage, i));
   }
 }
 

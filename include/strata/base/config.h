@@ -2,7 +2,10 @@
 //
 //   std::vector<std::string> warnings;
 //   STRATA_ASSIGN_OR_RETURN(strata::Config cfg, strata::Config::load("ds_config.json", &warnings));
-//   engine.configure(cfg.zero, cfg.aio);   // components take their own section
+//   STRATA_RETURN_IF_ERROR(cfg.resolve_batch(world));
+//   // Components build their own validated options from it:
+//   STRATA_ASSIGN_OR_RETURN(auto engine_opts, strata::engine::EngineOptions::from_config(cfg, world));
+//   auto swap_opts = strata::io::SwapStoreOptions::from_config(cfg, rank, nvme_path);
 //   fmt::print("{}", cfg.to_json().dump(2));
 //
 // The file format is DeepSpeed's config vocabulary (train_batch_size, fp16, bf16,
