@@ -32,6 +32,7 @@ struct ZeroBenchOptions {
   int steps = 5;
   std::int64_t hidden = 2048;
   std::int64_t batch = 8;
+  std::string reduce_bucket = "25M";  // elements of gradient buffers alive at once (stage 2)
   bool json = false;
   std::string worker_dir;  // set in the ranks
 };
@@ -58,7 +59,11 @@ int run_worker(const ZeroBenchOptions& o) {
     return 1;
   }
   const auto target = parse_size(o.params);
-  if (!target) return 1;
+  const auto bucket = parse_size(o.reduce_bucket);
+  if (!target || !bucket || *bucket == 0) {
+    fmt::print(stderr, "bench zero: --params and --reduce-bucket must be positive sizes\n");
+    return 1;
+  }
   const double per_layer = static_cast<double>(o.hidden * o.hidden + o.hidden);
   const std::int64_t layers = std::max<std::int64_t>(1, std::llround(static_cast<double>(*target) / per_layer));
   nlohmann::json out;
@@ -71,6 +76,7 @@ int run_worker(const ZeroBenchOptions& o) {
     so.chunks.chunk_size_elems = 0;  // searched for the least padding, as in training
     so.chunks.search_range_elems = 32ull << 20;
     so.chunks.search_step_elems = static_cast<std::uint64_t>(o.hidden);
+    so.reduce_bucket_size = *bucket;
     auto opt = engine::Engine::create(model.parameters(), **comm, so);
     if (!opt) {
       fmt::print(stderr, "bench zero: stage {}: {}\n", stage, opt.error());
@@ -108,7 +114,8 @@ int run_worker(const ZeroBenchOptions& o) {
 
 int run_parent(const ZeroBenchOptions& o) {
   auto ranks = run_bench_ranks("zero", o.world, {"--params", o.params, "--steps", std::to_string(o.steps), "--hidden",
-                                                 std::to_string(o.hidden), "--batch", std::to_string(o.batch)});
+                                                 std::to_string(o.hidden), "--batch", std::to_string(o.batch),
+                                                 "--reduce-bucket", o.reduce_bucket});
   if (!ranks) {
     fmt::print(stderr, "bench zero: {}\n", ranks.error());
     return 1;
@@ -128,6 +135,7 @@ int run_parent(const ZeroBenchOptions& o) {
   report.set_config("world", o.world);
   report.set_config("steps", o.steps);
   report.set_config("optimizer", "AdamW fp32");
+  report.set_config("reduce_bucket_elems", o.reduce_bucket);
   const double s0_bytes = agg["stage0"]["state_bytes"].get<double>();
   report.add("stage0 state/rank", s0_bytes / (1 << 20), "MiB");
   for (const char* st : {"stage1", "stage2"}) {
@@ -169,6 +177,8 @@ void add_bench_zero(CLI::App& bench, int* exit_code) {
   cmd->add_option("--steps", o->steps, "Timed steps per stage (median reported)")->check(CLI::Range(1, 1000));
   cmd->add_option("--hidden", o->hidden, "Width of the model's layers")->check(CLI::Range(16, 16384));
   cmd->add_option("--batch", o->batch, "Rows per rank per step")->check(CLI::Range(1, 4096));
+  cmd->add_option("--reduce-bucket", o->reduce_bucket,
+                  "Stage 2: gradient elements in full-size buffers at once (reduce_bucket_size)");
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_option("--worker", o->worker_dir, "(internal) run as one rank, writing figures here")->group("");
   cmd->callback([o, exit_code] { *exit_code = o->worker_dir.empty() ? run_parent(*o) : run_worker(*o); });

@@ -73,9 +73,10 @@ Status GradReducer::setup(std::function<void()> on_activity) {
         continue;
       }
     }
-    STRATA_ASSIGN_OR_RETURN(g.shard_res,
-                            chunks.reserve(step, static_cast<std::uint64_t>(n) * 4, StateKind::kGrads, c, "grad shard"));
-    g.shard = at::zeros({n}, at::kFloat);
+    const at::ScalarType dtype = shard_dtype();
+    STRATA_ASSIGN_OR_RETURN(g.shard_res, chunks.reserve(step, static_cast<std::uint64_t>(n) * c10::elementSize(dtype),
+                                                        StateKind::kGrads, c, "grad shard"));
+    g.shard = at::zeros({n}, dtype);
   }
   for (std::uint32_t i = 0; i < store.params().size(); ++i) {
     const at::Tensor& p = store.params()[i];
@@ -86,6 +87,14 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     accumulators_.push_back(std::move(acc));  // the parameter holds it only weakly
   }
   return ok();
+}
+
+// Note [gradient shard dtype]: a shard that accumulates several micro-steps does so in
+// fp32; with one micro-step per optimizer step it holds one reduction's result, so it
+// keeps the compute dtype and a stage-2 rank holds 1/world of stage 0's gradient bytes
+// in bf16 as in fp32.
+at::ScalarType GradReducer::shard_dtype() const {
+  return core_.opt.gradient_accumulation_steps > 1 ? at::kFloat : core_.opt.compute_dtype;
 }
 
 Status GradReducer::reserve_buffer(std::uint32_t c) {
@@ -118,6 +127,7 @@ void GradReducer::begin_backward(bool boundary) {
 
 void GradReducer::ensure_buffer(std::uint32_t c) {
   if (grads_[c].live) return;
+  core_.errors.check(poll());  // buffers whose reductions have landed go first
   // Note [gradient bytes in flight]: the buffers alive at once stay within
   // reduce_bucket_size elements (a single chunk larger than that excepted). First the
   // oldest reductions land; if none is in flight, the oldest buffer is reduced now with
@@ -182,7 +192,7 @@ Status GradReducer::complete(std::uint32_t c) {
                   fmt::format("{} {}", scatter_mode() ? "reduce-scatter" : "all-reduce", core_.chunks->name(c)),
                   f.issued, t1);
   if (!scatter_mode()) return ok();
-  // Land it in the fp32 shard where the step runs: a compute->host copy when the
+  // Land it in the shard where the step runs: a compute->host copy when the
   // optimizer state is off the compute tier.
   g.shard.add_(f.out);
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));

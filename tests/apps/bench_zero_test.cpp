@@ -1,0 +1,48 @@
+// strata bench zero and zero3 as a user runs them, at small sizes: with --json, stdout
+// is exactly one JSON document (the ranks' progress goes to stderr), and the figures a
+// script reads are there.
+#include <gtest/gtest.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "support/subprocess.h"
+
+namespace strata {
+namespace {
+
+using testing::run_command;
+using testing::strata_bin;
+
+nlohmann::json run_json(const std::string& args) {
+  // stdout only; everything else goes to stderr.
+  auto r = run_command(fmt::format("({} bench {} --json 2>/dev/null)", strata_bin(), args));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto doc = nlohmann::json::parse(r.output, nullptr, false);
+  EXPECT_FALSE(doc.is_discarded()) << "stdout is not one JSON document:\n" << r.output;
+  return doc;
+}
+
+TEST(BenchZero, JsonIsTheOnlyOutputAndStageTwoHoldsFewerGradientBytes) {
+  auto doc = run_json("zero --params 2M --hidden 256 --steps 1 --batch 4 --reduce-bucket 250K");
+  ASSERT_TRUE(doc.is_object());
+  EXPECT_EQ(doc["bench"], "zero");
+  for (const char* k : {"stage1_state_bytes_vs_stage0", "stage2_state_bytes_vs_stage0", "stage2_grad_bytes_vs_stage0",
+                        "stage1_iteration_vs_stage0"}) {
+    ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+  }
+  EXPECT_LT(doc["ratios"]["stage2_grad_bytes_vs_stage0"].get<double>(), 1.0) << doc.dump(2);
+  EXPECT_NEAR(doc["ratios"]["stage1_state_bytes_vs_stage0"].get<double>(), 0.5, 0.02) << doc.dump(2);
+}
+
+TEST(BenchZero3, JsonIsTheOnlyOutput) {
+  auto doc = run_json("zero3 --model tiny --steps 1 --seq 32 --batch 2");
+  ASSERT_TRUE(doc.is_object());
+  EXPECT_EQ(doc["bench"], "zero3");
+  for (const char* k : {"stage3_tokens_vs_stage0", "stage3_quarter_tokens_vs_stage0", "host_compute_bytes_vs_plan"}) {
+    ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+  }
+  EXPECT_DOUBLE_EQ(doc["ratios"]["host_compute_bytes_vs_plan"].get<double>(), 1.0) << doc.dump(2);
+}
+
+}  // namespace
+}  // namespace strata
