@@ -74,8 +74,9 @@ Status AccessDriver::finish_access(UnitId u, plan::Phase phase, std::optional<st
   core_.trace.add(StepTrace::kCompute, fmt::format("{} {}", units_[u].name, plan::to_string(phase)), unit_t0_,
                   Clock::now());
   if (scheduled_step_ && at) return run_ops(schedule_->accesses[*at].post, *at);
-  // On demand: release what this unit used as soon as nobody uses it.
-  for (std::uint32_t c : units_[u].chunks) STRATA_RETURN_IF_ERROR(gatherer_.release(c));
+  // On demand: release what this unit used as soon as nobody uses it. Outside a training
+  // step (inference) persistent chunks go too: the next step's schedule gathers them.
+  for (std::uint32_t c : units_[u].chunks) STRATA_RETURN_IF_ERROR(gatherer_.release(c, /*persistent_too=*/!in_step_));
   return ok();
 }
 

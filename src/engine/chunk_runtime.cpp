@@ -13,8 +13,8 @@ std::span<std::byte> bytes_of(const at::Tensor& t) {
 }
 
 ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, const plan::ScheduleOptions& sched,
-                           tiers::TierAllocator& tiers, io::SwapStore** swap)
-    : store_(std::move(store)), replicated_(replicated), sched_(sched), tiers_(tiers), swap_(swap) {
+                           tiers::TierAllocator& tiers, StorageCache& storage, io::SwapStore** swap)
+    : store_(std::move(store)), replicated_(replicated), sched_(sched), tiers_(tiers), storage_(storage), swap_(swap) {
   const int rank = store_->options().rank;
   rt_.resize(store_->num_chunks());
   for (std::uint32_t c = 0; c < size(); ++c) {
@@ -65,8 +65,8 @@ Status ChunkRuntime::store_shard(std::uint32_t c, const at::Tensor& src) {
   return (*swap_)->put(param_key(c), bytes_of(src));
 }
 
-void ChunkRuntime::alloc_full(std::uint32_t c) { ChunkStore::alloc_storage(store_->full(c)); }
-void ChunkRuntime::free_full(std::uint32_t c) { ChunkStore::free_storage(store_->full(c)); }
+void ChunkRuntime::alloc_full(std::uint32_t c) { storage_.alloc(store_->full(c)); }
+void ChunkRuntime::free_full(std::uint32_t c) { storage_.free(store_->full(c)); }
 
 void ChunkRuntime::decide_residency(std::uint32_t c) {
   const plan::ScheduleChunk sc = schedule_chunk(c, 0);

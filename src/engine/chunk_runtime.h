@@ -20,6 +20,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "storage_cache.h"
 #include "strata/engine/chunk_state.h"
 #include "strata/engine/chunk_store.h"
 #include "strata/io/swap_store.h"
@@ -53,7 +54,7 @@ class ChunkRuntime {
   // `replicated`: stages 0-2. `sched`: the engine's schedule options (world, the
   // persistence threshold), which outlive the runtime.
   ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, const plan::ScheduleOptions& sched,
-               tiers::TierAllocator& tiers, io::SwapStore** swap);
+               tiers::TierAllocator& tiers, StorageCache& storage, io::SwapStore** swap);
 
   ChunkStore& store() { return *store_; }
   const ChunkStore& store() const { return *store_; }
@@ -95,6 +96,7 @@ class ChunkRuntime {
   bool replicated_;
   const plan::ScheduleOptions& sched_;
   tiers::TierAllocator& tiers_;
+  StorageCache& storage_;
   io::SwapStore** swap_;  // the engine's swap store, opened after placement
   std::vector<ChunkRt> rt_;
   std::vector<std::vector<ChunkStore::ShardSlot>> slots_;

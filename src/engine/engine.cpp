@@ -115,7 +115,8 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
     ChunkStore::free_storage(store.full(c));
   };
   STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::create(chunked, so, uses, fill_master, take_shard));
-  core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, core.opt.schedule, core.tiers, &core.swap_ptr);
+  core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, core.opt.schedule, core.tiers, core.storage,
+                                               &core.swap_ptr);
   core.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, o.optimizer_threads)));
   m.optim = std::make_unique<OptimStateHolder>(core, m.kernel);
   for (std::uint32_t c = 0; c < core.chunks->size(); ++c) {
@@ -126,7 +127,13 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
 
   m.reducer = std::make_unique<GradReducer>(core);
   GradReducer* reducer = m.reducer.get();
-  m.gatherer = std::make_unique<Gatherer>(core, [reducer] { return reducer->drain(); });
+  // Room for a gather that does not fit: buffers whose reductions are in flight, then
+  // the storage cache.
+  m.gatherer = std::make_unique<Gatherer>(core, [reducer, &core]() -> Status {
+    STRATA_RETURN_IF_ERROR(reducer->drain());
+    core.storage.release_all();
+    return ok();
+  });
   m.stepper = std::make_unique<StepDriver>(core, m.kernel, *m.reducer, *m.optim, *m.gatherer);
   Impl* self = &m;
   if (stage == 3) {
@@ -232,6 +239,7 @@ Result<StepResult> Engine::step() {
   m.core.cur.optimizer_s += std::chrono::duration<double>(Clock::now() - t0).count();
   m.core.trace.add(StepTrace::kOptimizer, "optimizer step", t0, Clock::now());
   m.finish_metrics();
+  m.core.storage.end_step();
   STRATA_RETURN_IF_ERROR(m.core.trace.end_step(m.core.comm.rank()));
   r.step = m.step_count;
   return r;

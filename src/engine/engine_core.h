@@ -9,6 +9,7 @@
 
 #include "chunk_runtime.h"
 #include "hook_errors.h"
+#include "storage_cache.h"
 #include "strata/base/thread_pool.h"
 #include "strata/comm/communicator.h"
 #include "strata/engine/engine.h"
@@ -29,6 +30,7 @@ struct EngineCore {
   std::unique_ptr<io::SwapStore> swap;
   io::SwapStore* swap_ptr = nullptr;  // what ChunkRuntime reads; set with swap
   std::unique_ptr<ThreadPool> pool;
+  StorageCache storage{tiers};  // bytes of gathered chunks and gradient buffers (Note [storage cache])
   std::unique_ptr<ChunkRuntime> chunks;
   HookErrors errors;
   StepMetrics cur;   // the step in progress

@@ -101,15 +101,17 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
   ChunkGrads& g = grads_[c];
   const std::uint64_t bytes = core_.chunks->full_bytes(c);
   auto r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
-  if (!r && !order_.empty()) {
-    // Buffers whose reductions are in flight free their room once they land.
+  if (!r) {
+    // Buffers whose reductions are in flight free their room once they land; the
+    // storage cache gives back what it keeps.
     STRATA_RETURN_IF_ERROR(drain());
+    core_.storage.release_all();
     r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
   }
   if (!r) return std::unexpected(std::move(r).error());
   g.buffer_res = std::move(*r);
   const at::Tensor& buf = core_.chunks->store().grad(c);
-  ChunkStore::alloc_storage(buf);
+  core_.storage.alloc(buf);
   buf.zero_();
   g.live = true;
   live_buffer_bytes_ += bytes;
@@ -197,7 +199,7 @@ Status GradReducer::complete(std::uint32_t c) {
   g.shard.add_(f.out);
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   f.out = at::Tensor();
-  ChunkStore::free_storage(core_.chunks->store().grad(c));
+  core_.storage.free(core_.chunks->store().grad(c));
   g.buffer_res.release();
   g.live = false;
   live_buffer_bytes_ -= core_.chunks->full_bytes(c);

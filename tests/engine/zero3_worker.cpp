@@ -14,6 +14,7 @@
 // zero3_worker gradmem                    stage 2 holds 1/world of stage 0's gradient bytes
 // zero3_worker bwdbudget                  an over-budget buffer in backward is "cannot fit"
 #include <cmath>
+#include <functional>
 #include <fstream>
 #include <set>
 #include <string>
@@ -233,6 +234,43 @@ void memory() {
   if (layout.used_elems != static_cast<std::uint64_t>(cfg.parameter_count())) fail("layout does not hold every parameter");
 }
 
+// Trains a 16-in, 4-out model through `eng` on this rank's 4 rows and its reference in
+// one process on the whole batch, with plain LibTorch; after every step the consolidated
+// parameters must agree, and from step `scheduled_from` the schedule must drive it.
+using ForwardFn = std::function<at::Tensor(const at::Tensor& x, int step)>;
+void train_like_reference(engine::Engine& eng, const ForwardFn& live, const ForwardFn& plain,
+                          torch::optim::Optimizer& ref_opt, const std::vector<at::Tensor>& ref_params, int steps,
+                          std::uint64_t seed, int scheduled_from) {
+  for (int s = 0; s < steps; ++s) {
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed + static_cast<std::uint64_t>(s));
+    at::Tensor x = at::randn({4 * g_comm->world(), 16}, g), y = at::randn({4 * g_comm->world(), 4}, g);
+    at::Tensor mx = x.narrow(0, 4 * g_comm->rank(), 4), my = y.narrow(0, 4 * g_comm->rank(), 4);
+    check(eng.backward(at::mse_loss(live(mx, s), my)), "backward");
+    check(eng.step(), "step");
+    ref_opt.zero_grad();
+    at::mse_loss(plain(x, s), y).backward();
+    ref_opt.step();
+    auto got = check(eng.consolidated_params(), "consolidated");
+    for (std::size_t i = 0; i < got.size(); ++i)
+      if (const double e = rel_error(got[i], ref_params[i]); e > 1e-5)
+        fail(fmt::format("step {}: param {} differs, relative error {:.3g}", s, i, e));
+    if (s >= scheduled_from && !eng.last_metrics().scheduled) fail(fmt::format("step {} was not driven by the schedule", s));
+  }
+}
+
+// Small models of a few units: SGD with momentum, chunks of 512 elements.
+engine::EngineOptions small_unit_options() {
+  engine::EngineOptions o;
+  // SGD, as in parity(): Adam turns gradients that are rounding noise into full steps.
+  o.optimizer.type = OptimizerType::kSGD;
+  o.optimizer.lr = 0.05;
+  o.optimizer.momentum = 0.9;
+  o.chunks.chunk_size_elems = 512;
+  o.chunks.io_align_bytes = 64;
+  o.schedule.prefetch_bucket_bytes = 1 << 20;
+  return o;
+}
+
 // Three units and a data-dependent path: every third step skips unit `b` and runs `c`.
 struct Branchy : torch::nn::Module {
   torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr}, head{nullptr};
@@ -263,22 +301,11 @@ void branch() {
   o.schedule.prefetch_bucket_bytes = 1 << 20;
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
   torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(1e-2));
-  for (int s = 0; s < 12; ++s) {
-    const bool take_c = s % 3 == 2;
-    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(70 + s);
-    at::Tensor x = at::randn({4 * g_comm->world(), 16}, g), y = at::randn({4 * g_comm->world(), 4}, g);
-    at::Tensor mx = x.narrow(0, 4 * g_comm->rank(), 4), my = y.narrow(0, 4 * g_comm->rank(), 4);
-    check(eng->backward(at::mse_loss(model->forward(mx, take_c), my)), "backward");
-    check(eng->step(), "step");
-    ref_opt.zero_grad();
-    at::mse_loss(ref->forward(x, take_c), y).backward();
-    ref_opt.step();
-    auto got = check(eng->consolidated_params(), "consolidated");
-    auto want = ref->parameters();
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      if (rel_error(got[i], want[i]) > 1e-5) fail(fmt::format("step {}: param {} differs", s, i));
-    }
-  }
+  auto take_c = [](int step) { return step % 3 == 2; };
+  train_like_reference(
+      *eng, [&](const at::Tensor& x, int step) { return model->forward(x, take_c(step)); },
+      [&](const at::Tensor& x, int step) { return ref->forward(x, take_c(step)); }, ref_opt, ref->parameters(), 12, 70,
+      /*scheduled_from=*/1000);
   if (eng->last_metrics().trace_invalidations < 3) fail("the branch should have invalidated the trace");
 }
 
@@ -334,35 +361,16 @@ void nested() {
   auto model = std::make_shared<Nested>();
   at::manual_seed(5);
   auto ref = std::make_shared<Nested>();
-  engine::EngineOptions o;
-  o.optimizer.type = OptimizerType::kSGD;
-  o.optimizer.lr = 0.05;
-  o.optimizer.momentum = 0.9;
-  o.chunks.chunk_size_elems = 512;
-  o.chunks.io_align_bytes = 64;
-  o.schedule.prefetch_bucket_bytes = 1 << 20;
+  engine::EngineOptions o = small_unit_options();
   o.schedule.max_reuse_distance_elems = 0;  // release after every use: nesting must hold them
   std::vector<engine::ModuleUnit> units = {{.module = model->outer, .name = "outer"},
                                          {.module = model->outer->inner, .name = "inner"},
                                          {.module = model->head.ptr(), .name = "head"}};
   auto eng = check(engine::shard(*model, *g_comm, o, units), "shard");
   torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
-  for (int s = 0; s < 8; ++s) {
-    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(90 + s);
-    at::Tensor x = at::randn({4 * g_comm->world(), 16}, g), y = at::randn({4 * g_comm->world(), 4}, g);
-    at::Tensor mx = x.narrow(0, 4 * g_comm->rank(), 4), my = y.narrow(0, 4 * g_comm->rank(), 4);
-    check(eng->backward(at::mse_loss(model->forward(mx), my)), "backward");
-    check(eng->step(), "step");
-    ref_opt.zero_grad();
-    at::mse_loss(ref->forward(x), y).backward();
-    ref_opt.step();
-    auto got = check(eng->consolidated_params(), "consolidated");
-    auto want = ref->parameters();
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      if (rel_error(got[i], want[i]) > 1e-5) fail(fmt::format("step {}: param {} differs", s, i));
-    }
-    if (s >= 2 && !eng->last_metrics().scheduled) fail("nested units broke the schedule");
-  }
+  train_like_reference(
+      *eng, [&](const at::Tensor& x, int) { return model->forward(x); },
+      [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 8, 90, /*scheduled_from=*/2);
 }
 
 void overbudget() {
@@ -519,33 +527,13 @@ void tuple_outputs() {
   auto model = std::make_shared<TupleModel>();
   at::manual_seed(8);
   auto ref = std::make_shared<TupleModel>();
-  engine::EngineOptions o;
-  // SGD, as in parity(): Adam turns gradients that are rounding noise into full steps.
-  o.optimizer.type = OptimizerType::kSGD;
-  o.optimizer.lr = 0.05;
-  o.optimizer.momentum = 0.9;
-  o.chunks.chunk_size_elems = 512;
-  o.chunks.io_align_bytes = 64;
-  o.schedule.prefetch_bucket_bytes = 1 << 20;
+  engine::EngineOptions o = small_unit_options();
   o.schedule.persistence_threshold_elems = 0;
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
   torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
-  for (int s = 0; s < 10; ++s) {
-    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(40 + s);
-    at::Tensor x = at::randn({4 * g_comm->world(), 16}, g), y = at::randn({4 * g_comm->world(), 4}, g);
-    check(eng->backward(at::mse_loss(model->forward(x.narrow(0, 4 * g_comm->rank(), 4)), y.narrow(0, 4 * g_comm->rank(), 4))),
-          "backward");
-    check(eng->step(), "step");
-    ref_opt.zero_grad();
-    at::mse_loss(ref->forward(x), y).backward();
-    ref_opt.step();
-    auto got = check(eng->consolidated_params(), "consolidated");
-    auto want = ref->parameters();
-    for (std::size_t i = 0; i < got.size(); ++i)
-      if (const double e = rel_error(got[i], want[i]); e > 1e-5)
-        fail(fmt::format("step {}: param {} differs, relative error {:.3g}", s, i, e));
-    if (s >= 2 && !eng->last_metrics().scheduled) fail(fmt::format("step {} was not driven by the schedule", s));
-  }
+  train_like_reference(
+      *eng, [&](const at::Tensor& x, int) { return model->forward(x); },
+      [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 10, 40, /*scheduled_from=*/2);
   // Three units, each one forward and one backward access.
   if (eng->schedule() == nullptr || eng->schedule()->accesses.size() != 6)
     fail(fmt::format("the trace has {} accesses, expected 6", eng->schedule() ? eng->schedule()->accesses.size() : 0));
