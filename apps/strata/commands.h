@@ -26,6 +26,7 @@ void add_estimate_command(CLI::App& app, int* exit_code);
 CLI::App* add_bench_command(CLI::App& app);
 void add_bench_zero(CLI::App& bench, int* exit_code);
 void add_bench_zero3(CLI::App& bench, int* exit_code);
+void add_bench_train(CLI::App& bench, int* exit_code);
 // `strata bench optim`: the fused optimizer kernels vs the memory roofline and torch::optim.
 void add_bench_optim(CLI::App& bench, int* exit_code);
 // strata bench io: swap store throughput next to fio (bench_io.cpp).

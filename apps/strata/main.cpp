@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = strata::cli::add_bench_command(app);
   strata::cli::add_bench_zero(*bench, &exit_code);
   strata::cli::add_bench_zero3(*bench, &exit_code);
+  strata::cli::add_bench_train(*bench, &exit_code);
   strata::cli::add_bench_optim(*bench, &exit_code);
   strata::cli::add_bench_io(*bench, &exit_code);
   CLI11_PARSE(app, argc, argv);

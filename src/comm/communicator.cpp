@@ -114,30 +114,43 @@ Status Handle::wait() {
 
 // ---- Scratch buffers ----------------------------------------------------------------
 
-// Receive buffers of the reduce-scatter fallback, kept for the next call of the same
-// shape. Buckets and chunks repeat their sizes every step, so a handful covers a run;
-// past kKeep the oldest is dropped. Shared with completion steps, which may run after
-// the communicator is gone, and locked because handles may be waited on any thread.
+// Receive buffers of the reduce-scatter fallback and fp32 copies of the all-reduce
+// fallback, kept for the next call of the same shape: chunks repeat their sizes every
+// step, and fresh pages of a chunk-sized buffer cost more than the collective's local
+// work. A freed buffer is kept while the bytes kept plus the bytes in use stay within
+// the most ever in use at once, so the pool never holds more than the fallbacks once
+// needed together. Shared with completion steps, which may run after the communicator
+// is gone, and locked because handles may be waited on any thread.
 struct Communicator::ScratchPool {
-  static constexpr std::size_t kKeep = 4;
   std::mutex mu;
   std::deque<at::Tensor> free;
+  std::uint64_t kept = 0, in_use = 0, peak = 0;
 
-  at::Tensor take(const at::Tensor& like) {
+  static std::uint64_t bytes(const at::Tensor& t) { return static_cast<std::uint64_t>(t.numel()) * t.element_size(); }
+
+  at::Tensor take(std::int64_t numel, at::TensorOptions options) {
     std::lock_guard lock(mu);
+    at::Tensor t;
     for (auto it = free.begin(); it != free.end(); ++it) {
-      if (it->numel() == like.numel() && it->scalar_type() == like.scalar_type()) {
-        at::Tensor t = std::move(*it);
+      if (it->numel() == numel && it->scalar_type() == options.dtype().toScalarType()) {
+        t = std::move(*it);
         free.erase(it);
-        return t;
+        kept -= bytes(t);
+        break;
       }
     }
-    return at::empty({like.numel()}, like.options());
+    if (!t.defined()) t = at::empty({numel}, options);
+    in_use += bytes(t);
+    peak = std::max(peak, in_use);
+    return t;
   }
   void give(at::Tensor t) {
     std::lock_guard lock(mu);
+    const std::uint64_t b = bytes(t);
+    in_use -= std::min(in_use, b);
+    if (kept + in_use + b > peak) return;  // `t` frees its bytes
     free.push_back(std::move(t));
-    if (free.size() > kKeep) free.pop_front();
+    kept += b;
   }
 };
 
@@ -341,7 +354,7 @@ Handle Communicator::reduce_scatter(const at::Tensor& input, const at::Tensor& o
   // locally, row by row in rank order and in fp32, so the result is deterministic and
   // bf16/fp16 inputs lose no precision in the sum. The receive buffer comes from a pool:
   // fresh pages of a bucket-sized buffer cost more than the alltoall's local work.
-  at::Tensor received = scratch_->take(input);
+  at::Tensor received = scratch_->take(input.numel(), input.options());
   const at::Tensor in = movable(input), recv = movable(received);
   return issue(
       "reduce_scatter", input,
@@ -371,16 +384,23 @@ Handle Communicator::all_reduce(const at::Tensor& tensor, ReduceOp op) {
   if (op == ReduceOp::kAvg && !at::isFloatingType(tensor.scalar_type())) {
     return error_handle(make_error(ErrorCode::kInvalidArgument, "all_reduce: avg needs a floating-point tensor"));
   }
-  // Reduce a fp32 copy when the backend rejects the dtype; divide locally when it has
-  // no AVG. Both are completion steps that run in wait().
+  // Reduce a fp32 copy (from the scratch pool) when the backend rejects the dtype;
+  // divide locally when it has no AVG. Both are completion steps that run in wait().
   const bool upcast = !reducible(tensor);
   const bool local_avg = op == ReduceOp::kAvg && !caps_.avg;
-  at::Tensor target = upcast ? tensor.to(at::kFloat) : tensor;
+  at::Tensor target = tensor;
+  if (upcast) {
+    target = scratch_->take(tensor.numel(), tensor.options().dtype(at::kFloat)).view(tensor.sizes());
+    target.copy_(tensor);
+  }
   std::function<void()> finish;
   if (upcast || local_avg) {
-    finish = [tensor, target, upcast, local_avg, world = world_] {
+    finish = [tensor, target, upcast, local_avg, world = world_, pool = scratch_] {
       if (local_avg) target.div_(world);
-      if (upcast) tensor.copy_(target);
+      if (upcast) {
+        tensor.copy_(target);
+        pool->give(target.view({-1}));
+      }
     };
   }
   c10d::ReduceOp rop = op == ReduceOp::kMax ? c10d::ReduceOp::MAX

@@ -14,11 +14,12 @@
 // _allgather_base, and rejects bf16). Capabilities are data (Caps); each operation
 // picks the native path or its fallback in one place (communicator.cpp):
 //   reduce_scatter   native, or alltoall_base + a local sum in fp32 (its receive
-//                    buffers are pooled: a few of each recent size stay allocated)
+//                    buffers are pooled, up to the most the fallbacks ever had in use)
 //   all_gather       _allgather_base, or allgather into views of the flat output
 //   bf16/fp16 moves  bit-cast to raw bytes when the backend rejects the dtype
 //                    (int16 would do, but Gloo in 1.13 rejects int16 too)
-//   bf16/fp16 sums   reduced in fp32 when the backend rejects the dtype
+//   bf16/fp16 sums   reduced in fp32 when the backend rejects the dtype (the fp32 copy
+//                    comes from the same pool)
 //
 // create() sets SIGPIPE to ignored (if it still has its default action), so a peer that
 // dies mid-write is an error from wait(), not a signal that kills this rank.

@@ -1,6 +1,6 @@
-// strata bench zero and zero3 as a user runs them, at small sizes: with --json, stdout
-// is exactly one JSON document (the ranks' progress goes to stderr), and the figures a
-// script reads are there.
+// strata bench zero, zero3 and train as a user runs them, at small sizes: with --json,
+// stdout is exactly one JSON document (the ranks' progress goes to stderr), and the
+// figures a script reads are there.
 #include <gtest/gtest.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -42,6 +42,17 @@ TEST(BenchZero3, JsonIsTheOnlyOutput) {
     ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
   }
   EXPECT_DOUBLE_EQ(doc["ratios"]["host_compute_bytes_vs_plan"].get<double>(), 1.0) << doc.dump(2);
+}
+
+TEST(BenchTrain, JsonHasEveryStageNextToThePyTorchBaseline) {
+  auto doc = run_json("train --model tiny --steps 3 --seq 32 --stages 1,3");
+  ASSERT_TRUE(doc.is_object());
+  EXPECT_EQ(doc["bench"], "train");
+  for (const char* k : {"stage1_tokens_vs_torch_zero", "stage3_tokens_vs_torch_zero"}) {
+    ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+    EXPECT_GT(doc["ratios"][k].get<double>(), 0.0);
+  }
+  EXPECT_GT(doc["figures"]["torch DDP+ZeRO tokens/s"].get<double>(), 0.0);
 }
 
 }  // namespace
