@@ -172,6 +172,8 @@ Status GradReducer::launch(std::uint32_t c) {
     return ok();
   }
   if (!g.live || g.op) return ok();  // nothing accumulated, or already on its way
+  ChunkStateMachine& sm = (*core_.chunks)[c].sm;
+  if (sm.state() == ChunkState::kHoldAfterBwd) sm.to(ChunkState::kReadyForReduce);
   // In place: the result lands in this rank's own slice of the buffer (with one rank,
   // the buffer is that slice), so a reduction needs no memory beyond the buffer.
   InFlight f{.out = core_.chunks->store().shard(buf, c), .issued = Clock::now()};
@@ -204,6 +206,8 @@ Status GradReducer::complete(std::uint32_t c) {
   g.live = false;
   live_buffer_bytes_ -= core_.chunks->full_bytes(c);
   std::erase(live_order_, c);
+  ChunkStateMachine& sm = (*core_.chunks)[c].sm;
+  if (sm.state() == ChunkState::kReadyForReduce) sm.to(ChunkState::kHoldAfterBwd);
   return ok();
 }
 

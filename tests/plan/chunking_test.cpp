@@ -236,6 +236,22 @@ TEST(Chunking, OptionsFromConfig) {
   EXPECT_FALSE(ChunkingOptions::from_config(cfg, 0, 2048, 768).has_value());
 }
 
+// Note [chunk granularity]: the least of the model / 8, a quarter of the budget, the
+// prefetch bucket (stage 3) and the reduce bucket (stages 2-3).
+TEST(Chunking, SizeCap) {
+  const std::uint64_t model = 80'000'000;
+  EXPECT_EQ(chunk_size_cap({.model_elems = model, .stage = 0}), model / 8);
+  EXPECT_EQ(chunk_size_cap({.model_elems = model, .stage = 1, .elem_bytes = 2, .compute_budget_bytes = 16'000'000}),
+            2'000'000u);
+  EXPECT_EQ(chunk_size_cap({.model_elems = model, .stage = 3, .elem_bytes = 2, .prefetch_bucket_bytes = 8'000'000}),
+            4'000'000u);
+  EXPECT_EQ(chunk_size_cap({.model_elems = model, .stage = 2, .elem_bytes = 2, .prefetch_bucket_bytes = 8'000'000}),
+            model / 8);  // no prefetching below stage 3
+  EXPECT_EQ(chunk_size_cap({.model_elems = model, .stage = 2, .reduce_bucket_elems = 1'000'000}), 1'000'000u);
+  EXPECT_EQ(chunk_size_cap({.model_elems = model, .stage = 1, .reduce_bucket_elems = 1'000'000}), model / 8);
+  EXPECT_EQ(chunk_size_cap({.model_elems = 3, .stage = 3}), 1u);  // never zero
+}
+
 TEST(Chunking, BadInputIsAnError) {
   EXPECT_FALSE(pack_chunks(of({1}), std::vector<ParamAccess>{{.params = {4}}}, {}).has_value());
   EXPECT_FALSE(pack_chunks(of({1}), {}, ChunkingOptions{.world = 0}).has_value());

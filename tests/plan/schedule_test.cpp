@@ -273,6 +273,59 @@ TEST(Schedule, OptionsFromConfig) {
   EXPECT_FALSE(ScheduleOptions::from_config(cfg, 0, 2).has_value());
 }
 
+// Note [residency rules]: the one definition every component asks.
+TEST(Schedule, ResidencyRules) {
+  ScheduleOptions o{.world = 2, .persistence_threshold_elems = 100};
+  ScheduleChunk big = chunk(4096, Tier::kHost), small = chunk(64, Tier::kHost);  // numel 2048 and 32
+  EXPECT_FALSE(chunk_persistent(big, o));
+  EXPECT_TRUE(chunk_persistent(small, o));
+  big.persistent = true;
+  EXPECT_TRUE(chunk_persistent(big, o));
+  small.replicated = true;  // stages 0-2: never gathered, so never persistent
+  EXPECT_FALSE(chunk_persistent(small, o));
+  ScheduleChunk home = chunk(4096, Tier::kCompute);
+  EXPECT_TRUE(chunk_aliased(home, 1));
+  EXPECT_FALSE(chunk_aliased(home, 2));
+  o.world = 1;
+  EXPECT_FALSE(chunk_persistent(chunk(64, Tier::kCompute), o));  // aliased wins
+  EXPECT_EQ(step_tier(Tier::kCompute), Tier::kCompute);
+  EXPECT_EQ(step_tier(Tier::kHost), Tier::kHost);
+  EXPECT_EQ(step_tier(Tier::kNvme), Tier::kHost);
+}
+
+// Note [step ops]: per chunk with gradients, in chunk order; the state's loads and stores
+// say so, and replicated chunks are gathered after their step.
+TEST(Schedule, StepOps) {
+  ScheduleChunk nvme_state = chunk(4 * kMiB, Tier::kCompute);
+  nvme_state.optim_tier = Tier::kNvme;
+  nvme_state.optim_state_bytes = 12 * kMiB;
+  ScheduleChunk frozen = chunk(kMiB, Tier::kHost, /*grads=*/false);
+  ScheduleChunk replicated = chunk(2 * kMiB, Tier::kCompute);
+  replicated.optim_tier = Tier::kCompute;
+  replicated.replicated = true;
+  const std::vector<ScheduleChunk> chunks = {nvme_state, frozen, replicated};
+  const std::vector<Op> ops = step_ops(chunks, 2);
+  ASSERT_EQ(ops.size(), 6u);
+  EXPECT_EQ(ops[0], (Op{.kind = OpKind::kLoad, .chunk = 0, .from_tier = Tier::kNvme, .to_tier = Tier::kHost,
+                        .bytes = 12 * kMiB, .what = StateKind::kOptimizer}));
+  EXPECT_EQ(ops[1].kind, OpKind::kStep);
+  EXPECT_EQ(ops[1].from_tier, Tier::kHost);
+  EXPECT_EQ(ops[2], (Op{.kind = OpKind::kStore, .chunk = 0, .from_tier = Tier::kHost, .to_tier = Tier::kNvme,
+                        .bytes = 12 * kMiB, .what = StateKind::kOptimizer}));
+  // The new parameter shard goes home to compute from the host step.
+  EXPECT_EQ(ops[3], (Op{.kind = OpKind::kStore, .chunk = 0, .from_tier = Tier::kHost, .to_tier = Tier::kCompute,
+                        .bytes = 2 * kMiB, .what = StateKind::kParams}));
+  EXPECT_EQ(ops[4].kind, OpKind::kStep);
+  EXPECT_EQ(ops[4].chunk, 2u);
+  EXPECT_EQ(ops[5], (Op{.kind = OpKind::kGather, .chunk = 2, .from_tier = Tier::kCompute, .to_tier = Tier::kCompute,
+                        .bytes = 2 * kMiB}));
+  // One rank: nothing to gather.
+  EXPECT_EQ(ops_of(step_ops(chunks, 1), OpKind::kGather).size(), 0u);
+  // A replicated chunk has no schedule: stages 0-2 never gather per access.
+  ScheduleInput in{.chunks = {replicated}, .accesses = layers(1), .options = {.world = 2}};
+  EXPECT_FALSE(make_schedule(in));
+}
+
 TEST(Schedule, ChunkAccessesFollowTheTrace) {
   const std::vector<ModuleAccess> trace = {{7, Phase::kForward}, {9, Phase::kForward}, {7, Phase::kBackward}};
   const std::map<int, std::vector<ChunkId>> chunks = {{7, {0, 1}}};
