@@ -3,8 +3,9 @@
 // world size, batch and precision, measured in one run.
 //
 // Each stage is a real `strata train` run (this executable, as a user starts it) with
-// everything on compute; its figure is the median step time of the steps after the
-// first two (the first records the trace), read from its metrics.jsonl. The baseline
+// everything on compute and the settings of `strata bench zero3` (no persistent chunks);
+// its figure is the median step time of the steps after the first two (the first
+// records the trace), read from its metrics.jsonl. The baseline
 // runs as `world` processes of /usr/bin/python3 under strata's launcher.
 #include <sys/wait.h>
 #include <unistd.h>
@@ -50,7 +51,10 @@ Result<double> strata_tokens_per_s(const TrainBenchOptions& o, int stage, const 
   const fs::path out = dir / fmt::format("stage{}", stage);
   // As a user starts it (no RANK in its environment: it starts its own ranks), its
   // output on stderr.
-  std::vector<std::string> argv = {self, "train", "-n", std::to_string(o.world), "--model", o.model,
+  // The settings of `strata bench zero3`: stage 3 keeps no persistent chunks.
+  const fs::path config = dir / "config.json";
+  std::ofstream(config) << R"({"zero_optimization": {"stage3_param_persistence_threshold": 0}})";
+  std::vector<std::string> argv = {self, "train", "--config", config.string(), "-n", std::to_string(o.world), "--model", o.model,
                                    "--seq-len", std::to_string(o.seq), "--micro-batch", std::to_string(o.batch),
                                    "--steps", std::to_string(o.steps), "--stage", std::to_string(stage),
                                    "--compute-budget", "none", "--offload-optimizer", "none", "--sample-bytes", "0",

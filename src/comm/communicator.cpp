@@ -40,7 +40,12 @@ bool CommOptions::default_check_order() {
 
 struct Handle::State {
   c10::intrusive_ptr<c10d::Work> work;
-  std::function<void()> finish;  // local completion: fallback sums, copy-back, divide
+  // Note [completion in the backend's thread]: a fallback's local completion (sums,
+  // copy-back, divide) is chained to the work's future, so the backend's thread runs it
+  // as soon as the transfer ends, in the background; wait() only waits for it. A
+  // backend without futures leaves it to wait() (`finish`).
+  c10::intrusive_ptr<c10::ivalue::Future> completed;
+  std::function<void()> finish;
   std::string op;
   std::uint64_t bytes = 0;
   int rank = 0;
@@ -68,6 +73,7 @@ Handle::~Handle() {
 
 bool Handle::done() {
   if (!state_ || state_->finished) return true;
+  if (state_->completed) return state_->completed->completed();
   return !state_->work || state_->work->isCompleted();
 }
 
@@ -102,7 +108,10 @@ Status Handle::wait() {
       return fail(ErrorCode::kInternal, first_line);
     }
   }
-  if (s.finish) {
+  if (s.completed) {
+    s.completed->wait();
+    if (s.completed->hasError()) return fail(ErrorCode::kInternal, s.completed->tryRetrieveErrorMessage());
+  } else if (s.finish) {
     try {
       s.finish();
     } catch (const std::exception& e) {
@@ -271,7 +280,25 @@ Handle Communicator::issue(const std::string& op, const at::Tensor& t,
   ++seq_;
   try {
     state->work = start();
-    state->finish = std::move(finish);
+    if (finish) {
+      c10::intrusive_ptr<c10::ivalue::Future> transfer;
+      try {
+        transfer = state->work->getFuture();
+      } catch (const std::exception&) {
+        // No future: wait() runs the completion.
+      }
+      if (transfer) {
+        state->completed = transfer->then(
+            [f = std::move(finish)](c10::ivalue::Future& done) -> c10::IValue {
+              if (done.hasError()) std::rethrow_exception(done.exception_ptr());
+              f();
+              return c10::IValue();
+            },
+            c10::NoneType::get());
+      } else {
+        state->finish = std::move(finish);
+      }
+    }
   } catch (const std::exception& e) {
     state->finished = true;
     const std::string what = e.what();

@@ -8,7 +8,9 @@
 //   STRATA_RETURN_IF_ERROR(comm->reduce_scatter(grads, grad_shard, comm::ReduceOp::kAvg).wait());
 //
 // Every operation is asynchronous and returns a Handle. wait() gives a Status: a
-// timeout or a peer failure becomes an error naming the op, its size and the rank.
+// timeout or a peer failure becomes an error naming the op, its size and the rank. A
+// fallback's local work (a sum, a copy back) runs in the backend's thread as soon as its
+// transfer ends (Note [completion in the backend's thread]), not in wait().
 //
 // Backends differ in what they can do (Gloo in torch 1.13 has no reduce_scatter and no
 // _allgather_base, and rejects bf16). Capabilities are data (Caps); each operation
