@@ -73,10 +73,11 @@ Status GradReducer::setup(std::function<void()> on_activity) {
         continue;
       }
     }
-    const at::ScalarType dtype = shard_dtype();
-    STRATA_ASSIGN_OR_RETURN(g.shard_res, chunks.reserve(step, static_cast<std::uint64_t>(n) * c10::elementSize(dtype),
-                                                        StateKind::kGrads, c, "grad shard"));
-    g.shard = at::zeros({n}, dtype);
+    // fp32: micro-steps accumulate in it without rounding, and the kernels read it as
+    // the optimizer's own precision.
+    STRATA_ASSIGN_OR_RETURN(g.shard_res,
+                            chunks.reserve(step, static_cast<std::uint64_t>(n) * 4, StateKind::kGrads, c, "grad shard"));
+    g.shard = at::zeros({n}, at::kFloat);
   }
   for (std::uint32_t i = 0; i < store.params().size(); ++i) {
     const at::Tensor& p = store.params()[i];
@@ -87,14 +88,6 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     accumulators_.push_back(std::move(acc));  // the parameter holds it only weakly
   }
   return ok();
-}
-
-// Note [gradient shard dtype]: a shard that accumulates several micro-steps does so in
-// fp32; with one micro-step per optimizer step it holds one reduction's result, so it
-// keeps the compute dtype and a stage-2 rank holds 1/world of stage 0's gradient bytes
-// in bf16 as in fp32.
-at::ScalarType GradReducer::shard_dtype() const {
-  return core_.opt.gradient_accumulation_steps > 1 ? at::kFloat : core_.opt.compute_dtype;
 }
 
 Status GradReducer::reserve_buffer(std::uint32_t c) {

@@ -13,8 +13,8 @@
 //       an fp32 copy of it where the step runs when that is not compute.
 //   reduce-scatter (stages 2-3)   a buffer gets its bytes at the chunk's first gradient
 //       and loses them once reduced: every micro-step, a ready chunk is reduce-scattered
-//       (avg) and the result added to this rank's gradient shard (Note [gradient shard
-//       dtype]), which lives where the chunk's step runs. At most reduce_bucket_size elements of buffers are alive
+//       (avg) and the result added to this rank's fp32 gradient shard, which lives where
+//       the chunk's step runs. At most reduce_bucket_size elements of buffers are alive
 //       at once (Note [gradient bytes in flight]).
 //       On a budgeted compute tier a buffer that does not fit first waits for the
 //       reductions in flight; if it still does not fit, that is a "cannot fit" error.
@@ -93,7 +93,6 @@ class GradReducer {
     std::optional<InFlight> op;
   };
   bool scatter_mode() const { return core_.stage() >= 2; }
-  at::ScalarType shard_dtype() const;
   Status reserve_buffer(std::uint32_t c);
   Status launch(std::uint32_t c);
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it
