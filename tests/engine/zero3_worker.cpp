@@ -399,16 +399,11 @@ void awkward_case(int stage, const std::string& placement) {
   const at::Tensor frozen_before = model->frozen->weight.detach().clone();
   std::uint64_t model_bytes = 0;
   for (const auto& p : ref.parameters()) model_bytes += static_cast<std::uint64_t>(p.numel()) * 4;
-  engine::EngineOptions o;
+  engine::EngineOptions o = small_unit_options();
   o.stage = stage;
-  o.optimizer.type = OptimizerType::kSGD;
-  o.optimizer.lr = 0.05;
-  o.optimizer.momentum = 0.9;
   o.optimizer.weight_decay = 0.01;
   o.chunks.chunk_size_elems = 2048;
-  o.chunks.io_align_bytes = 64;
   o.optimizer_threads = 1;
-  o.schedule.prefetch_bucket_bytes = 1 << 20;
   o.schedule.persistence_threshold_elems = 0;
   auto nvme = [&] {
     o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
