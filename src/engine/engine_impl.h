@@ -29,7 +29,6 @@ struct Engine::Impl {
   std::unique_ptr<Gatherer> gatherer;
   std::unique_ptr<AccessDriver> access;  // stage 3
   std::unique_ptr<StepDriver> stepper;
-  std::vector<UnitRt> pending_units;     // built before the access driver exists
 
   std::size_t n_units = 0;
   std::int64_t micro_step = 0;
