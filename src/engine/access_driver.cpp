@@ -27,8 +27,12 @@ void AccessDriver::begin_step_if_needed() {
   core_.cur.scheduled = scheduled_step_;
   if (measuring_activations()) {
     access_live_bytes_.clear();
-    baseline_live_bytes_ = tiers::MemoryProbe::live_bytes() - (core_.tiers.used(Tier::kCompute) + core_.tiers.used(Tier::kHost));
+    baseline_live_bytes_ = non_model_bytes();
   }
+}
+
+std::uint64_t AccessDriver::non_model_bytes() const {
+  return tiers::MemoryProbe::live_bytes() - (core_.tiers.used(Tier::kCompute) + core_.tiers.used(Tier::kHost));
 }
 
 bool AccessDriver::measuring_activations() const {
@@ -60,8 +64,7 @@ Result<std::optional<std::size_t>> AccessDriver::on_access(UnitId u, plan::Phase
   STRATA_RETURN_IF_ERROR(gatherer_.ensure(units_[u].chunks));
   for (std::uint32_t c : units_[u].chunks) (*core_.chunks)[c].sm.begin_use();
   if (training && measuring_activations()) {
-    const std::uint64_t live =
-        tiers::MemoryProbe::live_bytes() - (core_.tiers.used(Tier::kCompute) + core_.tiers.used(Tier::kHost));
+    const std::uint64_t live = non_model_bytes();
     access_live_bytes_.push_back(live > baseline_live_bytes_ ? live - baseline_live_bytes_ : 0);
   }
   unit_t0_ = Clock::now();
@@ -164,8 +167,9 @@ Status AccessDriver::after_optimizer_step() { return gatherer_.release_all(true)
 Result<plan::Schedule> AccessDriver::plan(std::span<const plan::ModuleAccess> accesses) const {
   std::map<int, std::vector<plan::ChunkId>> module_chunks;
   for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u) module_chunks[u] = {units_[u].chunks.begin(), units_[u].chunks.end()};
-  plan::ScheduleInput in{.accesses = plan::chunk_accesses(accesses, module_chunks), .options = core_.opt.schedule};
-  for (std::uint32_t c = 0; c < core_.chunks->size(); ++c) in.chunks.push_back(core_.chunks->schedule_chunk(c, core_.n_optim_states));
+  plan::ScheduleInput in{.chunks = core_.chunks->schedule_chunks(),
+                         .accesses = plan::chunk_accesses(accesses, module_chunks),
+                         .options = core_.opt.schedule};
   if (access_live_bytes_.size() == in.accesses.size()) {
     for (std::size_t i = 0; i < in.accesses.size(); ++i) in.accesses[i].reserved_compute_bytes = access_live_bytes_[i];
   }

@@ -70,6 +70,8 @@ class AccessDriver {
  private:
   void begin_step_if_needed();
   bool measuring_activations() const;
+  // Live CPU bytes the tier reservations do not account for (activations, temporaries).
+  std::uint64_t non_model_bytes() const;
   Result<std::optional<std::size_t>> on_access(UnitId u, plan::Phase phase);
   Status finish_access(UnitId u, plan::Phase phase, std::optional<std::size_t> at);
   Status run_ops(const std::vector<plan::Op>& ops, std::size_t at);

@@ -12,9 +12,16 @@ std::span<std::byte> bytes_of(const at::Tensor& t) {
   return {static_cast<std::byte*>(t.data_ptr()), static_cast<std::size_t>(t.numel()) * t.element_size()};
 }
 
-ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, const plan::ScheduleOptions& sched,
-                           tiers::TierAllocator& tiers, StorageCache& storage, io::SwapStore** swap)
-    : store_(std::move(store)), replicated_(replicated), sched_(sched), tiers_(tiers), storage_(storage), swap_(swap) {
+ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::size_t n_optim_states,
+                           const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,
+                           const std::unique_ptr<io::SwapStore>& swap)
+    : store_(std::move(store)),
+      replicated_(replicated),
+      n_optim_states_(n_optim_states),
+      sched_(sched),
+      tiers_(tiers),
+      storage_(storage),
+      swap_(swap) {
   const int rank = store_->options().rank;
   rt_.resize(store_->num_chunks());
   for (std::uint32_t c = 0; c < size(); ++c) {
@@ -34,7 +41,7 @@ std::uint64_t ChunkRuntime::shard_bytes(std::uint32_t c) const {
   return static_cast<std::uint64_t>(store_->shard_elems(c)) * c10::elementSize(store_->options().compute_dtype);
 }
 
-plan::ScheduleChunk ChunkRuntime::schedule_chunk(std::uint32_t c, std::size_t n_optim_states) const {
+plan::ScheduleChunk ChunkRuntime::schedule_chunk(std::uint32_t c) const {
   const ChunkRt& k = rt_[c];
   const std::uint64_t numel = store_->chunk(c).size_elems;
   const bool flagged_persistent = store_->chunk(c).kind == plan::ChunkKind::kPersistent;
@@ -45,7 +52,7 @@ plan::ScheduleChunk ChunkRuntime::schedule_chunk(std::uint32_t c, std::size_t n_
       .grad_bytes = k.trainable ? full_bytes(c) : 0,
       .shard_tier = k.shard_tier,
       .optim_tier = k.optim_tier,
-      .optim_state_bytes = k.trainable ? shard_elems * 4 * (1 + n_optim_states) : 0,
+      .optim_state_bytes = k.trainable ? shard_elems * 4 * (1 + n_optim_states_) : 0,
       .grad_shard_bytes = k.trainable ? shard_elems * 4 : 0,
       .persistent = flagged_persistent,
       .replicated = replicated_,
@@ -58,18 +65,24 @@ Result<tiers::Reservation> ChunkRuntime::reserve(Tier t, std::uint64_t bytes, St
 }
 
 Status ChunkRuntime::load_shard(std::uint32_t c, const at::Tensor& dst) {
-  return (*swap_)->get(param_key(c), bytes_of(dst));
+  return swap_->get(param_key(c), bytes_of(dst));
 }
 
 Status ChunkRuntime::store_shard(std::uint32_t c, const at::Tensor& src) {
-  return (*swap_)->put(param_key(c), bytes_of(src));
+  return swap_->put(param_key(c), bytes_of(src));
 }
 
 void ChunkRuntime::alloc_full(std::uint32_t c) { storage_.alloc(store_->full(c)); }
 void ChunkRuntime::free_full(std::uint32_t c) { storage_.free(store_->full(c)); }
 
+std::vector<plan::ScheduleChunk> ChunkRuntime::schedule_chunks() const {
+  std::vector<plan::ScheduleChunk> out;
+  for (std::uint32_t c = 0; c < size(); ++c) out.push_back(schedule_chunk(c));
+  return out;
+}
+
 void ChunkRuntime::decide_residency(std::uint32_t c) {
-  const plan::ScheduleChunk sc = schedule_chunk(c, 0);
+  const plan::ScheduleChunk sc = schedule_chunk(c);
   rt_[c].residency = replicated_                             ? Residency::kReplicated
                      : plan::chunk_aliased(sc, sched_.world) ? Residency::kAliased
                      : plan::chunk_persistent(sc, sched_)    ? Residency::kPersistent

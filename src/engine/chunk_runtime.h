@@ -50,11 +50,12 @@ struct ChunkRt {
 
 class ChunkRuntime {
  public:
-  // `swap` points at the engine's swap store, which is opened after placement.
-  // `replicated`: stages 0-2. `sched`: the engine's schedule options (world, the
-  // persistence threshold), which outlive the runtime.
-  ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, const plan::ScheduleOptions& sched,
-               tiers::TierAllocator& tiers, StorageCache& storage, io::SwapStore** swap);
+  // `replicated`: stages 0-2. `n_optim_states`: optimizer state tensors per chunk
+  // besides the master. `sched` (world, persistence threshold) and `swap` (the engine's
+  // swap store, opened after placement) belong to the engine and outlive the runtime.
+  ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::size_t n_optim_states,
+               const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,
+               const std::unique_ptr<io::SwapStore>& swap);
 
   ChunkStore& store() { return *store_; }
   const ChunkStore& store() const { return *store_; }
@@ -68,7 +69,8 @@ class ChunkRuntime {
   std::uint64_t full_bytes(std::uint32_t c) const;
   std::uint64_t shard_bytes(std::uint32_t c) const;
   // The planner's view of chunk c (sizes, tiers, residency).
-  plan::ScheduleChunk schedule_chunk(std::uint32_t c, std::size_t n_optim_states) const;
+  plan::ScheduleChunk schedule_chunk(std::uint32_t c) const;
+  std::vector<plan::ScheduleChunk> schedule_chunks() const;
 
   // Reserves bytes in a tier for chunk c, naming it "<what> chunk <c>".
   Result<tiers::Reservation> reserve(Tier t, std::uint64_t bytes, StateKind kind, std::uint32_t c,
@@ -94,10 +96,11 @@ class ChunkRuntime {
  private:
   std::unique_ptr<ChunkStore> store_;
   bool replicated_;
+  std::size_t n_optim_states_;
   const plan::ScheduleOptions& sched_;
   tiers::TierAllocator& tiers_;
   StorageCache& storage_;
-  io::SwapStore** swap_;  // the engine's swap store, opened after placement
+  const std::unique_ptr<io::SwapStore>& swap_;
   std::vector<ChunkRt> rt_;
   std::vector<std::vector<ChunkStore::ShardSlot>> slots_;
 };

@@ -44,7 +44,6 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   EngineCore& core = m.core;
   const EngineOptions& o = core.opt;
   STRATA_ASSIGN_OR_RETURN(m.kernel, StepKernel::create(o.optimizer));
-  core.n_optim_states = m.kernel.state_names().size();
 
   // Every distinct parameter once, in unit order (the forward order until a trace says
   // otherwise). A tensor listed twice, in one unit or two, is one parameter.
@@ -115,8 +114,8 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
     ChunkStore::free_storage(store.full(c));
   };
   STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::create(chunked, so, uses, fill_master, take_shard));
-  core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, core.opt.schedule, core.tiers, core.storage,
-                                               &core.swap_ptr);
+  core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, m.kernel.state_names().size(),
+                                               core.opt.schedule, core.tiers, core.storage, core.swap);
   core.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, o.optimizer_threads)));
   m.optim = std::make_unique<OptimStateHolder>(core, m.kernel);
   for (std::uint32_t c = 0; c < core.chunks->size(); ++c) {

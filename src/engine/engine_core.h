@@ -27,15 +27,13 @@ struct EngineCore {
   EngineOptions opt;  // validated; schedule.world and swap.rank filled in
   comm::Communicator& comm;
   tiers::TierAllocator tiers;  // before everything that reserves
-  std::unique_ptr<io::SwapStore> swap;
-  io::SwapStore* swap_ptr = nullptr;  // what ChunkRuntime reads; set with swap
+  std::unique_ptr<io::SwapStore> swap;  // opened by placement when a chunk has nvme state
   std::unique_ptr<ThreadPool> pool;
   StorageCache storage{tiers};  // bytes of gathered chunks and gradient buffers (Note [storage cache])
   std::unique_ptr<ChunkRuntime> chunks;
   HookErrors errors;
   StepMetrics cur;   // the step in progress
   StepTrace trace;
-  std::size_t n_optim_states = 0;  // optimizer state tensors per chunk (m, v, ...), besides the master
 
   int stage() const { return opt.stage; }
   // The world the chunks are sharded over: 1 at stage 0 (every rank holds everything).

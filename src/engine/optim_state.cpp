@@ -55,7 +55,7 @@ std::uint64_t OptimStateHolder::bytes() const {
 
 Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c) {
   auto s = std::make_unique<Swap>();
-  s->state = ShardState::make(core_.chunks->store().shard_elems(c), kernel_);
+  s->state = ShardState::uninitialized(core_.chunks->store().shard_elems(c), kernel_);
   // The host copy is model state too: it is accounted while it exists.
   STRATA_ASSIGN_OR_RETURN(s->staging,
                           core_.chunks->reserve(Tier::kHost, s->state.bytes(), StateKind::kBuffers, c, "optimizer staging"));

@@ -14,14 +14,6 @@
 #include "strata/base/log.h"
 
 namespace strata::engine {
-namespace {
-
-Tier tier_of(OffloadDevice d) {
-  return d == OffloadDevice::kNvme ? Tier::kNvme : d == OffloadDevice::kCpu ? Tier::kHost : Tier::kCompute;
-}
-
-}  // namespace
-
 Status Engine::Impl::place() {
   ChunkRuntime& chunks = *core.chunks;
   const EngineOptions& o = core.opt;
@@ -41,10 +33,10 @@ Status Engine::Impl::place() {
       k.shard_tier = Tier::kCompute;
       k.optim_tier = compute_budgeted && core.stage() > 0 ? Tier::kHost : Tier::kCompute;
     } else {
-      k.shard_tier = o.param_device != OffloadDevice::kNone ? tier_of(o.param_device)
+      k.shard_tier = o.param_device != OffloadDevice::kNone ? plan::offload_tier(o.param_device)
                      : frac_hit(o.offload_param_frac)       ? Tier::kHost
                                                             : Tier::kCompute;
-      k.optim_tier = o.optim_device != OffloadDevice::kNone ? tier_of(o.optim_device)
+      k.optim_tier = o.optim_device != OffloadDevice::kNone ? plan::offload_tier(o.optim_device)
                      : frac_hit(o.offload_optim_frac)       ? Tier::kHost
                                                             : Tier::kCompute;
     }
@@ -56,7 +48,6 @@ Status Engine::Impl::place() {
   }
   if (any_nvme) {
     STRATA_ASSIGN_OR_RETURN(core.swap, io::SwapStore::open(o.swap));
-    core.swap_ptr = core.swap.get();
     std::vector<io::SwapReservation> records;
     for (std::uint32_t c = 0; c < chunks.size(); ++c) {
       if (chunks[c].shard_tier == Tier::kNvme) records.push_back({param_key(c), chunks.shard_bytes(c)});

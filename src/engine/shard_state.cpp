@@ -81,6 +81,13 @@ ShardState ShardState::make(std::int64_t n, const StepKernel& kernel) {
   return s;
 }
 
+ShardState ShardState::uninitialized(std::int64_t n, const StepKernel& kernel) {
+  ShardState s;
+  s.master = at::empty({n}, at::kFloat);
+  for (std::size_t i = 0; i < kernel.state_names().size(); ++i) s.states.push_back(at::empty({n}, at::kFloat));
+  return s;
+}
+
 std::uint64_t ShardState::bytes() const {
   std::uint64_t b = master.numel() * 4;
   for (const auto& t : states) b += t.numel() * 4;

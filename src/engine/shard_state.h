@@ -59,7 +59,10 @@ struct ShardState {
   at::Tensor master;               // fp32 [n]
   std::vector<at::Tensor> states;  // fp32 [n] each, StepKernel::state_names() order
 
+  // Master zeroed, states at their initial values.
   static ShardState make(std::int64_t n, const StepKernel& kernel);
+  // The same tensors, uninitialized: for state about to be read in from a swap record.
+  static ShardState uninitialized(std::int64_t n, const StepKernel& kernel);
   std::uint64_t bytes() const;
 };
 

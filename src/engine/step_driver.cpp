@@ -71,9 +71,7 @@ Status StepDriver::step(StepResult& r) {
     return ok();
   }
   STRATA_RETURN_IF_ERROR(param_steps_.sync(reducer_.had_grad(), core_.comm));
-  std::vector<plan::ScheduleChunk> sc;
-  for (std::uint32_t c = 0; c < core_.chunks->size(); ++c) sc.push_back(core_.chunks->schedule_chunk(c, core_.n_optim_states));
-  const std::vector<plan::Op> ops = plan::step_ops(sc, core_.chunk_world());
+  const std::vector<plan::Op> ops = plan::step_ops(core_.chunks->schedule_chunks(), core_.chunk_world());
   STRATA_RETURN_IF_ERROR(wrapped_ ? step_wrapped(coef / r.loss_scale) : run_ops(ops, coef / r.loss_scale));
   param_steps_.advance();
   return ok();
@@ -133,8 +131,14 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   // when some parameter of the shard is not stepped, the staging shard starts as the
   // record's current contents.
   const bool direct = k.shard_tier == core_.chunks->step_tier(c);
-  at::Tensor out = direct ? k.shard : at::zeros({core_.chunks->store().shard_elems(c)}, core_.opt.compute_dtype);
-  if (!direct && k.shard_tier == Tier::kNvme && !steps_every_param(c)) {
+  const std::int64_t n = core_.chunks->store().shard_elems(c);
+  at::Tensor out = k.shard;
+  if (!direct && k.shard_tier != Tier::kNvme) {
+    out = at::empty({n}, core_.opt.compute_dtype);  // only the stepped runs go home
+  } else if (!direct && steps_every_param(c)) {
+    out = at::zeros({n}, core_.opt.compute_dtype);  // the whole record goes home: padding stays zero
+  } else if (!direct) {
+    out = at::empty({n}, core_.opt.compute_dtype);
     STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, out));
     core_.account(Tier::kNvme, Tier::kHost, core_.chunks->shard_bytes(c));
   }

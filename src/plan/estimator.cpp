@@ -1,5 +1,6 @@
 // The memory estimator; see Note [estimator] in strata/plan/estimator.h.
 #include "strata/plan/estimator.h"
+#include "strata/plan/schedule.h"
 
 #include <algorithm>
 #include <charconv>
@@ -72,15 +73,6 @@ std::uint64_t MemoryEstimate::total() const {
 
 namespace {
 
-Tier tier_of(OffloadDevice d) {
-  switch (d) {
-    case OffloadDevice::kNone: return Tier::kCompute;
-    case OffloadDevice::kCpu: return Tier::kHost;
-    case OffloadDevice::kNvme: return Tier::kNvme;
-  }
-  return Tier::kCompute;
-}
-
 }  // namespace
 
 Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
@@ -95,9 +87,9 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   const std::uint64_t s = padded / N + (padded % N != 0 ? 1 : 0);  // this rank's shard elements
   const std::uint64_t W = std::max(in.largest_layer_params, in.chunk_elems);
   e.working_set_elems = W;
-  const Tier opt_tier = tier_of(in.offload_optimizer);
-  const Tier step_tier = opt_tier == Tier::kCompute ? Tier::kCompute : Tier::kHost;
-  const Tier param_tier = tier_of(in.offload_param);
+  const Tier opt_tier = offload_tier(in.offload_optimizer);
+  const Tier step_tier = plan::step_tier(opt_tier);
+  const Tier param_tier = offload_tier(in.offload_param);
   const std::uint64_t state_per_elem = mixed ? 12 : 8;  // fp32 master (mixed only) + m + v
 
   // params

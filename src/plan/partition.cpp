@@ -18,6 +18,15 @@ std::string_view to_string(Tier t) {
   return "?";
 }
 
+Tier offload_tier(OffloadDevice d) {
+  switch (d) {
+    case OffloadDevice::kNone: return Tier::kCompute;
+    case OffloadDevice::kCpu: return Tier::kHost;
+    case OffloadDevice::kNvme: return Tier::kNvme;
+  }
+  return Tier::kCompute;
+}
+
 std::string_view to_string(StateKind k) {
   switch (k) {
     case StateKind::kParams: return "params";

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "strata/base/config.h"
+
 namespace strata::plan {
 
 enum class Tier : std::uint8_t { kCompute = 0, kHost = 1, kNvme = 2 };
@@ -21,6 +23,8 @@ inline constexpr std::array<Tier, kNumTiers> kAllTiers{Tier::kCompute, Tier::kHo
 
 constexpr std::size_t tier_index(Tier t) { return static_cast<std::size_t>(t); }
 std::string_view to_string(Tier t);
+// Where an offload setting puts state: none = compute, cpu = host, nvme = nvme.
+Tier offload_tier(OffloadDevice d);
 
 // Bytes per tier, indexed by tier_index().
 using TierBytes = std::array<std::uint64_t, kNumTiers>;
