@@ -8,10 +8,6 @@ namespace strata::engine {
 io::SwapKey param_key(std::uint32_t c) { return {io::SwapKind::kParams, 0, c}; }
 io::SwapKey optim_key(std::uint32_t c, std::uint32_t t) { return {io::SwapKind::kOptimizer, t, c}; }
 
-std::span<std::byte> bytes_of(const at::Tensor& t) {
-  return {static_cast<std::byte*>(t.data_ptr()), static_cast<std::size_t>(t.numel()) * t.element_size()};
-}
-
 ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::size_t n_optim_states,
                            const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,
                            const std::unique_ptr<io::SwapStore>& swap)
@@ -65,11 +61,18 @@ Result<tiers::Reservation> ChunkRuntime::reserve(Tier t, std::uint64_t bytes, St
 }
 
 Status ChunkRuntime::load_shard(std::uint32_t c, const at::Tensor& dst) {
-  return swap_->get(param_key(c), bytes_of(dst));
+  if (io_aligned(dst)) return swap_->get(param_key(c), bytes_of(dst));
+  at::Tensor bounce = aligned_empty(dst.numel(), dst.scalar_type());
+  STRATA_RETURN_IF_ERROR(swap_->get(param_key(c), bytes_of(bounce)));
+  dst.copy_(bounce);
+  return ok();
 }
 
 Status ChunkRuntime::store_shard(std::uint32_t c, const at::Tensor& src) {
-  return swap_->put(param_key(c), bytes_of(src));
+  if (io_aligned(src)) return swap_->put(param_key(c), bytes_of(src));
+  at::Tensor bounce = aligned_empty(src.numel(), src.scalar_type());
+  bounce.copy_(src);
+  return swap_->put(param_key(c), bytes_of(bounce));
 }
 
 void ChunkRuntime::alloc_full(std::uint32_t c) { storage_.alloc(store_->full(c)); }

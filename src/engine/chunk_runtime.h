@@ -20,6 +20,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "io_tensor.h"
 #include "storage_cache.h"
 #include "strata/engine/chunk_state.h"
 #include "strata/engine/chunk_store.h"
@@ -76,7 +77,8 @@ class ChunkRuntime {
   Result<tiers::Reservation> reserve(Tier t, std::uint64_t bytes, StateKind kind, std::uint32_t c,
                                      std::string_view what);
 
-  // Parameter shards on nvme: one record per chunk.
+  // Parameter shards on nvme: one record per chunk. Any tensor of the shard's size;
+  // an unaligned one goes through an aligned bounce tensor (io_tensor.h).
   Status load_shard(std::uint32_t c, const at::Tensor& dst);
   Status store_shard(std::uint32_t c, const at::Tensor& src);
 
@@ -109,7 +111,5 @@ class ChunkRuntime {
 // (0 = master, then the states in StepKernel::state_names() order).
 io::SwapKey param_key(std::uint32_t c);
 io::SwapKey optim_key(std::uint32_t c, std::uint32_t t);
-// A tensor's bytes, for the swap store.
-std::span<std::byte> bytes_of(const at::Tensor& t);
 
 }  // namespace strata::engine

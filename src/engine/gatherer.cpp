@@ -23,7 +23,7 @@ Status Gatherer::load(std::uint32_t c) {
   const std::uint64_t bytes = core_.chunks->shard_bytes(c);
   Staged s;
   STRATA_ASSIGN_OR_RETURN(s.res, core_.chunks->reserve(Tier::kHost, bytes, StateKind::kBuffers, c, "param staging"));
-  s.buf = at::empty({core_.chunks->store().shard_elems(c)}, core_.chunks->store().full(c).options());
+  s.buf = aligned_empty(core_.chunks->store().shard_elems(c), core_.opt.compute_dtype);
   s.io = core_.swap->get_async(param_key(c), bytes_of(s.buf));
   core_.account(Tier::kNvme, Tier::kHost, bytes);
   g.staged = std::move(s);

@@ -1,5 +1,7 @@
 #include "shard_state.h"
 
+#include "io_tensor.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -73,18 +75,16 @@ Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states,
 }
 
 ShardState ShardState::make(std::int64_t n, const StepKernel& kernel) {
-  ShardState s;
-  s.master = at::zeros({n}, at::kFloat);
-  for (std::size_t i = 0; i < kernel.state_names().size(); ++i) {
-    s.states.push_back(at::full({n}, kernel.initial_value(i), at::kFloat));
-  }
+  ShardState s = uninitialized(n, kernel);
+  s.master.zero_();
+  for (std::size_t i = 0; i < s.states.size(); ++i) s.states[i].fill_(kernel.initial_value(i));
   return s;
 }
 
 ShardState ShardState::uninitialized(std::int64_t n, const StepKernel& kernel) {
   ShardState s;
-  s.master = at::empty({n}, at::kFloat);
-  for (std::size_t i = 0; i < kernel.state_names().size(); ++i) s.states.push_back(at::empty({n}, at::kFloat));
+  s.master = aligned_empty(n, at::kFloat);  // swap records (io_tensor.h)
+  for (std::size_t i = 0; i < kernel.state_names().size(); ++i) s.states.push_back(aligned_empty(n, at::kFloat));
   return s;
 }
 

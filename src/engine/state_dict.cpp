@@ -111,7 +111,7 @@ Result<at::Tensor> shard_values(Engine::Impl& m, std::uint32_t c) {
     return s.master;
   }
   if (k.shard_tier != Tier::kNvme) return k.shard.to(at::kFloat);
-  at::Tensor t = at::empty({m.core.chunks->store().shard_elems(c)}, m.core.opt.compute_dtype);
+  at::Tensor t = aligned_empty(m.core.chunks->store().shard_elems(c), m.core.opt.compute_dtype);
   STRATA_RETURN_IF_ERROR(m.core.chunks->load_shard(c, t));
   return t.to(at::kFloat);
 }
@@ -263,7 +263,7 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
     if (!loaded[c]) continue;
     STRATA_RETURN_IF_ERROR(m.optim->write(c, *loaded[c]));
     ChunkRt& k = chunks[c];
-    at::Tensor shard = k.shard_tier == Tier::kNvme ? at::empty({store.shard_elems(c)}, m.core.opt.compute_dtype) : k.shard;
+    at::Tensor shard = k.shard_tier == Tier::kNvme ? aligned_empty(store.shard_elems(c), m.core.opt.compute_dtype) : k.shard;
     if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(chunks.load_shard(c, shard));
     for (const auto& slot : chunks.slots(c))
       if (store.params()[slot.param].requires_grad())

@@ -136,9 +136,9 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   if (!direct && k.shard_tier != Tier::kNvme) {
     out = at::empty({n}, core_.opt.compute_dtype);  // only the stepped runs go home
   } else if (!direct && steps_every_param(c)) {
-    out = at::zeros({n}, core_.opt.compute_dtype);  // the whole record goes home: padding stays zero
+    out = aligned_empty(n, core_.opt.compute_dtype).zero_();  // the whole record goes home: padding stays zero
   } else if (!direct) {
-    out = at::empty({n}, core_.opt.compute_dtype);
+    out = aligned_empty(n, core_.opt.compute_dtype);
     STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, out));
     core_.account(Tier::kNvme, Tier::kHost, core_.chunks->shard_bytes(c));
   }
@@ -193,7 +193,7 @@ Status StepDriver::step_wrapped(double grad_scale) {
     for (auto& [slot, value] : kept[i]) master.narrow(0, slot->shard_offset, slot->numel).copy_(value);
     ChunkRt& k = (*core_.chunks)[c];
     // RNE cast into the shard, parameter by parameter: never a frozen one.
-    at::Tensor out = k.shard_tier == Tier::kNvme ? at::empty({core_.chunks->store().shard_elems(c)}, core_.opt.compute_dtype) : k.shard;
+    at::Tensor out = k.shard_tier == Tier::kNvme ? aligned_empty(core_.chunks->store().shard_elems(c), core_.opt.compute_dtype) : k.shard;
     if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, out));
     for (const auto& slot : core_.chunks->slots(c))
       if (param_steps_.ever_had_grad[slot.param])

@@ -13,6 +13,7 @@ using testing::all_output;
 using testing::run_ranks;
 
 std::string worker() { return std::string(STRATA_TEST_BIN_DIR) + "/zero3_worker"; }
+std::string units_worker() { return std::string(STRATA_TEST_BIN_DIR) + "/units_worker"; }
 
 void expect_all_ok(const std::vector<testing::RankResult>& rs) {
   for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << all_output(rs);
@@ -56,13 +57,13 @@ TEST(Zero3, GatheredBytesStayWithinMaxLivePlusOneChunkAndTheStepTraceHasEveryTra
 }
 
 TEST(Zero3, DataDependentBranchInvalidatesTheTraceAndResultsStayExact) {
-  expect_all_ok(run_ranks(2, {worker(), "branch"}));
+  expect_all_ok(run_ranks(2, {units_worker(), "branch"}));
 }
 
-TEST(Zero3, NestedUnitsMatchUnshardedTraining) { expect_all_ok(run_ranks(2, {worker(), "nested"})); }
+TEST(Zero3, NestedUnitsMatchUnshardedTraining) { expect_all_ok(run_ranks(2, {units_worker(), "nested"})); }
 
 TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
-  auto rs = run_ranks(2, {worker(), "diverge"}, std::chrono::seconds(60));
+  auto rs = run_ranks(2, {units_worker(), "diverge"}, std::chrono::seconds(60));
   for (const auto& r : rs) {
     EXPECT_EQ(r.exit_code, 3) << all_output(rs);
     EXPECT_NE(r.output.find("the access trace differs across ranks"), std::string::npos) << all_output(rs);
@@ -75,7 +76,7 @@ class Awkward : public ::testing::TestWithParam<int> {};
 
 TEST_P(Awkward, EveryPlacementMatchesLibTorchAndTheConsolidatedWeights) {
   const auto dir = testing::fresh_temp_dir("awkward");
-  expect_all_ok(run_ranks(2, {worker(), "awkward", std::to_string(GetParam())}, std::chrono::seconds(300),
+  expect_all_ok(run_ranks(2, {units_worker(), "awkward", std::to_string(GetParam())}, std::chrono::seconds(300),
                           {{"STRATA_TEST_NVME", dir.string()}}));
   std::filesystem::remove_all(dir);
 }
@@ -84,15 +85,26 @@ INSTANTIATE_TEST_SUITE_P(Stages, Awkward, ::testing::Values(1, 2, 3),
                          [](const auto& param_info) { return fmt::format("stage{}", param_info.param); });
 
 TEST(Zero3, AUnitReturningATupleMatchesLibTorchAtWorldSizes1To4) {
-  for (int world : {1, 2, 3, 4}) expect_all_ok(run_ranks(world, {worker(), "tuple"}));
+  for (int world : {1, 2, 3, 4}) expect_all_ok(run_ranks(world, {units_worker(), "tuple"}));
 }
 
 TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
   for (int world : {2, 4}) expect_all_ok(run_ranks(world, {worker(), "gradmem"}));
 }
 
+// Every nvme record at a real size (64 MiB): stage 2's optimizer state, stage 3's
+// parameter shards and optimizer state, three steps against plain LibTorch.
+TEST(Zero3, RealSizeNvmeRecordsMatchLibTorch) {
+  for (const char* stage : {"2", "3"}) {
+    const auto dir = testing::fresh_temp_dir("bigtier");
+    expect_all_ok(run_ranks(2, {units_worker(), "bigtier", stage}, std::chrono::seconds(600),
+                            {{"STRATA_TEST_NVME", dir.string()}}));
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST(Zero3, AnOverBudgetBufferInBackwardIsCannotFitNotInternal) {
-  auto rs = run_ranks(1, {worker(), "bwdbudget"});
+  auto rs = run_ranks(1, {units_worker(), "bwdbudget"});
   ASSERT_EQ(rs[0].exit_code, 3) << all_output(rs);
   EXPECT_NE(rs[0].output.find("EXPECTED FAILURE: resource_exhausted: cannot fit"), std::string::npos) << all_output(rs);
 }
