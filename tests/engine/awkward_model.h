@@ -3,7 +3,8 @@
 //   - `frozen` has a frozen weight (requires_grad = false) next to a trainable bias;
 //   - `head.unused` is trainable but never used, so it never gets a gradient;
 //   - `mid` is called twice per forward;
-//   - the second call of `mid` sits on a skip connection (h + mid(mid(h))).
+//   - the second call of `mid` sits on a skip connection (h + mid(mid(h)));
+//   - `split` returns a tuple, both halves used.
 // With chunk_size_elems = 2048 the frozen weight, the trainable bias, the head and the
 // unused parameter share one chunk, so a step that writes elements it did not compute
 // shows up as a wrong frozen weight.
@@ -29,13 +30,25 @@ struct AwkwardHeadImpl : torch::nn::Module {
 };
 TORCH_MODULE(AwkwardHead);
 
+struct AwkwardSplitImpl : torch::nn::Module {
+  torch::nn::Linear lin{nullptr};
+  AwkwardSplitImpl() { lin = register_module("lin", torch::nn::Linear(32, 32)); }
+  std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x) {
+    at::Tensor y = lin->forward(x);
+    return {y.narrow(1, 0, 16), y.narrow(1, 16, 16)};
+  }
+};
+TORCH_MODULE(AwkwardSplit);
+
 struct AwkwardModel : torch::nn::Module {
   torch::nn::Linear in{nullptr}, mid{nullptr}, frozen{nullptr};
+  AwkwardSplit split{nullptr};
   AwkwardHead head{nullptr};
 
   explicit AwkwardModel(std::uint64_t seed) {
     in = register_module("in", torch::nn::Linear(16, 32));
     mid = register_module("mid", torch::nn::Linear(32, 32));
+    split = register_module("split", AwkwardSplit());
     frozen = register_module("frozen", torch::nn::Linear(32, 32));
     head = register_module("head", AwkwardHead());
     at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -48,6 +61,8 @@ struct AwkwardModel : torch::nn::Module {
     at::Tensor h = at::tanh(engine::forward(in, x));
     at::Tensor m = at::tanh(engine::forward(mid, h));
     h = h + at::tanh(engine::forward(mid, m));  // mid again, on the skip branch
+    auto [p, q] = engine::forward(split, h);
+    h = at::cat({at::tanh(p), at::sigmoid(q)}, 1);
     h = at::tanh(engine::forward(frozen, h));
     return engine::forward(head, h);
   }
