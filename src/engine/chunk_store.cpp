@@ -32,6 +32,13 @@ Status ChunkStoreOptions::validate() const {
 Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> params, const ChunkStoreOptions& opt,
                                                        std::span<const plan::ParamAccess> uses, const InitHook& on_init,
                                                        const ChunkHook& on_chunk) {
+  STRATA_ASSIGN_OR_RETURN(auto store, plan(std::move(params), opt, uses));
+  STRATA_RETURN_IF_ERROR(store->fill(on_init, on_chunk));
+  return store;
+}
+
+Result<std::unique_ptr<ChunkStore>> ChunkStore::plan(std::vector<at::Tensor> params, const ChunkStoreOptions& opt,
+                                                     std::span<const plan::ParamAccess> uses) {
   STRATA_RETURN_IF_ERROR(opt.validate());
   std::vector<plan::ParamInfo> infos;
   std::unordered_set<const void*> seen;
@@ -68,26 +75,40 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::create(std::vector<at::Tensor> p
   store->options_ = opt;
   store->layout_ = std::move(layout);
   store->params_ = std::move(params);
+  return store;
+}
+
+Status ChunkStore::fill(const InitHook& on_init, const ChunkHook& on_chunk, const ValueSource& values) {
+  TORCH_INTERNAL_ASSERT(full_.empty(), "ChunkStore::fill runs once");
   at::NoGradGuard no_grad;
   // One chunk at a time (Note [gathered storage]): allocate, copy each value in, rebind
   // the parameter to its view, then let the caller shard and free the chunk.
-  const auto opts = store->params_.empty() ? at::TensorOptions() : store->params_[0].options();
-  for (std::size_t c = 0; c < store->num_chunks(); ++c) {
-    store->full_.push_back(at::zeros({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype)));
-    at::Tensor g = at::empty({store->chunk_elems(c)}, opts.dtype(opt.compute_dtype));
+  const auto opts = params_.empty() ? at::TensorOptions() : params_[0].options();
+  for (std::size_t c = 0; c < num_chunks(); ++c) {
+    full_.push_back(at::zeros({chunk_elems(c)}, opts.dtype(options_.compute_dtype)));
+    at::Tensor g = at::empty({chunk_elems(c)}, opts.dtype(options_.compute_dtype));
     free_storage(g);
-    store->grad_.push_back(g);
-    for (const plan::ParamSlot& slot : store->layout_.chunks[c].params) {
-      at::Tensor& p = store->params_[slot.param];
-      at::Tensor view = store->param_view(store->full_[c], slot.param);
-      if (on_init) on_init(*store, slot.param, p.detach());
-      view.copy_(p.detach());
+    grad_.push_back(g);
+    for (const plan::ParamSlot& slot : layout_.chunks[c].params) {
+      at::Tensor& p = params_[slot.param];
+      at::Tensor value = p.detach();
+      if (p.numel() > 0 && !has_storage(p)) {  // deferred: made now, at full precision
+        if (!values) {
+          return make_error(ErrorCode::kInvalidArgument,
+                            "parameter {} is deferred (it has no values) and no initializer was given", slot.param);
+        }
+        value = at::empty(p.sizes(), opts.dtype(at::kFloat));
+        values(slot.param, value);
+      }
+      at::Tensor view = param_view(full_[c], slot.param);
+      if (on_init) on_init(*this, slot.param, value);
+      view.copy_(value);
       p.set_data(view);
     }
-    if (on_chunk) on_chunk(*store, c);
+    if (on_chunk) STRATA_RETURN_IF_ERROR(on_chunk(*this, c));
   }
-  store->bind_grads();
-  return store;
+  bind_grads();
+  return ok();
 }
 
 at::Tensor ChunkStore::shard(const at::Tensor& full_chunk, std::size_t c) const {

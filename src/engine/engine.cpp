@@ -20,7 +20,59 @@ std::string param_label(const UnitSpec& u, std::size_t i) {
   return fmt::format("{} of unit '{}'", i, u.name);
 }
 
+// A frozen parameter the store does not take (stages 0-2) is made where it is.
+Status materialize_deferred(const at::Tensor& p, const ParamInit& init) {
+  if (p.numel() == 0 || ChunkStore::has_storage(p)) return ok();
+  if (!init) return make_error(ErrorCode::kInvalidArgument, "a parameter is deferred and no initializer was given");
+  at::NoGradGuard no_grad;
+  at::Tensor v = at::empty(p.sizes(), at::kFloat);
+  init(p, v);
+  ChunkStore::alloc_storage(p);
+  p.detach().copy_(v);
+  return ok();
+}
+
 }  // namespace
+
+// Note [streaming setup]: setup never holds more than one chunk beyond what placement
+// keeps. The layout comes from the parameters' shapes alone (ChunkStore::plan), every
+// chunk's tier is decided on paper (place()), the swap records are reserved, and only
+// then are values copied in, one chunk at a time: a deferred parameter's made by the
+// initializer, the chunk's fp32 master shard filled from them at full precision, and the
+// chunk moved to its tiers (parameter shard and optimizer state written to nvme when
+// placed there) before the next one starts. A model built deferred (deferred_init.h)
+// therefore never exists whole in host memory, and neither does its optimizer state.
+Status Engine::Impl::fill(const std::vector<at::Tensor>& chunked, const ParamInit& init) {
+  ChunkRuntime& chunks = *core.chunks;
+  const bool stage3 = core.stage() == 3;
+  ShardState master;  // the chunk being filled
+  auto fill_master = [&](const ChunkStore& store, std::size_t param, const at::Tensor& original) {
+    const std::size_t c = store.layout().where[param].chunk;
+    if (!master.master.defined()) master = ShardState::make(store.shard_elems(c), kernel);
+    at::Tensor flat = original.reshape({-1});
+    for (const auto& slot : chunks.slots(c)) {
+      if (slot.param == param) {
+        master.master.narrow(0, slot.shard_offset, slot.numel).copy_(flat.narrow(0, slot.param_offset, slot.numel));
+      }
+    }
+  };
+  auto place_chunk = [&](const ChunkStore& store, std::size_t ci) -> Status {
+    const auto c = static_cast<std::uint32_t>(ci);
+    ChunkRt& k = chunks[c];
+    if (stage3) {  // this rank's shard; the full chunk goes
+      k.shard = aligned_empty(store.shard_elems(c), store.options().compute_dtype);
+      k.shard.copy_(store.shard(store.full(c), c));
+      ChunkStore::free_storage(store.full(c));
+    }
+    STRATA_RETURN_IF_ERROR(chunks.materialize(c));
+    if (k.trainable) optim->set_initial(c, std::move(master));
+    master = ShardState{};
+    return optim->materialize(c);
+  };
+  ChunkStore::ValueSource values;
+  if (init) values = [&](std::size_t param, at::Tensor& out) { init(chunked[param], out); };
+  return chunks.store().fill(fill_master, place_chunk, values);
+}
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
@@ -32,7 +84,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<at::Tensor> params, c
 }
 
 Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm::Communicator& comm,
-                                               EngineOptions options) {
+                                               EngineOptions options, ParamInit init) {
   const int stage = options.stage;
   options.schedule.world = stage == 0 ? 1 : comm.world();
   options.swap.rank = comm.rank();
@@ -62,13 +114,17 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
       unit_params[u].push_back(it->second);
     }
   }
-  // Stage 3 shards every parameter; stages 0-2 leave frozen ones as they are.
+  // Stage 3 shards every parameter; stages 0-2 leave frozen ones as they are (a
+  // deferred one gets its values here).
   std::vector<at::Tensor> chunked;
   std::uint64_t model_elems = 0;
   for (const at::Tensor& p : m.all_params) {
     const bool in_store = stage == 3 || p.requires_grad();
     m.store_index.push_back(in_store ? static_cast<int>(chunked.size()) : -1);
-    if (!in_store) continue;
+    if (!in_store) {
+      STRATA_RETURN_IF_ERROR(materialize_deferred(p, init));
+      continue;
+    }
     chunked.push_back(p);
     model_elems += static_cast<std::uint64_t>(p.numel());
   }
@@ -91,39 +147,11 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
                                                        .prefetch_bucket_bytes = o.schedule.prefetch_bucket_bytes,
                                                        .reduce_bucket_elems = o.reduce_bucket_size});
   }
-  // Pack; per chunk take the fp32 master shard from the parameters' original values
-  // (before any cast to the compute dtype) and, at stage 3, this rank's parameter shard,
-  // freeing the full chunk, so setup never holds more than one extra chunk.
-  std::vector<ShardState> masters;
-  std::vector<at::Tensor> shards;
-  auto fill_master = [&](const ChunkStore& store, std::size_t param, const at::Tensor& original) {
-    const std::size_t c = store.layout().where[param].chunk;
-    if (masters.size() <= c) masters.resize(c + 1);
-    if (!masters[c].master.defined()) masters[c] = ShardState::make(store.shard_elems(c), m.kernel);
-    at::Tensor flat = original.reshape({-1});
-    for (const auto& slot : store.shard_slots(c, store.options().rank)) {
-      if (slot.param == param) {
-        masters[c].master.narrow(0, slot.shard_offset, slot.numel).copy_(flat.narrow(0, slot.param_offset, slot.numel));
-      }
-    }
-  };
-  auto take_shard = [&](const ChunkStore& store, std::size_t c) {
-    if (stage < 3) return;  // replicated: the full chunk stays
-    if (shards.size() <= c) shards.resize(c + 1);
-    shards[c] = store.shard(store.full(c), c).clone();
-    ChunkStore::free_storage(store.full(c));
-  };
-  STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::create(chunked, so, uses, fill_master, take_shard));
+  STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::plan(chunked, so, uses));
   core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, m.kernel.state_names().size(),
                                                core.opt.schedule, core.tiers, core.storage, core.swap);
   core.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, o.optimizer_threads)));
   m.optim = std::make_unique<OptimStateHolder>(core, m.kernel);
-  for (std::uint32_t c = 0; c < core.chunks->size(); ++c) {
-    if (c < shards.size()) (*core.chunks)[c].shard = std::move(shards[c]);
-    if (c < masters.size() && (*core.chunks)[c].trainable) m.optim->set_initial(c, std::move(masters[c]));
-  }
-  masters.clear();
-
   m.reducer = std::make_unique<GradReducer>(core);
   GradReducer* reducer = m.reducer.get();
   // Room for a gather that does not fit: buffers whose reductions are in flight, then
@@ -148,6 +176,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
                                 .refit = [self] { return self->core.opt.placement == Placement::kAuto ? self->fit_auto() : ok(); }});
   }
   STRATA_RETURN_IF_ERROR(m.place());
+  STRATA_RETURN_IF_ERROR(m.fill(chunked, init));
   STRATA_RETURN_IF_ERROR(m.reducer->setup([self] { self->open_backward(); }));
   if (o.wrap) STRATA_RETURN_IF_ERROR(m.stepper->wrap(o.wrap));
   STRATA_RETURN_IF_ERROR(m.check_fits());

@@ -41,10 +41,11 @@ struct Engine::Impl {
   StepMetrics last;
 
   // placement.cpp
-  Status place();                // tiers of every chunk, the swap store, materialization
+  Status place();                // tiers of every chunk (on paper), the swap store and its records
+  // engine.cpp
+  Status fill(const std::vector<at::Tensor>& chunked, const ParamInit& init);  // Note [streaming setup]
   Status fit_auto();             // auto: shards off compute until the schedule fits
   Status check_fits();           // stage 3: the schedule of the provisional trace fits
-  // engine.cpp
   void open_backward();          // the first hook of a backward
   Status close_backward();       // when backward ends (autograd callback, or backward())
   bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }

@@ -75,7 +75,7 @@ std::vector<ModuleUnit> default_units(torch::nn::Module& model) {
 }
 
 Result<std::unique_ptr<Engine>> shard(torch::nn::Module& model, comm::Communicator& comm, EngineOptions options,
-                                      std::vector<ModuleUnit> units) {
+                                      std::vector<ModuleUnit> units, ParamInit init) {
   if (units.empty()) units = default_units(model);
   // The model's names for its parameters, for messages.
   std::unordered_map<const void*, std::string> names;
@@ -110,7 +110,7 @@ Result<std::unique_ptr<Engine>> shard(torch::nn::Module& model, comm::Communicat
     rest.param_names.push_back(p.key());
   }
   if (!rest.params.empty()) specs.push_back(std::move(rest));
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::create(std::move(specs), comm, std::move(options)));
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::create(std::move(specs), comm, std::move(options), std::move(init)));
   for (std::size_t u = 0; u < units.size(); ++u) {
     set_unit_hook(*units[u].module, UnitHook{.engine = eng.get(), .unit = static_cast<UnitId>(u)});
   }

@@ -56,12 +56,8 @@ Status Engine::Impl::place() {
     // All of it up front: a full disk fails here, before training starts.
     STRATA_RETURN_IF_ERROR(core.swap->reserve(records));
   }
-  // auto decides on paper first (nothing is reserved yet), then materializes.
+  // auto decides on paper too: nothing is materialized yet (Note [streaming setup]).
   if (o.placement == Placement::kAuto && access) STRATA_RETURN_IF_ERROR(fit_auto());
-  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
-    STRATA_RETURN_IF_ERROR(chunks.materialize(c));
-    STRATA_RETURN_IF_ERROR(optim->materialize(c));
-  }
   return ok();
 }
 

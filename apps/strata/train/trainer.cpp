@@ -138,13 +138,14 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   const std::int64_t micro = cfg.train_micro_batch_size_per_gpu, accum = cfg.gradient_accumulation_steps;
   STRATA_ASSIGN_OR_RETURN(nn::ByteCorpus corpus, nn::ByteCorpus::open(o.data.empty() ? nn::kFortunesDir : o.data));
   STRATA_ASSIGN_OR_RETURN(nn::GPTConfig mcfg, nn::gpt_config(o.model, 256, 0));
-  nn::GPT model(mcfg);
-  model->init_weights(o.seed);
+  // Built deferred: the engine makes each chunk's values and places it before the next
+  // (Note [streaming setup]), so no model is too large to construct.
+  nn::GPT model(mcfg, /*deferred=*/true);
   Config ecfg = cfg;
   ecfg.strata.optimizer_threads = cfg.strata.optimizer_threads ? cfg.strata.optimizer_threads : threads_per_rank();
   STRATA_ASSIGN_OR_RETURN(engine::EngineOptions eo, engine::EngineOptions::from_config(ecfg, comm.world()));
   eo.chunks.search_step_elems = static_cast<std::uint64_t>(mcfg.hidden);
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng, engine::shard(*model, comm, std::move(eo)));
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng, engine::shard(*model, comm, std::move(eo), {}, model->initializer(o.seed)));
 
   // The start summary: the estimator's prediction next to what the engine holds.
   const auto& layout = eng->store().layout();

@@ -5,6 +5,10 @@
 //   // every parameter is now a view of store->full(c); its .grad a view of store->grad(c)
 //   at::Tensor mine = store->shard(store->full(c), c);  // this rank's slice of chunk c
 //
+// create() is plan() (the layout, from shapes alone) then fill() (the values, one chunk
+// at a time). The engine decides every chunk's tier between the two, so fill() can move
+// each chunk to its tier as soon as it is packed (Note [streaming setup] in engine.cpp).
+//
 // The layout comes from the planner (plan::pack_chunks): parameters in first-use order
 // (registration order without a trace), chunk sizes a multiple of lcm(world, I/O
 // alignment), so every chunk splits into `world` equal shards. Rank r owns elements
@@ -63,7 +67,10 @@ class ChunkStore {
   // Called once per chunk right after its parameters were copied in and rebound: the
   // place to take this rank's shard and free the full chunk, so that building the store
   // never holds more than one extra chunk.
-  using ChunkHook = std::function<void(const ChunkStore& store, std::size_t chunk)>;
+  using ChunkHook = std::function<Status(const ChunkStore& store, std::size_t chunk)>;
+  // The values of a deferred parameter (one without bytes; deferred_init.h): fills
+  // `out`, an fp32 tensor of the parameter's shape.
+  using ValueSource = std::function<void(std::size_t param, at::Tensor& out)>;
 
   // Packs `params` (trainable, registration order) and rebinds each as a view of its
   // chunk; values are copied in (cast to compute_dtype). `uses` is the recorded access
@@ -71,6 +78,12 @@ class ChunkStore {
   static Result<std::unique_ptr<ChunkStore>> create(std::vector<at::Tensor> params, const ChunkStoreOptions& options,
                                                     std::span<const plan::ParamAccess> uses = {},
                                                     const InitHook& on_init = {}, const ChunkHook& on_chunk = {});
+  // The layout alone: parameters may be deferred; nothing is copied or rebound yet.
+  static Result<std::unique_ptr<ChunkStore>> plan(std::vector<at::Tensor> params, const ChunkStoreOptions& options,
+                                                  std::span<const plan::ParamAccess> uses = {});
+  // Once, after plan(): chunk by chunk, the values copied in (a deferred parameter's
+  // from `values`, which it then needs) and the parameters rebound, then on_chunk.
+  Status fill(const InitHook& on_init, const ChunkHook& on_chunk, const ValueSource& values = {});
 
   const ChunkStoreOptions& options() const { return options_; }
   const plan::ChunkLayout& layout() const { return layout_; }

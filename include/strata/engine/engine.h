@@ -37,6 +37,7 @@
 
 #include "strata/base/status.h"
 #include "strata/engine/chunk_store.h"
+#include "strata/engine/deferred_init.h"
 #include "strata/engine/engine_options.h"
 #include "strata/engine/loss_scaler.h"
 #include "strata/plan/schedule.h"
@@ -87,9 +88,11 @@ using MemoryByKind = std::array<std::array<std::uint64_t, plan::kNumStateKinds>,
 class Engine {
  public:
   // Parameters are taken from the units, each distinct tensor once. Stages 0-2 never
-  // gather, so their units matter only for the parameters they list.
+  // gather, so their units matter only for the parameters they list. Parameters may be
+  // deferred (no bytes yet): `init` makes their values, chunk by chunk, as setup moves
+  // each chunk to its tier (Note [streaming setup] in engine.cpp).
   static Result<std::unique_ptr<Engine>> create(std::vector<UnitSpec> units, comm::Communicator& comm,
-                                                EngineOptions options);
+                                                EngineOptions options, ParamInit init = {});
   // Every parameter in one unit (duplicates are the same parameter, taken once).
   static Result<std::unique_ptr<Engine>> create(std::vector<at::Tensor> params, comm::Communicator& comm,
                                                 EngineOptions options);

@@ -30,6 +30,7 @@
 #include <c10/util/Exception.h>
 
 #include "strata/base/status.h"
+#include "strata/engine/deferred_init.h"
 #include "strata/engine/engine_options.h"
 
 namespace torch::nn {
@@ -111,7 +112,8 @@ std::vector<ModuleUnit> default_units(torch::nn::Module& model);
 // Makes `units` (default: default_units(model)) the engine's units and attaches them.
 // At stage 3 every trainable parameter must be in a unit, or nothing would gather it;
 // at stages 0-2 parameters outside the units are managed as well.
+// `init` makes the values of deferred parameters (deferred_init.h).
 Result<std::unique_ptr<Engine>> shard(torch::nn::Module& model, comm::Communicator& comm, EngineOptions options,
-                                      std::vector<ModuleUnit> units = {});
+                                      std::vector<ModuleUnit> units = {}, ParamInit init = {});
 
 }  // namespace strata::engine

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <memory>
+#include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -10,6 +12,7 @@
 #include <torch/nn/options/linear.h>
 #include <torch/nn/options/normalization.h>
 
+#include "strata/engine/deferred_init.h"
 #include "strata/engine/module_hooks.h"
 
 namespace strata::nn {
@@ -131,11 +134,21 @@ HeadImpl::HeadImpl(std::int64_t hidden, torch::nn::Embedding tied) : tied_(std::
 
 at::Tensor HeadImpl::forward(const at::Tensor& x) { return at::matmul(ln_f->forward(x), tied_->weight.t()); }
 
-GPTImpl::GPTImpl(const GPTConfig& cfg) : cfg_(cfg) {
+GPTImpl::GPTImpl(const GPTConfig& cfg, bool deferred) : cfg_(cfg) {
+  // Deferred: each unit's parameters lose their bytes as soon as it exists, so building
+  // holds one unit at a time (deferred_init.h).
+  auto made = [deferred](torch::nn::Module& unit) {
+    if (deferred) engine::defer_parameters(unit);
+  };
   embeddings = register_module("embeddings", Embeddings(cfg.vocab, cfg.context, cfg.hidden));
+  made(*embeddings);
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (std::int64_t l = 0; l < cfg.layers; ++l) blocks->push_back(Block(cfg.hidden, cfg.heads));
+  for (std::int64_t l = 0; l < cfg.layers; ++l) {
+    blocks->push_back(Block(cfg.hidden, cfg.heads));
+    made(*blocks[l]);
+  }
   head = register_module("head", Head(cfg.hidden, embeddings->wte));
+  made(*head);
 }
 
 at::Tensor GPTImpl::forward(const at::Tensor& tokens) {
@@ -149,21 +162,56 @@ at::Tensor GPTImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}));
 }
 
-void GPTImpl::init_weights(std::uint64_t seed) {
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+namespace {
+
+std::uint64_t mix(std::uint64_t x) {  // splitmix64's finalizer
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Each parameter draws from its own generator, seeded by the model seed and its name,
+// so its values do not depend on the order parameters are made in: eager and deferred
+// construction (which makes them chunk by chunk) agree bit for bit.
+std::uint64_t param_seed(std::uint64_t seed, const std::string& name) {
+  std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
+  for (const char ch : name) h = (h ^ static_cast<unsigned char>(ch)) * 0x100000001b3ull;
+  return mix(seed ^ mix(h));
+}
+
+}  // namespace
+
+void GPTImpl::init_param(const std::string& name, at::Tensor& t, std::uint64_t seed) const {
   at::NoGradGuard no_grad;
   const double std = 0.02, proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(cfg_.layers));
-  // named_parameters() is in registration order, so the draw order is fixed.
-  for (auto& p : named_parameters(/*recurse=*/true)) {
-    const std::string& name = p.key();
-    at::Tensor t = p.value();
-    const bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
-    const bool is_norm = name.find("ln_") != std::string::npos;
-    if (is_norm) t.fill_(is_bias ? 0.0 : 1.0);
-    else if (is_bias) t.zero_();
-    else if (name.find("_proj.weight") != std::string::npos) t.normal_(0.0, proj_std, gen);
-    else t.normal_(0.0, std, gen);
+  const bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+  const bool is_norm = name.find("ln_") != std::string::npos;
+  if (is_norm) {
+    t.fill_(is_bias ? 0.0 : 1.0);
+  } else if (is_bias) {
+    t.zero_();
+  } else {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(param_seed(seed, name));
+    t.normal_(0.0, name.find("_proj.weight") != std::string::npos ? proj_std : std, gen);
   }
+}
+
+void GPTImpl::init_weights(std::uint64_t seed) {
+  for (auto& p : named_parameters(/*recurse=*/true)) {
+    at::Tensor t = p.value();
+    init_param(p.key(), t, seed);
+  }
+}
+
+engine::ParamInit GPTImpl::initializer(std::uint64_t seed) const {
+  auto names = std::make_shared<std::unordered_map<const void*, std::string>>();
+  for (const auto& p : named_parameters(/*recurse=*/true)) names->emplace(p.value().unsafeGetTensorImpl(), p.key());
+  return [this, names, seed](const at::Tensor& param, at::Tensor& out) {
+    auto it = names->find(param.unsafeGetTensorImpl());
+    TORCH_CHECK(it != names->end(), "GPT initializer: the tensor is not a parameter of this model");
+    init_param(it->second, out, seed);
+  };
 }
 
 }  // namespace strata::nn

@@ -30,6 +30,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "strata/base/status.h"
+#include "strata/engine/deferred_init.h"
 #include "strata/engine/uses_params.h"
 
 namespace strata::nn {
@@ -87,14 +88,22 @@ TORCH_MODULE(Head);
 
 class GPTImpl : public torch::nn::Module {
  public:
-  explicit GPTImpl(const GPTConfig& cfg);
+  // deferred: every unit's parameters lose their bytes as it is built; the engine makes
+  // their values with initializer(seed) (deferred_init.h).
+  explicit GPTImpl(const GPTConfig& cfg, bool deferred = false);
   // tokens: int64 [batch, seq] -> logits [batch, seq, vocab]
   at::Tensor forward(const at::Tensor& tokens);
   // Mean cross-entropy of next-token prediction.
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);
   // GPT-2's initialisation from a seed: N(0, 0.02) weights, residual projections
-  // scaled by 1/sqrt(2*layers), zero biases, unit LayerNorm gains. Same seed, same bits.
+  // scaled by 1/sqrt(2*layers), zero biases, unit LayerNorm gains. Same seed, same bits;
+  // each parameter's values depend only on the seed and its name.
   void init_weights(std::uint64_t seed);
+  // The same values for one parameter (by its name in named_parameters()), into `t`.
+  void init_param(const std::string& name, at::Tensor& t, std::uint64_t seed) const;
+  // init_param for the engine: deferred construction's values equal init_weights(seed).
+  // The model must outlive the engine's setup.
+  engine::ParamInit initializer(std::uint64_t seed) const;
 
   const GPTConfig& config() const { return cfg_; }
   Embeddings embeddings{nullptr};
