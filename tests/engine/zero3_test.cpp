@@ -103,6 +103,15 @@ TEST(Zero3, RealSizeNvmeRecordsMatchLibTorch) {
   }
 }
 
+TEST(Zero3, DeferredConstructionEqualsEagerBitForBitAtEveryStage) {
+  for (const char* stage : {"0", "1", "2", "3"}) {
+    const auto dir = testing::fresh_temp_dir("deferred");
+    expect_all_ok(run_ranks(2, {worker(), "deferred", stage}, std::chrono::seconds(300),
+                            {{"STRATA_TEST_NVME", dir.string()}}));
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST(Zero3, AnOverBudgetBufferInBackwardIsCannotFitNotInternal) {
   auto rs = run_ranks(1, {units_worker(), "bwdbudget"});
   ASSERT_EQ(rs[0].exit_code, 3) << all_output(rs);

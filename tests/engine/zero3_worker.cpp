@@ -9,6 +9,7 @@
 // zero3_worker memory                     max_live bound and shard bytes
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
 // zero3_worker gradmem                    stage 2 holds 1/world of stage 0's gradient bytes
+// zero3_worker deferred STAGE              deferred construction equals eager, bit for bit
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -21,6 +22,7 @@
 
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
+#include "strata/engine/deferred_init.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/nn/models/gpt.h"
@@ -269,6 +271,51 @@ void gradmem() {
   if (peak[2] > bound) fail(fmt::format("stage 2 held {} gradient bytes, more than stage 0's {} / {} + one bucket", peak[2], peak[0], g_comm->world()));
 }
 
+// A model built deferred (no parameter bytes until the engine makes them, chunk by
+// chunk) equals one built eagerly with the same seed, bit for bit: the consolidated
+// weights after setup, every loss of five steps, the weights after them. Stage 3 puts
+// parameters and optimizer state on nvme, stages 1-2 the optimizer state; one frozen
+// parameter covers the stages 0-2 path that leaves frozen parameters outside the store.
+void deferred(int stage) {
+  const nn::GPTConfig cfg = model_config();
+  std::uint64_t model_bytes = 0;
+  engine::EngineOptions o = options(stage == 3 ? "nvme" : "compute", cfg, &model_bytes);
+  o.stage = stage;
+  if (stage == 1 || stage == 2) {
+    o.optim_device = OffloadDevice::kNvme;
+    o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+    o.swap.min_io_bytes = 0;
+  }
+  nn::GPT eager(cfg), lazy(cfg, /*deferred=*/true);
+  eager->init_weights(11);
+  for (const at::Tensor& p : lazy->parameters()) {
+    if (!engine::is_deferred(p)) fail("a parameter of the deferred model has bytes");
+  }
+  for (nn::GPT* m : {&eager, &lazy}) (*m)->head->ln_f->bias.requires_grad_(false);
+  o.swap.job_name = "eager";
+  auto a = check(engine::shard(*eager, *g_comm, o), "shard eager");
+  o.swap.job_name = "deferred";
+  auto b = check(engine::shard(*lazy, *g_comm, o, {}, lazy->initializer(11)), "shard deferred");
+  auto same = [&](const std::string& when) {
+    auto x = check(a->consolidated_params(), "consolidated eager");
+    auto y = check(b->consolidated_params(), "consolidated deferred");
+    if (x.size() != y.size()) fail("parameter counts differ");
+    for (std::size_t i = 0; i < x.size(); ++i)
+      if (!at::equal(x[i], y[i])) fail(fmt::format("{}: parameter {} differs", when, i));
+  };
+  same("after setup");
+  for (int s = 0; s < 5; ++s) {
+    auto [x, y] = my_rows(s);
+    at::Tensor la = eager->loss(x, y), lb = lazy->loss(x, y);
+    if (!at::equal(la, lb)) fail(fmt::format("step {}: loss {} vs {}", s, la.item<double>(), lb.item<double>()));
+    check(a->backward(la), "backward eager");
+    check(b->backward(lb), "backward deferred");
+    check(a->step(), "step eager");
+    check(b->step(), "step deferred");
+  }
+  same("after 5 steps");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -282,6 +329,7 @@ int main(int argc, char** argv) {
   else if (mode == "memory") memory();
   else if (mode == "overbudget") overbudget();
   else if (mode == "gradmem") gradmem();
+  else if (mode == "deferred") deferred(std::stoi(a.at(1)));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;
