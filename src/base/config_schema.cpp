@@ -260,6 +260,7 @@ std::vector<Field> bind(Config& c) {
   f.push_back(real("strata.offload_optim_frac", s.offload_optim_frac, 0, 1));
   f.push_back(integer("strata.optimizer_threads", s.optimizer_threads, 0, 1024));
   f.push_back(integer("strata.min_io_bytes", s.min_io_bytes, 0, kInf));
+  f.push_back(boolean("strata.nvme_gradients", s.nvme_gradients));
   f.push_back(real("strata.comm_timeout_s", s.comm_timeout_s, 0, kInf, /*min_exclusive=*/true));
   f.push_back(text("strata.job_name", s.job_name));
 

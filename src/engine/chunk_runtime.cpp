@@ -7,6 +7,7 @@ namespace strata::engine {
 
 io::SwapKey param_key(std::uint32_t c) { return {io::SwapKind::kParams, 0, c}; }
 io::SwapKey optim_key(std::uint32_t c, std::uint32_t t) { return {io::SwapKind::kOptimizer, t, c}; }
+io::SwapKey grad_key(std::uint32_t c) { return {io::SwapKind::kOptimizer, 255, c}; }
 
 ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::size_t n_optim_states,
                            const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,
@@ -49,7 +50,7 @@ plan::ScheduleChunk ChunkRuntime::schedule_chunk(std::uint32_t c) const {
       .shard_tier = k.shard_tier,
       .optim_tier = k.optim_tier,
       .optim_state_bytes = k.trainable ? shard_elems * 4 * (1 + n_optim_states_) : 0,
-      .grad_shard_bytes = k.trainable ? shard_elems * 4 : 0,
+      .grad_shard_bytes = k.trainable && !k.grads_on_nvme ? shard_elems * 4 : 0,
       .persistent = flagged_persistent,
       .replicated = replicated_,
   };

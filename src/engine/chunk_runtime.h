@@ -41,6 +41,7 @@ struct ChunkRt {
   bool trainable = false;          // fixed at setup: holds a parameter that requires grad
   Tier shard_tier = Tier::kCompute;
   Tier optim_tier = Tier::kCompute;
+  bool grads_on_nvme = false;      // Note [gradients on nvme] (grad_reducer.h)
   at::Tensor shard;                // this rank's shard (compute dtype); a view of the full
                                    // chunk when aliased or replicated; empty on nvme
   tiers::Reservation shard_res;    // the shard (replicated: the whole chunk it lives in)
@@ -111,5 +112,7 @@ class ChunkRuntime {
 // (0 = master, then the states in StepKernel::state_names() order).
 io::SwapKey param_key(std::uint32_t c);
 io::SwapKey optim_key(std::uint32_t c, std::uint32_t t);
+// Chunk c's gradient shard on nvme (Note [gradients on nvme]).
+io::SwapKey grad_key(std::uint32_t c);
 
 }  // namespace strata::engine

@@ -211,7 +211,7 @@ void Engine::Impl::open_backward() {
   backward_t0 = Clock::now();
   if (step_open) core.cur.forward_s += std::chrono::duration<double>(backward_t0 - step_t0).count();
   core.trace.begin_step();
-  reducer->begin_backward(at_boundary());
+  reducer->begin_backward(at_boundary(), 1.0 / stepper->scaler().scale());
   // Runs when autograd has finished the whole graph, still inside backward().
   torch::autograd::Engine::get_default_engine().queue_callback([this] { core.errors.check(close_backward()); });
 }
@@ -242,7 +242,7 @@ Status Engine::backward(const at::Tensor& loss) {
   if (m.backward_sessions != sessions) return ok();
   // No hook ran (the loss depends on nothing the engine holds): end the step here.
   m.backward_t0 = Clock::now();
-  m.reducer->begin_backward(m.at_boundary());
+  m.reducer->begin_backward(m.at_boundary(), 1.0 / m.stepper->scaler().scale());
   return m.close_backward();
 }
 

@@ -18,6 +18,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.reduce_bucket_size = z.reduce_bucket_size;
   o.overlap_comm = z.overlap_comm;
   o.optimizer_threads = cfg.strata.optimizer_threads;
+  o.nvme_gradients = cfg.strata.nvme_gradients;
   o.chunks.chunk_size_elems = cfg.strata.chunk_size;
   o.chunks.search_range_elems = cfg.strata.chunk_search_range;
   STRATA_ASSIGN_OR_RETURN(o.schedule, plan::ScheduleOptions::from_config(

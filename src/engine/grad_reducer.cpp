@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "io_tensor.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -53,15 +55,16 @@ GradReducer::GradReducer(EngineCore& core) : core_(core) {
 }
 
 GradReducer::~GradReducer() {
-  // Reductions still in flight write into buffers this object owns: wait for them.
+  // Reductions and writes still in flight use buffers this object owns: wait for them.
   for (std::uint32_t c : order_) (void)grads_[c].op->handle.wait();
+  for (Spill& s : spills_) (void)s.io.wait();
 }
 
 Status GradReducer::setup(std::function<void()> on_activity) {
   ChunkRuntime& chunks = *core_.chunks;
   ChunkStore& store = chunks.store();
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
-    if (!chunks[c].trainable) continue;
+    if (!chunks[c].trainable || chunks[c].grads_on_nvme) continue;  // nvme: made per backward
     ChunkGrads& g = grads_[c];
     const Tier step = chunks.step_tier(c);
     const std::int64_t n = store.shard_elems(c);
@@ -112,11 +115,13 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
   return ok();
 }
 
-void GradReducer::begin_backward(bool boundary) {
+void GradReducer::begin_backward(bool boundary, double inv_scale) {
   boundary_ = boundary;
+  inv_scale_ = inv_scale;
   for (ChunkGrads& g : grads_) {
     g.pending = g.expected;
     g.launched = false;
+    g.complete = false;
   }
 }
 
@@ -191,6 +196,7 @@ Status GradReducer::complete(std::uint32_t c) {
   if (!scatter_mode()) return ok();
   // Land it in the shard where the step runs: a compute->host copy when the
   // optimizer state is off the compute tier.
+  STRATA_RETURN_IF_ERROR(ensure_shard(c));
   g.shard.add_(f.out);
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   f.out = at::Tensor();
@@ -201,7 +207,69 @@ Status GradReducer::complete(std::uint32_t c) {
   std::erase(live_order_, c);
   ChunkStateMachine& sm = (*core_.chunks)[c].sm;
   if (sm.state() == ChunkState::kReadyForReduce) sm.to(ChunkState::kHoldAfterBwd);
+  // Every gradient of the chunk is in: an nvme chunk's shard goes to its record now.
+  if (g.pending == 0 && (*core_.chunks)[c].grads_on_nvme) return spill(c);
   return ok();
+}
+
+// Note [gradients on nvme].
+Status GradReducer::ensure_shard(std::uint32_t c) {
+  ChunkGrads& g = grads_[c];
+  if (g.shard.defined()) return ok();
+  const std::int64_t n = core_.chunks->store().shard_elems(c);
+  STRATA_ASSIGN_OR_RETURN(g.shard_res, core_.chunks->reserve(Tier::kHost, static_cast<std::uint64_t>(n) * 4,
+                                                             StateKind::kGrads, c, "grad shard"));
+  g.shard = aligned_empty(n, at::kFloat).zero_();
+  return ok();
+}
+
+Status GradReducer::spill(std::uint32_t c) {
+  ChunkGrads& g = grads_[c];
+  if (g.complete) return ok();
+  g.complete = true;
+  STRATA_RETURN_IF_ERROR(ensure_shard(c));  // a chunk that got no gradient: zeros
+  const std::uint64_t bytes = static_cast<std::uint64_t>(g.shard.numel()) * 4;
+  if (g.in_record) {  // an earlier micro-step of this window: add its sum
+    at::Tensor before = aligned_empty(g.shard.numel(), at::kFloat);
+    STRATA_RETURN_IF_ERROR(core_.swap->get(grad_key(c), bytes_of(before)));
+    core_.account(Tier::kNvme, Tier::kHost, bytes);
+    g.shard.add_(before);
+  }
+  if (boundary_) {
+    STRATA_ASSIGN_OR_RETURN(g.stats, kernels::grad_prologue(g.shard.data_ptr(), kernels::DType::kF32,
+                                                            static_cast<std::size_t>(g.shard.numel()), inv_scale_,
+                                                            core_.pool.get()));
+  }
+  STRATA_RETURN_IF_ERROR(wait_spills(kSpillsInFlight - 1));
+  Spill sp{.shard = std::move(g.shard), .res = std::move(g.shard_res)};
+  g.shard = at::Tensor();
+  sp.io = core_.swap->put_async(grad_key(c), bytes_of(sp.shard));
+  core_.account(Tier::kHost, Tier::kNvme, bytes);
+  spills_.push_back(std::move(sp));
+  g.in_record = true;
+  return ok();
+}
+
+Status GradReducer::wait_spills(std::size_t keep) {
+  while (spills_.size() > keep) {
+    Spill sp = std::move(spills_.front());
+    spills_.pop_front();
+    STRATA_RETURN_IF_ERROR(sp.io.wait());
+  }
+  return ok();
+}
+
+Result<kernels::GradStats> GradReducer::local_stats(std::uint32_t c, double inv_scale, ThreadPool* pool) const {
+  const ChunkGrads& g = grads_[c];
+  if ((*core_.chunks)[c].grads_on_nvme) {
+    if (!g.stats) {
+      return make_error(ErrorCode::kFailedPrecondition, "step at an accumulation boundary without a backward ({})",
+                        core_.chunks->name(c));
+    }
+    return *g.stats;
+  }
+  STRATA_ASSIGN_OR_RETURN(kernels::DType dt, kernel_dtype(g.shard.scalar_type()));
+  return kernels::grad_prologue(g.shard.data_ptr(), dt, static_cast<std::size_t>(g.shard.numel()), inv_scale, pool);
 }
 
 Status GradReducer::complete_oldest() {
@@ -218,7 +286,11 @@ Status GradReducer::poll() {
 Status GradReducer::end_backward() {
   if (scatter_mode()) {
     for (std::uint32_t c = 0; c < grads_.size(); ++c) STRATA_RETURN_IF_ERROR(launch(c));
-    return drain();
+    STRATA_RETURN_IF_ERROR(drain());
+    // nvme chunks whose parameters did not all get a gradient are complete now.
+    for (std::uint32_t c = 0; c < grads_.size(); ++c)
+      if ((*core_.chunks)[c].grads_on_nvme) STRATA_RETURN_IF_ERROR(spill(c));
+    return ok();
   }
   if (boundary_) {
     for (std::uint32_t c = 0; c < grads_.size(); ++c)
@@ -233,7 +305,10 @@ Status GradReducer::drain() {
 }
 
 Status GradReducer::finish() {
-  if (scatter_mode()) return drain();
+  if (scatter_mode()) {
+    STRATA_RETURN_IF_ERROR(drain());
+    return wait_spills(0);
+  }
   for (std::uint32_t c = 0; c < grads_.size(); ++c)
     if (grads_[c].expected > 0) STRATA_RETURN_IF_ERROR(launch(c));
   STRATA_RETURN_IF_ERROR(drain());
@@ -252,8 +327,10 @@ void GradReducer::after_step() {
   for (std::uint32_t c = 0; c < grads_.size(); ++c) {
     ChunkGrads& g = grads_[c];
     if (g.expected == 0) continue;
+    g.in_record = false;
+    g.stats.reset();
     if (!scatter_mode()) core_.chunks->store().grad(c).zero_();
-    if (scatter_mode() || core_.chunks->step_tier(c) != Tier::kCompute) g.shard.zero_();
+    if (g.shard.defined() && (scatter_mode() || core_.chunks->step_tier(c) != Tier::kCompute)) g.shard.zero_();
   }
 }
 

@@ -18,6 +18,22 @@
 //       at once (Note [gradient bytes in flight]).
 //       On a budgeted compute tier a buffer that does not fit first waits for the
 //       reductions in flight; if it still does not fit, that is a "cannot fit" error.
+//
+// Note [gradients on nvme]: at stages 2-3, a chunk whose optimizer state is on nvme
+// (with nvme_gradients, the default) keeps no gradient shard in host memory between
+// backward and step: at 4B parameters the fp32 shards alone would be 16 GB. Its shard
+// exists in host memory only from the chunk's first reduction in a backward until the
+// chunk is complete for that backward (all of its gradients reduced: at the last
+// reduction when every parameter had one, else when backward ends); then it is written,
+// asynchronously, to the chunk's gradient record, in the layout the step reads, and
+// freed once written (at most kSpillsInFlight writes at once). In a later micro-step of
+// the same accumulation window the record is read back and added to first. In the
+// boundary micro-step the prologue's partials (inf/NaN, norms) are taken from the
+// complete shard just before it is written, so clipping and loss scaling see exactly
+// the gradient the step will read; the step reads the record with the chunk's
+// optimizer state (OptimStateHolder). The cost is 4 bytes per parameter written and
+// read per step, next to the 24 the optimizer state moves.
+//
 // Reductions are launched in the order chunks become ready, which is the same on every
 // rank (the same graph); with overlap_comm off, all at the end of backward in chunk
 // order. Chunks whose parameters did not all get a gradient are reduced at the end of
@@ -36,6 +52,7 @@
 
 #include "engine_core.h"
 #include "strata/kernels/dtype.h"
+#include "strata/kernels/grad_prologue.h"
 
 namespace torch::autograd {
 struct Node;
@@ -53,7 +70,8 @@ class GradReducer {
   // session there).
   Status setup(std::function<void()> on_activity);
 
-  void begin_backward(bool boundary);
+  // inv_scale: 1 / the loss scale of this backward (Note [gradients on nvme]).
+  void begin_backward(bool boundary, double inv_scale);
   // Hooks (errors are raised through core.errors).
   void ensure_buffer(std::uint32_t c);
   void on_grad_ready(std::uint32_t param);
@@ -69,8 +87,12 @@ class GradReducer {
   // At the boundary, before the step: every gradient shard is final.
   Status finish();
   // The gradient shard the step reads for chunk c (fp32, or the compute dtype when it
-  // is a slice of a stage 0-1 buffer).
+  // is a slice of a stage 0-1 buffer). Undefined for a chunk whose gradients are on
+  // nvme: the step reads them with the optimizer state.
   const at::Tensor& grad_shard(std::uint32_t c) const { return grads_[c].shard; }
+  // At the boundary, after finish(): the prologue's partials over chunk c's gradient
+  // shard, unscaled by inv_scale.
+  Result<kernels::GradStats> local_stats(std::uint32_t c, double inv_scale, ThreadPool* pool) const;
   // Which parameters received a gradient on this rank, ever.
   const std::vector<std::uint8_t>& had_grad() const { return had_grad_; }
   // After the step: zero the accumulators.
@@ -91,12 +113,27 @@ class GradReducer {
     at::Tensor shard;           // what the step reads (see grad_shard)
     tiers::Reservation shard_res;
     std::optional<InFlight> op;
+    // Note [gradients on nvme]
+    bool complete = false;      // this backward's gradients are all in the shard
+    bool in_record = false;     // the record holds this window's sum so far
+    std::optional<kernels::GradStats> stats;  // the boundary's, taken before writing
   };
+  // A gradient shard being written to its record; freed once written.
+  struct Spill {
+    at::Tensor shard;
+    tiers::Reservation res;
+    io::SwapHandle io;
+  };
+  static constexpr std::size_t kSpillsInFlight = 2;
   bool scatter_mode() const { return core_.stage() >= 2; }
   Status reserve_buffer(std::uint32_t c);
   Status launch(std::uint32_t c);
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it
   Status complete_oldest();
+  // Note [gradients on nvme]
+  Status ensure_shard(std::uint32_t c);  // the host shard exists (zeroed)
+  Status spill(std::uint32_t c);         // chunk c is complete: to its record
+  Status wait_spills(std::size_t keep);  // until at most `keep` writes are in flight
 
   EngineCore& core_;
   std::vector<ChunkGrads> grads_;
@@ -105,6 +142,8 @@ class GradReducer {
   std::deque<std::uint32_t> live_order_;   // reduce-scatter mode: buffers with bytes, oldest first
   std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
   bool boundary_ = false;
+  double inv_scale_ = 1.0;
+  std::deque<Spill> spills_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
 };
 

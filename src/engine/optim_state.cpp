@@ -53,20 +53,27 @@ std::uint64_t OptimStateHolder::bytes() const {
   return b;
 }
 
-Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c) {
+Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c, bool with_grad) {
   auto s = std::make_unique<Swap>();
-  s->state = ShardState::uninitialized(core_.chunks->store().shard_elems(c), kernel_);
+  const std::int64_t n = core_.chunks->store().shard_elems(c);
+  s->state = ShardState::uninitialized(n, kernel_);
   // The host copy is model state too: it is accounted while it exists.
   STRATA_ASSIGN_OR_RETURN(s->staging,
                           core_.chunks->reserve(Tier::kHost, s->state.bytes(), StateKind::kBuffers, c, "optimizer staging"));
   const auto ts = tensors(s->state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t), bytes_of(*ts[t])));
+  if (with_grad && (*core_.chunks)[c].grads_on_nvme) {
+    STRATA_ASSIGN_OR_RETURN(s->grad_res, core_.chunks->reserve(Tier::kHost, static_cast<std::uint64_t>(n) * 4,
+                                                               StateKind::kGrads, c, "grad shard"));
+    s->grad = aligned_empty(n, at::kFloat);
+    s->io.push_back(core_.swap->get_async(grad_key(c), bytes_of(s->grad)));
+  }
   return s;
 }
 
 Status OptimStateHolder::prefetch(std::uint32_t c) {
   if (!on_nvme(c) || reading_.contains(c)) return ok();
-  STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c));
+  STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c, /*with_grad=*/true));
   return ok();
 }
 
@@ -76,8 +83,14 @@ Result<ShardState*> OptimStateHolder::acquire(std::uint32_t c) {
   Swap& s = *reading_.at(c);
   for (auto& h : s.io) STRATA_RETURN_IF_ERROR(h.wait());
   s.io.clear();
-  core_.account(Tier::kNvme, Tier::kHost, s.state.bytes());
+  core_.account(Tier::kNvme, Tier::kHost, s.state.bytes() + (s.grad.defined() ? bytes_of(s.grad).size() : 0));
   return &s.state;
+}
+
+const at::Tensor& OptimStateHolder::grad(std::uint32_t c) const {
+  const Swap& s = *reading_.at(c);
+  TORCH_INTERNAL_ASSERT(s.grad.defined(), "no gradient read for ", core_.chunks->name(c));
+  return s.grad;
 }
 
 Status OptimStateHolder::release(std::uint32_t c) {
@@ -86,6 +99,8 @@ Status OptimStateHolder::release(std::uint32_t c) {
   if (it == reading_.end()) return ok();
   std::unique_ptr<Swap> s = std::move(it->second);
   reading_.erase(it);
+  s->grad = at::Tensor();  // stepped: the gradient is spent
+  s->grad_res.release();
   const auto ts = tensors(s->state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->put_async(optim_key(c, t), bytes_of(*ts[t])));
   core_.account(Tier::kHost, Tier::kNvme, s->state.bytes());
@@ -109,7 +124,7 @@ Status OptimStateHolder::flush() {
 
 Result<ShardState> OptimStateHolder::read(std::uint32_t c) {
   if (!on_nvme(c)) return mem_[c];
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Swap> s, start_read(c));
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Swap> s, start_read(c, /*with_grad=*/false));
   for (auto& h : s->io) STRATA_RETURN_IF_ERROR(h.wait());
   s->io.clear();
   return std::move(s->state);

@@ -5,7 +5,8 @@
 // store between steps, one record per tensor (optim_key(c, t): t = 0 the master, then
 // StepKernel::state_names() order), and comes into host memory only around its step.
 //
-// Note [nvme optimizer state]: the step pipelines the records. While chunk k is
+// Note [nvme optimizer state]: the step pipelines the records (with the chunk's
+// gradient record when its gradients are on nvme, Note [gradients on nvme]). While chunk k is
 // stepped, chunk k+1's records are being read (prefetch) and chunk k-1's written back
 // (release); at most two chunks' reads and one older chunk's writes are in flight, so
 // at most four chunks of state are in host memory at once, each accounted as a host
@@ -41,6 +42,7 @@ class OptimStateHolder {
   // The step pipeline (Note [nvme optimizer state]).
   Status prefetch(std::uint32_t c);          // nvme: start reading c's records
   Result<ShardState*> acquire(std::uint32_t c);  // c's state in memory (waits for its read)
+  const at::Tensor& grad(std::uint32_t c) const;  // after acquire(c): its gradient read from nvme
   Status release(std::uint32_t c);           // after c's step: nvme: start writing back
   Status flush();                            // every write-back finished
 
@@ -52,11 +54,13 @@ class OptimStateHolder {
  private:
   struct Swap {
     ShardState state;
+    at::Tensor grad;             // the step's gradient shard, when it is on nvme
     std::vector<io::SwapHandle> io;
     tiers::Reservation staging;  // declared after io: released once the I/O has finished
+    tiers::Reservation grad_res;
   };
   bool on_nvme(std::uint32_t c) const;
-  Result<std::unique_ptr<Swap>> start_read(std::uint32_t c);
+  Result<std::unique_ptr<Swap>> start_read(std::uint32_t c, bool with_grad);
   std::vector<at::Tensor*> tensors(ShardState& s) const;
 
   EngineCore& core_;

@@ -42,6 +42,7 @@ Status Engine::Impl::place() {
     }
     if (core.stage() < 3) k.shard_tier = Tier::kCompute;  // replicated: whole parameters on compute
     if (!k.trainable) k.optim_tier = Tier::kHost;         // nothing to step; no state
+    k.grads_on_nvme = o.nvme_gradients && core.stage() >= 2 && k.trainable && k.optim_tier == Tier::kNvme;
     trainable_index += k.trainable;
     chunks.decide_residency(c);
     any_nvme |= k.shard_tier == Tier::kNvme || (k.trainable && k.optim_tier == Tier::kNvme);
@@ -51,6 +52,7 @@ Status Engine::Impl::place() {
     std::vector<io::SwapReservation> records;
     for (std::uint32_t c = 0; c < chunks.size(); ++c) {
       if (chunks[c].shard_tier == Tier::kNvme) records.push_back({param_key(c), chunks.shard_bytes(c)});
+      if (chunks[c].grads_on_nvme) records.push_back({grad_key(c), static_cast<std::uint64_t>(chunks.store().shard_elems(c)) * 4});
       optim->add_records(c, records);
     }
     // All of it up front: a full disk fails here, before training starts.

@@ -36,10 +36,7 @@ Result<kernels::GradStats> StepDriver::global_stats(double inv_scale) {
   kernels::GradStats local;
   for (std::uint32_t c = 0; c < core_.chunks->size(); ++c) {
     if (!(*core_.chunks)[c].trainable) continue;
-    const at::Tensor& g = reducer_.grad_shard(c);
-    STRATA_ASSIGN_OR_RETURN(kernels::DType dt, kernel_dtype(g.scalar_type()));
-    STRATA_ASSIGN_OR_RETURN(kernels::GradStats s, kernels::grad_prologue(g.data_ptr(), dt, g.numel(), inv_scale,
-                                                                         core_.pool.get()));
+    STRATA_ASSIGN_OR_RETURN(kernels::GradStats s, reducer_.local_stats(c, inv_scale, core_.pool.get()));
     local.merge(s);
   }
   // Stage 0: every rank holds the whole (already averaged) gradient.
@@ -120,7 +117,8 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   const auto t0 = Clock::now();
   ChunkRt& k = (*core_.chunks)[c];
   STRATA_ASSIGN_OR_RETURN(ShardState * state, holder_.acquire(c));
-  const at::Tensor& grad = reducer_.grad_shard(c);
+  // Note [gradients on nvme]: read in with the state.
+  const at::Tensor& grad = k.grads_on_nvme ? holder_.grad(c) : reducer_.grad_shard(c);
   STRATA_ASSIGN_OR_RETURN(kernels::DType gdt, kernel_dtype(grad.scalar_type()));
   STRATA_ASSIGN_OR_RETURN(kernels::DType pdt, kernel_dtype(core_.opt.compute_dtype));
   // The kernel writes the new compute-dtype shard straight into the shard when it

@@ -1,4 +1,6 @@
 // ZeRO stages 1 and 2 against plain LibTorch, over real processes.
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -61,17 +63,22 @@ TEST_P(ZeroOffloadParity, MatchesTorchOptimFor20Steps) {
   std::filesystem::remove_all(dir);
 }
 
+// "nvme" at stage 2 puts the gradient shards on nvme too (Note [gradients on nvme]);
+// "nvme-hostgrads" keeps them in host memory.
 std::vector<OffloadCase> offload_cases() {
   std::vector<OffloadCase> cases;
   for (int world : {1, 2, 3, 4})
     for (int stage : {1, 2})
       for (const char* device : {"cpu", "nvme"}) cases.push_back({world, stage, device});
+  for (int world : {1, 2}) cases.push_back({world, 2, "nvme-hostgrads"});
   return cases;
 }
 
 INSTANTIATE_TEST_SUITE_P(All, ZeroOffloadParity, ::testing::ValuesIn(offload_cases()), [](const auto& param_info) {
   const OffloadCase& c = param_info.param;
-  return fmt::format("w{}_stage{}_{}", c.world, c.stage, c.device);
+  std::string device = c.device;
+  std::replace(device.begin(), device.end(), '-', '_');
+  return fmt::format("w{}_stage{}_{}", c.world, c.stage, device);
 });
 
 TEST(Zero, AModuleRegisteredTwiceIsOneParameterAtEveryStage) {
@@ -89,6 +96,21 @@ TEST(Zero, StageOneAndTwoAgree) { expect_all_ok(run_ranks(3, {worker(), "stages"
 TEST(Zero, AccumulationOverFourMicroStepsEqualsOneLargeBatch) {
   expect_all_ok(run_ranks(2, {worker(), "accum", "2"}));
   expect_all_ok(run_ranks(2, {worker(), "accum", "1"}));
+}
+
+// Gradient shards on nvme: partial sums read back and added across micro-steps, and
+// the clipping norm taken from the shards before they are written.
+TEST(Zero, NvmeGradientsAccumulateAndClipExactly) {
+  const auto dir = testing::fresh_temp_dir("nvme-grads");
+  for (int world : {1, 2}) {
+    expect_all_ok(run_ranks(world, {worker(), "accum", "2", "nvme"}, std::chrono::seconds(120),
+                            {{"STRATA_TEST_NVME", dir.string()}}));
+    for (const char* norm : {"2", "inf"}) {
+      expect_all_ok(run_ranks(world, {worker(), "clip", "2", norm, "nvme"}, std::chrono::seconds(120),
+                              {{"STRATA_TEST_NVME", dir.string()}}));
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Zero, ClippingEqualsTorchForNorms1_2_Inf) {

@@ -3,13 +3,13 @@
 // the whole job's batch — and compares. Prints "OK" and exits 0 on success, 1 on a
 // mismatch, 3 on an expected failure.
 //
-// zero_worker parity STAGE OPTIM [wrap|cpu|nvme]   20 steps vs torch::optim (fp32, <= 1e-6);
+// zero_worker parity STAGE OPTIM [wrap|cpu|nvme|nvme-hostgrads]   20 steps vs torch::optim (fp32, <= 1e-6);
 //                                         the optimizer wrapped, or its state on cpu or nvme
 // zero_worker shared STAGE                 a module registered twice, through every entry point
 // zero_worker badparam                     a bad parameter is named by its index
 // zero_worker stages OPTIM                 stage 1 and stage 2 side by side
-// zero_worker accum STAGE                  4 micro-steps == one 4x batch
-// zero_worker clip STAGE NORM              clip_grad_norm(1|2|inf) vs clip_grad_norm_
+// zero_worker accum STAGE [nvme]           4 micro-steps == one 4x batch
+// zero_worker clip STAGE NORM [nvme]       clip_grad_norm(1|2|inf) vs clip_grad_norm_
 // zero_worker fp16 STAGE                   loss scaler skips exactly the overflowing steps
 // zero_worker bf16 STAGE                   bf16 compute copies == RNE(master), loss tracks
 // zero_worker save DIR STEPS | resume DIR STEPS   consolidated state dict across world sizes
@@ -120,6 +120,14 @@ std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step, std::int64_t per_ra
   return {x.narrow(0, g_comm->rank() * per_rank, per_rank), y.narrow(0, g_comm->rank() * per_rank, per_rank)};
 }
 
+// The optimizer state (and, by default, the gradient shards) on nvme files.
+void use_nvme(engine::EngineOptions& opts, const std::string& job) {
+  opts.optim_device = OffloadDevice::kNvme;
+  opts.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+  opts.swap.job_name = job;
+  opts.swap.min_io_bytes = 0;  // every record on disk, however small
+}
+
 void parity(int stage, const std::string& optim, const std::string& mode) {
   const bool wrap = mode == "wrap";
   OptimizerConfig oc = optim_config(optim);
@@ -128,12 +136,8 @@ void parity(int stage, const std::string& optim, const std::string& mode) {
   auto opts = sharded_options(stage, oc);
   if (wrap) opts.wrap = [oc](std::vector<at::Tensor> shards) { return torch_optimizer(oc, std::move(shards)); };
   if (mode == "cpu") opts.optim_device = OffloadDevice::kCpu;
-  if (mode == "nvme") {
-    opts.optim_device = OffloadDevice::kNvme;
-    opts.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
-    opts.swap.job_name = fmt::format("parity-{}-{}", stage, optim);
-    opts.swap.min_io_bytes = 0;  // every record on disk, however small
-  }
+  if (mode == "nvme" || mode == "nvme-hostgrads") use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
+  if (mode == "nvme-hostgrads") opts.nvme_gradients = false;
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   const at::Tensor unused_before = model.unused.detach().clone();
   for (int s = 0; s < 20; ++s) {
@@ -165,12 +169,13 @@ void stages(const std::string& optim) {
   }
 }
 
-void accum(int stage) {
+void accum(int stage, bool nvme) {
   OptimizerConfig oc = optim_config("adamw");
   Reference ref(oc);
   ToyModel model(7);
   auto opts = sharded_options(stage, oc);
   opts.gradient_accumulation_steps = 4;
+  if (nvme) use_nvme(opts, "accum");
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   const std::int64_t per_rank = 4 * kRowsPerRank;
   for (int s = 0; s < 10; ++s) {
@@ -191,11 +196,13 @@ void accum(int stage) {
   }
 }
 
-void clip(int stage, double norm_type) {
+void clip(int stage, double norm_type, bool nvme) {
   OptimizerConfig oc = optim_config("sgd");
   Reference ref(oc);
   ToyModel model(7);
-  auto opt = check(engine::Engine::create(trainable(model), *g_comm, sharded_options(stage, oc)), "create");
+  auto opts = sharded_options(stage, oc);
+  if (nvme) use_nvme(opts, "clip");
+  auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   for (int s = 0; s < 10; ++s) {
     auto [x, y] = my_rows(s, kRowsPerRank);
     check(opt->backward(model.loss(x, y)), "backward");
@@ -398,8 +405,8 @@ int main(int argc, char** argv) {
   else if (mode == "shared") shared(std::stoi(a.at(1)));
   else if (mode == "badparam") badparam();
   else if (mode == "stages") stages(a.at(1));
-  else if (mode == "accum") accum(std::stoi(a.at(1)));
-  else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)));
+  else if (mode == "accum") accum(std::stoi(a.at(1)), a.size() > 2 && a[2] == "nvme");
+  else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)), a.size() > 3 && a[3] == "nvme");
   else if (mode == "fp16") fp16(std::stoi(a.at(1)));
   else if (mode == "bf16") bf16(std::stoi(a.at(1)));
   else if (mode == "save") save(a.at(1), std::stoi(a.at(2)));

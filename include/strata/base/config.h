@@ -130,6 +130,9 @@ struct StrataConfig {
   double offload_optim_frac = 0.0;
   int optimizer_threads = 0;  // 0 = one per core
   std::uint64_t min_io_bytes = 1 << 20;  // smaller swap records stay in host memory
+  // Stages 2-3 with the optimizer state on nvme: gradient shards go to nvme too, each as
+  // soon as it is complete, in the layout the step reads (Note [gradients on nvme]).
+  bool nvme_gradients = true;
   double comm_timeout_s = 300.0;
   std::string job_name;  // names the NVMe directory; empty = derived from the pid
 

@@ -66,6 +66,9 @@ struct EngineOptions {
   // filled in from the communicator.
   io::SwapStoreOptions swap;
   bool prefetch = true;              // false: on-demand fetching even with a trace
+  // Stages 2-3, optimizer state on nvme: gradient shards on nvme too (Note [gradients on
+  // nvme] in src/engine/grad_reducer.h); false keeps them in host memory.
+  bool nvme_gradients = true;
   OptimizerFactory wrap;             // set: this torch::optim optimizer runs the step
 
   static Result<EngineOptions> from_config(const Config& cfg, int world);
