@@ -11,6 +11,7 @@
 #include "strata/base/log.h"
 #include "strata/base/units.h"
 #include "strata/engine/module_hooks.h"
+#include "strata/tiers/host_heap.h"
 
 namespace strata::engine {
 namespace {
@@ -67,7 +68,9 @@ Status Engine::Impl::fill(const std::vector<at::Tensor>& chunked, const ParamIni
     STRATA_RETURN_IF_ERROR(chunks.materialize(c));
     if (k.trainable) optim->set_initial(c, std::move(master));
     master = ShardState{};
-    return optim->materialize(c);
+    STRATA_RETURN_IF_ERROR(optim->materialize(c));
+    tiers::release_free_heap();  // Note [host heap]
+    return ok();
   };
   ChunkStore::ValueSource values;
   if (init) values = [&](std::size_t param, at::Tensor& out) { init(chunked[param], out); };
@@ -268,6 +271,7 @@ Result<StepResult> Engine::step() {
   m.core.trace.add(StepTrace::kOptimizer, "optimizer step", t0, Clock::now());
   m.finish_metrics();
   m.core.storage.end_step();
+  tiers::release_free_heap();  // Note [host heap]
   STRATA_RETURN_IF_ERROR(m.core.trace.end_step(m.core.comm.rank()));
   r.step = m.step_count;
   return r;

@@ -21,13 +21,14 @@ struct TrainOptions {
   std::string model = "tiny";
   std::int64_t seq_len = 128;
   std::int64_t steps = 300;
-  double lr = 3e-3;
+  double lr = 0;             // 0 = the config's, else by model size (default_lr)
   double min_lr = 0;         // 0 = lr / 10
   std::int64_t warmup = -1;  // -1 = 10% of the steps
   std::uint64_t seed = 42;
   std::int64_t eval_every = 50;
   std::int64_t eval_batches = 8;
   std::int64_t save_every = 0;  // 0 = only at the end
+  bool no_save = false;         // no checkpoint at all
   std::string out;              // empty = runs/<date>-<time>
   std::string data;             // empty = Debian's fortunes corpus
   std::int64_t sample_bytes = 200;

@@ -114,7 +114,8 @@ void print_end(const EndInfo& e) {
   fmt::print("  loss            {:.4f} -> {:.4f} (train, mean of the last steps){}\n", e.first_loss, e.train_loss,
              e.val_loss ? fmt::format(", validation {:.4f}", *e.val_loss) : "");
   fmt::print("  throughput      {} tokens/s (median step, all ranks)\n", format_count(static_cast<std::uint64_t>(e.tokens_per_s)));
-  fmt::print("  peak memory     compute {}, host {}, nvme {} (rank 0)\n", b(e.peak[0]), b(e.peak[1]), b(e.peak[2]));
+  fmt::print("  peak memory     compute {}, host {}, nvme {} (rank 0); process peak RSS {} (rank 0, measured)\n",
+             b(e.peak[0]), b(e.peak[1]), b(e.peak[2]), b(e.peak_rss));
   fmt::print("  bytes moved     network gather {}, reduce-scatter {}, all-reduce {}; host->compute {}, compute->host {}; "
              "nvme->host {}, host->nvme {} (rank 0, whole run)\n",
              b(e.moved.net_gather), b(e.moved.net_reduce_scatter), b(e.moved.net_all_reduce), b(e.moved.host_to_compute),

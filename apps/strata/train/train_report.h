@@ -64,6 +64,7 @@ struct EndInfo {
   double tokens_per_s = 0;
   double seconds = 0;
   std::array<std::uint64_t, 3> peak{};
+  std::uint64_t peak_rss = 0;  // this process's, measured (getrusage)
   plan::LinkBytes moved;        // over the whole run, this rank
   std::int64_t steps = 0;
   double hit_rate = 0;          // over the scheduled steps; < 0 when not applicable

@@ -1,5 +1,7 @@
 #include "trainer.h"
 
+#include <sys/resource.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -114,11 +116,12 @@ Status save_checkpoint(engine::Engine& eng, nn::GPT& model, const nn::GPTConfig&
   std::error_code ec;
   fs::create_directories(dir, ec);
   // Written as a LibTorch module file: torch::load(model, path) reads it back into a
-  // GPT of the same size.
-  nn::GPT copy(cfg);
+  // GPT of the same size. The copy is built deferred and takes the consolidated tensors
+  // themselves, so saving holds the weights once, not twice.
+  nn::GPT copy(cfg, /*deferred=*/true);
   at::NoGradGuard no_grad;
   auto dst = copy->named_parameters();
-  for (auto& [name, value] : named) dst[name].copy_(value);
+  for (auto& [name, value] : named) dst[name].set_data(value.view(dst[name].sizes()));
   const std::string file = (dir / "model.pt").string();
   try {
     torch::save(copy, file);
@@ -128,6 +131,13 @@ Status save_checkpoint(engine::Engine& eng, nn::GPT& model, const nn::GPTConfig&
   std::ofstream(dir / "config.json") << nlohmann::json{{"model", o.model}, {"step", step}, {"config", o.config.to_json()}}.dump(2);
   *path = file;
   return ok();
+}
+
+// The process's peak resident set so far (what /usr/bin/time -v reports at exit).
+std::uint64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<std::uint64_t>(u.ru_maxrss) * 1024;  // Linux: KiB
 }
 
 }  // namespace
@@ -249,7 +259,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     for (int t = 0; t < 3; ++t) end.peak[t] = std::max(end.peak[t], m.peak[t]);
     if (root) metrics << line.dump() << '\n' << std::flush;
     if (root) progress.update(step, loss, tokens_per_s, step_s, mem, val);
-    if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || step + 1 == o.steps) {
+    if (!o.no_save && ((o.save_every > 0 && (step + 1) % o.save_every == 0) || step + 1 == o.steps)) {
       STRATA_RETURN_IF_ERROR(save_checkpoint(*eng, model, mcfg, o, step + 1, root, &checkpoint));
     }
   }
@@ -269,6 +279,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   end.checkpoint = checkpoint;
   const std::string err = render_report(o.out);
   end.report = err.empty() ? (fs::path(o.out) / "report.png").string() : "(not rendered: " + err + ")";
+  end.peak_rss = peak_rss_bytes();
   print_end(end);
   return ok();
 }

@@ -14,6 +14,7 @@
 
 #include "strata/engine/deferred_init.h"
 #include "strata/engine/module_hooks.h"
+#include "strata/tiers/host_heap.h"
 
 namespace strata::nn {
 
@@ -138,7 +139,9 @@ GPTImpl::GPTImpl(const GPTConfig& cfg, bool deferred) : cfg_(cfg) {
   // Deferred: each unit's parameters lose their bytes as soon as it exists, so building
   // holds one unit at a time (deferred_init.h).
   auto made = [deferred](torch::nn::Module& unit) {
-    if (deferred) engine::defer_parameters(unit);
+    if (!deferred) return;
+    engine::defer_parameters(unit);
+    tiers::release_free_heap();  // Note [host heap]
   };
   embeddings = register_module("embeddings", Embeddings(cfg.vocab, cfg.context, cfg.hidden));
   made(*embeddings);
