@@ -64,8 +64,13 @@ Status GradReducer::setup(std::function<void()> on_activity) {
   ChunkRuntime& chunks = *core_.chunks;
   ChunkStore& store = chunks.store();
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
-    if (!chunks[c].trainable || chunks[c].grads_on_nvme) continue;  // nvme: made per backward
+    if (!chunks[c].trainable) continue;
     ChunkGrads& g = grads_[c];
+    if (chunks[c].grads_on_nvme) {  // the record holds it; the host shard is made per backward
+      STRATA_ASSIGN_OR_RETURN(g.record_res, chunks.reserve(Tier::kNvme, static_cast<std::uint64_t>(store.shard_elems(c)) * 4,
+                                                           StateKind::kGrads, c, "grad record"));
+      continue;
+    }
     const Tier step = chunks.step_tier(c);
     const std::int64_t n = store.shard_elems(c);
     if (!scatter_mode()) {

@@ -116,6 +116,7 @@ class GradReducer {
     // Note [gradients on nvme]
     bool complete = false;      // this backward's gradients are all in the shard
     bool in_record = false;     // the record holds this window's sum so far
+    tiers::Reservation record_res;  // the record's nvme bytes
     std::optional<kernels::GradStats> stats;  // the boundary's, taken before writing
   };
   // A gradient shard being written to its record; freed once written.

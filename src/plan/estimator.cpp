@@ -49,6 +49,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.dtype = cfg.bf16.enabled ? Dtype::kBf16 : cfg.fp16.enabled ? Dtype::kFp16 : Dtype::kFp32;
   in.offload_optimizer = cfg.zero_optimization.offload_optimizer.device;
   in.offload_param = cfg.zero_optimization.offload_param.device;
+  in.nvme_gradients = cfg.strata.nvme_gradients;
   STRATA_RETURN_IF_ERROR(in.validate());
   return in;
 }
@@ -91,6 +92,7 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   const Tier step_tier = plan::step_tier(opt_tier);
   const Tier param_tier = offload_tier(in.offload_param);
   const std::uint64_t state_per_elem = mixed ? 12 : 8;  // fp32 master (mixed only) + m + v
+  const bool grads_on_nvme = in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
 
   // params
   if (in.stage < 3) {
@@ -111,11 +113,11 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
       break;
     case 2:
       if (mixed && opt_tier == Tier::kCompute) add(Tier::kCompute, StateKind::kGrads, lp * s);
-      add(step_tier, StateKind::kGrads, 4 * s);
+      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * s);
       break;
     default:
       add(Tier::kCompute, StateKind::kGrads, lp * W);
-      add(step_tier, StateKind::kGrads, 4 * s);
+      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * s);
       break;
   }
   // optimizer state
@@ -123,6 +125,8 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   // staging buffers for nvme (one chunk's state in the step; two param shards in flight)
   const std::uint64_t w_shard = W / N + (W % N != 0 ? 1 : 0);
   if (opt_tier == Tier::kNvme) add(Tier::kHost, StateKind::kBuffers, state_per_elem * w_shard);
+  // nvme gradients: the shards being completed or written, and the one the step reads
+  if (grads_on_nvme) add(Tier::kHost, StateKind::kBuffers, 3 * 4 * w_shard);
   if (param_tier == Tier::kNvme) add(Tier::kHost, StateKind::kBuffers, 2 * lp * w_shard);
   return e;
 }

@@ -56,6 +56,9 @@ struct EstimateInput {
   Dtype dtype = Dtype::kFp16;
   OffloadDevice offload_optimizer = OffloadDevice::kNone;
   OffloadDevice offload_param = OffloadDevice::kNone;
+  // Stages 2-3 with the optimizer on nvme: fp32 gradient shards on nvme as well
+  // (strata.nvme_gradients; Note [gradients on nvme]).
+  bool nvme_gradients = true;
 
   Status validate() const;
   // Stage, dtype (bf16/fp16 sections) and offload devices from a config.
