@@ -159,10 +159,10 @@ void add_offload_fields(std::vector<Field>& out, const std::string& p, OffloadOp
   out.push_back(choice(p + ".device", o.device,
                        {{"none", OffloadDevice::kNone}, {"cpu", OffloadDevice::kCpu}, {"nvme", OffloadDevice::kNvme}}));
   out.push_back(text(p + ".nvme_path", o.nvme_path));
-  out.push_back(recognised(p + ".buffer_count", kNoEffect, "the step keeps one chunk of read-ahead and one of write-back in flight"));
+  out.push_back(integer(p + ".buffer_count", o.buffer_count, 1, 1024));
   out.push_back(recognised(p + ".pin_memory", kNoEffect, "pinning needs CUDA; host buffers are pinned automatically when it is present"));
-  out.push_back(recognised(p + ".pipeline_read", kNoEffect, "nvme optimizer state is always read ahead"));
-  out.push_back(recognised(p + ".pipeline_write", kNoEffect, "nvme optimizer state is always written back asynchronously"));
+  out.push_back(boolean(p + ".pipeline_read", o.pipeline_read));
+  out.push_back(boolean(p + ".pipeline_write", o.pipeline_write));
   out.push_back(recognised(p + ".ratio", kTodo, "partial optimizer offload is set with strata.offload_optim_frac"));
   out.push_back(recognised(p + ".fast_init", kNoEffect, "strata always initialises offloaded state in place"));
 }

@@ -26,6 +26,9 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.placement = cfg.strata.placement;
   o.param_device = z.offload_param.device;
   o.optim_device = z.offload_optimizer.device;
+  o.optim_pipeline = {.buffer_count = z.offload_optimizer.buffer_count,
+                      .read_ahead = z.offload_optimizer.pipeline_read,
+                      .write_behind = z.offload_optimizer.pipeline_write};
   o.offload_param_frac = cfg.strata.offload_param_frac;
   o.offload_optim_frac = cfg.strata.offload_optim_frac;
   o.swap = io::SwapStoreOptions::from_config(
@@ -49,6 +52,13 @@ Status EngineOptions::validate() const {
   }
   if ((param_device == OffloadDevice::kNvme || optim_device == OffloadDevice::kNvme) && swap.nvme_path.empty()) {
     return invalid("nvme offload needs an nvme_path");
+  }
+  if (optim_device == OffloadDevice::kNvme && optim_pipeline.buffer_count < optim_pipeline.needed()) {
+    return invalid(fmt::format(
+        "zero_optimization.offload_optimizer.buffer_count {} cannot hold the nvme optimizer pipeline: it needs {} "
+        "buffers (the chunk being stepped{}{}); raise buffer_count or set pipeline_read / pipeline_write to false",
+        optim_pipeline.buffer_count, optim_pipeline.needed(), optim_pipeline.read_ahead ? ", one read ahead" : "",
+        optim_pipeline.write_behind ? ", one being written back" : ""));
   }
   if (wrap && optim_device == OffloadDevice::kNvme) {
     return invalid("a wrapped torch::optim optimizer steps master weights in memory: it cannot run with the "

@@ -1,5 +1,7 @@
 #include "optim_state.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 
 namespace strata::engine {
@@ -53,33 +55,76 @@ std::uint64_t OptimStateHolder::bytes() const {
   return b;
 }
 
-Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c, bool with_grad) {
+namespace {
+constexpr std::uint64_t round_io(std::uint64_t b) { return (b + kIoAlignBytes - 1) / kIoAlignBytes * kIoAlignBytes; }
+}  // namespace
+
+// Master, states and (when on nvme) the gradient, each starting on a 4 KiB boundary.
+std::uint64_t OptimStateHolder::staging_bytes(std::uint32_t c) const {
+  const auto one = round_io(static_cast<std::uint64_t>(core_.chunks->store().shard_elems(c)) * 4);
+  return one * (1 + kernel_.state_names().size() + ((*core_.chunks)[c].grads_on_nvme ? 1 : 0));
+}
+
+Status OptimStateHolder::setup_staging() {
+  for (std::uint32_t c = 0; c < core_.chunks->size(); ++c)
+    if ((*core_.chunks)[c].trainable && on_nvme(c)) buffer_bytes_ = std::max(buffer_bytes_, staging_bytes(c));
+  if (buffer_bytes_ == 0) return ok();
+  const auto count = static_cast<std::uint64_t>(core_.opt.optim_pipeline.buffer_count);
+  STRATA_ASSIGN_OR_RETURN(staging_res_, core_.tiers.reserve(Tier::kHost, count * buffer_bytes_, StateKind::kBuffers,
+                                                            "nvme optimizer staging pool"));
+  // No waiting: the pipeline takes a buffer only when one is free.
+  STRATA_ASSIGN_OR_RETURN(staging_, io::BufferPool::create({.budget_bytes = count * buffer_bytes_,
+                                                             .acquire_timeout = std::chrono::milliseconds(0)}));
+  return ok();
+}
+
+Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c, bool for_step) {
   auto s = std::make_unique<Swap>();
   const std::int64_t n = core_.chunks->store().shard_elems(c);
-  s->state = ShardState::uninitialized(n, kernel_);
-  // The host copy is model state too: it is accounted while it exists.
-  STRATA_ASSIGN_OR_RETURN(s->staging,
-                          core_.chunks->reserve(Tier::kHost, s->state.bytes(), StateKind::kBuffers, c, "optimizer staging"));
+  const bool grad = for_step && (*core_.chunks)[c].grads_on_nvme;
+  if (!for_step) {
+    s->state = ShardState::uninitialized(n, kernel_);
+  } else {
+    while (reading_.size() + writing_.size() >= static_cast<std::size_t>(core_.opt.optim_pipeline.buffer_count)) {
+      STRATA_RETURN_IF_ERROR(wait_oldest_write());
+    }
+    STRATA_ASSIGN_OR_RETURN(s->buf, staging_.try_acquire(buffer_bytes_));
+    const std::uint64_t one = round_io(static_cast<std::uint64_t>(n) * 4);
+    std::uint64_t at = 0;
+    auto next = [&] {
+      at::Tensor t = at::from_blob(s->buf.data() + at, {n}, at::kFloat);
+      at += one;
+      return t;
+    };
+    s->state.master = next();
+    for (std::size_t i = 0; i < kernel_.state_names().size(); ++i) s->state.states.push_back(next());
+    if (grad) s->grad = next();
+  }
   const auto ts = tensors(s->state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t), bytes_of(*ts[t])));
-  if (with_grad && (*core_.chunks)[c].grads_on_nvme) {
-    STRATA_ASSIGN_OR_RETURN(s->grad_res, core_.chunks->reserve(Tier::kHost, static_cast<std::uint64_t>(n) * 4,
-                                                               StateKind::kGrads, c, "grad shard"));
-    s->grad = aligned_empty(n, at::kFloat);
-    s->io.push_back(core_.swap->get_async(grad_key(c), bytes_of(s->grad)));
-  }
+  if (grad) s->io.push_back(core_.swap->get_async(grad_key(c), bytes_of(s->grad)));
   return s;
 }
 
+Status OptimStateHolder::wait_oldest_write() {
+  TORCH_INTERNAL_ASSERT(!writing_.empty(), "the nvme optimizer pipeline holds more buffers than buffer_count");
+  std::unique_ptr<Swap> s = std::move(writing_.front());
+  writing_.erase(writing_.begin());
+  for (auto& h : s->io) STRATA_RETURN_IF_ERROR(h.wait());
+  return ok();
+}
+
 Status OptimStateHolder::prefetch(std::uint32_t c) {
-  if (!on_nvme(c) || reading_.contains(c)) return ok();
-  STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c, /*with_grad=*/true));
+  if (!on_nvme(c) || reading_.contains(c) || !core_.opt.optim_pipeline.read_ahead) return ok();
+  STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c, /*for_step=*/true));
   return ok();
 }
 
 Result<ShardState*> OptimStateHolder::acquire(std::uint32_t c) {
   if (!on_nvme(c)) return &mem_[c];
-  STRATA_RETURN_IF_ERROR(prefetch(c));
+  if (!reading_.contains(c)) {
+    STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c, /*for_step=*/true));
+  }
   Swap& s = *reading_.at(c);
   for (auto& h : s.io) STRATA_RETURN_IF_ERROR(h.wait());
   s.io.clear();
@@ -100,16 +145,11 @@ Status OptimStateHolder::release(std::uint32_t c) {
   std::unique_ptr<Swap> s = std::move(it->second);
   reading_.erase(it);
   s->grad = at::Tensor();  // stepped: the gradient is spent
-  s->grad_res.release();
   const auto ts = tensors(s->state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->put_async(optim_key(c, t), bytes_of(*ts[t])));
   core_.account(Tier::kHost, Tier::kNvme, s->state.bytes());
   writing_.push_back(std::move(s));
-  // Bound the host memory held by write-backs: wait for the older one.
-  while (writing_.size() > 1) {
-    for (auto& h : writing_.front()->io) STRATA_RETURN_IF_ERROR(h.wait());
-    writing_.erase(writing_.begin());
-  }
+  if (!core_.opt.optim_pipeline.write_behind) return wait_oldest_write();
   return ok();
 }
 
@@ -124,7 +164,7 @@ Status OptimStateHolder::flush() {
 
 Result<ShardState> OptimStateHolder::read(std::uint32_t c) {
   if (!on_nvme(c)) return mem_[c];
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Swap> s, start_read(c, /*with_grad=*/false));
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Swap> s, start_read(c, /*for_step=*/false));
   for (auto& h : s->io) STRATA_RETURN_IF_ERROR(h.wait());
   s->io.clear();
   return std::move(s->state);

@@ -6,11 +6,16 @@
 // StepKernel::state_names() order), and comes into host memory only around its step.
 //
 // Note [nvme optimizer state]: the step pipelines the records (with the chunk's
-// gradient record when its gradients are on nvme, Note [gradients on nvme]). While chunk k is
-// stepped, chunk k+1's records are being read (prefetch) and chunk k-1's written back
-// (release); at most two chunks' reads and one older chunk's writes are in flight, so
-// at most four chunks of state are in host memory at once, each accounted as a host
-// "buffers" reservation while it exists.
+// gradient record when its gradients are on nvme, Note [gradients on nvme]). While
+// chunk k is stepped, chunk k+1's records are being read (pipeline_read) and older
+// chunks' written back (pipeline_write). Every record the step reads lands in a staging
+// buffer of a pool the holder owns: buffer_count buffers, each the size of the largest
+// chunk's records, one 2 MiB-aligned arena advised for huge pages (reads into it ran at
+// 2.68 GB/s against 1.63 GB/s into 4 KiB pages on the development disk). A chunk holds
+// one buffer from its read until its write-back finishes, and a read starts only when a
+// buffer is free (the oldest write-back is waited for first), so the pipeline never
+// waits on the pool and never holds more than buffer_count chunks' state in host
+// memory. The arena is reserved in the host tier as "buffers" at setup.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +41,9 @@ class OptimStateHolder {
   Status materialize(std::uint32_t c);
   // The swap records nvme state needs, for SwapStore::reserve().
   void add_records(std::uint32_t c, std::vector<io::SwapReservation>& out) const;
+  // After placement: the staging pool, sized for the largest nvme chunk (Note [nvme
+  // optimizer state]); nothing when no state is on nvme.
+  Status setup_staging();
   // Master + state bytes this rank holds, all tiers.
   std::uint64_t bytes() const;
 
@@ -52,21 +60,28 @@ class OptimStateHolder {
   Status write(std::uint32_t c, const ShardState& s);
 
  private:
+  // One chunk's records in host memory. Members are destroyed in reverse order: the I/O
+  // finishes before the tensors and the staging buffer under them go.
   struct Swap {
+    io::PooledBuffer buf;        // the step's staging buffer (empty: tensors own their bytes)
     ShardState state;
     at::Tensor grad;             // the step's gradient shard, when it is on nvme
     std::vector<io::SwapHandle> io;
-    tiers::Reservation staging;  // declared after io: released once the I/O has finished
-    tiers::Reservation grad_res;
   };
   bool on_nvme(std::uint32_t c) const;
-  Result<std::unique_ptr<Swap>> start_read(std::uint32_t c, bool with_grad);
+  std::uint64_t staging_bytes(std::uint32_t c) const;
+  // for_step: into a staging buffer, with the gradient record; else owning tensors.
+  Result<std::unique_ptr<Swap>> start_read(std::uint32_t c, bool for_step);
+  Status wait_oldest_write();
   std::vector<at::Tensor*> tensors(ShardState& s) const;
 
   EngineCore& core_;
   const StepKernel& kernel_;
   std::vector<ShardState> mem_;  // compute/host state; the initial state before nvme placement
   std::vector<tiers::Reservation> res_;
+  io::BufferPool staging_;
+  std::uint64_t buffer_bytes_ = 0;
+  tiers::Reservation staging_res_;
   std::map<std::uint32_t, std::unique_ptr<Swap>> reading_;  // prefetched or being stepped
   std::vector<std::unique_ptr<Swap>> writing_;             // write-backs in flight, oldest first
 };

@@ -57,6 +57,7 @@ Status Engine::Impl::place() {
     }
     // All of it up front: a full disk fails here, before training starts.
     STRATA_RETURN_IF_ERROR(core.swap->reserve(records));
+    STRATA_RETURN_IF_ERROR(optim->setup_staging());
   }
   // auto decides on paper too: nothing is materialized yet (Note [streaming setup]).
   if (o.placement == Placement::kAuto && access) STRATA_RETURN_IF_ERROR(fit_auto());

@@ -64,13 +64,16 @@ TEST_P(ZeroOffloadParity, MatchesTorchOptimFor20Steps) {
 }
 
 // "nvme" at stage 2 puts the gradient shards on nvme too (Note [gradients on nvme]);
-// "nvme-hostgrads" keeps them in host memory.
+// "nvme-hostgrads" keeps them in host memory; "nvme-noread", "nvme-nowrite" and
+// "nvme-serial" switch the pipeline's overlap off (Note [nvme optimizer state]).
 std::vector<OffloadCase> offload_cases() {
   std::vector<OffloadCase> cases;
   for (int world : {1, 2, 3, 4})
     for (int stage : {1, 2})
       for (const char* device : {"cpu", "nvme"}) cases.push_back({world, stage, device});
   for (int world : {1, 2}) cases.push_back({world, 2, "nvme-hostgrads"});
+  // pipeline_read / pipeline_write off, each with exactly the buffers it needs
+  for (const char* device : {"nvme-noread", "nvme-nowrite", "nvme-serial"}) cases.push_back({2, 2, device});
   return cases;
 }
 

@@ -3,8 +3,10 @@
 // the whole job's batch — and compares. Prints "OK" and exits 0 on success, 1 on a
 // mismatch, 3 on an expected failure.
 //
-// zero_worker parity STAGE OPTIM [wrap|cpu|nvme|nvme-hostgrads]   20 steps vs torch::optim (fp32, <= 1e-6);
-//                                         the optimizer wrapped, or its state on cpu or nvme
+// zero_worker parity STAGE OPTIM MODE     20 steps vs torch::optim (fp32, <= 1e-6); MODE:
+//                                         wrap (the optimizer wrapped), cpu or nvme (its
+//                                         state there), nvme-hostgrads, nvme-noread,
+//                                         nvme-nowrite, nvme-serial (see zero_test.cpp)
 // zero_worker shared STAGE                 a module registered twice, through every entry point
 // zero_worker badparam                     a bad parameter is named by its index
 // zero_worker stages OPTIM                 stage 1 and stage 2 side by side
@@ -138,6 +140,13 @@ void parity(int stage, const std::string& optim, const std::string& mode) {
   if (mode == "cpu") opts.optim_device = OffloadDevice::kCpu;
   if (mode == "nvme" || mode == "nvme-hostgrads") use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
   if (mode == "nvme-hostgrads") opts.nvme_gradients = false;
+  // The pipeline switched off in part or whole, with exactly the buffers it needs.
+  if (mode == "nvme-noread" || mode == "nvme-nowrite" || mode == "nvme-serial") {
+    use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
+    opts.optim_pipeline.read_ahead = mode == "nvme-nowrite";
+    opts.optim_pipeline.write_behind = mode == "nvme-noread";
+    opts.optim_pipeline.buffer_count = opts.optim_pipeline.needed();
+  }
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   const at::Tensor unused_before = model.unused.detach().clone();
   for (int s = 0; s < 20; ++s) {

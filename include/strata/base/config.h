@@ -82,6 +82,11 @@ struct Bf16Config {
 struct OffloadOptimizerConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
+  // nvme: the step's staging buffers, each one chunk shard's state (and gradient), from
+  // a huge-page pool of buffer_count of them (Note [nvme optimizer state]).
+  int buffer_count = 4;
+  bool pipeline_read = true;   // read chunk k+1 while chunk k steps (DeepSpeed's default: false)
+  bool pipeline_write = true;  // write chunk k-1 back while chunk k steps (DeepSpeed's default: false)
 
   bool operator==(const OffloadOptimizerConfig&) const = default;
 };

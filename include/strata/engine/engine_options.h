@@ -62,6 +62,15 @@ struct EngineOptions {
   OffloadDevice optim_device = OffloadDevice::kNone;  // where master + optimizer state live
   double offload_param_frac = 0.0;   // static: share of chunks whose param shard is on host
   double offload_optim_frac = 0.0;   // static: share of chunks whose optimizer state is on host
+  // nvme optimizer state: the step's staging buffers (Note [nvme optimizer state]).
+  struct OptimPipeline {
+    int buffer_count = 4;      // chunk-shard buffers in the huge-page staging pool
+    bool read_ahead = true;    // read chunk k+1 while chunk k steps
+    bool write_behind = true;  // write chunk k-1 back while chunk k steps
+    // Buffers the pipeline holds at once: the one stepped, plus one read ahead, plus
+    // one being written back.
+    int needed() const { return 1 + (read_ahead ? 1 : 0) + (write_behind ? 1 : 0); }
+  } optim_pipeline;
   // For nvme offload: the swap store (nvme_path, job, aio, min_io_bytes); its rank is
   // filled in from the communicator.
   io::SwapStoreOptions swap;
