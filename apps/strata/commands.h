@@ -27,6 +27,7 @@ CLI::App* add_bench_command(CLI::App& app);
 void add_bench_zero(CLI::App& bench, int* exit_code);
 void add_bench_zero3(CLI::App& bench, int* exit_code);
 void add_bench_train(CLI::App& bench, int* exit_code);
+void add_bench_infinity(CLI::App& bench, int* exit_code);
 // `strata bench optim`: the fused optimizer kernels vs the memory roofline and torch::optim.
 void add_bench_optim(CLI::App& bench, int* exit_code);
 // strata bench io: swap store throughput next to fio (bench_io.cpp).

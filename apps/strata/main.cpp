@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   strata::cli::add_bench_zero(*bench, &exit_code);
   strata::cli::add_bench_zero3(*bench, &exit_code);
   strata::cli::add_bench_train(*bench, &exit_code);
+  strata::cli::add_bench_infinity(*bench, &exit_code);
   strata::cli::add_bench_optim(*bench, &exit_code);
   strata::cli::add_bench_io(*bench, &exit_code);
   CLI11_PARSE(app, argc, argv);

@@ -263,11 +263,14 @@ Result<StepResult> Engine::step() {
   if (!boundary) return r;
   r.boundary = true;
   const auto t0 = Clock::now();
+  const plan::LinkBytes before = m.core.cur.moved;
   STRATA_RETURN_IF_ERROR(m.stepper->step(r));
   if (r.applied) ++m.step_count;
   m.reducer->after_step();
   if (m.access) STRATA_RETURN_IF_ERROR(m.access->after_optimizer_step());
   m.core.cur.optimizer_s += std::chrono::duration<double>(Clock::now() - t0).count();
+  m.core.cur.optimizer_moved.nvme_to_host += m.core.cur.moved.nvme_to_host - before.nvme_to_host;
+  m.core.cur.optimizer_moved.host_to_nvme += m.core.cur.moved.host_to_nvme - before.host_to_nvme;
   m.core.trace.add(StepTrace::kOptimizer, "optimizer step", t0, Clock::now());
   m.finish_metrics();
   m.core.storage.end_step();

@@ -1,11 +1,14 @@
-// strata bench zero, zero3 and train as a user runs them, at small sizes: with --json,
+// strata bench zero, zero3, train and infinity as a user runs them, at small sizes: with --json,
 // stdout is exactly one JSON document (the ranks' progress goes to stderr), and the
 // figures a script reads are there.
+#include <filesystem>
+
 #include <gtest/gtest.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "support/subprocess.h"
+#include "support/multirank.h"
 
 namespace strata {
 namespace {
@@ -53,6 +56,25 @@ TEST(BenchTrain, JsonHasEveryStageNextToThePyTorchBaseline) {
     EXPECT_GT(doc["ratios"][k].get<double>(), 0.0);
   }
   EXPECT_GT(doc["figures"]["torch DDP+ZeRO tokens/s"].get<double>(), 0.0);
+}
+
+TEST(BenchInfinity, JsonHasTheRatiosAndTheNvmeBytesOfEachPlacement) {
+  const auto dir = testing::fresh_temp_dir("bench-infinity");
+  auto doc = run_json(fmt::format("infinity --model tiny --steps 3 --seq 32 --batch 2 --dir {}", dir.string()));
+  ASSERT_TRUE(doc.is_object());
+  EXPECT_EQ(doc["bench"], "infinity");
+  for (const char* k : {"optimizer_nvme_vs_disk", "step_nvme_vs_host", "step_nvme_all_vs_host"}) {
+    ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+    EXPECT_GT(doc["ratios"][k].get<double>(), 0.0) << k;
+  }
+  const auto& f = doc["figures"];
+  EXPECT_EQ(f["host nvme read per step"].get<double>(), 0.0) << doc.dump(2);
+  // Adam on nvme: master, m, v and the gradient in, master, m, v out (params stay on compute).
+  EXPECT_GT(f["nvme_optimizer nvme read per step"].get<double>(), f["nvme_optimizer nvme written per step"].get<double>() * 0.99);
+  EXPECT_GT(f["nvme_all nvme read per step"].get<double>(), f["nvme_optimizer nvme read per step"].get<double>());
+  for (const char* k : {"host peak RSS", "nvme_optimizer peak RSS", "nvme_all peak RSS"}) EXPECT_GT(f[k].get<double>(), 0.0) << k;
+  EXPECT_TRUE(std::filesystem::is_empty(dir)) << "bench infinity left files in " << dir;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -244,6 +244,8 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
                             {"host_to_nvme", l.host_to_nvme}};
     };
     line["moved"] = links(m.moved);
+    line["optimizer_moved"] = links(m.optimizer_moved);
+    line["peak_rss"] = peak_rss_bytes();  // this rank's process, so far
     line["forward_s"] = m.forward_s;
     line["backward_s"] = m.backward_s;
     line["optimizer_s"] = m.optimizer_s;

@@ -77,6 +77,7 @@ struct StepMetrics {
   double prefetch_hit_rate = 0.0;  // hits / gathers (0 when there were none)
   double gather_wait_s = 0.0;      // time blocked waiting for gathers
   double forward_s = 0.0, backward_s = 0.0, optimizer_s = 0.0;
+  plan::LinkBytes optimizer_moved;  // nvme links only: the part of `moved` inside step()
   bool scheduled = false;          // the trace drove this step's fetching
   std::uint64_t trace_hash = 0;
   std::uint64_t trace_invalidations = 0;  // so far

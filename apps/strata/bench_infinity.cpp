@@ -1,0 +1,220 @@
+// strata bench infinity: where the step's time goes as model state moves to nvme.
+//
+// Three real `strata train` runs of the same GPT (stage 3, everything else as `strata
+// bench train`): the optimizer state on host; on nvme; parameters and optimizer state on
+// nvme. Each run's figures are medians over the steps after the first two (the first
+// records the trace), read from its metrics.jsonl: the step split into forward, backward
+// and optimizer, the nvme bytes read and written per step, the optimizer step's achieved
+// nvme bandwidth, and the run's peak RSS (rank 0's process). The disk's own figures come
+// from `strata bench io` on the same directory in the same run: 64 MiB records, read and
+// written through the swap store's huge-page pool.
+//
+// ratios.optimizer_nvme_vs_disk: the time the disk needs for the optimizer step's nvme
+// bytes at bench io's rates (read bytes / read GB/s + written bytes / write GB/s), over
+// the optimizer step's time: 1.0 means the step runs at the disk's speed.
+// ratios.step_nvme_vs_host: the whole step with the optimizer on nvme over the step with
+// it on host.
+#include <sys/wait.h>
+
+#include <cstdlib>
+
+#include <filesystem>
+#include <fstream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "bench_report.h"
+#include "commands.h"
+#include "launcher.h"
+#include "strata/base/units.h"
+
+namespace strata::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct InfinityOptions {
+  std::string model = "custom:8x1024x16";
+  int world = 1;
+  int steps = 5;
+  std::int64_t seq = 128;
+  std::int64_t batch = 4;
+  std::string dir;  // the nvme directory; default: a fresh one under the current directory
+  bool json = false;
+};
+
+struct Placement {
+  const char* key;   // figure and ratio names
+  const char* what;  // for the table
+  const char* optimizer;
+  const char* param;
+};
+constexpr Placement kPlacements[] = {
+    {"host", "optimizer on host", "cpu", "none"},
+    {"nvme_optimizer", "optimizer on nvme", "nvme", "none"},
+    {"nvme_all", "params + optimizer on nvme", "nvme", "nvme"},
+};
+
+struct RunFigures {
+  double step_s = 0, forward_s = 0, backward_s = 0, optimizer_s = 0;
+  double nvme_read = 0, nvme_written = 0;          // bytes per step, whole step
+  double opt_nvme_read = 0, opt_nvme_written = 0;  // bytes per step inside the optimizer step
+  double peak_rss = 0;
+};
+
+std::string quoted(const std::string& s) {
+  std::string q = "'";
+  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return q + "'";
+}
+
+// Runs argv as a user would start it (no RANK in its environment), its output on stderr.
+Status run_quiet(const std::vector<std::string>& argv, const std::string& redirect, const std::string& what) {
+  std::string cmd = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE";
+  for (const auto& a : argv) cmd += " " + quoted(a);
+  const int status = std::system((cmd + " " + redirect).c_str());
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (code != 0) return make_error(ErrorCode::kInternal, "{} failed with exit code {}", what, code);
+  return ok();
+}
+
+Result<RunFigures> run_placement(const InfinityOptions& o, const Placement& p, const fs::path& dir) {
+  STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
+  const fs::path out = dir / p.key;
+  const fs::path config = dir / "config.json";
+  // Every swap record on disk, however small the model.
+  std::ofstream(config) << R"({"zero_optimization": {"stage3_param_persistence_threshold": 0}, "strata": {"min_io_bytes": 0}})";
+  STRATA_RETURN_IF_ERROR(run_quiet({self, "train", "--config", config.string(), "-n", std::to_string(o.world), "--model",
+                                    o.model, "--seq-len", std::to_string(o.seq), "--micro-batch", std::to_string(o.batch),
+                                    "--steps", std::to_string(o.steps), "--stage", "3", "--compute-budget", "none",
+                                    "--offload-optimizer", p.optimizer, "--offload-param", p.param, "--nvme-path",
+                                    (dir / "nvme").string(), "--sample-bytes", "0", "--eval-every", "0",
+                                    "--eval-batches", "1", "--no-save", "--out", out.string()},
+                                   "1>&2", fmt::format("strata train ({})", p.what)));
+  std::ifstream in(out / "metrics.jsonl");
+  std::vector<double> step, fwd, bwd, opt, rd, wr, ord, owr;
+  RunFigures f;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;
+    f.peak_rss = std::max(f.peak_rss, j.value("peak_rss", 0.0));
+    if (j["step"].get<int>() <= 2) continue;
+    step.push_back(j["step_s"].get<double>());
+    fwd.push_back(j["forward_s"].get<double>());
+    bwd.push_back(j["backward_s"].get<double>());
+    opt.push_back(j["optimizer_s"].get<double>());
+    rd.push_back(j["moved"]["nvme_to_host"].get<double>());
+    wr.push_back(j["moved"]["host_to_nvme"].get<double>());
+    ord.push_back(j["optimizer_moved"]["nvme_to_host"].get<double>());
+    owr.push_back(j["optimizer_moved"]["host_to_nvme"].get<double>());
+  }
+  if (step.empty()) return make_error(ErrorCode::kDataLoss, "{}: no timed steps in metrics.jsonl", p.what);
+  f.step_s = median(step), f.forward_s = median(fwd), f.backward_s = median(bwd), f.optimizer_s = median(opt);
+  f.nvme_read = median(rd), f.nvme_written = median(wr), f.opt_nvme_read = median(ord), f.opt_nvme_written = median(owr);
+  return f;
+}
+
+struct DiskFigures {
+  double read_gbps = 0, write_gbps = 0;
+};
+
+// strata bench io on the same directory: 64 MiB records through the huge-page pool.
+Result<DiskFigures> disk_figures(const fs::path& dir) {
+  STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
+  const fs::path json = dir / "io.json";
+  STRATA_RETURN_IF_ERROR(run_quiet({self, "bench", "io", "--dir", dir.string(), "--size", "2GiB", "--no-fio",
+                                    "--repeats", "1", "--records", "64MiB", "--json"},
+                                   "> " + quoted(json.string()), "strata bench io"));
+  std::ifstream in(json);
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) return make_error(ErrorCode::kDataLoss, "strata bench io printed no JSON");
+  DiskFigures d;
+  for (const auto& row : j["rows"]) {
+    const std::string name = row["name"].get<std::string>();
+    if (name.find("qd 8 rec 64.0 MiB") == std::string::npos || name.find("ring") != std::string::npos) continue;
+    (name.rfind("read", 0) == 0 ? d.read_gbps : d.write_gbps) = row["value"].get<double>();
+  }
+  if (d.read_gbps <= 0 || d.write_gbps <= 0) return make_error(ErrorCode::kDataLoss, "strata bench io: no 64 MiB record rows");
+  return d;
+}
+
+int run(const InfinityOptions& o) {
+  fs::path dir = o.dir.empty() ? fs::current_path() : fs::path(o.dir);
+  std::string tmpl = (dir / "strata-bench-infinity-XXXXXX").string();
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    fmt::print(stderr, "bench infinity: cannot make a directory under {}\n", dir.string());
+    return 1;
+  }
+  dir = tmpl;
+  auto cleanup = [&dir] {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  };
+  auto fail = [&](const Error& e) {
+    fmt::print(stderr, "bench infinity: {}\n", e);
+    cleanup();
+    return 1;
+  };
+  auto disk = disk_figures(dir);
+  if (!disk) return fail(disk.error());
+  fmt::print(stderr, "bench infinity: disk {:.2f} GB/s read, {:.2f} GB/s write (64 MiB records)\n", disk->read_gbps,
+             disk->write_gbps);
+  BenchReport report("infinity");
+  report.set_config("model", o.model);
+  report.set_config("world", o.world);
+  report.set_config("tokens_per_step", o.world * o.batch * o.seq);
+  report.set_config("steps", o.steps);
+  report.add("disk read (bench io, 64 MiB records)", disk->read_gbps, "GB/s");
+  report.add("disk write (bench io, 64 MiB records)", disk->write_gbps, "GB/s");
+  std::optional<RunFigures> host;
+  for (const Placement& p : kPlacements) {
+    auto f = run_placement(o, p, dir);
+    if (!f) return fail(f.error());
+    fmt::print(stderr, "bench infinity: {}: step {:.2f} s (forward {:.2f}, backward {:.2f}, optimizer {:.2f})\n", p.what,
+               f->step_s, f->forward_s, f->backward_s, f->optimizer_s);
+    const std::string k = p.key;
+    const bool is_host = !host;
+    report.add(k + " step", f->step_s, "s", is_host ? "" : "optimizer on host", is_host ? std::nullopt : std::optional(host->step_s));
+    report.add(k + " forward", f->forward_s, "s");
+    report.add(k + " backward", f->backward_s, "s");
+    report.add(k + " optimizer", f->optimizer_s, "s");
+    report.add(k + " nvme read per step", f->nvme_read / 1e9, "GB");
+    report.add(k + " nvme written per step", f->nvme_written / 1e9, "GB");
+    report.add(k + " peak RSS", f->peak_rss / 1e9, "GB", "", std::nullopt, "rank 0's process");
+    const double opt_bytes = f->opt_nvme_read + f->opt_nvme_written;
+    if (opt_bytes > 0) {
+      // The disk's time for these bytes at bench io's rates, over the step's.
+      const double disk_s = f->opt_nvme_read / (disk->read_gbps * 1e9) + f->opt_nvme_written / (disk->write_gbps * 1e9);
+      report.add(k + " optimizer nvme GB/s", opt_bytes / f->optimizer_s / 1e9, "GB/s", "disk for the same bytes",
+                 opt_bytes / disk_s / 1e9, fmt::format("{} read + {} written", format_bytes(static_cast<std::uint64_t>(f->opt_nvme_read)),
+                                                       format_bytes(static_cast<std::uint64_t>(f->opt_nvme_written))));
+      if (k == "nvme_optimizer") report.add_ratio("optimizer_nvme_vs_disk", disk_s / f->optimizer_s);
+    }
+    if (k == "nvme_optimizer") report.add_ratio("step_nvme_vs_host", f->step_s / host->step_s);
+    if (k == "nvme_all") report.add_ratio("step_nvme_all_vs_host", f->step_s / host->step_s);
+    if (is_host) host = *f;
+  }
+  cleanup();
+  report.print(o.json);
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_infinity(CLI::App& bench, int* exit_code) {
+  auto* cmd = bench.add_subcommand("infinity", "step time, nvme bytes and bandwidth, peak RSS: optimizer on host vs nvme "
+                                               "vs params + optimizer on nvme");
+  auto o = std::make_shared<InfinityOptions>();
+  cmd->add_option("--model", o->model, "GPT size (tiny, gpt2, custom:LxHxA)");
+  cmd->add_option("--world", o->world, "Ranks")->check(CLI::Range(1, 2));
+  cmd->add_option("--steps", o->steps, "Steps per run; the first two are not timed")->check(CLI::Range(3, 100000));
+  cmd->add_option("--seq", o->seq, "Sequence length")->check(CLI::Range(8, 8192));
+  cmd->add_option("--batch", o->batch, "Sequences per rank per step")->check(CLI::Range(1, 1024));
+  cmd->add_option("--dir", o->dir, "Directory for the nvme files (default: the current directory; not tmpfs)");
+  cmd->add_flag("--json", o->json, "Print one JSON object");
+  cmd->callback([o, exit_code] { *exit_code = run(*o); });
+}
+
+}  // namespace strata::cli
