@@ -116,6 +116,21 @@ TEST(Zero, NvmeGradientsAccumulateAndClipExactly) {
   std::filesystem::remove_all(dir);
 }
 
+// A failed or corrupted nvme read in the middle of training stops every rank with an
+// error within the timeout; the rank that read it names the record and its file.
+TEST(Zero, AnNvmeReadFaultStopsEveryRankAndNamesTheRecord) {
+  for (const char* kind : {"eio", "corrupt"}) {
+    const auto dir = testing::fresh_temp_dir("nvme-fault");
+    auto rs = run_ranks(2, {worker(), "fault", kind}, std::chrono::seconds(90), {{"STRATA_TEST_NVME", dir.string()}});
+    for (const auto& r : rs) EXPECT_EQ(r.exit_code, 3) << kind << "\n" << all_output(rs);
+    const std::string& last = rs.back().output;
+    EXPECT_NE(last.find("EXPECTED FAILURE"), std::string::npos) << all_output(rs);
+    EXPECT_NE(last.find("optimizer/chunk"), std::string::npos) << kind << ": the record is not named\n" << all_output(rs);
+    EXPECT_NE(last.find("optimizer.swp"), std::string::npos) << kind << ": the file is not named\n" << all_output(rs);
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST(Zero, ClippingEqualsTorchForNorms1_2_Inf) {
   for (const char* norm : {"1", "2", "inf"}) expect_all_ok(run_ranks(3, {worker(), "clip", "2", norm}));
   expect_all_ok(run_ranks(2, {worker(), "clip", "1", "2"}));

@@ -11,6 +11,8 @@
 // zero_worker badparam                     a bad parameter is named by its index
 // zero_worker stages OPTIM                 stage 1 and stage 2 side by side
 // zero_worker accum STAGE [nvme]           4 micro-steps == one 4x batch
+// zero_worker fault eio|corrupt           an nvme read fails on the last rank mid-run:
+//                                         every rank stops with an error, none hangs
 // zero_worker clip STAGE NORM [nvme]       clip_grad_norm(1|2|inf) vs clip_grad_norm_
 // zero_worker fp16 STAGE                   loss scaler skips exactly the overflowing steps
 // zero_worker bf16 STAGE                   bf16 compute copies == RNE(master), loss tracks
@@ -18,6 +20,7 @@
 // zero_worker kill STAGE                   the last rank dies mid-run; others must error
 #include <signal.h>
 
+#include <cerrno>
 #include <cmath>
 #include <set>
 #include <string>
@@ -29,6 +32,7 @@
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
+#include "strata/io/fault_injection.h"
 #include "support/worker.h"
 #include "toy_model.h"
 
@@ -399,6 +403,31 @@ void badparam() {
   }
 }
 
+// Stage 2, Adam, optimizer state and gradients on nvme. In step 3 the last rank's first
+// nvme read fails (EIO) or comes back with a flipped byte. Every rank must stop with an
+// error (exit 3): the last rank's names the record and its file; the others fail at
+// their next collective, since the last rank is gone. None may hang or train on.
+void fault(const std::string& kind) {
+  OptimizerConfig oc = optim_config("adamw");
+  ToyModel model(7);
+  auto opts = sharded_options(2, oc);
+  use_nvme(opts, "fault");
+  auto injector = std::make_shared<io::FaultInjector>();
+  opts.swap.faults = injector;
+  auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
+  const bool victim = g_comm->rank() == g_comm->world() - 1;
+  for (int s = 0; s < 8; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank);
+    if (auto st = opt->backward(model.loss(x, y)); !st) strata::testing::expected_failure(st.error());
+    if (s == 3 && victim) {
+      if (kind == "eio") injector->fail_next(EIO, 1, io::FaultTarget::kRead);
+      else injector->corrupt_next_read(100);
+    }
+    if (auto r = opt->step(); !r) strata::testing::expected_failure(r.error());
+  }
+  fail("the injected fault was never reported");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -414,6 +443,7 @@ int main(int argc, char** argv) {
   else if (mode == "shared") shared(std::stoi(a.at(1)));
   else if (mode == "badparam") badparam();
   else if (mode == "stages") stages(a.at(1));
+  else if (mode == "fault") fault(a.at(1));
   else if (mode == "accum") accum(std::stoi(a.at(1)), a.size() > 2 && a[2] == "nvme");
   else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)), a.size() > 3 && a[3] == "nvme");
   else if (mode == "fp16") fp16(std::stoi(a.at(1)));
