@@ -50,6 +50,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_optimizer = cfg.zero_optimization.offload_optimizer.device;
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
+  in.optimizer_buffer_count = cfg.zero_optimization.offload_optimizer.buffer_count;
   STRATA_RETURN_IF_ERROR(in.validate());
   return in;
 }
@@ -124,8 +125,13 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   add(opt_tier, StateKind::kOptimizer, state_per_elem * (in.stage == 0 ? P : s));
   // staging buffers for nvme (one chunk's state in the step; two param shards in flight)
   const std::uint64_t w_shard = W / N + (W % N != 0 ? 1 : 0);
-  if (opt_tier == Tier::kNvme) add(Tier::kHost, StateKind::kBuffers, state_per_elem * w_shard);
-  // nvme gradients: the shards being completed or written, and the one the step reads
+  // nvme optimizer state: the staging pool, buffer_count chunk buffers of master, state
+  // and (on nvme) gradient (Note [nvme optimizer state]); nvme gradients: up to three
+  // shards being completed or written (Note [gradients on nvme]).
+  if (opt_tier == Tier::kNvme) {
+    const auto count = static_cast<std::uint64_t>(in.optimizer_buffer_count);
+    add(Tier::kHost, StateKind::kBuffers, count * (state_per_elem + (grads_on_nvme ? 4 : 0)) * w_shard);
+  }
   if (grads_on_nvme) add(Tier::kHost, StateKind::kBuffers, 3 * 4 * w_shard);
   if (param_tier == Tier::kNvme) add(Tier::kHost, StateKind::kBuffers, 2 * lp * w_shard);
   return e;

@@ -59,6 +59,8 @@ struct EstimateInput {
   // Stages 2-3 with the optimizer on nvme: fp32 gradient shards on nvme as well
   // (strata.nvme_gradients; Note [gradients on nvme]).
   bool nvme_gradients = true;
+  // nvme optimizer state: the staging pool's chunk buffers (offload_optimizer.buffer_count).
+  int optimizer_buffer_count = 4;
 
   Status validate() const;
   // Stage, dtype (bf16/fp16 sections) and offload devices from a config.
