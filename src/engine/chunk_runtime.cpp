@@ -52,6 +52,7 @@ plan::ScheduleChunk ChunkRuntime::schedule_chunk(std::uint32_t c) const {
       .optim_state_bytes = k.trainable ? shard_elems * 4 * (1 + n_optim_states_) : 0,
       .grad_shard_bytes = k.trainable && !k.grads_on_nvme ? shard_elems * 4 : 0,
       .persistent = flagged_persistent,
+      .shard_from_master = k.shard_from_master,
       .replicated = replicated_,
   };
 }
@@ -112,6 +113,10 @@ Status ChunkRuntime::materialize(std::uint32_t c) {
       break;
     case Residency::kSharded:
     case Residency::kPersistent:
+      if (k.shard_from_master) {  // Note [shard from master]: the master holds the values
+        k.shard = at::Tensor();
+        return ok();
+      }
       if (k.shard_tier == Tier::kNvme) {
         STRATA_RETURN_IF_ERROR(store_shard(c, k.shard));
         k.shard = at::Tensor();  // the swap store holds it now

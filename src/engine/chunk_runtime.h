@@ -42,8 +42,10 @@ struct ChunkRt {
   Tier shard_tier = Tier::kCompute;
   Tier optim_tier = Tier::kCompute;
   bool grads_on_nvme = false;      // Note [gradients on nvme] (grad_reducer.h)
+  bool shard_from_master = false;  // Note [shard from master]: no shard tensor
   at::Tensor shard;                // this rank's shard (compute dtype); a view of the full
-                                   // chunk when aliased or replicated; empty on nvme
+                                   // chunk when aliased or replicated; empty on nvme and
+                                   // when made from the master
   tiers::Reservation shard_res;    // the shard (replicated: the whole chunk it lives in)
   tiers::Reservation gathered_res; // the gathered copy, while gathered
 

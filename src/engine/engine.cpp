@@ -159,11 +159,15 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   GradReducer* reducer = m.reducer.get();
   // Room for a gather that does not fit: buffers whose reductions are in flight, then
   // the storage cache.
-  m.gatherer = std::make_unique<Gatherer>(core, [reducer, &core]() -> Status {
-    STRATA_RETURN_IF_ERROR(reducer->drain());
-    core.storage.release_all();
-    return ok();
-  });
+  OptimStateHolder* holder = m.optim.get();
+  m.gatherer = std::make_unique<Gatherer>(
+      core,
+      [reducer, &core]() -> Status {
+        STRATA_RETURN_IF_ERROR(reducer->drain());
+        core.storage.release_all();
+        return ok();
+      },
+      [holder](std::uint32_t c) -> const at::Tensor& { return holder->memory_master(c); });
   m.stepper = std::make_unique<StepDriver>(core, m.kernel, *m.reducer, *m.optim, *m.gatherer);
   Impl* self = &m;
   if (stage == 3) {

@@ -4,8 +4,8 @@
 
 namespace strata::engine {
 
-Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room)
-    : core_(core), make_room_(std::move(make_room)), g_(core.chunks->size()) {}
+Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master)
+    : core_(core), make_room_(std::move(make_room)), master_(std::move(master)), g_(core.chunks->size()) {}
 
 Gatherer::~Gatherer() {
   // Collectives and reads in flight write into storage: let them finish first.
@@ -54,6 +54,9 @@ Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
       core_.account(Tier::kNvme, Tier::kHost, bytes);
     }
     core_.account(Tier::kHost, Tier::kCompute, bytes);
+  } else if (k.shard_from_master) {
+    slice.copy_(master_(c));  // Note [shard from master]: RNE, as the step's cast
+    core_.account(k.shard_tier, Tier::kCompute, bytes);
   } else {
     slice.copy_(k.shard);
     core_.account(k.shard_tier, Tier::kCompute, bytes);

@@ -5,7 +5,8 @@
 // Note [shard into slice]: a gather copies this rank's shard into its slice of the
 // chunk's full-size storage (a real copy when the shard lives on host; a read when it
 // lives on nvme, from the staging buffer a Load op filled, or straight from the swap
-// store when none did), then all-gathers the other slices in place. Every byte of a
+// store when none did; a cast of this rank's fp32 master slice when the shard is made
+// from the master, Note [shard from master]), then all-gathers the other slices in place. Every byte of a
 // gathered chunk is a compute reservation. The gatherer has no eviction policy: what is
 // released when is the schedule's decision (on demand: after every use).
 #pragma once
@@ -21,9 +22,11 @@ namespace strata::engine {
 
 class Gatherer {
  public:
+  // Chunk c's fp32 master shard in host memory (Note [shard from master]).
+  using MasterOf = std::function<const at::Tensor&(std::uint32_t c)>;
   // `make_room` frees compute memory that is on its way out (gradient buffers whose
   // reductions are in flight) when a reservation does not fit.
-  Gatherer(EngineCore& core, std::function<Status()> make_room);
+  Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master);
   ~Gatherer();
 
   // Load: chunk c's shard from nvme into a host staging buffer, for a later gather.
@@ -68,6 +71,7 @@ class Gatherer {
 
   EngineCore& core_;
   std::function<Status()> make_room_;
+  MasterOf master_;
   std::vector<GatherRt> g_;
   std::vector<comm::Handle> refreshing_;
   std::uint64_t gathered_bytes_ = 0;

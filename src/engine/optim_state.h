@@ -54,6 +54,8 @@ class OptimStateHolder {
   Status release(std::uint32_t c);           // after c's step: nvme: start writing back
   Status flush();                            // every write-back finished
 
+  // Chunk c's master when its state lives in memory (Note [shard from master]).
+  const at::Tensor& memory_master(std::uint32_t c) const { return mem_[c].master; }
   // Outside the step (consolidation, loading a state dict): c's state in host memory,
   // read from any tier (for memory tiers, the tensors themselves), and back.
   Result<ShardState> read(std::uint32_t c);

@@ -8,6 +8,16 @@
 // recorded the real trace, again on it, with the non-model bytes measured at each
 // access (tiers::MemoryProbe: activations, temporaries) as reserved compute memory.
 // Shards only ever move towards host, so a placement that fit stays valid.
+//
+// Note [shard from master]: at stage 3, when a trainable chunk's parameter shard and its
+// optimizer state both live on host, the shard is not stored at all: it is exactly the
+// fp32 master slice cast to the compute dtype (the fused step writes it that way, with
+// round-to-nearest-even, and frozen parameters' masters keep their initial values), so a
+// gather casts the master into its slice instead of copying a shard. That saves the
+// compute-dtype copy, 2 bytes per parameter in bf16 (4 in fp32, where the shard was the
+// master twice): host offload then holds 16 bytes per parameter, as plain PyTorch's
+// fp32 parameter, gradient, m and v. Static placement only (auto moves shards after
+// setup), and never with a wrapped torch::optim optimizer (it writes shards itself).
 #include <cmath>
 
 #include "engine_impl.h"
@@ -45,6 +55,10 @@ Status Engine::Impl::place() {
     k.grads_on_nvme = o.nvme_gradients && core.stage() >= 2 && k.trainable && k.optim_tier == Tier::kNvme;
     trainable_index += k.trainable;
     chunks.decide_residency(c);
+    // Note [shard from master].
+    k.shard_from_master = o.placement == Placement::kStatic && !o.wrap && k.trainable &&
+                          k.shard_tier == Tier::kHost && k.optim_tier == Tier::kHost &&
+                          (k.residency == Residency::kSharded || k.residency == Residency::kPersistent);
     any_nvme |= k.shard_tier == Tier::kNvme || (k.trainable && k.optim_tier == Tier::kNvme);
   }
   if (any_nvme) {

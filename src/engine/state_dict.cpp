@@ -110,7 +110,7 @@ Result<at::Tensor> shard_values(Engine::Impl& m, std::uint32_t c) {
     STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
     return s.master;
   }
-  if (k.shard_tier != Tier::kNvme) return k.shard.to(at::kFloat);
+  if (k.shard_tier != Tier::kNvme) return k.shard.to(at::kFloat);  // never made from a master: not trainable
   at::Tensor t = aligned_empty(m.core.chunks->store().shard_elems(c), m.core.opt.compute_dtype);
   STRATA_RETURN_IF_ERROR(m.core.chunks->load_shard(c, t));
   return t.to(at::kFloat);
@@ -263,6 +263,7 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
     if (!loaded[c]) continue;
     STRATA_RETURN_IF_ERROR(m.optim->write(c, *loaded[c]));
     ChunkRt& k = chunks[c];
+    if (k.shard_from_master) continue;  // gathers cast the loaded master (Note [shard from master])
     at::Tensor shard = k.shard_tier == Tier::kNvme ? aligned_empty(store.shard_elems(c), m.core.opt.compute_dtype) : k.shard;
     if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(chunks.load_shard(c, shard));
     for (const auto& slot : chunks.slots(c))

@@ -141,8 +141,10 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
     core_.account(Tier::kNvme, Tier::kHost, core_.chunks->shard_bytes(c));
   }
   std::vector<ShardRun> stepped;
+  // Note [shard from master]: no shard to write; the next gather casts the new master.
+  void* param_out = out.defined() ? out.data_ptr() : nullptr;
   STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad.data_ptr(), gdt,
-                                    out.data_ptr(), pdt, grad_scale, core_.pool.get(), &stepped));
+                                    param_out, pdt, grad_scale, core_.pool.get(), &stepped));
   if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped)};
   core_.trace.add(StepTrace::kOptimizer, "step " + core_.chunks->name(c), t0, Clock::now());
   return ok();

@@ -99,7 +99,9 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   if (in.stage < 3) {
     add(Tier::kCompute, StateKind::kParams, lp * P);
   } else {
-    add(param_tier, StateKind::kParams, lp * s);
+    // Shard and state on host: the shard is made from the master (Note [shard from
+    // master] in src/engine/placement.cpp).
+    if (!(param_tier == Tier::kHost && opt_tier == Tier::kHost)) add(param_tier, StateKind::kParams, lp * s);
     add(Tier::kCompute, StateKind::kParams, lp * W);
   }
   // grads

@@ -68,7 +68,7 @@ class Planner {
         return make_error(ErrorCode::kInvalidArgument, "schedule: chunk {} is replicated (stages 0-2 have no schedule)", c);
       aliased_[c] = chunk_aliased(ch, opt_.world);
       persistent_[c] = chunk_persistent(ch, opt_);
-      fixed_[tier_index(ch.shard_tier)] += shard(ch);
+      if (!ch.shard_from_master) fixed_[tier_index(ch.shard_tier)] += shard(ch);
       fixed_[tier_index(ch.optim_tier)] += ch.optim_state_bytes;
       fixed_[tier_index(step_tier(ch))] += ch.grad_shard_bytes;
       if (persistent_[c]) persistent_bytes_ += ch.bytes;

@@ -140,6 +140,11 @@ void parity(const std::string& placement, bool bf16) {
     o.optimizer.lr = 3e-3;
   }
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  if (placement == "host" || placement == "quarter") {
+    // Note [shard from master]: with shards and state on host no shard is stored.
+    const auto held = eng->memory_by_kind()[plan::tier_index(plan::Tier::kHost)][plan::kind_index(plan::StateKind::kParams)];
+    if (held != 0) fail(fmt::format("{}: {} bytes of parameter shards held on host; the masters make them", placement, held));
+  }
   if (placement == "persist") {
     int persistent = 0;
     for (const auto& c : eng->store().layout().chunks) persistent += c.kind == plan::ChunkKind::kPersistent;

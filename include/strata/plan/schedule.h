@@ -77,6 +77,10 @@ struct ScheduleChunk {
   std::uint64_t optim_state_bytes = 0;  // this rank's master + optimizer state bytes
   std::uint64_t grad_shard_bytes = 0;   // this rank's fp32 grad accumulator bytes
   bool persistent = false;              // keep gathered regardless of the threshold
+  // The shard is not stored: gathers cast this rank's fp32 master slice (stage 3, shard
+  // and optimizer state both on host; Note [shard from master] in src/engine). Its shard
+  // bytes are not held in shard_tier.
+  bool shard_from_master = false;
   // Stages 0-2: every rank holds the whole chunk for good (only the optimizer state is
   // sharded). Never gathered or released by an access; after the step this rank's
   // updated slice is all-gathered into it (a Gather in the step ops when world > 1).
