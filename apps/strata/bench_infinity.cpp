@@ -16,7 +16,6 @@
 // overlaps reads with writes better than that.
 // ratios.step_nvme_vs_host: the whole step with the optimizer on nvme over the step with
 // it on host.
-#include <sys/wait.h>
 
 #include <cstdlib>
 
@@ -66,29 +65,13 @@ struct RunFigures {
   double peak_rss = 0;
 };
 
-std::string quoted(const std::string& s) {
-  std::string q = "'";
-  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-  return q + "'";
-}
-
-// Runs argv as a user would start it (no RANK in its environment), its output on stderr.
-Status run_quiet(const std::vector<std::string>& argv, const std::string& redirect, const std::string& what) {
-  std::string cmd = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE";
-  for (const auto& a : argv) cmd += " " + quoted(a);
-  const int status = std::system((cmd + " " + redirect).c_str());
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (code != 0) return make_error(ErrorCode::kInternal, "{} failed with exit code {}", what, code);
-  return ok();
-}
-
 Result<RunFigures> run_placement(const InfinityOptions& o, const Placement& p, const fs::path& dir) {
   STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
   const fs::path out = dir / p.key;
   const fs::path config = dir / "config.json";
   // Every swap record on disk, however small the model.
   std::ofstream(config) << R"({"zero_optimization": {"stage3_param_persistence_threshold": 0}, "strata": {"min_io_bytes": 0}})";
-  STRATA_RETURN_IF_ERROR(run_quiet({self, "train", "--config", config.string(), "-n", std::to_string(o.world), "--model",
+  STRATA_RETURN_IF_ERROR(run_as_user({self, "train", "--config", config.string(), "-n", std::to_string(o.world), "--model",
                                     o.model, "--seq-len", std::to_string(o.seq), "--micro-batch", std::to_string(o.batch),
                                     "--steps", std::to_string(o.steps), "--stage", "3", "--compute-budget", "none",
                                     "--offload-optimizer", p.optimizer, "--offload-param", p.param, "--nvme-path",
@@ -126,9 +109,9 @@ struct DiskFigures {
 Result<DiskFigures> disk_figures(const fs::path& dir) {
   STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
   const fs::path json = dir / "io.json";
-  STRATA_RETURN_IF_ERROR(run_quiet({self, "bench", "io", "--dir", dir.string(), "--size", "2GiB", "--no-fio",
+  STRATA_RETURN_IF_ERROR(run_as_user({self, "bench", "io", "--dir", dir.string(), "--size", "2GiB", "--no-fio",
                                     "--repeats", "1", "--records", "64MiB", "--json"},
-                                   "> " + quoted(json.string()), "strata bench io"));
+                                   "> " + shell_quoted(json.string()), "strata bench io"));
   std::ifstream in(json);
   auto j = nlohmann::json::parse(in, nullptr, false);
   if (j.is_discarded()) return make_error(ErrorCode::kDataLoss, "strata bench io printed no JSON");

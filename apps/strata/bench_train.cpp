@@ -7,7 +7,6 @@
 // its figure is the median step time of the steps after the first two (the first
 // records the trace), read from its metrics.jsonl. The baseline
 // runs as `world` processes of /usr/bin/python3 under strata's launcher.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -40,12 +39,6 @@ struct TrainBenchOptions {
   bool json = false;
 };
 
-std::string quoted(const std::string& s) {
-  std::string q = "'";
-  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-  return q + "'";
-}
-
 Result<double> strata_tokens_per_s(const TrainBenchOptions& o, int stage, const fs::path& dir) {
   STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
   const fs::path out = dir / fmt::format("stage{}", stage);
@@ -61,11 +54,7 @@ Result<double> strata_tokens_per_s(const TrainBenchOptions& o, int stage, const 
                                    "--eval-every", "0", "--eval-batches", "1", "--out", out.string(),
                                    o.fp32 ? "--fp32" : "--bf16"};
   if (stage == 3) argv.insert(argv.end(), {"--offload-param", "none"});
-  std::string cmd = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE";
-  for (const auto& a : argv) cmd += " " + quoted(a);
-  const int status = std::system((cmd + " 1>&2").c_str());
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (code != 0) return make_error(ErrorCode::kInternal, "strata train at stage {} failed with exit code {}", stage, code);
+  STRATA_RETURN_IF_ERROR(run_as_user(argv, "1>&2", fmt::format("strata train at stage {}", stage)));
   std::ifstream in(out / "metrics.jsonl");
   std::vector<double> step_s;
   for (std::string line; std::getline(in, line);) {

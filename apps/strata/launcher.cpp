@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -76,6 +77,26 @@ Result<int> pick_free_port() {
   }
   ::close(fd);
   return static_cast<int>(ntohs(addr.sin_port));
+}
+
+std::string shell_quoted(const std::string& s) {
+  std::string q = "'";
+  for (char ch : s) {
+    if (ch == '\'') q.append("'\\''");  // close, an escaped quote, reopen
+    else q.push_back(ch);
+  }
+  q.push_back('\'');
+  return q;
+}
+
+Status run_as_user(const std::vector<std::string>& argv, const std::string& redirect, const std::string& what) {
+  std::string cmd = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE";
+  for (const auto& a : argv) cmd.append(" ").append(shell_quoted(a));
+  cmd.append(" ").append(redirect);
+  const int status = std::system(cmd.c_str());
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (code != 0) return make_error(ErrorCode::kInternal, "{} failed with exit code {}", what, code);
+  return ok();
 }
 
 Result<std::string> self_exe() {

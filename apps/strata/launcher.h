@@ -46,6 +46,14 @@ Result<int> pick_free_port();
 // The path of the running executable, to start ranks of this very program.
 Result<std::string> self_exe();
 
+// A shell word: `s` in single quotes, safe for std::system.
+std::string shell_quoted(const std::string& s);
+
+// Runs argv through the shell as a user starts it (no RANK or WORLD_SIZE in its
+// environment, so a strata command starts its own ranks), with `redirect` appended
+// (e.g. "1>&2"); a non-zero exit is an error naming `what`.
+Status run_as_user(const std::vector<std::string>& argv, const std::string& redirect, const std::string& what);
+
 // Starts `world` ranks of `strata bench <bench> --worker DIR <args>`, each of which
 // writes DIR/rank<k>.json, and returns those objects in rank order.
 Result<std::vector<nlohmann::json>> run_bench_ranks(const std::string& bench, int world,

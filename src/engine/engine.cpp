@@ -60,9 +60,11 @@ Status Engine::Impl::fill(const std::vector<at::Tensor>& chunked, const ParamIni
   auto place_chunk = [&](const ChunkStore& store, std::size_t ci) -> Status {
     const auto c = static_cast<std::uint32_t>(ci);
     ChunkRt& k = chunks[c];
-    if (stage3) {  // this rank's shard; the full chunk goes
-      k.shard = aligned_empty(store.shard_elems(c), store.options().compute_dtype);
-      k.shard.copy_(store.shard(store.full(c), c));
+    if (stage3) {  // this rank's shard (none when the master makes it); the full chunk goes
+      if (!k.shard_from_master) {
+        k.shard = aligned_empty(store.shard_elems(c), store.options().compute_dtype);
+        k.shard.copy_(store.shard(store.full(c), c));
+      }
       ChunkStore::free_storage(store.full(c));
     }
     STRATA_RETURN_IF_ERROR(chunks.materialize(c));
