@@ -171,9 +171,9 @@ void add_offload_fields(std::vector<Field>& out, const std::string& p, OffloadPa
   out.push_back(choice(p + ".device", o.device,
                        {{"none", OffloadDevice::kNone}, {"cpu", OffloadDevice::kCpu}, {"nvme", OffloadDevice::kNvme}}));
   out.push_back(text(p + ".nvme_path", o.nvme_path));
-  out.push_back(recognised(p + ".buffer_count", kNoEffect, "nvme parameter shards are read straight into the gathered chunk"));
-  out.push_back(recognised(p + ".buffer_size", kNoEffect, "transfers are whole chunk shards"));
-  out.push_back(recognised(p + ".max_in_cpu", kNoEffect, "use strata.host_budget"));
+  out.push_back(integer(p + ".buffer_count", o.buffer_count, 1, 1024));
+  out.push_back(integer(p + ".buffer_size", o.buffer_size, 1, kInf));
+  out.push_back(integer(p + ".max_in_cpu", o.max_in_cpu, 0, kInf));
   out.push_back(recognised(p + ".pin_memory", kNoEffect, "pinning needs CUDA; host buffers are pinned automatically when it is present"));
 }
 
@@ -225,8 +225,7 @@ std::vector<Field> bind(Config& c) {
   f.push_back(integer(zp + ".stage3_param_persistence_threshold", z.stage3_param_persistence_threshold, 0, kInf));
   f.push_back(integer(zp + ".stage3_max_live_parameters", z.stage3_max_live_parameters, 0, kInf));
   f.push_back(integer(zp + ".stage3_max_reuse_distance", z.stage3_max_reuse_distance, 0, kInf));
-  f.push_back(recognised(zp + ".sub_group_size", kNoEffect,
-                         "the optimizer steps chunk by chunk, which bounds its working set the same way"));
+  f.push_back(integer(zp + ".sub_group_size", z.sub_group_size, 1, kInf));
   add_offload_fields(f, zp + ".offload_optimizer", z.offload_optimizer);
   add_offload_fields(f, zp + ".offload_param", z.offload_param);
   for (const char* key : {"allgather_partitions", "reduce_scatter", "round_robin_gradients",

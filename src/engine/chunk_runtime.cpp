@@ -6,8 +6,11 @@
 namespace strata::engine {
 
 io::SwapKey param_key(std::uint32_t c) { return {io::SwapKind::kParams, 0, c}; }
-io::SwapKey optim_key(std::uint32_t c, std::uint32_t t) { return {io::SwapKind::kOptimizer, t, c}; }
-io::SwapKey grad_key(std::uint32_t c) { return {io::SwapKind::kOptimizer, 255, c}; }
+// Tensor ids: 256 per sub-group; the gradient is id 255 of its sub-group.
+io::SwapKey optim_key(std::uint32_t c, std::uint32_t t, std::uint32_t g) {
+  return {io::SwapKind::kOptimizer, g * 256 + t, c};
+}
+io::SwapKey grad_key(std::uint32_t c, std::uint32_t g) { return {io::SwapKind::kOptimizer, g * 256 + 255, c}; }
 
 ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::size_t n_optim_states,
                            const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,

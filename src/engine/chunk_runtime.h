@@ -110,11 +110,11 @@ class ChunkRuntime {
   std::vector<std::vector<ChunkStore::ShardSlot>> slots_;
 };
 
-// The swap-store key of chunk c's parameter shard, and of its optimizer tensor t
-// (0 = master, then the states in StepKernel::state_names() order).
+// The swap-store key of chunk c's parameter shard, and of sub-group g of its optimizer
+// tensor t (0 = master, then the states in StepKernel::state_names() order).
 io::SwapKey param_key(std::uint32_t c);
-io::SwapKey optim_key(std::uint32_t c, std::uint32_t t);
-// Chunk c's gradient shard on nvme (Note [gradients on nvme]).
-io::SwapKey grad_key(std::uint32_t c);
+io::SwapKey optim_key(std::uint32_t c, std::uint32_t t, std::uint32_t g = 0);
+// Sub-group g of chunk c's gradient shard on nvme (Note [gradients on nvme]).
+io::SwapKey grad_key(std::uint32_t c, std::uint32_t g = 0);
 
 }  // namespace strata::engine

@@ -1,5 +1,7 @@
 #include "strata/engine/engine_options.h"
 
+#include <algorithm>
+
 #include <c10/core/ScalarType.h>
 
 #include "strata/engine/chunk_store.h"
@@ -26,9 +28,15 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.placement = cfg.strata.placement;
   o.param_device = z.offload_param.device;
   o.optim_device = z.offload_optimizer.device;
+  const auto elems = [](std::uint64_t v) { return static_cast<std::int64_t>(std::min<std::uint64_t>(v, std::uint64_t{1} << 62)); };
+  o.param_staging = {.buffer_count = z.offload_param.buffer_count,
+                     .buffer_elems = elems(z.offload_param.buffer_size),
+                     .max_in_cpu = elems(z.offload_param.max_in_cpu)};
   o.optim_pipeline = {.buffer_count = z.offload_optimizer.buffer_count,
                       .read_ahead = z.offload_optimizer.pipeline_read,
-                      .write_behind = z.offload_optimizer.pipeline_write};
+                      .write_behind = z.offload_optimizer.pipeline_write,
+                      .sub_group_elems = static_cast<std::int64_t>(
+                          std::max<std::uint64_t>(1024, std::min<std::uint64_t>(z.sub_group_size, std::uint64_t{1} << 40) / 1024 * 1024))};
   o.offload_param_frac = cfg.strata.offload_param_frac;
   o.offload_optim_frac = cfg.strata.offload_optim_frac;
   o.swap = io::SwapStoreOptions::from_config(

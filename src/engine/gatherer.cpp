@@ -1,5 +1,7 @@
 #include "gatherer.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 
 namespace strata::engine {
@@ -16,15 +18,39 @@ Gatherer::~Gatherer() {
   for (auto& h : refreshing_) (void)h.wait();
 }
 
+Status Gatherer::setup_staging() {
+  const auto& o = core_.opt.param_staging;
+  std::int64_t largest = 0;
+  for (std::uint32_t c = 0; c < g_.size(); ++c)
+    if ((*core_.chunks)[c].shard_tier == Tier::kNvme) largest = std::max(largest, core_.chunks->store().shard_elems(c));
+  if (largest == 0) return ok();
+  if (largest > o.buffer_elems) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "zero_optimization.offload_param.buffer_size {} is smaller than the largest nvme parameter shard "
+                      "({} elements): raise buffer_size, or lower strata.chunk_size",
+                      o.buffer_elems, largest);
+  }
+  buffer_bytes_ = (static_cast<std::uint64_t>(largest) * c10::elementSize(core_.opt.compute_dtype) + kIoAlignBytes - 1) /
+                  kIoAlignBytes * kIoAlignBytes;
+  const auto total = buffer_bytes_ * static_cast<std::uint64_t>(o.buffer_count);
+  STRATA_ASSIGN_OR_RETURN(staging_res_,
+                          core_.tiers.reserve(Tier::kHost, total, StateKind::kBuffers, "nvme parameter staging pool"));
+  STRATA_ASSIGN_OR_RETURN(staging_, io::BufferPool::create({.budget_bytes = total,
+                                                             .acquire_timeout = std::chrono::milliseconds(0)}));
+  return ok();
+}
+
 Status Gatherer::load(std::uint32_t c) {
   const ChunkRt& k = (*core_.chunks)[c];
   GatherRt& g = g_[c];
   if (k.shard_tier != Tier::kNvme || k.sm.gathered() || g.staged) return ok();
+  auto buf = staging_.try_acquire(buffer_bytes_);
+  if (!buf) return ok();  // every buffer taken: the gather reads it (Note [nvme parameter staging])
   const std::uint64_t bytes = core_.chunks->shard_bytes(c);
   Staged s;
-  STRATA_ASSIGN_OR_RETURN(s.res, core_.chunks->reserve(Tier::kHost, bytes, StateKind::kBuffers, c, "param staging"));
-  s.buf = aligned_empty(core_.chunks->store().shard_elems(c), core_.opt.compute_dtype);
-  s.io = core_.swap->get_async(param_key(c), bytes_of(s.buf));
+  s.buf = std::move(*buf);
+  s.values = at::from_blob(s.buf.data(), {core_.chunks->store().shard_elems(c)}, core_.opt.compute_dtype);
+  s.io = core_.swap->get_async(param_key(c), bytes_of(s.values));
   core_.account(Tier::kNvme, Tier::kHost, bytes);
   g.staged = std::move(s);
   return ok();
@@ -47,7 +73,7 @@ Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
   if (k.shard_tier == Tier::kNvme) {
     if (g.staged) {
       STRATA_RETURN_IF_ERROR(g.staged->io.wait());
-      slice.copy_(g.staged->buf);
+      slice.copy_(g.staged->values);
       g.staged.reset();
     } else {
       STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, slice));

@@ -2,6 +2,13 @@
 // Release and Evict ops of the schedule, the same ops on demand, and the all-gather of
 // replicated chunks after a step. Internal to src/engine.
 //
+// Note [nvme parameter staging]: a Load reads an nvme shard into a staging buffer of a
+// pool the gatherer owns: offload_param.buffer_count buffers, each the largest nvme
+// shard (offload_param.buffer_size, in elements, must hold it: setup refuses a smaller
+// one), one huge-page arena reserved in the host tier as "buffers" at setup. A Load
+// never waits for a buffer: when all are taken (more Loads ahead than buffers), it is
+// skipped and the gather reads the shard straight into its slice.
+//
 // Note [shard into slice]: a gather copies this rank's shard into its slice of the
 // chunk's full-size storage (a real copy when the shard lives on host; a read when it
 // lives on nvme, from the staging buffer a Load op filled, or straight from the swap
@@ -29,6 +36,8 @@ class Gatherer {
   Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master);
   ~Gatherer();
 
+  // After placement: the staging pool for nvme shards (Note [nvme parameter staging]).
+  Status setup_staging();
   // Load: chunk c's shard from nvme into a host staging buffer, for a later gather.
   Status load(std::uint32_t c);
   // Gather: start bringing chunk c in. `prefetch`: issued before the access that uses it.
@@ -52,9 +61,9 @@ class Gatherer {
 
  private:
   struct Staged {
-    at::Tensor buf;
+    io::PooledBuffer buf;  // declared before io: given back once the read has finished
+    at::Tensor values;     // a view of buf
     io::SwapHandle io;
-    tiers::Reservation res;  // declared after io: released once the read has finished
   };
   struct Pending {
     comm::Handle handle;
@@ -75,6 +84,9 @@ class Gatherer {
   std::vector<GatherRt> g_;
   std::vector<comm::Handle> refreshing_;
   std::uint64_t gathered_bytes_ = 0;
+  io::BufferPool staging_;
+  std::uint64_t buffer_bytes_ = 0;
+  tiers::Reservation staging_res_;
 };
 
 }  // namespace strata::engine

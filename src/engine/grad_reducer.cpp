@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "io_tensor.h"
+#include "shard_state.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>
@@ -57,7 +58,8 @@ GradReducer::GradReducer(EngineCore& core) : core_(core) {
 GradReducer::~GradReducer() {
   // Reductions and writes still in flight use buffers this object owns: wait for them.
   for (std::uint32_t c : order_) (void)grads_[c].op->handle.wait();
-  for (Spill& s : spills_) (void)s.io.wait();
+  for (Spill& s : spills_)
+    for (auto& h : s.io) (void)h.wait();
 }
 
 Status GradReducer::setup(std::function<void()> on_activity) {
@@ -234,9 +236,16 @@ Status GradReducer::spill(std::uint32_t c) {
   g.complete = true;
   STRATA_RETURN_IF_ERROR(ensure_shard(c));  // a chunk that got no gradient: zeros
   const std::uint64_t bytes = static_cast<std::uint64_t>(g.shard.numel()) * 4;
+  // One record per optimizer sub-group, in the layout the step reads (Note [optimizer
+  // sub-groups] in shard_state.h).
+  const std::vector<ElemRange> groups = sub_groups(g.shard.numel(), core_.opt.optim_pipeline.sub_group_elems);
+  auto part = [&groups](const at::Tensor& t, std::size_t i) { return t.narrow(0, groups[i].begin, groups[i].size()); };
   if (g.in_record) {  // an earlier micro-step of this window: add its sum
     at::Tensor before = aligned_empty(g.shard.numel(), at::kFloat);
-    STRATA_RETURN_IF_ERROR(core_.swap->get(grad_key(c), bytes_of(before)));
+    std::vector<io::SwapHandle> reads;
+    for (std::size_t i = 0; i < groups.size(); ++i)
+      reads.push_back(core_.swap->get_async(grad_key(c, static_cast<std::uint32_t>(i)), bytes_of(part(before, i))));
+    for (auto& h : reads) STRATA_RETURN_IF_ERROR(h.wait());
     core_.account(Tier::kNvme, Tier::kHost, bytes);
     g.shard.add_(before);
   }
@@ -248,7 +257,8 @@ Status GradReducer::spill(std::uint32_t c) {
   STRATA_RETURN_IF_ERROR(wait_spills(kSpillsInFlight - 1));
   Spill sp{.shard = std::move(g.shard), .res = std::move(g.shard_res)};
   g.shard = at::Tensor();
-  sp.io = core_.swap->put_async(grad_key(c), bytes_of(sp.shard));
+  for (std::size_t i = 0; i < groups.size(); ++i)
+    sp.io.push_back(core_.swap->put_async(grad_key(c, static_cast<std::uint32_t>(i)), bytes_of(part(sp.shard, i))));
   core_.account(Tier::kHost, Tier::kNvme, bytes);
   spills_.push_back(std::move(sp));
   g.in_record = true;
@@ -259,7 +269,7 @@ Status GradReducer::wait_spills(std::size_t keep) {
   while (spills_.size() > keep) {
     Spill sp = std::move(spills_.front());
     spills_.pop_front();
-    STRATA_RETURN_IF_ERROR(sp.io.wait());
+    for (auto& h : sp.io) STRATA_RETURN_IF_ERROR(h.wait());
   }
   return ok();
 }

@@ -123,7 +123,7 @@ class GradReducer {
   struct Spill {
     at::Tensor shard;
     tiers::Reservation res;
-    io::SwapHandle io;
+    std::vector<io::SwapHandle> io;  // one write per optimizer sub-group
   };
   static constexpr std::size_t kSpillsInFlight = 2;
   bool scatter_mode() const { return core_.stage() >= 2; }

@@ -25,10 +25,37 @@ std::vector<at::Tensor*> OptimStateHolder::tensors(ShardState& s) const {
   return ts;
 }
 
+std::vector<ElemRange> OptimStateHolder::groups(std::uint32_t c) const {
+  const std::int64_t n = core_.chunks->store().shard_elems(c);
+  if (!on_nvme(c)) return {{0, n}};
+  return sub_groups(n, core_.opt.optim_pipeline.sub_group_elems);
+}
+
+int OptimStateHolder::read_ahead_depth() const {
+  const auto& p = core_.opt.optim_pipeline;
+  return p.read_ahead ? p.buffer_count - p.needed() + 1 : 0;
+}
+
 void OptimStateHolder::add_records(std::uint32_t c, std::vector<io::SwapReservation>& out) const {
   if (!(*core_.chunks)[c].trainable || !on_nvme(c)) return;
-  const auto n = static_cast<std::uint64_t>(core_.chunks->store().shard_elems(c));
-  for (std::uint32_t t = 0; t <= kernel_.state_names().size(); ++t) out.push_back({optim_key(c, t), n * 4});
+  const std::vector<ElemRange> gs = groups(c);
+  for (std::uint32_t g = 0; g < gs.size(); ++g)
+    for (std::uint32_t t = 0; t <= kernel_.state_names().size(); ++t)
+      out.push_back({optim_key(c, t, g), static_cast<std::uint64_t>(gs[g].size()) * 4});
+}
+
+void OptimStateHolder::get_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole,
+                                  std::vector<io::SwapHandle>& io) {
+  const std::vector<ElemRange> gs = groups(c);
+  for (std::uint32_t g = 0; g < gs.size(); ++g)
+    io.push_back(core_.swap->get_async(optim_key(c, t, g), bytes_of(whole.narrow(0, gs[g].begin, gs[g].size()))));
+}
+
+Status OptimStateHolder::put_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole) {
+  const std::vector<ElemRange> gs = groups(c);
+  for (std::uint32_t g = 0; g < gs.size(); ++g)
+    STRATA_RETURN_IF_ERROR(core_.swap->put(optim_key(c, t, g), bytes_of(whole.narrow(0, gs[g].begin, gs[g].size()))));
+  return ok();
 }
 
 Status OptimStateHolder::materialize(std::uint32_t c) {
@@ -42,7 +69,7 @@ Status OptimStateHolder::materialize(std::uint32_t c) {
   const std::uint64_t bytes = s.bytes();
   if (on_nvme(c)) {
     const auto ts = tensors(s);
-    for (std::uint32_t t = 0; t < ts.size(); ++t) STRATA_RETURN_IF_ERROR(core_.swap->put(optim_key(c, t), bytes_of(*ts[t])));
+    for (std::uint32_t t = 0; t < ts.size(); ++t) STRATA_RETURN_IF_ERROR(put_groups(c, t, *ts[t]));
     s = ShardState{};  // the swap store holds it now
   }
   STRATA_ASSIGN_OR_RETURN(res_[c], core_.chunks->reserve(k.optim_tier, bytes, StateKind::kOptimizer, c, "optimizer state"));
@@ -59,15 +86,17 @@ namespace {
 constexpr std::uint64_t round_io(std::uint64_t b) { return (b + kIoAlignBytes - 1) / kIoAlignBytes * kIoAlignBytes; }
 }  // namespace
 
-// Master, states and (when on nvme) the gradient, each starting on a 4 KiB boundary.
-std::uint64_t OptimStateHolder::staging_bytes(std::uint32_t c) const {
-  const auto one = round_io(static_cast<std::uint64_t>(core_.chunks->store().shard_elems(c)) * 4);
+// Master, states and (when on nvme) the gradient of one sub-group, each starting on a
+// 4 KiB boundary.
+std::uint64_t OptimStateHolder::staging_bytes(std::uint32_t c, const ElemRange& r) const {
+  const auto one = round_io(static_cast<std::uint64_t>(r.size()) * 4);
   return one * (1 + kernel_.state_names().size() + ((*core_.chunks)[c].grads_on_nvme ? 1 : 0));
 }
 
 Status OptimStateHolder::setup_staging() {
   for (std::uint32_t c = 0; c < core_.chunks->size(); ++c)
-    if ((*core_.chunks)[c].trainable && on_nvme(c)) buffer_bytes_ = std::max(buffer_bytes_, staging_bytes(c));
+    if ((*core_.chunks)[c].trainable && on_nvme(c))
+      for (const ElemRange& r : groups(c)) buffer_bytes_ = std::max(buffer_bytes_, staging_bytes(c, r));
   if (buffer_bytes_ == 0) return ok();
   const auto count = static_cast<std::uint64_t>(core_.opt.optim_pipeline.buffer_count);
   STRATA_ASSIGN_OR_RETURN(staging_res_, core_.tiers.reserve(Tier::kHost, count * buffer_bytes_, StateKind::kBuffers,
@@ -78,31 +107,27 @@ Status OptimStateHolder::setup_staging() {
   return ok();
 }
 
-Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c, bool for_step) {
+Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c, std::uint32_t g) {
   auto s = std::make_unique<Swap>();
-  const std::int64_t n = core_.chunks->store().shard_elems(c);
-  const bool grad = for_step && (*core_.chunks)[c].grads_on_nvme;
-  if (!for_step) {
-    s->state = ShardState::uninitialized(n, kernel_);
-  } else {
-    while (reading_.size() + writing_.size() >= static_cast<std::size_t>(core_.opt.optim_pipeline.buffer_count)) {
-      STRATA_RETURN_IF_ERROR(wait_oldest_write());
-    }
-    STRATA_ASSIGN_OR_RETURN(s->buf, staging_.try_acquire(buffer_bytes_));
-    const std::uint64_t one = round_io(static_cast<std::uint64_t>(n) * 4);
-    std::uint64_t at = 0;
-    auto next = [&] {
-      at::Tensor t = at::from_blob(s->buf.data() + at, {n}, at::kFloat);
-      at += one;
-      return t;
-    };
-    s->state.master = next();
-    for (std::size_t i = 0; i < kernel_.state_names().size(); ++i) s->state.states.push_back(next());
-    if (grad) s->grad = next();
+  const std::int64_t n = groups(c)[g].size();
+  const bool grad = (*core_.chunks)[c].grads_on_nvme;
+  while (reading_.size() + writing_.size() >= static_cast<std::size_t>(core_.opt.optim_pipeline.buffer_count)) {
+    STRATA_RETURN_IF_ERROR(wait_oldest_write());
   }
+  STRATA_ASSIGN_OR_RETURN(s->buf, staging_.try_acquire(buffer_bytes_));
+  const std::uint64_t one = round_io(static_cast<std::uint64_t>(n) * 4);
+  std::uint64_t at = 0;
+  auto next = [&] {
+    at::Tensor t = at::from_blob(s->buf.data() + at, {n}, at::kFloat);
+    at += one;
+    return t;
+  };
+  s->state.master = next();
+  for (std::size_t i = 0; i < kernel_.state_names().size(); ++i) s->state.states.push_back(next());
+  if (grad) s->grad = next();
   const auto ts = tensors(s->state);
-  for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t), bytes_of(*ts[t])));
-  if (grad) s->io.push_back(core_.swap->get_async(grad_key(c), bytes_of(s->grad)));
+  for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t, g), bytes_of(*ts[t])));
+  if (grad) s->io.push_back(core_.swap->get_async(grad_key(c, g), bytes_of(s->grad)));
   return s;
 }
 
@@ -114,42 +139,49 @@ Status OptimStateHolder::wait_oldest_write() {
   return ok();
 }
 
-Status OptimStateHolder::prefetch(std::uint32_t c) {
-  if (!on_nvme(c) || reading_.contains(c) || !core_.opt.optim_pipeline.read_ahead) return ok();
-  STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c, /*for_step=*/true));
+Status OptimStateHolder::prefetch(std::uint32_t c, std::uint32_t g) {
+  if (!on_nvme(c) || reading_.contains(id(c, g)) || !core_.opt.optim_pipeline.read_ahead) return ok();
+  STRATA_ASSIGN_OR_RETURN(reading_[id(c, g)], start_read(c, g));
   return ok();
 }
 
-Result<ShardState*> OptimStateHolder::acquire(std::uint32_t c) {
+Result<ShardState*> OptimStateHolder::acquire(std::uint32_t c, std::uint32_t g) {
   if (!on_nvme(c)) return &mem_[c];
-  if (!reading_.contains(c)) {
-    STRATA_ASSIGN_OR_RETURN(reading_[c], start_read(c, /*for_step=*/true));
+  if (!reading_.contains(id(c, g))) {
+    STRATA_ASSIGN_OR_RETURN(reading_[id(c, g)], start_read(c, g));
   }
-  Swap& s = *reading_.at(c);
+  Swap& s = *reading_.at(id(c, g));
   for (auto& h : s.io) STRATA_RETURN_IF_ERROR(h.wait());
   s.io.clear();
   core_.account(Tier::kNvme, Tier::kHost, s.state.bytes() + (s.grad.defined() ? bytes_of(s.grad).size() : 0));
   return &s.state;
 }
 
-const at::Tensor& OptimStateHolder::grad(std::uint32_t c) const {
-  const Swap& s = *reading_.at(c);
+const at::Tensor& OptimStateHolder::grad(std::uint32_t c, std::uint32_t g) const {
+  const Swap& s = *reading_.at(id(c, g));
   TORCH_INTERNAL_ASSERT(s.grad.defined(), "no gradient read for ", core_.chunks->name(c));
   return s.grad;
 }
 
-Status OptimStateHolder::release(std::uint32_t c) {
+Status OptimStateHolder::release(std::uint32_t c, std::uint32_t g) {
   if (!on_nvme(c)) return ok();
-  auto it = reading_.find(c);
+  auto it = reading_.find(id(c, g));
   if (it == reading_.end()) return ok();
   std::unique_ptr<Swap> s = std::move(it->second);
   reading_.erase(it);
   s->grad = at::Tensor();  // stepped: the gradient is spent
   const auto ts = tensors(s->state);
-  for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->put_async(optim_key(c, t), bytes_of(*ts[t])));
+  for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->put_async(optim_key(c, t, g), bytes_of(*ts[t])));
   core_.account(Tier::kHost, Tier::kNvme, s->state.bytes());
   writing_.push_back(std::move(s));
   if (!core_.opt.optim_pipeline.write_behind) return wait_oldest_write();
+  return ok();
+}
+
+Status OptimStateHolder::release_chunk(std::uint32_t c) {
+  if (!on_nvme(c)) return ok();
+  const auto n = static_cast<std::uint32_t>(groups(c).size());
+  for (std::uint32_t g = 0; g < n; ++g) STRATA_RETURN_IF_ERROR(release(c, g));
   return ok();
 }
 
@@ -164,10 +196,12 @@ Status OptimStateHolder::flush() {
 
 Result<ShardState> OptimStateHolder::read(std::uint32_t c) {
   if (!on_nvme(c)) return mem_[c];
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Swap> s, start_read(c, /*for_step=*/false));
-  for (auto& h : s->io) STRATA_RETURN_IF_ERROR(h.wait());
-  s->io.clear();
-  return std::move(s->state);
+  ShardState state = ShardState::uninitialized(core_.chunks->store().shard_elems(c), kernel_);
+  std::vector<io::SwapHandle> io;
+  const auto ts = tensors(state);
+  for (std::uint32_t t = 0; t < ts.size(); ++t) get_groups(c, t, *ts[t], io);
+  for (auto& h : io) STRATA_RETURN_IF_ERROR(h.wait());
+  return state;
 }
 
 Status OptimStateHolder::write(std::uint32_t c, const ShardState& s) {
@@ -179,7 +213,11 @@ Status OptimStateHolder::write(std::uint32_t c, const ShardState& s) {
   }
   ShardState copy = s;
   const auto ts = tensors(copy);
-  for (std::uint32_t t = 0; t < ts.size(); ++t) STRATA_RETURN_IF_ERROR(core_.swap->put(optim_key(c, t), bytes_of(*ts[t])));
+  for (std::uint32_t t = 0; t < ts.size(); ++t) {
+    // The records move in place only from 4 KiB-aligned memory (io_tensor.h).
+    at::Tensor src = io_aligned(*ts[t]) ? *ts[t] : aligned_empty(ts[t]->numel(), at::kFloat).copy_(*ts[t]);
+    STRATA_RETURN_IF_ERROR(put_groups(c, t, src));
+  }
   return ok();
 }
 

@@ -5,17 +5,20 @@
 // store between steps, one record per tensor (optim_key(c, t): t = 0 the master, then
 // StepKernel::state_names() order), and comes into host memory only around its step.
 //
-// Note [nvme optimizer state]: the step pipelines the records (with the chunk's
-// gradient record when its gradients are on nvme, Note [gradients on nvme]). While
-// chunk k is stepped, chunk k+1's records are being read (pipeline_read) and older
-// chunks' written back (pipeline_write). Every record the step reads lands in a staging
-// buffer of a pool the holder owns: buffer_count buffers, each the size of the largest
-// chunk's records, one 2 MiB-aligned arena advised for huge pages (reads into it ran at
-// 2.68 GB/s against 1.63 GB/s into 4 KiB pages on the development disk). A chunk holds
-// one buffer from its read until its write-back finishes, and a read starts only when a
-// buffer is free (the oldest write-back is waited for first), so the pipeline never
-// waits on the pool and never holds more than buffer_count chunks' state in host
-// memory. The arena is reserved in the host tier as "buffers" at setup.
+// Note [nvme optimizer state]: the step pipelines the records sub-group by sub-group
+// (Note [optimizer sub-groups] in chunk_runtime.h; a chunk is one sub-group unless
+// zero_optimization.sub_group_size is smaller than its shard), with the sub-group's
+// gradient record when gradients are on nvme (Note [gradients on nvme]). While sub-group
+// k is stepped, the next ones are being read (pipeline_read: as many as the buffers
+// left over allow) and older ones written back (pipeline_write). Every record the step
+// reads lands in a staging buffer of a pool the holder owns: buffer_count buffers, each
+// the size of the largest sub-group's records, one 2 MiB-aligned arena advised for huge
+// pages (reads into it ran at 2.68 GB/s against 1.63 GB/s into 4 KiB pages on the
+// development disk). A sub-group holds one buffer from its read until its write-back
+// finishes, and a read starts only when a buffer is free (the oldest write-back is
+// waited for first), so the pipeline never waits on the pool and never holds more than
+// buffer_count sub-groups' state in host memory. The arena is reserved in the host tier
+// as "buffers" at setup.
 #pragma once
 
 #include <cstdint>
@@ -41,18 +44,25 @@ class OptimStateHolder {
   Status materialize(std::uint32_t c);
   // The swap records nvme state needs, for SwapStore::reserve().
   void add_records(std::uint32_t c, std::vector<io::SwapReservation>& out) const;
-  // After placement: the staging pool, sized for the largest nvme chunk (Note [nvme
+  // After placement: the staging pool, sized for the largest nvme sub-group (Note [nvme
   // optimizer state]); nothing when no state is on nvme.
   Status setup_staging();
   // Master + state bytes this rank holds, all tiers.
   std::uint64_t bytes() const;
 
-  // The step pipeline (Note [nvme optimizer state]).
-  Status prefetch(std::uint32_t c);          // nvme: start reading c's records
-  Result<ShardState*> acquire(std::uint32_t c);  // c's state in memory (waits for its read)
-  const at::Tensor& grad(std::uint32_t c) const;  // after acquire(c): its gradient read from nvme
-  Status release(std::uint32_t c);           // after c's step: nvme: start writing back
-  Status flush();                            // every write-back finished
+  // The step pipeline (Note [nvme optimizer state]), by sub-group g of chunk c. State in
+  // memory is one sub-group, the whole shard.
+  std::vector<ElemRange> groups(std::uint32_t c) const;
+  // Sub-groups the pipeline may read ahead of the one being stepped (0: no read ahead).
+  int read_ahead_depth() const;
+  Status prefetch(std::uint32_t c, std::uint32_t g = 0);  // nvme: start reading the records
+  // The sub-group's state in memory (waits for its read); its tensors start at the
+  // sub-group's first element.
+  Result<ShardState*> acquire(std::uint32_t c, std::uint32_t g = 0);
+  const at::Tensor& grad(std::uint32_t c, std::uint32_t g) const;  // after acquire: its gradient read from nvme
+  Status release(std::uint32_t c, std::uint32_t g);  // after its step: nvme: start writing back
+  Status release_chunk(std::uint32_t c);             // every sub-group of c still held
+  Status flush();                                    // every write-back finished
 
   // Chunk c's master when its state lives in memory (Note [shard from master]).
   const at::Tensor& memory_master(std::uint32_t c) const { return mem_[c].master; }
@@ -62,18 +72,23 @@ class OptimStateHolder {
   Status write(std::uint32_t c, const ShardState& s);
 
  private:
-  // One chunk's records in host memory. Members are destroyed in reverse order: the I/O
-  // finishes before the tensors and the staging buffer under them go.
+  // One sub-group's records in host memory. Members are destroyed in reverse order: the
+  // I/O finishes before the tensors and the staging buffer under them go.
   struct Swap {
     io::PooledBuffer buf;        // the step's staging buffer (empty: tensors own their bytes)
     ShardState state;
     at::Tensor grad;             // the step's gradient shard, when it is on nvme
     std::vector<io::SwapHandle> io;
   };
+  using GroupId = std::uint64_t;  // chunk << 32 | sub-group
+  static GroupId id(std::uint32_t c, std::uint32_t g) { return std::uint64_t{c} << 32 | g; }
   bool on_nvme(std::uint32_t c) const;
-  std::uint64_t staging_bytes(std::uint32_t c) const;
-  // for_step: into a staging buffer, with the gradient record; else owning tensors.
-  Result<std::unique_ptr<Swap>> start_read(std::uint32_t c, bool for_step);
+  std::uint64_t staging_bytes(std::uint32_t c, const ElemRange& r) const;
+  // The step's read of sub-group g: into a staging buffer, with the gradient record.
+  Result<std::unique_ptr<Swap>> start_read(std::uint32_t c, std::uint32_t g);
+  // Every record of tensor t of chunk c, sub-group by sub-group, into or out of `whole`.
+  void get_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole, std::vector<io::SwapHandle>& io);
+  Status put_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole);
   Status wait_oldest_write();
   std::vector<at::Tensor*> tensors(ShardState& s) const;
 
@@ -84,8 +99,8 @@ class OptimStateHolder {
   io::BufferPool staging_;
   std::uint64_t buffer_bytes_ = 0;
   tiers::Reservation staging_res_;
-  std::map<std::uint32_t, std::unique_ptr<Swap>> reading_;  // prefetched or being stepped
-  std::vector<std::unique_ptr<Swap>> writing_;             // write-backs in flight, oldest first
+  std::map<GroupId, std::unique_ptr<Swap>> reading_;  // prefetched or being stepped
+  std::vector<std::unique_ptr<Swap>> writing_;       // write-backs in flight, oldest first
 };
 
 }  // namespace strata::engine

@@ -37,6 +37,7 @@ Status Engine::Impl::place() {
   };
   const bool compute_budgeted = o.schedule.budget_bytes[plan::tier_index(Tier::kCompute)] != 0;
   bool any_nvme = false;
+  std::int64_t in_cpu = 0;  // offload_param.max_in_cpu: shard elements kept on host so far
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
     ChunkRt& k = chunks[c];
     if (o.placement == Placement::kAuto) {
@@ -51,6 +52,10 @@ Status Engine::Impl::place() {
                                                             : Tier::kCompute;
     }
     if (core.stage() < 3) k.shard_tier = Tier::kCompute;  // replicated: whole parameters on compute
+    if (k.shard_tier == Tier::kNvme && in_cpu + chunks.store().shard_elems(c) <= o.param_staging.max_in_cpu) {
+      in_cpu += chunks.store().shard_elems(c);
+      k.shard_tier = Tier::kHost;
+    }
     if (!k.trainable) k.optim_tier = Tier::kHost;         // nothing to step; no state
     k.grads_on_nvme = o.nvme_gradients && core.stage() >= 2 && k.trainable && k.optim_tier == Tier::kNvme;
     trainable_index += k.trainable;
@@ -66,12 +71,15 @@ Status Engine::Impl::place() {
     std::vector<io::SwapReservation> records;
     for (std::uint32_t c = 0; c < chunks.size(); ++c) {
       if (chunks[c].shard_tier == Tier::kNvme) records.push_back({param_key(c), chunks.shard_bytes(c)});
-      if (chunks[c].grads_on_nvme) records.push_back({grad_key(c), static_cast<std::uint64_t>(chunks.store().shard_elems(c)) * 4});
+      const std::vector<ElemRange> groups = optim->groups(c);
+      for (std::uint32_t g = 0; chunks[c].grads_on_nvme && g < groups.size(); ++g)
+        records.push_back({grad_key(c, g), static_cast<std::uint64_t>(groups[g].size()) * 4});
       optim->add_records(c, records);
     }
     // All of it up front: a full disk fails here, before training starts.
     STRATA_RETURN_IF_ERROR(core.swap->reserve(records));
     STRATA_RETURN_IF_ERROR(optim->setup_staging());
+    STRATA_RETURN_IF_ERROR(gatherer->setup_staging());
   }
   // auto decides on paper too: nothing is materialized yet (Note [streaming setup]).
   if (o.placement == Placement::kAuto && access) STRATA_RETURN_IF_ERROR(fit_auto());

@@ -104,33 +104,45 @@ Status ParamSteps::sync(const std::vector<std::uint8_t>& local, comm::Communicat
   return ok();
 }
 
+std::vector<ElemRange> sub_groups(std::int64_t n, std::int64_t sub_group_elems) {
+  std::vector<ElemRange> out;
+  for (std::int64_t b = 0; b < n; b += sub_group_elems) out.push_back({b, std::min(n, b + sub_group_elems)});
+  if (out.empty()) out.push_back({0, 0});
+  return out;
+}
+
 void ParamSteps::advance() {
   for (std::size_t i = 0; i < steps.size(); ++i) steps[i] += ever_had_grad[i];
 }
 
 Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
                   const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
-                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool, std::vector<ShardRun>* stepped) {
+                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool, std::vector<ElemRange>* stepped,
+                  ElemRange range) {
   const auto* g_bytes = static_cast<const std::byte*>(grad);
   auto* p_bytes = static_cast<std::byte*>(param);
   const std::size_t g_size = kernels::dtype_size(grad_dtype), p_size = kernels::dtype_size(param_dtype);
+  // A slot's elements within the range.
+  auto lo = [&](std::size_t i) { return std::max(sl[i].shard_offset, range.begin); };
+  auto hi = [&](std::size_t i) { return std::min(sl[i].shard_offset + sl[i].numel, range.end); };
   for (std::size_t i = 0; i < sl.size();) {
-    if (!params.ever_had_grad[sl[i].param]) {
+    if (!params.ever_had_grad[sl[i].param] || lo(i) >= hi(i)) {
       ++i;
       continue;
     }
-    const std::int64_t step = params.steps[sl[i].param] + 1, begin = sl[i].shard_offset;
-    std::int64_t end = begin + sl[i].numel;
+    const std::int64_t step = params.steps[sl[i].param] + 1, begin = lo(i);
+    std::int64_t end = hi(i);
     std::size_t j = i + 1;
-    while (j < sl.size() && sl[j].shard_offset == end && params.ever_had_grad[sl[j].param] &&
+    while (j < sl.size() && sl[j].shard_offset == end && end < range.end && params.ever_had_grad[sl[j].param] &&
            params.steps[sl[j].param] + 1 == step) {
-      end += sl[j].numel;
+      end = hi(j);
       ++j;
     }
+    const std::int64_t at = begin - range.begin;  // in the sub-group's tensors
     std::vector<void*> states;
-    for (auto& t : s.states) states.push_back(t.data_ptr<float>() + begin);
-    STRATA_RETURN_IF_ERROR(kernel.run(end - begin, s.master.data_ptr<float>() + begin, std::move(states),
-                                      g_bytes + begin * g_size, grad_dtype,
+    for (auto& t : s.states) states.push_back(t.data_ptr<float>() + at);
+    STRATA_RETURN_IF_ERROR(kernel.run(end - begin, s.master.data_ptr<float>() + at, std::move(states),
+                                      g_bytes + at * g_size, grad_dtype,
                                       p_bytes == nullptr ? nullptr : p_bytes + begin * p_size, param_dtype,
                                       {.step = step, .grad_scale = grad_scale}, pool));
     if (stepped != nullptr) stepped->push_back({begin, end});

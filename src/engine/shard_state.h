@@ -66,6 +66,20 @@ struct ShardState {
   std::uint64_t bytes() const;
 };
 
+// Note [optimizer sub-groups]: nvme optimizer state (and an nvme gradient shard) is kept
+// and stepped in sub-groups of at most zero_optimization.sub_group_size elements, one
+// record per tensor per sub-group, so the step's staging buffers are bounded by the
+// sub-group and not by the chunk. A sub-group's length is a multiple of 1024 elements
+// (4 KiB of fp32) except the chunk's last, so every sub-group of an aligned shard starts
+// on a 4 KiB boundary and moves in place.
+// [begin, end) elements of a shard: a sub-group, or a run one kernel call stepped.
+struct ElemRange {
+  std::int64_t begin = 0, end = 0;
+  std::int64_t size() const { return end - begin; }
+};
+// The sub-groups of an n-element shard, for sub_group_elems (already a multiple of 1024).
+std::vector<ElemRange> sub_groups(std::int64_t n, std::int64_t sub_group_elems);
+
 // Per-parameter bookkeeping the engine keeps identical on every rank: torch::optim's
 // state.step, and whether the parameter has ever had a gradient (torch::optim never
 // steps a parameter that has not).
@@ -81,21 +95,18 @@ struct ParamSteps {
   void advance();
 };
 
-// [begin, end) elements of a shard that one kernel call stepped.
-struct ShardRun {
-  std::int64_t begin = 0, end = 0;
-};
 
-// One fused step over a chunk shard: parameters that have had a gradient are stepped in
-// runs of adjacent parameters at the same step count (each run one kernel call);
-// others are skipped, as torch::optim skips them, and their elements are never written.
-// grad and param point at the shard's first element. The runs stepped are appended to
-// *stepped when it is not null: a caller that steps into a staging buffer copies only
-// those elements home (Note [step writes only what it computed]).
+// One fused step over elements `range` of a chunk shard: parameters that have had a
+// gradient are stepped in runs of adjacent parameters at the same step count (each run
+// one kernel call); others are skipped, as torch::optim skips them, and their elements
+// are never written. state's tensors and grad start at range.begin, param at the shard's
+// first element. The runs stepped are appended to *stepped when it is not null: a caller
+// that steps into a staging buffer copies only those elements home (Note [step writes
+// only what it computed]).
 Status step_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
                   const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
-                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool,
-                  std::vector<ShardRun>* stepped = nullptr);
+                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool, std::vector<ElemRange>* stepped,
+                  ElemRange range);
 
 // Sums L1/L2 partials and maxes linf/nonfinite across ranks.
 Result<kernels::GradStats> all_reduce_stats(const kernels::GradStats& local, comm::Communicator& comm);

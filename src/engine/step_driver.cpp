@@ -75,23 +75,21 @@ Status StepDriver::step(StepResult& r) {
 }
 
 Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
-  // Read ahead: the first load, and at each step the next one (Note [nvme optimizer state]).
-  auto prefetch_after = [&](std::size_t i) -> Status {
-    for (std::size_t j = i + 1; j < ops.size(); ++j)
-      if (ops[j].kind == plan::OpKind::kLoad) return holder_.prefetch(ops[j].chunk);
-    return ok();
-  };
-  STRATA_RETURN_IF_ERROR(prefetch_after(static_cast<std::size_t>(-1)));
+  // Note [nvme optimizer state]: every nvme sub-group in step order, and the read ahead
+  // along it: before sub-group i steps, the next read_ahead_depth() ones are requested.
+  reads_.clear();
+  for (const plan::Op& op : ops)
+    if (op.kind == plan::OpKind::kStep && (*core_.chunks)[op.chunk].optim_tier == Tier::kNvme)
+      for (std::uint32_t g = 0; g < holder_.groups(op.chunk).size(); ++g) reads_.push_back({op.chunk, g});
+  next_read_ = next_step_ = 0;
+  STRATA_RETURN_IF_ERROR(read_ahead(0));
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const plan::Op& op = ops[i];
     switch (op.kind) {
-      case plan::OpKind::kLoad: STRATA_RETURN_IF_ERROR(holder_.prefetch(op.chunk)); break;
-      case plan::OpKind::kStep:
-        STRATA_RETURN_IF_ERROR(prefetch_after(i));
-        STRATA_RETURN_IF_ERROR(step_chunk(op.chunk, grad_scale));
-        break;
+      case plan::OpKind::kLoad: break;  // the read ahead requests it
+      case plan::OpKind::kStep: STRATA_RETURN_IF_ERROR(step_chunk(op.chunk, grad_scale)); break;
       case plan::OpKind::kStore:
-        if (op.what == StateKind::kOptimizer) STRATA_RETURN_IF_ERROR(holder_.release(op.chunk));  // state to nvme
+        if (op.what == StateKind::kOptimizer) STRATA_RETURN_IF_ERROR(holder_.release_chunk(op.chunk));  // to nvme
         else STRATA_RETURN_IF_ERROR(store_param(op.chunk));  // the new parameter shard home
         break;
       case plan::OpKind::kGather: gatherer_.refresh(op.chunk); break;
@@ -104,7 +102,17 @@ Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
   // Chunks stepped in place (no store op) leave nothing staged.
   staged_.reset();
   STRATA_RETURN_IF_ERROR(holder_.flush());
+  STRATA_RETURN_IF_ERROR(flush_param_writes());
   return gatherer_.finish_refresh();
+}
+
+// Requests the reads of the sub-groups after position `at` (the one about to step) up to
+// the read-ahead depth; `at` itself is requested first when nothing read it ahead.
+Status StepDriver::read_ahead(std::size_t at) {
+  const std::size_t until = std::min(reads_.size(), at + 1 + static_cast<std::size_t>(holder_.read_ahead_depth()));
+  for (next_read_ = std::max(next_read_, at); next_read_ < until; ++next_read_)
+    STRATA_RETURN_IF_ERROR(holder_.prefetch(reads_[next_read_].first, reads_[next_read_].second));
+  return ok();
 }
 
 bool StepDriver::steps_every_param(std::uint32_t c) const {
@@ -116,10 +124,7 @@ bool StepDriver::steps_every_param(std::uint32_t c) const {
 Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   const auto t0 = Clock::now();
   ChunkRt& k = (*core_.chunks)[c];
-  STRATA_ASSIGN_OR_RETURN(ShardState * state, holder_.acquire(c));
-  // Note [gradients on nvme]: read in with the state.
-  const at::Tensor& grad = k.grads_on_nvme ? holder_.grad(c) : reducer_.grad_shard(c);
-  STRATA_ASSIGN_OR_RETURN(kernels::DType gdt, kernel_dtype(grad.scalar_type()));
+  STRATA_ASSIGN_OR_RETURN(kernels::DType gdt, kernel_dtype(k.grads_on_nvme ? at::kFloat : reducer_.grad_shard(c).scalar_type()));
   STRATA_ASSIGN_OR_RETURN(kernels::DType pdt, kernel_dtype(core_.opt.compute_dtype));
   // The kernel writes the new compute-dtype shard straight into the shard when it
   // lives where the step runs, else into a staging shard that the store op takes home.
@@ -131,42 +136,77 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   const bool direct = k.shard_tier == core_.chunks->step_tier(c);
   const std::int64_t n = core_.chunks->store().shard_elems(c);
   at::Tensor out = k.shard;
+  tiers::Reservation res;
+  if (!direct) {
+    STRATA_ASSIGN_OR_RETURN(res, core_.chunks->reserve(Tier::kHost, core_.chunks->shard_bytes(c), StateKind::kBuffers,
+                                                       c, "param step staging"));
+  }
   if (!direct && k.shard_tier != Tier::kNvme) {
     out = at::empty({n}, core_.opt.compute_dtype);  // only the stepped runs go home
   } else if (!direct && steps_every_param(c)) {
     out = aligned_empty(n, core_.opt.compute_dtype).zero_();  // the whole record goes home: padding stays zero
   } else if (!direct) {
-    out = aligned_empty(n, core_.opt.compute_dtype);
-    STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, out));
-    core_.account(Tier::kNvme, Tier::kHost, core_.chunks->shard_bytes(c));
+    STRATA_ASSIGN_OR_RETURN(out, read_param_shard(c));
   }
-  std::vector<ShardRun> stepped;
+  std::vector<ElemRange> stepped;
   // Note [shard from master]: no shard to write; the next gather casts the new master.
   void* param_out = out.defined() ? out.data_ptr() : nullptr;
-  STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad.data_ptr(), gdt,
-                                    param_out, pdt, grad_scale, core_.pool.get(), &stepped));
-  if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped)};
+  const std::vector<ElemRange> groups = holder_.groups(c);
+  const bool nvme = k.optim_tier == Tier::kNvme;
+  for (std::uint32_t g = 0; g < groups.size(); ++g) {
+    if (nvme) STRATA_RETURN_IF_ERROR(read_ahead(next_step_++));
+    STRATA_ASSIGN_OR_RETURN(ShardState * state, holder_.acquire(c, g));
+    // Note [gradients on nvme]: read in with the state, one sub-group at a time.
+    const void* grad = k.grads_on_nvme ? holder_.grad(c, g).data_ptr()
+                                       : static_cast<const std::byte*>(reducer_.grad_shard(c).data_ptr()) +
+                                             groups[g].begin * kernels::dtype_size(gdt);
+    STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, gdt, param_out, pdt,
+                                      grad_scale, core_.pool.get(), &stepped, groups[g]));
+    if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
+  }
+  if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped), .res = std::move(res)};
   core_.trace.add(StepTrace::kOptimizer, "step " + core_.chunks->name(c), t0, Clock::now());
   return ok();
+}
+
+Result<at::Tensor> StepDriver::read_param_shard(std::uint32_t c) {
+  at::Tensor out = aligned_empty(core_.chunks->store().shard_elems(c), core_.opt.compute_dtype);
+  STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, out));
+  core_.account(Tier::kNvme, Tier::kHost, core_.chunks->shard_bytes(c));
+  return out;
 }
 
 Status StepDriver::store_param(std::uint32_t c) {
   TORCH_INTERNAL_ASSERT(staged_ && staged_->chunk == c, "a parameter store op without its step");
   ChunkRt& k = (*core_.chunks)[c];
-  const Staged s = std::move(*staged_);
+  Staged s = std::move(*staged_);
   staged_.reset();
   const Tier from = core_.chunks->step_tier(c);
   if (k.shard_tier == Tier::kNvme) {
-    STRATA_RETURN_IF_ERROR(core_.chunks->store_shard(c, s.values));
+    // Written while the next chunks step; the swap store orders a later read of the
+    // record after it, and run_ops waits for every write before the step returns.
+    STRATA_RETURN_IF_ERROR(flush_param_writes(kParamWritesInFlight - 1));
+    io::SwapHandle io = core_.swap->put_async(param_key(c), bytes_of(s.values));
+    param_writes_.push_back({.values = std::move(s.values), .res = std::move(s.res), .io = std::move(io)});
     core_.account(from, Tier::kNvme, core_.chunks->shard_bytes(c));
     return ok();
   }
   const std::uint64_t elem = s.values.element_size();
-  for (const ShardRun& run : s.stepped) {
-    k.shard.narrow(0, run.begin, run.end - run.begin).copy_(s.values.narrow(0, run.begin, run.end - run.begin));
-    core_.account(from, k.shard_tier, static_cast<std::uint64_t>(run.end - run.begin) * elem);
+  for (const ElemRange& run : s.stepped) {
+    k.shard.narrow(0, run.begin, run.size()).copy_(s.values.narrow(0, run.begin, run.size()));
+    core_.account(from, k.shard_tier, static_cast<std::uint64_t>(run.size()) * elem);
   }
   return ok();
+}
+
+Status StepDriver::flush_param_writes(std::size_t keep) {
+  Status first = ok();
+  while (param_writes_.size() > keep) {
+    ParamWrite w = std::move(param_writes_.front());
+    param_writes_.pop_front();
+    if (Status st = w.io.wait(); !st && first) first = std::move(st);
+  }
+  return first;
 }
 
 // The wrapped torch::optim optimizer steps whole master shards. Elements of parameters

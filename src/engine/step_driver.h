@@ -4,11 +4,13 @@
 // inf/NaN check, norm partials) reduced across ranks; dynamic loss scaling (an overflow
 // skips the step on every rank); clipping folded into the kernel's gradient scale; then
 // the planner's step ops (plan::step_ops, Note [step ops]) carried out in order:
-//   load    the chunk's nvme state starts coming in (read ahead: the next chunk's state
-//           is requested while this one steps)
+//   load    the chunk's nvme state starts coming in, sub-group by sub-group (read ahead:
+//           the next sub-groups' state is requested while this one steps)
 //   step    the fused kernel over this rank's shard: master, state and the compute-dtype
 //           parameter shard, or the wrapped torch::optim optimizer
 //   store   the state back to nvme (async), or the new parameter shard to its home tier
+//           (to nvme async too: written while the next chunks step, all done before
+//           step() returns)
 //   gather  replicated chunks (stages 1-2): the updated slices all-gathered
 // Per-parameter step counts follow torch::optim: a parameter that never had a gradient
 // is never stepped, and its elements are never written (Note [step writes only what it
@@ -16,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -50,8 +53,12 @@ class StepDriver {
  private:
   Result<kernels::GradStats> global_stats(double inv_scale);
   Status run_ops(std::span<const plan::Op> ops, double grad_scale);
+  Status read_ahead(std::size_t at);
   Status step_chunk(std::uint32_t c, double grad_scale);
+  // The current contents of nvme chunk c's parameter shard, in an aligned staging shard.
+  Result<at::Tensor> read_param_shard(std::uint32_t c);
   Status store_param(std::uint32_t c);
+  Status flush_param_writes(std::size_t keep = 0);
   Status step_wrapped(double grad_scale);
   bool steps_every_param(std::uint32_t c) const;
 
@@ -68,9 +75,23 @@ class StepDriver {
   struct Staged {
     std::uint32_t chunk = 0;
     at::Tensor values;
-    std::vector<ShardRun> stepped;
+    std::vector<ElemRange> stepped;
+    tiers::Reservation res;  // host "buffers", for a staging shard bound for nvme
   };
   std::optional<Staged> staged_;
+  // Parameter shards on their way to nvme, oldest first. Members are destroyed in
+  // reverse order: the write finishes before the bytes under it go.
+  struct ParamWrite {
+    at::Tensor values;
+    tiers::Reservation res;
+    io::SwapHandle io;
+  };
+  static constexpr std::size_t kParamWritesInFlight = 2;
+  std::deque<ParamWrite> param_writes_;
+  // The nvme sub-groups of this step in order (chunk, sub-group); the next one to
+  // request, and the next one to step.
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> reads_;
+  std::size_t next_read_ = 0, next_step_ = 0;
   std::unique_ptr<torch::optim::Optimizer> wrapped_;
   std::vector<std::uint32_t> wrapped_chunks_;   // the chunks whose masters it steps
   std::vector<at::Tensor> wrapped_params_;      // those masters, as its leaves

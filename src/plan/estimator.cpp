@@ -51,6 +51,9 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
   in.optimizer_buffer_count = cfg.zero_optimization.offload_optimizer.buffer_count;
+  in.sub_group_elems = std::max<std::uint64_t>(1024, cfg.zero_optimization.sub_group_size / 1024 * 1024);
+  in.param_buffer_count = cfg.zero_optimization.offload_param.buffer_count;
+  in.max_in_cpu = cfg.zero_optimization.offload_param.max_in_cpu;
   STRATA_RETURN_IF_ERROR(in.validate());
   return in;
 }
@@ -101,7 +104,10 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   } else {
     // Shard and state on host: the shard is made from the master (Note [shard from
     // master] in src/engine/placement.cpp).
-    if (!(param_tier == Tier::kHost && opt_tier == Tier::kHost)) add(param_tier, StateKind::kParams, lp * s);
+    // nvme: max_in_cpu elements stay on host (approximately: the engine keeps whole chunks).
+    const std::uint64_t in_cpu = param_tier == Tier::kNvme ? std::min(in.max_in_cpu, s) : 0;
+    if (!(param_tier == Tier::kHost && opt_tier == Tier::kHost)) add(param_tier, StateKind::kParams, lp * (s - in_cpu));
+    add(Tier::kHost, StateKind::kParams, lp * in_cpu);
     add(Tier::kCompute, StateKind::kParams, lp * W);
   }
   // grads
@@ -125,17 +131,24 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   }
   // optimizer state
   add(opt_tier, StateKind::kOptimizer, state_per_elem * (in.stage == 0 ? P : s));
-  // staging buffers for nvme (one chunk's state in the step; two param shards in flight)
+  // Staging buffers, in shards of the working set.
   const std::uint64_t w_shard = W / N + (W % N != 0 ? 1 : 0);
-  // nvme optimizer state: the staging pool, buffer_count chunk buffers of master, state
-  // and (on nvme) gradient (Note [nvme optimizer state]); nvme gradients: up to three
-  // shards being completed or written (Note [gradients on nvme]).
+  // nvme optimizer state: the staging pool, buffer_count sub-group buffers of master,
+  // state and (on nvme) gradient (Note [nvme optimizer state]); nvme gradients: up to
+  // three shards being completed or written (Note [gradients on nvme]).
   if (opt_tier == Tier::kNvme) {
     const auto count = static_cast<std::uint64_t>(in.optimizer_buffer_count);
-    add(Tier::kHost, StateKind::kBuffers, count * (state_per_elem + (grads_on_nvme ? 4 : 0)) * w_shard);
+    add(Tier::kHost, StateKind::kBuffers,
+        count * (state_per_elem + (grads_on_nvme ? 4 : 0)) * std::min(w_shard, in.sub_group_elems));
   }
   if (grads_on_nvme) add(Tier::kHost, StateKind::kBuffers, 3 * 4 * w_shard);
-  if (param_tier == Tier::kNvme) add(Tier::kHost, StateKind::kBuffers, 2 * lp * w_shard);
+  // A shard away from the step: the step writes the new shard into a staging shard; to
+  // nvme, with two more being written and the Load pool (Note [nvme parameter staging]
+  // in src/engine/gatherer.h).
+  const Tier shard_tier = in.stage < 3 ? Tier::kCompute : param_tier;
+  if (in.stage > 0 && shard_tier != step_tier) add(Tier::kHost, StateKind::kBuffers, lp * w_shard);
+  if (in.stage == 3 && param_tier == Tier::kNvme)
+    add(Tier::kHost, StateKind::kBuffers, (2 + static_cast<std::uint64_t>(in.param_buffer_count)) * lp * w_shard);
   return e;
 }
 

@@ -119,7 +119,7 @@ TEST(Config, ReportsEveryErrorAtOnce) {
 
 TEST(Config, RecognisedButUnusedDeepSpeedKeysWarn) {
   std::vector<std::string> w;
-  auto cfg = parse(R"({"steps_per_print": 10, "zero_optimization": {"sub_group_size": 1e9, "zero_quantized_weights": true},
+  auto cfg = parse(R"({"steps_per_print": 10, "zero_optimization": {"allgather_bucket_size": 5e8, "zero_quantized_weights": true},
                        "scheduler": {"type": "WarmupLR", "params": {}}})", &w);
   ASSERT_TRUE(cfg) << cfg.error();
   ASSERT_EQ(w.size(), 4u);

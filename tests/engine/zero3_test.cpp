@@ -1,4 +1,5 @@
 // ZeRO-3 against plain LibTorch, over real processes.
+#include <algorithm>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -37,13 +38,16 @@ TEST_P(Zero3Parity, MatchesUnshardedTrainingFor20Steps) {
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (int w : {1, 2, 3, 4}) out.push_back({w, "compute"});
-  for (const char* p : {"host", "quarter", "auto", "nvme", "persist", "searched"}) out.push_back({2, p});
+  for (const char* p : {"host", "quarter", "auto", "nvme", "nvme-split", "persist", "searched"}) out.push_back({2, p});
+  out.push_back({1, "nvme-split"});
   out.push_back({3, "quarter"});
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Zero3Parity, ::testing::ValuesIn(cases()), [](const auto& param_info) {
-  return fmt::format("w{}_{}", param_info.param.world, param_info.param.placement);
+  std::string placement = param_info.param.placement;
+  std::replace(placement.begin(), placement.end(), '-', '_');
+  return fmt::format("w{}_{}", param_info.param.world, placement);
 });
 
 TEST(Zero3, Bf16LossesTrackTheFp32Reference) {
@@ -101,6 +105,12 @@ TEST(Zero3, RealSizeNvmeRecordsMatchLibTorch) {
                             {{"STRATA_TEST_NVME", dir.string()}}));
     std::filesystem::remove_all(dir);
   }
+}
+
+TEST(Zero3, ParamBuffersSmallerThanAShardAreRefusedAtSetup) {
+  const auto dir = testing::fresh_temp_dir("smallbuf");
+  expect_all_ok(run_ranks(1, {worker(), "smallbuffers"}, std::chrono::seconds(60), {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Zero3, DeferredConstructionEqualsEagerBitForBitAtEveryStage) {

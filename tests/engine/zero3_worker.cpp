@@ -82,12 +82,21 @@ engine::EngineOptions options(const std::string& placement, const nn::GPTConfig&
   } else if (placement == "auto") {
     o.placement = Placement::kAuto;
     o.schedule.budget_bytes[0] = *model_bytes / 2;
-  } else if (placement == "nvme") {
+  } else if (placement == "nvme" || placement == "nvme-split") {
     o.param_device = OffloadDevice::kNvme;
     o.optim_device = OffloadDevice::kNvme;
     o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
     o.swap.job_name = "zero3test";
     o.swap.min_io_bytes = 0;  // every record on disk, however small
+    if (placement == "nvme-split") {
+      // Sub-groups of 1024 elements (4 per shard at world 2), read ahead 4 deep; one
+      // Load staging buffer, so most gathers read their shard themselves; the first
+      // chunk shards kept on host by max_in_cpu (one at world 1, two at world 2).
+      o.optim_pipeline.sub_group_elems = 1024;
+      o.optim_pipeline.buffer_count = 6;
+      o.param_staging.buffer_count = 1;
+      o.param_staging.max_in_cpu = 8192;
+    }
   } else if (placement == "persist") {
     // Parameters under 4096 elements (LayerNorms, biases) pack into persistent chunks
     // that stay gathered; with a budget so that the rest is evicted and prefetched.
@@ -144,6 +153,13 @@ void parity(const std::string& placement, bool bf16) {
     // Note [shard from master]: with shards and state on host no shard is stored.
     const auto held = eng->memory_by_kind()[plan::tier_index(plan::Tier::kHost)][plan::kind_index(plan::StateKind::kParams)];
     if (held != 0) fail(fmt::format("{}: {} bytes of parameter shards held on host; the masters make them", placement, held));
+  }
+  if (placement == "nvme-split") {
+    // max_in_cpu: some parameter shard bytes on host, the rest on nvme.
+    const auto by_kind = eng->memory_by_kind();
+    const auto params = plan::kind_index(plan::StateKind::kParams);
+    if (by_kind[plan::tier_index(plan::Tier::kHost)][params] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][params] == 0)
+      fail("max_in_cpu: expected parameter shards both on host and on nvme");
   }
   if (placement == "persist") {
     int persistent = 0;
@@ -321,6 +337,20 @@ void deferred(int stage) {
   same("after 5 steps");
 }
 
+// offload_param.buffer_size below the largest nvme shard is refused at setup, naming
+// the key.
+void small_param_buffers() {
+  const nn::GPTConfig cfg = model_config();
+  nn::GPT model(cfg);
+  std::uint64_t model_bytes = 0;
+  engine::EngineOptions o = options("nvme", cfg, &model_bytes);
+  o.param_staging.buffer_elems = 100;
+  auto eng = engine::shard(*model, *g_comm, o);
+  if (eng) fail("a 100-element offload_param.buffer_size was accepted");
+  const std::string e = eng.error().to_string();
+  if (e.find("zero_optimization.offload_param.buffer_size 100") == std::string::npos) fail("the key is not named: " + e);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -335,6 +365,7 @@ int main(int argc, char** argv) {
   else if (mode == "overbudget") overbudget();
   else if (mode == "gradmem") gradmem();
   else if (mode == "deferred") deferred(std::stoi(a.at(1)));
+  else if (mode == "smallbuffers") small_param_buffers();
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

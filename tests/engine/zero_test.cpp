@@ -65,7 +65,8 @@ TEST_P(ZeroOffloadParity, MatchesTorchOptimFor20Steps) {
 
 // "nvme" at stage 2 puts the gradient shards on nvme too (Note [gradients on nvme]);
 // "nvme-hostgrads" keeps them in host memory; "nvme-noread", "nvme-nowrite" and
-// "nvme-serial" switch the pipeline's overlap off (Note [nvme optimizer state]).
+// "nvme-serial" switch the pipeline's overlap off (Note [nvme optimizer state]);
+// "nvme-subgroups" steps the state in sub-groups smaller than a chunk shard.
 std::vector<OffloadCase> offload_cases() {
   std::vector<OffloadCase> cases;
   for (int world : {1, 2, 3, 4})
@@ -74,6 +75,9 @@ std::vector<OffloadCase> offload_cases() {
   for (int world : {1, 2}) cases.push_back({world, 2, "nvme-hostgrads"});
   // pipeline_read / pipeline_write off, each with exactly the buffers it needs
   for (const char* device : {"nvme-noread", "nvme-nowrite", "nvme-serial"}) cases.push_back({2, 2, device});
+  // sub_group_size below the chunk shard (Note [optimizer sub-groups])
+  for (int stage : {1, 2}) cases.push_back({1, stage, "nvme-subgroups"});
+  cases.push_back({2, 2, "nvme-subgroups"});
   return cases;
 }
 
@@ -106,11 +110,13 @@ TEST(Zero, AccumulationOverFourMicroStepsEqualsOneLargeBatch) {
 TEST(Zero, NvmeGradientsAccumulateAndClipExactly) {
   const auto dir = testing::fresh_temp_dir("nvme-grads");
   for (int world : {1, 2}) {
-    expect_all_ok(run_ranks(world, {worker(), "accum", "2", "nvme"}, std::chrono::seconds(120),
-                            {{"STRATA_TEST_NVME", dir.string()}}));
-    for (const char* norm : {"2", "inf"}) {
-      expect_all_ok(run_ranks(world, {worker(), "clip", "2", norm, "nvme"}, std::chrono::seconds(120),
+    for (const char* mode : {"nvme", "nvme-subgroups"}) {
+      expect_all_ok(run_ranks(world, {worker(), "accum", "2", mode}, std::chrono::seconds(120),
                               {{"STRATA_TEST_NVME", dir.string()}}));
+      for (const char* norm : {"2", "inf"}) {
+        expect_all_ok(run_ranks(world, {worker(), "clip", "2", norm, mode}, std::chrono::seconds(120),
+                                {{"STRATA_TEST_NVME", dir.string()}}));
+      }
     }
   }
   std::filesystem::remove_all(dir);

@@ -6,7 +6,8 @@
 // zero_worker parity STAGE OPTIM MODE     20 steps vs torch::optim (fp32, <= 1e-6); MODE:
 //                                         wrap (the optimizer wrapped), cpu or nvme (its
 //                                         state there), nvme-hostgrads, nvme-noread,
-//                                         nvme-nowrite, nvme-serial (see zero_test.cpp)
+//                                         nvme-nowrite, nvme-serial, nvme-subgroups
+//                                         (see zero_test.cpp)
 // zero_worker shared STAGE                 a module registered twice, through every entry point
 // zero_worker badparam                     a bad parameter is named by its index
 // zero_worker stages OPTIM                 stage 1 and stage 2 side by side
@@ -134,6 +135,15 @@ void use_nvme(engine::EngineOptions& opts, const std::string& job) {
   opts.swap.min_io_bytes = 0;  // every record on disk, however small
 }
 
+// Note [optimizer sub-groups]: a chunk whose shard is 2 sub-groups of 1024 elements and
+// a partial one at world 1 (the toy model is 1,320 elements), parameters crossing the
+// boundaries, with read ahead as deep as 5 spare buffers allow.
+void use_sub_groups(engine::EngineOptions& opts) {
+  opts.chunks.chunk_size_elems = 4096;
+  opts.optim_pipeline.sub_group_elems = 1024;
+  opts.optim_pipeline.buffer_count = 8;
+}
+
 void parity(int stage, const std::string& optim, const std::string& mode) {
   const bool wrap = mode == "wrap";
   OptimizerConfig oc = optim_config(optim);
@@ -142,11 +152,11 @@ void parity(int stage, const std::string& optim, const std::string& mode) {
   auto opts = sharded_options(stage, oc);
   if (wrap) opts.wrap = [oc](std::vector<at::Tensor> shards) { return torch_optimizer(oc, std::move(shards)); };
   if (mode == "cpu") opts.optim_device = OffloadDevice::kCpu;
-  if (mode == "nvme" || mode == "nvme-hostgrads") use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
+  if (mode.starts_with("nvme")) use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
+  if (mode == "nvme-subgroups") use_sub_groups(opts);
   if (mode == "nvme-hostgrads") opts.nvme_gradients = false;
   // The pipeline switched off in part or whole, with exactly the buffers it needs.
   if (mode == "nvme-noread" || mode == "nvme-nowrite" || mode == "nvme-serial") {
-    use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
     opts.optim_pipeline.read_ahead = mode == "nvme-nowrite";
     opts.optim_pipeline.write_behind = mode == "nvme-noread";
     opts.optim_pipeline.buffer_count = opts.optim_pipeline.needed();
@@ -182,13 +192,14 @@ void stages(const std::string& optim) {
   }
 }
 
-void accum(int stage, bool nvme) {
+void accum(int stage, const std::string& nvme) {
   OptimizerConfig oc = optim_config("adamw");
   Reference ref(oc);
   ToyModel model(7);
   auto opts = sharded_options(stage, oc);
   opts.gradient_accumulation_steps = 4;
-  if (nvme) use_nvme(opts, "accum");
+  if (!nvme.empty()) use_nvme(opts, "accum");
+  if (nvme == "nvme-subgroups") use_sub_groups(opts);
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   const std::int64_t per_rank = 4 * kRowsPerRank;
   for (int s = 0; s < 10; ++s) {
@@ -209,12 +220,13 @@ void accum(int stage, bool nvme) {
   }
 }
 
-void clip(int stage, double norm_type, bool nvme) {
+void clip(int stage, double norm_type, const std::string& nvme) {
   OptimizerConfig oc = optim_config("sgd");
   Reference ref(oc);
   ToyModel model(7);
   auto opts = sharded_options(stage, oc);
-  if (nvme) use_nvme(opts, "clip");
+  if (!nvme.empty()) use_nvme(opts, "clip");
+  if (nvme == "nvme-subgroups") use_sub_groups(opts);
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   for (int s = 0; s < 10; ++s) {
     auto [x, y] = my_rows(s, kRowsPerRank);
@@ -444,8 +456,8 @@ int main(int argc, char** argv) {
   else if (mode == "badparam") badparam();
   else if (mode == "stages") stages(a.at(1));
   else if (mode == "fault") fault(a.at(1));
-  else if (mode == "accum") accum(std::stoi(a.at(1)), a.size() > 2 && a[2] == "nvme");
-  else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)), a.size() > 3 && a[3] == "nvme");
+  else if (mode == "accum") accum(std::stoi(a.at(1)), a.size() > 2 ? a[2] : "");
+  else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)), a.size() > 3 ? a[3] : "");
   else if (mode == "fp16") fp16(std::stoi(a.at(1)));
   else if (mode == "bf16") bf16(std::stoi(a.at(1)));
   else if (mode == "save") save(a.at(1), std::stoi(a.at(2)));

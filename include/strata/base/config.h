@@ -94,6 +94,14 @@ struct OffloadOptimizerConfig {
 struct OffloadParamConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
+  // nvme: staging buffers for the schedule's reads of parameter shards (Note [nvme
+  // parameter staging] in src/engine/gatherer.h); buffer_size is in elements and must
+  // hold the largest shard.
+  int buffer_count = 5;
+  std::uint64_t buffer_size = 100'000'000;
+  // nvme: elements of parameter shards kept in host memory instead, chunk by chunk from
+  // the first (DeepSpeed's default is 1e9; strata's 0: nvme means nvme).
+  std::uint64_t max_in_cpu = 0;
 
   bool operator==(const OffloadParamConfig&) const = default;
 };
@@ -106,6 +114,8 @@ struct ZeroConfig {
   std::uint64_t stage3_param_persistence_threshold = 100'000;
   std::uint64_t stage3_max_live_parameters = 1'000'000'000;
   std::uint64_t stage3_max_reuse_distance = 1'000'000'000;
+  // Elements per optimizer sub-group of nvme state (Note [optimizer sub-groups]).
+  std::uint64_t sub_group_size = 1'000'000'000;
   OffloadOptimizerConfig offload_optimizer;
   OffloadParamConfig offload_param;
 

@@ -59,6 +59,14 @@ struct EngineOptions {
   plan::ScheduleOptions schedule;
   Placement placement = Placement::kStatic;
   OffloadDevice param_device = OffloadDevice::kNone;  // stage 3: where parameter shards live
+  // param_device nvme: Load staging buffers (count, elements each), and the elements of
+  // parameter shards kept on host instead (offload_param.buffer_count / buffer_size /
+  // max_in_cpu).
+  struct ParamStaging {
+    int buffer_count = 5;
+    std::int64_t buffer_elems = 100'000'000;
+    std::int64_t max_in_cpu = 0;
+  } param_staging;
   OffloadDevice optim_device = OffloadDevice::kNone;  // where master + optimizer state live
   double offload_param_frac = 0.0;   // static: share of chunks whose param shard is on host
   double offload_optim_frac = 0.0;   // static: share of chunks whose optimizer state is on host
@@ -67,6 +75,9 @@ struct EngineOptions {
     int buffer_count = 4;      // chunk-shard buffers in the huge-page staging pool
     bool read_ahead = true;    // read chunk k+1 while chunk k steps
     bool write_behind = true;  // write chunk k-1 back while chunk k steps
+    // Elements per sub-group of nvme state, a multiple of 1024 (Note [optimizer
+    // sub-groups] in src/engine/chunk_runtime.h): the pipeline's unit.
+    std::int64_t sub_group_elems = 999'999'488;
     // Buffers the pipeline holds at once: the one stepped, plus one read ahead, plus
     // one being written back.
     int needed() const { return 1 + (read_ahead ? 1 : 0) + (write_behind ? 1 : 0); }

@@ -59,8 +59,14 @@ struct EstimateInput {
   // Stages 2-3 with the optimizer on nvme: fp32 gradient shards on nvme as well
   // (strata.nvme_gradients; Note [gradients on nvme]).
   bool nvme_gradients = true;
-  // nvme optimizer state: the staging pool's chunk buffers (offload_optimizer.buffer_count).
+  // nvme optimizer state: the staging pool's buffers (offload_optimizer.buffer_count), each
+  // one sub-group of at most sub_group_elems (zero_optimization.sub_group_size).
   int optimizer_buffer_count = 4;
+  std::uint64_t sub_group_elems = 1'000'000'000;
+  // nvme parameters: the Load staging pool (offload_param.buffer_count), and the shard
+  // elements kept on host instead (offload_param.max_in_cpu).
+  int param_buffer_count = 5;
+  std::uint64_t max_in_cpu = 0;
 
   Status validate() const;
   // Stage, dtype (bf16/fp16 sections) and offload devices from a config.
