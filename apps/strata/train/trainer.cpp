@@ -1,6 +1,7 @@
 #include "trainer.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -22,6 +23,7 @@
 #include "rank_threads.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
+#include "strata/tiers/memory_probe.h"
 #include "strata/nn/models/gpt.h"
 #include "train_report.h"
 
@@ -140,11 +142,22 @@ std::uint64_t peak_rss_bytes() {
   return static_cast<std::uint64_t>(u.ru_maxrss) * 1024;  // Linux: KiB
 }
 
+// The process's resident set now, from /proc/self/statm (0 if unreadable).
+std::uint64_t current_rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
 }  // namespace
 
 Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   const bool root = comm.rank() == 0;
   const Config& cfg = o.config;
+  // Counts every CPU tensor byte (activations too): metrics.jsonl's tensor_peak, and the
+  // auto placement's measure of what is not model state.
+  tiers::MemoryProbe::install();
   const std::int64_t micro = cfg.train_micro_batch_size_per_gpu, accum = cfg.gradient_accumulation_steps;
   STRATA_ASSIGN_OR_RETURN(nn::ByteCorpus corpus, nn::ByteCorpus::open(o.data.empty() ? nn::kFortunesDir : o.data));
   STRATA_ASSIGN_OR_RETURN(nn::GPTConfig mcfg, nn::gpt_config(o.model, 256, 0));
@@ -155,6 +168,9 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   ecfg.strata.optimizer_threads = cfg.strata.optimizer_threads ? cfg.strata.optimizer_threads : threads_per_rank();
   STRATA_ASSIGN_OR_RETURN(engine::EngineOptions eo, engine::EngineOptions::from_config(ecfg, comm.world()));
   eo.chunks.search_step_elems = static_cast<std::uint64_t>(mcfg.hidden);
+  // Before the engine exists: the runtime's own resident set (LibTorch, the data), the
+  // base that the engine's figures add to.
+  const std::uint64_t runtime_rss = current_rss_bytes();
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng, engine::shard(*model, comm, std::move(eo), {}, model->initializer(o.seed)));
 
   // The start summary: the estimator's prediction next to what the engine holds.
@@ -203,6 +219,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     const double lr = lr_at(o, step);
     eng->set_lr(lr);
     if (step == trace_step && root) eng->trace_next_step(trace_path);
+    tiers::MemoryProbe::reset_peak();
     const auto t0 = std::chrono::steady_clock::now();
     double loss_sum = 0;
     engine::StepResult r;
@@ -246,6 +263,11 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     line["moved"] = links(m.moved);
     line["optimizer_moved"] = links(m.optimizer_moved);
     line["peak_rss"] = peak_rss_bytes();  // this rank's process, so far
+    line["runtime_rss"] = runtime_rss;
+    line["tensor_peak"] = tiers::MemoryProbe::peak_bytes();  // this step, every CPU tensor
+    line["estimate"] = {{"compute", si.estimate.tier_total(plan::Tier::kCompute)},
+                        {"host", si.estimate.tier_total(plan::Tier::kHost)},
+                        {"nvme", si.estimate.tier_total(plan::Tier::kNvme)}};
     line["forward_s"] = m.forward_s;
     line["backward_s"] = m.backward_s;
     line["optimizer_s"] = m.optimizer_s;
