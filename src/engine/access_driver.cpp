@@ -59,6 +59,7 @@ Result<std::optional<std::size_t>> AccessDriver::on_access(UnitId u, plan::Phase
       STRATA_RETURN_IF_ERROR(gatherer_.release_all(false));
     }
     if (scheduled_step_) STRATA_RETURN_IF_ERROR(run_ops(schedule_->accesses[*at].pre, *at));
+    if (scheduled_step_) STRATA_RETURN_IF_ERROR(load_ahead(*at));
   }
   STRATA_RETURN_IF_ERROR(reducer_.poll());
   STRATA_RETURN_IF_ERROR(gatherer_.ensure(units_[u].chunks));
@@ -97,6 +98,14 @@ Status AccessDriver::run_ops(const std::vector<plan::Op>& ops, std::size_t at) {
         TORCH_INTERNAL_ASSERT(false, "the schedule has a ", plan::to_string(op.kind), " op at access ", at);
     }
   }
+  return ok();
+}
+
+Status AccessDriver::load_ahead(std::size_t at) {
+  const std::size_t end = std::min(schedule_->accesses.size(), at + 1 + kLoadAhead);
+  for (std::size_t j = at + 1; j < end; ++j)
+    for (const plan::Op& op : schedule_->accesses[j].pre)
+      if (op.kind == plan::OpKind::kLoad) STRATA_RETURN_IF_ERROR(gatherer_.load(op.chunk));
   return ok();
 }
 

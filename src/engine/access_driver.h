@@ -75,6 +75,9 @@ class AccessDriver {
   Result<std::optional<std::size_t>> on_access(UnitId u, plan::Phase phase);
   Status finish_access(UnitId u, plan::Phase phase, std::optional<std::size_t> at);
   Status run_ops(const std::vector<plan::Op>& ops, std::size_t at);
+  // Note [nvme parameter staging]: the Loads of the next kLoadAhead accesses, issued now.
+  Status load_ahead(std::size_t at);
+  static constexpr std::size_t kLoadAhead = 2;
   void begin_unit_backward(UnitId u);  // from a tensor hook; raises through core.errors
   Status end_trace_step();
   void drop_schedule();

@@ -28,6 +28,7 @@ struct EngineCore {
   comm::Communicator& comm;
   tiers::TierAllocator tiers;  // before everything that reserves
   std::unique_ptr<io::SwapStore> swap;  // opened by placement when a chunk has nvme state
+  tiers::Reservation swap_pool_res;     // the swap store's own staging pool, in host "buffers"
   std::unique_ptr<ThreadPool> pool;
   StorageCache storage{tiers};  // bytes of gathered chunks and gradient buffers (Note [storage cache])
   std::unique_ptr<ChunkRuntime> chunks;

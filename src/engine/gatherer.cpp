@@ -158,7 +158,14 @@ Status Gatherer::release(std::uint32_t c, bool persistent_too) {
 }
 
 Status Gatherer::release_all(bool and_persistent) {
-  for (std::uint32_t c = 0; c < g_.size(); ++c) STRATA_RETURN_IF_ERROR(release(c, and_persistent));
+  for (std::uint32_t c = 0; c < g_.size(); ++c) {
+    if (g_[c].staged) {  // Note [nvme parameter staging]: a read no gather took
+      Staged s = std::move(*g_[c].staged);
+      g_[c].staged.reset();
+      STRATA_RETURN_IF_ERROR(s.io.wait());
+    }
+    STRATA_RETURN_IF_ERROR(release(c, and_persistent));
+  }
   return ok();
 }
 

@@ -5,9 +5,14 @@
 // Note [nvme parameter staging]: a Load reads an nvme shard into a staging buffer of a
 // pool the gatherer owns: offload_param.buffer_count buffers, each the largest nvme
 // shard (offload_param.buffer_size, in elements, must hold it: setup refuses a smaller
-// one), one huge-page arena reserved in the host tier as "buffers" at setup. A Load
-// never waits for a buffer: when all are taken (more Loads ahead than buffers), it is
-// skipped and the gather reads the shard straight into its slice.
+// one), one huge-page arena reserved in the host tier as "buffers" at setup. The access
+// driver issues the schedule's Loads up to two accesses before their gathers, so a read
+// runs while the units before it compute, and the gather that copies it in waits only
+// for what is left of it. Gathers (collectives, whose order every rank must share) are
+// never deferred: only the reads move earlier. A Load never waits for a buffer: when all
+// are taken, it is skipped (its own access issues it again), and a gather with no
+// staged read reads the shard straight into its slice. A staged read whose gather never
+// came (the model took another path) is dropped before the step can rewrite the shard.
 //
 // Note [shard into slice]: a gather copies this rank's shard into its slice of the
 // chunk's full-size storage (a real copy when the shard lives on host; a read when it
@@ -49,7 +54,8 @@ class Gatherer {
   // Release or Evict: free c's gathered storage, unless an access uses it, it is never
   // released (aliased, replicated) or it is persistent and `persistent_too` is not set.
   Status release(std::uint32_t c, bool persistent_too = false);
-  // Every chunk not in use and not persistent (or with `and_persistent`, persistent too).
+  // Every chunk not in use and not persistent (or with `and_persistent`, persistent too);
+  // staged reads no gather took are dropped.
   Status release_all(bool and_persistent);
 
   // After the step, replicated chunks: all-gather this rank's updated slice into the

@@ -245,7 +245,9 @@ Status GradReducer::spill(std::uint32_t c) {
     std::vector<io::SwapHandle> reads;
     for (std::size_t i = 0; i < groups.size(); ++i)
       reads.push_back(core_.swap->get_async(grad_key(c, static_cast<std::uint32_t>(i)), bytes_of(part(before, i))));
-    for (auto& h : reads) STRATA_RETURN_IF_ERROR(h.wait());
+    for (auto& h : reads)
+      if (Status st = h.wait(); !st)
+        return make_error(std::move(st).error().with_note("the fp32 gradient shard of " + core_.chunks->name(c)));
     core_.account(Tier::kNvme, Tier::kHost, bytes);
     g.shard.add_(before);
   }
@@ -255,7 +257,7 @@ Status GradReducer::spill(std::uint32_t c) {
                                                             core_.pool.get()));
   }
   STRATA_RETURN_IF_ERROR(wait_spills(kSpillsInFlight - 1));
-  Spill sp{.shard = std::move(g.shard), .res = std::move(g.shard_res)};
+  Spill sp{.chunk = c, .shard = std::move(g.shard), .res = std::move(g.shard_res)};
   g.shard = at::Tensor();
   for (std::size_t i = 0; i < groups.size(); ++i)
     sp.io.push_back(core_.swap->put_async(grad_key(c, static_cast<std::uint32_t>(i)), bytes_of(part(sp.shard, i))));
@@ -269,7 +271,9 @@ Status GradReducer::wait_spills(std::size_t keep) {
   while (spills_.size() > keep) {
     Spill sp = std::move(spills_.front());
     spills_.pop_front();
-    for (auto& h : sp.io) STRATA_RETURN_IF_ERROR(h.wait());
+    for (auto& h : sp.io)
+      if (Status st = h.wait(); !st)
+        return make_error(std::move(st).error().with_note("the fp32 gradient shard of " + core_.chunks->name(sp.chunk)));
   }
   return ok();
 }

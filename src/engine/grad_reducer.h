@@ -121,6 +121,7 @@ class GradReducer {
   };
   // A gradient shard being written to its record; freed once written.
   struct Spill {
+    std::uint32_t chunk = 0;
     at::Tensor shard;
     tiers::Reservation res;
     std::vector<io::SwapHandle> io;  // one write per optimizer sub-group

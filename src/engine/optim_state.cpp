@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 namespace strata::engine {
 
@@ -109,6 +110,8 @@ Status OptimStateHolder::setup_staging() {
 
 Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std::uint32_t c, std::uint32_t g) {
   auto s = std::make_unique<Swap>();
+  s->chunk = c;
+  s->group = g;
   const std::int64_t n = groups(c)[g].size();
   const bool grad = (*core_.chunks)[c].grads_on_nvme;
   while (reading_.size() + writing_.size() >= static_cast<std::size_t>(core_.opt.optim_pipeline.buffer_count)) {
@@ -131,12 +134,25 @@ Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std
   return s;
 }
 
+Status OptimStateHolder::wait_all(Swap& s) {
+  for (std::size_t i = 0; i < s.io.size(); ++i) {
+    Status st = s.io[i].wait();
+    if (st) continue;
+    const std::string what = i == 0                                ? std::string("fp32 master")
+                             : i <= kernel_.state_names().size() ? kernel_.state_names()[i - 1]
+                                                                   : std::string("fp32 gradient shard");
+    return make_error(std::move(st).error().with_note(
+        fmt::format("the {} of {}, optimizer sub-group {}", what, core_.chunks->name(s.chunk), s.group)));
+  }
+  s.io.clear();
+  return ok();
+}
+
 Status OptimStateHolder::wait_oldest_write() {
   TORCH_INTERNAL_ASSERT(!writing_.empty(), "the nvme optimizer pipeline holds more buffers than buffer_count");
   std::unique_ptr<Swap> s = std::move(writing_.front());
   writing_.erase(writing_.begin());
-  for (auto& h : s->io) STRATA_RETURN_IF_ERROR(h.wait());
-  return ok();
+  return wait_all(*s);
 }
 
 Status OptimStateHolder::prefetch(std::uint32_t c, std::uint32_t g) {
@@ -151,8 +167,7 @@ Result<ShardState*> OptimStateHolder::acquire(std::uint32_t c, std::uint32_t g) 
     STRATA_ASSIGN_OR_RETURN(reading_[id(c, g)], start_read(c, g));
   }
   Swap& s = *reading_.at(id(c, g));
-  for (auto& h : s.io) STRATA_RETURN_IF_ERROR(h.wait());
-  s.io.clear();
+  STRATA_RETURN_IF_ERROR(wait_all(s));
   core_.account(Tier::kNvme, Tier::kHost, s.state.bytes() + (s.grad.defined() ? bytes_of(s.grad).size() : 0));
   return &s.state;
 }
@@ -188,8 +203,7 @@ Status OptimStateHolder::release_chunk(std::uint32_t c) {
 Status OptimStateHolder::flush() {
   Status first = ok();
   for (auto& s : writing_)
-    for (auto& h : s->io)
-      if (Status st = h.wait(); !st && first) first = std::move(st);
+    if (Status st = wait_all(*s); !st && first) first = std::move(st);
   writing_.clear();
   return first;
 }

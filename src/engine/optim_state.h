@@ -75,6 +75,7 @@ class OptimStateHolder {
   // One sub-group's records in host memory. Members are destroyed in reverse order: the
   // I/O finishes before the tensors and the staging buffer under them go.
   struct Swap {
+    std::uint32_t chunk = 0, group = 0;
     io::PooledBuffer buf;        // the step's staging buffer (empty: tensors own their bytes)
     ShardState state;
     at::Tensor grad;             // the step's gradient shard, when it is on nvme
@@ -90,6 +91,9 @@ class OptimStateHolder {
   void get_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole, std::vector<io::SwapHandle>& io);
   Status put_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole);
   Status wait_oldest_write();
+  // Waits for a sub-group's I/O; a failure names what the record held (the master, a
+  // state tensor or the gradient) and its chunk and sub-group, next to the swap key.
+  Status wait_all(Swap& s);
   std::vector<at::Tensor*> tensors(ShardState& s) const;
 
   EngineCore& core_;

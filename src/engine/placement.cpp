@@ -68,6 +68,9 @@ Status Engine::Impl::place() {
   }
   if (any_nvme) {
     STRATA_ASSIGN_OR_RETURN(core.swap, io::SwapStore::open(o.swap));
+    // Its pool (record headers, unaligned spans) is registered with io_uring, so resident.
+    STRATA_ASSIGN_OR_RETURN(core.swap_pool_res, core.tiers.reserve(Tier::kHost, core.swap->pool().budget(),
+                                                                   StateKind::kBuffers, "swap store pool"));
     std::vector<io::SwapReservation> records;
     for (std::uint32_t c = 0; c < chunks.size(); ++c) {
       if (chunks[c].shard_tier == Tier::kNvme) records.push_back({param_key(c), chunks.shard_bytes(c)});

@@ -149,6 +149,9 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   if (in.stage > 0 && shard_tier != step_tier) add(Tier::kHost, StateKind::kBuffers, lp * w_shard);
   if (in.stage == 3 && param_tier == Tier::kNvme)
     add(Tier::kHost, StateKind::kBuffers, (2 + static_cast<std::uint64_t>(in.param_buffer_count)) * lp * w_shard);
+  // Anything on nvme: the swap store's own pool (io::SwapStoreOptions::pool_bytes).
+  if (opt_tier == Tier::kNvme || (in.stage == 3 && param_tier == Tier::kNvme))
+    add(Tier::kHost, StateKind::kBuffers, in.swap_pool_bytes);
   return e;
 }
 

@@ -92,7 +92,7 @@ TEST_F(Train, SameSeedSameLossesBitForBit) {
 }
 
 TEST_F(Train, OtherStagesAndOneRank) {
-  for (const char* args : {"--stage 2 -n 2", "--stage 1 -n 2 --fp32", "--stage 0 -n 1", "--stage 3 -n 1 --placement auto --compute-budget 100%"}) {
+  for (const char* args : {"--stage 2 -n 2", "--stage 1 -n 2 --fp32", "--stage 0 -n 1", "--stage 3 -n 1 --placement auto --compute-budget 300%"}) {
     auto r = run_command(fmt::format("{} train --out {} --steps 4 --sample-bytes 10 {}", strata_bin(), (dir_ / "x").string(), args));
     EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;
     EXPECT_NE(r.output.find("strata train: done"), std::string::npos) << args << "\n" << r.output;

@@ -67,6 +67,7 @@ struct EstimateInput {
   // elements kept on host instead (offload_param.max_in_cpu).
   int param_buffer_count = 5;
   std::uint64_t max_in_cpu = 0;
+  std::uint64_t swap_pool_bytes = std::uint64_t{64} << 20;  // the swap store's pool
 
   Status validate() const;
   // Stage, dtype (bf16/fp16 sections) and offload devices from a config.
