@@ -92,7 +92,7 @@ TEST_F(Train, SameSeedSameLossesBitForBit) {
 }
 
 TEST_F(Train, OtherStagesAndOneRank) {
-  for (const char* args : {"--stage 2 -n 2", "--stage 1 -n 2 --fp32", "--stage 0 -n 1", "--stage 3 -n 1 --placement auto --compute-budget 300%"}) {
+  for (const char* args : {"--stage 2 -n 2", "--stage 1 -n 2 --fp32", "--stage 0 -n 1", "--stage 3 -n 1 --placement auto --compute-budget 128MiB"}) {
     auto r = run_command(fmt::format("{} train --out {} --steps 4 --sample-bytes 10 {}", strata_bin(), (dir_ / "x").string(), args));
     EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;
     EXPECT_NE(r.output.find("strata train: done"), std::string::npos) << args << "\n" << r.output;
@@ -106,8 +106,9 @@ TEST_F(Train, OtherStagesAndOneRank) {
 // (before the engine existed) is the peak of live CPU tensors within 10% (no leak, no
 // heap kept by glibc, Note [host heap]), and the engine's compute + host figure is that
 // peak within 10%. With everything on nvme the host holds little (the staging pools,
-// which are not tensors) and RSS is measured at 1.4x tensors + pools (about 220 MB more
-// here, not explained yet): bounded at 1.6x, far from the 8 GB this issue found missing.
+// which are not tensors: 428 MB, against 194 MB of tensors) and RSS was measured at
+// 1.14x tensors + the engine's host figure (86 MB more, not explained yet): bounded at
+// 1.25x, far from the 8 GB this issue found missing.
 TEST_F(Train, EstimateAndPeakRssAgreeWithWhatTheEngineHolds) {
   for (const char* where : {"cpu", "nvme"}) {
     const fs::path out = dir_ / where;
@@ -136,7 +137,7 @@ TEST_F(Train, EstimateAndPeakRssAgreeWithWhatTheEngineHolds) {
                                                 << " vs the peak of live tensors " << tensors;
       EXPECT_NEAR(engine, tensors, 0.10 * tensors) << "engine compute + host " << engine;
     } else {
-      EXPECT_LT(rss, 1.6 * (tensors + peak["host"])) << "nvme: peak RSS above the runtime's " << rss;
+      EXPECT_LT(rss, 1.25 * (tensors + peak["host"])) << "nvme: peak RSS above the runtime's " << rss;
     }
     fmt::print("{}: host estimate {:.0f} MB, engine peak {:.0f} MB; nvme {:.0f} / {:.0f} MB; RSS above runtime {:.0f} MB "
                "(runtime {:.0f} MB), live tensors {:.0f} MB, engine compute + host {:.0f} MB\n",

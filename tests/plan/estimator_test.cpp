@@ -112,11 +112,11 @@ TEST(Estimator, KindsAndTiers) {
   EXPECT_EQ(e->at(Tier::kHost, StateKind::kParams), 2 * s);
   // Note [gradients on nvme]: the fp32 gradient shards live on nvme with the state; host
   // stages four chunk buffers of state and gradient (the default buffer_count) and three
-  // chunks' gradient shards.
+  // chunks' gradient shards, next to the swap store's own 64 MiB pool.
   EXPECT_EQ(e->at(Tier::kHost, StateKind::kGrads), 0u);
   EXPECT_EQ(e->at(Tier::kNvme, StateKind::kGrads), 4 * s);
   EXPECT_EQ(e->at(Tier::kNvme, StateKind::kOptimizer), 12 * s);
-  EXPECT_EQ(e->at(Tier::kHost, StateKind::kBuffers), (4 * (12 + 4) + 3 * 4) * (200'000'000ull / 8));
+  EXPECT_EQ(e->at(Tier::kHost, StateKind::kBuffers), (4 * (12 + 4) + 3 * 4) * (200'000'000ull / 8) + (64ull << 20));
   EXPECT_EQ(e->total(), e->tier_total(Tier::kCompute) + e->tier_total(Tier::kHost) + e->tier_total(Tier::kNvme));
   {
     EstimateInput host_grads = in;
@@ -124,7 +124,7 @@ TEST(Estimator, KindsAndTiers) {
     auto h = estimate_memory(host_grads);
     ASSERT_TRUE(h.has_value());
     EXPECT_EQ(h->at(Tier::kHost, StateKind::kGrads), 4 * s);
-    EXPECT_EQ(h->at(Tier::kHost, StateKind::kBuffers), 4 * 12 * (200'000'000ull / 8));
+    EXPECT_EQ(h->at(Tier::kHost, StateKind::kBuffers), 4 * 12 * (200'000'000ull / 8) + (64ull << 20));
   }
   // fp32 training keeps no master copy: 8 bytes of state per element.
   in.dtype = Dtype::kFp32;
