@@ -95,7 +95,9 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   const Tier opt_tier = offload_tier(in.offload_optimizer);
   const Tier step_tier = plan::step_tier(opt_tier);
   const Tier param_tier = offload_tier(in.offload_param);
-  const std::uint64_t state_per_elem = mixed ? 12 : 8;  // fp32 master (mixed only) + m + v
+  // fp32 master + m + v: the engine keeps the master apart from the parameter shard in
+  // fp32 too (the step writes the shard from it), unless the shard is made from it.
+  const std::uint64_t state_per_elem = 12;
   const bool grads_on_nvme = in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
 
   // params
