@@ -1,10 +1,10 @@
 // Tensors as swap-store payloads. Internal to src/engine.
 //
 // The swap store moves a span that starts on a 4 KiB boundary in place (O_DIRECT, no
-// copy); any other span goes through a pool buffer as large as the record, which a
-// record of 64 MiB or more may not get. So every host tensor the engine reads a record
-// into or writes one from is allocated 4 KiB-aligned (aligned_empty), and the chunk
-// runtime bounces the rare unaligned one through such a tensor itself.
+// copy); any other span is copied through pool buffers (in pieces when large, Note
+// [pieced transfer]), synchronously. So every host tensor the engine reads a record into
+// or writes one from is allocated 4 KiB-aligned (aligned_empty), and the chunk runtime
+// bounces the rare unaligned one through such a tensor itself.
 #pragma once
 
 #include <cstddef>

@@ -1,5 +1,8 @@
 // Swap store puts and gets: staging, per-key order, submission, verification.
+#include <algorithm>
 #include <cstring>
+#include <deque>
+#include <functional>
 
 #include "strata/base/units.h"
 #include "swap_store_impl.h"
@@ -127,6 +130,8 @@ SwapHandle SwapStoreImpl::put_async(const SwapKey& key, std::span<const std::byt
     return SwapHandle(SwapOp::done(ok()));
   }
 
+  if (!aligned(src.data()) && src.size() > piece_bytes()) return put_pieced(key, *r, src);
+
   // Staging and hashing happen before the lock: they are the slow part, and the pool
   // may make us wait.
   auto op = std::make_shared<SwapOp>();
@@ -200,6 +205,8 @@ SwapHandle SwapStoreImpl::get_async(const SwapKey& key, std::span<std::byte> dst
     return SwapHandle(SwapOp::done(ok()));
   }
 
+  if (!aligned(dst.data()) && dst.size() > piece_bytes()) return get_pieced(key, *r, dst);
+
   auto op = std::make_shared<SwapOp>();
   op->is_get = true;
   op->key = key;
@@ -248,6 +255,177 @@ SwapHandle SwapStoreImpl::get_async(const SwapKey& key, std::span<std::byte> dst
   op->slot_length = slot_bytes(r->capacity);
   op->io = engine->readv(files[k], segments(r->offset, st, dst.data(), op->scratch, op->bounce));
   r->readers.push_back(op);
+  return SwapHandle(std::move(op));
+}
+
+// Note [pieced transfer]: without it, an unaligned span needs a bounce buffer as large
+// as its record, which a pool smaller than the record can never give. In pieces, the
+// payload goes through buffers of piece_bytes() (a quarter of the pool), two in flight:
+// the calling thread copies piece i+1 while piece i is on the disk. The record header
+// (with the whole payload's checksum) goes in its own block; a get reads it, the pieces,
+// then checks the checksum over the whole span, as any get does. The op stands in the
+// record's queue as "driving" until the last piece is done, so per-key order holds.
+std::uint64_t SwapStoreImpl::piece_bytes() const {
+  return std::max<std::uint64_t>(kBlock, pool.budget() / 4 / kBlock * kBlock);
+}
+
+namespace {
+
+// Up to two pieces in flight, each with its bounce buffer; the first error wins.
+class PieceQueue {
+ public:
+  Status push(IoHandle io, PooledBuffer buf, std::function<void(const PooledBuffer&)> done) {
+    Status st = ok();
+    if (inflight_.size() == 2) st = pop();
+    inflight_.push_back({std::move(io), std::move(buf), std::move(done)});
+    return st;
+  }
+  Status drain() {
+    Status first = ok();
+    while (!inflight_.empty())
+      if (Status st = pop(); !st && first) first = std::move(st);
+    return first;
+  }
+
+ private:
+  struct Piece {
+    IoHandle io;
+    PooledBuffer buf;
+    std::function<void(const PooledBuffer&)> done;
+  };
+  Status pop() {
+    Piece p = std::move(inflight_.front());
+    inflight_.pop_front();
+    Status st = p.io.wait();
+    if (st && p.done) p.done(p.buf);
+    return st;
+  }
+  std::deque<Piece> inflight_;
+};
+
+}  // namespace
+
+SwapHandle SwapStoreImpl::put_pieced(const SwapKey& key, Record& r, std::span<const std::byte> src) {
+  auto op = std::make_shared<SwapOp>();
+  op->key = key;
+  op->length = src.size();
+  op->pieced = true;
+  auto fail = [&](Error e) {
+    return SwapHandle(SwapOp::done(make_error(std::move(e).with_note("swap-out of " + key.to_string()))));
+  };
+  auto scratch = pool.acquire(kBlock);
+  if (!scratch) return fail(std::move(scratch).error());
+  const std::uint64_t sum = checksum(src);
+  const int k = static_cast<int>(key.kind);
+  {
+    std::unique_lock lock(mu_);
+    wait_for_conflicts(lock, r, /*for_put=*/true);
+    if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
+    op->generation = ++r.next_generation;
+    RecordHeader h{};
+    std::memcpy(h.magic, kRecordMagic, sizeof h.magic);
+    h.version = kSwapFormatVersion;
+    h.kind = static_cast<std::uint8_t>(key.kind);
+    h.run_id = run_id;
+    h.chunk = key.chunk;
+    h.tensor = key.tensor;
+    h.length = src.size();
+    h.capacity = r.capacity;
+    h.generation = op->generation;
+    h.payload_checksum = sum;
+    encode(h, scratch->padded_span().first(kBlock));
+    op->driving = true;
+    r.writer = op;
+  }
+  const std::uint64_t piece = piece_bytes();
+  PieceQueue q;
+  const IoSegment header{r.offset, scratch->data(), kBlock};
+  Status st = q.push(engine->writev(files[k], {&header, 1}), std::move(*scratch), nullptr);
+  for (std::uint64_t off = 0; st && off < src.size(); off += piece) {
+    const std::uint64_t len = std::min(piece, src.size() - off);
+    auto buf = pool.acquire(round_up(len, kBlock));
+    if (!buf) {
+      st = std::unexpected(std::move(buf).error());
+      break;
+    }
+    std::memcpy(buf->data(), src.data() + off, len);
+    std::memset(buf->data() + len, 0, buf->capacity() - len);
+    const IoSegment seg{r.offset + kBlock + off, buf->data(), buf->capacity()};
+    st = q.push(engine->writev(files[k], {&seg, 1}), std::move(*buf), nullptr);
+  }
+  if (Status rest = q.drain(); st && !rest) st = std::move(rest);
+  op->end_pieces(st ? st : make_error(std::move(st).error().with_note("swap-out of " + key.to_string())));
+  return SwapHandle(std::move(op));
+}
+
+SwapHandle SwapStoreImpl::get_pieced(const SwapKey& key, Record& r, std::span<std::byte> dst) {
+  auto op = std::make_shared<SwapOp>();
+  op->is_get = true;
+  op->key = key;
+  op->dst = dst;
+  op->length = dst.size();
+  op->aligned_length = dst.size();  // verify(): the pieces are already in dst
+  op->run_id = run_id;
+  op->verify_failures = verify_failures_;
+  op->bytes_done = bytes_read_;
+  op->pieced = true;
+  auto fail = [&](Error e) {
+    return SwapHandle(SwapOp::done(make_error(std::move(e).with_note("swap-in of " + key.to_string()))));
+  };
+  auto scratch = pool.acquire(kBlock);
+  if (!scratch) return fail(std::move(scratch).error());
+  op->scratch = std::move(*scratch);
+  const int k = static_cast<int>(key.kind);
+  {
+    std::unique_lock lock(mu_);
+    wait_for_conflicts(lock, r, /*for_put=*/false);
+    if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
+    if (r.lost) {
+      return SwapHandle(SwapOp::done(make_error(ErrorCode::kDataLoss, "{} was lost: its last put failed: {}",
+                                                key.to_string(), r.lost->to_string())
+                                         .with_path(paths[k])
+                                         .with_offset(r.offset)
+                                         .with_length(slot_bytes(r.capacity))));
+    }
+    if (r.generation == 0) {
+      return SwapHandle(SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "{} was never written", key.to_string())));
+    }
+    if (dst.size() != r.length) {
+      return SwapHandle(SwapOp::done(make_error(ErrorCode::kInvalidArgument, "get of {} needs a span of {} bytes, got {}",
+                                                key.to_string(), r.length, dst.size())));
+    }
+    op->generation = r.generation;
+    op->path = paths[k];
+    op->slot_offset = r.offset;
+    op->slot_length = slot_bytes(r.capacity);
+    op->driving = true;
+    r.readers.push_back(op);
+  }
+  const std::uint64_t piece = piece_bytes();
+  PieceQueue q;
+  const IoSegment header{r.offset, op->scratch.data(), kBlock};
+  Status st = engine->readv(files[k], {&header, 1}).wait();
+  for (std::uint64_t off = 0; st && off < dst.size(); off += piece) {
+    const std::uint64_t len = std::min(piece, dst.size() - off);
+    auto buf = pool.acquire(round_up(len, kBlock));
+    if (!buf) {
+      st = std::unexpected(std::move(buf).error());
+      break;
+    }
+    const IoSegment seg{r.offset + kBlock + off, buf->data(), buf->capacity()};
+    st = q.push(engine->readv(files[k], {&seg, 1}), std::move(*buf),
+                [dst, off, len](const PooledBuffer& b) { std::memcpy(dst.data() + off, b.data(), len); });
+  }
+  if (Status rest = q.drain(); st && !rest) st = std::move(rest);
+  if (!st) {
+    st = make_error(std::move(st).error().with_note("swap-in of " + key.to_string()));
+  } else if (st = op->verify(); st) {
+    *op->bytes_done += op->length;
+  } else {
+    ++*op->verify_failures;
+  }
+  op->scratch.reset();
+  op->end_pieces(std::move(st));
   return SwapHandle(std::move(op));
 }
 

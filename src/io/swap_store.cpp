@@ -138,7 +138,9 @@ Result<Record*> SwapStoreImpl::find_open(const SwapKey& key) {
 
 void SwapStoreImpl::fold(Record& r) {
   if (r.writer && r.writer->io_ready()) {
-    const auto st = r.writer->io.valid() ? r.writer->io.wait() : Status(ok());
+    const auto st = r.writer->pieced      ? r.writer->pieced_status
+                    : r.writer->io.valid() ? r.writer->io.wait()
+                                           : Status(ok());
     if (st) {
       r.generation = r.writer->generation;
       r.length = r.writer->length;

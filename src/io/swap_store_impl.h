@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -41,11 +42,41 @@ struct SwapOp {
   bool finished = false;
   Status result = ok();
 
+  // Note [pieced transfer]: an op whose pieces its caller drives; until `driving` is
+  // false, other ops on the key wait for it. pieced_status is its outcome after that.
+  bool pieced = false;
+  Status pieced_status = ok();
+  mutable std::mutex drive_mu;
+  mutable std::condition_variable drive_cv;
+  bool driving = false;  // guarded by drive_mu
+
   // Waits for the I/O only (other ops on the same key call this).
   void wait_io() const {
+    if (pieced) {
+      std::unique_lock l(drive_mu);
+      drive_cv.wait(l, [this] { return !driving; });
+      return;
+    }
     if (io.valid()) (void)io.wait();
   }
-  bool io_ready() const { return !io.valid() || io.ready(); }
+  bool io_ready() const {
+    if (pieced) {
+      std::lock_guard l(drive_mu);
+      return !driving;
+    }
+    return !io.valid() || io.ready();
+  }
+  // A pieced op is done: record its outcome and wake the ops waiting on its key.
+  void end_pieces(Status st) {
+    pieced_status = st;
+    finished = true;
+    result = std::move(st);
+    {
+      std::lock_guard l(drive_mu);
+      driving = false;
+    }
+    drive_cv.notify_all();
+  }
   // Waits, verifies a get, releases the buffers; once. Returns the op's Status.
   Status finish();
   // For a handle dropped without wait(): waits for the I/O and releases the buffers,
@@ -109,6 +140,11 @@ class SwapStoreImpl {
   // (a put) is in flight on `r`; returns with the lock held and `r` folded.
   void wait_for_conflicts(std::unique_lock<std::mutex>& lock, Record& r, bool for_put);
   Result<Record*> find(const SwapKey& key);
+  // Note [pieced transfer]: an unaligned payload larger than piece_bytes() moves through
+  // bounce buffers of that size, two in flight, driven by the calling thread.
+  std::uint64_t piece_bytes() const;
+  SwapHandle put_pieced(const SwapKey& key, Record& r, std::span<const std::byte> src);
+  SwapHandle get_pieced(const SwapKey& key, Record& r, std::span<std::byte> dst);
   // find() under the store mutex, failing once the store is closed. Records are never
   // erased while open, so the pointer stays valid after the lock is dropped.
   Result<Record*> find_open(const SwapKey& key);

@@ -25,7 +25,10 @@
 //
 // Buffers. put_async reads `src` and get_async writes `dst`; both must stay valid until
 // wait() returns or the handle is destroyed. A 4 KiB-aligned span is transferred in place
-// (zero-copy, the fast path); any other span goes through a pool buffer and a copy.
+// (zero-copy, the fast path); any other span goes through a pool buffer and a copy, in
+// pieces of a quarter of the pool when it is larger than that (Note [pieced transfer] in
+// src/io/swap_ops.cpp: synchronous in the caller, two pieces in flight). Every transfer
+// is cut into aio.block_size pieces on the way to the disk.
 // get's data is checked when wait() returns ok — not before.
 //
 // Errors. A failed put (EIO, ENOSPC, ...) marks the record lost: gets fail with
