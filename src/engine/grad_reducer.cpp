@@ -65,6 +65,14 @@ GradReducer::~GradReducer() {
 Status GradReducer::setup(std::function<void()> on_activity) {
   ChunkRuntime& chunks = *core_.chunks;
   ChunkStore& store = chunks.store();
+  // Note [reused staging]: the nvme chunks' host shards, one at a time being completed
+  // and kSpillsInFlight being written, plus the read-back of an earlier micro-step.
+  std::int64_t largest = 0;
+  for (std::uint32_t c = 0; c < chunks.size(); ++c)
+    if (chunks[c].grads_on_nvme) largest = std::max(largest, store.shard_elems(c));
+  spill_buffers_.configure(largest, at::kFloat, kSpillsInFlight + 2, [this](std::uint64_t bytes) {
+    return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kGrads, "grad shard");
+  });
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
     if (!chunks[c].trainable) continue;
     ChunkGrads& g = grads_[c];
@@ -223,10 +231,10 @@ Status GradReducer::complete(std::uint32_t c) {
 Status GradReducer::ensure_shard(std::uint32_t c) {
   ChunkGrads& g = grads_[c];
   if (g.shard.defined()) return ok();
-  const std::int64_t n = core_.chunks->store().shard_elems(c);
-  STRATA_ASSIGN_OR_RETURN(g.shard_res, core_.chunks->reserve(Tier::kHost, static_cast<std::uint64_t>(n) * 4,
-                                                             StateKind::kGrads, c, "grad shard"));
-  g.shard = aligned_empty(n, at::kFloat).zero_();
+  STRATA_ASSIGN_OR_RETURN(StagingCache::Buffer b, spill_buffers_.take());
+  g.shard = b.view(core_.chunks->store().shard_elems(c)).zero_();
+  g.shard_full = std::move(b.full);
+  g.shard_res = std::move(b.res);
   return ok();
 }
 
@@ -241,7 +249,8 @@ Status GradReducer::spill(std::uint32_t c) {
   const std::vector<ElemRange> groups = sub_groups(g.shard.numel(), core_.opt.optim_pipeline.sub_group_elems);
   auto part = [&groups](const at::Tensor& t, std::size_t i) { return t.narrow(0, groups[i].begin, groups[i].size()); };
   if (g.in_record) {  // an earlier micro-step of this window: add its sum
-    at::Tensor before = aligned_empty(g.shard.numel(), at::kFloat);
+    STRATA_ASSIGN_OR_RETURN(StagingCache::Buffer read_back, spill_buffers_.take());
+    const at::Tensor before = read_back.view(g.shard.numel());
     std::vector<io::SwapHandle> reads;
     for (std::size_t i = 0; i < groups.size(); ++i)
       reads.push_back(core_.swap->get_async(grad_key(c, static_cast<std::uint32_t>(i)), bytes_of(part(before, i))));
@@ -250,6 +259,7 @@ Status GradReducer::spill(std::uint32_t c) {
         return make_error(std::move(st).error().with_note("the fp32 gradient shard of " + core_.chunks->name(c)));
     core_.account(Tier::kNvme, Tier::kHost, bytes);
     g.shard.add_(before);
+    spill_buffers_.give(std::move(read_back));
   }
   if (boundary_) {
     STRATA_ASSIGN_OR_RETURN(g.stats, kernels::grad_prologue(g.shard.data_ptr(), kernels::DType::kF32,
@@ -257,8 +267,9 @@ Status GradReducer::spill(std::uint32_t c) {
                                                             core_.pool.get()));
   }
   STRATA_RETURN_IF_ERROR(wait_spills(kSpillsInFlight - 1));
-  Spill sp{.chunk = c, .shard = std::move(g.shard), .res = std::move(g.shard_res)};
+  Spill sp{.chunk = c, .shard = std::move(g.shard), .full = std::move(g.shard_full), .res = std::move(g.shard_res)};
   g.shard = at::Tensor();
+  g.shard_full = at::Tensor();
   for (std::size_t i = 0; i < groups.size(); ++i)
     sp.io.push_back(core_.swap->put_async(grad_key(c, static_cast<std::uint32_t>(i)), bytes_of(part(sp.shard, i))));
   core_.account(Tier::kHost, Tier::kNvme, bytes);
@@ -274,6 +285,7 @@ Status GradReducer::wait_spills(std::size_t keep) {
     for (auto& h : sp.io)
       if (Status st = h.wait(); !st)
         return make_error(std::move(st).error().with_note("the fp32 gradient shard of " + core_.chunks->name(sp.chunk)));
+    spill_buffers_.give({.full = std::move(sp.full), .res = std::move(sp.res)});
   }
   return ok();
 }

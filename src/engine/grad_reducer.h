@@ -51,6 +51,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "engine_core.h"
+#include "staging_cache.h"
 #include "strata/kernels/dtype.h"
 #include "strata/kernels/grad_prologue.h"
 
@@ -112,6 +113,7 @@ class GradReducer {
     tiers::Reservation buffer_res;
     at::Tensor shard;           // what the step reads (see grad_shard)
     tiers::Reservation shard_res;
+    at::Tensor shard_full;      // nvme: the reused buffer under `shard` (Note [reused staging])
     std::optional<InFlight> op;
     // Note [gradients on nvme]
     bool complete = false;      // this backward's gradients are all in the shard
@@ -122,7 +124,7 @@ class GradReducer {
   // A gradient shard being written to its record; freed once written.
   struct Spill {
     std::uint32_t chunk = 0;
-    at::Tensor shard;
+    at::Tensor shard, full;  // full: the reused buffer, back to spill_buffers_ once written
     tiers::Reservation res;
     std::vector<io::SwapHandle> io;  // one write per optimizer sub-group
   };
@@ -146,6 +148,7 @@ class GradReducer {
   bool boundary_ = false;
   double inv_scale_ = 1.0;
   std::deque<Spill> spills_;
+  StagingCache spill_buffers_;  // nvme chunks' host shards (Note [reused staging])
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
 };
 

@@ -136,17 +136,16 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   const bool direct = k.shard_tier == core_.chunks->step_tier(c);
   const std::int64_t n = core_.chunks->store().shard_elems(c);
   at::Tensor out = k.shard;
-  tiers::Reservation res;
-  if (!direct) {
-    STRATA_ASSIGN_OR_RETURN(res, core_.chunks->reserve(Tier::kHost, core_.chunks->shard_bytes(c), StateKind::kBuffers,
-                                                       c, "param step staging"));
-  }
+  StagingCache::Buffer staging;
   if (!direct && k.shard_tier != Tier::kNvme) {
+    STRATA_ASSIGN_OR_RETURN(staging.res, core_.chunks->reserve(Tier::kHost, core_.chunks->shard_bytes(c),
+                                                               StateKind::kBuffers, c, "param step staging"));
     out = at::empty({n}, core_.opt.compute_dtype);  // only the stepped runs go home
-  } else if (!direct && steps_every_param(c)) {
-    out = aligned_empty(n, core_.opt.compute_dtype).zero_();  // the whole record goes home: padding stays zero
   } else if (!direct) {
-    STRATA_ASSIGN_OR_RETURN(out, read_param_shard(c));
+    STRATA_ASSIGN_OR_RETURN(staging, param_buffers().take());  // Note [reused staging]
+    out = staging.view(n);
+    if (steps_every_param(c)) out.zero_();  // the whole record goes home: padding stays zero
+    else STRATA_RETURN_IF_ERROR(read_param_shard(c, out));
   }
   std::vector<ElemRange> stepped;
   // Note [shard from master]: no shard to write; the next gather casts the new master.
@@ -164,16 +163,27 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
                                       grad_scale, core_.pool.get(), &stepped, groups[g]));
     if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
   }
-  if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped), .res = std::move(res)};
+  if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped), .staging = std::move(staging)};
   core_.trace.add(StepTrace::kOptimizer, "step " + core_.chunks->name(c), t0, Clock::now());
   return ok();
 }
 
-Result<at::Tensor> StepDriver::read_param_shard(std::uint32_t c) {
-  at::Tensor out = aligned_empty(core_.chunks->store().shard_elems(c), core_.opt.compute_dtype);
+Status StepDriver::read_param_shard(std::uint32_t c, const at::Tensor& out) {
   STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, out));
   core_.account(Tier::kNvme, Tier::kHost, core_.chunks->shard_bytes(c));
-  return out;
+  return ok();
+}
+
+StagingCache& StepDriver::param_buffers() {
+  if (!param_buffers_.configured()) {
+    std::int64_t largest = 0;
+    for (std::uint32_t c = 0; c < core_.chunks->size(); ++c)
+      if ((*core_.chunks)[c].shard_tier == Tier::kNvme) largest = std::max(largest, core_.chunks->store().shard_elems(c));
+    param_buffers_.configure(largest, core_.opt.compute_dtype, kParamWritesInFlight + 1, [this](std::uint64_t bytes) {
+      return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kBuffers, "param step staging");
+    });
+  }
+  return param_buffers_;
 }
 
 Status StepDriver::store_param(std::uint32_t c) {
@@ -187,7 +197,7 @@ Status StepDriver::store_param(std::uint32_t c) {
     // record after it, and run_ops waits for every write before the step returns.
     STRATA_RETURN_IF_ERROR(flush_param_writes(kParamWritesInFlight - 1));
     io::SwapHandle io = core_.swap->put_async(param_key(c), bytes_of(s.values));
-    param_writes_.push_back({.values = std::move(s.values), .res = std::move(s.res), .io = std::move(io)});
+    param_writes_.push_back({.staging = std::move(s.staging), .io = std::move(io)});
     core_.account(from, Tier::kNvme, core_.chunks->shard_bytes(c));
     return ok();
   }
@@ -205,6 +215,7 @@ Status StepDriver::flush_param_writes(std::size_t keep) {
     ParamWrite w = std::move(param_writes_.front());
     param_writes_.pop_front();
     if (Status st = w.io.wait(); !st && first) first = std::move(st);
+    param_buffers_.give(std::move(w.staging));
   }
   return first;
 }

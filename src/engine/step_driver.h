@@ -29,6 +29,7 @@
 #include "grad_reducer.h"
 #include "optim_state.h"
 #include "shard_state.h"
+#include "staging_cache.h"
 #include "strata/engine/loss_scaler.h"
 
 namespace strata::engine {
@@ -55,8 +56,9 @@ class StepDriver {
   Status run_ops(std::span<const plan::Op> ops, double grad_scale);
   Status read_ahead(std::size_t at);
   Status step_chunk(std::uint32_t c, double grad_scale);
-  // The current contents of nvme chunk c's parameter shard, in an aligned staging shard.
-  Result<at::Tensor> read_param_shard(std::uint32_t c);
+  // The current contents of nvme chunk c's parameter shard, into an aligned staging shard.
+  Status read_param_shard(std::uint32_t c, const at::Tensor& out);
+  StagingCache& param_buffers();  // Note [reused staging], sized at first use
   Status store_param(std::uint32_t c);
   Status flush_param_writes(std::size_t keep = 0);
   Status step_wrapped(double grad_scale);
@@ -76,18 +78,18 @@ class StepDriver {
     std::uint32_t chunk = 0;
     at::Tensor values;
     std::vector<ElemRange> stepped;
-    tiers::Reservation res;  // host "buffers", for a staging shard bound for nvme
+    StagingCache::Buffer staging;  // its host bytes (and, bound for nvme, its reused buffer)
   };
   std::optional<Staged> staged_;
   // Parameter shards on their way to nvme, oldest first. Members are destroyed in
   // reverse order: the write finishes before the bytes under it go.
   struct ParamWrite {
-    at::Tensor values;
-    tiers::Reservation res;
+    StagingCache::Buffer staging;
     io::SwapHandle io;
   };
   static constexpr std::size_t kParamWritesInFlight = 2;
   std::deque<ParamWrite> param_writes_;
+  StagingCache param_buffers_;
   // The nvme sub-groups of this step in order (chunk, sub-group); the next one to
   // request, and the next one to step.
   std::vector<std::pair<std::uint32_t, std::uint32_t>> reads_;
