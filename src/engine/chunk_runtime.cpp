@@ -1,5 +1,7 @@
 #include "chunk_runtime.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
@@ -78,6 +80,13 @@ Status ChunkRuntime::store_shard(std::uint32_t c, const at::Tensor& src) {
   at::Tensor bounce = aligned_empty(src.numel(), src.scalar_type());
   bounce.copy_(src);
   return swap_->put(param_key(c), bytes_of(bounce));
+}
+
+std::int64_t ChunkRuntime::largest_shard_elems(const std::function<bool(const ChunkRt&)>& which) const {
+  std::int64_t largest = 0;
+  for (std::uint32_t c = 0; c < size(); ++c)
+    if (which(rt_[c])) largest = std::max(largest, store_->shard_elems(c));
+  return largest;
 }
 
 void ChunkRuntime::alloc_full(std::uint32_t c) { storage_.alloc(store_->full(c)); }

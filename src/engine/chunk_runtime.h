@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +73,9 @@ class ChunkRuntime {
   Tier step_tier(std::uint32_t c) const { return plan::step_tier(rt_[c].optim_tier); }
   std::uint64_t full_bytes(std::uint32_t c) const;
   std::uint64_t shard_bytes(std::uint32_t c) const;
+  // The most elements in this rank's shard of any chunk `which` picks (0 if none): the
+  // size of a staging buffer that any of them fits.
+  std::int64_t largest_shard_elems(const std::function<bool(const ChunkRt&)>& which) const;
   // The planner's view of chunk c (sizes, tiers, residency).
   plan::ScheduleChunk schedule_chunk(std::uint32_t c) const;
   std::vector<plan::ScheduleChunk> schedule_chunks() const;

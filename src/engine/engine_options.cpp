@@ -35,8 +35,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.optim_pipeline = {.buffer_count = z.offload_optimizer.buffer_count,
                       .read_ahead = z.offload_optimizer.pipeline_read,
                       .write_behind = z.offload_optimizer.pipeline_write,
-                      .sub_group_elems = static_cast<std::int64_t>(
-                          std::max<std::uint64_t>(1024, std::min<std::uint64_t>(z.sub_group_size, std::uint64_t{1} << 40) / 1024 * 1024))};
+                      .sub_group_elems = static_cast<std::int64_t>(z.sub_group_elems())};
   o.offload_param_frac = cfg.strata.offload_param_frac;
   o.offload_optim_frac = cfg.strata.offload_optim_frac;
   o.swap = io::SwapStoreOptions::from_config(

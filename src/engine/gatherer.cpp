@@ -20,9 +20,8 @@ Gatherer::~Gatherer() {
 
 Status Gatherer::setup_staging() {
   const auto& o = core_.opt.param_staging;
-  std::int64_t largest = 0;
-  for (std::uint32_t c = 0; c < g_.size(); ++c)
-    if ((*core_.chunks)[c].shard_tier == Tier::kNvme) largest = std::max(largest, core_.chunks->store().shard_elems(c));
+  const std::int64_t largest =
+      core_.chunks->largest_shard_elems([](const ChunkRt& k) { return k.shard_tier == Tier::kNvme; });
   if (largest == 0) return ok();
   if (largest > o.buffer_elems) {
     return make_error(ErrorCode::kInvalidArgument,

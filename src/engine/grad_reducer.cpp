@@ -67,10 +67,7 @@ Status GradReducer::setup(std::function<void()> on_activity) {
   ChunkStore& store = chunks.store();
   // Note [reused staging]: the nvme chunks' host shards, one at a time being completed
   // and kSpillsInFlight being written, plus the read-back of an earlier micro-step.
-  std::int64_t largest = 0;
-  for (std::uint32_t c = 0; c < chunks.size(); ++c)
-    if (chunks[c].grads_on_nvme) largest = std::max(largest, store.shard_elems(c));
-  spill_buffers_.configure(largest, at::kFloat, kSpillsInFlight + 2, [this](std::uint64_t bytes) {
+  spill_buffers_.configure(chunks.largest_shard_elems([](const ChunkRt& k) { return k.grads_on_nvme; }), at::kFloat, kSpillsInFlight + 2, [this](std::uint64_t bytes) {
     return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kGrads, "grad shard");
   });
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {

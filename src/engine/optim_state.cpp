@@ -193,13 +193,6 @@ Status OptimStateHolder::release(std::uint32_t c, std::uint32_t g) {
   return ok();
 }
 
-Status OptimStateHolder::release_chunk(std::uint32_t c) {
-  if (!on_nvme(c)) return ok();
-  const auto n = static_cast<std::uint32_t>(groups(c).size());
-  for (std::uint32_t g = 0; g < n; ++g) STRATA_RETURN_IF_ERROR(release(c, g));
-  return ok();
-}
-
 Status OptimStateHolder::flush() {
   Status first = ok();
   for (auto& s : writing_)

@@ -61,7 +61,6 @@ class OptimStateHolder {
   Result<ShardState*> acquire(std::uint32_t c, std::uint32_t g = 0);
   const at::Tensor& grad(std::uint32_t c, std::uint32_t g) const;  // after acquire: its gradient read from nvme
   Status release(std::uint32_t c, std::uint32_t g);  // after its step: nvme: start writing back
-  Status release_chunk(std::uint32_t c);             // every sub-group of c still held
   Status flush();                                    // every write-back finished
 
   // Chunk c's master when its state lives in memory (Note [shard from master]).

@@ -89,8 +89,8 @@ Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
       case plan::OpKind::kLoad: break;  // the read ahead requests it
       case plan::OpKind::kStep: STRATA_RETURN_IF_ERROR(step_chunk(op.chunk, grad_scale)); break;
       case plan::OpKind::kStore:
-        if (op.what == StateKind::kOptimizer) STRATA_RETURN_IF_ERROR(holder_.release_chunk(op.chunk));  // to nvme
-        else STRATA_RETURN_IF_ERROR(store_param(op.chunk));  // the new parameter shard home
+        // Optimizer state went back to nvme sub-group by sub-group as step_chunk stepped it.
+        if (op.what != StateKind::kOptimizer) STRATA_RETURN_IF_ERROR(store_param(op.chunk));  // the new shard home
         break;
       case plan::OpKind::kGather: gatherer_.refresh(op.chunk); break;
       case plan::OpKind::kRelease:
@@ -176,9 +176,8 @@ Status StepDriver::read_param_shard(std::uint32_t c, const at::Tensor& out) {
 
 StagingCache& StepDriver::param_buffers() {
   if (!param_buffers_.configured()) {
-    std::int64_t largest = 0;
-    for (std::uint32_t c = 0; c < core_.chunks->size(); ++c)
-      if ((*core_.chunks)[c].shard_tier == Tier::kNvme) largest = std::max(largest, core_.chunks->store().shard_elems(c));
+    const std::int64_t largest =
+        core_.chunks->largest_shard_elems([](const ChunkRt& k) { return k.shard_tier == Tier::kNvme; });
     param_buffers_.configure(largest, core_.opt.compute_dtype, kParamWritesInFlight + 1, [this](std::uint64_t bytes) {
       return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kBuffers, "param step staging");
     });

@@ -6,11 +6,11 @@
 // the planner's step ops (plan::step_ops, Note [step ops]) carried out in order:
 //   load    the chunk's nvme state starts coming in, sub-group by sub-group (read ahead:
 //           the next sub-groups' state is requested while this one steps)
-//   step    the fused kernel over this rank's shard: master, state and the compute-dtype
-//           parameter shard, or the wrapped torch::optim optimizer
-//   store   the state back to nvme (async), or the new parameter shard to its home tier
-//           (to nvme async too: written while the next chunks step, all done before
-//           step() returns)
+//   step    the fused kernel over this rank's shard, sub-group by sub-group: master,
+//           state and the compute-dtype parameter shard (nvme state goes back, async,
+//           as each sub-group is done), or the wrapped torch::optim optimizer
+//   store   the new parameter shard to its home tier (to nvme async: written while the
+//           next chunks step, all done before step() returns)
 //   gather  replicated chunks (stages 1-2): the updated slices all-gathered
 // Per-parameter step counts follow torch::optim: a parameter that never had a gradient
 // is never stepped, and its elements are never written (Note [step writes only what it

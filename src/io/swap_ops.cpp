@@ -112,6 +112,43 @@ void SwapOp::abandon() {
   bounce.reset();
 }
 
+void SwapStoreImpl::encode_header(const Record& r, std::uint64_t generation, std::uint64_t length,
+                                  std::uint64_t checksum, const PooledBuffer& scratch) const {
+  RecordHeader h{};
+  std::memcpy(h.magic, kRecordMagic, sizeof h.magic);
+  h.version = kSwapFormatVersion;
+  h.kind = static_cast<std::uint8_t>(r.key.kind);
+  h.run_id = run_id;
+  h.chunk = r.key.chunk;
+  h.tensor = r.key.tensor;
+  h.length = length;
+  h.capacity = r.capacity;
+  h.generation = generation;
+  h.payload_checksum = checksum;
+  encode(h, scratch.padded_span().first(kBlock));
+}
+
+Status SwapStoreImpl::bind_get(const Record& r, SwapOp& op) const {
+  const int k = static_cast<int>(r.key.kind);
+  if (r.lost) {
+    return make_error(ErrorCode::kDataLoss, "{} was lost: its last put failed: {}", r.key.to_string(),
+                      r.lost->to_string())
+        .with_path(paths[k])
+        .with_offset(r.offset)
+        .with_length(slot_bytes(r.capacity));
+  }
+  if (r.generation == 0) return make_error(ErrorCode::kFailedPrecondition, "{} was never written", r.key.to_string());
+  if (op.length != r.length) {
+    return make_error(ErrorCode::kInvalidArgument, "get of {} needs a span of {} bytes, got {}", r.key.to_string(),
+                      r.length, op.length);
+  }
+  op.generation = r.generation;
+  op.path = paths[k];
+  op.slot_offset = r.offset;
+  op.slot_length = slot_bytes(r.capacity);
+  return ok();
+}
+
 SwapHandle SwapStoreImpl::put_async(const SwapKey& key, std::span<const std::byte> src) {
   auto found = find_open(key);
   if (!found) return SwapHandle(SwapOp::done(std::unexpected(found.error())));
@@ -161,18 +198,7 @@ SwapHandle SwapStoreImpl::put_async(const SwapKey& key, std::span<const std::byt
   wait_for_conflicts(lock, *r, /*for_put=*/true);
   if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
   op->generation = ++r->next_generation;
-  RecordHeader h{};
-  std::memcpy(h.magic, kRecordMagic, sizeof h.magic);
-  h.version = kSwapFormatVersion;
-  h.kind = static_cast<std::uint8_t>(key.kind);
-  h.run_id = run_id;
-  h.chunk = key.chunk;
-  h.tensor = key.tensor;
-  h.length = src.size();
-  h.capacity = r->capacity;
-  h.generation = op->generation;
-  h.payload_checksum = sum;
-  encode(h, op->scratch.padded_span().first(kBlock));
+  encode_header(*r, op->generation, src.size(), sum, op->scratch);
   const int k = static_cast<int>(key.kind);
   // Header and payload are adjacent in the file and go as one op (Note [swap file layout]).
   // The staging buffers go back to the pool when the write completes, not when the
@@ -232,27 +258,8 @@ SwapHandle SwapStoreImpl::get_async(const SwapKey& key, std::span<std::byte> dst
   std::unique_lock lock(mu_);
   wait_for_conflicts(lock, *r, /*for_put=*/false);
   if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
+  if (Status ok_to_read = bind_get(*r, *op); !ok_to_read) return SwapHandle(SwapOp::done(std::move(ok_to_read)));
   const int k = static_cast<int>(key.kind);
-  if (r->lost) {
-    return SwapHandle(SwapOp::done(make_error(ErrorCode::kDataLoss, "{} was lost: its last put failed: {}",
-                                              key.to_string(), r->lost->to_string())
-                                       .with_path(paths[k])
-                                       .with_offset(r->offset)
-                                       .with_length(slot_bytes(r->capacity))));
-  }
-  if (r->generation == 0) {
-    return SwapHandle(
-        SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "{} was never written", key.to_string())));
-  }
-  if (dst.size() != r->length) {
-    return SwapHandle(SwapOp::done(make_error(ErrorCode::kInvalidArgument,
-                                              "get of {} needs a span of {} bytes, got {}", key.to_string(),
-                                              r->length, dst.size())));
-  }
-  op->generation = r->generation;
-  op->path = paths[k];
-  op->slot_offset = r->offset;
-  op->slot_length = slot_bytes(r->capacity);
   op->io = engine->readv(files[k], segments(r->offset, st, dst.data(), op->scratch, op->bounce));
   r->readers.push_back(op);
   return SwapHandle(std::move(op));
@@ -322,18 +329,7 @@ SwapHandle SwapStoreImpl::put_pieced(const SwapKey& key, Record& r, std::span<co
     wait_for_conflicts(lock, r, /*for_put=*/true);
     if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
     op->generation = ++r.next_generation;
-    RecordHeader h{};
-    std::memcpy(h.magic, kRecordMagic, sizeof h.magic);
-    h.version = kSwapFormatVersion;
-    h.kind = static_cast<std::uint8_t>(key.kind);
-    h.run_id = run_id;
-    h.chunk = key.chunk;
-    h.tensor = key.tensor;
-    h.length = src.size();
-    h.capacity = r.capacity;
-    h.generation = op->generation;
-    h.payload_checksum = sum;
-    encode(h, scratch->padded_span().first(kBlock));
+    encode_header(r, op->generation, src.size(), sum, *scratch);
     op->driving = true;
     r.writer = op;
   }
@@ -380,24 +376,7 @@ SwapHandle SwapStoreImpl::get_pieced(const SwapKey& key, Record& r, std::span<st
     std::unique_lock lock(mu_);
     wait_for_conflicts(lock, r, /*for_put=*/false);
     if (closed_) return fail(Error(ErrorCode::kFailedPrecondition, "swap store is closed"));
-    if (r.lost) {
-      return SwapHandle(SwapOp::done(make_error(ErrorCode::kDataLoss, "{} was lost: its last put failed: {}",
-                                                key.to_string(), r.lost->to_string())
-                                         .with_path(paths[k])
-                                         .with_offset(r.offset)
-                                         .with_length(slot_bytes(r.capacity))));
-    }
-    if (r.generation == 0) {
-      return SwapHandle(SwapOp::done(make_error(ErrorCode::kFailedPrecondition, "{} was never written", key.to_string())));
-    }
-    if (dst.size() != r.length) {
-      return SwapHandle(SwapOp::done(make_error(ErrorCode::kInvalidArgument, "get of {} needs a span of {} bytes, got {}",
-                                                key.to_string(), r.length, dst.size())));
-    }
-    op->generation = r.generation;
-    op->path = paths[k];
-    op->slot_offset = r.offset;
-    op->slot_length = slot_bytes(r.capacity);
+    if (Status ok_to_read = bind_get(r, *op); !ok_to_read) return SwapHandle(SwapOp::done(std::move(ok_to_read)));
     op->driving = true;
     r.readers.push_back(op);
   }

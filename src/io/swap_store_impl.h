@@ -143,6 +143,12 @@ class SwapStoreImpl {
   // Note [pieced transfer]: an unaligned payload larger than piece_bytes() moves through
   // bounce buffers of that size, two in flight, driven by the calling thread.
   std::uint64_t piece_bytes() const;
+  // The record header of a put of `length` bytes into r, encoded into scratch's first block.
+  void encode_header(const Record& r, std::uint64_t generation, std::uint64_t length, std::uint64_t checksum,
+                     const PooledBuffer& scratch) const;
+  // A get of op.length bytes may read r (not lost, written, same length): op takes what
+  // verify() checks (generation, path, slot). Needs the store mutex.
+  Status bind_get(const Record& r, SwapOp& op) const;
   SwapHandle put_pieced(const SwapKey& key, Record& r, std::span<const std::byte> src);
   SwapHandle get_pieced(const SwapKey& key, Record& r, std::span<std::byte> dst);
   // find() under the store mutex, failing once the store is closed. Records are never

@@ -51,7 +51,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
   in.optimizer_buffer_count = cfg.zero_optimization.offload_optimizer.buffer_count;
-  in.sub_group_elems = std::max<std::uint64_t>(1024, cfg.zero_optimization.sub_group_size / 1024 * 1024);
+  in.sub_group_elems = cfg.zero_optimization.sub_group_elems();
   in.param_buffer_count = cfg.zero_optimization.offload_param.buffer_count;
   in.max_in_cpu = cfg.zero_optimization.offload_param.max_in_cpu;
   STRATA_RETURN_IF_ERROR(in.validate());

@@ -181,8 +181,8 @@ void nested() {
 // losses per step, the consolidated parameters, the frozen weight bit for bit, and the
 // loss of the live sharded model against a plain model loaded with the consolidated
 // parameters. Placements: none, optim_cpu, optim_nvme, params_host, params_nvme (stage 3:
-// parameter shards and optimizer state there), budget (a compute budget; at stage 3 it
-// forces evictions).
+// parameter shards and optimizer state there), nvme_split (optimizer sub-groups, one
+// Load buffer, max_in_cpu), budget (a compute budget; at stage 3 it forces evictions).
 void awkward_case(int stage, const std::string& placement) {
   using strata::testing::AwkwardModel;
   const std::string what = fmt::format("stage {} {}", stage, placement);
@@ -211,6 +211,21 @@ void awkward_case(int stage, const std::string& placement) {
     o.param_device = o.optim_device = OffloadDevice::kCpu;
   } else if (placement == "params_nvme") {
     o.param_device = o.optim_device = OffloadDevice::kNvme;
+    nvme();
+  } else if (placement == "nvme_split") {
+    // Optimizer state in sub-groups of 1024 elements (two per 4096-element chunk shard
+    // at world 2, Note [optimizer sub-groups]); at stage 3 the parameter shards on nvme
+    // too, through a single Load buffer, with the first chunk's shard kept on host by
+    // max_in_cpu.
+    o.optim_device = OffloadDevice::kNvme;
+    o.chunks.chunk_size_elems = 4096;
+    o.optim_pipeline.sub_group_elems = 1024;
+    o.optim_pipeline.buffer_count = 6;
+    if (stage == 3) {
+      o.param_device = OffloadDevice::kNvme;
+      o.param_staging.buffer_count = 1;
+      o.param_staging.max_in_cpu = 2048;
+    }
     nvme();
   } else if (placement == "budget") {
     o.optim_device = OffloadDevice::kCpu;
@@ -280,7 +295,8 @@ void awkward_case(int stage, const std::string& placement) {
 }
 
 void awkward(int stage) {
-  for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "budget"}) awkward_case(stage, p);
+  for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget"})
+    awkward_case(stage, p);
 }
 
 // A unit whose forward returns a tuple: both outputs feed the rest of the model, and the
@@ -372,8 +388,10 @@ void backward_budget() {
 
 // Two layers of 33.5M weights, one chunk each: at world 2 every swap record (a
 // parameter shard, a master, a momentum buffer) is 16.8M fp32 elements, 64 MiB. Stage 2
-// keeps the optimizer state on nvme; stage 3 the parameter shards too. Three steps
-// against plain LibTorch SGD with momentum.
+// keeps the optimizer state on nvme; stage 3 the parameter shards too. The optimizer
+// state is kept in sub-groups of 16M elements (a 64 MiB record and a partial one per
+// tensor, Note [optimizer sub-groups]); at stage 3 max_in_cpu keeps one weight's shard
+// on host and the other on nvme. Three steps against plain LibTorch SGD with momentum.
 struct Big : torch::nn::Module {
   torch::nn::Linear a{nullptr}, b{nullptr};
   Big() {
@@ -395,6 +413,8 @@ void bigtier(int stage) {
   o.chunks.io_align_bytes = 4096;
   o.optim_device = OffloadDevice::kNvme;
   if (stage == 3) o.param_device = OffloadDevice::kNvme;
+  o.optim_pipeline.sub_group_elems = 16 << 20;
+  if (stage == 3) o.param_staging.max_in_cpu = 20'000'000;
   o.schedule.persistence_threshold_elems = 0;
   o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
   o.swap.job_name = fmt::format("bigtier-{}", stage);
@@ -403,6 +423,13 @@ void bigtier(int stage) {
     const auto shard_bytes = static_cast<std::uint64_t>(eng->store().shard_elems(c)) * 4;
     if (eng->store().chunk(c).size_elems > 1'000'000 && shard_bytes < (64ull << 20))
       fail(fmt::format("chunk {}: a record of {} bytes, not a real-size one", c, shard_bytes));
+  }
+  if (stage == 3) {  // max_in_cpu: parameter shards on host and on nvme
+    const auto by_kind = eng->memory_by_kind();
+    const auto params = plan::kind_index(plan::StateKind::kParams);
+    if (by_kind[plan::tier_index(plan::Tier::kHost)][params] < (64ull << 20) ||
+        by_kind[plan::tier_index(plan::Tier::kNvme)][params] < (64ull << 20))
+      fail("max_in_cpu: expected a weight's shard on host and another on nvme");
   }
   torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   const std::int64_t rows = 4;

@@ -75,7 +75,7 @@ TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
 }
 
 // Frozen weights, a parameter without a gradient, a unit called twice and a skip
-// connection, at stages 1-3 and every placement (awkward_case in zero3_worker.cpp).
+// connection, at stages 1-3 and every placement (awkward_case in units_worker.cpp).
 class Awkward : public ::testing::TestWithParam<int> {};
 
 TEST_P(Awkward, EveryPlacementMatchesLibTorchAndTheConsolidatedWeights) {

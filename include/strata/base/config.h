@@ -116,6 +116,12 @@ struct ZeroConfig {
   std::uint64_t stage3_max_reuse_distance = 1'000'000'000;
   // Elements per optimizer sub-group of nvme state (Note [optimizer sub-groups]).
   std::uint64_t sub_group_size = 1'000'000'000;
+  // sub_group_size as the engine uses it: a multiple of 1024 elements (4 KiB of fp32, so
+  // every sub-group of an aligned shard is aligned), at least 1024, at most 2^40.
+  std::uint64_t sub_group_elems() const {
+    const std::uint64_t capped = sub_group_size < (std::uint64_t{1} << 40) ? sub_group_size : std::uint64_t{1} << 40;
+    return capped < 1024 ? 1024 : capped / 1024 * 1024;
+  }
   OffloadOptimizerConfig offload_optimizer;
   OffloadParamConfig offload_param;
 
