@@ -39,7 +39,7 @@ namespace fs = std::filesystem;
 struct InfinityOptions {
   std::string model = "custom:8x1024x16";
   int world = 1;
-  int steps = 5;
+  int steps = 8;
   std::int64_t seq = 128;
   std::int64_t batch = 4;
   std::string dir;  // the nvme directory; default: a fresh one under the current directory

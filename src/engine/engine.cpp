@@ -221,6 +221,7 @@ void Engine::Impl::open_backward() {
   if (step_open) core.cur.forward_s += std::chrono::duration<double>(backward_t0 - step_t0).count();
   core.trace.begin_step();
   reducer->begin_backward(at_boundary(), 1.0 / stepper->scaler().scale());
+  if (at_boundary()) core.errors.check(stepper->read_early());  // Note [early state reads]
   // Runs when autograd has finished the whole graph, still inside backward().
   torch::autograd::Engine::get_default_engine().queue_callback([this] { core.errors.check(close_backward()); });
 }

@@ -130,8 +130,38 @@ Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std
   if (grad) s->grad = next();
   const auto ts = tensors(s->state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t, g), bytes_of(*ts[t])));
-  if (grad) s->io.push_back(core_.swap->get_async(grad_key(c, g), bytes_of(s->grad)));
+  if (grad && in_step_) request_grad(*s);
   return s;
+}
+
+// Issued after the record's write (the boundary backward's spill): the swap store orders
+// the read after it.
+void OptimStateHolder::request_grad(Swap& s) {
+  s.io.push_back(core_.swap->get_async(grad_key(s.chunk, s.group), bytes_of(s.grad)));
+  s.grad_requested = true;
+}
+
+void OptimStateHolder::begin_step() {
+  in_step_ = true;
+  for (auto& [_, s] : reading_)
+    if (s->grad.defined() && !s->grad_requested) request_grad(*s);
+}
+
+int OptimStateHolder::early_reads() const {
+  return core_.opt.optim_pipeline.read_ahead ? core_.opt.optim_pipeline.buffer_count : 0;
+}
+
+Status OptimStateHolder::drop_reads(std::uint32_t c) {
+  Status first = ok();
+  for (auto it = reading_.begin(); it != reading_.end();) {
+    if (it->second->chunk != c) {
+      ++it;
+      continue;
+    }
+    if (Status st = wait_all(*it->second); !st && first) first = std::move(st);
+    it = reading_.erase(it);
+  }
+  return first;
 }
 
 Status OptimStateHolder::wait_all(Swap& s) {
@@ -167,6 +197,7 @@ Result<ShardState*> OptimStateHolder::acquire(std::uint32_t c, std::uint32_t g) 
     STRATA_ASSIGN_OR_RETURN(reading_[id(c, g)], start_read(c, g));
   }
   Swap& s = *reading_.at(id(c, g));
+  if (s.grad.defined() && !s.grad_requested) request_grad(s);
   STRATA_RETURN_IF_ERROR(wait_all(s));
   core_.account(Tier::kNvme, Tier::kHost, s.state.bytes() + (s.grad.defined() ? bytes_of(s.grad).size() : 0));
   return &s.state;
@@ -194,6 +225,7 @@ Status OptimStateHolder::release(std::uint32_t c, std::uint32_t g) {
 }
 
 Status OptimStateHolder::flush() {
+  in_step_ = false;
   Status first = ok();
   for (auto& s : writing_)
     if (Status st = wait_all(*s); !st && first) first = std::move(st);
@@ -218,6 +250,8 @@ Status OptimStateHolder::write(std::uint32_t c, const ShardState& s) {
     for (std::size_t t = 0; t < s.states.size(); ++t) mem_[c].states[t].copy_(s.states[t]);
     return ok();
   }
+  // Reads started early hold the records' old contents.
+  STRATA_RETURN_IF_ERROR(drop_reads(c));
   ShardState copy = s;
   const auto ts = tensors(copy);
   for (std::uint32_t t = 0; t < ts.size(); ++t) {

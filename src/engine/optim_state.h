@@ -19,6 +19,16 @@
 // waited for first), so the pipeline never waits on the pool and never holds more than
 // buffer_count sub-groups' state in host memory. The arena is reserved in the host tier
 // as "buffers" at setup.
+//
+// Note [early state reads]: the records of the first sub-groups the step will take
+// (as many as the pool has buffers) do not change between steps, so their reads start
+// when the boundary micro-step's backward begins: the disk, which backward uses only
+// for gradient records (and, at stage 3 with parameters on nvme, their Loads), brings
+// them in while backward computes, and the step starts with its pipeline full. Their
+// gradient records are still being written then, so a sub-group read early gets its
+// gradient read only when the step begins (begin_step); a step skipped for overflow
+// leaves the early reads in place for the next one, and writing a chunk's state
+// (loading a state dict) drops them.
 #pragma once
 
 #include <cstdint>
@@ -56,12 +66,17 @@ class OptimStateHolder {
   // Sub-groups the pipeline may read ahead of the one being stepped (0: no read ahead).
   int read_ahead_depth() const;
   Status prefetch(std::uint32_t c, std::uint32_t g = 0);  // nvme: start reading the records
+  // The step begins (Note [early state reads]): sub-groups read early get their
+  // gradient records read now; until flush(), every read takes its gradient with it.
+  void begin_step();
+  // Note [early state reads]: how many sub-groups may be read ahead of the step.
+  int early_reads() const;
   // The sub-group's state in memory (waits for its read); its tensors start at the
   // sub-group's first element.
   Result<ShardState*> acquire(std::uint32_t c, std::uint32_t g = 0);
   const at::Tensor& grad(std::uint32_t c, std::uint32_t g) const;  // after acquire: its gradient read from nvme
   Status release(std::uint32_t c, std::uint32_t g);  // after its step: nvme: start writing back
-  Status flush();                                    // every write-back finished
+  Status flush();                                    // every write-back finished; the step is over
 
   // Chunk c's master when its state lives in memory (Note [shard from master]).
   const at::Tensor& memory_master(std::uint32_t c) const { return mem_[c].master; }
@@ -78,6 +93,7 @@ class OptimStateHolder {
     io::PooledBuffer buf;        // the step's staging buffer (empty: tensors own their bytes)
     ShardState state;
     at::Tensor grad;             // the step's gradient shard, when it is on nvme
+    bool grad_requested = false;  // its read is in io (Note [early state reads])
     std::vector<io::SwapHandle> io;
   };
   using GroupId = std::uint64_t;  // chunk << 32 | sub-group
@@ -90,6 +106,8 @@ class OptimStateHolder {
   void get_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole, std::vector<io::SwapHandle>& io);
   Status put_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole);
   Status wait_oldest_write();
+  void request_grad(Swap& s);
+  Status drop_reads(std::uint32_t c);  // waits for and forgets chunk c's reads
   // Waits for a sub-group's I/O; a failure names what the record held (the master, a
   // state tensor or the gradient) and its chunk and sub-group, next to the swap key.
   Status wait_all(Swap& s);
@@ -104,6 +122,7 @@ class OptimStateHolder {
   tiers::Reservation staging_res_;
   std::map<GroupId, std::unique_ptr<Swap>> reading_;  // prefetched or being stepped
   std::vector<std::unique_ptr<Swap>> writing_;       // write-backs in flight, oldest first
+  bool in_step_ = false;                             // between begin_step() and flush()
 };
 
 }  // namespace strata::engine

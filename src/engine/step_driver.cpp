@@ -68,8 +68,7 @@ Status StepDriver::step(StepResult& r) {
     return ok();
   }
   STRATA_RETURN_IF_ERROR(param_steps_.sync(reducer_.had_grad(), core_.comm));
-  const std::vector<plan::Op> ops = plan::step_ops(core_.chunks->schedule_chunks(), core_.chunk_world());
-  STRATA_RETURN_IF_ERROR(wrapped_ ? step_wrapped(coef / r.loss_scale) : run_ops(ops, coef / r.loss_scale));
+  STRATA_RETURN_IF_ERROR(wrapped_ ? step_wrapped(coef / r.loss_scale) : run_ops(step_ops(), coef / r.loss_scale));
   param_steps_.advance();
   return ok();
 }
@@ -77,11 +76,9 @@ Status StepDriver::step(StepResult& r) {
 Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
   // Note [nvme optimizer state]: every nvme sub-group in step order, and the read ahead
   // along it: before sub-group i steps, the next read_ahead_depth() ones are requested.
-  reads_.clear();
-  for (const plan::Op& op : ops)
-    if (op.kind == plan::OpKind::kStep && (*core_.chunks)[op.chunk].optim_tier == Tier::kNvme)
-      for (std::uint32_t g = 0; g < holder_.groups(op.chunk).size(); ++g) reads_.push_back({op.chunk, g});
+  reads_ = nvme_groups();
   next_read_ = next_step_ = 0;
+  holder_.begin_step();
   STRATA_RETURN_IF_ERROR(read_ahead(0));
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const plan::Op& op = ops[i];
@@ -104,6 +101,26 @@ Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
   STRATA_RETURN_IF_ERROR(holder_.flush());
   STRATA_RETURN_IF_ERROR(flush_param_writes());
   return gatherer_.finish_refresh();
+}
+
+std::vector<plan::Op> StepDriver::step_ops() const {
+  return plan::step_ops(core_.chunks->schedule_chunks(), core_.chunk_world());
+}
+
+std::vector<std::pair<std::uint32_t, std::uint32_t>> StepDriver::nvme_groups() const {
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> out;
+  for (const plan::Op& op : step_ops())
+    if (op.kind == plan::OpKind::kStep && (*core_.chunks)[op.chunk].optim_tier == Tier::kNvme)
+      for (std::uint32_t g = 0; g < holder_.groups(op.chunk).size(); ++g) out.push_back({op.chunk, g});
+  return out;
+}
+
+Status StepDriver::read_early() {
+  if (wrapped_ || !core_.swap) return ok();
+  const auto groups = nvme_groups();
+  const std::size_t n = std::min(groups.size(), static_cast<std::size_t>(holder_.early_reads()));
+  for (std::size_t i = 0; i < n; ++i) STRATA_RETURN_IF_ERROR(holder_.prefetch(groups[i].first, groups[i].second));
+  return ok();
 }
 
 // Requests the reads of the sub-groups after position `at` (the one about to step) up to

@@ -48,6 +48,9 @@ class StepDriver {
   bool wrapped() const { return wrapped_ != nullptr; }
 
   Result<double> clip_grad_norm(double max_norm, double norm_type);
+  // The boundary micro-step's backward begins: the first nvme sub-groups' state starts
+  // coming in (Note [early state reads] in optim_state.h).
+  Status read_early();
   // The boundary step; r.boundary is set by the caller.
   Status step(StepResult& r);
 
@@ -55,6 +58,9 @@ class StepDriver {
   Result<kernels::GradStats> global_stats(double inv_scale);
   Status run_ops(std::span<const plan::Op> ops, double grad_scale);
   Status read_ahead(std::size_t at);
+  std::vector<plan::Op> step_ops() const;
+  // The nvme sub-groups of a step, in step order (chunk, sub-group).
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> nvme_groups() const;
   Status step_chunk(std::uint32_t c, double grad_scale);
   // The current contents of nvme chunk c's parameter shard, into an aligned staging shard.
   Status read_param_shard(std::uint32_t c, const at::Tensor& out);

@@ -146,6 +146,9 @@ TEST(Zero, ClippingEqualsTorchForNorms1_2_Inf) {
 
 TEST(Zero, Fp16LossScalerSkipsExactlyTheOverflowingSteps) {
   expect_all_ok(run_ranks(3, {worker(), "fp16", "2"}));
+  const auto dir = testing::fresh_temp_dir("fp16-nvme");
+  expect_all_ok(run_ranks(2, {worker(), "fp16", "2", "nvme"}, std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Zero, Bf16ComputeCopiesAreTheRoundedMasters) { expect_all_ok(run_ranks(2, {worker(), "bf16", "2"})); }
@@ -154,6 +157,11 @@ TEST(Zero, StateDictSavedAtWorld4LoadsAtWorld2AndContinuesIdentically) {
   const auto dir = testing::fresh_temp_dir("zero-ckpt");
   expect_all_ok(run_ranks(4, {worker(), "save", dir.string(), "10"}));
   expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10"}));
+  // Loaded into nvme state while reads of the old state are in flight.
+  const auto nvme = testing::fresh_temp_dir("zero-ckpt-nvme");
+  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10", "nvme"}, std::chrono::seconds(120),
+                          {{"STRATA_TEST_NVME", nvme.string()}}));
+  std::filesystem::remove_all(nvme);
   std::filesystem::remove_all(dir);
 }
 

@@ -240,11 +240,14 @@ void clip(int stage, double norm_type, const std::string& nvme) {
   }
 }
 
-void fp16(int stage) {
+// "nvme": the state on nvme, so the skipped steps leave their early reads (Note [early
+// state reads]) for the next step, which must read the new gradients with them.
+void fp16(int stage, const std::string& mode) {
   OptimizerConfig oc = optim_config("adam");
   Reference ref(oc);
   ToyModel model(7);
   auto opts = sharded_options(stage, oc);
+  if (mode == "nvme") use_nvme(opts, "fp16");
   opts.fp16 = {.enabled = true, .initial_scale_power = 8, .loss_scale_window = 3, .hysteresis = 2, .min_loss_scale = 1};
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   // Overflow only on rank 0: every rank must still skip. Expected scales by hand from
@@ -311,21 +314,34 @@ void save(const std::string& dir, int steps) {
   }
 }
 
-void resume(const std::string& dir, int steps) {
+// "nvme": the state on nvme, and the first resumed step's backward runs before the
+// state is loaded (the model already holds the saved weights), so the reads it started
+// early (Note [early state reads]) hold the fresh engine's zero state: loading must
+// drop them, or the step would use m = v = 0.
+void resume(const std::string& dir, int steps, const std::string& mode) {
   OptimizerConfig oc = optim_config("adam");
   ToyModel model(7);
-  auto opt = check(engine::Engine::create(trainable(model), *g_comm, sharded_options(2, oc)), "create");
   std::vector<at::Tensor> params;
   torch::load(params, dir + "/params.pt");
+  const bool nvme = mode == "nvme";
+  if (nvme) {
+    at::NoGradGuard no_grad;
+    auto mine = trainable(model);
+    for (std::size_t i = 0; i < mine.size(); ++i) mine[i].copy_(params[i]);
+  }
+  auto opts = sharded_options(2, oc);
+  if (nvme) use_nvme(opts, "resume");
+  auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   torch::optim::Adam loaded(params, torch::optim::AdamOptions(oc.lr));
   torch::load(loaded, dir + "/optim.pt");
-  check(opt->load_state_dict(loaded), "load_state_dict");
+  if (!nvme) check(opt->load_state_dict(loaded), "load_state_dict");
   // The reference runs all steps uninterrupted in one process.
   Reference ref(oc);
   for (int s = 0; s < 2 * steps; ++s) {
     if (s >= steps) {
       auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());
       check(opt->backward(model.loss(x, y)), "backward");
+      if (nvme && s == steps) check(opt->load_state_dict(loaded), "load_state_dict");
       check(opt->step(), "step");
     }
     ref.step(s, kRowsPerRank * 4);
@@ -458,10 +474,10 @@ int main(int argc, char** argv) {
   else if (mode == "fault") fault(a.at(1));
   else if (mode == "accum") accum(std::stoi(a.at(1)), a.size() > 2 ? a[2] : "");
   else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)), a.size() > 3 ? a[3] : "");
-  else if (mode == "fp16") fp16(std::stoi(a.at(1)));
+  else if (mode == "fp16") fp16(std::stoi(a.at(1)), a.size() > 2 ? a[2] : "");
   else if (mode == "bf16") bf16(std::stoi(a.at(1)));
   else if (mode == "save") save(a.at(1), std::stoi(a.at(2)));
-  else if (mode == "resume") resume(a.at(1), std::stoi(a.at(2)));
+  else if (mode == "resume") resume(a.at(1), std::stoi(a.at(2)), a.size() > 3 ? a[3] : "");
   else if (mode == "kill") kill(std::stoi(a.at(1)));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
