@@ -26,6 +26,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bench_disk.h"
 #include "bench_report.h"
 #include "commands.h"
 #include "launcher.h"
@@ -99,30 +100,6 @@ Result<RunFigures> run_placement(const InfinityOptions& o, const Placement& p, c
   f.step_s = median(step), f.forward_s = median(fwd), f.backward_s = median(bwd), f.optimizer_s = median(opt);
   f.nvme_read = median(rd), f.nvme_written = median(wr), f.opt_nvme_read = median(ord), f.opt_nvme_written = median(owr);
   return f;
-}
-
-struct DiskFigures {
-  double read_gbps = 0, write_gbps = 0;
-};
-
-// strata bench io on the same directory: 64 MiB records through the huge-page pool.
-Result<DiskFigures> disk_figures(const fs::path& dir) {
-  STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
-  const fs::path json = dir / "io.json";
-  STRATA_RETURN_IF_ERROR(run_as_user({self, "bench", "io", "--dir", dir.string(), "--size", "2GiB", "--no-fio",
-                                    "--repeats", "1", "--records", "64MiB", "--json"},
-                                   "> " + shell_quoted(json.string()), "strata bench io"));
-  std::ifstream in(json);
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) return make_error(ErrorCode::kDataLoss, "strata bench io printed no JSON");
-  DiskFigures d;
-  for (const auto& row : j["rows"]) {
-    const std::string name = row["name"].get<std::string>();
-    if (name.find("qd 8 rec 64.0 MiB") == std::string::npos || name.find("ring") != std::string::npos) continue;
-    (name.rfind("read", 0) == 0 ? d.read_gbps : d.write_gbps) = row["value"].get<double>();
-  }
-  if (d.read_gbps <= 0 || d.write_gbps <= 0) return make_error(ErrorCode::kDataLoss, "strata bench io: no 64 MiB record rows");
-  return d;
 }
 
 int run(const InfinityOptions& o) {

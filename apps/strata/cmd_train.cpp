@@ -29,6 +29,10 @@ int train_main(TrainOptions& o, bool explicit_out) {
     fmt::print(stderr, "strata train: {}\n", st.error());
     return 2;
   }
+  if (auto st = prepare_out_dir(o); !st) {
+    fmt::print(stderr, "strata train: {}\n", st.error());
+    return 2;
+  }
   std::error_code ec;
   std::filesystem::create_directories(o.out, ec);
   if (ec) {

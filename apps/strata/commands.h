@@ -20,6 +20,8 @@ void add_env_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
 void add_launch_command(CLI::App& app, int* exit_code);
 void add_train_command(CLI::App& app, int* exit_code);
+// strata ckpt inspect|verify|export|reshard (strata/ckpt/tools.h).
+void add_ckpt_command(CLI::App& app, int* exit_code);
 // strata estimate: per-rank memory per tier (strata/plan/estimator.h).
 void add_estimate_command(CLI::App& app, int* exit_code);
 // Registers `strata bench` and returns it, so each benchmark can add itself.
@@ -28,6 +30,8 @@ void add_bench_zero(CLI::App& bench, int* exit_code);
 void add_bench_zero3(CLI::App& bench, int* exit_code);
 void add_bench_train(CLI::App& bench, int* exit_code);
 void add_bench_infinity(CLI::App& bench, int* exit_code);
+// strata bench ckpt: checkpoint save and load GB/s next to bench io (bench_ckpt.cpp).
+void add_bench_ckpt(CLI::App& bench, int* exit_code);
 // `strata bench optim`: the fused optimizer kernels vs the memory roofline and torch::optim.
 void add_bench_optim(CLI::App& bench, int* exit_code);
 // strata bench io: swap store throughput next to fio (bench_io.cpp).

@@ -35,12 +35,14 @@ int main(int argc, char** argv) {
   strata::cli::add_config_command(app, &exit_code);
   strata::cli::add_launch_command(app, &exit_code);
   strata::cli::add_train_command(app, &exit_code);
+  strata::cli::add_ckpt_command(app, &exit_code);
   strata::cli::add_estimate_command(app, &exit_code);
   CLI::App* bench = strata::cli::add_bench_command(app);
   strata::cli::add_bench_zero(*bench, &exit_code);
   strata::cli::add_bench_zero3(*bench, &exit_code);
   strata::cli::add_bench_train(*bench, &exit_code);
   strata::cli::add_bench_infinity(*bench, &exit_code);
+  strata::cli::add_bench_ckpt(*bench, &exit_code);
   strata::cli::add_bench_optim(*bench, &exit_code);
   strata::cli::add_bench_io(*bench, &exit_code);
   CLI11_PARSE(app, argc, argv);

@@ -115,7 +115,13 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
                           param_label(units[u], i));
       }
       auto [it, fresh] = index_of.emplace(p.unsafeGetTensorImpl(), m.all_params.size());
-      if (fresh) m.all_params.push_back(p);
+      const bool named = i < units[u].param_names.size() && !units[u].param_names[i].empty();
+      if (fresh) {
+        m.all_params.push_back(p);
+        m.param_names.push_back(named ? units[u].param_names[i] : fmt::format("param{}", it->second));
+      } else if (named && m.param_names[it->second] == fmt::format("param{}", it->second)) {
+        m.param_names[it->second] = units[u].param_names[i];  // first named where it is listed again
+      }
       unit_params[u].push_back(it->second);
     }
   }

@@ -24,6 +24,7 @@ struct Engine::Impl {
   StepKernel kernel;
   std::vector<at::Tensor> all_params;   // every distinct parameter, engine order
   std::vector<int> store_index;         // per all_params: its index in the store, or -1 (stage < 3 frozen)
+  std::vector<std::string> param_names;  // per all_params (Engine::param_names)
   std::unique_ptr<OptimStateHolder> optim;
   std::unique_ptr<GradReducer> reducer;
   std::unique_ptr<Gatherer> gatherer;

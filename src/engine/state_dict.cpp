@@ -116,6 +116,19 @@ Result<at::Tensor> shard_values(Engine::Impl& m, std::uint32_t c) {
   return t.to(at::kFloat);
 }
 
+// Chunk c's parameter shard becomes `values` (fp32, shard size) cast to the compute
+// dtype, in its tier; a replicated chunk is all-gathered in end_write_shards().
+Status set_param_shard(Engine::Impl& m, std::uint32_t c, const at::Tensor& values) {
+  ChunkRuntime& chunks = *m.core.chunks;
+  ChunkRt& k = chunks[c];
+  const bool nvme = k.shard_tier == Tier::kNvme;
+  at::Tensor shard = nvme ? aligned_empty(chunks.store().shard_elems(c), m.core.opt.compute_dtype) : k.shard;
+  shard.copy_(values);
+  if (nvme) STRATA_RETURN_IF_ERROR(chunks.store_shard(c, shard));
+  if (k.residency == Residency::kReplicated && m.core.chunk_world() > 1) m.gatherer->refresh(c);
+  return ok();
+}
+
 // Every rank's shard of `shard` (fp32, chunk c's shard size) in one full-chunk tensor.
 Result<at::Tensor> gather_chunk(Engine::Impl& m, std::uint32_t c, const at::Tensor& shard) {
   at::Tensor full = at::empty({m.core.chunks->store().chunk_elems(c)}, at::kFloat);
@@ -257,24 +270,76 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
       }
     }
   }
-  // The state goes home, and the model's trainable parameters become the loaded masters
-  // (cast to the compute dtype); frozen ones stay as they are.
-  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
-    if (!loaded[c]) continue;
-    STRATA_RETURN_IF_ERROR(m.optim->write(c, *loaded[c]));
-    ChunkRt& k = chunks[c];
-    if (k.shard_from_master) continue;  // gathers cast the loaded master (Note [shard from master])
-    at::Tensor shard = k.shard_tier == Tier::kNvme ? aligned_empty(store.shard_elems(c), m.core.opt.compute_dtype) : k.shard;
-    if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(chunks.load_shard(c, shard));
-    for (const auto& slot : chunks.slots(c))
-      if (store.params()[slot.param].requires_grad())
-        shard.narrow(0, slot.shard_offset, slot.numel).copy_(loaded[c]->master.narrow(0, slot.shard_offset, slot.numel));
-    if (k.shard_tier == Tier::kNvme) STRATA_RETURN_IF_ERROR(chunks.store_shard(c, shard));
-    if (k.residency == Residency::kReplicated && m.core.chunk_world() > 1) m.gatherer->refresh(c);
+  // The state goes home, and the model's parameters become the loaded masters cast to
+  // the compute dtype (a frozen parameter's master is its value: never stepped).
+  for (std::uint32_t c = 0; c < chunks.size(); ++c)
+    if (loaded[c]) STRATA_RETURN_IF_ERROR(write_shard(c, {.master = loaded[c]->master, .states = loaded[c]->states}));
+  return end_write_shards();
+}
+
+// Note [checkpoint access].
+int Engine::shard_world() const { return impl_->core.chunk_world(); }
+int Engine::shard_rank() const { return impl_->core.chunk_world() == 1 ? 0 : impl_->core.comm.rank(); }
+bool Engine::chunk_trains(std::uint32_t c) const { return (*impl_->core.chunks)[c].trainable; }
+const std::vector<std::string>& Engine::state_names() const { return impl_->kernel.state_names(); }
+std::string Engine::optimizer_name() const { return std::string(to_string(impl_->kernel.type())); }
+
+Result<Engine::ShardTensors> Engine::read_shard(std::uint32_t c) {
+  Impl& m = *impl_;
+  if (c >= m.core.chunks->size()) return make_error(ErrorCode::kOutOfRange, "read_shard: no chunk {}", c);
+  if (!(*m.core.chunks)[c].trainable) {
+    STRATA_ASSIGN_OR_RETURN(at::Tensor v, shard_values(m, c));
+    return ShardTensors{.values = std::move(v)};
   }
+  STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
+  return ShardTensors{.master = std::move(s.master), .states = std::move(s.states)};
+}
+
+Status Engine::write_shard(std::uint32_t c, const ShardTensors& s) {
+  Impl& m = *impl_;
+  ChunkRuntime& chunks = *m.core.chunks;
+  if (c >= chunks.size()) return make_error(ErrorCode::kOutOfRange, "write_shard: no chunk {}", c);
+  const std::int64_t n = chunks.store().shard_elems(c);
+  auto fits = [n](const at::Tensor& t) { return t.defined() && t.numel() == n && t.scalar_type() == at::kFloat; };
+  ChunkRt& k = chunks[c];
+  if (!k.trainable) {
+    if (!fits(s.values)) return make_error(ErrorCode::kInvalidArgument, "write_shard: {} needs {} fp32 values", chunks.name(c), n);
+    return set_param_shard(m, c, s.values);
+  }
+  bool states_fit = s.states.size() == m.kernel.state_names().size();
+  for (const at::Tensor& t : s.states) states_fit = states_fit && fits(t);
+  if (!fits(s.master) || !states_fit) {
+    return make_error(ErrorCode::kInvalidArgument, "write_shard: {} needs an fp32 master and {} states of {} elements",
+                      chunks.name(c), m.kernel.state_names().size(), n);
+  }
+  STRATA_RETURN_IF_ERROR(m.optim->write(c, ShardState{.master = s.master, .states = s.states}));
+  if (k.shard_from_master) return ok();  // gathers cast the new master (Note [shard from master])
+  return set_param_shard(m, c, s.master);
+}
+
+Status Engine::end_write_shards() {
+  Impl& m = *impl_;
   STRATA_RETURN_IF_ERROR(m.gatherer->finish_refresh());
   // Gathered copies of the chunks (persistent ones) are stale now.
   return m.access ? m.access->after_optimizer_step() : ok();
 }
+
+const std::vector<std::string>& Engine::param_names() const { return impl_->param_names; }
+int Engine::store_index(std::size_t i) const { return impl_->store_index.at(i); }
+
+Engine::ParamStep Engine::param_step(std::size_t store_param) const {
+  const ParamSteps& p = impl_->stepper->param_steps();
+  return {.steps = p.steps.at(store_param), .had_grad = p.ever_had_grad.at(store_param) != 0};
+}
+
+void Engine::set_param_step(std::size_t store_param, ParamStep s) {
+  ParamSteps& p = impl_->stepper->param_steps();
+  p.steps.at(store_param) = s.steps;
+  p.ever_had_grad.at(store_param) = s.had_grad ? 1 : 0;
+}
+
+void Engine::restore_loss_scaler(const LossScaler::State& s) { impl_->stepper->scaler().restore(s); }
+void Engine::set_steps(std::int64_t n) { impl_->step_count = n; }
+comm::Communicator& Engine::communicator() const { return impl_->core.comm; }
 
 }  // namespace strata::engine

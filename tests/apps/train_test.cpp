@@ -63,14 +63,17 @@ TEST_F(Train, DefaultRunLearnsAndWritesEveryOutput) {
   char sig[8] = {};
   png.read(sig, 8);
   EXPECT_EQ(std::string(sig + 1, 3), "PNG");
-  // The checkpoint loads into a GPT of the same size.
-  auto cfg = nn::gpt_config("tiny", 256);
-  ASSERT_TRUE(cfg);
-  nn::GPT model(*cfg);
-  torch::load(model, (out / "checkpoints" / "step-40" / "model.pt").string());
-  EXPECT_GT(model->embeddings->wte->weight.abs().sum().item<double>(), 0);
-  std::ifstream cj(out / "checkpoints" / "step-40" / "config.json");
-  EXPECT_EQ(nlohmann::json::parse(cj)["model"], "tiny");
+  // The checkpoint: complete, named by latest, every checksum good, the run's options in it.
+  std::ifstream latest(out / "checkpoints" / "latest");
+  std::string name;
+  latest >> name;
+  EXPECT_EQ(name, "step-40");
+  std::ifstream mj(out / "checkpoints" / "step-40" / "meta.json");
+  const auto meta = nlohmann::json::parse(mj);
+  EXPECT_EQ(meta["client"]["model"], "tiny");
+  EXPECT_EQ(meta["client"]["next_step"], 40);
+  auto v = run_command(fmt::format("{} ckpt verify {}", strata_bin(), (out / "checkpoints").string()));
+  EXPECT_EQ(v.exit_code, 0) << v.output;
   // The swap files are gone after a clean shutdown.
   EXPECT_TRUE(fs::is_empty(out / "nvme")) << "swap files left behind";
 }
@@ -89,6 +92,67 @@ TEST_F(Train, SameSeedSameLossesBitForBit) {
       EXPECT_EQ(runs[0][s].value(k, nlohmann::json()), runs[1][s].value(k, nlohmann::json())) << k << " at step " << s;
     }
   }
+}
+
+// --resume: at the same world size and config the losses continue bit for bit; at
+// another world size (fp32, the same global batch) within a tight tolerance; the
+// resumed run's metrics.jsonl holds the earlier lines once.
+TEST_F(Train, ResumeContinuesBitForBitAndAtAnotherWorldSize) {
+  const fs::path a = dir_ / "a", b = dir_ / "b", c = dir_ / "c";
+  const std::string common = "--steps 6 --eval-every 0 --eval-batches 1 --sample-bytes 0 --fp32 --micro-batch 2";
+  auto r = run_command(fmt::format("{} train --out {} {} --save-every 3 --keep 0", strata_bin(), a.string(), common));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto full = read_metrics(a);
+  ASSERT_EQ(full.size(), 6u);
+  // The same world size: a copy of the run as it was at step 3, resumed with --resume latest.
+  fs::create_directories(b / "checkpoints");
+  fs::copy(a / "checkpoints" / "step-3", b / "checkpoints" / "step-3", fs::copy_options::recursive);
+  std::ofstream(b / "checkpoints" / "latest") << "step-3\n";
+  {
+    std::ofstream m(b / "metrics.jsonl");
+    for (int s = 0; s < 4; ++s) m << full[static_cast<std::size_t>(s)].dump() << "\n";  // a line past the checkpoint too
+  }
+  r = run_command(fmt::format("{} train --out {} {} --resume", strata_bin(), b.string(), common));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+  const auto resumed = read_metrics(b);
+  ASSERT_EQ(resumed.size(), 6u);
+  for (std::size_t s = 0; s < 6; ++s) {
+    EXPECT_EQ(resumed[s]["step"], full[s]["step"]);
+    EXPECT_EQ(resumed[s]["loss"].get<double>(), full[s]["loss"].get<double>()) << "step " << s + 1;
+    EXPECT_EQ(resumed[s]["grad_norm"].get<double>(), full[s]["grad_norm"].get<double>()) << "step " << s + 1;
+  }
+  // One rank with micro-batch 4: the same global batch of the saved 2-rank run.
+  r = run_command(fmt::format("{} train --out {} --steps 6 --eval-every 0 --eval-batches 1 --sample-bytes 0 --fp32 "
+                              "--micro-batch 4 -n 1 --resume {}",
+                              strata_bin(), c.string(), (a / "checkpoints" / "step-3").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto other = read_metrics(c);
+  ASSERT_EQ(other.size(), 3u);
+  for (std::size_t s = 0; s < 3; ++s) {
+    const double want = full[s + 3]["loss"].get<double>(), got = other[s]["loss"].get<double>();
+    EXPECT_NEAR(got, want, 1e-5 * want) << "step " << s + 4;
+  }
+}
+
+TEST_F(Train, AnEarlierRunIsNeverOverwrittenUnlessAsked) {
+  const fs::path out = dir_ / "run";
+  const std::string args = fmt::format("--out {} --steps 2 --eval-every 0 --eval-batches 1 --sample-bytes 0", out.string());
+  auto r = run_command(fmt::format("{} train {}", strata_bin(), args));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto before = read_metrics(out);
+  r = run_command(fmt::format("{} train {}", strata_bin(), args));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  for (const char* want : {"holds an earlier run", "--resume", "--overwrite"}) EXPECT_NE(r.output.find(want), std::string::npos) << r.output;
+  EXPECT_EQ(read_metrics(out), before);
+  EXPECT_TRUE(fs::exists(out / "checkpoints" / "step-2" / "meta.json"));
+  r = run_command(fmt::format("{} train {} --overwrite --seed 7", strata_bin(), args));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(read_metrics(out).front()["loss"], before.front()["loss"]);
+  // Nothing left to do: a clear message, not a silent run.
+  r = run_command(fmt::format("{} train {} --resume", strata_bin(), args));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("the checkpoint is at step 2"), std::string::npos) << r.output;
 }
 
 TEST_F(Train, OtherStagesAndOneRank) {

@@ -6,13 +6,16 @@
 #include <CLI/CLI.hpp>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "strata/base/units.h"
+#include "strata/ckpt/checkpoint.h"
 #include "strata/nn/data/byte_corpus.h"
 #include "strata/nn/models/gpt.h"
 #include "strata/tiers/device.h"
 
 namespace strata::cli {
+namespace fs = std::filesystem;
 namespace {
 
 Result<OffloadDevice> parse_device(const std::string& flag, const std::string& v) {
@@ -81,8 +84,14 @@ void add_train_flags(CLI::App& cmd, TrainOptions& o) {
   cmd.add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = only at the end)")
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--eval-batches", o.eval_batches, "Batches per validation")->check(CLI::Range(1, 100000));
-  cmd.add_flag("--no-save", o.no_save,
-               "Write no checkpoint (today's model.pt holds the whole model in host memory while it is written)");
+  cmd.add_flag("--no-save", o.no_save, "Write no checkpoint");
+  cmd.add_option("--keep", o.keep, "Checkpoints to keep, the newest (default 2; 0 = all)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--resume", o.resume,
+                 "Continue from a checkpoint: a run directory, its checkpoints/ or a step-N in it, or 'latest' "
+                 "(the --out run's newest); at any world size")
+      ->expected(0, 1)
+      ->default_str("latest");
+  cmd.add_flag("--overwrite", o.overwrite, "--out holds an earlier run: delete its outputs and checkpoints, start afresh");
   cmd.add_option("--save-every", o.save_every, "Checkpoint every N steps (0 = only at the end)")
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--out", o.out, "Run directory (default runs/<date>-<time>)");
@@ -106,7 +115,59 @@ void add_train_flags(CLI::App& cmd, TrainOptions& o) {
   prec->require_option(0, 1);
 }
 
+namespace {
+
+// --resume's argument -> the checkpoint or checkpoints directory to load, and the run
+// directory it belongs to (empty if it is not inside one).
+Result<std::pair<fs::path, fs::path>> resume_target(const std::string& resume, const std::string& out) {
+  if (resume == "latest") {
+    if (out.empty()) return make_error(ErrorCode::kInvalidArgument, "--resume latest needs --out: the run to continue");
+    return std::pair{fs::path(out) / "checkpoints", fs::path(out)};
+  }
+  const fs::path p = fs::path(resume).lexically_normal();
+  std::error_code ec;
+  if (fs::is_directory(p / "checkpoints", ec)) return std::pair{p / "checkpoints", p};
+  const fs::path parent = p.has_filename() ? p.parent_path() : p.parent_path().parent_path();
+  if (p.filename() == "checkpoints") return std::pair{p, parent};
+  if (parent.filename() == "checkpoints") return std::pair{p, parent.parent_path()};
+  return std::pair{p, fs::path()};
+}
+
+}  // namespace
+
+Status prepare_out_dir(const TrainOptions& o) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const char* name : {"metrics.jsonl", "checkpoints", "trace.json", "report.png"})
+    if (fs::exists(fs::path(o.out) / name, ec)) found.push_back(name);
+  if (found.empty() || !o.resume.empty()) return ok();
+  if (!o.overwrite) {
+    return make_error(ErrorCode::kFailedPrecondition,
+                      "{} holds an earlier run ({}); pass --resume to continue it, or --overwrite to replace it "
+                      "(its outputs and checkpoints are deleted)",
+                      o.out, fmt::join(found, ", "));
+  }
+  for (const std::string& name : found) fs::remove_all(fs::path(o.out) / name, ec);  // another rank may race us
+  return ok();
+}
+
 Status TrainOptions::resolve(bool demo_defaults) {
+  if (!resume.empty()) {
+    STRATA_ASSIGN_OR_RETURN(auto target, resume_target(resume, out));
+    auto [ckpt_path, run] = target;
+    if (out.empty() && run.empty()) {
+      return make_error(ErrorCode::kInvalidArgument, "--resume {}: not inside a run directory; give --out for the continued run", resume);
+    }
+    if (out.empty()) out = run.string();
+    STRATA_ASSIGN_OR_RETURN(fs::path dir, ckpt::resolve_checkpoint(ckpt_path));
+    STRATA_ASSIGN_OR_RETURN(ckpt::CheckpointMeta meta, ckpt::read_meta(dir));
+    const std::int64_t at = meta.client.value("next_step", meta.step);
+    if (at >= steps) {
+      return make_error(ErrorCode::kInvalidArgument, "--resume {}: the checkpoint is at step {} and --steps is {}; "
+                        "give the run's new total with --steps", dir.string(), at, steps);
+    }
+    resume = dir.string();
+  }
   if (out.empty()) {
     const auto now = std::chrono::system_clock::now();
     out = fmt::format("runs/{:%Y%m%d-%H%M%S}", std::chrono::floor<std::chrono::seconds>(now));

@@ -29,6 +29,9 @@ struct TrainOptions {
   std::int64_t eval_batches = 8;
   std::int64_t save_every = 0;  // 0 = only at the end
   bool no_save = false;         // no checkpoint at all
+  int keep = 2;                 // checkpoints kept (the newest; 0 = all)
+  std::string resume;           // a checkpoint, a checkpoints directory or a run; resolved to one of the first two
+  bool overwrite = false;       // --out holds an earlier run: replace it
   std::string out;              // empty = runs/<date>-<time>
   std::string data;             // empty = Debian's fortunes corpus
   std::int64_t sample_bytes = 200;
@@ -44,6 +47,10 @@ struct TrainOptions {
   // get wrong (before any rank starts).
   Status resolve(bool demo_defaults);
 };
+
+// Before any rank starts: an --out that holds an earlier run is refused unless the
+// run is resumed (--resume) or replaced (--overwrite: its outputs are removed).
+Status prepare_out_dir(const TrainOptions& o);
 
 // Registers the flags on `cmd`; `opts` must outlive the app.
 void add_train_flags(CLI::App& cmd, TrainOptions& opts);

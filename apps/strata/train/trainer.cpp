@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <numbers>
 #include <unordered_map>
 
@@ -18,6 +19,7 @@
 #include "bench_report.h"
 #include "strata/base/log.h"
 #include "strata/base/units.h"
+#include "strata/ckpt/checkpoint.h"
 #include "strata/comm/communicator.h"
 #include "strata/nn/data/byte_corpus.h"
 #include "rank_threads.h"
@@ -65,15 +67,19 @@ std::string placement_text(const Config& c, const engine::Engine& eng) {
   return s;
 }
 
-// fp32 values of every parameter, keyed like model->named_parameters(); every rank
-// must call it (the engine gathers).
-Result<std::vector<std::pair<std::string, at::Tensor>>> named_consolidated(engine::Engine& eng, nn::GPT& model) {
-  STRATA_ASSIGN_OR_RETURN(std::vector<at::Tensor> values, eng.consolidated_params());
-  std::unordered_map<const void*, std::size_t> index;
-  for (std::size_t i = 0; i < eng.params().size(); ++i) index[eng.params()[i].unsafeGetTensorImpl()] = i;
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& p : model->named_parameters()) out.emplace_back(p.key(), values.at(index.at(p.value().unsafeGetTensorImpl())));
-  return out;
+// Rows [first, first + n) of step `step`'s global batch, each drawn by its own index, so
+// the job's batch is the same at any world size (micro-batch x accumulation x world
+// held): a run resumed at another world size sees the same data.
+Result<nn::Batch> train_rows(const nn::ByteCorpus& corpus, const TrainOptions& o, std::int64_t n, std::int64_t step,
+                             std::int64_t first) {
+  std::vector<at::Tensor> tokens, targets;
+  for (std::int64_t i = 0; i < n; ++i) {
+    STRATA_ASSIGN_OR_RETURN(nn::Batch b, corpus.sample(nn::Split::kTrain, 1, o.seq_len,
+                                                       {o.seed, static_cast<std::uint64_t>(step), static_cast<std::uint64_t>(first + i)}));
+    tokens.push_back(b.tokens);
+    targets.push_back(b.targets);
+  }
+  return nn::Batch{.tokens = at::cat(tokens), .targets = at::cat(targets)};
 }
 
 // Validation loss: the mean over eval_batches batches per rank, then over ranks.
@@ -110,28 +116,42 @@ std::string sample_text(nn::GPT& model, const TrainOptions& o) {
   return s;
 }
 
-Status save_checkpoint(engine::Engine& eng, nn::GPT& model, const nn::GPTConfig& cfg, const TrainOptions& o,
-                       std::int64_t step, bool root, std::string* path) {
-  STRATA_ASSIGN_OR_RETURN(auto named, named_consolidated(eng, model));
-  if (!root) return ok();
-  const fs::path dir = fs::path(o.out) / "checkpoints" / fmt::format("step-{}", step);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  // Written as a LibTorch module file: torch::load(model, path) reads it back into a
-  // GPT of the same size. The copy is built deferred and takes the consolidated tensors
-  // themselves, so saving holds the weights once, not twice.
-  nn::GPT copy(cfg, /*deferred=*/true);
-  at::NoGradGuard no_grad;
-  auto dst = copy->named_parameters();
-  for (auto& [name, value] : named) dst[name].set_data(value.view(dst[name].sizes()));
-  const std::string file = (dir / "model.pt").string();
-  try {
-    torch::save(copy, file);
-  } catch (const std::exception& e) {
-    return make_error(ErrorCode::kIoError, "cannot write the checkpoint: {}", std::string(e.what()).substr(0, 200)).with_path(file);
+// What a checkpoint carries for `strata train` besides the engine's state: where the
+// data and the schedule are (both follow the step index), the seed, and the CPU RNG.
+nlohmann::json client_state(const TrainOptions& o, std::int64_t next_step, int world) {
+  const at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+  std::string hex;
+  for (std::int64_t i = 0; i < rng.numel(); ++i) hex += fmt::format("{:02x}", rng.data_ptr<std::uint8_t>()[i]);
+  return {{"next_step", next_step}, {"seed", o.seed}, {"model", o.model}, {"seq_len", o.seq_len}, {"world", world},
+          {"lr_schedule", {{"lr", o.lr}, {"min_lr", o.min_lr}, {"warmup", o.warmup}, {"steps", o.steps}}},
+          {"data", {{"corpus", o.data.empty() ? nn::kFortunesDir : o.data}, {"position", next_step}}},
+          {"cpu_rng", hex}};
+}
+
+void restore_rng(const nlohmann::json& client) {
+  const std::string hex = client.value("cpu_rng", "");
+  if (hex.empty()) return;
+  at::Tensor state = at::empty({static_cast<std::int64_t>(hex.size() / 2)}, at::kByte);
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+    state.data_ptr<std::uint8_t>()[i / 2] = static_cast<std::uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle to the global one
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+// metrics.jsonl of a resumed run: the lines up to the checkpoint's step, then appended.
+Status trim_metrics(const fs::path& path, std::int64_t last_step) {
+  std::ifstream in(path);
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("step", std::int64_t{0}) <= last_step) kept += line + "\n";
   }
-  std::ofstream(dir / "config.json") << nlohmann::json{{"model", o.model}, {"step", step}, {"config", o.config.to_json()}}.dump(2);
-  *path = file;
+  const fs::path tmp = path.string() + ".tmp";
+  std::ofstream(tmp) << kept;
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return make_error(ErrorCode::kIoError, "cannot rewrite metrics.jsonl: {}", ec.message()).with_path(path.string());
   return ok();
 }
 
@@ -205,8 +225,26 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   si.out = o.out;
   if (root) print_start(si);
 
+  // --resume: the engine's state from the checkpoint (any world size), then the data,
+  // schedule and RNG from where it was saved.
+  std::int64_t start = 0;
+  if (!o.resume.empty()) {
+    STRATA_ASSIGN_OR_RETURN(ckpt::Loaded l, ckpt::load_checkpoint(*eng, o.resume));
+    start = l.meta.client.value("next_step", l.meta.step);
+    restore_rng(l.meta.client);
+    if (root) {
+      fmt::print("resumed from {} (step {}, saved by {} rank{})\n", l.dir.string(), start, l.meta.world,
+                 l.meta.world == 1 ? "" : "s");
+    }
+    if (start >= o.steps) {
+      if (root) fmt::print("the checkpoint is at step {}; --steps is {}: nothing left to train\n", start, o.steps);
+      return ok();
+    }
+    if (root) STRATA_RETURN_IF_ERROR(trim_metrics(fs::path(o.out) / "metrics.jsonl", start));
+  }
+
   std::ofstream metrics;
-  if (root) metrics.open(fs::path(o.out) / "metrics.jsonl");
+  if (root) metrics.open(fs::path(o.out) / "metrics.jsonl", start > 0 ? std::ios::app : std::ios::trunc);
   const std::int64_t trace_step = o.trace_step >= 0 ? o.trace_step : std::min<std::int64_t>(o.steps - 1, 4);
   const std::string trace_path = (fs::path(o.out) / "trace.json").string();
   Progress progress(o.steps, Progress::stdout_is_tty());
@@ -215,7 +253,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   std::string checkpoint = "(none)";
   std::uint64_t gathers = 0, hits = 0;  // over the schedule-driven steps
   const auto run_t0 = std::chrono::steady_clock::now();
-  for (std::int64_t step = 0; step < o.steps; ++step) {
+  for (std::int64_t step = start; step < o.steps; ++step) {
     const double lr = lr_at(o, step);
     eng->set_lr(lr);
     if (step == trace_step && root) eng->trace_next_step(trace_path);
@@ -224,9 +262,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     double loss_sum = 0;
     engine::StepResult r;
     for (std::int64_t m = 0; m < accum; ++m) {
-      STRATA_ASSIGN_OR_RETURN(nn::Batch batch, corpus.sample(nn::Split::kTrain, micro, o.seq_len,
-                                                             {o.seed, static_cast<std::uint64_t>(step),
-                                                              static_cast<std::uint64_t>(comm.rank() * accum + m)}));
+      STRATA_ASSIGN_OR_RETURN(nn::Batch batch, train_rows(corpus, o, micro, step, (comm.rank() * accum + m) * micro));
       at::Tensor loss = model->loss(batch.tokens, batch.targets);
       STRATA_RETURN_IF_ERROR(eng->backward(loss));
       STRATA_ASSIGN_OR_RETURN(r, eng->step());
@@ -239,7 +275,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     if (step > 0) step_times.push_back(step_s);
     recent_losses.push_back(loss);
     if (recent_losses.size() > 10) recent_losses.erase(recent_losses.begin());
-    if (step == 0) end.first_loss = loss;
+    if (step == start) end.first_loss = loss;
 
     std::optional<double> val;
     if ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps) {
@@ -284,7 +320,10 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     if (root) metrics << line.dump() << '\n' << std::flush;
     if (root) progress.update(step, loss, tokens_per_s, step_s, mem, val);
     if (!o.no_save && ((o.save_every > 0 && (step + 1) % o.save_every == 0) || step + 1 == o.steps)) {
-      STRATA_RETURN_IF_ERROR(save_checkpoint(*eng, model, mcfg, o, step + 1, root, &checkpoint));
+      ckpt::SaveOptions so{.root = fs::path(o.out) / "checkpoints", .step = step + 1, .keep = o.keep,
+                           .config = o.config.to_json(), .client = client_state(o, step + 1, comm.world())};
+      STRATA_ASSIGN_OR_RETURN(fs::path saved, ckpt::save_checkpoint(*eng, so));
+      checkpoint = saved.string();
     }
   }
   if (root) progress.finish();

@@ -125,6 +125,47 @@ class Engine {
   // Loads a consolidated optimizer (saved at any world size) into this rank's shards.
   Status load_state_dict(torch::optim::Optimizer& full);
 
+  // Note [checkpoint access]: what strata::ckpt saves and loads, without the engine
+  // knowing the checkpoint format. The chunks are sharded over shard_world() ranks
+  // (1 at stage 0, where every rank holds everything); this rank holds elements
+  // [shard_rank() * store().shard_elems(c), ...+ shard_elems(c)) of every chunk c.
+  struct ShardTensors {
+    at::Tensor master;               // fp32: a trainable chunk's master shard
+    std::vector<at::Tensor> states;  // fp32, state_names() order: its optimizer state
+    at::Tensor values;               // fp32: a frozen chunk's parameter values
+  };
+  int shard_world() const;
+  int shard_rank() const;
+  bool chunk_trains(std::uint32_t c) const;  // has a master and optimizer state
+  const std::vector<std::string>& state_names() const;
+  std::string optimizer_name() const;
+  // This rank's shard of chunk c, read from whatever tier holds it (one chunk at a time:
+  // nvme state is read into memory for the call, never the whole model). Tensors of
+  // memory-resident state may be the engine's own: read them before the next step.
+  Result<ShardTensors> read_shard(std::uint32_t c);
+  // Sets chunk c's shard: master and state to their tier, and the parameters to the
+  // master cast to the compute dtype (a frozen chunk: to `values`). Every rank calls
+  // it for the same chunks, then end_write_shards() once (replicated chunks are
+  // all-gathered there).
+  Status write_shard(std::uint32_t c, const ShardTensors& s);
+  Status end_write_shards();
+  // Per params(): its name (UnitSpec::param_names, else "param<i>"), and its index in
+  // store().params(), or -1 for a frozen parameter the store does not hold (stages 0-2:
+  // it stays the caller's tensor, whole on every rank).
+  const std::vector<std::string>& param_names() const;
+  int store_index(std::size_t i) const;
+  // Per store parameter: the optimizer steps it has taken, and whether it ever had a
+  // gradient (torch::optim creates its state then).
+  struct ParamStep {
+    std::int64_t steps = 0;
+    bool had_grad = false;
+  };
+  ParamStep param_step(std::size_t store_param) const;
+  void set_param_step(std::size_t store_param, ParamStep s);
+  void restore_loss_scaler(const LossScaler::State& s);
+  void set_steps(std::int64_t n);  // optimizer steps applied, as after a resume
+  comm::Communicator& communicator() const;
+
   int stage() const;
   const EngineOptions& options() const;
   // Every distinct parameter the units listed, in the engine's order.

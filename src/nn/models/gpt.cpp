@@ -217,4 +217,23 @@ engine::ParamInit GPTImpl::initializer(std::uint64_t seed) const {
   };
 }
 
+std::optional<Gpt2Name> gpt2_name(const std::string& name) {
+  if (name == "embeddings.wte.weight") return Gpt2Name{"wte.weight"};
+  if (name == "embeddings.wpe.weight") return Gpt2Name{"wpe.weight"};
+  if (name.starts_with("head.ln_f.")) return Gpt2Name{name.substr(5)};
+  if (!name.starts_with("blocks.")) return std::nullopt;
+  const auto dot = name.find('.', 7);
+  if (dot == std::string::npos) return std::nullopt;
+  const std::string layer = "h." + name.substr(7, dot - 7) + ".";
+  const auto last = name.rfind('.');
+  const std::string module = name.substr(dot + 1, last - dot - 1), leaf = name.substr(last + 1);
+  const bool weight = leaf == "weight";
+  if (module == "ln_1" || module == "ln_2") return Gpt2Name{layer + module + "." + leaf};
+  if (module == "c_attn") return Gpt2Name{layer + "attn.c_attn." + leaf, weight};
+  if (module == "attn_proj") return Gpt2Name{layer + "attn.c_proj." + leaf, weight};
+  if (module == "c_fc") return Gpt2Name{layer + "mlp.c_fc." + leaf, weight};
+  if (module == "mlp_proj") return Gpt2Name{layer + "mlp.c_proj." + leaf, weight};
+  return std::nullopt;
+}
+
 }  // namespace strata::nn

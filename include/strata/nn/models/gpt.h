@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -114,5 +115,16 @@ class GPTImpl : public torch::nn::Module {
   GPTConfig cfg_;
 };
 TORCH_MODULE(GPT);
+
+// A GPT parameter's name in GPT-2's usual layout (Hugging Face's GPT2Model state dict):
+// embeddings.wte.weight -> wte.weight, blocks.3.c_attn.weight -> h.3.attn.c_attn.weight,
+// blocks.3.attn_proj -> h.3.attn.c_proj, blocks.3.c_fc / mlp_proj -> h.3.mlp.c_fc /
+// c_proj, head.ln_f -> ln_f. GPT-2 keeps its projections as Conv1D, [in, out]: those
+// weights are transposed (`transpose`). nullopt for a name outside the GPT.
+struct Gpt2Name {
+  std::string name;
+  bool transpose = false;
+};
+std::optional<Gpt2Name> gpt2_name(const std::string& name);
 
 }  // namespace strata::nn

@@ -1,0 +1,105 @@
+#include "commit.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "strata/base/log.h"
+#include "strata/ckpt/checkpoint.h"
+
+namespace strata::ckpt {
+namespace fs = std::filesystem;
+
+std::string step_name(std::int64_t step) { return fmt::format("step-{}", step); }
+
+std::optional<std::int64_t> parse_step_name(std::string_view name) {
+  if (!name.starts_with("step-")) return std::nullopt;
+  name.remove_prefix(5);
+  std::int64_t v = 0;
+  auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), v);
+  if (ec != std::errc() || end != name.data() + name.size() || v < 0) return std::nullopt;
+  return v;
+}
+
+Status fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return make_error(errno_error(errno, "open directory")).with_path(dir.string());
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return make_error(errno_error(err, "fsync directory")).with_path(dir.string());
+  return ok();
+}
+
+Status write_synced(const fs::path& path, std::string_view text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return make_error(errno_error(errno, "create")).with_path(path.string());
+  std::size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      return make_error(errno_error(err, "write")).with_path(path.string());
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return make_error(errno_error(err, "fsync")).with_path(path.string());
+  }
+  if (::close(fd) != 0) return make_error(errno_error(errno, "close")).with_path(path.string());
+  return ok();
+}
+
+Status write_durable(const fs::path& dir, std::string_view name, std::string_view text) {
+  const fs::path tmp = dir / (std::string(name) + ".tmp"), dst = dir / name;
+  STRATA_RETURN_IF_ERROR(write_synced(tmp, text));
+  std::error_code ec;
+  fs::rename(tmp, dst, ec);
+  if (ec) return make_error(ErrorCode::kIoError, "rename: {}", ec.message()).with_path(dst.string());
+  return fsync_dir(dir);
+}
+
+std::vector<std::int64_t> saved_steps(const fs::path& root) {
+  std::vector<std::int64_t> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    if (!e.is_directory(ec)) continue;
+    if (auto s = parse_step_name(e.path().filename().string())) steps.push_back(*s);
+  }
+  std::ranges::sort(steps);
+  return steps;
+}
+
+std::optional<std::int64_t> latest_step(const fs::path& root) {
+  std::ifstream in(root / "latest");
+  std::string name;
+  if (!(in >> name)) return std::nullopt;
+  return parse_step_name(name);
+}
+
+void prune(const fs::path& root, int keep) {
+  if (keep <= 0) return;
+  std::vector<std::int64_t> steps = saved_steps(root);
+  const std::optional<std::int64_t> latest = latest_step(root);
+  std::size_t excess = steps.size() > static_cast<std::size_t>(keep) ? steps.size() - static_cast<std::size_t>(keep) : 0;
+  for (std::int64_t s : steps) {
+    if (excess == 0) break;
+    if (latest && s == *latest) continue;
+    std::error_code ec;
+    fs::remove_all(root / step_name(s), ec);
+    if (ec) log::warn("could not remove the old checkpoint {}: {}", (root / step_name(s)).string(), ec.message());
+    --excess;
+  }
+}
+
+}  // namespace strata::ckpt

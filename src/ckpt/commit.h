@@ -1,0 +1,27 @@
+// The checkpoint directory protocol (Note [checkpoint commit] in checkpoint.h): durable
+// small files, directory fsyncs, the latest pointer and pruning. Internal to src/ckpt.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string_view>
+
+#include "strata/base/status.h"
+
+namespace strata::ckpt {
+
+std::string step_name(std::int64_t step);  // "step-N"
+std::optional<std::int64_t> parse_step_name(std::string_view name);
+
+Status fsync_dir(const std::filesystem::path& dir);
+// `text` into dir/name through dir/name.tmp: written, fsynced, renamed, dir fsynced.
+Status write_durable(const std::filesystem::path& dir, std::string_view name, std::string_view text);
+// The same without the rename: a file of the checkpoint being written.
+Status write_synced(const std::filesystem::path& path, std::string_view text);
+// Every step-N directory of root, N ascending.
+std::vector<std::int64_t> saved_steps(const std::filesystem::path& root);
+// Removes the oldest complete checkpoints until `keep` remain, never the one latest names.
+void prune(const std::filesystem::path& root, int keep);
+
+}  // namespace strata::ckpt

@@ -1,0 +1,155 @@
+// load_checkpoint (Note [checkpoint resharding] in checkpoint.h).
+#include <ATen/ATen.h>
+
+#include <fstream>
+#include <map>
+#include <unordered_map>
+
+#include <c10/util/string_utils.h>
+
+#include "collective.h"
+#include "commit.h"
+#include "saved_files.h"
+#include "strata/ckpt/checkpoint.h"
+
+namespace strata::ckpt {
+namespace fs = std::filesystem;
+namespace {
+
+// Each engine parameter's saved index, by name; differences listed.
+Result<std::vector<std::size_t>> match(const engine::Engine& eng, const CheckpointMeta& m, const fs::path& dir) {
+  std::unordered_map<std::string, std::size_t> saved;
+  for (std::size_t i = 0; i < m.params.size(); ++i) saved.emplace(m.params[i].name, i);
+  std::vector<std::size_t> out;
+  std::vector<std::string> diffs;
+  std::vector<bool> used(m.params.size());
+  for (std::size_t i = 0; i < eng.params().size(); ++i) {
+    const std::string& name = eng.param_names()[i];
+    const auto shape = eng.params()[i].sizes().vec();
+    auto it = saved.find(name);
+    if (it == saved.end()) {
+      diffs.push_back(fmt::format("'{}' {} is not in the checkpoint", name, c10::str(eng.params()[i].sizes())));
+      continue;
+    }
+    used[it->second] = true;
+    if (m.params[it->second].shape != shape) {
+      diffs.push_back(fmt::format("'{}' is {} in the model, {} in the checkpoint", name, c10::str(eng.params()[i].sizes()),
+                                  c10::str(c10::IntArrayRef(m.params[it->second].shape))));
+    }
+    out.push_back(it->second);
+  }
+  for (std::size_t i = 0; i < m.params.size(); ++i)
+    if (!used[i]) diffs.push_back(fmt::format("'{}' {} is in the checkpoint, not in the model", m.params[i].name,
+                                              c10::str(c10::IntArrayRef(m.params[i].shape))));
+  if (diffs.empty()) return out;
+  std::string list;
+  for (std::size_t i = 0; i < diffs.size() && i < 20; ++i) list += "\n  " + diffs[i];
+  if (diffs.size() > 20) list += fmt::format("\n  ... and {} more", diffs.size() - 20);
+  return make_error(ErrorCode::kInvalidArgument, "the checkpoint does not match the model ({} differences):{}", diffs.size(), list)
+      .with_path(dir.string());
+}
+
+// The engine's store parameter -> its index in params().
+std::vector<std::size_t> store_to_engine(const engine::Engine& eng) {
+  std::vector<std::size_t> out(eng.store().params().size());
+  for (std::size_t i = 0; i < eng.params().size(); ++i)
+    if (const int s = eng.store_index(i); s >= 0) out[static_cast<std::size_t>(s)] = i;
+  return out;
+}
+
+Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& dir, const LoadOptions& o) {
+  if (eng.options().wrap) {
+    return make_error(ErrorCode::kUnimplemented, "checkpoints hold strata's fused optimizer state; an engine that wraps "
+                      "a torch::optim optimizer (EngineOptions::wrap) keeps its state there: use load_state_dict");
+  }
+  STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> saved_of, match(eng, m, dir));
+  const bool states = o.optimizer_states;
+  if (states && (m.optimizer != eng.optimizer_name() || m.state_names != eng.state_names())) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "the checkpoint holds {} optimizer state ({}), the engine runs {}; load without the optimizer "
+                      "state to start it fresh",
+                      m.optimizer, fmt::join(m.state_names, ", "), eng.optimizer_name())
+        .with_path(dir.string());
+  }
+  SavedFiles files(dir, m);
+  const engine::ChunkStore& store = eng.store();
+  const std::vector<std::size_t> engine_of = store_to_engine(eng);
+  for (std::uint32_t c = 0; c < store.num_chunks(); ++c) {
+    // Start from the engine's own shard: padding, and state the checkpoint lacks (a
+    // parameter frozen when saved, or states not loaded), keep their values.
+    STRATA_ASSIGN_OR_RETURN(engine::Engine::ShardTensors s, eng.read_shard(c));
+    const bool trains = eng.chunk_trains(c);
+    at::Tensor main = (trains ? s.master : s.values).clone();
+    std::vector<at::Tensor> st;
+    for (const at::Tensor& t : s.states) st.push_back(t.clone());
+    Status read = [&]() -> Status {
+      for (const auto& slot : store.shard_slots(c, eng.shard_rank())) {
+        const std::size_t p = saved_of[engine_of[slot.param]];
+        STRATA_RETURN_IF_ERROR(files.read_param(p, trains ? "master" : "values", slot.param_offset, slot.numel,
+                                          main.data_ptr<float>() + slot.shard_offset));
+        const ParamMeta& pm = m.params[p];
+        const bool has_state = states && pm.chunk >= 0 && m.chunks[static_cast<std::size_t>(pm.chunk)].trains;
+        for (std::size_t k = 0; has_state && k < st.size(); ++k) {
+          STRATA_RETURN_IF_ERROR(files.read_param(p, eng.state_names()[k], slot.param_offset, slot.numel,
+                                            st[k].data_ptr<float>() + slot.shard_offset));
+        }
+        if (trains) {
+          eng.set_param_step(slot.param, has_state ? engine::Engine::ParamStep{.steps = pm.steps, .had_grad = pm.had_grad}
+                                                   : engine::Engine::ParamStep{});
+        }
+      }
+      return ok();
+    }();
+    // A bad file one rank reads fails every rank here, before write_shard's collectives.
+    STRATA_RETURN_IF_ERROR(agree(eng.communicator(), std::move(read)));
+    STRATA_RETURN_IF_ERROR(eng.write_shard(c, trains ? engine::Engine::ShardTensors{.master = main, .states = st}
+                                                     : engine::Engine::ShardTensors{.values = main}));
+  }
+  // Parameters outside the chunks (frozen, stages 0-2): whole on every rank.
+  Status outside = ok();
+  for (std::size_t i = 0; outside && i < eng.params().size(); ++i) {
+    if (eng.store_index(i) >= 0) continue;
+    at::Tensor v = at::empty({eng.params()[i].numel()}, at::kFloat);
+    outside = files.read_param(saved_of[i], "values", 0, v.numel(), v.data_ptr<float>());
+    at::NoGradGuard no_grad;
+    if (outside) eng.params()[i].detach().view({-1}).copy_(v);
+  }
+  Status ended = eng.end_write_shards();
+  STRATA_RETURN_IF_ERROR(agree(eng.communicator(), outside ? std::move(ended) : std::move(outside)));
+  if (states) {
+    eng.restore_loss_scaler(m.loss_scaler);
+    eng.set_lr(m.lr);
+  }
+  eng.set_steps(m.optimizer_steps);
+  return ok();
+}
+
+}  // namespace
+
+Result<fs::path> resolve_checkpoint(const fs::path& path) {
+  std::error_code ec;
+  if (fs::exists(path / kMetaFile, ec)) return path;
+  if (fs::exists(path / "latest", ec)) {
+    const std::optional<std::int64_t> s = latest_step(path);
+    if (!s) return make_error(ErrorCode::kDataLoss, "'latest' does not name a checkpoint").with_path((path / "latest").string());
+    return path / step_name(*s);
+  }
+  if (!fs::exists(path, ec)) return make_error(ErrorCode::kNotFound, "no such checkpoint directory").with_path(path.string());
+  return make_error(ErrorCode::kNotFound, "not a checkpoint (no {}) nor a checkpoints directory (no latest)", kMetaFile)
+      .with_path(path.string());
+}
+
+Result<Loaded> load_checkpoint(engine::Engine& eng, const fs::path& path, const LoadOptions& o) {
+  comm::Communicator& comm = eng.communicator();
+  Result<Loaded> loaded = [&]() -> Result<Loaded> {
+    STRATA_ASSIGN_OR_RETURN(fs::path dir, resolve_checkpoint(path));
+    STRATA_ASSIGN_OR_RETURN(CheckpointMeta m, read_meta(dir));
+    return Loaded{.dir = std::move(dir), .meta = std::move(m)};
+  }();
+  // Every rank must agree before the collectives of loading start.
+  STRATA_RETURN_IF_ERROR(agree(comm, loaded ? ok() : Status(std::unexpected(loaded.error()))));
+  STRATA_RETURN_IF_ERROR(load_into(eng, loaded->meta, loaded->dir, o));
+  return loaded;
+}
+
+}  // namespace strata::ckpt

@@ -1,0 +1,193 @@
+// Checkpoints over real processes: saved at world sizes 4, 2 and 1 and loaded at the
+// others (stages 2 and 3, state on host and on nvme, another chunk size), a rank killed
+// at each point of a save, damaged files, and a disk that fills up mid-save.
+#include <sys/mount.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "strata/ckpt/shard_file.h"
+#include "support/multirank.h"
+
+namespace strata {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::all_output;
+using testing::run_ranks;
+
+std::string worker() { return std::string(STRATA_TEST_BIN_DIR) + "/ckpt_worker"; }
+
+void expect_all_ok(const std::vector<testing::RankResult>& rs) {
+  for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << all_output(rs);
+}
+
+// Every rank failed with an expected error (exit 3) whose text contains `what`.
+void expect_all_fail(const std::vector<testing::RankResult>& rs, const std::string& what) {
+  for (const auto& r : rs) {
+    ASSERT_EQ(r.exit_code, 3) << all_output(rs);
+    EXPECT_NE(r.output.find(what), std::string::npos) << "rank " << r.rank << " lacks '" << what << "':\n" << r.output;
+  }
+}
+
+std::map<std::string, std::string> nvme_env(const fs::path& dir) { return {{"STRATA_TEST_NVME", dir.string()}}; }
+
+// Saved at 4, 2 and 1 ranks (stage 3, chunk 2048, state on host or nvme); loaded at the
+// other two world sizes at stage 3 with the other device, and at stage 2 with a chunk
+// of 4096; every load continues training against AdamW run without interruption.
+TEST(Checkpoint, SavedAtAnyWorldLoadsAtEveryOtherAndContinuesExactly) {
+  const fs::path nvme = testing::fresh_temp_dir("ckpt-nvme");
+  for (const char* device : {"host", "nvme"}) {
+    const std::string other = std::string(device) == "host" ? "nvme" : "host";
+    for (int saved : {4, 2, 1}) {
+      const fs::path dir = testing::fresh_temp_dir("ckpt");
+      expect_all_ok(run_ranks(saved, {worker(), "save", dir.string(), fmt::format("3:{}:2048", device), "4"},
+                              std::chrono::seconds(120), nvme_env(nvme)));
+      for (int world : {4, 2, 1}) {
+        if (world == saved) continue;
+        SCOPED_TRACE(fmt::format("{} saved at world {}, loaded at world {}", device, saved, world));
+        expect_all_ok(run_ranks(world, {worker(), "load", dir.string(), fmt::format("3:{}:2048", other), "4"},
+                                std::chrono::seconds(120), nvme_env(nvme)));
+        expect_all_ok(run_ranks(world, {worker(), "load", dir.string(), fmt::format("2:{}:4096", device), "4"},
+                                std::chrono::seconds(120), nvme_env(nvme)));
+      }
+      fs::remove_all(dir);
+    }
+  }
+  // Stage 2 saved (state sharded, parameters replicated), stage 3 loaded.
+  const fs::path dir = testing::fresh_temp_dir("ckpt-s2");
+  expect_all_ok(run_ranks(2, {worker(), "save", dir.string(), "2:nvme:2048", "4"}, std::chrono::seconds(120), nvme_env(nvme)));
+  expect_all_ok(run_ranks(3, {worker(), "load", dir.string(), "3:nvme:4096", "4"}, std::chrono::seconds(120), nvme_env(nvme)));
+  fs::remove_all(dir);
+  fs::remove_all(nvme);
+}
+
+// SIGKILL on one rank at each point of a save: the previous checkpoint always loads,
+// and latest never names a partial one.
+TEST(Checkpoint, RankKilledAnywhereInASaveLeavesTheLastCheckpointLoadable) {
+  struct Case {
+    const char* point;
+    int victim;
+    int latest;      // the step latest names afterwards
+    bool step3_dir;  // a complete step-3 directory exists
+  };
+  for (const Case& c : {Case{"begin", 1, 2, false}, Case{"shard", 1, 2, false}, Case{"written", 0, 2, false},
+                        Case{"meta", 0, 2, false}, Case{"renamed", 0, 2, true}, Case{"latest", 0, 3, true}}) {
+    SCOPED_TRACE(fmt::format("killed at {} on rank {}", c.point, c.victim));
+    const fs::path dir = testing::fresh_temp_dir("ckpt-kill");
+    auto rs = run_ranks(2, {worker(), "kill", dir.string(), "3:host:2048", c.point, std::to_string(c.victim)},
+                        std::chrono::seconds(60));
+    EXPECT_EQ(rs[c.victim].exit_code, 128 + SIGKILL) << all_output(rs);
+    EXPECT_EQ(fs::exists(dir / "step-3"), c.step3_dir);
+    expect_all_ok(run_ranks(1, {worker(), "check", dir.string(), std::to_string(c.latest)}));
+    fs::remove_all(dir);
+  }
+}
+
+// A flipped byte, a truncated file and a deleted file: each a clear error naming the file.
+TEST(Checkpoint, DamagedFilesAreNamedWhenLoading) {
+  struct Damage {
+    const char* what;
+    const char* expect;
+  };
+  for (const Damage& d : {Damage{"flip", "checksum mismatch"}, Damage{"truncate", "truncated"}, Damage{"delete", "No such file"},
+                          Damage{"meta", "meta.json"}}) {
+    SCOPED_TRACE(d.what);
+    const fs::path dir = testing::fresh_temp_dir("ckpt-bad");
+    expect_all_ok(run_ranks(2, {worker(), "save", dir.string(), "3:host:2048", "2"}));
+    const fs::path file = dir / "step-2" / "rank-00001.bin";
+    const std::string what(d.what);
+    if (what == "flip") {
+      std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(100);
+      char b = 0;
+      f.read(&b, 1);
+      b = static_cast<char>(b ^ 0x10);
+      f.seekp(100);
+      f.write(&b, 1);
+    } else if (what == "truncate") {
+      fs::resize_file(file, fs::file_size(file) - 10);
+    } else if (what == "delete") {
+      fs::remove(file);
+    } else {
+      std::ofstream(dir / "step-2" / "meta.json", std::ios::app) << " ";
+    }
+    auto rs = run_ranks(2, {worker(), "load-bad", dir.string(), "3:host:2048"});
+    expect_all_fail(rs, d.expect);
+    if (what != "meta") expect_all_fail(rs, "rank-00001.bin");
+    fs::remove_all(dir);
+  }
+}
+
+// A loop-mounted ext4 of a few MiB, filled up between two saves.
+TEST(Checkpoint, ADiskThatFillsUpMidSaveIsAClearErrorAndTheLastCheckpointSurvives) {
+  const fs::path base = testing::fresh_temp_dir("ckpt-full");
+  const fs::path image = base / "disk.img", mnt = base / "mnt";
+  fs::create_directories(mnt);
+  {
+    std::ofstream(image).close();
+    fs::resize_file(image, 8 << 20);
+  }
+  const std::string mkfs = fmt::format("mkfs.ext4 -q -F {} >/dev/null 2>&1", image.string());
+  const std::string mount = fmt::format("mount -o loop {} {} 2>&1", image.string(), mnt.string());
+  if (std::system(mkfs.c_str()) != 0 || std::system(mount.c_str()) != 0) {
+    fs::remove_all(base);
+    GTEST_SKIP() << "cannot make and loop-mount an ext4 image here (needs root and a loop device)";
+  }
+  const fs::path dir = mnt / "checkpoints";
+  auto rs = run_ranks(2, {worker(), "nospace", dir.string(), "3:host:2048"});
+  expect_all_fail(rs, "no space left on");
+  expect_all_fail(rs, "while saving step 3; the checkpoint of step 2 is intact");
+  EXPECT_FALSE(fs::exists(dir / "step-3.tmp"));
+  EXPECT_FALSE(fs::exists(dir / "step-3"));
+  expect_all_ok(run_ranks(1, {worker(), "check", dir.string(), "2"}));
+  ::umount(mnt.c_str());
+  fs::remove_all(base);
+}
+
+// The data file itself at a real size: a 64 MiB record and a 1-byte one, read back in
+// ranges that straddle blocks; one flipped byte is found by the reader and the verifier.
+TEST(ShardFile, SixtyFourMiBRecordsReadBackInRangesAndCorruptionIsFound) {
+  const fs::path dir = testing::fresh_temp_dir("shard-file");
+  const std::string path = (dir / "f.bin").string();
+  std::vector<std::byte> big(64ull << 20), small(1);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::byte>((i * 2654435761u) >> 13);
+  small[0] = std::byte{7};
+  auto w = ckpt::ShardFileWriter::create(path);
+  ASSERT_TRUE(w) << w.error();
+  auto r1 = w->append(small), r2 = w->append(big);
+  ASSERT_TRUE(r1 && r2);
+  auto sum = w->finish();
+  ASSERT_TRUE(sum) << sum.error();
+  EXPECT_EQ(sum->bytes, big.size() + 1);
+  EXPECT_EQ(r2->blocks.size(), 64u);
+  auto rd = ckpt::ShardFileReader::open(path, sum->bytes);
+  ASSERT_TRUE(rd) << rd.error();
+  std::vector<ckpt::RecordSpan> recs = {*r1, *r2};
+  EXPECT_TRUE(rd->verify(*sum, recs));
+  for (std::uint64_t off : {0ull, (1ull << 20) - 3, 33ull << 20, (64ull << 20) - 5}) {
+    std::vector<std::byte> out(std::min<std::uint64_t>(5 << 20, big.size() - off));
+    ASSERT_TRUE(rd->read(*r2, off, out)) << off;
+    EXPECT_EQ(0, std::memcmp(out.data(), big.data() + off, out.size())) << off;
+  }
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(r2->offset + (40ull << 20) + 17));
+    f.put('\x5a' ^ static_cast<char>(big[(40ull << 20) + 17]));
+  }
+  std::vector<std::byte> out(4096);
+  auto bad = rd->read(*r2, (40ull << 20), out);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code(), ErrorCode::kDataLoss);
+  EXPECT_NE(bad.error().to_string().find("f.bin"), std::string::npos);
+  EXPECT_TRUE(rd->read(*r2, 0, out));  // other blocks still read
+  EXPECT_FALSE(rd->verify(*sum, recs));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace strata

@@ -1,0 +1,220 @@
+// One rank of the checkpoint tests (tests/ckpt/checkpoint_test.cpp starts N of these),
+// on the awkward model (frozen weight, a parameter without a gradient, a module called
+// twice on a skip branch, a tuple output). "OK" and exit 0 on success, 1 on a mismatch,
+// 3 on an expected failure (its message printed).
+//
+// ckpt_worker save DIR LAYOUT STEPS        train STEPS steps, save DIR/step-STEPS
+// ckpt_worker load DIR LAYOUT STEPS        load it, train STEPS more; against AdamW run
+//                                          2*STEPS steps uninterrupted in this process
+// ckpt_worker load-bad DIR LAYOUT          loading must fail: the error is printed
+// ckpt_worker kill DIR LAYOUT POINT RANK   save step-2; then step-3, SIGKILL on rank RANK
+//                                          at POINT of the save (the others must fail)
+// ckpt_worker check DIR STEP               the latest checkpoint loads and is step STEP
+// ckpt_worker nospace DIR LAYOUT           save step-2; fill the disk; the step-3 save
+//                                          fails with the no-space error, step-2 intact
+//
+// LAYOUT is STAGE:DEVICE:CHUNK, e.g. 3:nvme:2048 (DEVICE host or nvme: the optimizer
+// state there, and at stage 3 the parameter shards too; CHUNK elements per chunk).
+#include <signal.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "awkward_model.h"
+#include "strata/ckpt/checkpoint.h"
+#include "strata/comm/rendezvous.h"
+#include "strata/engine/engine.h"
+#include "strata/engine/module_hooks.h"
+#include "support/worker.h"
+#include "toy_model.h"
+
+using namespace strata;
+using strata::testing::AwkwardModel;
+using strata::testing::check;
+using strata::testing::fail;
+using strata::testing::rel_error;
+namespace fs = std::filesystem;
+
+namespace {
+
+comm::Communicator* g_comm = nullptr;
+constexpr std::int64_t kRows = 12;  // per step, the whole job: 12 divides among 1-4 ranks
+constexpr std::uint64_t kSeed = 21;
+
+struct Layout {
+  int stage = 3;
+  std::string device = "host";
+  std::int64_t chunk = 2048;
+};
+
+Layout parse_layout(const std::string& s) {
+  const auto a = s.find(':'), b = s.find(':', a + 1);
+  if (a == std::string::npos || b == std::string::npos) fail("layout " + s + ": expected STAGE:DEVICE:CHUNK");
+  return {std::stoi(s.substr(0, a)), s.substr(a + 1, b - a - 1), std::stoll(s.substr(b + 1))};
+}
+
+engine::EngineOptions options(const Layout& l, const std::string& job) {
+  engine::EngineOptions o;
+  o.stage = l.stage;
+  o.optimizer.type = OptimizerType::kAdamW;
+  o.optimizer.lr = 1e-2;
+  o.optimizer.weight_decay = 0.01;
+  o.chunks.chunk_size_elems = static_cast<std::uint64_t>(l.chunk);
+  o.chunks.io_align_bytes = 64;
+  o.optimizer_threads = 1;
+  o.schedule.persistence_threshold_elems = 0;
+  const OffloadDevice d = l.device == "nvme" ? OffloadDevice::kNvme : OffloadDevice::kCpu;
+  o.optim_device = d;
+  if (l.stage == 3) o.param_device = d;
+  if (d == OffloadDevice::kNvme) {
+    o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+    o.swap.job_name = job;
+    o.swap.min_io_bytes = 0;
+  }
+  return o;
+}
+
+// The engine's batch rows for step s, and the loss (mean over the job).
+double train_step(engine::Engine& eng, AwkwardModel& model, std::int64_t s) {
+  const std::int64_t per = kRows / g_comm->world();
+  auto [x, y] = strata::testing::awkward_batch(s, kRows);
+  at::Tensor loss = model.loss(x.narrow(0, per * g_comm->rank(), per), y.narrow(0, per * g_comm->rank(), per));
+  check(eng.backward(loss), "backward");
+  check(eng.step(), "step");
+  at::Tensor l = loss.detach().clone();
+  check(g_comm->all_reduce(l, comm::ReduceOp::kAvg).wait(), "loss avg");
+  return l.item<double>();
+}
+
+struct Reference {
+  AwkwardModel model{kSeed};
+  std::unique_ptr<torch::optim::AdamW> opt;
+  Reference() {
+    std::vector<at::Tensor> ps;
+    for (auto& p : model.parameters())
+      if (p.requires_grad()) ps.push_back(p);
+    opt = std::make_unique<torch::optim::AdamW>(ps, torch::optim::AdamWOptions(1e-2).weight_decay(0.01));
+  }
+  double step(std::int64_t s) {
+    auto [x, y] = strata::testing::awkward_batch(s, kRows);
+    opt->zero_grad();
+    at::Tensor loss = model.loss(x, y);
+    loss.backward();
+    opt->step();
+    return loss.item<double>();
+  }
+};
+
+void train(engine::Engine& eng, AwkwardModel& model, std::int64_t from, std::int64_t to) {
+  for (std::int64_t s = from; s < to; ++s) train_step(eng, model, s);
+}
+
+ckpt::SaveOptions save_options(const std::string& dir, std::int64_t step) {
+  return {.root = dir, .step = step, .keep = 0, .config = {{"layout", "test"}}, .client = {{"next_step", step}}};
+}
+
+void save(const std::string& dir, const Layout& l, std::int64_t steps) {
+  auto model = std::make_shared<AwkwardModel>(kSeed);
+  auto eng = check(engine::shard(*model, *g_comm, options(l, "save")), "shard");
+  train(*eng, *model, 0, steps);
+  check(ckpt::save_checkpoint(*eng, save_options(dir, steps)), "save");
+}
+
+void load(const std::string& dir, const Layout& l, std::int64_t steps) {
+  // A different seed: every value must come from the checkpoint.
+  auto model = std::make_shared<AwkwardModel>(kSeed + 1);
+  auto eng = check(engine::shard(*model, *g_comm, options(l, "load")), "shard");
+  auto loaded = check(ckpt::load_checkpoint(*eng, dir), "load");
+  if (eng->steps() != steps || loaded.meta.client.value("next_step", -1) != steps)
+    fail(fmt::format("loaded step {} (client {}), expected {}", eng->steps(), loaded.meta.client.dump(), steps));
+  Reference ref;
+  for (std::int64_t s = 0; s < steps; ++s) ref.step(s);
+  for (std::int64_t s = steps; s < 2 * steps; ++s) {
+    const double got = train_step(*eng, *model, s), want = ref.step(s);
+    if (std::abs(got - want) > 1e-5 * std::abs(want)) fail(fmt::format("step {}: loss {} vs uninterrupted {}", s, got, want));
+  }
+  // The live sharded model's consolidated weights against the reference's, by name.
+  auto got = check(eng->consolidated_params(), "consolidated_params");
+  auto want = ref.model.named_parameters();
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const std::string& name = eng->param_names()[i];
+    if (const double e = rel_error(got[i], want[name]); e > 1e-5)
+      fail(fmt::format("{}: relative error {:.3g} after resuming", name, e));
+  }
+}
+
+void load_bad(const std::string& dir, const Layout& l) {
+  auto model = std::make_shared<AwkwardModel>(kSeed);
+  auto eng = check(engine::shard(*model, *g_comm, options(l, "bad")), "shard");
+  auto r = ckpt::load_checkpoint(*eng, dir);
+  if (r) fail("a damaged checkpoint loaded");
+  strata::testing::expected_failure(r.error());
+}
+
+void kill_at(const std::string& dir, const Layout& l, const std::string& point, int victim) {
+  auto model = std::make_shared<AwkwardModel>(kSeed);
+  auto eng = check(engine::shard(*model, *g_comm, options(l, "kill")), "shard");
+  train(*eng, *model, 0, 2);
+  check(ckpt::save_checkpoint(*eng, save_options(dir, 2)), "save 2");
+  train(*eng, *model, 2, 3);
+  ckpt::SaveOptions o = save_options(dir, 3);
+  o.on_point = [&](std::string_view p) {
+    if (p == point && g_comm->rank() == victim) ::raise(SIGKILL);
+  };
+  auto r = ckpt::save_checkpoint(*eng, o);
+  if (!r) strata::testing::expected_failure(r.error());
+  // Killed after its last collective: the others may finish.
+}
+
+void check_latest(const std::string& dir, std::int64_t step) {
+  auto model = std::make_shared<AwkwardModel>(kSeed + 2);
+  auto eng = check(engine::shard(*model, *g_comm, options({3, "host", 2048}, "check")), "shard");
+  auto loaded = check(ckpt::load_checkpoint(*eng, dir), "load latest");
+  if (loaded.meta.step != step) fail(fmt::format("latest is step {}, expected {}", loaded.meta.step, step));
+}
+
+void nospace(const std::string& dir, const Layout& l) {
+  auto model = std::make_shared<AwkwardModel>(kSeed);
+  auto eng = check(engine::shard(*model, *g_comm, options(l, "nospace")), "shard");
+  train(*eng, *model, 0, 2);
+  check(ckpt::save_checkpoint(*eng, save_options(dir, 2)), "save 2");
+  train(*eng, *model, 2, 3);
+  if (g_comm->rank() == 0) {  // leave a few KiB: less than one checkpoint
+    std::ofstream fill(fs::path(dir) / "filler", std::ios::binary);
+    const std::string block(4096, 'x');
+    while (fill.write(block.data(), block.size())) {
+    }
+  }
+  check(g_comm->barrier().wait(), "barrier");
+  auto r = ckpt::save_checkpoint(*eng, save_options(dir, 3));
+  if (r) fail("the save onto a full disk succeeded");
+  strata::testing::expected_failure(r.error());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> a(argv + 1, argv + argc);
+  if (a.empty()) fail("usage: ckpt_worker MODE ...");
+  comm::CommOptions co;
+  co.timeout = std::chrono::milliseconds(a[0] == "kill" ? 4000 : 60000);
+  auto comm = check(comm::init_from_env(co), "init");
+  g_comm = comm.get();
+  strata::testing::worker_comm() = g_comm;
+  const std::string& mode = a[0];
+  if (mode == "save") save(a.at(1), parse_layout(a.at(2)), std::stoll(a.at(3)));
+  else if (mode == "load") load(a.at(1), parse_layout(a.at(2)), std::stoll(a.at(3)));
+  else if (mode == "load-bad") load_bad(a.at(1), parse_layout(a.at(2)));
+  else if (mode == "kill") kill_at(a.at(1), parse_layout(a.at(2)), a.at(3), std::stoi(a.at(4)));
+  else if (mode == "check") check_latest(a.at(1), std::stoll(a.at(2)));
+  else if (mode == "nospace") nospace(a.at(1), parse_layout(a.at(2)));
+  else fail("unknown mode " + mode);
+  fmt::print("OK\n");
+  return 0;
+}
