@@ -70,13 +70,17 @@ Status run(const CkptOptions& o, const fs::path& dir, BenchReport& report) {
   const fs::path root = dir / "checkpoints";
   for (int i = 0; i < o.repeats; ++i) {
     const auto ts = Clock::now();
-    STRATA_ASSIGN_OR_RETURN(fs::path saved, ckpt::save_checkpoint(*eng, {.root = root, .step = i, .keep = 1}));
+    // keep 0: no pruning inside the save; each checkpoint is deleted after its load,
+    // untimed, so no deletion runs under the next timed save or load.
+    STRATA_ASSIGN_OR_RETURN(fs::path saved, ckpt::save_checkpoint(*eng, {.root = root, .step = i, .keep = 0}));
     save_s.push_back(seconds_since(ts));
     STRATA_ASSIGN_OR_RETURN(ckpt::CheckpointMeta m, ckpt::read_meta(saved));
     bytes = m.data_bytes();
     const auto tl = Clock::now();
     STRATA_RETURN_IF_ERROR(ckpt::load_checkpoint(*eng, saved));
     load_s.push_back(seconds_since(tl));
+    std::error_code ec;
+    fs::remove_all(saved, ec);
     fmt::print(stderr, "bench ckpt: {} saved in {:.2f} s, loaded in {:.2f} s\n", format_bytes(bytes), save_s.back(), load_s.back());
   }
   const double save = median(save_s), load = median(load_s);

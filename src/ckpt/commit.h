@@ -21,7 +21,8 @@ Status write_durable(const std::filesystem::path& dir, std::string_view name, st
 Status write_synced(const std::filesystem::path& path, std::string_view text);
 // Every step-N directory of root, N ascending.
 std::vector<std::int64_t> saved_steps(const std::filesystem::path& root);
-// Removes the oldest complete checkpoints until `keep` remain, never the one latest names.
+// Removes the oldest complete checkpoints until `keep` remain, never the one latest
+// names: renamed away at once, deleted in the background (Note [checkpoint pruning]).
 void prune(const std::filesystem::path& root, int keep);
 
 }  // namespace strata::ckpt

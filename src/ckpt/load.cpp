@@ -76,32 +76,45 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
   const std::vector<std::size_t> engine_of = store_to_engine(eng);
   for (std::uint32_t c = 0; c < store.num_chunks(); ++c) {
     // Start from the engine's own shard: padding, and state the checkpoint lacks (a
-    // parameter frozen when saved, or states not loaded), keep their values.
+    // parameter frozen when saved, or states not loaded), keep their values. Memory-tier
+    // state comes back as the engine's own tensors: the saved values are read straight
+    // into them (write_shard then has nothing to copy), so a load that fails part way
+    // leaves the engine partly loaded (the error says to load again or start afresh).
     STRATA_ASSIGN_OR_RETURN(engine::Engine::ShardTensors s, eng.read_shard(c));
     const bool trains = eng.chunk_trains(c);
-    at::Tensor main = (trains ? s.master : s.values).clone();
-    std::vector<at::Tensor> st;
-    for (const at::Tensor& t : s.states) st.push_back(t.clone());
+    at::Tensor main = trains ? s.master : s.values;
+    std::vector<at::Tensor>& st = s.states;
+    // Tensor by tensor, slot by slot: each saved record is read front to back, so the
+    // reader's blocks are read and verified once (ShardFileReader keeps the last ones).
+    const std::vector<engine::ChunkStore::ShardSlot> slots = store.shard_slots(c, eng.shard_rank());
+    auto has_state = [&](std::size_t p) {
+      const ParamMeta& pm = m.params[p];
+      return states && pm.chunk >= 0 && m.chunks[static_cast<std::size_t>(pm.chunk)].trains;
+    };
     Status read = [&]() -> Status {
-      for (const auto& slot : store.shard_slots(c, eng.shard_rank())) {
-        const std::size_t p = saved_of[engine_of[slot.param]];
-        STRATA_RETURN_IF_ERROR(files.read_param(p, trains ? "master" : "values", slot.param_offset, slot.numel,
-                                          main.data_ptr<float>() + slot.shard_offset));
-        const ParamMeta& pm = m.params[p];
-        const bool has_state = states && pm.chunk >= 0 && m.chunks[static_cast<std::size_t>(pm.chunk)].trains;
-        for (std::size_t k = 0; has_state && k < st.size(); ++k) {
-          STRATA_RETURN_IF_ERROR(files.read_param(p, eng.state_names()[k], slot.param_offset, slot.numel,
-                                            st[k].data_ptr<float>() + slot.shard_offset));
+      for (std::size_t k = 0; k <= st.size(); ++k) {
+        const std::string_view tensor = k == 0 ? (trains ? "master" : "values") : std::string_view(eng.state_names()[k - 1]);
+        at::Tensor& dst = k == 0 ? main : st[k - 1];
+        for (const auto& slot : slots) {
+          const std::size_t p = saved_of[engine_of[slot.param]];
+          if (k > 0 && !has_state(p)) continue;
+          STRATA_RETURN_IF_ERROR(files.read_param(p, tensor, slot.param_offset, slot.numel, dst.data_ptr<float>() + slot.shard_offset));
         }
+      }
+      for (const auto& slot : slots) {
+        const std::size_t p = saved_of[engine_of[slot.param]];
         if (trains) {
-          eng.set_param_step(slot.param, has_state ? engine::Engine::ParamStep{.steps = pm.steps, .had_grad = pm.had_grad}
-                                                   : engine::Engine::ParamStep{});
+          eng.set_param_step(slot.param, has_state(p) ? engine::Engine::ParamStep{.steps = m.params[p].steps, .had_grad = m.params[p].had_grad}
+                                                      : engine::Engine::ParamStep{});
         }
       }
       return ok();
     }();
     // A bad file one rank reads fails every rank here, before write_shard's collectives.
-    STRATA_RETURN_IF_ERROR(agree(eng.communicator(), std::move(read)));
+    if (Status st_all = agree(eng.communicator(), std::move(read)); !st_all) {
+      return make_error(std::move(st_all).error().with_note(
+          "loading failed part way; the engine's state is partly loaded: load again, or start from a new engine"));
+    }
     STRATA_RETURN_IF_ERROR(eng.write_shard(c, trains ? engine::Engine::ShardTensors{.master = main, .states = st}
                                                      : engine::Engine::ShardTensors{.values = main}));
   }

@@ -70,7 +70,10 @@ Result<RecordMeta> append(ShardFileWriter& w, std::int64_t chunk, std::int64_t p
 // chunk in memory at a time.
 Result<FileMeta> write_shards(engine::Engine& eng, const fs::path& dir, const std::function<void(std::string_view)>& point) {
   FileMeta f{.name = fmt::format("rank-{:05}.bin", eng.shard_rank()), .shard_rank = eng.shard_rank()};
-  STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create((dir / f.name).string()));
+  std::uint64_t expect = 0;
+  for (std::uint32_t c = 0; c < eng.store().num_chunks(); ++c)
+    expect += static_cast<std::uint64_t>(eng.store().shard_elems(c)) * 4 * (eng.chunk_trains(c) ? 1 + eng.state_names().size() : 1);
+  STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create((dir / f.name).string(), expect));
   for (std::uint32_t c = 0; c < eng.store().num_chunks(); ++c) {
     STRATA_ASSIGN_OR_RETURN(engine::Engine::ShardTensors s, eng.read_shard(c));
     if (!eng.chunk_trains(c)) {

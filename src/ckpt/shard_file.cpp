@@ -6,29 +6,32 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
+#include <future>
+#include <optional>
+
+#include "strata/base/aligned.h"
+#include "strata/base/thread_pool.h"
+#include "strata/io/file_engine.h"
 
 namespace strata::ckpt {
 namespace {
 
-// Note [checkpoint page cache]: a save streams gigabytes through the page cache. Every
-// 64 MiB the writer starts writeback of what it just wrote and drops the window before
-// it (written back by then), so a save neither fills RAM with dirty pages nor ends in
-// one long fsync, and the disk is kept busy while the next records are produced.
-constexpr std::uint64_t kWindowBytes = 64ull << 20;
-
-Status write_all(int fd, const std::string& path, std::span<const std::byte> bytes, std::uint64_t at) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(errno_error(errno, "write")).with_path(path).with_offset(at);
-    if (n == 0) return make_error(ErrorCode::kIoError, "write made no progress").with_path(path).with_offset(at);
-    bytes = bytes.subspan(static_cast<std::size_t>(n));
-    at += static_cast<std::uint64_t>(n);
-  }
-  return ok();
-}
+// Note [checkpoint writes]: a save is one sequential stream per rank. Buffered writes
+// and an fsync ran at 0.4 GB/s on the development disk (dd conv=fsync) and at 1.16 GB/s
+// with writeback started every 64 MiB, against 1.98 GB/s for O_DIRECT writes with 8 in
+// flight (strata bench io). So the writer copies records into 4 aligned 8 MiB staging
+// buffers and writes each full one with O_DIRECT through the io engine (io_uring when
+// it works; 1 MiB pieces, 8 in flight, as bench io), into a file allocated up front;
+// the last buffer is padded to 4 KiB and the file truncated to its length. A filesystem
+// that refuses O_DIRECT (tmpfs) gets the same writes buffered. The copy and the block
+// checksums each take about a quarter second per GB on one core here, so the
+// checksums run on a helper thread next to the copy.
+constexpr std::size_t kStagingBytes = 8u << 20;
+constexpr int kStagingBuffers = 4;
+constexpr std::uint64_t kReadBlocks = 8;  // blocks per read when loading
 
 Status read_all(int fd, const std::string& path, std::span<std::byte> out, std::uint64_t at) {
   while (!out.empty()) {
@@ -46,16 +49,38 @@ Status read_all(int fd, const std::string& path, std::span<std::byte> out, std::
 
 std::uint64_t xxh3(std::span<const std::byte> bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
 
+std::uint64_t file_checksum(std::span<const std::uint64_t> block_sums) {
+  return XXH3_64bits(block_sums.data(), block_sums.size_bytes());  // little-endian hosts only (as the data)
+}
+
 struct ShardFileWriter::State {
   std::string path;
-  int fd = -1;
-  std::uint64_t size = 0;
-  std::uint64_t started = 0;  // writeback started up to here (Note [checkpoint page cache])
-  std::uint64_t dropped = 0;  // written back and dropped from the page cache up to here
-  XXH3_state_t* hash = nullptr;
+  std::optional<io::FileEngine> engine;
+  io::File file;
+  std::array<AlignedBuffer, kStagingBuffers> staging;
+  std::array<io::IoHandle, kStagingBuffers> writes;  // staging[i]'s write in flight
+  int current = 0;             // the buffer being filled
+  std::size_t filled = 0;      // bytes in it
+  std::uint64_t size = 0;      // bytes appended
+  std::uint64_t written = 0;   // file offset of the current buffer's first byte
+  bool finished = false;
+  std::unique_ptr<ThreadPool> hasher;     // one thread: block checksums
+  std::vector<std::uint64_t> block_sums;  // every block's, in file order
   ~State() {
-    if (fd >= 0) ::close(fd);
-    if (hash) XXH3_freeState(hash);
+    for (auto& w : writes)
+      if (w.valid()) (void)w.wait();  // the buffers outlive their writes
+  }
+  // Writes the current buffer (its first `len` bytes, a multiple of 4 KiB) and moves on
+  // to the next one, waiting for that one's earlier write.
+  Status flush(std::size_t len) {
+    writes[current] = engine->write(file, written, {staging[current].data(), len});
+    written += len;
+    current = (current + 1) % kStagingBuffers;
+    filled = 0;
+    if (!writes[current].valid()) return ok();
+    Status st = writes[current].wait();
+    writes[current] = io::IoHandle();
+    return st;
   }
 };
 
@@ -65,56 +90,78 @@ ShardFileWriter& ShardFileWriter::operator=(ShardFileWriter&&) noexcept = defaul
 ShardFileWriter::~ShardFileWriter() = default;
 const std::string& ShardFileWriter::path() const { return s_->path; }
 
-Result<ShardFileWriter> ShardFileWriter::create(std::string path) {
+Result<ShardFileWriter> ShardFileWriter::create(std::string path, std::uint64_t expect_bytes) {
   auto s = std::make_unique<State>();
   s->path = std::move(path);
-  s->fd = ::open(s->path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (s->fd < 0) return make_error(errno_error(errno, "create")).with_path(s->path);
-  s->hash = XXH3_createState();
-  XXH3_64bits_reset(s->hash);
+  io::EngineOptions eo;
+  eo.aio.block_size = 1 << 20;  // as strata bench io's baseline: 1 MiB pieces, 8 in flight
+  eo.aio.queue_depth = 8;
+  STRATA_ASSIGN_OR_RETURN(io::FileEngine engine, io::FileEngine::create(eo));
+  s->engine.emplace(std::move(engine));
+  STRATA_ASSIGN_OR_RETURN(s->file, s->engine->open(s->path, {.mode = io::OpenMode::kTruncate, .direct = true}));
+  if (expect_bytes > 0) STRATA_RETURN_IF_ERROR(s->file.allocate(0, (expect_bytes + io::kDirectAlignment - 1) / io::kDirectAlignment * io::kDirectAlignment));
+  for (auto& b : s->staging) {
+    STRATA_ASSIGN_OR_RETURN(b, AlignedBuffer::allocate(kStagingBytes, io::kDirectAlignment));
+  }
+  s->hasher = std::make_unique<ThreadPool>(1);
   return ShardFileWriter(std::move(s));
 }
 
 Result<RecordSpan> ShardFileWriter::append(std::span<const std::byte> bytes) {
   State& s = *s_;
-  if (s.fd < 0) return make_error(ErrorCode::kFailedPrecondition, "append after finish").with_path(s.path);
+  if (s.finished) return make_error(ErrorCode::kFailedPrecondition, "append after finish").with_path(s.path);
   RecordSpan r{.offset = s.size, .bytes = bytes.size()};
-  for (std::uint64_t at = 0; at < bytes.size(); at += kBlockBytes)
-    r.blocks.push_back(xxh3(bytes.subspan(at, std::min<std::uint64_t>(kBlockBytes, bytes.size() - at))));
-  STRATA_RETURN_IF_ERROR(write_all(s.fd, s.path, bytes, s.size));
-  XXH3_64bits_update(s.hash, bytes.data(), bytes.size());
-  s.size += bytes.size();
-  if (s.size - s.started >= kWindowBytes) {
-    // What was started last time is written by now, or nearly: wait for it and drop it
-    // from the cache; then start what this window added.
-    if (s.started > s.dropped) {
-      const auto from = static_cast<off_t>(s.dropped), len = static_cast<off_t>(s.started - s.dropped);
-      ::sync_file_range(s.fd, from, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-      ::posix_fadvise(s.fd, from, len, POSIX_FADV_DONTNEED);
-      s.dropped = s.started;
-    }
-    ::sync_file_range(s.fd, static_cast<off_t>(s.started), static_cast<off_t>(s.size - s.started), SYNC_FILE_RANGE_WRITE);
-    s.started = s.size;
+  // The block checksums on the helper thread while this one copies and writes (Note
+  // [checkpoint writes]: copy and hash are the save's CPU work, about half each).
+  std::future<std::vector<std::uint64_t>> sums = s.hasher->submit([bytes] {
+    std::vector<std::uint64_t> out;
+    for (std::uint64_t at = 0; at < bytes.size(); at += kBlockBytes)
+      out.push_back(xxh3(bytes.subspan(at, std::min<std::uint64_t>(kBlockBytes, bytes.size() - at))));
+    return out;
+  });
+  Status st = ok();
+  for (std::span<const std::byte> rest = bytes; st && !rest.empty();) {
+    const std::size_t n = std::min(rest.size(), kStagingBytes - s.filled);
+    std::memcpy(s.staging[s.current].data() + s.filled, rest.data(), n);
+    s.filled += n;
+    rest = rest.subspan(n);
+    if (s.filled == kStagingBytes) st = s.flush(kStagingBytes);
   }
+  r.blocks = sums.get();  // also on failure: the task reads `bytes`
+  STRATA_RETURN_IF_ERROR(st);
+  s.block_sums.insert(s.block_sums.end(), r.blocks.begin(), r.blocks.end());
+  s.size += r.bytes;
   return r;
 }
 
 Result<FileSum> ShardFileWriter::finish() {
   State& s = *s_;
-  if (s.fd < 0) return make_error(ErrorCode::kFailedPrecondition, "finish twice").with_path(s.path);
-  if (::fsync(s.fd) != 0) return make_error(errno_error(errno, "fsync")).with_path(s.path);
-  ::posix_fadvise(s.fd, 0, 0, POSIX_FADV_DONTNEED);
-  const int fd = s.fd;
-  s.fd = -1;
-  if (::close(fd) != 0) return make_error(errno_error(errno, "close")).with_path(s.path);
-  return FileSum{.bytes = s.size, .xxh3 = XXH3_64bits_digest(s.hash)};
+  if (s.finished) return make_error(ErrorCode::kFailedPrecondition, "finish twice").with_path(s.path);
+  s.finished = true;
+  if (s.filled > 0) {  // padded to the direct I/O alignment; truncated below
+    const std::size_t len = (s.filled + io::kDirectAlignment - 1) / io::kDirectAlignment * io::kDirectAlignment;
+    std::memset(s.staging[s.current].data() + s.filled, 0, len - s.filled);
+    STRATA_RETURN_IF_ERROR(s.flush(len));
+  }
+  Status first = ok();
+  for (auto& w : s.writes) {
+    if (!w.valid()) continue;
+    if (Status st = w.wait(); !st && first) first = std::move(st);
+    w = io::IoHandle();
+  }
+  STRATA_RETURN_IF_ERROR(first);
+  STRATA_RETURN_IF_ERROR(s.file.truncate(s.size));
+  if (::fsync(s.file.fd()) != 0) return make_error(errno_error(errno, "fsync")).with_path(s.path);
+  s.file = io::File();
+  return FileSum{.bytes = s.size, .xxh3 = file_checksum(s.block_sums)};
 }
 
 struct ShardFileReader::State {
   std::string path;
   int fd = -1;
   std::uint64_t size = 0;
-  std::vector<std::byte> block;  // one block, for verified reads
+  std::vector<std::byte> block;  // kReadBlocks blocks, for verified reads
+  std::uint64_t cached_at = 0, cached_len = 0;  // the verified bytes in `block`
   ~State() {
     if (fd >= 0) ::close(fd);
   }
@@ -139,7 +186,7 @@ Result<ShardFileReader> ShardFileReader::open(std::string path, std::uint64_t by
                       s->size < bytes ? " (truncated)" : "")
         .with_path(s->path);
   }
-  s->block.resize(kBlockBytes);
+  s->block.resize(kReadBlocks * kBlockBytes);
   return ShardFileReader(std::move(s));
 }
 
@@ -149,20 +196,32 @@ Status ShardFileReader::read(const RecordSpan& r, std::uint64_t offset, std::spa
     return make_error(ErrorCode::kOutOfRange, "read of {} bytes at {} past a record of {}", out.size(), offset, r.bytes)
         .with_path(s.path);
   }
+  // Whole blocks, up to kReadBlocks of them per read, each verified before use.
   std::uint64_t pos = offset;
   while (pos < offset + out.size()) {
-    const std::uint64_t b = pos / kBlockBytes, begin = b * kBlockBytes;
-    const std::uint64_t len = std::min(kBlockBytes, r.bytes - begin);
-    if (b >= r.blocks.size()) return make_error(ErrorCode::kDataLoss, "block {} has no checksum", b).with_path(s.path);
-    std::span<std::byte> block(s.block.data(), len);
-    STRATA_RETURN_IF_ERROR(read_all(s.fd, s.path, block, r.offset + begin));
-    if (xxh3(block) != r.blocks[b]) {
-      return make_error(ErrorCode::kDataLoss, "checksum mismatch in the {} bytes at this offset", len)
-          .with_path(s.path)
-          .with_offset(r.offset + begin);
+    const std::uint64_t b0 = pos / kBlockBytes, begin = b0 * kBlockBytes;
+    const std::uint64_t last = (offset + out.size() - 1) / kBlockBytes;
+    const std::uint64_t nb = std::min<std::uint64_t>(last - b0 + 1, kReadBlocks);
+    const std::uint64_t len = std::min(nb * kBlockBytes, r.bytes - begin);
+    if (b0 + nb > r.blocks.size()) return make_error(ErrorCode::kDataLoss, "block {} has no checksum", b0 + nb - 1).with_path(s.path);
+    // Already read and verified: the last read's blocks (neighbouring slices of one record).
+    const std::uint64_t file_at = r.offset + begin;
+    const bool cached = s.cached_len > 0 && file_at == s.cached_at && len <= s.cached_len;
+    if (!cached) {
+      s.cached_len = 0;
+      STRATA_RETURN_IF_ERROR(read_all(s.fd, s.path, std::span(s.block.data(), len), file_at));
     }
+    for (std::uint64_t b = 0; !cached && b < nb; ++b) {
+      const std::uint64_t at = b * kBlockBytes, n = std::min(kBlockBytes, len - at);
+      if (xxh3(std::span(s.block.data() + at, n)) != r.blocks[b0 + b]) {
+        return make_error(ErrorCode::kDataLoss, "checksum mismatch in the {} bytes at this offset", n)
+            .with_path(s.path)
+            .with_offset(r.offset + begin + at);
+      }
+    }
+    if (!cached) s.cached_at = file_at, s.cached_len = len;
     const std::uint64_t end = std::min(begin + len, offset + out.size());
-    std::memcpy(out.data() + (pos - offset), block.data() + (pos - begin), end - pos);
+    std::memcpy(out.data() + (pos - offset), s.block.data() + (pos - begin), end - pos);
     pos = end;
   }
   return ok();
@@ -173,40 +232,25 @@ Status ShardFileReader::verify(const FileSum& sum, std::span<const RecordSpan> r
   std::vector<const RecordSpan*> order;
   for (const RecordSpan& r : records) order.push_back(&r);
   std::ranges::sort(order, {}, &RecordSpan::offset);
-  XXH3_state_t* hash = XXH3_createState();
-  XXH3_64bits_reset(hash);
-  auto hashed = [&](std::uint64_t from, std::uint64_t to) -> Status {  // bytes outside records
-    for (std::uint64_t at = from; at < to;) {
-      const std::uint64_t len = std::min(kBlockBytes, to - at);
-      STRATA_RETURN_IF_ERROR(read_all(s.fd, s.path, std::span(s.block.data(), len), at));
-      XXH3_64bits_update(hash, s.block.data(), len);
-      at += len;
-    }
-    return ok();
-  };
-  Status st = ok();
   std::uint64_t at = 0;
+  std::vector<std::uint64_t> sums;
   for (const RecordSpan* r : order) {
-    if (st) st = hashed(at, r->offset);
-    for (std::uint64_t b = 0; st && b * kBlockBytes < r->bytes; ++b) {
+    if (r->offset != at) return make_error(ErrorCode::kDataLoss, "the records do not tile the file").with_path(s.path).with_offset(at);
+    for (std::uint64_t b = 0; b * kBlockBytes < r->bytes; ++b) {
       const std::uint64_t len = std::min(kBlockBytes, r->bytes - b * kBlockBytes);
       std::span<std::byte> block(s.block.data(), len);
-      st = read_all(s.fd, s.path, block, r->offset + b * kBlockBytes);
-      if (!st) break;
-      XXH3_64bits_update(hash, block.data(), len);
-      if (b >= r->blocks.size() || xxh3(block) != r->blocks[b]) {
-        st = make_error(ErrorCode::kDataLoss, "checksum mismatch in the {} bytes at this offset", len)
-                 .with_path(s.path)
-                 .with_offset(r->offset + b * kBlockBytes);
+      STRATA_RETURN_IF_ERROR(read_all(s.fd, s.path, block, r->offset + b * kBlockBytes));
+      sums.push_back(xxh3(block));
+      if (b >= r->blocks.size() || sums.back() != r->blocks[b]) {
+        return make_error(ErrorCode::kDataLoss, "checksum mismatch in the {} bytes at this offset", len)
+            .with_path(s.path)
+            .with_offset(r->offset + b * kBlockBytes);
       }
     }
-    at = std::max(at, r->offset + r->bytes);
+    at += r->bytes;
   }
-  if (st) st = hashed(at, s.size);
-  const std::uint64_t whole = XXH3_64bits_digest(hash);
-  XXH3_freeState(hash);
-  STRATA_RETURN_IF_ERROR(st);
-  if (whole != sum.xxh3) return make_error(ErrorCode::kDataLoss, "the file's checksum does not match").with_path(s.path);
+  if (at != s.size) return make_error(ErrorCode::kDataLoss, "{} bytes past the last record", s.size - at).with_path(s.path);
+  if (file_checksum(sums) != sum.xxh3) return make_error(ErrorCode::kDataLoss, "the file's checksum does not match").with_path(s.path);
   return ok();
 }
 

@@ -1,7 +1,7 @@
 // ShardFile: one rank's checkpoint data file. Records (one tensor shard each) are
 // appended back to back; each is checksummed in fixed 1 MiB blocks (XXH3-64), and the
-// whole file once more, so a reader can verify exactly the bytes it reads and a
-// verifier the whole file.
+// file by the XXH3-64 of all its block checksums in order (file_checksum), so a reader
+// can verify exactly the bytes it reads and a verifier the whole file.
 //
 //   STRATA_ASSIGN_OR_RETURN(auto w, ShardFileWriter::create(path));
 //   STRATA_ASSIGN_OR_RETURN(RecordSpan r, w.append(bytes));    // any number of times
@@ -36,14 +36,20 @@ struct RecordSpan {
 
 struct FileSum {
   std::uint64_t bytes = 0;
-  std::uint64_t xxh3 = 0;  // of the whole file
+  std::uint64_t xxh3 = 0;  // file_checksum of its blocks
 };
 
 std::uint64_t xxh3(std::span<const std::byte> bytes);
+// A file's checksum: XXH3-64 of every record's block checksums, in file order, as
+// little-endian 64-bit words. It covers every byte, and costs no second pass.
+std::uint64_t file_checksum(std::span<const std::uint64_t> block_sums);
 
 class ShardFileWriter {
  public:
-  static Result<ShardFileWriter> create(std::string path);
+  // `expect_bytes`, when known, is allocated up front (fallocate): appending O_DIRECT
+  // writes then run in parallel instead of one extending write at a time, and a full
+  // disk fails here.
+  static Result<ShardFileWriter> create(std::string path, std::uint64_t expect_bytes = 0);
   ShardFileWriter(ShardFileWriter&&) noexcept;
   ShardFileWriter& operator=(ShardFileWriter&&) noexcept;
   ~ShardFileWriter();
