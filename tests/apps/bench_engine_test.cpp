@@ -77,5 +77,24 @@ TEST(BenchInfinity, JsonHasTheRatiosAndTheNvmeBytesOfEachPlacement) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(BenchCkpt, JsonHasTheSaveAndLoadRatiosAndLeavesNoFiles) {
+  const auto dir = testing::fresh_temp_dir("bench-ckpt");
+  for (const char* offload : {"cpu", "nvme"}) {
+    auto doc = run_json(fmt::format("ckpt --model tiny --repeats 2 --offload {} --dir {}", offload, dir.string()));
+    ASSERT_TRUE(doc.is_object());
+    EXPECT_EQ(doc["bench"], "ckpt");
+    for (const char* k : {"save_vs_disk", "load_vs_disk", "blocked_vs_step"}) {
+      ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+      EXPECT_GT(doc["ratios"][k].get<double>(), 0.0) << k;
+    }
+    // fp32 master + m + v per parameter, plus the chunks' padding.
+    const double size = doc["figures"]["checkpoint size"].get<double>(), params = doc["config"]["parameters"].get<double>();
+    EXPECT_GE(size, params * 12 / 1e9) << doc.dump(2);
+    EXPECT_LT(size, params * 12 * 2 / 1e9) << doc.dump(2);
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir)) << "bench ckpt left files in " << dir;
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace strata

@@ -7,6 +7,7 @@
 // ckpt_worker load DIR LAYOUT STEPS        load it, train STEPS more; against AdamW run
 //                                          2*STEPS steps uninterrupted in this process
 // ckpt_worker load-bad DIR LAYOUT          loading must fail: the error is printed
+// ckpt_worker load-other DIR               into a model with other names and shapes: must fail
 // ckpt_worker kill DIR LAYOUT POINT RANK   save step-2; then step-3, SIGKILL on rank RANK
 //                                          at POINT of the save (the others must fail)
 // ckpt_worker check DIR STEP               the latest checkpoint loads and is step STEP
@@ -157,6 +158,24 @@ void load_bad(const std::string& dir, const Layout& l) {
   strata::testing::expected_failure(r.error());
 }
 
+// A model with other names and shapes: the error lists what differs.
+struct OtherModel : torch::nn::Module {
+  torch::nn::Linear in{nullptr}, extra{nullptr};
+  OtherModel() {
+    in = register_module("in", torch::nn::Linear(16, 48));  // in.weight is [32, 16] in the awkward model
+    extra = register_module("extra", torch::nn::Linear(4, 4));
+  }
+  at::Tensor forward(const at::Tensor& x) { return engine::forward(extra, engine::forward(in, x).narrow(1, 0, 4)); }
+};
+
+void load_other(const std::string& dir) {
+  auto model = std::make_shared<OtherModel>();
+  auto eng = check(engine::shard(*model, *g_comm, options({3, "host", 2048}, "other")), "shard");
+  auto r = ckpt::load_checkpoint(*eng, dir);
+  if (r) fail("a checkpoint of another model loaded");
+  strata::testing::expected_failure(r.error());
+}
+
 void kill_at(const std::string& dir, const Layout& l, const std::string& point, int victim) {
   auto model = std::make_shared<AwkwardModel>(kSeed);
   auto eng = check(engine::shard(*model, *g_comm, options(l, "kill")), "shard");
@@ -211,6 +230,7 @@ int main(int argc, char** argv) {
   if (mode == "save") save(a.at(1), parse_layout(a.at(2)), std::stoll(a.at(3)));
   else if (mode == "load") load(a.at(1), parse_layout(a.at(2)), std::stoll(a.at(3)));
   else if (mode == "load-bad") load_bad(a.at(1), parse_layout(a.at(2)));
+  else if (mode == "load-other") load_other(a.at(1));
   else if (mode == "kill") kill_at(a.at(1), parse_layout(a.at(2)), a.at(3), std::stoi(a.at(4)));
   else if (mode == "check") check_latest(a.at(1), std::stoll(a.at(2)));
   else if (mode == "nospace") nospace(a.at(1), parse_layout(a.at(2)));
