@@ -75,12 +75,11 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
   const engine::ChunkStore& store = eng.store();
   const std::vector<std::size_t> engine_of = store_to_engine(eng);
   for (std::uint32_t c = 0; c < store.num_chunks(); ++c) {
-    // Start from the engine's own shard: padding, and state the checkpoint lacks (a
-    // parameter frozen when saved, or states not loaded), keep their values. Memory-tier
-    // state comes back as the engine's own tensors: the saved values are read straight
-    // into them (write_shard then has nothing to copy), so a load that fails part way
-    // leaves the engine partly loaded (the error says to load again or start afresh).
-    STRATA_ASSIGN_OR_RETURN(engine::Engine::ShardTensors s, eng.read_shard(c));
+    // Memory-tier state comes back as the engine's own tensors: the saved values are
+    // read straight into them (write_shard then has nothing to copy), so a load that
+    // fails part way leaves the engine partly loaded (the error says so). nvme state is
+    // not read: it is replaced whole.
+    engine::Engine::ShardTensors s = eng.load_target(c);
     const bool trains = eng.chunk_trains(c);
     at::Tensor main = trains ? s.master : s.values;
     std::vector<at::Tensor>& st = s.states;
@@ -97,7 +96,10 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
         at::Tensor& dst = k == 0 ? main : st[k - 1];
         for (const auto& slot : slots) {
           const std::size_t p = saved_of[engine_of[slot.param]];
-          if (k > 0 && !has_state(p)) continue;
+          if (k > 0 && !has_state(p)) {  // frozen when saved, or the state not loaded: it starts fresh
+            dst.narrow(0, slot.shard_offset, slot.numel).fill_(eng.initial_state_value(k - 1));
+            continue;
+          }
           STRATA_RETURN_IF_ERROR(files.read_param(p, tensor, slot.param_offset, slot.numel, dst.data_ptr<float>() + slot.shard_offset));
         }
       }

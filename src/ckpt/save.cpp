@@ -74,18 +74,20 @@ Result<FileMeta> write_shards(engine::Engine& eng, const fs::path& dir, const st
   for (std::uint32_t c = 0; c < eng.store().num_chunks(); ++c)
     expect += static_cast<std::uint64_t>(eng.store().shard_elems(c)) * 4 * (eng.chunk_trains(c) ? 1 + eng.state_names().size() : 1);
   STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create((dir / f.name).string(), expect));
-  for (std::uint32_t c = 0; c < eng.store().num_chunks(); ++c) {
+  // nvme-resident state: chunk c+1's reads run while chunk c is written out.
+  const std::uint32_t n = static_cast<std::uint32_t>(eng.store().num_chunks());
+  if (n > 0) eng.begin_read_shard(0);
+  for (std::uint32_t c = 0; c < n; ++c) {
     STRATA_ASSIGN_OR_RETURN(engine::Engine::ShardTensors s, eng.read_shard(c));
-    if (!eng.chunk_trains(c)) {
-      STRATA_ASSIGN_OR_RETURN(RecordMeta r, append(w, c, -1, "values", s.values));
-      f.records.push_back(std::move(r));
-      continue;
+    if (c + 1 < n) eng.begin_read_shard(c + 1);
+    std::vector<std::pair<std::string, const at::Tensor*>> records = {{"values", &s.values}};
+    if (eng.chunk_trains(c)) {
+      records = {{"master", &s.master}};
+      for (std::size_t k = 0; k < s.states.size(); ++k) records.emplace_back(eng.state_names()[k], &s.states[k]);
     }
-    STRATA_ASSIGN_OR_RETURN(RecordMeta r, append(w, c, -1, "master", s.master));
-    f.records.push_back(std::move(r));
-    for (std::size_t k = 0; k < s.states.size(); ++k) {
-      STRATA_ASSIGN_OR_RETURN(RecordMeta rs, append(w, c, -1, eng.state_names()[k], s.states[k]));
-      f.records.push_back(std::move(rs));
+    for (auto& [tensor, t] : records) {
+      STRATA_ASSIGN_OR_RETURN(RecordMeta r, append(w, c, -1, tensor, *t));
+      f.records.push_back(std::move(r));
     }
     if (c == 0) point("shard");  // mid-file
   }

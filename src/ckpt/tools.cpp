@@ -71,7 +71,8 @@ Result<ExportResult> export_safetensors(const fs::path& path, const ExportOption
   for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((n >> (8 * i)) & 0xff);
 
   const fs::path tmp = o.out.string() + ".tmp";
-  STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create(tmp.string()));
+  // Small staging (4 x 2 MiB): export's memory is the point, the file is written once.
+  STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create(tmp.string(), at + text.size() + 8, 2u << 20));
   auto fail = [&](Error e) -> Result<ExportResult> {
     std::error_code ec;
     fs::remove(tmp, ec);

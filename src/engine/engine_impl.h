@@ -25,6 +25,7 @@ struct Engine::Impl {
   std::vector<at::Tensor> all_params;   // every distinct parameter, engine order
   std::vector<int> store_index;         // per all_params: its index in the store, or -1 (stage < 3 frozen)
   std::vector<std::string> param_names;  // per all_params (Engine::param_names)
+  std::optional<OptimStateHolder::PendingRead> pending_read;  // begin_read_shard's
   std::unique_ptr<OptimStateHolder> optim;
   std::unique_ptr<GradReducer> reducer;
   std::unique_ptr<Gatherer> gatherer;

@@ -233,14 +233,19 @@ Status OptimStateHolder::flush() {
   return first;
 }
 
-Result<ShardState> OptimStateHolder::read(std::uint32_t c) {
-  if (!on_nvme(c)) return mem_[c];
-  ShardState state = ShardState::uninitialized(core_.chunks->store().shard_elems(c), kernel_);
-  std::vector<io::SwapHandle> io;
-  const auto ts = tensors(state);
-  for (std::uint32_t t = 0; t < ts.size(); ++t) get_groups(c, t, *ts[t], io);
-  for (auto& h : io) STRATA_RETURN_IF_ERROR(h.wait());
-  return state;
+Result<ShardState> OptimStateHolder::read(std::uint32_t c) { return end_read(begin_read(c)); }
+
+OptimStateHolder::PendingRead OptimStateHolder::begin_read(std::uint32_t c) {
+  if (!on_nvme(c)) return {.chunk = c, .state = mem_[c]};
+  PendingRead r{.chunk = c, .state = ShardState::uninitialized(core_.chunks->store().shard_elems(c), kernel_)};
+  const auto ts = tensors(r.state);
+  for (std::uint32_t t = 0; t < ts.size(); ++t) get_groups(c, t, *ts[t], r.io);
+  return r;
+}
+
+Result<ShardState> OptimStateHolder::end_read(PendingRead&& r) {
+  for (auto& h : r.io) STRATA_RETURN_IF_ERROR(h.wait());
+  return std::move(r.state);
 }
 
 Status OptimStateHolder::write(std::uint32_t c, const ShardState& s) {

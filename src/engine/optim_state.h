@@ -80,9 +80,20 @@ class OptimStateHolder {
 
   // Chunk c's master when its state lives in memory (Note [shard from master]).
   const at::Tensor& memory_master(std::uint32_t c) const { return mem_[c].master; }
+  const ShardState& memory_state(std::uint32_t c) const { return mem_[c]; }
   // Outside the step (consolidation, loading a state dict): c's state in host memory,
   // read from any tier (for memory tiers, the tensors themselves), and back.
   Result<ShardState> read(std::uint32_t c);
+  // read(c) in two halves, so that a caller can read chunk c+1 while it writes chunk c
+  // out (a checkpoint save): begin_read starts nvme reads, end_read waits for them.
+  struct PendingRead {
+    std::uint32_t chunk = 0;
+    ShardState state;
+    std::vector<io::SwapHandle> io;
+  };
+  PendingRead begin_read(std::uint32_t c);
+  Result<ShardState> end_read(PendingRead&& r);
+  bool in_memory(std::uint32_t c) const { return !on_nvme(c); }
   Status write(std::uint32_t c, const ShardState& s);
 
  private:

@@ -291,9 +291,35 @@ Result<Engine::ShardTensors> Engine::read_shard(std::uint32_t c) {
     STRATA_ASSIGN_OR_RETURN(at::Tensor v, shard_values(m, c));
     return ShardTensors{.values = std::move(v)};
   }
-  STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
+  std::optional<OptimStateHolder::PendingRead> begun;
+  if (m.pending_read && m.pending_read->chunk == c) begun.swap(m.pending_read);
+  m.pending_read.reset();  // a begun read of another chunk is dropped (its handles wait)
+  STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->end_read(begun ? std::move(*begun) : m.optim->begin_read(c)));
   return ShardTensors{.master = std::move(s.master), .states = std::move(s.states)};
 }
+
+void Engine::begin_read_shard(std::uint32_t c) {
+  Impl& m = *impl_;
+  m.pending_read.reset();
+  if (c < m.core.chunks->size() && (*m.core.chunks)[c].trainable) m.pending_read = m.optim->begin_read(c);
+}
+
+Engine::ShardTensors Engine::load_target(std::uint32_t c) {
+  Impl& m = *impl_;
+  const std::int64_t n = m.core.chunks->store().shard_elems(c);
+  if (!(*m.core.chunks)[c].trainable) {
+    // Frozen values are a cast copy of the shard: new tensors either way.
+    return ShardTensors{.values = at::zeros({n}, at::kFloat)};
+  }
+  if (m.optim->in_memory(c)) {
+    ShardState s = m.optim->memory_state(c);
+    return ShardTensors{.master = s.master, .states = s.states};
+  }
+  ShardState s = ShardState::make(n, m.kernel);  // master zero, states initial
+  return ShardTensors{.master = std::move(s.master), .states = std::move(s.states)};
+}
+
+double Engine::initial_state_value(std::size_t state) const { return impl_->kernel.initial_value(state); }
 
 Status Engine::write_shard(std::uint32_t c, const ShardTensors& s) {
   Impl& m = *impl_;

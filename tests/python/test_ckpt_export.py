@@ -117,16 +117,20 @@ def peak_rss_kib(*args):
 
 
 def test_export_memory_is_bounded_well_under_the_model(tmp_path):
-    # About 38M parameters (12 layers x 512), no tensor over 1M elements.
+    # The bound: export's 8 MiB of staging buffers, a few 1M-element pieces, the reader's
+    # blocks (docs/checkpoints.md), set at 64 MiB; the model (16 layers x 512, about 51M
+    # parameters, no tensor over 1M elements) is more than three times that.
+    bound = 64 << 20
     out = tmp_path / "big"
-    run("train", "-n", "1", "--out", out, "--model", "custom:12x512x8", "--steps", "1", "--seq-len", "16",
+    run("train", "-n", "1", "--out", out, "--model", "custom:16x512x8", "--steps", "1", "--seq-len", "16",
         "--micro-batch", "1", "--eval-every", "0", "--eval-batches", "1", "--sample-bytes", "0",
         "--offload-optimizer", "none", "--compute-budget", "none")
     meta = json.loads(next((out / "checkpoints").glob("step-*/meta.json")).read_text())
     model_bytes = 4 * sum(p["numel"] for p in meta["params"])
+    assert model_bytes > 3 * bound
     base = peak_rss_kib("ckpt", "inspect", out / "checkpoints")
     peak = peak_rss_kib("ckpt", "export", out / "checkpoints", "--dtype", "fp32", "--out", tmp_path / "m.safetensors")
     above = (peak - base) * 1024
     print(f"export peak RSS {peak / 1024:.0f} MiB, inspect {base / 1024:.0f} MiB: {above / 2**20:.0f} MiB above, "
           f"model {model_bytes / 2**20:.0f} MiB")
-    assert above < model_bytes / 3, (peak, base)
+    assert above < bound, (peak, base)

@@ -49,7 +49,9 @@ class ShardFileWriter {
   // `expect_bytes`, when known, is allocated up front (fallocate): appending O_DIRECT
   // writes then run in parallel instead of one extending write at a time, and a full
   // disk fails here.
-  static Result<ShardFileWriter> create(std::string path, std::uint64_t expect_bytes = 0);
+  // `buffer_bytes`: each of the 4 staging buffers (a multiple of 4 KiB; Note
+  // [checkpoint writes]).
+  static Result<ShardFileWriter> create(std::string path, std::uint64_t expect_bytes = 0, std::size_t buffer_bytes = 8u << 20);
   ShardFileWriter(ShardFileWriter&&) noexcept;
   ShardFileWriter& operator=(ShardFileWriter&&) noexcept;
   ~ShardFileWriter();

@@ -34,7 +34,7 @@ struct ExportOptions {
   c10::ScalarType dtype = c10::ScalarType::BFloat16;  // or Float
   // The tensor's name in the file (nullopt: the saved name), e.g. GPT-2's layout.
   std::function<std::optional<ExportName>(const ParamMeta&)> rename;
-  std::int64_t piece_elems = 1 << 22;  // read, converted and written this many at a time
+  std::int64_t piece_elems = 1 << 20;  // read, converted and written this many at a time
 };
 
 struct ExportResult {
@@ -45,7 +45,7 @@ struct ExportResult {
 // The consolidated weights (the fp32 masters, frozen parameters' values) as one
 // safetensors file: an 8-byte little-endian header length, the JSON header, then each
 // tensor's raw little-endian data. One tensor piece in memory at a time (a transposed
-// tensor whole). Written to out.tmp, fsynced, renamed.
+// tensor whole), through 8 MiB of staging buffers. Written to out.tmp, fsynced, renamed.
 Result<ExportResult> export_safetensors(const std::filesystem::path& dir, const ExportOptions& o);
 
 // The checkpoint re-cut for `world` shard ranks (the same chunks, padded to a multiple

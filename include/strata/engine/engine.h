@@ -143,6 +143,14 @@ class Engine {
   // nvme state is read into memory for the call, never the whole model). Tensors of
   // memory-resident state may be the engine's own: read them before the next step.
   Result<ShardTensors> read_shard(std::uint32_t c);
+  // Starts read_shard(c)'s nvme reads, so a caller can read chunk c+1 while it writes
+  // chunk c out; the next read_shard(c) finishes them. One begun read at a time.
+  void begin_read_shard(std::uint32_t c);
+  // The tensors to load chunk c's values into before write_shard(c): memory-resident
+  // state's own tensors (their current values), or new ones (master zero, state at its
+  // initial values) when it lives on nvme, which is not read for nothing.
+  ShardTensors load_target(std::uint32_t c);
+  double initial_state_value(std::size_t state) const;  // state_names() order
   // Sets chunk c's shard: master and state to their tier, and the parameters to the
   // master cast to the compute dtype (a frozen chunk: to `values`). Every rank calls
   // it for the same chunks, then end_write_shards() once (replicated chunks are
