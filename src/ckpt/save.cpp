@@ -68,12 +68,13 @@ Result<RecordMeta> append(ShardFileWriter& w, std::int64_t chunk, std::int64_t p
 
 // This rank's data file: its shard of every chunk, from whatever tier holds it, one
 // chunk in memory at a time.
-Result<FileMeta> write_shards(engine::Engine& eng, const fs::path& dir, const std::function<void(std::string_view)>& point) {
+Result<FileMeta> write_shards(engine::Engine& eng, const fs::path& dir, const SaveOptions& o,
+                              const std::function<void(std::string_view)>& point) {
   FileMeta f{.name = fmt::format("rank-{:05}.bin", eng.shard_rank()), .shard_rank = eng.shard_rank()};
   std::uint64_t expect = 0;
   for (std::uint32_t c = 0; c < eng.store().num_chunks(); ++c)
     expect += static_cast<std::uint64_t>(eng.store().shard_elems(c)) * 4 * (eng.chunk_trains(c) ? 1 + eng.state_names().size() : 1);
-  STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create((dir / f.name).string(), expect));
+  STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create((dir / f.name).string(), expect, 8u << 20, o.faults));
   // nvme-resident state: chunk c+1's reads run while chunk c is written out.
   const std::uint32_t n = static_cast<std::uint32_t>(eng.store().num_chunks());
   if (n > 0) eng.begin_read_shard(0);
@@ -108,13 +109,13 @@ Result<FileMeta> write_outside(engine::Engine& eng, const fs::path& dir) {
   return f;
 }
 
-Result<std::vector<FileMeta>> write_files(engine::Engine& eng, const fs::path& tmp,
+Result<std::vector<FileMeta>> write_files(engine::Engine& eng, const fs::path& tmp, const SaveOptions& o,
                                          const std::function<void(std::string_view)>& point) {
   std::vector<FileMeta> mine;
   const int rank = eng.communicator().rank();
   // At stage 0 every rank holds everything: rank 0 writes it.
   if (rank < eng.shard_world()) {
-    STRATA_ASSIGN_OR_RETURN(FileMeta f, write_shards(eng, tmp, point));
+    STRATA_ASSIGN_OR_RETURN(FileMeta f, write_shards(eng, tmp, o, point));
     mine.push_back(std::move(f));
   }
   bool outside = false;
@@ -174,7 +175,7 @@ Result<fs::path> save_checkpoint(engine::Engine& eng, const SaveOptions& o) {
   }
   if (Status st = agree(comm, std::move(made)); !st) return fail(std::move(st).error());
 
-  Result<std::vector<FileMeta>> files = write_files(eng, tmp, point);
+  Result<std::vector<FileMeta>> files = write_files(eng, tmp, o, point);
   point("written");
   const std::string mine = files ? files_to_json(*files).dump() : std::string();
   if (Status st = agree(comm, files ? ok() : Status(std::unexpected(std::move(files).error()))); !st) return fail(std::move(st).error());

@@ -82,7 +82,8 @@ ShardFileWriter& ShardFileWriter::operator=(ShardFileWriter&&) noexcept = defaul
 ShardFileWriter::~ShardFileWriter() = default;
 const std::string& ShardFileWriter::path() const { return s_->path; }
 
-Result<ShardFileWriter> ShardFileWriter::create(std::string path, std::uint64_t expect_bytes, std::size_t buffer_bytes) {
+Result<ShardFileWriter> ShardFileWriter::create(std::string path, std::uint64_t expect_bytes, std::size_t buffer_bytes,
+                                                std::shared_ptr<io::FaultInjector> faults) {
   if (buffer_bytes == 0 || buffer_bytes % io::kDirectAlignment != 0) {
     return make_error(ErrorCode::kInvalidArgument, "staging buffers of {} bytes: not a multiple of 4 KiB", buffer_bytes);
   }
@@ -92,6 +93,7 @@ Result<ShardFileWriter> ShardFileWriter::create(std::string path, std::uint64_t 
   io::EngineOptions eo;
   eo.aio.block_size = 1 << 20;  // as strata bench io's baseline: 1 MiB pieces, 8 in flight
   eo.aio.queue_depth = 8;
+  eo.faults = std::move(faults);
   STRATA_ASSIGN_OR_RETURN(io::FileEngine engine, io::FileEngine::create(eo));
   s->engine.emplace(std::move(engine));
   STRATA_ASSIGN_OR_RETURN(s->file, s->engine->open(s->path, {.mode = io::OpenMode::kTruncate, .direct = true}));

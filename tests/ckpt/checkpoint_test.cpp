@@ -175,6 +175,19 @@ TEST(Checkpoint, CliInspectsVerifiesAndReshards) {
   fs::remove_all(dir);
 }
 
+// EIO while writing the last rank's data file: a clear error on every rank, naming the
+// file; the previous checkpoint is intact and latest still names it.
+TEST(Checkpoint, AnIoErrorMidSaveIsAClearErrorOnEveryRank) {
+  const fs::path dir = testing::fresh_temp_dir("ckpt-eio");
+  auto rs = run_ranks(2, {worker(), "eio", dir.string()});
+  expect_all_fail(rs, "rank-00001.bin");
+  expect_all_fail(rs, "while saving step 3; the checkpoint of step 2 is intact");
+  EXPECT_FALSE(fs::exists(dir / "step-3.tmp"));
+  EXPECT_FALSE(fs::exists(dir / "step-3"));
+  expect_all_ok(run_ranks(1, {worker(), "check", dir.string(), "2"}));
+  fs::remove_all(dir);
+}
+
 // A loop-mounted ext4 of a few MiB, filled up between two saves.
 TEST(Checkpoint, ADiskThatFillsUpMidSaveIsAClearErrorAndTheLastCheckpointSurvives) {
   const fs::path base = testing::fresh_temp_dir("ckpt-full");

@@ -11,6 +11,7 @@
 // ckpt_worker kill DIR LAYOUT POINT RANK   save step-2; then step-3, SIGKILL on rank RANK
 //                                          at POINT of the save (the others must fail)
 // ckpt_worker check DIR STEP               the latest checkpoint loads and is step STEP
+// ckpt_worker eio DIR                      save step-2; an EIO in the last rank's step-3 file
 // ckpt_worker nospace DIR LAYOUT           save step-2; fill the disk; the step-3 save
 //                                          fails with the no-space error, step-2 intact
 //
@@ -18,6 +19,7 @@
 // state there, and at stage 3 the parameter shards too; CHUNK elements per chunk).
 #include <signal.h>
 
+#include <cerrno>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +34,7 @@
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
+#include "strata/io/fault_injection.h"
 #include "support/worker.h"
 #include "toy_model.h"
 
@@ -216,6 +219,24 @@ void nospace(const std::string& dir, const Layout& l) {
   strata::testing::expected_failure(r.error());
 }
 
+// An EIO in the last rank's data file mid-save: every rank fails naming that file, and
+// step-2 stays the checkpoint latest names.
+void eio(const std::string& dir) {
+  auto model = std::make_shared<AwkwardModel>(kSeed);
+  auto eng = check(engine::shard(*model, *g_comm, options({3, "host", 2048}, "eio")), "shard");
+  train(*eng, *model, 0, 2);
+  check(ckpt::save_checkpoint(*eng, save_options(dir, 2)), "save 2");
+  train(*eng, *model, 2, 3);
+  ckpt::SaveOptions o = save_options(dir, 3);
+  if (g_comm->rank() == g_comm->world() - 1) {
+    o.faults = std::make_shared<io::FaultInjector>();
+    o.faults->fail_next(EIO, 1, io::FaultTarget::kWrite);
+  }
+  auto r = ckpt::save_checkpoint(*eng, o);
+  if (r) fail("a save with a failed write succeeded");
+  strata::testing::expected_failure(r.error());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -234,6 +255,7 @@ int main(int argc, char** argv) {
   else if (mode == "kill") kill_at(a.at(1), parse_layout(a.at(2)), a.at(3), std::stoi(a.at(4)));
   else if (mode == "check") check_latest(a.at(1), std::stoll(a.at(2)));
   else if (mode == "nospace") nospace(a.at(1), parse_layout(a.at(2)));
+  else if (mode == "eio") eio(a.at(1));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -35,6 +36,10 @@
 #include "strata/base/status.h"
 #include "strata/ckpt/meta.h"
 #include "strata/engine/engine.h"
+
+namespace strata::io {
+class FaultInjector;
+}
 
 namespace strata::ckpt {
 
@@ -48,6 +53,7 @@ struct SaveOptions {
   // written, "written": every rank; "meta", "renamed", "latest": rank 0), e.g. to kill
   // the process there.
   std::function<void(std::string_view point)> on_point;
+  std::shared_ptr<io::FaultInjector> faults;  // tests: I/O faults in this rank's data file
 };
 
 // Saves the engine's state as root/step-<step>. Every rank calls it.

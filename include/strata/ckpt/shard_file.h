@@ -23,6 +23,10 @@
 
 #include "strata/base/status.h"
 
+namespace strata::io {
+class FaultInjector;
+}
+
 namespace strata::ckpt {
 
 inline constexpr std::uint64_t kBlockBytes = 1 << 20;
@@ -51,7 +55,9 @@ class ShardFileWriter {
   // disk fails here.
   // `buffer_bytes`: each of the 4 staging buffers (a multiple of 4 KiB; Note
   // [checkpoint writes]).
-  static Result<ShardFileWriter> create(std::string path, std::uint64_t expect_bytes = 0, std::size_t buffer_bytes = 8u << 20);
+  // `faults`: tests only (io/fault_injection.h), handed to the writer's io engine.
+  static Result<ShardFileWriter> create(std::string path, std::uint64_t expect_bytes = 0, std::size_t buffer_bytes = 8u << 20,
+                                        std::shared_ptr<io::FaultInjector> faults = nullptr);
   ShardFileWriter(ShardFileWriter&&) noexcept;
   ShardFileWriter& operator=(ShardFileWriter&&) noexcept;
   ~ShardFileWriter();
