@@ -1,6 +1,7 @@
 #include "commit.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2
 #include <unistd.h>
 
 #include <algorithm>
@@ -143,6 +144,29 @@ class Trash {
 
 }  // namespace
 
+namespace {
+void discard(const fs::path& dir, const std::string& name) {
+  std::error_code ec;
+  const fs::path trash = dir.parent_path() / fmt::format(".trash-{}-{}", name, ::getpid());
+  fs::rename(dir, trash, ec);
+  if (ec) log::warn("could not remove the old checkpoint {}: {}", dir.string(), ec.message());
+  else Trash::get().add(trash);
+}
+}  // namespace
+
+Status install(const fs::path& tmp, const fs::path& dst) {
+  std::error_code ec;
+  if (!fs::exists(dst, ec)) {
+    fs::rename(tmp, dst, ec);
+    if (ec) return make_error(ErrorCode::kIoError, "rename: {}", ec.message()).with_path(dst.string());
+    return ok();
+  }
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dst.c_str(), RENAME_EXCHANGE) != 0)
+    return make_error(errno_error(errno, "rename (exchange)")).with_path(dst.string());
+  discard(tmp, dst.filename().string() + "-replaced");  // tmp now holds the old one
+  return ok();
+}
+
 void prune(const fs::path& root, int keep) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec))  // left by a crash
@@ -154,10 +178,7 @@ void prune(const fs::path& root, int keep) {
   for (std::int64_t s : steps) {
     if (excess == 0) break;
     if (latest && s == *latest) continue;
-    const fs::path trash = root / fmt::format(".trash-{}-{}", step_name(s), ::getpid());
-    fs::rename(root / step_name(s), trash, ec);
-    if (ec) log::warn("could not remove the old checkpoint {}: {}", (root / step_name(s)).string(), ec.message());
-    else Trash::get().add(trash);
+    discard(root / step_name(s), step_name(s));
     --excess;
   }
 }

@@ -81,7 +81,7 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
     // not read: it is replaced whole.
     engine::Engine::ShardTensors s = eng.load_target(c);
     const bool trains = eng.chunk_trains(c);
-    at::Tensor main = trains ? s.master : s.values;
+    at::Tensor& main = trains ? s.master : s.values;
     std::vector<at::Tensor>& st = s.states;
     // Tensor by tensor, slot by slot: each saved record is read front to back, so the
     // reader's blocks are read and verified once (ShardFileReader keeps the last ones).
@@ -103,12 +103,10 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
           STRATA_RETURN_IF_ERROR(files.read_param(p, tensor, slot.param_offset, slot.numel, dst.data_ptr<float>() + slot.shard_offset));
         }
       }
-      for (const auto& slot : slots) {
-        const std::size_t p = saved_of[engine_of[slot.param]];
-        if (trains) {
-          eng.set_param_step(slot.param, has_state(p) ? engine::Engine::ParamStep{.steps = m.params[p].steps, .had_grad = m.params[p].had_grad}
-                                                      : engine::Engine::ParamStep{});
-        }
+      for (std::size_t i = 0; trains && i < slots.size(); ++i) {
+        const std::size_t p = saved_of[engine_of[slots[i].param]];
+        eng.set_param_step(slots[i].param, has_state(p) ? engine::Engine::ParamStep{.steps = m.params[p].steps, .had_grad = m.params[p].had_grad}
+                                                        : engine::Engine::ParamStep{});
       }
       return ok();
     }();
@@ -117,8 +115,7 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
       return make_error(std::move(st_all).error().with_note(
           "loading failed part way; the engine's state is partly loaded: load again, or start from a new engine"));
     }
-    STRATA_RETURN_IF_ERROR(eng.write_shard(c, trains ? engine::Engine::ShardTensors{.master = main, .states = st}
-                                                     : engine::Engine::ShardTensors{.values = main}));
+    STRATA_RETURN_IF_ERROR(eng.write_shard(c, s));
   }
   // Parameters outside the chunks (frozen, stages 0-2): whole on every rank.
   Status outside = ok();

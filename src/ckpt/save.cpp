@@ -4,17 +4,15 @@
 
 #include "collective.h"
 #include "commit.h"
+#include "engine/io_tensor.h"
 #include "strata/base/log.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/comm/communicator.h"
 
 namespace strata::ckpt {
 namespace fs = std::filesystem;
+using engine::bytes_of;
 namespace {
-
-std::span<const std::byte> bytes_of(const at::Tensor& t) {
-  return {static_cast<const std::byte*>(t.data_ptr()), static_cast<std::size_t>(t.nbytes())};
-}
 
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
@@ -27,10 +25,10 @@ std::string dtype_name(at::ScalarType t) {
 }
 
 // What every rank knows alike: the layout, the parameters, the training state.
-CheckpointMeta describe(const engine::Engine& eng) {
+CheckpointMeta describe(const engine::Engine& eng, std::int64_t step) {
   const engine::ChunkStore& store = eng.store();
   CheckpointMeta m;
-  m.step = eng.steps();
+  m.step = step;
   m.optimizer_steps = eng.steps();
   m.world = eng.communicator().world();
   m.shard_world = eng.shard_world();
@@ -186,8 +184,7 @@ Result<fs::path> save_checkpoint(engine::Engine& eng, const SaveOptions& o) {
   Status committed = ok();
   if (root_rank) {
     committed = [&]() -> Status {
-      CheckpointMeta m = describe(eng);
-      m.step = step;
+      CheckpointMeta m = describe(eng, step);
       m.config = o.config;
       m.client = o.client;
       for (const std::string& s : *all) {
@@ -200,15 +197,7 @@ Result<fs::path> save_checkpoint(engine::Engine& eng, const SaveOptions& o) {
       STRATA_RETURN_IF_ERROR(write_synced(tmp / kMetaSumFile, meta_checksum(text) + "\n"));
       STRATA_RETURN_IF_ERROR(fsync_dir(tmp));
       point("meta");
-      std::error_code ec;
-      if (fs::exists(dst, ec)) {  // this step saved before (a resumed run saving it again)
-        const fs::path old = o.root / (step_name(step) + fmt::format(".old-{}", ::getpid()));
-        fs::rename(dst, old, ec);
-        if (!ec) fs::remove_all(old, ec);
-        if (ec) return make_error(ErrorCode::kIoError, "cannot replace the earlier {}: {}", dst.string(), ec.message());
-      }
-      fs::rename(tmp, dst, ec);
-      if (ec) return make_error(ErrorCode::kIoError, "rename: {}", ec.message()).with_path(dst.string());
+      STRATA_RETURN_IF_ERROR(install(tmp, dst));
       STRATA_RETURN_IF_ERROR(fsync_dir(o.root));
       point("renamed");
       STRATA_RETURN_IF_ERROR(write_durable(o.root, "latest", step_name(step) + "\n"));

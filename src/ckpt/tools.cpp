@@ -6,11 +6,13 @@
 #include <nlohmann/json.hpp>
 
 #include "commit.h"
+#include "engine/io_tensor.h"
 #include "saved_files.h"
 #include "strata/ckpt/checkpoint.h"
 
 namespace strata::ckpt {
 namespace fs = std::filesystem;
+using engine::bytes_of;
 
 Result<std::vector<std::pair<std::string, Status>>> verify_checkpoint(const fs::path& path) {
   STRATA_ASSIGN_OR_RETURN(fs::path dir, resolve_checkpoint(path));
@@ -22,10 +24,6 @@ Result<std::vector<std::pair<std::string, Status>>> verify_checkpoint(const fs::
 }
 
 namespace {
-
-std::span<const std::byte> bytes_of(const at::Tensor& t) {
-  return {static_cast<const std::byte*>(t.data_ptr()), static_cast<std::size_t>(t.nbytes())};
-}
 
 struct Planned {
   std::size_t param;

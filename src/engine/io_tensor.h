@@ -1,4 +1,4 @@
-// Tensors as swap-store payloads. Internal to src/engine.
+// Tensors as swap-store payloads. Internal to src/engine (and src/ckpt, above it).
 //
 // The swap store moves a span that starts on a 4 KiB boundary in place (O_DIRECT, no
 // copy); any other span is copied through pool buffers (in pieces when large, Note

@@ -124,6 +124,12 @@ TEST(Checkpoint, DamagedFilesAreNamedWhenLoading) {
   }
 }
 
+TEST(Checkpoint, AStepSavedAgainReplacesTheEarlierOne) {
+  const fs::path dir = testing::fresh_temp_dir("ckpt-resave");
+  expect_all_ok(run_ranks(2, {worker(), "resave", dir.string()}));
+  fs::remove_all(dir);
+}
+
 // A checkpoint of another model: refused, naming every parameter that differs.
 TEST(Checkpoint, AnotherModelIsRefusedWithTheNamesAndShapesThatDiffer) {
   const fs::path dir = testing::fresh_temp_dir("ckpt-other");

@@ -10,6 +10,7 @@
 // ckpt_worker load-other DIR               into a model with other names and shapes: must fail
 // ckpt_worker kill DIR LAYOUT POINT RANK   save step-2; then step-3, SIGKILL on rank RANK
 //                                          at POINT of the save (the others must fail)
+// ckpt_worker resave DIR                   step-3 saved twice: the second replaces the first
 // ckpt_worker check DIR STEP               the latest checkpoint loads and is step STEP
 // ckpt_worker eio DIR                      save step-2; an EIO in the last rank's step-3 file
 // ckpt_worker nospace DIR LAYOUT           save step-2; fill the disk; the step-3 save
@@ -194,6 +195,21 @@ void kill_at(const std::string& dir, const Layout& l, const std::string& point, 
   // Killed after its last collective: the others may finish.
 }
 
+// A step saved again (as after resuming from an earlier checkpoint): the new one
+// replaces the old atomically, and latest loads it.
+void resave(const std::string& dir) {
+  auto model = std::make_shared<AwkwardModel>(kSeed);
+  auto eng = check(engine::shard(*model, *g_comm, options({3, "host", 2048}, "resave")), "shard");
+  train(*eng, *model, 0, 3);
+  check(ckpt::save_checkpoint(*eng, save_options(dir, 3)), "save 3");
+  train(*eng, *model, 3, 4);
+  check(ckpt::save_checkpoint(*eng, save_options(dir, 3)), "save 3 again");
+  auto other = std::make_shared<AwkwardModel>(kSeed + 3);
+  auto fresh = check(engine::shard(*other, *g_comm, options({3, "host", 2048}, "resave2")), "shard");
+  auto loaded = check(ckpt::load_checkpoint(*fresh, dir), "load");
+  if (loaded.meta.step != 3 || fresh->steps() != 4) fail(fmt::format("loaded step {} with {} optimizer steps, expected 3 and 4", loaded.meta.step, fresh->steps()));
+}
+
 void check_latest(const std::string& dir, std::int64_t step) {
   auto model = std::make_shared<AwkwardModel>(kSeed + 2);
   auto eng = check(engine::shard(*model, *g_comm, options({3, "host", 2048}, "check")), "shard");
@@ -256,6 +272,7 @@ int main(int argc, char** argv) {
   else if (mode == "check") check_latest(a.at(1), std::stoll(a.at(2)));
   else if (mode == "nospace") nospace(a.at(1), parse_layout(a.at(2)));
   else if (mode == "eio") eio(a.at(1));
+  else if (mode == "resave") resave(a.at(1));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;
