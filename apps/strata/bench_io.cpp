@@ -8,7 +8,8 @@
 // buffer_pool.h) on transparent huge pages (Note [huge pages]); each row names its
 // buffer, and fio's (bs x iodepth, 4 KiB pages). Two more rows move 1 MiB records
 // through a ring about the size of fio's buffer, on huge pages and on 4 KiB pages, to
-// show which of the two (size or pages) makes the difference.
+// show which of the two (size or pages) makes the difference. With --copy, a third pass
+// per non-ring case reads the records while writing them to a second set (no fio row).
 #include <unistd.h>
 
 #include <algorithm>
@@ -38,7 +39,7 @@ struct Options {
   std::string block_size, records = "8MiB,64MiB", pool = "1GiB", backend = "auto";
   int queue_depth = 0;  // 0: both 8 and 32
   int repeats = 3;
-  bool no_fio = false, json = false, unregistered = false;
+  bool no_fio = false, json = false, unregistered = false, copy = false;
 };
 
 struct Case {
@@ -53,7 +54,11 @@ struct Case {
 };
 
 struct Sample {
-  std::vector<double> write_gbps, read_gbps;
+  std::vector<double> write_gbps, read_gbps, copy_gbps;
+};
+
+struct Pass {
+  double write_gbps = 0, read_gbps = 0, copy_gbps = 0;  // copy: 0 when not run
 };
 
 double gbps(std::uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
@@ -71,9 +76,12 @@ std::size_t window(const Case& c) {
   return std::max<std::size_t>(2, static_cast<std::size_t>((want + c.record - 1) / c.record) + 1);
 }
 
-// One write pass then one read pass of `total` bytes, as `total / record` records.
-Result<std::pair<double, double>> run_strata(const Case& c, std::uint64_t total, const std::string& dir,
-                                             io::Backend backend, bool registered, std::string* backend_used) {
+// One write pass then one read pass of `total` bytes, as `total / record` records; with
+// `copy`, then a pass that reads those records and writes each to a second set as its
+// read completes, reads and writes in flight together: the disk's rate for traffic both
+// ways at once, as a checkpoint of nvme-resident state makes it.
+Result<Pass> run_strata(const Case& c, std::uint64_t total, const std::string& dir, io::Backend backend,
+                        bool registered, bool copy, std::string* backend_used) {
   io::SwapStoreOptions o;
   o.nvme_path = dir;
   o.job_name = fmt::format("bench-io-{}", ::getpid());
@@ -93,7 +101,7 @@ Result<std::pair<double, double>> run_strata(const Case& c, std::uint64_t total,
   }
   const std::uint64_t n = total / c.record;
   std::vector<io::SwapReservation> res;
-  for (std::uint64_t i = 0; i < n; ++i) res.push_back({io::SwapKey{io::SwapKind::kOptimizer, 0, i}, c.record});
+  for (std::uint64_t i = 0; i < (copy ? 2 * n : n); ++i) res.push_back({io::SwapKey{io::SwapKind::kOptimizer, 0, i}, c.record});
   STRATA_RETURN_IF_ERROR(store->reserve(res));
   {  // Give every byte of the arena content once, so writes carry real data.
     STRATA_ASSIGN_OR_RETURN(io::PooledBuffer all, store->pool().acquire(store->pool().budget()));
@@ -119,10 +127,39 @@ Result<std::pair<double, double>> run_strata(const Case& c, std::uint64_t total,
     while (!inflight.empty()) STRATA_RETURN_IF_ERROR(retire());
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
+  // Record i read, then written as record n + i; `depth` of each kind in flight.
+  auto copy_pass = [&]() -> Result<double> {
+    std::deque<std::pair<io::SwapHandle, io::PooledBuffer>> reads, writes;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::uint64_t issued = 0, done = 0;
+    while (done < n) {
+      while (issued < n && reads.size() < depth) {
+        STRATA_ASSIGN_OR_RETURN(io::PooledBuffer buf, store->pool().acquire(c.record));
+        io::SwapHandle h = store->get_async({io::SwapKind::kOptimizer, 0, issued++}, buf.span());
+        reads.emplace_back(std::move(h), std::move(buf));
+      }
+      if (writes.size() == depth) {
+        STRATA_RETURN_IF_ERROR(writes.front().first.wait());
+        writes.pop_front();
+      }
+      STRATA_RETURN_IF_ERROR(reads.front().first.wait());
+      io::PooledBuffer buf = std::move(reads.front().second);
+      reads.pop_front();
+      io::SwapHandle h = store->put_async({io::SwapKind::kOptimizer, 0, n + done++}, buf.span());
+      writes.emplace_back(std::move(h), std::move(buf));
+    }
+    for (auto& w : writes) STRATA_RETURN_IF_ERROR(w.first.wait());
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   STRATA_ASSIGN_OR_RETURN(const double w, pass(true));
   STRATA_ASSIGN_OR_RETURN(const double r, pass(false));
+  Pass out{.write_gbps = gbps(n * c.record, w), .read_gbps = gbps(n * c.record, r)};
+  if (copy) {
+    STRATA_ASSIGN_OR_RETURN(const double cp, copy_pass());
+    out.copy_gbps = gbps(n * c.record, cp);
+  }
   STRATA_RETURN_IF_ERROR(store->close());
-  return std::pair{gbps(n * c.record, w), gbps(n * c.record, r)};
+  return out;
 }
 
 bool fio_available() {
@@ -202,7 +239,8 @@ int run(const Options& opt) {
                                                                  "no larger than --size",
                                                                  c.record)));
     }
-    c.pool = std::max<std::uint64_t>(c.pool, window(c) * (c.record + 8192) + (1 << 20));
+    // The copy pass holds `window` reads and `window` writes.
+    c.pool = std::max<std::uint64_t>(c.pool, (opt.copy ? 2 : 1) * window(c) * (c.record + 8192) + (1 << 20));
   }
   const bool with_fio = !opt.no_fio && fio_available();
   if (!opt.no_fio && !with_fio) fmt::print(stderr, "strata bench io: fio not found; strata figures only\n");
@@ -213,12 +251,15 @@ int run(const Options& opt) {
   for (int rep = 0; rep < std::max(1, opt.repeats); ++rep) {
     std::map<std::pair<std::uint64_t, int>, bool> fio_done;
     for (const Case& c : cases) {
-      auto r = run_strata(c, *total, opt.dir, *backend, !opt.unregistered, &backend_used);
+      const bool copy = opt.copy && !c.ring;
+      auto r = run_strata(c, *total, opt.dir, *backend, !opt.unregistered, copy, &backend_used);
       if (!r) return fail(r.error());
-      strata_s[c.label()].write_gbps.push_back(r->first);
-      strata_s[c.label()].read_gbps.push_back(r->second);
-      fmt::print(stderr, "  [{}/{}] strata {:<28} write {:.2f} GB/s  read {:.2f} GB/s\n", rep + 1, opt.repeats,
-                 c.label(), r->first, r->second);
+      Sample& s = strata_s[c.label()];
+      s.write_gbps.push_back(r->write_gbps);
+      s.read_gbps.push_back(r->read_gbps);
+      if (copy) s.copy_gbps.push_back(r->copy_gbps);
+      fmt::print(stderr, "  [{}/{}] strata {:<28} write {:.2f} GB/s  read {:.2f} GB/s{}\n", rep + 1, opt.repeats,
+                 c.label(), r->write_gbps, r->read_gbps, copy ? fmt::format("  copy {:.2f} GB/s", r->copy_gbps) : "");
       const auto fk = std::pair{c.block, c.qd};
       if (!with_fio || fio_done[fk]) continue;  // one fio run per (bs, qd) per repeat, alternating
       fio_done[fk] = true;
@@ -257,6 +298,10 @@ int run(const Options& opt) {
     const std::string base = fmt::format("fio bs {} qd {}", format_bytes(c.block), c.qd);
     report.add("write " + c.label(), w, "GB/s", with_fio ? base : "", fw, note);
     report.add("read  " + c.label(), r, "GB/s", with_fio ? base : "", fr, note);
+    if (!s.copy_gbps.empty()) {
+      report.add("copy  " + c.label(), median(s.copy_gbps), "GB/s", "", std::nullopt,
+                 "GB copied per second: each record read, then written to another, both ways in flight at once");
+    }
     if (with_fio && !c.ring) {
       min_w = std::min(min_w, *fw > 0 ? w / *fw : 0);
       min_r = std::min(min_r, *fr > 0 ? r / *fr : 0);
@@ -291,6 +336,7 @@ void add_bench_io(CLI::App& bench, int* exit_code) {
   cmd->add_option("--repeats", opt->repeats, "Runs per figure; medians are reported (default 3)")
       ->check(CLI::Range(1, 100));
   cmd->add_flag("--no-fio", opt->no_fio, "Skip the fio baseline");
+  cmd->add_flag("--copy", opt->copy, "Also measure a copy pass (reads and writes in flight together) per record size");
   cmd->add_flag("--unregistered", opt->unregistered, "Do not register the pool as io_uring fixed buffers");
   cmd->add_flag("--json", opt->json, "Print one JSON object");
   cmd->callback([opt, exit_code] { *exit_code = run(*opt); });

@@ -32,7 +32,8 @@ namespace {
 // the last buffer is padded to 4 KiB and the file truncated to its length. A filesystem
 // that refuses O_DIRECT (tmpfs) gets the same writes buffered. The copy and the block
 // checksums each take about a quarter second per GB on one core here, so the
-// checksums run on a helper thread next to the copy.
+// checksums run on a helper thread next to the copy. The staging buffers, and the
+// reader's, sit on huge pages (Note [huge pages] in io/buffer_pool.h).
 constexpr int kStagingBuffers = 4;
 constexpr std::uint64_t kReadBlocks = 8;  // blocks per read when loading
 
@@ -99,7 +100,7 @@ Result<ShardFileWriter> ShardFileWriter::create(std::string path, std::uint64_t 
   STRATA_ASSIGN_OR_RETURN(s->file, s->engine->open(s->path, {.mode = io::OpenMode::kTruncate, .direct = true}));
   if (expect_bytes > 0) STRATA_RETURN_IF_ERROR(s->file.allocate(0, round_up(expect_bytes, io::kDirectAlignment)));
   for (auto& b : s->staging) {
-    STRATA_ASSIGN_OR_RETURN(b, AlignedBuffer::allocate(s->buffer_bytes, io::kDirectAlignment));
+    STRATA_ASSIGN_OR_RETURN(b, AlignedBuffer::allocate(s->buffer_bytes, io::kDirectAlignment, Pages::kHuge));
   }
   s->hasher = std::make_unique<ThreadPool>(1);
   return ShardFileWriter(std::move(s));
@@ -205,7 +206,7 @@ Result<ShardFileReader> ShardFileReader::open(std::string path, std::uint64_t by
                       s->size < bytes ? " (truncated)" : "")
         .with_path(s->path);
   }
-  STRATA_ASSIGN_OR_RETURN(s->buf, AlignedBuffer::allocate(kReadBlocks * kBlockBytes + 2 * io::kDirectAlignment, io::kDirectAlignment));
+  STRATA_ASSIGN_OR_RETURN(s->buf, AlignedBuffer::allocate(kReadBlocks * kBlockBytes + 2 * io::kDirectAlignment, io::kDirectAlignment, Pages::kHuge));
   return ShardFileReader(std::move(s));
 }
 

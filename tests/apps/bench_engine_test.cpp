@@ -87,6 +87,9 @@ TEST(BenchCkpt, JsonHasTheSaveAndLoadRatiosAndLeavesNoFiles) {
       ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
       EXPECT_GT(doc["ratios"][k].get<double>(), 0.0) << k;
     }
+    // With the state on nvme the baseline is the disk copying; the one-way figure rides along.
+    EXPECT_EQ(doc["ratios"].contains("save_vs_disk_one_way"), std::string(offload) == "nvme") << doc.dump(2);
+    EXPECT_GT(doc["figures"]["disk copy (bench io)"].get<double>(), 0.0) << doc.dump(2);
     // fp32 master + m + v per parameter, plus the chunks' padding.
     const double size = doc["figures"]["checkpoint size"].get<double>(), params = doc["config"]["parameters"].get<double>();
     EXPECT_GE(size, params * 12 / 1e9) << doc.dump(2);

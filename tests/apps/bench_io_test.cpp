@@ -1,6 +1,8 @@
 // strata bench io as a user runs it: a tiny size, the JSON shape, the fio baseline
 // when fio is installed, argument errors, and no files left behind.
 #include <filesystem>
+#include <map>
+#include <string>
 
 #include <gtest/gtest.h>
 #include <fmt/format.h>
@@ -42,6 +44,26 @@ TEST(BenchIo, JsonHasEveryFigureAndLeavesNoFiles) {
     EXPECT_NE(row["note"].get<std::string>().find("strata buf:"), std::string::npos) << row.dump();
   }
   EXPECT_TRUE(doc["ratios"].empty());
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+// --copy: one more row per non-ring case, every byte read and written again, the two
+// directions in flight together (the ring cases have none).
+TEST(BenchIo, CopyPassAddsARowPerRecordSize) {
+  ScratchDir dir;
+  int rc = -1;
+  auto doc = run_json("--dir " + dir.path() + " --size 16MiB --records 8MiB --pool 64MiB --repeats 1 --no-fio --copy --json",
+                      &rc);
+  ASSERT_EQ(rc, 0);
+  ASSERT_EQ(doc["rows"].size(), 13u) << doc.dump(2);
+  std::map<std::string, double> by_name;
+  for (const auto& row : doc["rows"]) by_name[row["name"].get<std::string>()] = row["value"].get<double>();
+  for (const char* c : {"bs 1.0 MiB qd 8 rec 1.0 MiB", "bs 1.0 MiB qd 32 rec 1.0 MiB", "bs 1.0 MiB qd 8 rec 8.0 MiB"}) {
+    const std::string label(c);
+    ASSERT_TRUE(by_name.contains("copy  " + label)) << label << "\n" << doc.dump(2);
+    EXPECT_GT(by_name["copy  " + label], 0.0);
+  }
+  EXPECT_FALSE(by_name.contains("copy  bs 1.0 MiB qd 8 rec 1.0 MiB ring"));
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 

@@ -21,7 +21,9 @@
 // the same ring on huge pages at ~3.5 GB/s, and a 512 MiB buffer on 4 KiB pages only
 // partly recovers (~2.2 GB/s) — the "large destination buffers read faster" effect is
 // mostly fewer, larger pages (docs/performance.md). Buffers for swap-ins should
-// therefore come from this pool, not from malloc.
+// therefore come from this pool or, outside it, ask for huge pages themselves
+// (AlignedBuffer's Pages::kHuge; engine/io_tensor.h's aligned_empty from 8 MiB), not
+// from plain malloc.
 //
 // Note [rotating placement]: ranges are handed out next-fit — each search starts where
 // the previous buffer ended and wraps around — instead of lowest-address-first, so a
