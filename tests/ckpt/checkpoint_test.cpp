@@ -67,6 +67,31 @@ TEST(Checkpoint, SavedAtAnyWorldLoadsAtEveryOtherAndContinuesExactly) {
   fs::remove_all(nvme);
 }
 
+// Stages 0 and 1 (parameters replicated; at stage 0 rank 0 writes everything, the
+// optimizer state unsharded) saved, and loaded at other stages, world sizes, devices and
+// chunk sizes; each load continues training against AdamW run without interruption.
+TEST(Checkpoint, StagesZeroAndOneSaveAndLoadAcrossStages) {
+  const fs::path nvme = testing::fresh_temp_dir("ckpt-nvme01");
+  struct Case {
+    const char* saved;
+    int save_world;
+    std::vector<std::pair<int, const char*>> loads;
+  };
+  for (const Case& c : {Case{"0:host:2048", 2, {{3, "3:nvme:4096"}, {1, "1:host:2048"}}},
+                        Case{"1:nvme:2048", 2, {{2, "0:host:4096"}, {4, "2:host:2048"}, {1, "1:nvme:4096"}}}}) {
+    const fs::path dir = testing::fresh_temp_dir("ckpt-s01");
+    expect_all_ok(run_ranks(c.save_world, {worker(), "save", dir.string(), c.saved, "4"}, std::chrono::seconds(120),
+                            nvme_env(nvme)));
+    for (const auto& [world, layout] : c.loads) {
+      SCOPED_TRACE(fmt::format("{} saved at world {}, loaded as {} at world {}", c.saved, c.save_world, layout, world));
+      expect_all_ok(run_ranks(world, {worker(), "load", dir.string(), layout, "4"}, std::chrono::seconds(120),
+                              nvme_env(nvme)));
+    }
+    fs::remove_all(dir);
+  }
+  fs::remove_all(nvme);
+}
+
 // SIGKILL on one rank at each point of a save: the previous checkpoint always loads,
 // and latest never names a partial one.
 TEST(Checkpoint, RankKilledAnywhereInASaveLeavesTheLastCheckpointLoadable) {

@@ -11,13 +11,16 @@
 // ckpt_worker kill DIR LAYOUT POINT RANK   save step-2; then step-3, SIGKILL on rank RANK
 //                                          at POINT of the save (the others must fail)
 // ckpt_worker resave DIR                   step-3 saved twice: the second replaces the first
-// ckpt_worker check DIR STEP               the latest checkpoint loads and is step STEP
+//                                          (the second through Engine::save_checkpoint)
+// ckpt_worker check DIR STEP               the latest checkpoint loads (Engine::load_checkpoint)
+//                                          and is step STEP
 // ckpt_worker eio DIR                      save step-2; an EIO in the last rank's step-3 file
 // ckpt_worker nospace DIR LAYOUT           save step-2; fill the disk; the step-3 save
 //                                          fails with the no-space error, step-2 intact
 //
 // LAYOUT is STAGE:DEVICE:CHUNK, e.g. 3:nvme:2048 (DEVICE host or nvme: the optimizer
-// state there, and at stage 3 the parameter shards too; CHUNK elements per chunk).
+// state there, and at stage 3 the parameter shards too; stage 0 offloads nothing;
+// CHUNK elements per chunk).
 #include <signal.h>
 
 #include <cerrno>
@@ -75,7 +78,7 @@ engine::EngineOptions options(const Layout& l, const std::string& job) {
   o.optimizer_threads = 1;
   o.schedule.persistence_threshold_elems = 0;
   const OffloadDevice d = l.device == "nvme" ? OffloadDevice::kNvme : OffloadDevice::kCpu;
-  o.optim_device = d;
+  if (l.stage > 0) o.optim_device = d;  // stage 0 offloads nothing: "host" is the compute tier
   if (l.stage == 3) o.param_device = d;
   if (d == OffloadDevice::kNvme) {
     o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
@@ -203,7 +206,7 @@ void resave(const std::string& dir) {
   train(*eng, *model, 0, 3);
   check(ckpt::save_checkpoint(*eng, save_options(dir, 3)), "save 3");
   train(*eng, *model, 3, 4);
-  check(ckpt::save_checkpoint(*eng, save_options(dir, 3)), "save 3 again");
+  check(eng->save_checkpoint(dir, 3), "save 3 again (Engine::save_checkpoint)");
   auto other = std::make_shared<AwkwardModel>(kSeed + 3);
   auto fresh = check(engine::shard(*other, *g_comm, options({3, "host", 2048}, "resave2")), "shard");
   auto loaded = check(ckpt::load_checkpoint(*fresh, dir), "load");
@@ -213,8 +216,8 @@ void resave(const std::string& dir) {
 void check_latest(const std::string& dir, std::int64_t step) {
   auto model = std::make_shared<AwkwardModel>(kSeed + 2);
   auto eng = check(engine::shard(*model, *g_comm, options({3, "host", 2048}, "check")), "shard");
-  auto loaded = check(ckpt::load_checkpoint(*eng, dir), "load latest");
-  if (loaded.meta.step != step) fail(fmt::format("latest is step {}, expected {}", loaded.meta.step, step));
+  const std::int64_t loaded = check(eng->load_checkpoint(dir), "load latest (Engine::load_checkpoint)");
+  if (loaded != step) fail(fmt::format("latest is step {}, expected {}", loaded, step));
 }
 
 void nospace(const std::string& dir, const Layout& l) {

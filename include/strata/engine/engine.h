@@ -28,6 +28,7 @@
 
 #include <array>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <span>
 #include <string>
@@ -124,6 +125,16 @@ class Engine {
   Result<std::unique_ptr<torch::optim::Optimizer>> consolidate_state_dict(int to_rank);
   // Loads a consolidated optimizer (saved at any world size) into this rank's shards.
   Status load_state_dict(torch::optim::Optimizer& full);
+
+  // Checkpoints (strata/ckpt/checkpoint.h; format: docs/checkpoints.md). Every rank calls
+  // them. save_checkpoint writes root/step-<step> (-1: the optimizer steps applied) and
+  // points root/latest at it; load_checkpoint takes a step-N directory or a root (its
+  // latest), saved at any world size, stage or chunk size, and returns the saved step.
+  // For keep, config, the caller's own state or weights only, use ckpt::save_checkpoint
+  // and ckpt::load_checkpoint. Defined in src/ckpt, the layer above: the engine does not
+  // know the format (Note [checkpoint access]).
+  Result<std::filesystem::path> save_checkpoint(const std::filesystem::path& root, std::int64_t step = -1);
+  Result<std::int64_t> load_checkpoint(const std::filesystem::path& path);
 
   // Note [checkpoint access]: what strata::ckpt saves and loads, without the engine
   // knowing the checkpoint format. The chunks are sharded over shard_world() ranks
