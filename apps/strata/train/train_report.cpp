@@ -104,6 +104,13 @@ void Progress::update(std::int64_t step, double loss, double tokens_per_s, doubl
   std::fflush(stdout);
 }
 
+void Progress::note(const std::string& line) {
+  const std::size_t pad = tty_ && last_len_ > line.size() ? last_len_ - line.size() : 0;
+  fmt::print("{}{}{}\n", tty_ ? "\r" : "", line, std::string(pad, ' '));
+  last_len_ = 0;
+  std::fflush(stdout);
+}
+
 void Progress::finish() {
   if (tty_) fmt::print("\n");
   std::fflush(stdout);

@@ -46,6 +46,8 @@ class Progress {
   Progress(std::int64_t total_steps, bool tty);
   void update(std::int64_t step, double loss, double tokens_per_s, double step_s,
               const std::array<std::uint64_t, 3>& mem, std::optional<double> val_loss);
+  // A line of its own between progress lines (on a terminal, over the current one).
+  void note(const std::string& line);
   void finish();
   static bool stdout_is_tty();
 

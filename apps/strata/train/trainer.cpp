@@ -229,12 +229,13 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   // schedule and RNG from where it was saved.
   std::int64_t start = 0;
   if (!o.resume.empty()) {
+    const auto load_t0 = std::chrono::steady_clock::now();
     STRATA_ASSIGN_OR_RETURN(ckpt::Loaded l, ckpt::load_checkpoint(*eng, o.resume));
     start = l.meta.client.value("next_step", l.meta.step);
     restore_rng(l.meta.client);
     if (root) {
-      fmt::print("resumed from {} (step {}, saved by {} rank{})\n", l.dir.string(), start, l.meta.world,
-                 l.meta.world == 1 ? "" : "s");
+      fmt::print("resumed from {} (step {}, saved by {} rank{}; {} loaded in {:.2f} s)\n", l.dir.string(), start,
+                 l.meta.world, l.meta.world == 1 ? "" : "s", format_bytes(l.meta.data_bytes()), std::chrono::duration<double>(std::chrono::steady_clock::now() - load_t0).count());
     }
     if (start >= o.steps) {
       if (root) fmt::print("the checkpoint is at step {}; --steps is {}: nothing left to train\n", start, o.steps);
@@ -322,8 +323,15 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     if (!o.no_save && ((o.save_every > 0 && (step + 1) % o.save_every == 0) || step + 1 == o.steps)) {
       ckpt::SaveOptions so{.root = fs::path(o.out) / "checkpoints", .step = step + 1, .keep = o.keep,
                            .config = o.config.to_json(), .client = client_state(o, step + 1, comm.world())};
+      const auto save_t0 = std::chrono::steady_clock::now();
       STRATA_ASSIGN_OR_RETURN(fs::path saved, ckpt::save_checkpoint(*eng, so));
       checkpoint = saved.string();
+      const double save_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - save_t0).count();
+      if (root) {
+        auto meta = ckpt::read_meta(saved);
+        progress.note(fmt::format("checkpoint {} ({}) saved in {:.2f} s; training waits for it", saved.string(),
+                                  meta ? format_bytes(meta->data_bytes()) : "size unknown", save_s));
+      }
     }
   }
   if (root) progress.finish();

@@ -1,0 +1,48 @@
+// strata._strata.Communicator: strata's collectives over a process group, either one
+// strata makes from the environment torchrun and `strata launch` set (RANK, WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT; comm/rendezvous.h), or the caller's own torch.distributed
+// group, passed as the ProcessGroup object itself (the same c10d object in C++).
+#include <chrono>
+
+#include <pybind11/pybind11.h>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/utils/pybind.h>
+
+#include "bindings.h"
+#include "errors.h"
+#include "strata/comm/communicator.h"
+#include "strata/comm/rendezvous.h"
+
+namespace strata::python {
+namespace py = pybind11;
+
+void bind_comm(py::module_& m) {
+  py::class_<comm::Communicator, std::shared_ptr<comm::Communicator>>(m, "Communicator")
+      .def_static("from_env", [](double timeout_s) -> std::shared_ptr<comm::Communicator> {
+        comm::CommOptions o;
+        o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
+        py::gil_scoped_release nogil;
+        return value_or_throw(comm::init_from_env(o));
+      }, py::arg("timeout_s") = 300.0,
+         "A Gloo group from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (a single rank when they are unset)")
+      .def_static("from_process_group", [](py::object group, double timeout_s) -> std::shared_ptr<comm::Communicator> {
+        c10::intrusive_ptr<c10d::ProcessGroup> pg;
+        try {
+          pg = group.cast<c10::intrusive_ptr<c10d::ProcessGroup>>();
+        } catch (const py::cast_error&) {
+          throw PyStrataError{Error(ErrorCode::kInvalidArgument, "process_group: expected a torch.distributed "
+                                    "ProcessGroup, got " + std::string(py::str(group.get_type())))};
+        }
+        comm::CommOptions o;
+        o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
+        return value_or_throw(comm::Communicator::create(std::move(pg), o));
+      }, py::arg("group"), py::arg("timeout_s") = 300.0)
+      .def_property_readonly("rank", &comm::Communicator::rank)
+      .def_property_readonly("world", &comm::Communicator::world)
+      .def("barrier", [](comm::Communicator& c) {
+        py::gil_scoped_release nogil;
+        ok_or_throw(c.barrier().wait());
+      });
+}
+
+}  // namespace strata::python

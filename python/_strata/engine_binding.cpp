@@ -1,0 +1,162 @@
+// strata._strata.Engine: the C++ engine behind the Python front ends (strata.initialize,
+// strata.fully_shard). Units are lists of the model's own parameter tensors (the same
+// TensorImpls Python holds, so the engine's gathers and releases show in Python); the
+// Python forward hooks call pre_forward / post_forward (Note [front ends] in engine.h).
+// Calls that may wait on peers or disks release the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <nlohmann/json.hpp>
+
+#include "bindings.h"
+#include "errors.h"
+#include "strata/base/config.h"
+#include "strata/ckpt/checkpoint.h"
+#include "strata/comm/communicator.h"
+#include "strata/engine/engine.h"
+
+namespace strata::python {
+namespace py = pybind11;
+namespace fs = std::filesystem;
+using engine::Engine;
+
+namespace {
+
+// The engine and the communicator it uses, kept alive together.
+struct PyEngine {
+  std::shared_ptr<comm::Communicator> comm;
+  std::unique_ptr<Engine> eng;
+};
+
+py::dict links(const plan::LinkBytes& l) {
+  py::dict d;
+  d["host_to_compute"] = l.host_to_compute;
+  d["compute_to_host"] = l.compute_to_host;
+  d["nvme_to_host"] = l.nvme_to_host;
+  d["host_to_nvme"] = l.host_to_nvme;
+  d["net_gather"] = l.net_gather;
+  d["net_reduce_scatter"] = l.net_reduce_scatter;
+  d["net_all_reduce"] = l.net_all_reduce;
+  return d;
+}
+
+py::dict metrics(const engine::StepMetrics& m) {
+  py::dict d;
+  d["step"] = m.step;
+  d["moved"] = links(m.moved);
+  d["planned"] = links(m.planned);
+  d["peak"] = py::dict(py::arg("compute") = m.peak[0], py::arg("host") = m.peak[1], py::arg("nvme") = m.peak[2]);
+  d["peak_grad_bytes"] = m.peak_grad_bytes;
+  d["peak_gathered_bytes"] = m.peak_gathered_bytes;
+  d["gathers"] = m.gathers;
+  d["prefetch_hits"] = m.prefetch_hits;
+  d["prefetch_hit_rate"] = m.prefetch_hit_rate;
+  d["gather_wait_s"] = m.gather_wait_s;
+  d["forward_s"] = m.forward_s;
+  d["backward_s"] = m.backward_s;
+  d["optimizer_s"] = m.optimizer_s;
+  d["scheduled"] = m.scheduled;
+  d["trace_invalidations"] = m.trace_invalidations;
+  return d;
+}
+
+py::dict memory(const engine::MemoryByKind& m) {
+  static constexpr const char* kTiers[] = {"compute", "host", "nvme"};
+  py::dict out;
+  for (std::size_t t = 0; t < plan::kNumTiers; ++t) {
+    py::dict kinds;
+    for (plan::StateKind k : plan::kAllStateKinds) kinds[py::str(std::string(to_string(k)))] = m[t][plan::kind_index(k)];
+    out[kTiers[t]] = kinds;
+  }
+  return out;
+}
+
+std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector<at::Tensor>, std::vector<std::string>>> units,
+                                 std::shared_ptr<comm::Communicator> comm, const std::string& config_json) {
+  std::vector<std::string> warnings;
+  Config cfg = value_or_throw(Config::parse(config_json, "config", &warnings));
+  engine::EngineOptions o = value_or_throw(engine::EngineOptions::from_config(cfg, comm->world()));
+  std::vector<engine::UnitSpec> specs;
+  for (auto& [name, params, names] : units) specs.push_back({.name = name, .params = std::move(params), .param_names = std::move(names)});
+  auto out = std::make_unique<PyEngine>();
+  out->comm = std::move(comm);
+  py::gil_scoped_release nogil;
+  out->eng = value_or_throw(Engine::create(std::move(specs), *out->comm, std::move(o)));
+  return out;
+}
+
+Engine& live(PyEngine& e) {
+  if (!e.eng) throw PyStrataError{Error(ErrorCode::kFailedPrecondition, "the engine was closed")};
+  return *e.eng;
+}
+
+}  // namespace
+
+void bind_engine(py::module_& m) {
+  py::class_<PyEngine>(m, "Engine")
+      .def(py::init(&create), py::arg("units"), py::arg("comm"), py::arg("config_json"),
+           "units: (name, parameters, parameter names) per unit; config_json: a DeepSpeed-style config")
+      .def("pre_forward", [](PyEngine& e, int unit) {
+        py::gil_scoped_release nogil;
+        ok_or_throw(live(e).pre_forward(unit));
+      })
+      .def("post_forward", [](PyEngine& e, int unit, const std::vector<at::Tensor>& outputs) {
+        ok_or_throw(live(e).post_forward(unit, outputs));
+      })
+      .def("backward", [](PyEngine& e, const at::Tensor& loss) {
+        py::gil_scoped_release nogil;
+        ok_or_throw(live(e).backward(loss));
+      })
+      .def("step", [](PyEngine& e) {
+        engine::StepResult r;
+        {
+          py::gil_scoped_release nogil;
+          r = value_or_throw(live(e).step());
+        }
+        return py::dict(py::arg("boundary") = r.boundary, py::arg("applied") = r.applied,
+                        py::arg("grad_norm") = r.grad_norm, py::arg("loss_scale") = r.loss_scale, py::arg("step") = r.step);
+      })
+      .def("clip_grad_norm", [](PyEngine& e, double max_norm, double norm_type) {
+        py::gil_scoped_release nogil;
+        return value_or_throw(live(e).clip_grad_norm(max_norm, norm_type));
+      }, py::arg("max_norm"), py::arg("norm_type") = 2.0)
+      .def("consolidated_params", [](PyEngine& e) {
+        py::gil_scoped_release nogil;
+        return value_or_throw(live(e).consolidated_params());
+      })
+      .def("save_checkpoint", [](PyEngine& e, const fs::path& root, std::int64_t step, const std::string& client_json,
+                                 const std::string& config_json, int keep) {
+        ckpt::SaveOptions o{.root = root, .step = step, .keep = keep,
+                            .config = nlohmann::json::parse(config_json.empty() ? "null" : config_json),
+                            .client = nlohmann::json::parse(client_json.empty() ? "null" : client_json)};
+        py::gil_scoped_release nogil;
+        return value_or_throw(ckpt::save_checkpoint(live(e), o));
+      }, py::arg("root"), py::arg("step") = -1, py::arg("client_json") = "", py::arg("config_json") = "", py::arg("keep") = 0)
+      .def("load_checkpoint", [](PyEngine& e, const fs::path& path, bool optimizer_states) {
+        ckpt::Loaded l;
+        {
+          py::gil_scoped_release nogil;
+          l = value_or_throw(ckpt::load_checkpoint(live(e), path, {.optimizer_states = optimizer_states}));
+        }
+        return py::make_tuple(l.dir, l.meta.step, l.meta.client.dump());
+      }, py::arg("path"), py::arg("optimizer_states") = true)
+      .def_property_readonly("steps", [](PyEngine& e) { return live(e).steps(); })
+      .def_property_readonly("at_boundary", [](PyEngine& e) { return live(e).at_boundary(); })
+      .def_property_readonly("stage", [](PyEngine& e) { return live(e).stage(); })
+      .def_property_readonly("params", [](PyEngine& e) { return live(e).params(); })
+      .def_property_readonly("param_names", [](PyEngine& e) { return live(e).param_names(); })
+      .def_property("lr", [](PyEngine& e) { return live(e).lr(); }, [](PyEngine& e, double lr) { live(e).set_lr(lr); })
+      .def_property_readonly("world", [](PyEngine& e) { return e.comm->world(); })
+      .def_property_readonly("rank", [](PyEngine& e) { return e.comm->rank(); })
+      .def("memory_by_kind", [](PyEngine& e) { return memory(live(e).memory_by_kind()); })
+      .def("last_metrics", [](PyEngine& e) { return metrics(live(e).last_metrics()); })
+      .def("trace_next_step", [](PyEngine& e, std::string path) { live(e).trace_next_step(std::move(path)); })
+      .def("close", [](PyEngine& e) {
+        py::gil_scoped_release nogil;
+        e.eng.reset();
+      }, "Releases the engine: its swap files and reservations go, the parameters keep their last values");
+}
+
+}  // namespace strata::python

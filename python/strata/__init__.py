@@ -1,0 +1,17 @@
+"""strata: train models that do not fit in memory, from PyTorch.
+
+    import strata
+    engine, optimizer, _, scheduler = strata.initialize(model=model, config=ds_config)
+
+See docs/python.md.
+"""
+import torch  # noqa: F401  (the extension casts torch.Tensor: torch first)
+
+from . import errors
+from ._strata import __version__
+from .engine import Engine, initialize
+from .errors import (CannotFitError, ConfigError, NotFoundError, NotImplementedByStrata, PeerError, StrataError,
+                     StrataIOError, UsageError)
+
+__all__ = ["initialize", "Engine", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
+           "NotFoundError", "PeerError", "UsageError", "NotImplementedByStrata", "__version__"]

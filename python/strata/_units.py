@@ -1,0 +1,81 @@
+"""Modules as engine units: the Python front end of Note [front ends] (engine.h).
+
+A unit is a module plus the parameters it computes with. A forward pre-hook calls the
+engine's pre_forward (stage 3 gathers the unit's chunks), a forward hook hands every
+tensor the module returned (a tensor, or any nesting of tuples, lists and dicts) to
+post_forward, which hooks them so that backward gathers the chunks again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Unit:
+    name: str
+    module: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    param_names: list[str]
+    handles: list = field(default_factory=list)
+
+
+def output_tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a module's output, in order."""
+    found: list[torch.Tensor] = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            found.append(x)
+        elif isinstance(x, (tuple, list)):
+            for y in x:
+                walk(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                walk(y)
+
+    walk(out)
+    return found
+
+
+def units_of(model: torch.nn.Module) -> list[Unit]:
+    """Every module that owns parameters directly (the root included), in
+    named_modules() order; a parameter two modules own (a tied weight) is in both."""
+    units = []
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        prefix = f"{name}." if name else ""
+        units.append(Unit(name=name or type(model).__name__, module=module, params=[p for _, p in own],
+                          param_names=[prefix + n for n, _ in own]))
+    return units
+
+
+def check_cpu(params) -> None:
+    from .errors import ConfigError
+
+    for p in params:
+        if p.device.type != "cpu":
+            raise ConfigError(f"invalid_argument: a parameter is on {p.device}; this strata build runs on CPU "
+                              "LibTorch only (move the model to the CPU, or use a CUDA build of strata)")
+
+
+def attach(engine, units: list[Unit]) -> None:
+    """Hooks each unit's module to the engine; detach() removes the hooks."""
+    for index, unit in enumerate(units):
+        def pre(module, args, _u=index):
+            engine.pre_forward(_u)
+
+        def post(module, args, out, _u=index):
+            engine.post_forward(_u, output_tensors(out))
+
+        unit.handles = [unit.module.register_forward_pre_hook(pre), unit.module.register_forward_hook(post)]
+
+
+def detach(units: list[Unit]) -> None:
+    for unit in units:
+        for h in unit.handles:
+            h.remove()
+        unit.handles = []

@@ -1,0 +1,200 @@
+"""strata.initialize: DeepSpeed's entry point on strata's C++ engine.
+
+    engine, optimizer, _, scheduler = strata.initialize(model=model, config="ds_config.json")
+    for x, y in batches:
+        loss = loss_fn(engine(x), y)
+        engine.backward(loss)
+        engine.step()
+
+The model is not edited: every module that owns parameters becomes an engine unit with
+forward hooks (_units.py). Stage, offload, precision, accumulation and clipping come from
+the config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+from . import _strata, _units
+from . import config as _config
+from .errors import ConfigError, UsageError
+
+
+def _communicator(process_group):
+    if process_group is not None:
+        return _strata.Communicator.from_process_group(process_group)
+    return _strata.Communicator.from_env()
+
+
+class EngineOptimizer(torch.optim.Optimizer):
+    """What initialize() returns as the optimizer: one parameter group whose "lr" is the
+    engine's learning rate, so torch.optim.lr_scheduler schedulers can drive it. Its
+    step() is the engine's step(); the state lives in the engine's shards."""
+
+    def __init__(self, engine: "Engine", params):
+        super().__init__(params, {"lr": engine._eng.lr})
+        self._engine = engine
+
+    def step(self, closure=None):  # noqa: D102 - the engine's step
+        if closure is not None:
+            raise UsageError("failed_precondition: strata's optimizer step takes no closure")
+        return self._engine.step()
+
+    def zero_grad(self, set_to_none: bool = True):  # the engine owns the gradients
+        pass
+
+
+class Engine:
+    """The model, sharded. Call it as the model; backward(loss); step()."""
+
+    def __init__(self, module: torch.nn.Module, cfg: dict, comm, lr_scheduler=None):
+        self.module = module
+        self._config = cfg
+        self._units = _units.units_of(module)
+        if not self._units:
+            raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")
+        _units.check_cpu(p for u in self._units for p in u.params)
+        self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg))
+        _units.attach(self._eng, self._units)
+        trainable = [p for p in dict.fromkeys(p for u in self._units for p in u.params) if p.requires_grad]
+        self.optimizer = EngineOptimizer(self, trainable)
+        self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(
+            lr_scheduler, "step") else lr_scheduler
+        self._backward_since_step = False
+
+    # -- training ---------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    forward = __call__
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), scaled for fp16 loss scaling and gradient accumulation."""
+        self._eng.backward(loss)
+        self._backward_since_step = True
+
+    def step(self) -> dict:
+        """At the accumulation boundary: reduce, clip, step the optimizer, advance the
+        scheduler. Inside the window it only counts. Returns the step's result."""
+        group_lr = self.optimizer.param_groups[0]["lr"]
+        if group_lr != self._eng.lr:
+            self._eng.lr = group_lr  # a scheduler (or the user) set it
+        r = self._eng.step()
+        if r["boundary"] and r["applied"] and self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+            self._eng.lr = self.optimizer.param_groups[0]["lr"]
+        self._backward_since_step = False
+        return r
+
+    def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0) -> float:
+        return self._eng.clip_grad_norm(max_norm, norm_type)
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def global_steps(self) -> int:
+        return self._eng.steps
+
+    def get_lr(self) -> list[float]:
+        return [self._eng.lr]
+
+    def memory_by_tier(self) -> dict:
+        """Bytes this rank holds per tier (compute, host, nvme) and kind (params, grads,
+        optimizer, buffers)."""
+        return self._eng.memory_by_kind()
+
+    def last_metrics(self) -> dict:
+        """The last optimizer step's figures: bytes moved per link, peaks, times."""
+        return self._eng.last_metrics()
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full fp32 values of every parameter, by name, on every rank."""
+        values = self._eng.consolidated_params()
+        return dict(zip(self._eng.param_names, values))
+
+    # -- checkpoints (docs/checkpoints.md) --------------------------------------------
+    @staticmethod
+    def _step_of(tag, default: int) -> int:
+        if tag is None:
+            return default
+        if isinstance(tag, int):
+            return tag
+        m = re.fullmatch(r"(?:step-|global_step)(\d+)", str(tag))
+        if not m:
+            raise ConfigError(f"invalid_argument: checkpoint tag {tag!r}: strata names checkpoints by step; give an "
+                              "int, 'step-N' or 'global_stepN'")
+        return int(m.group(1))
+
+    def save_checkpoint(self, save_dir, tag=None, client_state: dict | None = None, keep: int = 0) -> str:
+        """Every rank calls it. Writes save_dir/step-N (N: tag, else global_steps) and
+        points save_dir/latest at it; keep > 0 keeps only the newest `keep`."""
+        step = self._step_of(tag, self.global_steps)
+        client = {"client_state": client_state or {}}
+        if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "state_dict"):
+            client["lr_scheduler"] = _jsonable(self.lr_scheduler.state_dict())
+        path = self._eng.save_checkpoint(os.fspath(save_dir), step, json.dumps(client), json.dumps(self._config), keep)
+        return os.fspath(path)
+
+    def load_checkpoint(self, load_dir, tag=None, load_optimizer_states: bool = True):
+        """Every rank calls it. Loads save_dir/step-N (tag), else the latest, saved at any
+        world size, stage or chunk size. Returns (path, client_state)."""
+        path = os.fspath(load_dir)
+        if tag is not None:
+            path = os.path.join(path, f"step-{self._step_of(tag, 0)}")
+        loaded, _, client_json = self._eng.load_checkpoint(path, load_optimizer_states)
+        client = json.loads(client_json) if client_json not in ("", "null") else {}
+        if self.lr_scheduler is not None and "lr_scheduler" in client:
+            self.lr_scheduler.load_state_dict(client["lr_scheduler"])
+            self.optimizer.param_groups[0]["lr"] = self._eng.lr
+        return os.fspath(loaded), client.get("client_state", {})
+
+    def close(self) -> None:
+        """Removes the hooks and releases the engine (its swap files go)."""
+        _units.detach(self._units)
+        self._eng.close()
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (int, float, str, bool)) or x is None:
+        return x
+    raise ConfigError(f"invalid_argument: the lr scheduler's state holds a {type(x).__name__}, which a checkpoint "
+                      "cannot store as JSON")
+
+
+def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=None, lr_scheduler=None,
+               process_group=None):
+    """DeepSpeed-style: returns (engine, optimizer, None, lr_scheduler).
+
+    config: a path or a dict in the DeepSpeed vocabulary (`strata config keys`).
+    optimizer: None (the config's "optimizer" block), or a torch.optim AdamW, Adam, SGD or
+        Adagrad whose type and hyperparameters the fused engine takes over.
+    model_parameters: the parameters to train; None means every parameter that requires
+        a gradient. Any other trainable parameter must be frozen (requires_grad=False).
+    lr_scheduler: a torch.optim.lr_scheduler built on the returned optimizer, or a
+        callable taking that optimizer and returning one.
+    process_group: a torch.distributed group to run on; default: strata's own Gloo group
+        from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (one rank when they are unset).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"invalid_argument: model must be a torch.nn.Module, got {type(model).__name__}")
+    cfg = _config.load(config)
+    if optimizer is not None:
+        if "optimizer" in cfg:
+            raise ConfigError("invalid_argument: an optimizer was passed and the config has an \"optimizer\" block; "
+                              "give one of the two")
+        cfg["optimizer"] = _config.optimizer_block(optimizer)
+    if model_parameters is not None:
+        wanted = {id(p) for p in model_parameters}
+        extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in wanted]
+        if extra:
+            raise ConfigError("invalid_argument: model_parameters leaves out trainable parameters "
+                              f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}; freeze them "
+                              "(requires_grad=False) or pass them")
+    engine = Engine(model, cfg, _communicator(process_group), lr_scheduler)
+    return engine, engine.optimizer, None, engine.lr_scheduler

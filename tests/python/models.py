@@ -1,0 +1,73 @@
+"""Plain-PyTorch models for the Python API tests, and their data: nothing here knows
+strata. Each rank takes its rows of the step's global batch."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB, SEQ = 64, 16
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        # No bias: the key part of a qkv bias has an exactly-zero gradient (softmax
+        # ignores a constant per query), and AdamW turns the rounding noise that stands
+        # in for it into lr-sized steps of either sign: no reference could match that.
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, 4 * dim)
+        self.out = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class TinyGPT(nn.Module):
+    """GPT with the output head tied to the token embedding."""
+
+    def __init__(self, dim=32, layers=2, heads=2):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, dim)
+        self.wpe = nn.Embedding(SEQ, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, VOCAB, bias=False)
+        self.head.weight = self.wte.weight
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def make(name, seed=0):
+    torch.manual_seed(seed)
+    if name == "gpt":
+        return TinyGPT()
+    raise ValueError(name)
+
+
+def batch(name, step, rows):
+    g = torch.Generator().manual_seed(1000 + step)
+    if name == "gpt":
+        tokens = torch.randint(0, VOCAB, (rows, SEQ + 1), generator=g)
+        return tokens[:, :-1], tokens[:, 1:]
+    raise ValueError(name)
+
+
+def loss_fn(name, out, y):
+    if name == "gpt":
+        return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
+    raise ValueError(name)
