@@ -52,10 +52,65 @@ class TinyGPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
+class Awkward(nn.Module):
+    """What trips a front end: a frozen parameter, a parameter that never gets a
+    gradient, a module called twice, a module returning a tuple and one returning a
+    dict, a parameter shared by two modules, and a data-dependent branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.frozen = nn.Linear(32, 32)
+        self.frozen.weight.requires_grad_(False)
+        self.unused = nn.Linear(32, 32)  # never called: never a gradient
+        self.gate = nn.Linear(32, 32)  # called only on some steps
+        self.twice = nn.Linear(32, 32)
+        self.pair = Pair()
+        self.named = Named()
+        self.a = nn.Linear(32, 32, bias=False)
+        self.b = nn.Linear(32, 32, bias=False)
+        self.b.weight = self.a.weight  # shared by a and b
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        h = h + self.frozen(h)
+        h = torch.tanh(self.twice(torch.tanh(self.twice(h))))
+        p, q = self.pair(h)
+        d = self.named(p)
+        h = d["main"] + 0.5 * d["side"] + q
+        h = self.a(h) + self.b(torch.tanh(h))
+        if x[0, 0] > 0:  # data-dependent: the same on every row of a step (batch())
+            h = h + self.gate(h)
+        return self.out(h)
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(32, 32)
+
+    def forward(self, x):
+        y = self.l(x)
+        return torch.tanh(y), torch.sigmoid(y)
+
+
+class Named(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(32, 32)
+
+    def forward(self, x):
+        y = self.l(x)
+        return {"main": torch.tanh(y), "side": y * 0.1}
+
+
 def make(name, seed=0):
     torch.manual_seed(seed)
     if name == "gpt":
         return TinyGPT()
+    if name == "awkward":
+        return Awkward()
     raise ValueError(name)
 
 
@@ -64,10 +119,16 @@ def batch(name, step, rows):
     if name == "gpt":
         tokens = torch.randint(0, VOCAB, (rows, SEQ + 1), generator=g)
         return tokens[:, :-1], tokens[:, 1:]
+    if name == "awkward":
+        x = torch.randn(rows, 16, generator=g)
+        x[:, 0] = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0  # the branch, per step
+        return x, torch.randn(rows, 4, generator=g)
     raise ValueError(name)
 
 
 def loss_fn(name, out, y):
     if name == "gpt":
         return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
+    if name == "awkward":
+        return F.mse_loss(out, y)
     raise ValueError(name)

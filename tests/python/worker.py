@@ -45,7 +45,8 @@ def main():
         engine.save_checkpoint(spec["save"])
     params = {k: v.reshape(-1).tolist() for k, v in engine.consolidated_state_dict().items()}
     with open(f"{out}.{rank}", "w") as f:
-        json.dump({"losses": losses, "params": params, "steps": engine.global_steps}, f)
+        json.dump({"losses": losses, "params": params, "steps": engine.global_steps, "metrics": engine.last_metrics(),
+                   "memory": engine.memory_by_tier()}, f)
 
 
 if __name__ == "__main__":
