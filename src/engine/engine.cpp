@@ -2,6 +2,7 @@
 #include "strata/engine/engine.h"
 
 #include <unordered_map>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -224,6 +225,9 @@ void Engine::Impl::open_backward() {
   in_backward = true;
   ++backward_sessions;
   backward_t0 = Clock::now();
+  // A plain loss.backward() (a front end's user may call it) is right only when there is
+  // nothing to scale: no loss scaling and no accumulation.
+  unscaled_backward = !scaling_backward && (stepper->scaler().scale() != 1.0 || core.opt.gradient_accumulation_steps != 1);
   if (step_open) core.cur.forward_s += std::chrono::duration<double>(backward_t0 - step_t0).count();
   core.trace.begin_step();
   reducer->begin_backward(at_boundary(), 1.0 / stepper->scaler().scale());
@@ -235,8 +239,15 @@ void Engine::Impl::open_backward() {
 Status Engine::Impl::close_backward() {
   in_backward = false;
   step_open = false;
+  backward_done = true;
   Status st = access ? access->end_backward() : reducer->end_backward();
   core.cur.backward_s += std::chrono::duration<double>(Clock::now() - backward_t0).count();
+  if (st && std::exchange(unscaled_backward, false)) {
+    return make_error(ErrorCode::kFailedPrecondition, "a plain loss.backward() with {}: call the engine's "
+                      "backward(loss), which scales the loss", core.opt.gradient_accumulation_steps != 1
+                          ? fmt::format("gradient accumulation over {} micro-steps", core.opt.gradient_accumulation_steps)
+                          : std::string("fp16 loss scaling"));
+  }
   return st;
 }
 
@@ -248,13 +259,16 @@ Status Engine::backward(const at::Tensor& loss) {
   }
   const double factor = m.stepper->scaler().scale() / m.core.opt.gradient_accumulation_steps;
   const std::uint64_t sessions = m.backward_sessions;
+  m.scaling_backward = true;
   try {
     (factor == 1.0 ? loss : loss * factor).backward();
   } catch (const std::exception& e) {
     m.in_backward = false;
     m.step_open = false;
+    m.scaling_backward = false;
     return make_error(m.core.errors.take_or(e, "backward failed"));
   }
+  m.scaling_backward = false;
   if (m.backward_sessions != sessions) return ok();
   // No hook ran (the loss depends on nothing the engine holds): end the step here.
   m.backward_t0 = Clock::now();
@@ -271,6 +285,10 @@ Result<StepResult> Engine::step() {
   StepResult r;
   r.loss_scale = m.stepper->scaler().scale();
   r.step = m.step_count;
+  if (!std::exchange(m.backward_done, false)) {
+    return make_error(ErrorCode::kFailedPrecondition, "step() without a backward since the last step(): each "
+                      "micro-step is forward, backward(loss), then step()");
+  }
   const bool boundary = m.at_boundary();
   ++m.micro_step;
   if (!boundary) return r;

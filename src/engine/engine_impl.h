@@ -40,6 +40,9 @@ struct Engine::Impl {
   bool in_backward = false;      // a backward session is open (a hook ran)
   std::uint64_t backward_sessions = 0;
   Clock::time_point backward_t0;
+  bool backward_done = false;    // a backward ended since the last step(): step() needs one
+  bool scaling_backward = false; // inside Engine::backward(): the loss carries the scale
+  bool unscaled_backward = false;  // this session's loss was not scaled, and had to be
   StepMetrics last;
 
   // placement.cpp

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 
 #include "strata/base/aligned.h"
+#include "strata/tiers/memory_probe.h"
 
 namespace strata::engine {
 
@@ -32,19 +33,29 @@ inline bool io_aligned(const at::Tensor& t) {
 // Tensors of at least this many bytes sit on transparent huge pages: O_DIRECT into
 // 4 KiB pages moved about half the bytes per second here (Note [huge pages] in
 // io/buffer_pool.h; strata bench io, 1 MiB records in a ring: 1.37 GB/s read on 4 KiB
-// pages, 2.69 GB/s on huge pages). The allocation is rounded up to whole 2 MiB pages, so
-// below this size the rounding would cost more than a fifth of the tensor.
+// pages, 2.69 GB/s on huge pages). Below this size most of a tensor would be its
+// partial last huge page, which stays on small pages.
 inline constexpr std::size_t kHugeTensorBytes = std::size_t{8} << 20;
 
-// n elements, uninitialized, starting on a 4 KiB boundary (a 2 MiB one from
-// kHugeTensorBytes). Throws c10::Error when the memory cannot be had, as at::empty does.
+// n elements, uninitialized, starting on a 4 KiB boundary (from kHugeTensorBytes on a
+// 2 MiB one, on huge pages: strata's own buffer under the tensor, counted by
+// tiers::MemoryProbe as LibTorch's allocations are, since the auto placement subtracts
+// the tiers' bytes from that count). Throws c10::Error when the memory cannot be had, as
+// at::empty does.
 inline at::Tensor aligned_empty(std::int64_t n, at::ScalarType dtype) {
   const auto elem = static_cast<std::int64_t>(c10::elementSize(dtype));
   const auto bytes = static_cast<std::size_t>(n * elem);
   if (bytes >= kHugeTensorBytes) {
     Result<AlignedBuffer> buf = AlignedBuffer::allocate(bytes, kIoAlignBytes, Pages::kHuge);
     if (!buf) TORCH_CHECK(false, buf.error().message());
-    return at::from_blob(buf->release(), {n}, [](void* p) { std::free(p); }, at::TensorOptions(dtype));
+    tiers::MemoryProbe::add_external(bytes);
+    return at::from_blob(
+        buf->release(), {n},
+        [bytes](void* p) {
+          std::free(p);
+          tiers::MemoryProbe::remove_external(bytes);
+        },
+        at::TensorOptions(dtype));
   }
   // A view into a storage at most one page larger.
   at::Tensor raw = at::empty({n + static_cast<std::int64_t>(kIoAlignBytes) / elem}, dtype);

@@ -20,6 +20,13 @@ std::atomic<bool> g_installed{false};
 // data pointer is its own context — which c10's raw_allocate (used by oneDNN) requires.
 constexpr std::size_t kHeader = 64;  // keeps the data 64-byte aligned, as c10 does
 
+void count_up(std::uint64_t n) {
+  const std::uint64_t now = g_live.fetch_add(n, std::memory_order_relaxed) + n;
+  std::uint64_t peak = g_peak.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
 void counted_free(void* data) {
   if (data == nullptr) return;
   auto* base = static_cast<char*>(data) - kHeader;
@@ -35,10 +42,7 @@ class CountingAllocator final : public c10::Allocator {
     auto* base = static_cast<char*>(c10::alloc_cpu(n + kHeader));
     *reinterpret_cast<std::size_t*>(base) = n;
     void* data = base + kHeader;
-    const std::uint64_t now = g_live.fetch_add(n, std::memory_order_relaxed) + n;
-    std::uint64_t peak = g_peak.load(std::memory_order_relaxed);
-    while (now > peak && !g_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
-    }
+    count_up(n);
     return {data, data, &counted_free, c10::Device(c10::kCPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &counted_free; }
@@ -58,6 +62,8 @@ void MemoryProbe::install() {
 
 bool MemoryProbe::installed() { return g_installed.load(); }
 std::uint64_t MemoryProbe::live_bytes() { return g_live.load(std::memory_order_relaxed); }
+void MemoryProbe::add_external(std::uint64_t bytes) { count_up(bytes); }
+void MemoryProbe::remove_external(std::uint64_t bytes) { g_live.fetch_sub(bytes, std::memory_order_relaxed); }
 std::uint64_t MemoryProbe::peak_bytes() { return g_peak.load(std::memory_order_relaxed); }
 void MemoryProbe::reset_peak() { g_peak.store(g_live.load()); }
 

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "strata/tiers/memory_probe.h"
 #include "support/smaps.h"
 
 namespace strata::engine {
@@ -37,6 +38,19 @@ TEST(AlignedEmpty, LargeTensorsSitOnHugePagesAndFreeTheirMemory) {
   if (testing::thp_mode() == "madvise") {
     EXPECT_NE(testing::thp_eligible(small.data_ptr()), std::optional<bool>(true));
   }
+}
+
+// The auto placement takes non-model bytes as the probe's count minus the tiers' bytes:
+// a tensor on strata's own huge-page buffer must be counted like any other.
+TEST(AlignedEmpty, HugePageTensorsAreCountedByTheMemoryProbe) {
+  tiers::MemoryProbe::install();
+  const std::int64_t n = static_cast<std::int64_t>(kHugeTensorBytes / 4) + 1000;
+  const std::uint64_t before = tiers::MemoryProbe::live_bytes();
+  at::Tensor t = aligned_empty(n, at::kFloat);
+  EXPECT_EQ(tiers::MemoryProbe::live_bytes() - before, static_cast<std::uint64_t>(n) * 4);
+  EXPECT_GE(tiers::MemoryProbe::peak_bytes(), before + static_cast<std::uint64_t>(n) * 4);
+  t.reset();
+  EXPECT_EQ(tiers::MemoryProbe::live_bytes(), before);
 }
 
 }  // namespace

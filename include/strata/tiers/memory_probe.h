@@ -20,6 +20,10 @@ class MemoryProbe {
   static void install();
   static bool installed();
   static std::uint64_t live_bytes();
+  // Tensor memory LibTorch's allocator did not hand out (from_blob over strata's own
+  // huge-page buffers, engine/io_tensor.h): counted in live_bytes() all the same.
+  static void add_external(std::uint64_t bytes);
+  static void remove_external(std::uint64_t bytes);
   static std::uint64_t peak_bytes();
   static void reset_peak();
 };

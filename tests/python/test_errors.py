@@ -1,0 +1,99 @@
+"""Bad input to the Python API is a clear Python exception of strata's classes, never a
+crash or a hang. One rank, in this process."""
+import pytest
+import torch
+
+import models
+
+
+def config(**extra):
+    cfg = {"train_batch_size": 8, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture
+def strata():
+    import strata as s
+    return s
+
+
+def one_step(engine, step=0):
+    x, y = models.batch("gpt", step, 8)
+    return models.loss_fn("gpt", engine(x), y)
+
+
+def test_config_typo_names_the_key_and_suggests_the_fix(strata):
+    with pytest.raises(strata.ConfigError, match=r"zero_optimization\.stag: unknown key; did you mean stage\?"):
+        strata.initialize(model=models.make("gpt"), config=config(zero_optimization={"stag": 3}))
+    with pytest.raises(ValueError, match="did you mean zero_optimization"):  # also a ValueError
+        strata.initialize(model=models.make("gpt"), config={"zero_optimisation": {"stage": 3}})
+
+
+def test_config_file_that_is_missing_or_not_json(strata, tmp_path):
+    with pytest.raises(strata.ConfigError, match="cannot read the config"):
+        strata.initialize(model=models.make("gpt"), config=tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"zero_optimization": {"stage": 3,}}')
+    with pytest.raises(strata.ConfigError, match=r"bad\.json:1:"):
+        strata.initialize(model=models.make("gpt"), config=bad)
+
+
+def test_model_without_parameters(strata):
+    with pytest.raises(strata.ConfigError, match="no parameters"):
+        strata.initialize(model=torch.nn.Sequential(torch.nn.ReLU()), config=config())
+
+
+def test_step_before_backward_and_twice(strata):
+    engine, *_ = strata.initialize(model=models.make("gpt"), config=config())
+    with pytest.raises(strata.UsageError, match=r"step\(\) without a backward"):
+        engine.step()
+    engine.backward(one_step(engine))
+    assert engine.step()["applied"]
+    with pytest.raises(strata.UsageError, match=r"step\(\) without a backward"):
+        engine.step()
+    assert engine.global_steps == 1
+    engine.close()
+
+
+def test_plain_backward_works_without_scaling_and_is_refused_with_accumulation(strata):
+    engine, *_ = strata.initialize(model=models.make("gpt"), config=config())
+    one_step(engine).backward()  # nothing to scale: the same as engine.backward
+    assert engine.step()["applied"]
+    engine.close()
+    engine, *_ = strata.initialize(model=models.make("gpt"),
+                                   config=config(train_batch_size=16, gradient_accumulation_steps=2))
+    with pytest.raises(RuntimeError, match=r"plain loss\.backward\(\) with gradient accumulation over 2"):
+        one_step(engine).backward()
+    engine.close()
+
+
+def test_a_parameter_off_the_cpu(strata):
+    # This build's torch has no CUDA: model.cuda() fails in torch itself; a parameter on
+    # any other device reaching strata is refused by name.
+    with pytest.raises((AssertionError, RuntimeError)):
+        models.make("gpt").cuda()
+    with pytest.raises(strata.ConfigError, match="is on meta; this strata build runs on CPU"):
+        strata.initialize(model=models.make("gpt").to("meta"), config=config())
+
+
+def test_optimizer_arguments(strata):
+    model = models.make("gpt")
+    with pytest.raises(strata.ConfigError, match="give one of the two"):
+        strata.initialize(model=model, config=config(), optimizer=torch.optim.AdamW(model.parameters()))
+    cfg = config()
+    del cfg["optimizer"]
+    with pytest.raises(strata.NotImplementedByStrata, match="RMSprop is not one"):
+        strata.initialize(model=model, config=cfg, optimizer=torch.optim.RMSprop(model.parameters()))
+    with pytest.raises(strata.ConfigError, match="leaves out trainable parameters"):
+        strata.initialize(model=model, config=config(), model_parameters=list(model.parameters())[:2])
+
+
+def test_checkpoint_tag_and_missing_checkpoint(strata, tmp_path):
+    engine, *_ = strata.initialize(model=models.make("gpt"), config=config())
+    with pytest.raises(strata.ConfigError, match="names checkpoints by step"):
+        engine.save_checkpoint(tmp_path, tag="best")
+    with pytest.raises(strata.NotFoundError, match="no such checkpoint directory"):
+        engine.load_checkpoint(tmp_path / "nothing")
+    engine.close()
