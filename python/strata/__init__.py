@@ -7,11 +7,12 @@ See docs/python.md.
 """
 import torch  # noqa: F401  (the extension casts torch.Tensor: torch first)
 
-from . import errors
+from . import errors, optim
 from ._strata import __version__
 from .engine import Engine, initialize
+from .fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from .errors import (CannotFitError, ConfigError, NotFoundError, NotImplementedByStrata, PeerError, StrataError,
                      StrataIOError, UsageError)
 
-__all__ = ["initialize", "Engine", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
+__all__ = ["initialize", "Engine", "fully_shard", "MixedPrecisionPolicy", "OffloadPolicy", "optim", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
            "NotFoundError", "PeerError", "UsageError", "NotImplementedByStrata", "__version__"]

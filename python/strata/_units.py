@@ -19,6 +19,8 @@ class Unit:
     params: list[torch.nn.Parameter]
     param_names: list[str]
     handles: list = field(default_factory=list)
+    index: int = -1      # the engine's unit id, once the engine exists
+    group: object = None  # fully_shard: the group whose engine runs it
 
 
 def output_tensors(out) -> list[torch.Tensor]:

@@ -138,6 +138,13 @@ void GradReducer::begin_backward(bool boundary, double inv_scale) {
 }
 
 void GradReducer::ensure_buffer(std::uint32_t c) {
+  // Note [late gradients]: a gradient for a chunk whose reduction is already on its way
+  // (reduced early by the bucket cap below, or when a unit's backward ended while an
+  // enclosing unit that shares the chunk still runs) must not land in the buffer being
+  // reduced. That reduction lands first, then the gradient starts a fresh buffer, reduced
+  // again later. Waiting here, instead of taking a fresh buffer only if the reduction
+  // happened to have landed already, keeps every rank's collectives in the same order.
+  while (grads_[c].live && grads_[c].op) core_.errors.check(complete_oldest());
   if (grads_[c].live) return;
   core_.errors.check(poll());  // buffers whose reductions have landed go first
   // Note [gradient bytes in flight]: the buffers alive at once stay within

@@ -36,14 +36,15 @@ class Block(nn.Module):
 class TinyGPT(nn.Module):
     """GPT with the output head tied to the token embedding."""
 
-    def __init__(self, dim=32, layers=2, heads=2):
+    def __init__(self, dim=32, layers=2, heads=2, tied=True):
         super().__init__()
         self.wte = nn.Embedding(VOCAB, dim)
         self.wpe = nn.Embedding(SEQ, dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, VOCAB, bias=False)
-        self.head.weight = self.wte.weight
+        if tied:
+            self.head.weight = self.wte.weight
 
     def forward(self, idx):
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
@@ -109,6 +110,8 @@ def make(name, seed=0):
     torch.manual_seed(seed)
     if name == "gpt":
         return TinyGPT()
+    if name == "gpt_untied":
+        return TinyGPT(tied=False)
     if name == "awkward":
         return Awkward()
     raise ValueError(name)
@@ -116,7 +119,7 @@ def make(name, seed=0):
 
 def batch(name, step, rows):
     g = torch.Generator().manual_seed(1000 + step)
-    if name == "gpt":
+    if name.startswith("gpt"):
         tokens = torch.randint(0, VOCAB, (rows, SEQ + 1), generator=g)
         return tokens[:, :-1], tokens[:, 1:]
     if name == "awkward":
@@ -127,7 +130,7 @@ def batch(name, step, rows):
 
 
 def loss_fn(name, out, y):
-    if name == "gpt":
+    if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
     if name == "awkward":
         return F.mse_loss(out, y)

@@ -20,6 +20,47 @@ import models  # noqa: E402
 import strata  # noqa: E402
 
 
+class FsdpEngine:
+    """fully_shard on each block (or each child), then the root; strata.optim.AdamW; the
+    loop a FSDP2 user writes (loss.backward(), opt.step()), behind worker's interface."""
+
+    def __init__(self, model, o, group):
+        offload = strata.OffloadPolicy(optimizer=o.get("optimizer", "none"), params=o.get("params", "none"),
+                                       nvme_path=o.get("nvme_path"))
+        mp = strata.MixedPrecisionPolicy(param_dtype=torch.bfloat16) if o.get("bf16") else None
+        kw = dict(stage=o.get("stage", 3), offload=offload, mp_policy=mp, process_group=group)
+        for child in (model.blocks if hasattr(model, "blocks") else model.children()) if o.get("children", True) else ():
+            strata.fully_shard(child, **kw)
+        self.model = strata.fully_shard(model, **kw)
+        self.opt = strata.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+
+    def __call__(self, x):
+        return self.model(x)
+
+    def backward(self, loss):
+        if os.environ.get("ENGINE_BACKWARD"):
+            self.opt.engine.backward(loss)
+        else:
+            loss.backward()
+
+    def step(self):
+        self.opt.step()
+        self.opt.zero_grad()
+
+    @property
+    def global_steps(self):
+        return self.opt.engine.steps
+
+    def consolidated_state_dict(self):
+        return dict(zip(self.opt.engine.param_names, self.opt.engine.consolidated_params()))
+
+    def last_metrics(self):
+        return self.opt.engine.last_metrics()
+
+    def memory_by_tier(self):
+        return self.opt.engine.memory_by_kind()
+
+
 def main():
     mode, spec, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     assert mode == "train", mode
@@ -29,7 +70,10 @@ def main():
     if spec.get("torch_group"):
         dist.init_process_group("gloo")
         group = dist.group.WORLD
-    engine, _, _, _ = strata.initialize(model=model, config=spec["config"], process_group=group)
+    if spec.get("api") == "fsdp":
+        engine = FsdpEngine(model, spec["fsdp"], group)
+    else:
+        engine, _, _, _ = strata.initialize(model=model, config=spec["config"], process_group=group)
     start = spec.get("start", 0)
     if spec.get("load"):
         engine.load_checkpoint(spec["load"])
@@ -41,6 +85,8 @@ def main():
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
+        if os.environ.get("WORKER_VERBOSE"):
+            print(f"rank {rank} step {step} loss {losses[-1]}", file=sys.stderr, flush=True)
     if spec.get("save"):
         engine.save_checkpoint(spec["save"])
     params = {k: v.reshape(-1).tolist() for k, v in engine.consolidated_state_dict().items()}

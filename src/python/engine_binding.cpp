@@ -103,6 +103,10 @@ void bind_engine(py::module_& m) {
         ok_or_throw(live(e).pre_forward(unit));
       })
       .def("post_forward", [](PyEngine& e, int unit, const std::vector<at::Tensor>& outputs) {
+        // Without the GIL, as every engine call: an engine thread that drops the last
+        // C++ reference to a tensor Python once held decrefs its PyObject, which takes the
+        // GIL; holding it here while the engine waits on that thread would deadlock.
+        py::gil_scoped_release nogil;
         ok_or_throw(live(e).post_forward(unit, outputs));
       })
       .def("backward", [](PyEngine& e, const at::Tensor& loss) {

@@ -1,0 +1,187 @@
+"""strata.fully_shard: FSDP2's entry point on strata's C++ engine.
+
+    for block in model.blocks:
+        strata.fully_shard(block)            # one unit per call
+    strata.fully_shard(model)                # the root: the embedding, head, ...
+    opt = strata.optim.AdamW(model.parameters(), lr=3e-4)
+
+Each call makes `module` one engine unit holding the parameters under it that no
+earlier call took (as FSDP2). Building a strata.optim optimizer over the parameters
+builds the engine; until then the module runs nothing (its forward is refused: a plain
+torch.optim optimizer cannot step parameters the engine shards).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from . import _strata, _units
+from .errors import ConfigError, UsageError
+
+_DEVICES = ("none", "cpu", "nvme")
+
+
+@dataclass(frozen=True)
+class MixedPrecisionPolicy:
+    """param_dtype: the compute dtype (torch.bfloat16, torch.float16, or None for fp32).
+    Master weights and optimizer state stay fp32. float16 uses dynamic loss scaling, so
+    the backward must go through the engine: `optimizer.engine.backward(loss)`."""
+
+    param_dtype: torch.dtype | None = None
+
+
+@dataclass(frozen=True)
+class OffloadPolicy:
+    """Where the optimizer state and the parameter shards live: "none" (compute memory),
+    "cpu" (host RAM) or "nvme" (files under nvme_path, written with O_DIRECT)."""
+
+    optimizer: str = "cpu"
+    params: str = "none"
+    nvme_path: str | None = None
+
+
+def _policy_settings(stage, mp_policy, offload) -> dict:
+    if stage not in (1, 2, 3):
+        raise ConfigError(f"invalid_argument: fully_shard stage must be 1, 2 or 3, got {stage!r}")
+    dtype = getattr(mp_policy, "param_dtype", None) if mp_policy is not None else None
+    if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+        raise ConfigError(f"invalid_argument: mp_policy.param_dtype {dtype}: strata computes in float32, bfloat16 "
+                          "or float16")
+    if offload is None:
+        opt_dev, par_dev, path = "none", "none", None
+    elif isinstance(offload, OffloadPolicy):
+        opt_dev, par_dev, path = offload.optimizer, offload.params, offload.nvme_path
+    elif hasattr(offload, "offload_params"):  # torch.distributed.fsdp.CPUOffload
+        opt_dev, par_dev, path = ("cpu", "cpu" if offload.offload_params else "none", None)
+    else:
+        raise ConfigError(f"invalid_argument: offload must be a strata.OffloadPolicy, got {type(offload).__name__}")
+    for what, dev in (("optimizer", opt_dev), ("params", par_dev)):
+        if dev not in _DEVICES:
+            raise ConfigError(f"invalid_argument: offload {what} device {dev!r}; expected one of {', '.join(_DEVICES)}")
+    if par_dev != "none" and stage != 3:
+        raise ConfigError("invalid_argument: offloading the parameters needs stage 3")
+    if "nvme" in (opt_dev, par_dev) and not path:
+        raise ConfigError("invalid_argument: offload to nvme needs OffloadPolicy(nvme_path=...)")
+    return {"stage": stage, "dtype": dtype, "optimizer": opt_dev, "params": par_dev, "nvme_path": path}
+
+
+class _Group:
+    """Modules fully_shard made units of, that one engine will drive."""
+
+    def __init__(self, settings: dict, process_group):
+        self.settings = settings
+        self.process_group = process_group
+        self.units: list[_units.Unit] = []  # call order: inner modules first
+        self.root: torch.nn.Module | None = None
+        self.engine = None
+
+    def config(self, optimizer_block: dict) -> dict:
+        s = self.settings
+        zero = {"stage": s["stage"]}
+        if s["optimizer"] != "none":
+            zero["offload_optimizer"] = {"device": s["optimizer"], **({"nvme_path": s["nvme_path"]} if s["nvme_path"] else {})}
+        if s["params"] != "none":
+            zero["offload_param"] = {"device": s["params"], **({"nvme_path": s["nvme_path"]} if s["nvme_path"] else {})}
+        cfg = {"zero_optimization": zero, "optimizer": optimizer_block}
+        if s["dtype"] == torch.bfloat16:
+            cfg["bf16"] = {"enabled": True}
+        elif s["dtype"] == torch.float16:
+            cfg["fp16"] = {"enabled": True}
+        return cfg
+
+
+def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offload=None, process_group=None):
+    """Makes `module` one unit of the engine its strata.optim optimizer will build.
+    Apply it to submodules first, then to the root. Returns the module."""
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(f"invalid_argument: fully_shard takes a torch.nn.Module, got {type(module).__name__}")
+    if getattr(module, "_strata_group", None) is not None:
+        raise UsageError(f"failed_precondition: fully_shard was already applied to this {type(module).__name__}; "
+                         "apply it once per module")
+    settings = _policy_settings(stage, mp_policy, offload)
+    group = _Group(settings, process_group)
+    taken: set[int] = set()
+    for sub in module.modules():
+        inner = getattr(sub, "_strata_group", None)
+        if sub is module or inner is None or inner is group:
+            continue
+        if inner.engine is not None:
+            raise UsageError("failed_precondition: fully_shard on a module whose submodule's optimizer was already "
+                             "built: apply fully_shard to every module before building the optimizer")
+        if inner.settings != settings:
+            diff = {k: (inner.settings[k], settings[k]) for k in settings if inner.settings[k] != settings[k]}
+            raise ConfigError(f"invalid_argument: fully_shard settings differ from a submodule's ({diff}); one "
+                              "engine runs them all with one stage, precision and offload")
+        for u in inner.units:
+            u.group = group
+            u.module._strata_group = group
+            group.units.append(u)
+            for p in u.params:
+                p._strata_group = group
+                taken.add(id(p))
+    own = [(n, p) for n, p in module.named_parameters() if id(p) not in taken]
+    unit = _units.Unit(name=type(module).__name__, module=module, params=[p for _, p in own],
+                       param_names=[n for n, _ in own])
+    unit.group = group
+    for p in unit.params:
+        p._strata_group = group
+    group.units.append(unit)
+    group.root = module
+    module._strata_group = group
+    _units.check_cpu(unit.params)
+    _hook(unit)
+    return module
+
+
+def _hook(unit: _units.Unit) -> None:
+    def pre(module, args):
+        engine = unit.group.engine
+        if engine is None:
+            raise UsageError("failed_precondition: this module was sharded with strata.fully_shard, but no strata "
+                             "optimizer was built over its parameters: build strata.optim.AdamW(model.parameters(), "
+                             "...) (or Adam, SGD, Adagrad) after the last fully_shard call. A torch.optim optimizer "
+                             "cannot step parameters the engine shards")
+        engine.pre_forward(unit.index)
+
+    def post(module, args, out):
+        unit.group.engine.post_forward(unit.index, _units.output_tensors(out))
+
+    unit.handles = [unit.module.register_forward_pre_hook(pre), unit.module.register_forward_hook(post)]
+
+
+def build_engine(params, optimizer_block: dict):
+    """The engine over the fully_shard group holding `params` (strata.optim calls it)."""
+    groups = {id(g): g for p in params if (g := _group_of(p)) is not None}
+    loose = [p for p in params if _group_of(p) is None]
+    if loose or not groups:
+        raise ConfigError("invalid_argument: strata.optim optimizers take parameters of modules sharded with "
+                          "strata.fully_shard; apply it to the model (the root last) first"
+                          + (f" ({len(loose)} parameter(s) are in no sharded module)" if loose else ""))
+    if len(groups) > 1:
+        raise ConfigError("invalid_argument: the parameters belong to separately sharded models; call fully_shard "
+                          "on their common root so one engine runs them")
+    group = next(iter(groups.values()))
+    if group.engine is not None:
+        raise UsageError("failed_precondition: a strata optimizer was already built over these modules")
+    given = {id(p) for p in params}
+    names = {id(p): n for n, p in group.root.named_parameters()}
+    missing = [names[id(p)] for u in group.units for p in u.params if p.requires_grad and id(p) not in given]
+    if missing:
+        raise ConfigError(f"invalid_argument: the optimizer leaves out trainable parameters of the sharded model "
+                          f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); pass model.parameters()")
+    module_names = {id(m): n for n, m in group.root.named_modules()}
+    for i, u in enumerate(group.units):
+        u.index = i
+        u.name = module_names.get(id(u.module)) or type(u.module).__name__
+        u.param_names = [names.get(id(p), n) for p, n in zip(u.params, u.param_names)]
+    comm = (_strata.Communicator.from_process_group(group.process_group) if group.process_group is not None
+            else _strata.Communicator.from_env())
+    group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm,
+                                  json.dumps(group.config(optimizer_block)))
+    return group.engine
+
+
+def _group_of(p):
+    return getattr(p, "_strata_group", None)

@@ -1,0 +1,78 @@
+"""strata.optim: optimizers for modules sharded with strata.fully_shard.
+
+    for block in model.blocks:
+        strata.fully_shard(block)
+    strata.fully_shard(model)
+    opt = strata.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+Building the optimizer builds the engine over the sharded modules' units (the engine
+steps with its fused kernels, where the state lives). Its one parameter group's "lr" is
+the engine's learning rate: torch.optim.lr_scheduler schedulers drive it.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import fsdp
+from .errors import ConfigError, UsageError
+
+
+class _EngineOptimizer(torch.optim.Optimizer):
+    _TYPE = ""
+    _KEYS: tuple[str, ...] = ()
+
+    def __init__(self, params, **hyper):
+        params = list(params)
+        if params and isinstance(params[0], dict):
+            raise ConfigError(f"invalid_argument: strata.optim.{type(self).__name__} takes one parameter group; "
+                              "for several, use strata.ShardedOptimizer (ZeRO-1/2)")
+        if any(v is None for v in hyper.values()):
+            raise ConfigError("invalid_argument: hyperparameters must be numbers, got None")
+        super().__init__(params, hyper)
+        block = {"type": self._TYPE, "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in hyper.items()}}
+        if self._TYPE == "Adam":
+            block["params"]["adam_w_mode"] = False
+        self.engine = fsdp.build_engine(self.param_groups[0]["params"], block)
+
+    def step(self, closure=None):
+        if closure is not None:
+            raise UsageError("failed_precondition: strata's optimizers take no closure")
+        lr = self.param_groups[0]["lr"]
+        if lr != self.engine.lr:
+            self.engine.lr = lr  # a scheduler (or the user) set it
+        return self.engine.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        """Nothing to do: the engine owns the gradients and clears them at each step."""
+
+
+class AdamW(_EngineOptimizer):
+    _TYPE = "AdamW"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+class Adam(_EngineOptimizer):
+    _TYPE = "Adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+class SGD(_EngineOptimizer):
+    _TYPE = "SGD"
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                         nesterov=nesterov)
+
+
+class Adagrad(_EngineOptimizer):
+    _TYPE = "Adagrad"
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps)

@@ -1,0 +1,61 @@
+"""strata.fully_shard (FSDP2-style) on plain-PyTorch models: fully_shard per block, then
+the root; strata.optim.AdamW; loss.backward() and opt.step(), at world sizes 1 and 2,
+against plain PyTorch in this process (test_initialize.reference)."""
+import pytest
+import torch
+
+import models
+from conftest import train
+from test_initialize import LR, ROWS, STEPS, WD, check_against_reference, reference
+
+
+def spec(name, tmp_path, **fsdp):
+    return {"model": name, "api": "fsdp", "steps": STEPS, "rows": ROWS,
+            "fsdp": {"lr": LR, "weight_decay": WD, "nvme_path": str(tmp_path), **fsdp}}
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("stage,optimizer,params", [(2, "cpu", "none"), (3, "none", "none"), (3, "cpu", "cpu"),
+                                                    (3, "nvme", "nvme")])
+def test_gpt_matches_plain_pytorch(tmp_path, world, stage, optimizer, params):
+    check_against_reference(train(tmp_path, world, spec("gpt", tmp_path, stage=stage, optimizer=optimizer,
+                                                         params=params)))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_awkward_model_matches_plain_pytorch(tmp_path, world):
+    check_against_reference(train(tmp_path, world, spec("awkward", tmp_path, optimizer="cpu", params="cpu")), "awkward")
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_bf16_tracks_fp32(tmp_path, world):
+    ranks = train(tmp_path, world, spec("gpt", tmp_path, optimizer="cpu", bf16=True))
+    want, _ = reference("gpt")
+    got = [sum(r["losses"][s] for r in ranks) / world for s in range(STEPS)]
+    assert all(abs(g - w) <= 0.02 * abs(w) for g, w in zip(got, want)), (got, want)
+
+
+def test_misuse_is_a_clear_error():
+    import strata
+
+    model = models.make("gpt")
+    strata.fully_shard(model.blocks[0])
+    with pytest.raises(strata.UsageError, match="already applied"):
+        strata.fully_shard(model.blocks[0])
+    strata.fully_shard(model)
+    # A plain torch.optim optimizer: the forward is refused, naming strata.optim.
+    torch.optim.AdamW(model.parameters())
+    x, y = models.batch("gpt", 0, 4)
+    with pytest.raises(strata.UsageError, match=r"strata\.optim\.AdamW"):
+        model(x)
+    with pytest.raises(strata.ConfigError, match="leaves out trainable parameters"):
+        strata.optim.AdamW(list(model.parameters())[:3])
+    with pytest.raises(strata.ConfigError, match="in no sharded module"):
+        strata.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(strata.ConfigError, match="needs stage 3"):
+        strata.fully_shard(models.make("gpt"), stage=2, offload=strata.OffloadPolicy(params="cpu"))
+    opt = strata.optim.AdamW(model.parameters(), lr=1e-3)
+    models.loss_fn("gpt", model(x), y).backward()
+    assert opt.step()["applied"]
+    with pytest.raises(strata.UsageError, match="already built"):
+        strata.optim.AdamW(model.parameters())
