@@ -4,7 +4,10 @@ MASTER_ADDR and MASTER_PORT set (as torchrun does).
     worker.py train SPEC_JSON OUT_JSON
 
 SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
-"load": dir?, "start": first step, "torch_group": pass torch.distributed's group}.
+"load": dir?, "start": first step, "torch_group": pass torch.distributed's group,
+"api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay}
+for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
+each step's loss to stderr.
 Each rank writes OUT_JSON.<rank>: its own losses, the consolidated parameters' values
 by name, and the optimizer steps taken.
 """
@@ -38,10 +41,7 @@ class FsdpEngine:
         return self.model(x)
 
     def backward(self, loss):
-        if os.environ.get("ENGINE_BACKWARD"):
-            self.opt.engine.backward(loss)
-        else:
-            loss.backward()
+        loss.backward()
 
     def step(self):
         self.opt.step()
