@@ -114,6 +114,13 @@ def make(name, seed=0):
         return TinyGPT(tied=False)
     if name == "awkward":
         return Awkward()
+    if name.startswith("resnet18"):
+        import torchvision
+
+        model = torchvision.models.resnet18(num_classes=10)
+        # resnet18_eval: batch norm normalizes with its running statistics (a fixed affine
+        # map), so the loss does not hang on how the batch is split across ranks.
+        return model.eval() if name == "resnet18_eval" else model
     raise ValueError(name)
 
 
@@ -126,6 +133,8 @@ def batch(name, step, rows):
         x = torch.randn(rows, 16, generator=g)
         x[:, 0] = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0  # the branch, per step
         return x, torch.randn(rows, 4, generator=g)
+    if name.startswith("resnet18"):
+        return torch.randn(rows, 3, 32, 32, generator=g), torch.randint(0, 10, (rows,), generator=g)
     raise ValueError(name)
 
 
@@ -134,4 +143,6 @@ def loss_fn(name, out, y):
         return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
     if name == "awkward":
         return F.mse_loss(out, y)
+    if name.startswith("resnet18"):
+        return F.cross_entropy(out, y)
     raise ValueError(name)
