@@ -81,3 +81,23 @@ def detach(units: list[Unit]) -> None:
         for h in unit.handles:
             h.remove()
         unit.handles = []
+
+
+def compute_dtype(cfg: dict):
+    """The engine's compute dtype for a config: what the parameters become."""
+    def enabled(block):
+        v = cfg.get(block, {}).get("enabled", False) if isinstance(cfg.get(block), dict) else False
+        return v is True
+    return torch.bfloat16 if enabled("bf16") else torch.float16 if enabled("fp16") else torch.float32
+
+
+def cast_buffers(model: torch.nn.Module, dtype) -> None:
+    """Floating-point buffers (batch norm's running statistics) in the compute dtype, as
+    DeepSpeed's engine casts the whole module: LibTorch's CPU batch norm refuses bf16
+    weights with fp32 statistics."""
+    if dtype == torch.float32:
+        return
+    for module in model.modules():
+        for name, b in module._buffers.items():
+            if b is not None and b.is_floating_point() and b.dtype != dtype:
+                module._buffers[name] = b.to(dtype)

@@ -59,6 +59,7 @@ class Engine:
         _units.check_cpu(p for u in self._units for p in u.params)
         self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg))
         _units.attach(self._eng, self._units)
+        _units.cast_buffers(module, _units.compute_dtype(cfg))
         trainable = [p for p in dict.fromkeys(p for u in self._units for p in u.params) if p.requires_grad]
         self.optimizer = EngineOptimizer(self, trainable)
         self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(
