@@ -101,3 +101,24 @@ def cast_buffers(model: torch.nn.Module, dtype) -> None:
         for name, b in module._buffers.items():
             if b is not None and b.is_floating_point() and b.dtype != dtype:
                 module._buffers[name] = b.to(dtype)
+
+
+def sync_from_rank0(comm, model: torch.nn.Module) -> None:
+    """Every rank starts from rank 0's parameters and buffers, as DeepSpeed and DDP do:
+    the engine shards each rank's own values, so a script that did not seed its ranks
+    alike would otherwise train a mix of initializations (at stages 0-2, replicated
+    parameters that differ across ranks until the first step) without a word."""
+    if comm.world == 1:
+        return
+    seen = set()
+    with torch.no_grad():
+        for t in list(model.parameters()) + [b for b in model.buffers() if b is not None]:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            if t.is_contiguous():
+                comm.broadcast(t.data, 0)
+            else:
+                flat = t.data.contiguous()
+                comm.broadcast(flat, 0)
+                t.data.copy_(flat)

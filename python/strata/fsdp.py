@@ -178,6 +178,7 @@ def build_engine(params, optimizer_block: dict):
         u.param_names = [names.get(id(p), n) for p, n in zip(u.params, u.param_names)]
     comm = (_strata.Communicator.from_process_group(group.process_group) if group.process_group is not None
             else _strata.Communicator.from_env())
+    _units.sync_from_rank0(comm, group.root)
     config = group.config(optimizer_block)
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config))
     _units.cast_buffers(group.root, _units.compute_dtype(config))

@@ -39,6 +39,10 @@ void bind_comm(py::module_& m) {
       }, py::arg("group"), py::arg("timeout_s") = 300.0)
       .def_property_readonly("rank", &comm::Communicator::rank)
       .def_property_readonly("world", &comm::Communicator::world)
+      .def("broadcast", [](comm::Communicator& c, const at::Tensor& t, int root) {
+        py::gil_scoped_release nogil;
+        ok_or_throw(c.broadcast(t, root).wait());
+      }, py::arg("tensor"), py::arg("root") = 0, "In place: every rank gets root's values")
       .def("barrier", [](comm::Communicator& c) {
         py::gil_scoped_release nogil;
         ok_or_throw(c.barrier().wait());

@@ -59,3 +59,9 @@ def test_misuse_is_a_clear_error():
     assert opt.step()["applied"]
     with pytest.raises(strata.UsageError, match="already built"):
         strata.optim.AdamW(model.parameters())
+
+
+def test_every_rank_starts_from_rank_0s_parameters(tmp_path):
+    s = spec("gpt", tmp_path, optimizer="cpu")
+    s["seed_per_rank"] = True  # ranks initialize differently; strata starts all from rank 0's
+    check_against_reference(train(tmp_path, 2, s))

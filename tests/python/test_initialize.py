@@ -81,6 +81,15 @@ def test_gpt_matches_plain_pytorch(tmp_path, world, stage, device):
     check_against_reference(train(tmp_path, world, spec))
 
 
+# Ranks that initialized their models differently (no common seed) all start from rank
+# 0's values, as under DeepSpeed and DDP: the run matches the reference built from them.
+@pytest.mark.parametrize("stage", [1, 3])
+def test_every_rank_starts_from_rank_0s_parameters(tmp_path, stage):
+    spec = {"model": "gpt", "config": config(stage, "cpu", tmp_path), "steps": STEPS, "rows": ROWS,
+            "seed_per_rank": True}
+    check_against_reference(train(tmp_path, 2, spec))
+
+
 # Frozen and never-used parameters, a module called twice, tuple and dict outputs, a
 # shared parameter and a data-dependent branch (the trace is invalidated and steps fall
 # back to fetching on demand); at stage 3 also with a compute budget of 3/4 of the

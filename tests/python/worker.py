@@ -65,7 +65,8 @@ def main():
     mode, spec, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     assert mode == "train", mode
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    model = models.make(spec["model"], spec.get("seed", 0))
+    # "seed_per_rank": every rank initializes differently; strata starts all from rank 0's.
+    model = models.make(spec["model"], spec.get("seed", 0) + (rank if spec.get("seed_per_rank") else 0))
     group = None
     if spec.get("torch_group"):
         dist.init_process_group("gloo")
