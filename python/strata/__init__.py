@@ -11,8 +11,9 @@ from . import errors, optim
 from ._strata import __version__
 from .engine import Engine, initialize
 from .fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from .sharded import ShardedOptimizer
 from .errors import (CannotFitError, ConfigError, NotFoundError, NotImplementedByStrata, PeerError, StrataError,
                      StrataIOError, UsageError)
 
-__all__ = ["initialize", "Engine", "fully_shard", "MixedPrecisionPolicy", "OffloadPolicy", "optim", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
+__all__ = ["initialize", "Engine", "fully_shard", "MixedPrecisionPolicy", "OffloadPolicy", "optim", "ShardedOptimizer", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
            "NotFoundError", "PeerError", "UsageError", "NotImplementedByStrata", "__version__"]

@@ -6,12 +6,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
+
+#include <optional>
+#include <tuple>
 #include <torch/csrc/utils/pybind.h>
 
 #include <nlohmann/json.hpp>
 
 #include "bindings.h"
 #include "errors.h"
+#include "py_optimizer.h"
 #include "strata/base/config.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/comm/communicator.h"
@@ -28,7 +32,12 @@ namespace {
 struct PyEngine {
   std::shared_ptr<comm::Communicator> comm;
   std::unique_ptr<Engine> eng;
+  PyOptimizer* wrapped = nullptr;  // owned by eng, when a Python optimizer steps
 };
+
+// wrap: (group of each engine parameter, number of groups, make(groups, slices)) for a
+// Python optimizer over this rank's master shards (py_optimizer.h), or None.
+using Wrap = std::optional<std::tuple<std::vector<int>, int, py::object>>;
 
 py::dict links(const plan::LinkBytes& l) {
   py::dict d;
@@ -74,7 +83,7 @@ py::dict memory(const engine::MemoryByKind& m) {
 }
 
 std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector<at::Tensor>, std::vector<std::string>>> units,
-                                 std::shared_ptr<comm::Communicator> comm, const std::string& config_json) {
+                                 std::shared_ptr<comm::Communicator> comm, const std::string& config_json, Wrap wrap) {
   std::vector<std::string> warnings;
   Config cfg = value_or_throw(Config::parse(config_json, "config", &warnings));
   engine::EngineOptions o = value_or_throw(engine::EngineOptions::from_config(cfg, comm->world()));
@@ -82,8 +91,21 @@ std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector
   for (auto& [name, params, names] : units) specs.push_back({.name = name, .params = std::move(params), .param_names = std::move(names)});
   auto out = std::make_unique<PyEngine>();
   out->comm = std::move(comm);
-  py::gil_scoped_release nogil;
-  out->eng = value_or_throw(Engine::create(std::move(specs), *out->comm, std::move(o)));
+  if (wrap) {
+    o.wrap = [e = out.get()](std::vector<at::Tensor> shards) {
+      auto opt = std::make_unique<PyOptimizer>(std::move(shards));
+      e->wrapped = opt.get();
+      return std::unique_ptr<torch::optim::Optimizer>(std::move(opt));
+    };
+  }
+  {
+    py::gil_scoped_release nogil;
+    out->eng = value_or_throw(Engine::create(std::move(specs), *out->comm, std::move(o)));
+  }
+  if (wrap) {
+    auto& [group_of, n_groups, make] = *wrap;
+    out->wrapped->build(*out->eng, group_of, n_groups, make);
+  }
   return out;
 }
 
@@ -96,8 +118,12 @@ Engine& live(PyEngine& e) {
 
 void bind_engine(py::module_& m) {
   py::class_<PyEngine>(m, "Engine")
-      .def(py::init(&create), py::arg("units"), py::arg("comm"), py::arg("config_json"),
-           "units: (name, parameters, parameter names) per unit; config_json: a DeepSpeed-style config")
+      .def(py::init(&create), py::arg("units"), py::arg("comm"), py::arg("config_json"), py::arg("wrap") = py::none(),
+           "units: (name, parameters, parameter names) per unit; config_json: a DeepSpeed-style config; wrap: "
+           "(group of each parameter, number of groups, make(groups, slices)) for a Python optimizer")
+      .def_property_readonly("wrapped_optimizer", [](PyEngine& e) {
+        return e.wrapped ? e.wrapped->optimizer() : py::object(py::none());
+      })
       .def("pre_forward", [](PyEngine& e, int unit) {
         py::gil_scoped_release nogil;
         ok_or_throw(live(e).pre_forward(unit));

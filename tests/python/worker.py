@@ -61,18 +61,71 @@ class FsdpEngine:
         return self.opt.engine.memory_by_kind()
 
 
+def two_groups(model):
+    """Norm weights and biases without weight decay, the rest at a lower lr: two groups."""
+    flat = [p for n, p in model.named_parameters() if "ln" in n or n.endswith("bias")]
+    ids = {id(p) for p in flat}
+    return [{"params": flat, "weight_decay": 0.0}, {"params": [p for p in model.parameters() if id(p) not in ids],
+                                                     "lr": 2e-3}]
+
+
+class OssEngine:
+    """strata.ShardedOptimizer around a torch.optim class, two parameter groups; the loop
+    an OSS user writes. "load_state": a whole torch.optim state_dict (saved with
+    torch.save) to load before training; "save_state": consolidate and save it."""
+
+    def __init__(self, model, o, group):
+        self.model, self.o = model, o
+        optim = getattr(torch.optim, o["optim"])
+        self.opt = strata.ShardedOptimizer(two_groups(model), optim=optim, stage=o.get("stage", 1),
+                                           process_group=group, **o["defaults"])
+        if o.get("load_state"):
+            self.opt.load_state_dict(torch.load(o["load_state"]))
+
+    def __call__(self, x):
+        return self.model(x)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        self.opt.step()
+        self.opt.zero_grad()
+
+    @property
+    def global_steps(self):
+        return self.opt.engine.steps
+
+    def consolidated_state_dict(self):
+        if self.o.get("save_state"):
+            self.opt.consolidate_state_dict(0)
+            if int(os.environ.get("RANK", 0)) == 0:
+                torch.save(self.opt.state_dict(), self.o["save_state"])
+        return dict(self.model.named_parameters())
+
+    def last_metrics(self):
+        return self.opt.engine.last_metrics()
+
+    def memory_by_tier(self):
+        return self.opt.engine.memory_by_kind()
+
+
 def main():
     mode, spec, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     assert mode == "train", mode
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     # "seed_per_rank": every rank initializes differently; strata starts all from rank 0's.
     model = models.make(spec["model"], spec.get("seed", 0) + (rank if spec.get("seed_per_rank") else 0))
+    if spec.get("load_model"):  # a plain state_dict saved with torch.save
+        model.load_state_dict(torch.load(spec["load_model"]))
     group = None
     if spec.get("torch_group"):
         dist.init_process_group("gloo")
         group = dist.group.WORLD
     if spec.get("api") == "fsdp":
         engine = FsdpEngine(model, spec["fsdp"], group)
+    elif spec.get("api") == "oss":
+        engine = OssEngine(model, spec["oss"], group)
     else:
         engine, _, _, _ = strata.initialize(model=model, config=spec["config"], process_group=group)
     start = spec.get("start", 0)
