@@ -32,7 +32,8 @@ def _communicator(process_group):
 class EngineOptimizer(torch.optim.Optimizer):
     """What initialize() returns as the optimizer: one parameter group whose "lr" is the
     engine's learning rate, so torch.optim.lr_scheduler schedulers can drive it. Its
-    step() is the engine's step(); the state lives in the engine's shards."""
+    step() steps the engine (without advancing initialize's scheduler: engine.step()
+    does both); the state lives in the engine's shards."""
 
     def __init__(self, engine: "Engine", params):
         super().__init__(params, {"lr": engine._eng.lr})
@@ -41,7 +42,7 @@ class EngineOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: D102 - the engine's step
         if closure is not None:
             raise UsageError("failed_precondition: strata's optimizer step takes no closure")
-        return self._engine.step()
+        return self._engine._step_engine()
 
     def zero_grad(self, set_to_none: bool = True):  # the engine owns the gradients
         pass
@@ -65,7 +66,6 @@ class Engine:
         self.optimizer = EngineOptimizer(self, trainable)
         self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(
             lr_scheduler, "step") else lr_scheduler
-        self._backward_since_step = False
 
     # -- training ---------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -76,20 +76,22 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         """loss.backward(), scaled for fp16 loss scaling and gradient accumulation."""
         self._eng.backward(loss)
-        self._backward_since_step = True
 
     def step(self) -> dict:
         """At the accumulation boundary: reduce, clip, step the optimizer, advance the
         scheduler. Inside the window it only counts. Returns the step's result."""
-        group_lr = self.optimizer.param_groups[0]["lr"]
-        if group_lr != self._eng.lr:
-            self._eng.lr = group_lr  # a scheduler (or the user) set it
-        r = self._eng.step()
+        # Through the optimizer's step(), which a torch scheduler wraps to count calls.
+        r = self.optimizer.step()
         if r["boundary"] and r["applied"] and self.lr_scheduler is not None:
             self.lr_scheduler.step()
             self._eng.lr = self.optimizer.param_groups[0]["lr"]
-        self._backward_since_step = False
         return r
+
+    def _step_engine(self) -> dict:
+        group_lr = self.optimizer.param_groups[0]["lr"]
+        if group_lr != self._eng.lr:
+            self._eng.lr = group_lr  # a scheduler (or the user) set it
+        return self._eng.step()
 
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0) -> float:
         return self._eng.clip_grad_norm(max_norm, norm_type)
