@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 BUILD = Path(os.environ.get("STRATA_BUILD_DIR", Path(__file__).resolve().parents[2] / "build" / "release"))
 PYTHONPATH = str(BUILD / "python")
 HERE = Path(__file__).resolve().parent
+# The built package, importable while pytest collects (test modules import worker.py,
+# which imports strata), not only once tests run.
+if PYTHONPATH not in sys.path:
+    sys.path.insert(0, PYTHONPATH)
 
 
 def free_port():
@@ -51,7 +54,3 @@ def train(tmp_path, world, spec, name="run"):
     return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def strata_on_path():
-    if PYTHONPATH not in sys.path:
-        sys.path.insert(0, PYTHONPATH)
