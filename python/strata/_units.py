@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import ConfigError
+
 
 @dataclass
 class Unit:
@@ -56,8 +58,6 @@ def units_of(model: torch.nn.Module) -> list[Unit]:
 
 
 def check_cpu(params) -> None:
-    from .errors import ConfigError
-
     for p in params:
         if p.device.type != "cpu":
             raise ConfigError(f"invalid_argument: a parameter is on {p.device}; this strata build runs on CPU "
@@ -86,8 +86,8 @@ def detach(units: list[Unit]) -> None:
 def compute_dtype(cfg: dict):
     """The engine's compute dtype for a config: what the parameters become."""
     def enabled(block):
-        v = cfg.get(block, {}).get("enabled", False) if isinstance(cfg.get(block), dict) else False
-        return v is True
+        b = cfg.get(block)
+        return isinstance(b, dict) and b.get("enabled") is True
     return torch.bfloat16 if enabled("bf16") else torch.float16 if enabled("fp16") else torch.float32
 
 
@@ -103,16 +103,21 @@ def cast_buffers(model: torch.nn.Module, dtype) -> None:
                 module._buffers[name] = b.to(dtype)
 
 
-def sync_from_rank0(comm, model: torch.nn.Module) -> None:
-    """Every rank starts from rank 0's parameters and buffers, as DeepSpeed and DDP do:
-    the engine shards each rank's own values, so a script that did not seed its ranks
-    alike would otherwise train a mix of initializations (at stages 0-2, replicated
-    parameters that differ across ranks until the first step) without a word."""
+def model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """A model's parameters and buffers: what every rank must start from alike."""
+    return list(model.parameters()) + [b for b in model.buffers() if b is not None]
+
+
+def sync_from_rank0(comm, tensors) -> None:
+    """Every rank starts from rank 0's values of `tensors`, as DeepSpeed and DDP do: the
+    engine shards each rank's own values, so a script that did not seed its ranks alike
+    would otherwise train a mix of initializations (at stages 0-2, replicated parameters
+    that differ across ranks until the first step) without a word."""
     if comm.world == 1:
         return
     seen = set()
     with torch.no_grad():
-        for t in list(model.parameters()) + [b for b in model.buffers() if b is not None]:
+        for t in tensors:
             if id(t) in seen:
                 continue
             seen.add(id(t))

@@ -58,7 +58,7 @@ class Engine:
         if not self._units:
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")
         _units.check_cpu(p for u in self._units for p in u.params)
-        _units.sync_from_rank0(comm, module)
+        _units.sync_from_rank0(comm, _units.model_tensors(module))
         self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg))
         _units.attach(self._eng, self._units)
         _units.cast_buffers(module, _units.compute_dtype(cfg))

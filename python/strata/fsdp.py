@@ -80,10 +80,10 @@ class _Group:
     def config(self, optimizer_block: dict) -> dict:
         s = self.settings
         zero = {"stage": s["stage"]}
-        if s["optimizer"] != "none":
-            zero["offload_optimizer"] = {"device": s["optimizer"], **({"nvme_path": s["nvme_path"]} if s["nvme_path"] else {})}
-        if s["params"] != "none":
-            zero["offload_param"] = {"device": s["params"], **({"nvme_path": s["nvme_path"]} if s["nvme_path"] else {})}
+        path = {"nvme_path": s["nvme_path"]} if s["nvme_path"] else {}
+        for key, device in (("offload_optimizer", s["optimizer"]), ("offload_param", s["params"])):
+            if device != "none":
+                zero[key] = {"device": device, **path}
         cfg = {"zero_optimization": zero, "optimizer": optimizer_block}
         if s["dtype"] == torch.bfloat16:
             cfg["bf16"] = {"enabled": True}
@@ -178,7 +178,7 @@ def build_engine(params, optimizer_block: dict):
         u.param_names = [names.get(id(p), n) for p, n in zip(u.params, u.param_names)]
     comm = (_strata.Communicator.from_process_group(group.process_group) if group.process_group is not None
             else _strata.Communicator.from_env())
-    _units.sync_from_rank0(comm, group.root)
+    _units.sync_from_rank0(comm, _units.model_tensors(group.root))
     config = group.config(optimizer_block)
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config))
     _units.cast_buffers(group.root, _units.compute_dtype(config))

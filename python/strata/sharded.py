@@ -35,14 +35,11 @@ class ShardedOptimizer(torch.optim.Optimizer):
         if not params:
             raise ConfigError("invalid_argument: ShardedOptimizer got no parameters")
         _units.check_cpu(params)
-        group_of = [next(i for i, g in enumerate(self.param_groups) if any(q is p for q in g["params"]))
-                    if p.requires_grad else -1 for p in params]
+        group_by_id = {id(p): g for g, grp in enumerate(self.param_groups) for p in grp["params"]}
+        group_of = [group_by_id[id(p)] if p.requires_grad else -1 for p in params]
         self._comm = (_strata.Communicator.from_process_group(process_group) if process_group is not None
                       else _strata.Communicator.from_env())
-        with torch.no_grad():  # every rank starts from rank 0's values, as OSS under DDP
-            for p in params:
-                if self._comm.world > 1:
-                    self._comm.broadcast(p.data, 0)
+        _units.sync_from_rank0(self._comm, params)  # as OSS under DDP
         cfg = {"zero_optimization": {"stage": stage}, "optimizer": {"type": "SGD", "params": {"lr": 0.0}}}
         self._slices: list[list[tuple[int, int, int]]] = []
         self._params = params
@@ -82,7 +79,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         """(param index, offset, numel, state) for every slice this rank steps."""
         pieces = []
         for local, g in zip(self.local.param_groups, self._local_map):
-            for view, (p, off, n) in zip(local["params"], self._slices[g] if g < len(self._slices) else []):
+            for view, (p, off, n) in zip(local["params"], self._slices[g]):
                 st = self.local.state.get(view, {})
                 pieces.append((p, off, n, {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in st.items()}))
         return pieces
@@ -120,10 +117,9 @@ class ShardedOptimizer(torch.optim.Optimizer):
             for k, v in st.items():
                 if torch.is_tensor(v) and v.dim() > 0 and v.numel() == self._params[p].numel():
                     st[k] = v.reshape(self._params[p].shape)
-        groups = []
-        for g in self.param_groups:
-            ids = [i for i, p in enumerate(self._params) if any(q is p for q in g["params"])]
-            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+        index = {id(p): i for i, p in enumerate(self._params)}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
+                  for g in self.param_groups]
         self._consolidated = {"state": state, "param_groups": groups}
 
     def state_dict(self):
@@ -142,7 +138,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         state = state_dict["state"]
         for local, g in zip(self.local.param_groups, self._local_map):
             local.update({k: v for k, v in self.param_groups[g].items() if k != "params"})
-            for view, (p, off, n) in zip(local["params"], self._slices[g] if g < len(self._slices) else []):
+            for view, (p, off, n) in zip(local["params"], self._slices[g]):
                 st = state.get(p, state.get(str(p)))
                 if st is None:
                     continue

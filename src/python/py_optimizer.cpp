@@ -25,8 +25,7 @@ void PyOptimizer::build(const engine::Engine& eng, const std::vector<int>& group
   for (std::size_t i = 0; i < eng.params().size(); ++i)
     if (const int s = eng.store_index(i); s >= 0) engine_param[static_cast<std::size_t>(s)] = static_cast<int>(i);
   std::vector<py::list> groups(static_cast<std::size_t>(n_groups));
-  py::list info;  // per view: (engine param, offset within the parameter, numel)
-  std::vector<py::list> infos(static_cast<std::size_t>(n_groups));
+  std::vector<py::list> infos(static_cast<std::size_t>(n_groups));  // per view: (engine param, offset in it, numel)
   std::size_t k = 0;
   for (std::uint32_t c = 0; c < store.num_chunks() && k < shards_.size(); ++c) {
     if (!eng.chunk_trains(c)) continue;  // the wrap hook's order: trainable chunks only

@@ -23,7 +23,33 @@ import models  # noqa: E402
 import strata  # noqa: E402
 
 
-class FsdpEngine:
+class OptimizerLoop:
+    """The loop a user of a strata optimizer writes (model(x), loss.backward(),
+    opt.step(), opt.zero_grad()), behind worker's engine interface; self.model and
+    self.opt are set by the subclass."""
+
+    def __call__(self, x):
+        return self.model(x)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        self.opt.step()
+        self.opt.zero_grad()
+
+    @property
+    def global_steps(self):
+        return self.opt.engine.steps
+
+    def last_metrics(self):
+        return self.opt.engine.last_metrics()
+
+    def memory_by_tier(self):
+        return self.opt.engine.memory_by_kind()
+
+
+class FsdpEngine(OptimizerLoop):
     """fully_shard on each block (or each child), then the root; strata.optim.AdamW; the
     loop a FSDP2 user writes (loss.backward(), opt.step()), behind worker's interface."""
 
@@ -37,28 +63,8 @@ class FsdpEngine:
         self.model = strata.fully_shard(model, **kw)
         self.opt = strata.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
 
-    def __call__(self, x):
-        return self.model(x)
-
-    def backward(self, loss):
-        loss.backward()
-
-    def step(self):
-        self.opt.step()
-        self.opt.zero_grad()
-
-    @property
-    def global_steps(self):
-        return self.opt.engine.steps
-
     def consolidated_state_dict(self):
         return dict(zip(self.opt.engine.param_names, self.opt.engine.consolidated_params()))
-
-    def last_metrics(self):
-        return self.opt.engine.last_metrics()
-
-    def memory_by_tier(self):
-        return self.opt.engine.memory_by_kind()
 
 
 def two_groups(model):
@@ -69,7 +75,7 @@ def two_groups(model):
                                                      "lr": 2e-3}]
 
 
-class OssEngine:
+class OssEngine(OptimizerLoop):
     """strata.ShardedOptimizer around a torch.optim class, two parameter groups; the loop
     an OSS user writes. "load_state": a whole torch.optim state_dict (saved with
     torch.save) to load before training; "save_state": consolidate and save it."""
@@ -82,32 +88,12 @@ class OssEngine:
         if o.get("load_state"):
             self.opt.load_state_dict(torch.load(o["load_state"]))
 
-    def __call__(self, x):
-        return self.model(x)
-
-    def backward(self, loss):
-        loss.backward()
-
-    def step(self):
-        self.opt.step()
-        self.opt.zero_grad()
-
-    @property
-    def global_steps(self):
-        return self.opt.engine.steps
-
     def consolidated_state_dict(self):
         if self.o.get("save_state"):
             self.opt.consolidate_state_dict(0)
             if int(os.environ.get("RANK", 0)) == 0:
                 torch.save(self.opt.state_dict(), self.o["save_state"])
         return dict(self.model.named_parameters())
-
-    def last_metrics(self):
-        return self.opt.engine.last_metrics()
-
-    def memory_by_tier(self):
-        return self.opt.engine.memory_by_kind()
 
 
 def main():

@@ -32,6 +32,10 @@
 namespace strata::cli {
 namespace {
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 namespace fs = std::filesystem;
 
 // Linear warmup to lr, then cosine down to min_lr at the last step.
@@ -235,7 +239,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     restore_rng(l.meta.client);
     if (root) {
       fmt::print("resumed from {} (step {}, saved by {} rank{}; {} loaded in {:.2f} s)\n", l.dir.string(), start,
-                 l.meta.world, l.meta.world == 1 ? "" : "s", format_bytes(l.meta.data_bytes()), std::chrono::duration<double>(std::chrono::steady_clock::now() - load_t0).count());
+                 l.meta.world, l.meta.world == 1 ? "" : "s", format_bytes(l.meta.data_bytes()), seconds_since(load_t0));
     }
     if (start >= o.steps) {
       if (root) fmt::print("the checkpoint is at step {}; --steps is {}: nothing left to train\n", start, o.steps);
@@ -269,7 +273,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
       STRATA_ASSIGN_OR_RETURN(r, eng->step());
       loss_sum += loss.item<double>();
     }
-    const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double step_s = seconds_since(t0);
     const double loss = mean_across_ranks(comm, loss_sum / static_cast<double>(accum));
     if (!std::isfinite(loss)) return make_error(ErrorCode::kInternal, "the loss is not finite at step {}", step);
     const double tokens_per_s = static_cast<double>(micro * accum * o.seq_len * comm.world()) / step_s;
@@ -326,7 +330,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
       const auto save_t0 = std::chrono::steady_clock::now();
       STRATA_ASSIGN_OR_RETURN(fs::path saved, ckpt::save_checkpoint(*eng, so));
       checkpoint = saved.string();
-      const double save_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - save_t0).count();
+      const double save_s = seconds_since(save_t0);
       if (root) {
         auto meta = ckpt::read_meta(saved);
         progress.note(fmt::format("checkpoint {} ({}) saved in {:.2f} s; training waits for it", saved.string(),
@@ -335,7 +339,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     }
   }
   if (root) progress.finish();
-  end.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_t0).count();
+  end.seconds = seconds_since(run_t0);
   end.steps = o.steps;
   double sum = 0;
   for (double l : recent_losses) sum += l;
