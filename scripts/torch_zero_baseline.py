@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""PyTorch baseline for strata's training throughput: ZeRO-1 (or plain AdamW) with DDP.
+"""PyTorch baselines for strata's training throughput (ZeRO-1 or plain AdamW with DDP),
+and the same GPT trained through strata's Python API (--api fully_shard / initialize).
 
 Trains the same GPT as strata's C++ nn::GPT (token + position embeddings, pre-LayerNorm
 blocks with causal self-attention and a tanh-GELU MLP, final LayerNorm, LM head tied to
@@ -10,6 +11,8 @@ slowest rank's median: tokens_per_s = batch * seq * world / step_s.
 
 --optimizer zero: DDP + torch.distributed.optim.ZeroRedundancyOptimizer(AdamW)
 --optimizer adamw: DDP + torch.optim.AdamW
+--api fully_shard: strata.fully_shard per block and the root, strata.optim.AdamW
+--api initialize: strata.initialize at stage 3 (every module with parameters a unit)
 
 Launch one process per rank with the environment set (no torchrun needed), e.g.
 
@@ -112,8 +115,65 @@ def strata_parameter_count(layers: int, h: int, vocab: int, context: int) -> int
     return vocab * h + context * h + layers * (12 * h * h + 13 * h) + 2 * h
 
 
+def strata_model(model: GPT, args):
+    """The model sharded at stage 3 through strata's Python API, with everything in
+    compute memory and every parameter sharded: the settings `strata bench python` gives
+    the C++ API's run (strata train) of the same GPT. Returns (model, optimizer, name)."""
+    import strata  # build/release/python on PYTHONPATH
+
+    group = dist.group.WORLD if dist.is_initialized() else None
+    if args.api == "fully_shard":  # FSDP2-style: one unit per block, then the root
+        mp = strata.MixedPrecisionPolicy(param_dtype=torch.bfloat16 if args.precision == "bf16" else None)
+        for block in model.blocks:
+            strata.fully_shard(block, mp_policy=mp, offload=None, process_group=group)
+        strata.fully_shard(model, mp_policy=mp, offload=None, process_group=group)
+        return model, strata.optim.AdamW(model.parameters(), lr=1e-4), "strata.optim.AdamW"
+    # DeepSpeed-style: every module that owns parameters is a unit. The root's forward
+    # uses the token embedding's weight (the tied head): declare it, as with DeepSpeed.
+    strata.register_external_parameter(model, model.wte.weight)
+    config = {"train_micro_batch_size_per_gpu": args.batch,
+              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+              "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+              "bf16": {"enabled": args.precision == "bf16"}}
+    engine, opt, _, _ = strata.initialize(model=model, config=config, process_group=group)
+    return engine, opt, "strata.initialize AdamW"
+
+
 def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+def time_steps(train_step, args, rank: int, world: int) -> float:
+    """Runs train_step(inputs, targets) -> loss on random byte tokens for --warmup untimed
+    and --steps timed steps; returns the slowest rank's median step time in seconds."""
+    gen = torch.Generator()
+    times = []
+    for step in range(args.warmup + args.steps):
+        gen.manual_seed(step * 1_000_003 + rank)
+        data = torch.randint(0, VOCAB, (args.batch, args.seq + 1), generator=gen)
+        inputs, targets = data[:, :-1], data[:, 1:]
+        start = time.perf_counter()
+        loss = train_step(inputs, targets)
+        elapsed = time.perf_counter() - start
+        if step >= args.warmup:
+            times.append(elapsed)
+        if rank == 0:
+            log(f"step {step}{' (warmup)' if step < args.warmup else ''}: "
+                f"loss {loss.item():.4f}, {elapsed:.3f} s")
+    step_s = torch.tensor([statistics.median(times)], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(step_s, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    return step_s.item()
+
+
+def report(result: dict, args, rank: int) -> None:
+    """Rank 0 prints the result as one JSON object on stdout and writes it to --out."""
+    if rank == 0:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f)
+                f.write("\n")
+        print(json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -125,6 +185,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--optimizer", choices=["zero", "adamw"], default="zero")
+    ap.add_argument("--api", choices=["torch", "fully_shard", "initialize"], default="torch",
+                    help="torch: DDP (--optimizer); fully_shard, initialize: strata's Python API at stage 3")
     ap.add_argument("--out", help="JSON result file (rank 0)")
     ap.add_argument("--threads", type=int, help="default: cpu_count / LOCAL_WORLD_SIZE")
     args = ap.parse_args()
@@ -153,59 +215,37 @@ def main() -> None:
     if params != expected:
         raise SystemExit(f"parameter count {params} != strata's {expected}")
 
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(model)
-    if args.optimizer == "zero" and distributed:
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-4)
+    if args.api != "torch":
+        model, opt, optimizer = strata_model(model, args)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    optimizer = args.optimizer if distributed else "adamw"  # one process: no sharding
+        if distributed:
+            model = nn.parallel.DistributedDataParallel(model)
+        if args.optimizer == "zero" and distributed:
+            opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-4)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = args.optimizer if distributed else "adamw"  # one process: no sharding
 
     if rank == 0:
         log(f"torch_zero_baseline: {args.model} ({params:,} params), world {world}, "
             f"{threads} threads/rank, {args.precision}, {optimizer}, batch {args.batch}x{args.seq}")
 
-    gen = torch.Generator()
-    times = []
-    for step in range(args.warmup + args.steps):
-        gen.manual_seed(step * 1_000_003 + rank)
-        data = torch.randint(0, VOCAB, (args.batch, args.seq + 1), generator=gen)
-        inputs, targets = data[:, :-1], data[:, 1:]
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+    # strata computes in the parameters' dtype (bf16 gathered copies); torch under autocast.
+    autocast = args.api == "torch" and args.precision == "bf16"
+
+    def train_step(inputs, targets):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = model(inputs)
             loss = F.cross_entropy(logits.reshape(-1, VOCAB).float(), targets.reshape(-1))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - start
-        if step >= args.warmup:
-            times.append(elapsed)
-        if rank == 0:
-            log(f"step {step}{' (warmup)' if step < args.warmup else ''}: "
-                f"loss {loss.item():.4f}, {elapsed:.3f} s")
+        return loss
 
-    step_s = torch.tensor([statistics.median(times)], dtype=torch.float64)
-    if distributed:
-        dist.all_reduce(step_s, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
-    step_s = step_s.item()
-    result = {
-        "tokens_per_s": args.batch * args.seq * world / step_s,
-        "step_s": step_s,
-        "params": params,
-        "world": world,
-        "model": args.model,
-        "precision": args.precision,
-        "optimizer": optimizer,
-        "threads": threads,
-        "torch": torch.__version__,
-    }
-    if rank == 0:
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(result, f)
-                f.write("\n")
-        print(json.dumps(result), flush=True)
+    step_s = time_steps(train_step, args, rank, world if distributed else 1)
+    report({"tokens_per_s": args.batch * args.seq * world / step_s, "step_s": step_s, "params": params,
+            "world": world, "model": args.model, "precision": args.precision, "optimizer": optimizer,
+            "threads": threads, "api": args.api, "torch": torch.__version__}, args, rank)
     if distributed:
         dist.destroy_process_group()
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import _guard
 from .errors import ConfigError
 
 
@@ -44,17 +45,35 @@ def output_tensors(out) -> list[torch.Tensor]:
 
 
 def units_of(model: torch.nn.Module) -> list[Unit]:
-    """Every module that owns parameters directly (the root included), in
-    named_modules() order; a parameter two modules own (a tied weight) is in both."""
+    """Every module that owns parameters directly or was given external ones (the root
+    included), in named_modules() order; a parameter two modules own (a tied weight) is
+    in both."""
     units = []
     for name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
-        if not own:
-            continue
         prefix = f"{name}." if name else ""
-        units.append(Unit(name=name or type(model).__name__, module=module, params=[p for _, p in own],
-                          param_names=[prefix + n for n, _ in own]))
+        unit = Unit(name=name or type(model).__name__, module=module, params=[p for _, p in own],
+                    param_names=[prefix + n for n, _ in own])
+        add_external(unit, model)
+        if unit.params:
+            units.append(unit)
     return units
+
+
+def add_external(unit: Unit, model: torch.nn.Module) -> None:
+    """Adds the parameters registered with register_external_parameter on the unit's
+    module (Note [released parameters], _guard.py)."""
+    external = _guard.external_parameters(unit.module)
+    if not external:
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in external:
+        if id(p) not in names:
+            raise ConfigError(f"invalid_argument: a parameter registered with register_external_parameter on "
+                              f"'{unit.name}' is not a parameter of the model")
+        if all(q is not p for q in unit.params):
+            unit.params.append(p)
+            unit.param_names.append(names[id(p)])
 
 
 def check_cpu(params) -> None:

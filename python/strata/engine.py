@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from . import _strata, _units
+from . import _guard, _strata, _units
 from . import config as _config
 from .errors import ConfigError, UsageError
 
@@ -61,6 +61,7 @@ class Engine:
         _units.sync_from_rank0(comm, _units.model_tensors(module))
         self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg))
         _units.attach(self._eng, self._units)
+        self._watched = _guard.watch(self._units) if self._eng.stage == 3 else None
         _units.cast_buffers(module, _units.compute_dtype(cfg))
         trainable = [p for p in dict.fromkeys(p for u in self._units for p in u.params) if p.requires_grad]
         self.optimizer = EngineOptimizer(self, trainable)
@@ -157,6 +158,9 @@ class Engine:
     def close(self) -> None:
         """Removes the hooks and releases the engine (its swap files go)."""
         _units.detach(self._units)
+        if self._watched is not None:
+            _guard.unwatch(self._watched)
+            self._watched = None
         self._eng.close()
 
 

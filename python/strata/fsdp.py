@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _strata, _units
+from . import _guard, _strata, _units
 from .errors import ConfigError, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
@@ -79,7 +79,9 @@ class _Group:
 
     def config(self, optimizer_block: dict) -> dict:
         s = self.settings
-        zero = {"stage": s["stage"]}
+        # As FSDP2, every parameter is sharded: no small ones kept gathered (DeepSpeed's
+        # stage3_param_persistence_threshold, 1e5 elements by default).
+        zero = {"stage": s["stage"], "stage3_param_persistence_threshold": 0}
         path = {"nvme_path": s["nvme_path"]} if s["nvme_path"] else {}
         for key, device in (("offload_optimizer", s["optimizer"]), ("offload_param", s["params"])):
             if device != "none":
@@ -176,12 +178,15 @@ def build_engine(params, optimizer_block: dict):
         u.index = i
         u.name = module_names.get(id(u.module)) or type(u.module).__name__
         u.param_names = [names.get(id(p), n) for p, n in zip(u.params, u.param_names)]
+        _units.add_external(u, group.root)
     comm = (_strata.Communicator.from_process_group(group.process_group) if group.process_group is not None
             else _strata.Communicator.from_env())
     _units.sync_from_rank0(comm, _units.model_tensors(group.root))
     config = group.config(optimizer_block)
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config))
     _units.cast_buffers(group.root, _units.compute_dtype(config))
+    if group.engine.stage == 3:
+        _guard.watch(group.units)  # for the process's life: fully_shard engines are never closed
     return group.engine
 
 

@@ -53,6 +53,22 @@ class TinyGPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
+class FunctionalHeadGPT(TinyGPT):
+    """The LM head written as a function of the token embedding's weight in the root's
+    forward (nanoGPT-style code without a head module): the weight is used outside the
+    forward of the module that owns it."""
+
+    def __init__(self):
+        super().__init__(tied=False)
+        del self.head
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return F.linear(self.ln_f(x), self.wte.weight)
+
+
 class Awkward(nn.Module):
     """What trips a front end: a frozen parameter, a parameter that never gets a
     gradient, a module called twice, a module returning a tuple and one returning a
@@ -112,6 +128,8 @@ def make(name, seed=0):
         return TinyGPT()
     if name == "gpt_untied":
         return TinyGPT(tied=False)
+    if name == "gpt_functional_head":
+        return FunctionalHeadGPT()
     if name == "awkward":
         return Awkward()
     if name.startswith("resnet18"):

@@ -27,6 +27,15 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world):
     check_against_reference(train(tmp_path, world, spec("awkward", tmp_path, optimizer="cpu", params="cpu")), "awkward")
 
 
+# The token embedding sharded as a unit of its own, its weight used by the root's forward
+# (the LM head): registered as an external parameter of the root (test_initialize has
+# the unregistered error).
+def test_parameter_used_outside_its_module(tmp_path):
+    s = spec("gpt_functional_head", tmp_path, optimizer="cpu", params="cpu", also=["wte"])
+    s["external_head"] = True
+    check_against_reference(train(tmp_path, 2, s), "gpt_functional_head")
+
+
 @pytest.mark.parametrize("world", [1, 2])
 def test_bf16_tracks_fp32(tmp_path, world):
     ranks = train(tmp_path, world, spec("gpt", tmp_path, optimizer="cpu", bf16=True))

@@ -1,10 +1,12 @@
 """strata.initialize on an unmodified plain-PyTorch model, at world sizes 1 and 2, in
 real processes, against plain PyTorch training of the same model in this process."""
+import json
+
 import pytest
 import torch
 
 import models
-from conftest import train
+from conftest import HERE, run_ranks, train
 
 STEPS, ROWS, LR, WD = 6, 8, 3e-3, 0.01
 # ResNet-18 on random labels is chaotic at the learning rates that train it: with AdamW
@@ -167,3 +169,27 @@ def test_resnet18_matches_plain_pytorch(tmp_path, world, stage, device, budget):
         model_bytes = 4 * sum(p.numel() for p in models.make(name).parameters())
         for r in ranks:
             assert r["metrics"]["peak"]["compute"] <= budget < model_bytes, r["metrics"]
+
+
+# A parameter used outside the forward of the module that owns it (the LM head as
+# F.linear(x, self.wte.weight) in the root's forward). At stage 3 its storage is released
+# there: unregistered, every rank stops with a UsageError that names the parameter and
+# the fix (before the guard, w.sum() on it killed the process with SIGSEGV and F.linear
+# raised an opaque ATen error); registered with strata.register_external_parameter, the
+# root's forward gathers it, also with a compute budget that evicts, and training matches
+# plain PyTorch.
+def test_parameter_used_outside_its_module(tmp_path):
+    spec = {"model": "gpt_functional_head", "config": config(3, "cpu", tmp_path), "steps": 2, "rows": ROWS}
+    results = run_ranks(2, [HERE / "worker.py", "train", json.dumps(spec), tmp_path / "bad.json"])
+    for rc, text in results:
+        assert rc == 1, text
+        assert "UsageError: failed_precondition: parameter 'wte.weight' was used outside the forward" in text, text
+        assert "strata.register_external_parameter" in text
+    for world, budget in ((1, 0), (2, 0), (2, 48 << 10)):  # the model is 109 KiB
+        cfg = config(3, "cpu", tmp_path, chunk_size=1024, **({"compute_budget": budget} if budget else {}))
+        cfg["zero_optimization"]["offload_param"] = {"device": "cpu"}
+        spec = {"model": "gpt_functional_head", "config": cfg, "steps": STEPS, "rows": ROWS, "external_head": True}
+        ranks = train(tmp_path, world, spec, f"ext{world}-{budget}")
+        check_against_reference(ranks, "gpt_functional_head")
+        if budget:
+            assert all(r["metrics"]["peak"]["compute"] <= budget for r in ranks)

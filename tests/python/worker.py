@@ -5,7 +5,8 @@ MASTER_ADDR and MASTER_PORT set (as torchrun does).
 
 SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 "load": dir?, "start": first step, "torch_group": pass torch.distributed's group,
-"api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay}
+"external_head": register the root as a user of wte.weight,
+"api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule]}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
 each step's loss to stderr.
 Each rank writes OUT_JSON.<rank>: its own losses, the consolidated parameters' values
@@ -60,6 +61,8 @@ class FsdpEngine(OptimizerLoop):
         kw = dict(stage=o.get("stage", 3), offload=offload, mp_policy=mp, process_group=group)
         for child in (model.blocks if hasattr(model, "blocks") else model.children()) if o.get("children", True) else ():
             strata.fully_shard(child, **kw)
+        for name in o.get("also", []):  # more submodules as units of their own
+            strata.fully_shard(model.get_submodule(name), **kw)
         self.model = strata.fully_shard(model, **kw)
         self.opt = strata.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
 
@@ -104,6 +107,8 @@ def main():
     model = models.make(spec["model"], spec.get("seed", 0) + (rank if spec.get("seed_per_rank") else 0))
     if spec.get("load_model"):  # a plain state_dict saved with torch.save
         model.load_state_dict(torch.load(spec["load_model"]))
+    if spec.get("external_head"):  # the root's forward uses wte.weight (gpt_functional_head)
+        strata.register_external_parameter(model, model.wte.weight)
     group = None
     if spec.get("torch_group"):
         dist.init_process_group("gloo")

@@ -1,0 +1,106 @@
+"""Note [released parameters]: a parameter used outside its unit's forward at stage 3.
+
+At stage 3 a parameter holds values only while a unit that owns it is between
+pre_forward and post_forward (and again in its backward); otherwise its storage is
+released (no bytes, a null data pointer, its shape kept). Code that reads it anywhere
+else, typically a tied LM head written as `x @ self.wte.weight.t()` in the parent's
+forward, would hand ATen a tensor with no memory: some ops raise an opaque "setStorage
+... out of bounds" error, others (w.sum(), w * 2) read address 0 and kill the process.
+
+While an engine at stage 3 exists, a torch-function mode looks at the parameters every
+torch call receives and raises UsageError, naming the parameter, its owner and the fix
+(strata.register_external_parameter, as DeepSpeed's), before the op runs. The check is a
+type test per argument; gathered parameters pass through.
+
+register_external_parameter(module, param) adds `param` to `module`'s unit, so that
+module's forward gathers it too (the engine lets a parameter belong to several units).
+"""
+from __future__ import annotations
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .errors import UsageError
+
+
+def register_external_parameter(module: torch.nn.Module, parameter: torch.nn.Parameter) -> None:
+    """Declares that `module`'s forward uses `parameter`, which another module owns (as
+    deepspeed.zero.register_external_parameter). Call it before strata.initialize, or
+    before building the strata.optim optimizer of a fully_shard model."""
+    if not isinstance(module, torch.nn.Module) or not isinstance(parameter, torch.nn.Parameter):
+        raise UsageError("invalid_argument: register_external_parameter(module, parameter) takes a torch.nn.Module "
+                         f"and a torch.nn.Parameter, got {type(module).__name__} and {type(parameter).__name__}")
+    external = module.__dict__.setdefault("_strata_external_params", [])
+    if all(p is not parameter for p in external):
+        external.append(parameter)
+
+
+def external_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return module.__dict__.get("_strata_external_params", [])
+
+
+# Calls that read a tensor's metadata, never its values: attribute getters and setters
+# (p.requires_grad, p.shape, p.grad, ...) and these methods.
+_METADATA = frozenset({"__get__", "__set__", "numel", "nelement", "size", "dim", "ndimension", "stride",
+                       "storage_offset", "is_contiguous", "element_size", "data_ptr", "storage", "untyped_storage",
+                       "_storage", "requires_grad_", "is_floating_point", "is_complex", "get_device", "__hash__",
+                       "__len__", "type", "_is_view"})
+
+
+class _Guard(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.owners: dict[int, tuple[str, str]] = {}  # id(param) -> (name, owning unit)
+        self.engines = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _METADATA:
+            return func(*args, **kwargs)
+        for a in args:
+            self._check(a)
+            if isinstance(a, (list, tuple)):
+                for b in a:
+                    self._check(b)
+        for a in kwargs.values():
+            self._check(a)
+        return func(*args, **kwargs)
+
+    def _check(self, a) -> None:
+        if isinstance(a, torch.nn.Parameter) and a.data_ptr() == 0 and a.numel() > 0:
+            owner = self.owners.get(id(a))
+            if owner is None:
+                return  # not a parameter of a strata engine
+            name, unit = owner
+            raise UsageError(
+                f"failed_precondition: parameter '{name}' was used outside the forward of the module that owns it "
+                f"('{unit}'); at stage 3 it holds no values there (they live in shards). Use it through its "
+                "module, or declare the module whose forward uses it before sharding: "
+                f"strata.register_external_parameter(that_module, {name.rsplit('.', 1)[-1]}_parameter) (as "
+                "deepspeed.zero.register_external_parameter)")
+
+
+_GUARD = _Guard()
+
+
+def watch(units) -> list[int]:
+    """Starts checking the parameters of `units` (engine order); returns the keys for
+    unwatch(). The mode is entered with the first watched engine."""
+    keys = []
+    for u in units:
+        for p, n in zip(u.params, u.param_names):
+            if id(p) not in _GUARD.owners:
+                _GUARD.owners[id(p)] = (n, u.name)
+                keys.append(id(p))
+    if _GUARD.engines == 0:
+        _GUARD.__enter__()
+    _GUARD.engines += 1
+    return keys
+
+
+def unwatch(keys: list[int]) -> None:
+    for k in keys:
+        _GUARD.owners.pop(k, None)
+    _GUARD.engines -= 1
+    if _GUARD.engines == 0:
+        _GUARD.__exit__(None, None, None)
