@@ -29,6 +29,7 @@ CLI::App* add_bench_command(CLI::App& app);
 void add_bench_zero(CLI::App& bench, int* exit_code);
 void add_bench_zero3(CLI::App& bench, int* exit_code);
 void add_bench_train(CLI::App& bench, int* exit_code);
+void add_bench_python(CLI::App& bench, int* exit_code);
 void add_bench_infinity(CLI::App& bench, int* exit_code);
 // strata bench ckpt: checkpoint save and load GB/s next to bench io (bench_ckpt.cpp).
 void add_bench_ckpt(CLI::App& bench, int* exit_code);

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   strata::cli::add_bench_zero(*bench, &exit_code);
   strata::cli::add_bench_zero3(*bench, &exit_code);
   strata::cli::add_bench_train(*bench, &exit_code);
+  strata::cli::add_bench_python(*bench, &exit_code);
   strata::cli::add_bench_infinity(*bench, &exit_code);
   strata::cli::add_bench_ckpt(*bench, &exit_code);
   strata::cli::add_bench_optim(*bench, &exit_code);
