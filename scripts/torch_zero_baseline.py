@@ -247,7 +247,13 @@ def main() -> None:
             "world": world, "model": args.model, "precision": args.precision, "optimizer": optimizer,
             "threads": threads, "api": args.api, "torch": torch.__version__}, args, rank)
     if distributed:
-        dist.destroy_process_group()
+        dist.barrier()
+    # Skip the interpreter's teardown: in torch 1.13 destroying DDP's reducer can deadlock
+    # (~ProcessGroupGloo waits for a worker thread that waits for the GIL held by this
+    # one); it hung a `strata bench python` run here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "strata/base/blas.h"
+
 namespace strata::cli {
 
 inline int threads_per_rank() {
@@ -18,10 +20,12 @@ inline int threads_per_rank() {
   return std::max(1, cores / local);
 }
 
-// Sets LibTorch's intra-op threads to threads_per_rank() and returns it.
+// Sets LibTorch's intra-op threads (OpenMP, which oneDNN uses too) and OpenBLAS's to
+// threads_per_rank() and returns it: each pool would otherwise take every core.
 inline int apply_rank_threads() {
   const int n = threads_per_rank();
   at::set_num_threads(n);
+  set_blas_threads(n);
   return n;
 }
 

@@ -89,10 +89,12 @@ class Engine:
         return r
 
     def _step_engine(self) -> dict:
-        group_lr = self.optimizer.param_groups[0]["lr"]
-        if group_lr != self._eng.lr:
-            self._eng.lr = group_lr  # a scheduler (or the user) set it
-        return self._eng.step()
+        group = self.optimizer.param_groups[0]
+        if group["lr"] != self._eng.lr:
+            self._eng.lr = group["lr"]  # a torch scheduler (or the user) set it
+        r = self._eng.step()
+        group["lr"] = self._eng.lr  # the config's scheduler, if any, set the next step's
+        return r
 
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0) -> float:
         return self._eng.clip_grad_norm(max_norm, norm_type)
@@ -204,5 +206,8 @@ def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=
             raise ConfigError("invalid_argument: model_parameters leaves out trainable parameters "
                               f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}; freeze them "
                               "(requires_grad=False) or pass them")
+    if lr_scheduler is not None and isinstance(cfg.get("scheduler"), dict):
+        raise ConfigError("invalid_argument: an lr_scheduler was passed and the config has a \"scheduler\" block; "
+                          "give one of the two")
     engine = Engine(model, cfg, _communicator(process_group), lr_scheduler)
     return engine, engine.optimizer, None, engine.lr_scheduler

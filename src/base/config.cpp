@@ -153,6 +153,18 @@ std::string_view to_string(OffloadDevice d) {
 }
 std::string_view to_string(Placement p) { return p == Placement::kAuto ? "auto" : "static"; }
 
+std::string_view to_string(SchedulerType t) {
+  switch (t) {
+    case SchedulerType::kNone: return "none";
+    case SchedulerType::kWarmupLR: return "WarmupLR";
+    case SchedulerType::kWarmupDecayLR: return "WarmupDecayLR";
+    case SchedulerType::kWarmupCosineLR: return "WarmupCosineLR";
+    case SchedulerType::kOneCycle: return "OneCycle";
+    case SchedulerType::kLRRangeTest: return "LRRangeTest";
+  }
+  return "?";
+}
+
 OptimizerType OptimizerConfig::effective_type() const {
   return type == OptimizerType::kAdam && adam_w_mode ? OptimizerType::kAdamW : type;
 }
@@ -267,6 +279,15 @@ Status Config::validate() const {
     errs.push_back(fmt::format("strata.compute_budget: {} bytes is too small to hold anything; use 0 for no limit",
                                strata.compute_budget));
   }
+  const SchedulerConfig& sc = scheduler;
+  if (sc.type == SchedulerType::kOneCycle) {
+    for (const auto& [key, v] : {std::pair{"cycle_min_lr", sc.cycle_min_lr}, std::pair{"cycle_max_lr", sc.cycle_max_lr}})
+      if (v < 0) errs.push_back(fmt::format("scheduler.params.{}: required by OneCycle (a number >= 0)", key));
+    if (sc.decay_lr_rate != 0 && sc.decay_step_size == 0)
+      errs.emplace_back("scheduler.params.decay_step_size: must be > 0 when decay_lr_rate is set (OneCycle)");
+  }
+  if (sc.warmup_type != "log" && sc.warmup_type != "linear")
+    errs.push_back(fmt::format("scheduler.params.warmup_type: \"{}\" is not one of: log, linear", sc.warmup_type));
   if (aio.block_size % 4096 != 0) {
     errs.push_back(fmt::format("aio.block_size: {} is not a multiple of 4096 (O_DIRECT alignment)", aio.block_size));
   }

@@ -214,6 +214,38 @@ std::vector<Field> bind(Config& c) {
   f.push_back(recognised("optimizer.params.torch_adam", kNoEffect, "strata always uses its fused CPU kernels"));
   f.push_back(recognised("optimizer.params.bias_correction", kNoEffect, "bias correction is always on, as in torch.optim"));
 
+  SchedulerConfig& sc = c.scheduler;
+  f.push_back(choice("scheduler.type", sc.type,
+                     {{"none", SchedulerType::kNone}, {"WarmupLR", SchedulerType::kWarmupLR},
+                      {"WarmupDecayLR", SchedulerType::kWarmupDecayLR}, {"WarmupCosineLR", SchedulerType::kWarmupCosineLR},
+                      {"OneCycle", SchedulerType::kOneCycle}, {"LRRangeTest", SchedulerType::kLRRangeTest}}));
+  const std::string sp = "scheduler.params.";
+  f.push_back(real(sp + "warmup_min_lr", sc.warmup_min_lr, 0, kInf));
+  f.push_back(real(sp + "warmup_max_lr", sc.warmup_max_lr, 0, kInf));
+  f.push_back(integer(sp + "warmup_num_steps", sc.warmup_num_steps, 0, kInf));
+  f.push_back(text(sp + "warmup_type", sc.warmup_type));
+  f.push_back(integer(sp + "total_num_steps", sc.total_num_steps, 0, kInf));
+  f.push_back(real(sp + "warmup_min_ratio", sc.warmup_min_ratio, 0, 1));
+  f.push_back(real(sp + "cos_min_ratio", sc.cos_min_ratio, 0, 1));
+  // -1: not given (OneCycle requires both; validate() says so).
+  f.push_back(real(sp + "cycle_min_lr", sc.cycle_min_lr, -1, kInf));
+  f.push_back(real(sp + "cycle_max_lr", sc.cycle_max_lr, -1, kInf));
+  f.push_back(real(sp + "decay_lr_rate", sc.decay_lr_rate, 0, kInf));
+  f.push_back(integer(sp + "cycle_first_step_size", sc.cycle_first_step_size, 1, kInf));
+  f.push_back(integer(sp + "cycle_second_step_size", sc.cycle_second_step_size, 0, kInf));  // 0: the first's
+  f.push_back(recognised(sp + "cycle_first_stair_count", kNoEffect, "DeepSpeed's OneCycle does not use it either"));
+  f.push_back(recognised(sp + "cycle_second_stair_count", kNoEffect, "DeepSpeed's OneCycle does not use it either"));
+  f.push_back(integer(sp + "decay_step_size", sc.decay_step_size, 0, kInf));
+  f.push_back(boolean(sp + "cycle_momentum", sc.cycle_momentum));
+  f.push_back(real(sp + "cycle_min_mom", sc.cycle_min_mom, 0, 1));
+  f.push_back(real(sp + "cycle_max_mom", sc.cycle_max_mom, 0, 1));
+  f.push_back(real(sp + "decay_mom_rate", sc.decay_mom_rate, 0, kInf));
+  f.push_back(real(sp + "lr_range_test_min_lr", sc.lr_range_test_min_lr, 0, kInf));
+  f.push_back(real(sp + "lr_range_test_step_rate", sc.lr_range_test_step_rate, 0, kInf));
+  f.push_back(integer(sp + "lr_range_test_step_size", sc.lr_range_test_step_size, 1, kInf));
+  f.push_back(boolean(sp + "lr_range_test_staircase", sc.lr_range_test_staircase));
+  f.push_back(recognised(sp + "last_batch_iteration", kNoEffect, "a resumed run takes the step from its checkpoint"));
+
   ZeroConfig& z = c.zero_optimization;
   const std::string zp = "zero_optimization";
   f.push_back(integer(zp + ".stage", z.stage, 0, 3));
@@ -269,7 +301,7 @@ std::vector<Field> bind(Config& c) {
                           "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer"}) {
     f.push_back(recognised(key, kNoEffect, "DeepSpeed runtime option with no strata equivalent"));
   }
-  for (const char* key : {"scheduler", "activation_checkpointing", "prescale_gradients",
+  for (const char* key : {"activation_checkpointing", "prescale_gradients",
                           "gradient_predivide_factor", "communication_data_type", "sparse_gradients",
                           "amp", "compression_training", "elasticity", "pipeline", "data_efficiency",
                           "checkpoint", "data_types", "autotuning"}) {

@@ -149,14 +149,24 @@ Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs)
 // Note [nested backward].
 void AccessDriver::begin_unit_backward(UnitId u) {
   const auto& anc = units_[u].ancestors;
+  auto nested_in_u = [&](UnitId open) {
+    const auto& a = units_[open].ancestors;
+    return std::find(a.begin(), a.end(), u) != a.end();
+  };
+  std::vector<std::pair<UnitId, std::optional<std::size_t>>> inner;  // open units nested in u: stay open
   while (!bwd_stack_.empty() && std::find(anc.begin(), anc.end(), bwd_stack_.back().first) == anc.end()) {
     const auto [open, at] = bwd_stack_.back();
     bwd_stack_.pop_back();
+    if (nested_in_u(open)) {
+      inner.emplace_back(open, at);
+      continue;
+    }
     core_.errors.check(finish_access(open, plan::Phase::kBackward, at));
   }
   auto at = on_access(u, plan::Phase::kBackward);
   if (!at) core_.errors.raise(std::move(at).error());
   bwd_stack_.emplace_back(u, *at);
+  bwd_stack_.insert(bwd_stack_.end(), inner.rbegin(), inner.rend());
 }
 
 Status AccessDriver::end_backward() {

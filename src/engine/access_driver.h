@@ -9,6 +9,12 @@
 // run. Nesting is learned in forward: a unit whose pre_forward comes while another
 // unit's forward is open is nested in it.
 //
+// One tensor can be the output of nested units (an outer unit whose forward ends with an
+// inner unit's call returns the inner unit's output). Its hooks fire in registration
+// order, the inner unit's first; the outer unit then begins with the inner one still
+// open above it: the inner one stays open (its backward has not run yet), and the outer
+// one is opened beneath it, as if its hook had fired first.
+//
 // A step (one forward and its backward) begins at the first training access and ends
 // when backward does. Step 1 records the trace; at its end the trace is frozen, its hash
 // compared across ranks (a mismatch is an error, not a hang), and the schedule planned.

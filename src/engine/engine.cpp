@@ -102,6 +102,11 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   EngineCore& core = m.core;
   const EngineOptions& o = core.opt;
   STRATA_ASSIGN_OR_RETURN(m.kernel, StepKernel::create(o.optimizer));
+  if (o.scheduler.type != SchedulerType::kNone) {
+    STRATA_ASSIGN_OR_RETURN(LrSchedule s, LrSchedule::create(o.scheduler, o.optimizer.lr));
+    m.lr_schedule = std::move(s);
+    m.apply_schedule();
+  }
 
   // Every distinct parameter once, in unit order (the forward order until a trace says
   // otherwise). A tensor listed twice, in one unit or two, is one parameter.
@@ -296,7 +301,10 @@ Result<StepResult> Engine::step() {
   const auto t0 = Clock::now();
   const plan::LinkBytes before = m.core.cur.moved;
   STRATA_RETURN_IF_ERROR(m.stepper->step(r));
-  if (r.applied) ++m.step_count;
+  if (r.applied) {
+    ++m.step_count;
+    m.apply_schedule();
+  }
   m.reducer->after_step();
   if (m.access) STRATA_RETURN_IF_ERROR(m.access->after_optimizer_step());
   m.core.cur.optimizer_s += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -309,6 +317,12 @@ Result<StepResult> Engine::step() {
   STRATA_RETURN_IF_ERROR(m.core.trace.end_step(m.core.comm.rank()));
   r.step = m.step_count;
   return r;
+}
+
+void Engine::Impl::apply_schedule() {
+  if (!lr_schedule) return;
+  kernel.set_lr(lr_schedule->lr(step_count));
+  if (auto b = lr_schedule->betas(step_count)) kernel.set_betas(*b);
 }
 
 void Engine::Impl::finish_metrics() {

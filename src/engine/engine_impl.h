@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "strata/base/lr_schedule.h"
+
 #include "access_driver.h"
 #include "engine_core.h"
 #include "gatherer.h"
@@ -22,6 +24,7 @@ struct Engine::Impl {
 
   EngineCore core;  // first: everything below refers to it
   StepKernel kernel;
+  std::optional<LrSchedule> lr_schedule;  // the config's scheduler block, if any
   std::vector<at::Tensor> all_params;   // every distinct parameter, engine order
   std::vector<int> store_index;         // per all_params: its index in the store, or -1 (stage < 3 frozen)
   std::vector<std::string> param_names;  // per all_params (Engine::param_names)
@@ -54,6 +57,7 @@ struct Engine::Impl {
   void open_backward();          // the first hook of a backward
   Status close_backward();       // when backward ends (autograd callback, or backward())
   bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }
+  void apply_schedule();         // the lr (and betas) of the next optimizer step, step_count's
   void finish_metrics();
 };
 

@@ -13,6 +13,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   const ZeroConfig& z = cfg.zero_optimization;
   o.stage = z.stage;
   o.optimizer = cfg.optimizer;
+  o.scheduler = cfg.scheduler;
   o.fp16 = cfg.fp16;
   o.compute_dtype = cfg.bf16.enabled ? at::kBFloat16 : cfg.fp16.enabled ? at::kHalf : at::kFloat;
   o.gradient_clipping = cfg.gradient_clipping;

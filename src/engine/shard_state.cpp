@@ -53,6 +53,10 @@ double StepKernel::lr() const {
 }
 
 void StepKernel::set_lr(double lr) { adam_.lr = sgd_.lr = adagrad_.lr = lr; }
+void StepKernel::set_betas(std::array<double, 2> betas) {
+  adam_.beta1 = betas[0];
+  adam_.beta2 = betas[1];
+}
 
 Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states, const void* grad,
                        kernels::DType grad_dtype, void* param, kernels::DType param_dtype,

@@ -7,6 +7,7 @@
 //   Adagrad:    sum
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -40,6 +41,8 @@ class StepKernel {
   double initial_value(std::size_t state) const;
   double lr() const;
   void set_lr(double lr);
+  // Adam's betas (a OneCycle schedule cycles beta1); other optimizers ignore them.
+  void set_betas(std::array<double, 2> betas);
 
   // One fused step over n elements: master (fp32) and states (fp32) updated in place;
   // param (compute dtype) written from the new master when not null.

@@ -365,7 +365,10 @@ void Engine::set_param_step(std::size_t store_param, ParamStep s) {
 }
 
 void Engine::restore_loss_scaler(const LossScaler::State& s) { impl_->stepper->scaler().restore(s); }
-void Engine::set_steps(std::int64_t n) { impl_->step_count = n; }
+void Engine::set_steps(std::int64_t n) {
+  impl_->step_count = n;
+  impl_->apply_schedule();  // a resumed run continues its schedule where it stopped
+}
 comm::Communicator& Engine::communicator() const { return impl_->core.comm; }
 
 }  // namespace strata::engine

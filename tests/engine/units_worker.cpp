@@ -6,6 +6,7 @@
 // units_worker branch                     a data-dependent path invalidates the trace
 // units_worker diverge                    traces that differ across ranks are an error
 // units_worker nested                     a unit called inside another
+// units_worker nested_tail                 ... whose output is the enclosing unit's output
 // units_worker tuple                      a unit returning a tuple
 // units_worker awkward STAGE              frozen / no-grad / twice-called units vs LibTorch at
 //                                         every placement
@@ -159,11 +160,39 @@ struct Nested : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) { return engine::forward(head, engine::forward(outer, x)); }
 };
 
+// An outer unit whose forward ends with the inner unit's call: one tensor is the output
+// of both (Note [nested backward]). The inner module is the parent's, so the outer unit
+// does not hold its parameters (as strata.fully_shard's root holds only what no inner
+// unit took). Before the fix the outer unit's start closed the inner one, releasing its
+// chunks before its backward ran (an ATen error or a crash).
+struct TailOuter : torch::nn::Module {
+  torch::nn::Linear in{nullptr};
+  std::shared_ptr<Inner> inner;  // not registered here
+  explicit TailOuter(std::shared_ptr<Inner> i) : inner(std::move(i)) {
+    in = register_module("in", torch::nn::Linear(16, 32));
+  }
+  at::Tensor forward(const at::Tensor& x) { return engine::forward(inner, at::tanh(in->forward(x))); }
+};
+struct TailNested : torch::nn::Module {
+  std::shared_ptr<Inner> inner;
+  std::shared_ptr<TailOuter> outer;
+  torch::nn::Linear head{nullptr};
+  TailNested() {
+    // Registered in unit order, the order of the engine's consolidated parameters.
+    auto i = std::make_shared<Inner>();
+    outer = register_module("outer", std::make_shared<TailOuter>(i));
+    inner = register_module("inner", i);
+    head = register_module("head", torch::nn::Linear(32, 4));
+  }
+  at::Tensor forward(const at::Tensor& x) { return engine::forward(head, engine::forward(outer, x)); }
+};
+
+template <class Model>
 void nested() {
   at::manual_seed(5);
-  auto model = std::make_shared<Nested>();
+  auto model = std::make_shared<Model>();
   at::manual_seed(5);
-  auto ref = std::make_shared<Nested>();
+  auto ref = std::make_shared<Model>();
   engine::EngineOptions o = small_unit_options();
   o.schedule.max_reuse_distance_elems = 0;  // release after every use: nesting must hold them
   std::vector<engine::ModuleUnit> units = {{.module = model->outer, .name = "outer"},
@@ -465,7 +494,8 @@ int main(int argc, char** argv) {
   const std::string& mode = a[0];
   if (mode == "branch") branch();
   else if (mode == "diverge") diverge();
-  else if (mode == "nested") nested();
+  else if (mode == "nested") nested<Nested>();
+  else if (mode == "nested_tail") nested<TailNested>();
   else if (mode == "tuple") tuple_outputs();
   else if (mode == "awkward") awkward(std::stoi(a.at(1)));
   else if (mode == "bwdbudget") backward_budget();

@@ -66,6 +66,10 @@ TEST(Zero3, DataDependentBranchInvalidatesTheTraceAndResultsStayExact) {
 
 TEST(Zero3, NestedUnitsMatchUnshardedTraining) { expect_all_ok(run_ranks(2, {units_worker(), "nested"})); }
 
+TEST(Zero3, AnInnerUnitsOutputReturnedByItsEnclosingUnitMatchesUnshardedTraining) {
+  expect_all_ok(run_ranks(2, {units_worker(), "nested_tail"}, std::chrono::seconds(60)));
+}
+
 TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
   auto rs = run_ranks(2, {units_worker(), "diverge"}, std::chrono::seconds(60));
   for (const auto& r : rs) {

@@ -1,5 +1,6 @@
-"""A torch.optim.lr_scheduler drives the engine's learning rate through the optimizer
-strata.initialize returns: the same losses as plain PyTorch with the same scheduler."""
+"""Learning-rate schedules through strata.initialize: a torch.optim.lr_scheduler driving the
+optimizer it returns, and the config's DeepSpeed "scheduler" block, each against plain PyTorch."""
+import pytest
 import torch
 
 import models
@@ -31,3 +32,72 @@ def test_lambda_lr_through_initialize_matches_plain_pytorch():
         assert engine.get_lr() == [rsched.get_last_lr()[0]] == [opt.param_groups[0]["lr"]]
     assert sched.last_epoch == 4
     engine.close()
+
+
+# The config's "scheduler" block (DeepSpeed's names and defaults): every optimizer step
+# runs with the lr (and, for OneCycle, the Adam betas) DeepSpeed would use, checked step
+# by step against ds_schedules.py (DeepSpeed's formulas and stepping: the lr set when the
+# scheduler is built, then one scheduler step after each optimizer step) driving plain
+# torch.optim.AdamW, which also gives the reference losses. 12 steps cross every phase.
+SCHEDULES = {
+    "WarmupLR": {"warmup_min_lr": 1e-4, "warmup_max_lr": 3e-3, "warmup_num_steps": 5},
+    "WarmupLR_linear": {"warmup_min_lr": 0.0, "warmup_max_lr": 3e-3, "warmup_num_steps": 4, "warmup_type": "linear"},
+    "WarmupDecayLR": {"total_num_steps": 10, "warmup_min_lr": 1e-4, "warmup_max_lr": 3e-3, "warmup_num_steps": 4},
+    "WarmupCosineLR": {"total_num_steps": 11, "warmup_min_ratio": 0.1, "warmup_num_steps": 4, "cos_min_ratio": 0.05,
+                       "warmup_type": "linear"},
+    "OneCycle": {"cycle_min_lr": 1e-4, "cycle_max_lr": 3e-3, "cycle_first_step_size": 3, "cycle_second_step_size": 4,
+                 "decay_step_size": 2, "decay_lr_rate": 0.5, "cycle_min_mom": 0.85, "cycle_max_mom": 0.95,
+                 "decay_mom_rate": 0.01},
+    "LRRangeTest": {"lr_range_test_min_lr": 1e-4, "lr_range_test_step_size": 3, "lr_range_test_step_rate": 2.0,
+                    "lr_range_test_staircase": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_config_scheduler_matches_deepspeeds_curve(name):
+    import strata
+    import ds_schedules
+
+    torch.set_num_threads(1)
+    kind = name.split("_")[0]
+    params = SCHEDULES[name]
+    cfg = {"train_batch_size": 8, "zero_optimization": {"stage": 2},
+           "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.01}},
+           "scheduler": {"type": kind, "params": params}}
+    engine, opt, _, sched = strata.initialize(model=models.make("gpt"), config=cfg)
+    assert sched is None
+    ref = models.make("gpt")
+    ropt = torch.optim.AdamW(ref.parameters(), lr=2e-3, weight_decay=0.01)
+    rsched = getattr(ds_schedules, kind)(ropt, **params)
+    for step in range(12):
+        want = ropt.param_groups[0]["lr"]
+        assert engine.get_lr()[0] == pytest.approx(want, rel=1e-12, abs=1e-15), (step, engine.get_lr(), want)
+        x, y = models.batch("gpt", step, 8)
+        loss = models.loss_fn("gpt", engine(x), y)
+        engine.backward(loss)
+        engine.step()
+        ropt.zero_grad()
+        rloss = models.loss_fn("gpt", ref(x), y)
+        rloss.backward()
+        ropt.step()
+        rsched.step()
+        assert abs(loss.item() - rloss.item()) <= 1e-5 * abs(rloss.item()), (step, loss.item(), rloss.item())
+    engine.close()
+
+
+def test_scheduler_block_errors():
+    import strata
+
+    base = {"train_batch_size": 8, "zero_optimization": {"stage": 2},
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    cases = [({"type": "OneCycle", "params": {"cycle_max_lr": 1e-3}}, "cycle_min_lr: required by OneCycle"),
+             ({"type": "WarmupDecayLR", "params": {}}, "total_num_steps: required by WarmupDecayLR"),
+             ({"type": "WarmupLR", "params": {"warmup_type": "cubic"}}, "warmup_type: \"cubic\" is not one of"),
+             ({"type": "WarmupLRR"}, "scheduler.type: \"WarmupLRR\" is not one of"),
+             ({"type": "WarmupLR", "params": {"warmup_max": 1}}, "did you mean warmup_max_lr")]
+    for block, message in cases:
+        with pytest.raises(strata.ConfigError, match=message.replace("(", r"\(")):
+            strata.initialize(model=models.make("gpt"), config=dict(base, scheduler=block))
+    with pytest.raises(strata.ConfigError, match="give one of the two"):
+        strata.initialize(model=models.make("gpt"), config=dict(base, scheduler={"type": "WarmupLR"}),
+                          lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0))

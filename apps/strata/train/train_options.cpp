@@ -1,5 +1,7 @@
 #include "train_options.h"
 
+#include "strata/base/lr_schedule.h"
+
 #include <cmath>
 #include <filesystem>
 
@@ -252,6 +254,17 @@ Status TrainOptions::resolve(bool demo_defaults) {
   if (min_lr > lr) return make_error(ErrorCode::kInvalidArgument, "--min-lr {:g} is above the peak learning rate {:g}", min_lr, lr);
   if (warmup < 0) warmup = steps / 10;
   if (min_lr == 0) min_lr = lr / 10;
+  // The schedule is the config's "scheduler" block (its total_num_steps, when not given,
+  // is --steps), else strata train's own: DeepSpeed's WarmupCosineLR from --lr, --warmup
+  // and --min-lr. The engine applies it (Note [scheduler stepping]).
+  if (c.scheduler.type == SchedulerType::kNone) {
+    c.scheduler = SchedulerConfig{.type = SchedulerType::kWarmupCosineLR, .warmup_num_steps = warmup,
+                                  .warmup_type = "linear", .total_num_steps = steps, .warmup_min_ratio = 0.0,
+                                  .cos_min_ratio = min_lr / lr};
+  } else if (c.scheduler.total_num_steps == 0) {
+    c.scheduler.total_num_steps = steps;
+  }
+  STRATA_RETURN_IF_ERROR(LrSchedule::create(c.scheduler, lr));
   STRATA_RETURN_IF_ERROR(c.validate());
   // The data must be there, readable, and long enough, before any rank starts.
   STRATA_ASSIGN_OR_RETURN(nn::ByteCorpus corpus, nn::ByteCorpus::open(data.empty() ? nn::kFortunesDir : data));

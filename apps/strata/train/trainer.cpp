@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <numbers>
 #include <unordered_map>
 
 #include <ATen/ATen.h>
@@ -17,7 +16,9 @@
 #include <torch/serialize.h>
 
 #include "bench_report.h"
+#include "strata/base/blas.h"
 #include "strata/base/log.h"
+#include "strata/base/lr_schedule.h"
 #include "strata/base/units.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/comm/communicator.h"
@@ -37,14 +38,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 namespace fs = std::filesystem;
-
-// Linear warmup to lr, then cosine down to min_lr at the last step.
-double lr_at(const TrainOptions& o, std::int64_t step) {
-  if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
-  const double span = static_cast<double>(std::max<std::int64_t>(1, o.steps - o.warmup - 1));
-  const double t = std::min(1.0, static_cast<double>(step - o.warmup) / span);
-  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + std::cos(std::numbers::pi * t));
-}
 
 double mean_across_ranks(comm::Communicator& comm, double v) {
   at::Tensor t = at::full({1}, v, at::kDouble);
@@ -127,7 +120,7 @@ nlohmann::json client_state(const TrainOptions& o, std::int64_t next_step, int w
   std::string hex;
   for (std::int64_t i = 0; i < rng.numel(); ++i) hex += fmt::format("{:02x}", rng.data_ptr<std::uint8_t>()[i]);
   return {{"next_step", next_step}, {"seed", o.seed}, {"model", o.model}, {"seq_len", o.seq_len}, {"world", world},
-          {"lr_schedule", {{"lr", o.lr}, {"min_lr", o.min_lr}, {"warmup", o.warmup}, {"steps", o.steps}}},
+          {"scheduler", o.config.to_json()["scheduler"]},
           {"data", {{"corpus", o.data.empty() ? nn::kFortunesDir : o.data}, {"position", next_step}}},
           {"cpu_rng", hex}};
 }
@@ -197,6 +190,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   const std::uint64_t runtime_rss = current_rss_bytes();
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng, engine::shard(*model, comm, std::move(eo), {}, model->initializer(o.seed)));
 
+  STRATA_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::create(cfg.scheduler, cfg.optimizer.lr));
   // The start summary: the estimator's prediction next to what the engine holds.
   const auto& layout = eng->store().layout();
   StartInfo si{.model = o.model, .params = mcfg.parameter_count(), .layers = mcfg.layers, .hidden = mcfg.hidden,
@@ -205,8 +199,8 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
                .data = o.data.empty() ? nn::kFortunesDir : o.data, .data_files = corpus.file_count(),
                .train_bytes = corpus.split_bytes(nn::Split::kTrain), .val_bytes = corpus.split_bytes(nn::Split::kValidation),
                .steps = o.steps, .micro_batch = micro, .grad_accum = accum, .seq = o.seq_len,
-               .optimizer = fmt::format("{} lr {:g} (warmup {}, cosine to {:g})", to_string(cfg.optimizer.effective_type()),
-                                        o.lr, o.warmup, o.min_lr)};
+               .optimizer = fmt::format("{}, {}", to_string(cfg.optimizer.effective_type()),
+                                        schedule.describe())};
   std::uint64_t largest = 0;
   for (const auto& m : model->modules(false)) {
     std::uint64_t n = 0;
@@ -227,7 +221,18 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   si.padding = layout.waste_ratio;
   si.placement = placement_text(cfg, *eng);
   si.out = o.out;
+  // Threads per rank: LibTorch's OpenMP pool (which oneDNN's bf16 products use too) and
+  // OpenBLAS's, both set by apply_rank_threads(); say so, and which BLAS runs fp32.
+  const BlasInfo blas = detect_blas();
+  si.precision += fmt::format("; {} thread{} per rank, BLAS {}{}", at::get_num_threads(),
+                              at::get_num_threads() == 1 ? "" : "s", blas.name,
+                              blas.threads ? fmt::format(" ({} thread{})", blas.threads, blas.threads == 1 ? "" : "s") : "");
   if (root) print_start(si);
+  if (root && !blas.optimized && !cfg.bf16.enabled && !cfg.fp16.enabled) {
+    fmt::print(stderr, "strata train: warning: fp32 matrix products run on the {}, many times slower than an "
+                       "optimized BLAS; install libopenblas0-openmp (scripts/setup does), or train in bf16\n",
+               blas.name);
+  }
 
   // --resume: the engine's state from the checkpoint (any world size), then the data,
   // schedule and RNG from where it was saved.
@@ -259,8 +264,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   std::uint64_t gathers = 0, hits = 0;  // over the schedule-driven steps
   const auto run_t0 = std::chrono::steady_clock::now();
   for (std::int64_t step = start; step < o.steps; ++step) {
-    const double lr = lr_at(o, step);
-    eng->set_lr(lr);
+    const double lr = eng->lr();  // the engine's schedule set it (Note [scheduler stepping])
     if (step == trace_step && root) eng->trace_next_step(trace_path);
     tiers::MemoryProbe::reset_peak();
     const auto t0 = std::chrono::steady_clock::now();

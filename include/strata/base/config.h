@@ -79,6 +79,44 @@ struct Bf16Config {
   bool operator==(const Bf16Config&) const = default;
 };
 
+// DeepSpeed's "scheduler" block: type and params with DeepSpeed's names and defaults.
+// The curves are in strata/base/lr_schedule.h.
+enum class SchedulerType { kNone, kWarmupLR, kWarmupDecayLR, kWarmupCosineLR, kOneCycle, kLRRangeTest };
+std::string_view to_string(SchedulerType t);
+
+struct SchedulerConfig {
+  SchedulerType type = SchedulerType::kNone;
+  // WarmupLR, WarmupDecayLR (total_num_steps), WarmupCosineLR (total_num_steps; the
+  // optimizer's lr is the peak). total_num_steps 0: not given (strata train fills in
+  // --steps; elsewhere an error).
+  double warmup_min_lr = 0.0;
+  double warmup_max_lr = 0.001;
+  std::int64_t warmup_num_steps = 1000;
+  std::string warmup_type = "log";  // "log" or "linear"
+  std::int64_t total_num_steps = 0;
+  double warmup_min_ratio = 0.0;
+  double cos_min_ratio = 0.0001;
+  // OneCycle. cycle_min_lr and cycle_max_lr are required (-1: not given);
+  // cycle_second_step_size 0 means cycle_first_step_size, as DeepSpeed's None.
+  double cycle_min_lr = -1.0;
+  double cycle_max_lr = -1.0;
+  double decay_lr_rate = 0.0;
+  std::int64_t cycle_first_step_size = 2000;
+  std::int64_t cycle_second_step_size = 0;
+  std::int64_t decay_step_size = 0;
+  bool cycle_momentum = true;
+  double cycle_min_mom = 0.8;
+  double cycle_max_mom = 0.9;
+  double decay_mom_rate = 0.0;
+  // LRRangeTest.
+  double lr_range_test_min_lr = 0.001;
+  double lr_range_test_step_rate = 1.0;
+  std::int64_t lr_range_test_step_size = 2000;
+  bool lr_range_test_staircase = false;
+
+  bool operator==(const SchedulerConfig&) const = default;
+};
+
 struct OffloadOptimizerConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
@@ -168,6 +206,7 @@ struct Config {
   Fp16Config fp16;
   Bf16Config bf16;
   OptimizerConfig optimizer;
+  SchedulerConfig scheduler;
   ZeroConfig zero_optimization;
   AioConfig aio;
   StrataConfig strata;

@@ -44,6 +44,10 @@ using OptimizerFactory = std::function<std::unique_ptr<torch::optim::Optimizer>(
 struct EngineOptions {
   int stage = 3;
   OptimizerConfig optimizer;
+  // DeepSpeed's "scheduler" block: the engine sets the lr (and OneCycle's betas) of every
+  // optimizer step from it (Note [scheduler stepping] in strata/base/lr_schedule.h).
+  // kNone: the lr stays optimizer.lr until set_lr().
+  SchedulerConfig scheduler;
   Fp16Config fp16;                      // loss scaling (dynamic when fp16.loss_scale == 0)
   at::ScalarType compute_dtype = at::kFloat;
   double gradient_clipping = 0.0;       // max L2 norm; 0 = off
