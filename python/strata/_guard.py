@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 
 
 def register_external_parameter(module: torch.nn.Module, parameter: torch.nn.Parameter) -> None:
@@ -28,7 +28,7 @@ def register_external_parameter(module: torch.nn.Module, parameter: torch.nn.Par
     deepspeed.zero.register_external_parameter). Call it before strata.initialize, or
     before building the strata.optim optimizer of a fully_shard model."""
     if not isinstance(module, torch.nn.Module) or not isinstance(parameter, torch.nn.Parameter):
-        raise UsageError("invalid_argument: register_external_parameter(module, parameter) takes a torch.nn.Module "
+        raise ConfigError("invalid_argument: register_external_parameter(module, parameter) takes a torch.nn.Module "
                          f"and a torch.nn.Parameter, got {type(module).__name__} and {type(parameter).__name__}")
     external = module.__dict__.setdefault("_strata_external_params", [])
     if all(p is not parameter for p in external):

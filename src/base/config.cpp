@@ -86,10 +86,11 @@ class Reader {
                                       f.note));
     }
     if (!f.read) return;
-    // DeepSpeed configs written for the HF Trainer say "auto" for numbers: keep
-    // strata's default. (For enums "auto" may be a real choice, as in strata.placement.)
-    const bool numeric = f.kind == Kind::kInt || f.kind == Kind::kFloat || f.kind == Kind::kFloatPair;
-    if (numeric && value.is_string() && value.get<std::string>() == "auto") return;
+    // "auto", as DeepSpeed's integrations write it on any key: strata decides, which here
+    // means its default; strata train's flags and the world size fill in the rest
+    // (Config::resolve_batch). An enum with a real "auto" choice (strata.placement) takes it.
+    const bool auto_choice = std::find(f.choices.begin(), f.choices.end(), "auto") != f.choices.end();
+    if (value.is_string() && value.get<std::string>() == "auto" && !auto_choice) return;
     if (auto st = f.read(value); !st) errors_.push_back(fmt::format("{}: {}", f.path, st.error().message()));
   }
 
@@ -174,6 +175,11 @@ Result<Config> Config::from_json(const json& doc, std::vector<std::string>* warn
   std::vector<Field> fields = config_schema::bind(cfg);
   std::vector<std::string> errors, warns;
   Reader(fields, errors, warns).read_object(doc, "");
+  const auto given = [&doc](const char* key) {
+    return doc.is_object() && doc.contains(key) && !(doc[key].is_string() && doc[key].get<std::string>() == "auto");
+  };
+  cfg.batch_given = {.train = given("train_batch_size"), .micro = given("train_micro_batch_size_per_gpu"),
+                     .accum = given("gradient_accumulation_steps")};
   if (errors.empty()) {
     if (auto st = cfg.validate(); !st) errors.push_back(st.error().message());
   }
@@ -248,6 +254,10 @@ std::vector<ConfigKey> config_keys() {
     const bool lo = std::isfinite(f.min), hi = std::isfinite(f.max);
     if (lo && hi) k.range = fmt::format("{}{:g}..{:g}", f.min_exclusive ? "> " : "", f.min, f.max);
     else if (lo) k.range = fmt::format("{} {:g}", f.min_exclusive ? ">" : ">=", f.min);
+    if (!f.alias_of.empty()) {
+      k.alias_of = f.alias_of;
+      k.note = "DeepSpeed's other name for " + f.alias_of;
+    }
     switch (f.support) {
       case Support::kActive: k.status = "active"; break;
       case Support::kNotImplemented: k.status = "not implemented"; break;
@@ -297,17 +307,28 @@ Status Config::validate() const {
 
 Status Config::resolve_batch(int world_size) {
   if (world_size < 1) return make_error(ErrorCode::kInvalidArgument, "world size must be >= 1, got {}", world_size);
-  const std::int64_t product = train_micro_batch_size_per_gpu * gradient_accumulation_steps * world_size;
-  if (train_batch_size == 0) {
-    train_batch_size = product;
-    return ok();
+  std::int64_t& train = train_batch_size;
+  std::int64_t& micro = train_micro_batch_size_per_gpu;
+  std::int64_t& accum = gradient_accumulation_steps;
+  const BatchKeysGiven g = batch_given;
+  const bool has_train = g.train && train > 0;
+  if (has_train && g.micro && !g.accum) {
+    accum = train / micro / world_size;
+  } else if (has_train && g.accum && !g.micro) {
+    micro = train / world_size / accum;
+  } else if (has_train && !g.micro && !g.accum) {
+    accum = 1;
+    micro = train / world_size;
+  } else if (!has_train) {
+    train = micro * accum * world_size;
   }
-  if (train_batch_size != product) {
+  if (micro < 1 || accum < 1 || train != micro * accum * world_size) {
     return make_error(ErrorCode::kInvalidArgument,
-                      "train_batch_size {} != train_micro_batch_size_per_gpu {} * gradient_accumulation_steps {} "
-                      "* world size {} = {}",
-                      train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, world_size,
-                      product);
+                      "train_batch_size {} is not train_micro_batch_size_per_gpu {} * gradient_accumulation_steps {} "
+                      "* world size {}{}; give values whose product matches, or leave one out (or \"auto\") to "
+                      "derive it",
+                      train, micro, accum, world_size,
+                      micro < 1 || accum < 1 ? " (derived by integer division, as DeepSpeed does)" : "");
   }
   return ok();
 }

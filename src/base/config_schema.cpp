@@ -147,6 +147,33 @@ Field real_pair(std::string path, std::array<double, 2>& member, double min, dou
   return f;
 }
 
+// DeepSpeed's other name for `target` (its config model accepts both): reads into the
+// same member; not written by to_json (the canonical key is).
+Field alias(const std::vector<Field>& fields, std::string path, const std::string& target) {
+  for (const Field& f : fields) {
+    if (f.path != target) continue;
+    Field a = f;
+    a.path = std::move(path);
+    a.alias_of = target;
+    a.write = nullptr;
+    return a;
+  }
+  std::abort();  // a schema bug: the target is listed above its aliases
+}
+
+// The legacy zero_optimization.cpu_offload / cpu_offload_param booleans: DeepSpeed reads
+// true as offload_optimizer / offload_param device "cpu".
+template <class Offload>
+Field legacy_cpu_offload(std::string path, Offload& o) {
+  Field f{.path = std::move(path), .kind = Kind::kBool};
+  f.read = [&o](const json& v) -> Status {
+    if (!v.is_boolean()) return make_error(ErrorCode::kInvalidArgument, "expected true or false, got {}", describe(v));
+    if (v.get<bool>()) o.device = OffloadDevice::kCpu;
+    return ok();
+  };
+  return f;
+}
+
 // A DeepSpeed key (or whole section) that strata accepts with a warning.
 Field recognised(std::string path, Support s, std::string note) {
   return Field{.path = std::move(path), .kind = Kind::kAny, .support = s, .note = std::move(note)};
@@ -195,6 +222,10 @@ std::vector<Field> bind(Config& c) {
   f.push_back(real("fp16.min_loss_scale", c.fp16.min_loss_scale, 0, kInf, /*min_exclusive=*/true));
   f.push_back(recognised("fp16.auto_cast", kNoEffect, "strata casts parameters, not module inputs"));
   f.push_back(boolean("bf16.enabled", c.bf16.enabled));
+  f.push_back(alias(f, "bfloat16.enabled", "bf16.enabled"));  // DeepSpeed's older section name
+  f.push_back(recognised("bf16.immediate_grad_update", kNoEffect, "gradients are accumulated in fp32 buffers"));
+  f.push_back(recognised("bf16.check_grad_overflow", kNoEffect, "bf16 steps always check for inf/NaN gradients"));
+  f.push_back(recognised("fp16.fp16_master_weights_and_grads", kTodo, "master weights stay fp32"));
 
   OptimizerConfig& o = c.optimizer;
   f.push_back(choice("optimizer.type", o.type,
@@ -251,23 +282,36 @@ std::vector<Field> bind(Config& c) {
   f.push_back(integer(zp + ".stage", z.stage, 0, 3));
   f.push_back(recognised(zp + ".contiguous_gradients", kNoEffect, "gradients always live in contiguous chunk buffers"));
   f.push_back(boolean(zp + ".overlap_comm", z.overlap_comm));
-  f.push_back(integer(zp + ".reduce_bucket_size", z.reduce_bucket_size, 1, kInf));
+  // 0, which DeepSpeed allows: every chunk's gradients are reduced as soon as they are in.
+  f.push_back(integer(zp + ".reduce_bucket_size", z.reduce_bucket_size, 0, kInf));
   f.push_back(recognised(zp + ".allgather_bucket_size", kNoEffect, "parameters are all-gathered chunk by chunk"));
   f.push_back(integer(zp + ".stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size, 0, kInf));
   f.push_back(integer(zp + ".stage3_param_persistence_threshold", z.stage3_param_persistence_threshold, 0, kInf));
   f.push_back(integer(zp + ".stage3_max_live_parameters", z.stage3_max_live_parameters, 0, kInf));
   f.push_back(integer(zp + ".stage3_max_reuse_distance", z.stage3_max_reuse_distance, 0, kInf));
   f.push_back(integer(zp + ".sub_group_size", z.sub_group_size, 1, kInf));
+  // DeepSpeed's config model accepts the stage3_ keys without the prefix too.
+  for (const char* key : {"prefetch_bucket_size", "param_persistence_threshold", "max_live_parameters",
+                          "max_reuse_distance"}) {
+    f.push_back(alias(f, zp + "." + key, zp + ".stage3_" + key));
+  }
   add_offload_fields(f, zp + ".offload_optimizer", z.offload_optimizer);
   add_offload_fields(f, zp + ".offload_param", z.offload_param);
+  f.push_back(legacy_cpu_offload(zp + ".cpu_offload", z.offload_optimizer));
+  f.push_back(legacy_cpu_offload(zp + ".cpu_offload_param", z.offload_param));
+  f.push_back(recognised(zp + ".cpu_offload_use_pin_memory", kNoEffect, "pinning needs CUDA"));
   for (const char* key : {"allgather_partitions", "reduce_scatter", "round_robin_gradients",
                           "load_from_fp32_weights", "elastic_checkpoint", "ignore_unused_parameters",
-                          "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save"}) {
+                          "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
+                          "gather_16bit_weights_on_model_save", "legacy_stage1", "log_trace_cache_warnings",
+                          "use_multi_rank_bucket_allreduce", "pipeline_loading_checkpoint", "override_module_apply"}) {
     f.push_back(recognised(zp + "." + key, kNoEffect, "strata's behaviour here is fixed; see docs/config.md"));
   }
   for (const char* key : {"zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_gradients",
-                          "mics_shard_size", "mics_hierarchical_params_gather", "cpu_offload",
-                          "memory_efficient_linear", "offload_param.ratio"}) {
+                          "mics_shard_size", "mics_hierarchical_params_gather", "memory_efficient_linear",
+                          "offload_param.ratio", "stage3_model_persistence_threshold", "model_persistence_threshold",
+                          "zeropp_loco_param", "module_granularity_threshold", "use_all_reduce_for_fetch_params",
+                          "stage3_use_all_reduce_for_fetch_params"}) {
     f.push_back(recognised(zp + "." + key, kTodo, "not implemented by strata"));
   }
 
@@ -298,13 +342,17 @@ std::vector<Field> bind(Config& c) {
   // Top-level DeepSpeed sections that describe things outside strata's engine.
   for (const char* key : {"steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown",
                           "tensorboard", "wandb", "csv_monitor", "comms_logger", "flops_profiler",
-                          "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer"}) {
+                          "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "nebula", "timers",
+                          "dataloader_drop_last", "use_node_local_storage", "graph_harvesting"}) {
     f.push_back(recognised(key, kNoEffect, "DeepSpeed runtime option with no strata equivalent"));
   }
   for (const char* key : {"activation_checkpointing", "prescale_gradients",
                           "gradient_predivide_factor", "communication_data_type", "sparse_gradients",
                           "amp", "compression_training", "elasticity", "pipeline", "data_efficiency",
-                          "checkpoint", "data_types", "autotuning"}) {
+                          "checkpoint", "data_types", "autotuning", "sparse_attention", "curriculum_learning",
+                          "disable_allgather", "seq_parallel_communication_data_type", "load_universal_checkpoint",
+                          "weight_quantization", "hybrid_engine", "eigenvalue", "progressive_layer_drop",
+                          "quantize_training", "torch_autocast", "compile", "gradient_accumulation_dtype"}) {
     f.push_back(recognised(key, kTodo, "not implemented by strata"));
   }
   return f;

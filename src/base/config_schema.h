@@ -27,6 +27,7 @@ struct Field {
   Kind kind = Kind::kAny;
   Support support = Support::kActive;
   std::string note;  // for warnings: what strata does instead
+  std::string alias_of;  // DeepSpeed's other spelling of this key: reads into the same member
   double min = -std::numeric_limits<double>::infinity();
   double max = std::numeric_limits<double>::infinity();
   bool min_exclusive = false;

@@ -18,7 +18,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.compute_dtype = cfg.bf16.enabled ? at::kBFloat16 : cfg.fp16.enabled ? at::kHalf : at::kFloat;
   o.gradient_clipping = cfg.gradient_clipping;
   o.gradient_accumulation_steps = static_cast<int>(cfg.gradient_accumulation_steps);
-  o.reduce_bucket_size = z.reduce_bucket_size;
+  o.reduce_bucket_size = std::max<std::uint64_t>(1, z.reduce_bucket_size);  // 0 (DeepSpeed allows it): reduce at once
   o.overlap_comm = z.overlap_comm;
   o.optimizer_threads = cfg.strata.optimizer_threads;
   o.nvme_gradients = cfg.strata.nvme_gradients;

@@ -1,4 +1,4 @@
-// strata bench zero, zero3, train and infinity as a user runs them, at small sizes: with --json,
+// strata bench zero, zero3, train, python and infinity as a user runs them, at small sizes: with --json,
 // stdout is exactly one JSON document (the ranks' progress goes to stderr), and the
 // figures a script reads are there.
 #include <filesystem>
@@ -56,6 +56,19 @@ TEST(BenchTrain, JsonHasEveryStageNextToThePyTorchBaseline) {
     EXPECT_GT(doc["ratios"][k].get<double>(), 0.0);
   }
   EXPECT_GT(doc["figures"]["torch DDP+ZeRO tokens/s"].get<double>(), 0.0);
+}
+
+// The plain-PyTorch GPT through strata.fully_shard and strata.initialize next to the C++
+// API (strata train) and DDP: the build's Python package, found without PYTHONPATH.
+TEST(BenchPython, JsonHasBothFrontEndsNextToTheCppApi) {
+  auto doc = run_json("python --model tiny --steps 3 --seq 32 --batch 2 --repeats 1");
+  ASSERT_TRUE(doc.is_object());
+  EXPECT_EQ(doc["bench"], "python");
+  for (const char* k : {"python_fully_shard_vs_cpp", "python_initialize_vs_cpp", "cpp_vs_ddp"}) {
+    ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+    EXPECT_GT(doc["ratios"][k].get<double>(), 0.0) << k;
+  }
+  EXPECT_GT(doc["figures"]["torch DDP tokens/s"].get<double>(), 0.0);
 }
 
 TEST(BenchInfinity, JsonHasTheRatiosAndTheNvmeBytesOfEachPlacement) {

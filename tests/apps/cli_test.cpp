@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "strata/base/config.h"
 #include "support/subprocess.h"
 
 namespace strata {
@@ -30,6 +31,48 @@ TEST(Cli, EnvReportsEverySection) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* want : {"SIMD targets", "RAM", "LibTorch", "CUDA", "O_DIRECT", "io_uring", "disk", "cores"})
     EXPECT_NE(r.output.find(want), std::string::npos) << want << "\n" << r.output;
+}
+
+// The BLAS in use: OpenBLAS as scripts/setup installs it; the reference BLAS (selected
+// here through the library path, as an unconfigured machine would have it) with a warning.
+TEST(Cli, EnvNamesTheBlasAndWarnsOnTheReferenceOne) {
+  auto r = run_command(strata_bin() + " env --dir " + std::filesystem::temp_directory_path().string() + " 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("BLAS             OpenBLAS"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  if (!std::filesystem::exists("/usr/lib/x86_64-linux-gnu/blas/libblas.so.3")) GTEST_SKIP() << "no reference BLAS";
+  r = run_command("LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/blas " + strata_bin() + " env --dir " +
+                  std::filesystem::temp_directory_path().string() + " 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("BLAS             reference BLAS"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("warning: fp32 matrix products run on the reference BLAS"), std::string::npos) << r.output;
+}
+
+TEST(Cli, ConfigCheckPrintsWhatAutoResolvedTo) {
+  auto path = write_temp("strata_cli_auto.json", R"({"bf16": {"enabled": "auto"}, "train_batch_size": "auto",
+      "zero_optimization": {"stage": 3, "max_live_parameters": "auto"}, "strata": {"placement": "auto"}})");
+  auto r = run_command(strata_bin() + " config check " + path);  // stdout and stderr
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("auto: bf16.enabled = false"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("auto: zero_optimization.max_live_parameters = 1000000000"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("auto: train_batch_size = 0 (derived from the other batch keys and the world size)"),
+            std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("auto: strata.placement"), std::string::npos) << r.output;  // a real choice there
+}
+
+TEST(Cli, ConfigKeysJsonIsOneDocumentWithEveryKey) {
+  auto r = run_command(strata_bin() + " config keys --json 2>/dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output, nullptr, false);
+  ASSERT_TRUE(j.is_array()) << r.output;
+  EXPECT_EQ(j.size(), config_keys().size());
+  bool stage = false, scheduler = false;
+  for (const auto& k : j) {
+    if (k["path"] == "zero_optimization.stage") stage = k["default"] == 0 && k["status"] == "active" && k["range"] == "0..3";
+    if (k["path"] == "scheduler.type") scheduler = k["default"] == "none";
+  }
+  EXPECT_TRUE(stage && scheduler) << j.dump(2);
+  EXPECT_NE(run_command(strata_bin() + " config keys --json --markdown").exit_code, 0);
 }
 
 TEST(Cli, EnvRejectsMissingDirectory) {

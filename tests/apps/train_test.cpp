@@ -164,6 +164,38 @@ TEST_F(Train, OtherStagesAndOneRank) {
   }
 }
 
+// A DeepSpeed config as the Hugging Face integration writes it: "auto" keys, a batch
+// given only as train_batch_size, a scheduler block with "auto" steps. The batch is
+// derived as DeepSpeed derives it, the "auto" keys are printed as resolved, and the
+// scheduler runs with --steps as its total: metrics.jsonl's lr is WarmupDecayLR's.
+TEST_F(Train, AutoKeysAndTheBatchTripleAndTheSchedulerBlock) {
+  const fs::path cfg = dir_ / "ds.json";
+  std::ofstream(cfg) << R"({"train_batch_size": 16, "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto", "bf16": {"enabled": "auto"},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 1e-3,
+                  "warmup_num_steps": 2, "warmup_type": "linear", "total_num_steps": "auto"}},
+    "zero_optimization": {"stage": 2, "cpu_offload": true}})";
+  const fs::path out = dir_ / "run";
+  auto r = run_command(fmt::format("{} train --config {} --out {} -n 2 --steps 6 --seq-len 32 --sample-bytes 0 "
+                                   "--eval-every 0 --no-save",
+                                   strata_bin(), cfg.string(), out.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* want : {"6 steps x 8 seq x 32 tokens x 1 micro-step x 2 ranks = 512 tokens/step",
+                           "  auto   bf16.enabled = false", "train_micro_batch_size_per_gpu = 8 (derived",
+                           "gradient_accumulation_steps = 1 (derived",
+                           "scheduler.params.total_num_steps = 6", "WarmupDecayLR: linear warmup 0 -> 0.001",
+                           "optimizer state on host"}) {
+    EXPECT_NE(r.output.find(want), std::string::npos) << want << "\n" << r.output;
+  }
+  // DeepSpeed's lrs (Note [scheduler stepping]): 0, then iterations 0..4 of a linear
+  // warmup over 2 steps and a linear decay to 0 at step 6.
+  const std::vector<double> want = {0.0, 0.0, 5e-4, 1e-3, 7.5e-4, 5e-4};
+  auto rows = read_metrics(out);
+  ASSERT_EQ(rows.size(), want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(rows[i]["lr"].get<double>(), want[i], 1e-12) << "step " << i;
+}
+
 // Issue 14's memory contract, on a 101M model with host offload and with every state on
 // nvme: strata estimate's per-tier figures agree with the most the engine held in that
 // tier within 10%. With host offload, the process's peak RSS above the runtime's own

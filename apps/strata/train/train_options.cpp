@@ -50,6 +50,7 @@ Config demo_config(const std::string& out, const std::string& model) {
   c.bf16.enabled = true;
   c.gradient_clipping = 1.0;
   c.train_micro_batch_size_per_gpu = 8;
+  c.batch_given.micro = true;
   c.optimizer.type = OptimizerType::kAdamW;
   c.optimizer.betas = {0.9, 0.95};
   c.optimizer.weight_decay = 0.1;
@@ -208,9 +209,11 @@ Status TrainOptions::resolve(bool demo_defaults) {
   }
   if (!micro_batch.empty()) {
     STRATA_ASSIGN_OR_RETURN(c.train_micro_batch_size_per_gpu, parse_int("--micro-batch", micro_batch, 1));
+    c.batch_given.micro = true;
   }
   if (!grad_accum.empty()) {
     STRATA_ASSIGN_OR_RETURN(c.gradient_accumulation_steps, parse_int("--grad-accum", grad_accum, 1));
+    c.batch_given.accum = true;
   }
   if (!clip.empty()) {
     char* end = nullptr;

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "strata/base/units.h"
 
@@ -51,6 +52,7 @@ void print_start(const StartInfo& s) {
   fmt::print("  run    {} steps x {} seq x {} tokens x {} micro-step{} x {} ranks = {} tokens/step; {}\n", s.steps,
              s.micro_batch, s.seq, s.grad_accum, s.grad_accum == 1 ? "" : "s", s.world,
              s.micro_batch * s.seq * s.grad_accum * s.world, s.optimizer);
+  if (!s.autos.empty()) fmt::print("  auto   {}\n", fmt::join(s.autos, "; "));
   if (s.own_chunks == 0) {
     fmt::print("  chunks {} x {} elements ({:.1f}% padding); {}\n", s.chunks, format_count(s.chunk_elems),
                100 * s.padding, s.placement);

@@ -36,6 +36,7 @@ struct StartInfo {
   std::uint64_t largest_chunk = 0;
   double padding = 0;
   std::string placement;      // human-readable
+  std::vector<std::string> autos;  // the config's "auto" keys as resolved (config_auto.h)
   std::string out;
 };
 void print_start(const StartInfo& s);

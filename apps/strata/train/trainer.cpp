@@ -16,6 +16,7 @@
 #include <torch/serialize.h>
 
 #include "bench_report.h"
+#include "config_auto.h"
 #include "strata/base/blas.h"
 #include "strata/base/log.h"
 #include "strata/base/lr_schedule.h"
@@ -220,6 +221,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   }
   si.padding = layout.waste_ratio;
   si.placement = placement_text(cfg, *eng);
+  if (!o.config_path.empty()) si.autos = describe_auto(o.config_path, cfg);
   si.out = o.out;
   // Threads per rank: LibTorch's OpenMP pool (which oneDNN's bf16 products use too) and
   // OpenBLAS's, both set by apply_rank_threads(); say so, and which BLAS runs fp32.

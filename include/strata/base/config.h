@@ -198,6 +198,14 @@ struct StrataConfig {
   bool operator==(const StrataConfig&) const = default;
 };
 
+// Which of the three batch keys a config (or strata train's flags) gave, for
+// resolve_batch(). Bookkeeping, not part of a config's value: it compares equal always,
+// so from_json(to_json(c)) == c holds although to_json writes all three.
+struct BatchKeysGiven {
+  bool train = false, micro = false, accum = false;
+  bool operator==(const BatchKeysGiven&) const { return true; }
+};
+
 struct Config {
   std::int64_t train_batch_size = 0;  // 0 = micro_batch * grad_accum * world
   std::int64_t train_micro_batch_size_per_gpu = 1;
@@ -210,6 +218,7 @@ struct Config {
   ZeroConfig zero_optimization;
   AioConfig aio;
   StrataConfig strata;
+  BatchKeysGiven batch_given;  // set by from_json; strata train's flags set theirs
 
   // Parses and validates a JSON document. Warnings (keys recognised but not acted on)
   // are appended to *warnings, or logged when warnings is null.
@@ -224,7 +233,11 @@ struct Config {
 
   // Rules that span fields (fp16 and bf16 together, offload to nvme without a path, ...).
   Status validate() const;
-  // Checks train_batch_size == micro * accum * world, or fills it in when it is 0.
+  // The batch triple as DeepSpeed derives it from the keys given (batch_given): with all
+  // three, checks train_batch_size == micro * accum * world; with two, derives the third
+  // (integer division, as DeepSpeed); train_batch_size alone means accum 1 and micro =
+  // train / world; otherwise train_batch_size = micro * accum * world. An inconsistent
+  // triple is DeepSpeed's error, with the numbers.
   Status resolve_batch(int world_size);
 
   bool operator==(const Config&) const = default;
@@ -238,6 +251,7 @@ struct ConfigKey {
   std::string range;          // "0..3", "> 0", "" when unbounded
   std::string status;         // "active", "not implemented", "no effect"
   std::string note;
+  std::string alias_of;       // DeepSpeed's other name for this key ("zero_optimization.stage3_...")
 };
 std::vector<ConfigKey> config_keys();
 

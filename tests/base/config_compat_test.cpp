@@ -1,0 +1,141 @@
+// DeepSpeed configs as real projects write them: every class of key that strata used to
+// refuse or drop (issue 17) is accepted, mapped as DeepSpeed maps it, or reported as
+// recognised but not implemented. The configs are written here in the styles of the
+// Hugging Face Trainer integration and of hand-written DeepSpeed configs.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "strata/base/config.h"
+
+namespace strata {
+namespace {
+
+Config parse_ok(const char* text, std::vector<std::string>* warnings = nullptr) {
+  auto cfg = Config::parse(text, "<test>", warnings);
+  EXPECT_TRUE(cfg) << cfg.error();
+  return cfg ? *cfg : Config{};
+}
+
+std::string all(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += x + "\n";
+  return s;
+}
+
+// The Trainer fills "auto" in on any key: booleans, numbers, pairs, the batch triple.
+TEST(ConfigCompat, AutoOnEveryKeyKeepsStrataDefaults) {
+  std::vector<std::string> w;
+  const Config c = parse_ok(R"({
+    "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
+             "hysteresis": 2, "min_loss_scale": 1},
+    "bf16": {"enabled": "auto"},
+    "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
+    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
+                  "warmup_num_steps": "auto", "total_num_steps": "auto"}},
+    "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": true},
+      "offload_param": {"device": "cpu", "pin_memory": true}, "overlap_comm": true, "contiguous_gradients": true,
+      "sub_group_size": 1e9, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+      "stage3_param_persistence_threshold": "auto", "stage3_max_live_parameters": 1e9,
+      "stage3_max_reuse_distance": 1e9, "stage3_gather_16bit_weights_on_model_save": true},
+    "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": 2000,
+    "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "wall_clock_breakdown": false})",
+                            &w);
+  const Config d;
+  EXPECT_FALSE(c.bf16.enabled);
+  EXPECT_FALSE(c.fp16.enabled);
+  EXPECT_EQ(c.optimizer.lr, d.optimizer.lr);
+  EXPECT_EQ(c.optimizer.betas, d.optimizer.betas);
+  EXPECT_EQ(c.zero_optimization.reduce_bucket_size, d.zero_optimization.reduce_bucket_size);
+  EXPECT_EQ(c.scheduler.type, SchedulerType::kWarmupDecayLR);
+  EXPECT_EQ(c.scheduler.total_num_steps, 0);  // strata train fills in --steps
+  EXPECT_EQ(c.zero_optimization.offload_param.device, OffloadDevice::kCpu);
+  // "auto" batch keys are not "given": derived from the world size.
+  Config b = c;
+  ASSERT_TRUE(b.resolve_batch(4)) << "auto batch keys";
+  EXPECT_EQ(b.train_batch_size, 4);
+  EXPECT_EQ(all(w).find("unknown"), std::string::npos) << all(w);
+}
+
+// DeepSpeed's config model takes the stage3_ keys without their prefix too.
+TEST(ConfigCompat, UnprefixedStage3KeysAreAliases) {
+  const Config c = parse_ok(R"({"zero_optimization": {"stage": 3, "max_live_parameters": 3e8,
+      "max_reuse_distance": 2e8, "prefetch_bucket_size": 1e7, "param_persistence_threshold": 1e4,
+      "gather_16bit_weights_on_model_save": true, "reduce_bucket_size": 0}})");
+  const ZeroConfig& z = c.zero_optimization;
+  EXPECT_EQ(z.stage3_max_live_parameters, 300'000'000u);
+  EXPECT_EQ(z.stage3_max_reuse_distance, 200'000'000u);
+  EXPECT_EQ(z.stage3_prefetch_bucket_size, 10'000'000u);
+  EXPECT_EQ(z.stage3_param_persistence_threshold, 10'000u);
+  EXPECT_EQ(z.reduce_bucket_size, 0u);  // DeepSpeed allows it; the engine reduces each chunk at once
+  // The normalized form names each once, by its canonical key.
+  const auto j = c.to_json().dump();
+  EXPECT_EQ(j.find("\"max_live_parameters\""), std::string::npos) << j;
+  auto again = Config::from_json(c.to_json());
+  ASSERT_TRUE(again) << again.error();
+  EXPECT_EQ(*again, c);
+}
+
+TEST(ConfigCompat, AnUnknownUnprefixedKeyStillSuggestsTheRightOne) {
+  auto cfg = Config::parse(R"({"zero_optimization": {"max_live_parameter": 1e9}})");
+  ASSERT_FALSE(cfg);
+  EXPECT_NE(cfg.error().message().find("did you mean max_live_parameters?"), std::string::npos) << cfg.error();
+}
+
+// The legacy booleans map as DeepSpeed maps them, so the user keeps their CPU offload.
+TEST(ConfigCompat, LegacyCpuOffloadMeansOptimizerOnCpu) {
+  std::vector<std::string> w;
+  const Config c = parse_ok(R"({"zero_optimization": {"stage": 2, "cpu_offload": true}})", &w);
+  EXPECT_EQ(c.zero_optimization.offload_optimizer.device, OffloadDevice::kCpu);
+  EXPECT_TRUE(w.empty()) << all(w);
+  const Config p = parse_ok(R"({"zero_optimization": {"stage": 3, "cpu_offload_param": true}})");
+  EXPECT_EQ(p.zero_optimization.offload_param.device, OffloadDevice::kCpu);
+  EXPECT_EQ(parse_ok(R"({"zero_optimization": {"stage": 2, "cpu_offload": false}})").zero_optimization.offload_optimizer.device,
+            OffloadDevice::kNone);
+  EXPECT_EQ(parse_ok(R"({"bfloat16": {"enabled": true}})").bf16.enabled, true);  // the older section name
+}
+
+// Real DeepSpeed keys strata does not implement are known, with a warning, never unknown.
+TEST(ConfigCompat, DeepSpeedFeaturesStrataLacksAreReportedNotRefused) {
+  std::vector<std::string> w;
+  parse_ok(R"({"fp16": {"enabled": false, "fp16_master_weights_and_grads": false},
+               "sparse_attention": {"mode": "fixed", "block": 16},
+               "zero_optimization": {"stage": 3, "model_persistence_threshold": 1e9},
+               "curriculum_learning": {"enabled": false}, "compile": {"disable": true}})",
+           &w);
+  const std::string s = all(w);
+  for (const char* key : {"fp16.fp16_master_weights_and_grads", "sparse_attention",
+                          "zero_optimization.model_persistence_threshold", "curriculum_learning", "compile"}) {
+    EXPECT_NE(s.find(std::string(key) + ": recognised but not implemented"), std::string::npos) << key << "\n" << s;
+  }
+}
+
+// The batch triple as DeepSpeed derives it.
+TEST(ConfigCompat, BatchTripleIsDerivedFromTheKeysGiven) {
+  Config a = parse_ok(R"({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4})");
+  ASSERT_TRUE(a.resolve_batch(2));
+  EXPECT_EQ(a.gradient_accumulation_steps, 4);
+  Config b = parse_ok(R"({"train_batch_size": 32, "gradient_accumulation_steps": 2})");
+  ASSERT_TRUE(b.resolve_batch(4));
+  EXPECT_EQ(b.train_micro_batch_size_per_gpu, 4);
+  Config c = parse_ok(R"({"train_batch_size": 16})");
+  ASSERT_TRUE(c.resolve_batch(2));
+  EXPECT_EQ(c.train_micro_batch_size_per_gpu, 8);
+  EXPECT_EQ(c.gradient_accumulation_steps, 1);
+  Config d = parse_ok(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3})");
+  ASSERT_TRUE(d.resolve_batch(2));
+  EXPECT_EQ(d.train_batch_size, 12);
+  Config e = parse_ok(R"({"train_batch_size": 30, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2})");
+  auto st = e.resolve_batch(2);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message().find("train_batch_size 30 is not train_micro_batch_size_per_gpu 4 * "
+                                      "gradient_accumulation_steps 2 * world size 2"),
+            std::string::npos)
+      << st.error();
+  Config f = parse_ok(R"({"train_batch_size": 6, "train_micro_batch_size_per_gpu": 4})");
+  st = f.resolve_batch(2);  // 6 / 4 / 2 = 0 micro-steps
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message().find("integer division"), std::string::npos) << st.error();
+}
+
+}  // namespace
+}  // namespace strata
