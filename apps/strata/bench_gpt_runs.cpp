@@ -25,6 +25,14 @@ void add_gpt_run_options(CLI::App& cmd, GptRun& r) {
   cmd.add_flag("--fp32", r.fp32, "Compute in fp32 (default bf16)");
 }
 
+void set_run_config(BenchReport& report, const GptRun& r) {
+  report.set_config("model", r.model);
+  report.set_config("world", r.world);
+  report.set_config("tokens_per_step", r.world * r.batch * r.seq);
+  report.set_config("compute_dtype", r.fp32 ? "fp32" : "bf16");
+  report.set_config("steps", r.steps);
+}
+
 BenchDir::BenchDir(const std::string& bench) {
   std::string tmpl = (fs::temp_directory_path() / fmt::format("strata-bench-{}-XXXXXX", bench)).string();
   if (::mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;

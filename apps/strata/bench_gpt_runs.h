@@ -25,6 +25,8 @@ class App;
 
 namespace strata::cli {
 
+class BenchReport;
+
 struct GptRun {
   std::string model = "custom:16x512x8";
   int world = 2;
@@ -36,6 +38,9 @@ struct GptRun {
 
 // --model, --world, --steps, --seq, --batch and --fp32 on `cmd`, into `run`.
 void add_gpt_run_options(CLI::App& cmd, GptRun& run);
+
+// The run's shape in the report's config: model, world, tokens_per_step, compute_dtype, steps.
+void set_run_config(BenchReport& report, const GptRun& run);
 
 // A fresh temporary directory, removed with everything in it when this goes.
 class BenchDir {

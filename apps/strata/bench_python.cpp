@@ -61,11 +61,7 @@ int run(const PythonBenchOptions& o) {
   for (auto& [k, v] : tokens) med[k] = median(v);
   const GptRun& r = o.run;
   BenchReport report("python");
-  report.set_config("model", r.model);
-  report.set_config("world", r.world);
-  report.set_config("tokens_per_step", r.world * r.batch * r.seq);
-  report.set_config("compute_dtype", r.fp32 ? "fp32" : "bf16");
-  report.set_config("steps", r.steps);
+  set_run_config(report, r);
   report.set_config("repeats", o.repeats);
   report.add(contenders[0].label, med["ddp"], "tok/s", "", std::nullopt, contenders[0].note);
   report.add(contenders[1].label, med["cpp"], "tok/s", "torch DDP", med["ddp"], contenders[1].note);

@@ -44,11 +44,7 @@ int run(const TrainBenchOptions& o) {
     base = *t;
   }
   BenchReport report("train");
-  report.set_config("model", r.model);
-  report.set_config("world", r.world);
-  report.set_config("tokens_per_step", r.world * r.batch * r.seq);
-  report.set_config("compute_dtype", r.fp32 ? "fp32" : "bf16");
-  report.set_config("steps", r.steps);
+  set_run_config(report, r);
   if (base) report.add("torch DDP+ZeRO tokens/s", *base, "tok/s", "", std::nullopt, "ZeroRedundancyOptimizer(AdamW), gloo");
   for (int stage : o.stages) {
     auto t = strata_train_tokens_per_s(r, stage, dir.path());

@@ -6,6 +6,21 @@ import torch
 import models
 
 
+def step_both(engine, ref, ropt, rsched, step):
+    """One training step of the strata engine and of the plain-PyTorch reference (its
+    optimizer, then its scheduler) on the same batch; returns both losses."""
+    x, y = models.batch("gpt", step, 8)
+    loss = models.loss_fn("gpt", engine(x), y)
+    engine.backward(loss)
+    engine.step()
+    ropt.zero_grad()
+    rloss = models.loss_fn("gpt", ref(x), y)
+    rloss.backward()
+    ropt.step()
+    rsched.step()
+    return loss.item(), rloss.item()
+
+
 def test_lambda_lr_through_initialize_matches_plain_pytorch():
     import strata
 
@@ -19,16 +34,8 @@ def test_lambda_lr_through_initialize_matches_plain_pytorch():
     ropt = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=0.01)
     rsched = torch.optim.lr_scheduler.LambdaLR(ropt, decay)
     for step in range(4):
-        x, y = models.batch("gpt", step, 8)
-        loss = models.loss_fn("gpt", engine(x), y)
-        engine.backward(loss)
-        engine.step()
-        ropt.zero_grad()
-        rloss = models.loss_fn("gpt", ref(x), y)
-        rloss.backward()
-        ropt.step()
-        rsched.step()
-        assert abs(loss.item() - rloss.item()) <= 1e-5 * abs(rloss.item()), step
+        loss, rloss = step_both(engine, ref, ropt, rsched, step)
+        assert abs(loss - rloss) <= 1e-5 * abs(rloss), step
         assert engine.get_lr() == [rsched.get_last_lr()[0]] == [opt.param_groups[0]["lr"]]
     assert sched.last_epoch == 4
     engine.close()
@@ -72,16 +79,8 @@ def test_config_scheduler_matches_deepspeeds_curve(name):
     for step in range(12):
         want = ropt.param_groups[0]["lr"]
         assert engine.get_lr()[0] == pytest.approx(want, rel=1e-12, abs=1e-15), (step, engine.get_lr(), want)
-        x, y = models.batch("gpt", step, 8)
-        loss = models.loss_fn("gpt", engine(x), y)
-        engine.backward(loss)
-        engine.step()
-        ropt.zero_grad()
-        rloss = models.loss_fn("gpt", ref(x), y)
-        rloss.backward()
-        ropt.step()
-        rsched.step()
-        assert abs(loss.item() - rloss.item()) <= 1e-5 * abs(rloss.item()), (step, loss.item(), rloss.item())
+        loss, rloss = step_both(engine, ref, ropt, rsched, step)
+        assert abs(loss - rloss) <= 1e-5 * abs(rloss), (step, loss, rloss)
     engine.close()
 
 
