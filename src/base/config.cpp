@@ -170,10 +170,22 @@ OptimizerType OptimizerConfig::effective_type() const {
   return type == OptimizerType::kAdam && adam_w_mode ? OptimizerType::kAdamW : type;
 }
 
-Result<Config> Config::from_json(const json& doc, std::vector<std::string>* warnings) {
+Result<Config> Config::from_json(const json& given_doc, std::vector<std::string>* warnings) {
   Config cfg;
   std::vector<Field> fields = config_schema::bind(cfg);
   std::vector<std::string> errors, warns;
+  // DeepSpeed's deprecated boolean form: "zero_optimization": true is stage 1, false stage 0.
+  json legacy;
+  const bool zero_bool = given_doc.is_object() && given_doc.contains("zero_optimization") &&
+                         given_doc["zero_optimization"].is_boolean();
+  if (zero_bool) {
+    legacy = given_doc;
+    const int stage = given_doc["zero_optimization"].get<bool>() ? 1 : 0;
+    legacy["zero_optimization"] = json{{"stage", stage}};
+    warns.push_back(fmt::format("zero_optimization: {} is DeepSpeed's deprecated form; read as {{\"stage\": {}}}",
+                                given_doc["zero_optimization"].dump(), stage));
+  }
+  const json& doc = zero_bool ? legacy : given_doc;
   Reader(fields, errors, warns).read_object(doc, "");
   const auto given = [&doc](const char* key) {
     return doc.is_object() && doc.contains(key) && !(doc[key].is_string() && doc[key].get<std::string>() == "auto");

@@ -226,6 +226,8 @@ std::vector<Field> bind(Config& c) {
   f.push_back(recognised("bf16.immediate_grad_update", kNoEffect, "gradients are accumulated in fp32 buffers"));
   f.push_back(recognised("bf16.check_grad_overflow", kNoEffect, "bf16 steps always check for inf/NaN gradients"));
   f.push_back(recognised("fp16.fp16_master_weights_and_grads", kTodo, "master weights stay fp32"));
+  f.push_back(recognised("bf16.bf16_master_weights_and_grads", kTodo, "master weights stay fp32"));
+  f.push_back(recognised("bf16.bf16_optimizer_states", kTodo, "optimizer state stays fp32"));
 
   OptimizerConfig& o = c.optimizer;
   f.push_back(choice("optimizer.type", o.type,
@@ -243,6 +245,9 @@ std::vector<Field> bind(Config& c) {
   f.push_back(real("optimizer.params.lr_decay", o.lr_decay, 0, kInf));
   f.push_back(real("optimizer.params.initial_accumulator_value", o.initial_accumulator_value, 0, kInf));
   f.push_back(recognised("optimizer.params.torch_adam", kNoEffect, "strata always uses its fused CPU kernels"));
+  f.push_back(recognised("optimizer.params.max_grad_norm", kNoEffect,
+                         "DeepSpeed zeroes it outside fp16; clip with gradient_clipping"));
+  f.push_back(recognised("optimizer.legacy_fusion", kNoEffect, "strata always uses its fused CPU kernels"));
   f.push_back(recognised("optimizer.params.bias_correction", kNoEffect, "bias correction is always on, as in torch.optim"));
 
   SchedulerConfig& sc = c.scheduler;
@@ -310,7 +315,8 @@ std::vector<Field> bind(Config& c) {
   for (const char* key : {"zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_gradients",
                           "mics_shard_size", "mics_hierarchical_params_gather", "memory_efficient_linear",
                           "offload_param.ratio", "stage3_model_persistence_threshold", "model_persistence_threshold",
-                          "zeropp_loco_param", "module_granularity_threshold", "use_all_reduce_for_fetch_params",
+                          "zeropp_loco_param", "module_granularity_threshold",
+                          "stage3_module_granularity_threshold", "zero_quantized_nontrainable_weights", "use_all_reduce_for_fetch_params",
                           "stage3_use_all_reduce_for_fetch_params"}) {
     f.push_back(recognised(zp + "." + key, kTodo, "not implemented by strata"));
   }
@@ -343,7 +349,8 @@ std::vector<Field> bind(Config& c) {
   for (const char* key : {"steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown",
                           "tensorboard", "wandb", "csv_monitor", "comms_logger", "flops_profiler",
                           "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "nebula", "timers",
-                          "dataloader_drop_last", "use_node_local_storage", "graph_harvesting"}) {
+                          "dataloader_drop_last", "use_node_local_storage", "graph_harvesting", "comet",
+                          "vocabulary_size", "allgather_size"}) {
     f.push_back(recognised(key, kNoEffect, "DeepSpeed runtime option with no strata equivalent"));
   }
   for (const char* key : {"activation_checkpointing", "prescale_gradients",
@@ -352,7 +359,8 @@ std::vector<Field> bind(Config& c) {
                           "checkpoint", "data_types", "autotuning", "sparse_attention", "curriculum_learning",
                           "disable_allgather", "seq_parallel_communication_data_type", "load_universal_checkpoint",
                           "weight_quantization", "hybrid_engine", "eigenvalue", "progressive_layer_drop",
-                          "quantize_training", "torch_autocast", "compile", "gradient_accumulation_dtype"}) {
+                          "quantize_training", "torch_autocast", "compile", "gradient_accumulation_dtype",
+                          "fp32_allreduce", "tensor_parallel"}) {
     f.push_back(recognised(key, kTodo, "not implemented by strata"));
   }
   return f;

@@ -2,6 +2,8 @@
 // refuse or drop (issue 17) is accepted, mapped as DeepSpeed maps it, or reported as
 // recognised but not implemented. The configs are written here in the styles of the
 // Hugging Face Trainer integration and of hand-written DeepSpeed configs.
+#include <set>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -107,6 +109,74 @@ TEST(ConfigCompat, DeepSpeedFeaturesStrataLacksAreReportedNotRefused) {
                           "zero_optimization.model_persistence_threshold", "curriculum_learning", "compile"}) {
     EXPECT_NE(s.find(std::string(key) + ": recognised but not implemented"), std::string::npos) << key << "\n" << s;
   }
+}
+
+// Every field of DeepSpeed's config model (DeepSpeedZeroConfig with its aliases, the
+// offload configs, the fp16/bf16 configs, DeepSpeedConfig's top-level keys), as listed
+// in DeepSpeed's runtime/zero/config.py, offload_config.py, precision_config.py and
+// runtime/config.py, is a known key: active, no effect or not implemented.
+TEST(ConfigCompat, EveryDeepSpeedConfigModelKeyIsKnown) {
+  std::set<std::string> known;
+  for (const ConfigKey& k : config_keys()) known.insert(k.path);
+  const std::string z = "zero_optimization.";
+  std::vector<std::string> expected;
+  for (const char* k : {"stage", "contiguous_gradients", "reduce_scatter", "reduce_bucket_size",
+                        "use_multi_rank_bucket_allreduce", "allgather_partitions", "allgather_bucket_size",
+                        "overlap_comm", "load_from_fp32_weights", "elastic_checkpoint", "sub_group_size",
+                        "cpu_offload_param", "cpu_offload_use_pin_memory", "cpu_offload", "prefetch_bucket_size",
+                        "stage3_prefetch_bucket_size", "param_persistence_threshold",
+                        "stage3_param_persistence_threshold", "model_persistence_threshold",
+                        "stage3_model_persistence_threshold", "max_live_parameters", "stage3_max_live_parameters",
+                        "max_reuse_distance", "stage3_max_reuse_distance", "gather_16bit_weights_on_model_save",
+                        "stage3_gather_16bit_weights_on_model_save", "module_granularity_threshold",
+                        "stage3_module_granularity_threshold", "use_all_reduce_for_fetch_params",
+                        "stage3_use_all_reduce_for_fetch_params", "stage3_gather_fp16_weights_on_model_save",
+                        "ignore_unused_parameters", "legacy_stage1", "round_robin_gradients",
+                        "zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_nontrainable_weights",
+                        "zero_quantized_gradients", "zeropp_loco_param", "mics_shard_size",
+                        "mics_hierarchical_params_gather", "memory_efficient_linear", "pipeline_loading_checkpoint",
+                        "override_module_apply", "log_trace_cache_warnings"}) {
+    expected.push_back(z + k);
+  }
+  for (const char* k : {"device", "nvme_path", "buffer_count", "buffer_size", "max_in_cpu", "pin_memory"})
+    expected.push_back(z + "offload_param." + k);
+  for (const char* k : {"device", "nvme_path", "buffer_count", "pin_memory", "pipeline_read", "pipeline_write",
+                        "fast_init", "ratio"})
+    expected.push_back(z + "offload_optimizer." + k);
+  for (const char* k : {"enabled", "auto_cast", "loss_scale", "initial_scale_power", "loss_scale_window",
+                        "hysteresis", "consecutive_hysteresis", "min_loss_scale", "fp16_master_weights_and_grads"})
+    expected.push_back(std::string("fp16.") + k);
+  for (const char* k : {"enabled", "immediate_grad_update", "check_grad_overflow", "bf16_master_weights_and_grads",
+                        "bf16_optimizer_states"})
+    expected.push_back(std::string("bf16.") + k);
+  for (const char* k : {"block_size", "queue_depth", "intra_op_parallelism", "single_submit", "overlap_events",
+                        "use_gds"})
+    expected.push_back(std::string("aio.") + k);
+  for (const char* k :
+       {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps_per_print",
+        "dump_state", "disable_allgather", "communication_data_type", "seq_parallel_communication_data_type",
+        "prescale_gradients", "gradient_predivide_factor", "sparse_gradients", "activation_checkpointing",
+        "comms_logger", "tensorboard", "wandb", "csv_monitor", "comet", "gradient_clipping", "amp",
+        "torch_autocast", "compression_training", "graph_harvesting", "optimizer.type", "optimizer.legacy_fusion",
+        "optimizer.params.max_grad_norm", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+        "scheduler.type", "flops_profiler", "wall_clock_breakdown", "memory_breakdown", "autotuning",
+        "eigenvalue", "hybrid_engine", "sparse_attention", "pipeline", "progressive_layer_drop",
+        "curriculum_learning", "data_efficiency", "checkpoint", "data_types", "dataloader_drop_last", "nebula",
+        "weight_quantization", "compile", "timers", "tensor_parallel", "vocabulary_size", "fp32_allreduce",
+        "elasticity", "quantize_training", "allgather_size"}) {
+    expected.push_back(k);
+  }
+  for (const std::string& k : expected) EXPECT_TRUE(known.contains(k)) << k << " is not a known key";
+}
+
+// DeepSpeed's deprecated boolean form of the zero section, with its top-level allgather_size.
+TEST(ConfigCompat, ZeroOptimizationTrueMeansStageOne) {
+  std::vector<std::string> w;
+  const Config on = parse_ok(R"({"zero_optimization": true, "allgather_size": 5e8})", &w);
+  EXPECT_EQ(on.zero_optimization.stage, 1);
+  EXPECT_NE(all(w).find("deprecated form; read as {\"stage\": 1}"), std::string::npos) << all(w);
+  EXPECT_EQ(parse_ok(R"({"zero_optimization": false})").zero_optimization.stage, 0);
+  EXPECT_FALSE(Config::parse(R"({"zero_optimization": 3})", "<test>"));  // not a DeepSpeed form either
 }
 
 // The batch triple as DeepSpeed derives it.
