@@ -23,9 +23,23 @@
 namespace strata::cli {
 namespace {
 
+// The world the run will have: -n when strata train launches the ranks itself, the
+// launcher's WORLD_SIZE in a rank it started (torchrun, strata launch).
+int planned_world(const TrainOptions& o, bool is_rank) {
+  if (!is_rank) return o.nproc;
+  const char* w = std::getenv("WORLD_SIZE");
+  return w != nullptr ? std::atoi(w) : 1;
+}
+
 int train_main(TrainOptions& o, bool explicit_out) {
   const bool is_rank = std::getenv("RANK") != nullptr;
   if (auto st = o.resolve(/*demo_defaults=*/true); !st) {
+    fmt::print(stderr, "strata train: {}\n", st.error());
+    return 2;
+  }
+  // The batch triple depends on the world size, which is known here: an inconsistent one
+  // fails once, before the run directory is made or any rank starts.
+  if (auto st = o.config.resolve_batch(planned_world(o, is_rank)); !st) {
     fmt::print(stderr, "strata train: {}\n", st.error());
     return 2;
   }
@@ -69,8 +83,9 @@ int train_main(TrainOptions& o, bool explicit_out) {
     return 1;
   }
   if ((*comm)->rank() != 0 && log::level() < log::Level::kWarn) log::set_level(log::Level::kWarn);
-  if (auto st = o.config.resolve_batch((*comm)->world()); !st) {
-    fmt::print(stderr, "strata train: {}\n", st.error());
+  if ((*comm)->world() != planned_world(o, is_rank)) {
+    fmt::print(stderr, "strata train: the world has {} ranks, but the batch was resolved for {}\n", (*comm)->world(),
+               planned_world(o, is_rank));
     return 2;
   }
   if (auto st = run_training(o, **comm); !st) {

@@ -196,6 +196,24 @@ TEST_F(Train, AutoKeysAndTheBatchTripleAndTheSchedulerBlock) {
   for (std::size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(rows[i]["lr"].get<double>(), want[i], 1e-12) << "step " << i;
 }
 
+// An inconsistent batch triple is refused once, by the launching process, before the run
+// directory exists or a rank starts (it used to be found by every rank after launch).
+TEST_F(Train, AnInconsistentBatchTripleIsRefusedBeforeLaunch) {
+  const fs::path cfg = dir_ / "bad.json";
+  std::ofstream(cfg) << R"({"train_batch_size": 30, "train_micro_batch_size_per_gpu": 4,
+                            "gradient_accumulation_steps": 2})";
+  const fs::path out = dir_ / "never";
+  auto r = run_command(fmt::format("{} train --config {} --out {} -n 2 --steps 2", strata_bin(), cfg.string(),
+                                   out.string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  const std::string msg = "train_batch_size 30 is not train_micro_batch_size_per_gpu 4 * gradient_accumulation_steps 2 "
+                          "* world size 2";
+  const auto first = r.output.find(msg);
+  ASSERT_NE(first, std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(msg, first + 1), std::string::npos) << "reported more than once:\n" << r.output;
+  EXPECT_FALSE(fs::exists(out)) << r.output;
+}
+
 // Issue 14's memory contract, on a 101M model with host offload and with every state on
 // nvme: strata estimate's per-tier figures agree with the most the engine held in that
 // tier within 10%. With host offload, the process's peak RSS above the runtime's own
