@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "interrupt.h"
 #include "launcher.h"
 #include "rank_threads.h"
 #include "strata/base/log.h"
@@ -73,7 +74,9 @@ int train_main(TrainOptions& o, bool explicit_out) {
     }
     return *code;
   }
-  // One rank: quiet unless rank 0, threads shared with the other local ranks.
+  // One rank: quiet unless rank 0, threads shared with the other local ranks; it stops
+  // at the end of a step on Ctrl-C or SIGTERM, and dies with its launcher.
+  install_rank_signal_handlers(/*die_with_parent=*/is_rank);
   apply_rank_threads();
   comm::CommOptions co;
   co.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(o.config.strata.comm_timeout_s * 1000));
@@ -92,6 +95,7 @@ int train_main(TrainOptions& o, bool explicit_out) {
     fmt::print(stderr, "strata train: rank {}: {}\n", (*comm)->rank(), st.error());
     return 1;
   }
+  if (const int sig = stop_signal(); sig != 0) return 128 + sig;
   return 0;
 }
 

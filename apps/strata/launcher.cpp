@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,13 +21,23 @@
 namespace strata::cli {
 namespace {
 
+// One of a rank's two output streams, read from a pipe: stdout goes to the launcher's
+// output_fd, stderr to its stderr, each line prefixed "[r<k>] ".
+struct Stream {
+  int fd = -1;          // read end of the pipe; -1 once closed (or passed through)
+  int to = -1;          // where its lines go
+  bool prefix = true;   // false: rank 0's stderr when its stdout is passed through
+  std::string pending;  // bytes after the last line break
+  std::string last;     // the last non-empty line (stderr: the rank's last error)
+};
+
 struct Child {
   int rank = 0;
   pid_t pid = -1;
-  int out_fd = -1;      // read end of the rank's stdout+stderr pipe; -1 once closed
-  std::string pending;  // bytes after the last line break
+  Stream out, err;
   bool exited = false;
   int code = 0;
+  int signal = 0;  // the signal that ended it, or 0
 };
 
 void write_all(int fd, std::string_view s) {
@@ -40,24 +51,63 @@ void write_all(int fd, std::string_view s) {
 
 // Emits every complete segment ending in '\n' or '\r' with the rank prefix. A '\r'
 // segment is a live progress update; it keeps its '\r' so it redraws in place.
-void forward(int fd, Child& c, std::string_view data, bool flush) {
-  c.pending.append(data);
+void forward(Stream& s, int rank, std::string_view data, bool flush) {
+  s.pending.append(data);
+  const std::string prefix = s.prefix ? fmt::format("[r{}] ", rank) : std::string();
+  auto emit = [&](std::string_view seg, std::string_view end) {
+    write_all(s.to, fmt::format("{}{}{}", prefix, seg, end));
+    std::string_view text = seg;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.remove_suffix(1);
+    if (!text.empty()) s.last = std::string(text);
+  };
   std::size_t start = 0;
-  for (std::size_t i = 0; i < c.pending.size(); ++i) {
-    if (c.pending[i] == '\n' || c.pending[i] == '\r') {
-      write_all(fd, fmt::format("[r{}] {}", c.rank, std::string_view(c.pending).substr(start, i + 1 - start)));
+  for (std::size_t i = 0; i < s.pending.size(); ++i) {
+    if (s.pending[i] == '\n' || s.pending[i] == '\r') {
+      emit(std::string_view(s.pending).substr(start, i + 1 - start), "");
       start = i + 1;
     }
   }
-  c.pending.erase(0, start);
-  if (flush && !c.pending.empty()) {
-    write_all(fd, fmt::format("[r{}] {}\n", c.rank, c.pending));
-    c.pending.clear();
+  s.pending.erase(0, start);
+  if (flush && !s.pending.empty()) {
+    emit(s.pending, "\n");
+    s.pending.clear();
   }
 }
 
+// Reads what is in the pipe now (it is non-blocking); closes it at end of file.
+void drain(Stream& s, int rank) {
+  if (s.fd < 0) return;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(s.fd, buf, sizeof(buf));
+    if (n > 0) {
+      forward(s, rank, std::string_view(buf, static_cast<std::size_t>(n)), false);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0 || errno != EAGAIN) {
+      forward(s, rank, {}, true);
+      ::close(s.fd);
+      s.fd = -1;
+    }
+    return;
+  }
+}
+
+// What ended a rank, for the failure report: its last line on stderr when it exited
+// with an error, else how it ended.
+std::string cause(const Child& c) {
+  if (c.signal != 0) return fmt::format("killed by signal {} ({})", c.signal, ::strsignal(c.signal));
+  if (!c.err.last.empty()) return fmt::format("exit code {}: {}", c.code, c.err.last);
+  return fmt::format("exit code {}", c.code);
+}
+
 volatile sig_atomic_t g_stop_signal = 0;
-void on_signal(int sig) { g_stop_signal = sig; }
+volatile sig_atomic_t g_signal_count = 0;
+void on_signal(int sig) {
+  g_stop_signal = sig;
+  g_signal_count = g_signal_count + 1;
+}
 
 }  // namespace
 
@@ -143,13 +193,14 @@ Result<int> launch(const LaunchOptions& o) {
 
   // A failed exec reports through this pipe (closed on exec), so "no such program" is
   // an error here rather than N confusing exit codes.
+  const pid_t launcher_pid = ::getpid();
   std::vector<Child> kids(o.nproc);
   for (int r = 0; r < o.nproc; ++r) {
     Child& c = kids[r];
     c.rank = r;
     const bool passthrough = o.rank0_passthrough && r == 0;
-    int out[2] = {-1, -1}, exec_err[2];
-    if ((!passthrough && ::pipe(out) != 0) || ::pipe2(exec_err, O_CLOEXEC) != 0) {
+    int out[2] = {-1, -1}, err[2] = {-1, -1}, exec_err[2];
+    if ((!passthrough && ::pipe(out) != 0) || ::pipe(err) != 0 || ::pipe2(exec_err, O_CLOEXEC) != 0) {
       return make_error(errno_error(errno, "pipe"));
     }
     pid_t pid = ::fork();
@@ -158,13 +209,18 @@ Result<int> launch(const LaunchOptions& o) {
       // Each rank leads its own process group, so stopping a rank also stops whatever
       // it started (a shell's children, data loader helpers).
       ::setpgid(0, 0);
+      // A rank dies with its launcher, however the launcher dies (kept across exec).
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != launcher_pid) ::_exit(128 + SIGKILL);
       ::close(exec_err[0]);
       if (!passthrough) {
         ::dup2(out[1], STDOUT_FILENO);
-        ::dup2(out[1], STDERR_FILENO);
         ::close(out[0]);
         ::close(out[1]);
       }
+      ::dup2(err[1], STDERR_FILENO);
+      ::close(err[0]);
+      ::close(err[1]);
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(o.nproc).c_str(), 1);
@@ -177,26 +233,30 @@ Result<int> launch(const LaunchOptions& o) {
       for (const auto& a : o.argv) args.push_back(const_cast<char*>(a.c_str()));
       args.push_back(nullptr);
       ::execvp(args[0], args.data());
-      const int err = errno;
-      (void)!::write(exec_err[1], &err, sizeof(err));
+      const int e = errno;
+      (void)!::write(exec_err[1], &e, sizeof(e));
       ::_exit(127);
     }
     ::close(exec_err[1]);
-    int err = 0;
-    const bool exec_failed = ::read(exec_err[0], &err, sizeof(err)) == static_cast<ssize_t>(sizeof(err));
+    int exec_errno = 0;
+    const bool exec_failed = ::read(exec_err[0], &exec_errno, sizeof(exec_errno)) == static_cast<ssize_t>(sizeof(exec_errno));
     ::close(exec_err[0]);
-    if (!passthrough) {
-      ::close(out[1]);
-      c.out_fd = out[0];
-      // Grandchildren may hold the pipe open after the rank exits; never block on it.
-      ::fcntl(c.out_fd, F_SETFL, ::fcntl(c.out_fd, F_GETFL) | O_NONBLOCK);
-    }
+    // Grandchildren may hold a pipe open after the rank exits; never block on one.
+    auto take = [](Stream& st, int fds[2], int to, bool prefix) {
+      ::close(fds[1]);
+      st.fd = fds[0];
+      st.to = to;
+      st.prefix = prefix;
+      ::fcntl(st.fd, F_SETFL, ::fcntl(st.fd, F_GETFL) | O_NONBLOCK);
+    };
+    if (!passthrough) take(c.out, out, o.output_fd, true);
+    take(c.err, err, STDERR_FILENO, !passthrough);
     ::setpgid(pid, pid);  // also here, so the group exists before we ever signal it
     c.pid = pid;
     if (exec_failed) {
       for (auto& k : kids)
         if (k.pid > 0) ::kill(k.pid, SIGKILL), ::waitpid(k.pid, nullptr, 0);
-      return make_error(errno_error(err, fmt::format("cannot run {}", o.argv[0])));
+      return make_error(errno_error(exec_errno, fmt::format("cannot run {}", o.argv[0])));
     }
   }
 
@@ -205,68 +265,82 @@ Result<int> launch(const LaunchOptions& o) {
   ::sigaction(SIGINT, &sa, &old_int);
   ::sigaction(SIGTERM, &sa, &old_term);
   g_stop_signal = 0;
+  g_signal_count = 0;
 
+  // Note [first failure]: the rank that failed first is the cause; the others usually
+  // fail because of it (a peer gone, a collective timed out). Its last stderr line is
+  // the report's first line, the others follow as consequences.
   int first_failure = 0, alive = o.nproc;
-  bool stopping = false;
+  std::vector<int> failed;  // ranks, in the order their failures were seen
+  bool stopping = false, interrupted = false, killed = false;
   auto stop_deadline = std::chrono::steady_clock::time_point::max();
   auto stop_all = [&](int sig) {
-    for (auto& k : kids) ::kill(-k.pid, sig);  // the rank's whole process group
+    for (auto& k : kids)
+      if (!k.exited) ::kill(-k.pid, sig);  // the rank's whole process group
   };
   while (alive > 0) {
     std::vector<pollfd> fds;
     for (auto& k : kids)
-      if (k.out_fd >= 0) fds.push_back({k.out_fd, POLLIN, 0});
+      for (Stream* st : {&k.out, &k.err})
+        if (st->fd >= 0) fds.push_back({st->fd, POLLIN, 0});
     ::poll(fds.data(), fds.size(), 100);
-    for (auto& k : kids) {
-      if (k.out_fd < 0) continue;
-      pollfd p{k.out_fd, POLLIN, 0};
-      if (::poll(&p, 1, 0) <= 0) continue;
-      char buf[65536];
-      ssize_t n = ::read(k.out_fd, buf, sizeof(buf));
-      if (n > 0) {
-        forward(o.output_fd, k, std::string_view(buf, static_cast<std::size_t>(n)), false);
-      } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-        forward(o.output_fd, k, {}, true);
-        ::close(k.out_fd);
-        k.out_fd = -1;
-      }
-    }
+    for (auto& k : kids) drain(k.out, k.rank), drain(k.err, k.rank);
     int status = 0;
     for (pid_t pid; (pid = ::waitpid(-1, &status, WNOHANG)) > 0;) {
       for (auto& k : kids) {
         if (k.pid != pid) continue;
         k.exited = true;
-        k.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        k.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        k.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + k.signal;
         --alive;
-        if (k.code == 0) ::kill(-k.pid, SIGKILL);  // leftovers of a finished rank
-        if (k.code != 0 && first_failure == 0 && !stopping) {
+        drain(k.out, k.rank), drain(k.err, k.rank);  // its last words, before the report
+        if (k.code == 0) ::kill(-k.pid, SIGKILL);     // leftovers of a finished rank
+        if (k.code == 0 || interrupted) continue;
+        // Ended by our own stop signal: a consequence that needs no line of its own.
+        const bool stopped_by_us = stopping && (k.signal == SIGTERM || k.signal == SIGKILL || k.code == 128 + SIGTERM);
+        if (stopped_by_us) continue;
+        failed.push_back(k.rank);
+        if (first_failure == 0 && !stopping) {
           first_failure = k.code;
-          write_all(STDERR_FILENO, fmt::format("strata launch: rank {} exited with code {}; stopping the other ranks\n",
-                                               k.rank, k.code));
+          write_all(STDERR_FILENO, fmt::format("strata launch: rank {} failed first ({}); stopping the other ranks\n",
+                                               k.rank, cause(k)));
           stopping = true;
           stop_all(SIGTERM);
           stop_deadline = std::chrono::steady_clock::now() + o.grace;
         }
       }
     }
-    if (g_stop_signal != 0 && !stopping) {
-      stopping = true;
+    // The first Ctrl-C or SIGTERM is passed on: ranks stop at the end of their step and
+    // clean up. A second one kills them at once.
+    if (g_signal_count >= 1 && !interrupted && !stopping) {
+      interrupted = stopping = true;
       first_failure = 128 + g_stop_signal;
       stop_all(SIGTERM);
-      stop_deadline = std::chrono::steady_clock::now() + o.grace;
+    }
+    if (g_signal_count >= 2 && !killed) {
+      killed = true;
+      write_all(STDERR_FILENO, "strata launch: interrupted again; killing the ranks\n");
+      stop_all(SIGKILL);
     }
     if (stopping && std::chrono::steady_clock::now() > stop_deadline) {
       stop_all(SIGKILL);
       stop_deadline = std::chrono::steady_clock::time_point::max();
     }
   }
-  // Drain what the ranks wrote before exiting.
+  // Drain what the ranks (or processes they left behind) wrote before exiting.
   for (auto& k : kids) {
-    if (k.out_fd < 0) continue;
-    char buf[65536];
-    for (ssize_t n; (n = ::read(k.out_fd, buf, sizeof(buf))) > 0;) forward(o.output_fd, k, std::string_view(buf, n), false);
-    forward(o.output_fd, k, {}, true);
-    ::close(k.out_fd);
+    drain(k.out, k.rank), drain(k.err, k.rank);
+    for (Stream* st : {&k.out, &k.err}) {
+      if (st->fd < 0) continue;
+      forward(*st, k.rank, {}, true);
+      ::close(st->fd);
+    }
+  }
+  if (failed.size() > 1) {
+    std::string report = fmt::format("strata launch: the first failure was rank {} ({})\n", failed[0], cause(kids[failed[0]]));
+    for (std::size_t i = 1; i < failed.size(); ++i)
+      report += fmt::format("strata launch:   then rank {} ({})\n", failed[i], cause(kids[failed[i]]));
+    write_all(STDERR_FILENO, report);
   }
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);

@@ -4,10 +4,15 @@
 //   int code = launch(opts);   // 0, or the exit code of the first rank that failed
 //
 // Each rank gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and
-// MASTER_PORT (a free port), so strata::comm::init_from_env() works unchanged. Output
-// is prefixed "[r<k>] " per line. When a rank fails, the others get SIGTERM, then
-// SIGKILL after a grace period, and the launcher returns the first failure's code
-// (128+signal for a rank killed by a signal).
+// MASTER_PORT (a free port), so strata::comm::init_from_env() works unchanged. A rank's
+// stdout goes to output_fd and its stderr to stderr, each line prefixed "[r<k>] ".
+// Ranks die with the launcher (a parent-death signal), however it dies.
+//
+// When a rank fails, the launcher names it and its last stderr line on stderr, sends
+// the others SIGTERM, then SIGKILL after a grace period, lists the later failures, and
+// returns the first failure's code (128+signal for a rank killed by a signal). A first
+// SIGINT or SIGTERM is passed on to the ranks as SIGTERM (strata train stops at the end
+// of its step and cleans up); a second kills them at once.
 #pragma once
 
 #include <chrono>
@@ -26,11 +31,12 @@ struct LaunchOptions {
   std::vector<std::string> argv;  // program (looked up in PATH) and its arguments
   std::string master_addr = "127.0.0.1";
   int master_port = 0;  // 0 = pick a free port
-  // Rank 0 writes straight to this process's stdout/stderr, unprefixed, so that a live
-  // progress line keeps working on a terminal. Other ranks stay prefixed.
+  // Rank 0 writes straight to this process's stdout, and its stderr lines are passed on
+  // unprefixed, so that a live progress line keeps working on a terminal. Other ranks
+  // stay prefixed.
   bool rank0_passthrough = false;
-  // Where the ranks' prefixed output goes (benchmarks: stderr, so that stdout holds
-  // only their own report).
+  // Where the ranks' stdout goes (benchmarks: stderr, so that stdout holds only their
+  // own report). Their stderr always goes to stderr.
   int output_fd = 1;
   std::chrono::milliseconds grace{5000};
   std::map<std::string, std::string> extra_env;

@@ -46,6 +46,14 @@ int main(int argc, char** argv) {
   strata::cli::add_bench_ckpt(*bench, &exit_code);
   strata::cli::add_bench_optim(*bench, &exit_code);
   strata::cli::add_bench_io(*bench, &exit_code);
-  CLI11_PARSE(app, argc, argv);
+  // Exit codes (docs/reliability.md): 0 done; 1 a failure while working (I/O, a peer, the
+  // numbers); 2 bad input found before any work (flags, config, data); 128+N stopped by
+  // signal N. CLI11's own codes (105, 109, ...) are folded into 2; --help and
+  // --version exit 0.
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   return exit_code;
 }

@@ -207,7 +207,34 @@ Result<Config> Config::from_json(const json& given_doc, std::vector<std::string>
 }
 
 Result<Config> Config::parse(std::string_view text, std::string_view origin, std::vector<std::string>* warnings) {
-  json doc = json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  // A key given twice in one object: JSON parsers keep the last silently, which hides
+  // an edit gone wrong. DeepSpeed refuses it too.
+  std::vector<std::set<std::string>> seen;
+  std::vector<std::string> at;  // the key being read at each open object
+  std::string duplicate;
+  const json::parser_callback_t find_duplicates = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start: seen.emplace_back(), at.emplace_back(); break;
+      case json::parse_event_t::object_end: seen.pop_back(), at.pop_back(); break;
+      case json::parse_event_t::key: {
+        at.back() = parsed.get<std::string>();
+        if (!seen.back().insert(at.back()).second && duplicate.empty()) {
+          std::vector<std::string> path;
+          for (const auto& k : at)
+            if (!k.empty()) path.push_back(k);
+          duplicate = fmt::format("{}", fmt::join(path, "."));
+        }
+        break;
+      }
+      default: break;
+    }
+    return true;
+  };
+  json doc = json::parse(text, find_duplicates, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  if (!duplicate.empty() && !doc.is_discarded()) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: given twice; JSON keeps only the last, so say it once", duplicate)
+        .with_path(std::string(origin));
+  }
   if (doc.is_discarded()) {
     // Parse again with exceptions only to learn where it broke.
     std::string where;

@@ -3,7 +3,9 @@
 // the code reads it.
 #include "config_schema.h"
 
+#include <cctype>
 #include <cmath>
+#include <limits>
 #include <cstdlib>
 
 #include "strata/base/units.h"
@@ -27,8 +29,11 @@ Result<double> read_number(const json& v, bool integral) {
     const std::string s = v.get<std::string>();
     if (integral) {
       auto size = parse_size(s);
-      if (!size) return make_error(std::move(size).error());
-      return static_cast<double>(*size);
+      if (size) return static_cast<double>(*size);
+      // "three" is not a number at all; "64XB" is a size with a bad unit, say that.
+      if (s.empty() || !(std::isdigit(static_cast<unsigned char>(s[0])) || s[0] == '.' || s[0] == '-' || s[0] == '+'))
+        return make_error(ErrorCode::kInvalidArgument, "expected a whole number or a size such as \"64MiB\", got string \"{}\"", s);
+      return make_error(std::move(size).error());
     }
     char* end = nullptr;
     const double d = std::strtod(s.c_str(), &end);
@@ -62,6 +67,13 @@ Field integer(std::string path, T& member, double min, double max) {
     STRATA_ASSIGN_OR_RETURN(double d, read_number(v, /*integral=*/true));
     if (d != std::floor(d)) return make_error(ErrorCode::kInvalidArgument, "expected a whole number, got {}", v.dump());
     STRATA_RETURN_IF_ERROR(check_range(f, d, v));
+    // A range of "to infinity" still ends where the member's type does: 1e30 must not
+    // wrap to 0 (or anything else) on the cast below.
+    if (d >= std::ldexp(1.0, std::numeric_limits<T>::digits) || d < static_cast<double>(std::numeric_limits<T>::lowest())) {
+      return make_error(ErrorCode::kOutOfRange, "{} does not fit in a {}-bit {}integer", v.dump(),
+                        std::numeric_limits<T>::digits + std::numeric_limits<T>::is_signed,
+                        std::numeric_limits<T>::is_signed ? "" : "unsigned ");
+    }
     member = static_cast<T>(d);
     return ok();
   };

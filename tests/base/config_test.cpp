@@ -112,6 +112,36 @@ TEST(Config, BadSizeStringIsAnError) {
   EXPECT_NE(e.find("strata.compute_budget: '2 parsecs' has an unknown unit"), std::string::npos) << e;
 }
 
+// Issue 18: input that used to be accepted silently or reported wrongly.
+TEST(Config, NumbersBeyondTheKeysTypeAreRefusedNotWrapped) {
+  // 1e30 used to become 0 and pass with "ok (0 warnings)".
+  const std::string e = error_of(R"({"zero_optimization": {"reduce_bucket_size": 1e30}})");
+  EXPECT_NE(e.find("zero_optimization.reduce_bucket_size: 1e+30 does not fit in a 64-bit unsigned integer"),
+            std::string::npos) << e;
+  EXPECT_NE(error_of(R"({"zero_optimization": {"reduce_bucket_size": 18446744073709551616}})").find("does not fit"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"fp16": {"loss_scale_window": 1e12}})").find("does not fit in a 32-bit integer"),
+            std::string::npos);
+  auto big = parse(R"({"zero_optimization": {"reduce_bucket_size": 9007199254740992}})");  // 2^53: fits
+  ASSERT_TRUE(big) << big.error();
+  EXPECT_EQ(big->zero_optimization.reduce_bucket_size, 9007199254740992ull);
+}
+
+TEST(Config, ADuplicateKeyIsAnError) {
+  const std::string e = error_of(R"({"zero_optimization": {"stage": 2, "overlap_comm": true, "stage": 3}})");
+  EXPECT_NE(e.find("zero_optimization.stage: given twice"), std::string::npos) << e;
+  EXPECT_NE(error_of(R"({"bf16": {"enabled": true}, "bf16": {"enabled": false}})").find("bf16: given twice"),
+            std::string::npos);
+  // The same key in different objects is fine.
+  EXPECT_TRUE(parse(R"({"fp16": {"enabled": false}, "bf16": {"enabled": true}})"));
+}
+
+TEST(Config, AWordWhereANumberBelongsSaysSo) {
+  const std::string e = error_of(R"({"zero_optimization": {"stage": "three"}})");
+  EXPECT_NE(e.find("zero_optimization.stage: expected a whole number or a size such as \"64MiB\", got string \"three\""),
+            std::string::npos) << e;
+}
+
 TEST(Config, ReportsEveryErrorAtOnce) {
   const std::string e = error_of(R"({"zero_optimization": {"stage": 9, "overlap_com": true}, "fp16": 3})");
   EXPECT_NE(e.find("3 errors"), std::string::npos) << e;

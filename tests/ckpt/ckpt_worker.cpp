@@ -31,7 +31,9 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
-#include <torch/torch.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/adamw.h>
 
 #include "awkward_model.h"
 #include "strata/ckpt/checkpoint.h"

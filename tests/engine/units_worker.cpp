@@ -19,7 +19,10 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
-#include <torch/torch.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
 
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"

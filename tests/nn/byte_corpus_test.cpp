@@ -1,9 +1,12 @@
 #include "strata/nn/data/byte_corpus.h"
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "support/multirank.h"
@@ -72,6 +75,40 @@ TEST(ByteCorpus, ClearErrorsForMissingEmptyAndBinaryData) {
   auto too_long = tiny->sample(Split::kTrain, 1, 64, {});
   ASSERT_FALSE(too_long);
   EXPECT_NE(too_long.error().message().find("no stretch of 65 bytes"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// Issue 18: a 24 KB file drew no validation block ("the validation split (0 B) has no
+// stretch of 129 bytes"); any file of 1 KB or more now has both splits, long enough for
+// strata train's default 128-byte sequences, and they do not overlap.
+TEST(ByteCorpus, SmallFilesStillHaveBothSplits) {
+  const auto dir = testing::fresh_temp_dir("corpus-small");
+  // 20494 bytes: five full blocks and a 14-byte one, which drew validation alone.
+  for (std::size_t bytes : {1024u, 20494u, 24u * 1024, 64u * 1024}) {
+    const fs::path file = dir / fmt::format("data{}.txt", bytes);
+    std::string text;
+    for (std::size_t i = 0; text.size() < bytes; ++i) text += fmt::format("line {} of a small corpus\n", i);
+    text.resize(bytes);
+    std::ofstream(file) << text;
+    auto c = ByteCorpus::open(file.string());
+    ASSERT_TRUE(c) << c.error();
+    EXPECT_EQ(c->split_bytes(Split::kTrain) + c->split_bytes(Split::kValidation), bytes);
+    for (Split s : {Split::kTrain, Split::kValidation}) {
+      auto b = c->sample(s, 4, 128, {1, 2, 3});
+      ASSERT_TRUE(b) << bytes << " bytes: " << b.error();
+    }
+  }
+  fs::remove_all(dir);
+}
+
+// A FIFO used to block the open with no output.
+TEST(ByteCorpus, APipeIsRefusedNotWaitedOn) {
+  const auto dir = testing::fresh_temp_dir("corpus-fifo");
+  const fs::path fifo = dir / "pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto c = ByteCorpus::open(fifo.string());
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message().find("not a regular file or a folder"), std::string::npos) << c.error();
   fs::remove_all(dir);
 }
 

@@ -70,6 +70,20 @@ Config demo_config(const std::string& out, const std::string& model) {
   return c;
 }
 
+// A real number in a range, finite: CLI11's PositiveNumber lets "nan" through, and its
+// message for 0 prints the largest double in full (309 digits).
+CLI::Validator finite_number(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        const bool number = end != text.c_str() && *end == '\0' && std::isfinite(v);
+        if (number && (allow_zero ? v >= 0 : v > 0)) return {};
+        return fmt::format("expected a finite number {} 0, got {}", allow_zero ? ">=" : ">", text);
+      },
+      allow_zero ? "NUMBER>=0" : "NUMBER>0");
+}
+
 }  // namespace
 
 void add_train_flags(CLI::App& cmd, TrainOptions& o) {
@@ -80,13 +94,14 @@ void add_train_flags(CLI::App& cmd, TrainOptions& o) {
   cmd.add_option("--data", o.data, "Text file or folder (default: Debian's fortunes corpus)");
   cmd.add_option("--seq-len", o.seq_len, "Tokens (bytes) per sequence")->check(CLI::Range(2, 1 << 20));
   cmd.add_option("--steps", o.steps, "Optimizer steps")->check(CLI::Range(1, 100'000'000));
-  cmd.add_option("--lr", o.lr, "Peak learning rate (linear warmup, then cosine; default: the config's, else by model size, 3e-3 for tiny, 2.4e-4 for gpt2-large)")->check(CLI::PositiveNumber);
-  cmd.add_option("--min-lr", o.min_lr, "Final learning rate (default lr/10)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--lr", o.lr, "Peak learning rate (linear warmup, then cosine; default: the config's, else by model size, 3e-3 for tiny, 2.4e-4 for gpt2-large)")->check(finite_number(false));
+  cmd.add_option("--min-lr", o.min_lr, "Final learning rate (default lr/10)")->check(finite_number(true));
   cmd.add_option("--warmup", o.warmup, "Warmup steps (default 10% of --steps)")->check(CLI::NonNegativeNumber);
   cmd.add_option("--seed", o.seed, "Seed of the model's init and the data order");
   cmd.add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = only at the end)")
       ->check(CLI::NonNegativeNumber);
-  cmd.add_option("--eval-batches", o.eval_batches, "Batches per validation")->check(CLI::Range(1, 100000));
+  cmd.add_option("--eval-batches", o.eval_batches, "Batches per validation (0 = no validation)")
+      ->check(CLI::Range(0, 100000));
   cmd.add_flag("--no-save", o.no_save, "Write no checkpoint");
   cmd.add_option("--keep", o.keep, "Checkpoints to keep, the newest (default 2; 0 = all)")->check(CLI::NonNegativeNumber);
   cmd.add_option("--resume", o.resume,
@@ -100,7 +115,8 @@ void add_train_flags(CLI::App& cmd, TrainOptions& o) {
   cmd.add_option("--out", o.out, "Run directory (default runs/<date>-<time>)");
   cmd.add_option("--sample-bytes", o.sample_bytes, "Bytes to sample from the model at the end")
       ->check(CLI::Range(0, 100000));
-  cmd.add_option("--trace-step", o.trace_step, "Step to write as trace.json (default: a steady-state step)");
+  cmd.add_option("--trace-step", o.trace_step, "Step to write as trace.json, 0-based (default: a steady-state step)")
+      ->check(CLI::NonNegativeNumber);
   cmd.add_option("--stage", o.stage, "ZeRO stage 0-3");
   cmd.add_option("--offload-optimizer", o.offload_optimizer, "cpu, nvme or none");
   cmd.add_option("--offload-param", o.offload_param, "cpu, nvme or none (stage 3)");
@@ -218,7 +234,7 @@ Status TrainOptions::resolve(bool demo_defaults) {
   if (!clip.empty()) {
     char* end = nullptr;
     c.gradient_clipping = std::strtod(clip.c_str(), &end);
-    if (*end != '\0' || c.gradient_clipping < 0) return make_error(ErrorCode::kInvalidArgument, "--clip {}: expected a number >= 0", clip);
+    if (*end != '\0' || !std::isfinite(c.gradient_clipping) || c.gradient_clipping < 0) return make_error(ErrorCode::kInvalidArgument, "--clip {}: expected a number >= 0", clip);
   }
   if (!precision.empty()) {
     c.bf16.enabled = precision == "bf16";
@@ -255,7 +271,12 @@ Status TrainOptions::resolve(bool demo_defaults) {
   if (lr == 0) lr = config_path.empty() ? default_lr(model_cfg.parameter_count()) : c.optimizer.lr;
   c.optimizer.lr = lr;
   if (min_lr > lr) return make_error(ErrorCode::kInvalidArgument, "--min-lr {:g} is above the peak learning rate {:g}", min_lr, lr);
-  if (warmup < 0) warmup = steps / 10;
+  // Never no warmup by default: a large model's first steps at the peak rate diverge.
+  if (warmup < 0) warmup = std::max<std::int64_t>(steps / 10, steps > 1 ? 1 : 0);
+  if (trace_step >= steps) {
+    return make_error(ErrorCode::kInvalidArgument, "--trace-step {}: the run's steps are 0..{} (--steps {})", trace_step,
+                      steps - 1, steps);
+  }
   if (min_lr == 0) min_lr = lr / 10;
   // The schedule is the config's "scheduler" block (its total_num_steps, when not given,
   // is --steps), else strata train's own: DeepSpeed's WarmupCosineLR from --lr, --warmup
@@ -272,7 +293,12 @@ Status TrainOptions::resolve(bool demo_defaults) {
   // The data must be there, readable, and long enough, before any rank starts.
   STRATA_ASSIGN_OR_RETURN(nn::ByteCorpus corpus, nn::ByteCorpus::open(data.empty() ? nn::kFortunesDir : data));
   for (nn::Split s : {nn::Split::kTrain, nn::Split::kValidation}) {
-    STRATA_RETURN_IF_ERROR(corpus.sample(s, 1, seq_len, {}));
+    if (s == nn::Split::kValidation && eval_batches == 0) continue;
+    if (auto st = corpus.sample(s, 1, seq_len, {}); !st) {
+      return make_error(std::move(st).error().with_note(
+          fmt::format("--data is too small for --seq-len {}: give more data or a shorter --seq-len{}", seq_len,
+                      s == nn::Split::kValidation ? ", or --eval-batches 0 for no validation" : "")));
+    }
   }
   return ok();
 }

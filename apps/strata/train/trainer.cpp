@@ -17,6 +17,7 @@
 
 #include "bench_report.h"
 #include "config_auto.h"
+#include "interrupt.h"
 #include "strata/base/blas.h"
 #include "strata/base/log.h"
 #include "strata/base/lr_schedule.h"
@@ -40,10 +41,26 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 namespace fs = std::filesystem;
 
-double mean_across_ranks(comm::Communicator& comm, double v) {
+// A failed collective is an error, never a value: a NaN here once made a dead peer
+// read as "the loss is not finite".
+Result<double> mean_across_ranks(comm::Communicator& comm, double v) {
   at::Tensor t = at::full({1}, v, at::kDouble);
-  if (auto st = comm.all_reduce(t, comm::ReduceOp::kAvg).wait(); !st) return std::nan("");
+  STRATA_RETURN_IF_ERROR(comm.all_reduce(t, comm::ReduceOp::kAvg).wait());
   return t.item<double>();
+}
+
+// Note [stopping together]: a rank asked to stop (Ctrl-C, SIGTERM) cannot simply leave
+// its loop, or the others would wait for it in the next collective until they time out.
+// Each step already averages the loss across ranks; the stop requests ride along in the
+// same all-reduce, so every rank learns at the same step that one of them must stop.
+struct StepAgreement {
+  double loss = 0;
+  bool stop = false;
+};
+Result<StepAgreement> agree_on_step(comm::Communicator& comm, double loss, bool stop) {
+  at::Tensor t = at::tensor({loss, stop ? 1.0 : 0.0}, at::kDouble);
+  STRATA_RETURN_IF_ERROR(comm.all_reduce(t, comm::ReduceOp::kSum).wait());
+  return StepAgreement{.loss = t[0].item<double>() / comm.world(), .stop = t[1].item<double>() > 0};
 }
 
 // Where the engine put things, read back from it (not from the config).
@@ -265,6 +282,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   std::string checkpoint = "(none)";
   std::uint64_t gathers = 0, hits = 0;  // over the schedule-driven steps
   const auto run_t0 = std::chrono::steady_clock::now();
+  std::int64_t interrupted_at = 0;
   for (std::int64_t step = start; step < o.steps; ++step) {
     const double lr = eng->lr();  // the engine's schedule set it (Note [scheduler stepping])
     if (step == trace_step && root) eng->trace_next_step(trace_path);
@@ -280,8 +298,10 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
       loss_sum += loss.item<double>();
     }
     const double step_s = seconds_since(t0);
-    const double loss = mean_across_ranks(comm, loss_sum / static_cast<double>(accum));
-    if (!std::isfinite(loss)) return make_error(ErrorCode::kInternal, "the loss is not finite at step {}", step);
+    STRATA_ASSIGN_OR_RETURN(const StepAgreement agreed,
+                            agree_on_step(comm, loss_sum / static_cast<double>(accum), stop_signal() != 0));
+    const double loss = agreed.loss;
+    if (!std::isfinite(loss)) return make_error(ErrorCode::kInternal, "the loss is not finite at step {}", step + 1);
     const double tokens_per_s = static_cast<double>(micro * accum * o.seq_len * comm.world()) / step_s;
     if (step > 0) step_times.push_back(step_s);
     recent_losses.push_back(loss);
@@ -289,7 +309,15 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     if (step == start) end.first_loss = loss;
 
     std::optional<double> val;
-    if ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps) {
+    if (agreed.stop) {
+      if (root) {
+        progress.finish();
+        fmt::print("interrupted at step {} of {}; last checkpoint: {}\n", step + 1, o.steps, checkpoint);
+      }
+      interrupted_at = step + 1;
+      break;
+    }
+    if (o.eval_batches > 0 && ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps)) {
       STRATA_ASSIGN_OR_RETURN(val, evaluate(model, corpus, o, micro, comm));
       end.val_loss = val;
     }
@@ -344,6 +372,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
       }
     }
   }
+  if (interrupted_at) return ok();  // the caller exits 128 + the signal
   if (root) progress.finish();
   end.seconds = seconds_since(run_t0);
   end.steps = o.steps;
@@ -356,7 +385,8 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   if (!root) return ok();
   end.out = o.out;
   end.metrics = (fs::path(o.out) / "metrics.jsonl").string();
-  end.trace = trace_path;
+  // A resumed run may start past the traced step: never name a file that is not there.
+  end.trace = fs::exists(trace_path) ? trace_path : "(none: the traced step was not in this run)";
   end.checkpoint = checkpoint;
   const std::string err = render_report(o.out);
   end.report = err.empty() ? (fs::path(o.out) / "report.png").string() : "(not rendered: " + err + ")";

@@ -78,8 +78,12 @@ Result<ByteCorpus> ByteCorpus::open(const std::string& path, int val_every) {
     }
     if (ec) return make_error(errno_error(ec.value(), "cannot list the data folder")).with_path(path);
     std::sort(candidates.begin(), candidates.end());  // a fixed order: the split depends on it
-  } else {
+  } else if (fs::is_regular_file(st)) {
     candidates.push_back(path);
+  } else {
+    // A FIFO or a device would block the open or the map with no output.
+    return make_error(ErrorCode::kInvalidArgument, "data path is not a regular file or a folder (a pipe or a device?); "
+                      "strata maps its data, so give a file or a folder of text files").with_path(path);
   }
 
   auto impl = std::make_unique<Impl>();
@@ -119,19 +123,39 @@ Result<ByteCorpus> ByteCorpus::open(const std::string& path, int val_every) {
   }
 
   // Cut every file into blocks; consecutive blocks of one split form a run.
+  auto add = [&impl](int split, std::size_t f, std::uint64_t off, std::uint64_t len) {
+    auto& runs = impl->runs[split];
+    if (!runs.empty() && runs.back().file == f && runs.back().offset + runs.back().length == off) {
+      runs.back().length += len;
+    } else {
+      runs.push_back({f, off, len});
+    }
+    impl->bytes[split] += len;
+  };
   std::uint64_t global = 0;
   for (std::size_t f = 0; f < impl->files.size(); ++f) {
     const std::uint64_t size = impl->files[f].size;
     for (std::uint64_t off = 0; off < size; off += kBlock, ++global) {
       const int split = mix(kSplitSeed ^ global) % static_cast<std::uint64_t>(val_every) == 0 ? 1 : 0;
-      const std::uint64_t len = std::min(kBlock, size - off);
-      auto& runs = impl->runs[split];
-      if (!runs.empty() && runs.back().file == f && runs.back().offset + runs.back().length == off) {
-        runs.back().length += len;
-      } else {
-        runs.push_back({f, off, len});
-      }
-      impl->bytes[split] += len;
+      add(split, f, off, std::min(kBlock, size - off));
+    }
+  }
+  // A small corpus (a few blocks) can draw no validation block, or only a short last
+  // one, or nothing but validation: then the validation split is the corpus's tail
+  // instead, 1/val_every of it but at least a block (at most half), so that a 1 KB file
+  // still has both splits.
+  if (impl->bytes[0] < kBlock || impl->bytes[1] < kBlock) {
+    const std::uint64_t total = impl->bytes[0] + impl->bytes[1];
+    const std::uint64_t val = std::max(total / static_cast<std::uint64_t>(val_every), std::min(total / 2, kBlock));
+    impl->runs[0].clear(), impl->runs[1].clear();
+    impl->bytes[0] = impl->bytes[1] = 0;
+    std::uint64_t at = 0;
+    for (std::size_t f = 0; f < impl->files.size(); ++f) {
+      const std::uint64_t size = impl->files[f].size;
+      const std::uint64_t train_end = std::clamp(total - val, at, at + size) - at;  // this file's train bytes
+      if (train_end > 0) add(0, f, 0, train_end);
+      if (train_end < size) add(1, f, train_end, size - train_end);
+      at += size;
     }
   }
   return ByteCorpus(std::move(impl));

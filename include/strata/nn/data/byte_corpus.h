@@ -11,7 +11,9 @@
 //
 // Train/validation split: the concatenated corpus is cut into 4 KiB blocks and every
 // block whose hash (seeded by a fixed split seed) falls in the last 1/val_every goes to
-// validation. The split depends only on the corpus bytes' layout, not on the job.
+// validation. The split depends only on the corpus bytes' layout, not on the job. A
+// corpus so small that either split drew less than a block takes its tail as validation instead
+// (1/val_every of it, at least 4 KiB, at most half).
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,126 @@
+// Issue 18's process hygiene, on real `strata train` and `strata launch` processes:
+// Ctrl-C stops cleanly, ranks die with their launcher, a dead peer is reported as what
+// it is, and rank errors reach stderr with the first failure named.
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <gtest/gtest.h>
+
+#include "support/background.h"
+#include "support/multirank.h"
+#include "support/subprocess.h"
+
+namespace strata {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::Background;
+using testing::processes_matching;
+using testing::strata_bin;
+
+// Regular files under `dir` (swap files, locks).
+std::vector<std::string> files_under(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+    if (it->is_regular_file(ec)) out.push_back(it->path().string());
+  return out;
+}
+
+class Signals : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = testing::fresh_temp_dir("signals"); }
+  void TearDown() override { fs::remove_all(dir_); }
+  // A run long enough to be interrupted, its optimizer state on nvme (swap files).
+  std::string train_cmd(const fs::path& out) const {
+    return fmt::format("{} train -n 2 --steps 5000 --out {} --sample-bytes 0 --eval-every 0 --no-save", strata_bin(),
+                       out.string());
+  }
+  fs::path dir_;
+};
+
+TEST_F(Signals, CtrlCStopsEveryRankAtTheEndOfAStepAndRemovesTheSwapFiles) {
+  const fs::path out = dir_ / "run";
+  Background run(train_cmd(out), dir_);
+  ASSERT_TRUE(run.wait_for("step ", 120s)) << run.out() << run.err();
+  ASSERT_FALSE(files_under(out / "nvme").empty()) << "the run should hold swap files";
+  ::kill(run.pid(), SIGINT);  // the launcher only, as a terminal's Ctrl-C
+  const auto code = run.wait_exit(30s);
+  ASSERT_TRUE(code) << "still running 30 s after Ctrl-C\n" << run.out() << run.err();
+  EXPECT_EQ(*code, 128 + SIGINT) << run.out() << run.err();
+  EXPECT_NE(run.out().find("interrupted at step "), std::string::npos) << run.out() << run.err();
+  EXPECT_NE(run.out().find("; last checkpoint: (none)"), std::string::npos) << run.out();
+  EXPECT_TRUE(files_under(out / "nvme").empty()) << fmt::format("{}", fmt::join(files_under(out / "nvme"), "\n"));
+  EXPECT_EQ(processes_matching(out.string()), 0);
+}
+
+TEST_F(Signals, RanksDieWithTheirLauncher) {
+  const fs::path out = dir_ / "run";
+  Background run(train_cmd(out), dir_);
+  ASSERT_TRUE(run.wait_for("step ", 120s)) << run.out() << run.err();
+  ASSERT_EQ(processes_matching(out.string()), 3);  // the launcher and two ranks
+  ::kill(run.pid(), SIGKILL);
+  ASSERT_TRUE(run.wait_exit(5s));
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (processes_matching(out.string()) > 0 && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(processes_matching(out.string()), 0) << "ranks outlived their launcher";
+}
+
+// A peer killed mid-run: the launcher names it as the first failure; no rank claims a
+// numerical problem (a failed all-reduce used to read as a NaN loss).
+TEST_F(Signals, ADeadPeerIsReportedAsTheCauseNotAsANumericalProblem) {
+  const fs::path out = dir_ / "run";
+  Background run(train_cmd(out), dir_);
+  ASSERT_TRUE(run.wait_for("step ", 120s)) << run.out() << run.err();
+  // Rank 1: the launcher's child that is not rank 0 (RANK=1 in its environment).
+  pid_t rank1 = -1;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string env = testing::slurp_file(e.path() / "environ");
+    if (testing::slurp_file(e.path() / "cmdline").find(out.string()) != std::string::npos &&
+        env.find(std::string("RANK=1\0", 7)) != std::string::npos && env.find("LOCAL_RANK=1") != std::string::npos) {
+      rank1 = std::stoi(e.path().filename().string());
+    }
+  }
+  ASSERT_GT(rank1, 0);
+  ::kill(rank1, SIGKILL);
+  const auto code = run.wait_exit(60s);
+  ASSERT_TRUE(code) << run.out() << run.err();
+  EXPECT_EQ(*code, 128 + SIGKILL) << run.err();
+  const std::string err = run.err();
+  EXPECT_NE(err.find("strata launch: rank 1 failed first (killed by signal 9"), std::string::npos) << err;
+  EXPECT_EQ(err.find("not finite"), std::string::npos) << err;
+  EXPECT_EQ(run.out().find("not finite"), std::string::npos) << run.out();
+  EXPECT_EQ(processes_matching(out.string()), 0);
+}
+
+// Errors on stderr, output on stdout, through the launcher; the first failure named
+// with its last stderr line, a later one listed after it.
+TEST(Launch, RankErrorsGoToStderrAndTheFirstFailureIsNamed) {
+  const auto dir = testing::fresh_temp_dir("launch-err");
+  const std::string script =
+      "echo out$RANK; echo \"boom $RANK\" >&2; "
+      "if [ $RANK = 1 ]; then exit 3; fi; trap \"\" TERM; sleep 1; echo \"later $RANK\" >&2; exit 4";
+  Background run(fmt::format("{} launch -n 2 -- sh -c '{}'", strata_bin(), script), dir);
+  const auto code = run.wait_exit(30s);
+  ASSERT_TRUE(code);
+  EXPECT_EQ(*code, 3);
+  const std::string out = run.out(), err = run.err();
+  EXPECT_NE(out.find("[r0] out0"), std::string::npos) << out;
+  EXPECT_NE(out.find("[r1] out1"), std::string::npos) << out;
+  EXPECT_EQ(out.find("boom"), std::string::npos) << "stderr went to stdout:\n" << out;
+  EXPECT_NE(err.find("[r1] boom 1"), std::string::npos) << err;
+  EXPECT_NE(err.find("strata launch: rank 1 failed first (exit code 3: boom 1); stopping the other ranks"),
+            std::string::npos) << err;
+  EXPECT_NE(err.find("strata launch:   then rank 0 (exit code 4: later 0)"), std::string::npos) << err;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace strata
