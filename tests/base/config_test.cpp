@@ -127,6 +127,13 @@ TEST(Config, NumbersBeyondTheKeysTypeAreRefusedNotWrapped) {
   EXPECT_EQ(big->zero_optimization.reduce_bucket_size, 9007199254740992ull);
 }
 
+// Found by fuzz_config: a number beyond a double's range aborted the process.
+TEST(Config, ANumberBeyondADoubleIsAnErrorNotACrash) {
+  const std::string e = error_of(R"({"optimizer": {"params": {"lr": 3e1048576}}})");
+  EXPECT_NE(e.find("not valid JSON: [json.exception.out_of_range.406] number overflow parsing '3e1048576'"),
+            std::string::npos) << e;
+}
+
 TEST(Config, ADuplicateKeyIsAnError) {
   const std::string e = error_of(R"({"zero_optimization": {"stage": 2, "overlap_comm": true, "stage": 3}})");
   EXPECT_NE(e.find("zero_optimization.stage: given twice"), std::string::npos) << e;
