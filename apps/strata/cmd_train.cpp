@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -18,6 +19,8 @@
 #include "rank_threads.h"
 #include "strata/base/log.h"
 #include "strata/comm/rendezvous.h"
+#include "strata/io/swap_store.h"
+#include "train/launch_checks.h"
 #include "train/train_options.h"
 #include "train/trainer.h"
 
@@ -32,6 +35,25 @@ int planned_world(const TrainOptions& o, bool is_rank) {
   return w != nullptr ? std::atoi(w) : 1;
 }
 
+// A rank that was killed cannot remove its swap files; once every rank has exited, the
+// launching process removes what the dead ones left (io::remove_abandoned_swap). A run
+// whose config names no job (each rank then picks its own) is not found this way.
+void remove_abandoned_swap_files(const Config& c) {
+  if (c.strata.job_name.empty()) return;
+  std::set<std::string> paths;
+  const auto& z = c.zero_optimization;
+  if (z.offload_optimizer.device == OffloadDevice::kNvme) paths.insert(z.offload_optimizer.nvme_path);
+  if (z.offload_param.device == OffloadDevice::kNvme) paths.insert(z.offload_param.nvme_path);
+  for (const std::string& path : paths) {
+    auto removed = io::remove_abandoned_swap(path, c.strata.job_name);
+    if (!removed) {
+      fmt::print(stderr, "strata train: could not remove the swap files of failed ranks: {}\n", removed.error());
+    } else if (!removed->empty()) {
+      fmt::print(stderr, "strata train: removed {} swap file(s) that failed ranks left in {}\n", removed->size(), path);
+    }
+  }
+}
+
 int train_main(TrainOptions& o, bool explicit_out) {
   const bool is_rank = std::getenv("RANK") != nullptr;
   if (auto st = o.resolve(/*demo_defaults=*/true); !st) {
@@ -43,6 +65,24 @@ int train_main(TrainOptions& o, bool explicit_out) {
   if (auto st = o.config.resolve_batch(planned_world(o, is_rank)); !st) {
     fmt::print(stderr, "strata train: {}\n", st.error());
     return 2;
+  }
+  if (!is_rank && !o.config_path.empty()) {
+    // One set of defaults per run, said out loud: a config replaces the demo's.
+    const Config& c = o.config;
+    fmt::print(stderr,
+               "strata train: note: with --config, what the config and the flags leave out takes DeepSpeed's "
+               "defaults (here ZeRO stage {}, {}, optimizer state {}), not the demo's (stage 3, bf16, optimizer state "
+               "on nvme, parameters on host)\n",
+               c.zero_optimization.stage, c.bf16.enabled ? "bf16" : c.fp16.enabled ? "fp16" : "fp32",
+               c.zero_optimization.offload_optimizer.device == OffloadDevice::kNone
+                   ? "on compute"
+                   : fmt::format("on {}", to_string(c.zero_optimization.offload_optimizer.device)));
+  }
+  if (!is_rank) {
+    if (auto st = check_machine_fits(o); !st) {
+      fmt::print(stderr, "strata train: {}\n", st.error());
+      return 2;
+    }
   }
   if (auto st = prepare_out_dir(o); !st) {
     fmt::print(stderr, "strata train: {}\n", st.error());
@@ -68,6 +108,7 @@ int train_main(TrainOptions& o, bool explicit_out) {
     if (!explicit_out) lo.argv.insert(lo.argv.end(), {"--out", o.out});
     lo.rank0_passthrough = true;
     auto code = launch(lo);
+    remove_abandoned_swap_files(o.config);
     if (!code) {
       fmt::print(stderr, "strata train: {}\n", code.error());
       return 2;

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -267,16 +268,22 @@ Result<int> launch(const LaunchOptions& o) {
   g_stop_signal = 0;
   g_signal_count = 0;
 
-  // Note [first failure]: the rank that failed first is the cause; the others usually
-  // fail because of it (a peer gone, a collective timed out). Its last stderr line is
-  // the report's first line, the others follow as consequences.
+  // Note [first failure]: the rank whose failure is seen first is named at once, and
+  // the others are stopped. Most later failures are its consequences (a peer gone, a
+  // collective timed out), but exit order is not cause order, so the report at the end
+  // names as the cause the first failure that is not merely a lost peer, then the rest.
   int first_failure = 0, alive = o.nproc;
   std::vector<int> failed;  // ranks, in the order their failures were seen
   bool stopping = false, interrupted = false, killed = false;
   auto stop_deadline = std::chrono::steady_clock::time_point::max();
   auto stop_all = [&](int sig) {
-    for (auto& k : kids)
-      if (!k.exited) ::kill(-k.pid, sig);  // the rank's whole process group
+    for (auto& k : kids) {
+      if (k.exited) continue;
+      ::kill(-k.pid, sig);  // the rank's whole process group
+      // A stopped (hung, SIGSTOPped) rank acts on SIGTERM only once continued: it then
+      // fails on its dead peer and shuts down cleanly, instead of waiting for SIGKILL.
+      if (sig == SIGTERM) ::kill(-k.pid, SIGCONT);
+    }
   };
   while (alive > 0) {
     std::vector<pollfd> fds;
@@ -302,7 +309,7 @@ Result<int> launch(const LaunchOptions& o) {
         failed.push_back(k.rank);
         if (first_failure == 0 && !stopping) {
           first_failure = k.code;
-          write_all(STDERR_FILENO, fmt::format("strata launch: rank {} failed first ({}); stopping the other ranks\n",
+          write_all(STDERR_FILENO, fmt::format("strata launch: rank {} failed ({}); stopping the other ranks\n",
                                                k.rank, cause(k)));
           stopping = true;
           stop_all(SIGTERM);
@@ -337,7 +344,15 @@ Result<int> launch(const LaunchOptions& o) {
     }
   }
   if (failed.size() > 1) {
-    std::string report = fmt::format("strata launch: the first failure was rank {} ({})\n", failed[0], cause(kids[failed[0]]));
+    // The order of exits is not the order of causes: a rank that hit a disk error may
+    // take longer to shut down than its peer takes to notice it is gone. A failure that
+    // reports only a lost peer is a consequence; the first other one is the cause.
+    auto consequence = [&](int r) { return cause(kids[r]).find("peer failure") != std::string::npos; };
+    auto first = std::find_if(failed.begin(), failed.end(), [&](int r) { return !consequence(r); });
+    if (first == failed.end()) first = failed.begin();
+    std::rotate(failed.begin(), first, first + 1);
+    first_failure = kids[failed[0]].code;
+    std::string report = fmt::format("strata launch: the cause: rank {} ({})\n", failed[0], cause(kids[failed[0]]));
     for (std::size_t i = 1; i < failed.size(); ++i)
       report += fmt::format("strata launch:   then rank {} ({})\n", failed[i], cause(kids[failed[i]]));
     write_all(STDERR_FILENO, report);

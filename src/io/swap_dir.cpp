@@ -171,3 +171,35 @@ Status RankDir::remove(const std::vector<std::string>& files) {
 }
 
 }  // namespace strata::io::detail
+
+namespace strata::io {
+
+Result<std::vector<StaleFile>> remove_abandoned_swap(const std::string& nvme_path, const std::string& job) {
+  namespace fs = std::filesystem;
+  std::vector<StaleFile> removed;
+  const fs::path job_dir = fs::path(nvme_path) / detail::job_dir_name(job);
+  std::error_code ec;
+  if (!fs::is_directory(job_dir, ec)) return removed;
+  std::vector<int> ranks;
+  for (const fs::directory_entry& e : fs::directory_iterator(job_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 4 && name.starts_with("rank") && name.find_first_not_of("0123456789", 4) == std::string::npos &&
+        e.is_directory(ec)) {
+      ranks.push_back(std::stoi(name.substr(4)));
+    }
+  }
+  for (int rank : ranks) {
+    // Opening takes the lock only when its owner is gone, and removes (and reports)
+    // the stale swap files it finds; a live owner makes it fail, which is not an error
+    // here.
+    std::vector<StaleFile> stale;
+    auto dir = detail::RankDir::open(nvme_path, job, rank, /*run_id=*/0, &stale);
+    if (!dir) continue;
+    STRATA_RETURN_IF_ERROR(dir->remove({}));
+    for (StaleFile& f : stale)
+      if (f.removed) removed.push_back(std::move(f));
+  }
+  return removed;
+}
+
+}  // namespace strata::io

@@ -94,7 +94,7 @@ TEST_F(Signals, ADeadPeerIsReportedAsTheCauseNotAsANumericalProblem) {
   ASSERT_TRUE(code) << run.out() << run.err();
   EXPECT_EQ(*code, 128 + SIGKILL) << run.err();
   const std::string err = run.err();
-  EXPECT_NE(err.find("strata launch: rank 1 failed first (killed by signal 9"), std::string::npos) << err;
+  EXPECT_NE(err.find("strata launch: the cause: rank 1 (killed by signal 9"), std::string::npos) << err;
   EXPECT_EQ(err.find("not finite"), std::string::npos) << err;
   EXPECT_EQ(run.out().find("not finite"), std::string::npos) << run.out();
   EXPECT_EQ(processes_matching(out.string()), 0);
@@ -116,9 +116,10 @@ TEST(Launch, RankErrorsGoToStderrAndTheFirstFailureIsNamed) {
   EXPECT_NE(out.find("[r1] out1"), std::string::npos) << out;
   EXPECT_EQ(out.find("boom"), std::string::npos) << "stderr went to stdout:\n" << out;
   EXPECT_NE(err.find("[r1] boom 1"), std::string::npos) << err;
-  EXPECT_NE(err.find("strata launch: rank 1 failed first (exit code 3: boom 1); stopping the other ranks"),
+  EXPECT_NE(err.find("strata launch: rank 1 failed (exit code 3: boom 1); stopping the other ranks"),
             std::string::npos) << err;
-  EXPECT_NE(err.find("strata launch:   then rank 0 (exit code 4: later 0)"), std::string::npos) << err;
+  EXPECT_NE(err.find("strata launch: the cause: rank 1 (exit code 3: boom 1)\nstrata launch:   then rank 0 (exit code 4: later 0)"),
+            std::string::npos) << err;
   fs::remove_all(dir);
 }
 

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <thread>
 #include <sys/stat.h>
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
@@ -183,6 +184,8 @@ TEST_F(Train, AutoKeysAndTheBatchTripleAndTheSchedulerBlock) {
                                    strata_bin(), cfg.string(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* want : {"6 steps x 8 seq x 32 tokens x 1 micro-step x 2 ranks = 512 tokens/step",
+                           "note: with --config, what the config and the flags leave out takes DeepSpeed's defaults "
+                           "(here ZeRO stage 2, fp32, optimizer state on cpu), not the demo's",
                            "  auto   bf16.enabled = false", "train_micro_batch_size_per_gpu = 8 (derived",
                            "gradient_accumulation_steps = 1 (derived",
                            "scheduler.params.total_num_steps = 6", "WarmupDecayLR: linear warmup 0 -> 0.001",
@@ -307,6 +310,35 @@ TEST_F(Train, BadFlagsAndDataAreClearErrors) {
     EXPECT_EQ(r.exit_code, c.code) << c.args << "\n" << r.output;
     EXPECT_NE(r.output.find(c.want), std::string::npos) << c.args << "\n" << r.output;
     if (c.code == 2) EXPECT_LT(r.output.size(), 2000u) << "a short message, not 309 digits:\n" << r.output;
+  }
+}
+
+// Issue 18: `-n 64` on 2 cores started without a word and never reached a step; a run
+// whose ranks cannot fit in RAM is refused before any rank starts. (Stage 0 keeps the
+// whole of gpt2-xl and its Adam state on every rank: about 28 GB each.)
+TEST_F(Train, TooManyRanksWarnAndRanksThatCannotFitAreRefusedBeforeLaunch) {
+  const fs::path out = dir_ / "never";
+  auto r = run_command(fmt::format("{} train -n 64 --model gpt2-xl --stage 0 --out {} --steps 1", strata_bin(),
+                                   out.string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  if (std::thread::hardware_concurrency() < 64) {
+    EXPECT_NE(r.output.find("warning: 64 ranks on "), std::string::npos) << r.output;
+  }
+  EXPECT_NE(r.output.find("64 ranks need about "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("of model state on the compute and host tiers, strata's estimate), but "), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// Issue 18: a small custom model failed at its first step with "placement does not
+// fit ... budget 177.8 KiB", a budget the user never set.
+TEST_F(Train, SmallCustomModelsTrainOnTheDefaults) {
+  for (const char* model : {"custom:2x64x2", "custom:1x512x8"}) {
+    const fs::path out = dir_ / fmt::format("run-{}", model + 7);
+    auto r = run_command(fmt::format("{} train --model {} --out {} --steps 2 --sample-bytes 0 --eval-every 0 --no-save",
+                                     strata_bin(), model, out.string()));
+    ASSERT_EQ(r.exit_code, 0) << model << "\n" << r.output;
+    EXPECT_NE(r.output.find("no compute budget"), std::string::npos) << r.output;
   }
 }
 

@@ -348,6 +348,38 @@ TEST(SwapStore, StaleFilesFromACrashedRunAreReportedNotTrusted) {
   EXPECT_EQ(std::memcmp(b.data(), r.data(), b.size()), 0);
 }
 
+// What strata train's launcher does after its ranks exit: a crashed rank's directory
+// is emptied and removed; a live store's is left alone.
+TEST(SwapStore, RemoveAbandonedSwapTakesOnlyDeadRanksFiles) {
+  ScratchDir dir;
+  const std::string crashed = run_in_child([&]() -> std::string {
+    auto s = SwapStore::open(options_for(dir, Backend::kAuto, "job"));
+    if (!s) return s.error().to_string();
+    if (auto st = (*s)->reserve(key(1), 1 << 20); !st) return st.error().to_string();
+    AlignedBuffer b = make_buffer(1 << 20, 1);
+    if (auto st = (*s)->put(key(1), b.span()); !st) return st.error().to_string();
+    ::_exit(0);  // no destructors: its files and lock stay
+  });
+  ASSERT_EQ(crashed, "");
+  SwapStoreOptions live = options_for(dir, Backend::kAuto, "job");
+  live.rank = 1;
+  auto alive = open_store(live);
+  ASSERT_NE(alive, nullptr);
+  const std::string job_dir = dir.path() + "/strata-job";
+  ASSERT_TRUE(fs::exists(job_dir + "/rank0/optimizer.swp"));
+
+  auto removed = remove_abandoned_swap(dir.path(), "job");
+  ASSERT_TRUE(removed) << removed.error();
+  EXPECT_EQ(removed->size(), 2u);  // rank 0's two swap files
+  EXPECT_FALSE(fs::exists(job_dir + "/rank0"));
+  EXPECT_TRUE(fs::exists(alive->path(SwapKind::kOptimizer)));  // the live rank keeps its files
+  alive.reset();
+  EXPECT_FALSE(fs::exists(job_dir));  // its clean close removed the rest
+  auto none = remove_abandoned_swap(dir.path(), "job");
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty());
+}
+
 TEST(SwapStore, DroppedHandlesLeaveTheStoreConsistent) {
   ScratchDir dir;
   auto store = open_store(options_for(dir));

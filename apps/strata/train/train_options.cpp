@@ -251,8 +251,13 @@ Status TrainOptions::resolve(bool demo_defaults) {
                       model, model_cfg.context);
   }
   // The demo's default budget (half the model) makes stage 3 gather, evict and prefetch;
-  // stages 0-2 hold the whole model on compute, so they get no default budget.
-  const bool default_budget = demo_defaults && config_path.empty() && c.zero_optimization.stage == 3;
+  // stages 0-2 hold the whole model on compute, so they get no default budget. Nor do
+  // custom models: half of one may not hold its step's working set (one block's chunks
+  // and the gradient buffers: custom:1x512x8 needed 14 MiB against 3.6 MiB,
+  // custom:8x256x4 7 MiB against 6.3 MiB), and only the ranks' planners can tell how
+  // much that is. The named sizes keep it (tiny, the demo's, and gpt2 were run with it).
+  const bool default_budget = demo_defaults && config_path.empty() && c.zero_optimization.stage == 3 &&
+                              !model.starts_with("custom:");
   if (!compute_budget.empty() || default_budget) {
     const std::string b = compute_budget.empty() ? "50%" : compute_budget;
     if (b == "none") {
@@ -262,6 +267,10 @@ Status TrainOptions::resolve(bool demo_defaults) {
       if (pct <= 0) return make_error(ErrorCode::kInvalidArgument, "--compute-budget {}: expected a positive share", b);
       const std::uint64_t elem = c.bf16.enabled || c.fp16.enabled ? 2 : 4;
       c.strata.compute_budget = static_cast<std::uint64_t>(pct / 100.0 * model_cfg.parameter_count() * elem);
+      // Half of a very small model is less than the fixed part of a step's working set
+      // (gradient buffers, a few gathered chunks: custom:2x64x2 needed 306 KiB against
+      // 178 KiB); the default never goes below 1 MiB. A budget the user gives is theirs.
+      if (compute_budget.empty()) c.strata.compute_budget = std::max<std::uint64_t>(c.strata.compute_budget, 1 << 20);
     } else {
       auto bytes = parse_size(b);
       if (!bytes) return make_error(std::move(bytes).error().with_note("--compute-budget"));

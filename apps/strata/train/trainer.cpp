@@ -1,5 +1,6 @@
 #include "trainer.h"
 
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -18,6 +19,8 @@
 #include "bench_report.h"
 #include "config_auto.h"
 #include "interrupt.h"
+#include "launch_checks.h"
+#include "test_faults.h"
 #include "strata/base/blas.h"
 #include "strata/base/log.h"
 #include "strata/base/lr_schedule.h"
@@ -177,14 +180,6 @@ std::uint64_t peak_rss_bytes() {
   return static_cast<std::uint64_t>(u.ru_maxrss) * 1024;  // Linux: KiB
 }
 
-// The process's resident set now, from /proc/self/statm (0 if unreadable).
-std::uint64_t current_rss_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  std::uint64_t size = 0, resident = 0;
-  statm >> size >> resident;
-  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
-}
-
 }  // namespace
 
 Status run_training(const TrainOptions& o, comm::Communicator& comm) {
@@ -202,6 +197,8 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   Config ecfg = cfg;
   ecfg.strata.optimizer_threads = cfg.strata.optimizer_threads ? cfg.strata.optimizer_threads : threads_per_rank();
   STRATA_ASSIGN_OR_RETURN(engine::EngineOptions eo, engine::EngineOptions::from_config(ecfg, comm.world()));
+  STRATA_ASSIGN_OR_RETURN(const TestFault fault, TestFault::from_env(comm.rank()));
+  if (fault.io()) eo.swap.faults = fault.injector;
   eo.chunks.search_step_elems = static_cast<std::uint64_t>(mcfg.hidden);
   // Before the engine exists: the runtime's own resident set (LibTorch, the data), the
   // base that the engine's figures add to.
@@ -290,10 +287,19 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     const auto t0 = std::chrono::steady_clock::now();
     double loss_sum = 0;
     engine::StepResult r;
+    using Fault = TestFault::Kind;
+    const bool faulty = fault.kind != Fault::kNone && step + 1 == fault.step;
+    if (faulty && fault.io()) fault.arm_io();
     for (std::int64_t m = 0; m < accum; ++m) {
       STRATA_ASSIGN_OR_RETURN(nn::Batch batch, train_rows(corpus, o, micro, step, (comm.rank() * accum + m) * micro));
       at::Tensor loss = model->loss(batch.tokens, batch.targets);
+      if (faulty && m == 0) {
+        if (fault.kind == Fault::kKillForward) ::raise(SIGKILL);
+        if (fault.kind == Fault::kStop) ::raise(SIGSTOP);
+        if (fault.kind == Fault::kKillBackward) loss.register_hook([](const at::Tensor&) { ::raise(SIGKILL); });
+      }
       STRATA_RETURN_IF_ERROR(eng->backward(loss));
+      if (faulty && fault.kind == Fault::kKillStep) ::raise(SIGKILL);
       STRATA_ASSIGN_OR_RETURN(r, eng->step());
       loss_sum += loss.item<double>();
     }

@@ -203,4 +203,12 @@ class SwapStore {
   std::unique_ptr<detail::SwapStoreImpl> impl_;
 };
 
+// Removes what ranks that died without shutting down left under
+// nvme_path/strata-<job>/: each rank directory whose lock no live process holds (Note
+// [swap directory lock]) loses its swap files, its lock and itself, and the job
+// directory goes once empty. A live rank's directory is left alone. strata train's
+// launcher calls this after its ranks have exited, so a killed rank leaves nothing
+// behind. Returns the files removed.
+Result<std::vector<StaleFile>> remove_abandoned_swap(const std::string& nvme_path, const std::string& job);
+
 }  // namespace strata::io
