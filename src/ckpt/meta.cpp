@@ -3,11 +3,31 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <stdexcept>
+#include <utility>
 
 namespace strata::ckpt {
 namespace {
 
 using nlohmann::json;
+
+// A whole number of type T, or an exception (from_json turns it into an error):
+// json::get<T>() converts any JSON number, and a float beyond T's range (1e74 as an
+// offset) is undefined behaviour (found by fuzz_ckpt_meta).
+template <class T>
+T whole(const json& v) {
+  if (v.is_number_unsigned() && std::in_range<T>(v.get<std::uint64_t>())) return static_cast<T>(v.get<std::uint64_t>());
+  if (v.is_number_integer() && !v.is_number_unsigned() && std::in_range<T>(v.get<std::int64_t>())) {
+    return static_cast<T>(v.get<std::int64_t>());
+  }
+  throw std::runtime_error(fmt::format("expected a whole number that fits in {} bits, got {}", sizeof(T) * 8, v.dump()));
+}
+std::vector<std::int64_t> whole_list(const json& v) {
+  if (!v.is_array()) throw std::runtime_error(fmt::format("expected a list of whole numbers, got {}", v.dump()));
+  std::vector<std::int64_t> out;
+  for (const json& e : v) out.push_back(whole<std::int64_t>(e));
+  return out;
+}
 
 // Checksums are 16 hex digits: a JSON number loses 64-bit integers in most readers.
 std::string hex(std::uint64_t v) { return fmt::format("{:016x}", v); }
@@ -20,7 +40,7 @@ json span_json(const RecordSpan& s) {
 }
 
 RecordSpan span_from(const json& j) {
-  RecordSpan s{.offset = j.at("offset").get<std::uint64_t>(), .bytes = j.at("bytes").get<std::uint64_t>()};
+  RecordSpan s{.offset = whole<std::uint64_t>(j.at("offset")), .bytes = whole<std::uint64_t>(j.at("bytes"))};
   for (const json& b : j.at("block_xxh3")) s.blocks.push_back(unhex(b));
   if (s.blocks.size() != (s.bytes + kBlockBytes - 1) / kBlockBytes) throw std::runtime_error("a record's block checksums do not cover it");
   return s;
@@ -70,11 +90,11 @@ Result<std::vector<FileMeta>> files_from_json(const json& j) {
   try {
     std::vector<FileMeta> files;
     for (const json& f : j) {
-      FileMeta fm{.name = f.at("name").get<std::string>(), .shard_rank = f.at("shard_rank").get<int>(),
-                  .sum = {.bytes = f.at("bytes").get<std::uint64_t>(), .xxh3 = unhex(f.at("xxh3"))}};
+      FileMeta fm{.name = f.at("name").get<std::string>(), .shard_rank = whole<int>(f.at("shard_rank")),
+                  .sum = {.bytes = whole<std::uint64_t>(f.at("bytes")), .xxh3 = unhex(f.at("xxh3"))}};
       for (const json& r : f.at("records")) {
-        fm.records.push_back({.chunk = r.at("chunk").get<std::int64_t>(), .param = r.at("param").get<std::int64_t>(),
-                              .tensor = r.at("tensor").get<std::string>(), .elems = r.at("elems").get<std::uint64_t>(),
+        fm.records.push_back({.chunk = whole<std::int64_t>(r.at("chunk")), .param = whole<std::int64_t>(r.at("param")),
+                              .tensor = r.at("tensor").get<std::string>(), .elems = whole<std::uint64_t>(r.at("elems")),
                               .span = span_from(r.at("span"))});
       }
       files.push_back(std::move(fm));
@@ -116,33 +136,33 @@ Result<CheckpointMeta> from_json(const json& j) {
   try {
     if (j.value("format", "") != kFormatName) return make_error(ErrorCode::kInvalidArgument, "not a strata checkpoint (format is not '{}')", kFormatName);
     CheckpointMeta m;
-    m.version = j.at("version").get<int>();
+    m.version = whole<int>(j.at("version"));
     if (m.version != kFormatVersion) {
       return make_error(ErrorCode::kUnimplemented, "checkpoint format version {}; this strata reads version {}", m.version, kFormatVersion);
     }
-    m.step = j.at("step").get<std::int64_t>();
-    m.optimizer_steps = j.at("optimizer_steps").get<std::int64_t>();
-    m.world = j.at("world").get<int>();
-    m.shard_world = j.at("shard_world").get<int>();
-    m.stage = j.at("stage").get<int>();
+    m.step = whole<std::int64_t>(j.at("step"));
+    m.optimizer_steps = whole<std::int64_t>(j.at("optimizer_steps"));
+    m.world = whole<int>(j.at("world"));
+    m.shard_world = whole<int>(j.at("shard_world"));
+    m.stage = whole<int>(j.at("stage"));
     const json& o = j.at("optimizer");
     m.optimizer = o.at("type").get<std::string>();
     m.state_names = o.at("state_names").get<std::vector<std::string>>();
     m.lr = o.at("lr").get<double>();
     m.compute_dtype = j.at("compute_dtype").get<std::string>();
     const json& ls = j.at("loss_scaler");
-    m.loss_scaler = {.scale = ls.at("scale").get<double>(), .iter = ls.at("iter").get<std::int64_t>(),
-                     .last_overflow_iter = ls.at("last_overflow_iter").get<std::int64_t>(),
-                     .hysteresis_left = ls.at("hysteresis_left").get<int>(), .skipped = ls.at("skipped").get<std::uint64_t>()};
+    m.loss_scaler = {.scale = ls.at("scale").get<double>(), .iter = whole<std::int64_t>(ls.at("iter")),
+                     .last_overflow_iter = whole<std::int64_t>(ls.at("last_overflow_iter")),
+                     .hysteresis_left = whole<int>(ls.at("hysteresis_left")), .skipped = whole<std::uint64_t>(ls.at("skipped"))};
     for (const json& c : j.at("chunks")) {
-      m.chunks.push_back({.elems = c.at("elems").get<std::int64_t>(), .shard_elems = c.at("shard_elems").get<std::int64_t>(),
+      m.chunks.push_back({.elems = whole<std::int64_t>(c.at("elems")), .shard_elems = whole<std::int64_t>(c.at("shard_elems")),
                           .trains = c.at("trains").get<bool>()});
     }
     for (const json& p : j.at("params")) {
-      m.params.push_back({.name = p.at("name").get<std::string>(), .shape = p.at("shape").get<std::vector<std::int64_t>>(),
+      m.params.push_back({.name = p.at("name").get<std::string>(), .shape = whole_list(p.at("shape")),
                           .dtype = p.at("dtype").get<std::string>(), .trainable = p.at("trainable").get<bool>(),
-                          .chunk = p.at("chunk").get<std::int64_t>(), .offset = p.at("offset").get<std::int64_t>(),
-                          .numel = p.at("numel").get<std::int64_t>(), .steps = p.at("steps").get<std::int64_t>(),
+                          .chunk = whole<std::int64_t>(p.at("chunk")), .offset = whole<std::int64_t>(p.at("offset")),
+                          .numel = whole<std::int64_t>(p.at("numel")), .steps = whole<std::int64_t>(p.at("steps")),
                           .had_grad = p.at("had_grad").get<bool>()});
     }
     STRATA_ASSIGN_OR_RETURN(m.files, files_from_json(j.at("files")));

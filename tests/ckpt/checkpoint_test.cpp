@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "strata/ckpt/meta.h"
 #include "strata/ckpt/shard_file.h"
 #include "support/multirank.h"
 
@@ -40,6 +41,29 @@ std::map<std::string, std::string> nvme_env(const fs::path& dir) { return {{"STR
 // Saved at 4, 2 and 1 ranks (stage 3, chunk 2048, state on host or nvme); loaded at the
 // other two world sizes at stage 3 with the other device, and at stage 2 with a chunk
 // of 4096; every load continues training against AdamW run without interruption.
+// Found by fuzz_ckpt_meta: a metadata number that is a float beyond the field's range
+// (an offset of 1.1e74) was cast, which is undefined behaviour; now it is an error
+// naming the value, as is a fraction where a whole number belongs.
+TEST(CheckpointMeta, NumbersThatAreNotWholeOrDoNotFitAreErrors) {
+  ckpt::CheckpointMeta m;
+  m.version = ckpt::kFormatVersion;
+  m.params.push_back({.name = "w", .shape = {2, 3}, .dtype = "float32", .numel = 6});
+  const nlohmann::json good = ckpt::to_json(m);
+  ASSERT_TRUE(ckpt::from_json(good)) << ckpt::from_json(good).error();
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"offset", 1.11111e74}, {"offset", 2.5}, {"chunk", -1e30}, {"shape", nlohmann::json::array({2, 1e300})}}) {
+    nlohmann::json bad = good;
+    bad["params"][0][key] = value;
+    auto r = ckpt::from_json(bad);
+    ASSERT_FALSE(r) << key << " = " << value.dump();
+    EXPECT_EQ(r.error().code(), ErrorCode::kDataLoss);
+    EXPECT_NE(r.error().message().find("expected a whole number"), std::string::npos) << r.error();
+  }
+  nlohmann::json bad = good;
+  bad["world"] = 1e12;  // an int field
+  EXPECT_FALSE(ckpt::from_json(bad));
+}
+
 TEST(Checkpoint, SavedAtAnyWorldLoadsAtEveryOtherAndContinuesExactly) {
   const fs::path nvme = testing::fresh_temp_dir("ckpt-nvme");
   for (const char* device : {"host", "nvme"}) {
