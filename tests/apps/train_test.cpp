@@ -309,7 +309,9 @@ TEST_F(Train, BadFlagsAndDataAreClearErrors) {
     // were 105, 109, ...): docs/reliability.md.
     EXPECT_EQ(r.exit_code, c.code) << c.args << "\n" << r.output;
     EXPECT_NE(r.output.find(c.want), std::string::npos) << c.args << "\n" << r.output;
-    if (c.code == 2) EXPECT_LT(r.output.size(), 2000u) << "a short message, not 309 digits:\n" << r.output;
+    if (c.code == 2) {
+      EXPECT_LT(r.output.size(), 2000u) << "a short message, not 309 digits:\n" << r.output;
+    }
   }
 }
 
