@@ -23,6 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::Background;
+using testing::files_under;
 using testing::processes_matching;
 using testing::run_command;
 using testing::strata_bin;
@@ -43,14 +44,6 @@ class Faults : public ::testing::TestWithParam<FaultCase> {
   void TearDown() override { fs::remove_all(dir_); }
   fs::path dir_;
 };
-
-std::vector<std::string> files_under(const fs::path& dir) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-    if (it->is_regular_file(ec)) out.push_back(it->path().string());
-  return out;
-}
 
 TEST_P(Faults, EndsWithTheTrueCauseAndLeavesNothingBehind) {
   const FaultCase& c = GetParam();

@@ -21,17 +21,9 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::Background;
+using testing::files_under;
 using testing::processes_matching;
 using testing::strata_bin;
-
-// Regular files under `dir` (swap files, locks).
-std::vector<std::string> files_under(const fs::path& dir) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-    if (it->is_regular_file(ec)) out.push_back(it->path().string());
-  return out;
-}
 
 class Signals : public ::testing::Test {
  protected:

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace strata::testing {
 
@@ -81,6 +82,16 @@ class Background {
   pid_t pid_ = -1;
   std::optional<int> status_;
 };
+
+// Regular files under `dir`, recursively (swap files, locks a run left behind).
+inline std::vector<std::string> files_under(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
+    if (it->is_regular_file(ec)) out.push_back(it->path().string());
+  return out;
+}
 
 // Live processes (not zombies) whose command line contains `needle`, this one excluded.
 inline int processes_matching(const std::string& needle) {
