@@ -3,7 +3,8 @@
 // apps/strata/train/test_faults.h) after a checkpoint at step 2. Each case must end
 // within the collective timeout plus 5 s with the true cause named on stderr, every
 // rank's error on stderr, no process left, no swap file left, and the step-2 checkpoint
-// intact.
+// intact. The config names no job: the swap directory's name is strata train's default
+// (Note [default job name]), which the launcher must find to clean up after a killed rank.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -52,7 +53,7 @@ TEST_P(Faults, EndsWithTheTrueCauseAndLeavesNothingBehind) {
       R"({{"bf16": {{"enabled": true}}, "train_micro_batch_size_per_gpu": 2,
            "zero_optimization": {{"stage": 3, "stage3_param_persistence_threshold": 0,
              "offload_optimizer": {{"device": "nvme", "nvme_path": "{}"}}, "offload_param": {{"device": "cpu"}}}},
-           "strata": {{"comm_timeout_s": {}, "job_name": "fault", "min_io_bytes": 0, "chunk_size": 32768}}}})",
+           "strata": {{"comm_timeout_s": {}, "min_io_bytes": 0, "chunk_size": 32768}}}})",
       nvme.string(), kTimeoutS);
   Background run(fmt::format("env STRATA_TEST_FAULT={}@3:1 {} train -n 2 --config {} --steps 6 --save-every 2 "
                              "--seq-len 64 --out {} --sample-bytes 0 --eval-every 0",
@@ -77,7 +78,7 @@ TEST_P(Faults, EndsWithTheTrueCauseAndLeavesNothingBehind) {
   EXPECT_EQ(run.out().find("strata train: rank"), std::string::npos) << "an error on stdout:\n" << run.out();
   // Rank 0 reports its own end on stderr too (a lost peer, or its own timeout).
   EXPECT_NE(err.find("strata train: rank 0: "), std::string::npos) << err;
-  EXPECT_EQ(processes_matching(out.string()), 0) << "a rank outlived the run";
+  EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0) << "a rank outlived the run";
   EXPECT_TRUE(files_under(nvme).empty()) << fmt::format("{}", fmt::join(files_under(nvme), "\n"));
   auto verify = run_command(fmt::format("{} ckpt verify {}", strata_bin(), ckpt.string()));
   EXPECT_EQ(verify.exit_code, 0) << verify.output;

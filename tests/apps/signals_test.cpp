@@ -62,7 +62,26 @@ TEST_F(Signals, RanksDieWithTheirLauncher) {
   const auto end = std::chrono::steady_clock::now() + 5s;
   while (processes_matching(out.string()) > 0 && std::chrono::steady_clock::now() < end)
     std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(processes_matching(out.string()), 0) << "ranks outlived their launcher";
+  EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0) << "ranks outlived their launcher";
+}
+
+// Under torchrun the ranks are the agent's children, started without strata's launcher;
+// each rank asks for the parent-death signal itself, so SIGKILL to the agent (which
+// cannot pass anything on) still leaves no rank training.
+TEST_F(Signals, RanksDieWithTorchrunsAgent) {
+  const fs::path out = dir_ / "run";
+  Background run(fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --steps 5000 "
+                             "--out {} --sample-bytes 0 --eval-every 0 --no-save",
+                             strata_bin(), out.string()),
+                 dir_);
+  ASSERT_TRUE(run.wait_for("step ", 180s)) << run.out() << run.err();
+  ASSERT_EQ(processes_matching(out.string()), 3) << "the agent and two ranks";
+  ::kill(run.pid(), SIGKILL);
+  ASSERT_TRUE(run.wait_exit(5s));
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (processes_matching(out.string()) > 0 && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0) << "ranks outlived torchrun's agent";
 }
 
 // A peer killed mid-run: the launcher names it as the first failure; no rank claims a

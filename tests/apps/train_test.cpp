@@ -11,6 +11,7 @@
 #include <torch/serialize.h>
 
 #include "strata/nn/models/gpt.h"
+#include "support/background.h"
 #include "support/multirank.h"
 #include "support/subprocess.h"
 
@@ -20,6 +21,8 @@ namespace {
 namespace fs = std::filesystem;
 using testing::run_command;
 using testing::strata_bin;
+using testing::Background;
+using testing::files_under;
 
 std::vector<nlohmann::json> read_metrics(const fs::path& dir) {
   std::vector<nlohmann::json> rows;
@@ -288,7 +291,10 @@ TEST_F(Train, BadFlagsAndDataAreClearErrors) {
       {"--fp16", "--fp16 needs a GPU"},
       {"--compute-budget 2parsecs", "--compute-budget"},
       {"--bogus", "The following argument was not expected: --bogus"},
-      // Found by the ranks' planners after launch (exit code 1): not yet checked before.
+      // Found by the ranks' planners at setup, before any step (exit code 1): not yet
+      // checked before launch. The message names the knob.
+      {"--stage 3 --compute-budget 64KiB",
+       "the compute budget is too small for one step's working set (give a larger --compute-budget", 1},
       {"--stage 3 --compute-budget 64KiB", "cannot fit: need", 1},
       // Issue 18: accepted before, then failed or diverged after launch.
       {"--lr nan", "--lr: expected a finite number > 0, got nan"},
@@ -362,6 +368,55 @@ TEST_F(Train, SmallDataTrainsAndValidationCanBeSwitchedOff) {
     EXPECT_EQ(rows.back().contains("val_loss"), *extra == '\0') << extra;
   }
   EXPECT_EQ(run_command(strata_bin() + " train --help").exit_code, 0);
+}
+
+// Issue 18: gpt2-large diverged on the defaults (a warmup of 10% of a 5-step run). The
+// default warmup is at least one step per 10M parameters, so the lrs of a short run of
+// a 38M model stay low: DeepSpeed's WarmupCosineLR (Note [scheduler stepping]) at the
+// size-scaled peak 6e-4 * sqrt(125M / N).
+TEST_F(Train, TheDefaultWarmupGrowsWithTheModel) {
+  const char* model = "custom:3x1024x16";
+  auto cfg = nn::gpt_config(model, 256, 0);
+  ASSERT_TRUE(cfg);
+  const auto params = static_cast<double>(cfg->parameter_count());
+  const std::int64_t warmup = static_cast<std::int64_t>(std::ceil(params / 1e7));
+  ASSERT_EQ(warmup, 4);  // 10% of 3 steps would be 0 -> 1
+  const double peak = 6e-4 * std::sqrt(125e6 / params);
+  const fs::path out = dir_ / "run";
+  auto r = run_command(fmt::format("{} train -n 1 --model {} --out {} --steps 3 --seq-len 32 --micro-batch 2 "
+                                   "--sample-bytes 0 --eval-batches 0 --no-save",
+                                   strata_bin(), model, out.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(fmt::format("linear warmup over {} steps", warmup)), std::string::npos) << r.output;
+  const auto rows = read_metrics(out);
+  ASSERT_EQ(rows.size(), 3u);
+  const double want[] = {0.0, 0.0, peak / static_cast<double>(warmup)};
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(rows[i]["lr"].get<double>(), want[i], 1e-12) << "step " << i;
+}
+
+// Issue 18: the demo's swap directory was <nvme>/train/rank<r> for every run, so two
+// runs sharing one --nvme-path collided ("in use by a live process"), and with a
+// config that named no job each rank named it by its pid, where nothing found what a
+// killed rank left. The job is named after the run directory (Note [default job name]).
+TEST_F(Train, TwoRunsCanShareAnNvmePath) {
+  const fs::path nvme = dir_ / "nvme";
+  const std::string common = fmt::format("{} train -n 1 --nvme-path {} --sample-bytes 0 --eval-batches 0 --no-save "
+                                         "--seq-len 64", strata_bin(), nvme.string());
+  Background first(fmt::format("{} --out {} --steps 200", common, (dir_ / "first").string()), dir_);
+  // The first run holds its swap directory once its engine exists (it writes there).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (files_under(nvme).empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_FALSE(files_under(nvme).empty()) << first.err();
+  auto second = run_command(fmt::format("{} --out {} --steps 2", common, (dir_ / "second").string()));
+  EXPECT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_FALSE(first.exited()) << "the first run ended before the second ran beside it";
+  ::kill(first.pid(), SIGTERM);  // its clean stop removes its swap files too
+  const auto code = first.wait_exit(std::chrono::seconds(60));
+  ASSERT_TRUE(code);
+  EXPECT_EQ(*code, 128 + SIGTERM) << first.err();
+  EXPECT_TRUE(files_under(nvme).empty()) << fmt::format("{}", fmt::join(files_under(nvme), "\n"));
 }
 
 }  // namespace

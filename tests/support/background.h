@@ -69,13 +69,15 @@ class Background {
     return status_;
   }
 
- private:
+  // Whether it has ended (reaps it then); does not wait.
   bool exited() {
     if (status_) return true;
     int st = 0;
     if (::waitpid(pid_, &st, WNOHANG) == pid_) status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     return status_.has_value();
   }
+
+ private:
   static std::string slurp(const std::filesystem::path& p) { return slurp_file(p); }
 
   std::filesystem::path out_, err_;
@@ -93,8 +95,9 @@ inline std::vector<std::string> files_under(const std::filesystem::path& dir) {
   return out;
 }
 
-// Live processes (not zombies) whose command line contains `needle`, this one excluded.
-inline int processes_matching(const std::string& needle) {
+// Live processes (not zombies) whose command line contains `needle`, this one excluded;
+// with `kill_them`, each is sent SIGKILL (a failed test's orphans must not run on).
+inline int processes_matching(const std::string& needle, bool kill_them = false) {
   int n = 0;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
@@ -105,7 +108,10 @@ inline int processes_matching(const std::string& needle) {
       if (c == '\0') c = ' ';
     const auto close = stat.rfind(')');
     const bool zombie = close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z';
-    if (!zombie && cmdline.find(needle) != std::string::npos) ++n;
+    if (!zombie && cmdline.find(needle) != std::string::npos) {
+      ++n;
+      if (kill_them) ::kill(std::stoi(name), SIGKILL);
+    }
   }
   return n;
 }

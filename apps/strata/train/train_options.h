@@ -23,7 +23,7 @@ struct TrainOptions {
   std::int64_t steps = 300;
   double lr = 0;             // 0 = the config's, else by model size (default_lr)
   double min_lr = 0;         // 0 = lr / 10
-  std::int64_t warmup = -1;  // -1 = 10% of the steps, at least 1
+  std::int64_t warmup = -1;  // -1 = default_warmup(): 10% of the steps, at least one per 10M parameters
   std::uint64_t seed = 42;
   std::int64_t eval_every = 50;
   std::int64_t eval_batches = 8;

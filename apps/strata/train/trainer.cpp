@@ -203,7 +203,15 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   // Before the engine exists: the runtime's own resident set (LibTorch, the data), the
   // base that the engine's figures add to.
   const std::uint64_t runtime_rss = current_rss_bytes();
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng, engine::shard(*model, comm, std::move(eo), {}, model->initializer(o.seed)));
+  auto made = engine::shard(*model, comm, std::move(eo), {}, model->initializer(o.seed));
+  if (!made && made.error().code() == ErrorCode::kResourceExhausted && made.error().context().op == "schedule") {
+    // The planner's "cannot fit" at setup: a step's working set is larger than the
+    // compute budget. Say which knob that is.
+    return make_error(std::move(made).error().with_note(
+        "the compute budget is too small for one step's working set (give a larger --compute-budget or "
+        "strata.compute_budget, or 'none' for no limit)"));
+  }
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng, std::move(made));
 
   STRATA_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::create(cfg.scheduler, cfg.optimizer.lr));
   // The start summary: the estimator's prediction next to what the engine holds.
