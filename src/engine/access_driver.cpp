@@ -49,6 +49,7 @@ Result<std::optional<std::size_t>> AccessDriver::on_access(UnitId u, plan::Phase
   // Inference (a forward without an autograd graph) fetches on demand and leaves the
   // training trace alone. Backward runs with grad mode off, but is always training.
   const bool training = phase == plan::Phase::kBackward || at::GradMode::is_enabled();
+  if (training && core_.opt.on_access) core_.opt.on_access(u, phase);
   if (training) {
     begin_step_if_needed();
     at = trace_.on_access({u, phase});

@@ -1,6 +1,8 @@
 #include "strata/engine/module_hooks.h"
 
 #include <mutex>
+
+#include <fmt/format.h>
 #include <shared_mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -48,12 +50,21 @@ std::optional<UnitHook> unit_hook(const torch::nn::Module& module) {
   return it->second;
 }
 
+ForwardError::ForwardError(strata::Error e)
+    : c10::Error(c10::SourceLocation{__func__, __FILE__, static_cast<std::uint32_t>(__LINE__)}, e.to_string()),
+      typed_(std::move(e)) {}
+
+Error forward_error(const std::exception& e, std::string_view what) {
+  if (const auto* fe = dynamic_cast<const ForwardError*>(&e)) return fe->typed();
+  return Error(ErrorCode::kInternal, fmt::format("{}: {}", what, e.what()));
+}
+
 void run_pre_forward(const UnitHook& hook) {
-  if (Status st = hook.engine->pre_forward(hook.unit); !st) TORCH_CHECK(false, st.error().to_string());
+  if (Status st = hook.engine->pre_forward(hook.unit); !st) throw ForwardError(std::move(st).error());
 }
 
 void run_post_forward(const UnitHook& hook, std::span<const at::Tensor> outputs) {
-  if (Status st = hook.engine->post_forward(hook.unit, outputs); !st) TORCH_CHECK(false, st.error().to_string());
+  if (Status st = hook.engine->post_forward(hook.unit, outputs); !st) throw ForwardError(std::move(st).error());
 }
 
 std::vector<ModuleUnit> default_units(torch::nn::Module& model) {

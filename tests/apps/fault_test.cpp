@@ -37,6 +37,7 @@ struct FaultCase {
   int cause_rank;          // the rank the launcher names as the cause
   std::string cause;       // in its "the cause: rank N (...)" line
   std::string name;        // for the test's name
+  std::string rank0_says = "";  // in rank 0's own error, when it is certain
 };
 
 class Faults : public ::testing::TestWithParam<FaultCase> {
@@ -77,7 +78,7 @@ TEST_P(Faults, EndsWithTheTrueCauseAndLeavesNothingBehind) {
   EXPECT_EQ(err.find("not finite"), std::string::npos) << err;
   EXPECT_EQ(run.out().find("strata train: rank"), std::string::npos) << "an error on stdout:\n" << run.out();
   // Rank 0 reports its own end on stderr too (a lost peer, or its own timeout).
-  EXPECT_NE(err.find("strata train: rank 0: "), std::string::npos) << err;
+  EXPECT_NE(err.find("strata train: rank 0: " + c.rank0_says), std::string::npos) << err;
   EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0) << "a rank outlived the run";
   EXPECT_TRUE(files_under(nvme).empty()) << fmt::format("{}", fmt::join(files_under(nvme), "\n"));
   auto verify = run_command(fmt::format("{} ckpt verify {}", strata_bin(), ckpt.string()));
@@ -87,7 +88,11 @@ TEST_P(Faults, EndsWithTheTrueCauseAndLeavesNothingBehind) {
 
 INSTANTIATE_TEST_SUITE_P(
     Stage3Nvme, Faults,
-    ::testing::Values(FaultCase{"kill-forward", 137, 1, "killed by signal 9", "KilledInForward"},
+    // Killed half way through forward: rank 0 is in a forward gather. An engine error
+    // inside a forward is thrown (module_hooks.h); it used to escape the trainer and
+    // abort rank 0 (signal 6, swap files left) instead of ending as a typed error.
+    ::testing::Values(FaultCase{"kill-forward", 137, 1, "killed by signal 9", "KilledInForward",
+                                "unavailable: all_gather of "},
                       FaultCase{"kill-backward", 137, 1, "killed by signal 9", "KilledInBackward"},
                       FaultCase{"kill-step", 137, 1, "killed by signal 9", "KilledInTheOptimizerStep"},
                       // Rank 1 hangs (SIGSTOP): rank 0's collective times out, which is

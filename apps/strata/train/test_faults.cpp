@@ -1,5 +1,6 @@
 #include "test_faults.h"
 
+#include <csignal>
 #include <cerrno>
 #include <cstdlib>
 #include <string>
@@ -38,6 +39,16 @@ void TestFault::arm_io() const {
     case Kind::kCorrupt: injector->corrupt_next_read(123); break;
     default: break;
   }
+}
+
+std::function<void(int, plan::Phase)> TestFault::access_hook(int nth) const {
+  if (kind != Kind::kKillForward && kind != Kind::kKillBackward) return {};
+  const plan::Phase phase = kind == Kind::kKillForward ? plan::Phase::kForward : plan::Phase::kBackward;
+  auto seen = std::make_shared<int>(0);
+  return [armed = kill_armed, phase, nth, seen](int, plan::Phase p) {
+    if (!armed->load() || p != phase) return;
+    if (++*seen == nth) ::raise(SIGKILL);
+  };
 }
 
 }  // namespace strata::cli

@@ -100,6 +100,17 @@ Result<nn::Batch> train_rows(const nn::ByteCorpus& corpus, const TrainOptions& o
   return nn::Batch{.tokens = at::cat(tokens), .targets = at::cat(targets)};
 }
 
+// A forward through the engine's units throws its errors (module_hooks.h: a lost peer
+// in a gather, a failed swap read); this turns them back into the typed error.
+template <class F>
+auto guarded_forward(F&& f) -> Result<decltype(f())> {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return make_error(engine::forward_error(e, "forward"));
+  }
+}
+
 // Validation loss: the mean over eval_batches batches per rank, then over ranks.
 Result<double> evaluate(nn::GPT& model, const nn::ByteCorpus& corpus, const TrainOptions& o, std::int64_t micro,
                         comm::Communicator& comm) {
@@ -108,20 +119,23 @@ Result<double> evaluate(nn::GPT& model, const nn::ByteCorpus& corpus, const Trai
   for (std::int64_t b = 0; b < o.eval_batches; ++b) {
     STRATA_ASSIGN_OR_RETURN(nn::Batch batch, corpus.sample(nn::Split::kValidation, micro, o.seq_len,
                                                            {o.seed + 7919, static_cast<std::uint64_t>(b), static_cast<std::uint64_t>(comm.rank())}));
-    sum += model->loss(batch.tokens, batch.targets).item<double>();
+    STRATA_ASSIGN_OR_RETURN(const double loss,
+                            guarded_forward([&] { return model->loss(batch.tokens, batch.targets).item<double>(); }));
+    sum += loss;
   }
   return mean_across_ranks(comm, sum / static_cast<double>(o.eval_batches));
 }
 
 // Every rank samples in lockstep (ZeRO-3 gathers are collectives), with the same seed.
-std::string sample_text(nn::GPT& model, const TrainOptions& o) {
+Result<std::string> sample_text(nn::GPT& model, const TrainOptions& o) {
   at::NoGradGuard no_grad;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1);
   std::vector<std::int64_t> tokens = {'\n'};
   for (std::int64_t i = 0; i < o.sample_bytes; ++i) {
     const std::int64_t start = std::max<std::int64_t>(0, static_cast<std::int64_t>(tokens.size()) - o.seq_len);
     at::Tensor ctx = at::tensor(std::vector<std::int64_t>(tokens.begin() + start, tokens.end()), at::kLong).unsqueeze(0);
-    at::Tensor logits = model->forward(ctx).select(1, ctx.size(1) - 1).to(at::kFloat).squeeze(0);
+    STRATA_ASSIGN_OR_RETURN(at::Tensor out, guarded_forward([&] { return model->forward(ctx); }));
+    at::Tensor logits = out.select(1, ctx.size(1) - 1).to(at::kFloat).squeeze(0);
     at::Tensor probs = at::softmax(logits / 0.8, 0);
     tokens.push_back(at::multinomial(probs, 1, false, gen).item<std::int64_t>());
   }
@@ -199,6 +213,8 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   STRATA_ASSIGN_OR_RETURN(engine::EngineOptions eo, engine::EngineOptions::from_config(ecfg, comm.world()));
   STRATA_ASSIGN_OR_RETURN(const TestFault fault, TestFault::from_env(comm.rank()));
   if (fault.io()) eo.swap.faults = fault.injector;
+  // Half way through the model's units: the embeddings, the blocks, the head.
+  eo.on_access = fault.access_hook(static_cast<int>(mcfg.layers / 2) + 1);
   eo.chunks.search_step_elems = static_cast<std::uint64_t>(mcfg.hidden);
   // Before the engine exists: the runtime's own resident set (LibTorch, the data), the
   // base that the engine's figures add to.
@@ -298,14 +314,11 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     using Fault = TestFault::Kind;
     const bool faulty = fault.kind != Fault::kNone && step + 1 == fault.step;
     if (faulty && fault.io()) fault.arm_io();
+    if (faulty) fault.arm_kill();
     for (std::int64_t m = 0; m < accum; ++m) {
       STRATA_ASSIGN_OR_RETURN(nn::Batch batch, train_rows(corpus, o, micro, step, (comm.rank() * accum + m) * micro));
-      at::Tensor loss = model->loss(batch.tokens, batch.targets);
-      if (faulty && m == 0) {
-        if (fault.kind == Fault::kKillForward) ::raise(SIGKILL);
-        if (fault.kind == Fault::kStop) ::raise(SIGSTOP);
-        if (fault.kind == Fault::kKillBackward) loss.register_hook([](const at::Tensor&) { ::raise(SIGKILL); });
-      }
+      STRATA_ASSIGN_OR_RETURN(at::Tensor loss, guarded_forward([&] { return model->loss(batch.tokens, batch.targets); }));
+      if (faulty && m == 0 && fault.kind == Fault::kStop) ::raise(SIGSTOP);
       STRATA_RETURN_IF_ERROR(eng->backward(loss));
       if (faulty && fault.kind == Fault::kKillStep) ::raise(SIGKILL);
       STRATA_ASSIGN_OR_RETURN(r, eng->step());
@@ -395,7 +408,9 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   end.train_loss = sum / static_cast<double>(recent_losses.size());
   end.tokens_per_s = step_times.empty() ? 0 : static_cast<double>(micro * accum * o.seq_len * comm.world()) / median(step_times);
   end.hit_rate = gathers ? static_cast<double>(hits) / static_cast<double>(gathers) : -1.0;
-  if (o.sample_bytes > 0) end.sample = sample_text(model, o);
+  if (o.sample_bytes > 0) {
+    STRATA_ASSIGN_OR_RETURN(end.sample, sample_text(model, o));
+  }
   if (!root) return ok();
   end.out = o.out;
   end.metrics = (fs::path(o.out) / "metrics.jsonl").string();

@@ -15,13 +15,20 @@
 // has made a module a unit, forward() calls the engine's pre_forward before it and
 // post_forward with every tensor the module returned (a tensor, a tuple or pair of
 // them, or a vector) after it. An engine error inside forward() is thrown as a
-// c10::Error with the error's text. Destroying the engine detaches its units.
+// ForwardError: a c10::Error with the error's text, so LibTorch code and Python see
+// their own exception type, which keeps the typed Error for C++ callers:
+//
+//   try { loss = model->loss(x, y); }
+//   catch (const std::exception& e) { return make_error(engine::forward_error(e, "forward")); }
+//
+// Destroying the engine detaches its units.
 #pragma once
 
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -53,7 +60,20 @@ struct UnitHook {
 void set_unit_hook(const torch::nn::Module& module, UnitHook hook);  // engine null: remove
 void clear_unit_hooks(const Engine* engine);                         // every module of `engine`
 std::optional<UnitHook> unit_hook(const torch::nn::Module& module);
-// Call the engine; an error is thrown as a c10::Error carrying its text.
+// What forward() throws for an engine error.
+class ForwardError : public c10::Error {
+ public:
+  explicit ForwardError(strata::Error e);
+  const strata::Error& typed() const { return typed_; }
+
+ private:
+  strata::Error typed_;
+};
+// The typed error behind an exception from a forward through units: a ForwardError's
+// own (a lost peer stays `unavailable`), else `e`'s text as internal, `what` prefixed.
+Error forward_error(const std::exception& e, std::string_view what);
+
+// Call the engine; an error is thrown as a ForwardError.
 void run_pre_forward(const UnitHook& hook);
 void run_post_forward(const UnitHook& hook, std::span<const at::Tensor> outputs);
 
