@@ -52,6 +52,23 @@ TEST_F(Signals, CtrlCStopsEveryRankAtTheEndOfAStepAndRemovesTheSwapFiles) {
   EXPECT_EQ(processes_matching(out.string()), 0);
 }
 
+// The sample at the end is a forward per byte (minutes for gpt2-large), and Ctrl-C
+// used to wait for all of it: it now stops the sampling, on every rank together.
+TEST_F(Signals, CtrlCStopsTheSampleAtTheEnd) {
+  const fs::path out = dir_ / "run";
+  Background run(fmt::format("{} train -n 2 --steps 1 --out {} --sample-bytes 100000 --eval-batches 0 --no-save",
+                             strata_bin(), out.string()),
+                 dir_);
+  ASSERT_TRUE(run.wait_for("sampling 100000 bytes", 120s)) << run.out() << run.err();
+  std::this_thread::sleep_for(1s);
+  ::kill(run.pid(), SIGINT);
+  const auto code = run.wait_exit(30s);
+  ASSERT_TRUE(code) << "still sampling 30 s after Ctrl-C\n" << run.out() << run.err();
+  EXPECT_EQ(*code, 128 + SIGINT) << run.out() << run.err();
+  EXPECT_NE(run.out().find("sample from the model:"), std::string::npos) << run.out() << run.err();
+  EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0);
+}
+
 TEST_F(Signals, RanksDieWithTheirLauncher) {
   const fs::path out = dir_ / "run";
   Background run(train_cmd(out), dir_);

@@ -127,11 +127,16 @@ Result<double> evaluate(nn::GPT& model, const nn::ByteCorpus& corpus, const Trai
 }
 
 // Every rank samples in lockstep (ZeRO-3 gathers are collectives), with the same seed.
-Result<std::string> sample_text(nn::GPT& model, const TrainOptions& o) {
+// One forward per byte: minutes for the largest models, so a Ctrl-C stops it, agreed
+// across ranks before each byte as at the end of a training step (Note [stopping
+// together]); what was sampled by then is kept.
+Result<std::string> sample_text(nn::GPT& model, const TrainOptions& o, comm::Communicator& comm) {
   at::NoGradGuard no_grad;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1);
   std::vector<std::int64_t> tokens = {'\n'};
   for (std::int64_t i = 0; i < o.sample_bytes; ++i) {
+    STRATA_ASSIGN_OR_RETURN(const StepAgreement agreed, agree_on_step(comm, 0.0, stop_signal() != 0));
+    if (agreed.stop) break;
     const std::int64_t start = std::max<std::int64_t>(0, static_cast<std::int64_t>(tokens.size()) - o.seq_len);
     at::Tensor ctx = at::tensor(std::vector<std::int64_t>(tokens.begin() + start, tokens.end()), at::kLong).unsqueeze(0);
     STRATA_ASSIGN_OR_RETURN(at::Tensor out, guarded_forward([&] { return model->forward(ctx); }));
@@ -409,7 +414,9 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   end.tokens_per_s = step_times.empty() ? 0 : static_cast<double>(micro * accum * o.seq_len * comm.world()) / median(step_times);
   end.hit_rate = gathers ? static_cast<double>(hits) / static_cast<double>(gathers) : -1.0;
   if (o.sample_bytes > 0) {
-    STRATA_ASSIGN_OR_RETURN(end.sample, sample_text(model, o));
+    if (root) fmt::print("sampling {} bytes from the model (a forward per byte; --sample-bytes 0 skips it)\n", o.sample_bytes);
+    std::fflush(stdout);
+    STRATA_ASSIGN_OR_RETURN(end.sample, sample_text(model, o, comm));
   }
   if (!root) return ok();
   end.out = o.out;
