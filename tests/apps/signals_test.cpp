@@ -128,6 +128,24 @@ TEST_F(Signals, ADeadPeerIsReportedAsTheCauseNotAsANumericalProblem) {
   EXPECT_EQ(processes_matching(out.string()), 0);
 }
 
+// strata launch with any program: the parent-death signal is set before exec and kept
+// across it, so SIGKILL to the launcher ends ranks that know nothing of strata.
+TEST(Launch, RanksDieWithTheLauncherWhateverTheyRun) {
+  const auto dir = testing::fresh_temp_dir("launch-kill");
+  // The ranks exec a sleep with a duration unique to this test, which names them in /proc.
+  const std::string marker = fmt::format("sleep 300.{}", ::getpid());
+  Background run(fmt::format("{} launch -n 2 -- sh -c 'echo up; exec {}'", strata_bin(), marker), dir);
+  ASSERT_TRUE(run.wait_for("[r1] up", 30s)) << run.out() << run.err();
+  ASSERT_TRUE(run.wait_for("[r0] up", 30s)) << run.out() << run.err();
+  ASSERT_EQ(processes_matching(marker), 3) << "the launcher and two ranks";
+  ::kill(run.pid(), SIGKILL);
+  ASSERT_TRUE(run.wait_exit(5s));
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (processes_matching(marker) > 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(processes_matching(marker, /*kill_them=*/true), 0) << "ranks outlived strata launch";
+  fs::remove_all(dir);
+}
+
 // Errors on stderr, output on stdout, through the launcher; the first failure named
 // with its last stderr line, a later one listed after it.
 TEST(Launch, RankErrorsGoToStderrAndTheFirstFailureIsNamed) {
