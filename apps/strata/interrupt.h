@@ -1,7 +1,7 @@
 // Ctrl-C and SIGTERM for a rank: the first asks the rank to stop at the end of its
 // current step (all ranks agree on which step, Note [stopping together] in trainer.cpp),
 // so that the engine is destroyed normally and its swap and lock files are removed; a
-// second one ends the process at once.
+// second one from the same sender ends the process at once (Note [who asked to stop]).
 #pragma once
 
 namespace strata::cli {

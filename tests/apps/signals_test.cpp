@@ -101,6 +101,26 @@ TEST_F(Signals, RanksDieWithTorchrunsAgent) {
   EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0) << "ranks outlived torchrun's agent";
 }
 
+// A terminal's Ctrl-C under torchrun reaches the ranks twice: from the terminal (they
+// share its process group) and from the agent, which passes its own SIGINT on. That is
+// one request: the ranks used to take the agent's as a second Ctrl-C and die mid-step,
+// printing nothing and leaving their swap files (Note [who asked to stop]).
+TEST_F(Signals, CtrlCUnderTorchrunStopsCleanly) {
+  const fs::path out = dir_ / "run";
+  Background run(fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --steps 5000 "
+                             "--out {} --sample-bytes 0 --eval-every 0 --no-save",
+                             strata_bin(), out.string()),
+                 dir_);
+  ASSERT_TRUE(run.wait_for("step ", 180s)) << run.out() << run.err();
+  ASSERT_FALSE(files_under(out / "nvme").empty());
+  ::kill(-run.pid(), SIGINT);  // the whole process group, as a terminal does
+  ASSERT_TRUE(run.wait_exit(60s)) << run.out() << run.err();
+  const std::string all = run.out() + run.err();
+  EXPECT_NE(all.find("interrupted at step "), std::string::npos) << all;
+  EXPECT_TRUE(files_under(out / "nvme").empty()) << fmt::format("{}", fmt::join(files_under(out / "nvme"), "\n"));
+  EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0);
+}
+
 // A peer killed mid-run: the launcher names it as the first failure; no rank claims a
 // numerical problem (a failed all-reduce used to read as a NaN loss).
 TEST_F(Signals, ADeadPeerIsReportedAsTheCauseNotAsANumericalProblem) {
