@@ -1,11 +1,11 @@
 #include "strata/engine/module_hooks.h"
 
 #include <mutex>
-
-#include <fmt/format.h>
 #include <shared_mutex>
 #include <unordered_map>
 #include <unordered_set>
+
+#include <fmt/format.h>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -56,7 +56,9 @@ ForwardError::ForwardError(strata::Error e)
 
 Error forward_error(const std::exception& e, std::string_view what) {
   if (const auto* fe = dynamic_cast<const ForwardError*>(&e)) return fe->typed();
-  return Error(ErrorCode::kInternal, fmt::format("{}: {}", what, e.what()));
+  // A module's own TORCH_CHECK (a shape mismatch, say): its message, not its backtrace.
+  const auto* ce = dynamic_cast<const c10::Error*>(&e);
+  return Error(ErrorCode::kInternal, fmt::format("{}: {}", what, ce ? ce->what_without_backtrace() : e.what()));
 }
 
 void run_pre_forward(const UnitHook& hook) {

@@ -170,9 +170,14 @@ TEST(Launch, RanksDieWithTheLauncherWhateverTheyRun) {
 // with its last stderr line, a later one listed after it.
 TEST(Launch, RankErrorsGoToStderrAndTheFirstFailureIsNamed) {
   const auto dir = testing::fresh_temp_dir("launch-err");
-  const std::string script =
-      "echo out$RANK; echo \"boom $RANK\" >&2; "
-      "if [ $RANK = 1 ]; then exit 3; fi; trap \"\" TERM; sleep 1; echo \"later $RANK\" >&2; exit 4";
+  // Rank 1 fails only once rank 0 ignores SIGTERM (its shell can start late on a busy
+  // machine, and the launcher's SIGTERM would then end it before its own lines).
+  const std::string ready = (dir / "ready").string();
+  const std::string script = fmt::format(
+      "if [ $RANK = 0 ]; then trap \"\" TERM; echo out0; echo \"boom 0\" >&2; touch {0}; sleep 1; "
+      "echo \"later 0\" >&2; exit 4; fi; "
+      "while [ ! -e {0} ]; do sleep 0.05; done; echo out1; echo \"boom 1\" >&2; exit 3",
+      ready);
   Background run(fmt::format("{} launch -n 2 -- sh -c '{}'", strata_bin(), script), dir);
   const auto code = run.wait_exit(30s);
   ASSERT_TRUE(code);

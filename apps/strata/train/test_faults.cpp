@@ -1,7 +1,7 @@
 #include "test_faults.h"
 
-#include <csignal>
 #include <cerrno>
+#include <csignal>
 #include <cstdlib>
 #include <string>
 #include <utility>

@@ -34,7 +34,7 @@ struct TrainOptions {
   bool overwrite = false;       // --out holds an earlier run: replace it
   std::string out;              // empty = runs/<date>-<time>
   std::string data;             // empty = Debian's fortunes corpus
-  std::int64_t sample_bytes = 200;
+  std::int64_t sample_bytes = -1;  // -1: 200, fewer for models over 100M parameters (a forward per byte)
   std::int64_t trace_step = -1;  // -1 = a steady-state step chosen by strata
 
   // Flags that override config keys, when given.
