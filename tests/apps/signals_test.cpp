@@ -34,8 +34,24 @@ class Signals : public ::testing::Test {
     return fmt::format("{} train -n 2 --steps 5000 --out {} --sample-bytes 0 --eval-every 0 --no-save", strata_bin(),
                        out.string());
   }
+  // The same run under torchrun, one rank per process.
+  std::string torchrun_cmd(const fs::path& out) const {
+    return fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --steps 5000 --out {} "
+                       "--sample-bytes 0 --eval-every 0 --no-save",
+                       strata_bin(), out.string());
+  }
   fs::path dir_;
 };
+
+// SIGKILL to `run`, which cannot pass anything on: within 5 s no process whose command
+// line holds `needle` may be left (any that is, is killed, and the test fails).
+void kill_and_expect_no_orphans(Background& run, const std::string& needle, const std::string& launcher) {
+  ::kill(run.pid(), SIGKILL);
+  ASSERT_TRUE(run.wait_exit(5s));
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (processes_matching(needle) > 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(processes_matching(needle, /*kill_them=*/true), 0) << "ranks outlived " << launcher;
+}
 
 TEST_F(Signals, CtrlCStopsEveryRankAtTheEndOfAStepAndRemovesTheSwapFiles) {
   const fs::path out = dir_ / "run";
@@ -74,12 +90,7 @@ TEST_F(Signals, RanksDieWithTheirLauncher) {
   Background run(train_cmd(out), dir_);
   ASSERT_TRUE(run.wait_for("step ", 120s)) << run.out() << run.err();
   ASSERT_EQ(processes_matching(out.string()), 3);  // the launcher and two ranks
-  ::kill(run.pid(), SIGKILL);
-  ASSERT_TRUE(run.wait_exit(5s));
-  const auto end = std::chrono::steady_clock::now() + 5s;
-  while (processes_matching(out.string()) > 0 && std::chrono::steady_clock::now() < end)
-    std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0) << "ranks outlived their launcher";
+  kill_and_expect_no_orphans(run, out.string(), "their launcher");
 }
 
 // Under torchrun the ranks are the agent's children, started without strata's launcher;
@@ -87,18 +98,10 @@ TEST_F(Signals, RanksDieWithTheirLauncher) {
 // cannot pass anything on) still leaves no rank training.
 TEST_F(Signals, RanksDieWithTorchrunsAgent) {
   const fs::path out = dir_ / "run";
-  Background run(fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --steps 5000 "
-                             "--out {} --sample-bytes 0 --eval-every 0 --no-save",
-                             strata_bin(), out.string()),
-                 dir_);
+  Background run(torchrun_cmd(out), dir_);
   ASSERT_TRUE(run.wait_for("step ", 180s)) << run.out() << run.err();
   ASSERT_EQ(processes_matching(out.string()), 3) << "the agent and two ranks";
-  ::kill(run.pid(), SIGKILL);
-  ASSERT_TRUE(run.wait_exit(5s));
-  const auto end = std::chrono::steady_clock::now() + 5s;
-  while (processes_matching(out.string()) > 0 && std::chrono::steady_clock::now() < end)
-    std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(processes_matching(out.string(), /*kill_them=*/true), 0) << "ranks outlived torchrun's agent";
+  kill_and_expect_no_orphans(run, out.string(), "torchrun's agent");
 }
 
 // A terminal's Ctrl-C under torchrun reaches the ranks twice: from the terminal (they
@@ -107,10 +110,7 @@ TEST_F(Signals, RanksDieWithTorchrunsAgent) {
 // printing nothing and leaving their swap files (Note [who asked to stop]).
 TEST_F(Signals, CtrlCUnderTorchrunStopsCleanly) {
   const fs::path out = dir_ / "run";
-  Background run(fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --steps 5000 "
-                             "--out {} --sample-bytes 0 --eval-every 0 --no-save",
-                             strata_bin(), out.string()),
-                 dir_);
+  Background run(torchrun_cmd(out), dir_);
   ASSERT_TRUE(run.wait_for("step ", 180s)) << run.out() << run.err();
   ASSERT_FALSE(files_under(out / "nvme").empty());
   ::kill(-run.pid(), SIGINT);  // the whole process group, as a terminal does
@@ -158,11 +158,7 @@ TEST(Launch, RanksDieWithTheLauncherWhateverTheyRun) {
   ASSERT_TRUE(run.wait_for("[r1] up", 30s)) << run.out() << run.err();
   ASSERT_TRUE(run.wait_for("[r0] up", 30s)) << run.out() << run.err();
   ASSERT_EQ(processes_matching(marker), 3) << "the launcher and two ranks";
-  ::kill(run.pid(), SIGKILL);
-  ASSERT_TRUE(run.wait_exit(5s));
-  const auto end = std::chrono::steady_clock::now() + 5s;
-  while (processes_matching(marker) > 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(processes_matching(marker, /*kill_them=*/true), 0) << "ranks outlived strata launch";
+  kill_and_expect_no_orphans(run, marker, "strata launch");
   fs::remove_all(dir);
 }
 
