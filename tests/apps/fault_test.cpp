@@ -88,11 +88,11 @@ TEST_P(Faults, EndsWithTheTrueCauseAndLeavesNothingBehind) {
 
 INSTANTIATE_TEST_SUITE_P(
     Stage3Nvme, Faults,
-    // Killed half way through forward: rank 0 is in a forward gather. An engine error
-    // inside a forward is thrown (module_hooks.h); it used to escape the trainer and
-    // abort rank 0 (signal 6, swap files left) instead of ending as a typed error.
-    ::testing::Values(FaultCase{"kill-forward", 137, 1, "killed by signal 9", "KilledInForward",
-                                "unavailable: all_gather of "},
+    // Killed half way through forward: rank 0 learns it in a forward (a gather, or the
+    // previous step's reduce-scatter it polls there). An engine error inside a forward is
+    // thrown (module_hooks.h); it used to escape the trainer and abort rank 0 (signal 6,
+    // swap files left) instead of ending as a typed error.
+    ::testing::Values(FaultCase{"kill-forward", 137, 1, "killed by signal 9", "KilledInForward", "unavailable: "},
                       FaultCase{"kill-backward", 137, 1, "killed by signal 9", "KilledInBackward"},
                       FaultCase{"kill-step", 137, 1, "killed by signal 9", "KilledInTheOptimizerStep"},
                       // Rank 1 hangs (SIGSTOP): rank 0's collective times out, which is
