@@ -95,8 +95,7 @@ struct EngineOptions {
   bool nvme_gradients = true;
   OptimizerFactory wrap;             // set: this torch::optim optimizer runs the step
   // Stage 3: called at every unit access of a training step (a unit's forward, or its
-  // backward), before its chunks are gathered: the unit's id (its place in the model's
-  // registration order) and the phase. For diagnostics and for tests that need to act
+  // backward), before its chunks are gathered: the unit's id and the phase. For diagnostics and for tests that need to act
   // in the middle of a forward or backward (strata train's fault hook); LibTorch's C++
   // modules have no forward hooks of their own. Empty: nothing is called.
   std::function<void(int unit, plan::Phase phase)> on_access;
