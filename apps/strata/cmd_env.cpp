@@ -60,7 +60,21 @@ int run_env(const std::string& dir) {
   fmt::print("\nLibTorch\n");
   row("version", dev.torch_version);
   row("CUDA", dev.cuda_available ? fmt::format("available, {} device(s)", dev.cuda_device_count) : "not available");
-  row("compute tier", dev.compute.is_cuda() ? "GPU memory" : "host memory (CPU only)");
+  row("compute tier", dev.compute.is_cuda() ? "GPU memory"
+                     : dev.built_with_cuda  ? "host memory (no GPU found)"
+                                            : "host memory (strata built without CUDA)");
+  if (dev.built_with_cuda) {
+    row("CUDA runtime", dev.cuda_runtime);
+    row("CUDA driver", dev.cuda_driver);
+    row("NCCL", dev.nccl);
+    for (std::size_t i = 0; i < dev.gpus.size(); ++i) {
+      const tiers::GpuInfo& g = dev.gpus[i];
+      row(fmt::format("GPU {}", i),
+          fmt::format("{}, compute capability {}.{}, {} multiprocessors, {} memory, {} free", g.name,
+                      g.capability_major, g.capability_minor, g.multiprocessors, format_bytes(g.total_bytes),
+                      format_bytes(g.free_bytes)));
+    }
+  }
   const BlasInfo blas = detect_blas();
   row("BLAS", fmt::format("{}{}{}", blas.name, blas.threads ? fmt::format(", {} thread(s)", blas.threads) : "",
                           blas.library.empty() ? "" : fmt::format(" ({})", blas.library)));
@@ -88,7 +102,7 @@ int run_env(const std::string& dir) {
 }  // namespace
 
 void add_env_command(CLI::App& app, int* exit_code) {
-  auto* cmd = app.add_subcommand("env", "Report the CPU, SIMD targets, LibTorch, and I/O capabilities");
+  auto* cmd = app.add_subcommand("env", "Report the CPU, SIMD targets, LibTorch, the GPUs, and I/O capabilities");
   auto dir = std::make_shared<std::string>(".");
   cmd->add_option("--dir", *dir, "Directory to probe for O_DIRECT and io_uring (default: current)");
   cmd->callback([dir, exit_code] { *exit_code = run_env(*dir); });

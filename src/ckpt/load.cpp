@@ -5,8 +5,6 @@
 #include <map>
 #include <unordered_map>
 
-#include <c10/util/string_utils.h>
-
 #include "collective.h"
 #include "commit.h"
 #include "saved_files.h"

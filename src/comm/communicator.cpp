@@ -12,6 +12,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include "strata/base/log.h"
+#include "strata/base/torch_compat.h"
 #include "strata/base/units.h"
 
 namespace strata::comm {
@@ -180,8 +181,10 @@ void ignore_default_sigpipe() {
 
 Communicator::Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg, CommOptions options)
     : pg_(std::move(pg)), options_(options), scratch_(std::make_shared<ScratchPool>()) {
-  backend_ = pg_->getBackendName();
+  backend_ = torch_compat::backend_name_for(*pg_, c10::DeviceType::CPU);
   caps_ = caps_for_backend(backend_);
+  device_backend_ = torch_compat::backend_name_for(*pg_, c10::DeviceType::CUDA);
+  device_caps_ = caps_for_backend(device_backend_);
   rank_ = pg_->getRank();
   world_ = pg_->getSize();
 }
@@ -204,14 +207,15 @@ at::Tensor Communicator::movable(const at::Tensor& t) const {
   // Note [16-bit moves]: a data move needs no arithmetic, so a 16-bit float the
   // backend rejects travels as its raw bytes. Gloo in torch 1.13 rejects int16 as
   // well as bf16, so the portable bit-cast is to uint8, two per element.
-  if ((dt == at::kBFloat16 && !caps_.bf16) || (dt == at::kHalf && !caps_.fp16)) return t.view(at::kByte);
+  const Caps& caps = caps_for(t);
+  if ((dt == at::kBFloat16 && !caps.bf16) || (dt == at::kHalf && !caps.fp16)) return t.view(at::kByte);
   return t;
 }
 
 bool Communicator::reducible(const at::Tensor& t) const {
   const auto dt = t.scalar_type();
-  if (dt == at::kBFloat16) return caps_.bf16;
-  if (dt == at::kHalf) return caps_.fp16;
+  if (dt == at::kBFloat16) return caps_for(t).bf16;
+  if (dt == at::kHalf) return caps_for(t).fp16;
   return true;
 }
 
@@ -340,9 +344,10 @@ Handle Communicator::all_gather(const at::Tensor& input, const at::Tensor& outpu
   // Note [in-place all_gather]: callers gather a rank's slice of a chunk into the chunk
   // itself. c10d documents that as safe only for _allgather_base (NCCL); elsewhere the
   // input is copied first (1/world of the output: cheap).
-  const bool alias = input.is_alias_of(output) && !caps_.allgather_base;
+  const bool native = caps_for(output).allgather_base;
+  const bool alias = input.is_alias_of(output) && !native;
   const at::Tensor in = movable(alias ? input.clone() : input), out = movable(output);
-  if (caps_.allgather_base) {
+  if (native) {
     return issue("all_gather", input, [&] {
       c10d::AllgatherOptions opts;
       opts.timeout = options_.timeout;
@@ -366,14 +371,14 @@ Handle Communicator::reduce_scatter(const at::Tensor& input, const at::Tensor& o
   }
   const std::int64_t n = output.numel();
   const double divisor = op == ReduceOp::kAvg ? world_ : 1.0;
-  if (caps_.reduce_scatter && reducible(input) && (op == ReduceOp::kSum || caps_.avg)) {
+  const Caps& caps = caps_for(input);
+  if (caps.reduce_scatter && reducible(input) && (op == ReduceOp::kSum || caps.avg)) {
     return issue("reduce_scatter", input, [&] {
-      std::vector<at::Tensor> outs{output};
-      std::vector<std::vector<at::Tensor>> ins{input.view({world_, n}).unbind(0)};
+      at::Tensor o = output, i = input;
       c10d::ReduceScatterOptions opts;
       opts.reduceOp = op == ReduceOp::kAvg ? c10d::ReduceOp::AVG : c10d::ReduceOp::SUM;
       opts.timeout = options_.timeout;
-      return pg_->reduce_scatter(outs, ins, opts);
+      return pg_->_reduce_scatter_base(o, i, opts);
     });
   }
   // Fallback (Note [reduce-scatter by alltoall]): alltoall_base sends slice r of every
@@ -414,7 +419,7 @@ Handle Communicator::all_reduce(const at::Tensor& tensor, ReduceOp op) {
   // Reduce a fp32 copy (from the scratch pool) when the backend rejects the dtype;
   // divide locally when it has no AVG. Both are completion steps that run in wait().
   const bool upcast = !reducible(tensor);
-  const bool local_avg = op == ReduceOp::kAvg && !caps_.avg;
+  const bool local_avg = op == ReduceOp::kAvg && !caps_for(tensor).avg;
   at::Tensor target = tensor;
   if (upcast) {
     target = scratch_->take(tensor.numel(), tensor.options().dtype(at::kFloat)).view(tensor.sizes());

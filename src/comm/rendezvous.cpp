@@ -10,6 +10,11 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "strata/base/log.h"
+#include "strata/base/torch_compat.h"
+
+#ifdef STRATA_CUDA
+#include "nccl_cuda.h"
+#endif
 
 namespace strata::comm {
 namespace {
@@ -115,13 +120,20 @@ Result<std::unique_ptr<Communicator>> init_from(const DistEnv& env, CommOptions 
     // Two Gloo threads per rank: comms overlap compute, and on a 2-core machine more
     // would only compete with the step.
     gloo_opts->threads = 2;
-    pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, gloo_opts);
+    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, gloo_opts);
+    pg = torch_compat::as_process_group<c10d::ProcessGroup>(store, env.rank, env.world_size, std::move(gloo),
+                                                            c10::DeviceType::CPU);
   } catch (const std::exception& e) {
     const std::string what = e.what();
     return make_error(ErrorCode::kUnavailable, "rendezvous of {} ranks failed within {} ms: {}", env.world_size,
                       options.timeout.count(), what.substr(0, what.find('\n')))
         .with_rank(env.rank);
   }
+#ifdef STRATA_CUDA
+  // CUDA tensors go through NCCL; CPU ones (the order check, host-tier shards) stay on Gloo.
+  STRATA_RETURN_IF_ERROR(
+      detail::add_nccl_backend(*pg, store, env.rank, env.world_size, env.local_rank, options.timeout));
+#endif
   log::set_rank(env.world_size > 1 ? env.rank : -1);
   return Communicator::create(std::move(pg), options);
 }

@@ -1,19 +1,17 @@
 // Engine: consolidated parameters, and the optimizer state as a torch::optim optimizer
 // (consolidation onto one rank, and loading one saved at any world size).
 #include <ATen/ATen.h>
-#include <c10/util/string_utils.h>
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
 #include "engine_impl.h"
+#include "strata/base/torch_compat.h"
 #include "strata/comm/communicator.h"
 
 namespace strata::engine {
 namespace {
-
-std::string state_key(const at::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(OptimizerType type, const OptimizerConfig& c, double lr,
                                                         std::vector<at::Tensor> params) {
@@ -209,7 +207,7 @@ Result<std::unique_ptr<torch::optim::Optimizer>> Engine::consolidate_state_dict(
     // at construction; mirror that. SGD without momentum has no state at all.
     if (!steps.ever_had_grad[i] && type != OptimizerType::kAdagrad) continue;
     if (type == OptimizerType::kSGD && n_states == 0) continue;
-    opt->state()[state_key(master[i])] = make_param_state(type, steps.steps[i], states[i]);
+    opt->state()[torch_compat::optim_state_key(master[i])] = make_param_state(type, steps.steps[i], states[i]);
   }
   return opt;
 }
@@ -245,7 +243,7 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
     const std::size_t i = trainable[j];
     std::int64_t step = 0;
     std::vector<at::Tensor> st;
-    auto it = full.state().find(state_key(params[j]));
+    auto it = full.state().find(torch_compat::optim_state_key(params[j]));
     const bool has = it != full.state().end();
     if (has && !read_param_state(type, *it->second, &step, &st, m.core.opt.optimizer.amsgrad)) {
       return make_error(ErrorCode::kInvalidArgument, "load_state_dict: parameter {} has state of another optimizer "

@@ -4,6 +4,10 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/version.h>
 
+#ifdef STRATA_CUDA
+#include "device_cuda.h"
+#endif
+
 namespace strata::tiers {
 
 DeviceInfo detect_device() {
@@ -14,6 +18,10 @@ DeviceInfo detect_device() {
   d.cuda_device_count = d.cuda_available ? static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
   if (d.cuda_device_count > 0) d.compute = c10::Device(c10::kCUDA, 0);
   d.can_pin_memory = d.cuda_device_count > 0;
+#ifdef STRATA_CUDA
+  d.built_with_cuda = true;
+  detail::fill_cuda_info(d);
+#endif
   return d;
 }
 

@@ -8,6 +8,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include "strata/base/torch_compat.h"
+
 namespace strata::tiers {
 namespace {
 
@@ -37,7 +39,7 @@ void counted_free(void* data) {
 
 class CountingAllocator final : public c10::Allocator {
  public:
-  c10::DataPtr allocate(std::size_t n) const override {
+  c10::DataPtr allocate(std::size_t n) STRATA_ALLOCATE_CONST override {
     if (n == 0) return {nullptr, nullptr, &counted_free, c10::Device(c10::kCPU)};
     auto* base = static_cast<char*>(c10::alloc_cpu(n + kHeader));
     *reinterpret_cast<std::size_t*>(base) = n;
@@ -46,6 +48,7 @@ class CountingAllocator final : public c10::Allocator {
     return {data, data, &counted_free, c10::Device(c10::kCPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &counted_free; }
+  STRATA_ALLOCATOR_COPY_DATA
 };
 
 }  // namespace

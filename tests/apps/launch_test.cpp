@@ -12,6 +12,7 @@ namespace {
 
 using testing::run_command;
 using testing::strata_bin;
+using testing::torchrun_prefix;
 
 std::string worker() { return std::string(STRATA_TEST_BIN_DIR) + "/comm_worker"; }
 
@@ -46,7 +47,7 @@ TEST(Launch, RanksRendezvousOverTheTcpStore) {
 
 // torchrun's static rendezvous: the agent hosts the store (TORCHELASTIC_USE_AGENT_STORE).
 TEST(Launch, TorchrunStaticMode) {
-  auto r = run_command("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python " + worker() + " collectives");
+  auto r = run_command(torchrun_prefix(2) + worker() + " collectives");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("[default1]:OK"), std::string::npos) << r.output;
 }

@@ -24,6 +24,7 @@ using testing::Background;
 using testing::files_under;
 using testing::processes_matching;
 using testing::strata_bin;
+using testing::torchrun_prefix;
 
 class Signals : public ::testing::Test {
  protected:
@@ -36,8 +37,7 @@ class Signals : public ::testing::Test {
   }
   // The same run under torchrun, one rank per process.
   std::string torchrun_cmd(const fs::path& out) const {
-    return fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --steps 5000 --out {} "
-                       "--sample-bytes 0 --eval-every 0 --no-save",
+    return fmt::format("{}{} train --steps 5000 --out {} --sample-bytes 0 --eval-every 0 --no-save", torchrun_prefix(2),
                        strata_bin(), out.string());
   }
   fs::path dir_;

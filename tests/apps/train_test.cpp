@@ -21,6 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::run_command;
 using testing::strata_bin;
+using testing::torchrun_prefix;
 using testing::Background;
 using testing::files_under;
 
@@ -269,9 +270,7 @@ TEST_F(Train, EstimateAndPeakRssAgreeWithWhatTheEngineHolds) {
 }
 
 TEST_F(Train, RunsAsOneRankPerProcessUnderTorchrun) {
-  auto r = run_command(fmt::format("torchrun --nproc_per_node 2 --redirects 1 --tee 1 --no_python {} train --out {} --steps 3 "
-                                   "--sample-bytes 0",
-                                   strata_bin(), (dir_ / "t").string()));
+  auto r = run_command(fmt::format("{}{} train --out {} --steps 3 --sample-bytes 0", torchrun_prefix(2), strata_bin(), (dir_ / "t").string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("2 ranks"), std::string::npos) << r.output;
 }

@@ -36,6 +36,7 @@
 #include <torch/optim/adamw.h>
 
 #include "awkward_model.h"
+#include "strata/base/torch_compat.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
@@ -113,7 +114,7 @@ struct Reference {
   }
   double step(std::int64_t s) {
     auto [x, y] = strata::testing::awkward_batch(s, kRows);
-    opt->zero_grad();
+    torch_compat::zero_grad_keep(*opt);
     at::Tensor loss = model.loss(x, y);
     loss.backward();
     opt->step();

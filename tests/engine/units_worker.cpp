@@ -24,6 +24,7 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
+#include "strata/base/torch_compat.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
@@ -53,7 +54,7 @@ void train_like_reference(engine::Engine& eng, const ForwardFn& live, const Forw
     at::Tensor mx = x.narrow(0, 4 * g_comm->rank(), 4), my = y.narrow(0, 4 * g_comm->rank(), 4);
     check(eng.backward(at::mse_loss(live(mx, s), my)), "backward");
     check(eng.step(), "step");
-    ref_opt.zero_grad();
+    torch_compat::zero_grad_keep(ref_opt);
     at::mse_loss(plain(x, s), y).backward();
     ref_opt.step();
     auto got = check(eng.consolidated_params(), "consolidated");
@@ -293,7 +294,7 @@ void awkward_case(int stage, const std::string& placement) {
     check(eng->backward(loss), "backward");
     check(eng->step(), "step");
     gathers = eng->last_metrics().gathers;
-    ref_opt.zero_grad();
+    torch_compat::zero_grad_keep(ref_opt);
     at::Tensor ref_loss = ref.loss(x, y);
     ref_loss.backward();
     ref_opt.step();
@@ -471,7 +472,7 @@ void bigtier(int stage) {
     at::Tensor mx = x.narrow(0, rows * g_comm->rank(), rows), my = y.narrow(0, rows * g_comm->rank(), rows);
     check(eng->backward(at::mse_loss(model->forward(mx), my)), "backward");
     check(eng->step(), "step");
-    ref_opt.zero_grad();
+    torch_compat::zero_grad_keep(ref_opt);
     at::mse_loss(ref->forward(x), y).backward();
     ref_opt.step();
   }

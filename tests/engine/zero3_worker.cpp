@@ -21,6 +21,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include "strata/base/torch_compat.h"
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/deferred_init.h"
@@ -186,7 +187,7 @@ void parity(const std::string& placement, bool bf16) {
     check(eng->backward(loss), "backward");
     check(eng->step(), "step");
     auto [fx, fy] = batch(s, kBatchPerRank * g_comm->world());
-    ref_opt->zero_grad();
+    torch_compat::zero_grad_keep(*ref_opt);
     at::Tensor ref_loss = ref->loss(fx, fy);
     ref_loss.backward();
     ref_opt->step();

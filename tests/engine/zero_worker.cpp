@@ -37,6 +37,7 @@
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
 
+#include "strata/base/torch_compat.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
@@ -108,7 +109,7 @@ struct Reference {
   explicit Reference(const OptimizerConfig& c) { opt = torch_optimizer(c, trainable(model)); }
   double step(std::int64_t step, std::int64_t rows, double clip = 0, double norm_type = 2, double* norm = nullptr) {
     auto [x, y] = toy_batch(step, rows);
-    opt->zero_grad();
+    torch_compat::zero_grad_keep(*opt);
     at::Tensor loss = model.loss(x, y);
     loss.backward();
     if (clip > 0) {
@@ -411,7 +412,7 @@ void shared(int stage) {
                                      y.narrow(0, g_comm->rank() * kRowsPerRank, kRowsPerRank))),
           "backward");
     check(eng->step(), "step");
-    ref_opt->zero_grad();
+    torch_compat::zero_grad_keep(*ref_opt);
     at::mse_loss(ref->forward(x), y).backward();
     ref_opt->step();
   }

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
 
+#include "strata/base/torch_compat.h"
+
 namespace strata::nn {
 namespace {
 
@@ -95,7 +97,7 @@ TEST(GPT, LearnsAFixedBatch) {
   at::Tensor data = at::arange(0, 17, at::kLong).remainder(5).unsqueeze(0).repeat({4, 1});
   double first = 0, last = 0;
   for (int step = 0; step < 60; ++step) {
-    opt.zero_grad();
+    torch_compat::zero_grad_keep(opt);
     at::Tensor loss = model->loss(data.slice(1, 0, 16), data.slice(1, 1, 17));
     loss.backward();
     opt.step();

@@ -13,11 +13,15 @@
 // transfer ends (Note [completion in the backend's thread]), not in wait().
 //
 // Backends differ in what they can do (Gloo in torch 1.13 has no reduce_scatter and no
-// _allgather_base, and rejects bf16). Capabilities are data (Caps); each operation
-// picks the native path or its fallback in one place (communicator.cpp):
-//   reduce_scatter   native, or alltoall_base + a local sum in fp32 (its receive
+// _allgather_base, and rejects bf16). Capabilities are data (Caps), one set for the
+// backend that moves CPU tensors and one for device (CUDA) tensors: in torch 2.x one
+// group can hold both ("cpu:gloo,cuda:nccl"). Each operation picks the native path or
+// its fallback in one place (communicator.cpp), by its tensors' device:
+//   reduce_scatter   _reduce_scatter_base (torch.distributed.reduce_scatter_tensor), or
+//                    alltoall_base + a local sum in fp32 (its receive
 //                    buffers are pooled, up to the most the fallbacks ever had in use)
-//   all_gather       _allgather_base, or allgather into views of the flat output
+//   all_gather       _allgather_base (all_gather_into_tensor), or allgather into views
+//                    of the flat output
 //   bf16/fp16 moves  bit-cast to raw bytes when the backend rejects the dtype
 //                    (int16 would do, but Gloo in 1.13 rejects int16 too)
 //   bf16/fp16 sums   reduced in fp32 when the backend rejects the dtype (the fp32 copy
@@ -53,7 +57,7 @@ enum class ReduceOp { kSum, kAvg, kMax };
 
 // What a backend can do natively. Anything false goes through the fallback.
 struct Caps {
-  bool reduce_scatter = false;   // c10d reduce_scatter on flat views
+  bool reduce_scatter = false;   // c10d _reduce_scatter_base (flat in, flat out)
   bool allgather_base = false;   // c10d _allgather_base (flat in, flat out)
   bool bf16 = false;             // collectives accept bfloat16 tensors
   bool fp16 = false;             // collectives accept float16 tensors
@@ -101,8 +105,12 @@ class Communicator {
 
   int rank() const { return rank_; }
   int world() const { return world_; }
+  // The backend, and its caps, that runs collectives on tensors of CPU memory; and those
+  // for tensors on a device (the same as CPU's unless the group has a device backend).
   const Caps& caps() const { return caps_; }
   const std::string& backend() const { return backend_; }
+  const Caps& device_caps() const { return device_caps_; }
+  const std::string& device_backend() const { return device_backend_; }
   std::chrono::milliseconds timeout() const { return options_.timeout; }
   // Number of collectives issued so far (the same on every rank if all is well).
   std::uint64_t sequence() const { return seq_; }
@@ -136,14 +144,15 @@ class Communicator {
   // A tensor the backend accepts for a data move: bf16/fp16 viewed as bytes if needed.
   at::Tensor movable(const at::Tensor& t) const;
   bool reducible(const at::Tensor& t) const;
+  const Caps& caps_for(const at::Tensor& t) const { return t.device().is_cpu() ? caps_ : device_caps_; }
 
   struct ScratchPool;
 
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   CommOptions options_;
   std::shared_ptr<ScratchPool> scratch_;
-  Caps caps_;
-  std::string backend_;
+  Caps caps_, device_caps_;
+  std::string backend_, device_backend_;
   int rank_ = 0;
   int world_ = 1;
   std::uint64_t seq_ = 0;

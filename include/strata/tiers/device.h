@@ -2,23 +2,40 @@
 //
 //   auto d = strata::tiers::detect_device();
 //   fmt::print("torch {} on {}\n", d.torch_version, d.compute.str());
+//   for (const auto& g : d.gpus) fmt::print("{}: {} bytes\n", g.name, g.total_bytes);
 //
-// On a CPU-only machine the compute tier is host memory (DESIGN §3, "Tiers").
+// On a CPU-only machine the compute tier is host memory (DESIGN §3, "Tiers"). The GPU
+// details (each GPU, the CUDA runtime, driver and NCCL versions) are filled in only by a
+// build with the GPU compute tier (STRATA_CUDA: a LibTorch built with CUDA).
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include <c10/core/Device.h>
 
 namespace strata::tiers {
 
+struct GpuInfo {
+  std::string name;                  // "NVIDIA H200"
+  int capability_major = 0, capability_minor = 0;
+  int multiprocessors = 0;
+  std::uint64_t total_bytes = 0;
+  std::uint64_t free_bytes = 0;      // when detected, with other processes' use taken off
+};
+
 struct DeviceInfo {
   std::string torch_version;  // "1.13.1"
+  bool built_with_cuda = false;  // strata's GPU compute tier is compiled in (STRATA_CUDA)
   bool cuda_available = false;
   int cuda_device_count = 0;
   c10::Device compute{c10::kCPU};  // where gathered parameters and activations live
   // Host buffers are pinned only when CUDA is present: pinning throws on CPU builds.
   bool can_pin_memory = false;
+  // Filled in by a STRATA_CUDA build: "13.0", "13.0" and "2.27.7", or why not.
+  std::string cuda_runtime, cuda_driver, nccl;
+  std::vector<GpuInfo> gpus;
 };
 
 DeviceInfo detect_device();
