@@ -1,5 +1,6 @@
 // load_checkpoint (Note [checkpoint resharding] in checkpoint.h).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <fstream>
 #include <map>

@@ -67,8 +67,10 @@ Result<tiers::Reservation> ChunkRuntime::reserve(Tier t, std::uint64_t bytes, St
   return tiers_.reserve(t, bytes, kind, fmt::format("{} {}", what, name(c)));
 }
 
+// The swap store reads and writes host memory: a tensor on the compute device (a gather's
+// slice of a GPU chunk) goes through the bounce tensor too.
 Status ChunkRuntime::load_shard(std::uint32_t c, const at::Tensor& dst) {
-  if (io_aligned(dst)) return swap_->get(param_key(c), bytes_of(dst));
+  if (dst.is_cpu() && io_aligned(dst)) return swap_->get(param_key(c), bytes_of(dst));
   at::Tensor bounce = aligned_empty(dst.numel(), dst.scalar_type());
   STRATA_RETURN_IF_ERROR(swap_->get(param_key(c), bytes_of(bounce)));
   dst.copy_(bounce);
@@ -76,7 +78,7 @@ Status ChunkRuntime::load_shard(std::uint32_t c, const at::Tensor& dst) {
 }
 
 Status ChunkRuntime::store_shard(std::uint32_t c, const at::Tensor& src) {
-  if (io_aligned(src)) return swap_->put(param_key(c), bytes_of(src));
+  if (src.is_cpu() && io_aligned(src)) return swap_->put(param_key(c), bytes_of(src));
   at::Tensor bounce = aligned_empty(src.numel(), src.scalar_type());
   bounce.copy_(src);
   return swap_->put(param_key(c), bytes_of(bounce));

@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/native/Resize.h>
 #include <c10/core/StorageImpl.h>
 
@@ -83,7 +84,7 @@ Status ChunkStore::fill(const InitHook& on_init, const ChunkHook& on_chunk, cons
   at::NoGradGuard no_grad;
   // One chunk at a time (Note [gathered storage]): allocate, copy each value in, rebind
   // the parameter to its view, then let the caller shard and free the chunk.
-  const auto opts = params_.empty() ? at::TensorOptions() : params_[0].options();
+  const auto opts = at::TensorOptions().device(options_.device);
   for (std::size_t c = 0; c < num_chunks(); ++c) {
     full_.push_back(at::zeros({chunk_elems(c)}, opts.dtype(options_.compute_dtype)));
     at::Tensor g = at::empty({chunk_elems(c)}, opts.dtype(options_.compute_dtype));
@@ -97,7 +98,7 @@ Status ChunkStore::fill(const InitHook& on_init, const ChunkHook& on_chunk, cons
           return make_error(ErrorCode::kInvalidArgument,
                             "parameter {} is deferred (it has no values) and no initializer was given", slot.param);
         }
-        value = at::empty(p.sizes(), opts.dtype(at::kFloat));
+        value = at::empty(p.sizes(), at::kFloat);  // the initializer fills it on the CPU
         values(slot.param, value);
       }
       at::Tensor view = param_view(full_[c], slot.param);
@@ -131,8 +132,13 @@ void ChunkStore::alloc_storage(const at::Tensor& t) {
   const std::size_t bytes = static_cast<std::size_t>(t.numel()) * t.element_size();
   c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
   if (s->nbytes() == bytes) return;
-  TORCH_INTERNAL_ASSERT(t.is_cpu(), "alloc_storage: only CPU storage is handled here");
-  at::native::resize_bytes_cpu(s, bytes);
+  if (t.is_cpu()) {
+    at::native::resize_bytes_cpu(s, bytes);
+    return;
+  }
+  // Nothing to keep: the storage is empty (free_storage) or about to be overwritten.
+  s->set_data_ptr_noswap(s->allocator()->allocate(bytes));
+  s->set_nbytes(bytes);
 }
 
 bool ChunkStore::has_storage(const at::Tensor& t) { return t.storage().nbytes() != 0; }

@@ -145,6 +145,18 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
     chunked.push_back(p);
     model_elems += static_cast<std::uint64_t>(p.numel());
   }
+  // The compute device: the option, else where the parameters are (deferred ones have
+  // no bytes and say nothing).
+  if (!core.opt.compute_device) {
+    core.opt.compute_device = c10::Device(c10::kCPU);
+    for (const at::Tensor& p : chunked) {
+      if (ChunkStore::has_storage(p)) {
+        core.opt.compute_device = p.device();
+        break;
+      }
+    }
+    STRATA_RETURN_IF_ERROR(core.opt.validate_device(*core.opt.compute_device));
+  }
   std::vector<plan::ParamAccess> uses;
   if (stage == 3) {
     for (const auto& ps : unit_params) {
@@ -154,6 +166,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
     }
   }
   ChunkStoreOptions so{.world = core.chunk_world(), .rank = stage == 0 ? 0 : comm.rank(), .compute_dtype = o.compute_dtype,
+                       .device = *o.compute_device,
                        .packing = o.chunks,
                        .persistence_threshold_elems = stage == 3 ? o.schedule.persistence_threshold_elems : 0};
   if (so.packing.chunk_size_elems == 0 && so.packing.max_chunk_elems == 0) {

@@ -75,7 +75,26 @@ Status EngineOptions::validate() const {
   if (offload_param_frac < 0 || offload_param_frac > 1 || offload_optim_frac < 0 || offload_optim_frac > 1) {
     return invalid("offload fractions must be between 0 and 1");
   }
+  if (compute_device) STRATA_RETURN_IF_ERROR(validate_device(*compute_device));
   return schedule.validate();
+}
+
+Status EngineOptions::validate_device(c10::Device device) const {
+  if (device.is_cpu()) return ok();
+  auto invalid = [&device](std::string_view what) {
+    return make_error(ErrorCode::kInvalidArgument, "a compute device of {} {} (docs/gpu.md)", device.str(), what);
+  };
+  if (!device.is_cuda()) return invalid("is not supported: the compute tier is the CPU or a CUDA GPU");
+  // Until the GPU step exists, every shard the step writes lives in host memory or on
+  // nvme, where the fused CPU kernels reach it.
+  if (stage != 3) return invalid(fmt::format("needs stage 3 (this is stage {})", stage));
+  if (param_device == OffloadDevice::kNone || optim_device == OffloadDevice::kNone) {
+    return invalid("needs the parameter shards and the optimizer state off the GPU: set "
+                   "zero_optimization.offload_param.device and offload_optimizer.device to cpu or nvme");
+  }
+  if (placement != Placement::kStatic) return invalid("needs the static placement");
+  if (wrap) return invalid("cannot run a wrapped torch::optim optimizer yet");
+  return ok();
 }
 
 }  // namespace strata::engine

@@ -214,9 +214,10 @@ Status GradReducer::complete(std::uint32_t c) {
                   f.issued, t1);
   if (!scatter_mode()) return ok();
   // Land it in the shard where the step runs: a compute->host copy when the
-  // optimizer state is off the compute tier.
+  // optimizer state is off the compute tier (from a GPU, a copy to the host first:
+  // add_ does not mix devices).
   STRATA_RETURN_IF_ERROR(ensure_shard(c));
-  g.shard.add_(f.out);
+  g.shard.add_(f.out.device() == g.shard.device() ? f.out : f.out.to(g.shard.device()));
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   f.out = at::Tensor();
   core_.storage.free(core_.chunks->store().grad(c));

@@ -30,5 +30,46 @@ TEST(EngineOptions, TooFewOptimizerBuffersAreRefusedNamingTheKeys) {
   EXPECT_TRUE(options_from(R"({"device": "cpu", "buffer_count": 1})"));
 }
 
+// A GPU compute device needs what the engine can do there today: stage 3, the shards
+// and the optimizer state off the GPU (the CPU kernels step them), static placement.
+// The error names the device and the keys (docs/gpu.md).
+TEST(EngineOptions, AGpuComputeDeviceNeedsStage3WithShardsAndStateOffIt) {
+  EngineOptions o;
+  o.stage = 3;
+  o.param_device = OffloadDevice::kCpu;
+  o.optim_device = OffloadDevice::kNvme;
+  o.swap.nvme_path = "/tmp";
+  o.compute_device = c10::Device(c10::kCUDA, 0);
+  EXPECT_TRUE(o.validate()) << o.validate().error().to_string();
+  EXPECT_TRUE(o.validate_device(c10::Device(c10::kCPU)));  // the CPU takes anything
+
+  auto refused = [](const EngineOptions& bad, const std::string& needle) {
+    const Status st = bad.validate();
+    ASSERT_FALSE(st.has_value()) << needle;
+    const std::string msg = st.error().to_string();
+    EXPECT_NE(msg.find("a compute device of cuda:0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+    EXPECT_NE(msg.find("docs/gpu.md"), std::string::npos) << msg;
+  };
+  EngineOptions stage2 = o;
+  stage2.stage = 2;
+  stage2.param_device = OffloadDevice::kNone;
+  refused(stage2, "needs stage 3 (this is stage 2)");
+  EngineOptions on_gpu = o;
+  on_gpu.optim_device = OffloadDevice::kNone;
+  refused(on_gpu, "offload_optimizer.device to cpu or nvme");
+  EngineOptions automatic = o;
+  automatic.placement = Placement::kAuto;
+  refused(automatic, "needs the static placement");
+
+  EngineOptions other = o;
+  other.compute_device = c10::Device(c10::kMeta);
+  const Status st = other.validate();
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().to_string().find("is not supported: the compute tier is the CPU or a CUDA GPU"),
+            std::string::npos)
+      << st.error().to_string();
+}
+
 }  // namespace
 }  // namespace strata::engine

@@ -10,7 +10,13 @@
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
 // zero3_worker gradmem                    stage 2 holds 1/world of stage 0's gradient bytes
 // zero3_worker deferred STAGE              deferred construction equals eager, bit for bit
+// zero3_worker fp16                       an overflowing loss scale skips the step
+//
+// STRATA_TEST_DEVICE (default cpu) is where the model, its reference and the batches
+// live: `cuda` for the gpu-labelled tests, which compare against plain LibTorch on the
+// same GPU.
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <string>
@@ -42,6 +48,11 @@ using strata::testing::check;
 using strata::testing::fail;
 constexpr std::int64_t kBatchPerRank = 2, kSeq = 16;
 
+
+c10::Device test_device() {
+  const char* d = std::getenv("STRATA_TEST_DEVICE");
+  return c10::Device(d != nullptr && *d != '\0' ? d : "cpu");
+}
 
 // Twelve narrow blocks: each block is a small part of the model, so a compute budget of
 // a quarter of the model holds a block's parameters and gradients with room to prefetch.
@@ -125,7 +136,7 @@ engine::EngineOptions options(const std::string& placement, const nn::GPTConfig&
 // biases, whose exact gradient is zero) are compared against the model's scale.
 double scaled_error(const at::Tensor& a, const at::Tensor& b) {
   const double scale = std::max(b.abs().max().item<double>(), 0.02);
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / scale;
+  return (a.to(at::kDouble) - b.to(a.device(), at::kDouble)).abs().max().item<double>() / scale;
 }
 
 void compare_params(engine::Engine& eng, nn::GPT& ref, double tol, const std::string& when) {
@@ -140,9 +151,12 @@ void compare_params(engine::Engine& eng, nn::GPT& ref, double tol, const std::st
 
 void parity(const std::string& placement, bool bf16) {
   const nn::GPTConfig cfg = model_config();
+  const c10::Device dev = test_device();
   nn::GPT model(cfg), ref(cfg);
   model->init_weights(11);
   ref->init_weights(11);
+  model->to(dev);
+  ref->to(dev);
   std::uint64_t model_bytes = 0;
   engine::EngineOptions o = options(placement, cfg, &model_bytes);
   if (bf16) o.compute_dtype = at::kBFloat16;
@@ -183,15 +197,15 @@ void parity(const std::string& placement, bool bf16) {
   int hit_steps = 0;
   for (int s = 0; s < steps; ++s) {
     auto [x, y] = my_rows(s);
-    at::Tensor loss = model->loss(x, y);
+    at::Tensor loss = model->loss(x.to(dev), y.to(dev));
     check(eng->backward(loss), "backward");
     check(eng->step(), "step");
     auto [fx, fy] = batch(s, kBatchPerRank * g_comm->world());
     torch_compat::zero_grad_keep(*ref_opt);
-    at::Tensor ref_loss = ref->loss(fx, fy);
+    at::Tensor ref_loss = ref->loss(fx.to(dev), fy.to(dev));
     ref_loss.backward();
     ref_opt->step();
-    at::Tensor l = loss.detach().to(at::kFloat).clone();
+    at::Tensor l = loss.detach().to(at::kCPU, at::kFloat).clone();
     check(g_comm->all_reduce(l, comm::ReduceOp::kAvg).wait(), "loss avg");
     const double got = l.item<double>(), want = ref_loss.item<double>();
     const double tol = bf16 ? 0.02 : 1e-5;
@@ -339,6 +353,59 @@ void deferred(int stage) {
   same("after 5 steps");
 }
 
+// fp16 with dynamic loss scaling (only on a GPU: LibTorch 1.13 has no fp16 matrix
+// products on the CPU). A first scale of 2^32 overflows the fp16 gradients, so the first
+// steps are skipped on every rank with the parameters untouched and the scale halved
+// each time (hysteresis 1); once the scale fits, steps apply and the loss falls.
+void fp16() {
+  const nn::GPTConfig cfg = model_config();
+  const c10::Device dev = test_device();
+  nn::GPT model(cfg);
+  model->init_weights(11);
+  model->to(dev);
+  std::uint64_t model_bytes = 0;
+  engine::EngineOptions o = options("host", cfg, &model_bytes);
+  o.compute_dtype = at::kHalf;
+  o.fp16.enabled = true;
+  o.fp16.loss_scale = 0;  // dynamic
+  o.fp16.initial_scale_power = 32;
+  o.fp16.hysteresis = 1;
+  o.optimizer.type = OptimizerType::kAdamW;
+  o.optimizer.lr = 3e-3;
+  auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  const std::vector<at::Tensor> before = check(eng->consolidated_params(), "params before");
+  int skipped = 0, applied = 0;
+  double first_loss = 0, last_loss = 0, scale = 0;
+  for (int s = 0; s < 60; ++s) {
+    auto [x, y] = my_rows(s % 4);  // four batches again and again: the loss can fall
+    at::Tensor loss = model->loss(x.to(dev), y.to(dev));
+    const double l = loss.item<double>();
+    if (!std::isfinite(l)) fail(fmt::format("step {}: the unscaled loss is {}", s, l));
+    if (s == 0) first_loss = l;
+    last_loss = l;
+    check(eng->backward(loss), "backward");
+    const engine::StepResult r = check(eng->step(), "step");
+    if (r.applied) {
+      ++applied;
+      continue;
+    }
+    if (applied > 0) continue;  // a late overflow is legitimate: dynamic scaling probes upward
+    ++skipped;
+    if (scale != 0 && r.loss_scale != scale / 2) {
+      fail(fmt::format("step {}: the scale went {} -> {}, not halved after an overflow", s, scale, r.loss_scale));
+    }
+    scale = r.loss_scale;
+    const std::vector<at::Tensor> now = check(eng->consolidated_params(), "params after a skipped step");
+    for (std::size_t i = 0; i < now.size(); ++i)
+      if (!at::equal(now[i], before[i])) fail(fmt::format("step {} was skipped but parameter {} changed", s, i));
+  }
+  fmt::print("fp16: {} steps skipped (scale 2^32 down to {}), {} applied, loss {:.4f} -> {:.4f}\n", skipped, scale,
+             applied, first_loss, last_loss);
+  if (skipped == 0) fail("a loss scale of 2^32 did not overflow the fp16 gradients");
+  if (applied < 20) fail(fmt::format("only {} of 60 steps applied", applied));
+  if (!(last_loss < first_loss - 0.1)) fail(fmt::format("the loss did not fall: {} -> {}", first_loss, last_loss));
+}
+
 // offload_param.buffer_size below the largest nvme shard is refused at setup, naming
 // the key.
 void small_param_buffers() {
@@ -368,6 +435,7 @@ int main(int argc, char** argv) {
   else if (mode == "gradmem") gradmem();
   else if (mode == "deferred") deferred(std::stoi(a.at(1)));
   else if (mode == "smallbuffers") small_param_buffers();
+  else if (mode == "fp16") fp16();
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

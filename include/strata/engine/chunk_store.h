@@ -51,6 +51,7 @@ struct ChunkStoreOptions {
   int world = 1;
   int rank = 0;
   at::ScalarType compute_dtype = at::kFloat;  // dtype of the parameters the model computes with
+  c10::Device device{c10::kCPU};  // where the full chunks and gradient buffers live (compute)
   ChunkOptions packing;
   // Parameters smaller than this pack into persistent chunks. The engine takes it from
   // its schedule options (stage 3), the one place it is set.
@@ -99,7 +100,8 @@ class ChunkStore {
   // This rank's slice of a full-size chunk tensor (any tensor of chunk c's size).
   at::Tensor shard(const at::Tensor& full_chunk, std::size_t c) const;
 
-  // Frees / re-allocates the bytes behind a full-size tensor, keeping its storage object.
+  // Frees / re-allocates the bytes behind a full-size tensor, keeping its storage object
+  // (on any device: a CUDA storage gets them from the caching allocator).
   static void free_storage(const at::Tensor& t);
   static void alloc_storage(const at::Tensor& t);
   static bool has_storage(const at::Tensor& t);

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -50,6 +51,12 @@ struct EngineOptions {
   SchedulerConfig scheduler;
   Fp16Config fp16;                      // loss scaling (dynamic when fp16.loss_scale == 0)
   at::ScalarType compute_dtype = at::kFloat;
+  // Where gathered chunks, gradient buffers and the forward and backward live: the
+  // compute tier (docs/gpu.md). Unset: the device of the model's parameters (the CPU
+  // for deferred ones). A GPU needs stage 3 with the parameter shards and the optimizer
+  // state off it (offload_param and offload_optimizer on cpu or nvme): the fused CPU
+  // kernels step them; the GPU step is not built yet.
+  std::optional<c10::Device> compute_device;
   double gradient_clipping = 0.0;       // max L2 norm; 0 = off
   int gradient_accumulation_steps = 1;
   // Stages 2-3: the most gradient elements in flight to their reduce-scatter (full-size
@@ -102,6 +109,9 @@ struct EngineOptions {
 
   static Result<EngineOptions> from_config(const Config& cfg, int world);
   Status validate() const;
+  // What a compute device off the CPU needs (validate() runs it when compute_device is
+  // set; Engine::create once it has resolved the device from the parameters).
+  Status validate_device(c10::Device device) const;
 };
 
 }  // namespace strata::engine
