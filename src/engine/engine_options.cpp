@@ -85,12 +85,13 @@ Status EngineOptions::validate_device(c10::Device device) const {
     return make_error(ErrorCode::kInvalidArgument, "a compute device of {} {} (docs/gpu.md)", device.str(), what);
   };
   if (!device.is_cuda()) return invalid("is not supported: the compute tier is the CPU or a CUDA GPU");
-  // Until the GPU step exists, every shard the step writes lives in host memory or on
-  // nvme, where the fused CPU kernels reach it.
+  // Until the GPU step exists, the optimizer state lives in host memory or on nvme,
+  // where the fused CPU kernels step it; parameter shards may stay on the GPU (the step
+  // writes a host staging shard that is copied over).
   if (stage != 3) return invalid(fmt::format("needs stage 3 (this is stage {})", stage));
-  if (param_device == OffloadDevice::kNone || optim_device == OffloadDevice::kNone) {
-    return invalid("needs the parameter shards and the optimizer state off the GPU: set "
-                   "zero_optimization.offload_param.device and offload_optimizer.device to cpu or nvme");
+  if (optim_device == OffloadDevice::kNone || offload_optim_frac > 0) {
+    return invalid("needs the optimizer state off the GPU: set zero_optimization.offload_optimizer.device to cpu "
+                   "or nvme");
   }
   if (placement != Placement::kStatic) return invalid("needs the static placement");
   if (wrap) return invalid("cannot run a wrapped torch::optim optimizer yet");

@@ -30,10 +30,10 @@ TEST(EngineOptions, TooFewOptimizerBuffersAreRefusedNamingTheKeys) {
   EXPECT_TRUE(options_from(R"({"device": "cpu", "buffer_count": 1})"));
 }
 
-// A GPU compute device needs what the engine can do there today: stage 3, the shards
-// and the optimizer state off the GPU (the CPU kernels step them), static placement.
+// A GPU compute device needs what the engine can do there today: stage 3, the optimizer
+// state off the GPU (the CPU kernels step it), static placement.
 // The error names the device and the keys (docs/gpu.md).
-TEST(EngineOptions, AGpuComputeDeviceNeedsStage3WithShardsAndStateOffIt) {
+TEST(EngineOptions, AGpuComputeDeviceNeedsStage3WithTheOptimizerStateOffIt) {
   EngineOptions o;
   o.stage = 3;
   o.param_device = OffloadDevice::kCpu;
@@ -58,6 +58,9 @@ TEST(EngineOptions, AGpuComputeDeviceNeedsStage3WithShardsAndStateOffIt) {
   EngineOptions on_gpu = o;
   on_gpu.optim_device = OffloadDevice::kNone;
   refused(on_gpu, "offload_optimizer.device to cpu or nvme");
+  EngineOptions shards_on_gpu = o;  // parameter shards may stay
+  shards_on_gpu.param_device = OffloadDevice::kNone;
+  EXPECT_TRUE(shards_on_gpu.validate()) << shards_on_gpu.validate().error().to_string();
   EngineOptions automatic = o;
   automatic.placement = Placement::kAuto;
   refused(automatic, "needs the static placement");

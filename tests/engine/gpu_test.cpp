@@ -1,8 +1,9 @@
 // The engine on a GPU against plain LibTorch on the same GPU (ctest label `gpu`,
 // registered only in a STRATA_CUDA build; scripts/device-check runs them on the device).
 // World size 1: one GPU. Each case is a zero3_worker run with STRATA_TEST_DEVICE=cuda,
-// so the model, its reference and the batches live on the GPU while the parameter
-// shards and the optimizer state live on the host or on nvme (docs/gpu.md).
+// so the model, its reference and the batches live on the GPU while the optimizer state
+// lives on the host or on nvme, and the parameter shards there or on the GPU
+// (docs/gpu.md).
 #include <filesystem>
 
 #include <gtest/gtest.h>
@@ -30,6 +31,9 @@ void run_on_gpu(const std::vector<std::string>& args) {
 // fp32: every loss within 1e-5 of the reference's for 20 steps, the consolidated
 // weights every 5 steps (zero3_worker parity).
 TEST(Gpu, Fp32ParityWithTheOptimizerOnHost) { run_on_gpu({"parity", "host"}); }
+// Parameter shards in GPU memory (at world 1 the whole chunk stays gathered), the
+// optimizer state on host: the step's new shard goes back to the GPU.
+TEST(Gpu, Fp32ParityWithShardsOnTheGpuAndTheOptimizerOnHost) { run_on_gpu({"parity", "optim-host"}); }
 TEST(Gpu, Fp32ParityWithParametersAndOptimizerOnNvme) { run_on_gpu({"parity", "nvme"}); }
 // A compute budget of a quarter of the model: chunks leave GPU memory and come back every
 // step, within the budget.

@@ -38,8 +38,10 @@ TEST_P(Zero3Parity, MatchesUnshardedTrainingFor20Steps) {
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (int w : {1, 2, 3, 4}) out.push_back({w, "compute"});
-  for (const char* p : {"host", "quarter", "auto", "nvme", "nvme-split", "persist", "searched"}) out.push_back({2, p});
+  for (const char* p : {"host", "optim-host", "quarter", "auto", "nvme", "nvme-split", "persist", "searched"})
+    out.push_back({2, p});
   out.push_back({1, "nvme-split"});
+  out.push_back({1, "optim-host"});  // aliased chunks (the whole chunk is the shard), stepped on host
   out.push_back({3, "quarter"});
   return out;
 }

@@ -4,8 +4,8 @@
 // the whole job's batch — and compares. "OK" and exit 0 on success, 1 on a mismatch,
 // 3 on an expected failure.
 //
-// zero3_worker parity PLACEMENT [bf16]   PLACEMENT: compute | host | quarter | auto | nvme |
-//                                        persist | searched
+// zero3_worker parity PLACEMENT [bf16]   PLACEMENT: compute | host | optim-host | quarter |
+//                                        auto | nvme | persist | searched
 // zero3_worker memory                     max_live bound and shard bytes
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
 // zero3_worker gradmem                    stage 2 holds 1/world of stage 0's gradient bytes
@@ -85,6 +85,10 @@ engine::EngineOptions options(const std::string& placement, const nn::GPTConfig&
   *model_bytes = static_cast<std::uint64_t>(cfg.parameter_count()) * 4;
   if (placement == "host") {
     o.param_device = OffloadDevice::kCpu;
+    o.optim_device = OffloadDevice::kCpu;
+  } else if (placement == "optim-host") {
+    // Parameter shards stay on compute (on a GPU: GPU memory), the optimizer state on
+    // host: the step writes a host staging shard that goes home to compute.
     o.optim_device = OffloadDevice::kCpu;
   } else if (placement == "quarter") {
     // A compute tier of a quarter of the model: chunks are evicted and prefetched

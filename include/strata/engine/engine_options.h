@@ -53,9 +53,9 @@ struct EngineOptions {
   at::ScalarType compute_dtype = at::kFloat;
   // Where gathered chunks, gradient buffers and the forward and backward live: the
   // compute tier (docs/gpu.md). Unset: the device of the model's parameters (the CPU
-  // for deferred ones). A GPU needs stage 3 with the parameter shards and the optimizer
-  // state off it (offload_param and offload_optimizer on cpu or nvme): the fused CPU
-  // kernels step them; the GPU step is not built yet.
+  // for deferred ones). A GPU needs stage 3 with the optimizer state off it
+  // (offload_optimizer on cpu or nvme), where the fused CPU kernels step it; the GPU step
+  // is not built yet. Parameter shards may stay on the GPU or go to host or nvme.
   std::optional<c10::Device> compute_device;
   double gradient_clipping = 0.0;       // max L2 norm; 0 = off
   int gradient_accumulation_steps = 1;
