@@ -1,5 +1,7 @@
 #include "strata/tiers/device.h"
 
+#include <algorithm>
+
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/version.h>
@@ -23,6 +25,12 @@ DeviceInfo detect_device() {
   detail::fill_cuda_info(d);
 #endif
   return d;
+}
+
+c10::Device rank_device(c10::DeviceType type, int local_rank) {
+  if (type == c10::DeviceType::CPU) return c10::Device(c10::kCPU);
+  const int gpus = std::max(1, detect_device().cuda_device_count);
+  return c10::Device(type, static_cast<c10::DeviceIndex>(local_rank % gpus));
 }
 
 }  // namespace strata::tiers

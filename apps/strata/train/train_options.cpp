@@ -27,6 +27,25 @@ Result<OffloadDevice> parse_device(const std::string& flag, const std::string& v
   return make_error(ErrorCode::kInvalidArgument, "{} {}: expected cpu, nvme or none", flag, v);
 }
 
+// --device: checked here, before any rank starts, against what this build and machine
+// have (tiers::detect_device).
+Result<c10::DeviceType> resolve_compute_device(const std::string& v) {
+  if (v == "cpu") return c10::DeviceType::CPU;
+  if (v != "auto" && v != "cuda") {
+    return make_error(ErrorCode::kInvalidArgument, "--device {}: expected auto, cpu or cuda", v);
+  }
+  const tiers::DeviceInfo d = tiers::detect_device();
+  const bool usable = d.built_with_cuda && d.cuda_device_count > 0;
+  if (v == "auto") return usable ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  if (!d.built_with_cuda) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--device cuda: this strata was built without CUDA (LibTorch {} has none; docs/gpu.md)",
+                      d.torch_version);
+  }
+  if (d.cuda_device_count == 0) return make_error(ErrorCode::kInvalidArgument, "--device cuda: no GPU is visible");
+  return c10::DeviceType::CUDA;
+}
+
 Result<std::int64_t> parse_int(const std::string& flag, const std::string& v, std::int64_t lo) {
   auto n = parse_size(v);
   if (!n || static_cast<std::int64_t>(*n) < lo) {
@@ -146,6 +165,8 @@ void add_train_flags(CLI::App& cmd, TrainOptions& o) {
       ->check(CLI::Range(0, 100000));
   cmd.add_option("--trace-step", o.trace_step, "Step to write as trace.json, 0-based (default: a steady-state step)")
       ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--device", o.device, "Compute device: auto (a GPU when one is visible and strata was built with "
+                                       "CUDA), cpu or cuda (docs/gpu.md)");
   cmd.add_option("--stage", o.stage, "ZeRO stage 0-3");
   cmd.add_option("--offload-optimizer", o.offload_optimizer, "cpu, nvme or none");
   cmd.add_option("--offload-param", o.offload_param, "cpu, nvme or none (stage 3)");
@@ -270,9 +291,25 @@ Status TrainOptions::resolve(bool demo_defaults) {
     c.bf16.enabled = precision == "bf16";
     c.fp16.enabled = precision == "fp16";
   }
-  if (c.fp16.enabled && !tiers::detect_device().cuda_available) {
+  STRATA_ASSIGN_OR_RETURN(compute, resolve_compute_device(device));
+  if (c.fp16.enabled && compute == c10::DeviceType::CPU) {
     return make_error(ErrorCode::kInvalidArgument,
-                      "--fp16 needs a GPU: LibTorch 1.13 has no fp16 matrix multiply on CPU; use --bf16 (or --fp32)");
+                      "--fp16 needs a GPU: LibTorch has no fp16 matrix multiply on CPU; use --bf16 (or --fp32)");
+  }
+  if (compute == c10::DeviceType::CUDA) {
+    // What the engine does on a GPU today (EngineOptions::validate_device).
+    if (c.zero_optimization.stage != 3) {
+      return make_error(ErrorCode::kInvalidArgument, "--device cuda needs --stage 3 (this is stage {}; docs/gpu.md)",
+                        c.zero_optimization.stage);
+    }
+    if (c.zero_optimization.offload_optimizer.device == OffloadDevice::kNone) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "--device cuda needs the optimizer state off the GPU: --offload-optimizer cpu or nvme "
+                        "(the GPU step is not built yet; docs/gpu.md)");
+    }
+    if (c.strata.placement != Placement::kStatic) {
+      return make_error(ErrorCode::kInvalidArgument, "--device cuda needs --placement static (docs/gpu.md)");
+    }
   }
 
   STRATA_ASSIGN_OR_RETURN(nn::GPTConfig model_cfg, nn::gpt_config(model, 256, 0));
@@ -286,8 +323,9 @@ Status TrainOptions::resolve(bool demo_defaults) {
   // and the gradient buffers: custom:1x512x8 needed 14 MiB against 3.6 MiB,
   // custom:8x256x4 7 MiB against 6.3 MiB), and only the ranks' planners can tell how
   // much that is. The named sizes keep it (tiny, the demo's, and gpt2 were run with it).
+  // On a GPU the compute tier is real: its memory is the budget unless one is given.
   const bool default_budget = demo_defaults && config_path.empty() && c.zero_optimization.stage == 3 &&
-                              !model.starts_with("custom:");
+                              !model.starts_with("custom:") && compute == c10::DeviceType::CPU;
   if (!compute_budget.empty() || default_budget) {
     const std::string b = compute_budget.empty() ? "50%" : compute_budget;
     if (b == "none") {

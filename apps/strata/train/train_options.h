@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include <c10/core/DeviceType.h>
+
 #include "strata/base/config.h"
 #include "strata/base/status.h"
 
@@ -36,6 +38,10 @@ struct TrainOptions {
   std::string data;             // empty = Debian's fortunes corpus
   std::int64_t sample_bytes = -1;  // -1: 200, fewer for models over 100M parameters (a forward per byte)
   std::int64_t trace_step = -1;  // -1 = a steady-state step chosen by strata
+  // auto (a GPU when strata was built with CUDA and one is visible), cpu or cuda.
+  // resolve() sets `compute` from it: each rank then uses GPU LOCAL_RANK modulo the GPUs.
+  std::string device = "auto";
+  c10::DeviceType compute = c10::DeviceType::CPU;
 
   // Flags that override config keys, when given.
   std::string stage, offload_optimizer, offload_param, nvme_path, compute_budget, placement, precision;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -31,6 +32,7 @@
 #include "rank_threads.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
+#include "strata/tiers/device.h"
 #include "strata/tiers/memory_probe.h"
 #include "strata/nn/models/gpt.h"
 #include "train_report.h"
@@ -119,8 +121,10 @@ Result<double> evaluate(nn::GPT& model, const nn::ByteCorpus& corpus, const Trai
   for (std::int64_t b = 0; b < o.eval_batches; ++b) {
     STRATA_ASSIGN_OR_RETURN(nn::Batch batch, corpus.sample(nn::Split::kValidation, micro, o.seq_len,
                                                            {o.seed + 7919, static_cast<std::uint64_t>(b), static_cast<std::uint64_t>(comm.rank())}));
-    STRATA_ASSIGN_OR_RETURN(const double loss,
-                            guarded_forward([&] { return model->loss(batch.tokens, batch.targets).item<double>(); }));
+    const c10::Device dev = model->parameters()[0].device();  // the engine's compute device
+    STRATA_ASSIGN_OR_RETURN(const double loss, guarded_forward([&] {
+                              return model->loss(batch.tokens.to(dev), batch.targets.to(dev)).item<double>();
+                            }));
     sum += loss;
   }
   return mean_across_ranks(comm, sum / static_cast<double>(o.eval_batches));
@@ -139,8 +143,10 @@ Result<std::string> sample_text(nn::GPT& model, const TrainOptions& o, comm::Com
     if (agreed.stop) break;
     const std::int64_t start = std::max<std::int64_t>(0, static_cast<std::int64_t>(tokens.size()) - o.seq_len);
     at::Tensor ctx = at::tensor(std::vector<std::int64_t>(tokens.begin() + start, tokens.end()), at::kLong).unsqueeze(0);
-    STRATA_ASSIGN_OR_RETURN(at::Tensor out, guarded_forward([&] { return model->forward(ctx); }));
-    at::Tensor logits = out.select(1, ctx.size(1) - 1).to(at::kFloat).squeeze(0);
+    const c10::Device dev = model->parameters()[0].device();  // the engine's compute device
+    STRATA_ASSIGN_OR_RETURN(at::Tensor out, guarded_forward([&] { return model->forward(ctx.to(dev)); }));
+    // Sampled on the CPU, with the CPU generator: the same bytes on every device.
+    at::Tensor logits = out.select(1, ctx.size(1) - 1).to(at::kCPU, at::kFloat).squeeze(0);
     at::Tensor probs = at::softmax(logits / 0.8, 0);
     tokens.push_back(at::multinomial(probs, 1, false, gen).item<std::int64_t>());
   }
@@ -221,6 +227,9 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   // Half way through the model's units: the embeddings, the blocks, the head.
   eo.on_access = fault.access_hook(static_cast<int>(mcfg.layers / 2) + 1);
   eo.chunks.search_step_elems = static_cast<std::uint64_t>(mcfg.hidden);
+  const char* local_rank = std::getenv("LOCAL_RANK");
+  const c10::Device compute = tiers::rank_device(o.compute, local_rank != nullptr ? std::atoi(local_rank) : 0);
+  eo.compute_device = compute;
   // Before the engine exists: the runtime's own resident set (LibTorch, the data), the
   // base that the engine's figures add to.
   const std::uint64_t runtime_rss = current_rss_bytes();
@@ -322,7 +331,9 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     if (faulty) fault.arm_kill();
     for (std::int64_t m = 0; m < accum; ++m) {
       STRATA_ASSIGN_OR_RETURN(nn::Batch batch, train_rows(corpus, o, micro, step, (comm.rank() * accum + m) * micro));
-      STRATA_ASSIGN_OR_RETURN(at::Tensor loss, guarded_forward([&] { return model->loss(batch.tokens, batch.targets); }));
+      STRATA_ASSIGN_OR_RETURN(at::Tensor loss, guarded_forward([&] {
+                                return model->loss(batch.tokens.to(compute), batch.targets.to(compute));
+                              }));
       if (faulty && m == 0 && fault.kind == Fault::kStop) ::raise(SIGSTOP);
       STRATA_RETURN_IF_ERROR(eng->backward(loss));
       if (faulty && fault.kind == Fault::kKillStep) ::raise(SIGKILL);

@@ -40,4 +40,8 @@ struct DeviceInfo {
 
 DeviceInfo detect_device();
 
+// The device a rank computes on: the CPU, or for CUDA the GPU local_rank modulo the GPUs
+// visible (the one the rendezvous makes current for NCCL).
+c10::Device rank_device(c10::DeviceType type, int local_rank);
+
 }  // namespace strata::tiers
