@@ -1,0 +1,57 @@
+// torch_compat.h against LibTorch itself: each helper gives what the installed version's
+// own code does (1.13 here; scripts/torch2-check compiles the 2.x side, and the device
+// check runs this suite on the wheel's 2.x).
+#include "strata/base/torch_compat.h"
+
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/optim/adam.h>
+
+namespace strata {
+namespace {
+
+// The key torch::optim files a parameter's state under is the one strata writes and
+// looks up when it hands optimizer state over (engine/state_dict.cpp).
+TEST(TorchCompat, OptimStateKeyIsTheKeyTorchOptimUses) {
+  at::Tensor p = at::ones({4}).set_requires_grad(true), q = at::ones({2}).set_requires_grad(true);
+  torch::optim::Adam opt({p, q}, torch::optim::AdamOptions(0.1));
+  (p * 2).sum().backward();  // q gets no gradient: Adam keeps no state for it
+  opt.step();
+  EXPECT_EQ(opt.state().size(), 1u);
+  EXPECT_EQ(opt.state().count(torch_compat::optim_state_key(p)), 1u);
+  EXPECT_EQ(opt.state().count(torch_compat::optim_state_key(q)), 0u);
+}
+
+// zero_grad_keep leaves every gradient defined and zero (2.x's zero_grad() drops them).
+TEST(TorchCompat, ZeroGradKeepLeavesDefinedZeroGradients) {
+  at::Tensor p = at::ones({3}).set_requires_grad(true);
+  torch::optim::Adam opt({p}, torch::optim::AdamOptions(0.1));
+  (p * 3).sum().backward();
+  torch_compat::zero_grad_keep(opt);
+  ASSERT_TRUE(p.grad().defined());
+  EXPECT_TRUE(at::equal(p.grad(), at::zeros({3})));
+}
+
+// A Gloo backend made into the group the communicator takes: named after the backend,
+// for CPU tensors and (no device backend here) for CUDA ones too, and it all-reduces.
+TEST(TorchCompat, AsProcessGroupWrapsGlooForTheCommunicator) {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  auto opts = c10d::ProcessGroupGloo::Options::create();
+  opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, 0, 1, opts);
+  c10::intrusive_ptr<c10d::ProcessGroup> pg =
+      torch_compat::as_process_group<c10d::ProcessGroup>(store, 0, 1, gloo, c10::DeviceType::CPU);
+  EXPECT_EQ(pg->getBackendName(), "gloo");
+  EXPECT_EQ(torch_compat::backend_name_for(*pg, c10::DeviceType::CPU), "gloo");
+  EXPECT_EQ(torch_compat::backend_name_for(*pg, c10::DeviceType::CUDA), "gloo");
+  std::vector<at::Tensor> t{at::full({2}, 3.0)};
+  pg->allreduce(t)->wait();
+  EXPECT_TRUE(at::equal(t[0], at::full({2}, 3.0)));
+}
+
+}  // namespace
+}  // namespace strata
