@@ -11,6 +11,11 @@ slowest rank's median: tokens_per_s = batch * seq * world / step_s.
 
 --optimizer zero: DDP + torch.distributed.optim.ZeroRedundancyOptimizer(AdamW)
 --optimizer adamw: DDP + torch.optim.AdamW
+--optimizer fsdp2: FSDP2 (torch >= 2.6: fully_shard per block and the root) with
+    CPUOffloadPolicy (parameters, gradients and AdamW's state in host memory) and bf16
+    compute through MixedPrecisionPolicy; the baseline of `strata bench zero3 --device
+    cuda` (docs/gpu.md)
+--device cuda: the model, the batches and the step on GPU LOCAL_RANK; NCCL between ranks
 --api fully_shard: strata.fully_shard per block and the root, strata.optim.AdamW
 --api initialize: strata.initialize at stage 3 (every module with parameters a unit)
 
@@ -23,7 +28,9 @@ Launch one process per rank with the environment set (no torchrun needed), e.g.
 
 Without WORLD_SIZE it runs as a single process (no DDP, plain AdamW, reported as
 "adamw"). Rank 0 prints one JSON object on stdout (and writes it to --out); logs go to
-stderr. Needs Debian's /usr/bin/python3 with python3-torch (1.13, CPU); uses gloo.
+stderr. On the CPU it needs Debian's /usr/bin/python3 with python3-torch (1.13) and uses
+gloo; --device cuda needs a CUDA torch and uses NCCL. With --device cuda the result
+also has the peak GPU memory allocated (peak_device_bytes).
 """
 import argparse
 import json
@@ -143,6 +150,18 @@ def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
+def fsdp2_model(model: GPT, args):
+    """FSDP2 with CPUOffloadPolicy, as its documentation shows it: each block, then the root.
+    Returns (model, optimizer, name)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if args.precision == "bf16" else None,
+                              reduce_dtype=torch.float32)
+    for block in model.blocks:
+        fully_shard(block, mp_policy=mp, offload_policy=CPUOffloadPolicy())
+    fully_shard(model, mp_policy=mp, offload_policy=CPUOffloadPolicy())
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4), "fsdp2 CPUOffloadPolicy AdamW"
+
+
 def time_steps(train_step, args, rank: int, world: int) -> float:
     """Runs train_step(inputs, targets) -> loss on random byte tokens for --warmup untimed
     and --steps timed steps; returns the slowest rank's median step time in seconds."""
@@ -150,10 +169,12 @@ def time_steps(train_step, args, rank: int, world: int) -> float:
     times = []
     for step in range(args.warmup + args.steps):
         gen.manual_seed(step * 1_000_003 + rank)
-        data = torch.randint(0, VOCAB, (args.batch, args.seq + 1), generator=gen)
+        data = torch.randint(0, VOCAB, (args.batch, args.seq + 1), generator=gen).to(args.device)
         inputs, targets = data[:, :-1], data[:, 1:]
         start = time.perf_counter()
         loss = train_step(inputs, targets)
+        if args.device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels, not only their launches
         elapsed = time.perf_counter() - start
         if step >= args.warmup:
             times.append(elapsed)
@@ -184,7 +205,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    ap.add_argument("--optimizer", choices=["zero", "adamw"], default="zero")
+    ap.add_argument("--optimizer", choices=["zero", "adamw", "fsdp2"], default="zero")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--api", choices=["torch", "fully_shard", "initialize"], default="torch",
                     help="torch: DDP (--optimizer); fully_shard, initialize: strata's Python API at stage 3")
     ap.add_argument("--out", help="JSON result file (rank 0)")
@@ -199,9 +221,25 @@ def main() -> None:
     if args.steps < 1 or args.seq < 1 or args.batch < 1 or args.warmup < 0:
         ap.error("--steps, --seq and --batch must be positive, --warmup non-negative")
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device cuda: torch {torch.__version__} sees no GPU")
+    if args.optimizer == "fsdp2" and args.api != "torch":
+        ap.error("--optimizer fsdp2 is a torch baseline (--api torch)")
+    if args.optimizer == "fsdp2" and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 6):
+        raise SystemExit(f"--optimizer fsdp2 needs torch >= 2.6 (fully_shard with CPUOffloadPolicy); "
+                         f"this is {torch.__version__}")
+    args.device = torch.device(args.device, int(os.environ.get("LOCAL_RANK", "0"))) if args.device == "cuda" \
+        else torch.device("cpu")
+    if args.device.type == "cuda":
+        torch.cuda.set_device(args.device)
     distributed = "WORLD_SIZE" in os.environ
+    if args.optimizer == "fsdp2" and not distributed:
+        # FSDP2 needs a process group, even of one rank.
+        os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29541"))
+        distributed = True
     if distributed:
-        dist.init_process_group("gloo")  # RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from env
+        # RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from env
+        dist.init_process_group("nccl" if args.device.type == "cuda" else "gloo")
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -217,7 +255,11 @@ def main() -> None:
 
     if args.api != "torch":
         model, opt, optimizer = strata_model(model, args)
+    elif args.optimizer == "fsdp2":
+        model.to(args.device)  # fully_shard moves the shards to host under CPUOffloadPolicy
+        model, opt, optimizer = fsdp2_model(model, args)
     else:
+        model.to(args.device)
         if distributed:
             model = nn.parallel.DistributedDataParallel(model)
         if args.optimizer == "zero" and distributed:
@@ -230,11 +272,12 @@ def main() -> None:
         log(f"torch_zero_baseline: {args.model} ({params:,} params), world {world}, "
             f"{threads} threads/rank, {args.precision}, {optimizer}, batch {args.batch}x{args.seq}")
 
-    # strata computes in the parameters' dtype (bf16 gathered copies); torch under autocast.
-    autocast = args.api == "torch" and args.precision == "bf16"
+    # strata computes in the parameters' dtype (bf16 gathered copies); torch under autocast
+    # (FSDP2 casts through its MixedPrecisionPolicy).
+    autocast = args.api == "torch" and args.precision == "bf16" and args.optimizer != "fsdp2"
 
     def train_step(inputs, targets):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(inputs)
             loss = F.cross_entropy(logits.reshape(-1, VOCAB).float(), targets.reshape(-1))
         loss.backward()
@@ -243,9 +286,12 @@ def main() -> None:
         return loss
 
     step_s = time_steps(train_step, args, rank, world if distributed else 1)
-    report({"tokens_per_s": args.batch * args.seq * world / step_s, "step_s": step_s, "params": params,
-            "world": world, "model": args.model, "precision": args.precision, "optimizer": optimizer,
-            "threads": threads, "api": args.api, "torch": torch.__version__}, args, rank)
+    result = {"tokens_per_s": args.batch * args.seq * world / step_s, "step_s": step_s, "params": params,
+              "world": world, "model": args.model, "precision": args.precision, "optimizer": optimizer,
+              "threads": threads, "api": args.api, "torch": torch.__version__, "device": str(args.device)}
+    if args.device.type == "cuda":
+        result["peak_device_bytes"] = torch.cuda.max_memory_allocated(args.device)
+    report(result, args, rank)
     if distributed:
         dist.barrier()
     # Skip the interpreter's teardown: in torch 1.13 destroying DDP's reducer can deadlock

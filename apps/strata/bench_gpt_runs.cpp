@@ -78,7 +78,9 @@ Result<double> gpt_script_tokens_per_s(const GptRun& r, const std::vector<std::s
   fs::remove(out, ec);
   LaunchOptions lo;
   lo.nproc = r.world;
-  lo.argv = {"/usr/bin/python3", std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py", "--model", r.model,
+  // $STRATA_PYTHON: another interpreter (the GPU machine's, with a CUDA torch).
+  const char* python = std::getenv("STRATA_PYTHON");
+  lo.argv = {python != nullptr && *python != '\0' ? python : "/usr/bin/python3", std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py", "--model", r.model,
              "--seq", std::to_string(r.seq), "--batch", std::to_string(r.batch), "--steps",
              std::to_string(std::max(1, r.steps - 2)), "--warmup", "2", "--precision", r.fp32 ? "fp32" : "bf16",
              "--out", out.string()};

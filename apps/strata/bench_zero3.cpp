@@ -5,6 +5,13 @@
 //
 // Like bench zero, the command starts the ranks itself (`--worker DIR`); each rank
 // writes its figures to DIR/rank<k>.json and the parent prints them.
+//
+// --device cuda (docs/gpu.md): one GPU, world 1, a GPT of about 1.2B parameters
+// (custom:24x2048x16) in bf16 by default: stage 3 with the parameter shards on the GPU
+// and the optimizer state on host, stage 3 with both on host, then the same GPT in plain
+// PyTorch on the GPU (torch.optim.AdamW under bf16 autocast) and under FSDP2 with
+// CPUOffloadPolicy (scripts/torch_zero_baseline.py, with $STRATA_PYTHON, a CUDA torch).
+// Everything on the GPU is not there: the GPU optimizer step is not built yet.
 #include <unistd.h>
 
 #include <chrono>
@@ -18,6 +25,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bench_gpt_runs.h"
 #include "bench_report.h"
 #include "commands.h"
 #include "launcher.h"
@@ -27,6 +35,7 @@
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/nn/models/gpt.h"
+#include "strata/tiers/device.h"
 #include "strata/tiers/memory_probe.h"
 
 namespace strata::cli {
@@ -40,6 +49,7 @@ struct Zero3BenchOptions {
   std::int64_t batch = 4;
   std::string chunk = "0";  // 0: the planner searches for the size with the least padding
   bool fp32 = false;        // default bf16 compute (oneDNN); fp32 matmuls use Debian's reference BLAS
+  std::string device = "cpu";  // cpu, or cuda: the GPU configurations (one rank)
   bool json = false;
   std::string worker_dir;
 };
@@ -55,6 +65,8 @@ std::pair<at::Tensor, at::Tensor> batch_for(std::int64_t step, int rank, std::in
 // `auto_budget` is the compute budget of stage3_auto.
 nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, comm::Communicator& comm,
                           const nn::GPTConfig& cfg, std::uint64_t auto_budget) {
+  const bool gpu = o.device == "cuda";
+  const c10::Device dev = gpu ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
   nn::GPT model(cfg);
   model->init_weights(1);
   const std::uint64_t model_bytes = static_cast<std::uint64_t>(cfg.parameter_count()) * 4;
@@ -78,9 +90,15 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   } else if (name == "stage3_auto") {
     c.strata.placement = Placement::kAuto;
     c.strata.compute_budget = auto_budget;
+  } else if (name == "gpu_optim_host") {  // parameter shards in GPU memory
+    c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
+  } else if (name == "gpu_offload") {  // FSDP2 CPUOffloadPolicy's placement
+    c.zero_optimization.offload_param.device = OffloadDevice::kCpu;
+    c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
   }
   auto eo = engine::EngineOptions::from_config(c, comm.world());
   if (!eo) return {{"error", eo.error().to_string()}};
+  eo->compute_device = dev;
   auto made = engine::shard(*model, comm, *eo);
   if (!made) return {{"error", made.error().to_string()}};
   std::unique_ptr<engine::Engine> eng = std::move(*made);
@@ -91,11 +109,13 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
     if (s == 2) tiers::MemoryProbe::reset_peak();
     auto [x, y] = batch_for(s, comm.rank(), o.batch, o.seq);
     const auto t0 = std::chrono::steady_clock::now();
-    at::Tensor loss = model->loss(x, y);
+    at::Tensor loss = model->loss(x.to(dev), y.to(dev));
     Status st = eng->backward(loss);
     if (!st) return {{"error", st.error().to_string()}};
     auto r = eng->step();
     if (!r) return {{"error", r.error().to_string()}};
+    // The step's device work, not only its launches: a copy back waits for the stream.
+    if (gpu) (void)at::zeros({1}, at::TensorOptions().device(dev)).item<float>();
     if (s < 2) continue;
     step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     // Sum the timed steps' figures.
@@ -145,7 +165,11 @@ int run_worker(const Zero3BenchOptions& o) {
   nlohmann::json out;
   out["params"] = cfg->parameter_count();
   std::uint64_t auto_budget = 0;
-  for (const char* name : {"stage0", "stage3_compute", "stage3_quarter", "stage3_auto"}) {
+  const std::vector<const char*> names = o.device == "cuda"
+                                             ? std::vector<const char*>{"gpu_optim_host", "gpu_offload"}
+                                             : std::vector<const char*>{"stage0", "stage3_compute", "stage3_quarter",
+                                                                        "stage3_auto"};
+  for (const char* name : names) {
     out[name] = run_config(name, o, **comm, *cfg, auto_budget);
     if ((*comm)->rank() == 0 && !out[name].contains("error")) {
       fmt::print(stderr, "bench zero3: {} done: {:.0f} tokens/s\n", name, out[name]["tokens_per_s"].get<double>());
@@ -173,11 +197,68 @@ int run_worker(const Zero3BenchOptions& o) {
   return 0;
 }
 
-int run_parent(const Zero3BenchOptions& o) {
+std::vector<std::string> worker_args(const Zero3BenchOptions& o) {
   std::vector<std::string> args = {"--model", o.model, "--steps", std::to_string(o.steps), "--seq", std::to_string(o.seq),
-                                   "--batch", std::to_string(o.batch), "--chunk", o.chunk};
+                                   "--batch", std::to_string(o.batch), "--chunk", o.chunk, "--device", o.device};
   if (o.fp32) args.push_back("--fp32");
-  auto got = run_bench_ranks("zero3", o.world, args);
+  return args;
+}
+
+// --device cuda: strata's two GPU placements in one rank, then plain PyTorch and FSDP2
+// (CPUOffloadPolicy) on the same GPU.
+int run_parent_gpu(const Zero3BenchOptions& o) {
+  auto got = run_bench_ranks("zero3", 1, worker_args(o));
+  if (!got) {
+    fmt::print(stderr, "bench zero3: {}\n", got.error());
+    return 1;
+  }
+  const nlohmann::json j = (*got)[0];
+  BenchDir dir("zero3");
+  if (!dir.ok()) {
+    fmt::print(stderr, "bench zero3: cannot make a temporary directory\n");
+    return 1;
+  }
+  const GptRun run{.model = o.model, .world = 1, .steps = o.steps + 2, .seq = o.seq, .batch = o.batch, .fp32 = o.fp32};
+  auto torch_tps = gpt_script_tokens_per_s(run, {"--device", "cuda", "--optimizer", "adamw"}, "plain PyTorch on the GPU",
+                                           dir.path());
+  auto fsdp2_tps = gpt_script_tokens_per_s(run, {"--device", "cuda", "--optimizer", "fsdp2"},
+                                           "FSDP2 with CPUOffloadPolicy", dir.path());
+  for (const auto* r : {&torch_tps, &fsdp2_tps}) {
+    if (!*r) {
+      fmt::print(stderr, "bench zero3: {}\n", r->error());
+      return 1;
+    }
+  }
+  const tiers::DeviceInfo dev = tiers::detect_device();
+  BenchReport report("zero3");
+  report.set_config("device", dev.gpus.empty() ? std::string("cuda") : dev.gpus[0].name);
+  report.set_config("model", o.model);
+  report.set_config("params", j["params"]);
+  report.set_config("world", 1);
+  report.set_config("tokens_per_step", o.batch * o.seq);
+  report.set_config("compute_dtype", o.fp32 ? "fp32" : "bf16");
+  const double fsdp2 = *fsdp2_tps;
+  report.add("fsdp2_cpu_offload tokens/s", fsdp2, "tok/s", "", std::nullopt,
+             "fully_shard per block, CPUOffloadPolicy, torch.optim.AdamW");
+  report.add("torch_unsharded tokens/s", *torch_tps, "tok/s", "fsdp2_cpu_offload", fsdp2,
+             "the whole model and AdamW on the GPU, bf16 autocast");
+  for (const char* cfg : {"gpu_optim_host", "gpu_offload"}) {
+    const auto& c = j[cfg];
+    report.add(fmt::format("strata_{} tokens/s", cfg), c["tokens_per_s"].get<double>(), "tok/s", "fsdp2_cpu_offload",
+               fsdp2, std::string_view(cfg) == "gpu_optim_host" ? "stage 3, shards on the GPU, optimizer on host"
+                                                                : "stage 3, shards and optimizer on host");
+    report.add(fmt::format("strata_{} peak compute", cfg), c["peak_compute"].get<double>() / (1 << 20), "MiB", "",
+               std::nullopt, "model state reserved on the GPU at its peak (not activations)");
+  }
+  report.add_ratio("strata_optim_host_tokens_vs_fsdp2", j["gpu_optim_host"]["tokens_per_s"].get<double>() / fsdp2);
+  report.add_ratio("strata_offload_tokens_vs_fsdp2", j["gpu_offload"]["tokens_per_s"].get<double>() / fsdp2);
+  report.print(o.json);
+  return 0;
+}
+
+int run_parent(const Zero3BenchOptions& o) {
+  if (o.device == "cuda") return run_parent_gpu(o);
+  auto got = run_bench_ranks("zero3", o.world, worker_args(o));
   if (!got) {
     fmt::print(stderr, "bench zero3: {}\n", got.error());
     return 1;
@@ -236,9 +317,26 @@ void add_bench_zero3(CLI::App& bench, int* exit_code) {
   cmd->add_option("--batch", o->batch, "Sequences per rank per step")->check(CLI::Range(1, 1024));
   cmd->add_option("--chunk", o->chunk, "Chunk size in elements (e.g. 1M); 0 searches for the least padding");
   cmd->add_flag("--fp32", o->fp32, "Compute in fp32 (default bf16)");
+  cmd->add_option("--device", o->device, "cpu, or cuda: strata's GPU placements against PyTorch and FSDP2 on one GPU "
+                                         "(default model custom:24x2048x16, --seq 512, --batch 8)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_option("--worker", o->worker_dir, "(internal) run as one rank")->group("");
-  cmd->callback([o, exit_code] { *exit_code = o->worker_dir.empty() ? run_parent(*o) : run_worker(*o); });
+  cmd->callback([cmd, o, exit_code] {
+    if (o->device == "cuda" && o->worker_dir.empty()) {
+      // A GPU's size of model and batch, unless given.
+      if (cmd->count("--model") == 0) o->model = "custom:24x2048x16";
+      if (cmd->count("--seq") == 0) o->seq = 512;
+      if (cmd->count("--batch") == 0) o->batch = 8;
+      const tiers::DeviceInfo d = tiers::detect_device();
+      if (!d.built_with_cuda || d.cuda_device_count == 0) {
+        fmt::print(stderr, "bench zero3: --device cuda needs strata built with CUDA and a GPU (docs/gpu.md)\n");
+        *exit_code = 2;
+        return;
+      }
+    }
+    *exit_code = o->worker_dir.empty() ? run_parent(*o) : run_worker(*o);
+  });
 }
 
 }  // namespace strata::cli

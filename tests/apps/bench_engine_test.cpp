@@ -47,6 +47,17 @@ TEST(BenchZero3, JsonIsTheOnlyOutput) {
   EXPECT_DOUBLE_EQ(doc["ratios"]["host_compute_bytes_vs_plan"].get<double>(), 1.0) << doc.dump(2);
 }
 
+// The GPU comparison needs a CUDA build and a GPU: without them it says so and exits 2,
+// before starting any rank (the device check runs it for real).
+TEST(BenchZero3, TheGpuComparisonNeedsACudaBuildAndAGpu) {
+#ifdef STRATA_CUDA
+  GTEST_SKIP() << "a CUDA build: scripts/device-check runs the comparison itself";
+#endif
+  const auto r = testing::run_command(testing::strata_bin() + " bench zero3 --device cuda --json");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device cuda needs strata built with CUDA and a GPU"), std::string::npos) << r.output;
+}
+
 TEST(BenchTrain, JsonHasEveryStageNextToThePyTorchBaseline) {
   auto doc = run_json("train --model tiny --steps 3 --seq 32 --stages 1,3");
   ASSERT_TRUE(doc.is_object());
