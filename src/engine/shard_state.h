@@ -48,6 +48,12 @@ class StepKernel {
   // param (compute dtype) written from the new master when not null.
   Status run(std::int64_t n, float* master, std::vector<void*> states, const void* grad, kernels::DType grad_dtype,
              void* param, kernels::DType param_dtype, const kernels::StepInfo& info, ThreadPool* pool) const;
+  // The same step as ATen tensor ops, on tensors of any one device (tensor_step.cpp): for
+  // state the CPU kernels cannot reach, a GPU's. master fp32; states fp32 or bf16; grad
+  // any float dtype; param (the compute copy, written from the new master) may be
+  // undefined. All of one length.
+  Status run_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& grad,
+                     const at::Tensor& param, const kernels::StepInfo& info) const;
 
  private:
   OptimizerType type_ = OptimizerType::kAdamW;

@@ -1,0 +1,93 @@
+// StepKernel::run_tensors: the optimizer step as ATen tensor ops, for state on a device
+// the fused CPU kernels cannot reach (a GPU). The formulas and their order are
+// kernels/optimizer.h's (LibTorch 1.13's torch::optim), in fp32: bf16 states are widened
+// for the arithmetic and rounded (RNE) when stored back, as the kernels do. ATen may fuse
+// a multiply and an add where the kernels do not, so the two agree to rounding (~1e-7
+// relative), not bit for bit.
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "shard_state.h"
+
+namespace strata::engine {
+namespace {
+
+// An fp32 tensor to compute in: t itself, or a widened copy that store() writes back.
+at::Tensor wide(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+void store(const at::Tensor& dst, const at::Tensor& value) {
+  if (!dst.is_same(value)) dst.copy_(value);
+}
+
+void adam(const kernels::AdamHyper& h, const kernels::StepInfo& info, const at::Tensor& p, const at::Tensor& g,
+          const std::vector<at::Tensor>& states) {
+  at::Tensor m = wide(states[0]), v = wide(states[1]);
+  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(info.step));
+  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(info.step));
+  if (h.weight_decay != 0) {
+    if (h.decoupled_weight_decay) p.mul_(1.0 - h.lr * h.weight_decay);
+    else g.add_(p, h.weight_decay);
+  }
+  m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+  v.mul_(h.beta2).add_(g * (1.0 - h.beta2) * g);
+  at::Tensor second = v;
+  if (h.amsgrad) {
+    at::Tensor vmax = wide(states[2]);
+    at::maximum_out(vmax, vmax, v);
+    store(states[2], vmax);
+    second = vmax;
+  }
+  const at::Tensor denom = (second.sqrt() / std::sqrt(bc2)).add_(h.eps);
+  p.add_((m * (-h.lr / bc1)) / denom);
+  store(states[0], m);
+  store(states[1], v);
+}
+
+void sgd(const kernels::SgdHyper& h, const kernels::StepInfo& info, const at::Tensor& p, at::Tensor g,
+         const std::vector<at::Tensor>& states) {
+  if (h.weight_decay != 0) g.add_(p, h.weight_decay);
+  if (h.momentum != 0) {
+    at::Tensor buf = wide(states[0]);
+    if (info.step == 1) buf.copy_(g);
+    else buf.mul_(h.momentum).add_(g, 1.0 - h.dampening);
+    store(states[0], buf);
+    g = h.nesterov ? g.add_(buf, h.momentum) : buf;
+  }
+  p.add_(g, -h.lr);
+}
+
+void adagrad(const kernels::AdagradHyper& h, const kernels::StepInfo& info, const at::Tensor& p, const at::Tensor& g,
+             const std::vector<at::Tensor>& states) {
+  at::Tensor sum = wide(states[0]);
+  if (h.weight_decay != 0) g.add_(p, h.weight_decay);
+  const double clr = h.lr / (1.0 + static_cast<double>(info.step - 1) * h.lr_decay);
+  sum.addcmul_(g, g);
+  p.add_((g * -clr) / sum.sqrt().add_(h.eps));
+  store(states[0], sum);
+}
+
+}  // namespace
+
+Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& grad,
+                               const at::Tensor& param, const kernels::StepInfo& info) const {
+  if (master.scalar_type() != at::kFloat) {
+    return make_error(ErrorCode::kInvalidArgument, "the master must be fp32, not {}", c10::toString(master.scalar_type()));
+  }
+  if (info.step < 1) return make_error(ErrorCode::kInvalidArgument, "step must be >= 1, got {}", info.step);
+  if (states.size() != names_.size()) {
+    return make_error(ErrorCode::kInvalidArgument, "{} state tensors given, the optimizer has {}", states.size(),
+                      names_.size());
+  }
+  // The scaled gradient, a fresh fp32 tensor: the step may add weight decay into it.
+  at::Tensor g = grad.to(at::kFloat).mul_(info.grad_scale);
+  switch (type_) {
+    case OptimizerType::kAdam:
+    case OptimizerType::kAdamW: adam(adam_, info, master, g, states); break;
+    case OptimizerType::kSGD: sgd(sgd_, info, master, g, states); break;
+    case OptimizerType::kAdagrad: adagrad(adagrad_, info, master, g, states); break;
+  }
+  if (param.defined()) param.copy_(master);  // round to nearest even, as cast.h
+  return ok();
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,113 @@
+// StepKernel::run_tensors (ATen ops, for state on a GPU) against StepKernel::run (the
+// fused CPU kernels, themselves tested against torch::optim in tests/kernels): the same
+// master, states and compute copy after three steps, for every optimizer and option the
+// config offers, fp32 and bf16 gradients and compute copies, fp32 and bf16 states.
+#include "engine/shard_state.h"
+
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+namespace strata::engine {
+namespace {
+
+struct Case {
+  std::string name;
+  OptimizerConfig cfg;
+};
+
+std::vector<Case> cases() {
+  auto make = [](OptimizerType t, auto&& set) {
+    OptimizerConfig c;
+    c.type = t;
+    c.lr = 1e-2;
+    set(c);
+    return c;
+  };
+  return {
+      {"adam", make(OptimizerType::kAdam, [](OptimizerConfig&) {})},
+      {"adam_wd", make(OptimizerType::kAdam, [](OptimizerConfig& c) { c.weight_decay = 0.1; })},
+      {"adamw", make(OptimizerType::kAdamW, [](OptimizerConfig& c) { c.weight_decay = 0.1; })},
+      {"adamw_amsgrad", make(OptimizerType::kAdamW, [](OptimizerConfig& c) { c.weight_decay = 0.1, c.amsgrad = true; })},
+      {"sgd", make(OptimizerType::kSGD, [](OptimizerConfig&) {})},
+      {"sgd_momentum", make(OptimizerType::kSGD, [](OptimizerConfig& c) { c.momentum = 0.9, c.dampening = 0.1, c.weight_decay = 0.01; })},
+      {"sgd_nesterov", make(OptimizerType::kSGD, [](OptimizerConfig& c) { c.momentum = 0.9, c.nesterov = true; })},
+      {"adagrad", make(OptimizerType::kAdagrad, [](OptimizerConfig& c) {
+         c.lr_decay = 0.01, c.weight_decay = 0.01, c.initial_accumulator_value = 0.1, c.eps = 1e-10;
+       })},
+  };
+}
+
+double rel(const at::Tensor& a, const at::Tensor& b) {
+  return ((a.to(at::kDouble) - b.to(at::kDouble)).abs().max() / b.to(at::kDouble).abs().max().clamp_min(1e-12))
+      .item<double>();
+}
+
+class TensorStep : public ::testing::TestWithParam<std::tuple<Case, at::ScalarType, at::ScalarType>> {};
+
+TEST_P(TensorStep, MatchesTheFusedCpuKernelsOverThreeSteps) {
+  const auto& [c, low, state_dtype] = GetParam();
+  auto kernel = StepKernel::create(c.cfg);
+  ASSERT_TRUE(kernel.has_value()) << kernel.error().to_string();
+  const std::int64_t n = 4099;  // not a multiple of any vector width
+  at::manual_seed(7);
+  at::Tensor master = at::randn({n});
+  std::vector<at::Tensor> states;
+  for (std::size_t i = 0; i < kernel->state_names().size(); ++i) {
+    states.push_back(at::full({n}, kernel->initial_value(i)).to(state_dtype));
+  }
+  // The fused kernels' side: fp32 states (what the engine gives them).
+  at::Tensor k_master = master.clone(), k_param = at::empty({n}, low);
+  std::vector<at::Tensor> k_states;
+  for (const auto& s : states) k_states.push_back(s.to(at::kFloat));
+  at::Tensor t_master = master.clone(), t_param = at::empty({n}, low);
+  std::vector<at::Tensor> t_states;
+  for (const auto& s : states) t_states.push_back(s.clone());
+  for (std::int64_t step = 1; step <= 3; ++step) {
+    const at::Tensor grad = at::randn({n}).to(low);
+    const kernels::StepInfo info{.step = step, .grad_scale = 0.5};
+    std::vector<void*> ptrs;
+    for (auto& s : k_states) ptrs.push_back(s.data_ptr());
+    auto gdt = kernel_dtype(low), pdt = kernel_dtype(low);
+    ASSERT_TRUE(gdt.has_value() && pdt.has_value());
+    ASSERT_TRUE(kernel->run(n, k_master.data_ptr<float>(), ptrs, grad.data_ptr(), *gdt, k_param.data_ptr(), *pdt, info,
+                            nullptr));
+    if (state_dtype != at::kFloat) {  // what a bf16 state would hold: each store rounded
+      for (auto& s : k_states) s.copy_(s.to(state_dtype));
+    }
+    ASSERT_TRUE(kernel->run_tensors(t_master, t_states, grad, t_param, info));
+  }
+  // bf16 states round each store, so the kernels' fp32 states rounded after each step
+  // are the reference only up to bf16's precision.
+  const double tol = state_dtype == at::kFloat ? 2e-6 : 1e-2;
+  EXPECT_LT(rel(t_master, k_master), tol) << c.name;
+  for (std::size_t i = 0; i < t_states.size(); ++i) EXPECT_LT(rel(t_states[i], k_states[i]), tol) << c.name << " state " << i;
+  // The compute copy is the new master rounded: exactly, on each side.
+  EXPECT_TRUE(at::equal(t_param, t_master.to(low))) << c.name;
+  EXPECT_TRUE(at::equal(k_param, k_master.to(low))) << c.name;
+}
+
+std::string case_name(const ::testing::TestParamInfo<TensorStep::ParamType>& p) {
+  return fmt::format("{}_{}_state_{}", std::get<0>(p.param).name, c10::toString(std::get<1>(p.param)),
+                     c10::toString(std::get<2>(p.param)));
+}
+
+INSTANTIATE_TEST_SUITE_P(All, TensorStep,
+                         ::testing::Combine(::testing::ValuesIn(cases()), ::testing::Values(at::kFloat, at::kBFloat16),
+                                            ::testing::Values(at::kFloat, at::kBFloat16)),
+                         case_name);
+
+TEST(TensorStep, RefusesWhatTheKernelsRefuse) {
+  OptimizerConfig cfg;
+  cfg.type = OptimizerType::kAdamW;
+  auto kernel = StepKernel::create(cfg);
+  ASSERT_TRUE(kernel.has_value());
+  const at::Tensor m = at::zeros({4}), g = at::zeros({4});
+  EXPECT_FALSE(kernel->run_tensors(m, {m.clone(), m.clone()}, g, at::Tensor(), {.step = 0}));
+  EXPECT_FALSE(kernel->run_tensors(m.to(at::kBFloat16), {m.clone(), m.clone()}, g, at::Tensor(), {.step = 1}));
+  EXPECT_FALSE(kernel->run_tensors(m, {m.clone()}, g, at::Tensor(), {.step = 1}));
+}
+
+}  // namespace
+}  // namespace strata::engine
