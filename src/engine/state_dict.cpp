@@ -108,7 +108,8 @@ Result<at::Tensor> shard_values(Engine::Impl& m, std::uint32_t c) {
     STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
     return s.master;
   }
-  if (k.shard_tier != Tier::kNvme) return k.shard.to(at::kFloat);  // never made from a master: not trainable
+  // Never made from a master (not trainable); on the CPU, wherever the shard is.
+  if (k.shard_tier != Tier::kNvme) return k.shard.to(at::kCPU, at::kFloat);
   at::Tensor t = aligned_empty(m.core.chunks->store().shard_elems(c), m.core.opt.compute_dtype);
   STRATA_RETURN_IF_ERROR(m.core.chunks->load_shard(c, t));
   return t.to(at::kFloat);

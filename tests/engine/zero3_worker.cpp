@@ -45,14 +45,10 @@ namespace {
 
 comm::Communicator* g_comm = nullptr;
 using strata::testing::check;
+using strata::testing::test_device;
 using strata::testing::fail;
 constexpr std::int64_t kBatchPerRank = 2, kSeq = 16;
 
-
-c10::Device test_device() {
-  const char* d = std::getenv("STRATA_TEST_DEVICE");
-  return c10::Device(d != nullptr && *d != '\0' ? d : "cpu");
-}
 
 // Twelve narrow blocks: each block is a small part of the model, so a compute budget of
 // a quarter of the model holds a block's parameters and gradients with room to prefetch.

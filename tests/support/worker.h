@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <string>
 
+#include <c10/core/Device.h>
 #include <fmt/format.h>
 
 #include "strata/base/status.h"
@@ -34,6 +35,13 @@ T check(Result<T> r, const char* what) {
 
 inline void check(const Status& s, const char* what) {
   if (!s) fail(fmt::format("{}: {}", what, s.error()));
+}
+
+// Where a worker puts its model, reference and batches: $STRATA_TEST_DEVICE (default
+// cpu; `cuda` for the gpu-labelled tests, tests/engine/gpu_test.cpp).
+inline c10::Device test_device() {
+  const char* d = std::getenv("STRATA_TEST_DEVICE");
+  return c10::Device(d != nullptr && *d != '\0' ? d : "cpu");
 }
 
 [[noreturn]] inline void expected_failure(const Error& e) {
