@@ -58,9 +58,14 @@ def test_consolidated_state_is_the_wrapped_optimizers_and_loads_back(tmp_path):
     assert len(got["state"]) == len(want["state"])
     assert [g["params"] for g in got["param_groups"]] == [g["params"] for g in want["param_groups"]]
     assert [g["lr"] for g in got["param_groups"]] == [g["lr"] for g in want["param_groups"]]
+    # Relative to each tensor's norm, as the parameters in check(): two ranks' half-batch
+    # gradients sum in another order than the whole batch's, and elementwise tolerances
+    # fail on elements near zero (seen on an AMD EPYC, 2026-12-01).
     for i, st in want["state"].items():
         for k, v in st.items():
-            assert torch.allclose(torch.as_tensor(got["state"][i][k]).float(), v.float(), rtol=1e-5, atol=1e-8), (i, k)
+            g = torch.as_tensor(got["state"][i][k]).float()
+            err = ((g - v.float()).norm() / v.float().norm().clamp_min(1e-12)).item()
+            assert err <= 1e-5, (i, k, err)
     # The reference's own state loaded into a fresh sharded optimizer at another world
     # size, over the reference's weights after 3 steps: it continues as the reference.
     _, ref_model, ref_opt = reference("AdamW", OPTIMS["AdamW"], steps=3)
