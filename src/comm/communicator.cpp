@@ -12,7 +12,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include "strata/base/log.h"
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 #include "strata/base/units.h"
 
 namespace strata::comm {

@@ -8,7 +8,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 
 namespace strata::comm::detail {
 

@@ -11,7 +11,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "strata/base/log.h"
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 
 #ifdef STRATA_CUDA
 #include "nccl_cuda.h"

@@ -7,7 +7,7 @@
 #include <torch/optim/sgd.h>
 
 #include "engine_impl.h"
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 #include "strata/comm/communicator.h"
 
 namespace strata::engine {

@@ -8,7 +8,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 
 namespace strata::tiers {
 namespace {

@@ -36,7 +36,7 @@
 #include <torch/optim/adamw.h>
 
 #include "awkward_model.h"
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"

@@ -1,7 +1,7 @@
 // torch_compat.h against LibTorch itself: each helper gives what the installed version's
 // own code does (1.13 here; scripts/torch2-check compiles the 2.x side, and the device
 // check runs this suite on the wheel's 2.x).
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 
 #include <gtest/gtest.h>
 

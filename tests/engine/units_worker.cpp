@@ -24,7 +24,7 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"

@@ -27,7 +27,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/deferred_init.h"

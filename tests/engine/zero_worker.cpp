@@ -37,7 +37,7 @@
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
 
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
 
-#include "strata/base/torch_compat.h"
+#include "strata/comm/torch_compat.h"
 
 namespace strata::nn {
 namespace {

@@ -3,12 +3,12 @@
 // docs/torch2-port.md says where each difference comes from. scripts/torch2-check
 // compiles strata against 2.x headers here, without a GPU.
 //
-//   #include "strata/base/torch_compat.h"
+//   #include "strata/comm/torch_compat.h"
 //   opt.state()[torch_compat::optim_state_key(p)]      // std::string (1.13) or void* (2.x)
 //   pg = torch_compat::as_process_group(store, rank, world, gloo, c10::DeviceType::CPU);
 //
-// The one header of base that needs LibTorch: only the torch layers (comm and above)
-// include it, so the torch-free layers still build without LibTorch.
+// In comm, the lowest layer on LibTorch, so every torch layer above can include it and
+// the torch-free core (base, kernels, io, plan) never sees it.
 #pragma once
 
 #include <cstddef>
