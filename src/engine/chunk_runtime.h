@@ -55,10 +55,10 @@ struct ChunkRt {
 
 class ChunkRuntime {
  public:
-  // `replicated`: stages 0-2. `n_optim_states`: optimizer state tensors per chunk
-  // besides the master. `sched` (world, persistence threshold) and `swap` (the engine's
+  // `replicated`: stages 0-2. `optim_bytes_per_elem`: the optimizer's bytes per shard
+  // element, the fp32 master and every state tensor. `sched` (world, persistence threshold) and `swap` (the engine's
   // swap store, opened after placement) belong to the engine and outlive the runtime.
-  ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::size_t n_optim_states,
+  ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::uint64_t optim_bytes_per_elem,
                const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,
                const std::unique_ptr<io::SwapStore>& swap);
 
@@ -71,6 +71,9 @@ class ChunkRuntime {
   const std::vector<ChunkStore::ShardSlot>& slots(std::uint32_t c) const { return slots_[c]; }
   std::string name(std::uint32_t c) const;
   Tier step_tier(std::uint32_t c) const { return plan::step_tier(rt_[c].optim_tier); }
+  // The device a tier's tensors live on: the compute device for the compute tier (a
+  // GPU's memory), else host memory.
+  c10::Device device_of(Tier t) const { return t == Tier::kCompute ? store_->options().device : c10::Device(c10::kCPU); }
   std::uint64_t full_bytes(std::uint32_t c) const;
   std::uint64_t shard_bytes(std::uint32_t c) const;
   // The most elements in this rank's shard of any chunk `which` picks (0 if none): the
@@ -105,7 +108,7 @@ class ChunkRuntime {
  private:
   std::unique_ptr<ChunkStore> store_;
   bool replicated_;
-  std::size_t n_optim_states_;
+  std::uint64_t optim_bytes_per_elem_;
   const plan::ScheduleOptions& sched_;
   tiers::TierAllocator& tiers_;
   StorageCache& storage_;

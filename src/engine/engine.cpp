@@ -106,7 +106,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   m.n_units = units.size();
   EngineCore& core = m.core;
   const EngineOptions& o = core.opt;
-  STRATA_ASSIGN_OR_RETURN(m.kernel, StepKernel::create(o.optimizer));
+  STRATA_ASSIGN_OR_RETURN(m.kernel, StepKernel::create(o.optimizer, o.optim_state_dtype));
   if (o.scheduler.type != SchedulerType::kNone) {
     STRATA_ASSIGN_OR_RETURN(LrSchedule s, LrSchedule::create(o.scheduler, o.optimizer.lr));
     m.lr_schedule = std::move(s);
@@ -183,7 +183,9 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
                                                        .reduce_bucket_elems = o.reduce_bucket_size});
   }
   STRATA_ASSIGN_OR_RETURN(auto store, ChunkStore::plan(chunked, so, uses));
-  core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, m.kernel.state_names().size(),
+  const std::uint64_t optim_bytes_per_elem =
+      4 + m.kernel.state_names().size() * c10::elementSize(m.kernel.state_dtype());
+  core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, optim_bytes_per_elem,
                                                core.opt.schedule, core.tiers, core.storage, core.swap);
   core.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, o.optimizer_threads)));
   m.optim = std::make_unique<OptimStateHolder>(core, m.kernel);

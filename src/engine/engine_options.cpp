@@ -22,6 +22,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.overlap_comm = z.overlap_comm;
   o.optimizer_threads = cfg.strata.optimizer_threads;
   o.nvme_gradients = cfg.strata.nvme_gradients;
+  o.optim_state_dtype = cfg.strata.optimizer_state_dtype == StateDtype::kBf16 ? at::kBFloat16 : at::kFloat;
   o.chunks.chunk_size_elems = cfg.strata.chunk_size;
   o.chunks.search_range_elems = cfg.strata.chunk_search_range;
   STRATA_ASSIGN_OR_RETURN(o.schedule, plan::ScheduleOptions::from_config(
@@ -68,6 +69,16 @@ Status EngineOptions::validate() const {
         optim_pipeline.buffer_count, optim_pipeline.needed(), optim_pipeline.read_ahead ? ", one read ahead" : "",
         optim_pipeline.write_behind ? ", one being written back" : ""));
   }
+  if (optim_state_dtype != at::kFloat && optim_state_dtype != at::kBFloat16) {
+    return invalid(fmt::format("optimizer state must be fp32 or bf16, not {}", c10::toString(optim_state_dtype)));
+  }
+  if (wrap && optim_state_dtype != at::kFloat) {
+    return invalid("strata.optimizer_state_dtype bf16 is for the built-in optimizers; a wrapped torch::optim "
+                   "optimizer keeps its own fp32 state");
+  }
+  if (wrap && host_step != StepKernels::kFused) {
+    return invalid("host_step picks the built-in optimizers' kernels; a wrapped torch::optim optimizer steps itself");
+  }
   if (wrap && optim_device == OffloadDevice::kNvme) {
     return invalid("a wrapped torch::optim optimizer steps master weights in memory: it cannot run with the "
                    "optimizer state on nvme");
@@ -85,14 +96,9 @@ Status EngineOptions::validate_device(c10::Device device) const {
     return make_error(ErrorCode::kInvalidArgument, "a compute device of {} {} (docs/gpu.md)", device.str(), what);
   };
   if (!device.is_cuda()) return invalid("is not supported: the compute tier is the CPU or a CUDA GPU");
-  // Until the GPU step exists, the optimizer state lives in host memory or on nvme,
-  // where the fused CPU kernels step it; parameter shards may stay on the GPU (the step
-  // writes a host staging shard that is copied over).
-  if (stage != 3) return invalid(fmt::format("needs stage 3 (this is stage {})", stage));
-  if (optim_device == OffloadDevice::kNone || offload_optim_frac > 0) {
-    return invalid("needs the optimizer state off the GPU: set zero_optimization.offload_optimizer.device to cpu "
-                   "or nvme");
-  }
+  // Every stage and tier runs there; what does not yet: the auto placement (its
+  // planner simulates a budgeted compute tier) and a wrapped torch::optim optimizer
+  // (it steps host masters).
   if (placement != Placement::kStatic) return invalid("needs the static placement");
   if (wrap) return invalid("cannot run a wrapped torch::optim optimizer yet");
   return ok();

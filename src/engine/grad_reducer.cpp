@@ -92,7 +92,7 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     // the optimizer's own precision.
     STRATA_ASSIGN_OR_RETURN(g.shard_res,
                             chunks.reserve(step, static_cast<std::uint64_t>(n) * 4, StateKind::kGrads, c, "grad shard"));
-    g.shard = at::zeros({n}, at::kFloat);
+    g.shard = at::zeros({n}, at::TensorOptions(at::kFloat).device(chunks.device_of(step)));
   }
   for (std::uint32_t i = 0; i < store.params().size(); ++i) {
     const at::Tensor& p = store.params()[i];
@@ -267,9 +267,7 @@ Status GradReducer::spill(std::uint32_t c) {
     spill_buffers_.give(std::move(read_back));
   }
   if (boundary_) {
-    STRATA_ASSIGN_OR_RETURN(g.stats, kernels::grad_prologue(g.shard.data_ptr(), kernels::DType::kF32,
-                                                            static_cast<std::size_t>(g.shard.numel()), inv_scale_,
-                                                            core_.pool.get()));
+    STRATA_ASSIGN_OR_RETURN(g.stats, shard_stats(g.shard, inv_scale_));
   }
   STRATA_RETURN_IF_ERROR(wait_spills(kSpillsInFlight - 1));
   Spill sp{.chunk = c, .shard = std::move(g.shard), .full = std::move(g.shard_full), .res = std::move(g.shard_res)};
@@ -295,7 +293,7 @@ Status GradReducer::wait_spills(std::size_t keep) {
   return ok();
 }
 
-Result<kernels::GradStats> GradReducer::local_stats(std::uint32_t c, double inv_scale, ThreadPool* pool) const {
+Result<kernels::GradStats> GradReducer::local_stats(std::uint32_t c, double inv_scale) const {
   const ChunkGrads& g = grads_[c];
   if ((*core_.chunks)[c].grads_on_nvme) {
     if (!g.stats) {
@@ -304,8 +302,18 @@ Result<kernels::GradStats> GradReducer::local_stats(std::uint32_t c, double inv_
     }
     return *g.stats;
   }
-  STRATA_ASSIGN_OR_RETURN(kernels::DType dt, kernel_dtype(g.shard.scalar_type()));
-  return kernels::grad_prologue(g.shard.data_ptr(), dt, static_cast<std::size_t>(g.shard.numel()), inv_scale, pool);
+  return shard_stats(g.shard, inv_scale);
+}
+
+// The fused prologue over a shard in host memory; tensor ops where the step takes them
+// (a shard on a GPU, or EngineOptions::host_step).
+Result<kernels::GradStats> GradReducer::shard_stats(const at::Tensor& shard, double inv_scale) const {
+  if (!shard.device().is_cpu() || core_.opt.host_step == EngineOptions::StepKernels::kTensorOps) {
+    return tensor_grad_stats(shard, inv_scale);
+  }
+  STRATA_ASSIGN_OR_RETURN(kernels::DType dt, kernel_dtype(shard.scalar_type()));
+  return kernels::grad_prologue(shard.data_ptr(), dt, static_cast<std::size_t>(shard.numel()), inv_scale,
+                                core_.pool.get());
 }
 
 Status GradReducer::complete_oldest() {

@@ -93,7 +93,7 @@ class GradReducer {
   const at::Tensor& grad_shard(std::uint32_t c) const { return grads_[c].shard; }
   // At the boundary, after finish(): the prologue's partials over chunk c's gradient
   // shard, unscaled by inv_scale.
-  Result<kernels::GradStats> local_stats(std::uint32_t c, double inv_scale, ThreadPool* pool) const;
+  Result<kernels::GradStats> local_stats(std::uint32_t c, double inv_scale) const;
   // Which parameters received a gradient on this rank, ever.
   const std::vector<std::uint8_t>& had_grad() const { return had_grad_; }
   // After the step: zero the accumulators.
@@ -130,6 +130,7 @@ class GradReducer {
   };
   static constexpr std::size_t kSpillsInFlight = 2;
   bool scatter_mode() const { return core_.stage() >= 2; }
+  Result<kernels::GradStats> shard_stats(const at::Tensor& shard, double inv_scale) const;
   Status reserve_buffer(std::uint32_t c);
   Status launch(std::uint32_t c);
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it

@@ -42,7 +42,7 @@ void OptimStateHolder::add_records(std::uint32_t c, std::vector<io::SwapReservat
   const std::vector<ElemRange> gs = groups(c);
   for (std::uint32_t g = 0; g < gs.size(); ++g)
     for (std::uint32_t t = 0; t <= kernel_.state_names().size(); ++t)
-      out.push_back({optim_key(c, t, g), static_cast<std::uint64_t>(gs[g].size()) * 4});
+      out.push_back({optim_key(c, t, g), static_cast<std::uint64_t>(gs[g].size()) * elem_bytes(t)});
 }
 
 void OptimStateHolder::get_groups(std::uint32_t c, std::uint32_t t, const at::Tensor& whole,
@@ -68,6 +68,8 @@ Status OptimStateHolder::materialize(std::uint32_t c) {
   ShardState& s = mem_[c];
   if (!s.master.defined()) s = ShardState::make(core_.chunks->store().shard_elems(c), kernel_);
   const std::uint64_t bytes = s.bytes();
+  // State on the compute tier of a GPU lives in its memory and is stepped there.
+  s = s.to(core_.chunks->device_of(k.optim_tier));
   if (on_nvme(c)) {
     const auto ts = tensors(s);
     for (std::uint32_t t = 0; t < ts.size(); ++t) STRATA_RETURN_IF_ERROR(put_groups(c, t, *ts[t]));
@@ -87,11 +89,17 @@ namespace {
 constexpr std::uint64_t round_io(std::uint64_t b) { return (b + kIoAlignBytes - 1) / kIoAlignBytes * kIoAlignBytes; }
 }  // namespace
 
+std::uint64_t OptimStateHolder::elem_bytes(std::uint32_t t) const {
+  return t == 0 ? 4 : c10::elementSize(kernel_.state_dtype());
+}
+
 // Master, states and (when on nvme) the gradient of one sub-group, each starting on a
 // 4 KiB boundary.
 std::uint64_t OptimStateHolder::staging_bytes(std::uint32_t c, const ElemRange& r) const {
-  const auto one = round_io(static_cast<std::uint64_t>(r.size()) * 4);
-  return one * (1 + kernel_.state_names().size() + ((*core_.chunks)[c].grads_on_nvme ? 1 : 0));
+  const auto n = static_cast<std::uint64_t>(r.size());
+  std::uint64_t b = (*core_.chunks)[c].grads_on_nvme ? round_io(n * 4) : 0;
+  for (std::uint32_t t = 0; t <= kernel_.state_names().size(); ++t) b += round_io(n * elem_bytes(t));
+  return b;
 }
 
 Status OptimStateHolder::setup_staging() {
@@ -118,16 +126,15 @@ Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std
     STRATA_RETURN_IF_ERROR(wait_oldest_write());
   }
   STRATA_ASSIGN_OR_RETURN(s->buf, staging_.try_acquire(buffer_bytes_));
-  const std::uint64_t one = round_io(static_cast<std::uint64_t>(n) * 4);
   std::uint64_t at = 0;
-  auto next = [&] {
-    at::Tensor t = at::from_blob(s->buf.data() + at, {n}, at::kFloat);
-    at += one;
+  auto next = [&](at::ScalarType dtype) {
+    at::Tensor t = at::from_blob(s->buf.data() + at, {n}, dtype);
+    at += round_io(static_cast<std::uint64_t>(n) * c10::elementSize(dtype));
     return t;
   };
-  s->state.master = next();
-  for (std::size_t i = 0; i < kernel_.state_names().size(); ++i) s->state.states.push_back(next());
-  if (grad) s->grad = next();
+  s->state.master = next(at::kFloat);
+  for (std::size_t i = 0; i < kernel_.state_names().size(); ++i) s->state.states.push_back(next(kernel_.state_dtype()));
+  if (grad) s->grad = next(at::kFloat);
   const auto ts = tensors(s->state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t, g), bytes_of(*ts[t])));
   if (grad && in_step_) request_grad(*s);
@@ -236,7 +243,8 @@ Status OptimStateHolder::flush() {
 Result<ShardState> OptimStateHolder::read(std::uint32_t c) { return end_read(begin_read(c)); }
 
 OptimStateHolder::PendingRead OptimStateHolder::begin_read(std::uint32_t c) {
-  if (!on_nvme(c)) return {.chunk = c, .state = mem_[c]};
+  // Host state: the tensors themselves; state on a GPU: a host copy.
+  if (!on_nvme(c)) return {.chunk = c, .state = mem_[c].to(c10::kCPU)};
   PendingRead r{.chunk = c, .state = ShardState::uninitialized(core_.chunks->store().shard_elems(c), kernel_)};
   const auto ts = tensors(r.state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) get_groups(c, t, *ts[t], r.io);
@@ -245,14 +253,19 @@ OptimStateHolder::PendingRead OptimStateHolder::begin_read(std::uint32_t c) {
 
 Result<ShardState> OptimStateHolder::end_read(PendingRead&& r) {
   for (auto& h : r.io) STRATA_RETURN_IF_ERROR(h.wait());
+  // Reads are fp32 whatever the state's dtype: checkpoints and torch::optim hold fp32.
+  for (at::Tensor& t : r.state.states)
+    if (t.scalar_type() != at::kFloat) t = t.to(at::kFloat);
   return std::move(r.state);
 }
 
 Status OptimStateHolder::write(std::uint32_t c, const ShardState& s) {
-  if (!on_nvme(c)) {
-    if (s.master.data_ptr() == mem_[c].master.data_ptr()) return ok();  // read() gave the tensors themselves
-    mem_[c].master.copy_(s.master);
-    for (std::size_t t = 0; t < s.states.size(); ++t) mem_[c].states[t].copy_(s.states[t]);
+  if (!on_nvme(c)) {  // copy_ rounds fp32 values to bf16 state
+    // read() may have given the tensors themselves (fp32 state in host memory).
+    auto same = [](const at::Tensor& a, const at::Tensor& b) { return a.data_ptr() == b.data_ptr(); };
+    if (!same(s.master, mem_[c].master)) mem_[c].master.copy_(s.master);
+    for (std::size_t t = 0; t < s.states.size(); ++t)
+      if (!same(s.states[t], mem_[c].states[t])) mem_[c].states[t].copy_(s.states[t]);
     return ok();
   }
   // Reads started early hold the records' old contents.
@@ -260,8 +273,12 @@ Status OptimStateHolder::write(std::uint32_t c, const ShardState& s) {
   ShardState copy = s;
   const auto ts = tensors(copy);
   for (std::uint32_t t = 0; t < ts.size(); ++t) {
-    // The records move in place only from 4 KiB-aligned memory (io_tensor.h).
-    at::Tensor src = io_aligned(*ts[t]) ? *ts[t] : aligned_empty(ts[t]->numel(), at::kFloat).copy_(*ts[t]);
+    // The records move in place only from 4 KiB-aligned memory (io_tensor.h), and hold
+    // the state's dtype.
+    const at::ScalarType dtype = t == 0 ? at::kFloat : kernel_.state_dtype();
+    at::Tensor src = io_aligned(*ts[t]) && ts[t]->scalar_type() == dtype
+                         ? *ts[t]
+                         : aligned_empty(ts[t]->numel(), dtype).copy_(*ts[t]);
     STRATA_RETURN_IF_ERROR(put_groups(c, t, src));
   }
   return ok();

@@ -1,7 +1,8 @@
 // OptimStateHolder: each chunk's fp32 master and optimizer state (m, v, ...), in the
 // tier placement chose for it. Internal to src/engine.
 //
-// Compute and host state are tensors that live for good. nvme state lives in the swap
+// Compute and host state are tensors that live for good (compute state on a GPU lives in
+// its memory: reads for checkpoints and consolidation come to the host as copies). nvme state lives in the swap
 // store between steps, one record per tensor (optim_key(c, t): t = 0 the master, then
 // StepKernel::state_names() order), and comes into host memory only around its step.
 //
@@ -81,8 +82,9 @@ class OptimStateHolder {
   // Chunk c's master when its state lives in memory (Note [shard from master]).
   const at::Tensor& memory_master(std::uint32_t c) const { return mem_[c].master; }
   const ShardState& memory_state(std::uint32_t c) const { return mem_[c]; }
-  // Outside the step (consolidation, loading a state dict): c's state in host memory,
-  // read from any tier (for memory tiers, the tensors themselves), and back.
+  // Outside the step (consolidation, loading a state dict): c's state in host memory
+  // and in fp32, read from any tier (for fp32 state in host memory, the tensors
+  // themselves; bf16 states widened), and back (rounded to the state's dtype).
   Result<ShardState> read(std::uint32_t c);
   // read(c) in two halves, so that a caller can read chunk c+1 while it writes chunk c
   // out (a checkpoint save): begin_read starts nvme reads, end_read waits for them.
@@ -93,7 +95,10 @@ class OptimStateHolder {
   };
   PendingRead begin_read(std::uint32_t c);
   Result<ShardState> end_read(PendingRead&& r);
-  bool in_memory(std::uint32_t c) const { return !on_nvme(c); }
+  // Chunk c's state tensors are in host memory (not on nvme, not on a GPU).
+  bool in_memory(std::uint32_t c) const {
+    return !on_nvme(c) && (!mem_[c].master.defined() || mem_[c].master.device().is_cpu());
+  }
   Status write(std::uint32_t c, const ShardState& s);
 
  private:
@@ -111,6 +116,7 @@ class OptimStateHolder {
   static GroupId id(std::uint32_t c, std::uint32_t g) { return std::uint64_t{c} << 32 | g; }
   bool on_nvme(std::uint32_t c) const;
   std::uint64_t staging_bytes(std::uint32_t c, const ElemRange& r) const;
+  std::uint64_t elem_bytes(std::uint32_t t) const;  // tensor t's element: the master fp32, states state_dtype()
   // The step's read of sub-group g: into a staging buffer, with the gradient record.
   Result<std::unique_ptr<Swap>> start_read(std::uint32_t c, std::uint32_t g);
   // Every record of tensor t of chunk c, sub-group by sub-group, into or out of `whole`.

@@ -11,8 +11,13 @@
 
 namespace strata::engine {
 
-Result<StepKernel> StepKernel::create(const OptimizerConfig& cfg) {
+Result<StepKernel> StepKernel::create(const OptimizerConfig& cfg, at::ScalarType state_dtype) {
+  if (state_dtype != at::kFloat && state_dtype != at::kBFloat16) {
+    return make_error(ErrorCode::kInvalidArgument, "optimizer state must be fp32 or bf16, not {}",
+                      c10::toString(state_dtype));
+  }
   StepKernel k;
+  k.state_dtype_ = state_dtype;
   k.type_ = cfg.effective_type();
   switch (k.type_) {
     case OptimizerType::kAdam:
@@ -62,7 +67,8 @@ Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states,
                        kernels::DType grad_dtype, void* param, kernels::DType param_dtype,
                        const kernels::StepInfo& info, ThreadPool* pool) const {
   kernels::StepShard shard{.n = static_cast<std::size_t>(n), .master = master, .grad = grad, .grad_dtype = grad_dtype,
-                           .param = param, .param_dtype = param_dtype, .state_dtype = kernels::DType::kF32};
+                           .param = param, .param_dtype = param_dtype,
+                           .state_dtype = state_dtype_ == at::kBFloat16 ? kernels::DType::kBF16 : kernels::DType::kF32};
   switch (type_) {
     case OptimizerType::kAdam:
     case OptimizerType::kAdamW: {
@@ -88,13 +94,19 @@ ShardState ShardState::make(std::int64_t n, const StepKernel& kernel) {
 ShardState ShardState::uninitialized(std::int64_t n, const StepKernel& kernel) {
   ShardState s;
   s.master = aligned_empty(n, at::kFloat);  // swap records (io_tensor.h)
-  for (std::size_t i = 0; i < kernel.state_names().size(); ++i) s.states.push_back(aligned_empty(n, at::kFloat));
+  for (std::size_t i = 0; i < kernel.state_names().size(); ++i) s.states.push_back(aligned_empty(n, kernel.state_dtype()));
+  return s;
+}
+
+ShardState ShardState::to(c10::Device device) const {
+  ShardState s{.master = master.to(device)};
+  for (const auto& t : states) s.states.push_back(t.to(device));
   return s;
 }
 
 std::uint64_t ShardState::bytes() const {
   std::uint64_t b = master.numel() * 4;
-  for (const auto& t : states) b += t.numel() * 4;
+  for (const auto& t : states) b += t.numel() * t.element_size();
   return b;
 }
 
@@ -119,16 +131,19 @@ void ParamSteps::advance() {
   for (std::size_t i = 0; i < steps.size(); ++i) steps[i] += ever_had_grad[i];
 }
 
-Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
-                  const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
-                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool, std::vector<ElemRange>* stepped,
-                  ElemRange range) {
-  const auto* g_bytes = static_cast<const std::byte*>(grad);
-  auto* p_bytes = static_cast<std::byte*>(param);
-  const std::size_t g_size = kernels::dtype_size(grad_dtype), p_size = kernels::dtype_size(param_dtype);
+namespace {
+
+// A run of adjacent parameters at the same step count, within a range: one kernel call.
+struct StepRun {
+  ElemRange elems;
+  std::int64_t step = 0;
+};
+
+std::vector<StepRun> step_runs(const std::vector<ChunkStore::ShardSlot>& sl, const ParamSteps& params, ElemRange range) {
   // A slot's elements within the range.
   auto lo = [&](std::size_t i) { return std::max(sl[i].shard_offset, range.begin); };
   auto hi = [&](std::size_t i) { return std::min(sl[i].shard_offset + sl[i].numel, range.end); };
+  std::vector<StepRun> runs;
   for (std::size_t i = 0; i < sl.size();) {
     if (!params.ever_had_grad[sl[i].param] || lo(i) >= hi(i)) {
       ++i;
@@ -142,15 +157,44 @@ Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<Chu
       end = hi(j);
       ++j;
     }
-    const std::int64_t at = begin - range.begin;  // in the sub-group's tensors
-    std::vector<void*> states;
-    for (auto& t : s.states) states.push_back(t.data_ptr<float>() + at);
-    STRATA_RETURN_IF_ERROR(kernel.run(end - begin, s.master.data_ptr<float>() + at, std::move(states),
-                                      g_bytes + at * g_size, grad_dtype,
-                                      p_bytes == nullptr ? nullptr : p_bytes + begin * p_size, param_dtype,
-                                      {.step = step, .grad_scale = grad_scale}, pool));
-    if (stepped != nullptr) stepped->push_back({begin, end});
+    runs.push_back({.elems = {begin, end}, .step = step});
     i = j;
+  }
+  return runs;
+}
+
+}  // namespace
+
+Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
+                  const ParamSteps& params, const at::Tensor& grad, const at::Tensor& param, double grad_scale,
+                  bool tensor_ops, ThreadPool* pool, std::vector<ElemRange>* stepped, ElemRange range) {
+  tensor_ops = tensor_ops || !s.master.device().is_cpu();
+  kernels::DType grad_dtype{}, param_dtype{};
+  if (!tensor_ops) {
+    STRATA_ASSIGN_OR_RETURN(grad_dtype, kernel_dtype(grad.scalar_type()));
+    if (param.defined()) {
+      STRATA_ASSIGN_OR_RETURN(param_dtype, kernel_dtype(param.scalar_type()));
+    }
+  }
+  for (const StepRun& run : step_runs(sl, params, range)) {
+    const std::int64_t at = run.elems.begin - range.begin, n = run.elems.size();  // at: in the sub-group's tensors
+    const kernels::StepInfo info{.step = run.step, .grad_scale = grad_scale};
+    if (tensor_ops) {
+      std::vector<at::Tensor> states;
+      for (auto& t : s.states) states.push_back(t.narrow(0, at, n));
+      STRATA_RETURN_IF_ERROR(kernel.run_tensors(s.master.narrow(0, at, n), states, grad.narrow(0, at, n),
+                                                param.defined() ? param.narrow(0, run.elems.begin, n) : at::Tensor(),
+                                                info));
+    } else {
+      std::vector<void*> states;
+      for (auto& t : s.states) states.push_back(static_cast<std::byte*>(t.data_ptr()) + at * t.element_size());
+      const auto* g = static_cast<const std::byte*>(grad.data_ptr()) + at * grad.element_size();
+      void* p = param.defined() ? static_cast<std::byte*>(param.data_ptr()) + run.elems.begin * param.element_size()
+                                : nullptr;
+      STRATA_RETURN_IF_ERROR(
+          kernel.run(n, s.master.data_ptr<float>() + at, std::move(states), g, grad_dtype, p, param_dtype, info, pool));
+    }
+    if (stepped != nullptr) stepped->push_back(run.elems);
   }
   return ok();
 }

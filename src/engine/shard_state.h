@@ -32,9 +32,12 @@ namespace strata::engine {
 // The optimizer's hyperparameters in kernel form, built once from the config.
 class StepKernel {
  public:
-  static Result<StepKernel> create(const OptimizerConfig& cfg);
+  // state_dtype: the dtype of the state tensors (m, v, ...), fp32 or bf16
+  // (EngineOptions::optim_state_dtype); the master is fp32 always.
+  static Result<StepKernel> create(const OptimizerConfig& cfg, at::ScalarType state_dtype = at::kFloat);
 
   OptimizerType type() const { return type_; }
+  at::ScalarType state_dtype() const { return state_dtype_; }
   // torch::optim's names of the per-parameter state tensors, in a fixed order.
   const std::vector<std::string>& state_names() const { return names_; }
   // The value a fresh state tensor starts at (Adagrad: initial_accumulator_value).
@@ -44,8 +47,8 @@ class StepKernel {
   // Adam's betas (a OneCycle schedule cycles beta1); other optimizers ignore them.
   void set_betas(std::array<double, 2> betas);
 
-  // One fused step over n elements: master (fp32) and states (fp32) updated in place;
-  // param (compute dtype) written from the new master when not null.
+  // One fused step over n elements: master (fp32) and states (state_dtype()) updated in
+  // place; param (compute dtype) written from the new master when not null.
   Status run(std::int64_t n, float* master, std::vector<void*> states, const void* grad, kernels::DType grad_dtype,
              void* param, kernels::DType param_dtype, const kernels::StepInfo& info, ThreadPool* pool) const;
   // The same step as ATen tensor ops, on tensors of any one device (tensor_step.cpp): for
@@ -62,17 +65,20 @@ class StepKernel {
   kernels::SgdHyper sgd_;
   kernels::AdagradHyper adagrad_;
   double initial_accumulator_ = 0;
+  at::ScalarType state_dtype_ = at::kFloat;
 };
 
 struct ShardState {
   at::Tensor master;               // fp32 [n]
-  std::vector<at::Tensor> states;  // fp32 [n] each, StepKernel::state_names() order
+  std::vector<at::Tensor> states;  // [n] each, StepKernel::state_names() order, state_dtype()
 
   // Master zeroed, states at their initial values.
   static ShardState make(std::int64_t n, const StepKernel& kernel);
   // The same tensors, uninitialized: for state about to be read in from a swap record.
   static ShardState uninitialized(std::int64_t n, const StepKernel& kernel);
   std::uint64_t bytes() const;
+  // The same values on `device`: the tensors themselves when they are there already.
+  ShardState to(c10::Device device) const;
 };
 
 // Note [optimizer sub-groups]: nvme optimizer state (and an nvme gradient shard) is kept
@@ -105,17 +111,22 @@ struct ParamSteps {
 };
 
 
-// One fused step over elements `range` of a chunk shard: parameters that have had a
-// gradient are stepped in runs of adjacent parameters at the same step count (each run
-// one kernel call); others are skipped, as torch::optim skips them, and their elements
-// are never written. state's tensors and grad start at range.begin, param at the shard's
-// first element. The runs stepped are appended to *stepped when it is not null: a caller
-// that steps into a staging buffer copies only those elements home (Note [step writes
-// only what it computed]).
+// One step over elements `range` of a chunk shard: parameters that have had a gradient
+// are stepped in runs of adjacent parameters at the same step count (each run one
+// kernel call); others are skipped, as torch::optim skips them, and their elements are
+// never written. state's tensors and grad start at range.begin, param (the shard in the
+// compute dtype, or undefined: Note [shard from master]) at the shard's first element.
+// `tensor_ops` picks StepKernel::run_tensors over the fused kernels; state off the CPU
+// always takes it. The runs stepped are appended to *stepped when it is not null: a
+// caller that steps into a staging buffer copies only those elements home (Note [step
+// writes only what it computed]).
 Status step_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
-                  const ParamSteps& params, const void* grad, kernels::DType grad_dtype, void* param,
-                  kernels::DType param_dtype, double grad_scale, ThreadPool* pool, std::vector<ElemRange>* stepped,
-                  ElemRange range);
+                  const ParamSteps& params, const at::Tensor& grad, const at::Tensor& param, double grad_scale,
+                  bool tensor_ops, ThreadPool* pool, std::vector<ElemRange>* stepped, ElemRange range);
+
+// The gradient prologue (kernels/grad_prologue.h) as tensor ops, for a gradient shard
+// on a GPU (or anywhere): sums in double, one device-to-host copy of the result.
+kernels::GradStats tensor_grad_stats(const at::Tensor& grad, double inv_scale);
 
 // Sums L1/L2 partials and maxes linf/nonfinite across ranks.
 Result<kernels::GradStats> all_reduce_stats(const kernels::GradStats& local, comm::Communicator& comm);

@@ -310,11 +310,13 @@ Engine::ShardTensors Engine::load_target(std::uint32_t c) {
     // Frozen values are a cast copy of the shard: new tensors either way.
     return ShardTensors{.values = at::zeros({n}, at::kFloat)};
   }
-  if (m.optim->in_memory(c)) {
+  if (m.optim->in_memory(c) && m.kernel.state_dtype() == at::kFloat) {
     ShardState s = m.optim->memory_state(c);
     return ShardTensors{.master = s.master, .states = s.states};
   }
+  // Fresh fp32 tensors (what checkpoints hold) that write_shard takes home.
   ShardState s = ShardState::make(n, m.kernel);  // master zero, states initial
+  for (at::Tensor& t : s.states) t = t.to(at::kFloat);
   return ShardTensors{.master = std::move(s.master), .states = std::move(s.states)};
 }
 

@@ -36,7 +36,7 @@ Result<kernels::GradStats> StepDriver::global_stats(double inv_scale) {
   kernels::GradStats local;
   for (std::uint32_t c = 0; c < core_.chunks->size(); ++c) {
     if (!(*core_.chunks)[c].trainable) continue;
-    STRATA_ASSIGN_OR_RETURN(kernels::GradStats s, reducer_.local_stats(c, inv_scale, core_.pool.get()));
+    STRATA_ASSIGN_OR_RETURN(kernels::GradStats s, reducer_.local_stats(c, inv_scale));
     local.merge(s);
   }
   // Stage 0: every rank holds the whole (already averaged) gradient.
@@ -141,8 +141,6 @@ bool StepDriver::steps_every_param(std::uint32_t c) const {
 Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   const auto t0 = Clock::now();
   ChunkRt& k = (*core_.chunks)[c];
-  STRATA_ASSIGN_OR_RETURN(kernels::DType gdt, kernel_dtype(k.grads_on_nvme ? at::kFloat : reducer_.grad_shard(c).scalar_type()));
-  STRATA_ASSIGN_OR_RETURN(kernels::DType pdt, kernel_dtype(core_.opt.compute_dtype));
   // The kernel writes the new compute-dtype shard straight into the shard when it
   // lives where the step runs, else into a staging shard that the store op takes home.
   // Note [step writes only what it computed]: the kernel skips frozen parameters and
@@ -165,19 +163,19 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
     else STRATA_RETURN_IF_ERROR(read_param_shard(c, out));
   }
   std::vector<ElemRange> stepped;
-  // Note [shard from master]: no shard to write; the next gather casts the new master.
-  void* param_out = out.defined() ? out.data_ptr() : nullptr;
+  // Note [shard from master]: `out` is undefined, no shard to write; the next gather
+  // casts the new master.
+  const bool tensor_ops = core_.opt.host_step == EngineOptions::StepKernels::kTensorOps;
   const std::vector<ElemRange> groups = holder_.groups(c);
   const bool nvme = k.optim_tier == Tier::kNvme;
   for (std::uint32_t g = 0; g < groups.size(); ++g) {
     if (nvme) STRATA_RETURN_IF_ERROR(read_ahead(next_step_++));
     STRATA_ASSIGN_OR_RETURN(ShardState * state, holder_.acquire(c, g));
     // Note [gradients on nvme]: read in with the state, one sub-group at a time.
-    const void* grad = k.grads_on_nvme ? holder_.grad(c, g).data_ptr()
-                                       : static_cast<const std::byte*>(reducer_.grad_shard(c).data_ptr()) +
-                                             groups[g].begin * kernels::dtype_size(gdt);
-    STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, gdt, param_out, pdt,
-                                      grad_scale, core_.pool.get(), &stepped, groups[g]));
+    const at::Tensor grad = k.grads_on_nvme ? holder_.grad(c, g)
+                                            : reducer_.grad_shard(c).narrow(0, groups[g].begin, groups[g].size());
+    STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, out, grad_scale,
+                                      tensor_ops, core_.pool.get(), &stepped, groups[g]));
     if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
   }
   if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped), .staging = std::move(staging)};

@@ -68,6 +68,22 @@ void adagrad(const kernels::AdagradHyper& h, const kernels::StepInfo& info, cons
 
 }  // namespace
 
+kernels::GradStats tensor_grad_stats(const at::Tensor& grad, double inv_scale) {
+  kernels::GradStats st;
+  if (grad.numel() == 0) return st;
+  const at::Tensor a = grad.to(at::kDouble).abs_().mul_(inv_scale);
+  // One copy to the host for all three: l1, l2^2, linf.
+  const at::Tensor sums = at::stack({a.sum(), a.square().sum(), a.max()}).cpu();
+  const double* v = sums.data_ptr<double>();
+  st.l1 = v[0];
+  st.l2_sq = v[1];
+  st.linf = v[2];
+  // A sum in double of fp32 or narrower values cannot overflow, so it is inf or NaN
+  // exactly when some element is.
+  st.nonfinite = !std::isfinite(st.l1);
+  return st;
+}
+
 Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& grad,
                                const at::Tensor& param, const kernels::StepInfo& info) const {
   if (master.scalar_type() != at::kFloat) {
@@ -78,8 +94,9 @@ Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::T
     return make_error(ErrorCode::kInvalidArgument, "{} state tensors given, the optimizer has {}", states.size(),
                       names_.size());
   }
-  // The scaled gradient, a fresh fp32 tensor: the step may add weight decay into it.
-  at::Tensor g = grad.to(at::kFloat).mul_(info.grad_scale);
+  // The scaled gradient, a fresh fp32 tensor (copy: an fp32 grad's to() is the grad
+  // itself): the step adds weight decay into it, and the caller's gradient stays as it was.
+  at::Tensor g = grad.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).mul_(info.grad_scale);
   switch (type_) {
     case OptimizerType::kAdam:
     case OptimizerType::kAdamW: adam(adam_, info, master, g, states); break;

@@ -50,6 +50,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_optimizer = cfg.zero_optimization.offload_optimizer.device;
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
+  in.bf16_optimizer_states = cfg.strata.optimizer_state_dtype == StateDtype::kBf16;
   in.optimizer_buffer_count = cfg.zero_optimization.offload_optimizer.buffer_count;
   in.sub_group_elems = cfg.zero_optimization.sub_group_elems();
   in.param_buffer_count = cfg.zero_optimization.offload_param.buffer_count;
@@ -95,9 +96,10 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   const Tier opt_tier = offload_tier(in.offload_optimizer);
   const Tier step_tier = plan::step_tier(opt_tier);
   const Tier param_tier = offload_tier(in.offload_param);
-  // fp32 master + m + v: the engine keeps the master apart from the parameter shard in
-  // fp32 too (the step writes the shard from it), unless the shard is made from it.
-  const std::uint64_t state_per_elem = 12;
+  // fp32 master + m + v (fp32 or bf16): the engine keeps the master apart from the
+  // parameter shard in fp32 too (the step writes the shard from it), unless the shard is
+  // made from it.
+  const std::uint64_t state_per_elem = in.bf16_optimizer_states ? 8 : 12;
   const bool grads_on_nvme = in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
 
   // params

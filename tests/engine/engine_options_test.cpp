@@ -1,6 +1,7 @@
 #include "strata/engine/engine_options.h"
 
 #include <gtest/gtest.h>
+#include <torch/optim/optimizer.h>
 
 namespace strata::engine {
 namespace {
@@ -30,10 +31,33 @@ TEST(EngineOptions, TooFewOptimizerBuffersAreRefusedNamingTheKeys) {
   EXPECT_TRUE(options_from(R"({"device": "cpu", "buffer_count": 1})"));
 }
 
-// A GPU compute device needs what the engine can do there today: stage 3, the optimizer
-// state off the GPU (the CPU kernels step it), static placement.
-// The error names the device and the keys (docs/gpu.md).
-TEST(EngineOptions, AGpuComputeDeviceNeedsStage3WithTheOptimizerStateOffIt) {
+// strata.optimizer_state_dtype reaches the engine; an unknown dtype is a config error
+// naming the choices; a wrapped torch::optim optimizer keeps its own fp32 state.
+TEST(EngineOptions, OptimizerStateDtypeComesFromTheConfig) {
+  auto cfg = Config::parse(R"({"strata": {"optimizer_state_dtype": "bf16"}})");
+  ASSERT_TRUE(cfg.has_value()) << cfg.error().to_string();
+  auto o = EngineOptions::from_config(*cfg, 1);
+  ASSERT_TRUE(o.has_value()) << o.error().to_string();
+  EXPECT_EQ(o->optim_state_dtype, at::kBFloat16);
+  auto plain = EngineOptions::from_config(*Config::parse("{}"), 1);
+  ASSERT_TRUE(plain.has_value());
+  EXPECT_EQ(plain->optim_state_dtype, at::kFloat);
+  auto bad = Config::parse(R"({"strata": {"optimizer_state_dtype": "fp16"}})");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().to_string().find("fp32, bf16"), std::string::npos) << bad.error().to_string();
+  EngineOptions wrapped = *o;
+  wrapped.wrap = [](std::vector<at::Tensor>) { return std::unique_ptr<torch::optim::Optimizer>(); };
+  const Status st = wrapped.validate();
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().to_string().find("keeps its own fp32 state"), std::string::npos) << st.error().to_string();
+  EngineOptions half = *o;
+  half.optim_state_dtype = at::kHalf;
+  EXPECT_FALSE(half.validate().has_value());
+}
+
+// Every stage and placement of the state runs on a GPU; the auto placement and a
+// wrapped optimizer do not yet, and the error names the device and the keys (docs/gpu.md).
+TEST(EngineOptions, AGpuComputeDeviceTakesEveryStageAndTierButNotAutoOrWrap) {
   EngineOptions o;
   o.stage = 3;
   o.param_device = OffloadDevice::kCpu;
@@ -47,23 +71,37 @@ TEST(EngineOptions, AGpuComputeDeviceNeedsStage3WithTheOptimizerStateOffIt) {
     const Status st = bad.validate();
     ASSERT_FALSE(st.has_value()) << needle;
     const std::string msg = st.error().to_string();
-    EXPECT_NE(msg.find("a compute device of cuda:0"), std::string::npos) << msg;
     EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+  };
+  auto refused_device = [&](const EngineOptions& bad, const std::string& needle) {
+    refused(bad, needle);
+    const std::string msg = bad.validate().error().to_string();
+    EXPECT_NE(msg.find("a compute device of cuda:0"), std::string::npos) << msg;
     EXPECT_NE(msg.find("docs/gpu.md"), std::string::npos) << msg;
   };
-  EngineOptions stage2 = o;
-  stage2.stage = 2;
-  stage2.param_device = OffloadDevice::kNone;
-  refused(stage2, "needs stage 3 (this is stage 2)");
-  EngineOptions on_gpu = o;
-  on_gpu.optim_device = OffloadDevice::kNone;
-  refused(on_gpu, "offload_optimizer.device to cpu or nvme");
-  EngineOptions shards_on_gpu = o;  // parameter shards may stay
-  shards_on_gpu.param_device = OffloadDevice::kNone;
-  EXPECT_TRUE(shards_on_gpu.validate()) << shards_on_gpu.validate().error().to_string();
+  for (int stage : {0, 1, 2, 3}) {  // the state on the GPU, stepped there
+    EngineOptions all_on_gpu = o;
+    all_on_gpu.stage = stage;
+    all_on_gpu.param_device = all_on_gpu.optim_device = OffloadDevice::kNone;
+    EXPECT_TRUE(all_on_gpu.validate()) << stage << ": " << all_on_gpu.validate().error().to_string();
+  }
+  EngineOptions stage1_host = o;
+  stage1_host.stage = 1;
+  stage1_host.param_device = OffloadDevice::kNone;
+  stage1_host.optim_device = OffloadDevice::kCpu;
+  EXPECT_TRUE(stage1_host.validate()) << stage1_host.validate().error().to_string();
   EngineOptions automatic = o;
   automatic.placement = Placement::kAuto;
-  refused(automatic, "needs the static placement");
+  refused_device(automatic, "needs the static placement");
+  EngineOptions wrapped = o;
+  wrapped.optim_device = OffloadDevice::kCpu;
+  wrapped.wrap = [](std::vector<at::Tensor>) { return std::unique_ptr<torch::optim::Optimizer>(); };
+  refused_device(wrapped, "cannot run a wrapped torch::optim optimizer yet");
+  // host_step names the kernels of the built-in optimizers only.
+  EngineOptions wrapped_ops = wrapped;
+  wrapped_ops.compute_device.reset();
+  wrapped_ops.host_step = EngineOptions::StepKernels::kTensorOps;
+  refused(wrapped_ops, "a wrapped torch::optim optimizer steps itself");
 
   EngineOptions other = o;
   other.compute_device = c10::Device(c10::kMeta);

@@ -1,9 +1,10 @@
 // The engine on a GPU against plain LibTorch on the same GPU (ctest label `gpu`,
 // registered only in a STRATA_CUDA build; scripts/device-check runs them on the device).
-// World size 1: one GPU. Each case is a zero3_worker (or units_worker) run with
-// STRATA_TEST_DEVICE=cuda, so the model, its reference and the batches live on the GPU
-// while the optimizer state lives on the host or on nvme, and the parameter shards
-// there or on the GPU (docs/gpu.md).
+// World size 1: one GPU. Each case is a zero3_worker, zero_worker or units_worker run
+// with STRATA_TEST_DEVICE=cuda, so the model, its reference and the batches live on the
+// GPU, and the optimizer state on the GPU (stepped there by ATen ops), on host or on
+// nvme (stepped by the fused CPU kernels), and the parameter shards on any tier
+// (docs/gpu.md).
 #include <filesystem>
 
 #include <gtest/gtest.h>
@@ -33,15 +34,28 @@ TEST(Gpu, Fp32ParityWithTheOptimizerOnHost) { run_on_gpu({"parity", "host"}); }
 // optimizer state on host: the step's new shard goes back to the GPU.
 TEST(Gpu, Fp32ParityWithShardsOnTheGpuAndTheOptimizerOnHost) { run_on_gpu({"parity", "optim-host"}); }
 TEST(Gpu, Fp32ParityWithParametersAndOptimizerOnNvme) { run_on_gpu({"parity", "nvme"}); }
+// Everything on the GPU: shards, optimizer state (ATen ops step it), gradients.
+TEST(Gpu, Fp32ParityWithEverythingOnTheGpu) { run_on_gpu({"parity", "compute"}); }
+// Stages 0-2 (zero_worker parity: AdamW, 20 steps within 1e-6 of torch::optim on the
+// GPU): the state on the GPU, on host, and on nvme with the gradients.
+TEST(Gpu, Stages0To2WithTheStateOnTheGpu) {
+  for (const char* stage : {"0", "1", "2"}) run_on_gpu({"parity", stage, "adamw", ""}, "zero_worker");
+}
+TEST(Gpu, Stages1And2WithTheStateOnHostOrNvme) {
+  for (const char* stage : {"1", "2"})
+    for (const char* where : {"cpu", "nvme"}) run_on_gpu({"parity", stage, "adamw", where}, "zero_worker");
+}
 // A compute budget of a quarter of the model: chunks leave GPU memory and come back every
 // step, within the budget.
 TEST(Gpu, AQuarterBudgetEvictsFromGpuMemory) { run_on_gpu({"parity", "quarter"}); }
 TEST(Gpu, Bf16LossesTrackTheFp32ReferenceWithin2Percent) { run_on_gpu({"parity", "host", "bf16"}); }
 TEST(Gpu, Fp16OverflowSkipsTheStepAndTheScaleHalves) { run_on_gpu({"fp16"}); }
 // Frozen parameters, parameters without a gradient, a module called twice, tuple
-// outputs and a skip branch, at stage 3 on every placement a GPU takes, against the
-// reference and the consolidated weights (units_worker awkward).
-TEST(Gpu, AwkwardModelsAtStage3OnEveryPlacement) { run_on_gpu({"awkward", "3"}, "units_worker"); }
+// outputs and a skip branch, at stages 1-3 on every placement, against the reference
+// and the consolidated weights (units_worker awkward).
+TEST(Gpu, AwkwardModelsAtStages1To3OnEveryPlacement) {
+  for (const char* stage : {"1", "2", "3"}) run_on_gpu({"awkward", stage}, "units_worker");
+}
 
 }  // namespace
 }  // namespace strata

@@ -4,6 +4,8 @@
 // config offers, fp32 and bf16 gradients and compute copies, fp32 and bf16 states.
 #include "engine/shard_state.h"
 
+#include <limits>
+
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -76,7 +78,10 @@ TEST_P(TensorStep, MatchesTheFusedCpuKernelsOverThreeSteps) {
     if (state_dtype != at::kFloat) {  // what a bf16 state would hold: each store rounded
       for (auto& s : k_states) s.copy_(s.to(state_dtype));
     }
+    const at::Tensor grad_before = grad.clone();
     ASSERT_TRUE(kernel->run_tensors(t_master, t_states, grad, t_param, info));
+    // The caller's gradient is read, never written (an fp32 one was scaled in place once).
+    ASSERT_TRUE(at::equal(grad, grad_before)) << c.name << " step " << step;
   }
   // bf16 states round each store, so the kernels' fp32 states rounded after each step
   // are the reference only up to bf16's precision.
@@ -107,6 +112,33 @@ TEST(TensorStep, RefusesWhatTheKernelsRefuse) {
   EXPECT_FALSE(kernel->run_tensors(m, {m.clone(), m.clone()}, g, at::Tensor(), {.step = 0}));
   EXPECT_FALSE(kernel->run_tensors(m.to(at::kBFloat16), {m.clone(), m.clone()}, g, at::Tensor(), {.step = 1}));
   EXPECT_FALSE(kernel->run_tensors(m, {m.clone()}, g, at::Tensor(), {.step = 1}));
+}
+
+// tensor_grad_stats is the gradient prologue's tensor form: the same partials (sums in
+// double on both sides) and the same overflow flag.
+TEST(TensorGradStats, MatchTheGradPrologue) {
+  at::manual_seed(3);
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    const at::Tensor g = (at::randn({10007}) * 30).to(dt);
+    auto kdt = kernel_dtype(dt);
+    ASSERT_TRUE(kdt.has_value());
+    auto want = kernels::grad_prologue(g.data_ptr(), *kdt, static_cast<std::size_t>(g.numel()), 0.25);
+    ASSERT_TRUE(want.has_value());
+    const kernels::GradStats got = tensor_grad_stats(g, 0.25);
+    EXPECT_NEAR(got.l1, want->l1, 1e-12 * want->l1) << c10::toString(dt);
+    EXPECT_NEAR(got.l2_sq, want->l2_sq, 1e-12 * want->l2_sq) << c10::toString(dt);
+    EXPECT_EQ(got.linf, want->linf) << c10::toString(dt);
+    EXPECT_FALSE(got.nonfinite);
+    for (double bad : {std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(),
+                       std::numeric_limits<double>::quiet_NaN()}) {
+      at::Tensor b = g.clone();
+      b[5000] = bad;
+      EXPECT_TRUE(tensor_grad_stats(b, 0.25).nonfinite) << c10::toString(dt) << " " << bad;
+    }
+  }
+  const kernels::GradStats empty = tensor_grad_stats(at::empty({0}), 1.0);
+  EXPECT_EQ(empty.l1, 0);
+  EXPECT_FALSE(empty.nonfinite);
 }
 
 }  // namespace

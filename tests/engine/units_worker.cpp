@@ -332,11 +332,8 @@ void awkward_case(int stage, const std::string& placement) {
 }
 
 void awkward(int stage) {
-  for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget"}) {
-    // A GPU takes the placements whose optimizer state is off it (docs/gpu.md).
-    if (!strata::testing::test_device().is_cpu() && std::string_view(p) == "none") continue;
+  for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget"})
     awkward_case(stage, p);
-  }
 }
 
 // A unit whose forward returns a tuple: both outputs feed the rest of the model, and the

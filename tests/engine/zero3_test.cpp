@@ -43,6 +43,10 @@ std::vector<Case> cases() {
   out.push_back({1, "nvme-split"});
   out.push_back({1, "optim-host"});  // aliased chunks (the whole chunk is the shard), stepped on host
   out.push_back({3, "quarter"});
+  // The step as ATen ops (what state on a GPU takes), on a CPU: state on compute, and
+  // nvme sub-groups with gradients on nvme.
+  out.push_back({2, "compute-tensor-ops"});
+  out.push_back({2, "nvme-split-tensor-ops"});
   return out;
 }
 
@@ -103,15 +107,19 @@ TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
 }
 
 // Every nvme record at a real size (64 MiB): stage 2's optimizer state, stage 3's
-// parameter shards and optimizer state, three steps against plain LibTorch.
-TEST(Zero3, RealSizeNvmeRecordsMatchLibTorch) {
-  for (const char* stage : {"2", "3"}) {
-    const auto dir = testing::fresh_temp_dir("bigtier");
-    expect_all_ok(run_ranks(2, {units_worker(), "bigtier", stage}, std::chrono::seconds(600),
-                            {{"STRATA_TEST_NVME", dir.string()}}));
-    std::filesystem::remove_all(dir);
-  }
+// parameter shards and optimizer state, three steps against plain LibTorch. One case
+// per stage, so that ctest can run them next to others (each takes minutes).
+class RealSize : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(RealSize, NvmeRecordsMatchLibTorch) {
+  const auto dir = testing::fresh_temp_dir("bigtier");
+  expect_all_ok(run_ranks(2, {units_worker(), "bigtier", GetParam()}, std::chrono::seconds(600),
+                          {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
 }
+
+INSTANTIATE_TEST_SUITE_P(Stages, RealSize, ::testing::Values("2", "3"),
+                         [](const auto& param_info) { return fmt::format("stage{}", param_info.param); });
 
 TEST(Zero3, ParamBuffersSmallerThanAShardAreRefusedAtSetup) {
   const auto dir = testing::fresh_temp_dir("smallbuf");

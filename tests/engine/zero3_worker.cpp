@@ -5,7 +5,8 @@
 // 3 on an expected failure.
 //
 // zero3_worker parity PLACEMENT [bf16]   PLACEMENT: compute | host | optim-host | quarter |
-//                                        auto | nvme | persist | searched
+//                                        auto | nvme | persist | searched, each with an
+//                                        optional -tensor-ops (ATen ops step the state)
 // zero3_worker memory                     max_live bound and shard bytes
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
 // zero3_worker gradmem                    stage 2 holds 1/world of stage 0's gradient bytes
@@ -65,8 +66,12 @@ std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step) {
   return {x.narrow(0, g_comm->rank() * kBatchPerRank, kBatchPerRank), y.narrow(0, g_comm->rank() * kBatchPerRank, kBatchPerRank)};
 }
 
-engine::EngineOptions options(const std::string& placement, const nn::GPTConfig& cfg, std::uint64_t* model_bytes) {
+engine::EngineOptions options(std::string placement, const nn::GPTConfig& cfg, std::uint64_t* model_bytes) {
   engine::EngineOptions o;
+  if (placement.ends_with("-tensor-ops")) {  // ATen ops step the state (host_step)
+    o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
+    placement.resize(placement.size() - std::string_view("-tensor-ops").size());
+  }
   // SGD with momentum: Adam turns the rounding noise in gradients that are exactly zero
   // in theory (attention key biases) into full-size steps, which no two summation
   // orders agree on; the ZeRO-1/2 tests cover Adam parity on a model without them.

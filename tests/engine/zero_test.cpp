@@ -78,6 +78,17 @@ std::vector<OffloadCase> offload_cases() {
   // sub_group_size below the chunk shard (Note [optimizer sub-groups])
   for (int stage : {1, 2}) cases.push_back({1, stage, "nvme-subgroups"});
   cases.push_back({2, 2, "nvme-subgroups"});
+  // The step and the gradient statistics as ATen ops (what state on a GPU takes), on a
+  // CPU: state on compute at stages 0-2, on host, and nvme sub-groups.
+  for (int stage : {0, 1, 2}) cases.push_back({2, stage, "tensor-ops"});
+  cases.push_back({2, 2, "cpu-tensor-ops"});
+  cases.push_back({1, 2, "nvme-subgroups-tensor-ops"});
+  // strata.optimizer_state_dtype bf16: on compute, host and nvme sub-groups, and stepped
+  // by the tensor ops.
+  cases.push_back({2, 2, "bf16-state"});
+  cases.push_back({2, 1, "bf16-state-cpu"});
+  cases.push_back({2, 2, "bf16-state-nvme-subgroups"});
+  cases.push_back({1, 2, "bf16-state-tensor-ops"});
   return cases;
 }
 
@@ -144,6 +155,19 @@ TEST(Zero, ClippingEqualsTorchForNorms1_2_Inf) {
   expect_all_ok(run_ranks(2, {worker(), "clip", "1", "2"}));
 }
 
+// The gradient statistics as tensor ops (what a gradient on a GPU takes): the norms
+// clipping uses, at stage 2 (fp32 shards, and shards taken before they go to nvme) and
+// stage 1 (slices of the all-reduced buffer), and the overflow that skips a step.
+TEST(Zero, TensorOpGradStatsClipAndSkipLikeTorch) {
+  for (const char* norm : {"1", "2", "inf"}) expect_all_ok(run_ranks(2, {worker(), "clip", "2", norm, "tensor-ops"}));
+  expect_all_ok(run_ranks(2, {worker(), "clip", "1", "2", "tensor-ops"}));
+  expect_all_ok(run_ranks(2, {worker(), "fp16", "2", "tensor-ops"}));
+  const auto dir = testing::fresh_temp_dir("clip-nvme-ops");
+  expect_all_ok(run_ranks(2, {worker(), "clip", "2", "2", "nvme-tensor-ops"}, std::chrono::seconds(120),
+                          {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Zero, Fp16LossScalerSkipsExactlyTheOverflowingSteps) {
   expect_all_ok(run_ranks(3, {worker(), "fp16", "2"}));
   const auto dir = testing::fresh_temp_dir("fp16-nvme");
@@ -160,6 +184,20 @@ TEST(Zero, StateDictSavedAtWorld4LoadsAtWorld2AndContinuesIdentically) {
   // Loaded into nvme state while reads of the old state are in flight.
   const auto nvme = testing::fresh_temp_dir("zero-ckpt-nvme");
   expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10", "nvme"}, std::chrono::seconds(120),
+                          {{"STRATA_TEST_NVME", nvme.string()}}));
+  std::filesystem::remove_all(nvme);
+  std::filesystem::remove_all(dir);
+}
+
+// bf16 optimizer state goes into the state dict as fp32 tensors of its bf16 values and
+// comes back exactly, into memory and onto nvme: the resumed run equals the
+// uninterrupted one bit for bit.
+TEST(Zero, Bf16StateSavedAndLoadedContinuesBitForBit) {
+  const auto dir = testing::fresh_temp_dir("zero-ckpt-bf16");
+  expect_all_ok(run_ranks(2, {worker(), "save", dir.string(), "10", "bf16-state"}));
+  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10", "bf16-state"}));
+  const auto nvme = testing::fresh_temp_dir("zero-ckpt-bf16-nvme");
+  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10", "bf16-state-nvme"}, std::chrono::seconds(120),
                           {{"STRATA_TEST_NVME", nvme.string()}}));
   std::filesystem::remove_all(nvme);
   std::filesystem::remove_all(dir);

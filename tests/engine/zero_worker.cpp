@@ -7,22 +7,30 @@
 //                                         wrap (the optimizer wrapped), cpu or nvme (its
 //                                         state there), nvme-hostgrads, nvme-noread,
 //                                         nvme-nowrite, nvme-serial, nvme-subgroups
-//                                         (see zero_test.cpp)
+//                                         (see zero_test.cpp), each with an optional
+//                                         "bf16-state-" prefix; a "tensor-ops" suffix
+//                                         steps with ATen ops (host_step); on
+//                                         STRATA_TEST_DEVICE (gpu_test.cpp)
 // zero_worker shared STAGE                 a module registered twice, through every entry point
 // zero_worker badparam                     a bad parameter is named by its index
 // zero_worker stages OPTIM                 stage 1 and stage 2 side by side
 // zero_worker accum STAGE [nvme]           4 micro-steps == one 4x batch
 // zero_worker fault eio|corrupt           an nvme read fails on the last rank mid-run:
 //                                         every rank stops with an error, none hangs
-// zero_worker clip STAGE NORM [nvme]       clip_grad_norm(1|2|inf) vs clip_grad_norm_
-// zero_worker fp16 STAGE                   loss scaler skips exactly the overflowing steps
+// zero_worker clip STAGE NORM [MODE]       clip_grad_norm(1|2|inf) vs clip_grad_norm_; MODE
+//                                         nvme, nvme-subgroups, tensor-ops, nvme-tensor-ops
+// zero_worker fp16 STAGE [MODE]            loss scaler skips exactly the overflowing steps;
+//                                         MODE nvme, tensor-ops
 // zero_worker bf16 STAGE                   bf16 compute copies == RNE(master), loss tracks
-// zero_worker save DIR STEPS | resume DIR STEPS   consolidated state dict across world sizes
+// zero_worker save DIR STEPS [bf16-state] | resume DIR STEPS [MODE]   consolidated state
+//                                         dict across world sizes; MODE nvme, bf16-state,
+//                                         bf16-state-nvme
 // zero_worker kill STAGE                   the last rank dies mid-run; others must error
 #include <signal.h>
 
 #include <cerrno>
 #include <cmath>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -53,9 +61,17 @@ using strata::testing::ToyModel;
 namespace {
 
 constexpr std::int64_t kRowsPerRank = 6;
+// bf16 state against the reference rounded alike: both round fp32 values that can
+// differ by an fp32 rounding (sharded gradients are summed in another order), so an
+// element's m or v can land one bf16 step (2^-8) apart now and then, and its parameter
+// about lr * 2^-8 apart. Measured: 1e-7 at world sizes 1 and 2 (no such flip); 1.25e-4
+// after one flip. bf16 state is 2.4e-3 (Adam) and 1.5e-3 (AdamW) away from fp32 state
+// after 20 steps; SGD's momentum much less, so the bf16-state cases use Adam or AdamW.
+constexpr double kBf16StateTol = 2e-4;
 comm::Communicator* g_comm = nullptr;
 using strata::testing::check;
 using strata::testing::fail;
+using strata::testing::test_device;
 
 
 OptimizerConfig optim_config(const std::string& name) {
@@ -106,9 +122,14 @@ engine::EngineOptions sharded_options(int stage, const OptimizerConfig& oc) {
 struct Reference {
   ToyModel model{7};
   std::unique_ptr<torch::optim::Optimizer> opt;
-  explicit Reference(const OptimizerConfig& c) { opt = torch_optimizer(c, trainable(model)); }
+  explicit Reference(const OptimizerConfig& c, c10::Device device = c10::kCPU) {
+    model.to(device);
+    opt = torch_optimizer(c, trainable(model));
+  }
   double step(std::int64_t step, std::int64_t rows, double clip = 0, double norm_type = 2, double* norm = nullptr) {
     auto [x, y] = toy_batch(step, rows);
+    x = x.to(model.w1.device());
+    y = y.to(model.w1.device());
     torch_compat::zero_grad_keep(*opt);
     at::Tensor loss = model.loss(x, y);
     loss.backward();
@@ -120,6 +141,28 @@ struct Reference {
     return loss.item<double>();
   }
 };
+
+// What bf16 optimizer state holds: each state tensor of the reference rounded to bf16
+// (to nearest even) after its step, the arithmetic in fp32 as before.
+void round_state_to_bf16(torch::optim::Optimizer& opt) {
+  auto round = [](const at::Tensor& t) {
+    if (t.defined()) t.copy_(t.to(at::kBFloat16));
+  };
+  for (auto& [key, ps] : opt.state()) {
+    if (auto* a = dynamic_cast<torch::optim::AdamParamState*>(ps.get())) round(a->exp_avg()), round(a->exp_avg_sq());
+    else if (auto* w = dynamic_cast<torch::optim::AdamWParamState*>(ps.get())) round(w->exp_avg()), round(w->exp_avg_sq());
+    else if (auto* g = dynamic_cast<torch::optim::SGDParamState*>(ps.get())) round(g->momentum_buffer());
+    else if (auto* d = dynamic_cast<torch::optim::AdagradParamState*>(ps.get())) round(d->sum());
+  }
+}
+
+// max over parameters of rel_error
+double max_error(ToyModel& got, ToyModel& want) {
+  double worst = 0;
+  auto b = want.named_parameters();
+  for (const auto& item : got.named_parameters()) worst = std::max(worst, rel_error(item.value(), b[item.key()]));
+  return worst;
+}
 
 void compare(ToyModel& got, ToyModel& want, double tol, const std::string& when, bool skip_unused = false) {
   auto a = got.named_parameters(), b = want.named_parameters();
@@ -133,6 +176,16 @@ void compare(ToyModel& got, ToyModel& want, double tol, const std::string& when,
 std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step, std::int64_t per_rank) {
   auto [x, y] = toy_batch(step, per_rank * g_comm->world());
   return {x.narrow(0, g_comm->rank() * per_rank, per_rank), y.narrow(0, g_comm->rank() * per_rank, per_rank)};
+}
+
+// A MODE ending in "tensor-ops": ATen ops step the state and take the gradient
+// statistics, wherever the state is (host_step; what state on a GPU always takes).
+// The suffix is taken off MODE.
+void take_tensor_ops(std::string& mode, engine::EngineOptions& opts) {
+  if (!mode.ends_with("tensor-ops")) return;
+  opts.host_step = engine::EngineOptions::StepKernels::kTensorOps;
+  mode.resize(mode.size() - std::string_view("tensor-ops").size());
+  if (mode.ends_with('-')) mode.pop_back();
 }
 
 // The optimizer state (and, by default, the gradient shards) on nvme files.
@@ -152,12 +205,24 @@ void use_sub_groups(engine::EngineOptions& opts) {
   opts.optim_pipeline.buffer_count = 8;
 }
 
-void parity(int stage, const std::string& optim, const std::string& mode) {
+void parity(int stage, const std::string& optim, std::string mode) {
   const bool wrap = mode == "wrap";
   OptimizerConfig oc = optim_config(optim);
-  Reference ref(oc);
+  // The model, its reference and the batches on STRATA_TEST_DEVICE (the gpu tests).
+  Reference ref(oc, test_device());
   ToyModel model(7);
+  model.to(test_device());
   auto opts = sharded_options(stage, oc);
+  take_tensor_ops(mode, opts);
+  // "bf16-state": m and v in bf16, against the reference with its state rounded alike
+  // and, to show the comparison can tell, against the reference without the rounding.
+  const bool bf16_state = mode.starts_with("bf16-state");
+  std::optional<Reference> fp32_ref;
+  if (bf16_state) {
+    opts.optim_state_dtype = at::kBFloat16;
+    mode = mode.substr(std::min(mode.size(), std::string_view("bf16-state-").size()));
+    fp32_ref.emplace(oc, test_device());
+  }
   if (wrap) opts.wrap = [oc](std::vector<at::Tensor> shards) { return torch_optimizer(oc, std::move(shards)); };
   if (mode == "cpu") opts.optim_device = OffloadDevice::kCpu;
   if (mode.starts_with("nvme")) use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
@@ -170,17 +235,41 @@ void parity(int stage, const std::string& optim, const std::string& mode) {
     opts.optim_pipeline.buffer_count = opts.optim_pipeline.needed();
   }
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
+  if (bf16_state && !mode.starts_with("nvme") && oc.effective_type() != OptimizerType::kSGD) {
+    // Adam's master, m and v: 4 + 2 + 2 bytes an element against 4 + 4 + 4.
+    ToyModel other(7);
+    other.to(test_device());
+    engine::EngineOptions fp32_opts = opts;
+    fp32_opts.optim_state_dtype = at::kFloat;
+    auto fp32_eng = check(engine::Engine::create(trainable(other), *g_comm, fp32_opts), "create fp32");
+    const auto kind = plan::kind_index(plan::StateKind::kOptimizer);
+    for (std::size_t t = 0; t < 3; ++t) {
+      const std::uint64_t got = opt->memory_by_kind()[t][kind], fp32 = fp32_eng->memory_by_kind()[t][kind];
+      if (got * 3 != fp32 * 2) fail(fmt::format("tier {}: bf16 state holds {} bytes, fp32 state {}", t, got, fp32));
+    }
+  }
   const at::Tensor unused_before = model.unused.detach().clone();
   for (int s = 0; s < 20; ++s) {
     auto [x, y] = my_rows(s, kRowsPerRank);
-    check(opt->backward(model.loss(x, y)), "backward");
+    check(opt->backward(model.loss(x.to(test_device()), y.to(test_device()))), "backward");
     auto r = check(opt->step(), "step");
     if (!r.applied) fail("step not applied");
     ref.step(s, kRowsPerRank * g_comm->world());
+    if (bf16_state) {
+      round_state_to_bf16(*ref.opt);
+      fp32_ref->step(s, kRowsPerRank * g_comm->world());
+    }
     // A wrapped torch::optim optimizer steps whole chunk shards, so a parameter that
     // never had a gradient is stepped with a zero one (documented); the fused path
     // skips it exactly as torch::optim does.
-    compare(model, ref.model, 1e-6, fmt::format("stage {} {} step {}", stage, optim, s), /*skip_unused=*/wrap);
+    compare(model, ref.model, bf16_state ? kBf16StateTol : 1e-6, fmt::format("stage {} {} step {}", stage, optim, s),
+            /*skip_unused=*/wrap);
+  }
+  if (bf16_state) {
+    const double rounded = max_error(model, ref.model), plain = max_error(model, fp32_ref->model);
+    fmt::print("bf16 state: relative error {:.3g} against the rounded reference, {:.3g} against fp32 state\n",
+               rounded, plain);
+    if (plain < 5 * kBf16StateTol) fail("bf16 state is too close to fp32 state for the comparison to tell them apart");
   }
   if (!wrap && !at::equal(model.unused, unused_before)) fail("a parameter that never had a gradient changed");
 }
@@ -228,11 +317,12 @@ void accum(int stage, const std::string& nvme) {
   }
 }
 
-void clip(int stage, double norm_type, const std::string& nvme) {
+void clip(int stage, double norm_type, std::string nvme) {
   OptimizerConfig oc = optim_config("sgd");
   Reference ref(oc);
   ToyModel model(7);
   auto opts = sharded_options(stage, oc);
+  take_tensor_ops(nvme, opts);
   if (!nvme.empty()) use_nvme(opts, "clip");
   if (nvme == "nvme-subgroups") use_sub_groups(opts);
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
@@ -250,11 +340,12 @@ void clip(int stage, double norm_type, const std::string& nvme) {
 
 // "nvme": the state on nvme, so the skipped steps leave their early reads (Note [early
 // state reads]) for the next step, which must read the new gradients with them.
-void fp16(int stage, const std::string& mode) {
+void fp16(int stage, std::string mode) {
   OptimizerConfig oc = optim_config("adam");
   Reference ref(oc);
   ToyModel model(7);
   auto opts = sharded_options(stage, oc);
+  take_tensor_ops(mode, opts);
   if (mode == "nvme") use_nvme(opts, "fp16");
   opts.fp16 = {.enabled = true, .initial_scale_power = 8, .loss_scale_window = 3, .hysteresis = 2, .min_loss_scale = 1};
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
@@ -306,16 +397,27 @@ void bf16(int stage) {
   }
 }
 
-void save(const std::string& dir, int steps) {
+// MODE "bf16-state": the optimizer state in bf16 (the state dict holds it widened).
+void save(const std::string& dir, int steps, const std::string& mode) {
   OptimizerConfig oc = optim_config("adam");
   ToyModel model(7);
-  auto opt = check(engine::Engine::create(trainable(model), *g_comm, sharded_options(2, oc)), "create");
+  auto opts = sharded_options(2, oc);
+  if (mode == "bf16-state") opts.optim_state_dtype = at::kBFloat16;
+  auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   for (int s = 0; s < steps; ++s) {
     auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());  // 24 rows per step at any world size
     check(opt->backward(model.loss(x, y)), "backward");
     check(opt->step(), "step");
   }
   auto full = check(opt->consolidate_state_dict(0), "consolidate");
+  if (g_comm->rank() == 0 && mode == "bf16-state") {  // fp32 tensors of bf16 values, exactly
+    for (auto& [key, ps] : full->state()) {
+      auto& a = dynamic_cast<torch::optim::AdamParamState&>(*ps);
+      for (const at::Tensor& t : {a.exp_avg(), a.exp_avg_sq()})
+        if (t.scalar_type() != at::kFloat || !at::equal(t, t.to(at::kBFloat16).to(at::kFloat)))
+          fail("the saved bf16 state is not its bf16 values in fp32");
+    }
+  }
   if (g_comm->rank() == 0) {
     torch::save(*full, dir + "/optim.pt");
     torch::save(full->param_groups()[0].params(), dir + "/params.pt");
@@ -326,11 +428,16 @@ void save(const std::string& dir, int steps) {
 // state is loaded (the model already holds the saved weights), so the reads it started
 // early (Note [early state reads]) hold the fresh engine's zero state: loading must
 // drop them, or the step would use m = v = 0.
-void resume(const std::string& dir, int steps, const std::string& mode) {
+// "bf16-state[-nvme]": saved and resumed with bf16 state at the same world size, against
+// the same engine run uninterrupted, bit for bit: loading the widened values must give
+// back the very bf16 state.
+void resume(const std::string& dir, int steps, std::string mode) {
   OptimizerConfig oc = optim_config("adam");
   ToyModel model(7);
   std::vector<at::Tensor> params;
   torch::load(params, dir + "/params.pt");
+  const bool bf16_state = mode.starts_with("bf16-state");
+  if (bf16_state) mode = mode.substr(std::min(mode.size(), std::string_view("bf16-state-").size()));
   const bool nvme = mode == "nvme";
   if (nvme) {
     at::NoGradGuard no_grad;
@@ -339,21 +446,36 @@ void resume(const std::string& dir, int steps, const std::string& mode) {
   }
   auto opts = sharded_options(2, oc);
   if (nvme) use_nvme(opts, "resume");
+  if (bf16_state) opts.optim_state_dtype = at::kBFloat16;
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
   torch::optim::Adam loaded(params, torch::optim::AdamOptions(oc.lr));
   torch::load(loaded, dir + "/optim.pt");
   if (!nvme) check(opt->load_state_dict(loaded), "load_state_dict");
-  // The reference runs all steps uninterrupted in one process.
+  // The reference runs all steps uninterrupted in one process (bf16 state: the same
+  // engine, uninterrupted, on this rank's rows).
   Reference ref(oc);
+  ToyModel uninterrupted(7);
+  std::unique_ptr<engine::Engine> cont;
+  if (bf16_state) {
+    engine::EngineOptions cont_opts = sharded_options(2, oc);
+    cont_opts.optim_state_dtype = at::kBFloat16;
+    cont = check(engine::Engine::create(trainable(uninterrupted), *g_comm, cont_opts), "create uninterrupted");
+  }
   for (int s = 0; s < 2 * steps; ++s) {
+    auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());
     if (s >= steps) {
-      auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());
       check(opt->backward(model.loss(x, y)), "backward");
       if (nvme && s == steps) check(opt->load_state_dict(loaded), "load_state_dict");
       check(opt->step(), "step");
     }
-    ref.step(s, kRowsPerRank * 4);
-    if (s >= steps) compare(model, ref.model, 1e-6, fmt::format("resumed step {}", s));
+    if (!bf16_state) {
+      ref.step(s, kRowsPerRank * 4);
+      if (s >= steps) compare(model, ref.model, 1e-6, fmt::format("resumed step {}", s));
+      continue;
+    }
+    check(cont->backward(uninterrupted.loss(x, y)), "backward uninterrupted");
+    check(cont->step(), "step uninterrupted");
+    if (s >= steps) compare(model, uninterrupted, 0.0, fmt::format("resumed step {} (bf16 state)", s));
   }
 }
 
@@ -484,7 +606,7 @@ int main(int argc, char** argv) {
   else if (mode == "clip") clip(std::stoi(a.at(1)), a.at(2) == "inf" ? INFINITY : std::stod(a.at(2)), a.size() > 3 ? a[3] : "");
   else if (mode == "fp16") fp16(std::stoi(a.at(1)), a.size() > 2 ? a[2] : "");
   else if (mode == "bf16") bf16(std::stoi(a.at(1)));
-  else if (mode == "save") save(a.at(1), std::stoi(a.at(2)));
+  else if (mode == "save") save(a.at(1), std::stoi(a.at(2)), a.size() > 3 ? a[3] : "");
   else if (mode == "resume") resume(a.at(1), std::stoi(a.at(2)), a.size() > 3 ? a[3] : "");
   else if (mode == "kill") kill(std::stoi(a.at(1)));
   else fail("unknown mode " + mode);

@@ -119,6 +119,16 @@ TEST(Estimator, KindsAndTiers) {
   EXPECT_EQ(e->at(Tier::kHost, StateKind::kBuffers), (4 * (12 + 4) + 3 * 4) * (200'000'000ull / 8) + (64ull << 20));
   EXPECT_EQ(e->total(), e->tier_total(Tier::kCompute) + e->tier_total(Tier::kHost) + e->tier_total(Tier::kNvme));
   {
+    // strata.optimizer_state_dtype bf16: m and v take 2 bytes each, the master 4; the
+    // nvme staging buffers shrink alike.
+    EstimateInput bf16_state = in;
+    bf16_state.bf16_optimizer_states = true;
+    auto b = estimate_memory(bf16_state);
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(b->at(Tier::kNvme, StateKind::kOptimizer), 8 * s);
+    EXPECT_EQ(b->at(Tier::kHost, StateKind::kBuffers), (4 * (8 + 4) + 3 * 4) * (200'000'000ull / 8) + (64ull << 20));
+  }
+  {
     EstimateInput host_grads = in;
     host_grads.nvme_gradients = false;
     auto h = estimate_memory(host_grads);
@@ -152,6 +162,9 @@ TEST(Estimator, InputFromConfig) {
   EXPECT_EQ(in->dtype, Dtype::kBf16);
   EXPECT_EQ(in->stage, 3);
   EXPECT_EQ(in->offload_optimizer, OffloadDevice::kNvme);
+  EXPECT_FALSE(in->bf16_optimizer_states);
+  cfg.strata.optimizer_state_dtype = StateDtype::kBf16;
+  EXPECT_TRUE(EstimateInput::from_config(cfg, 1000, 100, 2)->bf16_optimizer_states);
   cfg.zero_optimization.stage = 2;
   cfg.zero_optimization.offload_param.device = OffloadDevice::kCpu;
   EXPECT_FALSE(EstimateInput::from_config(cfg, 1000, 100, 2).has_value());

@@ -297,16 +297,8 @@ Status TrainOptions::resolve(bool demo_defaults) {
                       "--fp16 needs a GPU: LibTorch has no fp16 matrix multiply on CPU; use --bf16 (or --fp32)");
   }
   if (compute == c10::DeviceType::CUDA) {
-    // What the engine does on a GPU today (EngineOptions::validate_device).
-    if (c.zero_optimization.stage != 3) {
-      return make_error(ErrorCode::kInvalidArgument, "--device cuda needs --stage 3 (this is stage {}; docs/gpu.md)",
-                        c.zero_optimization.stage);
-    }
-    if (c.zero_optimization.offload_optimizer.device == OffloadDevice::kNone) {
-      return make_error(ErrorCode::kInvalidArgument,
-                        "--device cuda needs the optimizer state off the GPU: --offload-optimizer cpu or nvme "
-                        "(the GPU step is not built yet; docs/gpu.md)");
-    }
+    // What the engine does not do on a GPU yet (EngineOptions::validate_device), said
+    // before any rank starts.
     if (c.strata.placement != Placement::kStatic) {
       return make_error(ErrorCode::kInvalidArgument, "--device cuda needs --placement static (docs/gpu.md)");
     }

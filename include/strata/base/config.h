@@ -34,6 +34,7 @@ namespace strata {
 enum class OptimizerType { kAdam, kAdamW, kSGD, kAdagrad };
 enum class OffloadDevice { kNone, kCpu, kNvme };
 enum class Placement { kStatic, kAuto };
+enum class StateDtype { kFp32, kBf16 };
 
 std::string_view to_string(OptimizerType t);
 std::string_view to_string(OffloadDevice d);
@@ -192,6 +193,10 @@ struct StrataConfig {
   // Stages 2-3 with the optimizer state on nvme: gradient shards go to nvme too, each as
   // soon as it is complete, in the layout the step reads (Note [gradients on nvme]).
   bool nvme_gradients = true;
+  // The dtype of the optimizer's state tensors (Adam's m and v, SGD's momentum,
+  // Adagrad's sum): fp32, or bf16, which saves 4 of Adam's 16 bytes a parameter
+  // (the master stays fp32; checkpoints hold fp32).
+  StateDtype optimizer_state_dtype = StateDtype::kFp32;
   double comm_timeout_s = 300.0;
   std::string job_name;  // names the NVMe directory; empty = derived from the pid
 

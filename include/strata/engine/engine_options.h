@@ -53,10 +53,19 @@ struct EngineOptions {
   at::ScalarType compute_dtype = at::kFloat;
   // Where gathered chunks, gradient buffers and the forward and backward live: the
   // compute tier (docs/gpu.md). Unset: the device of the model's parameters (the CPU
-  // for deferred ones). A GPU needs stage 3 with the optimizer state off it
-  // (offload_optimizer on cpu or nvme), where the fused CPU kernels step it; the GPU step
-  // is not built yet. Parameter shards may stay on the GPU or go to host or nvme.
+  // for deferred ones). On a GPU, optimizer state left on the compute tier lives in GPU
+  // memory and is stepped there by ATen ops (StepKernel::run_tensors); state offloaded
+  // to cpu or nvme is stepped by the fused CPU kernels.
   std::optional<c10::Device> compute_device;
+  // Which code steps optimizer state that lives in host memory (the host tier, nvme
+  // staging, or a CPU compute tier): kFused, the SIMD kernels (the default), or
+  // kTensorOps, the ATen ops a GPU's state always takes. kTensorOps on a CPU exists to
+  // check that path (gradient statistics and step as tensor ops) where there is no GPU.
+  enum class StepKernels { kFused, kTensorOps };
+  StepKernels host_step = StepKernels::kFused;
+  // The optimizer's state tensors (m, v, momentum, sum): fp32 or bf16
+  // (strata.optimizer_state_dtype). The master and the step's arithmetic stay fp32.
+  at::ScalarType optim_state_dtype = at::kFloat;
   double gradient_clipping = 0.0;       // max L2 norm; 0 = off
   int gradient_accumulation_steps = 1;
   // Stages 2-3: the most gradient elements in flight to their reduce-scatter (full-size

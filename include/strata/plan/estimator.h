@@ -59,6 +59,8 @@ struct EstimateInput {
   // Stages 2-3 with the optimizer on nvme: fp32 gradient shards on nvme as well
   // (strata.nvme_gradients; Note [gradients on nvme]).
   bool nvme_gradients = true;
+  // Adam's m and v in fp32 or bf16 (strata.optimizer_state_dtype); the master is fp32.
+  bool bf16_optimizer_states = false;
   // nvme optimizer state: the staging pool's buffers (offload_optimizer.buffer_count), each
   // one sub-group of at most sub_group_elems (zero_optimization.sub_group_size).
   int optimizer_buffer_count = 4;
