@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_gpt_runs.h"
+#include "bench_largest.h"
 #include "bench_report.h"
 #include "commands.h"
 #include "launcher.h"
@@ -54,6 +55,8 @@ struct Zero3BenchOptions {
   std::string device = "cpu";  // cpu, or cuda: the GPU configurations (one rank)
   bool json = false;
   std::string worker_dir;
+  bool largest = false;  // --device cuda: also the largest model search (bench_largest.h)
+  LargestOptions largest_opts;
 };
 
 std::pair<at::Tensor, at::Tensor> batch_for(std::int64_t step, int rank, std::int64_t batch, std::int64_t seq) {
@@ -261,6 +264,12 @@ int run_parent_gpu(const Zero3BenchOptions& o) {
   }
   report.add_ratio("strata_all_on_gpu_tokens_vs_torch", j["gpu_all"]["tokens_per_s"].get<double>() / *torch_tps);
   report.add_ratio("strata_optim_host_tokens_vs_fsdp2", j["gpu_optim_host"]["tokens_per_s"].get<double>() / fsdp2);
+  if (o.largest) {
+    if (Status st = add_largest_models(o.largest_opts, report, dir.path()); !st) {
+      fmt::print(stderr, "bench zero3: largest model: {}\n", st.error());
+      return 1;
+    }
+  }
   report.add_ratio("strata_offload_tokens_vs_fsdp2", j["gpu_offload"]["tokens_per_s"].get<double>() / fsdp2);
   report.print(o.json);
   return 0;
@@ -331,8 +340,33 @@ void add_bench_zero3(CLI::App& bench, int* exit_code) {
                                          "(default model custom:24x2048x16, --seq 512, --batch 8)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--json", o->json, "Print one JSON object");
+  cmd->add_flag("--largest", o->largest,
+                "--device cuda: also the largest GPT that strata and FSDP2 each train for 3 steps here, parameters "
+                "and optimizer state off the GPU (minutes per attempt)");
+  cmd->add_option("--largest-width", o->largest_opts.hidden, "--largest: the models' hidden size (heads: width/128)")
+      ->check(CLI::Range(128, 65536));
+  cmd->add_option("--largest-attempts", o->largest_opts.attempts, "--largest: attempts per system")
+      ->check(CLI::Range(1, 20));
+  cmd->add_option("--nvme-path", o->largest_opts.nvme_path, "--largest: strata's nvme directory (default: a temporary one)");
   cmd->add_option("--worker", o->worker_dir, "(internal) run as one rank")->group("");
+  cmd->add_option("--largest-simulate", o->largest_opts.simulate,
+                  "(testing) run the --largest search only, on simulated attempts")->group("");
   cmd->callback([cmd, o, exit_code] {
+    o->largest_opts.heads = std::max<std::int64_t>(1, o->largest_opts.hidden / 128);
+    if (o->largest_opts.simulate > 0) {  // the search and its report, no attempt started
+      BenchDir dir("zero3");
+      BenchReport report("zero3");
+      const Status st = add_largest_models(o->largest_opts, report, dir.path());
+      if (!st) fmt::print(stderr, "bench zero3: {}\n", st.error());
+      else report.print(o->json);
+      *exit_code = st ? 0 : 1;
+      return;
+    }
+    if (o->largest && o->device != "cuda") {
+      fmt::print(stderr, "bench zero3: --largest compares with FSDP2 on a GPU: it needs --device cuda\n");
+      *exit_code = 2;
+      return;
+    }
     if (o->device == "cuda" && o->worker_dir.empty()) {
       // A GPU's size of model and batch, unless given.
       if (cmd->count("--model") == 0) o->model = "custom:24x2048x16";

@@ -34,6 +34,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.param_staging = {.buffer_count = z.offload_param.buffer_count,
                      .buffer_elems = elems(z.offload_param.buffer_size),
                      .max_in_cpu = elems(z.offload_param.max_in_cpu)};
+  o.optim_max_in_cpu = elems(cfg.strata.optimizer_max_in_cpu);
   o.optim_pipeline = {.buffer_count = z.offload_optimizer.buffer_count,
                       .read_ahead = z.offload_optimizer.pipeline_read,
                       .write_behind = z.offload_optimizer.pipeline_write,
@@ -83,6 +84,7 @@ Status EngineOptions::validate() const {
     return invalid("a wrapped torch::optim optimizer steps master weights in memory: it cannot run with the "
                    "optimizer state on nvme");
   }
+  if (optim_max_in_cpu < 0 || param_staging.max_in_cpu < 0) return invalid("max_in_cpu must be >= 0");
   if (offload_param_frac < 0 || offload_param_frac > 1 || offload_optim_frac < 0 || offload_optim_frac > 1) {
     return invalid("offload fractions must be between 0 and 1");
   }

@@ -38,6 +38,7 @@ Status Engine::Impl::place() {
   const bool compute_budgeted = o.schedule.budget_bytes[plan::tier_index(Tier::kCompute)] != 0;
   bool any_nvme = false;
   std::int64_t in_cpu = 0;  // offload_param.max_in_cpu: shard elements kept on host so far
+  std::int64_t optim_in_cpu = 0;  // the same for strata.optimizer_max_in_cpu
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
     ChunkRt& k = chunks[c];
     if (o.placement == Placement::kAuto) {
@@ -57,6 +58,11 @@ Status Engine::Impl::place() {
       k.shard_tier = Tier::kHost;
     }
     if (!k.trainable) k.optim_tier = Tier::kHost;         // nothing to step; no state
+    // strata.optimizer_max_in_cpu: the first chunks' state stays in host memory.
+    if (k.optim_tier == Tier::kNvme && optim_in_cpu + chunks.store().shard_elems(c) <= o.optim_max_in_cpu) {
+      optim_in_cpu += chunks.store().shard_elems(c);
+      k.optim_tier = Tier::kHost;
+    }
     k.grads_on_nvme = o.nvme_gradients && core.stage() >= 2 && k.trainable && k.optim_tier == Tier::kNvme;
     trainable_index += k.trainable;
     chunks.decide_residency(c);

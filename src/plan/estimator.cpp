@@ -51,6 +51,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
   in.bf16_optimizer_states = cfg.strata.optimizer_state_dtype == StateDtype::kBf16;
+  in.optimizer_max_in_cpu = cfg.strata.optimizer_max_in_cpu;
   in.optimizer_buffer_count = cfg.zero_optimization.offload_optimizer.buffer_count;
   in.sub_group_elems = cfg.zero_optimization.sub_group_elems();
   in.param_buffer_count = cfg.zero_optimization.offload_param.buffer_count;
@@ -101,6 +102,10 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   // made from it.
   const std::uint64_t state_per_elem = in.bf16_optimizer_states ? 8 : 12;
   const bool grads_on_nvme = in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
+  // strata.optimizer_max_in_cpu: this many state elements (and their gradient shards)
+  // stay on host.
+  const std::uint64_t state_elems = in.stage == 0 ? P : s;
+  const std::uint64_t opt_in_cpu = opt_tier == Tier::kNvme ? std::min(in.optimizer_max_in_cpu, state_elems) : 0;
 
   // params
   if (in.stage < 3) {
@@ -126,15 +131,18 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
       break;
     case 2:
       if (mixed && opt_tier == Tier::kCompute) add(Tier::kCompute, StateKind::kGrads, lp * s);
-      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * s);
+      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * (s - opt_in_cpu));
+      add(Tier::kHost, StateKind::kGrads, 4 * opt_in_cpu);
       break;
     default:
       add(Tier::kCompute, StateKind::kGrads, lp * W);
-      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * s);
+      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * (s - opt_in_cpu));
+      add(Tier::kHost, StateKind::kGrads, 4 * opt_in_cpu);
       break;
   }
   // optimizer state
-  add(opt_tier, StateKind::kOptimizer, state_per_elem * (in.stage == 0 ? P : s));
+  add(opt_tier, StateKind::kOptimizer, state_per_elem * (state_elems - opt_in_cpu));
+  add(Tier::kHost, StateKind::kOptimizer, state_per_elem * opt_in_cpu);
   // Staging buffers, in shards of the working set.
   const std::uint64_t w_shard = W / N + (W % N != 0 ? 1 : 0);
   // nvme optimizer state: the staging pool, buffer_count sub-group buffers of master,

@@ -2,6 +2,7 @@
 // stdout is exactly one JSON document (the ranks' progress goes to stderr), and the
 // figures a script reads are there.
 #include <filesystem>
+#include <map>
 
 #include <gtest/gtest.h>
 #include <fmt/format.h>
@@ -56,6 +57,38 @@ TEST(BenchZero3, TheGpuComparisonNeedsACudaBuildAndAGpu) {
   const auto r = testing::run_command(testing::strata_bin() + " bench zero3 --device cuda --json");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("--device cuda needs strata built with CUDA and a GPU"), std::string::npos) << r.output;
+}
+
+// The largest-model search (--largest, on a GPU) on simulated attempts: under strata
+// models up to 37 layers train, under FSDP2 up to 18. From one layer it grows by a
+// quarter until an attempt fails, then bisects: it must land on 37 and 18 exactly and
+// report them as parameters, with strata's over FSDP2's as the ratio.
+TEST(BenchZero3, TheLargestModelSearchFindsTheLastModelThatTrains) {
+  auto doc = run_json("zero3 --largest-simulate 37 --largest-attempts 20 --largest-width 256");
+  ASSERT_TRUE(doc.is_object());
+  std::map<std::string, nlohmann::json> rows;
+  for (const auto& r : doc["rows"]) rows[r["name"].get<std::string>()] = r;
+  ASSERT_TRUE(rows.contains("strata_offload largest model") && rows.contains("fsdp2_cpu_offload largest model"))
+      << doc.dump(2);
+  // custom:Lx256x2: 256 * 256 + 1024 * 256 + L * (12 * 256^2 + 13 * 256) + 2 * 256 parameters.
+  auto params = [](double layers) { return (256.0 * 256 + 1024 * 256 + layers * (12 * 65536 + 13 * 256) + 512) / 1e9; };
+  EXPECT_NEAR(rows["strata_offload largest model"]["value"].get<double>(), params(37), 1e-12) << doc.dump(2);
+  EXPECT_NEAR(rows["fsdp2_cpu_offload largest model"]["value"].get<double>(), params(18), 1e-12) << doc.dump(2);
+  EXPECT_NE(rows["strata_offload largest model"]["note"].get<std::string>().find("37 layers"), std::string::npos);
+  EXPECT_NE(rows["strata_offload largest model"]["note"].get<std::string>().find("41x"), std::string::npos)
+      << "the first attempt that failed is listed";
+  EXPECT_NEAR(doc["ratios"]["strata_largest_vs_fsdp2"].get<double>(), params(37) / params(18), 1e-9);
+  // Too few attempts to bracket: the largest that trained so far.
+  auto short_doc = run_json("zero3 --largest-simulate 37 --largest-attempts 3 --largest-width 256");
+  for (const auto& r : short_doc["rows"])
+    if (r["name"] == "strata_offload largest model") EXPECT_NEAR(r["value"].get<double>(), params(3), 1e-12);
+}
+
+TEST(BenchZero3, TheLargestModelComparisonNeedsTheGpu) {
+  const auto r = testing::run_command(testing::strata_bin() + " bench zero3 --largest --json");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--largest compares with FSDP2 on a GPU: it needs --device cuda"), std::string::npos)
+      << r.output;
 }
 
 TEST(BenchTrain, JsonHasEveryStageNextToThePyTorchBaseline) {

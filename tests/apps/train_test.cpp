@@ -336,7 +336,7 @@ TEST_F(Train, TooManyRanksWarnAndRanksThatCannotFitAreRefusedBeforeLaunch) {
     EXPECT_NE(r.output.find("warning: 64 ranks on "), std::string::npos) << r.output;
   }
   EXPECT_NE(r.output.find("64 ranks need about "), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("of model state on the compute and host tiers, strata's estimate), but "), std::string::npos)
+  EXPECT_NE(r.output.find("of model state in RAM, strata's estimate of its host tier and, on a CPU, its compute tier), but "), std::string::npos)
       << r.output;
   EXPECT_FALSE(fs::exists(out));
 }

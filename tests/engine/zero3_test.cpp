@@ -45,6 +45,7 @@ std::vector<Case> cases() {
   out.push_back({3, "quarter"});
   // The step as ATen ops (what state on a GPU takes), on a CPU: state on compute, and
   // nvme sub-groups with gradients on nvme.
+  out.push_back({2, "nvme-optim-split"});
   out.push_back({2, "compute-tensor-ops"});
   out.push_back({2, "nvme-split-tensor-ops"});
   return out;

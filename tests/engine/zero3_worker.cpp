@@ -5,7 +5,8 @@
 // 3 on an expected failure.
 //
 // zero3_worker parity PLACEMENT [bf16]   PLACEMENT: compute | host | optim-host | quarter |
-//                                        auto | nvme | persist | searched, each with an
+//                                        auto | nvme | nvme-split | nvme-optim-split |
+//                                        persist | searched, each with an
 //                                        optional -tensor-ops (ATen ops step the state)
 // zero3_worker memory                     max_live bound and shard bytes
 // zero3_worker overbudget                 a compute budget that cannot fit fails at setup
@@ -100,12 +101,15 @@ engine::EngineOptions options(std::string placement, const nn::GPTConfig& cfg, s
   } else if (placement == "auto") {
     o.placement = Placement::kAuto;
     o.schedule.budget_bytes[0] = *model_bytes / 2;
-  } else if (placement == "nvme" || placement == "nvme-split") {
+  } else if (placement == "nvme" || placement == "nvme-split" || placement == "nvme-optim-split") {
     o.param_device = OffloadDevice::kNvme;
     o.optim_device = OffloadDevice::kNvme;
     o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
     o.swap.job_name = "zero3test";
     o.swap.min_io_bytes = 0;  // every record on disk, however small
+    // strata.optimizer_max_in_cpu: the first chunks' state on host (two chunks' shards
+    // at world 2), the rest on nvme with the parameter shards.
+    if (placement == "nvme-optim-split") o.optim_max_in_cpu = 8192;
     if (placement == "nvme-split") {
       // Sub-groups of 1024 elements (4 per shard at world 2), read ahead 4 deep; one
       // Load staging buffer, so most gathers read their shard themselves; the first
@@ -181,6 +185,12 @@ void parity(const std::string& placement, bool bf16) {
     const auto params = plan::kind_index(plan::StateKind::kParams);
     if (by_kind[plan::tier_index(plan::Tier::kHost)][params] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][params] == 0)
       fail("max_in_cpu: expected parameter shards both on host and on nvme");
+  }
+  if (placement == "nvme-optim-split") {
+    const auto by_kind = eng->memory_by_kind();
+    const auto optim = plan::kind_index(plan::StateKind::kOptimizer);
+    if (by_kind[plan::tier_index(plan::Tier::kHost)][optim] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][optim] == 0)
+      fail("optimizer_max_in_cpu: expected optimizer state both on host and on nvme");
   }
   if (placement == "persist") {
     int persistent = 0;

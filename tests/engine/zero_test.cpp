@@ -78,6 +78,9 @@ std::vector<OffloadCase> offload_cases() {
   // sub_group_size below the chunk shard (Note [optimizer sub-groups])
   for (int stage : {1, 2}) cases.push_back({1, stage, "nvme-subgroups"});
   cases.push_back({2, 2, "nvme-subgroups"});
+  // strata.optimizer_max_in_cpu: some chunks' state on host, the rest on nvme.
+  for (int world : {1, 2})
+    for (int stage : {1, 2}) cases.push_back({world, stage, "nvme-host-split"});
   // The step and the gradient statistics as ATen ops (what state on a GPU takes), on a
   // CPU: state on compute at stages 0-2, on host, and nvme sub-groups.
   for (int stage : {0, 1, 2}) cases.push_back({2, stage, "tensor-ops"});

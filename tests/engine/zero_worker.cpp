@@ -6,7 +6,8 @@
 // zero_worker parity STAGE OPTIM MODE     20 steps vs torch::optim (fp32, <= 1e-6); MODE:
 //                                         wrap (the optimizer wrapped), cpu or nvme (its
 //                                         state there), nvme-hostgrads, nvme-noread,
-//                                         nvme-nowrite, nvme-serial, nvme-subgroups
+//                                         nvme-nowrite, nvme-serial, nvme-subgroups,
+//                                         nvme-host-split (optimizer_max_in_cpu)
 //                                         (see zero_test.cpp), each with an optional
 //                                         "bf16-state-" prefix; a "tensor-ops" suffix
 //                                         steps with ATen ops (host_step); on
@@ -228,6 +229,9 @@ void parity(int stage, const std::string& optim, std::string mode) {
   if (mode.starts_with("nvme")) use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
   if (mode == "nvme-subgroups") use_sub_groups(opts);
   if (mode == "nvme-hostgrads") opts.nvme_gradients = false;
+  // strata.optimizer_max_in_cpu: the first chunks' state (512-element chunks) on host,
+  // the rest on nvme.
+  if (mode == "nvme-host-split") opts.optim_max_in_cpu = 600;
   // The pipeline switched off in part or whole, with exactly the buffers it needs.
   if (mode == "nvme-noread" || mode == "nvme-nowrite" || mode == "nvme-serial") {
     opts.optim_pipeline.read_ahead = mode == "nvme-nowrite";
@@ -247,6 +251,12 @@ void parity(int stage, const std::string& optim, std::string mode) {
       const std::uint64_t got = opt->memory_by_kind()[t][kind], fp32 = fp32_eng->memory_by_kind()[t][kind];
       if (got * 3 != fp32 * 2) fail(fmt::format("tier {}: bf16 state holds {} bytes, fp32 state {}", t, got, fp32));
     }
+  }
+  if (mode == "nvme-host-split") {
+    const auto by_kind = opt->memory_by_kind();
+    const auto kind = plan::kind_index(plan::StateKind::kOptimizer);
+    if (by_kind[plan::tier_index(plan::Tier::kHost)][kind] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][kind] == 0)
+      fail("optimizer_max_in_cpu: expected optimizer state both on host and on nvme");
   }
   const at::Tensor unused_before = model.unused.detach().clone();
   for (int s = 0; s < 20; ++s) {

@@ -129,6 +129,17 @@ TEST(Estimator, KindsAndTiers) {
     EXPECT_EQ(b->at(Tier::kHost, StateKind::kBuffers), (4 * (8 + 4) + 3 * 4) * (200'000'000ull / 8) + (64ull << 20));
   }
   {
+    // strata.optimizer_max_in_cpu: that many elements' state and gradient shard on host.
+    EstimateInput split = in;
+    split.optimizer_max_in_cpu = s / 4;
+    auto h = estimate_memory(split);
+    ASSERT_TRUE(h.has_value());
+    EXPECT_EQ(h->at(Tier::kHost, StateKind::kOptimizer), 12 * (s / 4));
+    EXPECT_EQ(h->at(Tier::kNvme, StateKind::kOptimizer), 12 * (s - s / 4));
+    EXPECT_EQ(h->at(Tier::kHost, StateKind::kGrads), 4 * (s / 4));
+    EXPECT_EQ(h->at(Tier::kNvme, StateKind::kGrads), 4 * (s - s / 4));
+  }
+  {
     EstimateInput host_grads = in;
     host_grads.nvme_gradients = false;
     auto h = estimate_memory(host_grads);

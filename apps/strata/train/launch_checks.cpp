@@ -14,9 +14,7 @@
 #include "strata/plan/estimator.h"
 
 namespace strata::cli {
-namespace {
 
-// MemAvailable from /proc/meminfo: what can be used without swapping (0 if unknown).
 std::uint64_t available_ram_bytes() {
   std::ifstream in("/proc/meminfo");
   std::string key;
@@ -26,8 +24,6 @@ std::uint64_t available_ram_bytes() {
     if (key == "MemAvailable:") return kib * 1024;
   return 0;
 }
-
-}  // namespace
 
 std::uint64_t current_rss_bytes() {
   std::ifstream statm("/proc/self/statm");
@@ -53,13 +49,15 @@ Status check_machine_fits(const TrainOptions& o) {
                                                       o.config, static_cast<std::uint64_t>(m.parameter_count()), largest, o.nproc));
   STRATA_ASSIGN_OR_RETURN(plan::MemoryEstimate e, plan::estimate_memory(in));
   const std::uint64_t runtime = current_rss_bytes();
-  const std::uint64_t state = e.tier_total(plan::Tier::kCompute) + e.tier_total(plan::Tier::kHost);
+  // On a GPU the compute tier is its memory, not RAM.
+  const std::uint64_t state = (o.compute == c10::DeviceType::CPU ? e.tier_total(plan::Tier::kCompute) : 0) +
+                              e.tier_total(plan::Tier::kHost);
   const std::uint64_t need = static_cast<std::uint64_t>(o.nproc) * (runtime + state);
   if (need <= available) return ok();
   return make_error(ErrorCode::kResourceExhausted,
                     "{} ranks need about {} of RAM ({} each: {} for the runtime, as this process holds now, and {} of "
-                    "model state on the compute and host tiers, strata's estimate), but {} is available; use fewer "
-                    "ranks (-n), offload to nvme (--offload-param nvme --offload-optimizer nvme), or a smaller model",
+                    "model state in RAM, strata's estimate of its host tier and, on a CPU, its compute tier), but {} "
+                    "is available; use fewer ranks (-n), offload to nvme (--offload-param nvme --offload-optimizer nvme), or a smaller model",
                     o.nproc, format_bytes(need), format_bytes(runtime + state), format_bytes(runtime),
                     format_bytes(state), format_bytes(available));
 }

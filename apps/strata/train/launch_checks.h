@@ -9,6 +9,9 @@
 
 namespace strata::cli {
 
+// MemAvailable from /proc/meminfo: what can be used without swapping (0 if unknown).
+std::uint64_t available_ram_bytes();
+
 // The process's resident set now, from /proc/self/statm (0 if unreadable).
 std::uint64_t current_rss_bytes();
 

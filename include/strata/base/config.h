@@ -197,6 +197,10 @@ struct StrataConfig {
   // Adagrad's sum): fp32, or bf16, which saves 4 of Adam's 16 bytes a parameter
   // (the master stays fp32; checkpoints hold fp32).
   StateDtype optimizer_state_dtype = StateDtype::kFp32;
+  // offload_optimizer nvme: elements of optimizer state shards kept in host memory
+  // instead, whole chunks from the first (as offload_param.max_in_cpu for parameters):
+  // RAM first, then the disk.
+  std::uint64_t optimizer_max_in_cpu = 0;
   double comm_timeout_s = 300.0;
   std::string job_name;  // names the NVMe directory; empty = derived from the pid
 

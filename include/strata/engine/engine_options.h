@@ -88,6 +88,9 @@ struct EngineOptions {
     std::int64_t max_in_cpu = 0;
   } param_staging;
   OffloadDevice optim_device = OffloadDevice::kNone;  // where master + optimizer state live
+  // optim_device nvme: elements of optimizer state shards kept on host instead, whole
+  // chunks from the first (strata.optimizer_max_in_cpu).
+  std::int64_t optim_max_in_cpu = 0;
   double offload_param_frac = 0.0;   // static: share of chunks whose param shard is on host
   double offload_optim_frac = 0.0;   // static: share of chunks whose optimizer state is on host
   // nvme optimizer state: the step's staging buffers (Note [nvme optimizer state]).

@@ -61,6 +61,9 @@ struct EstimateInput {
   bool nvme_gradients = true;
   // Adam's m and v in fp32 or bf16 (strata.optimizer_state_dtype); the master is fp32.
   bool bf16_optimizer_states = false;
+  // nvme optimizer state: the elements kept on host instead (strata.optimizer_max_in_cpu;
+  // approximately: the engine keeps whole chunks).
+  std::uint64_t optimizer_max_in_cpu = 0;
   // nvme optimizer state: the staging pool's buffers (offload_optimizer.buffer_count), each
   // one sub-group of at most sub_group_elems (zero_optimization.sub_group_size).
   int optimizer_buffer_count = 4;

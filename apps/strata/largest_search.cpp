@@ -1,0 +1,64 @@
+#include "largest_search.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "strata/nn/models/gpt.h"
+
+namespace strata::cli {
+
+Result<LargestSearch> search_largest(int start, int max_attempts,
+                                     const std::function<Result<bool>(int layers)>& trains) {
+  LargestSearch s;
+  int attempts = 0;
+  auto probe = [&](int layers) -> Result<bool> {
+    ++attempts;
+    STRATA_ASSIGN_OR_RETURN(bool ok, trains(layers));
+    s.probes.emplace_back(layers, ok);
+    if (ok) s.largest_fit = std::max(s.largest_fit, layers);
+    else s.smallest_miss = s.smallest_miss == 0 ? layers : std::min(s.smallest_miss, layers);
+    return ok;
+  };
+  // Bracket: grow while it trains, shrink while it does not.
+  for (int layers = std::max(1, start); attempts < max_attempts && (s.largest_fit == 0 || s.smallest_miss == 0);) {
+    STRATA_ASSIGN_OR_RETURN(bool ok, probe(layers));
+    if (!ok && layers == 1) break;  // nothing trains
+    layers = ok ? std::max(layers + 1, layers + layers / 4) : std::max(1, std::min(layers - 1, layers - layers / 5));
+  }
+  // Bisect between them.
+  while (attempts < max_attempts && s.largest_fit > 0 && s.smallest_miss > s.largest_fit + 1) {
+    STRATA_RETURN_IF_ERROR(probe((s.largest_fit + s.smallest_miss) / 2));
+  }
+  return s;
+}
+
+std::uint64_t gpt_params(int layers, std::int64_t hidden, std::int64_t heads) {
+  auto cfg = nn::gpt_config(fmt::format("custom:{}x{}x{}", layers, hidden, heads), 256, 0);
+  return cfg ? static_cast<std::uint64_t>(cfg->parameter_count()) : 0;
+}
+
+int gpt_layers_for(std::uint64_t params, std::int64_t hidden, std::int64_t heads) {
+  const std::uint64_t one = gpt_params(1, hidden, heads), per_layer = gpt_params(2, hidden, heads) - one;
+  return params <= one ? 1 : 1 + static_cast<int>((params - one) / per_layer);
+}
+
+// RAM first: h elements' state on host (12 bytes each) and the rest's parameter shards
+// (2 bytes each) fill it, the rest's state goes to nvme (12 bytes each):
+//   12 h + 2 (N - h) <= host  and  12 (N - h) <= disk
+// so N <= (disk + 1.2 host) / 14.4 when both are full.
+std::uint64_t strata_capacity(std::uint64_t host, std::uint64_t disk) {
+  const std::uint64_t ram_only = host / 12;
+  const auto both = static_cast<std::uint64_t>((static_cast<double>(disk) + 1.2 * static_cast<double>(host)) / 14.4);
+  return std::max(ram_only, both);
+}
+
+std::uint64_t strata_state_in_cpu(std::uint64_t params, std::uint64_t host) {
+  if (12 * params <= host) return params;
+  if (2 * params >= host) return 0;
+  return (host - 2 * params) / 10;
+}
+
+std::uint64_t fsdp2_capacity(std::uint64_t host) { return host / 16; }
+
+}  // namespace strata::cli

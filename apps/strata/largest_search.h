@@ -1,0 +1,54 @@
+// The largest GPT that trains, found by trying: `strata bench zero3 --device cuda
+// --largest` runs strata and FSDP2 on GPTs of one width and a growing or shrinking
+// number of layers, each attempt a whole process that trains 3 steps or fails (out of
+// host, disk or GPU memory), and reports the largest of each that trained.
+//
+//   auto found = search_largest(start, 6, [&](int layers) -> Result<bool> { ... });
+//   // found->largest_fit: the most layers that trained (0: none did)
+//
+// Each attempt costs minutes at these sizes, so the search starts at a prediction from
+// the memory each system needs per parameter (largest_start) and takes few steps.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "strata/base/status.h"
+
+namespace strata::cli {
+
+struct LargestSearch {
+  int largest_fit = 0;    // most layers that trained; 0 when none did
+  int smallest_miss = 0;  // fewest layers that did not; 0 when none failed
+  std::vector<std::pair<int, bool>> probes;  // (layers, trained), in the order tried
+};
+
+// Starting at `start` layers: while attempts train, grows by a quarter (at least one
+// layer); while they fail, shrinks by a fifth (at least one); then bisects between the
+// largest fit and the smallest miss. At most max_attempts attempts; an error from
+// `trains` (an attempt that could not start) ends the search with it.
+Result<LargestSearch> search_largest(int start, int max_attempts, const std::function<Result<bool>(int layers)>& trains);
+
+// The parameters of custom:<layers>x<hidden>x<heads> with strata's byte vocabulary
+// (nn::GPTConfig::parameter_count).
+std::uint64_t gpt_params(int layers, std::int64_t hidden, std::int64_t heads);
+// The most layers whose parameters fit in `params` (at least 1).
+int gpt_layers_for(std::uint64_t params, std::int64_t hidden, std::int64_t heads);
+
+// What each system keeps per parameter, for the search's start and strata's split of
+// optimizer state between host and nvme. strata (stage 3, bf16 compute, bf16 optimizer
+// state): a chunk whose state is on host holds its fp32 master, m and v in bf16 and an
+// fp32 gradient shard there (12 bytes; the parameter shard is cast from the master), a
+// chunk whose state is on nvme holds its bf16 parameter shard on host (2 bytes) and 12
+// bytes on nvme. FSDP2 with CPUOffloadPolicy: fp32 parameters, gradients, m and v on
+// host (16 bytes).
+// The most parameters strata fits in `host` bytes of RAM and `disk` bytes of nvme.
+std::uint64_t strata_capacity(std::uint64_t host, std::uint64_t disk);
+// For a model of `params`: how many elements' state stays on host (RAM first).
+std::uint64_t strata_state_in_cpu(std::uint64_t params, std::uint64_t host);
+std::uint64_t fsdp2_capacity(std::uint64_t host);
+
+}  // namespace strata::cli
