@@ -71,6 +71,11 @@ Result<double> strata_train_tokens_per_s(const GptRun& r, int stage, const fs::p
   return static_cast<double>(r.world * r.batch * r.seq) / median(step_s);
 }
 
+std::string baseline_python() {
+  const char* python = std::getenv("STRATA_PYTHON");
+  return python != nullptr && *python != '\0' ? python : "/usr/bin/python3";
+}
+
 Result<double> gpt_script_tokens_per_s(const GptRun& r, const std::vector<std::string>& mode_args,
                                        const std::string& what, const fs::path& dir) {
   const fs::path out = dir / "script.json";
@@ -78,9 +83,7 @@ Result<double> gpt_script_tokens_per_s(const GptRun& r, const std::vector<std::s
   fs::remove(out, ec);
   LaunchOptions lo;
   lo.nproc = r.world;
-  // $STRATA_PYTHON: another interpreter (the GPU machine's, with a CUDA torch).
-  const char* python = std::getenv("STRATA_PYTHON");
-  lo.argv = {python != nullptr && *python != '\0' ? python : "/usr/bin/python3", std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py", "--model", r.model,
+  lo.argv = {baseline_python(), std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py", "--model", r.model,
              "--seq", std::to_string(r.seq), "--batch", std::to_string(r.batch), "--steps",
              std::to_string(std::max(1, r.steps - 2)), "--warmup", "2", "--precision", r.fp32 ? "fp32" : "bf16",
              "--out", out.string()};

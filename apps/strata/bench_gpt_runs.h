@@ -61,6 +61,10 @@ class BenchDir {
 // persistent parameters; its output goes to stderr.
 Result<double> strata_train_tokens_per_s(const GptRun& run, int stage, const std::filesystem::path& dir);
 
+// The interpreter that runs scripts/torch_zero_baseline.py: $STRATA_PYTHON (another
+// interpreter, e.g. the GPU machine's with a CUDA torch), else Debian's /usr/bin/python3.
+std::string baseline_python();
+
 // scripts/torch_zero_baseline.py with `mode_args` (e.g. {"--optimizer", "zero"} or
 // {"--api", "initialize"}) at run.world ranks, with build/<preset>/python on PYTHONPATH;
 // `what` names it in errors. Output of the ranks goes to stderr.

@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "bench_gpt_runs.h"
 #include "bench_report.h"
 #include "largest_search.h"
 #include "launcher.h"
@@ -17,7 +18,7 @@ namespace strata::cli {
 namespace fs = std::filesystem;
 namespace {
 
-std::string model_name(int layers, const LargestOptions& o) { return fmt::format("custom:{}x{}x{}", layers, o.hidden, o.heads); }
+std::string model_name(int layers, const LargestOptions& o) { return gpt_name(layers, o.hidden, o.heads); }
 
 // 80% of what is free now: the runtime, activations and the page cache need the rest.
 std::uint64_t usable(std::uint64_t free_bytes) { return free_bytes / 5 * 4; }
@@ -50,9 +51,7 @@ Result<bool> strata_trains(int layers, const LargestOptions& o, const fs::path& 
 
 Result<bool> fsdp2_trains(int layers, const LargestOptions& o, const fs::path& dir) {
   LaunchOptions lo;
-  const char* python = std::getenv("STRATA_PYTHON");
-  lo.argv = {python != nullptr && *python != '\0' ? python : "/usr/bin/python3",
-             std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py", "--device", "cuda", "--optimizer",
+  lo.argv = {baseline_python(), std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py", "--device", "cuda", "--optimizer",
              "fsdp2", "--model", model_name(layers, o), "--seq", std::to_string(o.seq), "--batch",
              std::to_string(o.batch), "--steps", "1", "--warmup", "2", "--precision", "bf16", "--out",
              (dir / "fsdp2.json").string()};

@@ -33,8 +33,12 @@ Result<LargestSearch> search_largest(int start, int max_attempts,
   return s;
 }
 
+std::string gpt_name(int layers, std::int64_t hidden, std::int64_t heads) {
+  return fmt::format("custom:{}x{}x{}", layers, hidden, heads);
+}
+
 std::uint64_t gpt_params(int layers, std::int64_t hidden, std::int64_t heads) {
-  auto cfg = nn::gpt_config(fmt::format("custom:{}x{}x{}", layers, hidden, heads), 256, 0);
+  auto cfg = nn::gpt_config(gpt_name(layers, hidden, heads), 256, 0);
   return cfg ? static_cast<std::uint64_t>(cfg->parameter_count()) : 0;
 }
 

@@ -32,6 +32,8 @@ struct LargestSearch {
 // `trains` (an attempt that could not start) ends the search with it.
 Result<LargestSearch> search_largest(int start, int max_attempts, const std::function<Result<bool>(int layers)>& trains);
 
+// "custom:<layers>x<hidden>x<heads>", a model name nn::gpt_config and the baseline script take.
+std::string gpt_name(int layers, std::int64_t hidden, std::int64_t heads);
 // The parameters of custom:<layers>x<hidden>x<heads> with strata's byte vocabulary
 // (nn::GPTConfig::parameter_count).
 std::uint64_t gpt_params(int layers, std::int64_t hidden, std::int64_t heads);
