@@ -11,8 +11,9 @@
 // units_worker awkward STAGE              frozen / no-grad / twice-called units vs LibTorch at
 //                                         every placement
 // units_worker bwdbudget                  an over-budget buffer in backward is "cannot fit"
-// units_worker bigtier STAGE              nvme records of 64 MiB: stage 2 optimizer state,
-//                                         stage 3 parameter shards and optimizer state
+// units_worker bigtier CASE               nvme records of 64 MiB: stage 2 optimizer state,
+//                                         stage 3 parameter shards and optimizer state,
+//                                         2-bf16-split bf16 state split host/nvme
 #include <cmath>
 #include <functional>
 #include <string>
@@ -30,6 +31,7 @@
 #include "strata/engine/module_hooks.h"
 #include "support/worker.h"
 #include "awkward_model.h"
+#include "bf16_state_reference.h"
 #include "toy_model.h"
 
 using namespace strata;
@@ -76,6 +78,22 @@ engine::EngineOptions small_unit_options() {
   o.chunks.io_align_bytes = 64;
   o.schedule.prefetch_bucket_bytes = 1 << 20;
   return o;
+}
+
+// The state an engine with bf16 optimizer state keeps is bf16: the consolidated SGD
+// momentum (widened to fp32) is bf16 values exactly, and not all zero. The parameters
+// alone cannot tell: SGD's momentum in bf16 moves them too little (2.4e-6 after three
+// steps of the 64 MiB case, measured with fp32 state against the rounded reference).
+void check_bf16_momentum(engine::Engine& eng, const std::string& what) {
+  auto full = check(eng.consolidate_state_dict(0), "consolidate_state_dict");
+  if (g_comm->rank() != 0) return;
+  bool moved = false;
+  for (auto& [key, ps] : full->state()) {
+    const at::Tensor m = dynamic_cast<torch::optim::SGDParamState&>(*ps).momentum_buffer();
+    if (!at::equal(m, m.to(at::kBFloat16).to(at::kFloat))) fail(what + ": a momentum buffer is not bf16 values");
+    moved = moved || m.abs().max().item<float>() > 0;
+  }
+  if (!moved) fail(what + ": no momentum at all");
 }
 
 
@@ -215,7 +233,11 @@ void nested() {
 // loss of the live sharded model against a plain model loaded with the consolidated
 // parameters. Placements: none, optim_cpu, optim_nvme, params_host, params_nvme (stage 3:
 // parameter shards and optimizer state there), nvme_split (optimizer sub-groups, one
-// Load buffer, max_in_cpu), budget (a compute budget; at stage 3 it forces evictions).
+// Load buffer, max_in_cpu), budget (a compute budget; at stage 3 it forces evictions),
+// bf16_state (the momentum in bf16 on host, against the reference's rounded alike),
+// optim_host_split (optimizer_max_in_cpu: the first chunk's state on host, the rest on
+// nvme), tensor_ops (host_step: ATen ops step the state on nvme; at stage 3 the
+// parameter shards there too).
 void awkward_case(int stage, const std::string& placement) {
   using strata::testing::AwkwardModel;
   const std::string what = fmt::format("stage {} {}", stage, placement);
@@ -274,9 +296,24 @@ void awkward_case(int stage, const std::string& placement) {
     } else {
       o.schedule.budget_bytes[0] = model_bytes * 5 / 2;  // whole parameters, gradients, in-flight buffers
     }
+  } else if (placement == "bf16_state") {
+    o.optim_device = OffloadDevice::kCpu;
+    o.optim_state_dtype = at::kBFloat16;
+  } else if (placement == "optim_host_split") {
+    o.optim_device = OffloadDevice::kNvme;
+    o.optim_max_in_cpu = o.chunks.chunk_size_elems / 2;  // one chunk shard at world 2
+    nvme();
+  } else if (placement == "tensor_ops") {
+    o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
+    o.optim_device = OffloadDevice::kNvme;
+    if (stage == 3) o.param_device = OffloadDevice::kNvme;
+    nvme();
   } else if (placement != "none") {
     fail("unknown placement " + placement);
   }
+  // bf16 state: within a bf16 rounding flip of the rounded reference (bf16_state_reference.h).
+  const bool bf16_state = placement == "bf16_state";
+  const double tol = bf16_state ? strata::testing::kBf16StateTol : 1e-5;
   auto made = engine::shard(*model, *g_comm, o);
   if (stage < 3 && (placement == "params_host" || placement == "params_nvme")) {
     // Parameters are only sharded, so only offloaded, at stage 3.
@@ -285,6 +322,12 @@ void awkward_case(int stage, const std::string& placement) {
     return;
   }
   auto eng = check(std::move(made), "shard");
+  if (placement == "optim_host_split") {
+    const auto by_kind = eng->memory_by_kind();
+    const auto kind = plan::kind_index(plan::StateKind::kOptimizer);
+    if (by_kind[plan::tier_index(plan::Tier::kHost)][kind] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][kind] == 0)
+      fail(what + ": expected optimizer state both on host and on nvme");
+  }
   std::vector<at::Tensor> ref_params;
   for (auto& p : ref.parameters())
     if (p.requires_grad()) ref_params.push_back(p);
@@ -302,14 +345,16 @@ void awkward_case(int stage, const std::string& placement) {
     at::Tensor ref_loss = ref.loss(x, y);
     ref_loss.backward();
     ref_opt.step();
+    if (bf16_state) strata::testing::round_state_to_bf16(ref_opt);
     at::Tensor l = loss.detach().to(at::kCPU).clone();
     check(g_comm->all_reduce(l, comm::ReduceOp::kAvg).wait(), "loss avg");
-    if (std::abs(l.item<double>() - ref_loss.item<double>()) > 1e-5 * std::abs(ref_loss.item<double>()))
+    if (std::abs(l.item<double>() - ref_loss.item<double>()) > tol * std::abs(ref_loss.item<double>()))
       fail(fmt::format("{} step {}: loss {} vs reference {}", what, s, l.item<double>(), ref_loss.item<double>()));
   }
   const std::size_t n_chunks = eng->store().num_chunks();
   if (stage == 3 && placement == "budget" && gathers <= n_chunks)
     fail(fmt::format("{}: {} gathers in a step over {} chunks: the budget forced no eviction", what, gathers, n_chunks));
+  if (bf16_state) check_bf16_momentum(*eng, what);
   auto got = check(eng->consolidated_params(), "consolidated_params");
   auto named = ref.named_parameters();
   AwkwardModel plain(99);
@@ -318,7 +363,7 @@ void awkward_case(int stage, const std::string& placement) {
   for (const auto& item : model->named_parameters()) {
     auto it = std::find_if(eng->params().begin(), eng->params().end(), [&](const at::Tensor& p) { return p.is_same(item.value()); });
     const at::Tensor& value = got.at(static_cast<std::size_t>(it - eng->params().begin()));
-    if (const double e = rel_error(value, named[item.key()].to(at::kCPU)); e > 1e-5)
+    if (const double e = rel_error(value, named[item.key()].to(at::kCPU)); e > tol)
       fail(fmt::format("{}: parameter {} differs from the reference, relative error {:.3g}", what, item.key(), e));
     if (item.key() == "frozen.weight" && !at::equal(value, frozen_before)) fail(what + ": the frozen weight changed");
     plain_named[item.key()].copy_(value);
@@ -332,7 +377,8 @@ void awkward_case(int stage, const std::string& placement) {
 }
 
 void awkward(int stage) {
-  for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget"})
+  for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget",
+                        "bf16_state", "optim_host_split", "tensor_ops"})
     awkward_case(stage, p);
 }
 
@@ -429,6 +475,9 @@ void backward_budget() {
 // state is kept in sub-groups of 16M elements (a 64 MiB record and a partial one per
 // tensor, Note [optimizer sub-groups]); at stage 3 max_in_cpu keeps one weight's shard
 // on host and the other on nvme. Three steps against plain LibTorch SGD with momentum.
+// CASE "2-bf16-split": stage 2 with the momentum in bf16 (32 MiB records), the first
+// weight's state kept on host by optimizer_max_in_cpu, stepped by ATen ops (host_step),
+// against the reference with its momentum rounded alike (bf16_state_reference.h).
 struct Big : torch::nn::Module {
   torch::nn::Linear a{nullptr}, b{nullptr};
   Big() {
@@ -438,7 +487,9 @@ struct Big : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) { return engine::forward(b, at::tanh(engine::forward(a, x))); }
 };
 
-void bigtier(int stage) {
+void bigtier(const std::string& which) {
+  const int stage = which.front() - '0';
+  const bool bf16_split = which == "2-bf16-split";
   at::manual_seed(6);
   auto model = std::make_shared<Big>();
   at::manual_seed(6);
@@ -454,19 +505,26 @@ void bigtier(int stage) {
   if (stage == 3) o.param_staging.max_in_cpu = 20'000'000;
   o.schedule.persistence_threshold_elems = 0;
   o.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
-  o.swap.job_name = fmt::format("bigtier-{}", stage);
+  o.swap.job_name = fmt::format("bigtier-{}", which);
+  if (bf16_split) {
+    o.optim_state_dtype = at::kBFloat16;
+    o.optim_max_in_cpu = 20'000'000;  // one weight's shard (16.8M elements), not both
+    o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
+  }
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
   for (std::size_t c = 0; c < eng->store().num_chunks(); ++c) {
     const auto shard_bytes = static_cast<std::uint64_t>(eng->store().shard_elems(c)) * 4;
     if (eng->store().chunk(c).size_elems > 1'000'000 && shard_bytes < (64ull << 20))
       fail(fmt::format("chunk {}: a record of {} bytes, not a real-size one", c, shard_bytes));
   }
-  if (stage == 3) {  // max_in_cpu: parameter shards on host and on nvme
+  // max_in_cpu: a weight's parameter shard (stage 3) or optimizer state (bf16_split) on
+  // host, the other's on nvme.
+  if (stage == 3 || bf16_split) {
     const auto by_kind = eng->memory_by_kind();
-    const auto params = plan::kind_index(plan::StateKind::kParams);
-    if (by_kind[plan::tier_index(plan::Tier::kHost)][params] < (64ull << 20) ||
-        by_kind[plan::tier_index(plan::Tier::kNvme)][params] < (64ull << 20))
-      fail("max_in_cpu: expected a weight's shard on host and another on nvme");
+    const auto kind = plan::kind_index(stage == 3 ? plan::StateKind::kParams : plan::StateKind::kOptimizer);
+    if (by_kind[plan::tier_index(plan::Tier::kHost)][kind] < (64ull << 20) ||
+        by_kind[plan::tier_index(plan::Tier::kNvme)][kind] < (64ull << 20))
+      fail("max_in_cpu: expected a weight's state on host and another's on nvme");
   }
   torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   const std::int64_t rows = 4;
@@ -479,15 +537,17 @@ void bigtier(int stage) {
     torch_compat::zero_grad_keep(ref_opt);
     at::mse_loss(ref->forward(x), y).backward();
     ref_opt.step();
+    if (bf16_split) strata::testing::round_state_to_bf16(ref_opt);
   }
   const plan::LinkBytes& moved = eng->last_metrics().moved;
   if (moved.nvme_to_host == 0 || moved.host_to_nvme == 0) fail("the last step moved nothing between nvme and host");
+  if (bf16_split) check_bf16_momentum(*eng, which);
   auto got = check(eng->consolidated_params(), "consolidated");
   const std::vector<at::Tensor> want = ref->parameters();
   for (std::size_t i = 0; i < got.size(); ++i)
-    if (const double e = rel_error(got[i], want[i]); e > 1e-5)
-      fail(fmt::format("stage {}: param {} differs, relative error {:.3g}", stage, i, e));
-  fmt::print("rank {} stage {}: nvme->host {} host->nvme {} bytes in the last step\n", g_comm->rank(), stage,
+    if (const double e = rel_error(got[i], want[i]); e > (bf16_split ? strata::testing::kBf16StateTol : 1e-5))
+      fail(fmt::format("{}: param {} differs, relative error {:.3g}", which, i, e));
+  fmt::print("rank {} {}: nvme->host {} host->nvme {} bytes in the last step\n", g_comm->rank(), which,
              moved.nvme_to_host, moved.host_to_nvme);
 }
 
@@ -507,7 +567,7 @@ int main(int argc, char** argv) {
   else if (mode == "tuple") tuple_outputs();
   else if (mode == "awkward") awkward(std::stoi(a.at(1)));
   else if (mode == "bwdbudget") backward_budget();
-  else if (mode == "bigtier") bigtier(std::stoi(a.at(1)));
+  else if (mode == "bigtier") bigtier(a.at(1));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

@@ -1,7 +1,8 @@
 // One rank of the ZeRO-1/2 tests (tests/engine/zero_test.cpp starts N of these). Each
 // rank also trains the reference — the same model, unsharded, with plain torch::optim on
 // the whole job's batch — and compares. Prints "OK" and exits 0 on success, 1 on a
-// mismatch, 3 on an expected failure.
+// mismatch, 3 on an expected failure. The reference and the option builders are in
+// zero_worker.h; the checkpoint modes (save, resume) in zero_worker_ckpt.cpp.
 //
 // zero_worker parity STAGE OPTIM MODE     20 steps vs torch::optim (fp32, <= 1e-6); MODE:
 //                                         wrap (the optimizer wrapped), cpu or nvme (its
@@ -39,172 +40,20 @@
 #include <fmt/format.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/nn/utils/clip_grad.h>
-#include <torch/optim/adagrad.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/adamw.h>
-#include <torch/optim/sgd.h>
-#include <torch/serialize.h>
 
-#include "strata/comm/torch_compat.h"
 #include "strata/comm/rendezvous.h"
-#include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/io/fault_injection.h"
-#include "support/worker.h"
-#include "toy_model.h"
+#include "zero_worker.h"
 
 using namespace strata;
-using strata::testing::rel_error;
-using strata::testing::toy_batch;
-using strata::testing::ToyModel;
+using namespace strata::testing::zero;
 
 namespace {
 
-constexpr std::int64_t kRowsPerRank = 6;
-// bf16 state against the reference rounded alike: both round fp32 values that can
-// differ by an fp32 rounding (sharded gradients are summed in another order), so an
-// element's m or v can land one bf16 step (2^-8) apart now and then, and its parameter
-// about lr * 2^-8 apart. Measured: 1e-7 at world sizes 1 and 2 (no such flip); 1.25e-4
-// after one flip. bf16 state is 2.4e-3 (Adam) and 1.5e-3 (AdamW) away from fp32 state
-// after 20 steps; SGD's momentum much less, so the bf16-state cases use Adam or AdamW.
-constexpr double kBf16StateTol = 2e-4;
 comm::Communicator* g_comm = nullptr;
 using strata::testing::check;
-using strata::testing::fail;
 using strata::testing::test_device;
-
-
-OptimizerConfig optim_config(const std::string& name) {
-  OptimizerConfig c;
-  c.lr = 1e-2;
-  if (name == "adam") c.type = OptimizerType::kAdam, c.adam_w_mode = false, c.weight_decay = 0.01;
-  else if (name == "adamw") c.type = OptimizerType::kAdamW, c.weight_decay = 0.05;
-  else if (name == "sgd") c.type = OptimizerType::kSGD, c.momentum = 0.9, c.nesterov = true, c.weight_decay = 0.01;
-  else if (name == "adagrad") c.type = OptimizerType::kAdagrad, c.lr_decay = 0.01, c.weight_decay = 0.01, c.eps = 1e-10;
-  else fail("unknown optimizer " + name);
-  return c;
-}
-
-std::unique_ptr<torch::optim::Optimizer> torch_optimizer(const OptimizerConfig& c, std::vector<at::Tensor> params) {
-  const auto betas = std::make_tuple(c.betas[0], c.betas[1]);
-  switch (c.effective_type()) {
-    case OptimizerType::kAdam:
-      return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(c.lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay));
-    case OptimizerType::kAdamW:
-      return std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(c.lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay));
-    case OptimizerType::kSGD:
-      return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(c.weight_decay));
-    case OptimizerType::kAdagrad:
-      return std::make_unique<torch::optim::Adagrad>(params, torch::optim::AdagradOptions(c.lr).lr_decay(c.lr_decay).weight_decay(c.weight_decay).eps(c.eps));
-  }
-  return nullptr;
-}
-
-std::vector<at::Tensor> trainable(ToyModel& m) {
-  std::vector<at::Tensor> out;
-  for (auto& p : m.parameters())
-    if (p.requires_grad()) out.push_back(p);
-  return out;
-}
-
-engine::EngineOptions sharded_options(int stage, const OptimizerConfig& oc) {
-  engine::EngineOptions o;
-  o.stage = stage;
-  o.optimizer = oc;
-  o.reduce_bucket_size = 1500;  // several chunks per bucket and several buckets
-  o.chunks.chunk_size_elems = 512;
-  o.chunks.io_align_bytes = 64;
-  o.optimizer_threads = 2;
-  return o;
-}
-
-// The reference: one process, the whole job's batch, plain torch::optim.
-struct Reference {
-  ToyModel model{7};
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  explicit Reference(const OptimizerConfig& c, c10::Device device = c10::kCPU) {
-    model.to(device);
-    opt = torch_optimizer(c, trainable(model));
-  }
-  double step(std::int64_t step, std::int64_t rows, double clip = 0, double norm_type = 2, double* norm = nullptr) {
-    auto [x, y] = toy_batch(step, rows);
-    x = x.to(model.w1.device());
-    y = y.to(model.w1.device());
-    torch_compat::zero_grad_keep(*opt);
-    at::Tensor loss = model.loss(x, y);
-    loss.backward();
-    if (clip > 0) {
-      const double n = torch::nn::utils::clip_grad_norm_(trainable(model), clip, norm_type);
-      if (norm) *norm = n;
-    }
-    opt->step();
-    return loss.item<double>();
-  }
-};
-
-// What bf16 optimizer state holds: each state tensor of the reference rounded to bf16
-// (to nearest even) after its step, the arithmetic in fp32 as before.
-void round_state_to_bf16(torch::optim::Optimizer& opt) {
-  auto round = [](const at::Tensor& t) {
-    if (t.defined()) t.copy_(t.to(at::kBFloat16));
-  };
-  for (auto& [key, ps] : opt.state()) {
-    if (auto* a = dynamic_cast<torch::optim::AdamParamState*>(ps.get())) round(a->exp_avg()), round(a->exp_avg_sq());
-    else if (auto* w = dynamic_cast<torch::optim::AdamWParamState*>(ps.get())) round(w->exp_avg()), round(w->exp_avg_sq());
-    else if (auto* g = dynamic_cast<torch::optim::SGDParamState*>(ps.get())) round(g->momentum_buffer());
-    else if (auto* d = dynamic_cast<torch::optim::AdagradParamState*>(ps.get())) round(d->sum());
-  }
-}
-
-// max over parameters of rel_error
-double max_error(ToyModel& got, ToyModel& want) {
-  double worst = 0;
-  auto b = want.named_parameters();
-  for (const auto& item : got.named_parameters()) worst = std::max(worst, rel_error(item.value(), b[item.key()]));
-  return worst;
-}
-
-void compare(ToyModel& got, ToyModel& want, double tol, const std::string& when, bool skip_unused = false) {
-  auto a = got.named_parameters(), b = want.named_parameters();
-  for (const auto& item : a) {
-    if (skip_unused && item.key() == "unused") continue;
-    const double e = rel_error(item.value(), b[item.key()]);
-    if (e > tol) fail(fmt::format("{}: parameter {} differs, relative error {:.3g} > {:.0g}", when, item.key(), e, tol));
-  }
-}
-
-std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step, std::int64_t per_rank) {
-  auto [x, y] = toy_batch(step, per_rank * g_comm->world());
-  return {x.narrow(0, g_comm->rank() * per_rank, per_rank), y.narrow(0, g_comm->rank() * per_rank, per_rank)};
-}
-
-// A MODE ending in "tensor-ops": ATen ops step the state and take the gradient
-// statistics, wherever the state is (host_step; what state on a GPU always takes).
-// The suffix is taken off MODE.
-void take_tensor_ops(std::string& mode, engine::EngineOptions& opts) {
-  if (!mode.ends_with("tensor-ops")) return;
-  opts.host_step = engine::EngineOptions::StepKernels::kTensorOps;
-  mode.resize(mode.size() - std::string_view("tensor-ops").size());
-  if (mode.ends_with('-')) mode.pop_back();
-}
-
-// The optimizer state (and, by default, the gradient shards) on nvme files.
-void use_nvme(engine::EngineOptions& opts, const std::string& job) {
-  opts.optim_device = OffloadDevice::kNvme;
-  opts.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
-  opts.swap.job_name = job;
-  opts.swap.min_io_bytes = 0;  // every record on disk, however small
-}
-
-// Note [optimizer sub-groups]: a chunk whose shard is 2 sub-groups of 1024 elements and
-// a partial one at world 1 (the toy model is 1,320 elements), parameters crossing the
-// boundaries, with read ahead as deep as 5 spare buffers allow.
-void use_sub_groups(engine::EngineOptions& opts) {
-  opts.chunks.chunk_size_elems = 4096;
-  opts.optim_pipeline.sub_group_elems = 1024;
-  opts.optim_pipeline.buffer_count = 8;
-}
 
 void parity(int stage, const std::string& optim, std::string mode) {
   const bool wrap = mode == "wrap";
@@ -404,88 +253,6 @@ void bf16(int stage) {
       if (params[i].scalar_type() != at::kBFloat16) fail("parameters are not bf16");
       if (!at::equal(params[i], masters[i].to(at::kBFloat16))) fail(fmt::format("param {} != RNE(master)", i));
     }
-  }
-}
-
-// MODE "bf16-state": the optimizer state in bf16 (the state dict holds it widened).
-void save(const std::string& dir, int steps, const std::string& mode) {
-  OptimizerConfig oc = optim_config("adam");
-  ToyModel model(7);
-  auto opts = sharded_options(2, oc);
-  if (mode == "bf16-state") opts.optim_state_dtype = at::kBFloat16;
-  auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
-  for (int s = 0; s < steps; ++s) {
-    auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());  // 24 rows per step at any world size
-    check(opt->backward(model.loss(x, y)), "backward");
-    check(opt->step(), "step");
-  }
-  auto full = check(opt->consolidate_state_dict(0), "consolidate");
-  if (g_comm->rank() == 0 && mode == "bf16-state") {  // fp32 tensors of bf16 values, exactly
-    for (auto& [key, ps] : full->state()) {
-      auto& a = dynamic_cast<torch::optim::AdamParamState&>(*ps);
-      for (const at::Tensor& t : {a.exp_avg(), a.exp_avg_sq()})
-        if (t.scalar_type() != at::kFloat || !at::equal(t, t.to(at::kBFloat16).to(at::kFloat)))
-          fail("the saved bf16 state is not its bf16 values in fp32");
-    }
-  }
-  if (g_comm->rank() == 0) {
-    torch::save(*full, dir + "/optim.pt");
-    torch::save(full->param_groups()[0].params(), dir + "/params.pt");
-  }
-}
-
-// "nvme": the state on nvme, and the first resumed step's backward runs before the
-// state is loaded (the model already holds the saved weights), so the reads it started
-// early (Note [early state reads]) hold the fresh engine's zero state: loading must
-// drop them, or the step would use m = v = 0.
-// "bf16-state[-nvme]": saved and resumed with bf16 state at the same world size, against
-// the same engine run uninterrupted, bit for bit: loading the widened values must give
-// back the very bf16 state.
-void resume(const std::string& dir, int steps, std::string mode) {
-  OptimizerConfig oc = optim_config("adam");
-  ToyModel model(7);
-  std::vector<at::Tensor> params;
-  torch::load(params, dir + "/params.pt");
-  const bool bf16_state = mode.starts_with("bf16-state");
-  if (bf16_state) mode = mode.substr(std::min(mode.size(), std::string_view("bf16-state-").size()));
-  const bool nvme = mode == "nvme";
-  if (nvme) {
-    at::NoGradGuard no_grad;
-    auto mine = trainable(model);
-    for (std::size_t i = 0; i < mine.size(); ++i) mine[i].copy_(params[i]);
-  }
-  auto opts = sharded_options(2, oc);
-  if (nvme) use_nvme(opts, "resume");
-  if (bf16_state) opts.optim_state_dtype = at::kBFloat16;
-  auto opt = check(engine::Engine::create(trainable(model), *g_comm, opts), "create");
-  torch::optim::Adam loaded(params, torch::optim::AdamOptions(oc.lr));
-  torch::load(loaded, dir + "/optim.pt");
-  if (!nvme) check(opt->load_state_dict(loaded), "load_state_dict");
-  // The reference runs all steps uninterrupted in one process (bf16 state: the same
-  // engine, uninterrupted, on this rank's rows).
-  Reference ref(oc);
-  ToyModel uninterrupted(7);
-  std::unique_ptr<engine::Engine> cont;
-  if (bf16_state) {
-    engine::EngineOptions cont_opts = sharded_options(2, oc);
-    cont_opts.optim_state_dtype = at::kBFloat16;
-    cont = check(engine::Engine::create(trainable(uninterrupted), *g_comm, cont_opts), "create uninterrupted");
-  }
-  for (int s = 0; s < 2 * steps; ++s) {
-    auto [x, y] = my_rows(s, kRowsPerRank * 4 / g_comm->world());
-    if (s >= steps) {
-      check(opt->backward(model.loss(x, y)), "backward");
-      if (nvme && s == steps) check(opt->load_state_dict(loaded), "load_state_dict");
-      check(opt->step(), "step");
-    }
-    if (!bf16_state) {
-      ref.step(s, kRowsPerRank * 4);
-      if (s >= steps) compare(model, ref.model, 1e-6, fmt::format("resumed step {}", s));
-      continue;
-    }
-    check(cont->backward(uninterrupted.loss(x, y)), "backward uninterrupted");
-    check(cont->step(), "step uninterrupted");
-    if (s >= steps) compare(model, uninterrupted, 0.0, fmt::format("resumed step {} (bf16 state)", s));
   }
 }
 

@@ -1,0 +1,160 @@
+// What the zero_worker modes share (zero_worker.cpp, zero_worker_ckpt.cpp): the
+// reference (the toy model trained unsharded by plain torch::optim on the whole job's
+// batch), the comparisons against it, and the engine options the modes build on.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+#include "strata/comm/torch_compat.h"
+#include "strata/engine/engine.h"
+#include "support/worker.h"
+#include "bf16_state_reference.h"
+#include "toy_model.h"
+
+namespace strata::testing::zero {
+
+using strata::testing::fail;
+using strata::testing::rel_error;
+using strata::testing::toy_batch;
+using strata::testing::ToyModel;
+
+using strata::testing::kBf16StateTol;
+using strata::testing::round_state_to_bf16;
+
+inline comm::Communicator& world_comm() { return *worker_comm(); }
+
+inline constexpr std::int64_t kRowsPerRank = 6;
+
+inline OptimizerConfig optim_config(const std::string& name) {
+  OptimizerConfig c;
+  c.lr = 1e-2;
+  if (name == "adam") c.type = OptimizerType::kAdam, c.adam_w_mode = false, c.weight_decay = 0.01;
+  else if (name == "adamw") c.type = OptimizerType::kAdamW, c.weight_decay = 0.05;
+  else if (name == "sgd") c.type = OptimizerType::kSGD, c.momentum = 0.9, c.nesterov = true, c.weight_decay = 0.01;
+  else if (name == "adagrad") c.type = OptimizerType::kAdagrad, c.lr_decay = 0.01, c.weight_decay = 0.01, c.eps = 1e-10;
+  else fail("unknown optimizer " + name);
+  return c;
+}
+
+inline std::unique_ptr<torch::optim::Optimizer> torch_optimizer(const OptimizerConfig& c, std::vector<at::Tensor> params) {
+  const auto betas = std::make_tuple(c.betas[0], c.betas[1]);
+  switch (c.effective_type()) {
+    case OptimizerType::kAdam:
+      return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(c.lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay));
+    case OptimizerType::kAdamW:
+      return std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(c.lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay));
+    case OptimizerType::kSGD:
+      return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(c.weight_decay));
+    case OptimizerType::kAdagrad:
+      return std::make_unique<torch::optim::Adagrad>(params, torch::optim::AdagradOptions(c.lr).lr_decay(c.lr_decay).weight_decay(c.weight_decay).eps(c.eps));
+  }
+  return nullptr;
+}
+
+inline std::vector<at::Tensor> trainable(ToyModel& m) {
+  std::vector<at::Tensor> out;
+  for (auto& p : m.parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+inline engine::EngineOptions sharded_options(int stage, const OptimizerConfig& oc) {
+  engine::EngineOptions o;
+  o.stage = stage;
+  o.optimizer = oc;
+  o.reduce_bucket_size = 1500;  // several chunks per bucket and several buckets
+  o.chunks.chunk_size_elems = 512;
+  o.chunks.io_align_bytes = 64;
+  o.optimizer_threads = 2;
+  return o;
+}
+
+// The reference: one process, the whole job's batch, plain torch::optim.
+struct Reference {
+  ToyModel model{7};
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  explicit Reference(const OptimizerConfig& c, c10::Device device = c10::kCPU) {
+    model.to(device);
+    opt = torch_optimizer(c, trainable(model));
+  }
+  double step(std::int64_t step, std::int64_t rows, double clip = 0, double norm_type = 2, double* norm = nullptr) {
+    auto [x, y] = toy_batch(step, rows);
+    x = x.to(model.w1.device());
+    y = y.to(model.w1.device());
+    torch_compat::zero_grad_keep(*opt);
+    at::Tensor loss = model.loss(x, y);
+    loss.backward();
+    if (clip > 0) {
+      const double n = torch::nn::utils::clip_grad_norm_(trainable(model), clip, norm_type);
+      if (norm) *norm = n;
+    }
+    opt->step();
+    return loss.item<double>();
+  }
+};
+
+// max over parameters of rel_error
+inline double max_error(ToyModel& got, ToyModel& want) {
+  double worst = 0;
+  auto b = want.named_parameters();
+  for (const auto& item : got.named_parameters()) worst = std::max(worst, rel_error(item.value(), b[item.key()]));
+  return worst;
+}
+
+inline void compare(ToyModel& got, ToyModel& want, double tol, const std::string& when, bool skip_unused = false) {
+  auto a = got.named_parameters(), b = want.named_parameters();
+  for (const auto& item : a) {
+    if (skip_unused && item.key() == "unused") continue;
+    const double e = rel_error(item.value(), b[item.key()]);
+    if (e > tol) fail(fmt::format("{}: parameter {} differs, relative error {:.3g} > {:.0g}", when, item.key(), e, tol));
+  }
+}
+
+inline std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step, std::int64_t per_rank) {
+  auto [x, y] = toy_batch(step, per_rank * world_comm().world());
+  return {x.narrow(0, world_comm().rank() * per_rank, per_rank), y.narrow(0, world_comm().rank() * per_rank, per_rank)};
+}
+
+// A MODE ending in "tensor-ops": ATen ops step the state and take the gradient
+// statistics, wherever the state is (host_step; what state on a GPU always takes).
+// The suffix is taken off MODE.
+inline void take_tensor_ops(std::string& mode, engine::EngineOptions& opts) {
+  if (!mode.ends_with("tensor-ops")) return;
+  opts.host_step = engine::EngineOptions::StepKernels::kTensorOps;
+  mode.resize(mode.size() - std::string_view("tensor-ops").size());
+  if (mode.ends_with('-')) mode.pop_back();
+}
+
+// The optimizer state (and, by default, the gradient shards) on nvme files.
+inline void use_nvme(engine::EngineOptions& opts, const std::string& job) {
+  opts.optim_device = OffloadDevice::kNvme;
+  opts.swap.nvme_path = std::getenv("STRATA_TEST_NVME");
+  opts.swap.job_name = job;
+  opts.swap.min_io_bytes = 0;  // every record on disk, however small
+}
+
+// Note [optimizer sub-groups]: a chunk whose shard is 2 sub-groups of 1024 elements and
+// a partial one at world 1 (the toy model is 1,320 elements), parameters crossing the
+// boundaries, with read ahead as deep as 5 spare buffers allow.
+inline void use_sub_groups(engine::EngineOptions& opts) {
+  opts.chunks.chunk_size_elems = 4096;
+  opts.optim_pipeline.sub_group_elems = 1024;
+  opts.optim_pipeline.buffer_count = 8;
+}
+
+// The checkpoint modes (zero_worker_ckpt.cpp).
+void save(const std::string& dir, int steps, const std::string& mode);
+void resume(const std::string& dir, int steps, std::string mode);
+
+}  // namespace strata::testing::zero
