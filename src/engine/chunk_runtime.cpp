@@ -71,7 +71,7 @@ Result<tiers::Reservation> ChunkRuntime::reserve(Tier t, std::uint64_t bytes, St
 // slice of a GPU chunk) goes through the bounce tensor too.
 Status ChunkRuntime::load_shard(std::uint32_t c, const at::Tensor& dst) {
   if (dst.is_cpu() && io_aligned(dst)) return swap_->get(param_key(c), bytes_of(dst));
-  at::Tensor bounce = aligned_empty(dst.numel(), dst.scalar_type());
+  at::Tensor bounce = aligned_empty(dst.numel(), dst.scalar_type(), host_memory_for(dst.device()));
   STRATA_RETURN_IF_ERROR(swap_->get(param_key(c), bytes_of(bounce)));
   dst.copy_(bounce);
   return ok();
@@ -79,7 +79,7 @@ Status ChunkRuntime::load_shard(std::uint32_t c, const at::Tensor& dst) {
 
 Status ChunkRuntime::store_shard(std::uint32_t c, const at::Tensor& src) {
   if (src.is_cpu() && io_aligned(src)) return swap_->put(param_key(c), bytes_of(src));
-  at::Tensor bounce = aligned_empty(src.numel(), src.scalar_type());
+  at::Tensor bounce = aligned_empty(src.numel(), src.scalar_type(), host_memory_for(src.device()));
   bounce.copy_(src);
   return swap_->put(param_key(c), bytes_of(bounce));
 }

@@ -64,11 +64,13 @@ Status Engine::Impl::fill(const std::vector<at::Tensor>& chunked, const ParamIni
     if (stage3) {  // this rank's shard (none when the master makes it); the full chunk goes
       if (!k.shard_from_master) {
         // A shard on the compute tier lives on the compute device; one off it in host
-        // memory, aligned for the swap store.
+        // memory, aligned for the swap store (and pinned for a GPU: Note [pinned host
+        // tensors]).
         const bool on_device = k.shard_tier == Tier::kCompute && !store.options().device.is_cpu();
         k.shard = on_device ? at::empty({store.shard_elems(c)},
                                         at::TensorOptions().dtype(store.options().compute_dtype).device(store.options().device))
-                            : aligned_empty(store.shard_elems(c), store.options().compute_dtype);
+                            : aligned_empty(store.shard_elems(c), store.options().compute_dtype,
+                                            host_memory_for(store.options().device));
         k.shard.copy_(store.shard(store.full(c), c));
       }
       ChunkStore::free_storage(store.full(c));

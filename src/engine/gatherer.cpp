@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "strata/tiers/device.h"
+
 namespace strata::engine {
 
 Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master)
@@ -34,8 +36,10 @@ Status Gatherer::setup_staging() {
   const auto total = buffer_bytes_ * static_cast<std::uint64_t>(o.buffer_count);
   STRATA_ASSIGN_OR_RETURN(staging_res_,
                           core_.tiers.reserve(Tier::kHost, total, StateKind::kBuffers, "nvme parameter staging pool"));
+  // A GPU copies the shards out of these buffers: pinned (Note [pinned host tensors]).
   STRATA_ASSIGN_OR_RETURN(staging_, io::BufferPool::create({.budget_bytes = total,
-                                                             .acquire_timeout = std::chrono::milliseconds(0)}));
+                                                             .acquire_timeout = std::chrono::milliseconds(0),
+                                                             .pin = tiers::pin_hooks_for(core_.chunks->store().options().device)}));
   return ok();
 }
 

@@ -67,7 +67,8 @@ Status GradReducer::setup(std::function<void()> on_activity) {
   ChunkStore& store = chunks.store();
   // Note [reused staging]: the nvme chunks' host shards, one at a time being completed
   // and kSpillsInFlight being written, plus the read-back of an earlier micro-step.
-  spill_buffers_.configure(chunks.largest_shard_elems([](const ChunkRt& k) { return k.grads_on_nvme; }), at::kFloat, kSpillsInFlight + 2, [this](std::uint64_t bytes) {
+  spill_buffers_.configure(chunks.largest_shard_elems([](const ChunkRt& k) { return k.grads_on_nvme; }), at::kFloat,
+                           host_memory_for(store.options().device), kSpillsInFlight + 2, [this](std::uint64_t bytes) {
     return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kGrads, "grad shard");
   });
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
@@ -92,7 +93,9 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     // the optimizer's own precision.
     STRATA_ASSIGN_OR_RETURN(g.shard_res,
                             chunks.reserve(step, static_cast<std::uint64_t>(n) * 4, StateKind::kGrads, c, "grad shard"));
-    g.shard = at::zeros({n}, at::TensorOptions(at::kFloat).device(chunks.device_of(step)));
+    // Off the compute tier, a GPU's gradients come to it: pinned (Note [pinned host tensors]).
+    g.shard = step == Tier::kCompute ? at::zeros({n}, at::TensorOptions(at::kFloat).device(chunks.device_of(step)))
+                                     : host_empty_for(store.options().device, n, at::kFloat).zero_();
   }
   for (std::uint32_t i = 0; i < store.params().size(); ++i) {
     const at::Tensor& p = store.params()[i];
@@ -214,10 +217,14 @@ Status GradReducer::complete(std::uint32_t c) {
                   f.issued, t1);
   if (!scatter_mode()) return ok();
   // Land it in the shard where the step runs: a compute->host copy when the
-  // optimizer state is off the compute tier (from a GPU, a copy to the host first:
-  // add_ does not mix devices).
+  // optimizer state is off the compute tier (from a GPU, a copy into pinned host memory
+  // first, Note [pinned host tensors]: add_ does not mix devices).
   STRATA_RETURN_IF_ERROR(ensure_shard(c));
-  g.shard.add_(f.out.device() == g.shard.device() ? f.out : f.out.to(g.shard.device()));
+  if (f.out.device() == g.shard.device()) {
+    g.shard.add_(f.out);
+  } else {
+    g.shard.add_(host_empty_for(f.out.device(), f.out.numel(), f.out.scalar_type()).copy_(f.out));
+  }
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   f.out = at::Tensor();
   core_.storage.free(core_.chunks->store().grad(c));

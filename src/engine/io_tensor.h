@@ -37,15 +37,35 @@ inline bool io_aligned(const at::Tensor& t) {
 // partial last huge page, which stays on small pages.
 inline constexpr std::size_t kHugeTensorBytes = std::size_t{8} << 20;
 
-// n elements, uninitialized, starting on a 4 KiB boundary (from kHugeTensorBytes on a
-// 2 MiB one, on huge pages: strata's own buffer under the tensor, counted by
-// tiers::MemoryProbe as LibTorch's allocations are, since the auto placement subtracts
-// the tiers' bytes from that count). Throws c10::Error when the memory cannot be had, as
-// at::empty does.
-inline at::Tensor aligned_empty(std::int64_t n, at::ScalarType dtype) {
+// Note [pinned host tensors]: a host tensor that a compute device off the CPU copies to
+// or from (a parameter shard on host, a gradient shard on its way to host, a staging
+// buffer) is page-locked, so that the copy runs by DMA at the link's speed rather than
+// through the driver's pageable bounce buffers. LibTorch allocates it (at::empty's
+// pinned_memory: the accelerator's caching host allocator in 2.x). A CPU-only LibTorch
+// cannot pin (it throws), and a CPU compute device gains nothing from it, so only a
+// compute device off the CPU asks. Buffers the io layer owns (io::BufferPool: the nvme
+// Load buffers) stay pageable.
+enum class HostMemory { kPageable, kPinned };
+
+inline HostMemory host_memory_for(c10::Device compute) {
+  return compute.is_cpu() ? HostMemory::kPageable : HostMemory::kPinned;
+}
+
+// n elements on the host, uninitialized, for copies to and from `compute`: pinned when
+// it is off the CPU. For tensors the swap store does not move (no alignment).
+inline at::Tensor host_empty_for(c10::Device compute, std::int64_t n, at::ScalarType dtype) {
+  return at::empty({n}, at::TensorOptions(dtype).pinned_memory(host_memory_for(compute) == HostMemory::kPinned));
+}
+
+// n elements, uninitialized, starting on a 4 KiB boundary. Pageable: from
+// kHugeTensorBytes on a 2 MiB one, on huge pages (strata's own buffer under the tensor,
+// counted by tiers::MemoryProbe as LibTorch's allocations are, since the auto placement
+// subtracts the tiers' bytes from that count). Pinned: Note [pinned host tensors]. Throws
+// c10::Error when the memory cannot be had, as at::empty does.
+inline at::Tensor aligned_empty(std::int64_t n, at::ScalarType dtype, HostMemory memory = HostMemory::kPageable) {
   const auto elem = static_cast<std::int64_t>(c10::elementSize(dtype));
   const auto bytes = static_cast<std::size_t>(n * elem);
-  if (bytes >= kHugeTensorBytes) {
+  if (memory == HostMemory::kPageable && bytes >= kHugeTensorBytes) {
     Result<AlignedBuffer> buf = AlignedBuffer::allocate(bytes, kIoAlignBytes, Pages::kHuge);
     if (!buf) TORCH_CHECK(false, buf.error().message());
     tiers::MemoryProbe::add_external(bytes);
@@ -58,7 +78,9 @@ inline at::Tensor aligned_empty(std::int64_t n, at::ScalarType dtype) {
         at::TensorOptions(dtype));
   }
   // A view into a storage at most one page larger.
-  at::Tensor raw = at::empty({n + static_cast<std::int64_t>(kIoAlignBytes) / elem}, dtype);
+  at::TensorOptions options(dtype);
+  if (memory == HostMemory::kPinned) options = options.pinned_memory(true);
+  at::Tensor raw = at::empty({n + static_cast<std::int64_t>(kIoAlignBytes) / elem}, options);
   const auto addr = reinterpret_cast<std::uintptr_t>(raw.data_ptr());
   const auto skip = static_cast<std::int64_t>((kIoAlignBytes - addr % kIoAlignBytes) % kIoAlignBytes) / elem;
   return raw.narrow(0, skip, n);

@@ -33,9 +33,11 @@ class StagingCache {
   // Reserves `bytes` of host memory for one buffer.
   using Reserve = std::function<Result<tiers::Reservation>(std::uint64_t bytes)>;
 
-  void configure(std::int64_t capacity, at::ScalarType dtype, std::size_t keep, Reserve reserve) {
+  // memory: pinned for buffers a GPU copies into (Note [pinned host tensors]).
+  void configure(std::int64_t capacity, at::ScalarType dtype, HostMemory memory, std::size_t keep, Reserve reserve) {
     capacity_ = capacity;
     dtype_ = dtype;
+    memory_ = memory;
     keep_ = keep;
     reserve_ = std::move(reserve);
   }
@@ -49,7 +51,7 @@ class StagingCache {
     }
     Buffer b;
     STRATA_ASSIGN_OR_RETURN(b.res, reserve_(static_cast<std::uint64_t>(capacity_) * c10::elementSize(dtype_)));
-    b.full = aligned_empty(capacity_, dtype_);
+    b.full = aligned_empty(capacity_, dtype_, memory_);
     return b;
   }
   void give(Buffer b) {
@@ -58,6 +60,7 @@ class StagingCache {
 
  private:
   std::int64_t capacity_ = 0;
+  HostMemory memory_ = HostMemory::kPageable;
   at::ScalarType dtype_ = at::kFloat;
   std::size_t keep_ = 0;
   Reserve reserve_;

@@ -155,7 +155,8 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   if (!direct && k.shard_tier != Tier::kNvme) {
     STRATA_ASSIGN_OR_RETURN(staging.res, core_.chunks->reserve(Tier::kHost, core_.chunks->shard_bytes(c),
                                                                StateKind::kBuffers, c, "param step staging"));
-    out = at::empty({n}, core_.opt.compute_dtype);  // only the stepped runs go home
+    // Only the stepped runs go home (to a GPU: from pinned memory, Note [pinned host tensors]).
+    out = host_empty_for(core_.chunks->store().options().device, n, core_.opt.compute_dtype);
   } else if (!direct) {
     STRATA_ASSIGN_OR_RETURN(staging, param_buffers().take());  // Note [reused staging]
     out = staging.view(n);
@@ -193,7 +194,9 @@ StagingCache& StepDriver::param_buffers() {
   if (!param_buffers_.configured()) {
     const std::int64_t largest =
         core_.chunks->largest_shard_elems([](const ChunkRt& k) { return k.shard_tier == Tier::kNvme; });
-    param_buffers_.configure(largest, core_.opt.compute_dtype, kParamWritesInFlight + 1, [this](std::uint64_t bytes) {
+    // Filled and written on the host only: pageable.
+    param_buffers_.configure(largest, core_.opt.compute_dtype, HostMemory::kPageable, kParamWritesInFlight + 1,
+                             [this](std::uint64_t bytes) {
       return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kBuffers, "param step staging");
     });
   }

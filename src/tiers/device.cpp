@@ -33,4 +33,12 @@ c10::Device rank_device(c10::DeviceType type, int local_rank) {
   return c10::Device(type, static_cast<c10::DeviceIndex>(local_rank % gpus));
 }
 
+io::PinHooks pin_hooks_for(c10::Device compute) {
+#ifdef STRATA_CUDA
+  if (compute.is_cuda()) return detail::cuda_pin_hooks();
+#endif
+  (void)compute;
+  return {};
+}
+
 }  // namespace strata::tiers

@@ -50,4 +50,16 @@ void fill_cuda_info(DeviceInfo& d) {
   }
 }
 
+io::PinHooks cuda_pin_hooks() {
+  return {.pin = [](void*, std::byte* data, std::size_t bytes) -> Status {
+            // Portable: any device may copy from it, not only the current one.
+            if (const cudaError_t e = cudaHostRegister(data, bytes, cudaHostRegisterPortable); e != cudaSuccess) {
+              return make_error(ErrorCode::kResourceExhausted, "cudaHostRegister of {} bytes failed: {}", bytes,
+                                cudaGetErrorString(e));
+            }
+            return ok();
+          },
+          .unpin = [](void*, std::byte* data, std::size_t) { (void)cudaHostUnregister(data); }};
+}
+
 }  // namespace strata::tiers::detail

@@ -9,4 +9,7 @@ namespace strata::tiers::detail {
 // A failing CUDA call is reported in the field it would fill, never thrown.
 void fill_cuda_info(DeviceInfo& d);
 
+// cudaHostRegister and cudaHostUnregister as io::PinHooks (pin_hooks_for).
+io::PinHooks cuda_pin_hooks();
+
 }  // namespace strata::tiers::detail

@@ -9,6 +9,9 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/io_tensor.h"
+#include "strata/io/buffer_pool.h"
+#include "strata/tiers/device.h"
 #include "support/multirank.h"
 
 namespace strata {
@@ -55,6 +58,35 @@ TEST(Gpu, Fp16OverflowSkipsTheStepAndTheScaleHalves) { run_on_gpu({"fp16"}); }
 // and the consolidated weights (units_worker awkward).
 TEST(Gpu, AwkwardModelsAtStages1To3OnEveryPlacement) {
   for (const char* stage : {"1", "2", "3"}) run_on_gpu({"awkward", stage}, "units_worker");
+}
+
+// Note [pinned host tensors]: the host tensors a GPU copies to and from are page-locked
+// and still 4 KiB-aligned for the swap store, small and large (the pageable path puts
+// the large ones on huge pages instead), and a copy to the GPU and back keeps the values.
+TEST(Gpu, HostTensorsForTheGpuArePinnedAndIoAligned) {
+  for (const std::int64_t n : {std::int64_t{1000}, static_cast<std::int64_t>(engine::kHugeTensorBytes / 4) + 3}) {
+    at::Tensor t = engine::aligned_empty(n, at::kFloat, engine::host_memory_for(c10::Device(c10::kCUDA, 0)));
+    EXPECT_TRUE(t.is_pinned()) << n;
+    EXPECT_TRUE(engine::io_aligned(t)) << n;
+    t.copy_(at::arange(n, at::kFloat));
+    at::Tensor back = engine::aligned_empty(n, at::kFloat, engine::HostMemory::kPinned);
+    back.copy_(t.to(c10::Device(c10::kCUDA, 0)));
+    EXPECT_TRUE(at::equal(back, t)) << n;
+  }
+}
+
+// The nvme parameter Load buffers a GPU gathers from: an io::BufferPool whose arena is
+// page-locked by pin_hooks_for (cudaHostRegister), and a copy through it keeps the values.
+TEST(Gpu, BufferPoolArenasForTheGpuArePinned) {
+  const c10::Device gpu(c10::kCUDA, 0);
+  auto pool = io::BufferPool::create({.budget_bytes = 64 << 20, .pin = tiers::pin_hooks_for(gpu)});
+  ASSERT_TRUE(pool) << pool.error().to_string();
+  EXPECT_TRUE(pool->stats().pinned);
+  auto buf = pool->acquire(32 << 20);
+  ASSERT_TRUE(buf) << buf.error().to_string();
+  at::Tensor host = at::from_blob(buf->data(), {8 << 20}, at::kFloat);
+  host.copy_(at::arange(8 << 20, at::kFloat));
+  EXPECT_TRUE(at::equal(host.to(gpu).cpu(), host));
 }
 
 }  // namespace

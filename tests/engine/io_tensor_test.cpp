@@ -53,5 +53,16 @@ TEST(AlignedEmpty, HugePageTensorsAreCountedByTheMemoryProbe) {
   EXPECT_EQ(tiers::MemoryProbe::live_bytes(), before);
 }
 
+// Note [pinned host tensors]: only a compute device off the CPU asks for pinned host
+// tensors (a CPU-only LibTorch throws on pinning); the pinned allocation itself is a
+// gpu test (gpu_test.cpp).
+TEST(AlignedEmpty, OnlyAComputeDeviceOffTheCpuPinsHostTensors) {
+  EXPECT_EQ(host_memory_for(c10::Device(c10::kCPU)), HostMemory::kPageable);
+  EXPECT_EQ(host_memory_for(c10::Device(c10::kCUDA, 0)), HostMemory::kPinned);
+  at::Tensor t = aligned_empty(1000, at::kFloat, host_memory_for(c10::Device(c10::kCPU)));
+  EXPECT_TRUE(io_aligned(t));
+  EXPECT_FALSE(t.is_pinned());
+}
+
 }  // namespace
 }  // namespace strata::engine

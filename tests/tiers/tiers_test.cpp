@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <new>
 
+#include "strata/tiers/device.h"
 #include "strata/tiers/memory_probe.h"
 #include "strata/tiers/tier_allocator.h"
 
@@ -94,6 +95,16 @@ TEST(MemoryProbe, CountsTensorAllocations) {
   EXPECT_EQ(MemoryProbe::live_bytes(), before);
   at::Tensor bf = at::randn({64, 64}).to(at::kBFloat16);
   EXPECT_EQ(at::matmul(bf, bf).size(0), 64);  // a oneDNN matmul
+}
+
+// Only a GPU compute device pins a buffer pool's arena, and only in a build with the GPU
+// tier (gpu_test.cpp pins one on the GPU).
+TEST(PinHooks, NothingIsPinnedForTheCpu) {
+  EXPECT_FALSE(pin_hooks_for(c10::Device(c10::kCPU)).active());
+  EXPECT_EQ(pin_hooks_for(c10::Device(c10::kCUDA, 0)).active(), detect_device().built_with_cuda);
+  auto pool = io::BufferPool::create({.budget_bytes = 1 << 20, .pin = pin_hooks_for(c10::Device(c10::kCPU))});
+  ASSERT_TRUE(pool) << pool.error().to_string();
+  EXPECT_FALSE(pool->stats().pinned);
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 
 #include <c10/core/Device.h>
 
+#include "strata/io/buffer_pool.h"
+
 namespace strata::tiers {
 
 struct GpuInfo {
@@ -43,5 +45,11 @@ DeviceInfo detect_device();
 // The device a rank computes on: the CPU, or for CUDA the GPU local_rank modulo the GPUs
 // visible (the one the rendezvous makes current for NCCL).
 c10::Device rank_device(c10::DeviceType type, int local_rank);
+
+// Hooks that page-lock an io::BufferPool's arena for copies to and from `compute`
+// (cudaHostRegister in a STRATA_CUDA build, Note [pinned host tensors] in
+// src/engine/io_tensor.h). Empty for the CPU, and in a build without the GPU tier:
+// nothing is pinned there.
+io::PinHooks pin_hooks_for(c10::Device compute);
 
 }  // namespace strata::tiers
