@@ -9,10 +9,15 @@
 namespace strata::engine {
 
 Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master)
-    : core_(core), make_room_(std::move(make_room)), master_(std::move(master)), g_(core.chunks->size()) {}
+    : core_(core),
+      make_room_(std::move(make_room)),
+      master_(std::move(master)),
+      g_(core.chunks->size()),
+      copies_(core.chunks->store().options().device) {}
 
 Gatherer::~Gatherer() {
-  // Collectives and reads in flight write into storage: let them finish first.
+  // Collectives, copies and reads in flight write into storage: let them finish first.
+  host_waits_all();
   for (GatherRt& g : g_) {
     if (g.pending) (void)g.pending->handle.wait();
     if (g.staged) (void)g.staged->io.wait();
@@ -47,6 +52,7 @@ Status Gatherer::load(std::uint32_t c) {
   const ChunkRt& k = (*core_.chunks)[c];
   GatherRt& g = g_[c];
   if (k.shard_tier != Tier::kNvme || k.sm.gathered() || g.staged) return ok();
+  reap_copies();  // a finished copy's staging buffer may be the one this read needs
   auto buf = staging_.try_acquire(buffer_bytes_);
   if (!buf) return ok();  // every buffer taken: the gather reads it (Note [nvme parameter staging])
   const std::uint64_t bytes = core_.chunks->shard_bytes(c);
@@ -76,8 +82,10 @@ Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
   if (k.shard_tier == Tier::kNvme) {
     if (g.staged) {
       STRATA_RETURN_IF_ERROR(g.staged->io.wait());
-      slice.copy_(g.staged->values);
+      Staged s = std::move(*g.staged);
       g.staged.reset();
+      const at::Tensor values = s.values;
+      copy_in(g, slice, values, std::move(s));
     } else {
       STRATA_RETURN_IF_ERROR(core_.chunks->load_shard(c, slice));
       core_.account(Tier::kNvme, Tier::kHost, bytes);
@@ -87,11 +95,50 @@ Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
     slice.copy_(master_(c));  // Note [shard from master]: RNE, as the step's cast
     core_.account(k.shard_tier, Tier::kCompute, bytes);
   } else {
-    slice.copy_(k.shard);
+    copy_in(g, slice, k.shard, std::nullopt);
     core_.account(k.shard_tier, Tier::kCompute, bytes);
   }
   if (k.shard_tier != Tier::kCompute) core_.trace.add(StepTrace::kCopy, "shard->compute " + core_.chunks->name(c), t0, Clock::now());
   return ok();
+}
+
+// Note [copy stream].
+void Gatherer::copy_in(GatherRt& g, const at::Tensor& slice, const at::Tensor& src, std::optional<Staged> source) {
+  if (!src.is_cpu() || slice.is_cpu() || !copies_.active()) {
+    slice.copy_(src);
+    return;
+  }
+  if (g.copy) {  // gathered again before the host saw its last copy end
+    tiers::CopyStream::host_waits(g.copy->done);
+    g.copy.reset();
+  }
+  std::optional<c10::Event> done = copies_.run([&] { slice.copy_(src, /*non_blocking=*/true); });
+  g.copy.emplace(Copy{.done = std::move(*done), .source = std::move(source)});
+  copying_.push_back(static_cast<std::uint32_t>(&g - g_.data()));
+}
+
+void Gatherer::compute_waits(GatherRt& g) {
+  if (!g.copy || g.copy->compute_waited) return;
+  copies_.compute_waits(g.copy->done);
+  g.copy->compute_waited = true;
+}
+
+void Gatherer::reap_copies() {
+  while (!copying_.empty()) {
+    std::optional<Copy>& copy = g_[copying_.front()].copy;
+    if (copy && !(copy->compute_waited && copy->done.query())) return;
+    copy.reset();
+    copying_.pop_front();
+  }
+}
+
+void Gatherer::host_waits_all() {
+  for (GatherRt& g : g_) {
+    if (!g.copy) continue;
+    tiers::CopyStream::host_waits(g.copy->done);
+    g.copy.reset();
+  }
+  copying_.clear();
 }
 
 Status Gatherer::gather(std::uint32_t c, bool prefetch) {
@@ -105,6 +152,9 @@ Status Gatherer::gather(std::uint32_t c, bool prefetch) {
   STRATA_RETURN_IF_ERROR(fill_slice(c, slice));
   const int world = core_.comm.world();
   if (world > 1) {
+    // The all-gather is queued on the compute stream, after the copy of this rank's
+    // slice: with more than one rank, the copy overlaps only what was queued before.
+    compute_waits(g);
     g.pending = Pending{.handle = core_.comm.all_gather(slice, full), .issued = Clock::now()};
     core_.cur.moved.net_gather += core_.chunks->shard_bytes(c) * static_cast<std::uint64_t>(world - 1);
   }
@@ -120,7 +170,8 @@ Status Gatherer::gather(std::uint32_t c, bool prefetch) {
 Status Gatherer::wait(std::uint32_t c) {
   GatherRt& g = g_[c];
   // A gather issued ahead of use is a hit if its data is there when the access needs it.
-  const bool ready = !g.pending || g.pending->handle.done();
+  const bool ready = (!g.pending || g.pending->handle.done()) && (!g.copy || g.copy->done.query());
+  compute_waits(g);
   if (g.awaiting_use) {
     g.awaiting_use = false;
     if (g.prefetched && ready && (*core_.chunks)[c].residency != Residency::kPersistent) ++core_.cur.prefetch_hits;
@@ -152,6 +203,7 @@ Status Gatherer::release(std::uint32_t c, bool persistent_too) {
     g.pending.reset();
     STRATA_RETURN_IF_ERROR(p.handle.wait());
   }
+  compute_waits(g);  // the storage's next user, on the compute stream, comes after the copy
   g.awaiting_use = false;
   core_.chunks->free_full(c);
   gathered_bytes_ -= k.gathered_res.bytes();
@@ -161,6 +213,7 @@ Status Gatherer::release(std::uint32_t c, bool persistent_too) {
 }
 
 Status Gatherer::release_all(bool and_persistent) {
+  host_waits_all();  // the step may rewrite the host shards the copies read
   for (std::uint32_t c = 0; c < g_.size(); ++c) {
     if (g_[c].staged) {  // Note [nvme parameter staging]: a read no gather took
       Staged s = std::move(*g_[c].staged);

@@ -21,14 +21,27 @@
 // from the master, Note [shard from master]), then all-gathers the other slices in place. Every byte of a
 // gathered chunk is a compute reservation. The gatherer has no eviction policy: what is
 // released when is the schedule's decision (on demand: after every use).
+//
+// On a GPU, a shard in host memory (a host-tier shard, or a staging buffer a Load
+// filled) goes into its slice on the copy stream (Note [copy stream] in
+// strata/tiers/copy_stream.h): the compute stream waits for it on the device when an
+// access first needs the chunk (wait), or before the all-gather with more than one rank,
+// or before the storage is released. The host waits for a copy only before the source
+// can change: at release_all, which runs before every optimizer step, and when a chunk
+// is gathered again while its last copy is still in flight. A staging buffer goes back
+// to its pool once its copy has finished.
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <vector>
 
+#include <c10/core/Event.h>
+
 #include "engine_core.h"
+#include "strata/tiers/copy_stream.h"
 
 namespace strata::engine {
 
@@ -75,19 +88,35 @@ class Gatherer {
     comm::Handle handle;
     Clock::time_point issued;
   };
+  // A shard's copy into its slice on the copy stream.
+  struct Copy {
+    c10::Event done;
+    bool compute_waited = false;    // the compute stream is ordered after it
+    std::optional<Staged> source;   // the staging buffer it reads, kept until it is done
+  };
   struct GatherRt {
     std::optional<Staged> staged;    // a Load's result, until its gather
     std::optional<Pending> pending;  // an all-gather in flight
+    std::optional<Copy> copy;        // its shard's copy in, until the host has seen it end
     bool prefetched = false;         // the current gather was issued ahead of its use
     bool awaiting_use = false;       // gathered, not yet waited on by an access
   };
   Result<tiers::Reservation> reserve_compute(std::uint32_t c);
   Status fill_slice(std::uint32_t c, const at::Tensor& slice);
+  // slice <- src: on the copy stream when src is in host memory and slice is not.
+  void copy_in(GatherRt& g, const at::Tensor& slice, const at::Tensor& src, std::optional<Staged> source);
+  void compute_waits(GatherRt& g);
+  // Copies the compute stream is ordered after and the device has finished are dropped,
+  // with their staging buffers; host_waits_all waits for every copy first.
+  void reap_copies();
+  void host_waits_all();
 
   EngineCore& core_;
   std::function<Status()> make_room_;
   MasterOf master_;
   std::vector<GatherRt> g_;
+  tiers::CopyStream copies_;
+  std::deque<std::uint32_t> copying_;  // chunks with a copy, oldest first
   std::vector<comm::Handle> refreshing_;
   std::uint64_t gathered_bytes_ = 0;
   io::BufferPool staging_;

@@ -11,6 +11,7 @@
 
 #include "engine/io_tensor.h"
 #include "strata/io/buffer_pool.h"
+#include "strata/tiers/copy_stream.h"
 #include "strata/tiers/device.h"
 #include "support/multirank.h"
 
@@ -87,6 +88,30 @@ TEST(Gpu, BufferPoolArenasForTheGpuArePinned) {
   at::Tensor host = at::from_blob(buf->data(), {8 << 20}, at::kFloat);
   host.copy_(at::arange(8 << 20, at::kFloat));
   EXPECT_TRUE(at::equal(host.to(gpu).cpu(), host));
+}
+
+// Note [copy stream]: a copy from pinned memory on the copy stream, ordered after the
+// compute stream's earlier work (a kernel that fills the destination first) and before
+// its later work (a kernel that reads it), with the host waiting only at the end.
+TEST(Gpu, TheCopyStreamIsOrderedAgainstTheComputeStream) {
+  const c10::Device gpu(c10::kCUDA, 0);
+  tiers::CopyStream copies(gpu);
+  ASSERT_TRUE(copies.active());
+  const std::int64_t n = 32 << 20;  // 128 MiB: long enough to be in flight
+  at::Tensor host = engine::aligned_empty(n, at::kFloat, engine::HostMemory::kPinned);
+  const at::Tensor expect = at::arange(n, at::kFloat).remainder_(1000);
+  host.copy_(expect);
+  at::Tensor dst = at::full({n}, -1.0f, at::TensorOptions(gpu));  // queued before the copy
+  std::optional<c10::Event> done = copies.run([&] { dst.copy_(host, /*non_blocking=*/true); });
+  ASSERT_TRUE(done.has_value());
+  copies.compute_waits(*done);
+  at::Tensor sum = dst.sum();  // on the compute stream, after the copy
+  tiers::CopyStream::host_waits(*done);
+  EXPECT_TRUE(done->query());
+  host.fill_(0);  // the copy is over: rewriting the source changes nothing on the GPU
+  const double want = expect.to(at::kDouble).sum().item<double>();
+  EXPECT_NEAR(sum.item<double>(), want, 1e-4 * want);  // not the -1s: the copy came first
+  EXPECT_TRUE(at::equal(dst.cpu(), expect));
 }
 
 }  // namespace

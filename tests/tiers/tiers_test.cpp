@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <new>
 
+#include "strata/tiers/copy_stream.h"
 #include "strata/tiers/device.h"
 #include "strata/tiers/memory_probe.h"
 #include "strata/tiers/tier_allocator.h"
@@ -105,6 +106,17 @@ TEST(PinHooks, NothingIsPinnedForTheCpu) {
   auto pool = io::BufferPool::create({.budget_bytes = 1 << 20, .pin = pin_hooks_for(c10::Device(c10::kCPU))});
   ASSERT_TRUE(pool) << pool.error().to_string();
   EXPECT_FALSE(pool->stats().pinned);
+}
+
+// Note [copy stream]: for the CPU the copy stream is inert: the copy runs there and then,
+// and there is no event to wait for (gpu_test.cpp runs it on a GPU).
+TEST(CopyStream, IsInertForTheCpu) {
+  CopyStream copies(c10::Device(c10::kCPU));
+  EXPECT_FALSE(copies.active());
+  at::Tensor src = at::arange(1000, at::kFloat), dst = at::zeros({1000});
+  EXPECT_FALSE(copies.run([&] { dst.copy_(src, /*non_blocking=*/true); }).has_value());
+  EXPECT_TRUE(at::equal(dst, src));
+  EXPECT_FALSE(CopyStream().active());
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include <ATen/core/Tensor.h>
@@ -53,6 +54,17 @@ void zero_grad_keep(Optimizer& opt) {
   opt.zero_grad(/*set_to_none=*/false);
 #else
   opt.zero_grad();
+#endif
+}
+
+// Blocks the host until a c10::Event has happened: c10::Event::synchronize() is 2.x
+// only; 1.13 polls query().
+template <class Event>
+void synchronize_event(const Event& e) {
+#if STRATA_TORCH_AT_LEAST(2, 6)
+  e.synchronize();
+#else
+  while (!e.query()) std::this_thread::yield();
 #endif
 }
 
