@@ -17,7 +17,7 @@ Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf
 
 Gatherer::~Gatherer() {
   // Collectives, copies and reads in flight write into storage: let them finish first.
-  host_waits_all();
+  wait_copies();
   for (GatherRt& g : g_) {
     if (g.pending) (void)g.pending->handle.wait();
     if (g.staged) (void)g.staged->io.wait();
@@ -132,7 +132,8 @@ void Gatherer::reap_copies() {
   }
 }
 
-void Gatherer::host_waits_all() {
+void Gatherer::wait_copies() {
+  if (copying_.empty()) return;  // every copy is listed there
   for (GatherRt& g : g_) {
     if (!g.copy) continue;
     tiers::CopyStream::host_waits(g.copy->done);
@@ -213,7 +214,7 @@ Status Gatherer::release(std::uint32_t c, bool persistent_too) {
 }
 
 Status Gatherer::release_all(bool and_persistent) {
-  host_waits_all();  // the step may rewrite the host shards the copies read
+  wait_copies();  // the step may rewrite the host shards the copies read
   for (std::uint32_t c = 0; c < g_.size(); ++c) {
     if (g_[c].staged) {  // Note [nvme parameter staging]: a read no gather took
       Staged s = std::move(*g_[c].staged);

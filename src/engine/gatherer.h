@@ -27,8 +27,9 @@
 // strata/tiers/copy_stream.h): the compute stream waits for it on the device when an
 // access first needs the chunk (wait), or before the all-gather with more than one rank,
 // or before the storage is released. The host waits for a copy only before the source
-// can change: at release_all, which runs before every optimizer step, and when a chunk
-// is gathered again while its last copy is still in flight. A staging buffer goes back
+// can change: at release_all, which runs before every optimizer step, before a
+// checkpoint load writes shards (wait_copies), and when a chunk is gathered again while
+// its last copy is still in flight. A staging buffer goes back
 // to its pool once its copy has finished.
 #pragma once
 
@@ -76,6 +77,10 @@ class Gatherer {
   void refresh(std::uint32_t c);
   Status finish_refresh();
 
+  // Before the host rewrites host shards: every copy into a slice has ended (Note [copy
+  // stream]); release_all does it too.
+  void wait_copies();
+
   std::uint64_t gathered_bytes() const { return gathered_bytes_; }
 
  private:
@@ -107,9 +112,8 @@ class Gatherer {
   void copy_in(GatherRt& g, const at::Tensor& slice, const at::Tensor& src, std::optional<Staged> source);
   void compute_waits(GatherRt& g);
   // Copies the compute stream is ordered after and the device has finished are dropped,
-  // with their staging buffers; host_waits_all waits for every copy first.
+  // with their staging buffers.
   void reap_copies();
-  void host_waits_all();
 
   EngineCore& core_;
   std::function<Status()> make_room_;

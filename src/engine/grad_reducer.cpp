@@ -47,7 +47,7 @@ class ReadyHook : public torch::autograd::FunctionPostHook {
 
 }  // namespace
 
-GradReducer::GradReducer(EngineCore& core) : core_(core) {
+GradReducer::GradReducer(EngineCore& core) : core_(core), copies_(core.chunks->store().options().device) {
   const ChunkStore& store = core.chunks->store();
   grads_.resize(core.chunks->size());
   had_grad_.assign(store.params().size(), 0);
@@ -56,8 +56,9 @@ GradReducer::GradReducer(EngineCore& core) : core_(core) {
 }
 
 GradReducer::~GradReducer() {
-  // Reductions and writes still in flight use buffers this object owns: wait for them.
+  // Reductions, copies and writes still in flight use buffers this object owns: wait for them.
   for (std::uint32_t c : order_) (void)grads_[c].op->handle.wait();
+  for (const Landing& l : landings_) tiers::CopyStream::host_waits(l.done);
   for (Spill& s : spills_)
     for (auto& h : s.io) (void)h.wait();
 }
@@ -220,10 +221,10 @@ Status GradReducer::complete(std::uint32_t c) {
   // optimizer state is off the compute tier (from a GPU, a copy into pinned host memory
   // first, Note [pinned host tensors]: add_ does not mix devices).
   STRATA_RETURN_IF_ERROR(ensure_shard(c));
-  if (f.out.device() == g.shard.device()) {
-    g.shard.add_(f.out);
+  if (f.out.device() == g.shard.device() || !copies_.active()) {
+    g.shard.add_(f.out.device() == g.shard.device() ? f.out : f.out.to(g.shard.device()));
   } else {
-    g.shard.add_(host_empty_for(f.out.device(), f.out.numel(), f.out.scalar_type()).copy_(f.out));
+    land_on_host(c, f.out);
   }
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   f.out = at::Tensor();
@@ -254,6 +255,7 @@ Status GradReducer::spill(std::uint32_t c) {
   ChunkGrads& g = grads_[c];
   if (g.complete) return ok();
   g.complete = true;
+  add_landed(true);  // Note [gradients to host]: its shard must be whole before it is written
   STRATA_RETURN_IF_ERROR(ensure_shard(c));  // a chunk that got no gradient: zeros
   const std::uint64_t bytes = static_cast<std::uint64_t>(g.shard.numel()) * 4;
   // One record per optimizer sub-group, in the layout the step reads (Note [optimizer
@@ -323,6 +325,25 @@ Result<kernels::GradStats> GradReducer::shard_stats(const at::Tensor& shard, dou
                                 core_.pool.get());
 }
 
+// Note [gradients to host].
+void GradReducer::land_on_host(std::uint32_t c, const at::Tensor& out) {
+  at::Tensor host = host_empty_for(out.device(), out.numel(), out.scalar_type());
+  std::optional<c10::Event> done = copies_.run([&] { host.copy_(out, /*non_blocking=*/true); });
+  copies_.compute_waits(*done);  // the buffer's memory is used again on the compute stream
+  landings_.push_back({.chunk = c, .host = std::move(host), .done = std::move(*done)});
+  add_landed(false);
+}
+
+void GradReducer::add_landed(bool every) {
+  while (!landings_.empty()) {
+    Landing& l = landings_.front();
+    if (!every && landings_.size() <= kLandingsInFlight && !l.done.query()) return;
+    tiers::CopyStream::host_waits(l.done);
+    grads_[l.chunk].shard.add_(l.host);
+    landings_.pop_front();
+  }
+}
+
 Status GradReducer::complete_oldest() {
   const std::uint32_t c = order_.front();
   order_.pop_front();
@@ -331,6 +352,7 @@ Status GradReducer::complete_oldest() {
 
 Status GradReducer::poll() {
   while (!order_.empty() && grads_[order_.front()].op->handle.done()) STRATA_RETURN_IF_ERROR(complete_oldest());
+  add_landed(false);
   return ok();
 }
 
@@ -338,6 +360,7 @@ Status GradReducer::end_backward() {
   if (scatter_mode()) {
     for (std::uint32_t c = 0; c < grads_.size(); ++c) STRATA_RETURN_IF_ERROR(launch(c));
     STRATA_RETURN_IF_ERROR(drain());
+    add_landed(true);  // Note [gradients to host]: every shard is whole
     // nvme chunks whose parameters did not all get a gradient are complete now.
     for (std::uint32_t c = 0; c < grads_.size(); ++c)
       if ((*core_.chunks)[c].grads_on_nvme) STRATA_RETURN_IF_ERROR(spill(c));
@@ -358,6 +381,7 @@ Status GradReducer::drain() {
 Status GradReducer::finish() {
   if (scatter_mode()) {
     STRATA_RETURN_IF_ERROR(drain());
+    add_landed(true);
     return wait_spills(0);
   }
   for (std::uint32_t c = 0; c < grads_.size(); ++c)

@@ -34,6 +34,16 @@
 // optimizer state (OptimStateHolder). The cost is 4 bytes per parameter written and
 // read per step, next to the 24 the optimizer state moves.
 //
+// Note [gradients to host]: on a GPU, a reduced shard whose step runs in host memory
+// comes to the host on a copy stream (Note [copy stream]): the copy waits on the device
+// for the reduction, the compute stream waits on the device for the copy before the
+// gradient buffer's memory can be used again, and the host does not block. The copy
+// lands in a pinned temporary that is added into the fp32 shard once its event has
+// passed: at the next poll() that finds it done, when more than kLandingsInFlight are
+// waiting, before an nvme chunk's shard is written, and at the end of backward, in the
+// order the reductions completed (the same sums as adding each at once). For the CPU
+// the shard is added at once.
+//
 // Reductions are launched in the order chunks become ready, which is the same on every
 // rank (the same graph); with overlap_comm off, all at the end of backward in chunk
 // order. Chunks whose parameters did not all get a gradient are reduced at the end of
@@ -54,6 +64,7 @@
 #include "staging_cache.h"
 #include "strata/kernels/dtype.h"
 #include "strata/kernels/grad_prologue.h"
+#include "strata/tiers/copy_stream.h"
 
 namespace torch::autograd {
 struct Node;
@@ -121,6 +132,13 @@ class GradReducer {
     tiers::Reservation record_res;  // the record's nvme bytes
     std::optional<kernels::GradStats> stats;  // the boundary's, taken before writing
   };
+  // A reduced shard on its way to the host (Note [gradients to host]).
+  struct Landing {
+    std::uint32_t chunk = 0;
+    at::Tensor host;  // pinned, the compute dtype
+    c10::Event done;
+  };
+  static constexpr std::size_t kLandingsInFlight = 4;
   // A gradient shard being written to its record; freed once written.
   struct Spill {
     std::uint32_t chunk = 0;
@@ -135,6 +153,9 @@ class GradReducer {
   Status launch(std::uint32_t c);
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it
   Status complete_oldest();
+  // Note [gradients to host]: start the copy; add the ones that have landed (all: `every`).
+  void land_on_host(std::uint32_t c, const at::Tensor& out);
+  void add_landed(bool every);
   // Note [gradients on nvme]
   Status ensure_shard(std::uint32_t c);  // the host shard exists (zeroed)
   Status spill(std::uint32_t c);         // chunk c is complete: to its record
@@ -150,6 +171,8 @@ class GradReducer {
   double inv_scale_ = 1.0;
   std::deque<Spill> spills_;
   StagingCache spill_buffers_;  // nvme chunks' host shards (Note [reused staging])
+  tiers::CopyStream copies_;    // Note [gradients to host]
+  std::deque<Landing> landings_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
 };
 

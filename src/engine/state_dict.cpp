@@ -121,6 +121,7 @@ Status set_param_shard(Engine::Impl& m, std::uint32_t c, const at::Tensor& value
   ChunkRuntime& chunks = *m.core.chunks;
   ChunkRt& k = chunks[c];
   const bool nvme = k.shard_tier == Tier::kNvme;
+  m.gatherer->wait_copies();  // a gather may still be copying the shard in (Note [copy stream])
   at::Tensor shard = nvme ? aligned_empty(chunks.store().shard_elems(c), m.core.opt.compute_dtype) : k.shard;
   shard.copy_(values);
   if (nvme) STRATA_RETURN_IF_ERROR(chunks.store_shard(c, shard));
