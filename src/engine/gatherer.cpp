@@ -104,7 +104,7 @@ Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
 
 // Note [copy stream].
 void Gatherer::copy_in(GatherRt& g, const at::Tensor& slice, const at::Tensor& src, std::optional<Staged> source) {
-  if (!src.is_cpu() || slice.is_cpu() || !copies_.active()) {
+  if (!copies_.active() || !src.is_cpu()) {  // no copy stream (the CPU), or device to device
     slice.copy_(src);
     return;
   }

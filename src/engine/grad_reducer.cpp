@@ -221,11 +221,8 @@ Status GradReducer::complete(std::uint32_t c) {
   // optimizer state is off the compute tier (from a GPU, a copy into pinned host memory
   // first, Note [pinned host tensors]: add_ does not mix devices).
   STRATA_RETURN_IF_ERROR(ensure_shard(c));
-  if (f.out.device() == g.shard.device() || !copies_.active()) {
-    g.shard.add_(f.out.device() == g.shard.device() ? f.out : f.out.to(g.shard.device()));
-  } else {
-    land_on_host(c, f.out);
-  }
+  if (f.out.device() == g.shard.device()) g.shard.add_(f.out);
+  else land_on_host(c, f.out);
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   f.out = at::Tensor();
   core_.storage.free(core_.chunks->store().grad(c));
@@ -329,6 +326,10 @@ Result<kernels::GradStats> GradReducer::shard_stats(const at::Tensor& shard, dou
 void GradReducer::land_on_host(std::uint32_t c, const at::Tensor& out) {
   at::Tensor host = host_empty_for(out.device(), out.numel(), out.scalar_type());
   std::optional<c10::Event> done = copies_.run([&] { host.copy_(out, /*non_blocking=*/true); });
+  if (!done) {  // no copy stream: the copy has run
+    grads_[c].shard.add_(host);
+    return;
+  }
   copies_.compute_waits(*done);  // the buffer's memory is used again on the compute stream
   landings_.push_back({.chunk = c, .host = std::move(host), .done = std::move(*done)});
   add_landed(false);

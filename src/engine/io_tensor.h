@@ -43,8 +43,8 @@ inline constexpr std::size_t kHugeTensorBytes = std::size_t{8} << 20;
 // through the driver's pageable bounce buffers. LibTorch allocates it (at::empty's
 // pinned_memory: the accelerator's caching host allocator in 2.x). A CPU-only LibTorch
 // cannot pin (it throws), and a CPU compute device gains nothing from it, so only a
-// compute device off the CPU asks. Buffers the io layer owns (io::BufferPool: the nvme
-// Load buffers) stay pageable.
+// compute device off the CPU asks. An io::BufferPool is pinned through its PinHooks
+// instead (tiers::pin_hooks_for: the nvme parameter Load buffers).
 enum class HostMemory { kPageable, kPinned };
 
 inline HostMemory host_memory_for(c10::Device compute) {
@@ -78,9 +78,8 @@ inline at::Tensor aligned_empty(std::int64_t n, at::ScalarType dtype, HostMemory
         at::TensorOptions(dtype));
   }
   // A view into a storage at most one page larger.
-  at::TensorOptions options(dtype);
-  if (memory == HostMemory::kPinned) options = options.pinned_memory(true);
-  at::Tensor raw = at::empty({n + static_cast<std::int64_t>(kIoAlignBytes) / elem}, options);
+  at::Tensor raw = at::empty({n + static_cast<std::int64_t>(kIoAlignBytes) / elem},
+                             at::TensorOptions(dtype).pinned_memory(memory == HostMemory::kPinned));
   const auto addr = reinterpret_cast<std::uintptr_t>(raw.data_ptr());
   const auto skip = static_cast<std::int64_t>((kIoAlignBytes - addr % kIoAlignBytes) % kIoAlignBytes) / elem;
   return raw.narrow(0, skip, n);
