@@ -189,6 +189,8 @@ Status GradReducer::launch(std::uint32_t c) {
       g.op = InFlight{.handle = core_.comm.all_reduce(buf, comm::ReduceOp::kAvg), .issued = Clock::now()};
       order_.push_back(c);
       core_.cur.moved.net_all_reduce += core_.chunks->full_bytes(c) * 2 * static_cast<std::uint64_t>(world - 1) / world;
+    } else {
+      slice_to_host(c);
     }
     return ok();
   }
@@ -216,7 +218,10 @@ Status GradReducer::complete(std::uint32_t c) {
   core_.trace.add(StepTrace::kReduceScatter,
                   fmt::format("{} {}", scatter_mode() ? "reduce-scatter" : "all-reduce", core_.chunks->name(c)),
                   f.issued, t1);
-  if (!scatter_mode()) return ok();
+  if (!scatter_mode()) {
+    slice_to_host(c);
+    return ok();
+  }
   // Land it in the shard where the step runs: a compute->host copy when the
   // optimizer state is off the compute tier (from a GPU, a copy into pinned host memory
   // first, Note [pinned host tensors]: add_ does not mix devices).
@@ -388,15 +393,32 @@ Status GradReducer::finish() {
   for (std::uint32_t c = 0; c < grads_.size(); ++c)
     if (grads_[c].expected > 0) STRATA_RETURN_IF_ERROR(launch(c));
   STRATA_RETURN_IF_ERROR(drain());
-  // The step runs off compute: it reads an fp32 copy of this rank's slice.
+  wait_slices();
+  return ok();
+}
+
+// Note [gradients to host], stages 0-1. The compute stream waits for the copy before
+// after_step() zeroes the buffer; the host waits in wait_slices().
+void GradReducer::slice_to_host(std::uint32_t c) {
+  ChunkGrads& g = grads_[c];
+  if (!copies_.active() || g.expected == 0 || core_.chunks->step_tier(c) == Tier::kCompute) return;
+  ChunkStore& store = core_.chunks->store();
+  const at::Tensor slice = store.shard(store.grad(c), c);
+  g.sliced = copies_.run([&] { g.shard.copy_(slice, /*non_blocking=*/true); });
+  copies_.compute_waits(*g.sliced);
+}
+
+// The step runs off compute: it reads an fp32 copy of this rank's slice.
+void GradReducer::wait_slices() {
   ChunkStore& store = core_.chunks->store();
   for (std::uint32_t c = 0; c < grads_.size(); ++c) {
     ChunkGrads& g = grads_[c];
     if (g.expected == 0 || core_.chunks->step_tier(c) == Tier::kCompute) continue;
-    g.shard.copy_(store.shard(store.grad(c), c));
+    if (g.sliced) tiers::CopyStream::host_waits(*g.sliced);
+    else g.shard.copy_(store.shard(store.grad(c), c));
+    g.sliced.reset();
     core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   }
-  return ok();
 }
 
 void GradReducer::after_step() {

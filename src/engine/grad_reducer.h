@@ -42,7 +42,10 @@
 // passed: at the next poll() that finds it done, when more than kLandingsInFlight are
 // waiting, before an nvme chunk's shard is written, and at the end of backward, in the
 // order the reductions completed (the same sums as adding each at once). For the CPU
-// the shard is added at once.
+// the shard is added at once. At stages 0-1 the boundary's reduced slice is copied
+// straight into its pinned fp32 shard on the copy stream, as soon as the chunk is final
+// (its all-reduce completed; with one rank, its last gradient in), and finish() waits
+// for those copies once, instead of copying chunk by chunk at the end.
 //
 // Reductions are launched in the order chunks become ready, which is the same on every
 // rank (the same graph); with overlap_comm off, all at the end of backward in chunk
@@ -131,6 +134,7 @@ class GradReducer {
     bool in_record = false;     // the record holds this window's sum so far
     tiers::Reservation record_res;  // the record's nvme bytes
     std::optional<kernels::GradStats> stats;  // the boundary's, taken before writing
+    std::optional<c10::Event> sliced;  // all-reduce mode on a GPU: the slice's copy into `shard`
   };
   // A reduced shard on its way to the host (Note [gradients to host]).
   struct Landing {
@@ -156,6 +160,8 @@ class GradReducer {
   // Note [gradients to host]: start the copy; add the ones that have landed (all: `every`).
   void land_on_host(std::uint32_t c, const at::Tensor& out);
   void add_landed(bool every);
+  void slice_to_host(std::uint32_t c);  // all-reduce mode: chunk c is final, its slice starts
+  void wait_slices();                   // ... and every slice is in its shard (or copied now)
   // Note [gradients on nvme]
   Status ensure_shard(std::uint32_t c);  // the host shard exists (zeroed)
   Status spill(std::uint32_t c);         // chunk c is complete: to its record

@@ -15,9 +15,10 @@ StepDriver::StepDriver(EngineCore& core, const StepKernel& kernel, GradReducer& 
       holder_(holder),
       gatherer_(gatherer),
       scaler_(core.opt.fp16),
-      param_steps_(core.chunks->store().params().size()) {}
+      param_steps_(core.chunks->store().params().size()),
+      copies_(core.chunks->store().options().device) {}
 
-StepDriver::~StepDriver() = default;
+StepDriver::~StepDriver() { reap_shard_copies(/*wait=*/true); }
 
 Status StepDriver::wrap(const OptimizerFactory& factory) {
   for (std::uint32_t c = 0; c < core_.chunks->size(); ++c) {
@@ -78,6 +79,7 @@ Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
   // along it: before sub-group i steps, the next read_ahead_depth() ones are requested.
   reads_ = nvme_groups();
   next_read_ = next_step_ = 0;
+  reap_shard_copies(/*wait=*/false);
   holder_.begin_step();
   STRATA_RETURN_IF_ERROR(read_ahead(0));
   for (std::size_t i = 0; i < ops.size(); ++i) {
@@ -219,11 +221,32 @@ Status StepDriver::store_param(std::uint32_t c) {
     return ok();
   }
   const std::uint64_t elem = s.values.element_size();
-  for (const ElemRange& run : s.stepped) {
-    k.shard.narrow(0, run.begin, run.size()).copy_(s.values.narrow(0, run.begin, run.size()));
-    core_.account(from, k.shard_tier, static_cast<std::uint64_t>(run.size()) * elem);
+  for (const ElemRange& run : s.stepped) core_.account(from, k.shard_tier, static_cast<std::uint64_t>(run.size()) * elem);
+  // Note [shards back to the GPU]: a new shard stepped on the host goes to its GPU-resident
+  // shard on the copy stream, while the host steps the next chunks. The compute stream
+  // waits for it on the device, before anything queued after (the stage 1-2 all-gather of
+  // the updated slices, the next forward's gathers) reads the shard; the host never does.
+  // The staging shard is pinned (Note [pinned host tensors]) and kept until the copy ends.
+  const auto copy = [&](bool non_blocking) {
+    for (const ElemRange& run : s.stepped)
+      k.shard.narrow(0, run.begin, run.size()).copy_(s.values.narrow(0, run.begin, run.size()), non_blocking);
+  };
+  if (!copies_.active() || !s.values.is_cpu() || k.shard.is_cpu()) {
+    copy(/*non_blocking=*/false);
+    return ok();
   }
+  std::optional<c10::Event> done = copies_.run([&] { copy(/*non_blocking=*/true); });
+  copies_.compute_waits(*done);
+  shard_copies_.push_back({.done = std::move(*done), .staged = std::move(s)});
   return ok();
+}
+
+void StepDriver::reap_shard_copies(bool wait) {
+  while (!shard_copies_.empty()) {
+    if (wait) tiers::CopyStream::host_waits(shard_copies_.front().done);
+    else if (!shard_copies_.front().done.query()) return;
+    shard_copies_.pop_front();
+  }
 }
 
 Status StepDriver::flush_param_writes(std::size_t keep) {

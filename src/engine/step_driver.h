@@ -10,7 +10,8 @@
 //           state and the compute-dtype parameter shard (nvme state goes back, async,
 //           as each sub-group is done), or the wrapped torch::optim optimizer
 //   store   the new parameter shard to its home tier (to nvme async: written while the
-//           next chunks step, all done before step() returns)
+//           next chunks step, all done before step() returns; to a GPU on a copy stream,
+//           Note [shards back to the GPU])
 //   gather  replicated chunks (stages 1-2): the updated slices all-gathered
 // Per-parameter step counts follow torch::optim: a parameter that never had a gradient
 // is never stepped, and its elements are never written (Note [step writes only what it
@@ -31,6 +32,7 @@
 #include "shard_state.h"
 #include "staging_cache.h"
 #include "strata/engine/loss_scaler.h"
+#include "strata/tiers/copy_stream.h"
 
 namespace strata::engine {
 
@@ -95,6 +97,16 @@ class StepDriver {
   };
   static constexpr std::size_t kParamWritesInFlight = 2;
   std::deque<ParamWrite> param_writes_;
+  // Note [shards back to the GPU]: new shards on their way from host to a GPU-resident
+  // shard, oldest first; each staging shard (and its host bytes) is kept until its copy
+  // has ended.
+  struct ShardCopy {
+    c10::Event done;
+    Staged staged;
+  };
+  void reap_shard_copies(bool wait);
+  tiers::CopyStream copies_;
+  std::deque<ShardCopy> shard_copies_;
   StagingCache param_buffers_;
   // The nvme sub-groups of this step in order (chunk, sub-group); the next one to
   // request, and the next one to step.

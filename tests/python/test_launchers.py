@@ -5,9 +5,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import BUILD, HERE, PYTHONPATH, free_port, train
+from conftest import BUILD, HERE, PYTHONPATH, free_port, rank_results, train
 from test_initialize import ROWS, STEPS, check_against_reference, config
 
 STRATA = str(BUILD / "bin" / "strata")
@@ -19,7 +18,7 @@ def launched(tmp_path, launcher, spec):
     cmd = [*launcher, sys.executable, str(HERE / "worker.py"), "train", json.dumps(spec), str(out)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
+    return rank_results(out, 2)
 
 
 def test_under_torchrun(tmp_path):

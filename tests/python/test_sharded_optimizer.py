@@ -34,7 +34,7 @@ def check(ranks, want_losses, want_model):
     for s, (g, w) in enumerate(zip(got, want_losses)):
         assert abs(g - w) <= 1e-5 * abs(w), f"step {s}: loss {g} vs torch.optim {w}"
     for name, p in want_model.named_parameters():
-        got_p = torch.tensor(ranks[0]["params"][name])
+        got_p = ranks[0]["params"][name]
         err = ((got_p - p.detach().reshape(-1)).norm() / p.norm()).item()
         assert err <= 1e-5, f"{name}: relative error {err}"
 
@@ -80,7 +80,7 @@ def test_consolidated_state_is_the_wrapped_optimizers_and_loads_back(tmp_path):
         for g, w in zip(check_rest, want_losses[3:]):
             assert abs(g - w) <= 1e-5 * abs(w), (check_rest, want_losses[3:])
         for name, p in want_model.named_parameters():
-            err = ((torch.tensor(ranks[0]["params"][name]) - p.detach().reshape(-1)).norm() / p.norm()).item()
+            err = ((ranks[0]["params"][name] - p.detach().reshape(-1)).norm() / p.norm()).item()
             assert err <= 1e-5, f"{name}: {err}"
 
 
