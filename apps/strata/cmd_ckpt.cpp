@@ -6,7 +6,7 @@
 #include "strata/base/units.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/ckpt/tools.h"
-#include "strata/nn/models/gpt.h"
+#include "strata/nn/models/gpt_config.h"
 
 namespace strata::cli {
 namespace {

@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-#include "strata/nn/models/gpt.h"
+#include "strata/nn/models/gpt_config.h"
 
 namespace strata::cli {
 

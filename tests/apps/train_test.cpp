@@ -8,9 +8,8 @@
 #include <thread>
 #include <sys/stat.h>
 #include <nlohmann/json.hpp>
-#include <torch/serialize.h>
 
-#include "strata/nn/models/gpt.h"
+#include "strata/nn/models/gpt_config.h"
 #include "support/background.h"
 #include "support/multirank.h"
 #include "support/subprocess.h"

@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 
 #include "strata/base/units.h"
-#include "strata/nn/models/gpt.h"
+#include "strata/nn/models/gpt_config.h"
 #include "strata/plan/estimator.h"
 
 namespace strata::cli {

@@ -13,7 +13,7 @@
 #include "strata/base/units.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/nn/data/byte_corpus.h"
-#include "strata/nn/models/gpt.h"
+#include "strata/nn/models/gpt_config.h"
 #include "strata/tiers/device.h"
 
 namespace strata::cli {
