@@ -79,7 +79,6 @@ Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
   // along it: before sub-group i steps, the next read_ahead_depth() ones are requested.
   reads_ = nvme_groups();
   next_read_ = next_step_ = 0;
-  reap_shard_copies(/*wait=*/false);
   holder_.begin_step();
   STRATA_RETURN_IF_ERROR(read_ahead(0));
   for (std::size_t i = 0; i < ops.size(); ++i) {
@@ -102,6 +101,9 @@ Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
   staged_.reset();
   STRATA_RETURN_IF_ERROR(holder_.flush());
   STRATA_RETURN_IF_ERROR(flush_param_writes());
+  // Note [shards back to the GPU]: no staging shard outlives the step; the forward after
+  // it needs the new shards anyway, and the host budget gets its room back.
+  reap_shard_copies(/*wait=*/true);
   return gatherer_.finish_refresh();
 }
 
@@ -155,8 +157,17 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   at::Tensor out = k.shard;
   StagingCache::Buffer staging;
   if (!direct && k.shard_tier != Tier::kNvme) {
-    STRATA_ASSIGN_OR_RETURN(staging.res, core_.chunks->reserve(Tier::kHost, core_.chunks->shard_bytes(c),
-                                                               StateKind::kBuffers, c, "param step staging"));
+    const auto reserve = [&] {
+      return core_.chunks->reserve(Tier::kHost, core_.chunks->shard_bytes(c), StateKind::kBuffers, c,
+                                   "param step staging");
+    };
+    reap_shard_copies(/*wait=*/false);
+    auto res = reserve();
+    if (!res && !shard_copies_.empty()) {  // staging shards still being copied hold the room
+      reap_shard_copies(/*wait=*/true);
+      res = reserve();
+    }
+    STRATA_ASSIGN_OR_RETURN(staging.res, std::move(res));
     // Only the stepped runs go home (to a GPU: from pinned memory, Note [pinned host tensors]).
     out = host_empty_for(core_.chunks->store().options().device, n, core_.opt.compute_dtype);
   } else if (!direct) {
@@ -225,8 +236,11 @@ Status StepDriver::store_param(std::uint32_t c) {
   // Note [shards back to the GPU]: a new shard stepped on the host goes to its GPU-resident
   // shard on the copy stream, while the host steps the next chunks. The compute stream
   // waits for it on the device, before anything queued after (the stage 1-2 all-gather of
-  // the updated slices, the next forward's gathers) reads the shard; the host never does.
-  // The staging shard is pinned (Note [pinned host tensors]) and kept until the copy ends.
+  // the updated slices, the next forward's gathers) reads the shard; the host waits only
+  // at the end of the step, once every chunk has stepped.
+  // The staging shard is pinned (Note [pinned host tensors]) and kept, with its host
+  // reservation, until the copy ends: checked before each later chunk reserves its own,
+  // waited for when that reservation does not fit, and at the end of the step.
   const auto copy = [&](bool non_blocking) {
     for (const ElemRange& run : s.stepped)
       k.shard.narrow(0, run.begin, run.size()).copy_(s.values.narrow(0, run.begin, run.size()), non_blocking);

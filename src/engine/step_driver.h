@@ -99,7 +99,7 @@ class StepDriver {
   std::deque<ParamWrite> param_writes_;
   // Note [shards back to the GPU]: new shards on their way from host to a GPU-resident
   // shard, oldest first; each staging shard (and its host bytes) is kept until its copy
-  // has ended.
+  // has ended, at the latest the end of the step.
   struct ShardCopy {
     c10::Event done;
     Staged staged;
