@@ -13,7 +13,8 @@ Result<DiskFigures> disk_figures(const fs::path& dir) {
   STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
   const fs::path json = dir / "io.json";
   STRATA_RETURN_IF_ERROR(run_as_user({self, "bench", "io", "--dir", dir.string(), "--size", "2GiB", "--no-fio",
-                                    "--repeats", "1", "--records", "64MiB", "--copy", "--json"},
+                                    "--repeats", "1", "--records", "64MiB", "--records-only", "--queue-depth", "8",
+                                    "--copy", "--json"},
                                    "> " + shell_quoted(json.string()), "strata bench io"));
   std::ifstream in(json);
   auto j = nlohmann::json::parse(in, nullptr, false);

@@ -40,6 +40,7 @@ struct Options {
   int queue_depth = 0;  // 0: both 8 and 32
   int repeats = 3;
   bool no_fio = false, json = false, unregistered = false, copy = false;
+  bool records_only = false;  // only the --records cases: a bench's disk baseline needs no other
 };
 
 struct Case {
@@ -224,11 +225,17 @@ int run(const Options& opt) {
   }
   std::vector<int> depths = {8, 32};
   if (opt.queue_depth > 0) depths = {opt.queue_depth};
-  for (int qd : depths) cases.push_back({block, block, *pool, qd, false, true});
+  if (opt.records_only && record_sizes.empty()) {
+    return fail(Error(ErrorCode::kInvalidArgument, "--records-only needs at least one size in --records"));
+  }
+  if (!opt.records_only) {
+    for (int qd : depths) cases.push_back({block, block, *pool, qd, false, true});
+  }
   for (std::uint64_t rec : record_sizes) cases.push_back({block, rec, *pool, depths.front(), false, true});
   // fio's buffer is bs x iodepth, on 4 KiB pages. The ring cases give strata a buffer
   // of about that size, on huge pages and on 4 KiB pages, to separate the two effects.
   for (bool huge : {true, false}) {
+    if (opt.records_only) break;
     Case ring{block, block, 0, depths.front(), true, huge};
     ring.pool = window(ring) * block + (1 << 20);
     cases.push_back(ring);
@@ -337,6 +344,8 @@ void add_bench_io(CLI::App& bench, int* exit_code) {
       ->check(CLI::Range(1, 100));
   cmd->add_flag("--no-fio", opt->no_fio, "Skip the fio baseline");
   cmd->add_flag("--copy", opt->copy, "Also measure a copy pass (reads and writes in flight together) per record size");
+  cmd->add_flag("--records-only", opt->records_only,
+                "Only the --records sizes at the first queue depth (no 1 MiB-record and ring cases)");
   cmd->add_flag("--unregistered", opt->unregistered, "Do not register the pool as io_uring fixed buffers");
   cmd->add_flag("--json", opt->json, "Print one JSON object");
   cmd->callback([opt, exit_code] { *exit_code = run(*opt); });

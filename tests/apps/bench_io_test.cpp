@@ -67,6 +67,24 @@ TEST(BenchIo, CopyPassAddsARowPerRecordSize) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
+// --records-only: the record sizes asked for and nothing else (a bench's disk baseline).
+TEST(BenchIo, RecordsOnlyRunsJustTheRecordCases) {
+  ScratchDir dir;
+  int rc = -1;
+  auto doc = run_json("--dir " + dir.path() + " --size 16MiB --records 8MiB --records-only --queue-depth 8 "
+                      "--pool 64MiB --repeats 1 --no-fio --copy --json", &rc);
+  ASSERT_EQ(rc, 0);
+  ASSERT_EQ(doc["rows"].size(), 3u) << doc.dump(2);
+  for (const auto& row : doc["rows"]) {
+    EXPECT_NE(row["name"].get<std::string>().find("bs 1.0 MiB qd 8 rec 8.0 MiB"), std::string::npos) << row.dump();
+    EXPECT_GT(row["value"].get<double>(), 0.0) << row.dump();
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+  auto r = run_command(strata_bin() + " bench io --no-fio --dir " + dir.path() + " --records '' --records-only");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("--records-only needs"), std::string::npos) << r.output;
+}
+
 TEST(BenchIo, FioBaselineGivesTheWorstCaseRatios) {
   if (run_command("fio --version").exit_code != 0) GTEST_SKIP() << "fio is not installed";
   ScratchDir dir;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -17,6 +18,15 @@ inline std::string thp_mode() {
   std::string s((std::istreambuf_iterator<char>(in)), {});
   const auto open = s.find('['), close = s.find(']');
   return open == std::string::npos || close == std::string::npos ? "" : s.substr(open + 1, close - open - 1);
+}
+
+// Whether glibc's malloc advises huge pages itself (GLIBC_TUNABLES=glibc.malloc.hugetlb=1,
+// which scripts/test sets for speed): then every large malloc is advised, and a buffer
+// strata did not advise cannot be told apart by its mapping.
+inline bool malloc_advises_huge_pages() {
+  const char* t = std::getenv("GLIBC_TUNABLES");
+  return t != nullptr && std::string(t).find("glibc.malloc.hugetlb=") != std::string::npos &&
+         std::string(t).find("glibc.malloc.hugetlb=0") == std::string::npos;
 }
 
 // nullopt when no mapping holds `p` or the kernel does not report the field.
