@@ -335,7 +335,7 @@ Result<StepResult> Engine::step() {
   m.core.trace.add(StepTrace::kOptimizer, "optimizer step", t0, Clock::now());
   m.finish_metrics();
   m.core.storage.end_step();
-  tiers::release_free_heap();  // Note [host heap]
+  m.heap_trim.after_step();  // Note [host heap]
   STRATA_RETURN_IF_ERROR(m.core.trace.end_step(m.core.comm.rank()));
   r.step = m.step_count;
   return r;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "strata/base/lr_schedule.h"
+#include "strata/tiers/host_heap.h"
 
 #include "access_driver.h"
 #include "engine_core.h"
@@ -47,6 +48,7 @@ struct Engine::Impl {
   bool scaling_backward = false; // inside Engine::backward(): the loss carries the scale
   bool unscaled_backward = false;  // this session's loss was not scaled, and had to be
   StepMetrics last;
+  tiers::HeapTrimPolicy heap_trim;  // after each optimizer step (Note [host heap])
 
   // placement.cpp
   Status place();                // tiers of every chunk (on paper), the swap store and its records

@@ -36,6 +36,7 @@
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/nn/models/gpt.h"
+#include "strata/tiers/host_heap.h"
 #include "support/multirank.h"
 #include "support/worker.h"
 #include "toy_model.h"
@@ -256,15 +257,22 @@ void memory() {
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
   const std::uint64_t chunk_bytes = 8192 * 4;
   const std::string trace_path = fmt::format("{}/trace{}.json", std::getenv("STRATA_TEST_NVME"), g_comm->rank());
+  std::uint64_t trims_after_first = 0;
   for (int s = 0; s < 6; ++s) {
     if (s == 3) eng->trace_next_step(trace_path);
     auto [x, y] = my_rows(s);
     check(eng->backward(model->loss(x, y)), "backward");
     check(eng->step(), "step");
+    if (s == 0) trims_after_first = tiers::heap_trims();
     const auto& m = eng->last_metrics();
     if (m.peak_gathered_bytes > o.schedule.max_live_bytes + chunk_bytes) {
       fail(fmt::format("step {}: gathered peak {} > max_live {} + one chunk", s, m.peak_gathered_bytes, o.schedule.max_live_bytes));
     }
+  }
+  // Note [host heap]: steps that free the same bytes do not hand them back to the
+  // system, or the next step would fault them in again.
+  if (tiers::heap_trims() != trims_after_first) {
+    fail(fmt::format("{} heap trims after steps 2-6", tiers::heap_trims() - trims_after_first));
   }
   // The Chrome trace of step 3 has events on the compute, gather, reduce-scatter and
   // optimizer tracks.

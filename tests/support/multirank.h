@@ -44,7 +44,8 @@ inline std::filesystem::path fresh_temp_dir(const std::string& tag) {
 // expensive: RealSize/stage2 (64 MiB records) took 72 s with 5.3M page faults, and 22 s
 // with 96K faults this way. Only the speed changes; strata's own buffers advise huge
 // pages themselves (Note [huge pages] in io/buffer_pool.h), and the tests of that
-// advice run in-process, under the default environment.
+// advice allow for glibc's (support/smaps.h malloc_advises_huge_pages). scripts/test
+// sets the same for every test process.
 inline constexpr const char* kRankMallocTunables = "glibc.malloc.hugetlb=1";
 
 inline std::vector<RankResult> run_ranks(int world, const std::vector<std::string>& argv,

@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <new>
+#include <vector>
 
 #include "strata/tiers/copy_stream.h"
 #include "strata/tiers/device.h"
+#include "strata/tiers/host_heap.h"
 #include "strata/tiers/memory_probe.h"
 #include "strata/tiers/tier_allocator.h"
 
@@ -117,6 +120,46 @@ TEST(CopyStream, IsInertForTheCpu) {
   EXPECT_FALSE(copies.run([&] { dst.copy_(src, /*non_blocking=*/true); }).has_value());
   EXPECT_TRUE(at::equal(dst, src));
   EXPECT_FALSE(CopyStream().active());
+}
+
+// Note [host heap]: a step's frees go back to the system once; a step that frees the same
+// bytes again keeps them (the next step reuses them), and a heap that keeps growing is
+// trimmed again.
+TEST(HeapTrimPolicy, TrimsTheFirstLargeFreesAndAGrowingHeapButNotASteadyOne) {
+  HeapTrimPolicy fresh;
+  EXPECT_FALSE(fresh.should_trim(0));
+  EXPECT_FALSE(fresh.should_trim(HeapTrimPolicy::kSlack));
+  EXPECT_TRUE(fresh.should_trim(HeapTrimPolicy::kSlack + 1));
+
+  // What a step does to glibc's heap: many buffers under the mmap threshold allocated
+  // and freed, with something allocated after them still alive (`guards`).
+  std::vector<void*> guards;
+  auto step = [&guards](std::size_t bytes) {
+    constexpr std::size_t kBlock = 64 << 10;
+    std::vector<void*> blocks;
+    for (std::size_t b = 0; b < bytes; b += kBlock) {
+      blocks.push_back(std::malloc(kBlock));
+      static_cast<volatile char*>(blocks.back())[0] = 1;
+    }
+    guards.push_back(blocks.back());  // the last block sits above the others: they stay in the heap
+    blocks.pop_back();
+    for (void* p : blocks) std::free(p);
+  };
+  HeapTrimPolicy policy;
+  const std::uint64_t trims0 = heap_trims();
+  step(std::size_t{256} << 20);
+  EXPECT_GE(free_heap_bytes(), std::uint64_t{256} << 20);
+  EXPECT_TRUE(policy.after_step()) << free_heap_bytes();
+  EXPECT_EQ(heap_trims(), trims0 + 1);
+  for (int s = 0; s < 3; ++s) {  // the same step again: its bytes come from the freed chunks
+    step(std::size_t{256} << 20);
+    EXPECT_FALSE(policy.after_step()) << "step " << s << ": " << free_heap_bytes() << " bytes free";
+  }
+  EXPECT_EQ(heap_trims(), trims0 + 1);
+  step(std::size_t{768} << 20);  // a step that needs three times as much: the heap grew
+  EXPECT_TRUE(policy.after_step()) << free_heap_bytes();
+  EXPECT_EQ(heap_trims(), trims0 + 2);
+  for (void* g : guards) std::free(g);
 }
 
 }  // namespace
