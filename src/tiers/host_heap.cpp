@@ -19,10 +19,10 @@ void release_free_heap() {
 }
 
 std::uint64_t free_heap_bytes() {
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)
   return mallinfo2().fordblks;
 #else
-  return 0;
+  return 0;  // unknown (mallinfo2 is glibc 2.33+): HeapTrimPolicy then never trims after steps
 #endif
 }
 

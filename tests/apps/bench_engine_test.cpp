@@ -80,8 +80,11 @@ TEST(BenchZero3, TheLargestModelSearchFindsTheLastModelThatTrains) {
   EXPECT_NEAR(doc["ratios"]["strata_largest_vs_fsdp2"].get<double>(), params(37) / params(18), 1e-9);
   // Too few attempts to bracket: the largest that trained so far.
   auto short_doc = run_json("zero3 --largest-simulate 37 --largest-attempts 3 --largest-width 256");
-  for (const auto& r : short_doc["rows"])
-    if (r["name"] == "strata_offload largest model") EXPECT_NEAR(r["value"].get<double>(), params(3), 1e-12);
+  for (const auto& r : short_doc["rows"]) {
+    if (r["name"] == "strata_offload largest model") {
+      EXPECT_NEAR(r["value"].get<double>(), params(3), 1e-12);
+    }
+  }
 }
 
 TEST(BenchZero3, TheLargestModelComparisonNeedsTheGpu) {

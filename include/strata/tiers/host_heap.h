@@ -29,7 +29,7 @@ namespace strata::tiers {
 void release_free_heap();
 
 // Bytes malloc holds free in its heaps (glibc mallinfo2: free chunks, resident or not);
-// 0 where that is unknown.
+// 0 where that is unknown (not glibc, or glibc before 2.33).
 std::uint64_t free_heap_bytes();
 
 // How many times release_free_heap() ran in this process (tests check the policy by it).
