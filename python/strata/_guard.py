@@ -2,8 +2,8 @@
 
 At stage 3 a parameter holds values only while a unit that owns it is between
 pre_forward and post_forward (and again in its backward); otherwise its storage is
-released (no bytes, a null data pointer, its shape kept). Code that reads it anywhere
-else, typically a tied LM head written as `x @ self.wte.weight.t()` in the parent's
+released (no bytes, a null storage pointer; its shape and its offset in the chunk kept).
+Code that reads it anywhere else, typically a tied LM head written as `x @ self.wte.weight.t()` in the parent's
 forward, would hand ATen a tensor with no memory: some ops raise an opaque "setStorage
 ... out of bounds" error, others (w.sum(), w * 2) read address 0 and kill the process.
 
@@ -13,9 +13,12 @@ torch call receives and raises UsageError, naming the parameter, its owner and t
 type test per argument; gathered parameters pass through.
 
 register_external_parameter(module, param) adds `param` to `module`'s unit, so that
-module's forward gathers it too (the engine lets a parameter belong to several units).
+module's forward gathers it too (the engine lets a parameter belong to several units);
+set_leaf_modules adds a module's whole subtree (Note [unit ownership], _units.py).
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -47,15 +50,24 @@ _METADATA = frozenset({"__get__", "__set__", "numel", "nelement", "size", "dim",
                        "__len__", "type", "_is_view"})
 
 
+# Attribute getters that make a view of the values: unlike the other getters, each builds a
+# tensor over the released storage (ATen's opaque "setStorage ... out of bounds" error).
+_VIEW_ATTRIBUTES = frozenset({"T", "mT", "H", "mH", "real", "imag"})
+
+
 class _Guard(TorchFunctionMode):
     def __init__(self):
         super().__init__()
-        self.owners: dict[int, tuple[str, str]] = {}  # id(param) -> (name, owning unit)
+        # id(param) -> (the parameter, weakly; its name; its owning unit). An engine that is
+        # dropped without close() leaves its entries; the weak reference tells a new
+        # parameter that reuses a freed one's id from the freed one.
+        self.owners: dict[int, tuple[weakref.ref, str, str]] = {}
         self.engines = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__name__", "") in _METADATA:
+        name = getattr(func, "__name__", "")
+        if name in _METADATA and (name != "__get__" or getattr(func.__self__, "__name__", "") not in _VIEW_ATTRIBUTES):
             return func(*args, **kwargs)
         for a in args:
             self._check(a)
@@ -67,20 +79,43 @@ class _Guard(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _check(self, a) -> None:
-        if isinstance(a, torch.nn.Parameter) and a.data_ptr() == 0 and a.numel() > 0:
+        # Released: the storage's base pointer is null. The parameter's own data_ptr is that
+        # plus its offset into the chunk, so only the first parameter of a chunk reads 0.
+        if (isinstance(a, torch.nn.Parameter) and a.numel() > 0
+                and a.data_ptr() == a.storage_offset() * a.element_size()):
             owner = self.owners.get(id(a))
-            if owner is None:
+            if owner is None or owner[0]() is not a:
                 return  # not a parameter of a strata engine
-            name, unit = owner
+            _, name, unit = owner
             raise UsageError(
                 f"failed_precondition: parameter '{name}' was used outside the forward of the module that owns it "
                 f"('{unit}'); at stage 3 it holds no values there (they live in shards). Use it through its "
                 "module, or declare the module whose forward uses it before sharding: "
                 f"strata.register_external_parameter(that_module, {name.rsplit('.', 1)[-1]}_parameter) (as "
-                "deepspeed.zero.register_external_parameter)")
+                "deepspeed.zero.register_external_parameter), or, when a module's forward reads its children's "
+                "parameters, strata.set_leaf_modules(model, [ThatModuleClass])")
 
 
 _GUARD = _Guard()
+
+
+# LibTorch 1.13 indexes a tensor with an int or a slice without asking the torch-function
+# mode (only tuples and tensors reach it), so `self.wpe.weight[:t]` would pass the guard.
+# While the guard is on, Parameter's own __getitem__ checks first (parameters only: plain
+# tensors index as before).
+def _checked_getitem(self, index):
+    _GUARD._check(self)
+    return torch.Tensor.__getitem__(self, index)
+
+
+def _enter() -> None:
+    _GUARD.__enter__()
+    torch.nn.Parameter.__getitem__ = _checked_getitem
+
+
+def _exit() -> None:
+    del torch.nn.Parameter.__getitem__
+    _GUARD.__exit__(None, None, None)
 
 
 def watch(units) -> list[int]:
@@ -89,11 +124,12 @@ def watch(units) -> list[int]:
     keys = []
     for u in units:
         for p, n in zip(u.params, u.param_names):
-            if id(p) not in _GUARD.owners:
-                _GUARD.owners[id(p)] = (n, u.name)
+            known = _GUARD.owners.get(id(p))
+            if known is None or known[0]() is not p:
+                _GUARD.owners[id(p)] = (weakref.ref(p), n, u.name)
                 keys.append(id(p))
     if _GUARD.engines == 0:
-        _GUARD.__enter__()
+        _enter()
     _GUARD.engines += 1
     return keys
 
@@ -103,4 +139,4 @@ def unwatch(keys: list[int]) -> None:
         _GUARD.owners.pop(k, None)
     _GUARD.engines -= 1
     if _GUARD.engines == 0:
-        _GUARD.__exit__(None, None, None)
+        _exit()

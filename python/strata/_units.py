@@ -44,16 +44,66 @@ def output_tensors(out) -> list[torch.Tensor]:
     return found
 
 
+# Note [unit ownership]: a unit gathers the parameters its module's forward computes with.
+# Usually those are the module's own (recurse=False), but two kinds of module break that:
+# - containers that are never called: a ParameterList or ParameterDict holds parameters
+#   its parent's forward indexes and uses; they belong to the nearest ancestor that is
+#   not such a container;
+# - leaf modules, whose forward reads their children's parameters without calling the
+#   children: nn.MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward,
+#   and the transformer layers' inference fast path passes every sublayer's weights to one
+#   fused op. A leaf's unit holds its whole subtree (as DeepSpeed's z3 leaf modules);
+#   strata.set_leaf_modules marks a user's own.
+# The children stay units of their own too: a parameter may belong to several units.
+_CONTAINERS = (torch.nn.ParameterList, torch.nn.ParameterDict)
+LEAF_CLASSES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+
+
+def set_leaf_modules(model: torch.nn.Module, classes) -> list[torch.nn.Module]:
+    """Marks every submodule of `model` (the root included) that is an instance of one of
+    `classes` as a leaf: its forward gathers the parameters of its whole subtree (as
+    deepspeed.utils.set_z3_leaf_modules). For modules whose forward reads a child's
+    parameters without calling the child. Call it before strata.initialize; returns the
+    modules marked."""
+    classes = tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+    if not classes or not all(isinstance(c, type) and issubclass(c, torch.nn.Module) for c in classes):
+        raise ConfigError("invalid_argument: set_leaf_modules(model, classes) takes torch.nn.Module subclasses, got "
+                          f"{classes!r}")
+    marked = [m for m in model.modules() if isinstance(m, classes)]
+    if not marked:
+        raise ConfigError(f"invalid_argument: set_leaf_modules: the model has no module of type "
+                          f"{', '.join(c.__name__ for c in classes)}")
+    for m in marked:
+        m.__dict__["_strata_leaf"] = True
+    return marked
+
+
+def is_leaf(module: torch.nn.Module) -> bool:
+    return isinstance(module, LEAF_CLASSES) or module.__dict__.get("_strata_leaf", False)
+
+
 def units_of(model: torch.nn.Module) -> list[Unit]:
-    """Every module that owns parameters directly or was given external ones (the root
-    included), in named_modules() order; a parameter two modules own (a tied weight) is
-    in both."""
+    """Every module whose forward computes with parameters (Note [unit ownership]) or
+    that was given external ones, the root included, in named_modules() order; a
+    parameter two modules own (a tied weight) is in both."""
+    modules = dict(model.named_modules())
+    uses: dict[str, list[torch.nn.Parameter]] = {name: [] for name in modules}
+    for name, module in modules.items():
+        if is_leaf(module):
+            uses[name] += list(module.parameters())
+            continue
+        owner = name
+        while owner and isinstance(modules[owner], _CONTAINERS):
+            owner = owner.rpartition(".")[0]
+        uses[owner] += list(module.parameters(recurse=False))
+    names = {id(p): n for n, p in model.named_parameters()}  # a tied parameter: its first owner's name
     units = []
-    for name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False))
-        prefix = f"{name}." if name else ""
-        unit = Unit(name=name or type(model).__name__, module=module, params=[p for _, p in own],
-                    param_names=[prefix + n for n, _ in own])
+    for name, module in modules.items():
+        if isinstance(module, _CONTAINERS) and name:
+            continue
+        params = list({id(p): p for p in uses[name]}.values())
+        unit = Unit(name=name or type(model).__name__, module=module, params=params,
+                    param_names=[names[id(p)] for p in params])
         add_external(unit, model)
         if unit.params:
             units.append(unit)

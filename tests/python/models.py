@@ -69,6 +69,61 @@ class FunctionalHeadGPT(TinyGPT):
         return F.linear(self.ln_f(x), self.wte.weight)
 
 
+class PositionTableGPT(TinyGPT):
+    """TinyGPT whose root indexes the position table's weight (self.wpe.weight[:t],
+    nanoGPT-style) instead of calling wpe: a parameter used outside the forward of the
+    module that owns it, and one that lies at a nonzero offset into its chunk (after the
+    token embedding's weight)."""
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe.weight[: idx.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+class ReadsChildWeight(nn.Module):
+    """A user's module whose forward reads its child's weight and bias without calling the
+    child (F.linear on them), as a fused or hand-written layer does."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.mix = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.out(torch.tanh(F.linear(h, self.mix.weight, self.mix.bias)))
+
+
+class TorchLayersGPT(nn.Module):
+    """A GPT from torch's own layers, whose forwards read parameters of modules they do
+    not call: nn.TransformerEncoderLayer and nn.MultiheadAttention (out_proj's weight goes
+    straight to F.multi_head_attention_forward), and the per-position gains of a
+    ParameterList and a ParameterDict's bias, which the root indexes."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, dim)
+        self.gains = nn.ParameterList(nn.Parameter(1 + 0.1 * torch.randn(dim)) for _ in range(SEQ))
+        self.extra = nn.ParameterDict({"bias": nn.Parameter(0.1 * torch.randn(dim))})
+        self.layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        # Frozen: the key part of a qkv bias has an exactly-zero gradient (see Block).
+        self.layer.self_attn.in_proj_bias.requires_grad_(False)
+        self.attn = nn.MultiheadAttention(dim, heads, bias=False, batch_first=True)
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, VOCAB, bias=False)
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        x = self.wte(idx) * torch.stack(list(self.gains)[:t]) + self.extra["bias"]
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
+        x = self.layer(x, src_mask=mask)
+        a, _ = self.attn(x, x, x, attn_mask=mask, need_weights=False)
+        return self.head(self.ln_f(x + a))
+
+
 class Awkward(nn.Module):
     """What trips a front end: a frozen parameter, a parameter that never gets a
     gradient, a module called twice, a module returning a tuple and one returning a
@@ -130,8 +185,14 @@ def make(name, seed=0):
         return TinyGPT(tied=False)
     if name == "gpt_functional_head":
         return FunctionalHeadGPT()
+    if name == "gpt_position_table":
+        return PositionTableGPT()
+    if name == "gpt_torch_layers":
+        return TorchLayersGPT()
     if name == "awkward":
         return Awkward()
+    if name == "reads_child_weight":
+        return ReadsChildWeight()
     if name.startswith("resnet18"):
         import torchvision
 

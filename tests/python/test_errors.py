@@ -97,3 +97,62 @@ def test_checkpoint_tag_and_missing_checkpoint(strata, tmp_path):
     with pytest.raises(strata.NotFoundError, match="no such checkpoint directory"):
         engine.load_checkpoint(tmp_path / "nothing")
     engine.close()
+
+
+def offloaded(**extra):  # stage 3 with the parameters on the host: released between uses
+    cfg = config(**extra)
+    cfg["zero_optimization"]["offload_param"] = {"device": "cpu"}
+    return cfg
+
+
+# A module whose forward reads a child's parameters without calling the child: refused by
+# name with both fixes; marked with strata.set_leaf_modules (as DeepSpeed's
+# set_z3_leaf_modules) its forward gathers its whole subtree and training matches plain
+# PyTorch.
+def test_set_leaf_modules_gathers_what_a_forward_reads_of_its_children(strata):
+    engine, *_ = strata.initialize(model=models.make("reads_child_weight"), config=offloaded())
+    x, y = models.batch("awkward", 0, 8)
+    with pytest.raises(strata.UsageError, match=r"parameter 'mix\.weight' was used outside .*strata\.set_leaf_modules"):
+        engine(x)
+    engine.close()
+
+    reference = models.make("reads_child_weight")
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-3)
+    model = models.make("reads_child_weight")
+    assert strata.set_leaf_modules(model, [models.ReadsChildWeight]) == [model]
+    engine, *_ = strata.initialize(model=model, config=offloaded())
+    for step in range(3):
+        x, y = models.batch("awkward", step, 8)
+        opt.zero_grad()
+        want = models.loss_fn("awkward", reference(x), y)
+        want.backward()
+        opt.step()
+        got = models.loss_fn("awkward", engine(x), y)
+        engine.backward(got)
+        engine.step()
+        assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()), (step, got.item(), want.item())
+    engine.close()
+
+    with pytest.raises(strata.ConfigError, match="has no module of type LSTM"):
+        strata.set_leaf_modules(model, [torch.nn.LSTM])
+    with pytest.raises(strata.ConfigError, match="takes torch.nn.Module subclasses"):
+        strata.set_leaf_modules(model, ["Linear"])
+
+
+# The guard's other ways in: an attribute that makes a view (.T), and an engine dropped
+# without close() whose freed parameter's id a new parameter reuses (simulated: an entry
+# for another parameter under the new one's id). The error names the new parameter.
+def test_released_parameter_is_named_through_views_and_reused_ids(strata):
+    import weakref
+
+    from strata import _guard
+
+    model = models.make("reads_child_weight")
+    stale = torch.nn.Parameter(torch.ones(1))
+    _guard._GUARD.owners[id(model.mix.weight)] = (weakref.ref(stale), "gone.weight", "gone")
+    engine, *_ = strata.initialize(model=model, config=offloaded())
+    with pytest.raises(strata.UsageError, match=r"parameter 'mix\.weight' was used outside"):
+        model.mix.weight.T
+    with pytest.raises(strata.UsageError, match=r"parameter 'mix\.weight' was used outside"):
+        model.mix.weight[0]
+    engine.close()

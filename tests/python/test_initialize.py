@@ -204,6 +204,13 @@ def test_parameter_used_outside_its_module(tmp_path):
         assert rc == 1, text
         assert "UsageError: failed_precondition: parameter 'wte.weight' was used outside the forward" in text, text
         assert "strata.register_external_parameter" in text
+    # The same for a parameter at a nonzero offset into its chunk (wpe.weight, after
+    # wte.weight): the guard once missed it, and the root's wpe.weight[:t] read near
+    # address 0 and killed the process with SIGSEGV.
+    spec = {**spec, "model": "gpt_position_table"}
+    for rc, text in run_ranks(2, [HERE / "worker.py", "train", json.dumps(spec), tmp_path / "bad1.json"]):
+        assert rc == 1, text
+        assert "UsageError: failed_precondition: parameter 'wpe.weight' was used outside the forward" in text, text
     for world, budget in ((1, 0), (2, 0), (2, 48 << 10)):  # the model is 109 KiB
         cfg = config(3, "cpu", tmp_path, chunk_size=1024, **({"compute_budget": budget} if budget else {}))
         cfg["zero_optimization"]["offload_param"] = {"device": "cpu"}
@@ -212,3 +219,17 @@ def test_parameter_used_outside_its_module(tmp_path):
         check_against_reference(ranks, "gpt_functional_head")
         if budget:
             assert all(r["metrics"]["peak"]["compute"] <= budget for r in ranks)
+
+
+# A model of torch's own layers whose forwards read parameters of modules they do not
+# call (Note [unit ownership], python/strata/_units.py): nn.TransformerEncoderLayer and
+# nn.MultiheadAttention (out_proj's weight), and a ParameterList and ParameterDict the root
+# indexes. Their units gather those parameters: at stage 3 with parameters offloaded to
+# host memory or nvme, training matches plain PyTorch. Before, each such parameter
+# stopped training with a UsageError.
+@pytest.mark.parametrize("world,device", [(1, "cpu"), (2, "cpu"), (2, "nvme")])
+def test_torch_layers_match_plain_pytorch(tmp_path, world, device):
+    cfg = config(3, device, tmp_path, chunk_size=2048)
+    cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, world, {"model": "gpt_torch_layers", "config": cfg, "steps": STEPS, "rows": ROWS})
+    check_against_reference(ranks, "gpt_torch_layers")
