@@ -7,6 +7,7 @@ post_forward, which hooks them so that backward gathers the chunks again.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -170,6 +171,27 @@ def cast_buffers(model: torch.nn.Module, dtype) -> None:
         for name, b in module._buffers.items():
             if b is not None and b.is_floating_point() and b.dtype != dtype:
                 module._buffers[name] = b.to(dtype)
+
+
+def buffer_source(model: torch.nn.Module):
+    """What a checkpoint saves and loads of the model besides its parameters: its
+    persistent buffers by state_dict name (batch norm's running statistics), asked anew at
+    each save and load (a module may replace a buffer's tensor). The model is held weakly:
+    the engine must not keep it alive (its hooks hold the engine)."""
+    ref = weakref.ref(model)
+
+    def source() -> list[tuple[str, torch.Tensor]]:
+        m = ref()
+        if m is None:
+            return []
+        out = []
+        for prefix, module in m.named_modules():
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent_buffers_set:
+                    out.append((f"{prefix}.{name}" if prefix else name, b))
+        return out
+
+    return source
 
 
 def model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -60,6 +60,7 @@ class Engine:
         _units.check_cpu(p for u in self._units for p in u.params)
         _units.sync_from_rank0(comm, _units.model_tensors(module))
         self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg))
+        self._eng.set_buffer_source(_units.buffer_source(module))
         _units.attach(self._eng, self._units)
         self._watched = _guard.watch(self._units) if self._eng.stage == 3 else None
         _units.cast_buffers(module, _units.compute_dtype(cfg))

@@ -184,6 +184,7 @@ def build_engine(params, optimizer_block: dict):
     _units.sync_from_rank0(comm, _units.model_tensors(group.root))
     config = group.config(optimizer_block)
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config))
+    group.engine.set_buffer_source(_units.buffer_source(group.root))
     _units.cast_buffers(group.root, _units.compute_dtype(config))
     if group.engine.stage == 3:
         _guard.watch(group.units)  # for the process's life: fully_shard engines are never closed

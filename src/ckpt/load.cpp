@@ -9,6 +9,7 @@
 #include "collective.h"
 #include "commit.h"
 #include "saved_files.h"
+#include "strata/base/log.h"
 #include "strata/ckpt/checkpoint.h"
 
 namespace strata::ckpt {
@@ -56,12 +57,61 @@ std::vector<std::size_t> store_to_engine(const engine::Engine& eng) {
   return out;
 }
 
+// Each wanted buffer's saved index, by name: the same names and shapes, or an error
+// listing the differences (before loading writes anything). Empty: nothing to load.
+Result<std::vector<std::size_t>> match_buffers(const CheckpointMeta& m, const fs::path& dir, const std::vector<NamedBuffer>& want) {
+  if (want.empty()) return std::vector<std::size_t>{};
+  if (!m.buffers) {
+    log::warn("{} was saved before checkpoints held the model's buffers; the model keeps its own", dir.string());
+    return std::vector<std::size_t>{};
+  }
+  std::unordered_map<std::string, std::size_t> saved;
+  for (std::size_t i = 0; i < m.buffers->size(); ++i) saved.emplace((*m.buffers)[i].name, i);
+  std::vector<std::size_t> out;
+  std::vector<std::string> diffs;
+  std::vector<bool> used(m.buffers->size());
+  for (const NamedBuffer& b : want) {
+    auto it = saved.find(b.name);
+    if (it == saved.end()) {
+      diffs.push_back(fmt::format("buffer '{}' {} is not in the checkpoint", b.name, c10::str(b.value.sizes())));
+      continue;
+    }
+    used[it->second] = true;
+    out.push_back(it->second);
+    const BufferMeta& bm = (*m.buffers)[it->second];
+    if (bm.shape != b.value.sizes().vec()) {
+      diffs.push_back(fmt::format("buffer '{}' is {} in the model, {} in the checkpoint", b.name, c10::str(b.value.sizes()),
+                                  c10::str(c10::IntArrayRef(bm.shape))));
+    }
+    if (auto t = buffer_dtype(bm); !t) diffs.push_back(std::string(t.error().message()));
+  }
+  for (std::size_t i = 0; i < used.size(); ++i)
+    if (!used[i]) diffs.push_back(fmt::format("buffer '{}' is in the checkpoint, not in the model", (*m.buffers)[i].name));
+  if (diffs.empty()) return out;
+  return make_error(ErrorCode::kInvalidArgument, "the checkpoint's buffers do not match the model's:\n  {}", fmt::join(diffs, "\n  "))
+      .with_path(dir.string());
+}
+
+// The saved buffers into `want`, in place (converted to each one's dtype).
+Status read_buffers(const CheckpointMeta& m, SavedFiles& files, const std::vector<NamedBuffer>& want,
+                    const std::vector<std::size_t>& saved_of) {
+  at::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < saved_of.size(); ++i) {
+    const BufferMeta& bm = (*m.buffers)[saved_of[i]];
+    at::Tensor v = at::empty(bm.shape, *buffer_dtype(bm));
+    STRATA_RETURN_IF_ERROR(files.read_buffer(saved_of[i], {static_cast<std::byte*>(v.data_ptr()), v.nbytes()}));
+    want[i].value.copy_(v);
+  }
+  return ok();
+}
+
 Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& dir, const LoadOptions& o) {
   if (eng.options().wrap) {
     return make_error(ErrorCode::kUnimplemented, "checkpoints hold strata's fused optimizer state; an engine that wraps "
                       "a torch::optim optimizer (EngineOptions::wrap) keeps its state there: use load_state_dict");
   }
   STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> saved_of, match(eng, m, dir));
+  STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> buffer_of, match_buffers(m, dir, o.buffers));
   const bool states = o.optimizer_states;
   if (states && (m.optimizer != eng.optimizer_name() || m.state_names != eng.state_names())) {
     return make_error(ErrorCode::kInvalidArgument,
@@ -73,6 +123,10 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
   SavedFiles files(dir, m);
   const engine::ChunkStore& store = eng.store();
   const std::vector<std::size_t> engine_of = store_to_engine(eng);
+  auto has_state = [&](std::size_t p) {
+    const ParamMeta& pm = m.params[p];
+    return states && pm.chunk >= 0 && m.chunks[static_cast<std::size_t>(pm.chunk)].trains;
+  };
   for (std::uint32_t c = 0; c < store.num_chunks(); ++c) {
     // Memory-tier state comes back as the engine's own tensors: the saved values are
     // read straight into them (write_shard then has nothing to copy), so a load that
@@ -85,10 +139,6 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
     // Tensor by tensor, slot by slot: each saved record is read front to back, so the
     // reader's blocks are read and verified once (ShardFileReader keeps the last ones).
     const std::vector<engine::ChunkStore::ShardSlot> slots = store.shard_slots(c, eng.shard_rank());
-    auto has_state = [&](std::size_t p) {
-      const ParamMeta& pm = m.params[p];
-      return states && pm.chunk >= 0 && m.chunks[static_cast<std::size_t>(pm.chunk)].trains;
-    };
     Status read = [&]() -> Status {
       for (std::size_t k = 0; k <= st.size(); ++k) {
         const std::string_view tensor = k == 0 ? (trains ? "master" : "values") : std::string_view(eng.state_names()[k - 1]);
@@ -102,11 +152,6 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
           STRATA_RETURN_IF_ERROR(files.read_param(p, tensor, slot.param_offset, slot.numel, dst.data_ptr<float>() + slot.shard_offset));
         }
       }
-      for (std::size_t i = 0; trains && i < slots.size(); ++i) {
-        const std::size_t p = saved_of[engine_of[slots[i].param]];
-        eng.set_param_step(slots[i].param, has_state(p) ? engine::Engine::ParamStep{.steps = m.params[p].steps, .had_grad = m.params[p].had_grad}
-                                                        : engine::Engine::ParamStep{});
-      }
       return ok();
     }();
     // A bad file one rank reads fails every rank here, before write_shard's collectives.
@@ -115,6 +160,16 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
           "loading failed part way; the engine's state is partly loaded: load again, or start from a new engine"));
     }
     STRATA_RETURN_IF_ERROR(eng.write_shard(c, s));
+  }
+  // Every trained parameter's step count and gradient flag, on every rank alike, not only
+  // those in this rank's shards: ParamSteps::sync skips its collective once every
+  // parameter has had a gradient, so ranks that disagree on that deadlock in the next
+  // step (a rank whose shards held every parameter of a small model skipped it).
+  for (std::size_t sp = 0; sp < engine_of.size(); ++sp) {
+    if (!eng.chunk_trains(store.layout().where[sp].chunk)) continue;
+    const std::size_t p = saved_of[engine_of[sp]];
+    eng.set_param_step(sp, has_state(p) ? engine::Engine::ParamStep{.steps = m.params[p].steps, .had_grad = m.params[p].had_grad}
+                                        : engine::Engine::ParamStep{});
   }
   // Parameters outside the chunks (frozen, stages 0-2): whole on every rank.
   Status outside = ok();
@@ -125,6 +180,7 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
     at::NoGradGuard no_grad;
     if (outside) eng.params()[i].detach().view({-1}).copy_(v);
   }
+  if (outside) outside = read_buffers(m, files, o.buffers, buffer_of);
   Status ended = eng.end_write_shards();
   STRATA_RETURN_IF_ERROR(agree(eng.communicator(), outside ? std::move(ended) : std::move(outside)));
   if (states) {

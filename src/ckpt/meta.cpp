@@ -114,7 +114,7 @@ json to_json(const CheckpointMeta& m) {
                       {"had_grad", p.had_grad}});
   }
   const engine::LossScaler::State& ls = m.loss_scaler;
-  return {{"format", kFormatName},
+  json out = {{"format", kFormatName},
           {"version", m.version},
           {"step", m.step},
           {"optimizer_steps", m.optimizer_steps},
@@ -130,6 +130,12 @@ json to_json(const CheckpointMeta& m) {
           {"files", files_to_json(m.files)},
           {"config", m.config},
           {"client", m.client}};
+  if (m.buffers) {
+    json buffers = json::array();
+    for (const BufferMeta& b : *m.buffers) buffers.push_back({{"name", b.name}, {"shape", b.shape}, {"dtype", b.dtype}});
+    out["buffers"] = std::move(buffers);
+  }
+  return out;
 }
 
 Result<CheckpointMeta> from_json(const json& j) {
@@ -164,6 +170,13 @@ Result<CheckpointMeta> from_json(const json& j) {
                           .chunk = whole<std::int64_t>(p.at("chunk")), .offset = whole<std::int64_t>(p.at("offset")),
                           .numel = whole<std::int64_t>(p.at("numel")), .steps = whole<std::int64_t>(p.at("steps")),
                           .had_grad = p.at("had_grad").get<bool>()});
+    }
+    if (j.contains("buffers")) {
+      m.buffers.emplace();
+      for (const json& b : j.at("buffers")) {
+        m.buffers->push_back({.name = b.at("name").get<std::string>(), .shape = whole_list(b.at("shape")),
+                              .dtype = b.at("dtype").get<std::string>()});
+      }
     }
     STRATA_ASSIGN_OR_RETURN(m.files, files_from_json(j.at("files")));
     m.config = j.value("config", json::object());

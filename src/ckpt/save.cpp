@@ -96,7 +96,7 @@ Result<FileMeta> write_shards(engine::Engine& eng, const fs::path& dir, const Sa
 
 // Parameters the chunks do not hold (frozen, stages 0-2): whole, from rank 0.
 Result<FileMeta> write_outside(engine::Engine& eng, const fs::path& dir) {
-  FileMeta f{.name = "params.bin", .shard_rank = -1};
+  FileMeta f{.name = "params.bin", .shard_rank = kParamsFileRank};
   STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create((dir / f.name).string()));
   for (std::size_t i = 0; i < eng.params().size(); ++i) {
     if (eng.store_index(i) >= 0) continue;
@@ -105,6 +105,27 @@ Result<FileMeta> write_outside(engine::Engine& eng, const fs::path& dir) {
   }
   STRATA_ASSIGN_OR_RETURN(f.sum, w.finish());
   return f;
+}
+
+// The model's buffers: whole, from rank 0, each in its own dtype.
+Result<FileMeta> write_buffers(const std::vector<NamedBuffer>& buffers, const fs::path& dir) {
+  FileMeta f{.name = "buffers.bin", .shard_rank = kBuffersFileRank};
+  STRATA_ASSIGN_OR_RETURN(ShardFileWriter w, ShardFileWriter::create((dir / f.name).string()));
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    const at::Tensor v = buffers[i].value.detach().cpu().contiguous();
+    STRATA_ASSIGN_OR_RETURN(RecordSpan span, w.append(bytes_of(v)));
+    f.records.push_back({.chunk = -1, .param = static_cast<std::int64_t>(i), .tensor = "buffer",
+                         .elems = static_cast<std::uint64_t>(v.numel()), .span = std::move(span)});
+  }
+  STRATA_ASSIGN_OR_RETURN(f.sum, w.finish());
+  return f;
+}
+
+std::vector<BufferMeta> describe(const std::vector<NamedBuffer>& buffers) {
+  std::vector<BufferMeta> out;
+  for (const NamedBuffer& b : buffers)
+    out.push_back({.name = b.name, .shape = b.value.sizes().vec(), .dtype = c10::toString(b.value.scalar_type())});
+  return out;
 }
 
 Result<std::vector<FileMeta>> write_files(engine::Engine& eng, const fs::path& tmp, const SaveOptions& o,
@@ -120,6 +141,10 @@ Result<std::vector<FileMeta>> write_files(engine::Engine& eng, const fs::path& t
   for (std::size_t i = 0; i < eng.params().size(); ++i) outside |= eng.store_index(i) < 0;
   if (rank == 0 && outside) {
     STRATA_ASSIGN_OR_RETURN(FileMeta f, write_outside(eng, tmp));
+    mine.push_back(std::move(f));
+  }
+  if (rank == 0 && !o.buffers.empty()) {
+    STRATA_ASSIGN_OR_RETURN(FileMeta f, write_buffers(o.buffers, tmp));
     mine.push_back(std::move(f));
   }
   return mine;
@@ -187,6 +212,7 @@ Result<fs::path> save_checkpoint(engine::Engine& eng, const SaveOptions& o) {
       CheckpointMeta m = describe(eng, step);
       m.config = o.config;
       m.client = o.client;
+      m.buffers = describe(o.buffers);
       for (const std::string& s : *all) {
         if (s.empty()) continue;
         STRATA_ASSIGN_OR_RETURN(std::vector<FileMeta> part, files_from_json(nlohmann::json::parse(s)));

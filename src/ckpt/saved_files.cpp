@@ -4,10 +4,20 @@
 
 namespace strata::ckpt {
 
+Result<c10::ScalarType> buffer_dtype(const BufferMeta& b) {
+  using c10::ScalarType;
+  for (ScalarType t : {ScalarType::Float, ScalarType::Double, ScalarType::Half, ScalarType::BFloat16, ScalarType::Long,
+                       ScalarType::Int, ScalarType::Short, ScalarType::Char, ScalarType::Byte, ScalarType::Bool,
+                       ScalarType::ComplexFloat, ScalarType::ComplexDouble}) {
+    if (b.dtype == c10::toString(t)) return t;
+  }
+  return make_error(ErrorCode::kDataLoss, "buffer '{}' has dtype '{}', which this strata does not know", b.name, b.dtype);
+}
+
 Status SavedFiles::read_param(std::size_t p, std::string_view tensor, std::int64_t from, std::int64_t n, float* out) {
   const ParamMeta& pm = meta_.params[p];
   if (pm.chunk >= 0) return read_chunk(pm.chunk, tensor, pm.offset + from, n, out);
-  const FileMeta* f = meta_.file_of(-1);  // kept outside the chunks: whole, in params.bin
+  const FileMeta* f = meta_.file_of(kParamsFileRank);  // kept outside the chunks: whole, in params.bin
   const RecordMeta* r = f ? f->find_param(static_cast<std::int64_t>(p)) : nullptr;
   if (!r) return missing(fmt::format("the values of '{}'", pm.name));
   return read_span(*f, *r, from, n, out);
@@ -27,6 +37,20 @@ Status SavedFiles::read_chunk(std::int64_t c, std::string_view tensor, std::int6
     done += take;
   }
   return ok();
+}
+
+Status SavedFiles::read_buffer(std::size_t b, std::span<std::byte> out) {
+  const std::string& name = meta_.buffers.value().at(b).name;
+  const FileMeta* f = meta_.file_of(kBuffersFileRank);
+  const RecordMeta* r = f ? f->find_param(static_cast<std::int64_t>(b)) : nullptr;
+  if (!r) return missing(fmt::format("the buffer '{}'", name));
+  if (r->span.bytes != out.size()) {
+    return make_error(ErrorCode::kDataLoss, "the buffer '{}' is {} bytes in the file, {} by its shape and dtype", name,
+                      r->span.bytes, out.size())
+        .with_path((dir_ / f->name).string());
+  }
+  STRATA_ASSIGN_OR_RETURN(ShardFileReader * rd, reader(*f));
+  return rd->read(r->span, 0, out);
 }
 
 Status SavedFiles::verify(const FileMeta& f) {

@@ -8,10 +8,15 @@
 #include <string>
 #include <string_view>
 
+#include <c10/core/ScalarType.h>
+
 #include "strata/ckpt/meta.h"
 #include "strata/ckpt/shard_file.h"
 
 namespace strata::ckpt {
+
+// A saved buffer's dtype (BufferMeta::dtype, c10's name); kDataLoss naming it if unknown.
+Result<c10::ScalarType> buffer_dtype(const BufferMeta& b);
 
 class SavedFiles {
  public:
@@ -23,6 +28,8 @@ class SavedFiles {
   Status read_param(std::size_t p, std::string_view tensor, std::int64_t from, std::int64_t n, float* out);
   // n fp32 elements of chunk c's `tensor` from chunk element `from`, across shard ranks.
   Status read_chunk(std::int64_t c, std::string_view tensor, std::int64_t from, std::int64_t n, float* out);
+  // Saved buffer `b` (CheckpointMeta::buffers), out.size() bytes: all of it.
+  Status read_buffer(std::size_t b, std::span<std::byte> out);
   // Every byte of one file against its checksums.
   Status verify(const FileMeta& f);
 

@@ -25,6 +25,20 @@ Result<std::vector<std::pair<std::string, Status>>> verify_checkpoint(const fs::
 
 namespace {
 
+// safetensors' name for a dtype a buffer keeps in the export (floating buffers take the
+// export's dtype, as the parameters do); nullopt: not one it has.
+std::optional<std::string> safetensors_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kLong: return "I64";
+    case at::kInt: return "I32";
+    case at::kShort: return "I16";
+    case at::kChar: return "I8";
+    case at::kByte: return "U8";
+    case at::kBool: return "BOOL";
+    default: return std::nullopt;
+  }
+}
+
 struct Planned {
   std::size_t param;
   ExportName as;
@@ -61,6 +75,26 @@ Result<ExportResult> export_safetensors(const fs::path& path, const ExportOption
     plan.push_back({.param = p, .as = as, .shape = shape, .begin = at, .end = at + bytes});
     at += bytes;
   }
+  // The model's buffers (batch norm's statistics) after the parameters, whole: without
+  // them the exported model would not compute what the trained one did.
+  struct PlannedBuffer {
+    std::size_t index;
+    at::ScalarType saved, written;
+  };
+  std::vector<PlannedBuffer> buffers;
+  for (std::size_t b = 0; m.buffers && b < m.buffers->size(); ++b) {
+    const BufferMeta& bm = (*m.buffers)[b];
+    STRATA_ASSIGN_OR_RETURN(at::ScalarType saved, buffer_dtype(bm));
+    const at::ScalarType written = at::isFloatingType(saved) ? o.dtype : saved;
+    const std::optional<std::string> name = at::isFloatingType(saved) ? std::optional<std::string>(o.dtype == at::kFloat ? "F32" : "BF16")
+                                                                      : safetensors_dtype(saved);
+    if (!name) return make_error(ErrorCode::kUnimplemented, "export: buffer '{}' is {}, which safetensors has no type for", bm.name, bm.dtype);
+    if (header.contains(bm.name)) return make_error(ErrorCode::kInvalidArgument, "export: two tensors named '{}'", bm.name);
+    const std::uint64_t bytes = static_cast<std::uint64_t>(c10::multiply_integers(bm.shape)) * c10::elementSize(written);
+    header[bm.name] = {{"dtype", *name}, {"shape", bm.shape}, {"data_offsets", {at, at + bytes}}};
+    buffers.push_back({.index = b, .saved = saved, .written = written});
+    at += bytes;
+  }
   header["__metadata__"] = {{"format", "pt"}, {"strata_step", std::to_string(m.step)}};
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
@@ -90,6 +124,13 @@ Result<ExportResult> export_safetensors(const fs::path& path, const ExportOption
       if (o.dtype != at::kFloat) v = v.to(o.dtype);  // round to nearest even
       if (auto r = w.append(bytes_of(v)); !r) return fail(std::move(r).error());
     }
+  }
+  for (const PlannedBuffer& b : buffers) {
+    at::Tensor v = at::empty((*m.buffers)[b.index].shape, b.saved);
+    if (Status st = files.read_buffer(b.index, {static_cast<std::byte*>(v.data_ptr()), v.nbytes()}); !st) {
+      return fail(std::move(st).error());
+    }
+    if (auto r = w.append(bytes_of(v.to(b.written).contiguous())); !r) return fail(std::move(r).error());
   }
   auto sum = w.finish();
   if (!sum) return fail(std::move(sum).error());
@@ -140,10 +181,11 @@ Result<fs::path> reshard_checkpoint(const fs::path& path, int world, const fs::p
     STRATA_ASSIGN_OR_RETURN(f.sum, w.finish());
     out.files.push_back(std::move(f));
   }
-  if (const FileMeta* outside = m.file_of(-1)) {  // whole parameters: the same file
-    fs::copy_file(dir / outside->name, tmp / outside->name, ec);
-    if (ec) return make_error(ErrorCode::kIoError, "copy {}: {}", outside->name, ec.message());
-    out.files.push_back(*outside);
+  for (const FileMeta& whole : m.files) {  // whole parameters and buffers: the same files
+    if (whole.shard_rank >= 0) continue;
+    fs::copy_file(dir / whole.name, tmp / whole.name, ec);
+    if (ec) return make_error(ErrorCode::kIoError, "copy {}: {}", whole.name, ec.message());
+    out.files.push_back(whole);
   }
   const std::string text = to_json(out).dump(1);
   STRATA_RETURN_IF_ERROR(write_synced(tmp / kMetaFile, text));

@@ -33,7 +33,21 @@ struct PyEngine {
   std::shared_ptr<comm::Communicator> comm;
   std::unique_ptr<Engine> eng;
   PyOptimizer* wrapped = nullptr;  // owned by eng, when a Python optimizer steps
+  // Returns the model's persistent buffers as [(name, tensor)], asked at each checkpoint
+  // save and load (a module may replace a buffer's tensor between them); None: no buffers.
+  py::object buffer_source = py::none();
 };
+
+// The buffers a checkpoint saves or fills (ckpt::SaveOptions::buffers). Needs the GIL.
+std::vector<ckpt::NamedBuffer> buffers_of(const PyEngine& e) {
+  std::vector<ckpt::NamedBuffer> out;
+  if (e.buffer_source.is_none()) return out;
+  for (py::handle item : e.buffer_source()) {
+    auto pair = item.cast<std::pair<std::string, at::Tensor>>();
+    out.push_back({.name = std::move(pair.first), .value = std::move(pair.second)});
+  }
+  return out;
+}
 
 // wrap: (group of each engine parameter, number of groups, make(groups, slices)) for a
 // Python optimizer over this rank's master shards (py_optimizer.h), or None.
@@ -160,18 +174,22 @@ void bind_engine(py::module_& m) {
                                  const std::string& config_json, int keep) {
         ckpt::SaveOptions o{.root = root, .step = step, .keep = keep,
                             .config = nlohmann::json::parse(config_json.empty() ? "null" : config_json),
-                            .client = nlohmann::json::parse(client_json.empty() ? "null" : client_json)};
+                            .client = nlohmann::json::parse(client_json.empty() ? "null" : client_json),
+                            .buffers = buffers_of(e)};
         py::gil_scoped_release nogil;
         return value_or_throw(ckpt::save_checkpoint(live(e), o));
       }, py::arg("root"), py::arg("step") = -1, py::arg("client_json") = "", py::arg("config_json") = "", py::arg("keep") = 0)
       .def("load_checkpoint", [](PyEngine& e, const fs::path& path, bool optimizer_states) {
         ckpt::Loaded l;
+        ckpt::LoadOptions o{.optimizer_states = optimizer_states, .buffers = buffers_of(e)};
         {
           py::gil_scoped_release nogil;
-          l = value_or_throw(ckpt::load_checkpoint(live(e), path, {.optimizer_states = optimizer_states}));
+          l = value_or_throw(ckpt::load_checkpoint(live(e), path, o));
         }
         return py::make_tuple(l.dir, l.meta.step, l.meta.client.dump());
       }, py::arg("path"), py::arg("optimizer_states") = true)
+      .def("set_buffer_source", [](PyEngine& e, py::object source) { e.buffer_source = std::move(source); },
+           py::arg("source"))
       .def_property_readonly("steps", [](PyEngine& e) { return live(e).steps(); })
       .def_property_readonly("at_boundary", [](PyEngine& e) { return live(e).at_boundary(); })
       .def_property_readonly("stage", [](PyEngine& e) { return live(e).stage(); })

@@ -12,6 +12,9 @@
 //                                          at POINT of the save (the others must fail)
 // ckpt_worker resave DIR                   step-3 saved twice: the second replaces the first
 //                                          (the second through Engine::save_checkpoint)
+// ckpt_worker buffers DIR                 the caller's buffers saved, resharded and loaded
+//                                          (SaveOptions::buffers); then another model's refused
+// ckpt_worker one-shard DIR               a model within rank 0's shard: saved, loaded, trains on
 // ckpt_worker check DIR STEP               the latest checkpoint loads (Engine::load_checkpoint)
 //                                          and is step STEP
 // ckpt_worker eio DIR                      save step-2; an EIO in the last rank's step-3 file
@@ -30,14 +33,17 @@
 #include <string>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adamw.h>
+#include <torch/utils.h>
 
 #include "awkward_model.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/ckpt/checkpoint.h"
+#include "strata/ckpt/tools.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
@@ -259,6 +265,80 @@ void eio(const std::string& dir) {
   strata::testing::expected_failure(r.error());
 }
 
+// Two layers, every parameter trained: once each has had a gradient, a step skips the
+// gradient-flag all-reduce (ParamSteps::sync).
+struct DenseModel : torch::nn::Module {
+  torch::nn::Linear a{nullptr}, b{nullptr};
+  explicit DenseModel(std::uint64_t seed) {
+    torch::manual_seed(seed);
+    a = register_module("a", torch::nn::Linear(8, 16));
+    b = register_module("b", torch::nn::Linear(16, 4));
+  }
+  double step(engine::Engine& eng, std::int64_t s) {
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(500 + s);
+    const at::Tensor x = at::randn({kRows, 8}, g), y = at::randn({kRows, 4}, g);
+    const std::int64_t per = kRows / g_comm->world();
+    const at::Tensor out = engine::forward(b, at::tanh(engine::forward(a, x.narrow(0, per * g_comm->rank(), per))));
+    at::Tensor loss = at::mse_loss(out, y.narrow(0, per * g_comm->rank(), per));
+    check(eng.backward(loss), "backward");
+    check(eng.step(), "step");
+    return loss.item<double>();
+  }
+};
+
+// A model within one chunk shard (chunk 1M elements at stage 2): rank 0's shard holds
+// every parameter, the other ranks' none. Saved after 2 steps and loaded into a fresh
+// engine, it trains steps 2-3 with the losses of the engine that saved it, bit for bit.
+void one_shard(const std::string& dir) {
+  const Layout l{2, "host", 1 << 20};
+  DenseModel model(kSeed), fresh(kSeed + 1);
+  auto eng = check(engine::shard(model, *g_comm, options(l, "one-shard")), "shard");
+  for (std::int64_t s = 0; s < 2; ++s) model.step(*eng, s);
+  check(ckpt::save_checkpoint(*eng, save_options(dir, 2)), "save");
+  auto loaded = check(engine::shard(fresh, *g_comm, options(l, "one-shard-2")), "shard");
+  check(ckpt::load_checkpoint(*loaded, dir), "load");
+  for (std::int64_t s = 2; s < 4; ++s) {
+    const double want = model.step(*eng, s), got = fresh.step(*loaded, s);
+    if (got != want) fail(fmt::format("step {}: loss {} after loading, {} without", s, got, want));
+  }
+}
+
+// The caller's buffers (SaveOptions::buffers): rank 0's values are saved, whatever the
+// other ranks hold; they load in place on every rank by name, converted to each target's
+// dtype, also from a checkpoint resharded for 3 ranks; a model whose buffers differ is
+// refused by name before anything loads (the expected failure).
+void buffers(const std::string& dir) {
+  auto model = std::make_shared<AwkwardModel>(kSeed);
+  auto eng = check(engine::shard(*model, *g_comm, options({3, "host", 2048}, "buffers")), "shard");
+  train(*eng, *model, 0, 1);
+  const auto rank = static_cast<float>(g_comm->rank());
+  ckpt::SaveOptions o = save_options(dir, 1);
+  o.buffers = {{"bn.running_mean", at::arange(5, at::kFloat) + 100 * rank},
+               {"bn.num_batches_tracked", at::full({}, static_cast<std::int64_t>((1LL << 40) + g_comm->rank()), at::kLong)},
+               {"mask", at::tensor(std::vector<std::uint8_t>{1, g_comm->rank() == 0, 1}).to(at::kBool)}};
+  check(ckpt::save_checkpoint(*eng, o), "save");
+  if (g_comm->rank() == 0) check(ckpt::reshard_checkpoint(fs::path(dir) / "step-1", 3, fs::path(dir) / "r3"), "reshard");
+  check(g_comm->barrier().wait(), "barrier");
+  for (const fs::path& from : {fs::path(dir), fs::path(dir) / "r3"}) {
+    std::vector<ckpt::NamedBuffer> into = {{"mask", at::zeros({3}, at::kBool)},
+                                           {"bn.running_mean", at::zeros({5}, at::kBFloat16)},
+                                           {"bn.num_batches_tracked", at::zeros({}, at::kLong)}};
+    check(ckpt::load_checkpoint(*eng, from, {.buffers = into}), ("load " + from.string()).c_str());
+    if (!at::equal(into[0].value, at::ones({3}, at::kBool)) ||
+        !at::equal(into[1].value, at::arange(5, at::kFloat).to(at::kBFloat16)) ||
+        into[2].value.item<std::int64_t>() != (1LL << 40)) {
+      fail(fmt::format("{}: loaded buffers {} / {} / {}, not rank 0's", from.string(), c10::str(into[0].value),
+                       c10::str(into[1].value), into[2].value.item<std::int64_t>()));
+    }
+  }
+  const at::Tensor untouched = at::full({6}, 9.0f);
+  std::vector<ckpt::NamedBuffer> other = {{"bn.running_mean", untouched}, {"extra", at::zeros({2})}};
+  auto r = ckpt::load_checkpoint(*eng, dir, {.buffers = other});
+  if (r) fail("buffers of another model loaded");
+  if (!at::equal(untouched, at::full({6}, 9.0f))) fail("a refused load wrote a buffer");
+  strata::testing::expected_failure(r.error());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -279,6 +359,8 @@ int main(int argc, char** argv) {
   else if (mode == "nospace") nospace(a.at(1), parse_layout(a.at(2)));
   else if (mode == "eio") eio(a.at(1));
   else if (mode == "resave") resave(a.at(1));
+  else if (mode == "buffers") buffers(a.at(1));
+  else if (mode == "one-shard") one_shard(a.at(1));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

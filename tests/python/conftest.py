@@ -63,13 +63,13 @@ def train(tmp_path, world, spec, name="run"):
 
 def rank_results(out, world):
     """What worker.py train wrote for each rank: its JSON, with "params" (the consolidated
-    parameters, flattened) read from the torch file next to it."""
+    parameters, flattened) and "buffers" (the model's) read from the torch file next to it."""
     import torch
 
     results = []
     for r in range(world):
         result = json.loads(Path(f"{out}.{r}").read_text())
-        result["params"] = torch.load(f"{out}.{r}.pt")
+        result.update(torch.load(f"{out}.{r}.pt"))
         results.append(result)
     return results
 

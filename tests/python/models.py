@@ -82,6 +82,25 @@ class PositionTableGPT(TinyGPT):
         return self.head(self.ln_f(x))
 
 
+class NormedMLP(nn.Module):
+    """Buffers that training changes: batch norm's running statistics and its batch
+    count, and a registered step counter; and a non-persistent buffer (not in the
+    state_dict, so not in a checkpoint either)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.bn = nn.BatchNorm1d(32)
+        self.out = nn.Linear(32, 4)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("scratch", torch.zeros(4), persistent=False)
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        return self.out(torch.tanh(self.bn(self.inp(x))))
+
+
 class ReadsChildWeight(nn.Module):
     """A user's module whose forward reads its child's weight and bias without calling the
     child (F.linear on them), as a fused or hand-written layer does."""
@@ -191,6 +210,12 @@ def make(name, seed=0):
         return TorchLayersGPT()
     if name == "awkward":
         return Awkward()
+    if name == "normed_mlp":
+        return NormedMLP()
+    if name == "normed_mlp_extra":  # one more persistent buffer
+        model = NormedMLP()
+        model.register_buffer("ema", torch.zeros(4))
+        return model
     if name == "reads_child_weight":
         return ReadsChildWeight()
     if name.startswith("resnet18"):
@@ -208,6 +233,8 @@ def batch(name, step, rows):
     if name.startswith("gpt"):
         tokens = torch.randint(0, VOCAB, (rows, SEQ + 1), generator=g)
         return tokens[:, :-1], tokens[:, 1:]
+    if name.startswith("normed_mlp"):
+        return torch.randn(rows, 16, generator=g) + 2.0, torch.randn(rows, 4, generator=g)
     if name == "awkward":
         x = torch.randn(rows, 16, generator=g)
         x[:, 0] = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0  # the branch, per step
@@ -220,7 +247,7 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
-    if name == "awkward":
+    if name == "awkward" or name.startswith("normed_mlp"):
         return F.mse_loss(out, y)
     if name.startswith("resnet18"):
         return F.cross_entropy(out, y)

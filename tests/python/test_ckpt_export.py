@@ -36,6 +36,8 @@ def read_safetensors(path):
             a = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         elif t["dtype"] == "BF16":  # bf16 is the top half of an fp32
             a = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        elif t["dtype"] == "I64":
+            a = np.frombuffer(raw, dtype="<i8").astype(np.int64)
         else:
             raise AssertionError(t["dtype"])
         out[name] = a.reshape(t["shape"])
@@ -134,3 +136,32 @@ def test_export_memory_is_bounded_well_under_the_model(tmp_path):
     print(f"export peak RSS {peak / 1024:.0f} MiB, inspect {base / 1024:.0f} MiB: {above / 2**20:.0f} MiB above, "
           f"model {model_bytes / 2**20:.0f} MiB")
     assert above < bound, (peak, base)
+
+
+# A model with buffers, trained and saved through the Python API: the export holds its
+# persistent buffers after the parameters (batch norm's statistics in the export's dtype,
+# the integer counters as I64), equal to the live model's; not the non-persistent one.
+def test_export_holds_the_models_persistent_buffers(tmp_path):
+    import strata
+    import models
+
+    model = models.make("normed_mlp")
+    cfg = {"train_batch_size": 8, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    engine, *_ = strata.initialize(model=model, config=cfg)
+    for step in range(3):
+        x, y = models.batch("normed_mlp", step, 8)
+        engine.backward(models.loss_fn("normed_mlp", engine(x), y))
+        engine.step()
+    engine.save_checkpoint(tmp_path / "ckpt")
+    params = engine.consolidated_state_dict()
+    engine.close()
+    target = tmp_path / "m.safetensors"
+    run("ckpt", "export", tmp_path / "ckpt", "--dtype", "fp32", "--names", "saved", "--out", target)
+    got, _ = read_safetensors(target)
+    assert set(got) == set(params) | {"calls", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}
+    for name, b in model.named_buffers():
+        if name != "scratch":
+            np.testing.assert_array_equal(got[name], b.numpy(), err_msg=name)
+    assert got["calls"] == 3 and got["bn.num_batches_tracked"] == 3
+    np.testing.assert_array_equal(got["out.weight"], params["out.weight"].numpy())

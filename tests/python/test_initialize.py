@@ -140,6 +140,32 @@ def test_checkpoint_resumes_in_a_fresh_process(tmp_path, stage, device):
             assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
 
 
+# The model's buffers (batch norm's running statistics, a step counter) are in the
+# checkpoint: resumed in fresh processes, at the same world size and at another, they end
+# where the uninterrupted run's do, bit for bit. They were lost before (a resumed run
+# restarted its running statistics from the fresh model's, which training-mode losses do
+# not show). A checkpoint of a model whose buffers differ is refused by name.
+@pytest.mark.parametrize("stage,device", [(2, "cpu"), (3, "nvme")])
+def test_checkpoint_keeps_the_models_buffers(tmp_path, stage, device):
+    cfg = config(stage, device, tmp_path)
+    spec = {"model": "normed_mlp", "config": cfg, "rows": ROWS}
+    whole = train(tmp_path, 2, {**spec, "steps": STEPS}, "whole")
+    ckpt = tmp_path / "ckpt"
+    first = train(tmp_path, 2, {**spec, "steps": 3, "save": str(ckpt)}, "first")
+    assert first[0]["buffers"]["calls"].item() == 3
+    for world in (2, 1):
+        rest = train(tmp_path, world, {**spec, "steps": STEPS - 3, "start": 3, "load": str(ckpt), "seed": 7}, f"rest{world}")
+        if world == 2:  # the same rows per rank: every statistic the same, bit for bit
+            for name, want in whole[0]["buffers"].items():
+                assert torch.equal(rest[0]["buffers"][name], want), (name, rest[0]["buffers"][name], want)
+        else:  # one rank normalizes over all rows: only the count is comparable
+            assert rest[0]["buffers"]["calls"].item() == STEPS
+            assert rest[0]["buffers"]["bn.num_batches_tracked"].item() == STEPS
+    bad = {**spec, "model": "normed_mlp_extra", "steps": 1, "start": 3, "load": str(ckpt)}
+    for rc, text in run_ranks(2, [HERE / "worker.py", "train", json.dumps(bad), tmp_path / "bad.json"]):
+        assert rc != 0 and "buffer 'ema' [4] is not in the checkpoint" in text, text
+
+
 # bf16 compute with fp32 master weights: the losses track the fp32 reference within 2%.
 @pytest.mark.parametrize("world", [1, 2])
 def test_bf16_tracks_fp32(tmp_path, world):

@@ -9,8 +9,8 @@ SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule]}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
 each step's loss to stderr.
-Each rank writes OUT_JSON.<rank>: its own losses, the consolidated parameters' values
-by name, and the optimizer steps taken.
+Each rank writes OUT_JSON.<rank>: its own losses and the optimizer steps taken, and
+OUT_JSON.<rank>.pt: the consolidated parameters' values and the model's buffers, by name.
 """
 import json
 import os
@@ -136,8 +136,8 @@ def main():
         engine.save_checkpoint(spec["save"])
     # The parameters as a torch file, not JSON: ResNet-18's 11.7M floats took seconds to
     # write and read back as JSON text, in every rank and every test.
-    torch.save({k: v.detach().reshape(-1).clone() for k, v in engine.consolidated_state_dict().items()},
-               f"{out}.{rank}.pt")
+    torch.save({"params": {k: v.detach().reshape(-1).clone() for k, v in engine.consolidated_state_dict().items()},
+                "buffers": {k: v.clone() for k, v in model.named_buffers()}}, f"{out}.{rank}.pt")
     with open(f"{out}.{rank}", "w") as f:
         json.dump({"losses": losses, "steps": engine.global_steps, "metrics": engine.last_metrics(),
                    "memory": engine.memory_by_tier()}, f)

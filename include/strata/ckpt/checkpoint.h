@@ -8,8 +8,8 @@
 //   // l.meta.step, l.meta.client: what the caller saved with it
 //
 // Layout (docs/checkpoints.md): root/step-N/ holds meta.json (+ meta.xxh3), one data file
-// per shard rank (rank-00000.bin, ...) and params.bin for parameters kept outside the
-// chunks; root/latest names the newest complete one.
+// per shard rank (rank-00000.bin, ...), params.bin for parameters kept outside the
+// chunks and buffers.bin for the model's buffers; root/latest names the newest complete one.
 //
 // Note [checkpoint commit]: every rank writes into root/step-N.tmp/ and fsyncs its file;
 // the ranks then exchange their outcome, so a failure anywhere fails the save on every
@@ -29,7 +29,11 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <string>
 #include <string_view>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
 
 #include <nlohmann/json.hpp>
 
@@ -43,12 +47,22 @@ class FaultInjector;
 
 namespace strata::ckpt {
 
+// A module buffer by its state_dict name (batch norm's running_mean, ...). Parameters are
+// the engine's; buffers are the caller's, so the caller names them.
+struct NamedBuffer {
+  std::string name;
+  at::Tensor value;
+};
+
 struct SaveOptions {
   std::filesystem::path root;  // the checkpoints directory
   std::int64_t step = -1;      // its name, root/step-<step>; -1: the optimizer steps applied
   int keep = 0;                // keep the newest `keep` checkpoints (0: every one)
   nlohmann::json config;       // the run's config, recorded as given
   nlohmann::json client;       // the caller's own state, returned by load_checkpoint
+  // The model's buffers: rank 0's, whole, in their own dtypes (buffers.bin). As under DDP
+  // and DeepSpeed, ranks are expected to hold the same values.
+  std::vector<NamedBuffer> buffers;
   // Tests: called at each named point of the save ("begin", "shard": the first chunk
   // written, "written": every rank; "meta", "renamed", "latest": rank 0), e.g. to kill
   // the process there.
@@ -61,6 +75,10 @@ Result<std::filesystem::path> save_checkpoint(engine::Engine& eng, const SaveOpt
 
 struct LoadOptions {
   bool optimizer_states = true;  // false: masters only; optimizer state starts fresh
+  // Filled in place, by name, on every rank. They must be the saved buffers, by name and
+  // shape (the dtype may differ: values are converted). A checkpoint saved before
+  // checkpoints held buffers leaves them as they are, with a warning.
+  std::vector<NamedBuffer> buffers;
 };
 
 struct Loaded {

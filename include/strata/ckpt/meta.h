@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,7 +38,7 @@ struct RecordMeta {
 
 struct FileMeta {
   std::string name;    // relative to the checkpoint directory
-  int shard_rank = 0;  // -1: the parameters kept outside the chunks
+  int shard_rank = 0;  // kParamsFileRank: the parameters kept outside the chunks; kBuffersFileRank
   FileSum sum;
   std::vector<RecordMeta> records;
   const RecordMeta* find(std::int64_t chunk, std::string_view tensor) const;
@@ -55,6 +56,18 @@ struct ParamMeta {
   std::int64_t steps = 0;   // optimizer steps it has taken
   bool had_grad = false;
 };
+
+// A module buffer (batch norm's running statistics), saved whole from rank 0 in its own
+// dtype in the buffers file: its record has chunk -1, param = its index here, tensor
+// "buffer" and elems = its elements (of `dtype`, not fp32).
+struct BufferMeta {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::string dtype;  // c10's name: "Float", "Long", "BFloat16", "Bool", ...
+};
+
+inline constexpr int kParamsFileRank = -1;   // FileMeta::shard_rank of params.bin
+inline constexpr int kBuffersFileRank = -2;  // ... and of buffers.bin
 
 struct ChunkMeta {
   std::int64_t elems = 0;        // padded to a multiple of shard_world
@@ -76,6 +89,8 @@ struct CheckpointMeta {
   engine::LossScaler::State loss_scaler;
   std::vector<ChunkMeta> chunks;
   std::vector<ParamMeta> params;
+  // nullopt: saved before checkpoints held buffers (no "buffers" key in meta.json).
+  std::optional<std::vector<BufferMeta>> buffers;
   std::vector<FileMeta> files;
   nlohmann::json config;  // the run's config, as given
   nlohmann::json client;  // the caller's state (strata train: data position, RNG, schedule)
