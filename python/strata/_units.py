@@ -7,6 +7,7 @@ post_forward, which hooks them so that backward gathers the chunks again.
 """
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
 
@@ -28,17 +29,31 @@ class Unit:
 
 
 def output_tensors(out) -> list[torch.Tensor]:
-    """Every tensor in a module's output, in order."""
+    """Every tensor in a module's output, in order: in tuples, lists and dicts, and in the
+    attributes of any other object (a dataclass, a custom output class), at any depth.
+    One that were missed would have no hook: at stage 3 its backward would then read the
+    unit's released parameters (SIGSEGV). Modules and classes are not looked into."""
     found: list[torch.Tensor] = []
+    seen: set[int] = set()
 
     def walk(x):
         if isinstance(x, torch.Tensor):
             found.append(x)
-        elif isinstance(x, (tuple, list)):
+            return
+        if x is None or isinstance(x, (str, bytes, int, float, bool, type, torch.nn.Module)) or id(x) in seen:
+            return
+        seen.add(id(x))
+        if isinstance(x, (tuple, list, set, frozenset)):
             for y in x:
                 walk(y)
         elif isinstance(x, dict):
             for y in x.values():
+                walk(y)
+        elif dataclasses.is_dataclass(x):  # also one with __slots__
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name, None))
+        elif hasattr(x, "__dict__"):
+            for y in vars(x).values():
                 walk(y)
 
     walk(out)
@@ -56,6 +71,9 @@ def output_tensors(out) -> list[torch.Tensor]:
 #   fused op. A leaf's unit holds its whole subtree (as DeepSpeed's z3 leaf modules);
 #   strata.set_leaf_modules marks a user's own.
 # The children stay units of their own too: a parameter may belong to several units.
+# A parameter that is not floating point (a quantized model's integer codes, which
+# cannot have a gradient) is in no unit: the module keeps it whole on every rank, like a
+# buffer, and checkpoints save it with the buffers (buffer_source).
 _CONTAINERS = (torch.nn.ParameterList, torch.nn.ParameterDict)
 LEAF_CLASSES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
 
@@ -102,7 +120,7 @@ def units_of(model: torch.nn.Module) -> list[Unit]:
     for name, module in modules.items():
         if isinstance(module, _CONTAINERS) and name:
             continue
-        params = list({id(p): p for p in uses[name]}.values())
+        params = list({id(p): p for p in uses[name] if p.is_floating_point()}.values())
         unit = Unit(name=name or type(model).__name__, module=module, params=params,
                     param_names=[names[id(p)] for p in params])
         add_external(unit, model)
@@ -174,8 +192,9 @@ def cast_buffers(model: torch.nn.Module, dtype) -> None:
 
 
 def buffer_source(model: torch.nn.Module):
-    """What a checkpoint saves and loads of the model besides its parameters: its
-    persistent buffers by state_dict name (batch norm's running statistics), asked anew at
+    """What a checkpoint saves and loads of the model besides the engine's parameters: its
+    persistent buffers by state_dict name (batch norm's running statistics) and the
+    parameters in no unit (not floating point; Note [unit ownership]), asked anew at
     each save and load (a module may replace a buffer's tensor). The model is held weakly:
     the engine must not keep it alive (its hooks hold the engine)."""
     ref = weakref.ref(model)
@@ -184,7 +203,7 @@ def buffer_source(model: torch.nn.Module):
         m = ref()
         if m is None:
             return []
-        out = []
+        out = [(n, p) for n, p in m.named_parameters() if not p.is_floating_point()]  # in no unit
         for prefix, module in m.named_modules():
             for name, b in module._buffers.items():
                 if b is not None and name not in module._non_persistent_buffers_set:

@@ -123,7 +123,8 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
             for p in u.params:
                 p._strata_group = group
                 taken.add(id(p))
-    own = [(n, p) for n, p in module.named_parameters() if id(p) not in taken]
+    # Not floating point: in no unit (Note [unit ownership], _units.py).
+    own = [(n, p) for n, p in module.named_parameters() if id(p) not in taken and p.is_floating_point()]
     unit = _units.Unit(name=type(module).__name__, module=module, params=[p for _, p in own],
                        param_names=[n for n, _ in own])
     unit.group = group

@@ -127,6 +127,13 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
         return make_error(ErrorCode::kInvalidArgument, "parameter {} must be a defined, dense, contiguous tensor",
                           param_label(units[u], i));
       }
+      // Chunks hold the compute dtype and the masters fp32: a float64 model would train in
+      // fp32 against the caller's float64 inputs, integer values would become floats.
+      if (const at::ScalarType t = p.scalar_type(); t != at::kFloat && t != at::kBFloat16 && t != at::kHalf) {
+        return make_error(ErrorCode::kInvalidArgument, "parameter {} is {}: the engine shards float32, bfloat16 and "
+                          "float16 parameters (convert a float64 model with .float(); keep integer tensors that never "
+                          "train in buffers)", param_label(units[u], i), c10::toString(t));
+      }
       auto [it, fresh] = index_of.emplace(p.unsafeGetTensorImpl(), m.all_params.size());
       const bool named = i < units[u].param_names.size() && !units[u].param_names[i].empty();
       if (fresh) {

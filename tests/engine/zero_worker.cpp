@@ -14,7 +14,8 @@
 //                                         steps with ATen ops (host_step); on
 //                                         STRATA_TEST_DEVICE (gpu_test.cpp)
 // zero_worker shared STAGE                 a module registered twice, through every entry point
-// zero_worker badparam                     a bad parameter is named by its index
+// zero_worker badparam                     a bad parameter (not contiguous, float64, int8) is
+//                                          named by its index
 // zero_worker stages OPTIM                 stage 1 and stage 2 side by side
 // zero_worker accum STAGE [nvme]           4 micro-steps == one 4x batch
 // zero_worker fault eio|corrupt           an nvme read fails on the last rank mid-run:
@@ -335,6 +336,15 @@ void badparam() {
     const std::string msg = eng.error().message();
     if (eng.error().code() != ErrorCode::kInvalidArgument || msg.find("parameter 2 of unit 'model'") == std::string::npos)
       fail("stage " + std::to_string(stage) + ": " + eng.error().to_string());
+  }
+  // A float64 or integer parameter: refused by name (chunks once made it float32).
+  for (const at::Tensor& bad : {at::randn({11, 37}, at::kDouble), at::zeros({11, 37}, at::kChar)}) {
+    params = model.parameters();
+    params[2] = bad;
+    auto eng = engine::Engine::create(params, *g_comm, sharded_options(3, optim_config("sgd")));
+    const std::string want = fmt::format("parameter 2 of unit 'model' is {}: the engine shards float32", c10::toString(bad.scalar_type()));
+    if (eng || eng.error().code() != ErrorCode::kInvalidArgument || eng.error().message().find(want) == std::string::npos)
+      fail(eng ? "a " + std::string(c10::toString(bad.scalar_type())) + " parameter was accepted" : eng.error().to_string());
   }
 }
 

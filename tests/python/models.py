@@ -1,5 +1,6 @@
 """Plain-PyTorch models for the Python API tests, and their data: nothing here knows
 strata. Each rank takes its rows of the step's global batch."""
+import dataclasses
 import math
 
 import torch
@@ -99,6 +100,54 @@ class NormedMLP(nn.Module):
         if self.training:
             self.calls += 1
         return self.out(torch.tanh(self.bn(self.inp(x))))
+
+
+@dataclasses.dataclass
+class LayerOutput:
+    hidden: torch.Tensor
+    aux: dict
+
+
+@dataclasses.dataclass(slots=True)
+class SlotsOutput:
+    hidden: torch.Tensor
+
+
+class Holder:
+    def __init__(self, t):
+        self.t = t
+
+
+class Returns(nn.Module):
+    """A layer whose output is `wrap(tensor)`: a dataclass, one with __slots__, a plain object."""
+
+    def __init__(self, wrap):
+        super().__init__()
+        self.l = nn.Linear(32, 32)
+        self.gain = nn.Parameter(1 + 0.1 * torch.randn(32))  # its own: this module is a unit
+        self.wrap = wrap
+
+    def forward(self, x):
+        y = torch.tanh(self.l(x)) * self.gain
+        return LayerOutput(y, {"scale": y.mean()}) if self.wrap is LayerOutput else self.wrap(y)
+
+
+class ObjectOutputs(nn.Module):
+    """Units whose outputs are objects, not tensors or tuples of them: at stage 3 their
+    backward must still gather their parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.d = Returns(LayerOutput)
+        self.s = Returns(SlotsOutput)
+        self.h = Returns(Holder)
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        a = self.d(torch.tanh(self.inp(x)))
+        h = self.s(a.hidden + 0.01 * a.aux["scale"]).hidden
+        return self.out(self.h(h).t)
 
 
 class ReadsChildWeight(nn.Module):
@@ -218,6 +267,8 @@ def make(name, seed=0):
         return model
     if name == "reads_child_weight":
         return ReadsChildWeight()
+    if name == "object_outputs":
+        return ObjectOutputs()
     if name.startswith("resnet18"):
         import torchvision
 
@@ -235,6 +286,8 @@ def batch(name, step, rows):
         return tokens[:, :-1], tokens[:, 1:]
     if name.startswith("normed_mlp"):
         return torch.randn(rows, 16, generator=g) + 2.0, torch.randn(rows, 4, generator=g)
+    if name == "object_outputs":
+        return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
     if name == "awkward":
         x = torch.randn(rows, 16, generator=g)
         x[:, 0] = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0  # the branch, per step
@@ -247,7 +300,7 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
-    if name == "awkward" or name.startswith("normed_mlp"):
+    if name in ("awkward", "object_outputs") or name.startswith("normed_mlp"):
         return F.mse_loss(out, y)
     if name.startswith("resnet18"):
         return F.cross_entropy(out, y)

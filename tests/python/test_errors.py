@@ -156,3 +156,43 @@ def test_released_parameter_is_named_through_views_and_reused_ids(strata):
     with pytest.raises(strata.UsageError, match=r"parameter 'mix\.weight' was used outside"):
         model.mix.weight[0]
     engine.close()
+
+
+class Quantized(torch.nn.Module):
+    """A frozen integer parameter (quantized codes) next to trained floating ones."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.inp = torch.nn.Linear(16, 32)
+        self.codes = torch.nn.Parameter(torch.randint(-8, 8, (32,), dtype=torch.int8), requires_grad=False)
+        self.out = torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.out(self.inp(x) * self.codes.float())
+
+
+# A parameter that is not floating point stays the module's own tensor, whole and in its
+# dtype (it was cast to float32 before, and integer code reading it broke), and
+# checkpoints save it with the buffers; a float64 model is refused by name (it trained in
+# float32 before and failed on float64 inputs with ATen's dtype error).
+def test_integer_parameters_stay_whole_and_float64_is_refused(strata, tmp_path):
+    model = Quantized(0)
+    codes = model.codes.detach().clone()
+    engine, *_ = strata.initialize(model=model, config=offloaded())
+    for step in range(2):
+        x, y = models.batch("awkward", step, 8)
+        engine.backward(models.loss_fn("awkward", engine(x), y))
+        engine.step()
+    assert model.codes.dtype == torch.int8 and torch.equal(model.codes, codes)
+    engine.save_checkpoint(tmp_path)
+    engine.close()
+    other = Quantized(1)
+    assert not torch.equal(other.codes, codes)
+    engine, *_ = strata.initialize(model=other, config=offloaded())
+    engine.load_checkpoint(tmp_path)
+    assert other.codes.dtype == torch.int8 and torch.equal(other.codes, codes)
+    engine.close()
+
+    with pytest.raises(strata.ConfigError, match=r"parameter 'inp.weight' is Double: the engine shards float32"):
+        strata.initialize(model=models.make("reads_child_weight").double(), config=offloaded())
