@@ -115,21 +115,21 @@ json to_json(const CheckpointMeta& m) {
   }
   const engine::LossScaler::State& ls = m.loss_scaler;
   json out = {{"format", kFormatName},
-          {"version", m.version},
-          {"step", m.step},
-          {"optimizer_steps", m.optimizer_steps},
-          {"world", m.world},
-          {"shard_world", m.shard_world},
-          {"stage", m.stage},
-          {"optimizer", {{"type", m.optimizer}, {"state_names", m.state_names}, {"lr", m.lr}}},
-          {"compute_dtype", m.compute_dtype},
-          {"loss_scaler", {{"scale", ls.scale}, {"iter", ls.iter}, {"last_overflow_iter", ls.last_overflow_iter},
-                           {"hysteresis_left", ls.hysteresis_left}, {"skipped", ls.skipped}}},
-          {"chunks", chunks},
-          {"params", params},
-          {"files", files_to_json(m.files)},
-          {"config", m.config},
-          {"client", m.client}};
+              {"version", m.version},
+              {"step", m.step},
+              {"optimizer_steps", m.optimizer_steps},
+              {"world", m.world},
+              {"shard_world", m.shard_world},
+              {"stage", m.stage},
+              {"optimizer", {{"type", m.optimizer}, {"state_names", m.state_names}, {"lr", m.lr}}},
+              {"compute_dtype", m.compute_dtype},
+              {"loss_scaler", {{"scale", ls.scale}, {"iter", ls.iter}, {"last_overflow_iter", ls.last_overflow_iter},
+                               {"hysteresis_left", ls.hysteresis_left}, {"skipped", ls.skipped}}},
+              {"chunks", chunks},
+              {"params", params},
+              {"files", files_to_json(m.files)},
+              {"config", m.config},
+              {"client", m.client}};
   if (m.buffers) {
     json buffers = json::array();
     for (const BufferMeta& b : *m.buffers) buffers.push_back({{"name", b.name}, {"shape", b.shape}, {"dtype", b.dtype}});
