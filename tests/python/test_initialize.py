@@ -145,9 +145,10 @@ def test_checkpoint_resumes_in_a_fresh_process(tmp_path, stage, device):
 # where the uninterrupted run's do, bit for bit. They were lost before (a resumed run
 # restarted its running statistics from the fresh model's, which training-mode losses do
 # not show). A checkpoint of a model whose buffers differ is refused by name.
-@pytest.mark.parametrize("stage,device", [(2, "cpu"), (3, "nvme")])
-def test_checkpoint_keeps_the_models_buffers(tmp_path, stage, device):
-    cfg = config(stage, device, tmp_path)
+# (This small model first showed a deadlock in the first step after loading at stage 2;
+# its test is the C++ Checkpoint.AModelWithinOneRanksShardLoadsAndTrainsOn.)
+def test_checkpoint_keeps_the_models_buffers(tmp_path):
+    cfg = config(3, "nvme", tmp_path)
     spec = {"model": "normed_mlp", "config": cfg, "rows": ROWS}
     whole = train(tmp_path, 2, {**spec, "steps": STEPS}, "whole")
     ckpt = tmp_path / "ckpt"
@@ -253,7 +254,7 @@ def test_parameter_used_outside_its_module(tmp_path):
 # indexes. Their units gather those parameters: at stage 3 with parameters offloaded to
 # host memory or nvme, training matches plain PyTorch. Before, each such parameter
 # stopped training with a UsageError.
-@pytest.mark.parametrize("world,device", [(1, "cpu"), (2, "cpu"), (2, "nvme")])
+@pytest.mark.parametrize("world,device", [(1, "cpu"), (2, "nvme")])
 def test_torch_layers_match_plain_pytorch(tmp_path, world, device):
     cfg = config(3, device, tmp_path, chunk_size=2048)
     cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
@@ -265,7 +266,7 @@ def test_torch_layers_match_plain_pytorch(tmp_path, world, device):
 # the tensor: their backward gathers their parameters like a tensor output's does. Only
 # tuples, lists and dicts were looked into before: the backward read the released
 # parameters and the process died with SIGSEGV.
-@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("world", [2])
 def test_object_outputs_match_plain_pytorch(tmp_path, world):
     cfg = config(3, "cpu", tmp_path, chunk_size=1024)
     cfg["zero_optimization"]["offload_param"] = {"device": "cpu"}
