@@ -141,8 +141,9 @@ def test_checkpoint_resumes_in_a_fresh_process(tmp_path, stage, device):
 
 
 # The model's buffers (batch norm's running statistics, a step counter) are in the
-# checkpoint: resumed in fresh processes, at the same world size and at another, they end
-# where the uninterrupted run's do, bit for bit. They were lost before (a resumed run
+# checkpoint: resumed in fresh processes at the same world size they end where the
+# uninterrupted run's do, bit for bit (at one rank, which normalizes over all rows, the
+# counts do). They were lost before (a resumed run
 # restarted its running statistics from the fresh model's, which training-mode losses do
 # not show). A checkpoint of a model whose buffers differ is refused by name.
 # (This small model first showed a deadlock in the first step after loading at stage 2;
