@@ -3,9 +3,10 @@
 At stage 3 a parameter holds values only while a unit that owns it is between
 pre_forward and post_forward (and again in its backward); otherwise its storage is
 released (no bytes, a null storage pointer; its shape and its offset in the chunk kept).
-Code that reads it anywhere else, typically a tied LM head written as `x @ self.wte.weight.t()` in the parent's
-forward, would hand ATen a tensor with no memory: some ops raise an opaque "setStorage
-... out of bounds" error, others (w.sum(), w * 2) read address 0 and kill the process.
+Code that reads it anywhere else, typically a tied LM head written as
+`x @ self.wte.weight.t()` in the parent's forward, would hand ATen a tensor with no
+memory: some ops raise an opaque "setStorage ... out of bounds" error, others (w.sum(),
+w * 2) read memory near address 0 and kill the process.
 
 While an engine at stage 3 exists, a torch-function mode looks at the parameters every
 torch call receives and raises UsageError, naming the parameter, its owner and the fix
