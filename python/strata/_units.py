@@ -2,8 +2,9 @@
 
 A unit is a module plus the parameters it computes with. A forward pre-hook calls the
 engine's pre_forward (stage 3 gathers the unit's chunks), a forward hook hands every
-tensor the module returned (a tensor, or any nesting of tuples, lists and dicts) to
-post_forward, which hooks them so that backward gathers the chunks again.
+tensor the module returned (a tensor, or any nesting of tuples, lists, dicts and other
+objects: output_tensors) to post_forward, which hooks them so that backward gathers the
+chunks again.
 """
 from __future__ import annotations
 
