@@ -16,13 +16,39 @@
 namespace strata::python {
 namespace py = pybind11;
 
+namespace {
+
+// Note [communicator teardown]: ~ProcessGroupGloo waits for its worker threads, and a
+// worker finishing a work item destroys the item's tensors; a tensor that came from
+// Python needs the GIL to drop its Python object. A communicator destroyed with the GIL
+// held (its last Python reference gone, often at exit) and such a worker then wait on
+// each other forever (seen: ShardedOptimizer's broadcasts, 1 run in about 10). The
+// pointer Python gets destroys the communicator with the GIL released.
+std::shared_ptr<comm::Communicator> released_on_teardown(std::shared_ptr<comm::Communicator> c) {
+  comm::Communicator* raw = c.get();
+  return std::shared_ptr<comm::Communicator>(raw, [owner = std::move(c)](comm::Communicator*) mutable {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release nogil;
+      owner.reset();
+    } else {
+      owner.reset();
+    }
+  });
+}
+
+}  // namespace
+
 void bind_comm(py::module_& m) {
   py::class_<comm::Communicator, std::shared_ptr<comm::Communicator>>(m, "Communicator")
       .def_static("from_env", [](double timeout_s) -> std::shared_ptr<comm::Communicator> {
         comm::CommOptions o;
         o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
-        py::gil_scoped_release nogil;
-        return value_or_throw(comm::init_from_env(o));
+        std::shared_ptr<comm::Communicator> c;
+        {
+          py::gil_scoped_release nogil;
+          c = value_or_throw(comm::init_from_env(o));
+        }
+        return released_on_teardown(std::move(c));
       }, py::arg("timeout_s") = 300.0,
          "A Gloo group from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (a single rank when they are unset)")
       .def_static("from_process_group", [](py::object group, double timeout_s) -> std::shared_ptr<comm::Communicator> {
@@ -35,7 +61,7 @@ void bind_comm(py::module_& m) {
         }
         comm::CommOptions o;
         o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
-        return value_or_throw(comm::Communicator::create(std::move(pg), o));
+        return released_on_teardown(value_or_throw(comm::Communicator::create(std::move(pg), o)));
       }, py::arg("group"), py::arg("timeout_s") = 300.0)
       .def_property_readonly("rank", &comm::Communicator::rank)
       .def_property_readonly("world", &comm::Communicator::world)
