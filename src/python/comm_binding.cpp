@@ -3,6 +3,7 @@
 // MASTER_ADDR, MASTER_PORT; comm/rendezvous.h), or the caller's own torch.distributed
 // group, passed as the ProcessGroup object itself (the same c10d object in C++).
 #include <chrono>
+#include <optional>
 
 #include <pybind11/pybind11.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
@@ -27,12 +28,9 @@ namespace {
 std::shared_ptr<comm::Communicator> released_on_teardown(std::shared_ptr<comm::Communicator> c) {
   comm::Communicator* raw = c.get();
   return std::shared_ptr<comm::Communicator>(raw, [owner = std::move(c)](comm::Communicator*) mutable {
-    if (PyGILState_Check()) {
-      py::gil_scoped_release nogil;
-      owner.reset();
-    } else {
-      owner.reset();
-    }
+    std::optional<py::gil_scoped_release> nogil;
+    if (PyGILState_Check()) nogil.emplace();
+    owner.reset();
   });
 }
 
