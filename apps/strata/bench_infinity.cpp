@@ -47,13 +47,13 @@ struct InfinityOptions {
   bool json = false;
 };
 
-struct Placement {
+struct InfinityPlacement {
   const char* key;   // figure and ratio names
   const char* what;  // for the table
   const char* optimizer;
   const char* param;
 };
-constexpr Placement kPlacements[] = {
+constexpr InfinityPlacement kPlacements[] = {
     {"host", "optimizer on host", "cpu", "none"},
     {"nvme_optimizer", "optimizer on nvme", "nvme", "none"},
     {"nvme_all", "params + optimizer on nvme", "nvme", "nvme"},
@@ -66,7 +66,7 @@ struct RunFigures {
   double peak_rss = 0;
 };
 
-Result<RunFigures> run_placement(const InfinityOptions& o, const Placement& p, const fs::path& dir) {
+Result<RunFigures> run_placement(const InfinityOptions& o, const InfinityPlacement& p, const fs::path& dir) {
   STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
   const fs::path out = dir / p.key;
   const fs::path config = dir / "config.json";
@@ -131,7 +131,7 @@ int run(const InfinityOptions& o) {
   report.add("disk read (bench io, 64 MiB records)", disk->read_gbps, "GB/s");
   report.add("disk write (bench io, 64 MiB records)", disk->write_gbps, "GB/s");
   std::optional<RunFigures> host;
-  for (const Placement& p : kPlacements) {
+  for (const InfinityPlacement& p : kPlacements) {
     auto f = run_placement(o, p, dir);
     if (!f) return fail(f.error());
     fmt::print(stderr, "bench infinity: {}: step {:.2f} s (forward {:.2f}, backward {:.2f}, optimizer {:.2f})\n", p.what,

@@ -50,7 +50,9 @@ TEST(AlignedBuffer, HugePagesAreAlignedAndAdvised) {
   if (testing::thp_mode() != "madvise") GTEST_SKIP() << "THP is not in madvise mode: advice shows in no mapping";
   EXPECT_EQ(testing::thp_eligible(a->data()), std::optional<bool>(true));
   EXPECT_EQ(testing::thp_eligible(a->data() + a->size() - 1), std::optional<bool>(true));
-  if (!testing::malloc_advises_huge_pages()) EXPECT_EQ(testing::thp_eligible(small->data()), std::optional<bool>(false));
+  if (!testing::malloc_advises_huge_pages()) {
+    EXPECT_EQ(testing::thp_eligible(small->data()), std::optional<bool>(false));
+  }
 }
 
 TEST(AlignedBuffer, ReleaseHandsOverTheMemory) {

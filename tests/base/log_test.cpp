@@ -12,9 +12,9 @@ namespace {
 
 // Captures what log lines write to stderr.
 std::string capture(const std::function<void()>& fn) {
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   fn();
-  return testing::internal::GetCapturedStderr();
+  return ::testing::internal::GetCapturedStderr();
 }
 
 TEST(Log, ParsesLevelNames) {

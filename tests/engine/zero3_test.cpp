@@ -6,19 +6,17 @@
 #include <gtest/gtest.h>
 
 #include "support/multirank.h"
+#include "support/rank_checks.h"
 
 namespace strata {
 namespace {
 
 using testing::all_output;
+using testing::expect_all_ok;
 using testing::run_ranks;
 
-std::string worker() { return std::string(STRATA_TEST_BIN_DIR) + "/zero3_worker"; }
+std::string zero3_worker() { return std::string(STRATA_TEST_BIN_DIR) + "/zero3_worker"; }
 std::string units_worker() { return std::string(STRATA_TEST_BIN_DIR) + "/units_worker"; }
-
-void expect_all_ok(const std::vector<testing::RankResult>& rs) {
-  for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << all_output(rs);
-}
 
 struct Case {
   int world;
@@ -30,7 +28,7 @@ class Zero3Parity : public ::testing::TestWithParam<Case> {};
 TEST_P(Zero3Parity, MatchesUnshardedTrainingFor20Steps) {
   const auto& c = GetParam();
   const auto dir = testing::fresh_temp_dir("zero3");
-  expect_all_ok(run_ranks(c.world, {worker(), "parity", c.placement}, std::chrono::seconds(300),
+  expect_all_ok(run_ranks(c.world, {zero3_worker(), "parity", c.placement}, std::chrono::seconds(300),
                           {{"STRATA_TEST_NVME", dir.string()}}));
   std::filesystem::remove_all(dir);
 }
@@ -58,12 +56,12 @@ INSTANTIATE_TEST_SUITE_P(All, Zero3Parity, ::testing::ValuesIn(cases()), [](cons
 });
 
 TEST(Zero3, Bf16LossesTrackTheFp32Reference) {
-  expect_all_ok(run_ranks(2, {worker(), "parity", "quarter", "bf16"}, std::chrono::seconds(300)));
+  expect_all_ok(run_ranks(2, {zero3_worker(), "parity", "quarter", "bf16"}, std::chrono::seconds(300)));
 }
 
 TEST(Zero3, GatheredBytesStayWithinMaxLivePlusOneChunkAndTheStepTraceHasEveryTrack) {
   const auto dir = testing::fresh_temp_dir("zero3-mem");
-  expect_all_ok(run_ranks(2, {worker(), "memory"}, std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
+  expect_all_ok(run_ranks(2, {zero3_worker(), "memory"}, std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
   std::filesystem::remove_all(dir);
 }
 
@@ -104,7 +102,7 @@ TEST(Zero3, AUnitReturningATupleMatchesLibTorchAtWorldSizes1To4) {
 }
 
 TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
-  for (int world : {2, 4}) expect_all_ok(run_ranks(world, {worker(), "gradmem"}));
+  for (int world : {2, 4}) expect_all_ok(run_ranks(world, {zero3_worker(), "gradmem"}));
 }
 
 // Every nvme record at a real size (64 MiB): stage 2's optimizer state, stage 3's
@@ -128,14 +126,14 @@ INSTANTIATE_TEST_SUITE_P(Stages, RealSize, ::testing::Values("2", "3", "2-bf16-s
 
 TEST(Zero3, ParamBuffersSmallerThanAShardAreRefusedAtSetup) {
   const auto dir = testing::fresh_temp_dir("smallbuf");
-  expect_all_ok(run_ranks(1, {worker(), "smallbuffers"}, std::chrono::seconds(60), {{"STRATA_TEST_NVME", dir.string()}}));
+  expect_all_ok(run_ranks(1, {zero3_worker(), "smallbuffers"}, std::chrono::seconds(60), {{"STRATA_TEST_NVME", dir.string()}}));
   std::filesystem::remove_all(dir);
 }
 
 TEST(Zero3, DeferredConstructionEqualsEagerBitForBitAtEveryStage) {
   for (const char* stage : {"0", "1", "2", "3"}) {
     const auto dir = testing::fresh_temp_dir("deferred");
-    expect_all_ok(run_ranks(2, {worker(), "deferred", stage}, std::chrono::seconds(300),
+    expect_all_ok(run_ranks(2, {zero3_worker(), "deferred", stage}, std::chrono::seconds(300),
                             {{"STRATA_TEST_NVME", dir.string()}}));
     std::filesystem::remove_all(dir);
   }
@@ -148,7 +146,7 @@ TEST(Zero3, AnOverBudgetBufferInBackwardIsCannotFitNotInternal) {
 }
 
 TEST(Zero3, OverBudgetConfigurationFailsAtSetup) {
-  auto rs = run_ranks(2, {worker(), "overbudget"});
+  auto rs = run_ranks(2, {zero3_worker(), "overbudget"});
   for (const auto& r : rs) {
     EXPECT_EQ(r.exit_code, 3) << all_output(rs);
     EXPECT_NE(r.output.find("cannot fit: need"), std::string::npos) << all_output(rs);

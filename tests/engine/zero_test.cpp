@@ -5,18 +5,16 @@
 #include <gtest/gtest.h>
 
 #include "support/multirank.h"
+#include "support/rank_checks.h"
 
 namespace strata {
 namespace {
 
 using testing::all_output;
+using testing::expect_all_ok;
 using testing::run_ranks;
 
-std::string worker() { return std::string(STRATA_TEST_BIN_DIR) + "/zero_worker"; }
-
-void expect_all_ok(const std::vector<testing::RankResult>& rs) {
-  for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << all_output(rs);
-}
+std::string zero_worker() { return std::string(STRATA_TEST_BIN_DIR) + "/zero_worker"; }
 
 struct ParityCase {
   int world;
@@ -28,7 +26,7 @@ class ZeroParity : public ::testing::TestWithParam<ParityCase> {};
 
 TEST_P(ZeroParity, MatchesTorchOptimFor20Steps) {
   const auto& p = GetParam();
-  expect_all_ok(run_ranks(p.world, {worker(), "parity", std::to_string(p.stage), p.optim}));
+  expect_all_ok(run_ranks(p.world, {zero_worker(), "parity", std::to_string(p.stage), p.optim}));
 }
 
 std::vector<ParityCase> parity_cases() {
@@ -58,7 +56,7 @@ class ZeroOffloadParity : public ::testing::TestWithParam<OffloadCase> {};
 TEST_P(ZeroOffloadParity, MatchesTorchOptimFor20Steps) {
   const auto& p = GetParam();
   const auto dir = testing::fresh_temp_dir("zero-offload");
-  expect_all_ok(run_ranks(p.world, {worker(), "parity", std::to_string(p.stage), "adamw", p.device},
+  expect_all_ok(run_ranks(p.world, {zero_worker(), "parity", std::to_string(p.stage), "adamw", p.device},
                           std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
   std::filesystem::remove_all(dir);
 }
@@ -103,20 +101,20 @@ INSTANTIATE_TEST_SUITE_P(All, ZeroOffloadParity, ::testing::ValuesIn(offload_cas
 });
 
 TEST(Zero, AModuleRegisteredTwiceIsOneParameterAtEveryStage) {
-  for (const char* stage : {"1", "2", "3"}) expect_all_ok(run_ranks(2, {worker(), "shared", stage}));
+  for (const char* stage : {"1", "2", "3"}) expect_all_ok(run_ranks(2, {zero_worker(), "shared", stage}));
 }
 
-TEST(Zero, ABadParameterIsNamedByItsIndex) { expect_all_ok(run_ranks(1, {worker(), "badparam"})); }
+TEST(Zero, ABadParameterIsNamedByItsIndex) { expect_all_ok(run_ranks(1, {zero_worker(), "badparam"})); }
 
 TEST(Zero, WrappedTorchOptimizerMatches) {
-  expect_all_ok(run_ranks(3, {worker(), "parity", "2", "adamw", "wrap"}));
+  expect_all_ok(run_ranks(3, {zero_worker(), "parity", "2", "adamw", "wrap"}));
 }
 
-TEST(Zero, StageOneAndTwoAgree) { expect_all_ok(run_ranks(3, {worker(), "stages", "adam"})); }
+TEST(Zero, StageOneAndTwoAgree) { expect_all_ok(run_ranks(3, {zero_worker(), "stages", "adam"})); }
 
 TEST(Zero, AccumulationOverFourMicroStepsEqualsOneLargeBatch) {
-  expect_all_ok(run_ranks(2, {worker(), "accum", "2"}));
-  expect_all_ok(run_ranks(2, {worker(), "accum", "1"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "accum", "2"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "accum", "1"}));
 }
 
 // Gradient shards on nvme: partial sums read back and added across micro-steps, and
@@ -125,10 +123,10 @@ TEST(Zero, NvmeGradientsAccumulateAndClipExactly) {
   const auto dir = testing::fresh_temp_dir("nvme-grads");
   for (int world : {1, 2}) {
     for (const char* mode : {"nvme", "nvme-subgroups"}) {
-      expect_all_ok(run_ranks(world, {worker(), "accum", "2", mode}, std::chrono::seconds(120),
+      expect_all_ok(run_ranks(world, {zero_worker(), "accum", "2", mode}, std::chrono::seconds(120),
                               {{"STRATA_TEST_NVME", dir.string()}}));
       for (const char* norm : {"2", "inf"}) {
-        expect_all_ok(run_ranks(world, {worker(), "clip", "2", norm, mode}, std::chrono::seconds(120),
+        expect_all_ok(run_ranks(world, {zero_worker(), "clip", "2", norm, mode}, std::chrono::seconds(120),
                                 {{"STRATA_TEST_NVME", dir.string()}}));
       }
     }
@@ -141,7 +139,7 @@ TEST(Zero, NvmeGradientsAccumulateAndClipExactly) {
 TEST(Zero, AnNvmeReadFaultStopsEveryRankAndNamesTheRecord) {
   for (const char* kind : {"eio", "corrupt"}) {
     const auto dir = testing::fresh_temp_dir("nvme-fault");
-    auto rs = run_ranks(2, {worker(), "fault", kind}, std::chrono::seconds(90), {{"STRATA_TEST_NVME", dir.string()}});
+    auto rs = run_ranks(2, {zero_worker(), "fault", kind}, std::chrono::seconds(90), {{"STRATA_TEST_NVME", dir.string()}});
     for (const auto& r : rs) EXPECT_EQ(r.exit_code, 3) << kind << "\n" << all_output(rs);
     const std::string& last = rs.back().output;
     EXPECT_NE(last.find("EXPECTED FAILURE"), std::string::npos) << all_output(rs);
@@ -154,39 +152,39 @@ TEST(Zero, AnNvmeReadFaultStopsEveryRankAndNamesTheRecord) {
 }
 
 TEST(Zero, ClippingEqualsTorchForNorms1_2_Inf) {
-  for (const char* norm : {"1", "2", "inf"}) expect_all_ok(run_ranks(3, {worker(), "clip", "2", norm}));
-  expect_all_ok(run_ranks(2, {worker(), "clip", "1", "2"}));
+  for (const char* norm : {"1", "2", "inf"}) expect_all_ok(run_ranks(3, {zero_worker(), "clip", "2", norm}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "clip", "1", "2"}));
 }
 
 // The gradient statistics as tensor ops (what a gradient on a GPU takes): the norms
 // clipping uses, at stage 2 (fp32 shards, and shards taken before they go to nvme) and
 // stage 1 (slices of the all-reduced buffer), and the overflow that skips a step.
 TEST(Zero, TensorOpGradStatsClipAndSkipLikeTorch) {
-  for (const char* norm : {"1", "2", "inf"}) expect_all_ok(run_ranks(2, {worker(), "clip", "2", norm, "tensor-ops"}));
-  expect_all_ok(run_ranks(2, {worker(), "clip", "1", "2", "tensor-ops"}));
-  expect_all_ok(run_ranks(2, {worker(), "fp16", "2", "tensor-ops"}));
+  for (const char* norm : {"1", "2", "inf"}) expect_all_ok(run_ranks(2, {zero_worker(), "clip", "2", norm, "tensor-ops"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "clip", "1", "2", "tensor-ops"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "fp16", "2", "tensor-ops"}));
   const auto dir = testing::fresh_temp_dir("clip-nvme-ops");
-  expect_all_ok(run_ranks(2, {worker(), "clip", "2", "2", "nvme-tensor-ops"}, std::chrono::seconds(120),
+  expect_all_ok(run_ranks(2, {zero_worker(), "clip", "2", "2", "nvme-tensor-ops"}, std::chrono::seconds(120),
                           {{"STRATA_TEST_NVME", dir.string()}}));
   std::filesystem::remove_all(dir);
 }
 
 TEST(Zero, Fp16LossScalerSkipsExactlyTheOverflowingSteps) {
-  expect_all_ok(run_ranks(3, {worker(), "fp16", "2"}));
+  expect_all_ok(run_ranks(3, {zero_worker(), "fp16", "2"}));
   const auto dir = testing::fresh_temp_dir("fp16-nvme");
-  expect_all_ok(run_ranks(2, {worker(), "fp16", "2", "nvme"}, std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "fp16", "2", "nvme"}, std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));
   std::filesystem::remove_all(dir);
 }
 
-TEST(Zero, Bf16ComputeCopiesAreTheRoundedMasters) { expect_all_ok(run_ranks(2, {worker(), "bf16", "2"})); }
+TEST(Zero, Bf16ComputeCopiesAreTheRoundedMasters) { expect_all_ok(run_ranks(2, {zero_worker(), "bf16", "2"})); }
 
 TEST(Zero, StateDictSavedAtWorld4LoadsAtWorld2AndContinuesIdentically) {
   const auto dir = testing::fresh_temp_dir("zero-ckpt");
-  expect_all_ok(run_ranks(4, {worker(), "save", dir.string(), "10"}));
-  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10"}));
+  expect_all_ok(run_ranks(4, {zero_worker(), "save", dir.string(), "10"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "resume", dir.string(), "10"}));
   // Loaded into nvme state while reads of the old state are in flight.
   const auto nvme = testing::fresh_temp_dir("zero-ckpt-nvme");
-  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10", "nvme"}, std::chrono::seconds(120),
+  expect_all_ok(run_ranks(2, {zero_worker(), "resume", dir.string(), "10", "nvme"}, std::chrono::seconds(120),
                           {{"STRATA_TEST_NVME", nvme.string()}}));
   std::filesystem::remove_all(nvme);
   std::filesystem::remove_all(dir);
@@ -197,17 +195,17 @@ TEST(Zero, StateDictSavedAtWorld4LoadsAtWorld2AndContinuesIdentically) {
 // uninterrupted one bit for bit.
 TEST(Zero, Bf16StateSavedAndLoadedContinuesBitForBit) {
   const auto dir = testing::fresh_temp_dir("zero-ckpt-bf16");
-  expect_all_ok(run_ranks(2, {worker(), "save", dir.string(), "10", "bf16-state"}));
-  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10", "bf16-state"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "save", dir.string(), "10", "bf16-state"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "resume", dir.string(), "10", "bf16-state"}));
   const auto nvme = testing::fresh_temp_dir("zero-ckpt-bf16-nvme");
-  expect_all_ok(run_ranks(2, {worker(), "resume", dir.string(), "10", "bf16-state-nvme"}, std::chrono::seconds(120),
+  expect_all_ok(run_ranks(2, {zero_worker(), "resume", dir.string(), "10", "bf16-state-nvme"}, std::chrono::seconds(120),
                           {{"STRATA_TEST_NVME", nvme.string()}}));
   std::filesystem::remove_all(nvme);
   std::filesystem::remove_all(dir);
 }
 
 TEST(Zero, KilledRankMakesTheOthersFailWithinTheTimeout) {
-  auto rs = run_ranks(3, {worker(), "kill", "2"}, std::chrono::seconds(60));
+  auto rs = run_ranks(3, {zero_worker(), "kill", "2"}, std::chrono::seconds(60));
   EXPECT_EQ(rs[2].exit_code, 128 + SIGKILL);
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(rs[r].exit_code, 3) << all_output(rs);

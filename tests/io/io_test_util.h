@@ -17,6 +17,7 @@
 #include <string>
 
 #include "strata/base/aligned.h"
+#include "strata/io/swap_store.h"
 
 namespace strata::testing {
 
@@ -62,6 +63,11 @@ inline void fill_pattern(std::span<std::byte> out, std::uint64_t seed) {
     std::memcpy(out.data() + i, &z, 8);
   }
   for (; i < out.size(); ++i) out[i] = static_cast<std::byte>((seed + i) * 131);
+}
+
+// The swap key of one chunk's tensor (of the optimizer state unless given).
+inline io::SwapKey swap_key(std::uint64_t chunk, std::uint32_t tensor = 0, io::SwapKind kind = io::SwapKind::kOptimizer) {
+  return io::SwapKey{kind, tensor, chunk};
 }
 
 inline AlignedBuffer make_buffer(std::size_t bytes, std::uint64_t seed = 0, bool fill = true) {

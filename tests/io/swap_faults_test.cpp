@@ -20,6 +20,7 @@ namespace strata::io {
 namespace {
 
 using strata::testing::make_buffer;
+using strata::testing::swap_key;
 using strata::testing::run_in_child;
 using strata::testing::ScratchDir;
 namespace fs = std::filesystem;
@@ -36,8 +37,6 @@ SwapStoreOptions options_for(const std::string& path, std::shared_ptr<FaultInjec
   o.backend = backend;
   return o;
 }
-
-SwapKey key(std::uint64_t chunk) { return SwapKey{SwapKind::kOptimizer, 0, chunk}; }
 
 std::vector<std::byte> read_file_range(const std::string& path, std::uint64_t off, std::size_t n) {
   std::vector<std::byte> out(n);
@@ -70,9 +69,9 @@ std::string enospc_scenario(const std::string& nvme_path, std::uint64_t too_much
   auto s = SwapStore::open(options_for(nvme_path));
   if (!s) return "open: " + s.error().to_string();
   SwapStore& store = **s;
-  if (auto st = store.reserve(key(1), 2 << 20); !st) return "small reserve: " + st.error().to_string();
+  if (auto st = store.reserve(swap_key(1), 2 << 20); !st) return "small reserve: " + st.error().to_string();
   const auto before = fs::file_size(store.path(SwapKind::kOptimizer));
-  auto st = store.reserve({{key(2), too_much}, {key(3), 1 << 20}});
+  auto st = store.reserve({{swap_key(2), too_much}, {swap_key(3), 1 << 20}});
   if (st) return "reserving " + std::to_string(too_much) + " bytes succeeded";
   const Error& e = st.error();
   std::string why;
@@ -83,10 +82,10 @@ std::string enospc_scenario(const std::string& nvme_path, std::uint64_t too_much
   if (e.message().find("reserving") == std::string::npos) why += " message";
   if (!why.empty()) return "unexpected error (" + why + "): " + e.to_string();
   if (fs::file_size(store.path(SwapKind::kOptimizer)) != before) return "the failed reservation left the file grown";
-  if (store.info(key(3))) return "part of a failed reservation was kept";
+  if (store.info(swap_key(3))) return "part of a failed reservation was kept";
   // Usable afterwards: the reservation that fits, and the old record.
-  if (auto r = store.reserve(key(3), 1 << 20); !r) return "reserve after ENOSPC: " + r.error().to_string();
-  for (auto [k, n] : {std::pair{key(1), 2 << 20}, std::pair{key(3), 1 << 20}}) {
+  if (auto r = store.reserve(swap_key(3), 1 << 20); !r) return "reserve after ENOSPC: " + r.error().to_string();
+  for (auto [k, n] : {std::pair{swap_key(1), 2 << 20}, std::pair{swap_key(3), 1 << 20}}) {
     AlignedBuffer src = make_buffer(n, k.chunk), dst = make_buffer(n);
     if (auto r = store.put(k, src.span()); !r) return "put after ENOSPC: " + r.error().to_string();
     if (auto r = store.get(k, dst.span()); !r) return "get after ENOSPC: " + r.error().to_string();
@@ -130,11 +129,11 @@ TEST_P(SwapFaultBackends, EioMidTransferOnPutLosesOnlyThatRecord) {
   auto s = SwapStore::open(options_for(dir.path(), faults, GetParam()));
   ASSERT_TRUE(s.has_value()) << s.error();
   SwapStore& store = **s;
-  ASSERT_TRUE(store.reserve({{key(1), 8 << 20}, {key(2), 8 << 20}}).has_value());
-  expect_usable(store, key(2), 8 << 20, 2);
+  ASSERT_TRUE(store.reserve({{swap_key(1), 8 << 20}, {swap_key(2), 8 << 20}}).has_value());
+  expect_usable(store, swap_key(2), 8 << 20, 2);
   AlignedBuffer src = make_buffer(8 << 20, 1);
   faults->fail_next(EIO, 1, FaultTarget::kWrite, /*skip=*/3);
-  auto st = store.put(key(1), src.span());
+  auto st = store.put(swap_key(1), src.span());
   ASSERT_FALSE(st.has_value());
   const Error& e = st.error();
   EXPECT_EQ(e.code(), ErrorCode::kIoError) << e;
@@ -142,18 +141,18 @@ TEST_P(SwapFaultBackends, EioMidTransferOnPutLosesOnlyThatRecord) {
   ASSERT_TRUE(e.context().offset.has_value());
   EXPECT_TRUE(e.context().length == 1u << 20 || e.context().length == 4096u) << e;  // a payload or header piece
   EXPECT_NE(e.message().find("swap-out of optimizer/chunk1/tensor0"), std::string::npos) << e;
-  EXPECT_TRUE(store.info(key(1))->lost);
+  EXPECT_TRUE(store.info(swap_key(1))->lost);
   AlignedBuffer dst = make_buffer(8 << 20);
-  auto g = store.get(key(1), dst.span());
+  auto g = store.get(swap_key(1), dst.span());
   ASSERT_FALSE(g.has_value());
   EXPECT_EQ(g.error().code(), ErrorCode::kDataLoss);
   EXPECT_NE(g.error().message().find("last put failed"), std::string::npos) << g.error();
   // The other record is untouched, and a new put restores the lost one.
   AlignedBuffer other = make_buffer(8 << 20, 2);
-  ASSERT_TRUE(store.get(key(2), dst.span()).has_value());
+  ASSERT_TRUE(store.get(swap_key(2), dst.span()).has_value());
   EXPECT_EQ(std::memcmp(other.data(), dst.data(), 8 << 20), 0);
-  expect_usable(store, key(1), 8 << 20, 11);
-  EXPECT_FALSE(store.info(key(1))->lost);
+  expect_usable(store, swap_key(1), 8 << 20, 11);
+  EXPECT_FALSE(store.info(swap_key(1))->lost);
 }
 
 TEST_P(SwapFaultBackends, EioMidTransferOnGetLeavesTheRecordIntact) {
@@ -162,16 +161,16 @@ TEST_P(SwapFaultBackends, EioMidTransferOnGetLeavesTheRecordIntact) {
   auto s = SwapStore::open(options_for(dir.path(), faults, GetParam()));
   ASSERT_TRUE(s.has_value());
   SwapStore& store = **s;
-  ASSERT_TRUE(store.reserve(key(1), 8 << 20).has_value());
+  ASSERT_TRUE(store.reserve(swap_key(1), 8 << 20).has_value());
   AlignedBuffer src = make_buffer(8 << 20, 1), dst = make_buffer(8 << 20);
-  ASSERT_TRUE(store.put(key(1), src.span()).has_value());
+  ASSERT_TRUE(store.put(swap_key(1), src.span()).has_value());
   faults->fail_next(EIO, 1, FaultTarget::kRead, /*skip=*/4);
-  auto st = store.get(key(1), dst.span());
+  auto st = store.get(swap_key(1), dst.span());
   ASSERT_FALSE(st.has_value());
   EXPECT_EQ(st.error().code(), ErrorCode::kIoError);
   EXPECT_EQ(st.error().context().path, store.path(SwapKind::kOptimizer));
   EXPECT_NE(st.error().message().find("swap-in of"), std::string::npos) << st.error();
-  ASSERT_TRUE(store.get(key(1), dst.span()).has_value());
+  ASSERT_TRUE(store.get(swap_key(1), dst.span()).has_value());
   EXPECT_EQ(std::memcmp(src.data(), dst.data(), 8 << 20), 0);
 }
 
@@ -182,14 +181,14 @@ TEST_P(SwapFaultBackends, ByteFlippedInFlightIsCaughtByTheChecksum) {
   ASSERT_TRUE(s.has_value());
   SwapStore& store = **s;
   const std::size_t n = (3 << 20) + 123;  // a tail block too
-  ASSERT_TRUE(store.reserve(key(1), n).has_value());
+  ASSERT_TRUE(store.reserve(swap_key(1), n).has_value());
   AlignedBuffer src = make_buffer(n, 1), dst = make_buffer(n);
-  ASSERT_TRUE(store.put(key(1), src.span()).has_value());
+  ASSERT_TRUE(store.put(swap_key(1), src.span()).has_value());
   // Byte indices below 123 land in real data whichever piece completes next: the
   // header block, a payload piece, or the 123 bytes of the tail block.
   for (std::size_t at : {std::size_t{17}, std::size_t{60}, std::size_t{122}}) {
     faults->corrupt_next_read(at);
-    auto st = store.get(key(1), dst.span());
+    auto st = store.get(swap_key(1), dst.span());
     ASSERT_FALSE(st.has_value()) << "flip at " << at;
     EXPECT_EQ(st.error().code(), ErrorCode::kDataLoss);
     EXPECT_NE(st.error().message().find("checksum mismatch"), std::string::npos) << st.error();
@@ -197,7 +196,7 @@ TEST_P(SwapFaultBackends, ByteFlippedInFlightIsCaughtByTheChecksum) {
     EXPECT_EQ(st.error().context().offset, 4096u);  // the slot
     EXPECT_EQ(st.error().context().length, 4096u + round_up(n, 4096));
   }
-  ASSERT_TRUE(store.get(key(1), dst.span()).has_value());  // the disk was never wrong
+  ASSERT_TRUE(store.get(swap_key(1), dst.span()).has_value());  // the disk was never wrong
   EXPECT_EQ(std::memcmp(src.data(), dst.data(), n), 0);
   EXPECT_EQ(store.stats().verify_failures, 3u);
 }
@@ -213,25 +212,25 @@ TEST(SwapFaults, ByteFlippedOnDiskIsCaughtInPayloadAndHeader) {
   ASSERT_TRUE(s.has_value());
   SwapStore& store = **s;
   const std::size_t n = 2 << 20;
-  ASSERT_TRUE(store.reserve({{key(1), n}, {key(2), n}}).has_value());
+  ASSERT_TRUE(store.reserve({{swap_key(1), n}, {swap_key(2), n}}).has_value());
   AlignedBuffer src = make_buffer(n, 1), dst = make_buffer(n);
-  ASSERT_TRUE(store.put(key(1), src.span()).has_value());
-  expect_usable(store, key(2), n, 2);
+  ASSERT_TRUE(store.put(swap_key(1), src.span()).has_value());
+  expect_usable(store, swap_key(2), n, 2);
   const std::string path = store.path(SwapKind::kOptimizer);
-  const std::uint64_t slot = store.info(key(1))->offset;
+  const std::uint64_t slot = store.info(swap_key(1))->offset;
   for (std::uint64_t at : {slot + 4096 + 777, slot + 40}) {  // payload, then header
     auto b = read_file_range(path, at, 1);
     b[0] ^= std::byte{0x01};
     write_file_range(path, at, b);
-    auto st = store.get(key(1), dst.span());
+    auto st = store.get(swap_key(1), dst.span());
     ASSERT_FALSE(st.has_value());
     EXPECT_EQ(st.error().code(), ErrorCode::kDataLoss);
     EXPECT_NE(st.error().message().find(at == slot + 40 ? "record header checksum" : "payload checksum"),
               std::string::npos)
         << st.error();
     EXPECT_EQ(st.error().context().offset, slot);
-    EXPECT_TRUE(store.get(key(2), dst.span()).has_value());  // neighbours unaffected
-    expect_usable(store, key(1), n, 3);                       // rewriting heals it
+    EXPECT_TRUE(store.get(swap_key(2), dst.span()).has_value());  // neighbours unaffected
+    expect_usable(store, swap_key(1), n, 3);                       // rewriting heals it
   }
 }
 
@@ -241,14 +240,14 @@ TEST(SwapFaults, TruncatedFileIsAClearErrorAndRewritable) {
   ASSERT_TRUE(s.has_value());
   SwapStore& store = **s;
   const std::size_t n = 4 << 20;
-  ASSERT_TRUE(store.reserve({{key(1), n}, {key(2), n}}).has_value());
+  ASSERT_TRUE(store.reserve({{swap_key(1), n}, {swap_key(2), n}}).has_value());
   AlignedBuffer a = make_buffer(n, 1), b = make_buffer(n, 2), dst = make_buffer(n);
-  ASSERT_TRUE(store.put(key(1), a.span()).has_value());
-  ASSERT_TRUE(store.put(key(2), b.span()).has_value());
+  ASSERT_TRUE(store.put(swap_key(1), a.span()).has_value());
+  ASSERT_TRUE(store.put(swap_key(2), b.span()).has_value());
   const std::string path = store.path(SwapKind::kOptimizer);
-  const std::uint64_t cut = store.info(key(2))->offset + 4096 + n / 2;
+  const std::uint64_t cut = store.info(swap_key(2))->offset + 4096 + n / 2;
   ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(cut)), 0);
-  auto st = store.get(key(2), dst.span());
+  auto st = store.get(swap_key(2), dst.span());
   ASSERT_FALSE(st.has_value());
   const Error& e = st.error();
   EXPECT_EQ(e.code(), ErrorCode::kDataLoss) << e;
@@ -256,9 +255,9 @@ TEST(SwapFaults, TruncatedFileIsAClearErrorAndRewritable) {
   EXPECT_NE(e.message().find(std::to_string(cut)), std::string::npos) << e;  // the file size
   EXPECT_EQ(e.context().path, path);
   EXPECT_GE(*e.context().offset, cut);
-  ASSERT_TRUE(store.get(key(1), dst.span()).has_value());  // before the cut: fine
+  ASSERT_TRUE(store.get(swap_key(1), dst.span()).has_value());  // before the cut: fine
   EXPECT_EQ(std::memcmp(a.data(), dst.data(), n), 0);
-  expect_usable(store, key(2), n, 5);  // a new put writes the slot again
+  expect_usable(store, swap_key(2), n, 5);  // a new put writes the slot again
 }
 
 TEST(SwapFaults, StaleAndForeignRecordsAreRejected) {
@@ -267,15 +266,15 @@ TEST(SwapFaults, StaleAndForeignRecordsAreRejected) {
   ASSERT_TRUE(s.has_value());
   SwapStore& store = **s;
   const std::size_t n = 1 << 20;
-  ASSERT_TRUE(store.reserve(key(1), n).has_value());
+  ASSERT_TRUE(store.reserve(swap_key(1), n).has_value());
   const std::string path = store.path(SwapKind::kOptimizer);
-  const std::uint64_t slot = store.info(key(1))->offset;
+  const std::uint64_t slot = store.info(swap_key(1))->offset;
   AlignedBuffer a = make_buffer(n, 1), b = make_buffer(n, 2), dst = make_buffer(n);
-  ASSERT_TRUE(store.put(key(1), a.span()).has_value());
+  ASSERT_TRUE(store.put(swap_key(1), a.span()).has_value());
   const auto gen1 = read_file_range(path, slot, 4096 + n);
-  ASSERT_TRUE(store.put(key(1), b.span()).has_value());
+  ASSERT_TRUE(store.put(swap_key(1), b.span()).has_value());
   write_file_range(path, slot, gen1);  // the disk "loses" the second write
-  auto st = store.get(key(1), dst.span());
+  auto st = store.get(swap_key(1), dst.span());
   ASSERT_FALSE(st.has_value());
   EXPECT_EQ(st.error().code(), ErrorCode::kDataLoss);
   EXPECT_NE(st.error().message().find("stale record: generation 1 on disk, expected 2"), std::string::npos)
@@ -284,14 +283,14 @@ TEST(SwapFaults, StaleAndForeignRecordsAreRejected) {
   // The same key and slot, written by another store (another run).
   auto o = SwapStore::open(options_for(other_dir.path()));
   ASSERT_TRUE(o.has_value());
-  ASSERT_TRUE((*o)->reserve(key(1), n).has_value());
-  ASSERT_TRUE((*o)->put(key(1), b.span()).has_value());
-  ASSERT_TRUE((*o)->put(key(1), b.span()).has_value());  // generation 2, like ours
+  ASSERT_TRUE((*o)->reserve(swap_key(1), n).has_value());
+  ASSERT_TRUE((*o)->put(swap_key(1), b.span()).has_value());
+  ASSERT_TRUE((*o)->put(swap_key(1), b.span()).has_value());  // generation 2, like ours
   write_file_range(path, slot, read_file_range((*o)->path(SwapKind::kOptimizer), slot, 4096 + n));
-  st = store.get(key(1), dst.span());
+  st = store.get(swap_key(1), dst.span());
   ASSERT_FALSE(st.has_value());
   EXPECT_NE(st.error().message().find("written by another run"), std::string::npos) << st.error();
-  expect_usable(store, key(1), n, 9);
+  expect_usable(store, swap_key(1), n, 9);
 }
 
 }  // namespace

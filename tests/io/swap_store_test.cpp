@@ -17,6 +17,7 @@ namespace {
 using strata::testing::fill_pattern;
 using strata::testing::kMaxTestBytes;
 using strata::testing::make_buffer;
+using strata::testing::swap_key;
 using strata::testing::random_size;
 using strata::testing::run_in_child;
 using strata::testing::ScratchDir;
@@ -40,10 +41,6 @@ std::unique_ptr<SwapStore> open_store(const SwapStoreOptions& o) {
   return s ? std::move(*s) : nullptr;
 }
 
-SwapKey key(std::uint64_t chunk, std::uint32_t tensor = 0, SwapKind kind = SwapKind::kOptimizer) {
-  return SwapKey{kind, tensor, chunk};
-}
-
 class SwapStoreBackends : public ::testing::TestWithParam<Backend> {
  protected:
   ScratchDir dir_;
@@ -62,7 +59,7 @@ TEST_P(SwapStoreBackends, RandomSizeRoundTrips) {
   std::vector<SwapReservation> res;
   for (int i = 0; i < kRecords; ++i) {
     sizes.push_back(i == 0 ? 1 : i == 1 ? kMaxTestBytes : random_size(rng, 1, kMaxTestBytes));
-    res.push_back({key(i, i % 3, i % 2 ? SwapKind::kParams : SwapKind::kOptimizer), sizes.back()});
+    res.push_back({swap_key(i, i % 3, i % 2 ? SwapKind::kParams : SwapKind::kOptimizer), sizes.back()});
   }
   ASSERT_TRUE(store->reserve(res).has_value());
   for (int gen = 1; gen <= 2; ++gen) {
@@ -114,11 +111,11 @@ TEST_P(SwapStoreBackends, RandomSizeRoundTrips) {
 TEST_P(SwapStoreBackends, PutsShorterThanTheReservation) {
   auto store = open_store(options_for(dir_, GetParam()));
   ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(store->reserve(key(1), 3 << 20).has_value());
+  ASSERT_TRUE(store->reserve(swap_key(1), 3 << 20).has_value());
   for (std::size_t n : {std::size_t{3} << 20, std::size_t{5000}, std::size_t{0}, std::size_t{1} << 20}) {
     AlignedBuffer src = make_buffer(std::max<std::size_t>(n, 1), n), dst = make_buffer(std::max<std::size_t>(n, 1));
-    ASSERT_TRUE(store->put(key(1), src.span().first(n)).has_value());
-    ASSERT_TRUE(store->get(key(1), dst.span().first(n)).has_value());
+    ASSERT_TRUE(store->put(swap_key(1), src.span().first(n)).has_value());
+    ASSERT_TRUE(store->get(swap_key(1), dst.span().first(n)).has_value());
     EXPECT_EQ(std::memcmp(src.data(), dst.data(), n), 0);
   }
 }
@@ -135,29 +132,29 @@ TEST_P(SwapStoreBackends, UnalignedRecordsLargerThanThePoolMoveInPieces) {
   o.faults = faults;
   auto store = open_store(o);
   ASSERT_NE(store, nullptr);
-  const std::size_t n = kMaxTestBytes + 123;  // a partial last piece
-  ASSERT_TRUE(store->reserve(key(9), n).has_value());
+  constexpr std::size_t n = kMaxTestBytes + 123;  // a partial last piece
+  ASSERT_TRUE(store->reserve(swap_key(9), n).has_value());
   AlignedBuffer a = make_buffer(n + 1, 5), b = make_buffer(n + 1, 6), r = make_buffer(n + 1, 0, false);
-  const auto unaligned = [n](AlignedBuffer& buf) { return buf.span().subspan(1, n); };
+  const auto unaligned = [](AlignedBuffer& buf) { return buf.span().subspan(1, n); };
   for (AlignedBuffer* src : {&a, &b}) {
-    ASSERT_TRUE(store->put(key(9), unaligned(*src)).has_value());
-    auto got = store->get(key(9), unaligned(r));
+    ASSERT_TRUE(store->put(swap_key(9), unaligned(*src)).has_value());
+    auto got = store->get(swap_key(9), unaligned(r));
     ASSERT_TRUE(got.has_value()) << got.error();
     EXPECT_EQ(std::memcmp(src->data() + 1, r.data() + 1, n), 0);
   }
-  EXPECT_EQ(store->info(key(9))->generation, 2u);
+  EXPECT_EQ(store->info(swap_key(9))->generation, 2u);
   // An aligned get of the same record reads what the pieces wrote.
   AlignedBuffer whole = make_buffer(n, 0, false);
-  ASSERT_TRUE(store->get(key(9), whole.span()).has_value());
+  ASSERT_TRUE(store->get(swap_key(9), whole.span()).has_value());
   EXPECT_EQ(std::memcmp(b.data() + 1, whole.data(), n), 0);
   faults->corrupt_next_read(17);  // the header block or a piece: either is caught
-  auto bad = store->get(key(9), unaligned(r));
+  auto bad = store->get(swap_key(9), unaligned(r));
   ASSERT_FALSE(bad.has_value());
   EXPECT_EQ(bad.error().code(), ErrorCode::kDataLoss) << bad.error();
-  ASSERT_TRUE(store->get(key(9), unaligned(r)).has_value());  // the disk was never wrong
+  ASSERT_TRUE(store->get(swap_key(9), unaligned(r)).has_value());  // the disk was never wrong
   faults->fail_next(EIO, 1, FaultTarget::kWrite, /*skip=*/2);
-  EXPECT_FALSE(store->put(key(9), unaligned(a)).has_value());
-  auto lost = store->get(key(9), unaligned(r));
+  EXPECT_FALSE(store->put(swap_key(9), unaligned(a)).has_value());
+  auto lost = store->get(swap_key(9), unaligned(r));
   ASSERT_FALSE(lost.has_value());
   EXPECT_NE(lost.error().to_string().find("was lost"), std::string::npos) << lost.error();
 }
@@ -173,14 +170,14 @@ TEST(SwapStore, SmallRecordsStayInHostMemory) {
   o.min_io_bytes = 1 << 20;
   auto store = open_store(o);
   ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(store->reserve({{key(1), 100'000}, {key(2), 2 << 20}}).has_value());
-  EXPECT_FALSE(store->info(key(1))->on_disk);
-  EXPECT_TRUE(store->info(key(2))->on_disk);
+  ASSERT_TRUE(store->reserve({{swap_key(1), 100'000}, {swap_key(2), 2 << 20}}).has_value());
+  EXPECT_FALSE(store->info(swap_key(1))->on_disk);
+  EXPECT_TRUE(store->info(swap_key(2))->on_disk);
   EXPECT_EQ(fs::file_size(store->path(SwapKind::kOptimizer)), 4096u + 4096u + (2u << 20));
   std::vector<std::byte> src(100'000), dst(100'000);
   fill_pattern(src, 77);
-  ASSERT_TRUE(store->put(key(1), src).has_value());
-  ASSERT_TRUE(store->get(key(1), dst).has_value());
+  ASSERT_TRUE(store->put(swap_key(1), src).has_value());
+  ASSERT_TRUE(store->get(swap_key(1), dst).has_value());
   EXPECT_EQ(src, dst);
   EXPECT_EQ(store->stats().host_records, 1u);
   EXPECT_EQ(store->stats().reserved_host_bytes, 100'000u);
@@ -191,14 +188,14 @@ TEST(SwapStore, OpsOnOneKeyTakeEffectInOrder) {
   auto store = open_store(options_for(dir));
   ASSERT_NE(store, nullptr);
   const std::size_t n = std::min<std::size_t>(kMaxTestBytes, 8 << 20);
-  ASSERT_TRUE(store->reserve(key(5), n).has_value());
+  ASSERT_TRUE(store->reserve(swap_key(5), n).has_value());
   AlignedBuffer a = make_buffer(n, 1), b = make_buffer(n, 2), c = make_buffer(n, 3);
   AlignedBuffer r1 = make_buffer(n), r2 = make_buffer(n);
-  SwapHandle pa = store->put_async(key(5), a.span());
-  SwapHandle g1 = store->get_async(key(5), r1.span());  // must see a
-  SwapHandle pb = store->put_async(key(5), b.span());   // waits for the get's I/O
-  SwapHandle pc = store->put_async(key(5), c.span());
-  SwapHandle g2 = store->get_async(key(5), r2.span());  // must see c
+  SwapHandle pa = store->put_async(swap_key(5), a.span());
+  SwapHandle g1 = store->get_async(swap_key(5), r1.span());  // must see a
+  SwapHandle pb = store->put_async(swap_key(5), b.span());   // waits for the get's I/O
+  SwapHandle pc = store->put_async(swap_key(5), c.span());
+  SwapHandle g2 = store->get_async(swap_key(5), r2.span());  // must see c
   ASSERT_TRUE(pa.wait().has_value());
   ASSERT_TRUE(g1.wait().has_value()) << g1.wait().error();
   ASSERT_TRUE(pb.wait().has_value());
@@ -206,7 +203,7 @@ TEST(SwapStore, OpsOnOneKeyTakeEffectInOrder) {
   ASSERT_TRUE(g2.wait().has_value()) << g2.wait().error();
   EXPECT_EQ(std::memcmp(a.data(), r1.data(), n), 0);
   EXPECT_EQ(std::memcmp(c.data(), r2.data(), n), 0);
-  EXPECT_EQ(store->info(key(5))->generation, 3u);
+  EXPECT_EQ(store->info(swap_key(5))->generation, 3u);
 }
 
 TEST(SwapStore, ConcurrentPutsAndGetsFromSeveralThreads) {
@@ -217,11 +214,11 @@ TEST(SwapStore, ConcurrentPutsAndGetsFromSeveralThreads) {
   const std::size_t n = std::min<std::size_t>(kMaxTestBytes / 2, 2 << 20);
   std::vector<SwapReservation> res;
   for (int t = 0; t < kThreads; ++t)
-    for (int k = 0; k < kKeysPerThread; ++k) res.push_back({key(t * 100 + k, t), n});
-  res.push_back({key(999), n});  // shared: written once, read by everyone
+    for (int k = 0; k < kKeysPerThread; ++k) res.push_back({swap_key(t * 100 + k, t), n});
+  res.push_back({swap_key(999), n});  // shared: written once, read by everyone
   ASSERT_TRUE(store->reserve(res).has_value());
   AlignedBuffer shared = make_buffer(n, 999);
-  ASSERT_TRUE(store->put(key(999), shared.span()).has_value());
+  ASSERT_TRUE(store->put(swap_key(999), shared.span()).has_value());
   std::atomic<int> errors{0}, mismatches{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
@@ -232,15 +229,15 @@ TEST(SwapStore, ConcurrentPutsAndGetsFromSeveralThreads) {
         std::vector<SwapHandle> hs;
         for (int k = 0; k < kKeysPerThread; ++k) {
           srcs.push_back(make_buffer(n, t * 1000 + round * 10 + k));
-          hs.push_back(store->put_async(key(t * 100 + k, t), srcs.back().span()));
+          hs.push_back(store->put_async(swap_key(t * 100 + k, t), srcs.back().span()));
         }
-        SwapHandle g = store->get_async(key(999), in.span());
+        SwapHandle g = store->get_async(swap_key(999), in.span());
         if (!g.wait()) ++errors;
         if (std::memcmp(in.data(), shared.data(), n) != 0) ++mismatches;
         for (auto& h : hs)
           if (!h.wait()) ++errors;
         for (int k = 0; k < kKeysPerThread; ++k) {
-          if (!store->get(key(t * 100 + k, t), mine.span())) ++errors;
+          if (!store->get(swap_key(t * 100 + k, t), mine.span())) ++errors;
           if (std::memcmp(mine.data(), srcs[k].data(), n) != 0) ++mismatches;
         }
       }
@@ -259,20 +256,20 @@ TEST(SwapStore, ReservationAndArgumentErrors) {
   auto store = open_store(o);
   ASSERT_NE(store, nullptr);
   AlignedBuffer buf = make_buffer(2 << 20);
-  EXPECT_EQ(store->put(key(1), buf.span()).error().code(), ErrorCode::kNotFound);
-  ASSERT_TRUE(store->reserve(key(1), 1 << 20).has_value());
-  EXPECT_TRUE(store->reserve(key(1), 1 << 20).has_value());  // same size: no-op
-  EXPECT_EQ(store->reserve(key(1), 2 << 20).error().code(), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(store->reserve({{key(2), 10}, {key(2), 20}}).error().code(), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(store->reserve(key(3), 0).error().code(), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(store->get(key(1), buf.span().first(1 << 20)).error().code(), ErrorCode::kFailedPrecondition);
-  EXPECT_EQ(store->put(key(1), buf.span()).error().code(), ErrorCode::kInvalidArgument);  // over capacity
-  ASSERT_TRUE(store->put(key(1), buf.span().first(1 << 20)).has_value());
-  EXPECT_EQ(store->get(key(1), buf.span().first(4096)).error().code(), ErrorCode::kInvalidArgument);
-  auto over = store->reserve(key(4), 100 << 20);
+  EXPECT_EQ(store->put(swap_key(1), buf.span()).error().code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(store->reserve(swap_key(1), 1 << 20).has_value());
+  EXPECT_TRUE(store->reserve(swap_key(1), 1 << 20).has_value());  // same size: no-op
+  EXPECT_EQ(store->reserve(swap_key(1), 2 << 20).error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store->reserve({{swap_key(2), 10}, {swap_key(2), 20}}).error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store->reserve(swap_key(3), 0).error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store->get(swap_key(1), buf.span().first(1 << 20)).error().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store->put(swap_key(1), buf.span()).error().code(), ErrorCode::kInvalidArgument);  // over capacity
+  ASSERT_TRUE(store->put(swap_key(1), buf.span().first(1 << 20)).has_value());
+  EXPECT_EQ(store->get(swap_key(1), buf.span().first(4096)).error().code(), ErrorCode::kInvalidArgument);
+  auto over = store->reserve(swap_key(4), 100 << 20);
   ASSERT_FALSE(over.has_value());
   EXPECT_EQ(over.error().code(), ErrorCode::kResourceExhausted);
-  EXPECT_TRUE(store->get(key(1), buf.span().first(1 << 20)).has_value());  // still fine
+  EXPECT_TRUE(store->get(swap_key(1), buf.span().first(1 << 20)).has_value());  // still fine
 }
 
 TEST(SwapStore, CleanShutdownRemovesFilesAndDirectories) {
@@ -285,16 +282,16 @@ TEST(SwapStore, CleanShutdownRemovesFilesAndDirectories) {
   ASSERT_NE(r1, nullptr);
   EXPECT_EQ(r0->rank_dir(), dir.path() + "/strata-job_with_spaces/rank0");
   EXPECT_EQ(r1->rank_dir(), dir.path() + "/strata-job_with_spaces/rank1");
-  ASSERT_TRUE(r0->reserve(key(1), 1 << 20).has_value());
+  ASSERT_TRUE(r0->reserve(swap_key(1), 1 << 20).has_value());
   AlignedBuffer b = make_buffer(1 << 20, 1);
-  ASSERT_TRUE(r0->put(key(1), b.span()).has_value());
+  ASSERT_TRUE(r0->put(swap_key(1), b.span()).has_value());
   EXPECT_TRUE(fs::exists(r0->path(SwapKind::kParams)));
   EXPECT_TRUE(fs::exists(r0->path(SwapKind::kOptimizer)));
   EXPECT_TRUE(r0->stale_files().empty());
   ASSERT_TRUE(r0->close().has_value());
   EXPECT_FALSE(fs::exists(dir.path() + "/strata-job_with_spaces/rank0"));
   EXPECT_TRUE(fs::exists(dir.path() + "/strata-job_with_spaces"));  // rank 1 still there
-  EXPECT_EQ(r0->put(key(1), b.span()).error().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(r0->put(swap_key(1), b.span()).error().code(), ErrorCode::kFailedPrecondition);
   r1.reset();  // the destructor closes too
   EXPECT_FALSE(fs::exists(dir.path() + "/strata-job_with_spaces"));
 }
@@ -321,9 +318,9 @@ TEST(SwapStore, StaleFilesFromACrashedRunAreReportedNotTrusted) {
   const std::string crashed = run_in_child([&]() -> std::string {
     auto s = SwapStore::open(options_for(dir, Backend::kAuto, "crashy"));
     if (!s) return s.error().to_string();
-    if (auto st = (*s)->reserve(key(1), 1 << 20); !st) return st.error().to_string();
+    if (auto st = (*s)->reserve(swap_key(1), 1 << 20); !st) return st.error().to_string();
     AlignedBuffer b = make_buffer(1 << 20, 1);
-    if (auto st = (*s)->put(key(1), b.span()); !st) return st.error().to_string();
+    if (auto st = (*s)->put(swap_key(1), b.span()); !st) return st.error().to_string();
     std::fflush(nullptr);
     ::_exit(0);  // a crash, as far as the store can tell: no close(), no destructors
   });
@@ -339,12 +336,12 @@ TEST(SwapStore, StaleFilesFromACrashedRunAreReportedNotTrusted) {
     EXPECT_NE(s.owner.find("written by pid"), std::string::npos) << s.owner;
     EXPECT_EQ(s.owner.find(fmt::format("pid {} ", ::getpid())), std::string::npos) << s.owner;
   }
-  EXPECT_EQ(store->info(key(1)).error().code(), ErrorCode::kNotFound);
-  ASSERT_TRUE(store->reserve(key(1), 1 << 20).has_value());
+  EXPECT_EQ(store->info(swap_key(1)).error().code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(store->reserve(swap_key(1), 1 << 20).has_value());
   AlignedBuffer b = make_buffer(1 << 20, 5), r = make_buffer(1 << 20);
-  EXPECT_EQ(store->get(key(1), r.span()).error().code(), ErrorCode::kFailedPrecondition);  // fresh
-  ASSERT_TRUE(store->put(key(1), b.span()).has_value());
-  ASSERT_TRUE(store->get(key(1), r.span()).has_value());
+  EXPECT_EQ(store->get(swap_key(1), r.span()).error().code(), ErrorCode::kFailedPrecondition);  // fresh
+  ASSERT_TRUE(store->put(swap_key(1), b.span()).has_value());
+  ASSERT_TRUE(store->get(swap_key(1), r.span()).has_value());
   EXPECT_EQ(std::memcmp(b.data(), r.data(), b.size()), 0);
 }
 
@@ -355,9 +352,9 @@ TEST(SwapStore, RemoveAbandonedSwapTakesOnlyDeadRanksFiles) {
   const std::string crashed = run_in_child([&]() -> std::string {
     auto s = SwapStore::open(options_for(dir, Backend::kAuto, "job"));
     if (!s) return s.error().to_string();
-    if (auto st = (*s)->reserve(key(1), 1 << 20); !st) return st.error().to_string();
+    if (auto st = (*s)->reserve(swap_key(1), 1 << 20); !st) return st.error().to_string();
     AlignedBuffer b = make_buffer(1 << 20, 1);
-    if (auto st = (*s)->put(key(1), b.span()); !st) return st.error().to_string();
+    if (auto st = (*s)->put(swap_key(1), b.span()); !st) return st.error().to_string();
     ::_exit(0);  // no destructors: its files and lock stay
   });
   ASSERT_EQ(crashed, "");
@@ -385,15 +382,15 @@ TEST(SwapStore, DroppedHandlesLeaveTheStoreConsistent) {
   auto store = open_store(options_for(dir));
   ASSERT_NE(store, nullptr);
   const std::size_t n = 4 << 20;
-  ASSERT_TRUE(store->reserve(key(1), n).has_value());
+  ASSERT_TRUE(store->reserve(swap_key(1), n).has_value());
   AlignedBuffer a = make_buffer(n, 1), r = make_buffer(n);
-  store->put_async(key(1), a.span());  // dropped at once: waits for its I/O
+  store->put_async(swap_key(1), a.span());  // dropped at once: waits for its I/O
   {
-    SwapHandle g = store->get_async(key(1), r.span());
+    SwapHandle g = store->get_async(swap_key(1), r.span());
   }  // dropped unchecked
-  ASSERT_TRUE(store->get(key(1), r.span()).has_value());
+  ASSERT_TRUE(store->get(swap_key(1), r.span()).has_value());
   EXPECT_EQ(std::memcmp(a.data(), r.data(), n), 0);
-  EXPECT_EQ(store->info(key(1))->generation, 1u);
+  EXPECT_EQ(store->info(swap_key(1))->generation, 1u);
   EXPECT_EQ(store->pool().stats().in_use_bytes, 0u);
 }
 

@@ -15,7 +15,7 @@ namespace {
 
 using testing::TestArray;
 
-constexpr DType kAll[] = {DType::kF32, DType::kBF16, DType::kF16};
+using testing::kAllDTypes;
 
 // Random bit patterns cover every class: normals, subnormals, zeros, inf and NaN (with
 // payloads), plus values near the fp16 range where rounding overflows.
@@ -41,8 +41,8 @@ TEST(Cast, EveryTargetMatchesTheScalarReferenceBitForBit) {
   std::mt19937 rng(7);
   for (const std::string& target : testing::all_targets()) {
     testing::ScopedTarget scoped(target);
-    for (DType from : kAll) {
-      for (DType to : kAll) {
+    for (DType from : kAllDTypes) {
+      for (DType to : kAllDTypes) {
         for (std::size_t n : testing::tail_sizes()) {
           for (std::size_t off : {0u, 1u, 3u}) {
             SCOPED_TRACE(::testing::Message() << target << " " << dtype_name(from) << "->" << dtype_name(to)

@@ -14,7 +14,7 @@ namespace {
 
 using testing::TestArray;
 
-constexpr DType kAll[] = {DType::kF32, DType::kBF16, DType::kF16};
+using testing::kAllDTypes;
 
 // |a - b| <= rel * |b|: the SIMD sums add in another order than the reference.
 void expect_close(double a, double b, double rel, const char* what) {
@@ -36,7 +36,7 @@ TEST(GradPrologue, EveryTargetMatchesADoubleSum) {
   std::normal_distribution<double> normal(0.0, 1000.0);  // grads times a loss scale
   for (const std::string& target : testing::all_targets()) {
     testing::ScopedTarget scoped(target);
-    for (DType t : kAll) {
+    for (DType t : kAllDTypes) {
       for (std::size_t n : testing::tail_sizes()) {
         for (std::size_t off : {0u, 1u, 3u}) {
           SCOPED_TRACE(::testing::Message() << target << " " << dtype_name(t) << " n=" << n << " off=" << off);
@@ -53,7 +53,7 @@ TEST(GradPrologue, LongRangesAndThreadsStayAccurateAndDeterministic) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<double> wide(-1.0, 1.0);
   ThreadPool pool(3);
-  for (DType t : kAll) {
+  for (DType t : kAllDTypes) {
     SCOPED_TRACE(dtype_name(t));
     TestArray g(t, 1'000'003, 1);
     g.fill(rng, wide);
@@ -74,7 +74,7 @@ TEST(GradPrologue, FindsInfAndNanAnywhereOnEveryTarget) {
   ThreadPool pool(2);
   for (const std::string& target : testing::all_targets()) {
     testing::ScopedTarget scoped(target);
-    for (DType t : kAll) {
+    for (DType t : kAllDTypes) {
       // 1000 elements: a whole number of no target's vectors, so the last ones are a tail.
       for (std::size_t n : {1ul, 7ul, 1000ul, 70'001ul}) {
         TestArray g(t, n, 1);

@@ -17,6 +17,9 @@
 
 namespace strata::kernels::testing {
 
+// Every element type of the kernels' arrays.
+inline constexpr DType kAllDTypes[] = {DType::kF32, DType::kBF16, DType::kF16};
+
 // Every target compiled in and supported here, by name (AVX3_DL, AVX3, AVX2, SSE4, SSSE3, EMU128).
 inline std::vector<std::string> all_targets() {
   reset_target();

@@ -7,15 +7,12 @@
 #include <gtest/gtest.h>
 
 #include "strata/plan/chunking.h"
+#include "support/property_scale.h"
 
 namespace strata::plan {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr int kScale = 4;
-#else
-constexpr int kScale = 1;
-#endif
+using strata::testing::kPropertyScale;
 
 std::vector<ParamInfo> of(const std::vector<std::uint64_t>& sizes) {
   std::vector<ParamInfo> p;
@@ -44,7 +41,7 @@ std::uint64_t reference_waste(const std::vector<std::uint64_t>& sizes, std::uint
 
 TEST(Chunking, SearchFindsTheBruteForceMinimumWaste) {
   std::mt19937_64 rng(11);
-  for (int t = 0; t < 2000 / kScale; ++t) {
+  for (int t = 0; t < 2000 / kPropertyScale; ++t) {
     const std::size_t n = 1 + rng() % 40;
     std::vector<std::uint64_t> sizes;
     for (std::size_t i = 0; i < n; ++i) sizes.push_back(rng() % 5 == 0 ? 1 + rng() % 5000 : 1 + rng() % 300);
@@ -130,7 +127,7 @@ void check_layout(const ChunkLayout& l, const std::vector<ParamInfo>& params, co
 
 TEST(Chunking, RandomLayoutsKeepTheirInvariants) {
   std::mt19937_64 rng(12);
-  for (int t = 0; t < 1500 / kScale; ++t) {
+  for (int t = 0; t < 1500 / kPropertyScale; ++t) {
     const std::size_t n = 1 + rng() % 50;
     std::vector<ParamInfo> params;
     for (std::size_t i = 0; i < n; ++i)

@@ -5,15 +5,12 @@
 #include <gtest/gtest.h>
 
 #include "strata/plan/estimator.h"
+#include "support/property_scale.h"
 
 namespace strata::plan {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr int kScale = 4;
-#else
-constexpr int kScale = 1;
-#endif
+using strata::testing::kPropertyScale;
 
 std::string gb(std::uint64_t bytes) { return fmt::format("{:.2f}", static_cast<double>(bytes) / (1ull << 30)); }
 
@@ -65,7 +62,7 @@ TEST(Estimator, DeepSpeedZero2Formulas) {
 TEST(Estimator, ComputeTierEqualsDeepSpeedGpu) {
   std::mt19937_64 rng(8);
   int compared = 0;
-  for (int t = 0; t < 3000 / kScale; ++t) {
+  for (int t = 0; t < 3000 / kPropertyScale; ++t) {
     const int per_node = 1 << (rng() % 4);
     EstimateInput in{.n_params = 1 + rng() % 100'000'000'000ull, .world = per_node * static_cast<int>(1 + rng() % 4),
                      .gpus_per_node = per_node, .stage = 2 + static_cast<int>(rng() % 2),
@@ -97,7 +94,7 @@ TEST(Estimator, ComputeTierEqualsDeepSpeedGpu) {
     }
     ++compared;
   }
-  EXPECT_EQ(compared, 3000 / kScale);
+  EXPECT_EQ(compared, 3000 / kPropertyScale);
 }
 
 TEST(Estimator, KindsAndTiers) {

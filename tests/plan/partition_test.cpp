@@ -7,15 +7,12 @@
 #include <gtest/gtest.h>
 
 #include "strata/plan/partition.h"
+#include "support/property_scale.h"
 
 namespace strata::plan {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr int kScale = 4;
-#else
-constexpr int kScale = 1;
-#endif
+using strata::testing::kPropertyScale;
 
 std::vector<ParamInfo> of(std::initializer_list<std::uint64_t> sizes) {
   std::vector<ParamInfo> p;
@@ -73,7 +70,7 @@ TEST(Partition, GreedyInOrderBoundOnAdversarialSizes) {
   // List scheduling: when a param is placed its rank holds <= the mean so far, so
   // max load <= total / world + the largest param.
   std::mt19937_64 rng(1);
-  for (int t = 0; t < 3000 / kScale; ++t) {
+  for (int t = 0; t < 3000 / kPropertyScale; ++t) {
     const int world = 1 + t % 8;
     const auto p = adversarial(rng, t % 7, 1 + (t * 7) % 60);
     auto part = partition_greedy_in_order(p, world);
@@ -89,7 +86,7 @@ TEST(Partition, GreedyInOrderBoundOnAdversarialSizes) {
 TEST(Partition, SortedGreedyWithinGrahamBoundOfOptimum) {
   // LPT: max load <= (4/3 - 1/(3 world)) * OPT, OPT by brute force.
   std::mt19937_64 rng(2);
-  for (int t = 0; t < 1500 / kScale; ++t) {
+  for (int t = 0; t < 1500 / kPropertyScale; ++t) {
     const int world = 2 + t % 2;
     const auto p = adversarial(rng, t % 7, 1 + t % 9);
     auto part = partition_sorted_greedy(p, world);
@@ -145,7 +142,7 @@ TEST(Partition, FlatSplitPadsTheTail) {
   EXPECT_EQ(s->padding, 48u);
   EXPECT_EQ(s->load, (std::vector<std::uint64_t>{2512, 2512, 2512, 2464}));
   std::mt19937_64 rng(3);
-  for (int t = 0; t < 5000 / kScale; ++t) {
+  for (int t = 0; t < 5000 / kPropertyScale; ++t) {
     const std::uint64_t n = rng() % 100'000;
     const int world = 1 + static_cast<int>(rng() % 16);
     const std::uint64_t align = 1 + rng() % 300;

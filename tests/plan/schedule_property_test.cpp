@@ -7,15 +7,12 @@
 #include <gtest/gtest.h>
 
 #include "plan/schedule_checker.h"
+#include "support/property_scale.h"
 
 namespace strata::plan {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr int kScale = 4;  // ASan+UBSan is ~10x slower; fewer instances, same coverage kinds
-#else
-constexpr int kScale = 1;
-#endif
+using strata::testing::kPropertyScale;
 
 struct Shape {
   int max_chunks = 8;
@@ -103,7 +100,7 @@ void check_valid(const ScheduleInput& in, int seed) {
 
 TEST(ScheduleProperty, RandomSmallInstancesReplayCleanly) {
   std::mt19937_64 rng(20240501);
-  for (int t = 0; t < 20000 / kScale; ++t) {
+  for (int t = 0; t < 20000 / kPropertyScale; ++t) {
     const Shape shape{.equal_sizes = t % 2 == 0, .one_home = t % 3 != 0, .tight = t % 5 != 0};
     check_valid(random_instance(rng, shape), t);
     if (::testing::Test::HasFatalFailure()) return;
@@ -112,7 +109,7 @@ TEST(ScheduleProperty, RandomSmallInstancesReplayCleanly) {
 
 TEST(ScheduleProperty, RandomLargeInstancesReplayCleanly) {
   std::mt19937_64 rng(777);
-  for (int t = 0; t < 300 / kScale; ++t) {
+  for (int t = 0; t < 300 / kPropertyScale; ++t) {
     const Shape shape{.max_chunks = 60, .max_accesses = 300, .equal_sizes = t % 2 == 0, .one_home = false};
     check_valid(random_instance(rng, shape), t);
     if (::testing::Test::HasFatalFailure()) return;
@@ -126,7 +123,7 @@ TEST(ScheduleProperty, RandomLargeInstancesReplayCleanly) {
 TEST(ScheduleProperty, BeladyGathersTheMinimumForEqualSizes) {
   std::mt19937_64 rng(31337);
   int compared = 0, evicting = 0;
-  for (int t = 0; t < 20000 / kScale; ++t) {
+  for (int t = 0; t < 20000 / kPropertyScale; ++t) {
     const ScheduleInput in = random_instance(rng, Shape{.equal_sizes = true, .one_home = true, .host_budget = false});
     const std::uint64_t best = testing::min_gathered_bytes(in);
     auto s = make_schedule(in);
@@ -141,8 +138,8 @@ TEST(ScheduleProperty, BeladyGathersTheMinimumForEqualSizes) {
       for (const Op& op : a.pre) evicting += op.kind == OpKind::kEvict;
   }
   // The test means something only if many instances were feasible and evicted.
-  EXPECT_GT(compared, 10000 / kScale);
-  EXPECT_GT(evicting, 4000 / kScale);
+  EXPECT_GT(compared, 10000 / kPropertyScale);
+  EXPECT_GT(evicting, 4000 / kPropertyScale);
 }
 
 // With unequal sizes Belady is a heuristic: the schedule must still be valid, never
@@ -151,7 +148,7 @@ TEST(ScheduleProperty, BeladyGathersTheMinimumForEqualSizes) {
 TEST(ScheduleProperty, UnequalSizesAreValidAndUsuallyOptimal) {
   std::mt19937_64 rng(4242);
   int compared = 0, optimal = 0;
-  for (int t = 0; t < 10000 / kScale; ++t) {
+  for (int t = 0; t < 10000 / kPropertyScale; ++t) {
     const ScheduleInput in = random_instance(rng, Shape{.equal_sizes = false, .one_home = true, .host_budget = false});
     const std::uint64_t best = testing::min_gathered_bytes(in);
     auto s = make_schedule(in);
@@ -163,7 +160,7 @@ TEST(ScheduleProperty, UnequalSizesAreValidAndUsuallyOptimal) {
     optimal += s->gathered_total_bytes == best;
   }
   RecordProperty("optimal_share_percent", compared ? 100 * optimal / compared : 0);
-  EXPECT_GT(compared, 5000 / kScale);
+  EXPECT_GT(compared, 5000 / kPropertyScale);
   EXPECT_GT(optimal * 10, compared * 9) << optimal << " of " << compared;
 }
 
@@ -171,7 +168,7 @@ TEST(ScheduleProperty, UnequalSizesAreValidAndUsuallyOptimal) {
 TEST(ScheduleProperty, PrefetchMovesNoExtraBytes) {
   std::mt19937_64 rng(99);
   int hoisted = 0;
-  for (int t = 0; t < 1500 / kScale; ++t) {
+  for (int t = 0; t < 1500 / kPropertyScale; ++t) {
     ScheduleInput in = random_instance(rng, Shape{.equal_sizes = t % 2 == 0, .one_home = false});
     in.options.prefetch_bucket_bytes = 0;
     auto demand = make_schedule(in);
@@ -185,7 +182,7 @@ TEST(ScheduleProperty, PrefetchMovesNoExtraBytes) {
     EXPECT_EQ(demand->n_prefetched, 0u);
     hoisted += static_cast<int>(prefetch->n_prefetched);
   }
-  EXPECT_GT(hoisted, 1000 / kScale);
+  EXPECT_GT(hoisted, 1000 / kPropertyScale);
 }
 
 }  // namespace
@@ -198,7 +195,7 @@ namespace {
 TEST(ScheduleChecker, ReplayCatchesMutations) {
   std::mt19937_64 rng(5);
   int caught_drop = 0, caught_release = 0, tried = 0;
-  for (int t = 0; t < 2000 / kScale && tried < 300; ++t) {
+  for (int t = 0; t < 2000 / kPropertyScale && tried < 300; ++t) {
     const ScheduleInput in = random_instance(rng, Shape{.one_home = false, .tight = true});
     auto s = make_schedule(in);
     if (!s || s->n_gathers == 0) continue;

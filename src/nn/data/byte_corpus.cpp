@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include "strata/base/splitmix.h"
 #include "strata/base/units.h"
 
 namespace strata::nn {
@@ -20,32 +21,22 @@ namespace {
 constexpr std::uint64_t kBlock = 4096;
 constexpr std::uint64_t kSplitSeed = 0x5eed5eed5eedULL;
 
-// splitmix64: a fixed, platform-independent hash, so splits and samples are the same
-// everywhere (std::hash and std::uniform_int_distribution are not).
-std::uint64_t mix(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-struct MappedFile {
-  std::string path;
-  const std::uint8_t* data = nullptr;
-  std::uint64_t size = 0;
-};
-
-// A contiguous range of the concatenated corpus that belongs to one split and does
-// not cross a file boundary.
-struct Run {
-  std::size_t file;
-  std::uint64_t offset;  // within the file
-  std::uint64_t length;
-};
-
 }  // namespace
 
 struct ByteCorpus::Impl {
+  struct MappedFile {
+    std::string path;
+    const std::uint8_t* data = nullptr;
+    std::uint64_t size = 0;
+  };
+  // A contiguous range of the concatenated corpus that belongs to one split and does
+  // not cross a file boundary.
+  struct Run {
+    std::size_t file;
+    std::uint64_t offset;  // within the file
+    std::uint64_t length;
+  };
+
   std::vector<MappedFile> files;
   std::vector<Run> runs[2];
   std::uint64_t bytes[2] = {0, 0};
@@ -136,7 +127,7 @@ Result<ByteCorpus> ByteCorpus::open(const std::string& path, int val_every) {
   for (std::size_t f = 0; f < impl->files.size(); ++f) {
     const std::uint64_t size = impl->files[f].size;
     for (std::uint64_t off = 0; off < size; off += kBlock, ++global) {
-      const int split = mix(kSplitSeed ^ global) % static_cast<std::uint64_t>(val_every) == 0 ? 1 : 0;
+      const int split = splitmix64(kSplitSeed ^ global) % static_cast<std::uint64_t>(val_every) == 0 ? 1 : 0;
       add(split, f, off, std::min(kBlock, size - off));
     }
   }
@@ -168,7 +159,7 @@ Result<Batch> ByteCorpus::sample(Split split, std::int64_t batch, std::int64_t s
   // Start positions available in each run; sampling is uniform over all of them.
   std::vector<std::uint64_t> cumulative;
   std::uint64_t starts = 0;
-  for (const Run& r : runs) {
+  for (const Impl::Run& r : runs) {
     starts += r.length >= window ? r.length - window + 1 : 0;
     cumulative.push_back(starts);
   }
@@ -178,14 +169,14 @@ Result<Batch> ByteCorpus::sample(Split split, std::int64_t batch, std::int64_t s
   }
   at::Tensor data = at::empty({batch, seq + 1}, at::kLong);
   std::int64_t* out = data.data_ptr<std::int64_t>();
-  std::uint64_t state = mix(mix(mix(key.seed) ^ key.step) ^ key.stream);
+  std::uint64_t state = splitmix64(splitmix64(splitmix64(key.seed) ^ key.step) ^ key.stream);
   for (std::int64_t b = 0; b < batch; ++b) {
-    state = mix(state);
+    state = splitmix64(state);
     const std::uint64_t pick = state % starts;
     const auto it = std::upper_bound(cumulative.begin(), cumulative.end(), pick);
     const std::size_t r = static_cast<std::size_t>(it - cumulative.begin());
     const std::uint64_t before = r == 0 ? 0 : cumulative[r - 1];
-    const Run& run = runs[r];
+    const Impl::Run& run = runs[r];
     const std::uint8_t* src = impl_->files[run.file].data + run.offset + (pick - before);
     for (std::uint64_t i = 0; i < window; ++i) out[b * (seq + 1) + static_cast<std::int64_t>(i)] = src[i];
   }

@@ -12,6 +12,7 @@
 #include <torch/nn/options/linear.h>
 #include <torch/nn/options/normalization.h>
 
+#include "strata/base/splitmix.h"
 #include "strata/engine/deferred_init.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/tiers/host_heap.h"
@@ -167,20 +168,13 @@ at::Tensor GPTImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
 
 namespace {
 
-std::uint64_t mix(std::uint64_t x) {  // splitmix64's finalizer
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 // Each parameter draws from its own generator, seeded by the model seed and its name,
 // so its values do not depend on the order parameters are made in: eager and deferred
 // construction (which makes them chunk by chunk) agree bit for bit.
 std::uint64_t param_seed(std::uint64_t seed, const std::string& name) {
   std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
   for (const char ch : name) h = (h ^ static_cast<unsigned char>(ch)) * 0x100000001b3ull;
-  return mix(seed ^ mix(h));
+  return splitmix64(seed ^ splitmix64(h));
 }
 
 }  // namespace
