@@ -14,11 +14,12 @@
 #include "strata/tiers/copy_stream.h"
 #include "strata/tiers/device.h"
 #include "support/multirank.h"
+#include "support/rank_checks.h"
 
 namespace strata {
 namespace {
 
-using testing::all_output;
+using testing::expect_all_ok;
 using testing::run_ranks;
 
 void run_on_gpu(const std::vector<std::string>& args, const std::string& worker = "zero3_worker") {
@@ -27,7 +28,7 @@ void run_on_gpu(const std::vector<std::string>& args, const std::string& worker 
   argv.insert(argv.end(), args.begin(), args.end());
   const auto rs = run_ranks(1, argv, std::chrono::seconds(300),
                             {{"STRATA_TEST_NVME", dir.string()}, {"STRATA_TEST_DEVICE", "cuda"}});
-  for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << all_output(rs);
+  expect_all_ok(rs);
   std::filesystem::remove_all(dir);
 }
 
