@@ -3,8 +3,10 @@
 // parameters and the optimizer state off the GPU (search in largest_search.h).
 //
 // strata's attempt is `strata train` at stage 3, bf16 compute, parameter shards on host,
-// optimizer state in bf16 (strata.optimizer_state_dtype) on host for as many elements as
-// 80% of the available RAM holds (strata.optimizer_max_in_cpu) and on nvme for the rest.
+// optimizer state and gradient shards in bf16 (strata.optimizer_state_dtype,
+// strata.gradient_shard_dtype: one micro-step, so the bf16 gradients lose nothing) on
+// host for as many elements as 80% of the available RAM holds
+// (strata.optimizer_max_in_cpu) and on nvme for the rest.
 // FSDP2's is scripts/torch_zero_baseline.py --optimizer fsdp2 under $STRATA_PYTHON.
 #pragma once
 

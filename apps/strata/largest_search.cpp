@@ -47,20 +47,23 @@ int gpt_layers_for(std::uint64_t params, std::int64_t hidden, std::int64_t heads
   return params <= one ? 1 : 1 + static_cast<int>((params - one) / per_layer);
 }
 
-// RAM first: h elements' state on host (12 bytes each) and the rest's parameter shards
-// (2 bytes each) fill it, the rest's state goes to nvme (12 bytes each):
-//   12 h + 2 (N - h) <= host  and  12 (N - h) <= disk
-// so N <= (disk + 1.2 host) / 14.4 when both are full.
+// RAM first: h elements' state on host (kHostStateBytes each) and the rest's parameter
+// shards (kShardBytes each) fill it, the rest's state goes to nvme (kNvmeStateBytes each):
+//   10 h + 2 (N - h) <= host  and  10 (N - h) <= disk
+// so N <= (host + 0.8 disk) / 10 when both are full.
+constexpr std::uint64_t kHostStateBytes = 10, kShardBytes = 2, kNvmeStateBytes = 10;
+
 std::uint64_t strata_capacity(std::uint64_t host, std::uint64_t disk) {
-  const std::uint64_t ram_only = host / 12;
-  const auto both = static_cast<std::uint64_t>((static_cast<double>(disk) + 1.2 * static_cast<double>(host)) / 14.4);
-  return std::max(ram_only, both);
+  const std::uint64_t ram_only = host / kHostStateBytes;
+  const std::uint64_t on_nvme = disk / kNvmeStateBytes;
+  if (kShardBytes * on_nvme >= host) return host / kShardBytes;
+  return std::max(ram_only, on_nvme + (host - kShardBytes * on_nvme) / kHostStateBytes);
 }
 
 std::uint64_t strata_state_in_cpu(std::uint64_t params, std::uint64_t host) {
-  if (12 * params <= host) return params;
-  if (2 * params >= host) return 0;
-  return (host - 2 * params) / 10;
+  if (kHostStateBytes * params <= host) return params;
+  if (kShardBytes * params >= host) return 0;
+  return (host - kShardBytes * params) / (kHostStateBytes - kShardBytes);
 }
 
 std::uint64_t fsdp2_capacity(std::uint64_t host) { return host / 16; }

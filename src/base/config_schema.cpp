@@ -356,6 +356,8 @@ std::vector<Field> bind(Config& c) {
   f.push_back(boolean("strata.nvme_gradients", s.nvme_gradients));
   f.push_back(choice("strata.optimizer_state_dtype", s.optimizer_state_dtype,
                      {{"fp32", StateDtype::kFp32}, {"bf16", StateDtype::kBf16}}));
+  f.push_back(choice("strata.gradient_shard_dtype", s.gradient_shard_dtype,
+                     {{"fp32", StateDtype::kFp32}, {"bf16", StateDtype::kBf16}}));
   f.push_back(integer("strata.optimizer_max_in_cpu", s.optimizer_max_in_cpu, 0, kInf));
   f.push_back(real("strata.comm_timeout_s", s.comm_timeout_s, 0, kInf, /*min_exclusive=*/true));
   f.push_back(text("strata.job_name", s.job_name));

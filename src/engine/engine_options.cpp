@@ -23,6 +23,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.optimizer_threads = cfg.strata.optimizer_threads;
   o.nvme_gradients = cfg.strata.nvme_gradients;
   o.optim_state_dtype = cfg.strata.optimizer_state_dtype == StateDtype::kBf16 ? at::kBFloat16 : at::kFloat;
+  o.grad_shard_dtype = cfg.strata.gradient_shard_dtype == StateDtype::kBf16 ? at::kBFloat16 : at::kFloat;
   o.chunks.chunk_size_elems = cfg.strata.chunk_size;
   o.chunks.search_range_elems = cfg.strata.chunk_search_range;
   STRATA_ASSIGN_OR_RETURN(o.schedule, plan::ScheduleOptions::from_config(
@@ -72,6 +73,9 @@ Status EngineOptions::validate() const {
   }
   if (optim_state_dtype != at::kFloat && optim_state_dtype != at::kBFloat16) {
     return invalid(fmt::format("optimizer state must be fp32 or bf16, not {}", c10::toString(optim_state_dtype)));
+  }
+  if (grad_shard_dtype != at::kFloat && grad_shard_dtype != at::kBFloat16) {
+    return invalid(fmt::format("gradient shards must be fp32 or bf16, not {}", c10::toString(grad_shard_dtype)));
   }
   if (wrap && optim_state_dtype != at::kFloat) {
     return invalid("strata.optimizer_state_dtype bf16 is for the built-in optimizers; a wrapped torch::optim "

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include "io_tensor.h"
 #include "strata/tiers/device.h"
 
 namespace strata::engine {
@@ -92,7 +93,17 @@ Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
     }
     core_.account(Tier::kHost, Tier::kCompute, bytes);
   } else if (k.shard_from_master) {
-    slice.copy_(master_(c));  // Note [shard from master]: RNE, as the step's cast
+    // Note [shard from master]: RNE, as the step's cast. With a copy stream the host
+    // casts into pinned memory and the copy stream takes it from there: a copy from the
+    // pageable fp32 master would block the host and cast on the device in a temporary.
+    if (copies_.active()) {
+      at::Tensor cast = host_empty_for(slice.device(), slice.numel(), slice.scalar_type());
+      cast.copy_(master_(c));
+      copy_in(g, slice, cast, std::nullopt);
+      g.copy->cast = std::move(cast);
+    } else {
+      slice.copy_(master_(c));
+    }
     core_.account(k.shard_tier, Tier::kCompute, bytes);
   } else {
     copy_in(g, slice, k.shard, std::nullopt);

@@ -22,8 +22,8 @@
 // gathered chunk is a compute reservation. The gatherer has no eviction policy: what is
 // released when is the schedule's decision (on demand: after every use).
 //
-// On a GPU, a shard in host memory (a host-tier shard, or a staging buffer a Load
-// filled) goes into its slice on the copy stream (Note [copy stream] in
+// On a GPU, a shard in host memory (a host-tier shard, a staging buffer a Load filled,
+// or the master's cast into a pinned buffer) goes into its slice on the copy stream (Note [copy stream] in
 // strata/tiers/copy_stream.h): the compute stream waits for it on the device when an
 // access first needs the chunk (wait), or before the all-gather with more than one rank,
 // or before the storage is released. The host waits for a copy only before the source
@@ -98,6 +98,7 @@ class Gatherer {
     c10::Event done;
     bool compute_waited = false;    // the compute stream is ordered after it
     std::optional<Staged> source;   // the staging buffer it reads, kept until it is done
+    at::Tensor cast;                // or the master's pinned cast it reads (Note [shard from master])
   };
   struct GatherRt {
     std::optional<Staged> staged;    // a Load's result, until its gather

@@ -68,7 +68,9 @@ Status GradReducer::setup(std::function<void()> on_activity) {
   ChunkStore& store = chunks.store();
   // Note [reused staging]: the nvme chunks' host shards, one at a time being completed
   // and kSpillsInFlight being written, plus the read-back of an earlier micro-step.
-  spill_buffers_.configure(chunks.largest_shard_elems([](const ChunkRt& k) { return k.grads_on_nvme; }), at::kFloat,
+  const at::ScalarType dtype = core_.opt.grad_shard_dtype;  // strata.gradient_shard_dtype
+  const std::uint64_t elem_bytes = c10::elementSize(dtype);
+  spill_buffers_.configure(chunks.largest_shard_elems([](const ChunkRt& k) { return k.grads_on_nvme; }), dtype,
                            host_memory_for(store.options().device), kSpillsInFlight + 2, [this](std::uint64_t bytes) {
     return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kGrads, "grad shard");
   });
@@ -76,7 +78,7 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     if (!chunks[c].trainable) continue;
     ChunkGrads& g = grads_[c];
     if (chunks[c].grads_on_nvme) {  // the record holds it; the host shard is made per backward
-      STRATA_ASSIGN_OR_RETURN(g.record_res, chunks.reserve(Tier::kNvme, static_cast<std::uint64_t>(store.shard_elems(c)) * 4,
+      STRATA_ASSIGN_OR_RETURN(g.record_res, chunks.reserve(Tier::kNvme, static_cast<std::uint64_t>(store.shard_elems(c)) * elem_bytes,
                                                            StateKind::kGrads, c, "grad record"));
       continue;
     }
@@ -90,13 +92,13 @@ Status GradReducer::setup(std::function<void()> on_activity) {
         continue;
       }
     }
-    // fp32: micro-steps accumulate in it without rounding, and the kernels read it as
-    // the optimizer's own precision.
-    STRATA_ASSIGN_OR_RETURN(g.shard_res,
-                            chunks.reserve(step, static_cast<std::uint64_t>(n) * 4, StateKind::kGrads, c, "grad shard"));
+    // fp32 by default: micro-steps accumulate in it without rounding, and the kernels
+    // read it as the optimizer's own precision. bf16 halves it (EngineOptions::grad_shard_dtype).
+    STRATA_ASSIGN_OR_RETURN(g.shard_res, chunks.reserve(step, static_cast<std::uint64_t>(n) * elem_bytes,
+                                                        StateKind::kGrads, c, "grad shard"));
     // Off the compute tier, a GPU's gradients come to it: pinned (Note [pinned host tensors]).
-    g.shard = step == Tier::kCompute ? at::zeros({n}, at::TensorOptions(at::kFloat).device(chunks.device_of(step)))
-                                     : host_empty_for(store.options().device, n, at::kFloat).zero_();
+    g.shard = step == Tier::kCompute ? at::zeros({n}, at::TensorOptions(dtype).device(chunks.device_of(step)))
+                                     : host_empty_for(store.options().device, n, dtype).zero_();
   }
   for (std::uint32_t i = 0; i < store.params().size(); ++i) {
     const at::Tensor& p = store.params()[i];
@@ -259,7 +261,7 @@ Status GradReducer::spill(std::uint32_t c) {
   g.complete = true;
   add_landed(true);  // Note [gradients to host]: its shard must be whole before it is written
   STRATA_RETURN_IF_ERROR(ensure_shard(c));  // a chunk that got no gradient: zeros
-  const std::uint64_t bytes = static_cast<std::uint64_t>(g.shard.numel()) * 4;
+  const std::uint64_t bytes = bytes_of(g.shard).size();
   // One record per optimizer sub-group, in the layout the step reads (Note [optimizer
   // sub-groups] in shard_state.h).
   const std::vector<ElemRange> groups = sub_groups(g.shard.numel(), core_.opt.optim_pipeline.sub_group_elems);
@@ -272,7 +274,7 @@ Status GradReducer::spill(std::uint32_t c) {
       reads.push_back(core_.swap->get_async(grad_key(c, static_cast<std::uint32_t>(i)), bytes_of(part(before, i))));
     for (auto& h : reads)
       if (Status st = h.wait(); !st)
-        return make_error(std::move(st).error().with_note("the fp32 gradient shard of " + core_.chunks->name(c)));
+        return make_error(std::move(st).error().with_note("the gradient shard of " + core_.chunks->name(c)));
     core_.account(Tier::kNvme, Tier::kHost, bytes);
     g.shard.add_(before);
     spill_buffers_.give(std::move(read_back));
@@ -298,7 +300,7 @@ Status GradReducer::wait_spills(std::size_t keep) {
     spills_.pop_front();
     for (auto& h : sp.io)
       if (Status st = h.wait(); !st)
-        return make_error(std::move(st).error().with_note("the fp32 gradient shard of " + core_.chunks->name(sp.chunk)));
+        return make_error(std::move(st).error().with_note("the gradient shard of " + core_.chunks->name(sp.chunk)));
     spill_buffers_.give({.full = std::move(sp.full), .res = std::move(sp.res)});
   }
   return ok();
@@ -408,7 +410,7 @@ void GradReducer::slice_to_host(std::uint32_t c) {
   copies_.compute_waits(*g.sliced);
 }
 
-// The step runs off compute: it reads an fp32 copy of this rank's slice.
+// The step runs off compute: it reads a copy of this rank's slice in the gradient shard dtype.
 void GradReducer::wait_slices() {
   ChunkStore& store = core_.chunks->store();
   for (std::uint32_t c = 0; c < grads_.size(); ++c) {

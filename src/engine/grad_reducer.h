@@ -10,11 +10,11 @@
 //   all-reduce (stages 0-1)       buffers live for good and accumulate across
 //       micro-steps; in the boundary micro-step each ready chunk is all-reduced (avg),
 //       the rest when backward ends. The step reads this rank's slice of the buffer, or
-//       an fp32 copy of it where the step runs when that is not compute.
+//       a copy of it (the gradient shard dtype) where the step runs when that is not compute.
 //   reduce-scatter (stages 2-3)   a buffer gets its bytes at the chunk's first gradient
 //       and loses them once reduced: every micro-step, a ready chunk is reduce-scattered
-//       (avg) and the result added to this rank's fp32 gradient shard, which lives where
-//       the chunk's step runs. At most reduce_bucket_size elements of buffers are alive
+//       (avg) and the result added to this rank's gradient shard (fp32, or bf16 with
+//       strata.gradient_shard_dtype), which lives where the chunk's step runs. At most reduce_bucket_size elements of buffers are alive
 //       at once (Note [gradient bytes in flight]).
 //       On a budgeted compute tier a buffer that does not fit first waits for the
 //       reductions in flight; if it still does not fit, that is a "cannot fit" error.
@@ -32,18 +32,18 @@
 // complete shard just before it is written, so clipping and loss scaling see exactly
 // the gradient the step will read; the step reads the record with the chunk's
 // optimizer state (OptimStateHolder). The cost is 4 bytes per parameter written and
-// read per step, next to the 24 the optimizer state moves.
+// read per step (2 with bf16 shards), next to the 24 the optimizer state moves.
 //
 // Note [gradients to host]: on a GPU, a reduced shard whose step runs in host memory
 // comes to the host on a copy stream (Note [copy stream]): the copy waits on the device
 // for the reduction, the compute stream waits on the device for the copy before the
 // gradient buffer's memory can be used again, and the host does not block. The copy
-// lands in a pinned temporary that is added into the fp32 shard once its event has
+// lands in a pinned temporary that is added into the shard once its event has
 // passed: at the next poll() that finds it done, when more than kLandingsInFlight are
 // waiting, before an nvme chunk's shard is written, and at the end of backward, in the
 // order the reductions completed (the same sums as adding each at once). For the CPU
 // the shard is added at once. At stages 0-1 the boundary's reduced slice is copied
-// straight into its pinned fp32 shard on the copy stream, as soon as the chunk is final
+// straight into its pinned shard on the copy stream, as soon as the chunk is final
 // (its all-reduce completed; with one rank, its last gradient in), and finish() waits
 // for those copies once, instead of copying chunk by chunk at the end.
 //
@@ -101,7 +101,7 @@ class GradReducer {
   Status drain();
   // At the boundary, before the step: every gradient shard is final.
   Status finish();
-  // The gradient shard the step reads for chunk c (fp32, or the compute dtype when it
+  // The gradient shard the step reads for chunk c (grad_shard_dtype, or the compute dtype when it
   // is a slice of a stage 0-1 buffer). Undefined for a chunk whose gradients are on
   // nvme: the step reads them with the optimizer state.
   const at::Tensor& grad_shard(std::uint32_t c) const { return grads_[c].shard; }

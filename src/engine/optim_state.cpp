@@ -97,7 +97,7 @@ std::uint64_t OptimStateHolder::elem_bytes(std::uint32_t t) const {
 // 4 KiB boundary.
 std::uint64_t OptimStateHolder::staging_bytes(std::uint32_t c, const ElemRange& r) const {
   const auto n = static_cast<std::uint64_t>(r.size());
-  std::uint64_t b = (*core_.chunks)[c].grads_on_nvme ? round_io(n * 4) : 0;
+  std::uint64_t b = (*core_.chunks)[c].grads_on_nvme ? round_io(n * c10::elementSize(core_.opt.grad_shard_dtype)) : 0;
   for (std::uint32_t t = 0; t <= kernel_.state_names().size(); ++t) b += round_io(n * elem_bytes(t));
   return b;
 }
@@ -134,7 +134,7 @@ Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std
   };
   s->state.master = next(at::kFloat);
   for (std::size_t i = 0; i < kernel_.state_names().size(); ++i) s->state.states.push_back(next(kernel_.state_dtype()));
-  if (grad) s->grad = next(at::kFloat);
+  if (grad) s->grad = next(core_.opt.grad_shard_dtype);
   const auto ts = tensors(s->state);
   for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->get_async(optim_key(c, t, g), bytes_of(*ts[t])));
   if (grad && in_step_) request_grad(*s);

@@ -82,7 +82,8 @@ Status Engine::Impl::place() {
       if (chunks[c].shard_tier == Tier::kNvme) records.push_back({param_key(c), chunks.shard_bytes(c)});
       const std::vector<ElemRange> groups = optim->groups(c);
       for (std::uint32_t g = 0; chunks[c].grads_on_nvme && g < groups.size(); ++g)
-        records.push_back({grad_key(c, g), static_cast<std::uint64_t>(groups[g].size()) * 4});
+        records.push_back({grad_key(c, g), static_cast<std::uint64_t>(groups[g].size()) *
+                                               c10::elementSize(o.grad_shard_dtype)});
       optim->add_records(c, records);
     }
     // All of it up front: a full disk fails here, before training starts.

@@ -51,6 +51,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
   in.bf16_optimizer_states = cfg.strata.optimizer_state_dtype == StateDtype::kBf16;
+  in.bf16_gradient_shards = cfg.strata.gradient_shard_dtype == StateDtype::kBf16;
   in.optimizer_max_in_cpu = cfg.strata.optimizer_max_in_cpu;
   in.optimizer_buffer_count = cfg.zero_optimization.offload_optimizer.buffer_count;
   in.sub_group_elems = cfg.zero_optimization.sub_group_elems();
@@ -102,6 +103,7 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   // made from it.
   const std::uint64_t state_per_elem = in.bf16_optimizer_states ? 8 : 12;
   const bool grads_on_nvme = in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
+  const std::uint64_t grad_per_elem = in.bf16_gradient_shards ? 2 : 4;  // the step's gradient shard
   // strata.optimizer_max_in_cpu: this many state elements (and their gradient shards)
   // stay on host.
   const std::uint64_t state_elems = in.stage == 0 ? P : s;
@@ -123,21 +125,21 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   switch (in.stage) {
     case 0:
       add(Tier::kCompute, StateKind::kGrads, lp * P);
-      if (mixed) add(step_tier, StateKind::kGrads, 4 * P);
+      if (mixed) add(step_tier, StateKind::kGrads, grad_per_elem * P);
       break;
     case 1:
       add(Tier::kCompute, StateKind::kGrads, lp * P);
-      if (mixed) add(step_tier, StateKind::kGrads, 4 * s);
+      if (mixed) add(step_tier, StateKind::kGrads, grad_per_elem * s);
       break;
     case 2:
       if (mixed && opt_tier == Tier::kCompute) add(Tier::kCompute, StateKind::kGrads, lp * s);
-      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * (s - opt_in_cpu));
-      add(Tier::kHost, StateKind::kGrads, 4 * opt_in_cpu);
+      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, grad_per_elem * (s - opt_in_cpu));
+      add(Tier::kHost, StateKind::kGrads, grad_per_elem * opt_in_cpu);
       break;
     default:
       add(Tier::kCompute, StateKind::kGrads, lp * W);
-      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, 4 * (s - opt_in_cpu));
-      add(Tier::kHost, StateKind::kGrads, 4 * opt_in_cpu);
+      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, grad_per_elem * (s - opt_in_cpu));
+      add(Tier::kHost, StateKind::kGrads, grad_per_elem * opt_in_cpu);
       break;
   }
   // optimizer state
@@ -151,9 +153,9 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   if (opt_tier == Tier::kNvme) {
     const auto count = static_cast<std::uint64_t>(in.optimizer_buffer_count);
     add(Tier::kHost, StateKind::kBuffers,
-        count * (state_per_elem + (grads_on_nvme ? 4 : 0)) * std::min(w_shard, in.sub_group_elems));
+        count * (state_per_elem + (grads_on_nvme ? grad_per_elem : 0)) * std::min(w_shard, in.sub_group_elems));
   }
-  if (grads_on_nvme) add(Tier::kHost, StateKind::kBuffers, 3 * 4 * w_shard);
+  if (grads_on_nvme) add(Tier::kHost, StateKind::kBuffers, 3 * grad_per_elem * w_shard);
   // A shard away from the step: the step writes the new shard into a staging shard; to
   // nvme, with two more being written and the Load pool (Note [nvme parameter staging]
   // in src/engine/gatherer.h).

@@ -55,6 +55,24 @@ TEST(EngineOptions, OptimizerStateDtypeComesFromTheConfig) {
   EXPECT_FALSE(half.validate().has_value());
 }
 
+// strata.gradient_shard_dtype reaches the engine; only fp32 and bf16 are shard dtypes.
+TEST(EngineOptions, GradientShardDtypeComesFromTheConfig) {
+  auto cfg = Config::parse(R"({"strata": {"gradient_shard_dtype": "bf16"}})");
+  ASSERT_TRUE(cfg.has_value()) << cfg.error().to_string();
+  auto o = EngineOptions::from_config(*cfg, 1);
+  ASSERT_TRUE(o.has_value()) << o.error().to_string();
+  EXPECT_EQ(o->grad_shard_dtype, at::kBFloat16);
+  EXPECT_EQ(EngineOptions::from_config(*Config::parse("{}"), 1)->grad_shard_dtype, at::kFloat);
+  auto bad = Config::parse(R"({"strata": {"gradient_shard_dtype": "fp16"}})");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().to_string().find("fp32, bf16"), std::string::npos) << bad.error().to_string();
+  EngineOptions half = *o;
+  half.grad_shard_dtype = at::kHalf;
+  const Status st = half.validate();
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().to_string().find("gradient shards must be fp32 or bf16"), std::string::npos) << st.error().to_string();
+}
+
 // Every stage and placement of the state runs on a GPU; the auto placement and a
 // wrapped optimizer do not yet, and the error names the device and the keys (docs/gpu.md).
 TEST(EngineOptions, AGpuComputeDeviceTakesEveryStageAndTierButNotAutoOrWrap) {

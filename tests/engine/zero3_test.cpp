@@ -59,6 +59,18 @@ TEST(Zero3, Bf16LossesTrackTheFp32Reference) {
   expect_all_ok(run_ranks(2, {zero3_worker(), "parity", "quarter", "bf16"}, std::chrono::seconds(300)));
 }
 
+// strata.gradient_shard_dtype bf16 with bf16 compute: bit for bit as fp32 shards, at half
+// the bytes, with the gradients on host (shards made from the master) and split between
+// host and nvme (optimizer_max_in_cpu, as `strata bench zero3 --largest` runs).
+TEST(Zero3, Bf16GradientShardsLoseNothingWithBf16Compute) {
+  const auto dir = testing::fresh_temp_dir("zero3-bf16-grads");
+  for (const char* placement : {"host", "nvme-optim-split"}) {
+    expect_all_ok(run_ranks(2, {zero3_worker(), "bf16grads", placement}, std::chrono::seconds(120),
+                            {{"STRATA_TEST_NVME", dir.string()}}));
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Zero3, GatheredBytesStayWithinMaxLivePlusOneChunkAndTheStepTraceHasEveryTrack) {
   const auto dir = testing::fresh_temp_dir("zero3-mem");
   expect_all_ok(run_ranks(2, {zero3_worker(), "memory"}, std::chrono::seconds(120), {{"STRATA_TEST_NVME", dir.string()}}));

@@ -13,6 +13,7 @@
 // zero3_worker gradmem                    stage 2 holds 1/world of stage 0's gradient bytes
 // zero3_worker deferred STAGE              deferred construction equals eager, bit for bit
 // zero3_worker fp16                       an overflowing loss scale skips the step
+// zero3_worker bf16grads PLACEMENT       bf16 gradient shards train bit for bit as fp32 ones
 //
 // STRATA_TEST_DEVICE (default cpu) is where the model, its reference and the batches
 // live: `cuda` for the gpu-labelled tests, which compare against plain LibTorch on the
@@ -376,6 +377,50 @@ void deferred(int stage) {
   same("after 5 steps");
 }
 
+// strata.gradient_shard_dtype bf16 loses nothing when it cannot: with bf16 compute and
+// one micro-step a step, each reduced gradient is bf16 already, so an engine with bf16
+// gradient shards trains bit for bit as one with fp32 shards (every loss of five steps,
+// the weights after them) while its shards take half the bytes on host and nvme.
+void bf16_grads(const std::string& placement) {
+  const nn::GPTConfig cfg = model_config();
+  std::uint64_t model_bytes = 0;
+  engine::EngineOptions o = options(placement, cfg, &model_bytes);
+  o.compute_dtype = at::kBFloat16;
+  o.optimizer.type = OptimizerType::kAdamW;
+  o.optimizer.lr = 3e-3;
+  o.optim_state_dtype = at::kBFloat16;  // as `strata bench zero3 --largest` runs
+  nn::GPT fp32_model(cfg), bf16_model(cfg);
+  fp32_model->init_weights(11);
+  bf16_model->init_weights(11);
+  o.swap.job_name = "fp32-grads";
+  auto a = check(engine::shard(*fp32_model, *g_comm, o), "shard fp32 grads");
+  o.grad_shard_dtype = at::kBFloat16;
+  o.swap.job_name = "bf16-grads";
+  auto b = check(engine::shard(*bf16_model, *g_comm, o), "shard bf16 grads");
+  const auto grads = plan::kind_index(plan::StateKind::kGrads);
+  std::uint64_t off_compute = 0;
+  for (plan::Tier t : {plan::Tier::kHost, plan::Tier::kNvme}) {
+    const std::uint64_t fp32 = a->memory_by_kind()[plan::tier_index(t)][grads];
+    const std::uint64_t bf16 = b->memory_by_kind()[plan::tier_index(t)][grads];
+    if (bf16 * 2 != fp32) fail(fmt::format("tier {}: bf16 gradient shards hold {} bytes, fp32 ones {}", plan::tier_index(t), bf16, fp32));
+    off_compute += fp32;
+  }
+  if (off_compute == 0) fail(placement + ": no gradient shard off the compute tier");
+  for (int s = 0; s < 5; ++s) {
+    auto [x, y] = my_rows(s);
+    at::Tensor la = fp32_model->loss(x, y), lb = bf16_model->loss(x, y);
+    if (!at::equal(la, lb)) fail(fmt::format("step {}: loss {} vs {}", s, la.item<double>(), lb.item<double>()));
+    check(a->backward(la), "backward fp32 grads");
+    check(b->backward(lb), "backward bf16 grads");
+    check(a->step(), "step fp32 grads");
+    check(b->step(), "step bf16 grads");
+  }
+  auto x = check(a->consolidated_params(), "consolidated fp32 grads");
+  auto y = check(b->consolidated_params(), "consolidated bf16 grads");
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (!at::equal(x[i], y[i])) fail(fmt::format("after 5 steps: parameter {} differs", i));
+}
+
 // fp16 with dynamic loss scaling (only on a GPU: LibTorch 1.13 has no fp16 matrix
 // products on the CPU). A first scale of 2^32 overflows the fp16 gradients, so the first
 // steps are skipped on every rank with the parameters untouched and the scale halved
@@ -459,6 +504,7 @@ int main(int argc, char** argv) {
   else if (mode == "deferred") deferred(std::stoi(a.at(1)));
   else if (mode == "smallbuffers") small_param_buffers();
   else if (mode == "fp16") fp16();
+  else if (mode == "bf16grads") bf16_grads(a.at(1));
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

@@ -90,6 +90,13 @@ std::vector<OffloadCase> offload_cases() {
   cases.push_back({2, 1, "bf16-state-cpu"});
   cases.push_back({2, 2, "bf16-state-nvme-subgroups"});
   cases.push_back({1, 2, "bf16-state-tensor-ops"});
+  // strata.gradient_shard_dtype bf16: shards on host at stages 1 and 2, on nvme (their
+  // records, whole and in sub-groups), and stepped by the tensor ops.
+  cases.push_back({2, 1, "bf16-grads-cpu"});
+  cases.push_back({2, 2, "bf16-grads-cpu"});
+  cases.push_back({2, 2, "bf16-grads-nvme-subgroups"});
+  cases.push_back({1, 2, "bf16-grads-nvme"});
+  cases.push_back({2, 2, "bf16-grads-cpu-tensor-ops"});
   return cases;
 }
 

@@ -74,6 +74,15 @@ void parity(int stage, const std::string& optim, std::string mode) {
     mode = mode.substr(std::min(mode.size(), std::string_view("bf16-state-").size()));
     fp32_ref.emplace(oc, test_device());
   }
+  // "bf16-grads": the gradient shards in bf16, against the reference with its gradients
+  // rounded alike and, to show the comparison can tell, against the plain reference.
+  const bool bf16_grads = mode.starts_with("bf16-grads");
+  if (bf16_grads) {
+    opts.grad_shard_dtype = at::kBFloat16;
+    mode = mode.substr(std::min(mode.size(), std::string_view("bf16-grads-").size()));
+    ref.bf16_grads = true;
+    fp32_ref.emplace(oc, test_device());
+  }
   if (wrap) opts.wrap = [oc](std::vector<at::Tensor> shards) { return torch_optimizer(oc, std::move(shards)); };
   if (mode == "cpu") opts.optim_device = OffloadDevice::kCpu;
   if (mode.starts_with("nvme")) use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
@@ -102,6 +111,21 @@ void parity(int stage, const std::string& optim, std::string mode) {
       if (got * 3 != fp32 * 2) fail(fmt::format("tier {}: bf16 state holds {} bytes, fp32 state {}", t, got, fp32));
     }
   }
+  if (bf16_grads) {
+    // Gradient shards of 2 bytes an element against 4, on whichever tier holds them.
+    ToyModel other(7);
+    other.to(test_device());
+    engine::EngineOptions fp32_opts = opts;
+    fp32_opts.grad_shard_dtype = at::kFloat;
+    fp32_opts.swap.job_name += "-fp32";
+    auto fp32_eng = check(engine::Engine::create(trainable(other), *g_comm, fp32_opts), "create fp32");
+    const auto kind = plan::kind_index(plan::StateKind::kGrads);
+    for (plan::Tier t : {plan::Tier::kHost, plan::Tier::kNvme}) {
+      const std::uint64_t got = opt->memory_by_kind()[plan::tier_index(t)][kind];
+      const std::uint64_t fp32 = fp32_eng->memory_by_kind()[plan::tier_index(t)][kind];
+      if (got * 2 != fp32) fail(fmt::format("tier {}: bf16 gradient shards hold {} bytes, fp32 ones {}", plan::tier_index(t), got, fp32));
+    }
+  }
   if (mode == "nvme-host-split") {
     const auto by_kind = opt->memory_by_kind();
     const auto kind = plan::kind_index(plan::StateKind::kOptimizer);
@@ -115,21 +139,23 @@ void parity(int stage, const std::string& optim, std::string mode) {
     auto r = check(opt->step(), "step");
     if (!r.applied) fail("step not applied");
     ref.step(s, kRowsPerRank * g_comm->world());
-    if (bf16_state) {
-      round_state_to_bf16(*ref.opt);
-      fp32_ref->step(s, kRowsPerRank * g_comm->world());
-    }
+    if (bf16_state) round_state_to_bf16(*ref.opt);
+    if (fp32_ref) fp32_ref->step(s, kRowsPerRank * g_comm->world());
     // A wrapped torch::optim optimizer steps whole chunk shards, so a parameter that
     // never had a gradient is stepped with a zero one (documented); the fused path
     // skips it exactly as torch::optim does.
-    compare(model, ref.model, bf16_state ? kBf16StateTol : 1e-6, fmt::format("stage {} {} step {}", stage, optim, s),
+    compare(model, ref.model, bf16_state ? kBf16StateTol : bf16_grads ? kBf16GradsTol : 1e-6, fmt::format("stage {} {} step {}", stage, optim, s),
             /*skip_unused=*/wrap);
   }
-  if (bf16_state) {
+  if (fp32_ref) {
+    const double tol = bf16_state ? kBf16StateTol : kBf16GradsTol;
     const double rounded = max_error(model, ref.model), plain = max_error(model, fp32_ref->model);
-    fmt::print("bf16 state: relative error {:.3g} against the rounded reference, {:.3g} against fp32 state\n",
-               rounded, plain);
-    if (plain < 5 * kBf16StateTol) fail("bf16 state is too close to fp32 state for the comparison to tell them apart");
+    fmt::print("{}: relative error {:.3g} against the rounded reference, {:.3g} against the plain one\n",
+               bf16_state ? "bf16 state" : "bf16 gradients", rounded, plain);
+    if (plain < 5 * tol) {
+      fail(fmt::format("the rounded run is {:.3g} from the plain reference, too close for the comparison ({:.0g}) to "
+                       "tell them apart", plain, tol));
+    }
   }
   if (!wrap && !at::equal(model.unused, unused_before)) fail("a parameter that never had a gradient changed");
 }

@@ -126,6 +126,17 @@ TEST(Estimator, KindsAndTiers) {
     EXPECT_EQ(b->at(Tier::kHost, StateKind::kBuffers), (4 * (8 + 4) + 3 * 4) * (200'000'000ull / 8) + (64ull << 20));
   }
   {
+    // strata.gradient_shard_dtype bf16: 2 bytes a gradient element on nvme, in the
+    // staging buffers and in the shards being completed.
+    EstimateInput bf16_grads = in;
+    bf16_grads.bf16_gradient_shards = true;
+    auto b = estimate_memory(bf16_grads);
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(b->at(Tier::kNvme, StateKind::kGrads), 2 * s);
+    EXPECT_EQ(b->at(Tier::kNvme, StateKind::kOptimizer), 12 * s);
+    EXPECT_EQ(b->at(Tier::kHost, StateKind::kBuffers), (4 * (12 + 2) + 3 * 2) * (200'000'000ull / 8) + (64ull << 20));
+  }
+  {
     // strata.optimizer_max_in_cpu: that many elements' state and gradient shard on host.
     EstimateInput split = in;
     split.optimizer_max_in_cpu = s / 4;
@@ -173,6 +184,9 @@ TEST(Estimator, InputFromConfig) {
   EXPECT_FALSE(in->bf16_optimizer_states);
   cfg.strata.optimizer_state_dtype = StateDtype::kBf16;
   EXPECT_TRUE(EstimateInput::from_config(cfg, 1000, 100, 2)->bf16_optimizer_states);
+  EXPECT_FALSE(in->bf16_gradient_shards);
+  cfg.strata.gradient_shard_dtype = StateDtype::kBf16;
+  EXPECT_TRUE(EstimateInput::from_config(cfg, 1000, 100, 2)->bf16_gradient_shards);
   cfg.zero_optimization.stage = 2;
   cfg.zero_optimization.offload_param.device = OffloadDevice::kCpu;
   EXPECT_FALSE(EstimateInput::from_config(cfg, 1000, 100, 2).has_value());

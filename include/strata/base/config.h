@@ -197,6 +197,12 @@ struct StrataConfig {
   // Adagrad's sum): fp32, or bf16, which saves 4 of Adam's 16 bytes a parameter
   // (the master stays fp32; checkpoints hold fp32).
   StateDtype optimizer_state_dtype = StateDtype::kFp32;
+  // The dtype of the gradient shards the step reads (stages 2-3, and stages 0-1 where
+  // the step runs off the compute tier): fp32, or bf16, which halves their host memory
+  // and nvme traffic. With a bf16 compute dtype and no gradient accumulation a reduced
+  // shard is bf16 already, so bf16 loses nothing then; micro-steps and a chunk reduced
+  // twice in one backward round their sums to bf16.
+  StateDtype gradient_shard_dtype = StateDtype::kFp32;
   // offload_optimizer nvme: elements of optimizer state shards kept in host memory
   // instead, whole chunks from the first (as offload_param.max_in_cpu for parameters):
   // RAM first, then the disk.

@@ -66,6 +66,9 @@ struct EngineOptions {
   // The optimizer's state tensors (m, v, momentum, sum): fp32 or bf16
   // (strata.optimizer_state_dtype). The master and the step's arithmetic stay fp32.
   at::ScalarType optim_state_dtype = at::kFloat;
+  // The gradient shards the step reads: fp32 or bf16 (strata.gradient_shard_dtype). A
+  // stage 0-1 step on the compute tier reads its slice of the compute-dtype buffer.
+  at::ScalarType grad_shard_dtype = at::kFloat;
   double gradient_clipping = 0.0;       // max L2 norm; 0 = off
   int gradient_accumulation_steps = 1;
   // Stages 2-3: the most gradient elements in flight to their reduce-scatter (full-size

@@ -61,6 +61,8 @@ struct EstimateInput {
   bool nvme_gradients = true;
   // Adam's m and v in fp32 or bf16 (strata.optimizer_state_dtype); the master is fp32.
   bool bf16_optimizer_states = false;
+  // The gradient shards the step reads in fp32 or bf16 (strata.gradient_shard_dtype).
+  bool bf16_gradient_shards = false;
   // nvme optimizer state: the elements kept on host instead (strata.optimizer_max_in_cpu;
   // approximately: the engine keeps whole chunks).
   std::uint64_t optimizer_max_in_cpu = 0;
