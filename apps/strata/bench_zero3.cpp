@@ -12,7 +12,8 @@
 // PyTorch on the GPU (torch.optim.AdamW under bf16 autocast) and under FSDP2 with
 // CPUOffloadPolicy (scripts/torch_zero_baseline.py, with $STRATA_PYTHON, a CUDA torch),
 // and stage 3 with everything on the GPU (the optimizer stepped there by ATen ops),
-// against plain PyTorch.
+// against plain PyTorch. strata's GPU placements keep bf16 gradient shards (lossless
+// with bf16 compute and one micro-step).
 #include <unistd.h>
 
 #include <chrono>
@@ -102,6 +103,10 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
     c.zero_optimization.offload_param.device = OffloadDevice::kCpu;
     c.zero_optimization.offload_optimizer.device = OffloadDevice::kCpu;
   }
+  // On a GPU in bf16: the gradient shards in bf16 too (strata.gradient_shard_dtype). One
+  // micro-step a step, so a reduced gradient is bf16 already and nothing is lost; the
+  // offloaded placements copy half the bytes to the host and their step reads half.
+  if (gpu && c.bf16.enabled) c.strata.gradient_shard_dtype = StateDtype::kBf16;
   auto eo = engine::EngineOptions::from_config(c, comm.world());
   if (!eo) return {{"error", eo.error().to_string()}};
   eo->compute_device = dev;

@@ -23,10 +23,10 @@
 // released when is the schedule's decision (on demand: after every use).
 //
 // On a GPU, a shard in host memory (a host-tier shard, a staging buffer a Load filled,
-// or the master's cast into a pinned buffer) goes into its slice on the copy stream (Note [copy stream] in
-// strata/tiers/copy_stream.h): the compute stream waits for it on the device when an
-// access first needs the chunk (wait), or before the all-gather with more than one rank,
-// or before the storage is released. The host waits for a copy only before the source
+// or the master's cast into a pinned buffer) goes into its slice on the copy stream
+// (Note [copy stream] in strata/tiers/copy_stream.h): the compute stream waits for it
+// on the device when an access first needs the chunk (wait), or before the all-gather
+// with more than one rank, or before the storage is released. The host waits for a copy only before the source
 // can change: at release_all, which runs before every optimizer step, before a
 // checkpoint load writes shards (wait_copies), and when a chunk is gathered again while
 // its last copy is still in flight. A staging buffer goes back

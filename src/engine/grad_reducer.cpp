@@ -78,8 +78,8 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     if (!chunks[c].trainable) continue;
     ChunkGrads& g = grads_[c];
     if (chunks[c].grads_on_nvme) {  // the record holds it; the host shard is made per backward
-      STRATA_ASSIGN_OR_RETURN(g.record_res, chunks.reserve(Tier::kNvme, static_cast<std::uint64_t>(store.shard_elems(c)) * elem_bytes,
-                                                           StateKind::kGrads, c, "grad record"));
+      const std::uint64_t record_bytes = static_cast<std::uint64_t>(store.shard_elems(c)) * elem_bytes;
+      STRATA_ASSIGN_OR_RETURN(g.record_res, chunks.reserve(Tier::kNvme, record_bytes, StateKind::kGrads, c, "grad record"));
       continue;
     }
     const Tier step = chunks.step_tier(c);
@@ -93,7 +93,7 @@ Status GradReducer::setup(std::function<void()> on_activity) {
       }
     }
     // fp32 by default: micro-steps accumulate in it without rounding, and the kernels
-    // read it as the optimizer's own precision. bf16 halves it (EngineOptions::grad_shard_dtype).
+    // read it as the optimizer's own precision. bf16 halves it (grad_shard_dtype).
     STRATA_ASSIGN_OR_RETURN(g.shard_res, chunks.reserve(step, static_cast<std::uint64_t>(n) * elem_bytes,
                                                         StateKind::kGrads, c, "grad shard"));
     // Off the compute tier, a GPU's gradients come to it: pinned (Note [pinned host tensors]).
@@ -410,7 +410,7 @@ void GradReducer::slice_to_host(std::uint32_t c) {
   copies_.compute_waits(*g.sliced);
 }
 
-// The step runs off compute: it reads a copy of this rank's slice in the gradient shard dtype.
+// The step runs off compute: it reads a copy of this rank's slice (the shard dtype).
 void GradReducer::wait_slices() {
   ChunkStore& store = core_.chunks->store();
   for (std::uint32_t c = 0; c < grads_.size(); ++c) {

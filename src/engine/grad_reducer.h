@@ -10,12 +10,14 @@
 //   all-reduce (stages 0-1)       buffers live for good and accumulate across
 //       micro-steps; in the boundary micro-step each ready chunk is all-reduced (avg),
 //       the rest when backward ends. The step reads this rank's slice of the buffer, or
-//       a copy of it (the gradient shard dtype) where the step runs when that is not compute.
+//       a copy of it (the gradient shard dtype) where the step runs when that is not
+//       compute.
 //   reduce-scatter (stages 2-3)   a buffer gets its bytes at the chunk's first gradient
 //       and loses them once reduced: every micro-step, a ready chunk is reduce-scattered
 //       (avg) and the result added to this rank's gradient shard (fp32, or bf16 with
-//       strata.gradient_shard_dtype), which lives where the chunk's step runs. At most reduce_bucket_size elements of buffers are alive
-//       at once (Note [gradient bytes in flight]).
+//       strata.gradient_shard_dtype), which lives where the chunk's step runs. At most
+//       reduce_bucket_size elements of buffers are alive at once (Note [gradient bytes
+//       in flight]).
 //       On a budgeted compute tier a buffer that does not fit first waits for the
 //       reductions in flight; if it still does not fit, that is a "cannot fit" error.
 //
@@ -101,9 +103,9 @@ class GradReducer {
   Status drain();
   // At the boundary, before the step: every gradient shard is final.
   Status finish();
-  // The gradient shard the step reads for chunk c (grad_shard_dtype, or the compute dtype when it
-  // is a slice of a stage 0-1 buffer). Undefined for a chunk whose gradients are on
-  // nvme: the step reads them with the optimizer state.
+  // The gradient shard the step reads for chunk c (grad_shard_dtype, or the compute
+  // dtype when it is a slice of a stage 0-1 buffer). Undefined for a chunk whose
+  // gradients are on nvme: the step reads them with the optimizer state.
   const at::Tensor& grad_shard(std::uint32_t c) const { return grads_[c].shard; }
   // At the boundary, after finish(): the prologue's partials over chunk c's gradient
   // shard, unscaled by inv_scale.

@@ -13,7 +13,7 @@
 // units_worker bwdbudget                  an over-budget buffer in backward is "cannot fit"
 // units_worker bigtier CASE               nvme records of 64 MiB: stage 2 optimizer state,
 //                                         stage 3 parameter shards and optimizer state,
-//                                         2-bf16-split bf16 state split host/nvme
+//                                         2-bf16-split bf16 state and gradients split host/nvme
 #include <cmath>
 #include <functional>
 #include <optional>
@@ -476,9 +476,10 @@ void backward_budget() {
 // state is kept in sub-groups of 16M elements (a 64 MiB record and a partial one per
 // tensor, Note [optimizer sub-groups]); at stage 3 max_in_cpu keeps one weight's shard
 // on host and the other on nvme. Three steps against plain LibTorch SGD with momentum.
-// CASE "2-bf16-split": stage 2 with the momentum in bf16 (32 MiB records), the first
-// weight's state kept on host by optimizer_max_in_cpu, stepped by ATen ops (host_step),
-// against the reference with its momentum rounded alike (bf16_state_reference.h).
+// CASE "2-bf16-split": stage 2 with the momentum and the gradient shards in bf16 (32 MiB
+// records), the first weight's state kept on host by optimizer_max_in_cpu, stepped by
+// ATen ops (host_step), against the reference with its momentum and its gradients
+// rounded alike (bf16_state_reference.h).
 struct Big : torch::nn::Module {
   torch::nn::Linear a{nullptr}, b{nullptr};
   Big() {
@@ -511,6 +512,7 @@ void bigtier(const std::string& which) {
   o.swap.job_name = fmt::format("bigtier-{}", which);
   if (bf16_split) {
     o.optim_state_dtype = at::kBFloat16;
+    o.grad_shard_dtype = at::kBFloat16;
     o.optim_max_in_cpu = 20'000'000;  // one weight's shard (16.8M elements), not both
     o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
   }
@@ -541,6 +543,8 @@ void bigtier(const std::string& which) {
     if (!compares) continue;
     torch_compat::zero_grad_keep(*ref_opt);
     at::mse_loss(ref->forward(x), y).backward();
+    if (bf16_split)
+      for (auto& p : ref->parameters()) p.grad().copy_(p.grad().to(at::kBFloat16));
     ref_opt->step();
     if (bf16_split) strata::testing::round_state_to_bf16(*ref_opt);
   }

@@ -118,8 +118,8 @@ TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
 }
 
 // Every nvme record at a real size (64 MiB): stage 2's optimizer state, stage 3's
-// parameter shards and optimizer state, stage 2's bf16 state split between host and
-// nvme and stepped by ATen ops, three steps against plain LibTorch. One test per
+// parameter shards and optimizer state, stage 2's bf16 state and gradient shards split
+// between host and nvme and stepped by ATen ops, three steps against plain LibTorch. One test per
 // case, so that ctest can run them next to others (each takes minutes).
 class RealSize : public ::testing::TestWithParam<const char*> {};
 
