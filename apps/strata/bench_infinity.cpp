@@ -1,8 +1,12 @@
 // strata bench infinity: where the step's time goes as model state moves to nvme.
 //
-// Three real `strata train` runs of the same GPT (stage 3, everything else as `strata
-// bench train`): the optimizer state on host; on nvme; parameters and optimizer state on
-// nvme. Each run's figures are medians over the steps after the first two (the first
+// Four real `strata train` runs of the same GPT (stage 3, fp32 compute: a --config run
+// takes DeepSpeed's defaults; everything else as `strata bench train`): the optimizer
+// state on host; on nvme; parameters and optimizer state on nvme; and the optimizer state
+// on nvme with its state tensors and the gradient shards in bf16
+// (strata.optimizer_state_dtype, strata.gradient_shard_dtype, as `bench zero3 --largest`
+// runs them; with fp32 compute the gradients are rounded to bf16, with bf16 compute
+// they would lose nothing), whose nvme bytes and times are compared with the fp32 ones. Each run's figures are medians over the steps after the first two (the first
 // records the trace), read from its metrics.jsonl: the step split into forward, backward
 // and optimizer, the nvme bytes read and written per step, the optimizer step's achieved
 // nvme bandwidth, and the run's peak RSS (rank 0's process). The disk's own figures come
@@ -15,7 +19,8 @@
 // step's time: 1.0 means the step runs at the disk's sequential speed; above 1 it
 // overlaps reads with writes better than that.
 // ratios.step_nvme_vs_host: the whole step with the optimizer on nvme over the step with
-// it on host.
+// it on host. ratios.nvme_bytes_bf16_vs_fp32 and step_bf16_vs_fp32_nvme: the bf16 state
+// and gradients' nvme bytes per step (read + written) and step time over fp32's.
 
 #include <cstdlib>
 
@@ -52,11 +57,13 @@ struct InfinityPlacement {
   const char* what;  // for the table
   const char* optimizer;
   const char* param;
+  bool bf16_state = false;  // optimizer state and gradient shards in bf16
 };
 constexpr InfinityPlacement kPlacements[] = {
     {"host", "optimizer on host", "cpu", "none"},
     {"nvme_optimizer", "optimizer on nvme", "nvme", "none"},
     {"nvme_all", "params + optimizer on nvme", "nvme", "nvme"},
+    {"nvme_optimizer_bf16", "optimizer on nvme, bf16 state and gradients", "nvme", "none", true},
 };
 
 struct RunFigures {
@@ -69,9 +76,15 @@ struct RunFigures {
 Result<RunFigures> run_placement(const InfinityOptions& o, const InfinityPlacement& p, const fs::path& dir) {
   STRATA_ASSIGN_OR_RETURN(std::string self, self_exe());
   const fs::path out = dir / p.key;
-  const fs::path config = dir / "config.json";
+  const fs::path config = dir / fmt::format("{}.json", p.key);
   // Every swap record on disk, however small the model.
-  std::ofstream(config) << R"({"zero_optimization": {"stage3_param_persistence_threshold": 0}, "strata": {"min_io_bytes": 0}})";
+  nlohmann::json cfg = {{"zero_optimization", {{"stage3_param_persistence_threshold", 0}}},
+                        {"strata", {{"min_io_bytes", 0}}}};
+  if (p.bf16_state) {
+    cfg["strata"]["optimizer_state_dtype"] = "bf16";
+    cfg["strata"]["gradient_shard_dtype"] = "bf16";
+  }
+  std::ofstream(config) << cfg.dump();
   STRATA_RETURN_IF_ERROR(run_as_user({self, "train", "--config", config.string(), "-n", std::to_string(o.world), "--model",
                                     o.model, "--seq-len", std::to_string(o.seq), "--micro-batch", std::to_string(o.batch),
                                     "--steps", std::to_string(o.steps), "--stage", "3", "--compute-budget", "none",
@@ -130,7 +143,7 @@ int run(const InfinityOptions& o) {
   report.set_config("steps", o.steps);
   report.add("disk read (bench io, 64 MiB records)", disk->read_gbps, "GB/s");
   report.add("disk write (bench io, 64 MiB records)", disk->write_gbps, "GB/s");
-  std::optional<RunFigures> host;
+  std::optional<RunFigures> host, fp32_nvme;
   for (const InfinityPlacement& p : kPlacements) {
     auto f = run_placement(o, p, dir);
     if (!f) return fail(f.error());
@@ -158,6 +171,14 @@ int run(const InfinityOptions& o) {
     }
     if (k == "nvme_optimizer") report.add_ratio("step_nvme_vs_host", f->step_s / host->step_s);
     if (k == "nvme_all") report.add_ratio("step_nvme_all_vs_host", f->step_s / host->step_s);
+    if (k == "nvme_optimizer") fp32_nvme = *f;
+    if (k == "nvme_optimizer_bf16") {
+      report.add(k + " nvme bytes per step", (f->nvme_read + f->nvme_written) / 1e9, "GB", "fp32 state and gradients",
+                 (fp32_nvme->nvme_read + fp32_nvme->nvme_written) / 1e9, "rank 0, read + written");
+      report.add_ratio("nvme_bytes_bf16_vs_fp32",
+                       (f->nvme_read + f->nvme_written) / (fp32_nvme->nvme_read + fp32_nvme->nvme_written));
+      report.add_ratio("step_bf16_vs_fp32_nvme", f->step_s / fp32_nvme->step_s);
+    }
     if (is_host) host = *f;
   }
   cleanup();
@@ -169,7 +190,7 @@ int run(const InfinityOptions& o) {
 
 void add_bench_infinity(CLI::App& bench, int* exit_code) {
   auto* cmd = bench.add_subcommand("infinity", "step time, nvme bytes and bandwidth, peak RSS: optimizer on host vs nvme "
-                                               "vs params + optimizer on nvme");
+                                               "vs params + optimizer on nvme vs bf16 state and gradients on nvme");
   auto o = std::make_shared<InfinityOptions>();
   cmd->add_option("--model", o->model, "GPT size (tiny, gpt2, custom:LxHxA)");
   cmd->add_option("--world", o->world, "Ranks")->check(CLI::Range(1, 2));

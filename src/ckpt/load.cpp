@@ -16,37 +16,60 @@ namespace strata::ckpt {
 namespace fs = std::filesystem;
 namespace {
 
-// Each engine parameter's saved index, by name; differences listed.
-Result<std::vector<std::size_t>> match(const engine::Engine& eng, const CheckpointMeta& m, const fs::path& dir) {
-  std::unordered_map<std::string, std::size_t> saved;
-  for (std::size_t i = 0; i < m.params.size(); ++i) saved.emplace(m.params[i].name, i);
+// A tensor the model has or the checkpoint holds, matched by name.
+struct Named {
+  std::string_view name;
+  std::vector<std::int64_t> shape;
+};
+
+std::string shape_str(const std::vector<std::int64_t>& shape) { return c10::str(c10::IntArrayRef(shape)); }
+
+// Each wanted tensor's index among the saved ones, by name (the wanted ones the
+// checkpoint lacks are left out). Every difference, a name on one side only or another
+// shape, goes to `diffs`, prefixed with `kind` ("" or "buffer ").
+std::vector<std::size_t> match_names(const std::vector<Named>& saved, const std::vector<Named>& want,
+                                     std::string_view kind, std::vector<std::string>& diffs) {
+  std::unordered_map<std::string_view, std::size_t> index;
+  for (std::size_t i = 0; i < saved.size(); ++i) index.emplace(saved[i].name, i);
   std::vector<std::size_t> out;
-  std::vector<std::string> diffs;
-  std::vector<bool> used(m.params.size());
-  for (std::size_t i = 0; i < eng.params().size(); ++i) {
-    const std::string& name = eng.param_names()[i];
-    const auto shape = eng.params()[i].sizes().vec();
-    auto it = saved.find(name);
-    if (it == saved.end()) {
-      diffs.push_back(fmt::format("'{}' {} is not in the checkpoint", name, c10::str(eng.params()[i].sizes())));
+  std::vector<bool> used(saved.size());
+  for (const Named& w : want) {
+    auto it = index.find(w.name);
+    if (it == index.end()) {
+      diffs.push_back(fmt::format("{}'{}' {} is not in the checkpoint", kind, w.name, shape_str(w.shape)));
       continue;
     }
     used[it->second] = true;
-    if (m.params[it->second].shape != shape) {
-      diffs.push_back(fmt::format("'{}' is {} in the model, {} in the checkpoint", name, c10::str(eng.params()[i].sizes()),
-                                  c10::str(c10::IntArrayRef(m.params[it->second].shape))));
-    }
     out.push_back(it->second);
+    if (saved[it->second].shape != w.shape) {
+      diffs.push_back(fmt::format("{}'{}' is {} in the model, {} in the checkpoint", kind, w.name, shape_str(w.shape),
+                                  shape_str(saved[it->second].shape)));
+    }
   }
-  for (std::size_t i = 0; i < m.params.size(); ++i)
-    if (!used[i]) diffs.push_back(fmt::format("'{}' {} is in the checkpoint, not in the model", m.params[i].name,
-                                              c10::str(c10::IntArrayRef(m.params[i].shape))));
-  if (diffs.empty()) return out;
+  for (std::size_t i = 0; i < saved.size(); ++i)
+    if (!used[i]) diffs.push_back(fmt::format("{}'{}' {} is in the checkpoint, not in the model", kind, saved[i].name,
+                                              shape_str(saved[i].shape)));
+  return out;
+}
+
+// The differences as one error: the first 20 listed, then how many more.
+Error mismatch(std::string_view what, const std::vector<std::string>& diffs, const fs::path& dir) {
   std::string list;
   for (std::size_t i = 0; i < diffs.size() && i < 20; ++i) list += "\n  " + diffs[i];
   if (diffs.size() > 20) list += fmt::format("\n  ... and {} more", diffs.size() - 20);
-  return make_error(ErrorCode::kInvalidArgument, "the checkpoint does not match the model ({} differences):{}", diffs.size(), list)
+  return Error(ErrorCode::kInvalidArgument, fmt::format("{} ({} differences):{}", what, diffs.size(), list))
       .with_path(dir.string());
+}
+
+// Each engine parameter's saved index, by name; differences listed.
+Result<std::vector<std::size_t>> match(const engine::Engine& eng, const CheckpointMeta& m, const fs::path& dir) {
+  std::vector<Named> saved, want;
+  for (const auto& p : m.params) saved.push_back({p.name, p.shape});
+  for (std::size_t i = 0; i < eng.params().size(); ++i) want.push_back({eng.param_names()[i], eng.params()[i].sizes().vec()});
+  std::vector<std::string> diffs;
+  std::vector<std::size_t> out = match_names(saved, want, "", diffs);
+  if (diffs.empty()) return out;
+  return std::unexpected(mismatch("the checkpoint does not match the model", diffs, dir));
 }
 
 // The engine's store parameter -> its index in params().
@@ -65,31 +88,15 @@ Result<std::vector<std::size_t>> match_buffers(const CheckpointMeta& m, const fs
     log::warn("{} was saved before checkpoints held the model's buffers; the model keeps its own", dir.string());
     return std::vector<std::size_t>{};
   }
-  std::unordered_map<std::string, std::size_t> saved;
-  for (std::size_t i = 0; i < m.buffers->size(); ++i) saved.emplace((*m.buffers)[i].name, i);
-  std::vector<std::size_t> out;
+  std::vector<Named> saved, named;
+  for (const BufferMeta& b : *m.buffers) saved.push_back({b.name, b.shape});
+  for (const NamedBuffer& b : want) named.push_back({b.name, b.value.sizes().vec()});
   std::vector<std::string> diffs;
-  std::vector<bool> used(m.buffers->size());
-  for (const NamedBuffer& b : want) {
-    auto it = saved.find(b.name);
-    if (it == saved.end()) {
-      diffs.push_back(fmt::format("buffer '{}' {} is not in the checkpoint", b.name, c10::str(b.value.sizes())));
-      continue;
-    }
-    used[it->second] = true;
-    out.push_back(it->second);
-    const BufferMeta& bm = (*m.buffers)[it->second];
-    if (bm.shape != b.value.sizes().vec()) {
-      diffs.push_back(fmt::format("buffer '{}' is {} in the model, {} in the checkpoint", b.name, c10::str(b.value.sizes()),
-                                  c10::str(c10::IntArrayRef(bm.shape))));
-    }
-    if (auto t = buffer_dtype(bm); !t) diffs.push_back(std::string(t.error().message()));
-  }
-  for (std::size_t i = 0; i < used.size(); ++i)
-    if (!used[i]) diffs.push_back(fmt::format("buffer '{}' is in the checkpoint, not in the model", (*m.buffers)[i].name));
+  std::vector<std::size_t> out = match_names(saved, named, "buffer ", diffs);
+  for (std::size_t i : out)
+    if (auto t = buffer_dtype((*m.buffers)[i]); !t) diffs.push_back(std::string(t.error().message()));
   if (diffs.empty()) return out;
-  return make_error(ErrorCode::kInvalidArgument, "the checkpoint's buffers do not match the model's:\n  {}", fmt::join(diffs, "\n  "))
-      .with_path(dir.string());
+  return std::unexpected(mismatch("the checkpoint's buffers do not match the model's", diffs, dir));
 }
 
 // The saved buffers into `want`, in place (converted to each one's dtype).

@@ -123,7 +123,8 @@ TEST(BenchInfinity, JsonHasTheRatiosAndTheNvmeBytesOfEachPlacement) {
   auto doc = run_json(fmt::format("infinity --model tiny --steps 3 --seq 32 --batch 2 --dir {}", dir.string()));
   ASSERT_TRUE(doc.is_object());
   EXPECT_EQ(doc["bench"], "infinity");
-  for (const char* k : {"optimizer_nvme_vs_disk", "step_nvme_vs_host", "step_nvme_all_vs_host"}) {
+  for (const char* k : {"optimizer_nvme_vs_disk", "step_nvme_vs_host", "step_nvme_all_vs_host", "nvme_bytes_bf16_vs_fp32",
+                        "step_bf16_vs_fp32_nvme"}) {
     ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
     EXPECT_GT(doc["ratios"][k].get<double>(), 0.0) << k;
   }
@@ -132,7 +133,11 @@ TEST(BenchInfinity, JsonHasTheRatiosAndTheNvmeBytesOfEachPlacement) {
   // Adam on nvme: master, m, v and the gradient in, master, m, v out (params stay on compute).
   EXPECT_GT(f["nvme_optimizer nvme read per step"].get<double>(), f["nvme_optimizer nvme written per step"].get<double>() * 0.99);
   EXPECT_GT(f["nvme_all nvme read per step"].get<double>(), f["nvme_optimizer nvme read per step"].get<double>());
-  for (const char* k : {"host peak RSS", "nvme_optimizer peak RSS", "nvme_all peak RSS"}) EXPECT_GT(f[k].get<double>(), 0.0) << k;
+  for (const char* k : {"host peak RSS", "nvme_optimizer peak RSS", "nvme_all peak RSS", "nvme_optimizer_bf16 peak RSS"})
+    EXPECT_GT(f[k].get<double>(), 0.0) << k;
+  // bf16 m, v and gradient: per element 4 + 2 + 2 + 2 bytes read and 4 + 2 + 2 + 2 written
+  // (the gradient in backward) against 16 and 16: 0.625, less the records kept alike.
+  EXPECT_NEAR(doc["ratios"]["nvme_bytes_bf16_vs_fp32"].get<double>(), 0.625, 0.03) << doc.dump(2);
   EXPECT_TRUE(std::filesystem::is_empty(dir)) << "bench infinity left files in " << dir;
   std::filesystem::remove_all(dir);
 }
