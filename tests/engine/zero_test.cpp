@@ -141,6 +141,21 @@ TEST(Zero, NvmeGradientsAccumulateAndClipExactly) {
   std::filesystem::remove_all(dir);
 }
 
+// strata.gradient_shard_dtype bf16: micro-steps add into bf16 shards (on compute, and
+// through nvme records read back), against torch::optim fed the same bf16 sums; the
+// clipping norm over bf16 shards against clip_grad_norm_ over the rounded gradients.
+TEST(Zero, Bf16GradientShardsAccumulateAndClipLikeTorchOnTheSameSums) {
+  const auto dir = testing::fresh_temp_dir("bf16-grads");
+  const std::map<std::string, std::string> env = {{"STRATA_TEST_NVME", dir.string()}};
+  for (const char* mode : {"", "nvme", "nvme-subgroups"})
+    expect_all_ok(run_ranks(1, {zero_worker(), "accum-bf16", mode}, std::chrono::seconds(120), env));
+  for (int world : {1, 2})
+    for (const char* norm : {"2", "inf"})
+      expect_all_ok(run_ranks(world, {zero_worker(), "clip", "2", norm, "bf16-grads-nvme"}, std::chrono::seconds(120), env));
+  expect_all_ok(run_ranks(2, {zero_worker(), "clip", "2", "1", "bf16-grads"}));
+  std::filesystem::remove_all(dir);
+}
+
 // A failed or corrupted nvme read in the middle of training stops every rank with an
 // error within the timeout; the rank that read it names the record and its file.
 TEST(Zero, AnNvmeReadFaultStopsEveryRankAndNamesTheRecord) {
