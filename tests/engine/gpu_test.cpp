@@ -55,6 +55,12 @@ TEST(Gpu, Stages1And2WithTheStateOnHostOrNvme) {
 TEST(Gpu, AQuarterBudgetEvictsFromGpuMemory) { run_on_gpu({"parity", "quarter"}); }
 TEST(Gpu, Bf16LossesTrackTheFp32ReferenceWithin2Percent) { run_on_gpu({"parity", "host", "bf16"}); }
 TEST(Gpu, Fp16OverflowSkipsTheStepAndTheScaleHalves) { run_on_gpu({"fp16"}); }
+// strata.gradient_shard_dtype bf16 with bf16 compute: bit for bit as fp32 shards, the
+// gradients landing on host in bf16 (Note [gradients to host]) and, with the shards
+// made from the master, its cast going to the GPU from a pinned buffer.
+TEST(Gpu, Bf16GradientShardsLoseNothingWithBf16Compute) {
+  for (const char* placement : {"host", "nvme-optim-split"}) run_on_gpu({"bf16grads", placement});
+}
 // Frozen parameters, parameters without a gradient, a module called twice, tuple
 // outputs and a skip branch, at stages 1-3 on every placement, against the reference
 // and the consolidated weights (units_worker awkward).

@@ -389,9 +389,12 @@ void bf16_grads(const std::string& placement) {
   o.optimizer.type = OptimizerType::kAdamW;
   o.optimizer.lr = 3e-3;
   o.optim_state_dtype = at::kBFloat16;  // as `strata bench zero3 --largest` runs
+  const c10::Device dev = test_device();
   nn::GPT fp32_model(cfg), bf16_model(cfg);
   fp32_model->init_weights(11);
   bf16_model->init_weights(11);
+  fp32_model->to(dev);
+  bf16_model->to(dev);
   o.swap.job_name = "fp32-grads";
   auto a = check(engine::shard(*fp32_model, *g_comm, o), "shard fp32 grads");
   o.grad_shard_dtype = at::kBFloat16;
@@ -408,7 +411,7 @@ void bf16_grads(const std::string& placement) {
   if (off_compute == 0) fail(placement + ": no gradient shard off the compute tier");
   for (int s = 0; s < 5; ++s) {
     auto [x, y] = my_rows(s);
-    at::Tensor la = fp32_model->loss(x, y), lb = bf16_model->loss(x, y);
+    at::Tensor la = fp32_model->loss(x.to(dev), y.to(dev)), lb = bf16_model->loss(x.to(dev), y.to(dev));
     if (!at::equal(la, lb)) fail(fmt::format("step {}: loss {} vs {}", s, la.item<double>(), lb.item<double>()));
     check(a->backward(la), "backward fp32 grads");
     check(b->backward(lb), "backward bf16 grads");
