@@ -15,11 +15,12 @@ io::SwapKey optim_key(std::uint32_t c, std::uint32_t t, std::uint32_t g) {
 io::SwapKey grad_key(std::uint32_t c, std::uint32_t g) { return {io::SwapKind::kOptimizer, g * 256 + 255, c}; }
 
 ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::uint64_t optim_bytes_per_elem,
-                           const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,
-                           const std::unique_ptr<io::SwapStore>& swap)
+                           std::uint64_t grad_bytes_per_elem, const plan::ScheduleOptions& sched,
+                           tiers::TierAllocator& tiers, StorageCache& storage, const std::unique_ptr<io::SwapStore>& swap)
     : store_(std::move(store)),
       replicated_(replicated),
       optim_bytes_per_elem_(optim_bytes_per_elem),
+      grad_bytes_per_elem_(grad_bytes_per_elem),
       sched_(sched),
       tiers_(tiers),
       storage_(storage),
@@ -55,7 +56,7 @@ plan::ScheduleChunk ChunkRuntime::schedule_chunk(std::uint32_t c) const {
       .shard_tier = k.shard_tier,
       .optim_tier = k.optim_tier,
       .optim_state_bytes = k.trainable ? shard_elems * optim_bytes_per_elem_ : 0,
-      .grad_shard_bytes = k.trainable && !k.grads_on_nvme ? shard_elems * 4 : 0,
+      .grad_shard_bytes = k.trainable && !k.grads_on_nvme ? shard_elems * grad_bytes_per_elem_ : 0,
       .persistent = flagged_persistent,
       .shard_from_master = k.shard_from_master,
       .replicated = replicated_,

@@ -56,11 +56,13 @@ struct ChunkRt {
 class ChunkRuntime {
  public:
   // `replicated`: stages 0-2. `optim_bytes_per_elem`: the optimizer's bytes per shard
-  // element, the fp32 master and every state tensor. `sched` (world, persistence threshold) and `swap` (the engine's
-  // swap store, opened after placement) belong to the engine and outlive the runtime.
+  // element, the fp32 master and every state tensor; `grad_bytes_per_elem`: the gradient
+  // shard's (fp32 or bf16). `sched` (world, persistence threshold) and `swap` (the
+  // engine's swap store, opened after placement) belong to the engine and outlive the
+  // runtime.
   ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::uint64_t optim_bytes_per_elem,
-               const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers, StorageCache& storage,
-               const std::unique_ptr<io::SwapStore>& swap);
+               std::uint64_t grad_bytes_per_elem, const plan::ScheduleOptions& sched, tiers::TierAllocator& tiers,
+               StorageCache& storage, const std::unique_ptr<io::SwapStore>& swap);
 
   ChunkStore& store() { return *store_; }
   const ChunkStore& store() const { return *store_; }
@@ -109,6 +111,7 @@ class ChunkRuntime {
   std::unique_ptr<ChunkStore> store_;
   bool replicated_;
   std::uint64_t optim_bytes_per_elem_;
+  std::uint64_t grad_bytes_per_elem_;
   const plan::ScheduleOptions& sched_;
   tiers::TierAllocator& tiers_;
   StorageCache& storage_;

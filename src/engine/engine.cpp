@@ -195,7 +195,8 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   const std::uint64_t optim_bytes_per_elem =
       4 + m.kernel.state_names().size() * c10::elementSize(m.kernel.state_dtype());
   core.chunks = std::make_unique<ChunkRuntime>(std::move(store), stage < 3, optim_bytes_per_elem,
-                                               core.opt.schedule, core.tiers, core.storage, core.swap);
+                                               c10::elementSize(o.grad_shard_dtype), core.opt.schedule, core.tiers,
+                                               core.storage, core.swap);
   core.pool = std::make_unique<ThreadPool>(static_cast<std::size_t>(std::max(0, o.optimizer_threads)));
   m.optim = std::make_unique<OptimStateHolder>(core, m.kernel);
   m.reducer = std::make_unique<GradReducer>(core);

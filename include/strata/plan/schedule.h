@@ -75,7 +75,7 @@ struct ScheduleChunk {
   // and the fp32 grad shard lives where the step runs.
   Tier optim_tier = Tier::kCompute;
   std::uint64_t optim_state_bytes = 0;  // this rank's master + optimizer state bytes
-  std::uint64_t grad_shard_bytes = 0;   // this rank's fp32 grad accumulator bytes
+  std::uint64_t grad_shard_bytes = 0;   // this rank's grad accumulator bytes (fp32 or bf16)
   bool persistent = false;              // keep gathered regardless of the threshold
   // The shard is not stored: gathers cast this rank's fp32 master slice (stage 3, shard
   // and optimizer state both on host; Note [shard from master] in src/engine). Its shard
