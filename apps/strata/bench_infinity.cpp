@@ -6,8 +6,9 @@
 // on nvme with its state tensors and the gradient shards in bf16
 // (strata.optimizer_state_dtype, strata.gradient_shard_dtype, as `bench zero3 --largest`
 // runs them; with fp32 compute the gradients are rounded to bf16, with bf16 compute
-// they would lose nothing), whose nvme bytes and times are compared with the fp32 ones. Each run's figures are medians over the steps after the first two (the first
-// records the trace), read from its metrics.jsonl: the step split into forward, backward
+// they would lose nothing), whose nvme bytes and times are compared with the fp32 ones.
+// Each run's figures are medians over the steps after the first two (the first records
+// the trace), read from its metrics.jsonl: the step split into forward, backward
 // and optimizer, the nvme bytes read and written per step, the optimizer step's achieved
 // nvme bandwidth, and the run's peak RSS (rank 0's process). The disk's own figures come
 // from `strata bench io` on the same directory in the same run: 64 MiB records, read and

@@ -65,7 +65,8 @@ Error mismatch(std::string_view what, const std::vector<std::string>& diffs, con
 Result<std::vector<std::size_t>> match(const engine::Engine& eng, const CheckpointMeta& m, const fs::path& dir) {
   std::vector<Named> saved, want;
   for (const auto& p : m.params) saved.push_back({p.name, p.shape});
-  for (std::size_t i = 0; i < eng.params().size(); ++i) want.push_back({eng.param_names()[i], eng.params()[i].sizes().vec()});
+  for (std::size_t i = 0; i < eng.params().size(); ++i)
+    want.push_back({eng.param_names()[i], eng.params()[i].sizes().vec()});
   std::vector<std::string> diffs;
   std::vector<std::size_t> out = match_names(saved, want, "", diffs);
   if (diffs.empty()) return out;

@@ -16,7 +16,8 @@ io::SwapKey grad_key(std::uint32_t c, std::uint32_t g) { return {io::SwapKind::k
 
 ChunkRuntime::ChunkRuntime(std::unique_ptr<ChunkStore> store, bool replicated, std::uint64_t optim_bytes_per_elem,
                            std::uint64_t grad_bytes_per_elem, const plan::ScheduleOptions& sched,
-                           tiers::TierAllocator& tiers, StorageCache& storage, const std::unique_ptr<io::SwapStore>& swap)
+                           tiers::TierAllocator& tiers, StorageCache& storage,
+                           const std::unique_ptr<io::SwapStore>& swap)
     : store_(std::move(store)),
       replicated_(replicated),
       optim_bytes_per_elem_(optim_bytes_per_elem),

@@ -59,6 +59,16 @@ comm::Communicator* g_comm = nullptr;
 using strata::testing::check;
 using strata::testing::test_device;
 
+// A "bf16-grads" prefix on MODE (parity, clip): bf16 gradient shards, against the
+// reference with its gradients rounded to bf16 (Reference::bf16_grads).
+bool take_bf16_grads(std::string& mode, engine::EngineOptions& opts, Reference& ref) {
+  if (!mode.starts_with("bf16-grads")) return false;
+  opts.grad_shard_dtype = at::kBFloat16;
+  ref.bf16_grads = true;
+  mode = mode.substr(std::min(mode.size(), std::string_view("bf16-grads-").size()));
+  return true;
+}
+
 void parity(int stage, const std::string& optim, std::string mode) {
   const bool wrap = mode == "wrap";
   OptimizerConfig oc = optim_config(optim);
@@ -79,13 +89,8 @@ void parity(int stage, const std::string& optim, std::string mode) {
   }
   // "bf16-grads": the gradient shards in bf16, against the reference with its gradients
   // rounded alike and, to show the comparison can tell, against the plain reference.
-  const bool bf16_grads = mode.starts_with("bf16-grads");
-  if (bf16_grads) {
-    opts.grad_shard_dtype = at::kBFloat16;
-    mode = mode.substr(std::min(mode.size(), std::string_view("bf16-grads-").size()));
-    ref.bf16_grads = true;
-    fp32_ref.emplace(oc, test_device());
-  }
+  const bool bf16_grads = take_bf16_grads(mode, opts, ref);
+  if (bf16_grads) fp32_ref.emplace(oc, test_device());
   if (wrap) opts.wrap = [oc](std::vector<at::Tensor> shards) { return torch_optimizer(oc, std::move(shards)); };
   if (mode == "cpu") opts.optim_device = OffloadDevice::kCpu;
   if (mode.starts_with("nvme")) use_nvme(opts, fmt::format("parity-{}-{}", stage, optim));
@@ -126,7 +131,9 @@ void parity(int stage, const std::string& optim, std::string mode) {
     for (plan::Tier t : {plan::Tier::kHost, plan::Tier::kNvme}) {
       const std::uint64_t got = opt->memory_by_kind()[plan::tier_index(t)][kind];
       const std::uint64_t fp32 = fp32_eng->memory_by_kind()[plan::tier_index(t)][kind];
-      if (got * 2 != fp32) fail(fmt::format("tier {}: bf16 gradient shards hold {} bytes, fp32 ones {}", plan::tier_index(t), got, fp32));
+      if (got * 2 != fp32) {
+        fail(fmt::format("tier {}: bf16 gradient shards hold {} bytes, fp32 ones {}", plan::tier_index(t), got, fp32));
+      }
     }
   }
   if (mode == "nvme-host-split") {
@@ -147,8 +154,8 @@ void parity(int stage, const std::string& optim, std::string mode) {
     // A wrapped torch::optim optimizer steps whole chunk shards, so a parameter that
     // never had a gradient is stepped with a zero one (documented); the fused path
     // skips it exactly as torch::optim does.
-    compare(model, ref.model, bf16_state ? kBf16StateTol : bf16_grads ? kBf16GradsTol : 1e-6, fmt::format("stage {} {} step {}", stage, optim, s),
-            /*skip_unused=*/wrap);
+    const double tol = bf16_state ? kBf16StateTol : bf16_grads ? kBf16GradsTol : 1e-6;
+    compare(model, ref.model, tol, fmt::format("stage {} {} step {}", stage, optim, s), /*skip_unused=*/wrap);
   }
   if (fp32_ref) {
     const double tol = bf16_state ? kBf16StateTol : kBf16GradsTol;
@@ -176,16 +183,6 @@ void stages(const std::string& optim) {
     check(o2->step(), "step 2");
     compare(m1, m2, 1e-6, fmt::format("stage 1 vs 2, step {}", s));
   }
-}
-
-// A "bf16-grads" prefix on a clip MODE: bf16 gradient shards, against the reference with
-// its gradients rounded to bf16 (Reference::bf16_grads).
-bool take_bf16_grads(std::string& mode, engine::EngineOptions& opts, Reference& ref) {
-  if (!mode.starts_with("bf16-grads")) return false;
-  opts.grad_shard_dtype = at::kBFloat16;
-  ref.bf16_grads = true;
-  mode = mode.substr(std::min(mode.size(), std::string_view("bf16-grads-").size()));
-  return true;
 }
 
 void accum(int stage, const std::string& nvme) {
