@@ -2,6 +2,8 @@
 //
 //   strata estimate --params 7e9 --largest-layer 2e8 --world 8 --stage 3 --offload-optimizer nvme
 //   strata estimate --model gpt:48x1600 --world 4 --stage 3 --bf16 --json
+//   strata estimate --params 13e9 --stage 3 --offload-param cpu --offload-optimizer nvme --bf16 \
+//                   --bf16-state --bf16-grads   # strata.optimizer_state_dtype, gradient_shard_dtype
 //
 // The numbers come from plan::estimate_memory (strata/plan/estimator.h); DeepSpeed's
 // published estimate is printed beside them where DeepSpeed has one.
@@ -33,6 +35,8 @@ struct EstimateArgs {
   bool bf16 = false;
   bool fp16 = false;
   bool fp32 = false;
+  bool bf16_state = false;  // strata.optimizer_state_dtype bf16
+  bool bf16_grads = false;  // strata.gradient_shard_dtype bf16
   bool json = false;
 };
 
@@ -58,6 +62,8 @@ Result<plan::EstimateInput> build_input(const EstimateArgs& a, std::optional<Chu
   in.dtype = a.fp32 ? plan::Dtype::kFp32 : a.bf16 ? plan::Dtype::kBf16 : plan::Dtype::kFp16;
   in.offload_optimizer = device_of(a.offload_optimizer);
   in.offload_param = device_of(a.offload_param);
+  in.bf16_optimizer_states = a.bf16_state;
+  in.bf16_gradient_shards = a.bf16_grads;
   if (!a.params.empty()) {
     STRATA_ASSIGN_OR_RETURN(in.n_params, parse_size(a.params));
   } else {
@@ -90,7 +96,9 @@ void print_table(const plan::EstimateInput& in, const plan::MemoryEstimate& e, c
   fmt::print("strata estimate: {}{} params, world {} ({} per node), ZeRO stage {}, {}\n",
              model.empty() ? "" : model + ", ", format_count(in.n_params), in.world, per_node, in.stage,
              plan::to_string(in.dtype));
-  fmt::print("offload: optimizer {}, params {}", to_string(in.offload_optimizer), to_string(in.offload_param));
+  fmt::print("offload: optimizer {}, params {}; optimizer state {}, gradient shards {}", to_string(in.offload_optimizer),
+             to_string(in.offload_param), in.bf16_optimizer_states ? "bf16" : "fp32",
+             in.bf16_gradient_shards ? "bf16" : "fp32");
   if (in.largest_layer_params > 0) fmt::print("; largest layer {} params", format_count(in.largest_layer_params));
   fmt::print("\n");
   if (chunks)
@@ -135,7 +143,9 @@ nlohmann::json to_json(const plan::EstimateInput& in, const plan::MemoryEstimate
         {"largest_layer", in.largest_layer_params}, {"world", in.world},
         {"gpus_per_node", in.gpus_per_node == 0 ? in.world : in.gpus_per_node}, {"stage", in.stage},
         {"dtype", plan::to_string(in.dtype)}, {"offload_optimizer", to_string(in.offload_optimizer)},
-        {"offload_param", to_string(in.offload_param)}}},
+        {"offload_param", to_string(in.offload_param)},
+        {"optimizer_state_dtype", in.bf16_optimizer_states ? "bf16" : "fp32"},
+        {"gradient_shard_dtype", in.bf16_gradient_shards ? "bf16" : "fp32"}}},
       {"tiers", tiers},
       {"total", e.total()},
   };
@@ -186,6 +196,8 @@ void add_estimate_command(CLI::App& app, int* exit_code) {
   auto* fp32 = cmd->add_flag("--fp32", args->fp32, "fp32 only, no master copy");
   bf16->excludes(fp16)->excludes(fp32);
   fp16->excludes(fp32);
+  cmd->add_flag("--bf16-state", args->bf16_state, "Optimizer state tensors in bf16 (strata.optimizer_state_dtype)");
+  cmd->add_flag("--bf16-grads", args->bf16_grads, "Gradient shards in bf16 (strata.gradient_shard_dtype)");
   cmd->add_flag("--json", args->json, "Print JSON: tiers -> kinds -> bytes");
   cmd->callback([args, exit_code] { *exit_code = run_estimate(*args); });
 }

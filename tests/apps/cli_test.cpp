@@ -121,6 +121,26 @@ TEST(Cli, EstimateJsonMatchesDeepSpeedOnTheGpu) {
   EXPECT_EQ(j["total"].get<std::uint64_t>(), sum);
 }
 
+// strata.optimizer_state_dtype and gradient_shard_dtype in bf16 (--largest's layout):
+// with the state on nvme, 8 bytes of state and 2 of gradient a shard element there
+// instead of 12 and 4.
+TEST(Cli, EstimateTakesBf16StateAndGradientShards) {
+  const std::string base = strata_bin() + " estimate --params 1e9 --world 2 --stage 3 --offload-param cpu "
+                                          "--offload-optimizer nvme --bf16 --json";
+  auto plain = run_command(base + " 2>/dev/null");
+  auto lean = run_command(base + " --bf16-state --bf16-grads 2>/dev/null");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(lean.exit_code, 0) << lean.output;
+  const auto p = nlohmann::json::parse(plain.output), l = nlohmann::json::parse(lean.output);
+  const std::uint64_t s = 1'000'000'000ull / 2;
+  EXPECT_EQ(p["tiers"]["nvme"]["optimizer"].get<std::uint64_t>(), 12 * s);
+  EXPECT_EQ(p["tiers"]["nvme"]["grads"].get<std::uint64_t>(), 4 * s);
+  EXPECT_EQ(l["tiers"]["nvme"]["optimizer"].get<std::uint64_t>(), 8 * s);
+  EXPECT_EQ(l["tiers"]["nvme"]["grads"].get<std::uint64_t>(), 2 * s);
+  EXPECT_EQ(l["inputs"]["gradient_shard_dtype"], "bf16");
+  EXPECT_EQ(p["inputs"]["optimizer_state_dtype"], "fp32");
+}
+
 TEST(Cli, EstimateFromAModelShape) {
   auto r = run_command(strata_bin() + " estimate --model gpt:12x768 --world 2 --stage 3 --json 2>/dev/null");
   ASSERT_EQ(r.exit_code, 0) << r.output;
