@@ -99,8 +99,7 @@ Status Gatherer::fill_slice(std::uint32_t c, const at::Tensor& slice) {
     if (copies_.active()) {
       at::Tensor cast = host_empty_for(slice.device(), slice.numel(), slice.scalar_type());
       cast.copy_(master_(c));
-      copy_in(g, slice, cast, std::nullopt);
-      g.copy->cast = std::move(cast);
+      copy_in(g, slice, cast, std::nullopt);  // the copy holds `cast` until it has ended
     } else {
       slice.copy_(master_(c));
     }
@@ -124,7 +123,7 @@ void Gatherer::copy_in(GatherRt& g, const at::Tensor& slice, const at::Tensor& s
     g.copy.reset();
   }
   std::optional<c10::Event> done = copies_.run([&] { slice.copy_(src, /*non_blocking=*/true); });
-  g.copy.emplace(Copy{.done = std::move(*done), .source = std::move(source)});
+  g.copy.emplace(Copy{.done = std::move(*done), .src = src, .source = std::move(source)});
   copying_.push_back(static_cast<std::uint32_t>(&g - g_.data()));
 }
 

@@ -26,10 +26,10 @@
 // or the master's cast into a pinned buffer) goes into its slice on the copy stream
 // (Note [copy stream] in strata/tiers/copy_stream.h): the compute stream waits for it
 // on the device when an access first needs the chunk (wait), or before the all-gather
-// with more than one rank, or before the storage is released. The host waits for a copy only before the source
-// can change: at release_all, which runs before every optimizer step, before a
-// checkpoint load writes shards (wait_copies), and when a chunk is gathered again while
-// its last copy is still in flight. A staging buffer goes back
+// with more than one rank, or before the storage is released. The host waits for a
+// copy only before the source can change: at release_all, which runs before every
+// optimizer step, before a checkpoint load writes shards (wait_copies), and when a chunk
+// is gathered again while its last copy is still in flight. A staging buffer goes back
 // to its pool once its copy has finished.
 #pragma once
 
@@ -97,8 +97,9 @@ class Gatherer {
   struct Copy {
     c10::Event done;
     bool compute_waited = false;    // the compute stream is ordered after it
-    std::optional<Staged> source;   // the staging buffer it reads, kept until it is done
-    at::Tensor cast;                // or the master's pinned cast it reads (Note [shard from master])
+    at::Tensor src;                 // what it reads, held until it is done (a master's cast
+                                    // owns its bytes, Note [shard from master])
+    std::optional<Staged> source;   // the staging buffer under `src` (a view), kept alike
   };
   struct GatherRt {
     std::optional<Staged> staged;    // a Load's result, until its gather

@@ -236,6 +236,8 @@ void nested() {
 // parameter shards and optimizer state there), nvme_split (optimizer sub-groups, one
 // Load buffer, max_in_cpu), budget (a compute budget; at stage 3 it forces evictions),
 // bf16_state (the momentum in bf16 on host, against the reference's rounded alike),
+// bf16_grads (bf16 gradient shards on nvme, against the reference's gradients rounded
+// alike),
 // optim_host_split (optimizer_max_in_cpu: the first chunk's state on host, the rest on
 // nvme), tensor_ops (host_step: ATen ops step the state on nvme; at stage 3 the
 // parameter shards there too).
@@ -300,6 +302,11 @@ void awkward_case(int stage, const std::string& placement) {
   } else if (placement == "bf16_state") {
     o.optim_device = OffloadDevice::kCpu;
     o.optim_state_dtype = at::kBFloat16;
+  } else if (placement == "bf16_grads") {
+    // bf16 gradient shards, on nvme with the optimizer state (Note [gradients on nvme]).
+    o.optim_device = OffloadDevice::kNvme;
+    o.grad_shard_dtype = at::kBFloat16;
+    nvme();
   } else if (placement == "optim_host_split") {
     o.optim_device = OffloadDevice::kNvme;
     o.optim_max_in_cpu = o.chunks.chunk_size_elems / 2;  // one chunk shard at world 2
@@ -312,9 +319,10 @@ void awkward_case(int stage, const std::string& placement) {
   } else if (placement != "none") {
     fail("unknown placement " + placement);
   }
-  // bf16 state: within a bf16 rounding flip of the rounded reference (bf16_state_reference.h).
-  const bool bf16_state = placement == "bf16_state";
-  const double tol = bf16_state ? strata::testing::kBf16StateTol : 1e-5;
+  // bf16 state or gradients: within a bf16 rounding flip of the reference rounded alike
+  // (bf16_state_reference.h).
+  const bool bf16_state = placement == "bf16_state", bf16_grads = placement == "bf16_grads";
+  const double tol = bf16_state || bf16_grads ? strata::testing::kBf16StateTol : 1e-5;
   auto made = engine::shard(*model, *g_comm, o);
   if (stage < 3 && (placement == "params_host" || placement == "params_nvme")) {
     // Parameters are only sharded, so only offloaded, at stage 3.
@@ -345,6 +353,9 @@ void awkward_case(int stage, const std::string& placement) {
     torch_compat::zero_grad_keep(ref_opt);
     at::Tensor ref_loss = ref.loss(x, y);
     ref_loss.backward();
+    if (bf16_grads)
+      for (auto& p : ref_params)
+        if (p.grad().defined()) p.grad().copy_(p.grad().to(at::kBFloat16));
     ref_opt.step();
     if (bf16_state) strata::testing::round_state_to_bf16(ref_opt);
     at::Tensor l = loss.detach().to(at::kCPU).clone();
@@ -379,7 +390,7 @@ void awkward_case(int stage, const std::string& placement) {
 
 void awkward(int stage) {
   for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget",
-                        "bf16_state", "optim_host_split", "tensor_ops"})
+                        "bf16_state", "bf16_grads", "optim_host_split", "tensor_ops"})
     awkward_case(stage, p);
 }
 

@@ -377,8 +377,8 @@ void deferred(int stage) {
   same("after 5 steps");
 }
 
-// strata.gradient_shard_dtype bf16 loses nothing when it cannot: with bf16 compute and
-// one micro-step a step, each reduced gradient is bf16 already, so an engine with bf16
+// strata.gradient_shard_dtype bf16 loses nothing where nothing can be lost: bf16 compute,
+// one micro-step a step: each reduced gradient is bf16 already, so an engine with bf16
 // gradient shards trains bit for bit as one with fp32 shards (every loss of five steps,
 // the weights after them) while its shards take half the bytes on host and nvme.
 void bf16_grads(const std::string& placement) {
