@@ -44,15 +44,17 @@ void AccessDriver::drop_schedule() {
   schedule_.reset();
 }
 
-Result<std::optional<std::size_t>> AccessDriver::on_access(UnitId u, plan::Phase phase) {
-  std::optional<std::size_t> at;
-  // Inference (a forward without an autograd graph) fetches on demand and leaves the
-  // training trace alone. Backward runs with grad mode off, but is always training.
-  const bool training = phase == plan::Phase::kBackward || at::GradMode::is_enabled();
+Result<AccessDriver::Open> AccessDriver::on_access(UnitId u, plan::Phase phase) {
+  std::optional<std::size_t> at, pos;
+  // Inference (a forward without an autograd graph, outside a training step) fetches on
+  // demand and leaves the training trace alone. Backward runs with grad mode off, but is
+  // always training; so is a no_grad forward within a step (reentrant checkpointing).
+  const bool training = phase == plan::Phase::kBackward || at::GradMode::is_enabled() || in_step_;
   if (training && core_.opt.on_access) core_.opt.on_access(u, phase);
   if (training) {
     begin_step_if_needed();
     at = trace_.on_access({u, phase});
+    pos = trace_.index() - 1;
     if (scheduled_step_ && !at) {
       // Another path through the model: the trace warned once. What the schedule
       // prefetched for the old path goes; the rest of the step runs on demand.
@@ -70,15 +72,22 @@ Result<std::optional<std::size_t>> AccessDriver::on_access(UnitId u, plan::Phase
     access_live_bytes_.push_back(live > baseline_live_bytes_ ? live - baseline_live_bytes_ : 0);
   }
   unit_t0_ = Clock::now();
-  return at;
+  return Open{u, at, pos};
 }
 
-Status AccessDriver::finish_access(UnitId u, plan::Phase phase, std::optional<std::size_t> at) {
+Status AccessDriver::finish_access(const Open& a, plan::Phase phase) {
+  const UnitId u = a.u;
   const ChunkState after = phase == plan::Phase::kForward ? ChunkState::kHoldAfterFwd : ChunkState::kHoldAfterBwd;
   for (std::uint32_t c : units_[u].chunks) (*core_.chunks)[c].sm.end_use(after);
   core_.trace.add(StepTrace::kCompute, fmt::format("{} {}", units_[u].name, plan::to_string(phase)), unit_t0_,
                   Clock::now());
-  if (scheduled_step_ && at) return run_ops(schedule_->accesses[*at].post, *at);
+  if (a.pos && !trace_.on_close(*a.pos) && scheduled_step_) {
+    // It ends elsewhere than the schedule planned for (the trace warned once): as for
+    // another path through the model, the rest of the step runs on demand.
+    drop_schedule();
+    STRATA_RETURN_IF_ERROR(gatherer_.release_all(false));
+  }
+  if (scheduled_step_ && a.at) return run_ops(schedule_->accesses[*a.at].post, *a.at);
   // On demand: release what this unit used as soon as nobody uses it. Outside a training
   // step (inference) persistent chunks go too: the next step's schedule gathers them.
   for (std::uint32_t c : units_[u].chunks) STRATA_RETURN_IF_ERROR(gatherer_.release(c, /*persistent_too=*/!in_step_));
@@ -112,23 +121,23 @@ Status AccessDriver::load_ahead(std::size_t at) {
 
 Status AccessDriver::pre_forward(UnitId u) {
   // Units open now enclose this one (Note [nested backward]).
-  for (const auto& [outer, at] : fwd_stack_) {
+  for (const Open& outer : fwd_stack_) {
     auto& anc = units_[u].ancestors;
-    if (outer != u && std::find(anc.begin(), anc.end(), outer) == anc.end()) anc.push_back(outer);
+    if (outer.u != u && std::find(anc.begin(), anc.end(), outer.u) == anc.end()) anc.push_back(outer.u);
   }
-  STRATA_ASSIGN_OR_RETURN(std::optional<std::size_t> at, on_access(u, plan::Phase::kForward));
-  fwd_stack_.emplace_back(u, at);
+  STRATA_ASSIGN_OR_RETURN(Open a, on_access(u, plan::Phase::kForward));
+  fwd_stack_.push_back(a);
   return ok();
 }
 
 Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs) {
-  if (fwd_stack_.empty() || fwd_stack_.back().first != u) {
+  if (fwd_stack_.empty() || fwd_stack_.back().u != u) {
     return make_error(ErrorCode::kFailedPrecondition, "post_forward of unit '{}' without its pre_forward",
                       units_[u].name);
   }
-  const auto at = fwd_stack_.back().second;
+  const Open a = fwd_stack_.back();
   fwd_stack_.pop_back();
-  STRATA_RETURN_IF_ERROR(finish_access(u, plan::Phase::kForward, at));
+  STRATA_RETURN_IF_ERROR(finish_access(a, plan::Phase::kForward));
   if (!at::GradMode::is_enabled()) return ok();  // inference: no backward to prepare
   // The pre-backward hook: the first gradient of any output of this call arrives just
   // before the unit's own backward runs, so that is when its chunks must be gathered
@@ -154,27 +163,27 @@ void AccessDriver::begin_unit_backward(UnitId u) {
     const auto& a = units_[open].ancestors;
     return std::find(a.begin(), a.end(), u) != a.end();
   };
-  std::vector<std::pair<UnitId, std::optional<std::size_t>>> inner;  // open units nested in u: stay open
-  while (!bwd_stack_.empty() && std::find(anc.begin(), anc.end(), bwd_stack_.back().first) == anc.end()) {
-    const auto [open, at] = bwd_stack_.back();
+  std::vector<Open> inner;  // open units nested in u: stay open
+  while (!bwd_stack_.empty() && std::find(anc.begin(), anc.end(), bwd_stack_.back().u) == anc.end()) {
+    const Open open = bwd_stack_.back();
     bwd_stack_.pop_back();
-    if (nested_in_u(open)) {
-      inner.emplace_back(open, at);
+    if (nested_in_u(open.u)) {
+      inner.push_back(open);
       continue;
     }
-    core_.errors.check(finish_access(open, plan::Phase::kBackward, at));
+    core_.errors.check(finish_access(open, plan::Phase::kBackward));
   }
-  auto at = on_access(u, plan::Phase::kBackward);
-  if (!at) core_.errors.raise(std::move(at).error());
-  bwd_stack_.emplace_back(u, *at);
+  auto a = on_access(u, plan::Phase::kBackward);
+  if (!a) core_.errors.raise(std::move(a).error());
+  bwd_stack_.push_back(*a);
   bwd_stack_.insert(bwd_stack_.end(), inner.rbegin(), inner.rend());
 }
 
 Status AccessDriver::end_backward() {
   while (!bwd_stack_.empty()) {
-    const auto [open, at] = bwd_stack_.back();
+    const Open open = bwd_stack_.back();
     bwd_stack_.pop_back();
-    STRATA_RETURN_IF_ERROR(finish_access(open, plan::Phase::kBackward, at));
+    STRATA_RETURN_IF_ERROR(finish_access(open, plan::Phase::kBackward));
   }
   STRATA_RETURN_IF_ERROR(reducer_.end_backward());
   // The step may change every parameter: nothing but persistent chunks stays gathered.
@@ -184,12 +193,15 @@ Status AccessDriver::end_backward() {
 
 Status AccessDriver::after_optimizer_step() { return gatherer_.release_all(true); }
 
-Result<plan::Schedule> AccessDriver::plan(std::span<const plan::ModuleAccess> accesses) const {
+Result<plan::Schedule> AccessDriver::plan(std::span<const plan::ModuleAccess> accesses,
+                                          std::span<const std::uint32_t> open_through,
+                                          std::span<const std::uint32_t> close_order) const {
   std::map<int, std::vector<plan::ChunkId>> module_chunks;
   for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u) module_chunks[u] = {units_[u].chunks.begin(), units_[u].chunks.end()};
   plan::ScheduleInput in{.chunks = core_.chunks->schedule_chunks(),
-                         .accesses = plan::chunk_accesses(accesses, module_chunks),
-                         .options = core_.opt.schedule};
+                         .accesses = plan::chunk_accesses(accesses, module_chunks, open_through),
+                         .options = core_.opt.schedule,
+                         .close_order = {close_order.begin(), close_order.end()}};
   if (access_live_bytes_.size() == in.accesses.size()) {
     for (std::size_t i = 0; i < in.accesses.size(); ++i) in.accesses[i].reserved_compute_bytes = access_live_bytes_[i];
   }
@@ -228,7 +240,7 @@ Status AccessDriver::end_trace_step() {
     }
   }
   STRATA_RETURN_IF_ERROR(cb_.refit());
-  STRATA_ASSIGN_OR_RETURN(plan::Schedule s, plan(trace_.accesses()));
+  STRATA_ASSIGN_OR_RETURN(plan::Schedule s, plan(trace_.accesses(), trace_.open_through(), trace_.close_order()));
   log::debug("stage 3: trace of {} accesses frozen (hash {:016x}); schedule: {} gathers, {} prefetched, host<->compute {}",
              trace_.accesses().size(), trace_.hash(), s.n_gathers, s.n_prefetched, format_bytes(s.moved.host_compute()));
   schedule_ = std::move(s);

@@ -21,6 +21,12 @@
 // An access that does not match the frozen trace (a data-dependent branch) drops the
 // schedule for the rest of the step: chunks prefetched for it are released, everything
 // is fetched on demand, results do not change, and the next step records again.
+//
+// An access ends when its unit's forward returns, or when its backward is done (above);
+// where it ends is part of the trace (Note [overlapping accesses] in strata/plan/trace.h),
+// and the schedule keeps its chunks gathered until then. Within a step a forward with
+// grad mode off is traced too: reentrant activation checkpointing runs the checkpointed
+// modules' forwards under no_grad, then again inside their backward.
 #pragma once
 
 #include <cstdint>
@@ -66,9 +72,12 @@ class AccessDriver {
   const plan::AccessTrace& trace() const { return trace_; }
   const plan::Schedule* schedule() const { return schedule_ ? &*schedule_ : nullptr; }
   bool in_step() const { return in_step_; }
-  // The schedule of an access sequence with the chunks' current tiers and the measured
-  // activation bytes (when they were measured for this sequence).
-  Result<plan::Schedule> plan(std::span<const plan::ModuleAccess> accesses) const;
+  // The schedule of an access sequence (with where its accesses end: AccessTrace's
+  // open_through and close_order; empty: each before the next begins), the chunks'
+  // current tiers and the measured activation bytes (when measured for this sequence).
+  Result<plan::Schedule> plan(std::span<const plan::ModuleAccess> accesses,
+                              std::span<const std::uint32_t> open_through = {},
+                              std::span<const std::uint32_t> close_order = {}) const;
   // Units forward in order, then backward in reverse: the trace most models make, to
   // check a placement before any step has run.
   std::vector<plan::ModuleAccess> provisional_trace() const;
@@ -78,8 +87,14 @@ class AccessDriver {
   bool measuring_activations() const;
   // Live CPU bytes the tier reservations do not account for (activations, temporaries).
   std::uint64_t non_model_bytes() const;
-  Result<std::optional<std::size_t>> on_access(UnitId u, plan::Phase phase);
-  Status finish_access(UnitId u, plan::Phase phase, std::optional<std::size_t> at);
+  // An open access: its index in the frozen trace when the step follows the schedule,
+  // and its index in this step's trace (none outside a training step).
+  struct Open {
+    UnitId u = 0;
+    std::optional<std::size_t> at, pos;
+  };
+  Result<Open> on_access(UnitId u, plan::Phase phase);
+  Status finish_access(const Open& a, plan::Phase phase);
   Status run_ops(const std::vector<plan::Op>& ops, std::size_t at);
   // Note [nvme parameter staging]: the Loads of the next kLoadAhead accesses, issued now.
   Status load_ahead(std::size_t at);
@@ -97,8 +112,8 @@ class AccessDriver {
   std::optional<plan::Schedule> schedule_;
   bool in_step_ = false;
   bool scheduled_step_ = false;  // this step follows the schedule (so far)
-  // Open accesses: (unit, its index in the frozen trace). Backward ones outermost first.
-  std::vector<std::pair<UnitId, std::optional<std::size_t>>> fwd_stack_, bwd_stack_;
+  // Open accesses. Backward ones outermost first.
+  std::vector<Open> fwd_stack_, bwd_stack_;
   Clock::time_point unit_t0_;
   // auto placement: non-model bytes live at each access of the recording step.
   std::vector<std::uint64_t> access_live_bytes_;

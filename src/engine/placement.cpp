@@ -100,11 +100,10 @@ Status Engine::Impl::place() {
 Status Engine::Impl::fit_auto() {
   ChunkRuntime& chunks = *core.chunks;
   const plan::AccessTrace& trace = access->trace();
-  const std::vector<plan::ModuleAccess> accesses =
-      trace.complete() ? std::vector<plan::ModuleAccess>(trace.accesses().begin(), trace.accesses().end())
-                       : access->provisional_trace();
+  const std::vector<plan::ModuleAccess> provisional = access->provisional_trace();
   for (;;) {
-    auto s = access->plan(accesses);
+    auto s = trace.complete() ? access->plan(trace.accesses(), trace.open_through(), trace.close_order())
+                              : access->plan(provisional);
     if (s) return ok();
     std::optional<std::uint32_t> victim;
     for (std::uint32_t c = 0; c < chunks.size(); ++c) {

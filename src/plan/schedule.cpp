@@ -25,12 +25,15 @@ struct GatherEvent {
   std::uint32_t prev_end;  // index into ends of the residency before this one, or kNone
 };
 
-// The end of a residency: an eviction at pre(at) (movable earlier) or a release at post(at).
+// The end of a residency: an eviction at pre(at) (movable earlier), or a release after
+// access `at` ran, in the post ops of the access whose end it follows (post_of: `at`
+// itself unless accesses overlap, Note [overlapping accesses] in trace.h).
 struct EndEvent {
   ChunkId chunk;
   std::uint32_t at;
   bool evict;
   std::uint32_t last_use;  // the chunk's last use before this end
+  std::uint32_t post_of = 0;
 };
 
 struct Holder {
@@ -73,11 +76,13 @@ class Planner {
       fixed_[tier_index(step_tier(ch))] += ch.grad_shard_bytes;
       if (persistent_[c]) persistent_bytes_ += ch.bytes;
     }
-    // Per access: its chunks (deduplicated, aliased ones dropped), each chunk's uses.
+    STRATA_RETURN_IF_ERROR(prepare_ends());
+    // Per access: its own chunks (deduplicated, aliased ones dropped), and the chunks
+    // resident while it runs: its own and those of the accesses still open around it.
+    own_.resize(n_);
     chunks_at_.resize(n_);
     uses_.assign(n_chunks, {});
     std::vector<std::uint32_t> first_bwd(n_chunks, kNone), last_bwd(n_chunks, kNone);
-    prefix_elems_.assign(n_ + 1, 0);
     for (std::uint32_t i = 0; i < n_; ++i) {
       std::vector<ChunkId> ids = in_.accesses[i].chunks;
       for (ChunkId c : ids)
@@ -86,26 +91,36 @@ class Planner {
                             n_chunks);
       std::sort(ids.begin(), ids.end());
       ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-      // Aliased chunks get gradients too, but are never gathered.
+      // Aliased chunks get gradients too, but are never gathered. A chunk's gradient is
+      // done when the last of its backward accesses to end has ended.
       for (ChunkId c : ids)
         if (in_.accesses[i].phase == Phase::kBackward && in_.chunks[c].grad_bytes > 0) {
           if (first_bwd[c] == kNone) first_bwd[c] = i;
-          last_bwd[c] = i;
+          if (last_bwd[c] == kNone || close_rank_[i] > close_rank_[last_bwd[c]]) last_bwd[c] = i;
         }
       std::erase_if(ids, [&](ChunkId c) { return aliased_[c]; });
+      own_[i] = std::move(ids);
+    }
+    for (std::uint32_t k = 0; k < n_; ++k) {
+      for (std::uint32_t i = k; i <= close_[k]; ++i) chunks_at_[i].insert(chunks_at_[i].end(), own_[k].begin(), own_[k].end());
+    }
+    prefix_elems_.assign(n_ + 1, 0);
+    for (std::uint32_t i = 0; i < n_; ++i) {
+      std::vector<ChunkId>& ids = chunks_at_[i];
+      std::sort(ids.begin(), ids.end());
+      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
       std::uint64_t elems = 0;
       for (ChunkId c : ids) {
         uses_[c].push_back(i);
         elems += in_.chunks[c].numel;
       }
       prefix_elems_[i + 1] = std::min(kInf - elems, prefix_elems_[i]) + elems;
-      chunks_at_[i] = std::move(ids);
     }
     last_bwd_ = last_bwd;
-    // Grad buffers live from a chunk's first to its last backward access.
+    // Grad buffers live from a chunk's first backward access until its gradient is done.
     grad_live_.assign(n_, 0);
     for (ChunkId c = 0; c < n_chunks; ++c)
-      for (std::uint32_t i = first_bwd[c]; first_bwd[c] != kNone && i <= last_bwd[c]; ++i)
+      for (std::uint32_t i = first_bwd[c]; first_bwd[c] != kNone && i <= close_[last_bwd[c]]; ++i)
         grad_live_[i] += in_.chunks[c].grad_bytes;
     // Capacity for gathered chunks, and the hard compute budget check.
     cap_.assign(n_, 0);
@@ -122,6 +137,36 @@ class Planner {
     if (n_ == 0 && budget != kInf && fixed_[0] > budget) return cannot_fit_tier(Tier::kCompute, fixed_[0]);
     const std::uint64_t nvme_budget = budget_or_inf(opt_.budget_bytes[2]);
     if (fixed_[2] > nvme_budget) return cannot_fit_tier(Tier::kNvme, fixed_[2]);
+    return ok();
+  }
+
+  // Where each access ends (Note [overlapping accesses]): close_[i], the last access begun
+  // before it ends; close_order_, the order they end in; close_rank_, the inverse.
+  Status prepare_ends() {
+    close_.resize(n_);
+    for (std::uint32_t i = 0; i < n_; ++i) {
+      const std::uint32_t t = in_.accesses[i].open_through;
+      if (t != kNone && t >= n_)
+        return make_error(ErrorCode::kInvalidArgument, "schedule: access {} is open through access {}, but there are {}",
+                          i, t, n_);
+      close_[i] = std::max(i, t);
+    }
+    close_order_ = in_.close_order;
+    if (close_order_.empty())
+      for (std::uint32_t i = 0; i < n_; ++i) close_order_.push_back(i);
+    close_rank_.assign(n_, kNone);
+    if (close_order_.size() != n_)
+      return make_error(ErrorCode::kInvalidArgument, "schedule: close order of {} accesses, but there are {}",
+                        close_order_.size(), n_);
+    for (std::uint32_t r = 0; r < n_; ++r) {
+      const std::uint32_t k = close_order_[r];
+      if (k >= n_ || close_rank_[k] != kNone)
+        return make_error(ErrorCode::kInvalidArgument, "schedule: the close order is not a permutation of the accesses");
+      if (r > 0 && close_[k] < close_[close_order_[r - 1]])
+        return make_error(ErrorCode::kInvalidArgument, "schedule: access {} ends after access {} in the close order, "
+                          "but before it in open_through", k, close_order_[r - 1]);
+      close_rank_[k] = r;
+    }
     return ok();
   }
 
@@ -197,13 +242,15 @@ class Planner {
         resident[c] = true;
         occ += in_.chunks[c].bytes;
       }
-    auto end_residency = [&](ChunkId c, std::uint32_t at, bool evict, std::uint32_t last_use) {
+    auto end_residency = [&](ChunkId c, std::uint32_t at, bool evict, std::uint32_t last_use, std::uint32_t post_of) {
       resident[c] = false;
       occ -= in_.chunks[c].bytes;
       last_end[c] = static_cast<std::uint32_t>(ends_.size());
-      ends_.push_back(EndEvent{c, at, evict, last_use});
+      ends_.push_back(EndEvent{c, at, evict, last_use, post_of});
     };
     std::vector<std::uint32_t> last_use(n_chunks, kNone);
+    std::vector<std::uint32_t> holders(n_chunks, 0);  // open accesses that own the chunk
+    std::uint32_t next_close = 0;                     // into close_order_
     for (std::uint32_t i = 0; i < n_; ++i) {
       std::uint64_t add = 0;
       for (ChunkId c : chunks_at_[i])
@@ -225,7 +272,7 @@ class Planner {
         }
         // prepare() checked that access i's own chunks plus the persistent ones fit.
         assert(victim != kNone);
-        end_residency(victim, i, /*evict=*/true, last_use[victim]);
+        end_residency(victim, i, /*evict=*/true, last_use[victim], i);
       }
       for (ChunkId c : chunks_at_[i]) {
         if (resident[c]) continue;
@@ -236,11 +283,19 @@ class Planner {
       }
       gocc_[i] = occ;
       for (ChunkId c : chunks_at_[i]) last_use[c] = i;
-      for (ChunkId c : chunks_at_[i])
-        if (!persistent_[c] && (i + 1 == n_ || !keep_after(c, i))) end_residency(c, i, /*evict=*/false, i);
+      for (ChunkId c : own_[i]) ++holders[c];
+      // The accesses that end before access i + 1 begins, in order: a chunk no open
+      // access owns any more is released by the reuse rule, at the end of its last owner.
+      std::uint32_t last_closed = i;
+      for (; next_close < n_ && close_[close_order_[next_close]] == i; ++next_close) {
+        const std::uint32_t k = last_closed = close_order_[next_close];
+        for (ChunkId c : own_[k])
+          if (--holders[c] == 0 && resident[c] && !persistent_[c] && (i + 1 == n_ || !keep_after(c, i)))
+            end_residency(c, i, /*evict=*/false, last_use[c], k);
+      }
       if (i + 1 == n_)
         for (ChunkId c = 0; c < n_chunks; ++c)
-          if (resident[c] && !persistent_[c]) end_residency(c, i, /*evict=*/false, last_use[c]);
+          if (resident[c] && !persistent_[c]) end_residency(c, i, /*evict=*/false, last_use[c], last_closed);
     }
     return ok();
   }
@@ -316,7 +371,7 @@ class Planner {
       const ScheduleChunk& ch = in_.chunks[ev.chunk];
       Op op{.kind = ev.evict ? OpKind::kEvict : OpKind::kRelease, .chunk = ev.chunk, .from_tier = Tier::kCompute,
             .to_tier = ch.shard_tier, .bytes = ch.bytes, .use_index = ev.at};
-      (ev.evict ? s.accesses[ev.at].pre : s.accesses[ev.at].post).push_back(op);
+      (ev.evict ? s.accesses[ev.at].pre : s.accesses[ev.post_of].post).push_back(op);
     }
     // Evictions come first in pre; then gathers, in order of use.
     std::vector<const GatherEvent*> order;
@@ -382,7 +437,8 @@ class Planner {
   std::vector<bool> aliased_, persistent_;
   TierBytes fixed_{};
   std::uint64_t persistent_bytes_ = 0;
-  std::vector<std::vector<ChunkId>> chunks_at_;
+  std::vector<std::vector<ChunkId>> own_, chunks_at_;
+  std::vector<std::uint32_t> close_, close_order_, close_rank_;
   std::vector<std::vector<std::uint32_t>> uses_;
   std::vector<std::uint32_t> last_bwd_;
   std::vector<std::uint64_t> prefix_elems_, grad_live_, cap_, gocc_, ahead_, staging_;

@@ -135,10 +135,12 @@ LinkBytes link_bytes(const Op& op, int world) {
 }
 
 std::vector<ScheduleAccess> chunk_accesses(std::span<const ModuleAccess> trace,
-                                           const std::map<int, std::vector<ChunkId>>& module_chunks) {
+                                           const std::map<int, std::vector<ChunkId>>& module_chunks,
+                                           std::span<const std::uint32_t> open_through) {
   std::vector<ScheduleAccess> out(trace.size());
   for (std::size_t i = 0; i < trace.size(); ++i) {
     out[i].phase = trace[i].phase;
+    out[i].open_through = i < open_through.size() ? open_through[i] : static_cast<std::uint32_t>(i);
     if (auto it = module_chunks.find(trace[i].module_id); it != module_chunks.end()) out[i].chunks = it->second;
   }
   return out;

@@ -13,15 +13,41 @@ std::string_view to_string(Phase p) { return p == Phase::kForward ? "fwd" : "bwd
 
 std::string describe(const ModuleAccess& a) { return fmt::format("module {} ({})", a.module_id, to_string(a.phase)); }
 
-std::uint64_t trace_hash(std::span<const ModuleAccess> accesses) {
+namespace {
+
+template <typename T>
+void put_le(std::string& buf, T v, int bytes) {
+  const auto u = static_cast<std::uint64_t>(v);
+  for (int b = 0; b < bytes; ++b) buf.push_back(static_cast<char>((u >> (8 * b)) & 0xff));
+}
+
+// Each access ends before the next begins: the trace of most models.
+bool sequential(std::span<const std::uint32_t> open_through, std::span<const std::uint32_t> close_order) {
+  for (std::size_t i = 0; i < open_through.size(); ++i)
+    if (open_through[i] != i) return false;
+  for (std::size_t i = 0; i < close_order.size(); ++i)
+    if (close_order[i] != i) return false;
+  return true;
+}
+
+}  // namespace
+
+std::uint64_t trace_hash(std::span<const ModuleAccess> accesses, std::span<const std::uint32_t> open_through,
+                         std::span<const std::uint32_t> close_order) {
   // Canonical encoding: a version tag, then per access the module id as 8 bytes little
   // endian and the phase as one byte. Independent of struct layout and host byte order.
+  // Where accesses end is appended only when they overlap, so a sequential trace keeps
+  // the hash it always had.
   std::string buf = "strata.trace.v1";
-  buf.reserve(buf.size() + accesses.size() * 9);
+  buf.reserve(buf.size() + accesses.size() * 17);
   for (const ModuleAccess& a : accesses) {
-    auto id = static_cast<std::uint64_t>(static_cast<std::int64_t>(a.module_id));
-    for (int b = 0; b < 8; ++b) buf.push_back(static_cast<char>((id >> (8 * b)) & 0xff));
+    put_le(buf, static_cast<std::int64_t>(a.module_id), 8);
     buf.push_back(static_cast<char>(a.phase));
+  }
+  if (!sequential(open_through, close_order)) {
+    buf += "ends";
+    for (std::uint32_t v : open_through) put_le(buf, v, 4);
+    for (std::uint32_t v : close_order) put_le(buf, v, 4);
   }
   return XXH3_64bits(buf.data(), buf.size());
 }
@@ -29,10 +55,14 @@ std::uint64_t trace_hash(std::span<const ModuleAccess> accesses) {
 void AccessTrace::begin_step() {
   ++step_;
   index_ = 0;
+  n_closed_ = 0;
+  closed_.clear();
   if (state_ != State::kComplete) {
     // RECORD restarts (a step that never ended recorded nothing usable); INVALID re-records.
     state_ = State::kRecord;
     accesses_.clear();
+    open_through_.clear();
+    close_order_.clear();
   }
 }
 
@@ -41,6 +71,7 @@ std::optional<std::size_t> AccessTrace::on_access(ModuleAccess a) {
   switch (state_) {
     case State::kRecord:
       accesses_.push_back(a);
+      open_through_.push_back(static_cast<std::uint32_t>(at));
       return std::nullopt;
     case State::kInvalid:
       return std::nullopt;
@@ -58,8 +89,38 @@ std::optional<std::size_t> AccessTrace::on_access(ModuleAccess a) {
   return std::nullopt;
 }
 
+bool AccessTrace::on_close(std::size_t at) {
+  if (at >= index_) return true;  // not an access of this step
+  if (closed_.size() < index_) closed_.resize(index_, false);
+  if (closed_[at]) return true;
+  closed_[at] = true;
+  const std::size_t nth = n_closed_++;
+  const auto last = static_cast<std::uint32_t>(index_ - 1);
+  switch (state_) {
+    case State::kRecord:
+      open_through_[at] = last;
+      close_order_.push_back(static_cast<std::uint32_t>(at));
+      return true;
+    case State::kInvalid:
+      return true;
+    case State::kComplete:
+      if (nth < close_order_.size() && close_order_[nth] == at && open_through_[at] == last) return true;
+      invalidate(at, fmt::format("it to end after access {}", open_through_[at]),
+                 fmt::format("its end after access {} ({} ended before it)", last, nth));
+      return false;
+  }
+  return true;
+}
+
 void AccessTrace::end_step() {
   if (state_ == State::kRecord) {
+    // Accesses still open end with the step, innermost (latest begun) first.
+    closed_.resize(index_, false);
+    for (std::size_t at = index_; at-- > 0;) {
+      if (closed_[at]) continue;
+      open_through_[at] = static_cast<std::uint32_t>(index_ - 1);
+      close_order_.push_back(static_cast<std::uint32_t>(at));
+    }
     if (!accesses_.empty()) state_ = State::kComplete;
   } else if (state_ == State::kComplete && index_ < accesses_.size()) {
     invalidate(index_, describe(accesses_[index_]), "end of step");

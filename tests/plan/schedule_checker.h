@@ -20,7 +20,10 @@ constexpr std::uint64_t kUnbounded = std::numeric_limits<std::uint64_t>::max();
 // What the spec says about an input, recomputed from scratch.
 struct Facts {
   std::vector<bool> aliased, persistent;
-  std::vector<std::vector<ChunkId>> at;  // per access, deduplicated, aliased dropped
+  std::vector<std::vector<ChunkId>> own;  // per access, deduplicated, aliased dropped
+  std::vector<std::vector<ChunkId>> at;   // resident while it runs: own and those of open accesses
+  std::vector<std::uint32_t> close;       // the last access begun before it ends
+  std::vector<std::uint32_t> close_order; // the accesses in the order they end
   std::vector<std::uint64_t> need, cap, grad_live;
   TierBytes fixed{};
   std::uint64_t persistent_bytes = 0;
@@ -45,22 +48,35 @@ inline Facts facts_of(const ScheduleInput& in) {
     f.fixed[tier_index(ch.optim_tier)] += ch.optim_state_bytes;
     f.fixed[ch.optim_tier == Tier::kCompute ? 0 : 1] += ch.grad_shard_bytes;
   }
+  f.own.resize(n);
   f.at.resize(n);
   f.grad_live.assign(n, 0);
   f.last_bwd.assign(m, UINT32_MAX);
+  for (std::uint32_t i = 0; i < n; ++i) f.close.push_back(std::max(i, in.accesses[i].open_through));
+  f.close_order = in.close_order;
+  if (f.close_order.empty())
+    for (std::uint32_t i = 0; i < n; ++i) f.close_order.push_back(i);
+  auto ends_before = [&](std::uint32_t a, std::uint32_t b) {  // a ends before b
+    return std::find(f.close_order.begin(), f.close_order.end(), a) < std::find(f.close_order.begin(), f.close_order.end(), b);
+  };
   std::vector<std::uint32_t> first_bwd(m, UINT32_MAX);
   for (std::uint32_t i = 0; i < n; ++i) {
     for (ChunkId c : in.accesses[i].chunks)
-      if (!f.aliased[c] && std::find(f.at[i].begin(), f.at[i].end(), c) == f.at[i].end()) f.at[i].push_back(c);
+      if (!f.aliased[c] && std::find(f.own[i].begin(), f.own[i].end(), c) == f.own[i].end()) f.own[i].push_back(c);
     if (in.accesses[i].phase == Phase::kBackward)
       for (ChunkId c : in.accesses[i].chunks)  // aliased chunks included: they have grads
         if (in.chunks[c].grad_bytes > 0) {
           if (first_bwd[c] == UINT32_MAX) first_bwd[c] = i;
-          f.last_bwd[c] = i;
+          if (f.last_bwd[c] == UINT32_MAX || ends_before(f.last_bwd[c], i)) f.last_bwd[c] = i;
         }
   }
+  for (std::uint32_t i = 0; i < n; ++i)
+    for (std::uint32_t k = 0; k <= i; ++k)  // k is open while i runs
+      if (f.close[k] >= i)
+        for (ChunkId c : f.own[k])
+          if (std::find(f.at[i].begin(), f.at[i].end(), c) == f.at[i].end()) f.at[i].push_back(c);
   for (std::size_t c = 0; c < m; ++c)
-    for (std::uint32_t i = first_bwd[c]; first_bwd[c] != UINT32_MAX && i <= f.last_bwd[c]; ++i)
+    for (std::uint32_t i = first_bwd[c]; first_bwd[c] != UINT32_MAX && i <= f.close[f.last_bwd[c]]; ++i)
       f.grad_live[i] += in.chunks[c].grad_bytes;
   const std::uint64_t budget = o.budget_bytes[0] == 0 ? kUnbounded : o.budget_bytes[0];
   for (std::uint32_t i = 0; i < n; ++i) {
@@ -124,6 +140,8 @@ inline std::string replay(const ScheduleInput& in, const Schedule& s) {
   const std::uint64_t budget_h = o.budget_bytes[1] == 0 ? kUnbounded : o.budget_bytes[1];
   std::vector<bool> staged(m, false);
   std::vector<std::uint32_t> staged_use(m, UINT32_MAX);  // the access whose gather consumes it
+  std::vector<bool> closed(n, false);
+  std::size_t next_close = 0;
   for (std::uint32_t i = 0; i < n; ++i) {
     const auto here = [&](ChunkId c) { return std::find(f.at[i].begin(), f.at[i].end(), c) != f.at[i].end(); };
     bool seen_gather = false;
@@ -190,25 +208,38 @@ inline std::string replay(const ScheduleInput& in, const Schedule& s) {
       if (staged[c] && staged_use[c] == i) staged[c] = false;
       if (staged[c]) staging += in.chunks[c].bytes / w;
     }
-    // post: releases by the reuse rule (exactly those), then reduce-scatters.
-    std::vector<bool> released(m, false);
-    for (const Op& op : s.accesses[i].post) {
-      cost(op);
-      const ChunkId c = op.chunk;
-      if (op.kind == OpKind::kRelease) {
-        if (!gathered[c] || f.persistent[c]) return fmt::format("access {}: releases c{} not gathered or persistent", i, c);
-        if (pending_use[c] != UINT32_MAX) return fmt::format("access {}: releases c{} prefetched for {}", i, c, pending_use[c]);
-        if (here(c) && i + 1 < n && kept_after(in, f, c, i)) return fmt::format("access {}: releases c{} within reuse distance", i, c);
-        if (!here(c) && i + 1 < n) return fmt::format("access {}: releases c{} it did not use", i, c);
-        gathered[c] = false;
-        released[c] = true;
-      } else if (op.kind == OpKind::kReduceScatter) {
-        if (f.last_bwd[c] != i) return fmt::format("access {}: reduce-scatter c{} not at its last backward use", i, c);
-      } else {
-        return fmt::format("access {}: op {} not allowed in post", i, to_string(op.kind));
+    // The accesses that end now, in order; each one's post: releases by the reuse rule
+    // (exactly those) of chunks no open access still owns, then reduce-scatters.
+    std::vector<ChunkId> freed;  // owned by an access that ended, by none still open
+    for (; next_close < n && f.close[f.close_order[next_close]] == i; ++next_close) {
+      const std::uint32_t k = f.close_order[next_close];
+      closed[k] = true;
+      auto owned_by_open = [&](ChunkId c) {
+        for (std::uint32_t j = 0; j <= i; ++j)
+          if (!closed[j] && std::find(f.own[j].begin(), f.own[j].end(), c) != f.own[j].end()) return true;
+        return false;
+      };
+      for (const Op& op : s.accesses[k].post) {
+        cost(op);
+        const ChunkId c = op.chunk;
+        const bool own = std::find(f.own[k].begin(), f.own[k].end(), c) != f.own[k].end();
+        if (op.kind == OpKind::kRelease) {
+          if (!gathered[c] || f.persistent[c]) return fmt::format("access {} (end of {}): releases c{} not gathered or persistent", i, k, c);
+          if (pending_use[c] != UINT32_MAX) return fmt::format("access {}: releases c{} prefetched for {}", i, c, pending_use[c]);
+          if (owned_by_open(c)) return fmt::format("access {} (end of {}): releases c{} an open access owns", i, k, c);
+          if (own && i + 1 < n && kept_after(in, f, c, i)) return fmt::format("access {}: releases c{} within reuse distance", i, c);
+          if (!own && i + 1 < n) return fmt::format("access {} (end of {}): releases c{} it did not use", i, k, c);
+          gathered[c] = false;
+        } else if (op.kind == OpKind::kReduceScatter) {
+          if (f.last_bwd[c] != k) return fmt::format("access {}: reduce-scatter c{} not at its last backward use", k, c);
+        } else {
+          return fmt::format("access {}: op {} not allowed in post", k, to_string(op.kind));
+        }
       }
+      for (ChunkId c : f.own[k])
+        if (!owned_by_open(c)) freed.push_back(c);
     }
-    for (ChunkId c : f.at[i])
+    for (ChunkId c : freed)
       if (!f.persistent[c] && gathered[c] && (i + 1 == n || !kept_after(in, f, c, i)))
         return fmt::format("access {}: keeps c{} beyond the reuse distance", i, c);
   }
@@ -223,7 +254,8 @@ inline std::string replay(const ScheduleInput& in, const Schedule& s) {
 
 // The minimum gathered bytes over every valid schedule (same capacities, same reuse-rule
 // releases, persistent chunks always gathered), by dynamic programming over the set of
-// gathered chunks. Needs <= 16 chunks. kUnbounded when no schedule fits.
+// gathered chunks. Needs <= 16 chunks and accesses that do not overlap. kUnbounded when
+// no schedule fits.
 inline std::uint64_t min_gathered_bytes(const ScheduleInput& in) {
   const Facts f = facts_of(in);
   if (!f.feasible) return kUnbounded;

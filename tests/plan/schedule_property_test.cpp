@@ -22,7 +22,28 @@ struct Shape {
   bool tight = true;  // budgets near the minimum, so eviction happens
   // A host budget limits nvme staging; the exhaustive search does not model it.
   bool host_budget = true;
+  // Accesses that stay open while later ones run (Note [overlapping accesses]), ending
+  // in a random order; the exhaustive search does not model them.
+  bool overlap = false;
 };
+
+// Random ends: after each access begins, each open access ends with probability 1/2,
+// those that end in a random order; whatever is open after the last access ends then.
+void random_ends(std::mt19937_64& rng, ScheduleInput& in) {
+  const auto n = static_cast<std::uint32_t>(in.accesses.size());
+  std::vector<std::uint32_t> open;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    open.push_back(i);
+    std::vector<std::uint32_t> ending, staying;
+    for (std::uint32_t k : open) (i + 1 == n || rng() % 2 == 0 ? ending : staying).push_back(k);
+    std::shuffle(ending.begin(), ending.end(), rng);
+    for (std::uint32_t k : ending) {
+      in.accesses[k].open_through = i;
+      in.close_order.push_back(k);
+    }
+    open = staying;
+  }
+}
 
 // A random instance: a forward pass over random modules, mirrored in backward, with
 // random extra accesses; random knobs.
@@ -62,6 +83,7 @@ ScheduleInput random_instance(std::mt19937_64& rng, const Shape& shape) {
     if (pick(0, 5) == 0) a.chunks.push_back(static_cast<ChunkId>(pick(0, m - 1)));
     in.accesses.push_back(a);
   }
+  if (shape.overlap) random_ends(rng, in);
   // Knobs: each of prefetch, live cap, reuse distance and persistence sometimes off.
   const std::uint64_t total = m * 8 * unit;
   o.prefetch_bucket_bytes = pick(0, 3) == 0 ? 0 : pick(0, total);
@@ -71,7 +93,7 @@ ScheduleInput random_instance(std::mt19937_64& rng, const Shape& shape) {
   o.persistence_threshold_elems = pick(0, 5) == 0 ? 4 * unit / 2 + 1 : 0;
   if (shape.tight) {
     // Just above what the largest access needs, plus some slack.
-    const auto facts = testing::facts_of(ScheduleInput{in.chunks, in.accesses, ScheduleOptions{.world = o.world, .persistence_threshold_elems = o.persistence_threshold_elems}});
+    const auto facts = testing::facts_of(ScheduleInput{in.chunks, in.accesses, ScheduleOptions{.world = o.world, .persistence_threshold_elems = o.persistence_threshold_elems}, in.close_order});
     std::uint64_t worst = 0;
     for (std::size_t i = 0; i < in.accesses.size(); ++i)
       worst = std::max(worst, facts.need[i] + facts.fixed[0] + in.accesses[i].reserved_compute_bytes + facts.grad_live[i]);
@@ -101,7 +123,7 @@ void check_valid(const ScheduleInput& in, int seed) {
 TEST(ScheduleProperty, RandomSmallInstancesReplayCleanly) {
   std::mt19937_64 rng(20240501);
   for (int t = 0; t < 20000 / kPropertyScale; ++t) {
-    const Shape shape{.equal_sizes = t % 2 == 0, .one_home = t % 3 != 0, .tight = t % 5 != 0};
+    const Shape shape{.equal_sizes = t % 2 == 0, .one_home = t % 3 != 0, .tight = t % 5 != 0, .overlap = t % 4 == 3};
     check_valid(random_instance(rng, shape), t);
     if (::testing::Test::HasFatalFailure()) return;
   }
@@ -110,7 +132,7 @@ TEST(ScheduleProperty, RandomSmallInstancesReplayCleanly) {
 TEST(ScheduleProperty, RandomLargeInstancesReplayCleanly) {
   std::mt19937_64 rng(777);
   for (int t = 0; t < 300 / kPropertyScale; ++t) {
-    const Shape shape{.max_chunks = 60, .max_accesses = 300, .equal_sizes = t % 2 == 0, .one_home = false};
+    const Shape shape{.max_chunks = 60, .max_accesses = 300, .equal_sizes = t % 2 == 0, .one_home = false, .overlap = t % 3 == 2};
     check_valid(random_instance(rng, shape), t);
     if (::testing::Test::HasFatalFailure()) return;
   }
@@ -169,7 +191,7 @@ TEST(ScheduleProperty, PrefetchMovesNoExtraBytes) {
   std::mt19937_64 rng(99);
   int hoisted = 0;
   for (int t = 0; t < 1500 / kPropertyScale; ++t) {
-    ScheduleInput in = random_instance(rng, Shape{.equal_sizes = t % 2 == 0, .one_home = false});
+    ScheduleInput in = random_instance(rng, Shape{.equal_sizes = t % 2 == 0, .one_home = false, .overlap = t % 3 == 2});
     in.options.prefetch_bucket_bytes = 0;
     auto demand = make_schedule(in);
     in.options.prefetch_bucket_bytes = testing::kUnbounded;
@@ -228,6 +250,36 @@ TEST(ScheduleChecker, ReplayCatchesMutations) {
   EXPECT_GT(tried, 100);
   EXPECT_EQ(caught_drop, tried);
   EXPECT_GT(caught_release, 0);
+}
+
+// With overlapping accesses: a chunk released while an access that owns it is still open
+// (in the post of an access nested in it) must be caught.
+TEST(ScheduleChecker, ReplayCatchesAReleaseUnderAnOpenOwner) {
+  std::mt19937_64 rng(11);
+  int tried = 0, caught = 0;
+  for (int t = 0; t < 4000 / kPropertyScale && tried < 200; ++t) {
+    const ScheduleInput in = random_instance(rng, Shape{.one_home = false, .tight = false, .overlap = true});
+    auto s = make_schedule(in);
+    if (!s) continue;
+    const testing::Facts f = testing::facts_of(in);
+    // An open access k with a chunk, and an access j it is open at that ends before it.
+    bool done = false;
+    for (std::uint32_t k = 0; k < in.accesses.size() && !done; ++k) {
+      if (f.own[k].empty() || f.persistent[f.own[k][0]]) continue;
+      const auto rank = [&](std::uint32_t a) { return std::find(f.close_order.begin(), f.close_order.end(), a); };
+      for (std::uint32_t j = k + 1; j <= f.close[k] && !done; ++j) {
+        if (rank(j) > rank(k)) continue;
+        Schedule bad = *s;
+        bad.accesses[j].post.insert(bad.accesses[j].post.begin(),
+                                    Op{.kind = OpKind::kRelease, .chunk = f.own[k][0], .bytes = in.chunks[f.own[k][0]].bytes});
+        ++tried;
+        caught += testing::replay(in, bad) != "";
+        done = true;
+      }
+    }
+  }
+  EXPECT_GT(tried, 50);
+  EXPECT_EQ(caught, tried);
 }
 
 // The exhaustive search and the planner agree on a sequence worked by hand.

@@ -117,6 +117,49 @@ TEST(Schedule, ReuseDistanceZeroReleasesAfterEveryUse) {
   EXPECT_EQ(s->n_gathers, 3u);  // 0 kept across the adjacent reuse (distance 0), not across chunk 1
 }
 
+// Activation checkpointing (Note [overlapping accesses]): units E, B1, B2, H on chunks
+// 0..3; B1 and B2 form a checkpointed block, so B2's backward (access 5) recomputes
+// B1's and B2's forwards (6, 7) before its own gradient is done, and ends after them.
+ScheduleInput checkpointed_block() {
+  ScheduleInput in;
+  for (int c = 0; c < 4; ++c) in.chunks.push_back(chunk(kMiB, Tier::kHost));
+  in.accesses = layers(4);  // 0..3 fwd, 4: H bwd, 5: B2 bwd, 6: B1 bwd, 7: E bwd
+  in.accesses.insert(in.accesses.begin() + 6, {{.chunks = {1}}, {.chunks = {2}}});
+  in.accesses[5].open_through = 7;
+  in.close_order = {0, 1, 2, 3, 4, 6, 7, 5, 8, 9};
+  in.options.world = 2;
+  in.options.max_reuse_distance_elems = 0;  // release everything as soon as it may go
+  return in;
+}
+
+TEST(Schedule, AnOpenAccessKeepsItsChunksAndGradientUntilItEnds) {
+  ScheduleInput in = checkpointed_block();
+  auto s = make_schedule(in);
+  ASSERT_TRUE(s.has_value()) << s.error();
+  EXPECT_EQ(testing::replay(in, *s), "");
+  // B2's chunk stays gathered through the recomputation, with its grad buffer: at access
+  // 6 (B1's recomputed forward) c1, c2 and c2's gradient are in compute.
+  EXPECT_EQ(s->gathered_bytes[6], 2 * kMiB);
+  EXPECT_EQ(s->compute_bytes[6], 3 * kMiB);
+  // Its release and reduce-scatter run when access 5 ends (its post, run after 7's).
+  EXPECT_EQ(ops_of(s->accesses[5].post, OpKind::kReduceScatter).size(), 1u);
+  EXPECT_EQ(ops_of(s->accesses[5].post, OpKind::kRelease).size(), 1u);
+  EXPECT_EQ(ops_of(s->accesses[7].post, OpKind::kRelease).size(), 0u);
+  // A budget that fits the accesses one at a time but not the overlap is refused up
+  // front, naming the access.
+  in.options.budget_bytes[0] = 2 * kMiB + kMiB / 2;
+  auto refused = make_schedule(in);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message().find("at access 6 (fwd)"), std::string::npos) << refused.error();
+  in.accesses[5].open_through = 0;
+  in.close_order.clear();
+  EXPECT_TRUE(make_schedule(in).has_value());
+  // Ends must be consistent: open_through ordered along the close order.
+  in = checkpointed_block();
+  in.close_order = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  EXPECT_EQ(make_schedule(in).error().code(), ErrorCode::kInvalidArgument);
+}
+
 TEST(Schedule, PersistentChunksStayGathered) {
   ScheduleInput in;
   in.chunks = {chunk(kMiB, Tier::kHost), chunk(4096, Tier::kHost), chunk(kMiB, Tier::kHost)};

@@ -23,14 +23,23 @@
 // or counted twice. In backward a chunk's full grad buffer (grad_bytes) is live from its
 // first to its last backward access; after the last, it is reduce-scattered.
 //
+// Accesses may overlap (Note [overlapping accesses] in trace.h: an enclosing module, a
+// backward that recomputes checkpointed forwards). Access k then needs its chunks at
+// every access that begins while it is open (k .. open_through_k), its post ops run when
+// it ends (close_order), and a chunk's grad buffer lives until the last of its backward
+// accesses to end has ended; that access's post reduce-scatters it. Without overlaps
+// each access ends right after it ran.
+//
 // Policy, in two passes:
 //  1. Demand pass. At pre(i) the missing chunks of access i are gathered. If they do not
 //     fit the gathered-bytes capacity of access i (below), resident chunks not used by
 //     access i are evicted by furthest next use (Belady; ties: larger first, then higher
-//     id). At post(i) each chunk of access i whose next use is not within the reuse
-//     window is released: DeepSpeed's rule, the next use j is within the window when the
-//     chunk elements of accesses i+1 .. j-1 sum to less than max_reuse_distance_elems.
-//     At post(last) everything not persistent is released (the step changes parameters).
+//     id). When access k ends after access i ran, each chunk of k that no open access
+//     still needs and whose next use is not within the reuse window is released, in
+//     post(k): DeepSpeed's rule, the next use j is within the window when the chunk
+//     elements of accesses i+1 .. j-1 sum to less than max_reuse_distance_elems. After
+//     the last access everything not persistent is released (the step changes
+//     parameters).
 //  2. Prefetch pass. Each gather, in order of use, is moved to the earliest access whose
 //     capacity, prefetch bucket and host staging still fit it at every access until its
 //     use, and not before the chunk's previous release or eviction. Evictions may move
@@ -91,6 +100,9 @@ struct ScheduleAccess {
   std::vector<ChunkId> chunks;                // needed together while the module runs
   Phase phase = Phase::kForward;
   std::uint64_t reserved_compute_bytes = 0;   // non-model bytes (activations) at this access
+  // The last access that begins before this one ends (Note [overlapping accesses] in
+  // trace.h); at or below its own index: it ends before the next access begins.
+  std::uint32_t open_through = 0;
 };
 
 // One validated config for the schedule (DESIGN.md §4). Sizes are bytes except where
@@ -116,6 +128,9 @@ struct ScheduleInput {
   std::vector<ScheduleChunk> chunks;
   std::vector<ScheduleAccess> accesses;
   ScheduleOptions options;
+  // The accesses in the order they end (AccessTrace::close_order); empty: in index order.
+  // Ordered by open_through, as they are when they come from a trace.
+  std::vector<std::uint32_t> close_order;
 };
 
 enum class OpKind : std::uint8_t {
@@ -218,9 +233,11 @@ std::vector<Op> step_ops(std::span<const ScheduleChunk> chunks, int world);
 void add_copy(LinkBytes& l, Tier from, Tier to, std::uint64_t bytes);
 
 // The chunk access sequence of a trace: module i's chunks through module_chunks (a
-// module absent from the map uses no chunk). Indexes match the trace's.
+// module absent from the map uses no chunk), and where each access ends (open_through,
+// when given). Indexes match the trace's.
 std::vector<ScheduleAccess> chunk_accesses(std::span<const ModuleAccess> trace,
-                                           const std::map<int, std::vector<ChunkId>>& module_chunks);
+                                           const std::map<int, std::vector<ChunkId>>& module_chunks,
+                                           std::span<const std::uint32_t> open_through = {});
 
 // Chunk sizes from a layout: bytes = size_elems * elem_bytes; grads in the same dtype
 // for chunks with a trainable parameter; persistent for ChunkKind::kPersistent.

@@ -22,6 +22,16 @@
 //            records again from scratch.
 // Invariant: hash() depends only on the frozen sequence, never on the process: it is an
 // XXH3-64 of a fixed little-endian encoding, so every rank, process and run agrees.
+//
+// Note [overlapping accesses]: an access does not always end before the next begins. An
+// enclosing module's forward is open while its children run; a backward stays open while
+// modules nested in it run (Note [nested backward] in src/engine/access_driver.h); and
+// under activation checkpointing a module's backward recomputes the forward of the
+// modules it checkpointed before its own gradient is done, so those forward accesses
+// run inside it. The trace records when each access ends (on_close): its open_through()
+// is the last access begun before it ended (its own index when nothing overlapped it),
+// and close_order() lists the accesses in the order they ended. Both are part of the
+// frozen trace: a later step whose accesses end elsewhere is a mismatch.
 #pragma once
 
 #include <cstddef>
@@ -45,8 +55,11 @@ struct ModuleAccess {
 // "module 7 (fwd)"
 std::string describe(const ModuleAccess& a);
 
-// Stable 64-bit hash of a sequence of accesses (see the invariant above).
-std::uint64_t trace_hash(std::span<const ModuleAccess> accesses);
+// Stable 64-bit hash of a sequence of accesses (see the invariant above), and of where
+// they end when that is not right after each one (Note [overlapping accesses]; empty
+// spans, or accesses that each end before the next begins, hash as the sequence alone).
+std::uint64_t trace_hash(std::span<const ModuleAccess> accesses, std::span<const std::uint32_t> open_through = {},
+                         std::span<const std::uint32_t> close_order = {});
 
 class AccessTrace {
  public:
@@ -58,6 +71,10 @@ class AccessTrace {
   // One module access in the current step. Returns its index into the frozen trace when
   // the trace is COMPLETE and the access matches; nullopt while recording or invalid.
   std::optional<std::size_t> on_access(ModuleAccess a);
+  // Access `at` (its index in this step: index() - 1 right after its on_access) ends.
+  // RECORD: records where (Note [overlapping accesses]). COMPLETE: returns false, and
+  // invalidates like a mismatched access, when it ends elsewhere than in the frozen trace.
+  bool on_close(std::size_t at);
   // Ends the step. RECORD: freezes the trace (COMPLETE) if it recorded anything.
   // COMPLETE: a step that stopped before the end of the trace is a mismatch.
   void end_step();
@@ -66,8 +83,12 @@ class AccessTrace {
   bool complete() const { return state_ == State::kComplete; }
   // The frozen (or, while recording, partial) sequence.
   std::span<const ModuleAccess> accesses() const { return accesses_; }
-  // Hash of accesses(); compare across ranks once complete().
-  std::uint64_t hash() const { return trace_hash(accesses_); }
+  // Per access, the last access begun before it ended; the accesses in the order they
+  // ended (an access that never ended counts as ending with the step, innermost first).
+  std::span<const std::uint32_t> open_through() const { return open_through_; }
+  std::span<const std::uint32_t> close_order() const { return close_order_; }
+  // Hash of accesses() and where they end; compare across ranks once complete().
+  std::uint64_t hash() const { return trace_hash(accesses_, open_through_, close_order_); }
   // Steps begun so far (the first step is 1) and accesses seen in the current step.
   std::size_t step() const { return step_; }
   std::size_t index() const { return index_; }
@@ -80,8 +101,11 @@ class AccessTrace {
 
   State state_ = State::kRecord;
   std::vector<ModuleAccess> accesses_;
+  std::vector<std::uint32_t> open_through_, close_order_;
+  std::vector<bool> closed_;  // this step's accesses that ended
   std::size_t step_ = 0;
   std::size_t index_ = 0;
+  std::size_t n_closed_ = 0;
   std::size_t n_warnings_ = 0;
   std::string last_warning_;
 };
