@@ -267,8 +267,12 @@ void Engine::Impl::open_backward() {
   core.trace.begin_step();
   reducer->begin_backward(at_boundary(), 1.0 / stepper->scaler().scale());
   if (at_boundary()) core.errors.check(stepper->read_early());  // Note [early state reads]
-  // Runs when autograd has finished the whole graph, still inside backward().
-  torch::autograd::Engine::get_default_engine().queue_callback([this] { core.errors.check(close_backward()); });
+  // A plain loss.backward(): the session ends when autograd has finished the graph, still
+  // inside backward(). The callback joins the graph task running now, so Engine::backward
+  // ends its sessions itself when loss.backward() returns: its first hook may fire in a
+  // nested graph task (a reentrant checkpoint's backward), which ends before the rest.
+  if (!scaling_backward)
+    torch::autograd::Engine::get_default_engine().queue_callback([this] { core.errors.check(close_backward()); });
 }
 
 Status Engine::Impl::close_backward() {
@@ -304,7 +308,7 @@ Status Engine::backward(const at::Tensor& loss) {
     return make_error(m.core.errors.take_or(e, "backward failed"));
   }
   m.scaling_backward = false;
-  if (m.backward_sessions != sessions) return ok();
+  if (m.backward_sessions != sessions) return m.in_backward ? m.close_backward() : ok();
   // No hook ran (the loss depends on nothing the engine holds): end the step here.
   m.backward_t0 = Clock::now();
   m.reducer->begin_backward(m.at_boundary(), 1.0 / m.stepper->scaler().scale());

@@ -239,8 +239,9 @@ Status GradReducer::complete(std::uint32_t c) {
   std::erase(live_order_, c);
   ChunkStateMachine& sm = (*core_.chunks)[c].sm;
   if (sm.state() == ChunkState::kReadyForReduce) sm.to(ChunkState::kHoldAfterBwd);
-  // Every gradient of the chunk is in: an nvme chunk's shard goes to its record now.
-  if (g.pending == 0 && (*core_.chunks)[c].grads_on_nvme) return spill(c);
+  // Every gradient of the chunk is in: an nvme chunk's shard goes to its record now
+  // (again, after a parameter's second accumulation: Note [gradients on nvme]).
+  if (g.pending <= 0 && (*core_.chunks)[c].grads_on_nvme) return spill(c);
   return ok();
 }
 
@@ -257,7 +258,15 @@ Status GradReducer::ensure_shard(std::uint32_t c) {
 
 Status GradReducer::spill(std::uint32_t c) {
   ChunkGrads& g = grads_[c];
-  if (g.complete) return ok();
+  if (g.complete && !g.shard.defined()) return ok();  // written, and nothing came since
+  if (g.complete) {
+    // A gradient after the chunk was complete: a parameter whose AccumulateGrad ran twice
+    // in this backward (a tied weight used inside a reentrant checkpoint accumulates in
+    // the checkpoint's nested backward and again in the outer one). The sum so far is in
+    // the record, maybe still being written: it is read back and added, as an earlier
+    // micro-step's is.
+    STRATA_RETURN_IF_ERROR(wait_spills(0));
+  }
   g.complete = true;
   add_landed(true);  // Note [gradients to host]: its shard must be whole before it is written
   STRATA_RETURN_IF_ERROR(ensure_shard(c));  // a chunk that got no gradient: zeros

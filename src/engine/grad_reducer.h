@@ -29,7 +29,9 @@
 // reduction when every parameter had one, else when backward ends); then it is written,
 // asynchronously, to the chunk's gradient record, in the layout the step reads, and
 // freed once written (at most kSpillsInFlight writes at once). In a later micro-step of
-// the same accumulation window the record is read back and added to first. In the
+// the same accumulation window the record is read back and added to first; so is it
+// when a gradient comes after the chunk was complete in the same backward (a tied weight
+// inside a reentrant checkpoint is accumulated twice: nested backward, then outer). In the
 // boundary micro-step the prologue's partials (inf/NaN, norms) are taken from the
 // complete shard just before it is written, so clipping and loss scaling see exactly
 // the gradient the step will read; the step reads the record with the chunk's

@@ -83,6 +83,31 @@ class PositionTableGPT(TinyGPT):
         return self.head(self.ln_f(x))
 
 
+class CheckpointedGPT(TinyGPT):
+    """TinyGPT with activation checkpointing of every block (torch.utils.checkpoint): the
+    blocks' forwards run again inside backward. Non-reentrant: the recomputation runs
+    inside the backward of a block's last module, which stays open around it; reentrant:
+    the first forward runs under no_grad and the recomputation starts a nested backward.
+    With head_inside, the last checkpoint also holds the final norm and the (tied) head,
+    so backward's first hook fires inside a nested backward."""
+
+    def __init__(self, reentrant, head_inside=False):
+        super().__init__()
+        self.reentrant = reentrant
+        self.head_inside = head_inside
+
+    def forward(self, idx):
+        from torch.utils.checkpoint import checkpoint
+
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if self.head_inside and i == last:
+                return checkpoint(lambda h: self.head(self.ln_f(block(h))), x, use_reentrant=self.reentrant)
+            x = checkpoint(block, x, use_reentrant=self.reentrant)
+        return self.head(self.ln_f(x))
+
+
 class NormedMLP(nn.Module):
     """Buffers that training changes: batch norm's running statistics and its batch
     count, and a registered step counter; and a non-persistent buffer (not in the
@@ -257,6 +282,12 @@ def make(name, seed=0):
         return PositionTableGPT()
     if name == "gpt_torch_layers":
         return TorchLayersGPT()
+    if name == "gpt_checkpointed":
+        return CheckpointedGPT(reentrant=False)
+    if name == "gpt_checkpointed_reentrant":
+        return CheckpointedGPT(reentrant=True)
+    if name == "gpt_checkpointed_reentrant_head":
+        return CheckpointedGPT(reentrant=True, head_inside=True)
     if name == "awkward":
         return Awkward()
     if name == "normed_mlp":

@@ -27,6 +27,15 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world):
     check_against_reference(train(tmp_path, world, spec("awkward", tmp_path, optimizer="cpu", params="cpu")), "awkward")
 
 
+# Activation checkpointing with a plain loss.backward(): the end of backward is found by
+# the autograd engine's callback, which a reentrant checkpoint's nested backward must not
+# trigger early.
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("name", ["gpt_checkpointed", "gpt_checkpointed_reentrant"])
+def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name):
+    check_against_reference(train(tmp_path, world, spec(name, tmp_path, stage=3, optimizer="nvme", params="nvme")), name)
+
+
 # The token embedding sharded as a unit of its own, its weight used by the root's forward
 # (the LM head): registered as an external parameter of the root (test_initialize has
 # the unregistered error).
