@@ -49,12 +49,7 @@ void add_config_command(CLI::App& app, int* exit_code) {
       }
       fmt::print("{}\n", out.dump(2));
     } else if (*markdown) {
-      fmt::print("| key | type | default | range | status |\n|---|---|---|---|---|\n");
-      for (const auto& k : config_keys()) {
-        fmt::print("| `{}` | {} | {} | {} | {}{} |\n", k.path, k.type,
-                   k.default_value.empty() ? "" : "`" + k.default_value + "`", k.range, k.status,
-                   k.note.empty() ? "" : ": " + k.note);
-      }
+      fmt::print("{}", config_keys_markdown());
     } else {
       for (const auto& k : config_keys()) {
         fmt::print("{:<58} {:<10} {:<14} {}\n", k.path, k.type.size() > 10 ? "enum" : k.type,

@@ -312,6 +312,16 @@ std::vector<ConfigKey> config_keys() {
   return out;
 }
 
+std::string config_keys_markdown() {
+  std::string out = "| key | type | default | range | status |\n|---|---|---|---|---|\n";
+  for (const ConfigKey& k : config_keys()) {
+    out += fmt::format("| `{}` | {} | {} | {} | {}{} |\n", k.path, k.type,
+                       k.default_value.empty() ? "" : "`" + k.default_value + "`", k.range, k.status,
+                       k.note.empty() ? "" : ": " + k.note);
+  }
+  return out;
+}
+
 Status Config::validate() const {
   std::vector<std::string> errs;
   if (fp16.enabled && bf16.enabled) errs.emplace_back("fp16.enabled and bf16.enabled: choose one");

@@ -370,7 +370,12 @@ std::vector<Field> bind(Config& c) {
                           "vocabulary_size", "allgather_size"}) {
     f.push_back(recognised(key, kNoEffect, "DeepSpeed runtime option with no strata equivalent"));
   }
-  for (const char* key : {"activation_checkpointing", "prescale_gradients",
+  // DeepSpeed's block configures deepspeed.checkpointing (partitioned or CPU-held
+  // activations); recomputation itself needs no config here.
+  f.push_back(recognised("activation_checkpointing", kTodo,
+                         "strata does not partition or offload activations; torch.utils.checkpoint in the model "
+                         "works at every stage (docs/python.md)"));
+  for (const char* key : {"prescale_gradients",
                           "gradient_predivide_factor", "communication_data_type", "sparse_gradients",
                           "amp", "compression_training", "elasticity", "pipeline", "data_efficiency",
                           "checkpoint", "data_types", "autotuning", "sparse_attention", "curriculum_learning",

@@ -269,5 +269,7 @@ struct ConfigKey {
   std::string alias_of;       // DeepSpeed's other name for this key ("zero_optimization.stage3_...")
 };
 std::vector<ConfigKey> config_keys();
+// config_keys() as the Markdown table of docs/config.md (`strata config keys --markdown`).
+std::string config_keys_markdown();
 
 }  // namespace strata
