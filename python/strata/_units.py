@@ -153,6 +153,19 @@ def check_cpu(params) -> None:
                               "LibTorch only (move the model to the CPU, or use a CUDA build of strata)")
 
 
+def hook_module(module: torch.nn.Module, pre, post) -> list:
+    """Registers the engine's forward pre-hook and forward hook on a unit's module; returns
+    their handles. The pre-hook goes first among the module's pre-hooks: hooks registered
+    before sharding may read the parameters (torch.nn.utils.weight_norm and
+    spectral_norm compute the weight from them, torch.nn.utils.prune applies its mask),
+    and at stage 3 they hold values only once the engine has gathered them. The forward
+    hook is the last one when registered (LibTorch 1.13 has no prepend flag; the hook
+    dicts are ordered)."""
+    first = module.register_forward_pre_hook(pre)
+    module._forward_pre_hooks.move_to_end(first.id, last=False)
+    return [first, module.register_forward_hook(post)]
+
+
 def attach(engine, units: list[Unit]) -> None:
     """Hooks each unit's module to the engine; detach() removes the hooks."""
     for index, unit in enumerate(units):
@@ -162,7 +175,7 @@ def attach(engine, units: list[Unit]) -> None:
         def post(module, args, out, _u=index):
             engine.post_forward(_u, output_tensors(out))
 
-        unit.handles = [unit.module.register_forward_pre_hook(pre), unit.module.register_forward_hook(post)]
+        unit.handles = hook_module(unit.module, pre, post)
 
 
 def detach(units: list[Unit]) -> None:

@@ -151,7 +151,7 @@ def _hook(unit: _units.Unit) -> None:
     def post(module, args, out):
         unit.group.engine.post_forward(unit.index, _units.output_tensors(out))
 
-    unit.handles = [unit.module.register_forward_pre_hook(pre), unit.module.register_forward_hook(post)]
+    unit.handles = _units.hook_module(unit.module, pre, post)
 
 
 def build_engine(params, optimizer_block: dict):

@@ -108,6 +108,27 @@ class CheckpointedGPT(TinyGPT):
         return self.head(self.ln_f(x))
 
 
+class Reparametrized(nn.Module):
+    """Layers whose weight a forward pre-hook computes from their parameters before each
+    forward, registered before the model is sharded: weight_norm (weight_g, weight_v),
+    spectral_norm (weight_orig, with power-iteration buffers it updates each training
+    forward: one rank's forward over its rows is one iteration, where the reference's
+    forward per rank's rows makes two a step; so world 1 only), or a second weight_norm
+    over the whole tensor; and pruning (weight_orig times a mask buffer)."""
+
+    def __init__(self, spectral):
+        super().__init__()
+        import torch.nn.utils.prune as prune
+
+        self.a = nn.utils.weight_norm(nn.Linear(16, 32))
+        self.b = nn.utils.spectral_norm(nn.Linear(32, 32)) if spectral else nn.utils.weight_norm(nn.Linear(32, 32), dim=None)
+        self.c = prune.l1_unstructured(nn.Linear(32, 32), "weight", amount=0.3)
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))))
+
+
 class NormedMLP(nn.Module):
     """Buffers that training changes: batch norm's running statistics and its batch
     count, and a registered step counter; and a non-persistent buffer (not in the
@@ -290,6 +311,10 @@ def make(name, seed=0):
         return CheckpointedGPT(reentrant=True, head_inside=True)
     if name == "awkward":
         return Awkward()
+    if name == "reparametrized":
+        return Reparametrized(spectral=False)
+    if name == "reparametrized_spectral":
+        return Reparametrized(spectral=True)
     if name == "normed_mlp":
         return NormedMLP()
     if name == "normed_mlp_extra":  # one more persistent buffer
@@ -317,7 +342,7 @@ def batch(name, step, rows):
         return tokens[:, :-1], tokens[:, 1:]
     if name.startswith("normed_mlp"):
         return torch.randn(rows, 16, generator=g) + 2.0, torch.randn(rows, 4, generator=g)
-    if name == "object_outputs":
+    if name in ("object_outputs", "reparametrized", "reparametrized_spectral"):
         return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
     if name == "awkward":
         x = torch.randn(rows, 16, generator=g)
@@ -331,7 +356,7 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
-    if name in ("awkward", "object_outputs") or name.startswith("normed_mlp"):
+    if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral") or name.startswith("normed_mlp"):
         return F.mse_loss(out, y)
     if name.startswith("resnet18"):
         return F.cross_entropy(out, y)

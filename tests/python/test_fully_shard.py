@@ -38,6 +38,11 @@ def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name):
     assert all(r["metrics"]["scheduled"] and r["metrics"]["trace_invalidations"] == 0 for r in ranks), ranks[0]["metrics"]
 
 
+@pytest.mark.parametrize("world,name", [(1, "reparametrized_spectral"), (2, "reparametrized")])
+def test_reparametrized_layers_match_plain_pytorch(tmp_path, world, name):
+    check_against_reference(train(tmp_path, world, spec(name, tmp_path, stage=3, optimizer="cpu", params="cpu")), name)
+
+
 # The token embedding sharded as a unit of its own, its weight used by the root's forward
 # (the LM head): registered as an external parameter of the root (test_initialize has
 # the unregistered error).
