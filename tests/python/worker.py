@@ -124,7 +124,10 @@ def main():
         engine.load_checkpoint(spec["load"])
     per = spec["rows"] // world
     losses = []
+    freeze = spec.get("freeze")  # {"param": name, "from": step, "to": step}: frozen in [from, to)
     for step in range(start, start + spec["steps"]):
+        if freeze:
+            dict(model.named_parameters())[freeze["param"]].requires_grad_(not freeze["from"] <= step < freeze["to"])
         x, y = models.batch(spec["model"], step, spec["rows"])
         loss = models.loss_fn(spec["model"], engine(x[rank * per:(rank + 1) * per]), y[rank * per:(rank + 1) * per])
         engine.backward(loss)
