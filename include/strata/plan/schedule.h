@@ -28,7 +28,9 @@
 // every access that begins while it is open (k .. open_through_k), its post ops run when
 // it ends (close_order), and a chunk's grad buffer lives until the last of its backward
 // accesses to end has ended; that access's post reduce-scatters it. Without overlaps
-// each access ends right after it ran.
+// each access ends right after it ran. (The runtime takes a grad buffer when the chunk's
+// first gradient arrives; a parameter used by several units, a tied weight, gets its
+// summed gradient only after its last use, so the count here is an upper bound.)
 //
 // Policy, in two passes:
 //  1. Demand pass. At pre(i) the missing chunks of access i are gathered. If they do not
