@@ -21,6 +21,7 @@ AccessDriver::AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& re
 void AccessDriver::begin_step_if_needed() {
   if (in_step_) return;
   in_step_ = true;
+  step_no_grad_forward_ = false;
   trace_.begin_step();
   scheduled_step_ = core_.opt.prefetch && schedule_.has_value() && trace_.complete();
   if (scheduled_step_) core_.cur.planned += schedule_->moved;
@@ -53,6 +54,7 @@ Result<AccessDriver::Open> AccessDriver::on_access(UnitId u, plan::Phase phase) 
   if (training && core_.opt.on_access) core_.opt.on_access(u, phase);
   if (training) {
     begin_step_if_needed();
+    if (phase == plan::Phase::kForward && !at::GradMode::is_enabled()) step_no_grad_forward_ = true;
     at = trace_.on_access({u, phase});
     pos = trace_.index() - 1;
     if (scheduled_step_ && !at) {
@@ -201,11 +203,45 @@ Result<plan::Schedule> AccessDriver::plan(std::span<const plan::ModuleAccess> ac
   plan::ScheduleInput in{.chunks = core_.chunks->schedule_chunks(),
                          .accesses = plan::chunk_accesses(accesses, module_chunks, open_through),
                          .options = core_.opt.schedule,
-                         .close_order = {close_order.begin(), close_order.end()}};
+                         .close_order = {close_order.begin(), close_order.end()},
+                         .grad_from = grad_from(accesses)};
   if (access_live_bytes_.size() == in.accesses.size()) {
     for (std::size_t i = 0; i < in.accesses.size(); ++i) in.accesses[i].reserved_compute_bytes = access_live_bytes_[i];
   }
   return plan::make_schedule(in);
+}
+
+// Note [gradient arrival]: AccumulateGrad runs once per backward for a parameter, when
+// the gradients of all its uses have been summed, so after the last backward access of
+// the units that own it begins (a tied weight's comes at the end of backward); the chunk's
+// buffer is taken by its first parameter to arrive. Not so under reentrant checkpointing:
+// a checkpoint's nested backward accumulates the parameters it used on its own, earlier.
+// A step that ran a forward without grad mode (how a reentrant checkpoint's first forward
+// runs) keeps the schedule's default, the chunk's first backward access. (A unit that
+// owns a shared parameter but did not use it in the step would also make the estimate
+// late; then a grad buffer can find the budget full in backward, a "cannot fit" error.)
+std::vector<std::uint32_t> AccessDriver::grad_from(std::span<const plan::ModuleAccess> accesses) const {
+  constexpr std::uint32_t kNone = UINT32_MAX;
+  const ChunkStore& store = core_.chunks->store();
+  if (trace_no_grad_forward_) return {};
+  std::vector<std::uint32_t> last_bwd(units_.size(), kNone);
+  for (std::size_t i = 0; i < accesses.size(); ++i) {
+    const auto u = static_cast<std::size_t>(accesses[i].module_id);
+    if (accesses[i].phase == plan::Phase::kBackward && u < units_.size()) last_bwd[u] = static_cast<std::uint32_t>(i);
+  }
+  std::vector<std::uint32_t> arrival(store.params().size(), kNone);
+  for (std::size_t u = 0; u < units_.size(); ++u) {
+    if (last_bwd[u] == kNone) continue;
+    for (std::uint32_t p : units_[u].params)
+      arrival[p] = arrival[p] == kNone ? last_bwd[u] : std::max(arrival[p], last_bwd[u]);
+  }
+  std::vector<std::uint32_t> from(core_.chunks->size(), kNone);
+  for (std::uint32_t p = 0; p < arrival.size(); ++p) {
+    if (arrival[p] == kNone || !store.params()[p].requires_grad()) continue;
+    std::uint32_t& f = from[store.layout().where[p].chunk];
+    f = std::min(f, arrival[p]);
+  }
+  return from;
 }
 
 std::vector<plan::ModuleAccess> AccessDriver::provisional_trace() const {
@@ -218,6 +254,7 @@ std::vector<plan::ModuleAccess> AccessDriver::provisional_trace() const {
 Status AccessDriver::end_trace_step() {
   const bool was_recording = trace_.state() == plan::AccessTrace::State::kRecord;
   trace_.end_step();
+  if (was_recording) trace_no_grad_forward_ = step_no_grad_forward_;
   in_step_ = false;
   if (!trace_.complete()) {
     schedule_.reset();

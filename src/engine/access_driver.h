@@ -48,6 +48,7 @@ namespace strata::engine {
 struct UnitRt {
   std::string name;
   std::vector<std::uint32_t> chunks;  // chunks holding the unit's parameters
+  std::vector<std::uint32_t> params;  // the unit's parameters (ChunkStore indexes)
   std::vector<UnitId> ancestors;      // units whose forward was open when it ran
 };
 
@@ -102,6 +103,8 @@ class AccessDriver {
   void begin_unit_backward(UnitId u);  // from a tensor hook; raises through core.errors
   Status end_trace_step();
   void drop_schedule();
+  // Note [gradient arrival]: per chunk, the access from which its grad buffer is live.
+  std::vector<std::uint32_t> grad_from(std::span<const plan::ModuleAccess> accesses) const;
 
   EngineCore& core_;
   Gatherer& gatherer_;
@@ -112,6 +115,9 @@ class AccessDriver {
   std::optional<plan::Schedule> schedule_;
   bool in_step_ = false;
   bool scheduled_step_ = false;  // this step follows the schedule (so far)
+  // A forward ran with grad mode off within the step (reentrant checkpointing): in this
+  // step, and in the step that recorded the frozen trace.
+  bool step_no_grad_forward_ = false, trace_no_grad_forward_ = false;
   // Open accesses. Backward ones outermost first.
   std::vector<Open> fwd_stack_, bwd_stack_;
   Clock::time_point unit_t0_;

@@ -219,7 +219,8 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
     for (std::size_t u = 0; u < units.size(); ++u) {
       std::vector<std::uint32_t> ps;
       for (std::size_t i : unit_params[u]) ps.push_back(static_cast<std::uint32_t>(m.store_index[i]));
-      rts.push_back(UnitRt{.name = units[u].name, .chunks = plan::chunks_of(core.chunks->store().layout(), ps)});
+      rts.push_back(UnitRt{.name = units[u].name, .chunks = plan::chunks_of(core.chunks->store().layout(), ps),
+                           .params = ps});
     }
     m.access = std::make_unique<AccessDriver>(
         core, *m.gatherer, *m.reducer, std::move(rts),

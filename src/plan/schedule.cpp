@@ -117,11 +117,19 @@ class Planner {
       prefix_elems_[i + 1] = std::min(kInf - elems, prefix_elems_[i]) + elems;
     }
     last_bwd_ = last_bwd;
-    // Grad buffers live from a chunk's first backward access until its gradient is done.
+    // Grad buffers live from the chunk's first gradient until its gradient is done.
+    if (!in_.grad_from.empty() && in_.grad_from.size() != n_chunks)
+      return make_error(ErrorCode::kInvalidArgument, "schedule: grad_from has {} chunks, but there are {}",
+                        in_.grad_from.size(), n_chunks);
     grad_live_.assign(n_, 0);
-    for (ChunkId c = 0; c < n_chunks; ++c)
-      for (std::uint32_t i = first_bwd[c]; first_bwd[c] != kNone && i <= close_[last_bwd[c]]; ++i)
-        grad_live_[i] += in_.chunks[c].grad_bytes;
+    for (ChunkId c = 0; c < n_chunks; ++c) {
+      if (first_bwd[c] == kNone) continue;
+      const std::uint32_t end = close_[last_bwd[c]];
+      const std::uint32_t from = in_.grad_from.empty() || in_.grad_from[c] == kNone
+                                     ? first_bwd[c]
+                                     : std::clamp(in_.grad_from[c], first_bwd[c], end);
+      for (std::uint32_t i = from; i <= end; ++i) grad_live_[i] += in_.chunks[c].grad_bytes;
+    }
     // Capacity for gathered chunks, and the hard compute budget check.
     cap_.assign(n_, 0);
     const std::uint64_t budget = budget_or_inf(opt_.budget_bytes[0]);

@@ -75,9 +75,13 @@ inline Facts facts_of(const ScheduleInput& in) {
       if (f.close[k] >= i)
         for (ChunkId c : f.own[k])
           if (std::find(f.at[i].begin(), f.at[i].end(), c) == f.at[i].end()) f.at[i].push_back(c);
-  for (std::size_t c = 0; c < m; ++c)
-    for (std::uint32_t i = first_bwd[c]; first_bwd[c] != UINT32_MAX && i <= f.close[f.last_bwd[c]]; ++i)
-      f.grad_live[i] += in.chunks[c].grad_bytes;
+  for (std::size_t c = 0; c < m; ++c) {
+    if (first_bwd[c] == UINT32_MAX) continue;
+    const std::uint32_t end = f.close[f.last_bwd[c]];
+    std::uint32_t from = first_bwd[c];
+    if (!in.grad_from.empty() && in.grad_from[c] != UINT32_MAX) from = std::min(std::max(in.grad_from[c], from), end);
+    for (std::uint32_t i = from; i <= end; ++i) f.grad_live[i] += in.chunks[c].grad_bytes;
+  }
   const std::uint64_t budget = o.budget_bytes[0] == 0 ? kUnbounded : o.budget_bytes[0];
   for (std::uint32_t i = 0; i < n; ++i) {
     std::uint64_t need = f.persistent_bytes;

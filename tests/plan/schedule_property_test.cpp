@@ -83,7 +83,14 @@ ScheduleInput random_instance(std::mt19937_64& rng, const Shape& shape) {
     if (pick(0, 5) == 0) a.chunks.push_back(static_cast<ChunkId>(pick(0, m - 1)));
     in.accesses.push_back(a);
   }
-  if (shape.overlap) random_ends(rng, in);
+  if (shape.overlap) {
+    random_ends(rng, in);
+    // A chunk's first gradient may arrive after its first backward access (or, for a
+    // wrong input, anywhere: the planner clamps it to the chunk's backward).
+    in.grad_from.assign(m, UINT32_MAX);
+    for (std::size_t c = 0; c < m; ++c)
+      if (pick(0, 1) == 0) in.grad_from[c] = static_cast<std::uint32_t>(pick(0, in.accesses.size() - 1));
+  }
   // Knobs: each of prefetch, live cap, reuse distance and persistence sometimes off.
   const std::uint64_t total = m * 8 * unit;
   o.prefetch_bucket_bytes = pick(0, 3) == 0 ? 0 : pick(0, total);

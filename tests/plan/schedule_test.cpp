@@ -160,6 +160,29 @@ TEST(Schedule, AnOpenAccessKeepsItsChunksAndGradientUntilItEnds) {
   EXPECT_EQ(make_schedule(in).error().code(), ErrorCode::kInvalidArgument);
 }
 
+// A tied weight (chunk 0) used by the first and the last unit: its summed gradient, so
+// its buffer, comes only at the last backward access that uses it.
+TEST(Schedule, AGradBufferIsTakenWhenItsFirstGradientArrives) {
+  ScheduleInput in;
+  for (int c = 0; c < 3; ++c) in.chunks.push_back(chunk(kMiB, Tier::kHost));
+  in.options.world = 2;
+  in.options.max_reuse_distance_elems = 0;  // released after every use
+  // fwd: 0 (c0), 1 (c1), 2 (c2), 3 (c0, the head); bwd: 4 (c0), 5 (c2), 6 (c1), 7 (c0)
+  for (ChunkId c : {0u, 1u, 2u, 0u}) in.accesses.push_back({.chunks = {c}});
+  for (ChunkId c : {0u, 2u, 1u, 0u}) in.accesses.push_back({.chunks = {c}, .phase = Phase::kBackward});
+  auto first = make_schedule(in);
+  ASSERT_TRUE(first.has_value()) << first.error();
+  EXPECT_EQ(first->compute_bytes[5], 3 * kMiB);  // c2 gathered; c0's buffer (from access 4) and c2's
+  in.grad_from = {7, UINT32_MAX, UINT32_MAX};
+  auto late = make_schedule(in);
+  ASSERT_TRUE(late.has_value()) << late.error();
+  EXPECT_EQ(testing::replay(in, *late), "");
+  EXPECT_EQ(late->compute_bytes[5], 2 * kMiB);
+  EXPECT_EQ(late->compute_bytes[7], first->compute_bytes[7]);
+  in.grad_from = {7};
+  EXPECT_EQ(make_schedule(in).error().code(), ErrorCode::kInvalidArgument);
+}
+
 TEST(Schedule, PersistentChunksStayGathered) {
   ScheduleInput in;
   in.chunks = {chunk(kMiB, Tier::kHost), chunk(4096, Tier::kHost), chunk(kMiB, Tier::kHost)};

@@ -28,9 +28,11 @@
 // every access that begins while it is open (k .. open_through_k), its post ops run when
 // it ends (close_order), and a chunk's grad buffer lives until the last of its backward
 // accesses to end has ended; that access's post reduce-scatters it. Without overlaps
-// each access ends right after it ran. (The runtime takes a grad buffer when the chunk's
-// first gradient arrives; a parameter used by several units, a tied weight, gets its
-// summed gradient only after its last use, so the count here is an upper bound.)
+// each access ends right after it ran. A grad buffer is taken when the chunk's first
+// gradient arrives: at its first backward access, or later where the input says so
+// (ScheduleInput::grad_from: a parameter used by several units, a tied weight, gets its
+// summed gradient only at the last of their backward accesses; Note [gradient arrival]
+// in src/engine/access_driver.cpp).
 //
 // Policy, in two passes:
 //  1. Demand pass. At pre(i) the missing chunks of access i are gathered. If they do not
@@ -133,6 +135,9 @@ struct ScheduleInput {
   // The accesses in the order they end (AccessTrace::close_order); empty: in index order.
   // Ordered by open_through, as they are when they come from a trace.
   std::vector<std::uint32_t> close_order;
+  // Per chunk, the access from which its grad buffer is live, when that is after its
+  // first backward access; empty, or an entry of UINT32_MAX: its first backward access.
+  std::vector<std::uint32_t> grad_from;
 };
 
 enum class OpKind : std::uint8_t {
