@@ -154,7 +154,7 @@ class Planner {
     close_.resize(n_);
     for (std::uint32_t i = 0; i < n_; ++i) {
       const std::uint32_t t = in_.accesses[i].open_through;
-      if (t != kNone && t >= n_)
+      if (t >= n_)
         return make_error(ErrorCode::kInvalidArgument, "schedule: access {} is open through access {}, but there are {}",
                           i, t, n_);
       close_[i] = std::max(i, t);

@@ -154,7 +154,11 @@ TEST(Schedule, AnOpenAccessKeepsItsChunksAndGradientUntilItEnds) {
   in.accesses[5].open_through = 0;
   in.close_order.clear();
   EXPECT_TRUE(make_schedule(in).has_value());
-  // Ends must be consistent: open_through ordered along the close order.
+  // Ends must be consistent: open_through ordered along the close order, and within
+  // the accesses (UINT32_MAX is not "none" here, as it is in grad_from).
+  in = checkpointed_block();
+  in.accesses[5].open_through = UINT32_MAX;
+  EXPECT_EQ(make_schedule(in).error().code(), ErrorCode::kInvalidArgument);
   in = checkpointed_block();
   in.close_order = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
   EXPECT_EQ(make_schedule(in).error().code(), ErrorCode::kInvalidArgument);
