@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from . import _groups, _strata
 from .errors import ConfigError, NotImplementedByStrata
 
 
@@ -43,9 +44,17 @@ _HYPER = {  # torch.optim group key -> config params key
 _HYPER["Adam"] = _HYPER["AdamW"]
 
 
-def optimizer_block(optimizer: torch.optim.Optimizer) -> dict:
-    """The config's "optimizer" block for a torch.optim optimizer the caller built: the
-    engine steps with its fused kernel for that type, with the same hyperparameters."""
+def torch_hyper(cfg: dict) -> dict:
+    """The config's optimizer (defaults filled in) by torch.optim's group keys."""
+    settings = _strata.optimizer_settings(json.dumps(cfg))
+    return {k: settings[v] for k, v in _HYPER[settings["type"]].items()}
+
+
+def optimizer_block(optimizer: torch.optim.Optimizer) -> tuple[dict, list[dict]]:
+    """The config's "optimizer" block for a torch.optim optimizer the caller built (the
+    engine steps with its fused kernel for that type, with the same hyperparameters), and
+    its parameter groups. Groups may differ in lr and weight_decay (_groups.py); the
+    block's lr is the largest group's."""
     kind = _TORCH_OPTIMIZERS.get(type(optimizer))
     if kind is None:
         raise NotImplementedByStrata(
@@ -55,13 +64,9 @@ def optimizer_block(optimizer: torch.optim.Optimizer) -> dict:
     groups = optimizer.param_groups
     keys = _HYPER[kind]
     first = {k: groups[0][k] for k in keys if k in groups[0]}
-    for g in groups[1:]:
-        if any(g.get(k) != v for k, v in first.items()):
-            raise NotImplementedByStrata(
-                "unimplemented: the optimizer has parameter groups with different hyperparameters; strata's engine "
-                "has one group. Use strata.ShardedOptimizer for per-group settings")
+    _groups.check_shared(groups, first)
     params = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in first.items()}
+    params["lr"] = max(g["lr"] for g in groups)
     if kind == "Adam":
         params["adam_w_mode"] = False  # torch.optim.Adam: L2 weight decay, not decoupled
-        kind = "Adam"
-    return {"type": kind, "params": params}
+    return {"type": kind, "params": params}, groups

@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from . import _guard, _strata, _units
+from . import _groups, _guard, _strata, _units
 from . import config as _config
 from .errors import ConfigError, UsageError
 
@@ -30,13 +30,15 @@ def _communicator(process_group):
 
 
 class EngineOptimizer(torch.optim.Optimizer):
-    """What initialize() returns as the optimizer: one parameter group whose "lr" is the
-    engine's learning rate, so torch.optim.lr_scheduler schedulers can drive it. Its
-    step() steps the engine (without advancing initialize's scheduler: engine.step()
-    does both); the state lives in the engine's shards."""
+    """What initialize() returns as the optimizer: the engine's parameter groups (one, or
+    the caller's: _groups.py), whose "lr" is the engine's learning rate, so
+    torch.optim.lr_scheduler schedulers can drive it. Its step() steps the engine
+    (without advancing initialize's scheduler: engine.step() does both); the state lives
+    in the engine's shards."""
 
-    def __init__(self, engine: "Engine", params):
-        super().__init__(params, {"lr": engine._eng.lr})
+    def __init__(self, engine: "Engine", groups: list[dict]):
+        super().__init__(groups, {"lr": engine._eng.lr})
+        _groups.publish_lrs(engine._eng, self.param_groups)
         self._engine = engine
 
     def step(self, closure=None):  # noqa: D102 - the engine's step
@@ -51,7 +53,7 @@ class EngineOptimizer(torch.optim.Optimizer):
 class Engine:
     """The model, sharded. Call it as the model; backward(loss); step()."""
 
-    def __init__(self, module: torch.nn.Module, cfg: dict, comm, lr_scheduler=None):
+    def __init__(self, module: torch.nn.Module, cfg: dict, comm, lr_scheduler=None, groups: list[dict] | None = None):
         self.module = module
         self._config = cfg
         self._units = _units.units_of(module)
@@ -59,13 +61,21 @@ class Engine:
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")
         _units.check_cpu(p for u in self._units for p in u.params)
         _units.sync_from_rank0(comm, _units.model_tensors(module))
-        self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg))
+        engine_groups = _groups.engine_groups(groups) if groups else []
+        self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg),
+                                   param_groups=engine_groups)
         self._eng.set_buffer_source(_units.buffer_source(module))
         _units.attach(self._eng, self._units)
         self._watched = _guard.watch(self._units) if self._eng.stage == 3 else None
         _units.cast_buffers(module, _units.compute_dtype(cfg))
-        trainable = [p for p in dict.fromkeys(p for u in self._units for p in u.params) if p.requires_grad]
-        self.optimizer = EngineOptimizer(self, trainable)
+        if engine_groups:
+            decay = _config.torch_hyper(cfg)["weight_decay"]
+            torch_groups = [{"params": list(g[0]), "weight_decay": decay if g[2] is None else g[2]}
+                            for g in engine_groups]
+        else:
+            torch_groups = [{"params": [p for p in dict.fromkeys(p for u in self._units for p in u.params)
+                                        if p.requires_grad]}]
+        self.optimizer = EngineOptimizer(self, torch_groups)
         self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(
             lr_scheduler, "step") else lr_scheduler
 
@@ -86,15 +96,16 @@ class Engine:
         r = self.optimizer.step()
         if r["boundary"] and r["applied"] and self.lr_scheduler is not None:
             self.lr_scheduler.step()
-            self._eng.lr = self.optimizer.param_groups[0]["lr"]
+            _groups.sync_lrs(self._eng, self.optimizer.param_groups)
         return r
 
     def _step_engine(self) -> dict:
-        group = self.optimizer.param_groups[0]
-        if group["lr"] != self._eng.lr:
-            self._eng.lr = group["lr"]  # a torch scheduler (or the user) set it
+        groups = self.optimizer.param_groups
+        _groups.sync_lrs(self._eng, groups)  # a torch scheduler (or the user) may have set them
+        before = self._eng.lr
         r = self._eng.step()
-        group["lr"] = self._eng.lr  # the config's scheduler, if any, set the next step's
+        if self._eng.lr != before:
+            _groups.publish_lrs(self._eng, groups)  # the config's scheduler set the next step's
         return r
 
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0) -> float:
@@ -106,7 +117,8 @@ class Engine:
         return self._eng.steps
 
     def get_lr(self) -> list[float]:
-        return [self._eng.lr]
+        """Each parameter group's learning rate."""
+        return [self._eng.lr * s for s in self._eng.lr_scales]
 
     def memory_by_tier(self) -> dict:
         """Bytes this rank holds per tier (compute, host, nvme) and kind (params, grads,
@@ -155,7 +167,7 @@ class Engine:
         client = json.loads(client_json) if client_json not in ("", "null") else {}
         if self.lr_scheduler is not None and "lr_scheduler" in client:
             self.lr_scheduler.load_state_dict(client["lr_scheduler"])
-            self.optimizer.param_groups[0]["lr"] = self._eng.lr
+        _groups.publish_lrs(self._eng, self.optimizer.param_groups)  # the checkpoint's
         return os.fspath(loaded), client.get("client_state", {})
 
     def close(self) -> None:
@@ -184,9 +196,12 @@ def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=
 
     config: a path or a dict in the DeepSpeed vocabulary (`strata config keys`).
     optimizer: None (the config's "optimizer" block), or a torch.optim AdamW, Adam, SGD or
-        Adagrad whose type and hyperparameters the fused engine takes over.
-    model_parameters: the parameters to train; None means every parameter that requires
-        a gradient. Any other trainable parameter must be frozen (requires_grad=False).
+        Adagrad whose type, hyperparameters and parameter groups the fused engine takes
+        over (groups may differ in lr and weight_decay).
+    model_parameters: the parameters to train, or parameter groups as torch.optim takes
+        them (dicts with "params", and "lr" and "weight_decay" of their own: _groups.py);
+        None means every parameter that requires a gradient. Any other trainable
+        parameter must be frozen (requires_grad=False).
     lr_scheduler: a torch.optim.lr_scheduler built on the returned optimizer, or a
         callable taking that optimizer and returning one.
     process_group: a torch.distributed group to run on; default: strata's own Gloo group
@@ -195,13 +210,17 @@ def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"invalid_argument: model must be a torch.nn.Module, got {type(model).__name__}")
     cfg = _config.load(config)
+    groups = None
+    if model_parameters is not None:
+        groups = _groups.normalize(model_parameters)
+        _groups.check_shared(groups, _config.torch_hyper(cfg))
     if optimizer is not None:
         if "optimizer" in cfg:
             raise ConfigError("invalid_argument: an optimizer was passed and the config has an \"optimizer\" block; "
                               "give one of the two")
-        cfg["optimizer"] = _config.optimizer_block(optimizer)
-    if model_parameters is not None:
-        wanted = {id(p) for p in model_parameters}
+        cfg["optimizer"], groups = _config.optimizer_block(optimizer)
+    if groups is not None:
+        wanted = {id(p) for g in groups for p in g["params"]}
         extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in wanted]
         if extra:
             raise ConfigError("invalid_argument: model_parameters leaves out trainable parameters "
@@ -210,5 +229,6 @@ def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=
     if lr_scheduler is not None and isinstance(cfg.get("scheduler"), dict):
         raise ConfigError("invalid_argument: an lr_scheduler was passed and the config has a \"scheduler\" block; "
                           "give one of the two")
-    engine = Engine(model, cfg, _communicator(process_group), lr_scheduler)
+    engine = Engine(model, cfg, _communicator(process_group), lr_scheduler, groups)
     return engine, engine.optimizer, None, engine.lr_scheduler
+

@@ -154,8 +154,9 @@ def _hook(unit: _units.Unit) -> None:
     unit.handles = _units.hook_module(unit.module, pre, post)
 
 
-def build_engine(params, optimizer_block: dict):
-    """The engine over the fully_shard group holding `params` (strata.optim calls it)."""
+def build_engine(params, optimizer_block: dict, param_groups: list | None = None):
+    """The engine over the fully_shard group holding `params` (strata.optim calls it);
+    param_groups: the engine's (_groups.engine_groups)."""
     groups = {id(g): g for p in params if (g := _group_of(p)) is not None}
     loose = [p for p in params if _group_of(p) is None]
     if loose or not groups:
@@ -184,7 +185,8 @@ def build_engine(params, optimizer_block: dict):
             else _strata.Communicator.from_env())
     _units.sync_from_rank0(comm, _units.model_tensors(group.root))
     config = group.config(optimizer_block)
-    group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config))
+    group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config),
+                                  param_groups=param_groups or [])
     group.engine.set_buffer_source(_units.buffer_source(group.root))
     _units.cast_buffers(group.root, _units.compute_dtype(config))
     if group.engine.stage == 3:

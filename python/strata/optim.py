@@ -8,14 +8,15 @@
     opt.step()
 
 Building the optimizer builds the engine over the sharded modules' units (the engine
-steps with its fused kernels, where the state lives). Its one parameter group's "lr" is
-the engine's learning rate: torch.optim.lr_scheduler schedulers drive it.
+steps with its fused kernels, where the state lives). Parameter groups may differ in lr
+and weight_decay (_groups.py); their "lr" is the engine's learning rate:
+torch.optim.lr_scheduler schedulers drive it.
 """
 from __future__ import annotations
 
 import torch
 
-from . import fsdp
+from . import _groups, fsdp
 from .errors import ConfigError, UsageError
 
 
@@ -24,24 +25,21 @@ class _EngineOptimizer(torch.optim.Optimizer):
     _KEYS: tuple[str, ...] = ()
 
     def __init__(self, params, **hyper):
-        params = list(params)
-        if params and isinstance(params[0], dict):
-            raise ConfigError(f"invalid_argument: strata.optim.{type(self).__name__} takes one parameter group; "
-                              "for several, use strata.ShardedOptimizer (ZeRO-1/2)")
         if any(v is None for v in hyper.values()):
             raise ConfigError("invalid_argument: hyperparameters must be numbers, got None")
-        super().__init__(params, hyper)
+        super().__init__(_groups.normalize(params), hyper)
+        _groups.check_shared(self.param_groups, hyper)  # groups may differ in lr and weight_decay only
         block = {"type": self._TYPE, "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in hyper.items()}}
+        block["params"]["lr"] = max(g["lr"] for g in self.param_groups)
         if self._TYPE == "Adam":
             block["params"]["adam_w_mode"] = False
-        self.engine = fsdp.build_engine(self.param_groups[0]["params"], block)
+        self.engine = fsdp.build_engine([p for g in self.param_groups for p in g["params"]], block,
+                                        _groups.engine_groups(self.param_groups))
 
     def step(self, closure=None):
         if closure is not None:
             raise UsageError("failed_precondition: strata's optimizers take no closure")
-        lr = self.param_groups[0]["lr"]
-        if lr != self.engine.lr:
-            self.engine.lr = lr  # a scheduler (or the user) set it
+        _groups.sync_lrs(self.engine, self.param_groups)  # a scheduler (or the user) may have set them
         return self.engine.step()
 
     def zero_grad(self, set_to_none: bool = True):

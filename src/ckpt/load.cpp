@@ -194,6 +194,10 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
   if (states) {
     eng.restore_loss_scaler(m.loss_scaler);
     eng.set_lr(m.lr);
+    // Scales saved with as many groups as the engine has: the groups' lrs of the saved
+    // run (a torch scheduler may have moved them apart). Otherwise the engine's stand.
+    if (m.lr_scales.size() == eng.n_param_groups())
+      for (std::size_t g = 0; g < m.lr_scales.size(); ++g) STRATA_RETURN_IF_ERROR(eng.set_lr_scale(g, m.lr_scales[g]));
   }
   eng.set_steps(m.optimizer_steps);
   return ok();

@@ -130,6 +130,7 @@ json to_json(const CheckpointMeta& m) {
               {"files", files_to_json(m.files)},
               {"config", m.config},
               {"client", m.client}};
+  if (!m.lr_scales.empty()) out["optimizer"]["lr_scales"] = m.lr_scales;
   if (m.buffers) {
     json buffers = json::array();
     for (const BufferMeta& b : *m.buffers) buffers.push_back({{"name", b.name}, {"shape", b.shape}, {"dtype", b.dtype}});
@@ -155,6 +156,7 @@ Result<CheckpointMeta> from_json(const json& j) {
     m.optimizer = o.at("type").get<std::string>();
     m.state_names = o.at("state_names").get<std::vector<std::string>>();
     m.lr = o.at("lr").get<double>();
+    if (o.contains("lr_scales")) m.lr_scales = o.at("lr_scales").get<std::vector<double>>();
     m.compute_dtype = j.at("compute_dtype").get<std::string>();
     const json& ls = j.at("loss_scaler");
     m.loss_scaler = {.scale = ls.at("scale").get<double>(), .iter = whole<std::int64_t>(ls.at("iter")),

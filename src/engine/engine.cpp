@@ -1,6 +1,7 @@
 // Engine: setup, the front-end hooks, and the backward and step entry points.
 #include "strata/engine/engine.h"
 
+#include <cmath>
 #include <unordered_map>
 #include <utility>
 
@@ -31,6 +32,50 @@ Status materialize_deferred(const at::Tensor& p, const ParamInit& init) {
   init(p, v);
   ChunkStore::alloc_storage(p);
   p.detach().copy_(v);
+  return ok();
+}
+
+// Note [parameter groups] (engine_options.h): each store parameter's group. Every
+// trainable parameter is in exactly one; a frozen one listed nowhere is in group 0 (it
+// is never stepped while frozen), and a frozen tensor no unit lists is passed over.
+Status assign_param_groups(Engine::Impl& m, const std::unordered_map<const void*, std::size_t>& index_of,
+                           std::size_t n_store) {
+  const auto& groups = m.core.opt.param_groups;
+  if (groups.empty()) return ok();
+  constexpr std::uint32_t kNone = UINT32_MAX;
+  std::vector<std::uint32_t> group_of(n_store, kNone);
+  std::vector<StepKernel::Group> hyper;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    hyper.push_back({.lr_scale = groups[g].lr_scale, .weight_decay = groups[g].weight_decay});
+    for (const at::Tensor& p : groups[g].params) {
+      auto it = p.defined() ? index_of.find(p.unsafeGetTensorImpl()) : index_of.end();
+      if (it == index_of.end()) {
+        if (p.defined() && !p.requires_grad()) continue;  // frozen, and the units do not use it: as torch.optim
+        return make_error(ErrorCode::kInvalidArgument,
+                          "parameter group {} lists a tensor that is not a parameter of any unit", g);
+      }
+      const std::size_t i = it->second;
+      if (m.store_index[i] < 0) continue;  // frozen at stages 0-2: the store does not hold it
+      std::uint32_t& slot = group_of[static_cast<std::size_t>(m.store_index[i])];
+      if (slot != kNone && slot != g) {
+        return make_error(ErrorCode::kInvalidArgument, "parameter '{}' is in parameter groups {} and {}",
+                          m.param_names[i], slot, g);
+      }
+      slot = static_cast<std::uint32_t>(g);
+    }
+  }
+  for (std::size_t i = 0; i < m.all_params.size(); ++i) {
+    if (m.store_index[i] < 0) continue;
+    std::uint32_t& slot = group_of[static_cast<std::size_t>(m.store_index[i])];
+    if (slot != kNone) continue;
+    if (m.all_params[i].requires_grad()) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "trainable parameter '{}' is in no parameter group: list it in one, or freeze it",
+                        m.param_names[i]);
+    }
+    slot = 0;
+  }
+  m.kernel.set_groups(std::move(hyper), std::move(group_of));
   return ok();
 }
 
@@ -159,6 +204,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
     chunked.push_back(p);
     model_elems += static_cast<std::uint64_t>(p.numel());
   }
+  STRATA_RETURN_IF_ERROR(assign_param_groups(m, index_of, chunked.size()));
   // The compute device: the option, else where the parameters are (deferred ones have
   // no bytes and say nothing).
   if (!core.opt.compute_device) {
@@ -386,6 +432,21 @@ const StepMetrics& Engine::last_metrics() const { return impl_->last; }
 void Engine::trace_next_step(std::string path) { impl_->core.trace.arm(std::move(path)); }
 double Engine::lr() const { return impl_->kernel.lr(); }
 void Engine::set_lr(double lr) { impl_->kernel.set_lr(lr); }
+std::size_t Engine::n_param_groups() const { return impl_->kernel.n_groups(); }
+double Engine::lr_scale(std::size_t group) const {
+  return group < impl_->kernel.n_groups() ? impl_->kernel.group(group).lr_scale : 0.0;
+}
+Status Engine::set_lr_scale(std::size_t group, double scale) {
+  if (group >= impl_->kernel.n_groups()) {
+    return make_error(ErrorCode::kOutOfRange, "set_lr_scale: no parameter group {} (there are {})", group,
+                      impl_->kernel.n_groups());
+  }
+  if (!std::isfinite(scale) || scale < 0) {
+    return make_error(ErrorCode::kInvalidArgument, "set_lr_scale: the scale must be finite and >= 0, got {}", scale);
+  }
+  impl_->kernel.set_lr_scale(group, scale);
+  return ok();
+}
 const LossScaler& Engine::loss_scaler() const { return impl_->stepper->scaler(); }
 std::int64_t Engine::steps() const { return impl_->step_count; }
 bool Engine::at_boundary() const { return impl_->at_boundary(); }

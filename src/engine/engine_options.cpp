@@ -1,6 +1,7 @@
 #include "strata/engine/engine_options.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <c10/core/ScalarType.h>
 
@@ -76,6 +77,18 @@ Status EngineOptions::validate() const {
   }
   if (grad_shard_dtype != at::kFloat && grad_shard_dtype != at::kBFloat16) {
     return invalid(fmt::format("gradient shards must be fp32 or bf16, not {}", c10::toString(grad_shard_dtype)));
+  }
+  for (std::size_t g = 0; g < param_groups.size(); ++g) {
+    const ParamGroup& pg = param_groups[g];
+    if (!std::isfinite(pg.lr_scale) || pg.lr_scale < 0) {
+      return invalid(fmt::format("parameter group {}: lr_scale must be finite and >= 0, got {}", g, pg.lr_scale));
+    }
+    if (pg.weight_decay && (!std::isfinite(*pg.weight_decay) || *pg.weight_decay < 0)) {
+      return invalid(fmt::format("parameter group {}: weight_decay must be finite and >= 0, got {}", g, *pg.weight_decay));
+    }
+  }
+  if (wrap && !param_groups.empty()) {
+    return invalid("param_groups are for the built-in optimizers; a wrapped torch::optim optimizer has its own groups");
   }
   if (wrap && optim_state_dtype != at::kFloat) {
     return invalid("strata.optimizer_state_dtype bf16 is for the built-in optimizers; a wrapped torch::optim "

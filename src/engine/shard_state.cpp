@@ -63,9 +63,14 @@ void StepKernel::set_betas(std::array<double, 2> betas) {
   adam_.beta2 = betas[1];
 }
 
+void StepKernel::set_groups(std::vector<Group> groups, std::vector<std::uint32_t> group_of) {
+  groups_ = groups.empty() ? std::vector<Group>{Group{}} : std::move(groups);
+  group_of_ = std::move(group_of);
+}
+
 Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states, const void* grad,
                        kernels::DType grad_dtype, void* param, kernels::DType param_dtype,
-                       const kernels::StepInfo& info, ThreadPool* pool) const {
+                       const kernels::StepInfo& info, ThreadPool* pool, std::uint32_t group) const {
   kernels::StepShard shard{.n = static_cast<std::size_t>(n), .master = master, .grad = grad, .grad_dtype = grad_dtype,
                            .param = param, .param_dtype = param_dtype,
                            .state_dtype = state_dtype_ == at::kBFloat16 ? kernels::DType::kBF16 : kernels::DType::kF32};
@@ -74,12 +79,12 @@ Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states,
     case OptimizerType::kAdamW: {
       kernels::AdamState s{.exp_avg = states[0], .exp_avg_sq = states[1],
                            .max_exp_avg_sq = states.size() > 2 ? states[2] : nullptr};
-      return kernels::adam_step(shard, s, adam_, info, pool);
+      return kernels::adam_step(shard, s, for_group(adam_, group), info, pool);
     }
     case OptimizerType::kSGD:
-      return kernels::sgd_step(shard, states.empty() ? nullptr : states[0], sgd_, info, pool);
+      return kernels::sgd_step(shard, states.empty() ? nullptr : states[0], for_group(sgd_, group), info, pool);
     case OptimizerType::kAdagrad:
-      return kernels::adagrad_step(shard, states[0], adagrad_, info, pool);
+      return kernels::adagrad_step(shard, states[0], for_group(adagrad_, group), info, pool);
   }
   return make_error(ErrorCode::kInternal, "unknown optimizer type");
 }
@@ -133,13 +138,16 @@ void ParamSteps::advance() {
 
 namespace {
 
-// A run of adjacent parameters at the same step count, within a range: one kernel call.
+// A run of adjacent parameters at the same step count and of one group, within a
+// range: one kernel call.
 struct StepRun {
   ElemRange elems;
   std::int64_t step = 0;
+  std::uint32_t group = 0;
 };
 
-std::vector<StepRun> step_runs(const std::vector<ChunkStore::ShardSlot>& sl, const ParamSteps& params, ElemRange range) {
+std::vector<StepRun> step_runs(const std::vector<ChunkStore::ShardSlot>& sl, const ParamSteps& params,
+                               const StepKernel& kernel, ElemRange range) {
   // A slot's elements within the range.
   auto lo = [&](std::size_t i) { return std::max(sl[i].shard_offset, range.begin); };
   auto hi = [&](std::size_t i) { return std::min(sl[i].shard_offset + sl[i].numel, range.end); };
@@ -150,14 +158,15 @@ std::vector<StepRun> step_runs(const std::vector<ChunkStore::ShardSlot>& sl, con
       continue;
     }
     const std::int64_t step = params.steps[sl[i].param] + 1, begin = lo(i);
+    const std::uint32_t group = kernel.group_of(sl[i].param);
     std::int64_t end = hi(i);
     std::size_t j = i + 1;
     while (j < sl.size() && sl[j].shard_offset == end && end < range.end && params.ever_had_grad[sl[j].param] &&
-           params.steps[sl[j].param] + 1 == step) {
+           params.steps[sl[j].param] + 1 == step && kernel.group_of(sl[j].param) == group) {
       end = hi(j);
       ++j;
     }
-    runs.push_back({.elems = {begin, end}, .step = step});
+    runs.push_back({.elems = {begin, end}, .step = step, .group = group});
     i = j;
   }
   return runs;
@@ -176,7 +185,7 @@ Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<Chu
       STRATA_ASSIGN_OR_RETURN(param_dtype, kernel_dtype(param.scalar_type()));
     }
   }
-  for (const StepRun& run : step_runs(sl, params, range)) {
+  for (const StepRun& run : step_runs(sl, params, kernel, range)) {
     const std::int64_t at = run.elems.begin - range.begin, n = run.elems.size();  // at: in the sub-group's tensors
     const kernels::StepInfo info{.step = run.step, .grad_scale = grad_scale};
     if (tensor_ops) {
@@ -184,7 +193,7 @@ Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<Chu
       for (auto& t : s.states) states.push_back(t.narrow(0, at, n));
       STRATA_RETURN_IF_ERROR(kernel.run_tensors(s.master.narrow(0, at, n), states, grad.narrow(0, at, n),
                                                 param.defined() ? param.narrow(0, run.elems.begin, n) : at::Tensor(),
-                                                info));
+                                                info, run.group));
     } else {
       std::vector<void*> states;
       for (auto& t : s.states) states.push_back(static_cast<std::byte*>(t.data_ptr()) + at * t.element_size());
@@ -192,7 +201,8 @@ Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<Chu
       void* p = param.defined() ? static_cast<std::byte*>(param.data_ptr()) + run.elems.begin * param.element_size()
                                 : nullptr;
       STRATA_RETURN_IF_ERROR(
-          kernel.run(n, s.master.data_ptr<float>() + at, std::move(states), g, grad_dtype, p, param_dtype, info, pool));
+          kernel.run(n, s.master.data_ptr<float>() + at, std::move(states), g, grad_dtype, p, param_dtype, info, pool,
+                     run.group));
     }
     if (stepped != nullptr) stepped->push_back(run.elems);
   }

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,18 +48,44 @@ class StepKernel {
   // Adam's betas (a OneCycle schedule cycles beta1); other optimizers ignore them.
   void set_betas(std::array<double, 2> betas);
 
-  // One fused step over n elements: master (fp32) and states (state_dtype()) updated in
-  // place; param (compute dtype) written from the new master when not null.
+  // Note [parameter groups] (engine_options.h): group g steps with lr() * lr_scale and,
+  // when set, its own weight decay. Without set_groups there is one group, 0, of every
+  // parameter, at scale 1.
+  struct Group {
+    double lr_scale = 1.0;
+    std::optional<double> weight_decay;
+  };
+  // group_of: per store parameter (ChunkStore::params() order).
+  void set_groups(std::vector<Group> groups, std::vector<std::uint32_t> group_of);
+  std::uint32_t group_of(std::size_t store_param) const {
+    return group_of_.empty() ? 0 : group_of_[store_param];
+  }
+  std::size_t n_groups() const { return groups_.size(); }
+  const Group& group(std::size_t g) const { return groups_[g]; }
+  void set_lr_scale(std::size_t g, double scale) { groups_[g].lr_scale = scale; }
+
+  // One fused step over n elements of parameters of group `group`: master (fp32) and
+  // states (state_dtype()) updated in place; param (compute dtype) written from the new
+  // master when not null.
   Status run(std::int64_t n, float* master, std::vector<void*> states, const void* grad, kernels::DType grad_dtype,
-             void* param, kernels::DType param_dtype, const kernels::StepInfo& info, ThreadPool* pool) const;
+             void* param, kernels::DType param_dtype, const kernels::StepInfo& info, ThreadPool* pool,
+             std::uint32_t group = 0) const;
   // The same step as ATen tensor ops, on tensors of any one device (tensor_step.cpp): for
   // state the CPU kernels cannot reach, a GPU's. master fp32; states fp32 or bf16; grad
   // any float dtype; param (the compute copy, written from the new master) may be
   // undefined. All of one length.
   Status run_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& grad,
-                     const at::Tensor& param, const kernels::StepInfo& info) const;
+                     const at::Tensor& param, const kernels::StepInfo& info, std::uint32_t group = 0) const;
 
  private:
+  // The hyperparameters of group g: the optimizer's, with its lr scaled and its decay.
+  template <typename Hyper>
+  Hyper for_group(Hyper h, std::uint32_t g) const {
+    h.lr *= groups_[g].lr_scale;
+    if (groups_[g].weight_decay) h.weight_decay = *groups_[g].weight_decay;
+    return h;
+  }
+
   OptimizerType type_ = OptimizerType::kAdamW;
   std::vector<std::string> names_;
   kernels::AdamHyper adam_;
@@ -66,6 +93,8 @@ class StepKernel {
   kernels::AdagradHyper adagrad_;
   double initial_accumulator_ = 0;
   at::ScalarType state_dtype_ = at::kFloat;
+  std::vector<Group> groups_{Group{}};
+  std::vector<std::uint32_t> group_of_;  // empty: every parameter in group 0
 };
 
 struct ShardState {

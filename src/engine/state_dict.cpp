@@ -1,5 +1,7 @@
 // Engine: consolidated parameters, and the optimizer state as a torch::optim optimizer
 // (consolidation onto one rank, and loading one saved at any world size).
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
@@ -13,31 +15,54 @@
 namespace strata::engine {
 namespace {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(OptimizerType type, const OptimizerConfig& c, double lr,
-                                                        std::vector<at::Tensor> params) {
+// torch::optim's options for the configured type, at `lr` and `weight_decay`.
+std::unique_ptr<torch::optim::OptimizerOptions> make_options(OptimizerType type, const OptimizerConfig& c, double lr,
+                                                             double weight_decay) {
   const auto betas = std::make_tuple(c.betas[0], c.betas[1]);
   switch (type) {
     case OptimizerType::kAdam:
-      return std::make_unique<torch::optim::Adam>(
-          params, torch::optim::AdamOptions(lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay).amsgrad(c.amsgrad));
+      return std::make_unique<torch::optim::AdamOptions>(
+          torch::optim::AdamOptions(lr).betas(betas).eps(c.eps).weight_decay(weight_decay).amsgrad(c.amsgrad));
     case OptimizerType::kAdamW:
-      return std::make_unique<torch::optim::AdamW>(
-          params,
-          torch::optim::AdamWOptions(lr).betas(betas).eps(c.eps).weight_decay(c.weight_decay).amsgrad(c.amsgrad));
+      return std::make_unique<torch::optim::AdamWOptions>(
+          torch::optim::AdamWOptions(lr).betas(betas).eps(c.eps).weight_decay(weight_decay).amsgrad(c.amsgrad));
     case OptimizerType::kSGD:
-      return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(lr)
-                                                             .momentum(c.momentum)
-                                                             .dampening(c.dampening)
-                                                             .weight_decay(c.weight_decay)
-                                                             .nesterov(c.nesterov));
+      return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr)
+                                                            .momentum(c.momentum)
+                                                            .dampening(c.dampening)
+                                                            .weight_decay(weight_decay)
+                                                            .nesterov(c.nesterov));
     case OptimizerType::kAdagrad:
-      return std::make_unique<torch::optim::Adagrad>(params, torch::optim::AdagradOptions(lr)
-                                                                 .lr_decay(c.lr_decay)
-                                                                 .weight_decay(c.weight_decay)
-                                                                 .initial_accumulator_value(c.initial_accumulator_value)
-                                                                 .eps(c.eps));
+      return std::make_unique<torch::optim::AdagradOptions>(torch::optim::AdagradOptions(lr)
+                                                                .lr_decay(c.lr_decay)
+                                                                .weight_decay(weight_decay)
+                                                                .initial_accumulator_value(c.initial_accumulator_value)
+                                                                .eps(c.eps));
   }
   return nullptr;
+}
+
+// A torch::optim optimizer of `type` over `groups`, each with its own options.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(OptimizerType type,
+                                                        std::vector<torch::optim::OptimizerParamGroup> groups) {
+  switch (type) {
+    case OptimizerType::kAdam: return std::make_unique<torch::optim::Adam>(std::move(groups));
+    case OptimizerType::kAdamW: return std::make_unique<torch::optim::AdamW>(std::move(groups));
+    case OptimizerType::kSGD:
+      // SGDOptions has no default lr: the defaults only fill groups without options.
+      return std::make_unique<torch::optim::SGD>(std::move(groups), torch::optim::SGDOptions(0.0));
+    case OptimizerType::kAdagrad: return std::make_unique<torch::optim::Adagrad>(std::move(groups));
+  }
+  return nullptr;
+}
+
+// Note [parameter groups]: the trainable store parameters of each group, in store order
+// (a consolidated optimizer lists them so, and a loaded one must).
+std::vector<std::vector<std::size_t>> trainable_by_group(const ChunkStore& store, const StepKernel& kernel) {
+  std::vector<std::vector<std::size_t>> out(kernel.n_groups());
+  for (std::size_t i = 0; i < store.params().size(); ++i)
+    if (store.params()[i].requires_grad()) out[kernel.group_of(i)].push_back(i);
+  return out;
 }
 
 // torch::optim's per-parameter state as (step, tensors in StepKernel::state_names order).
@@ -86,6 +111,9 @@ bool read_param_state(OptimizerType type, torch::optim::OptimizerParamState& ps,
     case OptimizerType::kSGD: {
       auto* s = dynamic_cast<torch::optim::SGDParamState*>(&ps);
       if (s == nullptr) return false;
+      // torch's SGD counts no steps: a momentum buffer means it has stepped, and the next
+      // step must not start the buffer afresh (the kernel's step 1 does).
+      *step = s->momentum_buffer().defined() ? 1 : 0;
       *t = {s->momentum_buffer()};
       return true;
     }
@@ -196,14 +224,19 @@ Result<std::unique_ptr<torch::optim::Optimizer>> Engine::consolidate_state_dict(
   if (!root) return std::unique_ptr<torch::optim::Optimizer>();
   const OptimizerType type = m.kernel.type();
   const ParamSteps& steps = m.stepper->param_steps();
+  const OptimizerConfig& oc = m.core.opt.optimizer;
   std::vector<std::size_t> trainable;
-  std::vector<at::Tensor> group;
-  for (std::size_t i = 0; i < n_params; ++i) {
-    if (!store.params()[i].requires_grad()) continue;
-    trainable.push_back(i);
-    group.push_back(master[i]);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  const auto by_group = trainable_by_group(store, m.kernel);
+  for (std::size_t g = 0; g < by_group.size(); ++g) {
+    std::vector<at::Tensor> params;
+    for (std::size_t i : by_group[g]) params.push_back(master[i]);
+    trainable.insert(trainable.end(), by_group[g].begin(), by_group[g].end());
+    const StepKernel::Group& h = m.kernel.group(g);
+    groups.emplace_back(std::move(params), make_options(type, oc, m.kernel.lr() * h.lr_scale,
+                                                        h.weight_decay.value_or(oc.weight_decay)));
   }
-  auto opt = make_optimizer(type, m.core.opt.optimizer, m.kernel.lr(), group);
+  auto opt = make_optimizer(type, std::move(groups));
   for (std::size_t i : trainable) {
     // torch::optim creates Adam and SGD state on a parameter's first gradient, Adagrad's
     // at construction; mirror that. SGD without momentum has no state at all.
@@ -219,18 +252,25 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
   ChunkRuntime& chunks = *m.core.chunks;
   const ChunkStore& store = chunks.store();
   const OptimizerType type = m.kernel.type();
-  if (full.param_groups().size() != 1) {
-    return make_error(ErrorCode::kInvalidArgument, "load_state_dict: expected one parameter group, got {}",
-                      full.param_groups().size());
+  // The state dict lists each group's trainable parameters in params() order, as
+  // consolidate_state_dict writes them.
+  const auto by_group = trainable_by_group(store, m.kernel);
+  if (full.param_groups().size() != by_group.size()) {
+    return make_error(ErrorCode::kInvalidArgument, "load_state_dict: {} parameter group(s) in the state dict, the engine "
+                      "has {}", full.param_groups().size(), by_group.size());
   }
-  // The state dict lists the trainable parameters, in params() order.
   std::vector<std::size_t> trainable;
-  for (std::size_t i = 0; i < store.params().size(); ++i)
-    if (store.params()[i].requires_grad()) trainable.push_back(i);
-  const auto& params = full.param_groups()[0].params();
-  if (params.size() != trainable.size()) {
-    return make_error(ErrorCode::kInvalidArgument, "load_state_dict: {} parameters in the state dict, {} trainable in the model",
-                      params.size(), trainable.size());
+  std::vector<at::Tensor> params;
+  std::vector<double> lrs;
+  for (std::size_t g = 0; g < by_group.size(); ++g) {
+    const auto& listed = full.param_groups()[g].params();
+    if (listed.size() != by_group[g].size()) {
+      return make_error(ErrorCode::kInvalidArgument, "load_state_dict: {} parameters in group {} of the state dict, {} "
+                        "trainable in the engine's", listed.size(), g, by_group[g].size());
+    }
+    trainable.insert(trainable.end(), by_group[g].begin(), by_group[g].end());
+    params.insert(params.end(), listed.begin(), listed.end());
+    lrs.push_back(full.param_groups()[g].options().get_lr());
   }
   for (std::size_t j = 0; j < params.size(); ++j) {
     if (params[j].sizes() != store.params()[trainable[j]].sizes()) {
@@ -238,7 +278,11 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
                         j, c10::str(params[j].sizes()), c10::str(store.params()[trainable[j]].sizes()));
     }
   }
-  m.kernel.set_lr(full.param_groups()[0].options().get_lr());
+  // The groups' learning rates, as torch's load_state_dict restores them: the largest is
+  // the engine's lr, the others scales of it.
+  const double base = *std::max_element(lrs.begin(), lrs.end());
+  m.kernel.set_lr(base);
+  for (std::size_t g = 0; g < lrs.size(); ++g) m.kernel.set_lr_scale(g, base > 0 ? lrs[g] / base : 1.0);
   ParamSteps& steps = m.stepper->param_steps();
   std::vector<std::optional<ShardState>> loaded(chunks.size());
   for (std::size_t j = 0; j < params.size(); ++j) {

@@ -85,7 +85,7 @@ kernels::GradStats tensor_grad_stats(const at::Tensor& grad, double inv_scale) {
 }
 
 Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& grad,
-                               const at::Tensor& param, const kernels::StepInfo& info) const {
+                               const at::Tensor& param, const kernels::StepInfo& info, std::uint32_t group) const {
   if (master.scalar_type() != at::kFloat) {
     return make_error(ErrorCode::kInvalidArgument, "the master must be fp32, not {}", c10::toString(master.scalar_type()));
   }
@@ -99,9 +99,9 @@ Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::T
   at::Tensor g = grad.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).mul_(info.grad_scale);
   switch (type_) {
     case OptimizerType::kAdam:
-    case OptimizerType::kAdamW: adam(adam_, info, master, g, states); break;
-    case OptimizerType::kSGD: sgd(sgd_, info, master, g, states); break;
-    case OptimizerType::kAdagrad: adagrad(adagrad_, info, master, g, states); break;
+    case OptimizerType::kAdamW: adam(for_group(adam_, group), info, master, g, states); break;
+    case OptimizerType::kSGD: sgd(for_group(sgd_, group), info, master, g, states); break;
+    case OptimizerType::kAdagrad: adagrad(for_group(adagrad_, group), info, master, g, states); break;
   }
   if (param.defined()) param.copy_(master);  // round to nearest even, as cast.h
   return ok();

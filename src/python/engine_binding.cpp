@@ -52,6 +52,9 @@ std::vector<ckpt::NamedBuffer> buffers_of(const PyEngine& e) {
 // wrap: (group of each engine parameter, number of groups, make(groups, slices)) for a
 // Python optimizer over this rank's master shards (py_optimizer.h), or None.
 using Wrap = std::optional<std::tuple<std::vector<int>, int, py::object>>;
+// Note [parameter groups]: (parameters, lr or None, weight decay or None) per group; a
+// group's lr becomes a multiple of the optimizer's (the config's, which a schedule moves).
+using Groups = std::vector<std::tuple<std::vector<at::Tensor>, std::optional<double>, std::optional<double>>>;
 
 py::dict links(const plan::LinkBytes& l) {
   py::dict d;
@@ -62,6 +65,26 @@ py::dict links(const plan::LinkBytes& l) {
   d["net_gather"] = l.net_gather;
   d["net_reduce_scatter"] = l.net_reduce_scatter;
   d["net_all_reduce"] = l.net_all_reduce;
+  return d;
+}
+
+// The optimizer a config resolves to, defaults filled in, by torch.optim's names (the
+// Python side checks parameter groups against it: _groups.py).
+py::dict optimizer_settings(const std::string& config_json) {
+  std::vector<std::string> warnings;
+  const OptimizerConfig o = value_or_throw(Config::parse(config_json, "config", &warnings)).optimizer;
+  py::dict d;
+  d["type"] = std::string(to_string(o.type));
+  d["lr"] = o.lr;
+  d["betas"] = py::make_tuple(o.betas[0], o.betas[1]);
+  d["eps"] = o.eps;
+  d["weight_decay"] = o.weight_decay;
+  d["amsgrad"] = o.amsgrad;
+  d["momentum"] = o.momentum;
+  d["dampening"] = o.dampening;
+  d["nesterov"] = o.nesterov;
+  d["lr_decay"] = o.lr_decay;
+  d["initial_accumulator_value"] = o.initial_accumulator_value;
   return d;
 }
 
@@ -97,10 +120,20 @@ py::dict memory(const engine::MemoryByKind& m) {
 }
 
 std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector<at::Tensor>, std::vector<std::string>>> units,
-                                 std::shared_ptr<comm::Communicator> comm, const std::string& config_json, Wrap wrap) {
+                                 std::shared_ptr<comm::Communicator> comm, const std::string& config_json, Wrap wrap,
+                                 Groups groups) {
   std::vector<std::string> warnings;
   Config cfg = value_or_throw(Config::parse(config_json, "config", &warnings));
   engine::EngineOptions o = value_or_throw(engine::EngineOptions::from_config(cfg, comm->world()));
+  for (auto& [params, lr, decay] : groups) {
+    if (lr && *lr != o.optimizer.lr && o.optimizer.lr <= 0) {
+      throw PyStrataError{Error(ErrorCode::kInvalidArgument, fmt::format(
+          "a parameter group's lr ({}) is a multiple of the optimizer's, which is {}: give the optimizer an lr > 0",
+          *lr, o.optimizer.lr))};
+    }
+    const double scale = lr && *lr != o.optimizer.lr ? *lr / o.optimizer.lr : 1.0;
+    o.param_groups.push_back({.params = std::move(params), .lr_scale = scale, .weight_decay = decay});
+  }
   std::vector<engine::UnitSpec> specs;
   for (auto& [name, params, names] : units) specs.push_back({.name = name, .params = std::move(params), .param_names = std::move(names)});
   auto out = std::make_unique<PyEngine>();
@@ -131,10 +164,14 @@ Engine& live(PyEngine& e) {
 }  // namespace
 
 void bind_engine(py::module_& m) {
+  m.def("optimizer_settings", &optimizer_settings, py::arg("config_json"),
+        "the optimizer a config resolves to, defaults filled in, by torch.optim's names");
   py::class_<PyEngine>(m, "Engine")
       .def(py::init(&create), py::arg("units"), py::arg("comm"), py::arg("config_json"), py::arg("wrap") = py::none(),
+           py::arg("param_groups") = Groups{},
            "units: (name, parameters, parameter names) per unit; config_json: a DeepSpeed-style config; wrap: "
-           "(group of each parameter, number of groups, make(groups, slices)) for a Python optimizer")
+           "(group of each parameter, number of groups, make(groups, slices)) for a Python optimizer; param_groups: "
+           "(parameters, lr or None, weight decay or None) per group of the built-in optimizer")
       .def_property_readonly("wrapped_optimizer", [](PyEngine& e) {
         return e.wrapped ? e.wrapped->optimizer() : py::object(py::none());
       })
@@ -196,6 +233,21 @@ void bind_engine(py::module_& m) {
       .def_property_readonly("params", [](PyEngine& e) { return live(e).params(); })
       .def_property_readonly("param_names", [](PyEngine& e) { return live(e).param_names(); })
       .def_property("lr", [](PyEngine& e) { return live(e).lr(); }, [](PyEngine& e, double lr) { live(e).set_lr(lr); })
+      .def_property(
+          "lr_scales",
+          [](PyEngine& e) {
+            std::vector<double> out;
+            for (std::size_t g = 0; g < live(e).n_param_groups(); ++g) out.push_back(live(e).lr_scale(g));
+            return out;
+          },
+          [](PyEngine& e, const std::vector<double>& scales) {
+            Engine& eng = live(e);
+            if (scales.size() != eng.n_param_groups()) {
+              throw PyStrataError{Error(ErrorCode::kInvalidArgument, fmt::format(
+                  "lr_scales: {} given, the engine has {} parameter group(s)", scales.size(), eng.n_param_groups()))};
+            }
+            for (std::size_t g = 0; g < scales.size(); ++g) ok_or_throw(eng.set_lr_scale(g, scales[g]));
+          })
       .def_property_readonly("world", [](PyEngine& e) { return e.comm->world(); })
       .def_property_readonly("rank", [](PyEngine& e) { return e.comm->rank(); })
       .def("memory_by_kind", [](PyEngine& e) { return memory(live(e).memory_by_kind()); })

@@ -117,6 +117,18 @@ TEST(Zero, WrappedTorchOptimizerMatches) {
   expect_all_ok(run_ranks(3, {zero_worker(), "parity", "2", "adamw", "wrap"}));
 }
 
+// Note [parameter groups]: per-group lr scales and weight decays against torch::optim's
+// groups, for every fused optimizer, the state on nvme, and the tensor-op step; the
+// consolidated optimizer keeps the groups and loads back.
+TEST(Zero, ParameterGroupsMatchTorchOptim) {
+  for (const char* optim : {"adam", "adamw", "sgd", "adagrad"}) expect_all_ok(run_ranks(2, {zero_worker(), "groups", "2", optim}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "groups", "1", "adamw", "tensor-ops"}));
+  const auto dir = testing::fresh_temp_dir("zero-groups");
+  expect_all_ok(run_ranks(2, {zero_worker(), "groups", "2", "adamw", "nvme"}, std::chrono::seconds(120),
+                          {{"STRATA_TEST_NVME", dir.string()}}));
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Zero, StageOneAndTwoAgree) { expect_all_ok(run_ranks(3, {zero_worker(), "stages", "adam"})); }
 
 TEST(Zero, AccumulationOverFourMicroStepsEqualsOneLargeBatch) {

@@ -32,6 +32,8 @@
 //                                         dict across world sizes; MODE nvme, bf16-state,
 //                                         bf16-state-nvme
 // zero_worker kill STAGE                   the last rank dies mid-run; others must error
+// zero_worker groups STAGE OPTIM [MODE]    three parameter groups vs torch::optim's; the
+//                                         consolidated optimizer keeps them and loads back
 #include <signal.h>
 
 #include <cerrno>
@@ -340,6 +342,103 @@ void bf16(int stage) {
   }
 }
 
+// A torch::optim optimizer of oc's type over `groups`: (parameters, lr scale, weight
+// decay) each, as Note [parameter groups] defines them.
+struct RefGroup {
+  std::vector<at::Tensor> params;
+  double lr_scale;
+  double weight_decay;
+};
+// All groups at construction: LibTorch's Adagrad makes its state there, not in
+// add_param_group.
+std::unique_ptr<torch::optim::Optimizer> grouped_optimizer(const OptimizerConfig& oc, const std::vector<RefGroup>& groups) {
+  std::vector<torch::optim::OptimizerParamGroup> pgs;
+  for (const RefGroup& g : groups) {
+    OptimizerConfig gc = oc;
+    gc.lr *= g.lr_scale;
+    gc.weight_decay = g.weight_decay;
+    pgs.emplace_back(g.params, torch_optimizer(gc, {})->param_groups()[0].options().clone());
+  }
+  switch (oc.effective_type()) {
+    case OptimizerType::kAdam: return std::make_unique<torch::optim::Adam>(std::move(pgs));
+    case OptimizerType::kAdamW: return std::make_unique<torch::optim::AdamW>(std::move(pgs));
+    case OptimizerType::kSGD: return std::make_unique<torch::optim::SGD>(std::move(pgs), torch::optim::SGDOptions(oc.lr));
+    case OptimizerType::kAdagrad: return std::make_unique<torch::optim::Adagrad>(std::move(pgs));
+  }
+  return nullptr;
+}
+
+// groups STAGE OPTIM [MODE]: three parameter groups (Note [parameter groups]): the weights
+// with a weight decay of their own, the biases at half the lr without decay, the rest as
+// the optimizer; the lr halved at step 10, as a schedule does. 15 steps against
+// torch::optim with the same groups; then the consolidated optimizer has the groups' lrs,
+// loads into a fresh engine, and that trains on with the reference for 5 more steps.
+// MODE: nvme (the state there), tensor-ops (ATen ops step it).
+void groups(int stage, const std::string& optim, std::string mode) {
+  const OptimizerConfig oc = optim_config(optim);
+  Reference ref(oc);
+  auto spec = [&](ToyModel& m) {
+    return std::vector<RefGroup>{{{m.w1, m.w2}, 1.0, 0.2}, {{m.b1, m.b2}, 0.5, 0.0},
+                                 {{m.tiny, m.unused, m.frozen}, 1.0, oc.weight_decay}};
+  };
+  ref.opt = grouped_optimizer(oc, spec(ref.model));
+  auto options = [&](ToyModel& m, const std::string& job) {
+    auto o = sharded_options(stage, oc);
+    std::string rest = mode;
+    take_tensor_ops(rest, o);
+    if (rest == "nvme") use_nvme(o, job);
+    for (const RefGroup& g : spec(m)) {
+      o.param_groups.push_back({.params = g.params, .lr_scale = g.lr_scale,
+                                .weight_decay = g.weight_decay == oc.weight_decay ? std::nullopt
+                                                                                  : std::optional(g.weight_decay)});
+    }
+    return o;
+  };
+  ToyModel model(7);
+  auto eng = check(engine::Engine::create(trainable(model), *g_comm, options(model, "groups-a")), "create");
+  if (eng->n_param_groups() != 3 || eng->lr_scale(1) != 0.5) fail("the engine does not have the three groups");
+  auto train = [&](engine::Engine& e, ToyModel& m, int from, int to) {
+    for (int s = from; s < to; ++s) {
+      if (s == 10) {
+        e.set_lr(oc.lr / 2);
+        for (auto& g : ref.opt->param_groups()) g.options().set_lr(g.options().get_lr() / 2);
+      }
+      auto [x, y] = my_rows(s, kRowsPerRank);
+      check(e.backward(m.loss(x, y)), "backward");
+      check(e.step(), "step");
+      ref.step(s, kRowsPerRank * g_comm->world());
+      compare(m, ref.model, 1e-6, fmt::format("groups step {}", s));
+    }
+  };
+  train(*eng, model, 0, 15);
+  // Every rank gets the consolidated optimizer (each its turn as the root) and loads it.
+  std::unique_ptr<torch::optim::Optimizer> full;
+  for (int r = 0; r < g_comm->world(); ++r) {
+    auto f = check(eng->consolidate_state_dict(r), "consolidate");
+    if (r == g_comm->rank()) full = std::move(f);
+  }
+  const std::vector<double> want_lrs = {oc.lr / 2, oc.lr / 4, oc.lr / 2};
+  const std::vector<std::size_t> want_sizes = {2, 2, 2};  // "frozen" is not trainable
+  if (full->param_groups().size() != 3) fail(fmt::format("{} groups consolidated", full->param_groups().size()));
+  for (std::size_t g = 0; g < 3; ++g) {
+    const auto& pg = full->param_groups()[g];
+    if (std::abs(pg.options().get_lr() - want_lrs[g]) > 1e-12 * want_lrs[g] || pg.params().size() != want_sizes[g]) {
+      fail(fmt::format("consolidated group {}: lr {} with {} parameters, want {} with {}", g, pg.options().get_lr(),
+                       pg.params().size(), want_lrs[g], want_sizes[g]));
+    }
+  }
+  ToyModel fresh(99);  // other values: the loaded masters must replace them
+  auto loaded = check(engine::Engine::create(trainable(fresh), *g_comm, options(fresh, "groups-b")), "create fresh");
+  check(loaded->load_state_dict(*full), "load_state_dict");
+  if (std::abs(loaded->lr() * loaded->lr_scale(1) - oc.lr / 4) > 1e-12 * oc.lr) fail("the loaded groups' lrs");
+  // "frozen" never trains: the fresh model's stays its own, so copy it for the comparison.
+  {
+    at::NoGradGuard ng;
+    fresh.frozen.copy_(model.frozen);
+  }
+  train(*loaded, fresh, 15, 20);
+}
+
 void kill(int stage) {
   ToyModel model(7);
   auto opt = check(engine::Engine::create(trainable(model), *g_comm, sharded_options(stage, optim_config("adam"))), "create");
@@ -480,6 +579,7 @@ int main(int argc, char** argv) {
   else if (mode == "save") save(a.at(1), std::stoi(a.at(2)), a.size() > 3 ? a[3] : "");
   else if (mode == "resume") resume(a.at(1), std::stoi(a.at(2)), a.size() > 3 ? a[3] : "");
   else if (mode == "kill") kill(std::stoi(a.at(1)));
+  else if (mode == "groups") groups(std::stoi(a.at(1)), a.at(2), a.size() > 3 ? a[3] : "");
   else fail("unknown mode " + mode);
   fmt::print("OK\n");
   return 0;

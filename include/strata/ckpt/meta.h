@@ -85,6 +85,8 @@ struct CheckpointMeta {
   std::string optimizer;
   std::vector<std::string> state_names;
   double lr = 0;
+  // Note [parameter groups]: each group's lr scale (absent in checkpoints of one group).
+  std::vector<double> lr_scales;
   std::string compute_dtype;
   engine::LossScaler::State loss_scaler;
   std::vector<ChunkMeta> chunks;

@@ -199,6 +199,11 @@ class Engine {
   void trace_next_step(std::string path);
   double lr() const;
   void set_lr(double lr);
+  // Note [parameter groups] (engine_options.h): group g steps with lr() * lr_scale(g).
+  // One group, at scale 1, when EngineOptions::param_groups is empty.
+  std::size_t n_param_groups() const;
+  double lr_scale(std::size_t group) const;
+  Status set_lr_scale(std::size_t group, double scale);
   const LossScaler& loss_scaler() const;
   std::int64_t steps() const;          // optimizer steps applied
   bool at_boundary() const;            // the next backward ends an accumulation window

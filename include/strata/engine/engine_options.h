@@ -116,6 +116,20 @@ struct EngineOptions {
   // nvme] in src/engine/grad_reducer.h); false keeps them in host memory.
   bool nvme_gradients = true;
   OptimizerFactory wrap;             // set: this torch::optim optimizer runs the step
+  // Note [parameter groups]: torch.optim's param_groups, for what training recipes vary
+  // per group: the learning rate (no decay on biases and norms, a smaller lr for the
+  // embeddings). The optimizer's type, betas, eps and the state it keeps are one for
+  // all; a group has its own lr, as a multiple of the engine's (which the scheduler
+  // drives and Engine::set_lr sets), and may have its own weight decay. Empty: one group
+  // of every parameter with `optimizer`'s settings. Otherwise every trainable parameter
+  // is in exactly one group (frozen ones may be listed too), and Engine::create checks
+  // that; group g is index g here.
+  struct ParamGroup {
+    std::vector<at::Tensor> params;
+    double lr_scale = 1.0;
+    std::optional<double> weight_decay;  // unset: optimizer.weight_decay
+  };
+  std::vector<ParamGroup> param_groups;
   // Stage 3: called at every unit access of a training step (a unit's forward, or its
   // backward), before its chunks are gathered: the unit's id and the phase. For diagnostics and for tests that need to act
   // in the middle of a forward or backward (strata train's fault hook); LibTorch's C++
