@@ -40,16 +40,17 @@ def normalize(groups) -> list[dict]:
     return out
 
 
-def check_shared(groups: list[dict], shared: dict) -> None:
+def check_shared(groups: list[dict], shared: dict, against: str = "the optimizer's") -> None:
     """Refuses a group that sets a hyperparameter other than lr and weight_decay to a value
-    other than the optimizer's (shared: the optimizer's, by torch key)."""
+    other than the optimizer's (shared: the optimizer's, by torch key; against: what to
+    call them in the error)."""
     for i, g in enumerate(groups):
         for key, value in shared.items():
             if key in PER_GROUP or key not in g:
                 continue
             if not _same(g[key], value):
                 raise NotImplementedByStrata(
-                    f"unimplemented: parameter group {i} sets {key}={g[key]!r}, the optimizer's is {value!r}; strata's "
+                    f"unimplemented: parameter group {i} sets {key}={g[key]!r}, {against} is {value!r}; strata's "
                     f"groups may differ only in {' and '.join(PER_GROUP)}. Use strata.ShardedOptimizer for "
                     "other per-group settings")
         if g.get("maximize", False):

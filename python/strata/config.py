@@ -64,7 +64,7 @@ def optimizer_block(optimizer: torch.optim.Optimizer) -> tuple[dict, list[dict]]
     groups = optimizer.param_groups
     keys = _HYPER[kind]
     first = {k: groups[0][k] for k in keys if k in groups[0]}
-    _groups.check_shared(groups, first)
+    _groups.check_shared(groups, first, "group 0's")
     params = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in first.items()}
     params["lr"] = max(g["lr"] for g in groups)
     if kind == "Adam":

@@ -82,6 +82,17 @@ TEST(CheckpointMeta, BuffersRoundTripAndOlderCheckpointsHaveNone) {
   EXPECT_TRUE((*now->buffers)[1].shape.empty());
 }
 
+// Note [parameter groups]: the groups' lr scales are kept; a checkpoint of one group
+// (or from before groups) has none, and loading then keeps the engine's.
+TEST(CheckpointMeta, LrScalesRoundTripAndOneGroupHasNone) {
+  ckpt::CheckpointMeta m;
+  EXPECT_FALSE(ckpt::to_json(m)["optimizer"].contains("lr_scales"));
+  m.lr_scales = {1.0, 0.25};
+  auto back = ckpt::from_json(ckpt::to_json(m));
+  ASSERT_TRUE(back) << back.error();
+  EXPECT_EQ(back->lr_scales, (std::vector<double>{1.0, 0.25}));
+}
+
 // Every pair of world sizes; each checkpoint loads onto both devices, so every world
 // loads onto host and nvme, and both devices save. (The saving device alternates rather
 // than multiplying the matrix: a rank's files do not depend on where its state lived.)

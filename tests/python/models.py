@@ -361,3 +361,18 @@ def loss_fn(name, out, y):
     if name.startswith("resnet18"):
         return F.cross_entropy(out, y)
     raise ValueError(name)
+
+
+def two_groups(model):
+    """Norm weights and biases without weight decay, the rest at a lower lr: two groups."""
+    flat = [p for n, p in model.named_parameters() if "ln" in n or n.endswith("bias")]
+    ids = {id(p) for p in flat}
+    return [{"params": flat, "weight_decay": 0.0}, {"params": [p for p in model.parameters() if id(p) not in ids],
+                                                     "lr": 2e-3}]
+
+
+def inverse_schedule(opt):
+    """A torch scheduler that moves group k's lr to lr / (1 + (k + 1) * step): the groups'
+    lrs move apart, not in proportion."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, [lambda s, k=k: 1.0 / (1 + (k + 1) * s) for k in range(len(opt.param_groups))])

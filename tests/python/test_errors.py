@@ -90,6 +90,31 @@ def test_optimizer_arguments(strata):
         strata.initialize(model=model, config=config(), model_parameters=list(model.parameters())[:2])
 
 
+# Note [parameter groups]: groups may differ in lr and weight_decay only; what else a
+# group sets, a parameter in two groups, or a bad value is named.
+def test_parameter_groups_that_the_engine_cannot_run(strata):
+    model = models.make("gpt")
+    cfg = config()
+    del cfg["optimizer"]
+    ln = [p for n, p in model.named_parameters() if "ln" in n]
+    rest = [p for n, p in model.named_parameters() if "ln" not in n]
+    betas = torch.optim.AdamW([{"params": ln, "betas": (0.9, 0.95)}, {"params": rest}])
+    with pytest.raises(strata.NotImplementedByStrata, match=r"group 1 sets betas=\(0.9, 0.999\), group 0's is \(0.9, 0.95\).*only in lr and weight_decay"):
+        strata.initialize(model=model, config=cfg, optimizer=betas)
+    with pytest.raises(strata.NotImplementedByStrata, match="maximize"):
+        strata.initialize(model=model, config=cfg, optimizer=torch.optim.AdamW(model.parameters(), maximize=True))
+    with pytest.raises(strata.NotImplementedByStrata, match=r"group 1 sets eps=1e-06"):
+        strata.initialize(model=model, config=config(), model_parameters=[{"params": ln}, {"params": rest, "eps": 1e-6}])
+    with pytest.raises(strata.ConfigError, match="group 1: weight_decay must be a number >= 0"):
+        strata.initialize(model=model, config=config(), model_parameters=[{"params": ln}, {"params": rest, "weight_decay": -1}])
+    with pytest.raises(strata.ConfigError, match=r"parameter 'blocks.0.ln1.weight' is in parameter groups 0 and 1"):
+        strata.initialize(model=model, config=config(), model_parameters=[{"params": ln}, {"params": ln + rest}])
+    with pytest.raises(strata.ConfigError, match="leaves out trainable parameters"):
+        strata.initialize(model=model, config=config(), model_parameters=[{"params": rest}])
+    with pytest.raises(strata.NotImplementedByStrata, match="group 1 sets betas"):
+        strata.optim.AdamW([{"params": ln}, {"params": rest, "betas": (0.8, 0.9)}])
+
+
 def test_checkpoint_tag_and_missing_checkpoint(strata, tmp_path):
     engine, *_ = strata.initialize(model=models.make("gpt"), config=config())
     with pytest.raises(strata.ConfigError, match="names checkpoints by step"):

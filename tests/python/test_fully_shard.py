@@ -6,7 +6,7 @@ import torch
 
 import models
 from conftest import train
-from test_initialize import LR, ROWS, STEPS, WD, check_against_reference, reference
+from test_initialize import LR, ROWS, STEPS, WD, check_against_reference, check_groups_against_reference, reference
 
 
 def spec(name, tmp_path, **fsdp):
@@ -36,6 +36,14 @@ def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name):
     ranks = train(tmp_path, world, spec(name, tmp_path, stage=3, optimizer="nvme", params="nvme"))
     check_against_reference(ranks, name)
     assert all(r["metrics"]["scheduled"] and r["metrics"]["trace_invalidations"] == 0 for r in ranks), ranks[0]["metrics"]
+
+
+# strata.optim.AdamW over two parameter groups (no decay on norms and biases, another lr
+# for the rest), a torch scheduler moving each group's lr.
+@pytest.mark.parametrize("world", [1, 2])
+def test_parameter_groups_match_torch_optim(tmp_path, world):
+    ranks = train(tmp_path, world, spec("gpt", tmp_path, stage=3, optimizer="nvme", params="nvme", groups=True))
+    check_groups_against_reference(ranks, world)
 
 
 @pytest.mark.parametrize("world,name", [(1, "reparametrized_spectral"), (2, "reparametrized")])

@@ -196,20 +196,63 @@ def test_freezing_after_initialize_steps_with_zero_gradients(tmp_path, world, st
         assert rel(v, want[k]) <= 1e-5, f"{k}: relative error {rel(v, want[k])}"
 
 
+# Parameter groups (Note [parameter groups]) as LLM recipes use them: norms and biases
+# without weight decay, the rest at another lr, given as a torch optimizer's groups or as
+# model_parameters with the config's optimizer, and a torch scheduler moving each group's
+# lr; against torch.optim with the same groups and scheduler.
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("given,stage,device", [("optimizer", 3, "nvme"), ("model_parameters", 2, "cpu")])
+def test_parameter_groups_match_torch_optim(tmp_path, world, given, stage, device):
+    spec = {"model": "gpt", "config": config(stage, device, tmp_path), "steps": STEPS, "rows": ROWS, "groups": given}
+    if stage == 3:
+        spec["config"]["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
+    check_groups_against_reference(train(tmp_path, world, spec), world)
+
+
+@functools.lru_cache(maxsize=None)
+def grouped_reference(world, grouped):
+    """The GPT trained by torch.optim.AdamW over models.two_groups() (or one group) with
+    models.inverse_schedule(): its final parameters."""
+    torch.set_num_threads(1)
+    model = models.make("gpt")
+    opt = torch.optim.AdamW(models.two_groups(model) if grouped else model.parameters(), lr=LR, weight_decay=WD)
+    sched = models.inverse_schedule(opt)
+    per = ROWS // world
+    for step in range(STEPS):
+        x, y = models.batch("gpt", step, ROWS)
+        opt.zero_grad()
+        sum(models.loss_fn("gpt", model(x[r * per:(r + 1) * per]), y[r * per:(r + 1) * per])
+            for r in range(world)).div(world).backward()
+        opt.step()
+        sched.step()
+    return {k: v.detach().reshape(-1) for k, v in model.named_parameters()}
+
+
+def check_groups_against_reference(ranks, world):
+    want, one_group = grouped_reference(world, True), grouped_reference(world, False)
+    got = ranks[0]["params"]
+    assert rel(got["wte.weight"], one_group["wte.weight"]) > 1e-3  # the groups make this much difference
+    for k, v in got.items():
+        assert rel(v, want[k]) <= 1e-5, f"{k}: relative error {rel(v, want[k])}"
+
+
 # Saved with engine.save_checkpoint at step 3, loaded in fresh processes: at the same
 # world size the next steps' losses are those of the uninterrupted run, bit for bit; at
 # the other world size within 1e-5 (the order of sums differs).
 # (Stage 2's resume, bit for bit and across world sizes, is the C++ Checkpoint tests'.)
-@pytest.mark.parametrize("stage,device", [(3, "nvme")])
-def test_checkpoint_resumes_in_a_fresh_process(tmp_path, stage, device):
+# With parameter groups and a torch scheduler, the groups' lrs come back from the
+# checkpoint (the engine's lr and scales, the scheduler's state).
+@pytest.mark.parametrize("stage,device,groups", [(3, "nvme", None), (2, "cpu", "optimizer")])
+def test_checkpoint_resumes_in_a_fresh_process(tmp_path, stage, device, groups):
     cfg = config(stage, device, tmp_path)
-    whole = train(tmp_path, 2, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS}, "whole")
+    base = {"model": "gpt", "config": cfg, "rows": ROWS, "groups": groups}
+    whole = train(tmp_path, 2, {**base, "steps": STEPS}, "whole")
     ckpt = tmp_path / "ckpt"
-    train(tmp_path, 2, {"model": "gpt", "config": cfg, "steps": 3, "rows": ROWS, "save": str(ckpt)}, "first")
+    train(tmp_path, 2, {**base, "steps": 3, "save": str(ckpt)}, "first")
     assert (ckpt / "latest").read_text().strip() == "step-3"
     for world in (2, 1):
-        rest = train(tmp_path, world, {"model": "gpt", "config": cfg, "steps": STEPS - 3, "rows": ROWS, "start": 3,
-                                       "load": str(ckpt), "seed": 7}, f"rest{world}")
+        rest = train(tmp_path, world, {**base, "steps": STEPS - 3, "start": 3, "load": str(ckpt), "seed": 7},
+                     f"rest{world}")
         assert all(r["steps"] == STEPS for r in rest)
         got = [sum(r["losses"][s] for r in rest) / world for s in range(STEPS - 3)]
         want = [sum(r["losses"][s] for r in whole) / 2 for s in range(3, STEPS)]

@@ -6,7 +6,7 @@ import torch
 
 import models
 from conftest import train
-from worker import two_groups
+from models import two_groups
 
 STEPS, ROWS = 6, 8
 OPTIMS = {"AdamW": {"lr": 3e-3, "weight_decay": 0.01}, "SGD": {"lr": 3e-2, "momentum": 0.9, "weight_decay": 0.01},

@@ -6,7 +6,9 @@ MASTER_ADDR and MASTER_PORT set (as torchrun does).
 SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 "load": dir?, "start": first step, "torch_group": pass torch.distributed's group,
 "external_head": register the root as a user of wte.weight,
-"api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule]}
+"groups": "optimizer" | "model_parameters" (see initialize()),
+"api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
+groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
 each step's loss to stderr.
 Each rank writes OUT_JSON.<rank>: its own losses and the optimizer steps taken, and
@@ -64,18 +66,33 @@ class FsdpEngine(OptimizerLoop):
         for name in o.get("also", []):  # more submodules as units of their own
             strata.fully_shard(model.get_submodule(name), **kw)
         self.model = strata.fully_shard(model, **kw)
-        self.opt = strata.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+        params = models.two_groups(model) if o.get("groups") else model.parameters()
+        self.opt = strata.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        self.sched = models.inverse_schedule(self.opt) if o.get("groups") else None
+
+    def step(self):
+        super().step()
+        if self.sched is not None:
+            self.sched.step()
 
     def consolidated_state_dict(self):
         return dict(zip(self.opt.engine.param_names, self.opt.engine.consolidated_params()))
 
 
-def two_groups(model):
-    """Norm weights and biases without weight decay, the rest at a lower lr: two groups."""
-    flat = [p for n, p in model.named_parameters() if "ln" in n or n.endswith("bias")]
-    ids = {id(p) for p in flat}
-    return [{"params": flat, "weight_decay": 0.0}, {"params": [p for p in model.parameters() if id(p) not in ids],
-                                                     "lr": 2e-3}]
+def initialize(model, spec, group):
+    """strata.initialize as spec says: "groups": "optimizer" (a torch.optim.AdamW over
+    models.two_groups(), the config without an optimizer block) or "model_parameters"
+    (models.two_groups() with the config's optimizer), both with inverse_schedule()."""
+    cfg, given = spec["config"], spec.get("groups")
+    if given == "optimizer":
+        o = cfg.pop("optimizer")["params"]
+        opt = torch.optim.AdamW(models.two_groups(model), lr=o["lr"], weight_decay=o["weight_decay"])
+        return strata.initialize(model=model, config=cfg, optimizer=opt, lr_scheduler=models.inverse_schedule,
+                                 process_group=group)[0]
+    if given == "model_parameters":
+        return strata.initialize(model=model, config=cfg, model_parameters=models.two_groups(model),
+                                 lr_scheduler=models.inverse_schedule, process_group=group)[0]
+    return strata.initialize(model=model, config=cfg, process_group=group)[0]
 
 
 class OssEngine(OptimizerLoop):
@@ -86,7 +103,7 @@ class OssEngine(OptimizerLoop):
     def __init__(self, model, o, group):
         self.model, self.o = model, o
         optim = getattr(torch.optim, o["optim"])
-        self.opt = strata.ShardedOptimizer(two_groups(model), optim=optim, stage=o.get("stage", 1),
+        self.opt = strata.ShardedOptimizer(models.two_groups(model), optim=optim, stage=o.get("stage", 1),
                                            process_group=group, **o["defaults"])
         if o.get("load_state"):
             self.opt.load_state_dict(torch.load(o["load_state"]))
@@ -118,7 +135,7 @@ def main():
     elif spec.get("api") == "oss":
         engine = OssEngine(model, spec["oss"], group)
     else:
-        engine, _, _, _ = strata.initialize(model=model, config=spec["config"], process_group=group)
+        engine = initialize(model, spec, group)
     start = spec.get("start", 0)
     if spec.get("load"):
         engine.load_checkpoint(spec["load"])
