@@ -81,7 +81,14 @@ std::optional<std::size_t> AccessTrace::on_access(ModuleAccess a) {
         return std::nullopt;
       }
       if (!(accesses_[at] == a)) {
-        invalidate(at, describe(accesses_[at]), describe(a));
+        std::string got = describe(a);
+        // The step's first forward again where a backward was due: most often a forward
+        // whose outputs never got a backward, which opened this step early.
+        if (at > 0 && a == accesses_[0] && accesses_[at].phase == Phase::kBackward && a.phase == Phase::kForward) {
+          got += " (the forward began again before a backward: did a forward with gradients on get no backward, "
+                 "such as an evaluation outside torch.no_grad()?)";
+        }
+        invalidate(at, describe(accesses_[at]), got);
         return std::nullopt;
       }
       return at;

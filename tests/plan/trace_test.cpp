@@ -72,6 +72,14 @@ TEST(Trace, MismatchesInvalidateOnceAndReRecord) {
     cases.push_back({"ends early", short_step, "access 5: expected module 1 (bwd), got end of step"});
   }
   {
+    // A forward whose outputs got no backward (an evaluation with gradients on) opens the
+    // step early: the next forward comes where a backward was due. The warning says so.
+    auto again = fwd_bwd({1, 2, 3});
+    again.insert(again.begin() + 3, {{1, Phase::kForward}, {2, Phase::kForward}, {3, Phase::kForward}});
+    cases.push_back({"forward again", again, "access 3: expected module 3 (bwd), got module 1 (fwd) (the forward "
+                                             "began again before a backward"});
+  }
+  {
     auto phase = good;
     phase[0].phase = Phase::kBackward;
     cases.push_back({"wrong phase", phase, "access 0: expected module 1 (fwd), got module 1 (bwd)"});

@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 VOCAB, SEQ = 64, 16
+# The "_big" GPTs: a tied embedding of 16.8M elements, whose fp32 records are 64 MiB.
+BIG_VOCAB, BIG_DIM = 16384, 1024
 
 
 class Block(nn.Module):
@@ -37,13 +39,13 @@ class Block(nn.Module):
 class TinyGPT(nn.Module):
     """GPT with the output head tied to the token embedding."""
 
-    def __init__(self, dim=32, layers=2, heads=2, tied=True):
+    def __init__(self, dim=32, layers=2, heads=2, tied=True, vocab=VOCAB):
         super().__init__()
-        self.wte = nn.Embedding(VOCAB, dim)
+        self.wte = nn.Embedding(vocab, dim)
         self.wpe = nn.Embedding(SEQ, dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, VOCAB, bias=False)
+        self.head = nn.Linear(dim, vocab, bias=False)
         if tied:
             self.head.weight = self.wte.weight
 
@@ -91,8 +93,8 @@ class CheckpointedGPT(TinyGPT):
     With head_inside, the last checkpoint also holds the final norm and the (tied) head,
     so backward's first hook fires inside a nested backward."""
 
-    def __init__(self, reentrant, head_inside=False):
-        super().__init__()
+    def __init__(self, reentrant, head_inside=False, **sizes):
+        super().__init__(**sizes)
         self.reentrant = reentrant
         self.head_inside = head_inside
 
@@ -309,6 +311,8 @@ def make(name, seed=0):
         return CheckpointedGPT(reentrant=True)
     if name == "gpt_checkpointed_reentrant_head":
         return CheckpointedGPT(reentrant=True, head_inside=True)
+    if name == "gpt_checkpointed_reentrant_head_big":
+        return CheckpointedGPT(reentrant=True, head_inside=True, dim=BIG_DIM, layers=1, heads=8, vocab=BIG_VOCAB)
     if name == "awkward":
         return Awkward()
     if name == "reparametrized":
@@ -338,7 +342,7 @@ def make(name, seed=0):
 def batch(name, step, rows):
     g = torch.Generator().manual_seed(1000 + step)
     if name.startswith("gpt"):
-        tokens = torch.randint(0, VOCAB, (rows, SEQ + 1), generator=g)
+        tokens = torch.randint(0, BIG_VOCAB if name.endswith("_big") else VOCAB, (rows, SEQ + 1), generator=g)
         return tokens[:, :-1], tokens[:, 1:]
     if name.startswith("normed_mlp"):
         return torch.randn(rows, 16, generator=g) + 2.0, torch.randn(rows, 4, generator=g)
@@ -355,7 +359,7 @@ def batch(name, step, rows):
 
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
-        return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
     if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral") or name.startswith("normed_mlp"):
         return F.mse_loss(out, y)
     if name.startswith("resnet18"):

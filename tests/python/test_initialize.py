@@ -63,9 +63,9 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def check_against_reference(ranks, name="gpt", steps=STEPS):
+def check_against_reference(ranks, name="gpt", steps=STEPS, rows=ROWS):
     world = len(ranks)
-    want_losses, want_params = reference(name, steps=steps, world=world)
+    want_losses, want_params = reference(name, steps=steps, rows=rows, world=world)
     got_losses = [sum(r["losses"][s] for r in ranks) / world for s in range(steps)]
     for s, (g, w) in enumerate(zip(got_losses, want_losses)):
         assert abs(g - w) <= 1e-5 * abs(w), f"step {s}: loss {g} vs plain PyTorch {w}"
@@ -129,13 +129,14 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
 # fallen back to fetching on demand). And the tied weight's AccumulateGrad runs twice,
 # in the nested backward and in the outer one: with the optimizer state on nvme the
 # second gradient must be added to the chunk's record, already written by then.
-# Stage 2 runs with the optimizer state on nvme too.
+# Stage 2 runs with the optimizer state on nvme too; stage 3 also with everything in
+# compute memory and with everything on host.
 @pytest.mark.parametrize("world", [1, 2])
 @pytest.mark.parametrize("name", ["gpt_checkpointed", "gpt_checkpointed_reentrant", "gpt_checkpointed_reentrant_head"])
-@pytest.mark.parametrize("stage,device,budget", [(2, "nvme", 0), (3, "nvme", 80 << 10)])
+@pytest.mark.parametrize("stage,device,budget", [(2, "nvme", 0), (3, "nvme", 80 << 10), (3, "none", 0), (3, "cpu", 0)])
 def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name, stage, device, budget):
     cfg = config(stage, device, tmp_path, chunk_size=1024, **({"compute_budget": budget} if budget else {}))
-    if stage == 3:
+    if stage == 3 and device != "none":
         cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
     ranks = train(tmp_path, world, {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS})
     check_against_reference(ranks, name)
@@ -152,6 +153,19 @@ def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name, s
 # parameters (weight_norm, spectral_norm, pruning): the engine's pre-hook runs first,
 # so at stage 3 they read gathered values (before, they ran first and read released
 # parameters: a UsageError naming weight_v).
+# At a real size: the tied 16.8M-element embedding of a GPT whose head sits inside a
+# reentrant checkpoint gets its head's gradient in the nested backward, which completes
+# the chunk and writes its 64 MiB gradient record to nvme, then the embedding's in the
+# outer backward: the record is read back and added to (GradReducer::spill), three steps
+# against plain PyTorch.
+def test_a_gradient_after_its_64_mib_record_was_written_is_added_to_it(tmp_path):
+    name = "gpt_checkpointed_reentrant_head_big"
+    cfg = config(2, "nvme", tmp_path, chunk_size=0)  # chunk size searched: the embedding's weight in a chunk of its own
+    ranks = train(tmp_path, 1, {"model": name, "config": cfg, "steps": 3, "rows": 4})
+    assert ranks[0]["memory"]["nvme"]["grads"] >= 64 << 20, ranks[0]["memory"]
+    check_against_reference(ranks, name, steps=3, rows=4)
+
+
 @pytest.mark.parametrize("world,name", [(1, "reparametrized_spectral"), (2, "reparametrized")])
 @pytest.mark.parametrize("stage,device", [(2, "nvme"), (3, "nvme")])
 def test_reparametrized_layers_match_plain_pytorch(tmp_path, world, name, stage, device):
