@@ -210,6 +210,28 @@ def test_freezing_after_initialize_steps_with_zero_gradients(tmp_path, world, st
         assert rel(v, want[k]) <= 1e-5, f"{k}: relative error {rel(v, want[k])}"
 
 
+# An evaluation between training steps (model.eval(), torch.no_grad(), the engine's
+# forward) leaves training as it was and the schedule in force; the last evaluation
+# is plain PyTorch's on the reference's final parameters.
+@pytest.mark.parametrize("stage,device,budget", [(3, "nvme", 80 << 10)])
+def test_evaluation_between_steps(tmp_path, stage, device, budget):
+    cfg = config(stage, device, tmp_path, chunk_size=1024, compute_budget=budget)
+    cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, 2, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS, "eval_every": 2})
+    check_against_reference(ranks)
+    for r in ranks:
+        assert r["metrics"]["scheduled"] and r["metrics"]["trace_invalidations"] == 0, r["metrics"]
+    model = models.make("gpt")
+    _, want = reference("gpt", world=2)
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(want[k].view_as(p))
+        x, y = models.batch("gpt", 10_000 + STEPS - 1, ROWS)
+        last = models.loss_fn("gpt", model(x), y).item()
+    assert len(ranks[0]["evals"]) == STEPS // 2
+    assert all(abs(r["evals"][-1] - last) <= 1e-5 * abs(last) for r in ranks), (ranks[0]["evals"], last)
+
+
 # Parameter groups (Note [parameter groups]) as LLM recipes use them: norms and biases
 # without weight decay, the rest at another lr, given as a torch optimizer's groups or as
 # model_parameters with the config's optimizer, and a torch scheduler moving each group's

@@ -7,6 +7,7 @@ SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 "load": dir?, "start": first step, "torch_group": pass torch.distributed's group,
 "external_head": register the root as a user of wte.weight,
 "groups": "optimizer" | "model_parameters" (see initialize()),
+"eval_every": k: after every k-th step an evaluation forward under no_grad on the whole batch ("evals"),
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
@@ -140,7 +141,7 @@ def main():
     if spec.get("load"):
         engine.load_checkpoint(spec["load"])
     per = spec["rows"] // world
-    losses = []
+    losses, evals = [], []
     freeze = spec.get("freeze")  # {"param": name, "from": step, "to": step}: frozen in [from, to)
     for step in range(start, start + spec["steps"]):
         if freeze:
@@ -150,6 +151,12 @@ def main():
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
+        if spec.get("eval_every") and (step + 1) % spec["eval_every"] == 0:
+            model.eval()  # an evaluation between training steps, as training loops run one
+            with torch.no_grad():
+                x, y = models.batch(spec["model"], 10_000 + step, spec["rows"])
+                evals.append(models.loss_fn(spec["model"], engine(x), y).item())
+            model.train()
         if os.environ.get("WORKER_VERBOSE"):
             print(f"rank {rank} step {step} loss {losses[-1]}", file=sys.stderr, flush=True)
     if spec.get("save"):
@@ -159,7 +166,7 @@ def main():
     torch.save({"params": {k: v.detach().reshape(-1).clone() for k, v in engine.consolidated_state_dict().items()},
                 "buffers": {k: v.clone() for k, v in model.named_buffers()}}, f"{out}.{rank}.pt")
     with open(f"{out}.{rank}", "w") as f:
-        json.dump({"losses": losses, "steps": engine.global_steps, "metrics": engine.last_metrics(),
+        json.dump({"losses": losses, "evals": evals, "steps": engine.global_steps, "metrics": engine.last_metrics(),
                    "memory": engine.memory_by_tier()}, f)
 
 
