@@ -180,6 +180,9 @@ def test_released_parameter_is_named_through_views_and_reused_ids(strata):
         model.mix.weight.T
     with pytest.raises(strata.UsageError, match=r"parameter 'mix\.weight' was used outside"):
         model.mix.weight[0]
+    # What users do first to keep their weights: named, with the way to read them.
+    with pytest.raises(strata.UsageError, match=r"\(model\.state_dict\(\)\), use engine\.consolidated_state_dict\(\)"):
+        model.state_dict()
     engine.close()
 
 
