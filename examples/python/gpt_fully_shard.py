@@ -71,7 +71,11 @@ def main():
     for block in model.blocks:
         strata.fully_shard(block, **policy)
     strata.fully_shard(model, **policy)
-    optimizer = strata.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    # As LLM recipes do: weight decay on the matrices, none on biases and norms.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = strata.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                   lr=1e-3, weight_decay=0.1)
 
     rank = int(os.environ.get("RANK", 0))
     g = torch.Generator().manual_seed(100 + rank)
