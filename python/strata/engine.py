@@ -111,6 +111,38 @@ class Engine:
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0) -> float:
         return self._eng.clip_grad_norm(max_norm, norm_type)
 
+    # -- DeepSpeed's engine methods that training loops call ----------------------------
+    def train(self, mode: bool = True) -> "Engine":
+        self.module.train(mode)
+        return self
+
+    def eval(self) -> "Engine":
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing to do: the engine owns the gradients and clears them at each step."""
+
+    def parameters(self, recurse: bool = True):
+        return self.module.parameters(recurse)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        return self.module.named_parameters(prefix, recurse)
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        """Whether the next backward ends an accumulation window (its step() steps)."""
+        return self._eng.at_boundary
+
+    def gradient_accumulation_steps(self) -> int:
+        return int(self._config.get("gradient_accumulation_steps", 1))
+
+    @property
+    def global_rank(self) -> int:
+        return self._eng.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._eng.world
+
     # -- state ------------------------------------------------------------------------
     @property
     def global_steps(self) -> int:
@@ -133,6 +165,34 @@ class Engine:
         """Full fp32 values of every parameter, by name, on every rank."""
         values = self._eng.consolidated_params()
         return dict(zip(self._eng.param_names, values))
+
+    def save_16bit_model(self, save_dir, save_filename: str = "pytorch_model.bin") -> bool:
+        """Every rank calls it (the values are gathered). Rank 0 writes
+        save_dir/save_filename with torch.save: the model's whole state_dict (every
+        parameter under each of its names, persistent buffers), parameters in the compute
+        dtype (bf16/fp16 when enabled, else fp32), loadable with model.load_state_dict.
+        As DeepSpeed's; True on the rank that wrote it."""
+        values = dict(zip(self._eng.param_names, self._eng.consolidated_params()))
+        if self._eng.rank != 0:
+            return False
+        dtype = _units.compute_dtype(self._config)
+        by_id = {}
+        for n, p in self.module.named_parameters():
+            if n in values:
+                by_id[id(p)] = values[n].view(p.shape).to(dtype)  # p.shape: metadata (p may be released)
+        state = {}
+        for prefix, mod in self.module.named_modules(remove_duplicate=False):
+            dot = prefix + "." if prefix else ""
+            for n, p in mod._parameters.items():
+                if p is not None:
+                    v = by_id.get(id(p))
+                    state[dot + n] = (p.detach() if v is None else v).clone()  # in no unit: its own values
+            for n, b in mod._buffers.items():
+                if b is not None and n not in mod._non_persistent_buffers_set:
+                    state[dot + n] = b.detach().clone()
+        os.makedirs(save_dir, exist_ok=True)
+        torch.save(state, os.path.join(os.fspath(save_dir), save_filename))
+        return True
 
     # -- checkpoints (docs/checkpoints.md) --------------------------------------------
     @staticmethod

@@ -213,12 +213,23 @@ def test_freezing_after_initialize_steps_with_zero_gradients(tmp_path, world, st
 # An evaluation between training steps (model.eval(), torch.no_grad(), the engine's
 # forward) leaves training as it was and the schedule in force; the last evaluation
 # is plain PyTorch's on the reference's final parameters.
+# (engine.eval() and engine.train(), as DeepSpeed loops call them.) After training,
+# engine.save_16bit_model writes a state_dict a fresh model loads strictly, with the
+# reference's values (the tied head under both its names).
 @pytest.mark.parametrize("stage,device,budget", [(3, "nvme", 80 << 10)])
-def test_evaluation_between_steps(tmp_path, stage, device, budget):
+def test_evaluation_between_steps_and_the_saved_16bit_model(tmp_path, stage, device, budget):
     cfg = config(stage, device, tmp_path, chunk_size=1024, compute_budget=budget)
     cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
-    ranks = train(tmp_path, 2, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS, "eval_every": 2})
+    ranks = train(tmp_path, 2, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS, "eval_every": 2,
+                                "save_16bit": str(tmp_path / "model")})
     check_against_reference(ranks)
+    saved = torch.load(tmp_path / "model" / "pytorch_model.bin")
+    fresh = models.make("gpt", seed=5)
+    assert list(saved) == list(fresh.state_dict())
+    fresh.load_state_dict(saved)
+    _, want = reference("gpt", world=2)
+    for k, p in fresh.named_parameters():
+        assert rel(p.detach().reshape(-1), want[k]) <= 1e-5, k
     for r in ranks:
         assert r["metrics"]["scheduled"] and r["metrics"]["trace_invalidations"] == 0, r["metrics"]
     model = models.make("gpt")
@@ -332,11 +343,17 @@ def test_checkpoint_keeps_the_models_buffers(tmp_path):
 def test_bf16_tracks_fp32(tmp_path, world):
     cfg = config(3, "cpu", tmp_path)
     cfg["bf16"] = {"enabled": True}
-    ranks = train(tmp_path, world, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS})
+    ranks = train(tmp_path, world, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS,
+                                    "save_16bit": str(tmp_path / "model")})
     want, _ = reference("gpt")
     got = [sum(r["losses"][s] for r in ranks) / world for s in range(STEPS)]
     for s, (g, w) in enumerate(zip(got, want)):
         assert abs(g - w) <= 0.02 * abs(w), f"step {s}: bf16 loss {g} vs fp32 {w}"
+    # save_16bit_model: the parameters in bf16, each the rounded master.
+    saved = torch.load(tmp_path / "model" / "pytorch_model.bin")
+    masters = ranks[0]["params"]
+    for k, v in masters.items():
+        assert saved[k].dtype == torch.bfloat16 and torch.equal(saved[k].reshape(-1), v.to(torch.bfloat16)), k
 
 
 # An unmodified torchvision ResNet-18 (batch norm, residual branches; 11.7M parameters)

@@ -8,6 +8,7 @@ SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 "external_head": register the root as a user of wte.weight,
 "groups": "optimizer" | "model_parameters" (see initialize()),
 "eval_every": k: after every k-th step an evaluation forward under no_grad on the whole batch ("evals"),
+"save_16bit": dir: engine.save_16bit_model(dir) after training,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
@@ -152,15 +153,18 @@ def main():
         engine.step()
         losses.append(loss.item())
         if spec.get("eval_every") and (step + 1) % spec["eval_every"] == 0:
-            model.eval()  # an evaluation between training steps, as training loops run one
+            engine.eval()  # an evaluation between training steps, as DeepSpeed loops run one
             with torch.no_grad():
                 x, y = models.batch(spec["model"], 10_000 + step, spec["rows"])
                 evals.append(models.loss_fn(spec["model"], engine(x), y).item())
-            model.train()
+            engine.train()
         if os.environ.get("WORKER_VERBOSE"):
             print(f"rank {rank} step {step} loss {losses[-1]}", file=sys.stderr, flush=True)
     if spec.get("save"):
         engine.save_checkpoint(spec["save"])
+    if spec.get("save_16bit"):
+        wrote = engine.save_16bit_model(spec["save_16bit"])
+        assert wrote == (rank == 0), wrote
     # The parameters as a torch file, not JSON: ResNet-18's 11.7M floats took seconds to
     # write and read back as JSON text, in every rank and every test.
     torch.save({"params": {k: v.detach().reshape(-1).clone() for k, v in engine.consolidated_state_dict().items()},
