@@ -319,10 +319,14 @@ std::vector<Field> bind(Config& c) {
   f.push_back(recognised(zp + ".cpu_offload_use_pin_memory", kNoEffect, "pinning needs CUDA"));
   for (const char* key : {"allgather_partitions", "reduce_scatter", "round_robin_gradients",
                           "load_from_fp32_weights", "elastic_checkpoint", "ignore_unused_parameters",
-                          "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
-                          "gather_16bit_weights_on_model_save", "legacy_stage1", "log_trace_cache_warnings",
+                          "legacy_stage1", "log_trace_cache_warnings",
                           "use_multi_rank_bucket_allreduce", "pipeline_loading_checkpoint", "override_module_apply"}) {
     f.push_back(recognised(zp + "." + key, kNoEffect, "strata's behaviour here is fixed; see docs/config.md"));
+  }
+  for (const char* key : {"stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
+                          "gather_16bit_weights_on_model_save"}) {
+    f.push_back(recognised(zp + "." + key, kNoEffect,
+                           "engine.save_16bit_model always gathers the whole weights (docs/python.md)"));
   }
   for (const char* key : {"zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_gradients",
                           "mics_shard_size", "mics_hierarchical_params_gather", "memory_efficient_linear",
