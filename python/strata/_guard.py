@@ -96,7 +96,7 @@ class _Guard(TorchFunctionMode):
                 "deepspeed.zero.register_external_parameter), or, when a module's forward reads its children's "
                 "parameters, strata.set_leaf_modules(model, [ThatModuleClass]). To read or save the trained "
                 "values (model.state_dict()), use engine.consolidated_state_dict() on every rank (fully_shard: "
-                "optimizer.engine.consolidated_params()) or save_checkpoint")
+                "strata.get_model_state_dict(model)) or save_checkpoint")
 
 
 _GUARD = _Guard()

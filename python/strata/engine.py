@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from . import _groups, _guard, _strata, _units
+from . import _groups, _guard, _state, _strata, _units
 from . import config as _config
 from .errors import ConfigError, UsageError
 
@@ -175,21 +175,7 @@ class Engine:
         values = dict(zip(self._eng.param_names, self._eng.consolidated_params()))
         if self._eng.rank != 0:
             return False
-        dtype = _units.compute_dtype(self._config)
-        by_id = {}
-        for n, p in self.module.named_parameters():
-            if n in values:
-                by_id[id(p)] = values[n].view(p.shape).to(dtype)  # p.shape: metadata (p may be released)
-        state = {}
-        for prefix, mod in self.module.named_modules(remove_duplicate=False):
-            dot = prefix + "." if prefix else ""
-            for n, p in mod._parameters.items():
-                if p is not None:
-                    v = by_id.get(id(p))
-                    state[dot + n] = (p.detach() if v is None else v).clone()  # in no unit: its own values
-            for n, b in mod._buffers.items():
-                if b is not None and n not in mod._non_persistent_buffers_set:
-                    state[dot + n] = b.detach().clone()
+        state = _state.full_state_dict(self.module, values, _units.compute_dtype(self._config))
         os.makedirs(save_dir, exist_ok=True)
         torch.save(state, os.path.join(os.fspath(save_dir), save_filename))
         return True

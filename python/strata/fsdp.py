@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _guard, _strata, _units
+from . import _guard, _state, _strata, _units
 from .errors import ConfigError, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
@@ -192,6 +192,20 @@ def build_engine(params, optimizer_block: dict, param_groups: list | None = None
     if group.engine.stage == 3:
         _guard.watch(group.units)  # for the process's life: fully_shard engines are never closed
     return group.engine
+
+
+def get_model_state_dict(model: torch.nn.Module) -> dict:
+    """The whole state_dict of a model sharded with fully_shard (its root), on every rank
+    (every rank must call it: the values are gathered): each parameter's fp32 master
+    under each of its names, and the persistent buffers. As FSDP2's
+    get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))."""
+    group = getattr(model, "_strata_group", None)
+    if group is None or group.root is not model:
+        raise ConfigError("invalid_argument: get_model_state_dict takes the root module fully_shard was applied to")
+    if group.engine is None:
+        raise UsageError("failed_precondition: build the strata.optim optimizer first: the engine holds the values")
+    values = dict(zip(group.engine.param_names, group.engine.consolidated_params()))
+    return _state.full_state_dict(model, values)
 
 
 def _group_of(p):

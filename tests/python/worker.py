@@ -78,7 +78,11 @@ class FsdpEngine(OptimizerLoop):
             self.sched.step()
 
     def consolidated_state_dict(self):
-        return dict(zip(self.opt.engine.param_names, self.opt.engine.consolidated_params()))
+        # Through strata.get_model_state_dict (every name, buffers too): the parameters by
+        # their first names, as the other engines give them.
+        full = strata.get_model_state_dict(self.model)
+        assert list(full) == list(self.model.state_dict(keep_vars=True)), "not the model's state_dict keys"
+        return {n: full[n] for n, _ in self.model.named_parameters()}
 
 
 def initialize(model, spec, group):
