@@ -43,7 +43,9 @@ TEST_F(Train, DefaultRunLearnsAndWritesEveryOutput) {
   auto r = run_command(fmt::format("{} train --out {} --steps 40 --eval-every 20 --sample-bytes 50", strata_bin(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // What the user sees.
+  // (Without --config the biases and norms are not decayed: two parameter groups.)
   for (const char* want : {"strata train: model tiny", "ZeRO stage 3", "estimated: compute", "measured: compute",
+                           "AdamW (weight decay 0.1 on matrices, none on biases and norms)",
                            "step 40/40", "strata train: done", "bytes moved", "prefetch", "sample from the model"}) {
     EXPECT_NE(r.output.find(want), std::string::npos) << want << "\n" << r.output;
   }
@@ -191,7 +193,7 @@ TEST_F(Train, AutoKeysAndTheBatchTripleAndTheSchedulerBlock) {
                            "(here ZeRO stage 2, fp32, optimizer state on cpu), not the demo's",
                            "  auto   bf16.enabled = false", "train_micro_batch_size_per_gpu = 8 (derived",
                            "gradient_accumulation_steps = 1 (derived",
-                           "scheduler.params.total_num_steps = 6", "WarmupDecayLR: linear warmup 0 -> 0.001",
+                           "scheduler.params.total_num_steps = 6", "AdamW, WarmupDecayLR: linear warmup 0 -> 0.001",
                            "optimizer state on host"}) {
     EXPECT_NE(r.output.find(want), std::string::npos) << want << "\n" << r.output;
   }

@@ -233,6 +233,14 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   // Before the engine exists: the runtime's own resident set (LibTorch, the data), the
   // base that the engine's figures add to.
   const std::uint64_t runtime_rss = current_rss_bytes();
+  // Without --config, as GPT-2 and nanoGPT train: weight decay on the matrices only, none
+  // on biases and norm gains (Note [parameter groups]). A DeepSpeed config decays every
+  // parameter, as DeepSpeed does without groups.
+  const bool matrices_only = o.config_path.empty() && eo.optimizer.weight_decay > 0;
+  if (matrices_only) {
+    eo.param_groups = {{}, {.weight_decay = 0.0}};
+    for (const at::Tensor& p : model->parameters()) eo.param_groups[p.dim() >= 2 ? 0 : 1].params.push_back(p);
+  }
   auto made = engine::shard(*model, comm, std::move(eo), {}, model->initializer(o.seed));
   if (!made && made.error().code() == ErrorCode::kResourceExhausted && made.error().context().op == "schedule") {
     // The planner's "cannot fit" at setup: a step's working set is larger than the
@@ -252,7 +260,10 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
                .data = o.data.empty() ? nn::kFortunesDir : o.data, .data_files = corpus.file_count(),
                .train_bytes = corpus.split_bytes(nn::Split::kTrain), .val_bytes = corpus.split_bytes(nn::Split::kValidation),
                .steps = o.steps, .micro_batch = micro, .grad_accum = accum, .seq = o.seq_len,
-               .optimizer = fmt::format("{}, {}", to_string(cfg.optimizer.effective_type()),
+               .optimizer = fmt::format("{}{}, {}", to_string(cfg.optimizer.effective_type()),
+                                        matrices_only ? fmt::format(" (weight decay {:g} on matrices, none on biases "
+                                                                    "and norms)", cfg.optimizer.weight_decay)
+                                                      : "",
                                         schedule.describe())};
   std::uint64_t largest = 0;
   for (const auto& m : model->modules(false)) {
