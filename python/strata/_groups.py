@@ -74,20 +74,15 @@ def engine_groups(groups: list[dict]) -> list:
 
 def sync_lrs(eng, torch_groups: list[dict]) -> None:
     """Hands the torch groups' lrs to the engine when they are not what it has (a torch
-    scheduler, or the user, set them): the largest is the engine's lr, the others scales
-    of it."""
+    scheduler, or the user, set them). Engine.set_group_lrs owns the rule: the largest is
+    the engine's lr, the others scales of it."""
     lrs = [g["lr"] for g in torch_groups]
-    base = eng.lr
-    if all(lr == base * s for lr, s in zip(lrs, eng.lr_scales)):
-        return
-    top = max(lrs)
-    eng.lr = top
-    if len(lrs) > 1 or eng.lr_scales != [1.0]:
-        eng.lr_scales = [lr / top if top > 0 else 1.0 for lr in lrs]
+    if lrs != eng.group_lrs:
+        eng.group_lrs = lrs
 
 
 def publish_lrs(eng, torch_groups: list[dict]) -> None:
     """Writes the engine's lr (its schedule's, or a loaded checkpoint's) into the torch
     groups."""
-    for g, s in zip(torch_groups, eng.lr_scales):
-        g["lr"] = eng.lr * s
+    for g, lr in zip(torch_groups, eng.group_lrs):
+        g["lr"] = lr

@@ -150,7 +150,7 @@ class Engine:
 
     def get_lr(self) -> list[float]:
         """Each parameter group's learning rate."""
-        return [self._eng.lr * s for s in self._eng.lr_scales]
+        return self._eng.group_lrs
 
     def memory_by_tier(self) -> dict:
         """Bytes this rank holds per tier (compute, host, nvme) and kind (params, grads,

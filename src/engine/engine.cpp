@@ -1,6 +1,7 @@
 // Engine: setup, the front-end hooks, and the backward and step entry points.
 #include "strata/engine/engine.h"
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_map>
 #include <utility>
@@ -445,6 +446,28 @@ Status Engine::set_lr_scale(std::size_t group, double scale) {
     return make_error(ErrorCode::kInvalidArgument, "set_lr_scale: the scale must be finite and >= 0, got {}", scale);
   }
   impl_->kernel.set_lr_scale(group, scale);
+  return ok();
+}
+std::vector<double> Engine::group_lrs() const {
+  std::vector<double> out;
+  for (std::size_t g = 0; g < impl_->kernel.n_groups(); ++g) out.push_back(lr() * impl_->kernel.group(g).lr_scale);
+  return out;
+}
+Status Engine::set_group_lrs(const std::vector<double>& lrs) {
+  if (lrs.size() != impl_->kernel.n_groups()) {
+    return make_error(ErrorCode::kInvalidArgument, "set_group_lrs: {} lrs given, the engine has {} parameter group(s)",
+                      lrs.size(), impl_->kernel.n_groups());
+  }
+  for (std::size_t g = 0; g < lrs.size(); ++g) {
+    if (!std::isfinite(lrs[g]) || lrs[g] < 0) {
+      return make_error(ErrorCode::kInvalidArgument, "set_group_lrs: parameter group {}: the lr must be finite and "
+                        ">= 0, got {}", g, lrs[g]);
+    }
+  }
+  const double top = *std::max_element(lrs.begin(), lrs.end());
+  impl_->kernel.set_lr(top);
+  if (top > 0)  // all zero keeps the scales: lr() * scale is 0 for each either way
+    for (std::size_t g = 0; g < lrs.size(); ++g) impl_->kernel.set_lr_scale(g, lrs[g] / top);
   return ok();
 }
 const LossScaler& Engine::loss_scaler() const { return impl_->stepper->scaler(); }

@@ -278,11 +278,7 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
                         j, c10::str(params[j].sizes()), c10::str(store.params()[trainable[j]].sizes()));
     }
   }
-  // The groups' learning rates, as torch's load_state_dict restores them: the largest is
-  // the engine's lr, the others scales of it.
-  const double base = *std::max_element(lrs.begin(), lrs.end());
-  m.kernel.set_lr(base);
-  for (std::size_t g = 0; g < lrs.size(); ++g) m.kernel.set_lr_scale(g, base > 0 ? lrs[g] / base : 1.0);
+  STRATA_RETURN_IF_ERROR(set_group_lrs(lrs));  // as torch's load_state_dict restores them
   ParamSteps& steps = m.stepper->param_steps();
   std::vector<std::optional<ShardState>> loaded(chunks.size());
   for (std::size_t j = 0; j < params.size(); ++j) {

@@ -234,20 +234,8 @@ void bind_engine(py::module_& m) {
       .def_property_readonly("param_names", [](PyEngine& e) { return live(e).param_names(); })
       .def_property("lr", [](PyEngine& e) { return live(e).lr(); }, [](PyEngine& e, double lr) { live(e).set_lr(lr); })
       .def_property(
-          "lr_scales",
-          [](PyEngine& e) {
-            std::vector<double> out;
-            for (std::size_t g = 0; g < live(e).n_param_groups(); ++g) out.push_back(live(e).lr_scale(g));
-            return out;
-          },
-          [](PyEngine& e, const std::vector<double>& scales) {
-            Engine& eng = live(e);
-            if (scales.size() != eng.n_param_groups()) {
-              throw PyStrataError{Error(ErrorCode::kInvalidArgument, fmt::format(
-                  "lr_scales: {} given, the engine has {} parameter group(s)", scales.size(), eng.n_param_groups()))};
-            }
-            for (std::size_t g = 0; g < scales.size(); ++g) ok_or_throw(eng.set_lr_scale(g, scales[g]));
-          })
+          "group_lrs", [](PyEngine& e) { return live(e).group_lrs(); },
+          [](PyEngine& e, const std::vector<double>& lrs) { ok_or_throw(live(e).set_group_lrs(lrs)); })
       .def_property_readonly("world", [](PyEngine& e) { return e.comm->world(); })
       .def_property_readonly("rank", [](PyEngine& e) { return e.comm->rank(); })
       .def("memory_by_kind", [](PyEngine& e) { return memory(live(e).memory_by_kind()); })

@@ -370,7 +370,7 @@ std::unique_ptr<torch::optim::Optimizer> grouped_optimizer(const OptimizerConfig
 
 // groups STAGE OPTIM [MODE]: three parameter groups (Note [parameter groups]): the weights
 // with a weight decay of their own, the biases at half the lr without decay, the rest as
-// the optimizer; the lr halved at step 10, as a schedule does. 15 steps against
+// the optimizer; the groups' lrs moved at steps 10, 12 and 13 (see train). 15 steps against
 // torch::optim with the same groups; then the consolidated optimizer has the groups' lrs,
 // loads into a fresh engine, and that trains on with the reference for 5 more steps.
 // MODE: nvme (the state there), tensor-ops (ATen ops step it).
@@ -397,12 +397,24 @@ void groups(int stage, const std::string& optim, std::string mode) {
   ToyModel model(7);
   auto eng = check(engine::Engine::create(trainable(model), *g_comm, options(model, "groups-a")), "create");
   if (eng->n_param_groups() != 3 || eng->lr_scale(1) != 0.5) fail("the engine does not have the three groups");
+  if (eng->set_group_lrs({oc.lr}).has_value() || eng->set_group_lrs({oc.lr, -1.0, oc.lr}).has_value()) {
+    fail("set_group_lrs took a wrong count or a negative lr");
+  }
+  const std::vector<double> moved = {oc.lr / 2, oc.lr / 8, oc.lr / 2};
   auto train = [&](engine::Engine& e, ToyModel& m, int from, int to) {
     for (int s = from; s < to; ++s) {
-      if (s == 10) {
+      // Step 10 moves the groups apart, step 12 runs them all at 0 (a warmup's first step)
+      // and step 13 sets only the engine's lr (a schedule): the ratios of step 10 return.
+      std::optional<std::vector<double>> lrs;
+      if (s == 10) lrs = moved;
+      if (s == 12) lrs = std::vector<double>(3, 0.0);
+      if (lrs) check(e.set_group_lrs(*lrs), "set_group_lrs");
+      if (s == 13) {
         e.set_lr(oc.lr / 2);
-        for (auto& g : ref.opt->param_groups()) g.options().set_lr(g.options().get_lr() / 2);
+        lrs = moved;
       }
+      if (lrs)
+        for (std::size_t g = 0; g < 3; ++g) ref.opt->param_groups()[g].options().set_lr((*lrs)[g]);
       auto [x, y] = my_rows(s, kRowsPerRank);
       check(e.backward(m.loss(x, y)), "backward");
       check(e.step(), "step");
@@ -417,7 +429,7 @@ void groups(int stage, const std::string& optim, std::string mode) {
     auto f = check(eng->consolidate_state_dict(r), "consolidate");
     if (r == g_comm->rank()) full = std::move(f);
   }
-  const std::vector<double> want_lrs = {oc.lr / 2, oc.lr / 4, oc.lr / 2};
+  const std::vector<double>& want_lrs = moved;
   const std::vector<std::size_t> want_sizes = {2, 2, 2};  // "frozen" is not trainable
   if (full->param_groups().size() != 3) fail(fmt::format("{} groups consolidated", full->param_groups().size()));
   for (std::size_t g = 0; g < 3; ++g) {
@@ -430,7 +442,7 @@ void groups(int stage, const std::string& optim, std::string mode) {
   ToyModel fresh(99);  // other values: the loaded masters must replace them
   auto loaded = check(engine::Engine::create(trainable(fresh), *g_comm, options(fresh, "groups-b")), "create fresh");
   check(loaded->load_state_dict(*full), "load_state_dict");
-  if (std::abs(loaded->lr() * loaded->lr_scale(1) - oc.lr / 4) > 1e-12 * oc.lr) fail("the loaded groups' lrs");
+  if (std::abs(loaded->group_lrs()[1] - oc.lr / 8) > 1e-12 * oc.lr) fail("the loaded groups' lrs");
   // "frozen" never trains: the fresh model's stays its own, so copy it for the comparison.
   {
     at::NoGradGuard ng;

@@ -204,6 +204,13 @@ class Engine {
   std::size_t n_param_groups() const;
   double lr_scale(std::size_t group) const;
   Status set_lr_scale(std::size_t group, double scale);
+  // Each group's learning rate, lr() * lr_scale(g).
+  std::vector<double> group_lrs() const;
+  // Sets every group's learning rate at once, as torch's groups hold them: the largest
+  // becomes lr() (which a schedule then drives) and the others scales of it. All zero
+  // (a warmup's first step) sets lr() to 0 and keeps the scales, so the groups' ratios
+  // survive it. One lr per group, each finite and >= 0.
+  Status set_group_lrs(const std::vector<double>& lrs);
   const LossScaler& loss_scaler() const;
   std::int64_t steps() const;          // optimizer steps applied
   bool at_boundary() const;            // the next backward ends an accumulation window
