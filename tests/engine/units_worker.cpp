@@ -14,6 +14,7 @@
 // units_worker bigtier CASE               nvme records of 64 MiB: stage 2 optimizer state,
 //                                         stage 3 parameter shards and optimizer state,
 //                                         2-bf16-split bf16 state and gradients split host/nvme
+#include <array>
 #include <cmath>
 #include <functional>
 #include <optional>
@@ -490,7 +491,7 @@ void backward_budget() {
 // CASE "2-bf16-split": stage 2 with the momentum and the gradient shards in bf16 (32 MiB
 // records), the first weight's state kept on host by optimizer_max_in_cpu, stepped by
 // ATen ops (host_step), against the reference with its momentum and its gradients
-// rounded alike (bf16_state_reference.h).
+// rounded alike (bf16_state_reference.h). CASE "2" also has two parameter groups.
 struct Big : torch::nn::Module {
   torch::nn::Linear a{nullptr}, b{nullptr};
   Big() {
@@ -527,7 +528,31 @@ void bigtier(const std::string& which) {
     o.optim_max_in_cpu = 20'000'000;  // one weight's shard (16.8M elements), not both
     o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
   }
+  // Stage 2: two parameter groups (Note [parameter groups]), crossed so that every weight
+  // shares its chunk with its bias, of the other group: the step's runs stop at the
+  // group change inside a 64 MiB record.
+  const bool grouped = which == "2";
+  const auto groups_of = [](Big& m) {
+    return std::array<std::vector<at::Tensor>, 2>{{{m.a->weight, m.b->bias}, {m.a->bias, m.b->weight}}};
+  };
+  constexpr double kDecay = 0.01, kScale = 0.5;
+  if (grouped) {
+    auto gs = groups_of(*model);
+    o.param_groups = {{.params = gs[0], .weight_decay = kDecay}, {.params = gs[1], .lr_scale = kScale}};
+    // A weight and its bias per chunk; rank 1's 64 MiB sub-group record holds the change.
+    o.chunks.chunk_size_elems = 8192 * 4096 + 8192;
+  }
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
+  if (grouped) {
+    const plan::ChunkLayout& layout = eng->store().layout();
+    const auto chunk_of = [&](const at::Tensor& t) {
+      for (std::size_t i = 0; i < eng->store().params().size(); ++i)
+        if (eng->store().params()[i].is_same(t)) return layout.where[i].chunk;
+      fail("a parameter is not in the store");
+    };
+    if (chunk_of(model->a->weight) != chunk_of(model->a->bias) || chunk_of(model->b->weight) != chunk_of(model->b->bias))
+      fail("a weight and its bias are in different chunks: no chunk holds two groups");
+  }
   for (std::size_t c = 0; c < eng->store().num_chunks(); ++c) {
     const auto shard_bytes = static_cast<std::uint64_t>(eng->store().shard_elems(c)) * 4;
     if (eng->store().chunk(c).size_elems > 1'000'000 && shard_bytes < (64ull << 20))
@@ -543,7 +568,17 @@ void bigtier(const std::string& which) {
       fail("max_in_cpu: expected a weight's state on host and another's on nvme");
   }
   std::optional<torch::optim::SGD> ref_opt;
-  if (compares) ref_opt.emplace(ref->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  if (compares && grouped) {
+    auto gs = groups_of(*ref);
+    ref_opt.emplace(std::vector<torch::optim::OptimizerParamGroup>{
+                        {gs[0], std::make_unique<torch::optim::SGDOptions>(
+                                    torch::optim::SGDOptions(0.01).momentum(0.9).weight_decay(kDecay))},
+                        {gs[1], std::make_unique<torch::optim::SGDOptions>(
+                                    torch::optim::SGDOptions(0.01 * kScale).momentum(0.9))}},
+                    torch::optim::SGDOptions(0.01));
+  } else if (compares) {
+    ref_opt.emplace(ref->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  }
   const std::int64_t rows = 4;
   for (int s = 0; s < 3; ++s) {
     at::Generator g = at::make_generator<at::CPUGeneratorImpl>(60 + s);
