@@ -241,7 +241,9 @@ void nested() {
 // alike),
 // optim_host_split (optimizer_max_in_cpu: the first chunk's state on host, the rest on
 // nvme), tensor_ops (host_step: ATen ops step the state on nvme; at stage 3 the
-// parameter shards there too).
+// parameter shards there too), groups (two parameter groups: the matrices decayed, the
+// vectors at half the lr without decay; the state on nvme, at stage 3 the parameter
+// shards too).
 void awkward_case(int stage, const std::string& placement) {
   using strata::testing::AwkwardModel;
   const std::string what = fmt::format("stage {} {}", stage, placement);
@@ -317,8 +319,24 @@ void awkward_case(int stage, const std::string& placement) {
     o.optim_device = OffloadDevice::kNvme;
     if (stage == 3) o.param_device = OffloadDevice::kNvme;
     nvme();
+  } else if (placement == "groups") {
+    o.optim_device = OffloadDevice::kNvme;
+    if (stage == 3) o.param_device = OffloadDevice::kNvme;
+    nvme();
   } else if (placement != "none") {
     fail("unknown placement " + placement);
+  }
+  // placement "groups": the trainable matrices, and the trainable vectors.
+  const auto groups_of = [](AwkwardModel& m) {
+    std::array<std::vector<at::Tensor>, 2> gs;
+    for (auto& p : m.parameters())
+      if (p.requires_grad()) gs[p.dim() == 2 ? 0 : 1].push_back(p);
+    return gs;
+  };
+  constexpr double kVectorScale = 0.5;
+  if (placement == "groups") {
+    auto gs = groups_of(*model);
+    o.param_groups = {{.params = gs[0]}, {.params = gs[1], .lr_scale = kVectorScale, .weight_decay = 0.0}};
   }
   // bf16 state or gradients: within a bf16 rounding flip of the reference rounded alike
   // (bf16_state_reference.h).
@@ -341,7 +359,18 @@ void awkward_case(int stage, const std::string& placement) {
   std::vector<at::Tensor> ref_params;
   for (auto& p : ref.parameters())
     if (p.requires_grad()) ref_params.push_back(p);
-  torch::optim::SGD ref_opt(ref_params, torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(0.01));
+  const auto ref_options = [](double lr, double decay) {
+    return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr).momentum(0.9).weight_decay(decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> ref_groups;
+  if (placement == "groups") {
+    auto gs = groups_of(ref);
+    ref_groups.emplace_back(gs[0], ref_options(0.05, 0.01));
+    ref_groups.emplace_back(gs[1], ref_options(0.05 * kVectorScale, 0.0));
+  } else {
+    ref_groups.emplace_back(ref_params, ref_options(0.05, 0.01));
+  }
+  torch::optim::SGD ref_opt(std::move(ref_groups), torch::optim::SGDOptions(0.05));
   const std::int64_t rows = 4;
   std::uint64_t gathers = 0;
   for (int s = 0; s < 8; ++s) {
@@ -391,7 +420,7 @@ void awkward_case(int stage, const std::string& placement) {
 
 void awkward(int stage) {
   for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget",
-                        "bf16_state", "bf16_grads", "optim_host_split", "tensor_ops"})
+                        "bf16_state", "bf16_grads", "optim_host_split", "tensor_ops", "groups"})
     awkward_case(stage, p);
 }
 

@@ -117,10 +117,11 @@ TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
   for (int world : {2, 4}) expect_all_ok(run_ranks(world, {zero3_worker(), "gradmem"}));
 }
 
-// Every nvme record at a real size (64 MiB): stage 2's optimizer state, stage 3's
-// parameter shards and optimizer state, stage 2's bf16 state and gradient shards split
-// between host and nvme and stepped by ATen ops, three steps against plain LibTorch. One test per
-// case, so that ctest can run them next to others (each takes minutes).
+// Every nvme record at a real size (64 MiB): stage 2's optimizer state (in two parameter
+// groups), stage 3's parameter shards and optimizer state, stage 2's bf16 state and
+// gradient shards split between host and nvme and stepped by ATen ops, three steps
+// against plain LibTorch. One test per case, so that ctest can run them next to others
+// (each takes minutes).
 class RealSize : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(RealSize, NvmeRecordsMatchLibTorch) {
