@@ -5,15 +5,19 @@ and "weight_decay" (what LLM recipes vary: no decay on biases and norms); the ot
 hyperparameters are the optimizer's, one for all groups. In the engine a group's lr is a
 multiple of the optimizer's, so a schedule moves all of them together; the optimizers
 strata returns keep one torch group per engine group, whose "lr" a torch scheduler can
-set group by group (sync_lrs() hands them over before each step).
+set group by group (GroupSync hands them over before each step, with a weight-decay
+schedule's decays and a OneCycleLR's betas).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 from .errors import ConfigError, NotImplementedByStrata
 
 PER_GROUP = ("lr", "weight_decay")
+# What GroupSync hands to the engine between steps.
+SYNCED = ("lr", "weight_decay", "betas")
 
 
 def _same(a, b) -> bool:
@@ -72,17 +76,61 @@ def engine_groups(groups: list[dict]) -> list:
     return out
 
 
-def sync_lrs(eng, torch_groups: list[dict]) -> None:
-    """Hands the torch groups' lrs to the engine when they are not what it has (a torch
-    scheduler, or the user, set them). Engine.set_group_lrs owns the rule: the largest is
-    the engine's lr, the others scales of it."""
-    lrs = [g["lr"] for g in torch_groups]
-    if lrs != eng.group_lrs:
-        eng.group_lrs = lrs
+class GroupSync:
+    """Keeps a torch optimizer's param_groups and the engine's settings the same. pull()
+    (before a step) hands the engine what a torch scheduler or the user set in the groups:
+    each group's lr and weight_decay, and the betas (one for all groups: torch's
+    OneCycleLR cycles beta1). publish() writes the engine's back (its config schedule's, a
+    loaded checkpoint's). Every other setting is fixed when the optimizer is built: a
+    change to one is refused at the next step, not ignored."""
 
+    def __init__(self, eng, groups: list[dict]):
+        self._eng = eng
+        self._groups = groups
+        self.publish()
+        self._fixed = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params" and k not in SYNCED}
+                       for g in groups]
 
-def publish_lrs(eng, torch_groups: list[dict]) -> None:
-    """Writes the engine's lr (its schedule's, or a loaded checkpoint's) into the torch
-    groups."""
-    for g, lr in zip(torch_groups, eng.group_lrs):
-        g["lr"] = lr
+    def publish(self) -> None:
+        for g, lr, decay in zip(self._groups, self._eng.group_lrs, self._eng.group_weight_decays):
+            g["lr"] = lr
+            if "weight_decay" in g:
+                g["weight_decay"] = decay
+        betas = self._eng.betas
+        for g in self._groups:
+            if betas is not None and "betas" in g:
+                g["betas"] = betas
+
+    def pull(self) -> None:
+        groups, eng = self._groups, self._eng
+        for i, (g, fixed) in enumerate(zip(groups, self._fixed)):
+            for key, was in fixed.items():
+                if not _same(g.get(key), was):
+                    raise NotImplementedByStrata(
+                        f"unimplemented: parameter group {i}'s {key} changed from {was!r} to {g.get(key)!r} after the "
+                        f"optimizer was built; strata takes changes to {', '.join(SYNCED)} between steps, the other "
+                        "settings are fixed")
+        lrs = [g["lr"] for g in groups]
+        if lrs != eng.group_lrs:
+            eng.group_lrs = lrs
+        if all("weight_decay" in g for g in groups):
+            decays = [g["weight_decay"] for g in groups]
+            if decays != eng.group_weight_decays:
+                eng.group_weight_decays = decays
+        given = [tuple(g["betas"]) for g in groups if "betas" in g]
+        if given and eng.betas is not None:
+            if any(b != given[0] for b in given):
+                raise NotImplementedByStrata(f"unimplemented: the parameter groups' betas differ ({given}); strata's "
+                                             "groups share one pair of betas")
+            if given[0] != eng.betas:
+                eng.betas = given[0]
+
+    def around_step(self, step):
+        """pull(), the engine's step, and publish() where the engine's own schedule moved
+        the lr or the betas."""
+        self.pull()
+        before = (self._eng.lr, self._eng.betas)
+        result = step()
+        if (self._eng.lr, self._eng.betas) != before:
+            self.publish()
+        return result

@@ -31,14 +31,17 @@ def _communicator(process_group):
 
 class EngineOptimizer(torch.optim.Optimizer):
     """What initialize() returns as the optimizer: the engine's parameter groups (one, or
-    the caller's: _groups.py), whose "lr" is the engine's learning rate, so
-    torch.optim.lr_scheduler schedulers can drive it. Its step() steps the engine
+    the caller's: _groups.py) with the config's settings, whose "lr", "weight_decay" and
+    "betas" reach the engine before each step (_groups.GroupSync), so
+    torch.optim.lr_scheduler schedulers can drive them. Its step() steps the engine
     (without advancing initialize's scheduler: engine.step() does both); the state lives
     in the engine's shards."""
 
     def __init__(self, engine: "Engine", groups: list[dict]):
-        super().__init__(groups, {"lr": engine._eng.lr})
-        _groups.publish_lrs(engine._eng, self.param_groups)
+        # The config's settings in every group, as torch's optimizers hold them (torch's
+        # OneCycleLR looks for betas or momentum there).
+        super().__init__(groups, _config.torch_hyper(engine._config))
+        self._sync = _groups.GroupSync(engine._eng, self.param_groups)
         self._engine = engine
 
     def step(self, closure=None):  # noqa: D102 - the engine's step
@@ -96,17 +99,13 @@ class Engine:
         r = self.optimizer.step()
         if r["boundary"] and r["applied"] and self.lr_scheduler is not None:
             self.lr_scheduler.step()
-            _groups.sync_lrs(self._eng, self.optimizer.param_groups)
+            self.optimizer._sync.pull()
         return r
 
     def _step_engine(self) -> dict:
-        groups = self.optimizer.param_groups
-        _groups.sync_lrs(self._eng, groups)  # a torch scheduler (or the user) may have set them
-        before = self._eng.lr
-        r = self._eng.step()
-        if self._eng.lr != before:
-            _groups.publish_lrs(self._eng, groups)  # the config's scheduler set the next step's
-        return r
+        # A torch scheduler (or the user) may have set the groups; the config's scheduler
+        # sets the next step's lr in the engine.
+        return self.optimizer._sync.around_step(self._eng.step)
 
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0) -> float:
         return self._eng.clip_grad_norm(max_norm, norm_type)
@@ -213,7 +212,7 @@ class Engine:
         client = json.loads(client_json) if client_json not in ("", "null") else {}
         if self.lr_scheduler is not None and "lr_scheduler" in client:
             self.lr_scheduler.load_state_dict(client["lr_scheduler"])
-        _groups.publish_lrs(self._eng, self.optimizer.param_groups)  # the checkpoint's
+        self.optimizer._sync.publish()  # the checkpoint's lrs, weight decays and betas
         return os.fspath(loaded), client.get("client_state", {})
 
     def close(self) -> None:

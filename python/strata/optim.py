@@ -35,12 +35,12 @@ class _EngineOptimizer(torch.optim.Optimizer):
             block["params"]["adam_w_mode"] = False
         self.engine = fsdp.build_engine([p for g in self.param_groups for p in g["params"]], block,
                                         _groups.engine_groups(self.param_groups))
+        self._sync = _groups.GroupSync(self.engine, self.param_groups)
 
     def step(self, closure=None):
         if closure is not None:
             raise UsageError("failed_precondition: strata's optimizers take no closure")
-        _groups.sync_lrs(self.engine, self.param_groups)  # a scheduler (or the user) may have set them
-        return self.engine.step()
+        return self._sync.around_step(self.engine.step)  # a scheduler (or the user) may have set lrs
 
     def zero_grad(self, set_to_none: bool = True):
         """Nothing to do: the engine owns the gradients and clears them at each step."""

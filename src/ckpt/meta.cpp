@@ -131,6 +131,8 @@ json to_json(const CheckpointMeta& m) {
               {"config", m.config},
               {"client", m.client}};
   if (!m.lr_scales.empty()) out["optimizer"]["lr_scales"] = m.lr_scales;
+  if (!m.weight_decays.empty()) out["optimizer"]["weight_decays"] = m.weight_decays;
+  if (m.betas) out["optimizer"]["betas"] = *m.betas;
   if (m.buffers) {
     json buffers = json::array();
     for (const BufferMeta& b : *m.buffers) buffers.push_back({{"name", b.name}, {"shape", b.shape}, {"dtype", b.dtype}});
@@ -157,6 +159,8 @@ Result<CheckpointMeta> from_json(const json& j) {
     m.state_names = o.at("state_names").get<std::vector<std::string>>();
     m.lr = o.at("lr").get<double>();
     if (o.contains("lr_scales")) m.lr_scales = o.at("lr_scales").get<std::vector<double>>();
+    if (o.contains("weight_decays")) m.weight_decays = o.at("weight_decays").get<std::vector<double>>();
+    if (o.contains("betas")) m.betas = o.at("betas").get<std::array<double, 2>>();
     m.compute_dtype = j.at("compute_dtype").get<std::string>();
     const json& ls = j.at("loss_scaler");
     m.loss_scaler = {.scale = ls.at("scale").get<double>(), .iter = whole<std::int64_t>(ls.at("iter")),

@@ -470,6 +470,41 @@ Status Engine::set_group_lrs(const std::vector<double>& lrs) {
     for (std::size_t g = 0; g < lrs.size(); ++g) impl_->kernel.set_lr_scale(g, lrs[g] / top);
   return ok();
 }
+std::vector<double> Engine::group_weight_decays() const {
+  std::vector<double> out;
+  for (std::size_t g = 0; g < impl_->kernel.n_groups(); ++g)
+    out.push_back(impl_->kernel.group(g).weight_decay.value_or(impl_->kernel.weight_decay()));
+  return out;
+}
+Status Engine::set_group_weight_decays(const std::vector<double>& decays) {
+  if (decays.size() != impl_->kernel.n_groups()) {
+    return make_error(ErrorCode::kInvalidArgument, "set_group_weight_decays: {} given, the engine has {} parameter "
+                      "group(s)", decays.size(), impl_->kernel.n_groups());
+  }
+  for (std::size_t g = 0; g < decays.size(); ++g) {
+    if (!std::isfinite(decays[g]) || decays[g] < 0) {
+      return make_error(ErrorCode::kInvalidArgument, "set_group_weight_decays: parameter group {}: the weight decay "
+                        "must be finite and >= 0, got {}", g, decays[g]);
+    }
+  }
+  for (std::size_t g = 0; g < decays.size(); ++g) impl_->kernel.set_weight_decay(g, decays[g]);
+  return ok();
+}
+std::optional<std::array<double, 2>> Engine::betas() const {
+  const OptimizerType t = impl_->kernel.type();
+  if (t != OptimizerType::kAdam && t != OptimizerType::kAdamW) return std::nullopt;
+  return impl_->kernel.betas();
+}
+Status Engine::set_betas(std::array<double, 2> betas) {
+  if (!this->betas()) {
+    return make_error(ErrorCode::kInvalidArgument, "set_betas: {} has no betas", to_string(impl_->kernel.type()));
+  }
+  for (double b : betas) {
+    if (!(b >= 0 && b < 1)) return make_error(ErrorCode::kInvalidArgument, "set_betas: betas must be in [0, 1), got {}", b);
+  }
+  impl_->kernel.set_betas(betas);
+  return ok();
+}
 const LossScaler& Engine::loss_scaler() const { return impl_->stepper->scaler(); }
 std::int64_t Engine::steps() const { return impl_->step_count; }
 bool Engine::at_boundary() const { return impl_->at_boundary(); }

@@ -58,6 +58,13 @@ double StepKernel::lr() const {
 }
 
 void StepKernel::set_lr(double lr) { adam_.lr = sgd_.lr = adagrad_.lr = lr; }
+double StepKernel::weight_decay() const {
+  switch (type_) {
+    case OptimizerType::kSGD: return sgd_.weight_decay;
+    case OptimizerType::kAdagrad: return adagrad_.weight_decay;
+    default: return adam_.weight_decay;
+  }
+}
 void StepKernel::set_betas(std::array<double, 2> betas) {
   adam_.beta1 = betas[0];
   adam_.beta2 = betas[1];

@@ -45,7 +45,10 @@ class StepKernel {
   double initial_value(std::size_t state) const;
   double lr() const;
   void set_lr(double lr);
+  // The optimizer's weight decay: a group's unless it has its own.
+  double weight_decay() const;
   // Adam's betas (a OneCycle schedule cycles beta1); other optimizers ignore them.
+  std::array<double, 2> betas() const { return {adam_.beta1, adam_.beta2}; }
   void set_betas(std::array<double, 2> betas);
 
   // Note [parameter groups] (engine_options.h): group g steps with lr() * lr_scale and,
@@ -63,6 +66,7 @@ class StepKernel {
   std::size_t n_groups() const { return groups_.size(); }
   const Group& group(std::size_t g) const { return groups_[g]; }
   void set_lr_scale(std::size_t g, double scale) { groups_[g].lr_scale = scale; }
+  void set_weight_decay(std::size_t g, double decay) { groups_[g].weight_decay = decay; }
 
   // One fused step over n elements of parameters of group `group`: master (fp32) and
   // states (state_dtype()) updated in place; param (compute dtype) written from the new

@@ -236,6 +236,16 @@ void bind_engine(py::module_& m) {
       .def_property(
           "group_lrs", [](PyEngine& e) { return live(e).group_lrs(); },
           [](PyEngine& e, const std::vector<double>& lrs) { ok_or_throw(live(e).set_group_lrs(lrs)); })
+      .def_property(
+          "group_weight_decays", [](PyEngine& e) { return live(e).group_weight_decays(); },
+          [](PyEngine& e, const std::vector<double>& d) { ok_or_throw(live(e).set_group_weight_decays(d)); })
+      .def_property(
+          "betas",
+          [](PyEngine& e) -> py::object {
+            auto b = live(e).betas();
+            return b ? py::object(py::make_tuple((*b)[0], (*b)[1])) : py::object(py::none());
+          },
+          [](PyEngine& e, std::array<double, 2> b) { ok_or_throw(live(e).set_betas(b)); })
       .def_property_readonly("world", [](PyEngine& e) { return e.comm->world(); })
       .def_property_readonly("rank", [](PyEngine& e) { return e.comm->rank(); })
       .def("memory_by_kind", [](PyEngine& e) { return memory(live(e).memory_by_kind()); })

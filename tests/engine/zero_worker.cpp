@@ -36,6 +36,7 @@
 //                                         consolidated optimizer keeps them and loads back
 #include <signal.h>
 
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <optional>
@@ -342,6 +343,22 @@ void bf16(int stage) {
   }
 }
 
+// Sets group g's weight decay, and Adam's betas, in a torch::optim optimizer of `type`.
+void set_ref_group(torch::optim::Optimizer& opt, OptimizerType type, std::size_t g, double decay,
+                   std::array<double, 2> betas) {
+  auto& o = opt.param_groups()[g].options();
+  switch (type) {
+    case OptimizerType::kAdam:
+      static_cast<torch::optim::AdamOptions&>(o).weight_decay(decay).betas({betas[0], betas[1]});
+      break;
+    case OptimizerType::kAdamW:
+      static_cast<torch::optim::AdamWOptions&>(o).weight_decay(decay).betas({betas[0], betas[1]});
+      break;
+    case OptimizerType::kSGD: static_cast<torch::optim::SGDOptions&>(o).weight_decay(decay); break;
+    case OptimizerType::kAdagrad: static_cast<torch::optim::AdagradOptions&>(o).weight_decay(decay); break;
+  }
+}
+
 // A torch::optim optimizer of oc's type over `groups`: (parameters, lr scale, weight
 // decay) each, as Note [parameter groups] defines them.
 struct RefGroup {
@@ -370,7 +387,8 @@ std::unique_ptr<torch::optim::Optimizer> grouped_optimizer(const OptimizerConfig
 
 // groups STAGE OPTIM [MODE]: three parameter groups (Note [parameter groups]): the weights
 // with a weight decay of their own, the biases at half the lr without decay, the rest as
-// the optimizer; the groups' lrs moved at steps 10, 12 and 13 (see train). 15 steps against
+// the optimizer; the groups' lrs moved at steps 10, 12 and 13, their weight decays and
+// the betas at step 11 (see train). 15 steps against
 // torch::optim with the same groups; then the consolidated optimizer has the groups' lrs,
 // loads into a fresh engine, and that trains on with the reference for 5 more steps.
 // MODE: nvme (the state there), tensor-ops (ATen ops step it).
@@ -401,6 +419,10 @@ void groups(int stage, const std::string& optim, std::string mode) {
     fail("set_group_lrs took a wrong count or a negative lr");
   }
   const std::vector<double> moved = {oc.lr / 2, oc.lr / 8, oc.lr / 2};
+  const std::vector<double> decays = {0.3, 0.05, 0.0};
+  const std::array<double, 2> betas = {0.8, 0.99};
+  if (eng->set_group_weight_decays({0.1, -0.1, 0.1}).has_value() || eng->set_betas({1.0, 0.9}).has_value())
+    fail("set_group_weight_decays or set_betas took a bad value");
   auto train = [&](engine::Engine& e, ToyModel& m, int from, int to) {
     for (int s = from; s < to; ++s) {
       // Step 10 moves the groups apart, step 12 runs them all at 0 (a warmup's first step)
@@ -415,6 +437,12 @@ void groups(int stage, const std::string& optim, std::string mode) {
       }
       if (lrs)
         for (std::size_t g = 0; g < 3; ++g) ref.opt->param_groups()[g].options().set_lr((*lrs)[g]);
+      // Step 11: a weight-decay schedule and a betas change (torch's OneCycleLR).
+      if (s == 11) {
+        check(e.set_group_weight_decays(decays), "set_group_weight_decays");
+        if (e.betas()) check(e.set_betas(betas), "set_betas");
+        for (std::size_t g = 0; g < 3; ++g) set_ref_group(*ref.opt, oc.effective_type(), g, decays[g], betas);
+      }
       auto [x, y] = my_rows(s, kRowsPerRank);
       check(e.backward(m.loss(x, y)), "backward");
       check(e.step(), "step");
@@ -443,6 +471,8 @@ void groups(int stage, const std::string& optim, std::string mode) {
   auto loaded = check(engine::Engine::create(trainable(fresh), *g_comm, options(fresh, "groups-b")), "create fresh");
   check(loaded->load_state_dict(*full), "load_state_dict");
   if (std::abs(loaded->group_lrs()[1] - oc.lr / 8) > 1e-12 * oc.lr) fail("the loaded groups' lrs");
+  if (loaded->group_weight_decays() != decays || (loaded->betas() && *loaded->betas() != betas))
+    fail("the loaded groups' weight decays or betas");
   // "frozen" never trains: the fresh model's stays its own, so copy it for the comparison.
   {
     at::NoGradGuard ng;

@@ -100,3 +100,64 @@ def test_scheduler_block_errors():
     with pytest.raises(strata.ConfigError, match="give one of the two"):
         strata.initialize(model=models.make("gpt"), config=dict(base, scheduler={"type": "WarmupLR"}),
                           lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0))
+
+
+# torch's OneCycleLR cycles Adam's beta1 with the lr (cycle_momentum), and a weight-decay
+# schedule raises one group's decay mid-run: both reach the engine's steps, through both
+# front ends, against torch.optim.AdamW with the same two groups and schedules. Then a
+# change to a setting the engine does not take (eps) is refused at the next step, not
+# ignored.
+@pytest.mark.parametrize("front", ["initialize", "fully_shard"])
+def test_one_cycle_betas_and_a_weight_decay_schedule_match_plain_pytorch(front):
+    import strata
+
+    torch.set_num_threads(1)
+    model, ref = models.make("gpt"), models.make("gpt")
+    hyper = {"lr": 1e-3, "weight_decay": 0.1}
+    if front == "initialize":
+        cfg = {"train_batch_size": 8, "zero_optimization": {"stage": 2}}
+        engine, opt, _, _ = strata.initialize(model=model, config=cfg,
+                                              optimizer=torch.optim.AdamW(models.two_groups(model), **hyper))
+
+        def step():
+            engine.backward(loss)
+            engine.step()
+
+        weights = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
+    else:
+        for block in model.blocks:
+            strata.fully_shard(block)
+        strata.fully_shard(model)
+        opt = strata.optim.AdamW(models.two_groups(model), **hyper)
+
+        def step():
+            loss.backward()
+            opt.step()
+
+        weights = lambda: strata.get_model_state_dict(model)  # noqa: E731
+    ropt = torch.optim.AdamW(models.two_groups(ref), **hyper)
+    sched, rsched = (torch.optim.lr_scheduler.OneCycleLR(o, max_lr=[3e-3, 2e-3], total_steps=10) for o in (opt, ropt))
+    for s in range(8):
+        if s == 4:
+            for o in (opt, ropt):
+                o.param_groups[0]["weight_decay"] = 0.5
+        x, y = models.batch("gpt", s, 8)
+        loss = models.loss_fn("gpt", model(x), y)
+        step()
+        ropt.zero_grad()
+        rloss = models.loss_fn("gpt", ref(x), y)
+        rloss.backward()
+        ropt.step()
+        sched.step()
+        rsched.step()
+        assert abs(loss.item() - rloss.item()) <= 1e-5 * abs(rloss.item()), (s, loss.item(), rloss.item())
+    got = weights()
+    for k, v in ref.named_parameters():
+        assert ((got[k] - v.detach()).norm() / v.detach().norm()).item() <= 1e-5, k
+    assert opt.param_groups[1]["betas"] == ropt.param_groups[1]["betas"] != (0.9, 0.999)
+    opt.param_groups[1]["eps"] = 1e-6
+    loss = models.loss_fn("gpt", model(x), y)
+    with pytest.raises(strata.NotImplementedByStrata, match=r"parameter group 1's eps changed from 1e-08 to 1e-06"):
+        step()
+    if front == "initialize":
+        engine.close()

@@ -7,6 +7,7 @@
 //   const RecordMeta* r = f->find(chunk, "exp_avg");    // a record in it
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -87,6 +88,10 @@ struct CheckpointMeta {
   double lr = 0;
   // Note [parameter groups]: each group's lr scale (absent in checkpoints of one group).
   std::vector<double> lr_scales;
+  // Each group's weight decay and Adam's betas, as the saved run had them (a schedule may
+  // have moved them); empty and nullopt in checkpoints that predate them, or without betas.
+  std::vector<double> weight_decays;
+  std::optional<std::array<double, 2>> betas;
   std::string compute_dtype;
   engine::LossScaler::State loss_scaler;
   std::vector<ChunkMeta> chunks;

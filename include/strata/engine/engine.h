@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -211,6 +212,16 @@ class Engine {
   // (a warmup's first step) sets lr() to 0 and keeps the scales, so the groups' ratios
   // survive it. One lr per group, each finite and >= 0.
   Status set_group_lrs(const std::vector<double>& lrs);
+  // Each group's weight decay: its own, or the optimizer's.
+  std::vector<double> group_weight_decays() const;
+  // A weight decay per group for the next steps (a weight-decay schedule), each finite
+  // and >= 0.
+  Status set_group_weight_decays(const std::vector<double>& decays);
+  // Adam's and AdamW's betas; nullopt for the other optimizers.
+  std::optional<std::array<double, 2>> betas() const;
+  // Betas for the next steps (torch's OneCycleLR cycles beta1), each in [0, 1). An error
+  // for optimizers without betas.
+  Status set_betas(std::array<double, 2> betas);
   const LossScaler& loss_scaler() const;
   std::int64_t steps() const;          // optimizer steps applied
   bool at_boundary() const;            // the next backward ends an accumulation window
