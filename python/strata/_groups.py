@@ -6,7 +6,7 @@ hyperparameters are the optimizer's, one for all groups. In the engine a group's
 multiple of the optimizer's, so a schedule moves all of them together; the optimizers
 strata returns keep one torch group per engine group, whose "lr" a torch scheduler can
 set group by group (GroupSync hands them over before each step, with a weight-decay
-schedule's decays and a OneCycleLR's betas).
+schedule's decays and a OneCycleLR's betas or momentum).
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import math
 from .errors import ConfigError, NotImplementedByStrata
 
 PER_GROUP = ("lr", "weight_decay")
-# What GroupSync hands to the engine between steps.
-SYNCED = ("lr", "weight_decay", "betas")
+# What GroupSync also hands to the engine between steps, one value for all groups, where
+# the optimizer has it: Adam's betas, SGD's momentum.
+SHARED = ("betas", "momentum")
 
 
 def _same(a, b) -> bool:
@@ -79,27 +80,29 @@ def engine_groups(groups: list[dict]) -> list:
 class GroupSync:
     """Keeps a torch optimizer's param_groups and the engine's settings the same. pull()
     (before a step) hands the engine what a torch scheduler or the user set in the groups:
-    each group's lr and weight_decay, and the betas (one for all groups: torch's
-    OneCycleLR cycles beta1). publish() writes the engine's back (its config schedule's, a
-    loaded checkpoint's). Every other setting is fixed when the optimizer is built: a
-    change to one is refused at the next step, not ignored."""
+    each group's lr and weight_decay, and Adam's betas or SGD's momentum (one value for all
+    groups: torch's OneCycleLR cycles them). publish() writes the engine's back (its config
+    schedule's, a loaded checkpoint's). Every other setting is fixed when the optimizer is
+    built: a change to one is refused at the next step, not ignored."""
 
     def __init__(self, eng, groups: list[dict]):
         self._eng = eng
         self._groups = groups
+        self._shared = [k for k in SHARED if getattr(eng, k) is not None]  # what this optimizer has
         self.publish()
-        self._fixed = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params" and k not in SYNCED}
-                       for g in groups]
+        taken = {"params", *PER_GROUP, *self._shared}
+        self._fixed = [{k: copy.deepcopy(v) for k, v in g.items() if k not in taken} for g in groups]
 
     def publish(self) -> None:
         for g, lr, decay in zip(self._groups, self._eng.group_lrs, self._eng.group_weight_decays):
             g["lr"] = lr
             if "weight_decay" in g:
                 g["weight_decay"] = decay
-        betas = self._eng.betas
-        for g in self._groups:
-            if betas is not None and "betas" in g:
-                g["betas"] = betas
+        for key in self._shared:
+            value = getattr(self._eng, key)
+            for g in self._groups:
+                if key in g:
+                    g[key] = value
 
     def pull(self) -> None:
         groups, eng = self._groups, self._eng
@@ -108,8 +111,8 @@ class GroupSync:
                 if not _same(g.get(key), was):
                     raise NotImplementedByStrata(
                         f"unimplemented: parameter group {i}'s {key} changed from {was!r} to {g.get(key)!r} after the "
-                        f"optimizer was built; strata takes changes to {', '.join(SYNCED)} between steps, the other "
-                        "settings are fixed")
+                        f"optimizer was built; strata takes changes to {', '.join((*PER_GROUP, *self._shared))} "
+                        "between steps, the other settings are fixed")
         lrs = [g["lr"] for g in groups]
         if lrs != eng.group_lrs:
             eng.group_lrs = lrs
@@ -117,13 +120,15 @@ class GroupSync:
             decays = [g["weight_decay"] for g in groups]
             if decays != eng.group_weight_decays:
                 eng.group_weight_decays = decays
-        given = [tuple(g["betas"]) for g in groups if "betas" in g]
-        if given and eng.betas is not None:
-            if any(b != given[0] for b in given):
-                raise NotImplementedByStrata(f"unimplemented: the parameter groups' betas differ ({given}); strata's "
-                                             "groups share one pair of betas")
-            if given[0] != eng.betas:
-                eng.betas = given[0]
+        for key in self._shared:
+            given = [tuple(g[key]) if isinstance(g[key], (list, tuple)) else g[key] for g in groups if key in g]
+            if not given:
+                continue
+            if any(v != given[0] for v in given):
+                raise NotImplementedByStrata(f"unimplemented: the parameter groups' {key} differ ({given}); strata's "
+                                             f"groups share one {key}")
+            if given[0] != getattr(eng, key):
+                setattr(eng, key, given[0])
 
     def around_step(self, step):
         """pull(), the engine's step, and publish() where the engine's own schedule moved

@@ -198,10 +198,12 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
     // run (a torch scheduler may have moved them apart). Otherwise the engine's stand.
     if (m.lr_scales.size() == eng.n_param_groups())
       for (std::size_t g = 0; g < m.lr_scales.size(); ++g) STRATA_RETURN_IF_ERROR(eng.set_lr_scale(g, m.lr_scales[g]));
-    // Likewise each group's weight decay, and the betas.
+    // Likewise each group's weight decay, the betas and the momentum.
     if (m.weight_decays.size() == eng.n_param_groups())
       STRATA_RETURN_IF_ERROR(eng.set_group_weight_decays(m.weight_decays));
     if (m.betas && eng.betas()) STRATA_RETURN_IF_ERROR(eng.set_betas(*m.betas));
+    if (m.momentum && eng.momentum() && m.momentum != eng.momentum())
+      STRATA_RETURN_IF_ERROR(eng.set_momentum(*m.momentum));
   }
   eng.set_steps(m.optimizer_steps);
   return ok();

@@ -133,6 +133,7 @@ json to_json(const CheckpointMeta& m) {
   if (!m.lr_scales.empty()) out["optimizer"]["lr_scales"] = m.lr_scales;
   if (!m.weight_decays.empty()) out["optimizer"]["weight_decays"] = m.weight_decays;
   if (m.betas) out["optimizer"]["betas"] = *m.betas;
+  if (m.momentum) out["optimizer"]["momentum"] = *m.momentum;
   if (m.buffers) {
     json buffers = json::array();
     for (const BufferMeta& b : *m.buffers) buffers.push_back({{"name", b.name}, {"shape", b.shape}, {"dtype", b.dtype}});
@@ -161,6 +162,7 @@ Result<CheckpointMeta> from_json(const json& j) {
     if (o.contains("lr_scales")) m.lr_scales = o.at("lr_scales").get<std::vector<double>>();
     if (o.contains("weight_decays")) m.weight_decays = o.at("weight_decays").get<std::vector<double>>();
     if (o.contains("betas")) m.betas = o.at("betas").get<std::array<double, 2>>();
+    if (o.contains("momentum")) m.momentum = o.at("momentum").get<double>();
     m.compute_dtype = j.at("compute_dtype").get<std::string>();
     const json& ls = j.at("loss_scaler");
     m.loss_scaler = {.scale = ls.at("scale").get<double>(), .iter = whole<std::int64_t>(ls.at("iter")),

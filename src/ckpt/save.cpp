@@ -40,6 +40,7 @@ CheckpointMeta describe(const engine::Engine& eng, std::int64_t step) {
     for (std::size_t g = 0; g < eng.n_param_groups(); ++g) m.lr_scales.push_back(eng.lr_scale(g));
   m.weight_decays = eng.group_weight_decays();
   m.betas = eng.betas();
+  m.momentum = eng.momentum();
   m.compute_dtype = dtype_name(eng.options().compute_dtype);
   m.loss_scaler = eng.loss_scaler().state();
   for (std::uint32_t c = 0; c < store.num_chunks(); ++c)

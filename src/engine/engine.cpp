@@ -505,6 +505,25 @@ Status Engine::set_betas(std::array<double, 2> betas) {
   impl_->kernel.set_betas(betas);
   return ok();
 }
+std::optional<double> Engine::momentum() const {
+  if (impl_->kernel.type() != OptimizerType::kSGD) return std::nullopt;
+  return impl_->kernel.momentum();
+}
+Status Engine::set_momentum(double momentum) {
+  const auto now = this->momentum();
+  if (!now) {
+    return make_error(ErrorCode::kInvalidArgument, "set_momentum: {} has no momentum", to_string(impl_->kernel.type()));
+  }
+  if (*now == 0) {
+    return make_error(ErrorCode::kInvalidArgument, "set_momentum: this SGD was built with momentum 0 and keeps no "
+                      "momentum buffers; build it with momentum > 0 to change it later");
+  }
+  if (!std::isfinite(momentum) || momentum <= 0) {
+    return make_error(ErrorCode::kInvalidArgument, "set_momentum: momentum must be finite and > 0, got {}", momentum);
+  }
+  impl_->kernel.set_momentum(momentum);
+  return ok();
+}
 const LossScaler& Engine::loss_scaler() const { return impl_->stepper->scaler(); }
 std::int64_t Engine::steps() const { return impl_->step_count; }
 bool Engine::at_boundary() const { return impl_->at_boundary(); }

@@ -50,6 +50,9 @@ class StepKernel {
   // Adam's betas (a OneCycle schedule cycles beta1); other optimizers ignore them.
   std::array<double, 2> betas() const { return {adam_.beta1, adam_.beta2}; }
   void set_betas(std::array<double, 2> betas);
+  // SGD's momentum; the other optimizers ignore it.
+  double momentum() const { return sgd_.momentum; }
+  void set_momentum(double momentum) { sgd_.momentum = momentum; }
 
   // Note [parameter groups] (engine_options.h): group g steps with lr() * lr_scale and,
   // when set, its own weight decay. Without set_groups there is one group, 0, of every

@@ -18,11 +18,11 @@
 namespace strata::engine {
 namespace {
 
-// A group's options: the config's, with the engine's current lr, weight decay and betas
-// (which schedules may have moved).
+// A group's options: the config's, with the engine's current lr, weight decay, betas and
+// momentum (which schedules may have moved).
 std::unique_ptr<torch::optim::OptimizerOptions> make_options(OptimizerType type, const OptimizerConfig& c, double lr,
-                                                             double weight_decay, std::array<double, 2> adam_betas) {
-  const auto betas = std::make_tuple(adam_betas[0], adam_betas[1]);
+                                                             double weight_decay, const StepKernel& k) {
+  const auto betas = std::make_tuple(k.betas()[0], k.betas()[1]);
   switch (type) {
     case OptimizerType::kAdam:
       return std::make_unique<torch::optim::AdamOptions>(
@@ -32,7 +32,7 @@ std::unique_ptr<torch::optim::OptimizerOptions> make_options(OptimizerType type,
           torch::optim::AdamWOptions(lr).betas(betas).eps(c.eps).weight_decay(weight_decay).amsgrad(c.amsgrad));
     case OptimizerType::kSGD:
       return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr)
-                                                            .momentum(c.momentum)
+                                                            .momentum(k.momentum())
                                                             .dampening(c.dampening)
                                                             .weight_decay(weight_decay)
                                                             .nesterov(c.nesterov));
@@ -44,23 +44,6 @@ std::unique_ptr<torch::optim::OptimizerOptions> make_options(OptimizerType type,
                                                                 .eps(c.eps));
   }
   return nullptr;
-}
-
-// A loaded group's weight decay, and its betas (Adam, AdamW), from torch's options.
-double weight_decay_of(OptimizerType type, torch::optim::OptimizerOptions& o) {
-  switch (type) {
-    case OptimizerType::kAdam: return static_cast<torch::optim::AdamOptions&>(o).weight_decay();
-    case OptimizerType::kAdamW: return static_cast<torch::optim::AdamWOptions&>(o).weight_decay();
-    case OptimizerType::kSGD: return static_cast<torch::optim::SGDOptions&>(o).weight_decay();
-    case OptimizerType::kAdagrad: return static_cast<torch::optim::AdagradOptions&>(o).weight_decay();
-  }
-  return 0;
-}
-std::optional<std::array<double, 2>> betas_of(OptimizerType type, torch::optim::OptimizerOptions& o) {
-  auto pair = [](const std::tuple<double, double>& b) { return std::array<double, 2>{std::get<0>(b), std::get<1>(b)}; };
-  if (type == OptimizerType::kAdam) return pair(static_cast<torch::optim::AdamOptions&>(o).betas());
-  if (type == OptimizerType::kAdamW) return pair(static_cast<torch::optim::AdamWOptions&>(o).betas());
-  return std::nullopt;
 }
 
 // A torch::optim optimizer of `type` over `groups`, each with its own options.
@@ -254,7 +237,7 @@ Result<std::unique_ptr<torch::optim::Optimizer>> Engine::consolidate_state_dict(
     std::vector<at::Tensor> params;
     for (std::size_t i : by_group[g]) params.push_back(master[i]);
     trainable.insert(trainable.end(), by_group[g].begin(), by_group[g].end());
-    groups.emplace_back(std::move(params), make_options(type, oc, lrs[g], decays[g], m.kernel.betas()));
+    groups.emplace_back(std::move(params), make_options(type, oc, lrs[g], decays[g], m.kernel));
   }
   auto opt = make_optimizer(type, std::move(groups));
   for (std::size_t i : trainable) {
@@ -281,7 +264,7 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
   }
   std::vector<std::size_t> trainable;
   std::vector<at::Tensor> params;
-  std::vector<double> lrs, decays;
+  std::vector<double> lrs;
   for (std::size_t g = 0; g < by_group.size(); ++g) {
     const auto& listed = full.param_groups()[g].params();
     if (listed.size() != by_group[g].size()) {
@@ -291,7 +274,6 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
     trainable.insert(trainable.end(), by_group[g].begin(), by_group[g].end());
     params.insert(params.end(), listed.begin(), listed.end());
     lrs.push_back(full.param_groups()[g].options().get_lr());
-    decays.push_back(weight_decay_of(type, full.param_groups()[g].options()));
   }
   for (std::size_t j = 0; j < params.size(); ++j) {
     if (params[j].sizes() != store.params()[trainable[j]].sizes()) {
@@ -299,10 +281,7 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
                         j, c10::str(params[j].sizes()), c10::str(store.params()[trainable[j]].sizes()));
     }
   }
-  // The groups' settings, as torch's load_state_dict restores them.
-  STRATA_RETURN_IF_ERROR(set_group_lrs(lrs));
-  STRATA_RETURN_IF_ERROR(set_group_weight_decays(decays));
-  if (auto b = betas_of(type, full.param_groups()[0].options())) STRATA_RETURN_IF_ERROR(set_betas(*b));
+  STRATA_RETURN_IF_ERROR(set_group_lrs(lrs));  // only the lrs: see engine.h
   ParamSteps& steps = m.stepper->param_steps();
   std::vector<std::optional<ShardState>> loaded(chunks.size());
   for (std::size_t j = 0; j < params.size(); ++j) {

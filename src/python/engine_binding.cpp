@@ -246,6 +246,13 @@ void bind_engine(py::module_& m) {
             return b ? py::object(py::make_tuple((*b)[0], (*b)[1])) : py::object(py::none());
           },
           [](PyEngine& e, std::array<double, 2> b) { ok_or_throw(live(e).set_betas(b)); })
+      .def_property(
+          "momentum",
+          [](PyEngine& e) -> py::object {
+            auto mo = live(e).momentum();
+            return mo ? py::object(py::float_(*mo)) : py::object(py::none());
+          },
+          [](PyEngine& e, double mo) { ok_or_throw(live(e).set_momentum(mo)); })
       .def_property_readonly("world", [](PyEngine& e) { return e.comm->world(); })
       .def_property_readonly("rank", [](PyEngine& e) { return e.comm->rank(); })
       .def("memory_by_kind", [](PyEngine& e) { return memory(live(e).memory_by_kind()); })

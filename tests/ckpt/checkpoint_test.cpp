@@ -93,19 +93,21 @@ TEST(CheckpointMeta, LrScalesRoundTripAndOneGroupHasNone) {
   EXPECT_EQ(back->lr_scales, (std::vector<double>{1.0, 0.25}));
 }
 
-// The groups' weight decays and Adam's betas are kept (a schedule may have moved them);
-// a checkpoint from before them has neither, and loading then keeps the engine's.
-TEST(CheckpointMeta, WeightDecaysAndBetasRoundTripAndMayBeAbsent) {
+// The groups' weight decays, Adam's betas and SGD's momentum are kept (a schedule may have
+// moved them); a checkpoint from before them has none, and loading then keeps the engine's.
+TEST(CheckpointMeta, WeightDecaysBetasAndMomentumRoundTripAndMayBeAbsent) {
   ckpt::CheckpointMeta m;
   EXPECT_FALSE(ckpt::to_json(m)["optimizer"].contains("weight_decays"));
   EXPECT_FALSE(ckpt::to_json(m)["optimizer"].contains("betas"));
   m.weight_decays = {0.1, 0.0};
   m.betas = std::array<double, 2>{0.85, 0.99};
+  m.momentum = 0.9;
   auto back = ckpt::from_json(ckpt::to_json(m));
   ASSERT_TRUE(back) << back.error();
   EXPECT_EQ(back->weight_decays, (std::vector<double>{0.1, 0.0}));
   ASSERT_TRUE(back->betas.has_value());
   EXPECT_EQ(*back->betas, (std::array<double, 2>{0.85, 0.99}));
+  EXPECT_EQ(back->momentum, std::optional<double>(0.9));
 }
 
 // Every pair of world sizes; each checkpoint loads onto both devices, so every world

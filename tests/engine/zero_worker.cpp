@@ -343,9 +343,10 @@ void bf16(int stage) {
   }
 }
 
-// Sets group g's weight decay, and Adam's betas, in a torch::optim optimizer of `type`.
+// Sets group g's weight decay, Adam's betas and SGD's momentum in a torch::optim
+// optimizer of `type`.
 void set_ref_group(torch::optim::Optimizer& opt, OptimizerType type, std::size_t g, double decay,
-                   std::array<double, 2> betas) {
+                   std::array<double, 2> betas, double momentum) {
   auto& o = opt.param_groups()[g].options();
   switch (type) {
     case OptimizerType::kAdam:
@@ -354,9 +355,21 @@ void set_ref_group(torch::optim::Optimizer& opt, OptimizerType type, std::size_t
     case OptimizerType::kAdamW:
       static_cast<torch::optim::AdamWOptions&>(o).weight_decay(decay).betas({betas[0], betas[1]});
       break;
-    case OptimizerType::kSGD: static_cast<torch::optim::SGDOptions&>(o).weight_decay(decay); break;
+    case OptimizerType::kSGD: static_cast<torch::optim::SGDOptions&>(o).weight_decay(decay).momentum(momentum); break;
     case OptimizerType::kAdagrad: static_cast<torch::optim::AdagradOptions&>(o).weight_decay(decay); break;
   }
+}
+
+// Group g's weight decay in a torch::optim optimizer of `type`.
+double weight_decay_of(torch::optim::Optimizer& opt, OptimizerType type, std::size_t g) {
+  auto& o = opt.param_groups()[g].options();
+  switch (type) {
+    case OptimizerType::kAdam: return static_cast<torch::optim::AdamOptions&>(o).weight_decay();
+    case OptimizerType::kAdamW: return static_cast<torch::optim::AdamWOptions&>(o).weight_decay();
+    case OptimizerType::kSGD: return static_cast<torch::optim::SGDOptions&>(o).weight_decay();
+    case OptimizerType::kAdagrad: return static_cast<torch::optim::AdagradOptions&>(o).weight_decay();
+  }
+  return -1;
 }
 
 // A torch::optim optimizer of oc's type over `groups`: (parameters, lr scale, weight
@@ -388,7 +401,7 @@ std::unique_ptr<torch::optim::Optimizer> grouped_optimizer(const OptimizerConfig
 // groups STAGE OPTIM [MODE]: three parameter groups (Note [parameter groups]): the weights
 // with a weight decay of their own, the biases at half the lr without decay, the rest as
 // the optimizer; the groups' lrs moved at steps 10, 12 and 13, their weight decays and
-// the betas at step 11 (see train). 15 steps against
+// the betas or momentum at step 11 (see train). 15 steps against
 // torch::optim with the same groups; then the consolidated optimizer has the groups' lrs,
 // loads into a fresh engine, and that trains on with the reference for 5 more steps.
 // MODE: nvme (the state there), tensor-ops (ATen ops step it).
@@ -421,8 +434,11 @@ void groups(int stage, const std::string& optim, std::string mode) {
   const std::vector<double> moved = {oc.lr / 2, oc.lr / 8, oc.lr / 2};
   const std::vector<double> decays = {0.3, 0.05, 0.0};
   const std::array<double, 2> betas = {0.8, 0.99};
-  if (eng->set_group_weight_decays({0.1, -0.1, 0.1}).has_value() || eng->set_betas({1.0, 0.9}).has_value())
-    fail("set_group_weight_decays or set_betas took a bad value");
+  const double momentum = 0.7;
+  if (eng->set_group_weight_decays({0.1, -0.1, 0.1}).has_value() || eng->set_betas({1.0, 0.9}).has_value() ||
+      eng->set_momentum(0.0).has_value()) {
+    fail("set_group_weight_decays, set_betas or set_momentum took a bad value (or one the optimizer lacks)");
+  }
   auto train = [&](engine::Engine& e, ToyModel& m, int from, int to) {
     for (int s = from; s < to; ++s) {
       // Step 10 moves the groups apart, step 12 runs them all at 0 (a warmup's first step)
@@ -437,11 +453,14 @@ void groups(int stage, const std::string& optim, std::string mode) {
       }
       if (lrs)
         for (std::size_t g = 0; g < 3; ++g) ref.opt->param_groups()[g].options().set_lr((*lrs)[g]);
-      // Step 11: a weight-decay schedule and a betas change (torch's OneCycleLR).
+      // Step 11: a weight-decay schedule, and the betas or the momentum changed (torch's
+      // OneCycleLR).
       if (s == 11) {
         check(e.set_group_weight_decays(decays), "set_group_weight_decays");
         if (e.betas()) check(e.set_betas(betas), "set_betas");
-        for (std::size_t g = 0; g < 3; ++g) set_ref_group(*ref.opt, oc.effective_type(), g, decays[g], betas);
+        if (e.momentum()) check(e.set_momentum(momentum), "set_momentum");
+        for (std::size_t g = 0; g < 3; ++g)
+          set_ref_group(*ref.opt, oc.effective_type(), g, decays[g], betas, momentum);
       }
       auto [x, y] = my_rows(s, kRowsPerRank);
       check(e.backward(m.loss(x, y)), "backward");
@@ -471,8 +490,16 @@ void groups(int stage, const std::string& optim, std::string mode) {
   auto loaded = check(engine::Engine::create(trainable(fresh), *g_comm, options(fresh, "groups-b")), "create fresh");
   check(loaded->load_state_dict(*full), "load_state_dict");
   if (std::abs(loaded->group_lrs()[1] - oc.lr / 8) > 1e-12 * oc.lr) fail("the loaded groups' lrs");
-  if (loaded->group_weight_decays() != decays || (loaded->betas() && *loaded->betas() != betas))
-    fail("the loaded groups' weight decays or betas");
+  // The consolidated groups hold the changed weight decays, betas and momentum; loading
+  // takes only the lrs (engine.h), so the fresh engine is given the others as a caller
+  // would.
+  if (eng->group_weight_decays() != decays || loaded->group_weight_decays() == decays)
+    fail("consolidate or load changed the wrong weight decays");
+  if (std::abs(weight_decay_of(*full, oc.effective_type(), 0) - decays[0]) > 0)
+    fail("the consolidated group 0 lacks its weight decay");
+  check(loaded->set_group_weight_decays(decays), "set_group_weight_decays");
+  if (loaded->betas()) check(loaded->set_betas(betas), "set_betas");
+  if (loaded->momentum()) check(loaded->set_momentum(momentum), "set_momentum");
   // "frozen" never trains: the fresh model's stays its own, so copy it for the comparison.
   {
     at::NoGradGuard ng;

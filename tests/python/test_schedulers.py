@@ -102,22 +102,28 @@ def test_scheduler_block_errors():
                           lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0))
 
 
-# torch's OneCycleLR cycles Adam's beta1 with the lr (cycle_momentum), and a weight-decay
-# schedule raises one group's decay mid-run: both reach the engine's steps, through both
-# front ends, against torch.optim.AdamW with the same two groups and schedules. Then a
-# change to a setting the engine does not take (eps) is refused at the next step, not
-# ignored.
+# torch's OneCycleLR cycles Adam's beta1 or SGD's momentum with the lr (cycle_momentum),
+# and a weight-decay schedule raises one group's decay mid-run: all reach the engine's
+# steps, through both front ends, against torch.optim with the same two groups and
+# schedules. Then a change to a setting the engine does not take is refused at the next
+# step, not ignored.
+CYCLED = {"AdamW": ({"weight_decay": 0.1}, "betas", ("eps", 1e-08, 1e-06)),
+          "SGD": ({"weight_decay": 0.1, "momentum": 0.9}, "momentum", ("dampening", 0.0, 0.1))}
+
+
+@pytest.mark.parametrize("kind", sorted(CYCLED))
 @pytest.mark.parametrize("front", ["initialize", "fully_shard"])
-def test_one_cycle_betas_and_a_weight_decay_schedule_match_plain_pytorch(front):
+def test_one_cycle_momentum_and_a_weight_decay_schedule_match_plain_pytorch(front, kind):
     import strata
 
     torch.set_num_threads(1)
     model, ref = models.make("gpt"), models.make("gpt")
-    hyper = {"lr": 1e-3, "weight_decay": 0.1}
+    hyper, cycled, (fixed, was, now) = CYCLED[kind]
+    hyper = {"lr": 1e-3, **hyper}
     if front == "initialize":
         cfg = {"train_batch_size": 8, "zero_optimization": {"stage": 2}}
         engine, opt, _, _ = strata.initialize(model=model, config=cfg,
-                                              optimizer=torch.optim.AdamW(models.two_groups(model), **hyper))
+                                              optimizer=getattr(torch.optim, kind)(models.two_groups(model), **hyper))
 
         def step():
             engine.backward(loss)
@@ -128,14 +134,14 @@ def test_one_cycle_betas_and_a_weight_decay_schedule_match_plain_pytorch(front):
         for block in model.blocks:
             strata.fully_shard(block)
         strata.fully_shard(model)
-        opt = strata.optim.AdamW(models.two_groups(model), **hyper)
+        opt = getattr(strata.optim, kind)(models.two_groups(model), **hyper)
 
         def step():
             loss.backward()
             opt.step()
 
         weights = lambda: strata.get_model_state_dict(model)  # noqa: E731
-    ropt = torch.optim.AdamW(models.two_groups(ref), **hyper)
+    ropt = getattr(torch.optim, kind)(models.two_groups(ref), **hyper)
     sched, rsched = (torch.optim.lr_scheduler.OneCycleLR(o, max_lr=[3e-3, 2e-3], total_steps=10) for o in (opt, ropt))
     for s in range(8):
         if s == 4:
@@ -154,10 +160,10 @@ def test_one_cycle_betas_and_a_weight_decay_schedule_match_plain_pytorch(front):
     got = weights()
     for k, v in ref.named_parameters():
         assert ((got[k] - v.detach()).norm() / v.detach().norm()).item() <= 1e-5, k
-    assert opt.param_groups[1]["betas"] == ropt.param_groups[1]["betas"] != (0.9, 0.999)
-    opt.param_groups[1]["eps"] = 1e-6
+    assert opt.param_groups[1][cycled] == ropt.param_groups[1][cycled] != hyper.get(cycled, (0.9, 0.999))
+    opt.param_groups[1][fixed] = now
     loss = models.loss_fn("gpt", model(x), y)
-    with pytest.raises(strata.NotImplementedByStrata, match=r"parameter group 1's eps changed from 1e-08 to 1e-06"):
+    with pytest.raises(strata.NotImplementedByStrata, match=f"parameter group 1's {fixed} changed from {was} to {now}"):
         step()
     if front == "initialize":
         engine.close()

@@ -88,10 +88,12 @@ struct CheckpointMeta {
   double lr = 0;
   // Note [parameter groups]: each group's lr scale (absent in checkpoints of one group).
   std::vector<double> lr_scales;
-  // Each group's weight decay and Adam's betas, as the saved run had them (a schedule may
-  // have moved them); empty and nullopt in checkpoints that predate them, or without betas.
+  // Each group's weight decay, Adam's betas and SGD's momentum, as the saved run had them
+  // (a schedule may have moved them); empty and nullopt in checkpoints that predate them,
+  // or for optimizers without them.
   std::vector<double> weight_decays;
   std::optional<std::array<double, 2>> betas;
+  std::optional<double> momentum;
   std::string compute_dtype;
   engine::LossScaler::State loss_scaler;
   std::vector<ChunkMeta> chunks;

@@ -122,9 +122,14 @@ class Engine {
   Result<std::vector<at::Tensor>> consolidated_params();
   // A torch::optim optimizer of the configured type over full fp32 copies of the
   // trainable parameters, its state filled from every rank's shards, on `to_rank`
-  // (nullptr elsewhere). Every rank must call it. Fused kernels only.
+  // (nullptr elsewhere); one group per parameter group, with its current lr and weight
+  // decay and the current betas or momentum. Every rank must call it. Fused kernels only.
   Result<std::unique_ptr<torch::optim::Optimizer>> consolidate_state_dict(int to_rank);
-  // Loads a consolidated optimizer (saved at any world size) into this rank's shards.
+  // Loads a consolidated optimizer (saved at any world size) into this rank's shards, and
+  // takes its groups' lrs. The engine keeps its own weight decays, betas and momentum:
+  // LibTorch's torch::load fills an optimizer's state but leaves its groups' options as
+  // the constructor made them, so taking them would take defaults (set_group_weight_decays,
+  // set_betas and set_momentum set them).
   Status load_state_dict(torch::optim::Optimizer& full);
 
   // Checkpoints (strata/ckpt/checkpoint.h; format: docs/checkpoints.md). Every rank calls
@@ -222,6 +227,12 @@ class Engine {
   // Betas for the next steps (torch's OneCycleLR cycles beta1), each in [0, 1). An error
   // for optimizers without betas.
   Status set_betas(std::array<double, 2> betas);
+  // SGD's momentum; nullopt for the other optimizers.
+  std::optional<double> momentum() const;
+  // SGD's momentum for the next steps (torch's OneCycleLR cycles it), finite and > 0. An
+  // error for the other optimizers and for SGD built without momentum (it keeps no
+  // momentum buffers).
+  Status set_momentum(double momentum);
   const LossScaler& loss_scaler() const;
   std::int64_t steps() const;          // optimizer steps applied
   bool at_boundary() const;            // the next backward ends an accumulation window
