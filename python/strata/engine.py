@@ -32,7 +32,7 @@ def _communicator(process_group):
 class EngineOptimizer(torch.optim.Optimizer):
     """What initialize() returns as the optimizer: the engine's parameter groups (one, or
     the caller's: _groups.py) with the config's settings, whose "lr", "weight_decay" and
-    "betas" reach the engine before each step (_groups.GroupSync), so
+    "betas" or "momentum" reach the engine before each step (_groups.GroupSync), so
     torch.optim.lr_scheduler schedulers can drive them. Its step() steps the engine
     (without advancing initialize's scheduler: engine.step() does both); the state lives
     in the engine's shards."""
@@ -212,7 +212,7 @@ class Engine:
         client = json.loads(client_json) if client_json not in ("", "null") else {}
         if self.lr_scheduler is not None and "lr_scheduler" in client:
             self.lr_scheduler.load_state_dict(client["lr_scheduler"])
-        self.optimizer._sync.publish()  # the checkpoint's lrs, weight decays and betas
+        self.optimizer._sync.publish()  # the checkpoint's lrs, weight decays, betas or momentum
         return os.fspath(loaded), client.get("client_state", {})
 
     def close(self) -> None:

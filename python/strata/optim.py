@@ -10,7 +10,8 @@
 Building the optimizer builds the engine over the sharded modules' units (the engine
 steps with its fused kernels, where the state lives). Parameter groups may differ in lr
 and weight_decay (_groups.py); their "lr" is the engine's learning rate:
-torch.optim.lr_scheduler schedulers drive it.
+torch.optim.lr_scheduler schedulers drive it (and a weight-decay schedule, and
+OneCycleLR's betas or momentum: _groups.GroupSync).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class _EngineOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):
         if closure is not None:
             raise UsageError("failed_precondition: strata's optimizers take no closure")
-        return self._sync.around_step(self.engine.step)  # a scheduler (or the user) may have set lrs
+        return self._sync.around_step(self.engine.step)  # a scheduler (or the user) may have set them
 
     def zero_grad(self, set_to_none: bool = True):
         """Nothing to do: the engine owns the gradients and clears them at each step."""
