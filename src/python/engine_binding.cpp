@@ -247,11 +247,7 @@ void bind_engine(py::module_& m) {
           },
           [](PyEngine& e, std::array<double, 2> b) { ok_or_throw(live(e).set_betas(b)); })
       .def_property(
-          "momentum",
-          [](PyEngine& e) -> py::object {
-            auto mo = live(e).momentum();
-            return mo ? py::object(py::float_(*mo)) : py::object(py::none());
-          },
+          "momentum", [](PyEngine& e) { return live(e).momentum(); },  // None without momentum
           [](PyEngine& e, double mo) { ok_or_throw(live(e).set_momentum(mo)); })
       .def_property_readonly("world", [](PyEngine& e) { return e.comm->world(); })
       .def_property_readonly("rank", [](PyEngine& e) { return e.comm->rank(); })

@@ -167,5 +167,6 @@ inline void use_sub_groups(engine::EngineOptions& opts) {
 // The checkpoint modes (zero_worker_ckpt.cpp).
 void save(const std::string& dir, int steps, const std::string& mode);
 void resume(const std::string& dir, int steps, std::string mode);
+void groups(int stage, const std::string& optim, std::string mode);  // zero_worker_groups.cpp
 
 }  // namespace strata::testing::zero
