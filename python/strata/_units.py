@@ -146,11 +146,19 @@ def add_external(unit: Unit, model: torch.nn.Module) -> None:
             unit.param_names.append(names[id(p)])
 
 
-def check_cpu(params) -> None:
+def admit_params(params) -> None:
+    """What the engine needs of every parameter it shards: on the CPU (this build), and
+    contiguous. A parameter laid out otherwise (a channels_last convolution's weight, a
+    transposed tensor) gets a contiguous copy of its values as its data, as DeepSpeed's
+    and FSDP's flat parameters make them: the chunks hold each parameter's elements in
+    order. The Parameter object stays the one optimizers and hooks hold."""
     for p in params:
         if p.device.type != "cpu":
             raise ConfigError(f"invalid_argument: a parameter is on {p.device}; this strata build runs on CPU "
                               "LibTorch only (move the model to the CPU, or use a CUDA build of strata)")
+        if not p.is_contiguous():
+            with torch.no_grad():
+                p.data = p.data.contiguous()
 
 
 def hook_module(module: torch.nn.Module, pre, post) -> list:

@@ -62,7 +62,7 @@ class Engine:
         self._units = _units.units_of(module)
         if not self._units:
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")
-        _units.check_cpu(p for u in self._units for p in u.params)
+        _units.admit_params(p for u in self._units for p in u.params)
         _units.sync_from_rank0(comm, _units.model_tensors(module))
         engine_groups = _groups.engine_groups(groups) if groups else []
         self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg),

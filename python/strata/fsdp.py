@@ -133,7 +133,7 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     group.units.append(unit)
     group.root = module
     module._strata_group = group
-    _units.check_cpu(unit.params)
+    _units.admit_params(unit.params)
     _hook(unit)
     return module
 

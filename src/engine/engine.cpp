@@ -180,6 +180,16 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
                           "float16 parameters (convert a float64 model with .float(); keep integer tensors that never "
                           "train in buffers)", param_label(units[u], i), c10::toString(t));
       }
+      // Checked here, where the parameter has a name: the fill below would find it only
+      // by its index. A stage-3 engine leaves its model's parameters released when it
+      // closes (the values live in its shards, gone with it), so a second engine built on
+      // that model lands here too.
+      if (!init && p.numel() > 0 && !ChunkStore::has_storage(p)) {
+        return make_error(ErrorCode::kInvalidArgument, "parameter {} holds no values and no initializer was given: "
+                          "a model built deferred needs one, and a model whose stage-3 engine was closed keeps no "
+                          "values (build a new model, then load the checkpoint the engine saved)",
+                          param_label(units[u], i));
+      }
       auto [it, fresh] = index_of.emplace(p.unsafeGetTensorImpl(), m.all_params.size());
       const bool named = i < units[u].param_names.size() && !units[u].param_names[i].empty();
       if (fresh) {
@@ -197,6 +207,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   std::uint64_t model_elems = 0;
   for (const at::Tensor& p : m.all_params) {
     const bool in_store = stage == 3 || p.requires_grad();
+    if (!p.requires_grad()) m.frozen_at_build.push_back(m.store_index.size());
     m.store_index.push_back(in_store ? static_cast<int>(chunked.size()) : -1);
     if (!in_store) {
       STRATA_RETURN_IF_ERROR(materialize_deferred(p, init));
@@ -376,6 +387,7 @@ Result<StepResult> Engine::step() {
     return make_error(ErrorCode::kFailedPrecondition, "step() without a backward since the last step(): each "
                       "micro-step is forward, backward(loss), then step()");
   }
+  STRATA_RETURN_IF_ERROR(m.check_still_frozen());
   const bool boundary = m.at_boundary();
   ++m.micro_step;
   if (!boundary) return r;
@@ -399,6 +411,27 @@ Result<StepResult> Engine::step() {
   STRATA_RETURN_IF_ERROR(m.core.trace.end_step(m.core.comm.rank()));
   r.step = m.step_count;
   return r;
+}
+
+// Note [unfreezing]: the engine keeps gradient buffers and optimizer state only for the
+// parameters that were trainable when it was built (a frozen base model costs nothing,
+// as in torch, whose optimizers make state only for parameters that get a gradient, and
+// in DeepSpeed). A parameter unfrozen later (progressive unfreezing) would get gradients
+// that nothing steps, so plain PyTorch training it and strata not would part without a
+// word: step() refuses it, before anything steps. A parameter trainable when built and
+// frozen at once does not step until its first gradient, as a torch optimizer holding it;
+// one frozen after it had gradients steps with zero ones (torch's zero_grad(set_to_none=False)).
+Status Engine::Impl::check_still_frozen() const {
+  for (const std::size_t i : frozen_at_build) {
+    if (!all_params[i].requires_grad()) continue;
+    return make_error(ErrorCode::kUnimplemented,
+                      "parameter '{}' was frozen (requires_grad=False) when the engine was built and requires grad "
+                      "now: the engine keeps optimizer state only for the parameters that were trainable then, so "
+                      "it would not train this one. Make it trainable when building the engine and freeze it right after "
+                      "with requires_grad_(False) (until its first gradient it does not step, as in torch), or save a "
+                      "checkpoint, unfreeze it and build a new engine that loads it", param_names[i]);
+  }
+  return ok();
 }
 
 void Engine::Impl::apply_schedule() {

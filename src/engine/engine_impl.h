@@ -29,6 +29,7 @@ struct Engine::Impl {
   std::vector<at::Tensor> all_params;   // every distinct parameter, engine order
   std::vector<int> store_index;         // per all_params: its index in the store, or -1 (stage < 3 frozen)
   std::vector<std::string> param_names;  // per all_params (Engine::param_names)
+  std::vector<std::size_t> frozen_at_build;  // all_params frozen when built (Note [unfreezing])
   std::optional<OptimStateHolder::PendingRead> pending_read;  // begin_read_shard's
   std::unique_ptr<OptimStateHolder> optim;
   std::unique_ptr<GradReducer> reducer;
@@ -58,6 +59,7 @@ struct Engine::Impl {
   Status check_fits();           // stage 3: the schedule of the provisional trace fits
   void open_backward();          // the first hook of a backward
   Status close_backward();       // when backward ends (autograd callback, or backward())
+  Status check_still_frozen() const;  // Note [unfreezing]
   bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }
   void apply_schedule();         // the lr (and betas) of the next optimizer step, step_count's
   void finish_metrics();

@@ -150,6 +150,26 @@ class NormedMLP(nn.Module):
         return self.out(torch.tanh(self.bn(self.inp(x))))
 
 
+class ChannelsLastCNN(nn.Module):
+    """Convolutions whose weights are in channels_last layout, as GPU scripts convert their
+    CNNs (model.to(memory_format=torch.channels_last)): parameters that are not
+    contiguous. Batch norm after each convolution, whose bias it would make a parameter
+    with an exactly zero gradient, so the convolutions have none."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
 @dataclasses.dataclass
 class LayerOutput:
     hidden: torch.Tensor
@@ -329,6 +349,10 @@ def make(name, seed=0):
         return ReadsChildWeight()
     if name == "object_outputs":
         return ObjectOutputs()
+    if name == "cnn_channels_last":
+        model = ChannelsLastCNN().to(memory_format=torch.channels_last)
+        assert not model.conv1.weight.is_contiguous()
+        return model
     if name.startswith("resnet18"):
         import torchvision
 
@@ -354,6 +378,9 @@ def batch(name, step, rows):
         return x, torch.randn(rows, 4, generator=g)
     if name.startswith("resnet18"):
         return torch.randn(rows, 3, 32, 32, generator=g), torch.randint(0, 10, (rows,), generator=g)
+    if name == "cnn_channels_last":
+        x = torch.randn(rows, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+        return x, torch.randint(0, 10, (rows,), generator=g)
     raise ValueError(name)
 
 
@@ -362,7 +389,7 @@ def loss_fn(name, out, y):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
     if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral") or name.startswith("normed_mlp"):
         return F.mse_loss(out, y)
-    if name.startswith("resnet18"):
+    if name.startswith("resnet18") or name == "cnn_channels_last":
         return F.cross_entropy(out, y)
     raise ValueError(name)
 

@@ -27,6 +27,12 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world):
     check_against_reference(train(tmp_path, world, spec("awkward", tmp_path, optimizer="cpu", params="cpu")), "awkward")
 
 
+# channels_last convolution weights (not contiguous): fully_shard makes them contiguous.
+def test_channels_last_model_matches_plain_pytorch(tmp_path):
+    ranks = train(tmp_path, 2, spec("cnn_channels_last", tmp_path, stage=3, optimizer="nvme", params="nvme"))
+    check_against_reference(ranks, "cnn_channels_last")
+
+
 # Activation checkpointing with a plain loss.backward(): the end of backward is found by
 # the autograd engine's callback, which a reentrant checkpoint's nested backward must not
 # trigger early.

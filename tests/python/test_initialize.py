@@ -443,6 +443,20 @@ def test_torch_layers_match_plain_pytorch(tmp_path, world, device):
     check_against_reference(ranks, "gpt_torch_layers")
 
 
+# Convolution weights in channels_last layout (model.to(memory_format=torch.channels_last),
+# as CNN scripts do for GPUs), so not contiguous: the front end makes them contiguous,
+# as DeepSpeed's and FSDP's flat parameters do, and training matches plain PyTorch on
+# the channels_last model. Before, initialize refused them ("must be a defined, dense,
+# contiguous tensor").
+@pytest.mark.parametrize("stage,device", [(2, "cpu"), (3, "nvme")])
+def test_channels_last_model_matches_plain_pytorch(tmp_path, stage, device):
+    cfg = config(stage, device, tmp_path, chunk_size=1024)
+    if stage == 3:
+        cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, 2, {"model": "cnn_channels_last", "config": cfg, "steps": STEPS, "rows": ROWS})
+    check_against_reference(ranks, "cnn_channels_last")
+
+
 # Units that return a dataclass, a dataclass with __slots__ and a plain object holding
 # the tensor: their backward gathers their parameters like a tensor output's does. Only
 # tuples, lists and dicts were looked into before: the backward read the released
