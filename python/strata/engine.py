@@ -18,15 +18,9 @@ import re
 
 import torch
 
-from . import _groups, _guard, _state, _strata, _units
+from . import _comm, _groups, _guard, _state, _strata, _units
 from . import config as _config
 from .errors import ConfigError, UsageError
-
-
-def _communicator(process_group):
-    if process_group is not None:
-        return _strata.Communicator.from_process_group(process_group)
-    return _strata.Communicator.from_env()
 
 
 class EngineOptimizer(torch.optim.Optimizer):
@@ -49,8 +43,10 @@ class EngineOptimizer(torch.optim.Optimizer):
             raise UsageError("failed_precondition: strata's optimizer step takes no closure")
         return self._engine._step_engine()
 
-    def zero_grad(self, set_to_none: bool = True):  # the engine owns the gradients
-        pass
+    def zero_grad(self, set_to_none: bool = True):
+        """Discards the gradients of backwards no step() counted (Note [zero_grad],
+        engine.cpp); otherwise nothing: the engine clears them at each step."""
+        self._engine._eng.zero_grad()
 
 
 class Engine:
@@ -119,7 +115,10 @@ class Engine:
         return self.train(False)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Nothing to do: the engine owns the gradients and clears them at each step."""
+        """Discards the gradients of backwards no step() counted (a GAN's generator
+        backward through this engine's discriminator); otherwise nothing: the engine
+        clears them at each step (Note [zero_grad], engine.cpp)."""
+        self._eng.zero_grad()
 
     def parameters(self, recurse: bool = True):
         return self.module.parameters(recurse)
@@ -274,6 +273,6 @@ def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=
     if lr_scheduler is not None and isinstance(cfg.get("scheduler"), dict):
         raise ConfigError("invalid_argument: an lr_scheduler was passed and the config has a \"scheduler\" block; "
                           "give one of the two")
-    engine = Engine(model, cfg, _communicator(process_group), lr_scheduler, groups)
+    engine = Engine(model, cfg, _comm.communicator(process_group), lr_scheduler, groups)
     return engine, engine.optimizer, None, engine.lr_scheduler
 

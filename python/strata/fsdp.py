@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _guard, _state, _strata, _units
+from . import _comm, _guard, _state, _strata, _units
 from .errors import ConfigError, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
@@ -181,8 +181,7 @@ def build_engine(params, optimizer_block: dict, param_groups: list | None = None
         u.name = module_names.get(id(u.module)) or type(u.module).__name__
         u.param_names = [names.get(id(p), n) for p, n in zip(u.params, u.param_names)]
         _units.add_external(u, group.root)
-    comm = (_strata.Communicator.from_process_group(group.process_group) if group.process_group is not None
-            else _strata.Communicator.from_env())
+    comm = _comm.communicator(group.process_group)
     _units.sync_from_rank0(comm, _units.model_tensors(group.root))
     config = group.config(optimizer_block)
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config),

@@ -44,7 +44,9 @@ class _EngineOptimizer(torch.optim.Optimizer):
         return self._sync.around_step(self.engine.step)  # a scheduler (or the user) may have set them
 
     def zero_grad(self, set_to_none: bool = True):
-        """Nothing to do: the engine owns the gradients and clears them at each step."""
+        """Discards the gradients of backwards no step() counted; otherwise nothing: the
+        engine clears them at each step (Note [zero_grad], engine.cpp)."""
+        self.engine.zero_grad()
 
 
 class AdamW(_EngineOptimizer):

@@ -18,7 +18,7 @@ import pickle
 
 import torch
 
-from . import _strata, _units
+from . import _comm, _strata, _units
 from .errors import ConfigError, UsageError
 
 
@@ -37,8 +37,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         _units.admit_params(params)
         group_by_id = {id(p): g for g, grp in enumerate(self.param_groups) for p in grp["params"]}
         group_of = [group_by_id[id(p)] if p.requires_grad else -1 for p in params]
-        self._comm = (_strata.Communicator.from_process_group(process_group) if process_group is not None
-                      else _strata.Communicator.from_env())
+        self._comm = _comm.communicator(process_group)
         _units.sync_from_rank0(self._comm, params)  # as OSS under DDP
         cfg = {"zero_optimization": {"stage": stage}, "optimizer": {"type": "SGD", "params": {"lr": 0.0}}}
         self._slices: list[list[tuple[int, int, int]]] = []
@@ -72,7 +71,9 @@ class ShardedOptimizer(torch.optim.Optimizer):
         return self.engine.step()
 
     def zero_grad(self, set_to_none: bool = True):
-        """Nothing to do: the engine owns the gradients and clears them at each step."""
+        """Discards the gradients of backwards no step() counted; otherwise nothing: the
+        engine clears them at each step (Note [zero_grad], engine.cpp)."""
+        self.engine.zero_grad()
 
     # -- state: the caller's parameter indices, as torch.optim numbers them ------------
     def _my_pieces(self):

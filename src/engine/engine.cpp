@@ -374,6 +374,29 @@ Status Engine::backward(const at::Tensor& loss) {
   return m.close_backward();
 }
 
+// Note [zero_grad]: a backward adds into the gradient shards until step() consumes them,
+// as autograd adds into .grad until the optimizer's zero_grad(). A backward that no step()
+// will follow (the generator's loss of a GAN flows back through the discriminator, whose
+// own engine gets its gradients) must be taken out by zero_grad(), or the next step sums
+// it in. The engine cannot subtract one backward from an accumulation window's sum, so
+// zero_grad() discards everything only at a window's start (no micro-step counted yet),
+// refuses inside a window when an uncounted backward is there, and does nothing when
+// there is none (torch loops call it before every backward, DeepSpeed's after every step).
+Status Engine::zero_grad() {
+  Impl& m = *impl_;
+  if (m.in_backward) return make_error(ErrorCode::kFailedPrecondition, "zero_grad() during a backward");
+  if (!m.backward_done) return ok();
+  const std::int64_t window = m.core.opt.gradient_accumulation_steps;
+  if (m.micro_step % window != 0) {
+    return make_error(ErrorCode::kFailedPrecondition, "zero_grad() after a backward that no step() counted, inside "
+                      "an accumulation window of {} micro-steps (micro-step {}): the engine cannot take one backward "
+                      "out of the window's sum; call step() after every backward", window, m.micro_step % window + 1);
+  }
+  STRATA_RETURN_IF_ERROR(m.reducer->discard());
+  m.backward_done = false;
+  return ok();
+}
+
 Result<double> Engine::clip_grad_norm(double max_norm, double norm_type) {
   return impl_->stepper->clip_grad_norm(max_norm, norm_type);
 }

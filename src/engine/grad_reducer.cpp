@@ -432,6 +432,18 @@ void GradReducer::wait_slices() {
   }
 }
 
+Status GradReducer::discard() {
+  STRATA_RETURN_IF_ERROR(drain());
+  if (scatter_mode()) {
+    add_landed(true);
+    STRATA_RETURN_IF_ERROR(wait_spills(0));  // a record being written is forgotten only once written
+  } else {
+    wait_slices();  // copies that would land in a shard after it was zeroed
+  }
+  after_step();
+  return ok();
+}
+
 void GradReducer::after_step() {
   for (std::uint32_t c = 0; c < grads_.size(); ++c) {
     ChunkGrads& g = grads_[c];

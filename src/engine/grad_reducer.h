@@ -116,6 +116,9 @@ class GradReducer {
   const std::vector<std::uint8_t>& had_grad() const { return had_grad_; }
   // After the step: zero the accumulators.
   void after_step();
+  // Without a step (Note [zero_grad], engine.cpp): lets what is in flight land, then
+  // zeroes the accumulators. Issues no collective.
+  Status discard();
 
  private:
   struct InFlight {

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <set>
 
 #include "strata/base/log.h"
 #include "strata/base/units.h"
@@ -39,10 +41,53 @@ SwapStoreOptions SwapStoreOptions::from_config(const Config& cfg, int rank, std:
 
 namespace detail {
 
+// Note [default job name]: without strata.job_name a store's directory is named after its
+// process. Two stores alive at once in one process (a GAN's generator and discriminator,
+// each an engine offloading to the same nvme_path) would then share one directory, and
+// the second would find its lock held as if by another run. Each store takes the lowest
+// number no live store of the process holds: "pid<pid>" for the first, "pid<pid>.2" for
+// a second alive at the same time; a process that builds engines one after another
+// keeps "pid<pid>".
+namespace {
+std::mutex job_slots_mu;
+std::set<int> job_slots_taken;
+}  // namespace
+
+JobNameSlot JobNameSlot::take() {
+  std::lock_guard lock(job_slots_mu);
+  int n = 1;
+  while (job_slots_taken.contains(n)) ++n;
+  job_slots_taken.insert(n);
+  return JobNameSlot(n);
+}
+
+void JobNameSlot::give_back() {
+  if (n_ == 0) return;
+  std::lock_guard lock(job_slots_mu);
+  job_slots_taken.erase(std::exchange(n_, 0));
+}
+
+JobNameSlot& JobNameSlot::operator=(JobNameSlot&& o) noexcept {
+  if (this != &o) {
+    give_back();
+    n_ = std::exchange(o.n_, 0);
+  }
+  return *this;
+}
+
+JobNameSlot::~JobNameSlot() { give_back(); }
+
+std::string JobNameSlot::name() const {
+  return n_ <= 1 ? fmt::format("pid{}", ::getpid()) : fmt::format("pid{}.{}", ::getpid(), n_);
+}
+
 Result<std::unique_ptr<SwapStoreImpl>> SwapStoreImpl::open(const SwapStoreOptions& options) {
   auto s = std::make_unique<SwapStoreImpl>();
   s->options = options;
-  if (s->options.job_name.empty()) s->options.job_name = fmt::format("pid{}", ::getpid());
+  if (s->options.job_name.empty()) {
+    s->job_slot = JobNameSlot::take();
+    s->options.job_name = s->job_slot.name();
+  }
   // The run id ties every header to this run (Note [record verification], check 2).
   std::random_device rd;
   s->run_id = (static_cast<std::uint64_t>(rd()) << 32 | rd()) ^

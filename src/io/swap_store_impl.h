@@ -7,7 +7,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "strata/base/aligned.h"
@@ -111,6 +113,23 @@ struct Record {
   std::vector<std::shared_ptr<SwapOp>> readers;  // gets that may be in flight
 };
 
+// Note [default job name] (swap_store.cpp): one of the process's "pid<pid>" directory
+// names, held while the store that took it lives.
+class JobNameSlot {
+ public:
+  JobNameSlot() = default;
+  static JobNameSlot take();
+  JobNameSlot(JobNameSlot&& o) noexcept : n_(std::exchange(o.n_, 0)) {}
+  JobNameSlot& operator=(JobNameSlot&& o) noexcept;
+  ~JobNameSlot();
+  std::string name() const;  // "pid<pid>", then "pid<pid>.2", ...
+
+ private:
+  explicit JobNameSlot(int n) : n_(n) {}
+  void give_back();
+  int n_ = 0;  // 0: none taken
+};
+
 class SwapStoreImpl {
  public:
   static Result<std::unique_ptr<SwapStoreImpl>> open(const SwapStoreOptions& options);
@@ -126,6 +145,7 @@ class SwapStoreImpl {
   SwapStoreOptions options;
   std::uint64_t run_id = 0;
   std::vector<StaleFile> stale;
+  JobNameSlot job_slot;  // before dir: given back only after dir lets go of its lock
   RankDir dir;
   std::optional<FileEngine> engine;
   BufferPool pool;

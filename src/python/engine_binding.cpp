@@ -190,6 +190,10 @@ void bind_engine(py::module_& m) {
         py::gil_scoped_release nogil;
         ok_or_throw(live(e).backward(loss));
       })
+      .def("zero_grad", [](PyEngine& e) {
+        py::gil_scoped_release nogil;
+        ok_or_throw(live(e).zero_grad());
+      })
       .def("step", [](PyEngine& e) {
         engine::StepResult r;
         {

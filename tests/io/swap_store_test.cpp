@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -308,6 +309,34 @@ TEST(SwapStore, SecondOpenOfALiveDirectoryFails) {
   a.reset();
   auto c = open_store(options_for(dir));
   ASSERT_NE(c, nullptr);
+  EXPECT_TRUE(c->stale_files().empty());
+}
+
+// Note [default job name]: without a job name, stores alive at once in one process (two
+// engines, a GAN's) each get a directory of their own; one opened after the others
+// closed takes "pid<pid>" again. Before, the second failed as if another run held it.
+TEST(SwapStore, StoresAliveAtOnceInOneProcessGetDirectoriesOfTheirOwn) {
+  ScratchDir dir;
+  const std::string pid = fmt::format("{}/strata-pid{}", dir.path(), ::getpid());
+  auto a = open_store(options_for(dir, Backend::kAuto, ""));
+  auto b = open_store(options_for(dir, Backend::kAuto, ""));
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(a->rank_dir(), pid + "/rank0");
+  EXPECT_EQ(b->rank_dir(), pid + ".2/rank0");
+  AlignedBuffer x = make_buffer(1 << 20, 1), y = make_buffer(1 << 20, 2), got = make_buffer(1 << 20, 0);
+  ASSERT_TRUE(a->reserve(swap_key(1), 1 << 20).has_value());
+  ASSERT_TRUE(b->reserve(swap_key(1), 1 << 20).has_value());
+  ASSERT_TRUE(a->put(swap_key(1), x.span()).has_value());
+  ASSERT_TRUE(b->put(swap_key(1), y.span()).has_value());
+  ASSERT_TRUE(a->get(swap_key(1), got.span()).has_value());
+  EXPECT_EQ(std::memcmp(got.data(), x.data(), 1 << 20), 0);
+  ASSERT_TRUE(b->get(swap_key(1), got.span()).has_value());
+  EXPECT_EQ(std::memcmp(got.data(), y.data(), 1 << 20), 0);
+  a.reset();
+  auto c = open_store(options_for(dir, Backend::kAuto, ""));  // the lowest free number
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->rank_dir(), pid + "/rank0");
   EXPECT_TRUE(c->stale_files().empty());
 }
 

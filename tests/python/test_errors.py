@@ -69,6 +69,36 @@ def test_plain_backward_works_without_scaling_and_is_refused_with_accumulation(s
     engine.close()
 
 
+# Note [zero_grad] (engine.cpp): zero_grad() before every backward of an accumulation
+# window changes nothing (torch loops call it there); after a backward that no step()
+# counted, inside a window, it is refused: the engine cannot take that backward out of
+# the window's sum. (The discarding itself: test_gan.py.)
+def test_zero_grad_keeps_the_window_and_refuses_what_it_cannot_take_out(strata):
+    def run(zero_grad_first):
+        engine, *_ = strata.initialize(model=models.make("gpt"),
+                                       config=config(train_batch_size=16, gradient_accumulation_steps=2))
+        for step in range(4):
+            if zero_grad_first:
+                engine.zero_grad()
+            engine.backward(one_step(engine, step))
+            engine.step()
+        params = {k: v.clone() for k, v in engine.consolidated_state_dict().items()}
+        return engine, params
+
+    engine, plain = run(False)
+    engine.close()
+    engine, zeroed = run(True)
+    assert engine.global_steps == 2 and all(torch.equal(zeroed[k], v) for k, v in plain.items())
+    engine.backward(one_step(engine, 4))
+    engine.step()  # the window's first micro-step, counted
+    engine.backward(one_step(engine, 5))
+    with pytest.raises(strata.UsageError, match=r"zero_grad\(\) after a backward that no step\(\) counted, inside an "
+                       r"accumulation window of 2 micro-steps"):
+        engine.zero_grad()
+    assert engine.step()["applied"]  # the window goes on as if zero_grad() had not been called
+    engine.close()
+
+
 def test_a_parameter_off_the_cpu(strata):
     # This build's torch has no CUDA: model.cuda() fails in torch itself; a parameter on
     # any other device reaching strata is refused by name.

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BUILD, HERE, PYTHONPATH, free_port, rank_results, train
 from test_initialize import ROWS, STEPS, check_against_reference, config
 
@@ -34,7 +36,10 @@ def test_under_strata_launch(tmp_path):
     check_against_reference(launched(tmp_path, [STRATA, "launch", "-n", "2", "--"], spec))
 
 
-def test_on_the_callers_process_group(tmp_path):
-    # The caller's torch.distributed group (Gloo), passed as process_group=.
-    spec = {"model": "gpt", "config": config(2, "cpu", tmp_path), "steps": STEPS, "rows": ROWS, "torch_group": True}
+@pytest.mark.parametrize("passed", [True, "default"])
+def test_on_the_callers_process_group(tmp_path, passed):
+    # The caller's torch.distributed group (Gloo), passed as process_group=, or not passed:
+    # strata runs on the default group (before, it made a group of its own whose rank 0
+    # could not listen on MASTER_PORT, which torch's store held: "Address already in use").
+    spec = {"model": "gpt", "config": config(2, "cpu", tmp_path), "steps": STEPS, "rows": ROWS, "torch_group": passed}
     check_against_reference(train(tmp_path, 2, spec))

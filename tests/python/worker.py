@@ -4,7 +4,8 @@ MASTER_ADDR and MASTER_PORT set (as torchrun does).
     worker.py train SPEC_JSON OUT_JSON
 
 SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
-"load": dir?, "start": first step, "torch_group": pass torch.distributed's group,
+"load": dir?, "start": first step, "torch_group": init torch.distributed and pass its group
+(True) or not ("default"),
 "external_head": register the root as a user of wte.weight,
 "groups": "optimizer" | "model_parameters" (see initialize()),
 "eval_every": k: after every k-th step an evaluation forward under no_grad on the whole batch ("evals"),
@@ -133,9 +134,9 @@ def main():
     if spec.get("external_head"):  # the root's forward uses wte.weight (gpt_functional_head)
         strata.register_external_parameter(model, model.wte.weight)
     group = None
-    if spec.get("torch_group"):
+    if spec.get("torch_group"):  # True: passed as process_group; "default": not passed, strata finds it
         dist.init_process_group("gloo")
-        group = dist.group.WORLD
+        group = dist.group.WORLD if spec["torch_group"] is True else None
     if spec.get("api") == "fsdp":
         engine = FsdpEngine(model, spec["fsdp"], group)
     elif spec.get("api") == "oss":

@@ -112,6 +112,11 @@ class Engine {
   // At the accumulation boundary: finish the reduction, check, clip, step, and bring
   // the parameters up to date. Inside the accumulation window it only counts.
   Result<StepResult> step();
+  // Discards the gradients of the backwards that no step() has counted since the last
+  // one (a GAN's generator backward through the discriminator's engine), as torch's
+  // zero_grad(); the micro-steps of an accumulation window that step() counted stay, so
+  // calling it before every backward is harmless (Note [zero_grad] in engine.cpp).
+  Status zero_grad();
   // The global gradient norm of order 1, 2 or inf; as torch's clip_grad_norm_, the next
   // step() scales the gradients to max_norm when above it. Between backward() and step()
   // at a boundary.

@@ -90,7 +90,7 @@ struct StaleFile {
 
 struct SwapStoreOptions {
   std::string nvme_path;  // the store uses nvme_path/strata-<job>/rank<rank>/
-  std::string job_name;   // empty: "pid<pid>"
+  std::string job_name;   // empty: "pid<pid>" (Note [default job name])
   int rank = 0;
   std::uint64_t min_io_bytes = 1 << 20;  // smaller records stay in host memory
   std::uint64_t nvme_budget_bytes = 0;   // cap on reserved file bytes; 0 = none
