@@ -21,6 +21,7 @@ AccessDriver::AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& re
 void AccessDriver::begin_step_if_needed() {
   if (in_step_) return;
   in_step_ = true;
+  ++step_serial_;
   step_no_grad_forward_ = false;
   trace_.begin_step();
   scheduled_step_ = core_.opt.prefetch && schedule_.has_value() && trace_.complete();
@@ -144,12 +145,37 @@ Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs)
   // The pre-backward hook: the first gradient of any output of this call arrives just
   // before the unit's own backward runs, so that is when its chunks must be gathered
   // again. One call, one backward access, however many outputs it has.
+  // Note [one backward per forward]: a gradient arriving again once the step that
+  // gathered them ended is a second backward through this call's graph
+  // (loss.backward(retain_graph=True) then another, or torch.autograd.grad through the
+  // model and then the loss's backward, as a gradient penalty does). Its saved tensors
+  // are views of parameters released since; ATen would fail on them with an opaque
+  // "setStorage ... out of bounds", or read freed memory. It is refused by name, and so
+  // is a backward with create_graph=True (it runs with grad mode on), whose graph would
+  // keep the gathered parameters for a later backward.
   auto fired = std::make_shared<bool>(false);
+  const std::uint64_t serial = step_serial_;
   for (const at::Tensor& out : outputs) {
     if (!out.defined() || !out.requires_grad()) continue;
     at::Tensor hooked = out;
-    hooked.register_hook([this, u, fired](const at::Tensor&) {
-      if (*fired) return;
+    hooked.register_hook([this, u, fired, serial](const at::Tensor&) {
+      if (*fired) {
+        if (!in_step_ || step_serial_ != serial) {
+          core_.errors.raise(Error(ErrorCode::kFailedPrecondition, fmt::format(
+              "a second backward through one forward of unit '{}' at stage 3 (loss.backward(retain_graph=True) "
+              "and another backward, or torch.autograd.grad through the model before the loss's backward, as a "
+              "gradient penalty does): stage 3 gathers a unit's parameters for one backward per forward call. "
+              "Call backward once, on the sum of the losses, or train at stage 1 or 2, which run these",
+              units_[u].name)));
+        }
+        return;
+      }
+      if (at::GradMode::is_enabled()) {  // create_graph=True: the backward runs with grad mode on
+        core_.errors.raise(Error(ErrorCode::kFailedPrecondition, fmt::format(
+            "a backward with create_graph=True through unit '{}' at stage 3 (torch.autograd.grad(..., "
+            "create_graph=True), as a gradient penalty computes): the graph it builds keeps parameters that stage 3 "
+            "releases after the backward. Train at stage 1 or 2, which run it", units_[u].name)));
+      }
       *fired = true;
       cb_.backward_activity();
       begin_unit_backward(u);

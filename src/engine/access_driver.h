@@ -114,6 +114,7 @@ class AccessDriver {
   plan::AccessTrace trace_;
   std::optional<plan::Schedule> schedule_;
   bool in_step_ = false;
+  std::uint64_t step_serial_ = 0;  // steps begun: which one a forward call belongs to
   bool scheduled_step_ = false;  // this step follows the schedule (so far)
   // A forward ran with grad mode off within the step (reentrant checkpointing): in this
   // step, and in the step that recorded the frozen trace.

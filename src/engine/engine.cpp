@@ -353,6 +353,12 @@ Status Engine::backward(const at::Tensor& loss) {
   Impl& m = *impl_;
   if (!loss.defined() || loss.numel() != 1) return make_error(ErrorCode::kInvalidArgument, "backward needs a scalar loss");
   if (m.access && !m.access->in_step()) {
+    if (m.backward_done) {  // Note [one backward per forward] (access_driver.cpp)
+      return make_error(ErrorCode::kFailedPrecondition, "backward() after a backward already went through the "
+                        "model since its forward (torch.autograd.grad through the model, as a gradient penalty "
+                        "computes, or a loss.backward()): at stage 3 a forward takes one backward; train at stage "
+                        "1 or 2 to run these");
+    }
     return make_error(ErrorCode::kFailedPrecondition, "backward() without a forward through the model's units");
   }
   const double factor = m.stepper->scaler().scale() / m.core.opt.gradient_accumulation_steps;

@@ -99,6 +99,49 @@ def test_zero_grad_keeps_the_window_and_refuses_what_it_cannot_take_out(strata):
     engine.close()
 
 
+# Note [one backward per forward] (access_driver.cpp): at stage 3 a second backward
+# through one forward, or a backward with create_graph=True (a gradient penalty), is
+# refused by name; before, ATen failed on the released parameters with "setStorage ...
+# out of bounds". Stage 2 runs a gradient penalty as plain PyTorch does.
+def test_a_second_backward_through_one_forward_at_stage_3(strata):
+    def mlp():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+
+    def penalized(model, x, y):
+        x = x.clone().requires_grad_(True)
+        out = model(x)
+        g, = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return torch.nn.functional.mse_loss(out, y) + 0.1 * (g.norm(dim=1) - 1).pow(2).mean()
+
+    x, y = torch.randn(8, 16), torch.randn(8, 4)
+    ref = mlp()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.0)
+    engine, *_ = strata.initialize(model=mlp(), config=config(zero_optimization={"stage": 2}))
+    for _ in range(3):
+        penalized(ref, x, y).backward()
+        opt.step()
+        opt.zero_grad()
+        engine.backward(penalized(engine, x, y))
+        engine.step()
+    got = engine.consolidated_state_dict()
+    assert all(torch.allclose(got[k], v, rtol=1e-5, atol=1e-7) for k, v in ref.state_dict().items())
+    engine.close()
+
+    engine, *_ = strata.initialize(model=mlp(), config=config())
+    with pytest.raises(RuntimeError, match=r"a backward with create_graph=True through unit '2' at stage 3"):
+        penalized(engine, x, y)
+    out = engine(x)
+    torch.nn.functional.mse_loss(out, y).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match=r"a second backward through one forward of unit '2' at stage 3"):
+        out.pow(2).mean().backward()
+    out = engine(x)
+    torch.autograd.grad(out.sum(), list(engine.parameters())[0], retain_graph=True, allow_unused=True)
+    with pytest.raises(strata.UsageError, match=r"backward\(\) after a backward already went through the model"):
+        engine.backward(torch.nn.functional.mse_loss(out, y))
+    engine.close()
+
+
 def test_a_parameter_off_the_cpu(strata):
     # This build's torch has no CUDA: model.cuda() fails in torch itself; a parameter on
     # any other device reaching strata is refused by name.
