@@ -30,6 +30,7 @@ struct Engine::Impl {
   std::vector<int> store_index;         // per all_params: its index in the store, or -1 (stage < 3 frozen)
   std::vector<std::string> param_names;  // per all_params (Engine::param_names)
   std::vector<std::size_t> frozen_at_build;  // all_params frozen when built (Note [unfreezing])
+  std::vector<std::uint32_t> param_versions;  // per all_params, at the engine's last write (Note [edited parameters])
   std::optional<OptimStateHolder::PendingRead> pending_read;  // begin_read_shard's
   std::unique_ptr<OptimStateHolder> optim;
   std::unique_ptr<GradReducer> reducer;
@@ -60,6 +61,8 @@ struct Engine::Impl {
   void open_backward();          // the first hook of a backward
   Status close_backward();       // when backward ends (autograd callback, or backward())
   Status check_still_frozen() const;  // Note [unfreezing]
+  void record_param_versions();          // Note [edited parameters]
+  Status check_params_unedited() const;
   bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }
   void apply_schedule();         // the lr (and betas) of the next optimizer step, step_count's
   void finish_metrics();

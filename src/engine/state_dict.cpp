@@ -180,6 +180,7 @@ at::Tensor param_piece(const ChunkStore& store, const at::Tensor& full, const pl
 
 Result<std::vector<at::Tensor>> Engine::consolidated_params() {
   Impl& m = *impl_;
+  STRATA_RETURN_IF_ERROR(m.check_params_unedited());  // Note [edited parameters]
   const ChunkStore& store = m.core.chunks->store();
   std::vector<at::Tensor> out(m.all_params.size());
   std::vector<std::size_t> engine_index(store.params().size());
@@ -330,6 +331,7 @@ std::string Engine::optimizer_name() const { return std::string(to_string(impl_-
 Result<Engine::ShardTensors> Engine::read_shard(std::uint32_t c) {
   Impl& m = *impl_;
   if (c >= m.core.chunks->size()) return make_error(ErrorCode::kOutOfRange, "read_shard: no chunk {}", c);
+  if (c == 0) STRATA_RETURN_IF_ERROR(m.check_params_unedited());  // a save begins (Note [edited parameters])
   if (!(*m.core.chunks)[c].trainable) {
     STRATA_ASSIGN_OR_RETURN(at::Tensor v, shard_values(m, c));
     return ShardTensors{.values = std::move(v)};
@@ -391,6 +393,7 @@ Status Engine::write_shard(std::uint32_t c, const ShardTensors& s) {
 Status Engine::end_write_shards() {
   Impl& m = *impl_;
   STRATA_RETURN_IF_ERROR(m.gatherer->finish_refresh());
+  m.record_param_versions();  // a load may write through the parameters
   // Gathered copies of the chunks (persistent ones) are stale now.
   return m.access ? m.access->after_optimizer_step() : ok();
 }
