@@ -30,7 +30,7 @@ struct Engine::Impl {
   std::vector<int> store_index;         // per all_params: its index in the store, or -1 (stage < 3 frozen)
   std::vector<std::string> param_names;  // per all_params (Engine::param_names)
   std::vector<std::size_t> frozen_at_build;  // all_params frozen when built (Note [unfreezing])
-  std::vector<std::uint32_t> param_versions;  // per all_params, at the engine's last write (Note [edited parameters])
+  std::vector<std::int64_t> param_versions;  // per all_params, at the engine's last write (Note [edited parameters])
   std::optional<OptimStateHolder::PendingRead> pending_read;  // begin_read_shard's
   std::unique_ptr<OptimStateHolder> optim;
   std::unique_ptr<GradReducer> reducer;
