@@ -343,10 +343,13 @@ Result<int> launch(const LaunchOptions& o) {
       ::close(st->fd);
     }
   }
-  if (failed.size() > 1) {
+  if (!failed.empty() && o.nproc > 1) {
     // The order of exits is not the order of causes: a rank that hit a disk error may
     // take longer to shut down than its peer takes to notice it is gone. A failure that
     // reports only a lost peer is a consequence; the first other one is the cause.
+    // Reported also when the others all ended by our stop signal: whether a woken peer
+    // fails on its own first or takes the SIGTERM is a race, and the report must not
+    // depend on it.
     auto consequence = [&](int r) { return cause(kids[r]).find("peer failure") != std::string::npos; };
     auto first = std::find_if(failed.begin(), failed.end(), [&](int r) { return !consequence(r); });
     if (first == failed.end()) first = failed.begin();
