@@ -418,7 +418,7 @@ Result<StepResult> Engine::step() {
                       "micro-step is forward, backward(loss), then step()");
   }
   STRATA_RETURN_IF_ERROR(m.check_still_frozen());
-  STRATA_RETURN_IF_ERROR(m.check_params_unedited());
+  STRATA_RETURN_IF_ERROR(m.adopt_param_edits());  // Note [edited parameters] (param_edits.cpp)
   const bool boundary = m.at_boundary();
   ++m.micro_step;
   if (!boundary) return r;
@@ -462,33 +462,6 @@ Status Engine::Impl::check_still_frozen() const {
                       "it would not train this one. Make it trainable when building the engine and freeze it right after "
                       "with requires_grad_(False) (until its first gradient it does not step, as in torch), or save a "
                       "checkpoint, unfreeze it and build a new engine that loads it", param_names[i]);
-  }
-  return ok();
-}
-
-// Note [edited parameters]: the engine steps an fp32 master of every trained parameter
-// and writes the result back into the parameter, so an in-place change a caller makes to
-// a trained parameter between steps (model.load_state_dict after the engine was built,
-// weight clipping or re-initialization under torch.no_grad()) would be overwritten at the
-// next step, and checkpoints would hold the master without it: plain PyTorch keeps it.
-// The engine does not write parameters through their own tensors (it writes the chunk
-// buffers they view), so their version counters move only with such edits; step() and
-// the reads of consolidated values refuse an edit by name. (At stage 3 the Python front
-// end refuses the edit itself: the parameter holds no values outside its unit's forward.)
-void Engine::Impl::record_param_versions() {
-  param_versions.resize(all_params.size());
-  for (std::size_t i = 0; i < all_params.size(); ++i) param_versions[i] = all_params[i]._version();
-}
-
-Status Engine::Impl::check_params_unedited() const {
-  for (std::size_t i = 0; i < all_params.size(); ++i) {
-    if (store_index[i] < 0 || all_params[i]._version() == param_versions[i]) continue;
-    return make_error(ErrorCode::kUnimplemented,
-                      "parameter '{}' was changed in place since the engine last wrote it (model.load_state_dict "
-                      "after the engine was built, or an edit under torch.no_grad() such as weight clipping or "
-                      "re-initialization): the engine steps its own fp32 master of each trained parameter and would "
-                      "overwrite the change. Load weights before building the engine, or with its load_checkpoint",
-                      param_names[i]);
   }
   return ok();
 }

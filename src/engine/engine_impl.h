@@ -1,6 +1,7 @@
 // Engine::Impl: the engine's components, built in dependency order. Internal to
 // src/engine. engine.cpp holds setup and the entry points, placement.cpp the tier
-// decisions, state_dict.cpp consolidation and loading.
+// decisions, state_dict.cpp consolidation and loading, param_edits.cpp the caller's
+// in-place edits of trained parameters.
 #pragma once
 
 #include <memory>
@@ -61,8 +62,9 @@ struct Engine::Impl {
   void open_backward();          // the first hook of a backward
   Status close_backward();       // when backward ends (autograd callback, or backward())
   Status check_still_frozen() const;  // Note [unfreezing]
-  void record_param_versions();          // Note [edited parameters]
-  Status check_params_unedited() const;
+  // param_edits.cpp (Note [edited parameters])
+  void record_param_versions();
+  Status adopt_param_edits();    // trained parameters changed in place go into the masters
   bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }
   void apply_schedule();         // the lr (and betas) of the next optimizer step, step_count's
   void finish_metrics();

@@ -180,7 +180,7 @@ at::Tensor param_piece(const ChunkStore& store, const at::Tensor& full, const pl
 
 Result<std::vector<at::Tensor>> Engine::consolidated_params() {
   Impl& m = *impl_;
-  STRATA_RETURN_IF_ERROR(m.check_params_unedited());  // Note [edited parameters]
+  STRATA_RETURN_IF_ERROR(m.adopt_param_edits());  // Note [edited parameters]
   const ChunkStore& store = m.core.chunks->store();
   std::vector<at::Tensor> out(m.all_params.size());
   std::vector<std::size_t> engine_index(store.params().size());
@@ -208,6 +208,7 @@ Result<std::unique_ptr<torch::optim::Optimizer>> Engine::consolidate_state_dict(
                       "consolidate_state_dict works with strata's fused optimizers; a wrapped torch::optim "
                       "optimizer keeps per-chunk state that has no per-parameter form");
   }
+  STRATA_RETURN_IF_ERROR(m.adopt_param_edits());  // Note [edited parameters]
   const ChunkStore& store = m.core.chunks->store();
   const bool root = comm.rank() == to_rank;
   const std::size_t n_params = store.params().size(), n_states = m.kernel.state_names().size();
@@ -331,7 +332,7 @@ std::string Engine::optimizer_name() const { return std::string(to_string(impl_-
 Result<Engine::ShardTensors> Engine::read_shard(std::uint32_t c) {
   Impl& m = *impl_;
   if (c >= m.core.chunks->size()) return make_error(ErrorCode::kOutOfRange, "read_shard: no chunk {}", c);
-  if (c == 0) STRATA_RETURN_IF_ERROR(m.check_params_unedited());  // a save begins (Note [edited parameters])
+  if (c == 0) STRATA_RETURN_IF_ERROR(m.adopt_param_edits());  // a save begins (Note [edited parameters])
   if (!(*m.core.chunks)[c].trainable) {
     STRATA_ASSIGN_OR_RETURN(at::Tensor v, shard_values(m, c));
     return ShardTensors{.values = std::move(v)};
@@ -346,6 +347,9 @@ Result<Engine::ShardTensors> Engine::read_shard(std::uint32_t c) {
 void Engine::begin_read_shard(std::uint32_t c) {
   Impl& m = *impl_;
   m.pending_read.reset();
+  // A save begins: edits go into the masters before they are read; a failure is
+  // read_shard(0)'s to report.
+  if (c == 0 && !m.adopt_param_edits()) return;
   if (c < m.core.chunks->size() && (*m.core.chunks)[c].trainable) m.pending_read = m.optim->begin_read(c);
 }
 

@@ -19,10 +19,12 @@ def batch(step):
     return torch.randn(ROWS, 8, generator=gen), torch.randn(ROWS, 16, generator=gen) + 1.0
 
 
-def train(g, d, g_backward, g_step, d_backward, d_step, d_zero_grad, rows=slice(None)):
+def train(g, d, g_backward, g_step, d_backward, d_step, d_zero_grad, rows=slice(None), clip=0.0):
     """The non-saturating GAN loop: the discriminator's step on real and detached fake
     rows, then the generator's through the discriminator, then the discriminator's
-    zero_grad to drop what the generator's backward left it. Per step: (d loss, g loss)."""
+    zero_grad to drop what the generator's backward left it. With `clip`, the
+    discriminator's weights are clipped to [-clip, clip] in place after its step, as a
+    WGAN critic's. Per step: (d loss, g loss)."""
     losses = []
     for step in range(STEPS):
         z, real = batch(step)
@@ -30,6 +32,10 @@ def train(g, d, g_backward, g_step, d_backward, d_step, d_zero_grad, rows=slice(
         d_loss = F.softplus(-d(real[rows])).mean() + F.softplus(d(fake.detach())).mean()
         d_backward(d_loss)
         d_step()
+        if clip:
+            with torch.no_grad():
+                for p in d.parameters():
+                    p.clamp_(-clip, clip)
         g_loss = F.softplus(-d(fake)).mean()
         g_backward(g_loss)
         g_step()

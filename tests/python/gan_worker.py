@@ -1,7 +1,7 @@
 """One rank of test_gan.py: a GAN whose generator and discriminator are two strata
 engines alive at once in this process, trained with the loop GAN scripts write.
 
-    gan_worker.py STAGE DEVICE NVME_DIR OUT_PT
+    gan_worker.py STAGE DEVICE NVME_DIR OUT_PT CLIP
 
 The generator's loss flows back through the discriminator, whose engine gets those
 gradients too; the discriminator's zero_grad() after the generator's step discards them,
@@ -14,7 +14,7 @@ import torch
 import gan_models
 import strata
 
-stage, device, nvme, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+stage, device, nvme, out, clip = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 torch.set_num_threads(1)
 G, D = gan_models.make()
 
@@ -35,7 +35,7 @@ d_engine, *_ = strata.initialize(model=D, config=config())
 rank, world = g_engine.global_rank, g_engine.world_size
 per = gan_models.ROWS // world
 losses = gan_models.train(g_engine, d_engine, g_engine.backward, g_engine.step, d_engine.backward, d_engine.step,
-                          d_engine.zero_grad, rows=slice(rank * per, (rank + 1) * per))
+                          d_engine.zero_grad, rows=slice(rank * per, (rank + 1) * per), clip=clip)
 params = {f"G.{k}": v.reshape(-1).clone() for k, v in g_engine.consolidated_state_dict().items()}
 params.update({f"D.{k}": v.reshape(-1).clone() for k, v in d_engine.consolidated_state_dict().items()})
 g_engine.close()

@@ -142,38 +142,6 @@ def test_a_second_backward_through_one_forward_at_stage_3(strata):
     engine.close()
 
 
-# Note [edited parameters] (engine.cpp): an in-place change to a trained parameter after
-# the engine was built would be overwritten by the engine's master at the next step
-# (it was, without a word: the loaded weights of a load_state_dict were gone after one
-# step). step(), consolidation and saving refuse it by name; a frozen parameter the
-# engine does not hold (stages 0-2) stays the caller's to change.
-@pytest.mark.parametrize("stage,device", [(0, "none"), (1, "cpu"), (2, "nvme")])
-def test_an_in_place_edit_of_a_trained_parameter_is_refused(strata, tmp_path, stage, device):
-    cfg = config(zero_optimization={"stage": stage})
-    if device != "none":
-        cfg["zero_optimization"]["offload_optimizer"] = {"device": device, "nvme_path": str(tmp_path)}
-    model = models.make("gpt")
-    model.blocks[0].fc.bias.requires_grad_(False)
-    engine, *_ = strata.initialize(model=model, config=cfg)
-    engine.backward(one_step(engine))
-    engine.step()
-    with torch.no_grad():
-        model.blocks[0].fc.bias.add_(1.0)  # frozen: the caller's own
-    engine.backward(one_step(engine, 1))
-    engine.step()
-    model.load_state_dict(models.make("gpt", seed=1).state_dict())
-    edited = r"parameter 'wte.weight' was changed in place since the engine last wrote it \(model.load_state_dict"
-    with pytest.raises(strata.NotImplementedByStrata, match=edited):
-        engine.consolidated_state_dict()
-    with pytest.raises(strata.NotImplementedByStrata, match=edited):
-        engine.save_checkpoint(tmp_path / "ckpt")
-    engine.backward(one_step(engine, 2))
-    with pytest.raises(strata.NotImplementedByStrata, match=edited):
-        engine.step()
-    assert engine.global_steps == 2
-    engine.close()
-
-
 def test_a_parameter_off_the_cpu(strata):
     # This build's torch has no CUDA: model.cuda() fails in torch itself; a parameter on
     # any other device reaching strata is refused by name.

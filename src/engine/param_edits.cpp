@@ -1,0 +1,76 @@
+// Engine: trained parameters the caller changed in place (Note [edited parameters]).
+#include <ATen/ATen.h>
+
+#include "engine_impl.h"
+
+namespace strata::engine {
+
+// Note [edited parameters]: the engine steps an fp32 master of every trained parameter
+// and writes the result back into the parameter. A caller may change a trained parameter
+// in place between steps: model.load_state_dict(...) after the engine was built, weight
+// clipping (WGAN) or re-initialization under torch.no_grad(). Plain PyTorch steps from
+// the changed values, so the engine takes the change into its master before anything
+// reads the master: at step(), and before consolidation and a save. The engine does not
+// write parameters through their own tensors (it writes the chunk buffers they view), so
+// a parameter's version counter moves only with such an edit.
+//
+// Stages 0-2 (replicated chunks), and stage 3 at one rank with the parameters on the
+// compute tier (aliased chunks): the parameter holds its whole value, and each rank takes
+// the edited elements of its own master shard. The step then writes and all-gathers the
+// shards as always, so no collective is added; ranks that make the same edit (as
+// data-parallel scripts do, and as DDP needs) agree. With a bf16 (or fp16) compute dtype
+// only the elements whose value is no longer the master's rounding take the new value:
+// the others keep their fp32 masters, so clipping a few elements does not round the
+// rest. A wrapped torch::optim optimizer steps views of the same masters. Otherwise at
+// stage 3 a parameter holds no values outside its forward (the Python front end refuses
+// an edit itself): an edit seen there is refused by name.
+void Engine::Impl::record_param_versions() {
+  param_versions.resize(all_params.size());
+  for (std::size_t i = 0; i < all_params.size(); ++i) param_versions[i] = all_params[i]._version();
+}
+
+Status Engine::Impl::adopt_param_edits() {
+  ChunkRuntime& chunks = *core.chunks;
+  const ChunkStore& store = chunks.store();
+  std::vector<std::uint8_t> edited(store.params().size(), 0);
+  std::vector<std::uint8_t> chunk_edited(chunks.size(), 0);
+  bool any = false;
+  for (std::size_t i = 0; i < all_params.size(); ++i) {
+    if (store_index[i] < 0 || all_params[i]._version() == param_versions[i]) continue;
+    const auto p = static_cast<std::size_t>(store_index[i]);
+    const std::uint32_t c = store.layout().where[p].chunk;
+    if (!chunks[c].always_gathered()) {
+      return make_error(ErrorCode::kUnimplemented,
+                        "parameter '{}' was changed in place since the engine last wrote it: its values live in the "
+                        "engine's stage-3 shards, which would overwrite the change. Load weights before building "
+                        "the engine, or with its load_checkpoint", param_names[i]);
+    }
+    edited[p] = chunk_edited[c] = 1;
+    any = true;
+  }
+  if (!any) return ok();
+  pending_read.reset();  // a save's read begun before the edit holds the old master
+  const bool exact = core.opt.compute_dtype == at::kFloat;
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+    // A chunk without optimizer state holds its values in the shard, edited already.
+    if (!chunk_edited[c] || !chunks[c].trainable || chunks.slots(c).empty()) continue;
+    STRATA_ASSIGN_OR_RETURN(ShardState s, optim->read(c));
+    for (const ChunkStore::ShardSlot& slot : chunks.slots(c)) {
+      if (!edited[slot.param]) continue;
+      // The shard is a slice of the whole chunk this rank holds: the parameter's values.
+      const at::Tensor value = chunks[c].shard.narrow(0, slot.shard_offset, slot.numel).to(at::kCPU);
+      at::Tensor master = s.master.narrow(0, slot.shard_offset, slot.numel);
+      if (exact) {
+        master.copy_(value);
+      } else {
+        const at::Tensor changed = value.ne(master.to(value.scalar_type()));
+        master.copy_(at::where(changed, value.to(at::kFloat), master));
+      }
+    }
+    STRATA_RETURN_IF_ERROR(optim->write(c, s));
+  }
+  record_param_versions();
+  return ok();
+}
+
+}  // namespace strata::engine
