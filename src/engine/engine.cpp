@@ -405,7 +405,18 @@ Status Engine::zero_grad() {
 }
 
 Result<double> Engine::clip_grad_norm(double max_norm, double norm_type) {
-  return impl_->stepper->clip_grad_norm(max_norm, norm_type);
+  Impl& m = *impl_;
+  if (m.in_backward || !m.backward_done) {
+    return make_error(ErrorCode::kFailedPrecondition, "clip_grad_norm() without a finished backward since the last "
+                      "step(): call it between backward(loss) and step()");
+  }
+  if (!m.at_boundary()) {
+    const std::int64_t window = m.core.opt.gradient_accumulation_steps;
+    return make_error(ErrorCode::kFailedPrecondition, "clip_grad_norm() in micro-step {} of an accumulation window of "
+                      "{}: the gradients are whole only in the window's last micro-step; call it there, before its "
+                      "step() (as torch loops clip just before optimizer.step())", m.micro_step % window + 1, window);
+  }
+  return m.stepper->clip_grad_norm(max_norm, norm_type);
 }
 
 Result<StepResult> Engine::step() {

@@ -16,18 +16,19 @@ namespace {
 // Before AccumulateGrad writes into param.grad (a view of the chunk's buffer).
 class BufferHook : public torch::autograd::FunctionPreHook {
  public:
-  BufferHook(std::function<void()> activity, GradReducer* r, std::uint32_t chunk)
-      : activity_(std::move(activity)), r_(r), chunk_(chunk) {}
+  BufferHook(std::function<void()> activity, GradReducer* r, std::uint32_t param)
+      : activity_(std::move(activity)), r_(r), param_(param) {}
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
     activity_();
-    r_->ensure_buffer(chunk_);
+    r_->ensure_buffer(r_->chunk_of(param_));
+    r_->bind_grad(param_);
     return grads;
   }
 
  private:
   std::function<void()> activity_;
   GradReducer* r_;
-  std::uint32_t chunk_;
+  std::uint32_t param_;
 };
 
 // After AccumulateGrad has added this backward's gradient into param.grad.
@@ -104,10 +105,14 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     const at::Tensor& p = store.params()[i];
     if (!p.requires_grad()) continue;
     auto acc = torch::autograd::impl::grad_accumulator(p);
-    acc->add_pre_hook(std::make_unique<BufferHook>(on_activity, this, store.layout().where[i].chunk));
+    acc->add_pre_hook(std::make_unique<BufferHook>(on_activity, this, i));
     acc->add_post_hook(std::make_unique<ReadyHook>(this, i));
     accumulators_.push_back(std::move(acc));  // the parameter holds it only weakly
   }
+  // Stages 2-3: no buffer has bytes until its chunk's first gradient (Note [the engine's
+  // gradients]).
+  if (scatter_mode())
+    for (std::uint32_t c = 0; c < chunks.size(); ++c) unbind_grads(c);
   return ok();
 }
 
@@ -141,6 +146,35 @@ void GradReducer::begin_backward(bool boundary, double inv_scale) {
     g.launched = false;
     g.complete = false;
   }
+}
+
+// Note [the engine's gradients]: each trainable parameter's .grad is a view of its
+// chunk's gradient buffer, which AccumulateGrad adds into. The caller's code may drop it
+// (model.zero_grad(), whose set_to_none is torch 2's default, or p.grad = None) or replace
+// it; the next gradient would then land in a tensor of autograd's own that no reduction
+// reads, and the engine would step without it. So the view is bound again just before
+// every accumulation, keeping what the buffer holds (the engine clears its gradients at
+// each step; Engine::zero_grad discards uncounted backwards), as DeepSpeed keeps its own.
+// At stages 2-3 a buffer loses its bytes once reduced: the chunk's parameters then have
+// no .grad (None, as under DeepSpeed's ZeRO-2/3), never a view of freed memory, which any
+// read (p.grad.zero_(), a norm) would have touched at address 0.
+std::uint32_t GradReducer::chunk_of(std::uint32_t param) const {
+  return core_.chunks->store().layout().where[param].chunk;
+}
+
+void GradReducer::bind_grad(std::uint32_t param) {
+  const ChunkStore& store = core_.chunks->store();
+  const at::Tensor& p = store.params()[param];
+  const at::Tensor& buf = store.grad(chunk_of(param));
+  const at::Tensor& g = p.grad();
+  const bool bound = g.defined() && g.storage().unsafeGetStorageImpl() == buf.storage().unsafeGetStorageImpl() &&
+                     g.storage_offset() == static_cast<std::int64_t>(store.layout().where[param].offset_elems);
+  if (!bound) p.mutable_grad() = store.param_view(buf, param);
+}
+
+void GradReducer::unbind_grads(std::uint32_t c) {
+  const ChunkStore& store = core_.chunks->store();
+  for (const plan::ParamSlot& slot : store.chunk(c).params) store.params()[slot.param].mutable_grad() = at::Tensor();
 }
 
 void GradReducer::ensure_buffer(std::uint32_t c) {
@@ -233,6 +267,7 @@ Status GradReducer::complete(std::uint32_t c) {
   core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
   f.out = at::Tensor();
   core_.storage.free(core_.chunks->store().grad(c));
+  unbind_grads(c);  // Note [the engine's gradients]
   g.buffer_res.release();
   g.live = false;
   live_buffer_bytes_ -= core_.chunks->full_bytes(c);
@@ -386,6 +421,9 @@ Status GradReducer::end_backward() {
   if (boundary_) {
     for (std::uint32_t c = 0; c < grads_.size(); ++c)
       if (grads_[c].expected > 0) STRATA_RETURN_IF_ERROR(launch(c));
+    // The parameters' .grad hold the average once backward returns, as under DDP, for
+    // code that reads them before the step (a norm; torch's clip_grad_norm_).
+    return drain();
   }
   return ok();
 }

@@ -93,6 +93,9 @@ class GradReducer {
   void begin_backward(bool boundary, double inv_scale);
   // Hooks (errors are raised through core.errors).
   void ensure_buffer(std::uint32_t c);
+  std::uint32_t chunk_of(std::uint32_t param) const;
+  // Note [the engine's gradients]: param's .grad is its view of the buffer again.
+  void bind_grad(std::uint32_t param);
   void on_grad_ready(std::uint32_t param);
   // The schedule's ReduceScatter op: chunk c's last use in backward has passed.
   Status reduce_now(std::uint32_t c);
@@ -121,6 +124,7 @@ class GradReducer {
   Status discard();
 
  private:
+  void unbind_grads(std::uint32_t c);  // chunk c's parameters have no .grad
   struct InFlight {
     comm::Handle handle;
     at::Tensor out;  // reduce-scatter: this rank's slice of the buffer, the result

@@ -10,6 +10,9 @@ SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 "groups": "optimizer" | "model_parameters" (see initialize()),
 "eval_every": k: after every k-th step an evaluation forward under no_grad on the whole batch ("evals"),
 "save_16bit": dir: engine.save_16bit_model(dir) after training,
+"clip": max_norm: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between
+backward and step, its norms written as "norms",
+"zero_grad": "none" | "zero": model.zero_grad(set_to_none=...) before every forward,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
@@ -147,14 +150,18 @@ def main():
     if spec.get("load"):
         engine.load_checkpoint(spec["load"])
     per = spec["rows"] // world
-    losses, evals = [], []
+    losses, evals, norms = [], [], []
     freeze = spec.get("freeze")  # {"param": name, "from": step, "to": step}: frozen in [from, to)
     for step in range(start, start + spec["steps"]):
         if freeze:
             dict(model.named_parameters())[freeze["param"]].requires_grad_(not freeze["from"] <= step < freeze["to"])
+        if spec.get("zero_grad"):
+            model.zero_grad(set_to_none=spec["zero_grad"] == "none")
         x, y = models.batch(spec["model"], step, spec["rows"])
         loss = models.loss_fn(spec["model"], engine(x[rank * per:(rank + 1) * per]), y[rank * per:(rank + 1) * per])
         engine.backward(loss)
+        if spec.get("clip"):
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec["clip"])))
         engine.step()
         losses.append(loss.item())
         if spec.get("eval_every") and (step + 1) % spec["eval_every"] == 0:
@@ -175,7 +182,7 @@ def main():
     torch.save({"params": {k: v.detach().reshape(-1).clone() for k, v in engine.consolidated_state_dict().items()},
                 "buffers": {k: v.clone() for k, v in model.named_buffers()}}, f"{out}.{rank}.pt")
     with open(f"{out}.{rank}", "w") as f:
-        json.dump({"losses": losses, "evals": evals, "steps": engine.global_steps, "metrics": engine.last_metrics(),
+        json.dump({"losses": losses, "evals": evals, "norms": norms, "steps": engine.global_steps, "metrics": engine.last_metrics(),
                    "memory": engine.memory_by_tier()}, f)
 
 

@@ -1,0 +1,135 @@
+"""What training loops do with the parameters' gradients under a strata engine, against
+plain PyTorch: model.zero_grad() in the loop, and torch.nn.utils.clip_grad_norm_
+between backward and step (Note [the engine's gradients], grad_reducer.cpp; Note
+[torch's gradient clipping], _clip.py). Before:
+- model.zero_grad() with set_to_none=True (torch 2's default) cut the parameters' .grad
+  from the engine's buffers: the engine stepped without gradients at every stage (the
+  loss rose from 21.9 to 23.4 in 4 steps where plain PyTorch's fell to 20.8), and with
+  set_to_none=False it killed the process at stages 2-3 (SIGSEGV: .grad viewed freed memory);
+- clip_grad_norm_ at stages 2-3 did the same; at stages 0-1 with two ranks it read each
+  rank's own unreduced gradients (norms 7.0 and 6.7 where torch's is 5.9) while their
+  all-reduce was in flight, and clipped by them."""
+import pytest
+import torch
+
+import models
+from conftest import train
+from test_initialize import LR, ROWS, WD, rel
+
+STEPS, CLIP = 4, 0.05
+
+
+@pytest.fixture
+def strata():
+    import strata as s
+    return s
+
+
+def config(stage, device, tmp, **extra):
+    zero = {"stage": stage, "stage3_param_persistence_threshold": 0}
+    if device != "none":
+        zero["offload_optimizer"] = {"device": device, "nvme_path": str(tmp)}
+        if stage == 3:
+            zero["offload_param"] = {"device": device, "nvme_path": str(tmp)}
+    return {"train_batch_size": ROWS, "zero_optimization": zero, "strata": {"chunk_size": 1024},
+            "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": WD}}, **extra}
+
+
+def plain(world=1, clip=None, groups=False):
+    """torch.optim.AdamW, each rank's rows through the model separately (as under DDP), the
+    loss their mean; clip_grad_norm_ between backward and step. Losses, norms, parameters."""
+    torch.set_num_threads(1)
+    model = models.make("gpt")
+    opt = torch.optim.AdamW(models.two_groups(model) if groups else model.parameters(), lr=LR, weight_decay=WD)
+    losses, norms, per = [], [], ROWS // world
+    for step in range(STEPS):
+        x, y = models.batch("gpt", step, ROWS)
+        loss = sum(models.loss_fn("gpt", model(x[r * per:(r + 1) * per]), y[r * per:(r + 1) * per])
+                   for r in range(world)) / world
+        loss.backward()
+        if clip:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, norms, {k: v.detach().reshape(-1) for k, v in model.named_parameters()}
+
+
+def check(ranks, want, world):
+    want_losses, want_norms, want_params = want
+    losses = [sum(r["losses"][s] for r in ranks) / world for s in range(STEPS)]
+    assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(losses, want_losses)), (losses, want_losses)
+    for r in ranks:
+        assert all(abs(g - w) <= 1e-5 * w for g, w in zip(r["norms"], want_norms)), (r["norms"], want_norms)
+        assert len(r["norms"]) == len(want_norms)
+    for k, v in want_params.items():
+        assert rel(ranks[0]["params"][k], v) <= 1e-5, f"{k}: relative error {rel(ranks[0]['params'][k], v)}"
+
+
+@pytest.mark.parametrize("stage,device", [(1, "cpu"), (2, "cpu"), (3, "nvme")])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_model_zero_grad_in_the_loop(strata, tmp_path, stage, device, set_to_none):
+    model = models.make("gpt")
+    engine, *_ = strata.initialize(model=model, config=config(stage, device, tmp_path))
+    assert stage < 2 or all(p.grad is None for p in model.parameters())
+    losses = []
+    for step in range(STEPS):
+        model.zero_grad(set_to_none=set_to_none)
+        x, y = models.batch("gpt", step, ROWS)
+        loss = models.loss_fn("gpt", engine(x), y)
+        engine.backward(loss)
+        # Stages 2-3: the gradients are in the shards; .grad is None, never freed memory.
+        assert stage < 2 or all(p.grad is None for p in model.parameters())
+        engine.step()
+        losses.append(loss.item())
+    want_losses, _, want_params = plain()
+    assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(losses, want_losses)), (losses, want_losses)
+    got = engine.consolidated_state_dict()
+    for k, v in want_params.items():
+        assert rel(got[k].reshape(-1), v) <= 1e-5, k
+    engine.close()
+
+
+# At two ranks, through each front end: strata.initialize at every stage, fully_shard +
+# strata.optim (the FSDP2 loop), ShardedOptimizer (the OSS loop); stage 3 also at one rank.
+@pytest.mark.parametrize("world,api,stage,device", [
+    (2, "initialize", 0, "none"), (2, "initialize", 1, "cpu"), (2, "initialize", 2, "nvme"),
+    (2, "initialize", 3, "nvme"), (1, "initialize", 3, "cpu"), (2, "fsdp", 3, "cpu"), (2, "oss", 2, "none")])
+def test_torch_clip_grad_norm_matches_plain_pytorch(tmp_path, world, api, stage, device):
+    spec = {"model": "gpt", "steps": STEPS, "rows": ROWS, "clip": CLIP, "zero_grad": "none"}
+    if api == "initialize":
+        spec["config"] = config(stage, device, tmp_path)
+    elif api == "fsdp":
+        spec.update(api="fsdp", fsdp={"stage": stage, "optimizer": device, "nvme_path": str(tmp_path), "lr": LR,
+                                      "weight_decay": WD})
+    else:
+        spec.update(api="oss", oss={"optim": "AdamW", "stage": stage, "defaults": {"lr": LR, "weight_decay": WD}})
+    want = plain(world, CLIP, groups=api == "oss")  # OSS: models.two_groups, as worker.py's
+    check(train(tmp_path, world, spec), want, world)
+
+
+def test_what_the_engine_cannot_clip_is_refused(strata, tmp_path):
+    model = models.make("gpt")
+    engine, *_ = strata.initialize(model=model, config=config(2, "cpu", tmp_path, gradient_accumulation_steps=2,
+                                                              train_batch_size=2 * ROWS))
+    x, y = models.batch("gpt", 0, ROWS)
+    engine.backward(models.loss_fn("gpt", engine(x), y))
+    with pytest.raises(strata.UsageError, match=r"clip_grad_norm\(\) in micro-step 1 of an accumulation window of 2"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    engine.step()
+    engine.backward(models.loss_fn("gpt", engine(x), y))
+    with pytest.raises(strata.NotImplementedByStrata, match=r"over 2 of the 26 parameters the strata engine trains"):
+        torch.nn.utils.clip_grad_norm_(list(model.parameters())[:2], CLIP)
+    with pytest.raises(strata.NotImplementedByStrata, match=r"clip_grad_value_ over a strata engine's parameters"):
+        torch.nn.utils.clip_grad_value_(model.parameters(), 0.1)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)  # the window's last micro-step
+    assert norm > CLIP
+    engine.step()
+    engine.close()
+    # Other tensors: torch's own functions.
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.full((3,), 2.0)
+    assert torch.nn.utils.clip_grad_norm_([w], 1.0).item() == pytest.approx(12 ** 0.5)
+    assert torch.allclose(w.grad, torch.full((3,), 1 / 3 ** 0.5), atol=1e-5)
+    torch.nn.utils.clip_grad_value_(w, 0.1)
+    assert torch.equal(w.grad, torch.full((3,), 0.1))
