@@ -153,11 +153,14 @@ void GradReducer::begin_backward(bool boundary, double inv_scale) {
 // (model.zero_grad(), whose set_to_none is torch 2's default, or p.grad = None) or replace
 // it; the next gradient would then land in a tensor of autograd's own that no reduction
 // reads, and the engine would step without it. So the view is bound again just before
-// every accumulation, keeping what the buffer holds (the engine clears its gradients at
-// each step; Engine::zero_grad discards uncounted backwards), as DeepSpeed keeps its own.
-// At stages 2-3 a buffer loses its bytes once reduced: the chunk's parameters then have
-// no .grad (None, as under DeepSpeed's ZeRO-2/3), never a view of freed memory, which any
-// read (p.grad.zero_(), a norm) would have touched at address 0.
+// every accumulation, starting from what the caller left, as autograd would add into it:
+// a tensor the caller set is copied in; a dropped gradient starts from zero at stages
+// 0-1, where the buffer holds this rank's sum so far (as torch, and as zero_grad(False)
+// zeroing the view in place). At stages 2-3 a buffer loses its bytes once reduced, its
+// sum gone to the shards: the chunk's parameters then have no .grad (None, as under
+// DeepSpeed's ZeRO-2/3), never a view of freed memory, which any read (p.grad.zero_(), a
+// norm) would have touched at address 0; dropping it changes nothing. The engine clears
+// its gradients at each step, and Engine::zero_grad discards uncounted backwards.
 std::uint32_t GradReducer::chunk_of(std::uint32_t param) const {
   return core_.chunks->store().layout().where[param].chunk;
 }
@@ -169,7 +172,11 @@ void GradReducer::bind_grad(std::uint32_t param) {
   const at::Tensor& g = p.grad();
   const bool bound = g.defined() && g.storage().unsafeGetStorageImpl() == buf.storage().unsafeGetStorageImpl() &&
                      g.storage_offset() == static_cast<std::int64_t>(store.layout().where[param].offset_elems);
-  if (!bound) p.mutable_grad() = store.param_view(buf, param);
+  if (bound) return;
+  at::Tensor view = store.param_view(buf, param);
+  if (g.defined()) view.copy_(g);
+  else if (!scatter_mode()) view.zero_();
+  p.mutable_grad() = view;
 }
 
 void GradReducer::unbind_grads(std::uint32_t c) {

@@ -133,3 +133,34 @@ def test_what_the_engine_cannot_clip_is_refused(strata, tmp_path):
     assert torch.allclose(w.grad, torch.full((3,), 1 / 3 ** 0.5), atol=1e-5)
     torch.nn.utils.clip_grad_value_(w, 0.1)
     assert torch.equal(w.grad, torch.full((3,), 0.1))
+
+
+# Inside an accumulation window (engine.step() every micro-step, DeepSpeed's loop) with
+# model.zero_grad() before every micro-step: at stages 0-1 .grad holds this rank's sum so
+# far, so dropping or zeroing it drops the earlier micro-steps' gradients, as in torch
+# (and DeepSpeed's ZeRO-1); at stages 2-3 the earlier micro-steps' gradients are already
+# in the shards and .grad is None, so the window keeps them (as DeepSpeed's ZeRO-2/3).
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_model_zero_grad_inside_an_accumulation_window(strata, tmp_path, stage, set_to_none):
+    window = 2
+    model = models.make("gpt")
+    cfg = config(stage, "cpu", tmp_path, gradient_accumulation_steps=window, train_batch_size=window * ROWS)
+    engine, *_ = strata.initialize(model=model, config=cfg)
+    ref = models.make("gpt")
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    for step in range(STEPS * window):
+        x, y = models.batch("gpt", step, ROWS)
+        model.zero_grad(set_to_none=set_to_none)
+        engine.backward(models.loss_fn("gpt", engine(x), y))
+        engine.step()
+        if stage < 2:
+            ref.zero_grad(set_to_none=set_to_none)
+        (models.loss_fn("gpt", ref(x), y) / window).backward()
+        if (step + 1) % window == 0:
+            opt.step()
+            opt.zero_grad()
+    got = engine.consolidated_state_dict()
+    for k, v in ref.named_parameters():
+        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+    engine.close()
