@@ -51,10 +51,9 @@ def edit(model, step):
             frozen(model).add_(1.0)
 
 
-def plain():
-    model = models.make("gpt")
-    frozen(model).requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD)
+def optimizer_loop(model, opt, after_step):
+    """The torch loop with an optimizer, after_step(model, step) after each step: losses,
+    final parameters."""
     losses = []
     for step in range(STEPS):
         x, y = models.batch("gpt", step, ROWS)
@@ -63,8 +62,15 @@ def plain():
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-        edit(model, step)
+        after_step(model, step)
     return losses, {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def plain():
+    model = models.make("gpt")
+    frozen(model).requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD)
+    return optimizer_loop(model, opt, edit)
 
 
 # Stage 3 at one rank with the parameters on the compute tier keeps each chunk whole
@@ -135,21 +141,14 @@ def test_bf16_edits_replace_only_the_changed_elements(strata, tmp_path):
 
 # ShardedOptimizer's torch.optim optimizer steps views of the engine's masters.
 def test_weight_clipping_with_the_sharded_optimizer(strata):
+    def clip(model, step):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.clamp_(-CLIP, CLIP)
+
     def run(make_optimizer):
         model = models.make("gpt")
-        opt = make_optimizer(model.parameters())
-        losses = []
-        for step in range(STEPS):
-            x, y = models.batch("gpt", step, ROWS)
-            loss = models.loss_fn("gpt", model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.clamp_(-CLIP, CLIP)
-        return losses, {k: v.detach().clone() for k, v in model.named_parameters()}
+        return optimizer_loop(model, make_optimizer(model.parameters()), clip)
 
     got_losses, got = run(lambda ps: strata.ShardedOptimizer(ps, optim=torch.optim.AdamW, lr=LR, weight_decay=WD))
     want_losses, want = run(lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WD))
