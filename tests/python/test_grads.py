@@ -164,3 +164,37 @@ def test_model_zero_grad_inside_an_accumulation_window(strata, tmp_path, stage, 
     for k, v in ref.named_parameters():
         assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
     engine.close()
+
+
+# The awkward models (a data-dependent branch, a module called twice, tuple outputs,
+# unused and frozen parameters; a reentrant checkpoint with the tied head inside) at
+# every placement: model.zero_grad() and torch's clip_grad_norm_ in the loop give the
+# bits the config's gradient_clipping gives without them (itself checked against torch
+# in test_initialize.py and the C++ clip tests).
+@pytest.mark.parametrize("name", ["awkward", "gpt_checkpointed_reentrant_head"])
+@pytest.mark.parametrize("stage,device", [(1, "cpu"), (2, "nvme"), (3, "nvme"), (3, "none")])
+def test_awkward_models_with_zero_grad_and_torch_clip(strata, tmp_path, name, stage, device):
+    def run(in_loop):
+        model = models.make(name)
+        cfg = config(stage, device, tmp_path)
+        if not in_loop:
+            cfg["gradient_clipping"] = CLIP
+        engine, *_ = strata.initialize(model=model, config=cfg)
+        losses = []
+        for step in range(3):
+            if in_loop:
+                model.zero_grad(set_to_none=True)
+            x, y = models.batch(name, step, ROWS)
+            loss = models.loss_fn(name, engine(x), y)
+            engine.backward(loss)
+            if in_loop:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+            engine.step()
+            losses.append(loss.item())
+        params = engine.consolidated_state_dict()
+        engine.close()
+        return losses, params
+
+    (want_losses, want), (got_losses, got) = run(False), run(True)
+    assert got_losses == want_losses
+    assert all(torch.equal(got[k], v) for k, v in want.items())
