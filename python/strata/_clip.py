@@ -20,59 +20,13 @@ config's gradient_clipping clip as well.
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn.utils
 import torch.nn.utils.clip_grad
 
+from ._owners import split
 from .errors import NotImplementedByStrata
-
-
-class Owner:
-    """An engine's trained parameters, as registered: the C++ engine binding clips."""
-
-    def __init__(self, engine, params):
-        self.engine = engine
-        self.ids = frozenset(id(p) for p in params)
-
-
-_OWNERS: dict[int, tuple[weakref.ref, Owner]] = {}  # id(param) -> (param, its engine)
-
-
-def register(engine, params) -> Owner:
-    """The parameters trainable when `engine` (a _strata.Engine) was built."""
-    params = [p for p in dict.fromkeys(params) if p.requires_grad]
-    owner = Owner(engine, params)
-    for p in params:
-        _OWNERS[id(p)] = (weakref.ref(p), owner)
-    return owner
-
-
-def unregister(owner: Owner | None) -> None:
-    if owner is None:
-        return
-    for i in owner.ids:
-        if i in _OWNERS and _OWNERS[i][1] is owner:
-            del _OWNERS[i]
-
-
-def _owner_of(p) -> Owner | None:
-    entry = _OWNERS.get(id(p))
-    return entry[1] if entry is not None and entry[0]() is p else None
-
-
-def _split(parameters):
-    """(the given tensors as a list, {id(owner): owner} of those an engine trains, the others)."""
-    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-    owners, others = {}, []
-    for p in params:
-        owner = _owner_of(p)
-        if owner is None:
-            others.append(p)
-        else:
-            owners[id(owner)] = owner
-    return params, owners, others
 
 
 _TORCH_CLIP_NORM = torch.nn.utils.clip_grad.clip_grad_norm_
@@ -80,7 +34,7 @@ _TORCH_CLIP_VALUE = torch.nn.utils.clip_grad.clip_grad_value_
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, **kwargs):
-    params, owners, others = _split(parameters)
+    params, owners, others = split(parameters)
     if not owners:
         return _TORCH_CLIP_NORM(params, max_norm, norm_type, error_if_nonfinite, **kwargs)
     if len(owners) > 1 or any(p.grad is not None for p in others):
@@ -90,10 +44,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
             "each engine's parameters in a call of their own")
     owner = next(iter(owners.values()))
     given = {id(p) for p in params}
-    if not owner.ids <= given:
+    if not owner.trained <= given:
         raise NotImplementedByStrata(
-            f"unimplemented: torch.nn.utils.clip_grad_norm_ over {len(owner.ids & given)} of the "
-            f"{len(owner.ids)} parameters the strata engine trains: the engine clips all of its gradients by one "
+            f"unimplemented: torch.nn.utils.clip_grad_norm_ over {len(owner.trained & given)} of the "
+            f"{len(owner.trained)} parameters the strata engine trains: the engine clips all of its gradients by one "
             "global norm; pass all of them (model.parameters()), or set the config's gradient_clipping")
     norm = owner.engine.clip_grad_norm(float(max_norm), float(norm_type))
     if error_if_nonfinite and not math.isfinite(norm):
@@ -104,7 +58,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 
 
 def clip_grad_value_(parameters, clip_value, **kwargs):
-    params, owners, _ = _split(parameters)
+    params, owners, _ = split(parameters)
     if owners:
         raise NotImplementedByStrata(
             "unimplemented: torch.nn.utils.clip_grad_value_ over a strata engine's parameters: their gradients "

@@ -94,9 +94,11 @@ class _Guard(TorchFunctionMode):
                 "module, or declare the module whose forward uses it before sharding: "
                 f"strata.register_external_parameter(that_module, {name.rsplit('.', 1)[-1]}_parameter) (as "
                 "deepspeed.zero.register_external_parameter), or, when a module's forward reads its children's "
-                "parameters, strata.set_leaf_modules(model, [ThatModuleClass]). To read or save the trained "
-                "values (model.state_dict()), use engine.consolidated_state_dict() on every rank (fully_shard: "
-                "strata.get_model_state_dict(model)) or save_checkpoint")
+                "parameters, strata.set_leaf_modules(model, [ThatModuleClass]). To read or edit it between steps "
+                "(an EMA, weight clipping), do so inside strata.GatheredParameters([...]) on every rank (as "
+                "deepspeed.zero.GatheredParameters); to save the trained values (model.state_dict()), use "
+                "engine.consolidated_state_dict() on every rank (fully_shard: strata.get_model_state_dict(model)) "
+                "or save_checkpoint")
 
 
 _GUARD = _Guard()

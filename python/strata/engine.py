@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from . import _clip, _comm, _groups, _guard, _state, _strata, _units
+from . import _comm, _groups, _guard, _owners, _state, _strata, _units
 from . import config as _config
 from .errors import ConfigError, UsageError
 
@@ -64,7 +64,7 @@ class Engine:
         self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg),
                                    param_groups=engine_groups)
         self._eng.set_buffer_source(_units.buffer_source(module))
-        self._clip = _clip.register(self._eng, (p for u in self._units for p in u.params))
+        self._owner = _owners.register(self._eng, comm, (p for u in self._units for p in u.params))
         _units.attach(self._eng, self._units)
         self._watched = _guard.watch(self._units) if self._eng.stage == 3 else None
         _units.cast_buffers(module, _units.compute_dtype(cfg))
@@ -218,8 +218,8 @@ class Engine:
     def close(self) -> None:
         """Removes the hooks and releases the engine (its swap files go)."""
         _units.detach(self._units)
-        _clip.unregister(self._clip)
-        self._clip = None
+        _owners.unregister(self._owner)
+        self._owner = None
         if self._watched is not None:
             _guard.unwatch(self._watched)
             self._watched = None

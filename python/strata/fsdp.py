@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _clip, _comm, _guard, _state, _strata, _units
+from . import _comm, _guard, _owners, _state, _strata, _units
 from .errors import ConfigError, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
@@ -187,7 +187,7 @@ def build_engine(params, optimizer_block: dict, param_groups: list | None = None
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config),
                                   param_groups=param_groups or [])
     group.engine.set_buffer_source(_units.buffer_source(group.root))
-    _clip.register(group.engine, (p for u in group.units for p in u.params))  # never closed, as below
+    _owners.register(group.engine, comm, (p for u in group.units for p in u.params))  # never closed, as below
     _units.cast_buffers(group.root, _units.compute_dtype(config))
     if group.engine.stage == 3:
         _guard.watch(group.units)  # for the process's life: fully_shard engines are never closed

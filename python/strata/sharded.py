@@ -18,7 +18,7 @@ import pickle
 
 import torch
 
-from . import _clip, _comm, _strata, _units
+from . import _comm, _owners, _strata, _units
 from .errors import ConfigError, UsageError
 
 
@@ -45,7 +45,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         self.engine = _strata.Engine([("params", params, [f"param{i}" for i in range(len(params))])], self._comm,
                                      json.dumps(cfg), (group_of, len(self.param_groups), self._make))
         self.local = self.engine.wrapped_optimizer
-        _clip.register(self.engine, params)
+        _owners.register(self.engine, self._comm, params)
 
     def _make(self, groups, slices):
         """Called by the engine: the local optimizer over this rank's slices."""

@@ -298,11 +298,20 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
+namespace {
+// Note [gathered parameters] (state_dict.cpp).
+ErrorReturn gathered_error(std::string_view what) {
+  return make_error(ErrorCode::kFailedPrecondition, "{} while parameters are gathered (strata.GatheredParameters): "
+                    "leave the context first", what);
+}
+}  // namespace
+
 Status Engine::pre_forward(UnitId unit) {
   Impl& m = *impl_;
   if (unit < 0 || static_cast<std::size_t>(unit) >= m.n_units) {
     return make_error(ErrorCode::kInvalidArgument, "pre_forward: no unit {}", unit);
   }
+  if (m.gathered > 0) return gathered_error("a forward");
   if (!m.step_open && at::GradMode::is_enabled()) {
     m.step_open = true;
     m.step_t0 = Clock::now();
@@ -424,6 +433,7 @@ Result<StepResult> Engine::step() {
   StepResult r;
   r.loss_scale = m.stepper->scaler().scale();
   r.step = m.step_count;
+  if (m.gathered > 0) return gathered_error("step()");
   if (!std::exchange(m.backward_done, false)) {
     return make_error(ErrorCode::kFailedPrecondition, "step() without a backward since the last step(): each "
                       "micro-step is forward, backward(loss), then step()");

@@ -21,6 +21,11 @@
 
 namespace strata::engine {
 
+// master (fp32) takes value (one parameter's elements, any float dtype on any device):
+// only the elements whose value is not the master's rounding to value's dtype, so the
+// others keep their fp32 bits (Note [edited parameters]).
+void take_values(const at::Tensor& master, const at::Tensor& value);
+
 struct Engine::Impl {
   Impl(EngineOptions options, comm::Communicator& comm) : core(std::move(options), comm) {}
 
@@ -33,6 +38,7 @@ struct Engine::Impl {
   std::vector<std::size_t> frozen_at_build;  // all_params frozen when built (Note [unfreezing])
   std::vector<std::int64_t> param_versions;  // per all_params, at the engine's last write (Note [edited parameters])
   std::optional<OptimStateHolder::PendingRead> pending_read;  // begin_read_shard's
+  int gathered = 0;  // gather_params() calls not yet released (Note [gathered parameters])
   std::unique_ptr<OptimStateHolder> optim;
   std::unique_ptr<GradReducer> reducer;
   std::unique_ptr<Gatherer> gatherer;
@@ -65,6 +71,8 @@ struct Engine::Impl {
   // param_edits.cpp (Note [edited parameters])
   void record_param_versions();
   Status adopt_param_edits();    // trained parameters changed in place go into the masters
+  // all_params index of the tensor `p` is (the same TensorImpl).
+  Result<std::size_t> param_index(const at::Tensor& p) const;
   bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }
   void apply_schedule();         // the lr (and betas) of the next optimizer step, step_count's
   void finish_metrics();

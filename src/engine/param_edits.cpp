@@ -24,6 +24,22 @@ namespace strata::engine {
 // rest. A wrapped torch::optim optimizer steps views of the same masters. Otherwise at
 // stage 3 a parameter holds no values outside its forward (the Python front end refuses
 // an edit itself): an edit seen there is refused by name.
+void take_values(const at::Tensor& master, const at::Tensor& value) {
+  const at::Tensor v = value.to(at::kCPU).reshape({-1});
+  if (v.scalar_type() == at::kFloat) {
+    master.copy_(v);
+    return;
+  }
+  master.copy_(at::where(v.ne(master.to(v.scalar_type())), v.to(at::kFloat), master));
+}
+
+Result<std::size_t> Engine::Impl::param_index(const at::Tensor& p) const {
+  for (std::size_t i = 0; i < all_params.size(); ++i)
+    if (all_params[i].is_same(p)) return i;
+  return make_error(ErrorCode::kInvalidArgument, "a tensor of shape {} is not a parameter of this engine",
+                    c10::str(p.sizes()));
+}
+
 void Engine::Impl::record_param_versions() {
   param_versions.resize(all_params.size());
   for (std::size_t i = 0; i < all_params.size(); ++i) param_versions[i] = all_params[i]._version();
@@ -50,7 +66,6 @@ Status Engine::Impl::adopt_param_edits() {
   }
   if (!any) return ok();
   pending_read.reset();  // a save's read begun before the edit holds the old master
-  const bool exact = core.opt.compute_dtype == at::kFloat;
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
     // A chunk without optimizer state holds its values in the shard, edited already.
     if (!chunk_edited[c] || !chunks[c].trainable || chunks.slots(c).empty()) continue;
@@ -58,14 +73,8 @@ Status Engine::Impl::adopt_param_edits() {
     for (const ChunkStore::ShardSlot& slot : chunks.slots(c)) {
       if (!edited[slot.param]) continue;
       // The shard is a slice of the whole chunk this rank holds: the parameter's values.
-      const at::Tensor value = chunks[c].shard.narrow(0, slot.shard_offset, slot.numel).to(at::kCPU);
-      at::Tensor master = s.master.narrow(0, slot.shard_offset, slot.numel);
-      if (exact) {
-        master.copy_(value);
-      } else {
-        const at::Tensor changed = value.ne(master.to(value.scalar_type()));
-        master.copy_(at::where(changed, value.to(at::kFloat), master));
-      }
+      take_values(s.master.narrow(0, slot.shard_offset, slot.numel),
+                  chunks[c].shard.narrow(0, slot.shard_offset, slot.numel));
     }
     STRATA_RETURN_IF_ERROR(optim->write(c, s));
   }

@@ -196,6 +196,98 @@ Result<std::vector<at::Tensor>> Engine::consolidated_params() {
   return out;
 }
 
+// Note [gathered parameters]: DeepSpeed's GatheredParameters context reads or edits some
+// parameters outside forward, which at stage 3 hold no values there. gather_params
+// all-gathers the chunks that hold them (only those) and hands out each parameter's full
+// fp32 value (the trained ones' masters); the Python front end lends them to the
+// parameters for the context. release_params takes the values back as an in-place edit
+// is taken: into this rank's master shard (only the elements not equal to the master's
+// rounding, for a 16-bit value), and the parameter shard cast from it, through the path
+// a checkpoint load takes (write_shard, end_write_shards), so every placement works; a
+// frozen parameter's shard takes the value itself. No forward or step may run in
+// between: the parameters do not view their chunks then.
+Result<std::vector<at::Tensor>> Engine::gather_params(std::span<const at::Tensor> params) {
+  Impl& m = *impl_;
+  if (m.in_backward || m.step_open) {
+    return make_error(ErrorCode::kFailedPrecondition, "gather_params() inside a forward or backward");
+  }
+  STRATA_RETURN_IF_ERROR(m.adopt_param_edits());
+  const ChunkStore& store = m.core.chunks->store();
+  std::vector<std::int64_t> wanted(params.size());
+  std::vector<std::uint8_t> need(m.core.chunks->size(), 0);
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    STRATA_ASSIGN_OR_RETURN(const std::size_t i, m.param_index(params[j]));
+    wanted[j] = m.store_index[i];
+    if (wanted[j] >= 0) need[store.layout().where[static_cast<std::size_t>(wanted[j])].chunk] = 1;
+  }
+  std::vector<at::Tensor> out(params.size());
+  for (std::uint32_t c = 0; c < m.core.chunks->size(); ++c) {
+    if (!need[c]) continue;
+    STRATA_ASSIGN_OR_RETURN(at::Tensor shard, shard_values(m, c));
+    STRATA_ASSIGN_OR_RETURN(at::Tensor full, gather_chunk(m, c, shard));
+    for (const plan::ParamSlot& slot : store.chunk(c).params)
+      for (std::size_t j = 0; j < params.size(); ++j)
+        if (wanted[j] == static_cast<std::int64_t>(slot.param)) out[j] = param_piece(store, full, slot);
+  }
+  for (std::size_t j = 0; j < params.size(); ++j)
+    if (wanted[j] < 0) out[j] = params[j].detach().to(at::kFloat).clone();  // frozen, stages 0-2: as it is
+  ++m.gathered;
+  return out;
+}
+
+Status Engine::release_params(std::span<const at::Tensor> params, std::span<const at::Tensor> values) {
+  Impl& m = *impl_;
+  if (m.gathered == 0) return make_error(ErrorCode::kFailedPrecondition, "release_params() without gather_params()");
+  --m.gathered;
+  if (values.empty()) {
+    m.record_param_versions();  // what changed while lent is dropped
+    return ok();
+  }
+  if (values.size() != params.size()) {
+    return make_error(ErrorCode::kInvalidArgument, "release_params: {} values for {} parameters", values.size(),
+                      params.size());
+  }
+  ChunkRuntime& chunks = *m.core.chunks;
+  std::vector<std::int64_t> of_param(chunks.store().params().size(), -1);  // store index -> j
+  std::vector<std::uint8_t> touched(chunks.size(), 0);
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    STRATA_ASSIGN_OR_RETURN(const std::size_t i, m.param_index(params[j]));
+    if (values[j].numel() != params[j].numel()) {
+      return make_error(ErrorCode::kInvalidArgument, "release_params: parameter '{}' has {} elements, its value {}",
+                        m.param_names[i], params[j].numel(), values[j].numel());
+    }
+    const int p = m.store_index[i];
+    if (p < 0) {  // frozen, stages 0-2: the caller's tensor
+      at::NoGradGuard no_grad;
+      if (!values[j].is_same(params[j])) params[j].copy_(values[j].view_as(params[j]));
+      continue;
+    }
+    of_param[static_cast<std::size_t>(p)] = static_cast<std::int64_t>(j);
+    touched[chunks.store().layout().where[static_cast<std::size_t>(p)].chunk] = 1;
+  }
+  m.pending_read.reset();
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+    if (!touched[c] || chunks.slots(c).empty()) continue;
+    ShardTensors t;
+    if (chunks[c].trainable) {
+      STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
+      t.master = std::move(s.master);
+      t.states = std::move(s.states);
+    } else {
+      STRATA_ASSIGN_OR_RETURN(t.values, shard_values(m, c));
+    }
+    at::Tensor& dst = chunks[c].trainable ? t.master : t.values;
+    for (const ChunkStore::ShardSlot& slot : chunks.slots(c)) {
+      const std::int64_t j = of_param[slot.param];
+      if (j < 0) continue;
+      const at::Tensor value = values[static_cast<std::size_t>(j)].reshape({-1}).narrow(0, slot.param_offset, slot.numel);
+      take_values(dst.narrow(0, slot.shard_offset, slot.numel), value);
+    }
+    STRATA_RETURN_IF_ERROR(write_shard(c, t));
+  }
+  return end_write_shards();
+}
+
 Result<std::unique_ptr<torch::optim::Optimizer>> Engine::consolidate_state_dict(int to_rank) {
   Impl& m = *impl_;
   comm::Communicator& comm = m.core.comm;

@@ -207,6 +207,15 @@ void bind_engine(py::module_& m) {
         py::gil_scoped_release nogil;
         return value_or_throw(live(e).clip_grad_norm(max_norm, norm_type));
       }, py::arg("max_norm"), py::arg("norm_type") = 2.0)
+      .def("gather_params", [](PyEngine& e, const std::vector<at::Tensor>& params) {
+        py::gil_scoped_release nogil;
+        return value_or_throw(live(e).gather_params(params));
+      }, "Note [gathered parameters]: the full fp32 values of params (collective)")
+      .def("release_params", [](PyEngine& e, const std::vector<at::Tensor>& params,
+                                const std::vector<at::Tensor>& values) {
+        py::gil_scoped_release nogil;
+        ok_or_throw(live(e).release_params(params, values));
+      }, "values: taken into the parameters' masters and shards on this rank (empty: none)")
       .def("consolidated_params", [](PyEngine& e) {
         py::gil_scoped_release nogil;
         return value_or_throw(live(e).consolidated_params());

@@ -1,5 +1,7 @@
 """The GAN of test_gan.py, and the training loop its workers and its plain-PyTorch
 reference share."""
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,12 +21,14 @@ def batch(step):
     return torch.randn(ROWS, 8, generator=gen), torch.randn(ROWS, 16, generator=gen) + 1.0
 
 
-def train(g, d, g_backward, g_step, d_backward, d_step, d_zero_grad, rows=slice(None), clip=0.0):
+def train(g, d, g_backward, g_step, d_backward, d_step, d_zero_grad, rows=slice(None), clip=0.0,
+          gathered=lambda params: contextlib.nullcontext()):
     """The non-saturating GAN loop: the discriminator's step on real and detached fake
     rows, then the generator's through the discriminator, then the discriminator's
     zero_grad to drop what the generator's backward left it. With `clip`, the
     discriminator's weights are clipped to [-clip, clip] in place after its step, as a
-    WGAN critic's. Per step: (d loss, g loss)."""
+    WGAN critic's, inside gathered(its parameters) (strata.GatheredParameters at stage
+    3). Per step: (d loss, g loss)."""
     losses = []
     for step in range(STEPS):
         z, real = batch(step)
@@ -33,7 +37,7 @@ def train(g, d, g_backward, g_step, d_backward, d_step, d_zero_grad, rows=slice(
         d_backward(d_loss)
         d_step()
         if clip:
-            with torch.no_grad():
+            with gathered(list(d.parameters())), torch.no_grad():
                 for p in d.parameters():
                     p.clamp_(-clip, clip)
         g_loss = F.softplus(-d(fake)).mean()

@@ -7,6 +7,7 @@ The generator's loss flows back through the discriminator, whose engine gets tho
 gradients too; the discriminator's zero_grad() after the generator's step discards them,
 as torch's does. Each rank trains on its share of every batch and writes its losses per
 step and both models' consolidated parameters to OUT_PT.<rank>."""
+import contextlib
 import sys
 
 import torch
@@ -33,9 +34,15 @@ def config():
 g_engine, *_ = strata.initialize(model=G, config=config())
 d_engine, *_ = strata.initialize(model=D, config=config())
 rank, world = g_engine.global_rank, g_engine.world_size
+
+
+def gathered(params):
+    """The clipping's context: at stages 2-3 DeepSpeed's (rank 0 edits, the others take its
+    values); at stage 1 none, each rank edits its own replica."""
+    return strata.GatheredParameters(params, modifier_rank=0) if stage >= 2 else contextlib.nullcontext()
 per = gan_models.ROWS // world
 losses = gan_models.train(g_engine, d_engine, g_engine.backward, g_engine.step, d_engine.backward, d_engine.step,
-                          d_engine.zero_grad, rows=slice(rank * per, (rank + 1) * per), clip=clip)
+                          d_engine.zero_grad, rows=slice(rank * per, (rank + 1) * per), clip=clip, gathered=gathered)
 params = {f"G.{k}": v.reshape(-1).clone() for k, v in g_engine.consolidated_state_dict().items()}
 params.update({f"D.{k}": v.reshape(-1).clone() for k, v in d_engine.consolidated_state_dict().items()})
 g_engine.close()

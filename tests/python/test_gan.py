@@ -4,7 +4,8 @@ other: a GAN's generator and discriminator, against plain PyTorch, at world size
 step summed in the gradients of the generator's backward (a 2e-2 loss difference by
 step 4); and at stage 3 with both on one nvme_path the second engine failed to open its
 swap directory, as if another run held it. A WGAN critic's weight clipping (an in-place
-edit after each discriminator step) was refused before; it trains as in PyTorch now."""
+edit after each discriminator step) was refused before; it trains as in PyTorch now, at
+stage 3 through strata.GatheredParameters."""
 import pytest
 import torch
 
@@ -31,10 +32,12 @@ def plain(clip):
     return torch.tensor(losses, dtype=torch.float64), params
 
 
-# clip: a WGAN critic's weight clipping, in place after each discriminator step; each
-# rank takes its own edit into its master shard (Note [edited parameters]).
+# clip: a WGAN critic's weight clipping, in place after each discriminator step: at stage
+# 1 each rank takes its own edit into its master shard (Note [edited parameters]); at
+# stages 2-3 inside strata.GatheredParameters(modifier_rank=0) (Note [gathered parameters]).
 @pytest.mark.parametrize("world,stage,device,clip", [(1, 1, "cpu", 0), (1, 2, "cpu", 0), (2, 1, "cpu", 0.05),
-                                                     (2, 2, "nvme", 0), (2, 2, "nvme", 0.05), (2, 3, "nvme", 0)])
+                                                     (2, 2, "nvme", 0), (2, 2, "nvme", 0.05), (2, 3, "nvme", 0),
+                                                     (2, 3, "nvme", 0.05)])
 def test_gan_with_two_engines_matches_plain_pytorch(tmp_path, world, stage, device, clip):
     out = tmp_path / "gan.pt"
     args = [HERE / "gan_worker.py", stage, device, tmp_path, out, clip]

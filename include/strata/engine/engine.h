@@ -125,6 +125,15 @@ class Engine {
   // Full fp32 values of every parameter, in params() order, on every rank (every rank
   // must call it): the master weights of trained parameters, frozen ones as they are.
   Result<std::vector<at::Tensor>> consolidated_params();
+  // Note [gathered parameters] (state_dict.cpp), DeepSpeed's GatheredParameters: the full
+  // fp32 values of `params` (the engine's parameter tensors) on every rank, for reading
+  // or editing outside forward; every rank calls it with the same parameters. Until
+  // release_params(), forward and step() are refused. release_params takes `values`
+  // (full, any float dtype, one per parameter; none: nothing changes) into the
+  // parameters' masters and shards on this rank, as an in-place edit is taken (Note
+  // [edited parameters]); it issues no collective.
+  Result<std::vector<at::Tensor>> gather_params(std::span<const at::Tensor> params);
+  Status release_params(std::span<const at::Tensor> params, std::span<const at::Tensor> values);
   // A torch::optim optimizer of the configured type over full fp32 copies of the
   // trainable parameters, its state filled from every rank's shards, on `to_rank`
   // (nullptr elsewhere); one group per parameter group, with its current lr and weight
