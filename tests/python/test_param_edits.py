@@ -5,6 +5,8 @@ now (Note [edited parameters], src/engine/param_edits.cpp). Before, the engine's
 master overwrote the edit at the next step without a word (the loaded weights were gone
 after one step: 1.5 relative off), and then refused it by name. One rank, in this
 process; test_gan.py clips a WGAN critic at two ranks."""
+import contextlib
+
 import pytest
 import torch
 
@@ -51,9 +53,9 @@ def edit(model, step):
             frozen(model).add_(1.0)
 
 
-def optimizer_loop(model, opt, after_step):
+def optimizer_loop(model, opt, after_step, read_params=True):
     """The torch loop with an optimizer, after_step(model, step) after each step: losses,
-    final parameters."""
+    final parameters (None without read_params: stage 3's are released)."""
     losses = []
     for step in range(STEPS):
         x, y = models.batch("gpt", step, ROWS)
@@ -63,7 +65,7 @@ def optimizer_loop(model, opt, after_step):
         opt.zero_grad()
         losses.append(loss.item())
         after_step(model, step)
-    return losses, {k: v.detach().clone() for k, v in model.named_parameters()}
+    return losses, {k: v.detach().clone() for k, v in model.named_parameters()} if read_params else None
 
 
 def plain():
@@ -112,10 +114,13 @@ def test_edits_between_steps_train_as_plain_pytorch(strata, tmp_path, stage, dev
 
 # bf16 compute: an element whose bf16 value is no longer its master's rounding takes the
 # new value; every other element keeps its fp32 master (clipping a few elements does not
-# round the rest to bf16).
-def test_bf16_edits_replace_only_the_changed_elements(strata, tmp_path):
+# round the rest to bf16). At stage 3 inside strata.GatheredParameters, which lends the
+# parameter in bf16 (test_gathered.py); a read there changes nothing.
+@pytest.mark.parametrize("stage", [2, 3])
+def test_bf16_edits_replace_only_the_changed_elements(strata, tmp_path, stage):
     model = models.make("gpt")
-    engine, *_ = strata.initialize(model=model, config=config(2, "cpu", tmp_path, bf16=True))
+    engine, *_ = strata.initialize(model=model, config=config(stage, "cpu", tmp_path, bf16=True,
+                                                              offload_param=stage == 3))
     for step in range(2):
         x, y = models.batch("gpt", step, ROWS)
         engine.backward(models.loss_fn("gpt", engine(x), y))
@@ -124,8 +129,13 @@ def test_bf16_edits_replace_only_the_changed_elements(strata, tmp_path):
     name = "blocks.0.qkv.weight"
     param = dict(model.named_parameters())[name]
     assert param.dtype == torch.bfloat16
+    gathered = (lambda **kw: strata.GatheredParameters([param], **kw)) if stage == 3 else \
+        (lambda **kw: contextlib.nullcontext())
+    with gathered():
+        assert torch.equal(param, before[name].to(torch.bfloat16))
+    assert all(torch.equal(v, before[k]) for k, v in engine.consolidated_state_dict().items())
     bound = before[name].abs().max().item() * 0.9  # clips only the largest elements
-    with torch.no_grad():
+    with gathered(modifier_rank=0), torch.no_grad():
         param.clamp_(-bound, bound)
     after = engine.consolidated_state_dict()
     rounded = before[name].to(torch.bfloat16)
