@@ -21,6 +21,8 @@ name). Parameters that no strata engine holds are left alone.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from . import _owners
@@ -35,12 +37,20 @@ class GatheredParameters:
         self._params = [params] if isinstance(params, torch.Tensor) else list(params or [])
         self._modifier = modifier_rank
         self._enabled = enabled
-        self._lent: list[tuple[_owners.Owner, list, list, list]] = []  # (owner, params, own data, versions)
+        self._lent: list[list] = []  # [owner, params, their own data, versions once lent]
         self._stage012: list[tuple[_owners.Owner, list]] = []
 
     def __enter__(self):
         if not self._enabled:
             return self
+        try:
+            self._lend()
+        except BaseException:
+            self.__exit__(*sys.exc_info())  # what was lent already goes back
+            raise
+        return self
+
+    def _lend(self):
         _, owners, _ = _owners.split(self._params)
         for owner in owners.values():
             if self._modifier is not None and not 0 <= self._modifier < owner.comm.world:
@@ -51,12 +61,12 @@ class GatheredParameters:
                 self._stage012.append((owner, mine))
                 continue
             values = owner.engine.gather_params(mine)
-            own = [p.data for p in mine]
+            lent = [owner, mine, [p.data for p in mine], None]  # released by __exit__ from here on
+            self._lent.append(lent)
             with torch.no_grad():
                 for p, v in zip(mine, values):
                     p.data = v.to(p.dtype).view(p.shape)
-            self._lent.append((owner, mine, own, [p._version for p in mine]))
-        return self
+            lent[3] = [p._version for p in mine]
 
     def __exit__(self, exc_type, exc, tb):
         if not self._enabled:
@@ -73,8 +83,8 @@ class GatheredParameters:
                     with torch.no_grad():
                         for p in mine:
                             self._broadcast(owner, p)
-                changed = not failed and (self._modifier is not None
-                                          or any(p._version != v for p, v in zip(mine, versions)))
+                changed = not failed and versions is not None and (
+                    self._modifier is not None or any(p._version != v for p, v in zip(mine, versions)))
                 values = [p.data for p in mine] if changed else []
                 try:
                     owner.engine.release_params(mine, values)

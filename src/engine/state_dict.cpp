@@ -209,7 +209,8 @@ Result<std::vector<at::Tensor>> Engine::consolidated_params() {
 Result<std::vector<at::Tensor>> Engine::gather_params(std::span<const at::Tensor> params) {
   Impl& m = *impl_;
   if (m.in_backward || m.step_open) {
-    return make_error(ErrorCode::kFailedPrecondition, "gather_params() inside a forward or backward");
+    return make_error(ErrorCode::kFailedPrecondition, "gather_params() between a training forward and the end of "
+                      "its backward: gather parameters before the forward or after the backward");
   }
   STRATA_RETURN_IF_ERROR(m.adopt_param_edits());
   const ChunkStore& store = m.core.chunks->store();
