@@ -72,27 +72,33 @@ class GatheredParameters:
         if not self._enabled:
             return False
         failed = exc_type is not None  # no collective then: the other ranks may not be here
-        try:
-            for owner, mine in self._stage012:
-                if self._modifier is not None and not failed and owner.comm.world > 1:
-                    with torch.no_grad():
-                        for p in mine:
-                            self._broadcast(owner, p)
-            for owner, mine, own, versions in self._lent:
+        first = None  # every engine gets its parameters back; the first error is raised after
+        for owner, mine in self._stage012:
+            if self._modifier is not None and not failed and owner.comm.world > 1:
+                with torch.no_grad():
+                    for p in mine:
+                        self._broadcast(owner, p)
+        for owner, mine, own, versions in self._lent:
+            released = False  # the engine ends the loan on release_params, even one that fails
+            try:
                 if self._modifier is not None and not failed and owner.comm.world > 1:
                     with torch.no_grad():
                         for p in mine:
                             self._broadcast(owner, p)
                 changed = not failed and versions is not None and (
                     self._modifier is not None or any(p._version != v for p, v in zip(mine, versions)))
-                values = [p.data for p in mine] if changed else []
-                try:
-                    owner.engine.release_params(mine, values)
-                finally:
-                    for p, data in zip(mine, own):
-                        p.data = data
-        finally:
-            self._lent, self._stage012 = [], []
+                released = True
+                owner.engine.release_params(mine, [p.data for p in mine] if changed else [])
+            except Exception as e:  # noqa: BLE001 - raised below, once every engine has its parameters back
+                first = first or e
+                if not released:
+                    owner.engine.release_params(mine, [])
+            finally:
+                for p, data in zip(mine, own):
+                    p.data = data
+        self._lent, self._stage012 = [], []
+        if first is not None:
+            raise first
         return False
 
     def _broadcast(self, owner, p):
