@@ -28,10 +28,11 @@ namespace strata::testing::units {
 // CASE "2-bf16-split": stage 2 with the momentum and the gradient shards in bf16 (32 MiB
 // records), the first weight's state kept on host by optimizer_max_in_cpu, stepped by
 // ATen ops (host_step), against the reference with its momentum and its gradients
-// rounded alike (bf16_state_reference.h). CASE "2" also has two parameter groups. At
-// stage 2 a weight is clipped in place after the second step, on every rank and in the
-// reference: the engine takes the edit into its 64 MiB master records (Note [edited
-// parameters]).
+// rounded alike (bf16_state_reference.h). CASE "2" also has two parameter groups. After
+// the second step a weight is clipped on every rank and in the reference: at stage 2 in
+// place (the engine takes the edit into its 64 MiB master records, Note [edited
+// parameters]), at stage 3 through gather_params / release_params (Note [gathered
+// parameters]: its nvme shard and master records).
 struct Big : torch::nn::Module {
   torch::nn::Linear a{nullptr}, b{nullptr};
   Big() {
@@ -131,6 +132,13 @@ void bigtier(const std::string& which) {
       m.a->weight.clamp_(-0.005, 0.005);  // about half its elements (bound 1/sqrt(8192))
     };
     if (stage == 2 && s == 1) clip(*model);
+    if (stage == 3 && s == 1) {
+      const std::vector<at::Tensor> weight = {model->a->weight};
+      std::vector<at::Tensor> value = check(eng->gather_params(weight), "gather_params");
+      if (!value[0].sizes().equals(model->a->weight.sizes())) fail("gather_params: not the weight's shape");
+      value[0].clamp_(-0.005, 0.005);
+      check(eng->release_params(weight, value), "release_params");
+    }
     if (!compares) continue;
     torch_compat::zero_grad_keep(*ref_opt);
     at::mse_loss(ref->forward(x), y).backward();
@@ -138,7 +146,7 @@ void bigtier(const std::string& which) {
       for (auto& p : ref->parameters()) p.grad().copy_(p.grad().to(at::kBFloat16));
     ref_opt->step();
     if (bf16_split) strata::testing::round_state_to_bf16(*ref_opt);
-    if (stage == 2 && s == 1) clip(*ref);
+    if (s == 1) clip(*ref);
   }
   const plan::LinkBytes& moved = eng->last_metrics().moved;
   if (moved.nvme_to_host == 0 || moved.host_to_nvme == 0) fail("the last step moved nothing between nvme and host");
