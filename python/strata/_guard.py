@@ -82,23 +82,39 @@ class _Guard(TorchFunctionMode):
     def _check(self, a) -> None:
         # Released: the storage's base pointer is null. The parameter's own data_ptr is that
         # plus its offset into the chunk, so only the first parameter of a chunk reads 0.
-        if (isinstance(a, torch.nn.Parameter) and a.numel() > 0
-                and a.data_ptr() == a.storage_offset() * a.element_size()):
-            owner = self.owners.get(id(a))
-            if owner is None or owner[0]() is not a:
-                return  # not a parameter of a strata engine
-            _, name, unit = owner
+        # A plain tensor over such storage (p.data, what copy.deepcopy(model) clones) is
+        # refused too: no tensor ATen made has a null base pointer with elements (meta
+        # and sparse ones excepted, and subclasses that have no storage to ask).
+        if not isinstance(a, torch.Tensor):
+            return
+        try:
+            if (a.is_meta or a.layout != torch.strided or a.numel() == 0
+                    or a.data_ptr() != a.storage_offset() * a.element_size()):
+                return
+        except RuntimeError:
+            return
+        if not isinstance(a, torch.nn.Parameter):
             raise UsageError(
-                f"failed_precondition: parameter '{name}' was used outside the forward of the module that owns it "
-                f"('{unit}'); at stage 3 it holds no values there (they live in shards). Use it through its "
-                "module, or declare the module whose forward uses it before sharding: "
-                f"strata.register_external_parameter(that_module, {name.rsplit('.', 1)[-1]}_parameter) (as "
-                "deepspeed.zero.register_external_parameter), or, when a module's forward reads its children's "
-                "parameters, strata.set_leaf_modules(model, [ThatModuleClass]). To read or edit it between steps "
-                "(an EMA, weight clipping), do so inside strata.GatheredParameters([...]) on every rank (as "
-                "deepspeed.zero.GatheredParameters); to save the trained values (model.state_dict()), use "
-                "engine.consolidated_state_dict() on every rank (fully_shard: strata.get_model_state_dict(model)) "
-                "or save_checkpoint")
+                "failed_precondition: a tensor over the storage of a stage-3 parameter, which holds no values "
+                "outside its module's forward (p.data of a sharded parameter; copy.deepcopy(model) clones it): "
+                "read parameters inside strata.GatheredParameters([...]) on every rank (as "
+                "deepspeed.zero.GatheredParameters), or take engine.consolidated_state_dict() (for an EMA model: "
+                "copy the model before strata.initialize, and load that into the copy)")
+        owner = self.owners.get(id(a))
+        if owner is None or owner[0]() is not a:
+            return  # not a parameter of a strata engine
+        _, name, unit = owner
+        raise UsageError(
+            f"failed_precondition: parameter '{name}' was used outside the forward of the module that owns it "
+            f"('{unit}'); at stage 3 it holds no values there (they live in shards). Use it through its "
+            "module, or declare the module whose forward uses it before sharding: "
+            f"strata.register_external_parameter(that_module, {name.rsplit('.', 1)[-1]}_parameter) (as "
+            "deepspeed.zero.register_external_parameter), or, when a module's forward reads its children's "
+            "parameters, strata.set_leaf_modules(model, [ThatModuleClass]). To read or edit it between steps "
+            "(an EMA, weight clipping), do so inside strata.GatheredParameters([...]) on every rank (as "
+            "deepspeed.zero.GatheredParameters); to save the trained values (model.state_dict()), use "
+            "engine.consolidated_state_dict() on every rank (fully_shard: strata.get_model_state_dict(model)) "
+            "or save_checkpoint")
 
 
 _GUARD = _Guard()

@@ -152,3 +152,24 @@ def test_weight_clipping_under_fully_shard(strata):
 
     got, want = run(True), run(False)
     assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
+
+
+# A plain tensor over a released parameter's storage (p.data; copy.deepcopy(model), which
+# clones p.data) is refused by the guard too: it killed the process before (SIGSEGV).
+def test_a_copy_of_released_values_is_refused_not_a_crash(strata, tmp_path):
+    import copy
+
+    model = models.make("gpt")
+    engine, *_ = strata.initialize(model=model, config=config(3, "cpu", tmp_path))
+    x, y = models.batch("gpt", 0, ROWS)
+    engine.backward(models.loss_fn("gpt", engine(x), y))
+    engine.step()
+    released = r"a tensor over the storage of a stage-3 parameter"
+    with pytest.raises(strata.UsageError, match=released):
+        copy.deepcopy(model)
+    with pytest.raises(strata.UsageError, match=released):
+        model.blocks[0].qkv.weight.data.norm()
+    with strata.GatheredParameters([model.blocks[0].qkv.weight]):
+        norm = model.blocks[0].qkv.weight.data.norm()
+    assert norm.item() == pytest.approx(engine.consolidated_state_dict()["blocks.0.qkv.weight"].norm().item())
+    engine.close()
