@@ -9,6 +9,7 @@ import torch  # noqa: F401  (the extension casts torch.Tensor: torch first)
 
 from . import _clip  # noqa: F401 (torch's clip_grad_norm_ reaches the engines: Note [torch's gradient clipping])
 from . import errors, optim
+from ._deferred import DeferredParameter, Init, materialize
 from ._gathered import GatheredParameters
 from ._strata import __version__
 from ._guard import register_external_parameter
@@ -19,5 +20,5 @@ from .sharded import ShardedOptimizer
 from .errors import (CannotFitError, ConfigError, NotFoundError, NotImplementedByStrata, PeerError, StrataError,
                      StrataIOError, UsageError)
 
-__all__ = ["initialize", "Engine", "GatheredParameters", "register_external_parameter", "set_leaf_modules", "fully_shard", "get_model_state_dict", "MixedPrecisionPolicy", "OffloadPolicy", "optim", "ShardedOptimizer", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
+__all__ = ["initialize", "Engine", "Init", "materialize", "DeferredParameter", "GatheredParameters", "register_external_parameter", "set_leaf_modules", "fully_shard", "get_model_state_dict", "MixedPrecisionPolicy", "OffloadPolicy", "optim", "ShardedOptimizer", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
            "NotFoundError", "PeerError", "UsageError", "NotImplementedByStrata", "__version__"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _guard
+from . import _deferred, _guard
 from .errors import ConfigError
 
 
@@ -153,6 +153,13 @@ def admit_params(params) -> None:
     and FSDP's flat parameters make them: the chunks hold each parameter's elements in
     order. The Parameter object stays the one optimizers and hooks hold."""
     for p in params:
+        if isinstance(p, _deferred.DeferredParameter):
+            raise ConfigError(f"invalid_argument: parameter {p._strata_record.where} was built under strata.Init and "
+                              "holds no values: strata.initialize and strata.fully_shard make them; elsewhere "
+                              "(ShardedOptimizer, a plain torch loop) call strata.materialize(model) first")
+        if p.is_meta:
+            raise ConfigError("invalid_argument: a parameter is on the meta device and has no values; build the "
+                              "model under strata.Init() (the engine makes its values when it is built)")
         if p.device.type != "cpu":
             raise ConfigError(f"invalid_argument: a parameter is on {p.device}; this strata build runs on CPU "
                               "LibTorch only (move the model to the CPU, or use a CUDA build of strata)")
@@ -250,7 +257,7 @@ def sync_from_rank0(comm, tensors) -> None:
     seen = set()
     with torch.no_grad():
         for t in tensors:
-            if id(t) in seen:
+            if id(t) in seen or _deferred.is_pending(t):  # no values yet: _deferred.sync
                 continue
             seen.add(id(t))
             if t.is_contiguous():

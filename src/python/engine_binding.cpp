@@ -121,7 +121,7 @@ py::dict memory(const engine::MemoryByKind& m) {
 
 std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector<at::Tensor>, std::vector<std::string>>> units,
                                  std::shared_ptr<comm::Communicator> comm, const std::string& config_json, Wrap wrap,
-                                 Groups groups) {
+                                 Groups groups, py::object init) {
   std::vector<std::string> warnings;
   Config cfg = value_or_throw(Config::parse(config_json, "config", &warnings));
   engine::EngineOptions o = value_or_throw(engine::EngineOptions::from_config(cfg, comm->world()));
@@ -145,9 +145,20 @@ std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector
       return std::unique_ptr<torch::optim::Optimizer>(std::move(opt));
     };
   }
+  // A deferred parameter's values (python/strata/_deferred.py), made when setup fills its
+  // chunk. Setup runs without the GIL and copies the function: it holds a borrowed handle
+  // (`init` outlives the call) and takes the GIL only to call it. A Python exception goes
+  // up through setup, which unwinds (RAII), and reaches the caller as it was raised.
+  engine::ParamInit param_init;
+  if (!init.is_none()) {
+    param_init = [fn = py::handle(init)](const at::Tensor& param, at::Tensor& out) {
+      py::gil_scoped_acquire gil;
+      fn(param, out);
+    };
+  }
   {
     py::gil_scoped_release nogil;
-    out->eng = value_or_throw(Engine::create(std::move(specs), *out->comm, std::move(o)));
+    out->eng = value_or_throw(Engine::create(std::move(specs), *out->comm, std::move(o), std::move(param_init)));
   }
   if (wrap) {
     auto& [group_of, n_groups, make] = *wrap;
@@ -168,10 +179,11 @@ void bind_engine(py::module_& m) {
         "the optimizer a config resolves to, defaults filled in, by torch.optim's names");
   py::class_<PyEngine>(m, "Engine")
       .def(py::init(&create), py::arg("units"), py::arg("comm"), py::arg("config_json"), py::arg("wrap") = py::none(),
-           py::arg("param_groups") = Groups{},
+           py::arg("param_groups") = Groups{}, py::arg("init") = py::none(),
            "units: (name, parameters, parameter names) per unit; config_json: a DeepSpeed-style config; wrap: "
            "(group of each parameter, number of groups, make(groups, slices)) for a Python optimizer; param_groups: "
-           "(parameters, lr or None, weight decay or None) per group of the built-in optimizer")
+           "(parameters, lr or None, weight decay or None) per group of the built-in optimizer; init: "
+           "init(param, out) fills the fp32 tensor out with the values of a parameter that holds none (deferred)")
       .def_property_readonly("wrapped_optimizer", [](PyEngine& e) {
         return e.wrapped ? e.wrapped->optimizer() : py::object(py::none());
       })

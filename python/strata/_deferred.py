@@ -1,0 +1,486 @@
+"""strata.Init: build a model larger than host memory.
+
+    with strata.Init():
+        model = GPT(cfg)              # every parameter: a shape, no bytes
+    engine, optimizer, _, _ = strata.initialize(model=model, config=cfg)   # values made chunk by chunk
+
+Note [deferred parameters]
+While Init is active, every parameter a module registers becomes a DeferredParameter: a
+meta tensor (shape, dtype, requires_grad; no bytes) with a record of how its values are
+made. The record holds the tensor the parameter was built from (kept only until an
+in-place operation overwrites all of it) and every in-place operation applied to the
+parameter, or to a view of it, since: reset_parameters()'s kaiming_uniform_, a custom
+_init_weights applied over the model, nn.Embedding's zeroed padding row, a
+load_state_dict(). A random operation also records the generator state it starts from,
+and runs once on a scratch tensor laid out as its target, so that the generator moves on
+exactly as eager construction moves it. Replaying a record therefore gives the values
+eager construction would have given, bit for bit (tests/python/test_deferred.py).
+
+The engine replays a parameter's record when setup fills its chunk (the ParamInit of
+include/strata/engine/deferred_init.h, Note [streaming setup] in src/engine/engine.cpp):
+host memory holds one chunk's values at a time, never the model. Before that, prepare()
+gives each module a plain parameter of the same shape that holds no bytes (what the C++
+engine calls deferred), as torch's own meta-to-CPU conversion does; a parameter tied
+between modules stays one parameter. At more than one rank every rank replays rank 0's
+records (their generator states and kept tensors are broadcast), as every rank starts
+from rank 0's values of an eager model.
+
+What cannot be replayed is refused by name when it happens: an in-place operation whose
+values come from another deferred parameter or from a meta tensor, a forward (or any
+computation mixing real tensors with a deferred parameter) before the engine is built, a
+move to another device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .errors import ConfigError, UsageError
+
+# In-place operations that draw from a random generator: their record keeps its state.
+_RANDOM = frozenset({"normal_", "uniform_", "bernoulli_", "random_", "exponential_", "cauchy_", "log_normal_",
+                     "geometric_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                     "trunc_normal_", "orthogonal_", "sparse_"})
+# In-place operations that set every element of their target whatever it held before.
+_OVERWRITE = _RANDOM | {"zero_", "fill_", "copy_", "zeros_", "ones_", "constant_", "eye_", "dirac_"}
+# In-place by name, but they change no values.
+_METADATA = frozenset({"requires_grad_", "retain_grad", "share_memory_", "detach_", "_fix_weakref"})
+_INPLACE_DUNDER = re.compile(r"__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|lshift|rshift|matmul)__|__setitem__")
+# Conversions: the result is the parameter's values in another dtype.
+_CONVERSIONS = {"to": None, "float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16,
+                "double": torch.float64, "cpu": None}
+
+
+class _Self:
+    """Where the operation's target goes in a recorded call."""
+
+
+_SELF = _Self()
+
+
+@dataclasses.dataclass
+class _GeneratorState:
+    state: torch.Tensor
+
+
+@dataclasses.dataclass
+class _Step:
+    """A view (or a conversion) of a deferred tensor: func(target, *args, **kwargs)[index]."""
+    func: object
+    args: tuple
+    kwargs: dict
+    index: int | None = None
+
+
+@dataclasses.dataclass
+class _Op:
+    chain: tuple  # the steps from the parameter to the operation's target
+    func: object  # None: the chain's result replaces the values (a dtype conversion)
+    args: tuple
+    kwargs: dict
+    rng: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class _Record:
+    shape: tuple
+    dtype: torch.dtype
+    base: torch.Tensor | None  # the values built from, until an operation overwrites them all
+    ops: list
+    where: str  # "Linear.weight": for messages
+    defined: bool = True  # False: built on the meta device, no operation has set it yet
+    start_dtype: torch.dtype | None = None  # the dtype when ops[0] ran (a conversion may follow)
+
+    def __post_init__(self):
+        self.start_dtype = self.dtype
+
+
+def _name(func) -> str:
+    n = getattr(func, "__name__", "")
+    if n in ("__get__", "__set__"):
+        return f"{getattr(getattr(func, '__self__', None), '__name__', '?')}.{n}"
+    return n
+
+
+def _is_deferred(x) -> bool:
+    return isinstance(x, (DeferredParameter, _DeferredView))
+
+
+def _apply(step: _Step, t: torch.Tensor) -> torch.Tensor:
+    with torch._C.DisableTorchFunction():
+        r = step.func(t, *step.args, **step.kwargs)
+    return r if step.index is None else r[step.index]
+
+
+def _along(chain, t: torch.Tensor) -> torch.Tensor:
+    for step in chain:
+        t = _apply(step, t)
+    return t
+
+
+def _fill(tree, target):
+    """The recorded call's arguments with its target in place, generators set to their
+    recorded states."""
+    def one(x):
+        if x is _SELF:
+            return target
+        if isinstance(x, _GeneratorState):
+            g = torch.Generator()
+            g.set_state(x.state)
+            return g
+        return x
+    return tree_map(one, tree)
+
+
+def replay(rec: _Record) -> torch.Tensor:
+    """The parameter's values, made as eager construction made them."""
+    if not rec.defined:
+        raise UsageError(f"failed_precondition: parameter {rec.where} was built on the meta device and nothing set "
+                         "its values; initialize it (reset_parameters, torch.nn.init) while building the model")
+    t = rec.base.detach().clone() if rec.base is not None else torch.empty(rec.shape, dtype=rec.start_dtype)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for op in rec.ops:
+            if op.func is None:
+                t = _along(op.chain, t).contiguous()
+                continue
+            target = _along(op.chain, t)
+            if op.rng is not None:
+                torch.set_rng_state(op.rng)
+            with torch._C.DisableTorchFunction():
+                op.func(*_fill(op.args, target), **_fill(op.kwargs, target))
+    return t
+
+
+def _refuse_reading(rec: _Record, what: str):
+    raise UsageError(f"failed_precondition: parameter {rec.where} was built under strata.Init and holds no values "
+                     f"until strata.initialize (or strata.fully_shard's optimizer) builds the engine; {what}")
+
+
+def _record_op(target, func, name: str, args: tuple, kwargs: dict):
+    rec: _Record = target._strata_record
+    chain = target._strata_chain
+
+    def keep(x):
+        if x is target:
+            return _SELF
+        if _is_deferred(x):
+            _refuse_reading(rec, f"{name} reads another deferred parameter's values ({x._strata_record.where}), "
+                                 "which strata.Init cannot replay; set them after the engine is built "
+                                 "(strata.GatheredParameters) or build this module outside strata.Init")
+        if isinstance(x, torch.Tensor):
+            if x.is_meta:
+                _refuse_reading(rec, f"{name} takes a meta tensor's values, which do not exist")
+            return x.detach()  # a real value (a copy's source, a mask): kept for the replay
+        if isinstance(x, torch.Generator):
+            return _GeneratorState(x.get_state())
+        return x
+
+    op = _Op(chain, func, tree_map(keep, args), tree_map(keep, kwargs))
+    if name in _RANDOM:
+        # The state this draw starts from, then the same draw on a scratch tensor laid
+        # out as the target: the generator moves on as eager construction moves it.
+        op.rng = torch.get_rng_state()
+        scratch = _along(chain, torch.empty(rec.shape, dtype=rec.dtype))
+        real = lambda x: scratch if x is target else x  # noqa: E731 - the caller's generator, advanced
+        with torch.no_grad(), torch._C.DisableTorchFunction():
+            func(*tree_map(real, args), **tree_map(real, kwargs))
+    if name in _OVERWRITE and target.numel() == _numel(rec.shape):
+        rec.ops, rec.base, rec.defined, rec.start_dtype = [op], None, True, rec.dtype
+    else:
+        rec.ops.append(op)
+    return target
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _set_data(target, value):
+    """p.data = value: new values (and maybe a new shape or dtype), or a conversion of
+    p's own (nn.Module._apply: model.bfloat16())."""
+    rec: _Record = target._strata_record
+    if target._strata_chain:
+        _refuse_reading(rec, "setting .data of a view of it is not supported")
+    if _is_deferred(value):
+        if value._strata_record is not rec or not value._strata_converted:
+            _refuse_reading(rec, f"its .data was set to another deferred tensor ({value._strata_record.where})")
+        rec.ops.append(_Op(value._strata_chain, None, (), {}))
+        rec.dtype = value.dtype
+    elif isinstance(value, torch.Tensor) and not value.is_meta:
+        rec.base, rec.ops, rec.defined = value.detach(), [], True
+        rec.shape, rec.dtype, rec.start_dtype = tuple(value.shape), value.dtype, value.dtype
+    else:
+        _refuse_reading(rec, "its .data was set to a meta tensor, which has no values")
+    with torch._C.DisableTorchFunction():
+        torch.Tensor.data.__set__(target, torch.empty(rec.shape, dtype=rec.dtype, device="meta"))
+
+
+def _alias(source, steps: list[_Step], results):
+    """Wraps the meta results that view `source` as deferred views."""
+    def wrap(r, step):
+        v = torch.Tensor._make_subclass(_DeferredView, r, False)
+        v._strata_record = source._strata_record
+        v._strata_chain = source._strata_chain + (step,)
+        v._strata_converted = False
+        return v
+    if isinstance(results, (tuple, list)):
+        return type(results)(wrap(r, s) for r, s in zip(results, steps))
+    return wrap(results, steps[0])
+
+
+def _convert(target, name: str, func, args, kwargs):
+    """model.bfloat16(), p.to(torch.float16), p.cpu(): the values converted (and laid
+    out: the engine makes them contiguous again). A move off the CPU is refused."""
+    rec: _Record = target._strata_record
+    dtype = _CONVERSIONS[name]
+    if name == "to":
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and device.type != "cpu":
+            _refuse_reading(rec, f"moving it to {device} is not supported: strata's engine places the values "
+                                 "(the compute tier) when it is built")
+    out = _alias(target, [_Step(func, args, kwargs)],
+                 torch.empty(target.shape, dtype=dtype or target.dtype, device="meta"))
+    out._strata_converted = True
+    return out
+
+
+def _torch_function(cls, func, types, args=(), kwargs=None):
+    # Everything below sees deferred tensors as the meta tensors they are.
+    with torch._C.DisableTorchFunction():
+        return _dispatch(func, args, kwargs or {})
+
+
+def _dispatch(func, args: tuple, kwargs: dict):
+    name = _name(func)
+    if name == "data.__set__":
+        _set_data(args[0], args[1])
+        return None
+    # (Attribute getters and setters are named "attr.__get__": never in place here.)
+    inplace = (name.endswith("_") and not name.startswith("__") and "." not in name and name not in _METADATA) or \
+        _INPLACE_DUNDER.fullmatch(name) is not None
+    if inplace:
+        target = args[0] if args else kwargs.get("tensor")
+        if _is_deferred(target):
+            if "out" in kwargs:
+                _refuse_reading(target._strata_record, f"{name} with out= is not supported")
+            return _record_op(target, func, name, args, kwargs)
+    flat, _ = tree_flatten((args, kwargs))
+    deferred = [x for x in flat if _is_deferred(x)]
+    if "out" in kwargs and _is_deferred(kwargs["out"]):
+        _refuse_reading(kwargs["out"]._strata_record, f"{name} with out= is not supported")
+    if name in _CONVERSIONS and args and _is_deferred(args[0]):
+        return _convert(args[0], name, func, args[1:], kwargs)
+    # Anything else runs on the meta tensors: shapes and dtypes are right, values do not
+    # exist. A computation that mixes in real values is a read of the parameter's.
+    if any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
+        _refuse_reading(deferred[0]._strata_record, f"{name} reads its values (a forward before the engine is built?)")
+    with torch._C.DisableTorchFunction():
+        out = func(*args, **kwargs)
+    if name in ("data.__get__", "detach") and _is_deferred(args[0]):
+        return _alias(args[0], [_Step(func, args[1:], kwargs)], out)
+    # Views of a deferred tensor (p[0], p.t(), p.split(...)) are deferred views: an
+    # in-place operation on one is recorded against the parameter.
+    source = deferred[0] if deferred else None
+    if source is not None and args and args[0] is source:
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if outs and all(isinstance(r, torch.Tensor) and r._is_view() and r._base is source for r in outs):
+            steps = [_Step(func, args[1:], kwargs, i if isinstance(out, (tuple, list)) else None)
+                     for i in range(len(outs))]
+            return _alias(source, steps, out)
+    return out
+
+
+class DeferredParameter(torch.nn.Parameter):
+    """A parameter built under strata.Init (Note [deferred parameters]): no bytes until
+    the engine makes its values."""
+    __torch_function__ = classmethod(_torch_function)
+
+    def __repr__(self):
+        return f"DeferredParameter({self._strata_record.where}, shape={tuple(self.shape)}, dtype={self.dtype})"
+
+    def __reduce_ex__(self, proto):
+        raise UsageError(f"failed_precondition: parameter {self._strata_record.where} was built under strata.Init "
+                         "and holds no values to copy or pickle until the engine is built")
+
+
+class _DeferredView(torch.Tensor):
+    """A view (or conversion) of a DeferredParameter; in-place operations on it are the
+    parameter's."""
+    __torch_function__ = classmethod(_torch_function)
+
+
+def _defer(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> DeferredParameter:
+    d = torch.Tensor._make_subclass(DeferredParameter, torch.empty(param.shape, dtype=param.dtype, device="meta"),
+                                    param.requires_grad)
+    defined = not param.is_meta
+    d._strata_record = _Record(tuple(param.shape), param.dtype, param.detach() if defined else None, [],
+                               f"{type(module).__name__}.{name}", defined)
+    d._strata_chain = ()
+    d._strata_converted = False
+    return d
+
+
+_depth = 0
+_register_parameter = torch.nn.Module.register_parameter
+
+
+def _deferring_register_parameter(self, name, param):
+    # Lazy modules' uninitialized parameters keep their own mechanism; integer ones are
+    # no engine's (they stay the module's own, Note [unit ownership] in _units.py).
+    if isinstance(param, torch.nn.Parameter) and not isinstance(param, DeferredParameter) and \
+            not isinstance(param, torch.nn.parameter.UninitializedTensorMixin) and param.is_floating_point():
+        param = _defer(self, name, param)
+    return _register_parameter(self, name, param)
+
+
+class Init:
+    """While active, the parameters modules create hold no bytes (Note [deferred
+    parameters]); strata.initialize or strata.fully_shard's optimizer makes their values
+    chunk by chunk, as eager construction would have made them. As
+    deepspeed.zero.Init; `enabled=False` builds the model as usual."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = bool(enabled)
+
+    def __enter__(self):
+        global _depth
+        if self.enabled:
+            if _depth == 0:
+                torch.nn.Module.register_parameter = _deferring_register_parameter
+            _depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _depth
+        if self.enabled:
+            _depth -= 1
+            if _depth == 0:
+                torch.nn.Module.register_parameter = _register_parameter
+        return False
+
+
+# -- handing deferred parameters to an engine ---------------------------------------------
+
+# Plain parameters that stand in for deferred ones (no bytes), by id: the parameter (which
+# keeps the id alive) and its record.
+_pending: dict[int, tuple[torch.nn.Parameter, _Record]] = {}
+
+
+def _no_bytes(shape, dtype) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype)
+    t.storage().resize_(0)  # a shape and no storage: what the C++ engine calls deferred
+    return t
+
+
+def _replace(module: torch.nn.Module, make) -> dict[int, torch.nn.Parameter]:
+    """Swaps every deferred parameter under `module` for make(deferred), one per deferred
+    parameter however many modules hold it. Refuses a plain meta parameter."""
+    swapped: dict[int, torch.nn.Parameter] = {}
+    for mod_name, mod in module.named_modules(remove_duplicate=False):
+        for name, p in list(mod._parameters.items()):
+            if isinstance(p, DeferredParameter):
+                new = p.__dict__.get("_strata_replaced")
+                if new is None:
+                    new = make(p)
+                    p._strata_replaced = new
+                mod._parameters[name] = new
+                swapped[id(p)] = new
+            elif p is not None and p.is_meta:
+                where = f"{mod_name}.{name}" if mod_name else name
+                raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
+                                  "build the model under strata.Init() (the engine makes its values when it is "
+                                  "built), or give it values first (model.to_empty(device='cpu') and an init)")
+    return swapped
+
+
+def prepare(module: torch.nn.Module) -> dict[int, torch.nn.Parameter]:
+    """Gives `module`'s modules plain parameters without bytes for their deferred ones
+    (values made by initializer(), below). Returns {id(deferred): its stand-in}: lists
+    the caller holds (an optimizer's groups) are mapped with it."""
+    def stand_in(d: DeferredParameter) -> torch.nn.Parameter:
+        rec = d._strata_record
+        p = torch.nn.Parameter(_no_bytes(rec.shape, rec.dtype), requires_grad=d.requires_grad)
+        _pending[id(p)] = (p, rec)
+        return p
+    return _replace(module, stand_in)
+
+
+def materialize(module: torch.nn.Module) -> torch.nn.Module:
+    """Gives every deferred parameter of `module` its values now, in host memory (a model
+    that fits, or one to check against); a tied parameter stays tied. Returns module."""
+    def real(d: DeferredParameter) -> torch.nn.Parameter:
+        return torch.nn.Parameter(replay(d._strata_record), requires_grad=d.requires_grad)
+    _replace(module, real)
+    return module
+
+
+def remap(params, swapped: dict[int, torch.nn.Parameter]):
+    return [swapped.get(id(p), p) for p in params]
+
+
+def is_pending(p: torch.Tensor) -> bool:
+    entry = _pending.get(id(p))
+    return entry is not None and entry[0] is p
+
+
+def initializer(params):
+    """The engine's init(param, out) for the stand-ins among `params`, or None."""
+    if not any(is_pending(p) for p in params):
+        return None
+
+    def init(param, out):
+        entry = _pending.get(id(param))
+        if entry is None or entry[0] is not param:
+            raise UsageError("failed_precondition: the engine asked for the values of a parameter that holds none "
+                             "and was not built under strata.Init")
+        out.copy_(replay(entry[1]))
+    return init
+
+
+def forget(params) -> None:
+    """The engine holds the values of `params` now: their records go."""
+    for p in params:
+        if is_pending(p):
+            del _pending[id(p)]
+
+
+def sync(comm, params) -> None:
+    """Every rank replays rank 0's records: the same model code at every rank records
+    the same operations, and rank 0's kept tensors and generator states are broadcast
+    (ranks that did not seed alike still start from rank 0's values, as with an eager
+    model). Ranks whose records differ in shape are refused, on every rank."""
+    if comm.world == 1:
+        return
+    records = list({id(r): r for r in (_pending[id(p)][1] for p in params if is_pending(p))}.values())
+    layout = repr([(r.shape, str(r.dtype), r.base is None, r.defined,
+                    [(len(o.chain), getattr(o.func, "__name__", None), o.rng is None,
+                      [tuple(x.shape) for x in tree_flatten((o.args, o.kwargs))[0] if isinstance(x, torch.Tensor)])
+                     for o in r.ops]) for r in records])
+    mine = torch.tensor([zlib.crc32(layout.encode())], dtype=torch.int64)
+    for root in range(comm.world):
+        theirs = mine.clone()
+        comm.broadcast(theirs, root)
+        if theirs.item() != mine.item():
+            raise UsageError(f"failed_precondition: ranks {root} and {comm.rank} built different models under "
+                             "strata.Init (the parameters or their initialization differ); build the same model "
+                             "at every rank")
+    with torch.no_grad():
+        for r in records:
+            tensors = ([r.base] if r.base is not None else []) + [o.rng for o in r.ops if o.rng is not None]
+            tensors += [x for o in r.ops for x in tree_flatten((o.args, o.kwargs))[0] if isinstance(x, torch.Tensor)]
+            tensors += [x.state for o in r.ops for x in tree_flatten((o.args, o.kwargs))[0]
+                        if isinstance(x, _GeneratorState)]
+            for t in tensors:
+                if t.is_contiguous():
+                    comm.broadcast(t, 0)
+                else:
+                    flat = t.contiguous()
+                    comm.broadcast(flat, 0)
+                    t.copy_(flat)
