@@ -379,10 +379,25 @@ def _no_bytes(shape, dtype) -> torch.Tensor:
     return t
 
 
-def _replace(module: torch.nn.Module, make) -> dict[int, torch.nn.Parameter]:
+class Swapped(dict):
+    """{id(deferred): what replaced it}; undo() puts the deferred parameters back."""
+
+    def __init__(self):
+        super().__init__()
+        self.places: list[tuple[torch.nn.Module, str, DeferredParameter]] = []
+
+    def undo(self) -> None:
+        for mod, name, old in self.places:
+            new = mod._parameters[name]
+            _pending.pop(id(new), None)
+            old.__dict__.pop("_strata_replaced", None)
+            mod._parameters[name] = old
+
+
+def _replace(module: torch.nn.Module, make) -> Swapped:
     """Swaps every deferred parameter under `module` for make(deferred), one per deferred
     parameter however many modules hold it. Refuses a plain meta parameter."""
-    swapped: dict[int, torch.nn.Parameter] = {}
+    swapped = Swapped()
     for mod_name, mod in module.named_modules(remove_duplicate=False):
         for name, p in list(mod._parameters.items()):
             if isinstance(p, DeferredParameter):
@@ -392,6 +407,7 @@ def _replace(module: torch.nn.Module, make) -> dict[int, torch.nn.Parameter]:
                     p._strata_replaced = new
                 mod._parameters[name] = new
                 swapped[id(p)] = new
+                swapped.places.append((mod, name, p))
             elif p is not None and p.is_meta:
                 where = f"{mod_name}.{name}" if mod_name else name
                 raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
@@ -400,10 +416,12 @@ def _replace(module: torch.nn.Module, make) -> dict[int, torch.nn.Parameter]:
     return swapped
 
 
-def prepare(module: torch.nn.Module) -> dict[int, torch.nn.Parameter]:
+def prepare(module: torch.nn.Module) -> Swapped:
     """Gives `module`'s modules plain parameters without bytes for their deferred ones
     (values made by initializer(), below). Returns {id(deferred): its stand-in}: lists
-    the caller holds (an optimizer's groups) are mapped with it."""
+    the caller holds (an optimizer's groups) are mapped with it; undo() after a failed
+    build gives the model its deferred parameters back (a stand-in has no storage: any
+    operation on it outside the engine would read freed memory)."""
     def stand_in(d: DeferredParameter) -> torch.nn.Parameter:
         rec = d._strata_record
         p = torch.nn.Parameter(_no_bytes(rec.shape, rec.dtype), requires_grad=d.requires_grad)

@@ -56,8 +56,16 @@ class Engine:
         self.module = module
         self._config = cfg
         swapped = _deferred.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
-        if groups and swapped:
-            groups = [{**g, "params": _deferred.remap(g["params"], swapped)} for g in groups]
+        try:
+            self._build(module, cfg, comm, _groups_remapped(groups, swapped))
+        except BaseException:
+            if getattr(self, "_eng", None) is None:  # not built: the model is as it was given
+                swapped.undo()
+            raise
+        self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(
+            lr_scheduler, "step") else lr_scheduler
+
+    def _build(self, module, cfg: dict, comm, groups) -> None:
         self._units = _units.units_of(module)
         if not self._units:
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")
@@ -82,8 +90,6 @@ class Engine:
             torch_groups = [{"params": [p for p in dict.fromkeys(p for u in self._units for p in u.params)
                                         if p.requires_grad]}]
         self.optimizer = EngineOptimizer(self, torch_groups)
-        self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(
-            lr_scheduler, "step") else lr_scheduler
 
     # -- training ---------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -230,6 +236,13 @@ class Engine:
             _guard.unwatch(self._watched)
             self._watched = None
         self._eng.close()
+
+
+def _groups_remapped(groups: list[dict] | None, swapped) -> list[dict] | None:
+    """The caller's groups over the parameters that replaced strata.Init's."""
+    if not groups or not swapped:
+        return groups
+    return [{**g, "params": _deferred.remap(g["params"], swapped)} for g in groups]
 
 
 def _jsonable(x):

@@ -110,6 +110,59 @@ class CheckpointedGPT(TinyGPT):
         return self.head(self.ln_f(x))
 
 
+class RMSNorm(nn.Module):
+    """A custom layer with no reset_parameters: its weight's values are what it was built from."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class CustomInitGPT(nn.Module):
+    """Initialization the way nanoGPT and Hugging Face models write it: a module-level
+    _init_weights applied over the model after it is built, a per-name std for the output
+    projections, a padding row, a tied head, RMSNorm weights built from torch.ones, a
+    gain built from torch.randn, and edits through views (a column of .data, a bias
+    shifted in place, a truncated normal)."""
+
+    def __init__(self, dim=32, layers=2):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, dim, padding_idx=0)
+        self.wpe = nn.Embedding(SEQ, dim)
+        self.h = nn.ModuleList(nn.ModuleDict({"ln": RMSNorm(dim), "c_fc": nn.Linear(dim, 4 * dim),
+                                              "c_proj": nn.Linear(4 * dim, dim)}) for _ in range(layers))
+        self.ln_f = RMSNorm(dim)
+        self.lm_head = nn.Linear(dim, VOCAB, bias=False)
+        self.wte.weight = self.lm_head.weight
+        self.gain = nn.Parameter(1 + 0.1 * torch.randn(dim))
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * layers))
+        with torch.no_grad():
+            self.h[0].c_fc.weight.data[:, 0].fill_(0.5)
+            self.h[-1].c_fc.bias += 0.1
+            nn.init.trunc_normal_(self.h[-1].c_proj.bias, std=0.02)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx):
+        x = (self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))) * self.gain
+        for b in self.h:
+            x = x + b["c_proj"](F.gelu(b["c_fc"](b["ln"](x))))
+        return self.lm_head(self.ln_f(x))
+
+
 class Reparametrized(nn.Module):
     """Layers whose weight a forward pre-hook computes from their parameters before each
     forward, registered before the model is sharded: weight_norm (weight_g, weight_v),
@@ -325,6 +378,8 @@ def make(name, seed=0):
         return PositionTableGPT()
     if name == "gpt_torch_layers":
         return TorchLayersGPT()
+    if name == "gpt_custom_init":
+        return CustomInitGPT()
     if name == "gpt_checkpointed":
         return CheckpointedGPT(reentrant=False)
     if name == "gpt_checkpointed_reentrant":

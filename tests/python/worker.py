@@ -13,6 +13,7 @@ SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 "clip": max_norm: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between
 backward and step, its norms written as "norms",
 "zero_grad": "none" | "zero": model.zero_grad(set_to_none=...) before every forward,
+"deferred": build the model under strata.Init (its values made when the engine is built),
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
@@ -131,7 +132,8 @@ def main():
     assert mode == "train", mode
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     # "seed_per_rank": every rank initializes differently; strata starts all from rank 0's.
-    model = models.make(spec["model"], spec.get("seed", 0) + (rank if spec.get("seed_per_rank") else 0))
+    with strata.Init(enabled=bool(spec.get("deferred"))):
+        model = models.make(spec["model"], spec.get("seed", 0) + (rank if spec.get("seed_per_rank") else 0))
     if spec.get("load_model"):  # a plain state_dict saved with torch.save
         model.load_state_dict(torch.load(spec["load_model"]))
     if spec.get("external_head"):  # the root's forward uses wte.weight (gpt_functional_head)
