@@ -143,11 +143,11 @@ def test_a_second_backward_through_one_forward_at_stage_3(strata):
 
 
 def test_a_parameter_off_the_cpu(strata):
-    # This build's torch has no CUDA: model.cuda() fails in torch itself; a parameter on
-    # any other device reaching strata is refused by name.
+    # This build's torch has no CUDA: model.cuda() fails in torch itself. A model moved to
+    # the meta device has no values: refused by name, pointing at strata.Init.
     with pytest.raises((AssertionError, RuntimeError)):
         models.make("gpt").cuda()
-    with pytest.raises(strata.ConfigError, match="is on meta; this strata build runs on CPU"):
+    with pytest.raises(strata.ConfigError, match="on the meta device and has no values; build the model under strata.Init"):
         strata.initialize(model=models.make("gpt").to("meta"), config=config())
 
 

@@ -32,3 +32,14 @@ def test_resnet18_initialize_keeps_the_optimizer_on_nvme(tmp_path):
     nvme = [float(x) for x in re.findall(r"optimizer state on nvme ([0-9.]+) MiB", out)]
     # fp32 master + m + v of 11.7M parameters, this rank's half: about 67 MiB and padding.
     assert nvme and all(60 < v < 100 for v in nvme), out
+
+
+def test_gpt_larger_than_ram_learns_with_everything_on_nvme(tmp_path):
+    out = launch("gpt_larger_than_ram.py", "--steps", 20, "--nvme-path", tmp_path)
+    assert re.search(r"built [0-9.]+M parameters", out), out
+    # fp32 master + m + v and the bf16 parameter and gradient records of this rank's half
+    # of 0.8M parameters: about 8 MiB and padding.
+    nvme = [float(x) for x in re.findall(r"([0-9.]+) MiB of model state on nvme", out)]
+    assert nvme and 6 < nvme[0] < 40, out
+    losses = [float(x) for x in re.findall(r"loss ([0-9.]+)", out)]
+    assert len(losses) >= 3 and losses[-1] < losses[0] - 1.0, out

@@ -1,0 +1,145 @@
+"""A GPT larger than host memory, written in plain PyTorch and trained from Python:
+built under strata.Init (its parameters hold no bytes; each gets its values when the
+engine fills its chunk), sharded with strata.initialize at ZeRO stage 3 with the
+parameters and the optimizer state in NVMe files, bf16 compute with fp32 master weights.
+
+    PYTHONPATH=build/release/python strata launch -n 2 -- /usr/bin/python3 \\
+        examples/python/gpt_larger_than_ram.py --steps 20 --nvme-path /tmp/strata-nvme
+
+    # 5.9B parameters (23.6 GB of fp32 values) on a machine with 24 GiB of RAM:
+    PYTHONPATH=build/release/python /usr/bin/python3 examples/python/gpt_larger_than_ram.py \\
+        --layers 52 --dim 3072 --heads 24 --steps 2 --batch 1 --seq-len 128 --bf16-state \\
+        --nvme-path /mnt/nvme/strata
+
+Against a plain PyTorch script, the model is built inside `with strata.Init():`, and the
+strata.initialize call and engine.backward / engine.step replace the optimizer.
+"""
+import argparse
+import math
+import os
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import strata
+
+VOCAB = 256
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for z in self.qkv(self.ln1(x)).split(d, dim=2))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, dim, layers, heads, seq_len):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(VOCAB, dim), nn.Embedding(seq_len, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, VOCAB, bias=False)
+        self.head.weight = self.wte.weight  # tied
+        self.apply(self._init_weights)  # GPT-2's initialization, applied after building, as nanoGPT does
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("out.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * layers))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def gib(n):
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8, help="sequences per rank")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--nvme-path", default="/tmp/strata-nvme")
+    ap.add_argument("--bf16-state", action="store_true",
+                    help="bf16 optimizer state and gradient records (12 bytes a parameter on nvme, not 18)")
+    args = ap.parse_args()
+    rank = int(os.environ.get("RANK", 0))
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with strata.Init():
+        model = GPT(args.dim, args.layers, args.heads, args.seq_len)
+    n = sum(p.numel() for p in model.parameters())
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if rank == 0:
+        print(f"built {n / 1e6:.1f}M parameters ({gib(4 * n)} as fp32; this machine has {gib(ram)} of RAM) "
+              f"in {time.perf_counter() - t0:.1f} s, peak RSS {gib(peak_rss())}", flush=True)
+
+    config = {
+        "train_micro_batch_size_per_gpu": args.batch,
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": 3,
+                              "offload_param": {"device": "nvme", "nvme_path": args.nvme_path},
+                              "offload_optimizer": {"device": "nvme", "nvme_path": args.nvme_path}},
+        "optimizer": {"type": "AdamW", "params": {"lr": args.lr, "weight_decay": 0.1}},
+    }
+    if args.bf16_state:
+        config["strata"] = {"optimizer_state_dtype": "bf16", "gradient_shard_dtype": "bf16"}
+    t0 = time.perf_counter()
+    engine, _, _, _ = strata.initialize(model=model, config=config)
+    if rank == 0:
+        nvme = sum(engine.memory_by_tier()["nvme"].values())
+        print(f"engine built in {time.perf_counter() - t0:.1f} s: {gib(nvme)} of model state on nvme at this rank, "
+              f"peak RSS {gib(peak_rss())}", flush=True)
+
+    g = torch.Generator().manual_seed(100 + rank)
+    for step in range(args.steps):
+        t0 = time.perf_counter()
+        # A learnable stream: each sequence counts up from a random start.
+        start = torch.randint(0, VOCAB, (args.batch, 1), generator=g)
+        tokens = (start + torch.arange(args.seq_len + 1)) % VOCAB
+        logits = engine(tokens[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+        engine.backward(loss)
+        engine.step()
+        if rank == 0 and (step % 5 == 0 or step == args.steps - 1):
+            print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} {time.perf_counter() - t0:.1f} s, "
+                  f"peak RSS {gib(peak_rss())}", flush=True)
+    engine.close()
+
+
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+if __name__ == "__main__":
+    main()
