@@ -87,7 +87,10 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8, help="sequences per rank")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate; default: by size, as strata train (3e-3 small, 1.1e-4 at 5.9B)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="linear warmup steps; default: as strata train (10%% of the run, one per 10M parameters)")
     ap.add_argument("--nvme-path", default="/tmp/strata-nvme")
     ap.add_argument("--bf16-state", action="store_true",
                     help="bf16 optimizer state and gradient records (12 bytes a parameter on nvme, not 18)")
@@ -104,13 +107,20 @@ def main():
         print(f"built {n / 1e6:.1f}M parameters ({gib(4 * n)} as fp32; this machine has {gib(ram)} of RAM) "
               f"in {time.perf_counter() - t0:.1f} s, peak RSS {gib(peak_rss())}", flush=True)
 
+    # strata train's defaults (apps/strata/train/train_options.cpp): GPT-3's peak rates
+    # follow 6e-4 * sqrt(125M / N), and a warmup that grows with the model keeps a large
+    # one's first Adam steps (every weight moved by about the lr) from diverging.
+    lr = args.lr if args.lr is not None else min(3e-3, 6e-4 * math.sqrt(125e6 / n))
+    warmup = args.warmup if args.warmup is not None else max(args.steps // 10, -(-n // 10_000_000), 1)
     config = {
         "train_micro_batch_size_per_gpu": args.batch,
         "bf16": {"enabled": True},
         "zero_optimization": {"stage": 3,
                               "offload_param": {"device": "nvme", "nvme_path": args.nvme_path},
                               "offload_optimizer": {"device": "nvme", "nvme_path": args.nvme_path}},
-        "optimizer": {"type": "AdamW", "params": {"lr": args.lr, "weight_decay": 0.1}},
+        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": 0.1}},
+        "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                     "warmup_num_steps": warmup, "warmup_type": "linear"}},
     }
     if args.bf16_state:
         config["strata"] = {"optimizer_state_dtype": "bf16", "gradient_shard_dtype": "bf16"}
@@ -119,7 +129,7 @@ def main():
     if rank == 0:
         nvme = sum(engine.memory_by_tier()["nvme"].values())
         print(f"engine built in {time.perf_counter() - t0:.1f} s: {gib(nvme)} of model state on nvme at this rank, "
-              f"peak RSS {gib(peak_rss())}", flush=True)
+              f"peak RSS {gib(peak_rss())}; lr {lr:.3g} after {warmup} warmup steps", flush=True)
 
     g = torch.Generator().manual_seed(100 + rank)
     for step in range(args.steps):
@@ -132,7 +142,9 @@ def main():
         engine.backward(loss)
         engine.step()
         if rank == 0 and (step % 5 == 0 or step == args.steps - 1):
-            print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} {time.perf_counter() - t0:.1f} s, "
+            m = engine.last_metrics()
+            print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} {time.perf_counter() - t0:.1f} s "
+                  f"(forward {m['forward_s']:.1f}, backward {m['backward_s']:.1f}, optimizer {m['optimizer_s']:.1f}), "
                   f"peak RSS {gib(peak_rss())}", flush=True)
     engine.close()
 

@@ -33,6 +33,7 @@ move to another device.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import zlib
 
@@ -188,18 +189,11 @@ def _record_op(target, func, name: str, args: tuple, kwargs: dict):
         real = lambda x: scratch if x is target else x  # noqa: E731 - the caller's generator, advanced
         with torch.no_grad(), torch._C.DisableTorchFunction():
             func(*tree_map(real, args), **tree_map(real, kwargs))
-    if name in _OVERWRITE and target.numel() == _numel(rec.shape):
+    if name in _OVERWRITE and target.numel() == math.prod(rec.shape):
         rec.ops, rec.base, rec.defined, rec.start_dtype = [op], None, True, rec.dtype
     else:
         rec.ops.append(op)
     return target
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _set_data(target, value):
@@ -305,9 +299,19 @@ class DeferredParameter(torch.nn.Parameter):
     def __repr__(self):
         return f"DeferredParameter({self._strata_record.where}, shape={tuple(self.shape)}, dtype={self.dtype})"
 
+    def __deepcopy__(self, memo):
+        # copy.deepcopy(model) before the engine is built (an EMA copy): a deferred copy
+        # with its own record (the kept tensors are shared: a replay never writes them).
+        if id(self) not in memo:
+            rec = self._strata_record
+            copy = _make_deferred(rec.shape, rec.dtype, self.requires_grad,
+                                  dataclasses.replace(rec, ops=list(rec.ops)))
+            memo[id(self)] = copy
+        return memo[id(self)]
+
     def __reduce_ex__(self, proto):
         raise UsageError(f"failed_precondition: parameter {self._strata_record.where} was built under strata.Init "
-                         "and holds no values to copy or pickle until the engine is built")
+                         "and holds no values to pickle until the engine is built (strata.materialize gives them)")
 
 
 class _DeferredView(torch.Tensor):
@@ -316,15 +320,19 @@ class _DeferredView(torch.Tensor):
     __torch_function__ = classmethod(_torch_function)
 
 
-def _defer(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> DeferredParameter:
-    d = torch.Tensor._make_subclass(DeferredParameter, torch.empty(param.shape, dtype=param.dtype, device="meta"),
-                                    param.requires_grad)
-    defined = not param.is_meta
-    d._strata_record = _Record(tuple(param.shape), param.dtype, param.detach() if defined else None, [],
-                               f"{type(module).__name__}.{name}", defined)
+def _make_deferred(shape, dtype, requires_grad: bool, rec: _Record) -> DeferredParameter:
+    d = torch.Tensor._make_subclass(DeferredParameter, torch.empty(shape, dtype=dtype, device="meta"), requires_grad)
+    d._strata_record = rec
     d._strata_chain = ()
     d._strata_converted = False
     return d
+
+
+def _defer(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> DeferredParameter:
+    defined = not param.is_meta
+    return _make_deferred(param.shape, param.dtype, param.requires_grad,
+                          _Record(tuple(param.shape), param.dtype, param.detach() if defined else None, [],
+                                  f"{type(module).__name__}.{name}", defined))
 
 
 _depth = 0
@@ -385,6 +393,7 @@ class Swapped(dict):
     def __init__(self):
         super().__init__()
         self.places: list[tuple[torch.nn.Module, str, DeferredParameter]] = []
+        self.external: list[tuple[list, int, DeferredParameter]] = []  # register_external_parameter's lists
 
     def undo(self) -> None:
         for mod, name, old in self.places:
@@ -392,6 +401,8 @@ class Swapped(dict):
             _pending.pop(id(new), None)
             old.__dict__.pop("_strata_replaced", None)
             mod._parameters[name] = old
+        for lst, i, old in self.external:
+            lst[i] = old
 
 
 def _replace(module: torch.nn.Module, make) -> Swapped:
@@ -409,10 +420,19 @@ def _replace(module: torch.nn.Module, make) -> Swapped:
                 swapped[id(p)] = new
                 swapped.places.append((mod, name, p))
             elif p is not None and p.is_meta:
+                swapped.undo()
                 where = f"{mod_name}.{name}" if mod_name else name
                 raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
                                   "build the model under strata.Init() (the engine makes its values when it is "
                                   "built), or give it values first (model.to_empty(device='cpu') and an init)")
+    # strata.register_external_parameter(module, p) before the swap names the deferred p.
+    for mod in module.modules():
+        lst = mod.__dict__.get("_strata_external_params", [])
+        for i, p in enumerate(lst):
+            new = p.__dict__.get("_strata_replaced") if isinstance(p, DeferredParameter) else None
+            if new is not None:
+                lst[i] = new
+                swapped.external.append((lst, i, p))
     return swapped
 
 
