@@ -273,7 +273,7 @@ def _dispatch(func, args: tuple, kwargs: dict):
         return _convert(args[0], name, func, args[1:], kwargs)
     # Anything else runs on the meta tensors: shapes and dtypes are right, values do not
     # exist. A computation that mixes in real values is a read of the parameter's.
-    if any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
+    if deferred and any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
         _refuse_reading(deferred[0]._strata_record, f"{name} reads its values (a forward before the engine is built?)")
     with torch._C.DisableTorchFunction():
         out = func(*args, **kwargs)
