@@ -174,7 +174,10 @@ def _record_op(target, func, name: str, args: tuple, kwargs: dict):
                                  "(strata.GatheredParameters) or build this module outside strata.Init")
         if isinstance(x, torch.Tensor):
             if x.is_meta:
-                _refuse_reading(rec, f"{name} takes a meta tensor's values, which do not exist")
+                _refuse_reading(rec, f"{name} takes a meta tensor's values, which do not exist (an initialization "
+                                     "computed from other tensors, as torch.nn.init.orthogonal_: build this module "
+                                     "outside strata.Init, or set its values inside strata.GatheredParameters "
+                                     "after the engine is built)")
             return x.detach()  # a real value (a copy's source, a mask): kept for the replay
         if isinstance(x, torch.Generator):
             return _GeneratorState(x.get_state())
@@ -275,8 +278,15 @@ def _dispatch(func, args: tuple, kwargs: dict):
     # exist. A computation that mixes in real values is a read of the parameter's.
     if deferred and any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
         _refuse_reading(deferred[0]._strata_record, f"{name} reads its values (a forward before the engine is built?)")
-    with torch._C.DisableTorchFunction():
-        out = func(*args, **kwargs)
+    try:
+        with torch._C.DisableTorchFunction():
+            out = func(*args, **kwargs)
+    except NotImplementedError as e:  # no meta kernel (weight_norm's)
+        if not deferred:
+            raise
+        _refuse_reading(deferred[0]._strata_record, f"{name} has no meta-device implementation in this torch "
+                                                    f"({str(e).splitlines()[0][:120]}); build this module outside "
+                                                    "strata.Init")
     if name in ("data.__get__", "detach") and _is_deferred(args[0]):
         return _alias(args[0], [_Step(func, args[1:], kwargs)], out)
     # Views of a deferred tensor (p[0], p.t(), p.split(...)) are deferred views: an
@@ -401,8 +411,19 @@ class Swapped(dict):
             _pending.pop(id(new), None)
             old.__dict__.pop("_strata_replaced", None)
             mod._parameters[name] = old
+            _refresh_caches(mod)
         for lst, i, old in self.external:
             lst[i] = old
+
+
+def _refresh_caches(mod: torch.nn.Module) -> None:
+    """Modules that keep their own list of their parameters (torch's RNNs: _flat_weights)
+    are told, as nn.Module._apply tells them after it replaces parameters."""
+    init_flat = getattr(mod, "_init_flat_weights", None)  # torch 2
+    if callable(init_flat):
+        init_flat()
+    elif hasattr(mod, "_flat_weights_names"):  # torch 1.13's RNNBase._apply does this inline
+        mod._flat_weights = [getattr(mod, n) if hasattr(mod, n) else None for n in mod._flat_weights_names]
 
 
 def _replace(module: torch.nn.Module, make) -> Swapped:
@@ -425,6 +446,7 @@ def _replace(module: torch.nn.Module, make) -> Swapped:
                 raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
                                   "build the model under strata.Init() (the engine makes its values when it is "
                                   "built), or give it values first (model.to_empty(device='cpu') and an init)")
+        _refresh_caches(mod)
     # strata.register_external_parameter(module, p) before the swap names the deferred p.
     for mod in module.modules():
         lst = mod.__dict__.get("_strata_external_params", [])

@@ -163,6 +163,19 @@ class CustomInitGPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+class Recurrent(nn.Module):
+    """torch's LSTM keeps its own list of its weights (_flat_weights), which its forward
+    passes to the kernel: a front end that replaces the parameters must refresh it."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0][:, -1])
+
+
 class Reparametrized(nn.Module):
     """Layers whose weight a forward pre-hook computes from their parameters before each
     forward, registered before the model is sharded: weight_norm (weight_g, weight_v),
@@ -380,6 +393,8 @@ def make(name, seed=0):
         return TorchLayersGPT()
     if name == "gpt_custom_init":
         return CustomInitGPT()
+    if name == "lstm":
+        return Recurrent()
     if name == "gpt_checkpointed":
         return CheckpointedGPT(reentrant=False)
     if name == "gpt_checkpointed_reentrant":
@@ -427,6 +442,8 @@ def batch(name, step, rows):
         return torch.randn(rows, 16, generator=g) + 2.0, torch.randn(rows, 4, generator=g)
     if name in ("object_outputs", "reparametrized", "reparametrized_spectral"):
         return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
+    if name == "lstm":
+        return torch.randn(rows, 5, 8, generator=g), torch.randn(rows, 4, generator=g)
     if name == "awkward":
         x = torch.randn(rows, 16, generator=g)
         x[:, 0] = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0  # the branch, per step
@@ -442,7 +459,8 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral") or name.startswith("normed_mlp"):
+    if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral", "lstm") or \
+            name.startswith("normed_mlp"):
         return F.mse_loss(out, y)
     if name.startswith("resnet18") or name == "cnn_channels_last":
         return F.cross_entropy(out, y)

@@ -18,7 +18,7 @@ from conftest import PYTHONPATH, train
 from test_initialize import ROWS, check_against_reference, config
 
 EAGER_MODELS = ["gpt", "gpt_untied", "gpt_custom_init", "awkward", "gpt_torch_layers", "normed_mlp", "resnet18",
-                "object_outputs"]
+                "object_outputs", "lstm"]
 
 
 def build(name, deferred, seed=0):
@@ -91,6 +91,14 @@ def test_what_cannot_be_replayed_is_refused_by_name():
     meta = nn.Linear(4, 4, device="meta")
     with pytest.raises(strata.ConfigError, match="meta device"):
         strata.initialize(model=meta, config=config(3))
+    # Initializations that compute from other tensors, or have no meta kernel: refused
+    # while the model is built, naming the way out.
+    with pytest.raises(strata.UsageError, match="build this module outside strata.Init"):
+        with strata.Init():
+            nn.init.orthogonal_(nn.Linear(4, 4).weight)
+    with pytest.raises(strata.UsageError, match="no meta-device implementation"):
+        with strata.Init():
+            nn.utils.weight_norm(nn.Linear(4, 4))
     # A parameter built on the meta device under Init that nothing initialized.
     with strata.Init():
         blank = nn.Module()
@@ -125,6 +133,8 @@ def test_a_failed_build_leaves_the_model_to_build_again(tmp_path):
     (2, "gpt_custom_init", 1, "cpu", True),
     (2, "awkward", 3, "cpu", False),
     (2, "gpt_functional_head", 3, "nvme", False),  # its head declared with register_external_parameter
+    (1, "lstm", 3, "cpu", False),  # the LSTM's list of its weights follows the replaced parameters
+    (2, "lstm", 1, "cpu", False),
 ])
 def test_initialize_trains_a_deferred_model_as_plain_pytorch(tmp_path, world, name, stage, device, seed_per_rank):
     """seed_per_rank: the ranks build with different seeds, so their records hold
