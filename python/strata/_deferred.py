@@ -355,17 +355,32 @@ def _deferring_register_parameter(self, name, param):
     if isinstance(param, torch.nn.Parameter) and not isinstance(param, DeferredParameter) and \
             not isinstance(param, torch.nn.parameter.UninitializedTensorMixin) and param.is_floating_point():
         param = _defer(self, name, param)
+        for block in _open:
+            block._built.append(param)
     return _register_parameter(self, name, param)
 
 
 class Init:
     """While active, the parameters modules create hold no bytes (Note [deferred
     parameters]); strata.initialize or strata.fully_shard's optimizer makes their values
-    chunk by chunk, as eager construction would have made them. As
-    deepspeed.zero.Init; `enabled=False` builds the model as usual."""
+    chunk by chunk, as eager construction would have made them. As deepspeed.zero.Init:
+    `enabled=False` builds the model as usual; `dtype` converts the floating-point
+    parameters built inside to it when the block ends (as model.to(dtype) would). The
+    placement and the ranks come from strata.initialize's config and process_group:
+    DeepSpeed's config_dict_or_path, config, remote_device, pin_memory and
+    data_parallel_group are accepted so that its scripts run, and change nothing."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, module=None, data_parallel_group=None, remote_device=None, pin_memory=False,
+                 config_dict_or_path=None, config=None, enabled: bool = True, dtype=None):
+        if module is not None:
+            raise ConfigError("invalid_argument: strata.Init(module=...) (partitioning a model already built) is not "
+                              "supported: build the model inside `with strata.Init():`, or pass the built model to "
+                              "strata.initialize as it is")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(f"invalid_argument: strata.Init dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.enabled = bool(enabled)
+        self.dtype = dtype
+        self._built: list[DeferredParameter] = []
 
     def __enter__(self):
         global _depth
@@ -373,15 +388,25 @@ class Init:
             if _depth == 0:
                 torch.nn.Module.register_parameter = _deferring_register_parameter
             _depth += 1
+            _open.append(self)
         return self
 
     def __exit__(self, *exc):
         global _depth
         if self.enabled:
+            _open.remove(self)
             _depth -= 1
             if _depth == 0:
                 torch.nn.Module.register_parameter = _register_parameter
+            if self.dtype is not None:
+                for d in dict.fromkeys(self._built):  # (a tied one once)
+                    if d.dtype != self.dtype:
+                        _set_data(d, d.to(self.dtype))
+            self._built = []
         return False
+
+
+_open: list[Init] = []  # the active Init blocks, innermost last
 
 
 # -- handing deferred parameters to an engine ---------------------------------------------

@@ -53,6 +53,22 @@ def test_conversions_after_building_are_replayed():
         assert b.dtype == a.dtype and torch.equal(a, b), k
 
 
+def test_deepspeeds_arguments_are_taken():
+    torch.manual_seed(3)
+    eager = models.CustomInitGPT().to(torch.bfloat16)
+    torch.manual_seed(3)
+    with strata.Init(config_dict_or_path={"zero_optimization": {"stage": 3}}, remote_device="nvme", pin_memory=True,
+                     dtype=torch.bfloat16):
+        deferred = models.CustomInitGPT()
+    strata.materialize(deferred)
+    for (k, a), (_, b) in zip(eager.state_dict().items(), deferred.state_dict().items()):
+        assert b.dtype == a.dtype and torch.equal(a, b), k
+    with pytest.raises(strata.ConfigError, match="module="):
+        strata.Init(module=eager)
+    with pytest.raises(strata.ConfigError, match="floating-point"):
+        strata.Init(dtype=torch.int8)
+
+
 def test_a_deep_copy_is_deferred_with_a_record_of_its_own():
     model = build("gpt", True)
     ema = copy.deepcopy(model)
