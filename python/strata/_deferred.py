@@ -418,7 +418,8 @@ _pending: dict[int, tuple[torch.nn.Parameter, _Record]] = {}
 
 def _no_bytes(shape, dtype) -> torch.Tensor:
     t = torch.empty(shape, dtype=dtype)
-    t.storage().resize_(0)  # a shape and no storage: what the C++ engine calls deferred
+    # A shape and no storage: what the C++ engine calls deferred (untyped_storage: torch 2).
+    getattr(t, "untyped_storage", t.storage)().resize_(0)
     return t
 
 
