@@ -9,7 +9,8 @@ import torch  # noqa: F401  (the extension casts torch.Tensor: torch first)
 
 from . import _clip  # noqa: F401 (torch's clip_grad_norm_ reaches the engines: Note [torch's gradient clipping])
 from . import errors, optim
-from ._deferred import DeferredParameter, Init, materialize
+from ._deferred import DeferredParameter, Init
+from ._stand_ins import materialize
 from ._gathered import GatheredParameters
 from ._strata import __version__
 from ._guard import register_external_parameter

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _deferred, _guard
+from . import _deferred, _guard, _stand_ins
 from .errors import ConfigError
 
 
@@ -257,7 +257,7 @@ def sync_from_rank0(comm, tensors) -> None:
     seen = set()
     with torch.no_grad():
         for t in tensors:
-            if id(t) in seen or _deferred.is_pending(t):  # no values yet: _deferred.sync
+            if id(t) in seen or _stand_ins.is_pending(t):  # no values yet: _stand_ins.sync
                 continue
             seen.add(id(t))
             if t.is_contiguous():

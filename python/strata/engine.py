@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from . import _comm, _deferred, _groups, _guard, _owners, _state, _strata, _units
+from . import _comm, _groups, _guard, _owners, _stand_ins, _state, _strata, _units
 from . import config as _config
 from .errors import ConfigError, UsageError
 
@@ -55,7 +55,7 @@ class Engine:
     def __init__(self, module: torch.nn.Module, cfg: dict, comm, lr_scheduler=None, groups: list[dict] | None = None):
         self.module = module
         self._config = cfg
-        swapped = _deferred.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
+        swapped = _stand_ins.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
         try:
             self._build(module, cfg, comm, _groups_remapped(groups, swapped))
         except BaseException:
@@ -72,11 +72,11 @@ class Engine:
         params = [p for u in self._units for p in u.params]
         _units.admit_params(params)
         _units.sync_from_rank0(comm, _units.model_tensors(module))
-        _deferred.sync(comm, params)
+        _stand_ins.sync(comm, params)
         engine_groups = _groups.engine_groups(groups) if groups else []
         self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg),
-                                   param_groups=engine_groups, init=_deferred.initializer(params))
-        _deferred.forget(params)
+                                   param_groups=engine_groups, init=_stand_ins.initializer(params))
+        _stand_ins.forget(params)
         self._eng.set_buffer_source(_units.buffer_source(module))
         self._owner = _owners.register(self._eng, comm, (p for u in self._units for p in u.params))
         _units.attach(self._eng, self._units)
@@ -242,7 +242,7 @@ def _groups_remapped(groups: list[dict] | None, swapped) -> list[dict] | None:
     """The caller's groups over the parameters that replaced strata.Init's."""
     if not groups or not swapped:
         return groups
-    return [{**g, "params": _deferred.remap(g["params"], swapped)} for g in groups]
+    return [{**g, "params": _stand_ins.remap(g["params"], swapped)} for g in groups]
 
 
 def _jsonable(x):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _comm, _deferred, _guard, _owners, _state, _strata, _units
+from . import _comm, _deferred, _guard, _owners, _stand_ins, _state, _strata, _units
 from .errors import ConfigError, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
@@ -103,7 +103,7 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
         raise UsageError(f"failed_precondition: fully_shard was already applied to this {type(module).__name__}; "
                          "apply it once per module")
     settings = _policy_settings(stage, mp_policy, offload)
-    _deferred.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
+    _stand_ins.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
     group = _Group(settings, process_group)
     taken: set[int] = set()
     for sub in module.modules():
@@ -189,11 +189,11 @@ def build_engine(params, optimizer_block: dict, param_groups: list | None = None
     comm = _comm.communicator(group.process_group)
     _units.sync_from_rank0(comm, _units.model_tensors(group.root))
     unit_params = [p for u in group.units for p in u.params]
-    _deferred.sync(comm, unit_params)
+    _stand_ins.sync(comm, unit_params)
     config = group.config(optimizer_block)
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config),
-                                  param_groups=param_groups or [], init=_deferred.initializer(unit_params))
-    _deferred.forget(unit_params)
+                                  param_groups=param_groups or [], init=_stand_ins.initializer(unit_params))
+    _stand_ins.forget(unit_params)
     group.engine.set_buffer_source(_units.buffer_source(group.root))
     _owners.register(group.engine, comm, (p for u in group.units for p in u.params))  # never closed, as below
     _units.cast_buffers(group.root, _units.compute_dtype(config))
