@@ -53,11 +53,23 @@ def _refresh_caches(mod: torch.nn.Module) -> None:
         mod._flat_weights = [getattr(mod, n) if hasattr(mod, n) else None for n in mod._flat_weights_names]
 
 
+def refuse_meta(module: torch.nn.Module) -> None:
+    """Refuses a plain meta parameter under `module` (strata.Init's are deferred ones)."""
+    for mod_name, mod in module.named_modules():
+        for name, p in mod._parameters.items():
+            if p is not None and p.is_meta and not isinstance(p, DeferredParameter):
+                where = f"{mod_name}.{name}" if mod_name else name
+                raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
+                                  "build the model under strata.Init() (the engine makes its values when it is "
+                                  "built), or give it values first (model.to_empty(device='cpu') and an init)")
+
+
 def _replace(module: torch.nn.Module, make) -> Swapped:
     """Swaps every deferred parameter under `module` for make(deferred), one per deferred
     parameter however many modules hold it. Refuses a plain meta parameter."""
+    refuse_meta(module)
     swapped = Swapped()
-    for mod_name, mod in module.named_modules(remove_duplicate=False):
+    for _, mod in module.named_modules(remove_duplicate=False):
         for name, p in list(mod._parameters.items()):
             if isinstance(p, DeferredParameter):
                 new = p.__dict__.get("_strata_replaced")
@@ -67,12 +79,6 @@ def _replace(module: torch.nn.Module, make) -> Swapped:
                 mod._parameters[name] = new
                 swapped[id(p)] = new
                 swapped.places.append((mod, name, p))
-            elif p is not None and p.is_meta:
-                swapped.undo()
-                where = f"{mod_name}.{name}" if mod_name else name
-                raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
-                                  "build the model under strata.Init() (the engine makes its values when it is "
-                                  "built), or give it values first (model.to_empty(device='cpu') and an init)")
         _refresh_caches(mod)
     # strata.register_external_parameter(module, p) before the swap names the deferred p.
     for mod in module.modules():

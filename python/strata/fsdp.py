@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _comm, _deferred, _guard, _owners, _stand_ins, _state, _strata, _units
+from . import _comm, _deferred, _groups, _guard, _owners, _stand_ins, _state, _strata, _units
 from .errors import ConfigError, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
@@ -103,7 +103,10 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
         raise UsageError(f"failed_precondition: fully_shard was already applied to this {type(module).__name__}; "
                          "apply it once per module")
     settings = _policy_settings(stage, mp_policy, offload)
-    _stand_ins.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
+    # strata.Init's parameters stay deferred until the optimizer builds the engine: until
+    # then an op on one runs on its meta tensor or is refused by name (Note [deferred
+    # parameters]), and an initialization applied after fully_shard is recorded.
+    _stand_ins.refuse_meta(module)
     group = _Group(settings, process_group)
     taken: set[int] = set()
     for sub in module.modules():
@@ -134,7 +137,7 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     group.units.append(unit)
     group.root = module
     module._strata_group = group
-    _units.admit_params(unit.params)
+    _units.admit_params([p for p in unit.params if not isinstance(p, _deferred.DeferredParameter)])
     _hook(unit)
     return module
 
@@ -155,15 +158,12 @@ def _hook(unit: _units.Unit) -> None:
     unit.handles = _units.hook_module(unit.module, pre, post)
 
 
-def build_engine(params, optimizer_block: dict, param_groups: list | None = None):
-    """The engine over the fully_shard group holding `params` (strata.optim calls it);
-    param_groups: the engine's (_groups.engine_groups)."""
+def build_engine(param_groups: list[dict], optimizer_block: dict):
+    """The engine over the fully_shard group holding the parameters of `param_groups` (a
+    strata.optim optimizer's, which strata.Init's stand-ins replace in place)."""
+    params = [p for g in param_groups for p in g["params"]]
     groups = {id(g): g for p in params if (g := _group_of(p)) is not None}
     loose = [p for p in params if _group_of(p) is None]
-    if any(isinstance(p, _deferred.DeferredParameter) for p in loose):
-        raise ConfigError("invalid_argument: the optimizer got parameters built under strata.Init that fully_shard "
-                          "replaced (with parameters the engine fills); build it over model.parameters() taken "
-                          "after fully_shard")
     if loose or not groups:
         raise ConfigError("invalid_argument: strata.optim optimizers take parameters of modules sharded with "
                           "strata.fully_shard; apply it to the model (the root last) first"
@@ -185,6 +185,31 @@ def build_engine(params, optimizer_block: dict, param_groups: list | None = None
         u.index = i
         u.name = module_names.get(id(u.module)) or type(u.module).__name__
         u.param_names = [names.get(id(p), n) for p, n in zip(u.params, u.param_names)]
+    # strata.Init's parameters get their stand-ins now (Note [deferred parameters]), in
+    # the model, the units and the optimizer's groups; a failed build puts them back.
+    swapped = _stand_ins.prepare(group.root)
+    before = [(u, u.params, list(u.param_names)) for u in group.units], [(g, g["params"]) for g in param_groups]
+    try:
+        for u in group.units:
+            u.params = _stand_ins.remap(u.params, swapped)
+            for p in u.params:
+                p._strata_group = group
+        for g in param_groups:
+            g["params"] = _stand_ins.remap(g["params"], swapped)
+        _build(group, param_groups, optimizer_block)
+    except BaseException:
+        if group.engine is None:
+            swapped.undo()
+            for u, params, names in before[0]:
+                u.params, u.param_names = params, names
+            for holder, old in before[1]:
+                holder["params"] = old
+        raise
+    return group.engine
+
+
+def _build(group: _Group, param_groups: list[dict], optimizer_block: dict) -> None:
+    for u in group.units:
         _units.add_external(u, group.root)
     comm = _comm.communicator(group.process_group)
     _units.sync_from_rank0(comm, _units.model_tensors(group.root))
@@ -192,14 +217,14 @@ def build_engine(params, optimizer_block: dict, param_groups: list | None = None
     _stand_ins.sync(comm, unit_params)
     config = group.config(optimizer_block)
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config),
-                                  param_groups=param_groups or [], init=_stand_ins.initializer(unit_params))
+                                  param_groups=_groups.engine_groups(param_groups),
+                                  init=_stand_ins.initializer(unit_params))
     _stand_ins.forget(unit_params)
     group.engine.set_buffer_source(_units.buffer_source(group.root))
     _owners.register(group.engine, comm, (p for u in group.units for p in u.params))  # never closed, as below
     _units.cast_buffers(group.root, _units.compute_dtype(config))
     if group.engine.stage == 3:
         _guard.watch(group.units)  # for the process's life: fully_shard engines are never closed
-    return group.engine
 
 
 def get_model_state_dict(model: torch.nn.Module) -> dict:

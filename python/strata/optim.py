@@ -34,8 +34,7 @@ class _EngineOptimizer(torch.optim.Optimizer):
         block["params"]["lr"] = max(g["lr"] for g in self.param_groups)
         if self._TYPE == "Adam":
             block["params"]["adam_w_mode"] = False
-        self.engine = fsdp.build_engine([p for g in self.param_groups for p in g["params"]], block,
-                                        _groups.engine_groups(self.param_groups))
+        self.engine = fsdp.build_engine(self.param_groups, block)
         self._sync = _groups.GroupSync(self.engine, self.param_groups)
 
     def step(self, closure=None):

@@ -175,13 +175,45 @@ def test_fully_shard_trains_a_deferred_model_as_plain_pytorch(tmp_path):
     check_against_reference(train(tmp_path, 2, spec), "gpt_custom_init")
 
 
-def test_fully_shard_refuses_parameters_taken_before_it_replaced_them():
+def test_between_fully_shard_and_the_optimizer_the_parameters_stay_deferred(tmp_path):
+    # Until the optimizer builds the engine the model holds its deferred parameters: an op
+    # on one runs on the meta tensor (before, a storage-less stand-in: SIGSEGV), an
+    # initialization applied after fully_shard is recorded, and the parameters taken
+    # before fully_shard are the ones the optimizer swaps for the engine's.
+    torch.manual_seed(0)
     with strata.Init():
         model = models.TinyGPT()
+        model.extra = nn.Parameter(torch.empty(8, device="meta"))  # no values yet
     early = list(model.parameters())
-    strata.fully_shard(model)
-    with pytest.raises(strata.ConfigError, match="taken after fully_shard"):
+    offload = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=str(tmp_path))
+    for block in model.blocks:
+        strata.fully_shard(block, offload=offload)
+    strata.fully_shard(model, offload=offload)
+    assert all(isinstance(p, strata.DeferredParameter) for p in model.parameters())
+    assert model.wte.weight.norm().is_meta
+    with pytest.raises(strata.UsageError, match="no strata optimizer was built"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(strata.UsageError, match="nothing set its values"):
         strata.optim.AdamW(early, lr=1e-3)
+    assert not any(tmp_path.iterdir()), "the failed build left swap files"
+    # The failed build gave the model, the units and the optimizer's list their deferred
+    # parameters back: this is recorded, and the next build takes it.
+    assert all(isinstance(p, strata.DeferredParameter) for p in model.parameters())
+    with torch.no_grad():
+        model.extra.fill_(0.5)
+        model.ln_f.bias.fill_(0.25)
+    opt = strata.optim.AdamW(early, lr=1e-3)
+    assert [p for g in opt.param_groups for p in g["params"]] == list(model.parameters())
+    assert not any(isinstance(p, strata.DeferredParameter) for p in model.parameters())
+    torch.manual_seed(0)
+    eager = models.TinyGPT()
+    eager.extra = nn.Parameter(torch.full((8,), 0.5))
+    with torch.no_grad():
+        eager.ln_f.bias.fill_(0.25)
+    got = strata.get_model_state_dict(model)
+    want = eager.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k].view(want[k].shape), want[k]) for k in want)
 
 
 # 16 layers of 4096 x 4096: 268M parameters, 1 GiB of fp32 values, each weight a 64 MiB
