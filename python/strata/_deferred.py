@@ -25,6 +25,11 @@ parameter tied between modules stays one parameter. At more than one rank every 
 records (their generator states and kept tensors are broadcast), as every rank starts
 from rank 0's values of an eager model.
 
+A tensor made from a deferred parameter's shape alone (weight.new_empty(h), zeros_like(p):
+spectral_norm's u and v, the scratch matrix orthogonal_ draws and factors) is real, as it
+is in eager construction: its draws move the generator, and a parameter copied from it
+keeps it until the engine takes the values, as one built from values does.
+
 What cannot be replayed is refused by name when it happens: an in-place operation whose
 values come from another deferred parameter or from a meta tensor, a forward (or any
 computation mixing real tensors with a deferred parameter) before the engine is built, a
@@ -50,6 +55,12 @@ _OVERWRITE = _RANDOM | {"zero_", "fill_", "copy_", "zeros_", "ones_", "constant_
 # In-place by name, but they change no values.
 _METADATA = frozenset({"requires_grad_", "retain_grad", "share_memory_", "detach_", "_fix_weakref"})
 _INPLACE_DUNDER = re.compile(r"__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|lshift|rshift|matmul)__|__setitem__")
+# Factories read only their source's shape, dtype and layout, never its values.
+_FACTORIES = frozenset({"new", "new_empty", "new_empty_strided", "new_full", "new_ones", "new_tensor", "new_zeros",
+                        "empty_like", "full_like", "ones_like", "rand_like", "randint_like", "randn_like",
+                        "zeros_like"})
+# p.view_as(other) and kin read only the other tensor's shape: they are p.view(shape).
+_AS_SHAPE_OF = {"view_as": torch.Tensor.view, "expand_as": torch.Tensor.expand, "reshape_as": torch.Tensor.reshape}
 # Conversions: the result is the parameter's values in another dtype.
 _CONVERSIONS = {"to": None, "float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16,
                 "double": torch.float64, "cpu": None}
@@ -174,9 +185,8 @@ def _record_op(target, func, name: str, args: tuple, kwargs: dict):
         if isinstance(x, torch.Tensor):
             if x.is_meta:
                 _refuse_reading(rec, f"{name} takes a meta tensor's values, which do not exist (an initialization "
-                                     "computed from other tensors, as torch.nn.init.orthogonal_: build this module "
-                                     "outside strata.Init, or set its values inside strata.GatheredParameters "
-                                     "after the engine is built)")
+                                     "computed from a parameter's values: build this module outside strata.Init, or "
+                                     "set its values inside strata.GatheredParameters after the engine is built)")
             return x.detach()  # a real value (a copy's source, a mask): kept for the replay
         if isinstance(x, torch.Generator):
             return _GeneratorState(x.get_state())
@@ -267,12 +277,23 @@ def _dispatch(func, args: tuple, kwargs: dict):
             if "out" in kwargs:
                 _refuse_reading(target._strata_record, f"{name} with out= is not supported")
             return _record_op(target, func, name, args, kwargs)
+    if name in _AS_SHAPE_OF and len(args) == 2 and _is_deferred(args[0]) and not _is_deferred(args[1]):
+        func, args = _AS_SHAPE_OF[name], (args[0], tuple(args[1].shape))  # (orthogonal_: p.view_as(q).copy_(q))
     flat, _ = tree_flatten((args, kwargs))
     deferred = [x for x in flat if _is_deferred(x)]
     if "out" in kwargs and _is_deferred(kwargs["out"]):
         _refuse_reading(kwargs["out"]._strata_record, f"{name} with out= is not supported")
     if name in _CONVERSIONS and args and _is_deferred(args[0]):
         return _convert(args[0], name, func, args[1:], kwargs)
+    if name in _FACTORIES and args and _is_deferred(args[0]):
+        # A new tensor, not the parameter: eager construction makes real values here
+        # (spectral_norm's u and v: weight.new_empty(h).normal_()), and so does Init, so
+        # that they exist and a draw from them moves the generator on as eagerly.
+        src = args[0]
+        layout = torch.empty_strided(src.shape, src.stride(), dtype=src.dtype)
+        getattr(layout, "untyped_storage", layout.storage)().resize_(0)  # the layout only, no bytes
+        with torch._C.DisableTorchFunction():
+            return func(layout, *args[1:], **kwargs)
     # Anything else runs on the meta tensors: shapes and dtypes are right, values do not
     # exist. A computation that mixes in real values is a read of the parameter's.
     if deferred and any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):

@@ -54,7 +54,8 @@ def _refresh_caches(mod: torch.nn.Module) -> None:
 
 
 def refuse_meta(module: torch.nn.Module) -> None:
-    """Refuses a plain meta parameter under `module` (strata.Init's are deferred ones)."""
+    """Refuses a plain meta parameter or buffer under `module` (strata.Init's parameters
+    are deferred ones; its buffers hold values, unless computed from a parameter's)."""
     for mod_name, mod in module.named_modules():
         for name, p in mod._parameters.items():
             if p is not None and p.is_meta and not isinstance(p, DeferredParameter):
@@ -62,6 +63,14 @@ def refuse_meta(module: torch.nn.Module) -> None:
                 raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
                                   "build the model under strata.Init() (the engine makes its values when it is "
                                   "built), or give it values first (model.to_empty(device='cpu') and an init)")
+        for name, b in mod._buffers.items():
+            if b is not None and b.is_meta:
+                where = f"{mod_name}.{name}" if mod_name else name
+                raise ConfigError(f"invalid_argument: buffer {where} is on the meta device and has no values: it was "
+                                  "computed from a parameter built under strata.Init (which holds no values until "
+                                  "the engine is built) or built on the meta device; compute it in forward, set it "
+                                  "after the engine is built (inside strata.GatheredParameters for a parameter's "
+                                  "values), or build this module outside strata.Init")
 
 
 def _replace(module: torch.nn.Module, make) -> Swapped:

@@ -176,6 +176,24 @@ class Recurrent(nn.Module):
         return self.out(self.rnn(x)[0][:, -1])
 
 
+class OrthogonalGRU(nn.Module):
+    """Recurrent weights initialized orthogonal (nn.init.orthogonal_ draws a scratch
+    matrix and factors it), a sparse_ output layer: initializations computed from
+    tensors of their own, not one in-place op on the parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(8, 16, batch_first=True)
+        for name, p in self.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                nn.init.orthogonal_(p)
+        self.out = nn.Linear(16, 4)
+        nn.init.sparse_(self.out.weight, 0.5)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0][:, -1])
+
+
 class Reparametrized(nn.Module):
     """Layers whose weight a forward pre-hook computes from their parameters before each
     forward, registered before the model is sharded: weight_norm (weight_g, weight_v),
@@ -195,6 +213,21 @@ class Reparametrized(nn.Module):
 
     def forward(self, x):
         return self.out(torch.tanh(self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))))
+
+
+class SpectralMLP(nn.Module):
+    """spectral_norm on the first layer: it draws its power-iteration vectors u and v
+    (buffers) from the generator while the model is built, from weight.new_empty(...), and
+    the layers after it draw their initialization after that."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.utils.spectral_norm(nn.Linear(16, 32))
+        self.b = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
 
 
 class NormedMLP(nn.Module):
@@ -395,6 +428,8 @@ def make(name, seed=0):
         return CustomInitGPT()
     if name == "lstm":
         return Recurrent()
+    if name == "gru_orthogonal":
+        return OrthogonalGRU()
     if name == "gpt_checkpointed":
         return CheckpointedGPT(reentrant=False)
     if name == "gpt_checkpointed_reentrant":
@@ -409,6 +444,8 @@ def make(name, seed=0):
         return Reparametrized(spectral=False)
     if name == "reparametrized_spectral":
         return Reparametrized(spectral=True)
+    if name == "spectral":
+        return SpectralMLP()
     if name == "normed_mlp":
         return NormedMLP()
     if name == "normed_mlp_extra":  # one more persistent buffer
@@ -440,7 +477,7 @@ def batch(name, step, rows):
         return tokens[:, :-1], tokens[:, 1:]
     if name.startswith("normed_mlp"):
         return torch.randn(rows, 16, generator=g) + 2.0, torch.randn(rows, 4, generator=g)
-    if name in ("object_outputs", "reparametrized", "reparametrized_spectral"):
+    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral"):
         return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
     if name == "lstm":
         return torch.randn(rows, 5, 8, generator=g), torch.randn(rows, 4, generator=g)
@@ -459,7 +496,7 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral", "lstm") or \
+    if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm") or \
             name.startswith("normed_mlp"):
         return F.mse_loss(out, y)
     if name.startswith("resnet18") or name == "cnn_channels_last":

@@ -18,7 +18,7 @@ from conftest import PYTHONPATH, train
 from test_initialize import ROWS, check_against_reference, config
 
 EAGER_MODELS = ["gpt", "gpt_untied", "gpt_custom_init", "awkward", "gpt_torch_layers", "normed_mlp", "resnet18",
-                "object_outputs", "lstm"]
+                "object_outputs", "lstm", "spectral", "gru_orthogonal"]
 
 
 def build(name, deferred, seed=0):
@@ -39,6 +39,27 @@ def test_materialized_values_are_eager_constructions_bit_for_bit(name):
         assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
     # Ties stay ties (the GPT's head is its embedding).
     assert len(list(deferred.parameters())) == len(list(eager.parameters()))
+
+
+# torchvision's models as published: kaiming_normal_ fan_out and zeroed residual gains,
+# trunc_normal_ (swin, ViT: a chain of in-place ops in this torch), class tokens built
+# from zeros, inception's and googlenet's truncated-normal init loops, relative-position
+# buffers computed while building.
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "densenet121", "swin_t", "vit_b_16",
+                                  "googlenet", "inception_v3", "regnet_y_400mf"])
+def test_torchvision_models_are_eager_constructions_bit_for_bit(name):
+    import torchvision
+    kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    ctor = getattr(torchvision.models, name)
+    torch.manual_seed(1)
+    eager = ctor(**kwargs)
+    torch.manual_seed(1)
+    with strata.Init():
+        deferred = ctor(**kwargs)
+    strata.materialize(deferred)
+    want, got = eager.state_dict(), deferred.state_dict()
+    assert list(got) == list(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_conversions_after_building_are_replayed():
@@ -107,11 +128,13 @@ def test_what_cannot_be_replayed_is_refused_by_name():
     meta = nn.Linear(4, 4, device="meta")
     with pytest.raises(strata.ConfigError, match="meta device"):
         strata.initialize(model=meta, config=config(3))
-    # Initializations that compute from other tensors, or have no meta kernel: refused
-    # while the model is built, naming the way out.
+    # Initializations that compute from a parameter's values, or have no meta kernel:
+    # refused while the model is built, naming the way out.
     with pytest.raises(strata.UsageError, match="build this module outside strata.Init"):
         with strata.Init():
-            nn.init.orthogonal_(nn.Linear(4, 4).weight)
+            w = nn.Linear(4, 4).weight
+            with torch.no_grad():
+                w.copy_(w.abs())
     with pytest.raises(strata.UsageError, match="no meta-device implementation"):
         with strata.Init():
             nn.utils.weight_norm(nn.Linear(4, 4))
@@ -121,6 +144,17 @@ def test_what_cannot_be_replayed_is_refused_by_name():
         blank.w = nn.Parameter(torch.empty(4, device="meta"))
     with pytest.raises(strata.UsageError, match="nothing set its values"):
         strata.materialize(blank)
+    # A buffer computed from a parameter's values while building (which do not exist
+    # yet): a meta tensor, refused by name before anything runs on it (before: "Expected
+    # all tensors to be on the same device" from inside the forward).
+    with strata.Init():
+        snap = nn.Linear(4, 4)
+        snap.register_buffer("start", snap.weight.detach().clone())
+    for build_engine in (lambda: strata.initialize(model=snap, config=config(3)), lambda: strata.fully_shard(snap),
+                         lambda: strata.materialize(snap)):
+        with pytest.raises(strata.ConfigError, match="buffer start is on the meta device"):
+            build_engine()
+    assert isinstance(snap.weight, strata.DeferredParameter)  # nothing was swapped
 
 
 def test_a_failed_build_leaves_the_model_to_build_again(tmp_path):
@@ -151,6 +185,7 @@ def test_a_failed_build_leaves_the_model_to_build_again(tmp_path):
     (2, "gpt_functional_head", 3, "nvme", False),  # its head declared with register_external_parameter
     (1, "lstm", 3, "cpu", False),  # the LSTM's list of its weights follows the replaced parameters
     (2, "lstm", 1, "cpu", False),
+    (1, "spectral", 3, "nvme", False),  # spectral_norm's u and v: real buffers drawn while building
 ])
 def test_initialize_trains_a_deferred_model_as_plain_pytorch(tmp_path, world, name, stage, device, seed_per_rank):
     """seed_per_rank: the ranks build with different seeds, so their records hold
