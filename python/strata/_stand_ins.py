@@ -75,7 +75,7 @@ def refuse_meta(module: torch.nn.Module) -> None:
 
 def _replace(module: torch.nn.Module, make) -> Swapped:
     """Swaps every deferred parameter under `module` for make(deferred), one per deferred
-    parameter however many modules hold it. Refuses a plain meta parameter."""
+    parameter however many modules hold it. Refuses a plain meta parameter or buffer."""
     refuse_meta(module)
     swapped = Swapped()
     for _, mod in module.named_modules(remove_duplicate=False):

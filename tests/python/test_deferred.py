@@ -178,7 +178,10 @@ def test_a_failed_build_leaves_the_model_to_build_again(tmp_path):
 
 @pytest.mark.parametrize("world,name,stage,device,seed_per_rank", [
     (1, "gpt_custom_init", 3, "nvme", False),
+    (1, "awkward", 1, "cpu", False),
     (1, "awkward", 2, "nvme", False),
+    (2, "awkward", 3, "nvme", True),
+    (1, "awkward", 3, "none", False),
     (2, "gpt_custom_init", 3, "nvme", True),
     (2, "gpt_custom_init", 1, "cpu", True),
     (2, "awkward", 3, "cpu", False),
