@@ -33,7 +33,10 @@ keeps it until the engine takes the values, as one built from values does.
 What cannot be replayed is refused by name when it happens: an in-place operation whose
 values come from another deferred parameter or from a meta tensor, a forward (or any
 computation mixing real tensors with a deferred parameter) before the engine is built, a
-move to another device.
+number asked of a deferred parameter's values, a move to another device. A tensor
+computed from a deferred parameter's values is a _Derived meta tensor, so that its uses
+reach these checks too (a plain meta tensor's would fail in ATen with a
+NotImplementedError, which torch code may catch and skip on).
 """
 from __future__ import annotations
 
@@ -119,6 +122,10 @@ def _name(func) -> str:
 
 def _is_deferred(x) -> bool:
     return isinstance(x, (DeferredParameter, _DeferredView))
+
+
+def _has_no_values(x) -> bool:
+    return isinstance(x, (DeferredParameter, _DeferredView, _Derived))
 
 
 def _apply(step: _Step, t: torch.Tensor) -> torch.Tensor:
@@ -280,7 +287,7 @@ def _dispatch(func, args: tuple, kwargs: dict):
     if name in _AS_SHAPE_OF and len(args) == 2 and _is_deferred(args[0]) and not _is_deferred(args[1]):
         func, args = _AS_SHAPE_OF[name], (args[0], tuple(args[1].shape))  # (orthogonal_: p.view_as(q).copy_(q))
     flat, _ = tree_flatten((args, kwargs))
-    deferred = [x for x in flat if _is_deferred(x)]
+    deferred = [x for x in flat if _has_no_values(x)]
     if "out" in kwargs and _is_deferred(kwargs["out"]):
         _refuse_reading(kwargs["out"]._strata_record, f"{name} with out= is not supported")
     if name in _CONVERSIONS and args and _is_deferred(args[0]):
@@ -297,13 +304,19 @@ def _dispatch(func, args: tuple, kwargs: dict):
     # Anything else runs on the meta tensors: shapes and dtypes are right, values do not
     # exist. A computation that mixes in real values is a read of the parameter's.
     if deferred and any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
-        _refuse_reading(deferred[0]._strata_record, f"{name} reads its values (a forward before the engine is built?)")
+        _refuse_reading(deferred[0]._strata_record, f"{name} reads its values (a forward, or a computation from "
+                                                    "its values while building: build this module outside "
+                                                    "strata.Init, or compute it after the engine is built)")
     try:
         with torch._C.DisableTorchFunction():
             out = func(*args, **kwargs)
-    except NotImplementedError as e:  # no meta kernel (weight_norm's)
+    except NotImplementedError as e:  # no meta kernel (weight_norm's), or a value asked for (.item())
         if not deferred:
             raise
+        if "_local_scalar_dense" in str(e):
+            _refuse_reading(deferred[0]._strata_record, f"{name} asks for a number computed from its values while "
+                                                        "building; build this module outside strata.Init, or compute "
+                                                        "it after the engine is built")
         _refuse_reading(deferred[0]._strata_record, f"{name} has no meta-device implementation in this torch "
                                                     f"({str(e).splitlines()[0][:120]}); build this module outside "
                                                     "strata.Init")
@@ -312,13 +325,26 @@ def _dispatch(func, args: tuple, kwargs: dict):
     # Views of a deferred tensor (p[0], p.t(), p.split(...)) are deferred views: an
     # in-place operation on one is recorded against the parameter.
     source = deferred[0] if deferred else None
-    if source is not None and args and args[0] is source:
+    if source is not None and args and args[0] is source and _is_deferred(source):
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if outs and all(isinstance(r, torch.Tensor) and r._is_view() and r._base is source for r in outs):
             steps = [_Step(func, args[1:], kwargs, i if isinstance(out, (tuple, list)) else None)
                      for i in range(len(outs))]
             return _alias(source, steps, out)
-    return out
+    # Anything else computed from them has no values either: a _Derived tensor, so that
+    # what needs its values (torch.allclose(q.mH @ q, eye), a real tensor mixed in) is
+    # refused here by name instead of failing in ATen's meta kernels, whose
+    # NotImplementedError torch code may catch and take for "not supported, skip"
+    # (torch.nn.utils.parametrize does: parametrizations.orthogonal would then start
+    # from other values than eagerly).
+    return tree_map(lambda r: _derive(r, source._strata_record) if isinstance(r, torch.Tensor) and r.is_meta
+                    and not _has_no_values(r) else r, out) if source is not None else out
+
+
+def _derive(t: torch.Tensor, rec: _Record) -> "_Derived":
+    d = torch.Tensor._make_subclass(_Derived, t, t.requires_grad)
+    d._strata_record = rec
+    return d
 
 
 class DeferredParameter(torch.nn.Parameter):
@@ -347,6 +373,12 @@ class DeferredParameter(torch.nn.Parameter):
 class _DeferredView(torch.Tensor):
     """A view (or conversion) of a DeferredParameter; in-place operations on it are the
     parameter's."""
+    __torch_function__ = classmethod(_torch_function)
+
+
+class _Derived(torch.Tensor):
+    """A meta tensor computed from a deferred parameter's values (p.abs(), q.mH @ q): it
+    has none, and an operation that needs them is refused naming the parameter."""
     __torch_function__ = classmethod(_torch_function)
 
 

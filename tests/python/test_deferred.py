@@ -138,6 +138,17 @@ def test_what_cannot_be_replayed_is_refused_by_name():
     with pytest.raises(strata.UsageError, match="no meta-device implementation"):
         with strata.Init():
             nn.utils.weight_norm(nn.Linear(4, 4))
+    # A number computed from a parameter's values while building (parametrizations.
+    # orthogonal asks whether the weight is orthogonal already). Before, the meta
+    # kernel's NotImplementedError reached torch.nn.utils.parametrize, which takes it for
+    # "no right_inverse" and goes on: the model silently started from other values than
+    # eager construction's, with a buffer missing.
+    with pytest.raises(strata.UsageError, match="asks for a number computed from its values"):
+        with strata.Init():
+            nn.utils.parametrizations.orthogonal(nn.Linear(4, 4))
+    with pytest.raises(strata.UsageError, match="mv reads its values"):
+        with strata.Init():
+            nn.utils.parametrizations.spectral_norm(nn.Linear(4, 4))  # power iterations on the weight
     # A parameter built on the meta device under Init that nothing initialized.
     with strata.Init():
         blank = nn.Module()
