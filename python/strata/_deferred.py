@@ -292,7 +292,7 @@ def _dispatch(func, args: tuple, kwargs: dict):
         _refuse_reading(kwargs["out"]._strata_record, f"{name} with out= is not supported")
     if name in _CONVERSIONS and args and _is_deferred(args[0]):
         return _convert(args[0], name, func, args[1:], kwargs)
-    if name in _FACTORIES and args and _is_deferred(args[0]):
+    if name in _FACTORIES and args and _has_no_values(args[0]):
         # A new tensor, not the parameter: eager construction makes real values here
         # (spectral_norm's u and v: weight.new_empty(h).normal_()), and so does Init, so
         # that they exist and a draw from them moves the generator on as eagerly.

@@ -168,6 +168,19 @@ def test_what_cannot_be_replayed_is_refused_by_name():
     assert isinstance(snap.weight, strata.DeferredParameter)  # nothing was swapped
 
 
+def test_tensors_made_from_a_parameters_shape_are_real_and_its_values_are_refused():
+    with strata.Init():
+        lin = nn.Linear(4, 4)
+        made = [lin.weight.new_empty(3), lin.weight.new(2, 2), torch.zeros_like(lin.weight),
+                torch.ones_like(lin.weight.abs())]
+    assert all(type(t) is torch.Tensor and not t.is_meta for t in made)
+    assert torch.equal(made[3], torch.ones(4, 4))
+    with pytest.raises(strata.UsageError, match="asks for a number computed from its values"):
+        bool((lin.weight.abs() @ lin.weight).sum() > 0)
+    with pytest.raises(strata.UsageError, match="reads its values"):
+        lin.weight.abs() + torch.ones(4, 4)
+
+
 def test_a_failed_build_leaves_the_model_to_build_again(tmp_path):
     with strata.Init():
         model = models.make("gpt")
