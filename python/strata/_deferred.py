@@ -284,10 +284,10 @@ def _dispatch(func, args: tuple, kwargs: dict):
             if "out" in kwargs:
                 _refuse_reading(target._strata_record, f"{name} with out= is not supported")
             return _record_op(target, func, name, args, kwargs)
-    if name in _AS_SHAPE_OF and len(args) == 2 and _is_deferred(args[0]) and not _is_deferred(args[1]):
+    if name in _AS_SHAPE_OF and len(args) == 2 and _is_deferred(args[0]) and isinstance(args[1], torch.Tensor):
         func, args = _AS_SHAPE_OF[name], (args[0], tuple(args[1].shape))  # (orthogonal_: p.view_as(q).copy_(q))
     flat, _ = tree_flatten((args, kwargs))
-    deferred = [x for x in flat if _has_no_values(x)]
+    sources = [x for x in flat if _has_no_values(x)]  # deferred parameters, their views, _Derived
     if "out" in kwargs and _is_deferred(kwargs["out"]):
         _refuse_reading(kwargs["out"]._strata_record, f"{name} with out= is not supported")
     if name in _CONVERSIONS and args and _is_deferred(args[0]):
@@ -297,34 +297,32 @@ def _dispatch(func, args: tuple, kwargs: dict):
         # (spectral_norm's u and v: weight.new_empty(h).normal_()), and so does Init, so
         # that they exist and a draw from them moves the generator on as eagerly.
         src = args[0]
-        layout = torch.empty_strided(src.shape, src.stride(), dtype=src.dtype)
-        getattr(layout, "untyped_storage", layout.storage)().resize_(0)  # the layout only, no bytes
         with torch._C.DisableTorchFunction():
-            return func(layout, *args[1:], **kwargs)
+            return func(no_bytes(src.shape, src.dtype, src.stride()), *args[1:], **kwargs)
     # Anything else runs on the meta tensors: shapes and dtypes are right, values do not
     # exist. A computation that mixes in real values is a read of the parameter's.
-    if deferred and any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
-        _refuse_reading(deferred[0]._strata_record, f"{name} reads its values (a forward, or a computation from "
-                                                    "its values while building: build this module outside "
-                                                    "strata.Init, or compute it after the engine is built)")
+    if sources and any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
+        _refuse_reading(sources[0]._strata_record, f"{name} reads its values (a forward, or a computation from "
+                                                   "its values while building: build this module outside "
+                                                   "strata.Init, or compute it after the engine is built)")
     try:
         with torch._C.DisableTorchFunction():
             out = func(*args, **kwargs)
     except NotImplementedError as e:  # no meta kernel (weight_norm's), or a value asked for (.item())
-        if not deferred:
+        if not sources:
             raise
         if "_local_scalar_dense" in str(e):
-            _refuse_reading(deferred[0]._strata_record, f"{name} asks for a number computed from its values while "
-                                                        "building; build this module outside strata.Init, or compute "
-                                                        "it after the engine is built")
-        _refuse_reading(deferred[0]._strata_record, f"{name} has no meta-device implementation in this torch "
-                                                    f"({str(e).splitlines()[0][:120]}); build this module outside "
-                                                    "strata.Init")
+            _refuse_reading(sources[0]._strata_record, f"{name} asks for a number computed from its values while "
+                                                       "building; build this module outside strata.Init, or compute "
+                                                       "it after the engine is built")
+        _refuse_reading(sources[0]._strata_record, f"{name} has no meta-device implementation in this torch "
+                                                   f"({str(e).splitlines()[0][:120]}); build this module outside "
+                                                   "strata.Init")
     if name in ("data.__get__", "detach") and _is_deferred(args[0]):
         return _alias(args[0], [_Step(func, args[1:], kwargs)], out)
     # Views of a deferred tensor (p[0], p.t(), p.split(...)) are deferred views: an
     # in-place operation on one is recorded against the parameter.
-    source = deferred[0] if deferred else None
+    source = sources[0] if sources else None
     if source is not None and args and args[0] is source and _is_deferred(source):
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if outs and all(isinstance(r, torch.Tensor) and r._is_view() and r._base is source for r in outs):
@@ -337,14 +335,24 @@ def _dispatch(func, args: tuple, kwargs: dict):
     # NotImplementedError torch code may catch and take for "not supported, skip"
     # (torch.nn.utils.parametrize does: parametrizations.orthogonal would then start
     # from other values than eagerly).
-    return tree_map(lambda r: _derive(r, source._strata_record) if isinstance(r, torch.Tensor) and r.is_meta
-                    and not _has_no_values(r) else r, out) if source is not None else out
+    if source is None:
+        return out
+
+    def derive(r):
+        if not isinstance(r, torch.Tensor) or not r.is_meta or _has_no_values(r):
+            return r
+        d = torch.Tensor._make_subclass(_Derived, r, r.requires_grad)
+        d._strata_record = source._strata_record
+        return d
+    return tree_map(derive, out)
 
 
-def _derive(t: torch.Tensor, rec: _Record) -> "_Derived":
-    d = torch.Tensor._make_subclass(_Derived, t, t.requires_grad)
-    d._strata_record = rec
-    return d
+def no_bytes(shape, dtype, stride=None) -> torch.Tensor:
+    """A CPU tensor with a shape (and strides) and no storage: the layout a factory reads,
+    and what the C++ engine calls a deferred parameter (_stand_ins)."""
+    t = torch.empty(shape, dtype=dtype) if stride is None else torch.empty_strided(shape, stride, dtype=dtype)
+    getattr(t, "untyped_storage", t.storage)().resize_(0)  # untyped_storage: torch 2
+    return t
 
 
 class DeferredParameter(torch.nn.Parameter):

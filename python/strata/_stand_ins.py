@@ -9,19 +9,12 @@ import zlib
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ._deferred import DeferredParameter, _GeneratorState, _Record, replay
+from ._deferred import DeferredParameter, _GeneratorState, _Record, no_bytes, replay
 from .errors import ConfigError, UsageError
 
 # Plain parameters that stand in for deferred ones (no bytes), by id: the parameter (which
 # keeps the id alive) and its record.
 _pending: dict[int, tuple[torch.nn.Parameter, _Record]] = {}
-
-
-def _no_bytes(shape, dtype) -> torch.Tensor:
-    t = torch.empty(shape, dtype=dtype)
-    # A shape and no storage: what the C++ engine calls deferred (untyped_storage: torch 2).
-    getattr(t, "untyped_storage", t.storage)().resize_(0)
-    return t
 
 
 class Swapped(dict):
@@ -108,7 +101,7 @@ def prepare(module: torch.nn.Module) -> Swapped:
     operation on it outside the engine would read freed memory)."""
     def stand_in(d: DeferredParameter) -> torch.nn.Parameter:
         rec = d._strata_record
-        p = torch.nn.Parameter(_no_bytes(rec.shape, rec.dtype), requires_grad=d.requires_grad)
+        p = torch.nn.Parameter(no_bytes(rec.shape, rec.dtype), requires_grad=d.requires_grad)
         _pending[id(p)] = (p, rec)
         return p
     return _replace(module, stand_in)

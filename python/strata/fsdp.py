@@ -188,7 +188,8 @@ def build_engine(param_groups: list[dict], optimizer_block: dict):
     # strata.Init's parameters get their stand-ins now (Note [deferred parameters]), in
     # the model, the units and the optimizer's groups; a failed build puts them back.
     swapped = _stand_ins.prepare(group.root)
-    before = [(u, u.params, list(u.param_names)) for u in group.units], [(g, g["params"]) for g in param_groups]
+    old_units = [(u, u.params, list(u.param_names)) for u in group.units]  # add_external appends to both
+    old_groups = [g["params"] for g in param_groups]
     try:
         for u in group.units:
             u.params = _stand_ins.remap(u.params, swapped)
@@ -200,10 +201,10 @@ def build_engine(param_groups: list[dict], optimizer_block: dict):
     except BaseException:
         if group.engine is None:
             swapped.undo()
-            for u, params, names in before[0]:
+            for u, params, names in old_units:
                 u.params, u.param_names = params, names
-            for holder, old in before[1]:
-                holder["params"] = old
+            for g, params in zip(param_groups, old_groups):
+                g["params"] = params
         raise
     return group.engine
 
