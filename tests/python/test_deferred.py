@@ -299,13 +299,25 @@ BIG_SCRIPT = textwrap.dedent("""
            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
                                  "offload_param": {"device": "nvme", "nvme_path": sys.argv[1]},
                                  "offload_optimizer": {"device": "nvme", "nvme_path": sys.argv[1]}}}
-    engine, *_ = strata.initialize(model=model, config=cfg)
-    setup = rss()
-    loss = engine(x).square().mean()
-    engine.backward(loss)
-    engine.step()
+    if sys.argv[3] == "initialize":
+        engine, *_ = strata.initialize(model=model, config=cfg)
+        setup = rss()
+        loss = engine(x).square().mean()
+        engine.backward(loss)
+        engine.step()
+        got = engine.consolidated_state_dict()
+    else:  # fully_shard: a unit per layer; the optimizer builds the engine
+        offload = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=sys.argv[1])
+        for layer in model:
+            strata.fully_shard(layer, offload=offload)
+        strata.fully_shard(model, offload=offload)
+        opt = strata.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+        setup = rss()
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        got = strata.get_model_state_dict(model)
     stepped = rss()
-    got = engine.consolidated_state_dict()
     torch.manual_seed(0)
     eager = make()
     opt = torch.optim.AdamW(eager.parameters(), lr=1e-4, weight_decay=0.01)
@@ -319,13 +331,14 @@ BIG_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_gigabyte_model_is_built_and_sharded_without_holding_it(tmp_path):
+@pytest.mark.parametrize("front", ["initialize", "fully_shard"])
+def test_a_gigabyte_model_is_built_and_sharded_without_holding_it(tmp_path, front):
     nvme = tmp_path / "nvme"
     nvme.mkdir()
     out = tmp_path / "out.json"
     script = tmp_path / "big.py"
     script.write_text(BIG_SCRIPT)
-    r = subprocess.run([sys.executable, str(script), str(nvme), str(out)], env={"PYTHONPATH": PYTHONPATH,
+    r = subprocess.run([sys.executable, str(script), str(nvme), str(out), front], env={"PYTHONPATH": PYTHONPATH,
                        "OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     got = json.loads(out.read_text())
