@@ -237,6 +237,16 @@ def test_fully_shard_trains_a_deferred_model_as_plain_pytorch(tmp_path):
     check_against_reference(train(tmp_path, 2, spec), "gpt_custom_init")
 
 
+# The awkward model (frozen, gradient-less and twice-called parameters, tuple outputs, a
+# skip branch) built under Init and sharded with fully_shard, whose optimizer swaps its
+# deferred parameters: parameters and optimizer state on nvme, ranks seeded differently.
+def test_fully_shard_trains_the_deferred_awkward_model_as_plain_pytorch(tmp_path):
+    spec = {"model": "awkward", "steps": 6, "rows": ROWS, "deferred": True, "seed_per_rank": True, "config": {},
+            "api": "fsdp", "fsdp": {"stage": 3, "optimizer": "nvme", "params": "nvme", "nvme_path": str(tmp_path),
+                                    "lr": 3e-3, "weight_decay": 0.01}}
+    check_against_reference(train(tmp_path, 2, spec), "awkward")
+
+
 def test_between_fully_shard_and_the_optimizer_the_parameters_stay_deferred(tmp_path):
     # Until the optimizer builds the engine the model holds its deferred parameters: an op
     # on one runs on the meta tensor (before, a storage-less stand-in: SIGSEGV), an
