@@ -102,6 +102,12 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     if getattr(module, "_strata_group", None) is not None:
         raise UsageError(f"failed_precondition: fully_shard was already applied to this {type(module).__name__}; "
                          "apply it once per module")
+    if type(module).forward is torch.nn.Module.forward:
+        # A unit's parameters are gathered by its forward hooks, and a container's forward
+        # never runs: its children are called by whoever holds it (FSDP2 refuses it too).
+        raise ConfigError(f"invalid_argument: fully_shard on a {type(module).__name__}, which has no forward of its "
+                          "own: its parameters would never be gathered. Apply fully_shard to each module in it (or "
+                          "to the module whose forward calls them)")
     settings = _policy_settings(stage, mp_policy, offload)
     # strata.Init's parameters stay deferred until the optimizer builds the engine: until
     # then an op on one runs on its meta tensor or is refused by name (Note [deferred

@@ -91,6 +91,10 @@ def test_misuse_is_a_clear_error():
         strata.optim.AdamW(list(model.parameters())[:3])
     with pytest.raises(strata.ConfigError, match="in no sharded module"):
         strata.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])
+    # A container's forward never runs (its children are called by its parent): refused
+    # when sharded, not at the first forward that needs its parameters.
+    with pytest.raises(strata.ConfigError, match="ModuleList, which has no forward"):
+        strata.fully_shard(models.make("gpt").blocks)
     with pytest.raises(strata.ConfigError, match="needs stage 3"):
         strata.fully_shard(models.make("gpt"), stage=2, offload=strata.OffloadPolicy(params="cpu"))
     opt = strata.optim.AdamW(model.parameters(), lr=1e-3)
