@@ -30,6 +30,18 @@ spectral_norm's u and v, the scratch matrix orthogonal_ draws and factors) is re
 is in eager construction: its draws move the generator, and a parameter copied from it
 keeps it until the engine takes the values, as one built from values does.
 
+Note [meta-device models]: FSDP2's way to build a model larger than memory also works:
+build it on the meta device (torch 2's `with torch.device("meta")`, or device="meta"
+factory arguments), apply strata.fully_shard, then model.to_empty(device=...) and an
+initialization (reset_parameters, a custom init_weights). fully_shard makes each plain
+meta parameter a DeferredParameter with no values yet (defer_meta, one per parameter
+however many modules hold it); to_empty gives a deferred parameter no values again
+(torch.empty_like of one is marked blank, and p.data = blank records that, instead of
+keeping the blank tensor: the model is never held); the initialization that follows is
+recorded as under Init. A parameter that nothing initialized after that is refused by
+name when the engine is built: eagerly it would train from uninitialized memory. The
+meta buffers to_empty makes real as eagerly (the initialization must set them again).
+
 What cannot be replayed is refused by name when it happens: an in-place operation whose
 values come from another deferred parameter or from a meta tensor, a forward (or any
 computation mixing real tensors with a deferred parameter) before the engine is built, a
@@ -106,7 +118,7 @@ class _Record:
     base: torch.Tensor | None  # the values built from, until an operation overwrites them all
     ops: list
     where: str  # "Linear.weight": for messages
-    defined: bool = True  # False: built on the meta device, no operation has set it yet
+    defined: bool = True  # False: built on the meta device (or emptied by to_empty), nothing has set it since
     start_dtype: torch.dtype | None = None  # the dtype when ops[0] ran (a conversion may follow)
 
     def __post_init__(self):
@@ -157,8 +169,7 @@ def _fill(tree, target):
 def replay(rec: _Record) -> torch.Tensor:
     """The parameter's values, made as eager construction made them."""
     if not rec.defined:
-        raise UsageError(f"failed_precondition: parameter {rec.where} was built on the meta device and nothing set "
-                         "its values; initialize it (reset_parameters, torch.nn.init) while building the model")
+        raise UsageError(undefined_message(rec))
     t = rec.base.detach().clone() if rec.base is not None else torch.empty(rec.shape, dtype=rec.start_dtype)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for op in rec.ops:
@@ -171,6 +182,12 @@ def replay(rec: _Record) -> torch.Tensor:
             with torch._C.DisableTorchFunction():
                 op.func(*_fill(op.args, target), **_fill(op.kwargs, target))
     return t
+
+
+def undefined_message(rec: _Record) -> str:
+    return (f"failed_precondition: parameter {rec.where} has no values: it was built on the meta device (or emptied "
+            "by to_empty) and nothing set its values since; initialize it (reset_parameters, torch.nn.init) before "
+            "the engine is built")
 
 
 def _refuse_reading(rec: _Record, what: str):
@@ -226,6 +243,10 @@ def _set_data(target, value):
             _refuse_reading(rec, f"its .data was set to another deferred tensor ({value._strata_record.where})")
         rec.ops.append(_Op(value._strata_chain, None, (), {}))
         rec.dtype = value.dtype
+    elif isinstance(value, torch.Tensor) and value.__dict__.get("_strata_blank") == value._version:
+        # model.to_empty(): its values are gone, as eagerly (Note [meta-device models]).
+        rec.base, rec.ops, rec.defined = None, [], False
+        rec.shape, rec.dtype, rec.start_dtype = tuple(value.shape), value.dtype, value.dtype
     elif isinstance(value, torch.Tensor) and not value.is_meta:
         rec.base, rec.ops, rec.defined = value.detach(), [], True
         rec.shape, rec.dtype, rec.start_dtype = tuple(value.shape), value.dtype, value.dtype
@@ -284,6 +305,11 @@ def _dispatch(func, args: tuple, kwargs: dict):
             if "out" in kwargs:
                 _refuse_reading(target._strata_record, f"{name} with out= is not supported")
             return _record_op(target, func, name, args, kwargs)
+    if name == "_has_compatible_shallow_copy_type" and args and isinstance(args[0], DeferredParameter):
+        # nn.Module._apply asks before p.data = fn(p) (to_empty, float()): yes, so that the
+        # parameter stays this one and _set_data records the change; a meta tensor and a
+        # CPU one would otherwise make it a new, real parameter.
+        return True
     if name in _AS_SHAPE_OF and len(args) == 2 and _is_deferred(args[0]) and isinstance(args[1], torch.Tensor):
         func, args = _AS_SHAPE_OF[name], (args[0], tuple(args[1].shape))  # (orthogonal_: p.view_as(q).copy_(q))
     flat, _ = tree_flatten((args, kwargs))
@@ -298,7 +324,12 @@ def _dispatch(func, args: tuple, kwargs: dict):
         # that they exist and a draw from them moves the generator on as eagerly.
         src = args[0]
         with torch._C.DisableTorchFunction():
-            return func(no_bytes(src.shape, src.dtype, src.stride()), *args[1:], **kwargs)
+            out = func(no_bytes(src.shape, src.dtype, src.stride()), *args[1:], **kwargs)
+        if name == "empty_like" and isinstance(src, DeferredParameter):
+            # Module.to_empty's: set as the parameter's .data while nothing has written it,
+            # it is a record of no values, not values to keep (Note [meta-device models]).
+            out._strata_blank = out._version
+        return out
     # Anything else runs on the meta tensors: shapes and dtypes are right, values do not
     # exist. A computation that mixes in real values is a read of the parameter's.
     if sources and any(isinstance(x, torch.Tensor) and not x.is_meta and x.numel() > 0 for x in flat):
@@ -403,6 +434,21 @@ def _defer(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> Def
     return _make_deferred(param.shape, param.dtype, param.requires_grad,
                           _Record(tuple(param.shape), param.dtype, param.detach() if defined else None, [],
                                   f"{type(module).__name__}.{name}", defined))
+
+
+def defer_meta(module: torch.nn.Module) -> None:
+    """Makes every plain meta floating-point parameter under `module` a DeferredParameter
+    with no values yet, in place; a parameter several modules hold stays one (Note
+    [meta-device models])."""
+    for _, mod in module.named_modules(remove_duplicate=False):
+        for name, p in list(mod._parameters.items()):
+            if p is None or not p.is_meta or isinstance(p, DeferredParameter) or not p.is_floating_point():
+                continue
+            d = p.__dict__.get("_strata_deferred")
+            if d is None:
+                d = _defer(mod, name, p)
+                p._strata_deferred = d
+            mod._parameters[name] = d
 
 
 _depth = 0

@@ -9,7 +9,7 @@ import zlib
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ._deferred import DeferredParameter, _GeneratorState, _Record, no_bytes, replay
+from ._deferred import DeferredParameter, _GeneratorState, _Record, no_bytes, replay, undefined_message
 from .errors import ConfigError, UsageError
 
 # Plain parameters that stand in for deferred ones (no bytes), by id: the parameter (which
@@ -55,7 +55,8 @@ def refuse_meta(module: torch.nn.Module) -> None:
                 where = f"{mod_name}.{name}" if mod_name else name
                 raise ConfigError(f"invalid_argument: parameter {where} is on the meta device and has no values; "
                                   "build the model under strata.Init() (the engine makes its values when it is "
-                                  "built), or give it values first (model.to_empty(device='cpu') and an init)")
+                                  "built), apply strata.fully_shard before to_empty and the init (FSDP2's way), "
+                                  "or give it values first (model.to_empty(device='cpu') and an init)")
         for name, b in mod._buffers.items():
             if b is not None and b.is_meta:
                 where = f"{mod_name}.{name}" if mod_name else name
@@ -63,7 +64,9 @@ def refuse_meta(module: torch.nn.Module) -> None:
                                   "computed from a parameter built under strata.Init (which holds no values until "
                                   "the engine is built) or built on the meta device; compute it in forward, set it "
                                   "after the engine is built (inside strata.GatheredParameters for a parameter's "
-                                  "values), or build this module outside strata.Init")
+                                  "values), or build this module outside strata.Init; built on the meta device "
+                                  "for fully_shard (FSDP2's way): model.to_empty(device='cpu') before the "
+                                  "optimizer, and set it in the init")
 
 
 def _replace(module: torch.nn.Module, make) -> Swapped:
@@ -98,7 +101,11 @@ def prepare(module: torch.nn.Module) -> Swapped:
     (values made by initializer(), below). Returns {id(deferred): its stand-in}: lists
     the caller holds (an optimizer's groups) are mapped with it; undo() after a failed
     build gives the model its deferred parameters back (a stand-in has no storage: any
-    operation on it outside the engine would read freed memory)."""
+    operation on it outside the engine would read freed memory). A parameter with no
+    values to make (Note [meta-device models]) is refused before anything is swapped."""
+    for p in module.parameters():
+        if isinstance(p, DeferredParameter) and not p._strata_record.defined:
+            raise UsageError(undefined_message(p._strata_record))
     def stand_in(d: DeferredParameter) -> torch.nn.Parameter:
         rec = d._strata_record
         p = torch.nn.Parameter(no_bytes(rec.shape, rec.dtype), requires_grad=d.requires_grad)

@@ -111,8 +111,10 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     settings = _policy_settings(stage, mp_policy, offload)
     # strata.Init's parameters stay deferred until the optimizer builds the engine: until
     # then an op on one runs on its meta tensor or is refused by name (Note [deferred
-    # parameters]), and an initialization applied after fully_shard is recorded.
-    _stand_ins.refuse_meta(module)
+    # parameters]), and an initialization applied after fully_shard is recorded. A meta
+    # parameter becomes a deferred one for to_empty and the init to follow (Note
+    # [meta-device models]); a meta buffer is refused when the engine is built.
+    _deferred.defer_meta(module)
     group = _Group(settings, process_group)
     taken: set[int] = set()
     for sub in module.modules():

@@ -6,6 +6,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 VOCAB, SEQ = 64, 16
 # The "_big" GPTs: a tied embedding of 16.8M elements, whose fp32 records are 64 MiB.
@@ -54,6 +55,55 @@ class TinyGPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))
+
+
+class MetaInitGPT(TinyGPT):
+    """Written for FSDP2's meta-device flow, as torchtitan writes its models: built on the
+    meta device (nothing it draws is kept), sharded, model.to_empty(device=...), then
+    init_weights() sets every parameter (the tied head's truncated normal last) and the
+    non-persistent buffer the forward reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pos_scale", torch.empty(SEQ, 1), persistent=False)
+
+    def init_weights(self):
+        with torch.no_grad():
+            self.pos_scale.copy_(torch.linspace(1.0, 0.5, SEQ).unsqueeze(1))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+            elif isinstance(m, nn.LayerNorm):
+                m.reset_parameters()
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(t)) * self.pos_scale[:t]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+class _MetaFactories(TorchFunctionMode):
+    """torch 2's `with torch.device("meta")` for torch 1.13: tensor factories called
+    without a device make meta tensors."""
+    FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+                 torch.arange, torch.linspace, torch.eye, torch.tensor, torch.empty_strided}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def meta_device():
+    """A context in which modules are built on the meta device."""
+    return torch.device("meta") if hasattr(torch.device, "__enter__") else _MetaFactories()
 
 
 class FunctionalHeadGPT(TinyGPT):
@@ -426,6 +476,11 @@ def make(name, seed=0):
         return TorchLayersGPT()
     if name == "gpt_custom_init":
         return CustomInitGPT()
+    if name == "gpt_meta_init":  # eagerly: built, then init_weights from the same seed
+        model = MetaInitGPT()
+        torch.manual_seed(seed)
+        model.init_weights()
+        return model
     if name == "lstm":
         return Recurrent()
     if name == "gru_orthogonal":

@@ -161,8 +161,8 @@ def test_what_cannot_be_replayed_is_refused_by_name():
     with strata.Init():
         snap = nn.Linear(4, 4)
         snap.register_buffer("start", snap.weight.detach().clone())
-    for build_engine in (lambda: strata.initialize(model=snap, config=config(3)), lambda: strata.fully_shard(snap),
-                         lambda: strata.materialize(snap)):
+    for build_engine in (lambda: strata.initialize(model=snap, config=config(3)), lambda: strata.materialize(snap),
+                         lambda: strata.optim.AdamW(strata.fully_shard(snap).parameters())):
         with pytest.raises(strata.ConfigError, match="buffer start is on the meta device"):
             build_engine()
     assert isinstance(snap.weight, strata.DeferredParameter)  # nothing was swapped
@@ -288,22 +288,96 @@ def test_between_fully_shard_and_the_optimizer_the_parameters_stay_deferred(tmp_
     assert all(torch.equal(got[k].view(want[k].shape), want[k]) for k in want)
 
 
+# FSDP2's meta-device flow (Note [meta-device models]): built on the meta device,
+# fully_shard per block and the root, model.to_empty(device="cpu"), init_weights() (a
+# truncated normal, a tied head, a non-persistent buffer to_empty made real), then the
+# optimizer: parameters and optimizer state on nvme, the ranks seeded differently, against
+# the model built eagerly and initialized from rank 0's seed.
+def test_fully_shard_trains_a_meta_device_model_as_fsdp2_builds_it(tmp_path):
+    spec = {"model": "gpt_meta_init", "steps": 6, "rows": ROWS, "meta": True, "seed_per_rank": True, "config": {},
+            "api": "fsdp", "fsdp": {"stage": 3, "optimizer": "nvme", "params": "nvme", "nvme_path": str(tmp_path),
+                                    "lr": 3e-3, "weight_decay": 0.01}}
+    check_against_reference(train(tmp_path, 2, spec), "gpt_meta_init")
+
+
+def test_to_empty_after_fully_shard_holds_no_values_and_the_init_is_replayed(tmp_path):
+    # Before, fully_shard refused the meta parameters. Now to_empty leaves the same
+    # deferred parameters with no values (a real model-sized tensor is never kept), what
+    # init_weights sets is recorded, and the engine's values are eager ones bit for bit.
+    def sharded():
+        with models.meta_device():
+            model = models.MetaInitGPT()
+        for block in model.blocks:
+            strata.fully_shard(block)
+        return strata.fully_shard(model)
+    model = sharded()
+    params = list(model.parameters())
+    assert all(isinstance(p, strata.DeferredParameter) for p in params)
+    assert model.head.weight is model.wte.weight  # still tied
+    model.to_empty(device="cpu")
+    assert list(model.parameters()) == params and all(p.is_meta for p in params)
+    assert not model.pos_scale.is_meta  # a buffer: real, as eagerly
+    # Nothing initialized after to_empty: refused by name, nothing swapped.
+    with pytest.raises(strata.UsageError, match="emptied by to_empty"):
+        strata.optim.AdamW(model.parameters(), lr=1e-3)
+    assert all(isinstance(p, strata.DeferredParameter) for p in model.parameters())
+    torch.manual_seed(7)
+    model.init_weights()
+    strata.optim.AdamW(model.parameters(), lr=1e-3)
+    got = strata.get_model_state_dict(model)
+    want = models.make("gpt_meta_init", 7).state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k].view(want[k].shape), want[k]) for k in want)
+    assert torch.equal(model.pos_scale, models.make("gpt_meta_init").pos_scale)
+    # Initialized without to_empty: the parameters are recorded, but the meta buffer has
+    # no values, and is refused when the engine is built.
+    model = sharded()
+    model.init_weights()
+    with pytest.raises(strata.ConfigError, match="buffer pos_scale is on the meta device"):
+        strata.optim.AdamW(model.parameters(), lr=1e-3)
+    # to_empty on a model built under Init discards its values too, as eagerly.
+    with strata.Init():
+        lin = nn.Linear(4, 4)
+    lin.to_empty(device="cpu")
+    with pytest.raises(strata.UsageError, match="emptied by to_empty"):
+        strata.materialize(lin)
+    torch.manual_seed(1)
+    lin.reset_parameters()
+    torch.manual_seed(1)
+    want = nn.Linear(4, 4, device="meta").to_empty(device="cpu")
+    want.reset_parameters()
+    assert torch.equal(strata.materialize(lin).weight, want.weight)
+
+
 # 16 layers of 4096 x 4096: 268M parameters, 1 GiB of fp32 values, each weight a 64 MiB
 # record. Built under Init and sharded at stage 3 with the parameters and the optimizer
 # state on nvme, the process never holds the model: construction adds nothing but the
-# records, and setup holds a chunk at a time. Then the same model built eagerly and
-# stepped by torch.optim.AdamW is the reference for the loss and the stepped values.
+# records, and setup holds a chunk at a time. So does FSDP2's flow (built on the meta
+# device, fully_shard, to_empty, reset_parameters): to_empty and the init hold no values.
+# Then the same model built eagerly and stepped by torch.optim.AdamW is the reference for
+# the loss and the stepped values.
 BIG_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch, torch.nn as nn
     import strata
     def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    def make(): return nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(16)])
+    def make(device=None): return nn.Sequential(*[nn.Linear(4096, 4096, device=device) for _ in range(16)])
     x = torch.randn(2, 4096, generator=torch.Generator().manual_seed(5))
+    offload = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=sys.argv[1])
     base = rss()
-    torch.manual_seed(0)
-    with strata.Init():
-        model = make()
+    if sys.argv[3] == "meta":  # FSDP2's flow: sharded on the meta device, then values
+        model = make("meta")
+        for layer in model:
+            strata.fully_shard(layer, offload=offload)
+        strata.fully_shard(model, offload=offload)
+        model.to_empty(device="cpu")
+        torch.manual_seed(0)
+        for layer in model:
+            layer.reset_parameters()
+    else:
+        torch.manual_seed(0)
+        with strata.Init():
+            model = make()
     built = rss()
     cfg = {"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.01}},
            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
@@ -317,10 +391,10 @@ BIG_SCRIPT = textwrap.dedent("""
         engine.step()
         got = engine.consolidated_state_dict()
     else:  # fully_shard: a unit per layer; the optimizer builds the engine
-        offload = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=sys.argv[1])
-        for layer in model:
-            strata.fully_shard(layer, offload=offload)
-        strata.fully_shard(model, offload=offload)
+        if sys.argv[3] == "fully_shard":
+            for layer in model:
+                strata.fully_shard(layer, offload=offload)
+            strata.fully_shard(model, offload=offload)
         opt = strata.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
         setup = rss()
         loss = model(x).square().mean()
@@ -341,7 +415,7 @@ BIG_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("front", ["initialize", "fully_shard"])
+@pytest.mark.parametrize("front", ["initialize", "fully_shard", "meta"])
 def test_a_gigabyte_model_is_built_and_sharded_without_holding_it(tmp_path, front):
     nvme = tmp_path / "nvme"
     nvme.mkdir()
@@ -355,7 +429,7 @@ def test_a_gigabyte_model_is_built_and_sharded_without_holding_it(tmp_path, fron
     print(json.dumps(got))
     mib = 1 << 20
     assert got["n"] == 32
-    assert got["built"] - got["base"] < 100 * mib, got  # construction: the records only
+    assert got["built"] - got["base"] < 100 * mib, got  # construction (to_empty, init): the records only
     # Setup: a chunk at a time (362 MiB measured: the chunk, its master, m and v, the
     # replayed values), where the eager model alone is 1024 MiB.
     assert got["setup"] - got["base"] < 640 * mib, got

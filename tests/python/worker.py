@@ -14,6 +14,8 @@ SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 backward and step, its norms written as "norms",
 "zero_grad": "none" | "zero": model.zero_grad(set_to_none=...) before every forward,
 "deferred": build the model under strata.Init (its values made when the engine is built),
+"meta" (with "api": "fsdp"): FSDP2's flow: build the model on the meta device, fully_shard,
+model.to_empty(device="cpu"), model.init_weights() from the rank's seed, then the optimizer,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
@@ -21,9 +23,11 @@ each step's loss to stderr.
 Each rank writes OUT_JSON.<rank>: its own losses and the optimizer steps taken, and
 OUT_JSON.<rank>.pt: the consolidated parameters' values and the model's buffers, by name.
 """
+import functools
 import json
 import os
 import sys
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -63,7 +67,7 @@ class FsdpEngine(OptimizerLoop):
     """fully_shard on each block (or each child), then the root; strata.optim.AdamW; the
     loop a FSDP2 user writes (loss.backward(), opt.step()), behind worker's interface."""
 
-    def __init__(self, model, o, group):
+    def __init__(self, model, o, group, init=None):
         offload = strata.OffloadPolicy(optimizer=o.get("optimizer", "none"), params=o.get("params", "none"),
                                        nvme_path=o.get("nvme_path"))
         mp = strata.MixedPrecisionPolicy(param_dtype=torch.bfloat16) if o.get("bf16") else None
@@ -73,6 +77,8 @@ class FsdpEngine(OptimizerLoop):
         for name in o.get("also", []):  # more submodules as units of their own
             strata.fully_shard(model.get_submodule(name), **kw)
         self.model = strata.fully_shard(model, **kw)
+        if init is not None:  # FSDP2's meta-device flow: values after sharding
+            init(model)
         params = models.two_groups(model) if o.get("groups") else model.parameters()
         self.opt = strata.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
         self.sched = models.inverse_schedule(self.opt) if o.get("groups") else None
@@ -127,13 +133,20 @@ class OssEngine(OptimizerLoop):
         return dict(self.model.named_parameters())
 
 
+def init_meta(model, seed):
+    model.to_empty(device="cpu")
+    torch.manual_seed(seed)
+    model.init_weights()
+
+
 def main():
     mode, spec, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     assert mode == "train", mode
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     # "seed_per_rank": every rank initializes differently; strata starts all from rank 0's.
-    with strata.Init(enabled=bool(spec.get("deferred"))):
-        model = models.make(spec["model"], spec.get("seed", 0) + (rank if spec.get("seed_per_rank") else 0))
+    seed = spec.get("seed", 0) + (rank if spec.get("seed_per_rank") else 0)
+    with strata.Init(enabled=bool(spec.get("deferred"))), models.meta_device() if spec.get("meta") else nullcontext():
+        model = models.make(spec["model"], seed)
     if spec.get("load_model"):  # a plain state_dict saved with torch.save
         model.load_state_dict(torch.load(spec["load_model"]))
     if spec.get("external_head"):  # the root's forward uses wte.weight (gpt_functional_head)
@@ -143,7 +156,8 @@ def main():
         dist.init_process_group("gloo")
         group = dist.group.WORLD if spec["torch_group"] is True else None
     if spec.get("api") == "fsdp":
-        engine = FsdpEngine(model, spec["fsdp"], group)
+        init = functools.partial(init_meta, seed=seed) if spec.get("meta") else None
+        engine = FsdpEngine(model, spec["fsdp"], group, init)
     elif spec.get("api") == "oss":
         engine = OssEngine(model, spec["oss"], group)
     else:
