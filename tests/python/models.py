@@ -101,6 +101,15 @@ class _MetaFactories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def reset_all(model):
+    """The init of a model with no init_weights of its own: every module's
+    reset_parameters(), in model.modules() order (a shared weight is drawn again by each
+    module holding it)."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
 def meta_device():
     """A context in which modules are built on the meta device."""
     return torch.device("meta") if hasattr(torch.device, "__enter__") else _MetaFactories()
@@ -495,6 +504,11 @@ def make(name, seed=0):
         return CheckpointedGPT(reentrant=True, head_inside=True, dim=BIG_DIM, layers=1, heads=8, vocab=BIG_VOCAB)
     if name == "awkward":
         return Awkward()
+    if name == "awkward_meta_init":  # eagerly: built, then reset_all from the same seed
+        model = Awkward()
+        torch.manual_seed(seed)
+        reset_all(model)
+        return model
     if name == "reparametrized":
         return Reparametrized(spectral=False)
     if name == "reparametrized_spectral":
@@ -536,7 +550,7 @@ def batch(name, step, rows):
         return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
     if name == "lstm":
         return torch.randn(rows, 5, 8, generator=g), torch.randn(rows, 4, generator=g)
-    if name == "awkward":
+    if name.startswith("awkward"):
         x = torch.randn(rows, 16, generator=g)
         x[:, 0] = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0  # the branch, per step
         return x, torch.randn(rows, 4, generator=g)
@@ -551,8 +565,8 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    if name in ("awkward", "object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm") or \
-            name.startswith("normed_mlp"):
+    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm") or \
+            name.startswith(("normed_mlp", "awkward")):
         return F.mse_loss(out, y)
     if name.startswith("resnet18") or name == "cnn_channels_last":
         return F.cross_entropy(out, y)

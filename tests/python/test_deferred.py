@@ -293,11 +293,17 @@ def test_between_fully_shard_and_the_optimizer_the_parameters_stay_deferred(tmp_
 # truncated normal, a tied head, a non-persistent buffer to_empty made real), then the
 # optimizer: parameters and optimizer state on nvme, the ranks seeded differently, against
 # the model built eagerly and initialized from rank 0's seed.
-def test_fully_shard_trains_a_meta_device_model_as_fsdp2_builds_it(tmp_path):
-    spec = {"model": "gpt_meta_init", "steps": 6, "rows": ROWS, "meta": True, "seed_per_rank": True, "config": {},
-            "api": "fsdp", "fsdp": {"stage": 3, "optimizer": "nvme", "params": "nvme", "nvme_path": str(tmp_path),
-                                    "lr": 3e-3, "weight_decay": 0.01}}
-    check_against_reference(train(tmp_path, 2, spec), "gpt_meta_init")
+# The awkward model too (frozen, gradient-less, twice-called and shared parameters, tuple
+# and dict outputs, a skip branch; initialized by every module's reset_parameters), also
+# at stage 2 with the optimizer state on host.
+@pytest.mark.parametrize("name,world,stage,optimizer,params", [("gpt_meta_init", 2, 3, "nvme", "nvme"),
+                                                               ("awkward_meta_init", 2, 3, "nvme", "nvme"),
+                                                               ("awkward_meta_init", 1, 2, "cpu", "none")])
+def test_fully_shard_trains_a_meta_device_model_as_fsdp2_builds_it(tmp_path, name, world, stage, optimizer, params):
+    spec = {"model": name, "steps": 6, "rows": ROWS, "meta": True, "seed_per_rank": True, "config": {},
+            "api": "fsdp", "fsdp": {"stage": stage, "optimizer": optimizer, "params": params,
+                                    "nvme_path": str(tmp_path), "lr": 3e-3, "weight_decay": 0.01}}
+    check_against_reference(train(tmp_path, world, spec), name)
 
 
 def test_to_empty_after_fully_shard_holds_no_values_and_the_init_is_replayed(tmp_path):

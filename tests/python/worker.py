@@ -15,7 +15,8 @@ backward and step, its norms written as "norms",
 "zero_grad": "none" | "zero": model.zero_grad(set_to_none=...) before every forward,
 "deferred": build the model under strata.Init (its values made when the engine is built),
 "meta" (with "api": "fsdp"): FSDP2's flow: build the model on the meta device, fully_shard,
-model.to_empty(device="cpu"), model.init_weights() from the rank's seed, then the optimizer,
+model.to_empty(device="cpu"), model.init_weights() (else models.reset_all) from the rank's
+seed, then the optimizer,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
@@ -136,7 +137,7 @@ class OssEngine(OptimizerLoop):
 def init_meta(model, seed):
     model.to_empty(device="cpu")
     torch.manual_seed(seed)
-    model.init_weights()
+    model.init_weights() if hasattr(model, "init_weights") else models.reset_all(model)
 
 
 def main():
