@@ -184,8 +184,9 @@ def replay(rec: _Record) -> torch.Tensor:
     return t
 
 
-def undefined_message(rec: _Record) -> str:
-    return (f"failed_precondition: parameter {rec.where} has no values: it was built on the meta device (or emptied "
+def undefined_message(rec: _Record, name: str | None = None) -> str:
+    where = f"{name} ({rec.where})" if name else rec.where
+    return (f"failed_precondition: parameter {where} has no values: it was built on the meta device (or emptied "
             "by to_empty) and nothing set its values since; initialize it (reset_parameters, torch.nn.init) before "
             "the engine is built")
 

@@ -103,9 +103,9 @@ def prepare(module: torch.nn.Module) -> Swapped:
     build gives the model its deferred parameters back (a stand-in has no storage: any
     operation on it outside the engine would read freed memory). A parameter with no
     values to make (Note [meta-device models]) is refused before anything is swapped."""
-    for p in module.parameters():
+    for name, p in module.named_parameters():
         if isinstance(p, DeferredParameter) and not p._strata_record.defined:
-            raise UsageError(undefined_message(p._strata_record))
+            raise UsageError(undefined_message(p._strata_record, name))
     def stand_in(d: DeferredParameter) -> torch.nn.Parameter:
         rec = d._strata_record
         p = torch.nn.Parameter(no_bytes(rec.shape, rec.dtype), requires_grad=d.requires_grad)
