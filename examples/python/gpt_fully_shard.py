@@ -7,6 +7,12 @@ optimizer.step().
 
 Against a plain PyTorch script, the fully_shard calls are added and torch.optim.AdamW
 becomes strata.optim.AdamW.
+
+--meta builds it FSDP2's way, for a model larger than memory: on the meta device (torch
+2's `with torch.device("meta")`; here the modules' device="meta" argument, which torch
+1.13 has too), then fully_shard, model.to_empty(device="cpu") and init_weights(). The
+parameters get no bytes until the optimizer builds the engine, which makes their values
+chunk by chunk from the recorded initialization.
 """
 import argparse
 import math
@@ -22,13 +28,13 @@ VOCAB, SEQ = 256, 64
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, device=None):
         super().__init__()
         self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.ln1, self.ln2 = nn.LayerNorm(dim, device=device), nn.LayerNorm(dim, device=device)
+        self.qkv = nn.Linear(dim, 3 * dim, device=device)
+        self.proj = nn.Linear(dim, dim, device=device)
+        self.fc, self.out = nn.Linear(dim, 4 * dim, device=device), nn.Linear(4 * dim, dim, device=device)
 
     def forward(self, x):
         b, t, d = x.shape
@@ -41,15 +47,25 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, dim=128, layers=4, heads=4):
+    def __init__(self, dim=128, layers=4, heads=4, device=None):
         super().__init__()
-        self.wte, self.wpe = nn.Embedding(VOCAB, dim), nn.Embedding(SEQ, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, VOCAB, bias=False)
+        self.wte, self.wpe = nn.Embedding(VOCAB, dim, device=device), nn.Embedding(SEQ, dim, device=device)
+        self.blocks = nn.ModuleList(Block(dim, heads, device) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim, device=device)
+        self.head = nn.Linear(dim, VOCAB, bias=False, device=device)
         self.head.weight = self.wte.weight  # tied
+        self.init_embeddings()
+
+    def init_embeddings(self):
         for emb in (self.wte, self.wpe):
             nn.init.normal_(emb.weight, std=0.02)  # as GPT-2: N(0, 1) would make the tied head's logits huge
+
+    def init_weights(self):
+        """Every parameter's values, for a model whose values were never made (--meta)."""
+        for m in self.modules():
+            if m is not self.head and hasattr(m, "reset_parameters"):  # (the head is the tied embedding)
+                m.reset_parameters()
+        self.init_embeddings()
 
     def forward(self, idx):
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
@@ -62,15 +78,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch", type=int, default=8, help="sequences per rank")
+    ap.add_argument("--meta", action="store_true", help="build on the meta device; values after fully_shard")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = GPT()
+    model = GPT(device="meta" if args.meta else None)
     policy = dict(mp_policy=strata.MixedPrecisionPolicy(param_dtype=torch.bfloat16),
                   offload=strata.OffloadPolicy(optimizer="cpu", params="cpu"))
     for block in model.blocks:
         strata.fully_shard(block, **policy)
     strata.fully_shard(model, **policy)
+    if args.meta:  # recorded, not run: the optimizer's engine makes the values chunk by chunk
+        model.to_empty(device="cpu")
+        model.init_weights()
     # As LLM recipes do: weight decay on the matrices, none on biases and norms.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]

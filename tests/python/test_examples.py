@@ -20,8 +20,10 @@ def launch(script, *args):
     return r.stdout
 
 
-def test_gpt_fully_shard_learns():
-    out = launch("gpt_fully_shard.py", "--steps", 30)
+# --meta: FSDP2's way (built on the meta device, fully_shard, to_empty, init_weights).
+@pytest.mark.parametrize("how", [[], ["--meta"]])
+def test_gpt_fully_shard_learns(how):
+    out = launch("gpt_fully_shard.py", "--steps", 30, *how)
     losses = [float(x) for x in re.findall(r"loss ([0-9.]+)", out)]
     assert len(losses) >= 3 and losses[-1] < losses[0] - 1.0, out
 
