@@ -9,27 +9,46 @@ Each call makes `module` one engine unit holding the parameters under it that no
 earlier call took (as FSDP2). Building a strata.optim optimizer over the parameters
 builds the engine; until then the module runs nothing (its forward is refused: a plain
 torch.optim optimizer cannot step parameters the engine shards).
+
+FSDP2's own arguments are taken so that its scripts run (Note [FSDP2 arguments]): mesh (a
+1-D DeviceMesh: its process group), offload_policy (CPUOffloadPolicy: optimizer state and
+parameter shards on host), mp_policy's cast_forward_inputs and output_dtype (applied as
+FSDP2 does, per module), reshard_after_forward as a hint (strata's schedule decides which
+gathered chunks stay between forward and backward). What strata does not do is refused
+(ignored_params, a 2-D mesh, an int reshard_after_forward) or, where the numbers would
+not change much, warned about (reduce_dtype other than param_dtype: the gradient
+buffers are in param_dtype; shard_placement_fn: strata's shards are slices of flat
+chunks).
 """
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.utils._pytree import tree_map
 
 from . import _comm, _deferred, _groups, _guard, _owners, _stand_ins, _state, _strata, _units
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, NotImplementedByStrata, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
 
 
 @dataclass(frozen=True)
 class MixedPrecisionPolicy:
-    """param_dtype: the compute dtype (torch.bfloat16, torch.float16, or None for fp32).
-    Master weights and optimizer state stay fp32. float16 uses dynamic loss scaling, so
-    the backward must go through the engine: `optimizer.engine.backward(loss)`."""
+    """FSDP2's. param_dtype: the compute dtype (torch.bfloat16, torch.float16, or None for
+    fp32); master weights and optimizer state stay fp32. float16 uses dynamic loss
+    scaling, so the backward must go through the engine: `optimizer.engine.backward(loss)`.
+    cast_forward_inputs: the module's floating-point inputs are cast to param_dtype.
+    output_dtype: its floating-point outputs are cast to it. reduce_dtype: the gradient
+    buffers are in param_dtype whatever it says (a warning when it differs)."""
 
     param_dtype: torch.dtype | None = None
+    reduce_dtype: torch.dtype | None = None
+    output_dtype: torch.dtype | None = None
+    cast_forward_inputs: bool = True
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,15 @@ class OffloadPolicy:
     optimizer: str = "cpu"
     params: str = "none"
     nvme_path: str | None = None
+
+
+@dataclass(frozen=True)
+class CPUOffloadPolicy:
+    """FSDP2's: parameter shards, gradients and the optimizer step on the host. strata
+    steps host state with its fused CPU kernels; pin_memory is the engine's choice
+    (pinned host memory wherever a GPU copies from it)."""
+
+    pin_memory: bool = True
 
 
 def _policy_settings(stage, mp_policy, offload) -> dict:
@@ -55,8 +83,13 @@ def _policy_settings(stage, mp_policy, offload) -> dict:
         opt_dev, par_dev, path = offload.optimizer, offload.params, offload.nvme_path
     elif hasattr(offload, "offload_params"):  # torch.distributed.fsdp.CPUOffload
         opt_dev, par_dev, path = ("cpu", "cpu" if offload.offload_params else "none", None)
+    elif type(offload).__name__ == "CPUOffloadPolicy":  # strata's, or torch's (FSDP2)
+        opt_dev, par_dev, path = "cpu", "cpu", None
+    elif type(offload).__name__ == "OffloadPolicy" and type(offload).__module__.startswith("torch."):
+        opt_dev, par_dev, path = "none", "none", None  # FSDP2's default: no offload
     else:
-        raise ConfigError(f"invalid_argument: offload must be a strata.OffloadPolicy, got {type(offload).__name__}")
+        raise ConfigError(f"invalid_argument: offload must be a strata.OffloadPolicy or CPUOffloadPolicy, got "
+                          f"{type(offload).__name__}")
     for what, dev in (("optimizer", opt_dev), ("params", par_dev)):
         if dev not in _DEVICES:
             raise ConfigError(f"invalid_argument: offload {what} device {dev!r}; expected one of {', '.join(_DEVICES)}")
@@ -94,9 +127,15 @@ class _Group:
         return cfg
 
 
-def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offload=None, process_group=None):
+def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offload=None, process_group=None,
+                mesh=None, reshard_after_forward=None, offload_policy=None, ignored_params=None,
+                shard_placement_fn=None):
     """Makes `module` one unit of the engine its strata.optim optimizer will build.
-    Apply it to submodules first, then to the root. Returns the module."""
+    Apply it to submodules first, then to the root. Returns the module. mesh,
+    reshard_after_forward, offload_policy, ignored_params and shard_placement_fn are
+    FSDP2's (Note [FSDP2 arguments] above)."""
+    offload, process_group = _fsdp2_arguments(offload, offload_policy, process_group, mesh, reshard_after_forward,
+                                              ignored_params, shard_placement_fn, mp_policy)
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"invalid_argument: fully_shard takes a torch.nn.Module, got {type(module).__name__}")
     if getattr(module, "_strata_group", None) is not None:
@@ -147,7 +186,65 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     module._strata_group = group
     _units.admit_params([p for p in unit.params if not isinstance(p, _deferred.DeferredParameter)])
     _hook(unit)
+    _cast_hooks(unit, mp_policy)
     return module
+
+
+def _fsdp2_arguments(offload, offload_policy, process_group, mesh, reshard_after_forward, ignored_params,
+                     shard_placement_fn, mp_policy):
+    """FSDP2's arguments as strata's: (offload, process_group)."""
+    if offload_policy is not None:
+        if offload is not None:
+            raise ConfigError("invalid_argument: fully_shard takes offload or FSDP2's offload_policy, not both")
+        offload = offload_policy
+    if mesh is not None:
+        if process_group is not None:
+            raise ConfigError("invalid_argument: fully_shard takes process_group or FSDP2's mesh, not both")
+        if getattr(mesh, "ndim", 1) != 1:
+            raise NotImplementedByStrata(f"unimplemented: fully_shard over a {mesh.ndim}-D DeviceMesh (HSDP): strata "
+                                         "shards over one process group; pass a 1-D mesh")
+        process_group = mesh.get_group()
+    if reshard_after_forward is not None and not isinstance(reshard_after_forward, bool):
+        raise NotImplementedByStrata(f"unimplemented: reshard_after_forward={reshard_after_forward!r}: strata "
+                                     "reshards to its shards or keeps the gathered chunk (True or False)")
+    if ignored_params:
+        raise NotImplementedByStrata("unimplemented: fully_shard ignored_params: strata manages every floating-point "
+                                     "parameter under the module; freeze them (requires_grad_(False)) or keep them "
+                                     "in a module outside the sharded model")
+    if shard_placement_fn is not None:
+        warnings.warn("strata.fully_shard: shard_placement_fn has no effect (strata's shards are slices of flat "
+                      "chunks); the values and the training are the same", stacklevel=3)
+    reduce_dtype = getattr(mp_policy, "reduce_dtype", None)
+    if reduce_dtype is not None and reduce_dtype != getattr(mp_policy, "param_dtype", None):
+        warnings.warn(f"strata.fully_shard: mp_policy.reduce_dtype {reduce_dtype} is not applied: the gradients are "
+                      f"in param_dtype ({getattr(mp_policy, 'param_dtype', None)}) until they are added to fp32 "
+                      "shards; the sum across ranks runs in fp32 on Gloo, in param_dtype on NCCL", stacklevel=3)
+    return offload, process_group
+
+
+# register_forward_pre_hook(with_kwargs=True) is torch 2's: 1.13's hooks see positional
+# inputs only, so there keyword inputs are not cast.
+_PRE_HOOK_KWARGS = "with_kwargs" in inspect.signature(torch.nn.Module.register_forward_pre_hook).parameters
+
+
+def _cast_hooks(unit: _units.Unit, mp_policy) -> None:
+    """FSDP2's casts around this module's forward: floating-point inputs to param_dtype
+    (cast_forward_inputs), floating-point outputs to output_dtype."""
+    param_dtype = getattr(mp_policy, "param_dtype", None)
+    output_dtype = getattr(mp_policy, "output_dtype", None)
+
+    def to(dtype):
+        return lambda x: x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+    if param_dtype is not None and getattr(mp_policy, "cast_forward_inputs", True):
+        if _PRE_HOOK_KWARGS:
+            h = unit.module.register_forward_pre_hook(lambda m, args, kwargs: tree_map(to(param_dtype), (args, kwargs)),
+                                                      with_kwargs=True)
+        else:
+            h = unit.module.register_forward_pre_hook(lambda m, args: tree_map(to(param_dtype), args))
+        unit.module._forward_pre_hooks.move_to_end(h.id, last=False)  # before the model's own (as FSDP2's)
+        unit.handles.append(h)
+    if output_dtype is not None:
+        unit.handles.append(unit.module.register_forward_hook(lambda m, args, out: tree_map(to(output_dtype), out)))
 
 
 def _hook(unit: _units.Unit) -> None:

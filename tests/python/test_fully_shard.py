@@ -108,3 +108,63 @@ def test_every_rank_starts_from_rank_0s_parameters(tmp_path):
     s = spec("gpt", tmp_path, optimizer="cpu")
     s["seed_per_rank"] = True  # ranks initialize differently; strata starts all from rank 0's
     check_against_reference(train(tmp_path, 2, s))
+
+
+class _Mesh:
+    """A DeviceMesh as fully_shard reads one (torch 1.13 has none)."""
+
+    def __init__(self, ndim):
+        self.ndim = ndim
+
+    def get_group(self):
+        return None  # strata's own group
+
+
+def test_fsdp2_arguments_are_taken():
+    import strata
+
+    # FSDP2's spelling: offload_policy=CPUOffloadPolicy(), a 1-D mesh, reshard_after_forward,
+    # and a MixedPrecisionPolicy with output_dtype whose cast_forward_inputs (default True)
+    # casts the fp32 inputs of every unit to bf16. Before, the model's fp32 input met bf16
+    # weights: "expected scalar type BFloat16".
+    torch.manual_seed(0)
+    model = models.make("awkward")
+    mp = strata.MixedPrecisionPolicy(param_dtype=torch.bfloat16, output_dtype=torch.float32)
+    kw = dict(mp_policy=mp, offload_policy=strata.CPUOffloadPolicy(), mesh=_Mesh(1))
+    for child in model.children():
+        strata.fully_shard(child, reshard_after_forward=False, **kw)
+    strata.fully_shard(model, reshard_after_forward=True, **kw)
+    opt = strata.optim.AdamW(model.parameters(), lr=1e-3)
+    want = models.make("awkward")
+    x, y = models.batch("awkward", 0, 8)
+    out = model(x)
+    assert out.dtype == torch.float32
+    # bf16 compute against plain fp32 PyTorch on the same values: within bf16's rounding.
+    assert torch.allclose(out, want(x), rtol=0.05, atol=0.02), (out - want(x)).abs().max()
+    models.loss_fn("awkward", out, y).backward()
+    assert opt.step()["applied"]
+    mem = opt.engine.memory_by_kind()
+    assert mem["host"]["optimizer"] > 0 and mem["host"]["params"] > 0, mem  # CPUOffloadPolicy
+    assert mem["compute"]["optimizer"] == 0, mem
+    # Without the cast the fp32 input reaches the bf16 weights, as under FSDP2.
+    plain = models.make("gpt")  # (long inputs: nothing to cast)
+    lin = torch.nn.Linear(4, 4)
+    strata.fully_shard(lin, mp_policy=strata.MixedPrecisionPolicy(torch.bfloat16, cast_forward_inputs=False))
+    strata.optim.AdamW(lin.parameters())
+    with pytest.raises(RuntimeError, match="BFloat16|dtype"):
+        lin(torch.ones(2, 4))
+    # What strata does not do is refused, or warned about where the numbers hold.
+    with pytest.raises(strata.NotImplementedByStrata, match="2-D DeviceMesh"):
+        strata.fully_shard(plain, mesh=_Mesh(2))
+    with pytest.raises(strata.NotImplementedByStrata, match="reshard_after_forward=2"):
+        strata.fully_shard(plain, reshard_after_forward=2)
+    with pytest.raises(strata.NotImplementedByStrata, match="ignored_params"):
+        strata.fully_shard(plain, ignored_params={plain.ln_f.weight})
+    with pytest.raises(strata.ConfigError, match="not both"):
+        strata.fully_shard(plain, offload=strata.OffloadPolicy(), offload_policy=strata.CPUOffloadPolicy())
+    with pytest.raises(strata.ConfigError, match="not both"):
+        strata.fully_shard(plain, mesh=_Mesh(1), process_group=object())
+    with pytest.warns(UserWarning, match="reduce_dtype torch.float32 is not applied"):
+        strata.fully_shard(plain.blocks[0], mp_policy=strata.MixedPrecisionPolicy(torch.bfloat16, torch.float32))
+    with pytest.warns(UserWarning, match="shard_placement_fn has no effect"):
+        strata.fully_shard(plain.blocks[1], shard_placement_fn=lambda p: None)
