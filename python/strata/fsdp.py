@@ -13,8 +13,8 @@ torch.optim optimizer cannot step parameters the engine shards).
 FSDP2's own arguments are taken so that its scripts run (Note [FSDP2 arguments]): mesh (a
 1-D DeviceMesh: its process group), offload_policy (CPUOffloadPolicy: optimizer state and
 parameter shards on host), mp_policy's cast_forward_inputs and output_dtype (applied as
-FSDP2 does, per module), reshard_after_forward as a hint (strata's schedule decides which
-gathered chunks stay between forward and backward). What strata does not do is refused
+FSDP2 does, per module), reshard_after_forward (True or False: accepted; strata's
+schedule, not the flag, decides which gathered chunks stay between forward and backward). What strata does not do is refused
 (ignored_params, a 2-D mesh, an int reshard_after_forward) or, where the numbers would
 not change much, warned about (reduce_dtype other than param_dtype: the gradient
 buffers are in param_dtype; shard_placement_fn: strata's shards are slices of flat
