@@ -356,6 +356,26 @@ def test_to_empty_after_fully_shard_holds_no_values_and_the_init_is_replayed(tmp
     assert torch.equal(strata.materialize(lin).weight, want.weight)
 
 
+def test_a_checkpoint_loaded_after_to_empty_is_the_start():
+    # FSDP2's way to start from pretrained weights: meta device, fully_shard, to_empty,
+    # load_state_dict (a recorded copy), then the optimizer.
+    want = models.make("gpt_meta_init", 3)
+    with models.meta_device():
+        model = models.MetaInitGPT()
+    for block in model.blocks:
+        strata.fully_shard(block)
+    strata.fully_shard(model)
+    model.to_empty(device="cpu")
+    model.load_state_dict(want.state_dict())
+    with torch.no_grad():
+        model.pos_scale.copy_(want.pos_scale)  # (not persistent: not in the state dict)
+    strata.optim.AdamW(model.parameters(), lr=1e-3)
+    got = strata.get_model_state_dict(model)
+    assert all(torch.equal(got[k].view(v.shape), v) for k, v in want.state_dict().items())
+    x, y = models.batch("gpt", 0, 4)
+    assert models.loss_fn("gpt", model(x), y).item() == models.loss_fn("gpt", want(x), y).item()
+
+
 # 16 layers of 4096 x 4096: 268M parameters, 1 GiB of fp32 values, each weight a 64 MiB
 # record. Built under Init and sharded at stage 3 with the parameters and the optimizer
 # state on nvme, the process never holds the model: construction adds nothing but the
