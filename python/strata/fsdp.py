@@ -136,6 +136,9 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     FSDP2's (Note [FSDP2 arguments] above)."""
     offload, process_group = _fsdp2_arguments(offload, offload_policy, process_group, mesh, reshard_after_forward,
                                               ignored_params, shard_placement_fn, mp_policy)
+    if isinstance(module, (list, tuple)):
+        raise NotImplementedByStrata("unimplemented: fully_shard over a list of modules (FSDP2's grouping of "
+                                     "several modules into one unit): apply it to each module, or to their parent")
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"invalid_argument: fully_shard takes a torch.nn.Module, got {type(module).__name__}")
     if getattr(module, "_strata_group", None) is not None:

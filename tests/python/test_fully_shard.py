@@ -158,6 +158,8 @@ def test_fsdp2_arguments_are_taken():
         strata.fully_shard(plain, mesh=_Mesh(2))
     with pytest.raises(strata.NotImplementedByStrata, match="reshard_after_forward=2"):
         strata.fully_shard(plain, reshard_after_forward=2)
+    with pytest.raises(strata.NotImplementedByStrata, match="list of modules"):
+        strata.fully_shard([plain.blocks[0], plain.blocks[1]])
     with pytest.raises(strata.NotImplementedByStrata, match="ignored_params"):
         strata.fully_shard(plain, ignored_params={plain.ln_f.weight})
     with pytest.raises(strata.ConfigError, match="not both"):
