@@ -10,7 +10,7 @@ earlier call took (as FSDP2). Building a strata.optim optimizer over the paramet
 builds the engine; until then the module runs nothing (its forward is refused: a plain
 torch.optim optimizer cannot step parameters the engine shards).
 
-FSDP2's own arguments are taken so that its scripts run (Note [FSDP2 arguments]): mesh (a
+Note [FSDP2 arguments]. FSDP2's own arguments are taken so that its scripts run: mesh (a
 1-D DeviceMesh: its process group), offload_policy (CPUOffloadPolicy: optimizer state and
 parameter shards on host), mp_policy's cast_forward_inputs and output_dtype (applied as
 FSDP2 does, per module), reshard_after_forward (True or False: accepted; strata's
@@ -18,9 +18,16 @@ schedule, not the flag, decides which gathered chunks stay between forward and b
 (ignored_params, a 2-D mesh, an int reshard_after_forward) or, where the numbers would
 not change much, warned about (reduce_dtype other than param_dtype: the gradient
 buffers are in param_dtype; shard_placement_fn: strata's shards are slices of flat
-chunks).
+chunks). So are the FSDPModule methods its loops call, which a sharded module gets where
+its class has none of that name: set_requires_gradient_sync (strata reduces every
+micro-step's gradients into the shards; the sum is the same), unshard and reshard,
+set_reshard_after_forward / _backward, set_is_last_backward and
+set_modules_to_forward_prefetch / _backward_prefetch: the recorded trace drives
+gathering, prefetching and releasing, so they change nothing.
 """
 from __future__ import annotations
+
+import types
 
 import inspect
 import json
@@ -190,7 +197,38 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     _units.admit_params([p for p in unit.params if not isinstance(p, _deferred.DeferredParameter)])
     _hook(unit)
     _cast_hooks(unit, mp_policy)
+    for name, method in _FSDP2_METHODS.items():
+        if not hasattr(type(module), name):
+            object.__setattr__(module, name, types.MethodType(method, module))
     return module
+
+
+class _Done:
+    """unshard(async_op=True)'s handle: there is nothing to wait for."""
+
+    def wait(self) -> None:
+        return None
+
+
+def _no_effect(self, *args, **kwargs) -> None:
+    return None
+
+
+def _unshard(self, async_op: bool = False):
+    return _Done() if async_op else None
+
+
+# Note [FSDP2 arguments]: what FSDP2's FSDPModule methods ask for, strata's schedule does.
+_FSDP2_METHODS = {
+    "set_requires_gradient_sync": _no_effect,
+    "set_reshard_after_forward": _no_effect,
+    "set_reshard_after_backward": _no_effect,
+    "set_is_last_backward": _no_effect,
+    "set_modules_to_forward_prefetch": _no_effect,
+    "set_modules_to_backward_prefetch": _no_effect,
+    "reshard": _no_effect,
+    "unshard": _unshard,
+}
 
 
 def _fsdp2_arguments(offload, offload_policy, process_group, mesh, reshard_after_forward, ignored_params,

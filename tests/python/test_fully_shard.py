@@ -170,3 +170,38 @@ def test_fsdp2_arguments_are_taken():
         strata.fully_shard(plain.blocks[0], mp_policy=strata.MixedPrecisionPolicy(torch.bfloat16, torch.float32))
     with pytest.warns(UserWarning, match="shard_placement_fn has no effect"):
         strata.fully_shard(plain.blocks[1], shard_placement_fn=lambda p: None)
+
+
+def test_fsdp2_module_methods_run_and_change_nothing():
+    import strata
+
+    # A FSDP2 loop's calls (explicit prefetching, unshard before the forward, no gradient
+    # sync outside the last micro-step): accepted, and the training is plain PyTorch's.
+    torch.manual_seed(0)
+    model, ref = models.make("gpt"), models.make("gpt")
+    for block in model.blocks:
+        strata.fully_shard(block)
+    strata.fully_shard(model)
+    for a, b in zip(model.blocks[:-1], model.blocks[1:]):
+        a.set_modules_to_forward_prefetch([b])
+        b.set_modules_to_backward_prefetch([a])
+    opt = strata.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.01)
+    for step in range(3):
+        for micro in range(2):
+            last = micro == 1
+            model.set_requires_gradient_sync(last)
+            model.set_is_last_backward(last)
+            model.unshard()
+            model.unshard(async_op=True).wait()
+            x, y = models.batch("gpt", 2 * step + micro, 4)
+            (models.loss_fn("gpt", model(x), y) / 2).backward()
+            (models.loss_fn("gpt", ref(x), y) / 2).backward()
+            model.reshard()
+        opt.step()
+        opt.zero_grad()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    got = strata.get_model_state_dict(model)
+    for k, v in ref.state_dict().items():
+        assert ((got[k].view(v.shape) - v).norm() / v.norm()).item() <= 1e-5, k
