@@ -294,11 +294,15 @@ def test_between_fully_shard_and_the_optimizer_the_parameters_stay_deferred(tmp_
 # optimizer: parameters and optimizer state on nvme, the ranks seeded differently, against
 # the model built eagerly and initialized from rank 0's seed.
 # The awkward model too (frozen, gradient-less, twice-called and shared parameters, tuple
-# and dict outputs, a skip branch; initialized by every module's reset_parameters), also
-# at stage 2 with the optimizer state on host.
+# and dict outputs, a skip branch; initialized by every module's reset_parameters), at
+# every placement: stage 3 on nvme, on host and in compute memory, stage 2 and stage 1
+# with the optimizer state on host.
 @pytest.mark.parametrize("name,world,stage,optimizer,params", [("gpt_meta_init", 2, 3, "nvme", "nvme"),
                                                                ("awkward_meta_init", 2, 3, "nvme", "nvme"),
-                                                               ("awkward_meta_init", 1, 2, "cpu", "none")])
+                                                               ("awkward_meta_init", 2, 3, "cpu", "cpu"),
+                                                               ("awkward_meta_init", 1, 3, "none", "none"),
+                                                               ("awkward_meta_init", 1, 2, "cpu", "none"),
+                                                               ("awkward_meta_init", 2, 1, "cpu", "none")])
 def test_fully_shard_trains_a_meta_device_model_as_fsdp2_builds_it(tmp_path, name, world, stage, optimizer, params):
     spec = {"model": name, "steps": 6, "rows": ROWS, "meta": True, "seed_per_rank": True, "config": {},
             "api": "fsdp", "fsdp": {"stage": stage, "optimizer": optimizer, "params": params,
