@@ -40,7 +40,9 @@ however many modules hold it); to_empty gives a deferred parameter no values aga
 keeping the blank tensor: the model is never held); the initialization that follows is
 recorded as under Init. A parameter that nothing initialized after that is refused by
 name when the engine is built: eagerly it would train from uninitialized memory. The
-meta buffers to_empty makes real as eagerly (the initialization must set them again).
+meta buffers to_empty makes real as eagerly, and the initialization must set them
+again: fully_shard makes each a _MetaBuffer, whose to_empty result is marked blank until
+something writes it, so a buffer the initialization forgot is refused by name too.
 
 What cannot be replayed is refused by name when it happens: an in-place operation whose
 values come from another deferred parameter or from a meta tensor, a forward (or any
@@ -244,7 +246,7 @@ def _set_data(target, value):
             _refuse_reading(rec, f"its .data was set to another deferred tensor ({value._strata_record.where})")
         rec.ops.append(_Op(value._strata_chain, None, (), {}))
         rec.dtype = value.dtype
-    elif isinstance(value, torch.Tensor) and value.__dict__.get("_strata_blank") == value._version:
+    elif isinstance(value, torch.Tensor) and is_blank(value):
         # model.to_empty(): its values are gone, as eagerly (Note [meta-device models]).
         rec.base, rec.ops, rec.defined = None, [], False
         rec.shape, rec.dtype, rec.start_dtype = tuple(value.shape), value.dtype, value.dtype
@@ -437,11 +439,34 @@ def _defer(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> Def
                                   f"{type(module).__name__}.{name}", defined))
 
 
+class _MetaBuffer(torch.Tensor):
+    """A meta buffer of a model sharded FSDP2's way: torch.empty_like of it (to_empty's)
+    is real and marked blank, until written (Note [meta-device models])."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunction():
+            out = func(*args, **(kwargs or {}))
+        if _name(func) == "empty_like":
+            out._strata_blank = out._version
+        return out
+
+
+def is_blank(t: torch.Tensor) -> bool:
+    """Made by to_empty from a _MetaBuffer, and not written since."""
+    return t.__dict__.get("_strata_blank") == t._version
+
+
 def defer_meta(module: torch.nn.Module) -> None:
     """Makes every plain meta floating-point parameter under `module` a DeferredParameter
-    with no values yet, in place; a parameter several modules hold stays one (Note
-    [meta-device models])."""
+    with no values yet, and every meta buffer a _MetaBuffer, in place; a parameter or
+    buffer several modules hold stays one (Note [meta-device models])."""
     for _, mod in module.named_modules(remove_duplicate=False):
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.is_meta and not isinstance(b, _MetaBuffer):
+                if "_strata_meta_buffer" not in b.__dict__:
+                    b._strata_meta_buffer = torch.Tensor._make_subclass(_MetaBuffer, b)
+                mod._buffers[name] = b._strata_meta_buffer
         for name, p in list(mod._parameters.items()):
             if p is None or not p.is_meta or isinstance(p, DeferredParameter) or not p.is_floating_point():
                 continue

@@ -9,7 +9,7 @@ import zlib
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ._deferred import DeferredParameter, _GeneratorState, _Record, no_bytes, replay, undefined_message
+from ._deferred import DeferredParameter, _GeneratorState, _Record, is_blank, no_bytes, replay, undefined_message
 from .errors import ConfigError, UsageError
 
 # Plain parameters that stand in for deferred ones (no bytes), by id: the parameter (which
@@ -67,6 +67,11 @@ def refuse_meta(module: torch.nn.Module) -> None:
                                   "values), or build this module outside strata.Init; built on the meta device "
                                   "for fully_shard (FSDP2's way): model.to_empty(device='cpu') before the "
                                   "optimizer, and set it in the init")
+            if b is not None and is_blank(b):
+                where = f"{mod_name}.{name}" if mod_name else name
+                raise ConfigError(f"invalid_argument: buffer {where} has no values: model.to_empty() emptied it and "
+                                  "nothing set it since; set it in the initialization after to_empty (as the "
+                                  "parameters), or it would be uninitialized memory")
 
 
 def _replace(module: torch.nn.Module, make) -> Swapped:

@@ -340,6 +340,16 @@ def test_to_empty_after_fully_shard_holds_no_values_and_the_init_is_replayed(tmp
     assert set(got) == set(want)
     assert all(torch.equal(got[k].view(want[k].shape), want[k]) for k in want)
     assert torch.equal(model.pos_scale, models.make("gpt_meta_init").pos_scale)
+    # An initialization that forgets the buffer to_empty emptied: refused by name (FSDP2
+    # would run on uninitialized memory).
+    model = sharded()
+    model.to_empty(device="cpu")
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.LayerNorm, nn.Embedding)):
+            m.reset_parameters()
+    with pytest.raises(strata.ConfigError, match="buffer pos_scale has no values: model.to_empty"):
+        strata.optim.AdamW(model.parameters(), lr=1e-3)
+    assert all(isinstance(p, strata.DeferredParameter) for p in model.parameters())
     # Initialized without to_empty: the parameters are recorded, but the meta buffer has
     # no values, and is refused when the engine is built.
     model = sharded()
