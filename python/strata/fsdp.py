@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _comm, _deferred, _fsdp2, _groups, _guard, _owners, _stand_ins, _state, _strata, _units
+from ._gathered import GatheredParameters
 from .errors import ConfigError, NotImplementedByStrata, UsageError
 
 _DEVICES = ("none", "cpu", "nvme")
@@ -281,6 +282,62 @@ def get_model_state_dict(model: torch.nn.Module) -> dict:
         raise UsageError("failed_precondition: build the strata.optim optimizer first: the engine holds the values")
     values = dict(zip(group.engine.param_names, group.engine.consolidated_params()))
     return _state.full_state_dict(model, values)
+
+
+def set_model_state_dict(model: torch.nn.Module, state_dict: dict, *, strict: bool = True):
+    """Loads a whole state_dict (the unsharded model's: each parameter under any of its
+    names, the persistent buffers) into a model sharded with fully_shard (its root) whose
+    strata.optim optimizer was built, as FSDP2's set_model_state_dict with a full state
+    dict. Every rank calls it with the same values. A unit at a time: its parameters are
+    gathered, set and taken into the engine's masters (GatheredParameters), so the model
+    is never whole in memory beyond `state_dict` itself; the optimizer state is kept.
+    strict: missing or unexpected keys are refused, as load_state_dict. Returns
+    (missing_keys, unexpected_keys)."""
+    group = getattr(model, "_strata_group", None)
+    if group is None or group.root is not model:
+        raise ConfigError("invalid_argument: set_model_state_dict takes the root module fully_shard was applied to")
+    if group.engine is None:
+        raise UsageError("failed_precondition: build the strata.optim optimizer first (or, before it, load with "
+                         "model.load_state_dict: the engine starts from those values)")
+    names: dict[int, list[str]] = {}
+    params: dict[int, torch.nn.Parameter] = {}
+    buffers: dict[str, torch.Tensor] = {}
+    for prefix, mod in model.named_modules(remove_duplicate=False):
+        dot = prefix + "." if prefix else ""
+        for n, p in mod._parameters.items():
+            if p is not None:
+                names.setdefault(id(p), []).append(dot + n)
+                params[id(p)] = p
+        for n, b in mod._buffers.items():
+            if b is not None and n not in mod._non_persistent_buffers_set:
+                buffers[dot + n] = b
+    expected = {n for ns in names.values() for n in ns} | set(buffers)
+    # A tied parameter is loaded from any one of its names; the others are not missing.
+    missing = sorted(n for i, ns in names.items() if not any(k in state_dict for k in ns) for n in ns)
+    missing += sorted(n for n in buffers if n not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    if strict and (missing or unexpected):
+        raise ConfigError(f"invalid_argument: set_model_state_dict: missing keys {missing[:5]}, unexpected keys "
+                          f"{unexpected[:5]} (strict=False loads what matches)")
+    source = {i: state_dict[next(k for k in ns if k in state_dict)] for i, ns in names.items()
+              if any(k in state_dict for k in ns)}
+    for i, value in source.items():
+        if tuple(value.shape) != tuple(params[i].shape):
+            raise ConfigError(f"invalid_argument: set_model_state_dict: {names[i][0]} has shape "
+                              f"{tuple(value.shape)} in the state dict, {tuple(params[i].shape)} in the model")
+    with torch.no_grad():
+        for n, b in buffers.items():
+            if n in state_dict:
+                b.copy_(state_dict[n])
+        held = {id(p) for u in group.units for p in u.params}
+        for i in source.keys() - held:  # not floating point: the module's own
+            params[i].copy_(source[i])
+        for u in group.units:
+            mine = [p for p in u.params if id(p) in source]
+            with GatheredParameters(mine, modifier_rank=None):
+                for p in mine:
+                    p.copy_(source[id(p)])
+    return missing, unexpected
 
 
 def _group_of(p):

@@ -205,3 +205,54 @@ def test_fsdp2_module_methods_run_and_change_nothing():
     got = strata.get_model_state_dict(model)
     for k, v in ref.state_dict().items():
         assert ((got[k].view(v.shape) - v).norm() / v.norm()).item() <= 1e-5, k
+
+
+# FSDP2's set_model_state_dict with a full state dict (a pretrained checkpoint loaded
+# after the optimizer is built): unit by unit, then training goes on from those values
+# as plain PyTorch's from the same ones. Before, there was no way but GatheredParameters
+# by hand.
+@pytest.mark.parametrize("stage,optimizer,params", [(3, "nvme", "nvme"), (2, "cpu", "none")])
+def test_a_full_state_dict_set_after_the_optimizer_is_the_start(tmp_path, stage, optimizer, params):
+    import strata
+
+    model = models.make("gpt", seed=0)
+    offload = strata.OffloadPolicy(optimizer=optimizer, params=params, nvme_path=str(tmp_path))
+    for block in model.blocks:
+        strata.fully_shard(block, stage=stage, offload=offload)
+    strata.fully_shard(model, stage=stage, offload=offload)
+    opt = strata.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    ref = models.make("gpt", seed=5)  # other values: the checkpoint
+    assert strata.set_model_state_dict(model, ref.state_dict()) == ([], [])
+    got = strata.get_model_state_dict(model)
+    assert all(torch.equal(got[k].view(v.shape), v) for k, v in ref.state_dict().items())
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    for step in range(3):
+        x, y = models.batch("gpt", step, 4)
+        loss = models.loss_fn("gpt", model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        want = models.loss_fn("gpt", ref(x), y)
+        want.backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        assert abs(loss.item() - want.item()) <= 1e-5 * abs(want.item()), step
+    got = strata.get_model_state_dict(model)
+    for k, v in ref.state_dict().items():
+        assert ((got[k].view(v.shape) - v).norm() / v.norm()).item() <= 1e-5, k
+    partial = ref.state_dict()
+    del partial["ln_f.weight"]
+    with pytest.raises(strata.ConfigError, match=r"missing keys \['ln_f.weight'\]"):
+        strata.set_model_state_dict(model, partial)
+    assert strata.set_model_state_dict(model, partial, strict=False) == (["ln_f.weight"], [])
+    partial["ln_f.weight"] = torch.zeros(3)
+    with pytest.raises(strata.ConfigError, match=r"ln_f.weight has shape \(3,\)"):
+        strata.set_model_state_dict(model, partial)
+
+
+# At two ranks: the ranks built other values (seeds 7 and 8), and every rank's shards take
+# the state dict's (seed 0's), so training is plain PyTorch's from seed 0.
+def test_a_full_state_dict_set_at_two_ranks_is_the_start(tmp_path):
+    s = spec("gpt", tmp_path, stage=3, optimizer="nvme", params="nvme")
+    s.update(seed=7, seed_per_rank=True, set_state=True)
+    check_against_reference(train(tmp_path, 2, s))

@@ -17,6 +17,8 @@ backward and step, its norms written as "norms",
 "meta" (with "api": "fsdp"): FSDP2's flow: build the model on the meta device, fully_shard,
 model.to_empty(device="cpu"), model.init_weights() (else models.reset_all) from the rank's
 seed, then the optimizer,
+"set_state" (with "api": "fsdp"): strata.set_model_state_dict(models.make(model, 0)'s state
+dict) once the optimizer is built,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule()}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
@@ -159,6 +161,8 @@ def main():
     if spec.get("api") == "fsdp":
         init = functools.partial(init_meta, seed=seed) if spec.get("meta") else None
         engine = FsdpEngine(model, spec["fsdp"], group, init)
+        if spec.get("set_state"):  # the values of models.make(model, 0), set after the optimizer is built
+            strata.set_model_state_dict(model, models.make(spec["model"], 0).state_dict())
     elif spec.get("api") == "oss":
         engine = OssEngine(model, spec["oss"], group)
     else:
