@@ -256,3 +256,47 @@ def test_a_full_state_dict_set_at_two_ranks_is_the_start(tmp_path):
     s = spec("gpt", tmp_path, stage=3, optimizer="nvme", params="nvme")
     s.update(seed=7, seed_per_rank=True, set_state=True)
     check_against_reference(train(tmp_path, 2, s))
+
+
+EXIT_SCRIPT = """
+import sys, torch, strata
+sys.path.insert(0, sys.argv[3])
+import models
+model = models.make("gpt")
+nvme = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=sys.argv[1])
+cfg = {"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+       "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": sys.argv[1]},
+                             "offload_optimizer": {"device": "nvme", "nvme_path": sys.argv[1]}}}
+if sys.argv[2] == "fully_shard":
+    for block in model.blocks:
+        strata.fully_shard(block, offload=nvme)
+    strata.fully_shard(model, offload=nvme)
+    opt = strata.optim.AdamW(model.parameters(), lr=1e-3)
+    engine = model
+else:
+    engine, opt, *_ = strata.initialize(model=model, config=cfg)
+x, y = models.batch("gpt", 0, 4)
+loss = models.loss_fn("gpt", engine(x), y)
+loss.backward()
+opt.step()
+assert any(p.name.startswith("strata-") for p in __import__("pathlib").Path(sys.argv[1]).iterdir())
+"""
+
+
+# A script that ends without closing anything leaves no swap files behind. Before, every
+# fully_shard run left its model state's nvme directory (strata-<job>/rank0/*.swp).
+@pytest.mark.parametrize("front", ["fully_shard", "initialize"])
+def test_the_swap_files_go_when_the_process_exits(tmp_path, front):
+    import subprocess
+    import sys
+
+    from conftest import HERE, PYTHONPATH
+
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    nvme = tmp_path / "nvme"
+    nvme.mkdir()
+    r = subprocess.run([sys.executable, str(script), str(nvme), front, str(HERE)], capture_output=True, text=True,
+                       env={"PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(nvme.iterdir()), sorted(str(p) for p in nvme.rglob("*"))
