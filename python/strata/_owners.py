@@ -3,9 +3,16 @@
 strata.GatheredParameters, _gathered.py). Each front end registers its engine's
 parameters when it builds the engine, and initialize's engine unregisters them when it
 closes; entries hold their parameter weakly, so a freed parameter whose id is reused by
-another tensor is not taken for it."""
+another tensor is not taken for it.
+
+The registry also releases every engine still in it when the process exits, so that
+their nvme swap files go: it holds them, and Python does not promise to destroy such
+objects at exit (fully_shard's engines are never closed, and an initialize engine whose
+model was still referenced was not destroyed either: each such run left its swap
+directory behind)."""
 from __future__ import annotations
 
+import atexit
 import weakref
 
 
@@ -21,6 +28,12 @@ class Owner:
 
 
 _OWNERS: dict[int, tuple[weakref.ref, Owner]] = {}  # id(param) -> (param, its engine)
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    for owner in {id(o): o for _, o in _OWNERS.values()}.values():
+        owner.engine.close()  # (a second close of an engine does nothing)
 
 
 def register(engine, comm, params) -> Owner:

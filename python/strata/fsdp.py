@@ -14,9 +14,7 @@ FSDP2's own arguments and FSDPModule methods: Note [FSDP2 arguments] in _fsdp2.p
 """
 from __future__ import annotations
 
-import atexit
 import json
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -266,20 +264,11 @@ def _build(group: _Group, param_groups: list[dict], optimizer_block: dict) -> No
                                   init=_stand_ins.initializer(unit_params))
     _stand_ins.forget(unit_params)
     group.engine.set_buffer_source(_units.buffer_source(group.root))
-    _owners.register(group.engine, comm, (p for u in group.units for p in u.params))  # never closed, as below
+    # Never closed, as below; released when the process exits (_owners.py).
+    _owners.register(group.engine, comm, (p for u in group.units for p in u.params))
     _units.cast_buffers(group.root, _units.compute_dtype(config))
     if group.engine.stage == 3:
         _guard.watch(group.units)  # for the process's life: fully_shard engines are never closed
-    # ... until the process exits: then the engine is released, so that its nvme swap files
-    # go. Python does not destroy every object at exit, and strata's registries hold this
-    # one: without this, each run left its model state's swap directory behind.
-    atexit.register(_release_at_exit, weakref.ref(group))
-
-
-def _release_at_exit(ref) -> None:
-    group = ref()
-    if group is not None and group.engine is not None:
-        group.engine.close()
 
 
 def get_model_state_dict(model: torch.nn.Module) -> dict:

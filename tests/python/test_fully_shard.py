@@ -262,7 +262,7 @@ EXIT_SCRIPT = """
 import sys, torch, strata
 sys.path.insert(0, sys.argv[3])
 import models
-model = models.make("gpt")
+model = models.make(sys.argv[4])
 nvme = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=sys.argv[1])
 cfg = {"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
        "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": sys.argv[1]},
@@ -277,16 +277,22 @@ else:
     engine, opt, *_ = strata.initialize(model=model, config=cfg)
 x, y = models.batch("gpt", 0, 4)
 loss = models.loss_fn("gpt", engine(x), y)
-loss.backward()
-opt.step()
+if sys.argv[2] == "initialize":
+    engine.backward(loss)
+    engine.step()
+else:
+    loss.backward()
+    opt.step()
 assert any(p.name.startswith("strata-") for p in __import__("pathlib").Path(sys.argv[1]).iterdir())
 """
 
 
 # A script that ends without closing anything leaves no swap files behind. Before, every
-# fully_shard run left its model state's nvme directory (strata-<job>/rank0/*.swp).
-@pytest.mark.parametrize("front", ["fully_shard", "initialize"])
-def test_the_swap_files_go_when_the_process_exits(tmp_path, front):
+# fully_shard run left its model state's nvme directory (strata-<job>/rank0/*.swp), and
+# so did an initialize run of a model with reentrant activation checkpointing.
+@pytest.mark.parametrize("front,name", [("fully_shard", "gpt"), ("initialize", "gpt"),
+                                        ("initialize", "gpt_checkpointed_reentrant")])
+def test_the_swap_files_go_when_the_process_exits(tmp_path, front, name):
     import subprocess
     import sys
 
@@ -296,7 +302,7 @@ def test_the_swap_files_go_when_the_process_exits(tmp_path, front):
     script.write_text(EXIT_SCRIPT)
     nvme = tmp_path / "nvme"
     nvme.mkdir()
-    r = subprocess.run([sys.executable, str(script), str(nvme), front, str(HERE)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(script), str(nvme), front, str(HERE), name], capture_output=True, text=True,
                        env={"PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not list(nvme.iterdir()), sorted(str(p) for p in nvme.rglob("*"))
