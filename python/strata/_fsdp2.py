@@ -60,7 +60,7 @@ _METHODS = {
 
 
 def arguments(offload, offload_policy, process_group, mesh, reshard_after_forward, ignored_params,
-                     shard_placement_fn, mp_policy):
+              shard_placement_fn, mp_policy):
     """FSDP2's arguments as strata's: (offload, process_group)."""
     if offload_policy is not None:
         if offload is not None:
