@@ -22,11 +22,13 @@ DEFAULT_OPTIMIZER = ("AdamW", {"lr": LR, "weight_decay": WD})
 
 # Cached: eight ResNet-18 cases share two references. Callers only read what it returns.
 @functools.lru_cache(maxsize=None)
-def reference(name, steps=STEPS, rows=ROWS, world=1):
+def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False):
     """The same model, data and optimizer (AdamW; SGD for ResNet-18), in plain PyTorch: losses and final parameters.
     With world > 1, each rank's rows go through the model separately (as each rank's
     forward does: batch norm then normalizes over that rank's rows, as under DDP) and the
-    loss is the mean of the ranks' losses."""
+    loss is the mean of the ranks' losses. bf16_state: what bf16 gradient shards and
+    optimizer state hold: each gradient rounded to bf16 (to nearest even) before the step,
+    each state tensor after it; the arithmetic stays fp32."""
     # One thread, as the rank processes (OMP_NUM_THREADS=1): ResNet-18 on random labels
     # is chaotic enough that plain PyTorch at 1 and at 2 threads differs by 2e-2 in the
     # loss after 10 steps (their sums round differently).
@@ -42,9 +44,19 @@ def reference(name, steps=STEPS, rows=ROWS, world=1):
         parts = [models.loss_fn(name, model(x[r * per:(r + 1) * per]), y[r * per:(r + 1) * per]) for r in range(world)]
         loss = sum(parts) / world
         loss.backward()
+        if bf16_state:
+            round_to_bf16(p.grad for p in model.parameters() if p.grad is not None)
         opt.step()
+        if bf16_state:
+            round_to_bf16(t for st in opt.state.values() for t in st.values() if t.is_floating_point() and t.dim())
         losses.append(loss.item())
     return losses, {k: v.detach().reshape(-1) for k, v in model.named_parameters()}
+
+
+def round_to_bf16(tensors):
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(t.bfloat16())
 
 
 def config(stage, device="none", tmp=None, optimizer=DEFAULT_OPTIMIZER, **strata):

@@ -20,7 +20,8 @@ seed, then the optimizer,
 "set_state" (with "api": "fsdp"): strata.set_model_state_dict(models.make(model, 0)'s state
 dict) once the optimizer is built,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
-groups: models.two_groups() and models.inverse_schedule()}
+groups: models.two_groups() and models.inverse_schedule(), bf16_state: bf16 optimizer state and
+gradient shards}
 for fully_shard + strata.optim instead of strata.initialize}. WORKER_VERBOSE=1 prints
 each step's loss to stderr.
 Each rank writes OUT_JSON.<rank>: its own losses and the optimizer steps taken, and
@@ -71,8 +72,10 @@ class FsdpEngine(OptimizerLoop):
     loop a FSDP2 user writes (loss.backward(), opt.step()), behind worker's interface."""
 
     def __init__(self, model, o, group, init=None):
+        state = torch.bfloat16 if o.get("bf16_state") else torch.float32  # and the gradient shards
         offload = strata.OffloadPolicy(optimizer=o.get("optimizer", "none"), params=o.get("params", "none"),
-                                       nvme_path=o.get("nvme_path"))
+                                       nvme_path=o.get("nvme_path"), optimizer_state_dtype=state,
+                                       gradient_shard_dtype=state)
         mp = strata.MixedPrecisionPolicy(param_dtype=torch.bfloat16) if o.get("bf16") else None
         kw = dict(stage=o.get("stage", 3), offload=offload, mp_policy=mp, process_group=group)
         for child in (model.blocks if hasattr(model, "blocks") else model.children()) if o.get("children", True) else ():
