@@ -13,6 +13,11 @@ parameters and the optimizer state in NVMe files, bf16 compute with fp32 master 
 
 Against a plain PyTorch script, the model is built inside `with strata.Init():`, and the
 strata.initialize call and engine.backward / engine.step replace the optimizer.
+
+--fully-shard trains the same model FSDP2's way: built on the meta device, then
+strata.fully_shard per block and the root, model.to_empty(device="cpu"), init_weights()
+(recorded, not run: the engine makes each chunk's values when the optimizer builds it),
+strata.optim.AdamW with a torch LambdaLR warmup, loss.backward() and optimizer.step().
 """
 import argparse
 import math
@@ -30,13 +35,13 @@ VOCAB = 256
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, device=None):
         super().__init__()
         self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.ln1, self.ln2 = nn.LayerNorm(dim, device=device), nn.LayerNorm(dim, device=device)
+        self.qkv = nn.Linear(dim, 3 * dim, device=device)
+        self.proj = nn.Linear(dim, dim, device=device)
+        self.fc, self.out = nn.Linear(dim, 4 * dim, device=device), nn.Linear(4 * dim, dim, device=device)
 
     def forward(self, x):
         b, t, d = x.shape
@@ -49,17 +54,25 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, dim, layers, heads, seq_len):
+    def __init__(self, dim, layers, heads, seq_len, device=None):
         super().__init__()
-        self.wte, self.wpe = nn.Embedding(VOCAB, dim), nn.Embedding(seq_len, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, VOCAB, bias=False)
+        self.wte, self.wpe = nn.Embedding(VOCAB, dim, device=device), nn.Embedding(seq_len, dim, device=device)
+        self.blocks = nn.ModuleList(Block(dim, heads, device) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim, device=device)
+        self.head = nn.Linear(dim, VOCAB, bias=False, device=device)
         self.head.weight = self.wte.weight  # tied
-        self.apply(self._init_weights)  # GPT-2's initialization, applied after building, as nanoGPT does
+        self.init_weights()
+
+    def init_weights(self):
+        """GPT-2's initialization, applied after building, as nanoGPT does. On the meta
+        device (--fully-shard) it runs again after to_empty: the first made no values."""
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.reset_parameters()
+        self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") or name.endswith("out.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * layers))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * len(self.blocks)))
 
     @staticmethod
     def _init_weights(m):
@@ -94,13 +107,18 @@ def main():
     ap.add_argument("--nvme-path", default="/tmp/strata-nvme")
     ap.add_argument("--bf16-state", action="store_true",
                     help="bf16 optimizer state and gradient records (12 bytes a parameter on nvme, not 18)")
+    ap.add_argument("--fully-shard", action="store_true",
+                    help="FSDP2's way: meta device, strata.fully_shard, to_empty, init_weights, strata.optim.AdamW")
     args = ap.parse_args()
     rank = int(os.environ.get("RANK", 0))
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    with strata.Init():
-        model = GPT(args.dim, args.layers, args.heads, args.seq_len)
+    if args.fully_shard:
+        model = GPT(args.dim, args.layers, args.heads, args.seq_len, device="meta")
+    else:
+        with strata.Init():
+            model = GPT(args.dim, args.layers, args.heads, args.seq_len)
     n = sum(p.numel() for p in model.parameters())
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if rank == 0:
@@ -112,22 +130,13 @@ def main():
     # one's first Adam steps (every weight moved by about the lr) from diverging.
     lr = args.lr if args.lr is not None else min(3e-3, 6e-4 * math.sqrt(125e6 / n))
     warmup = args.warmup if args.warmup is not None else max(args.steps // 10, -(-n // 10_000_000), 1)
-    config = {
-        "train_micro_batch_size_per_gpu": args.batch,
-        "bf16": {"enabled": True},
-        "zero_optimization": {"stage": 3,
-                              "offload_param": {"device": "nvme", "nvme_path": args.nvme_path},
-                              "offload_optimizer": {"device": "nvme", "nvme_path": args.nvme_path}},
-        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": 0.1}},
-        "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
-                                                     "warmup_num_steps": warmup, "warmup_type": "linear"}},
-    }
-    if args.bf16_state:
-        config["strata"] = {"optimizer_state_dtype": "bf16", "gradient_shard_dtype": "bf16"}
     t0 = time.perf_counter()
-    engine, _, _, _ = strata.initialize(model=model, config=config)
+    if args.fully_shard:
+        train = fully_shard(model, args, lr, warmup)
+    else:
+        train = initialize(model, args, lr, warmup)
     if rank == 0:
-        nvme = sum(engine.memory_by_tier()["nvme"].values())
+        nvme = sum(train.memory_by_tier()["nvme"].values())
         print(f"engine built in {time.perf_counter() - t0:.1f} s: {gib(nvme)} of model state on nvme at this rank, "
               f"peak RSS {gib(peak_rss())}; lr {lr:.3g} after {warmup} warmup steps", flush=True)
 
@@ -137,16 +146,75 @@ def main():
         # A learnable stream: each sequence counts up from a random start.
         start = torch.randint(0, VOCAB, (args.batch, 1), generator=g)
         tokens = (start + torch.arange(args.seq_len + 1)) % VOCAB
-        logits = engine(tokens[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
-        engine.backward(loss)
-        engine.step()
+        loss = train.step(tokens)
         if rank == 0 and (step % 5 == 0 or step == args.steps - 1):
-            m = engine.last_metrics()
+            m = train.last_metrics()
             print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} {time.perf_counter() - t0:.1f} s "
                   f"(forward {m['forward_s']:.1f}, backward {m['backward_s']:.1f}, optimizer {m['optimizer_s']:.1f}), "
                   f"peak RSS {gib(peak_rss())}", flush=True)
-    engine.close()
+    train.close()  # its swap files go (they would at exit too)
+
+
+def lm_loss(logits, tokens):
+    return F.cross_entropy(logits.float().reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+
+
+class initialize:
+    """DeepSpeed's way: strata.initialize with a config; engine.backward, engine.step."""
+
+    def __init__(self, model, args, lr, warmup):
+        config = {
+            "train_micro_batch_size_per_gpu": args.batch,
+            "bf16": {"enabled": True},
+            "zero_optimization": {"stage": 3,
+                                  "offload_param": {"device": "nvme", "nvme_path": args.nvme_path},
+                                  "offload_optimizer": {"device": "nvme", "nvme_path": args.nvme_path}},
+            "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": 0.1}},
+            "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                         "warmup_num_steps": warmup, "warmup_type": "linear"}},
+        }
+        if args.bf16_state:
+            config["strata"] = {"optimizer_state_dtype": "bf16", "gradient_shard_dtype": "bf16"}
+        self.model, _, _, _ = strata.initialize(model=model, config=config)
+        self.memory_by_tier, self.last_metrics, self.close = (self.model.memory_by_tier, self.model.last_metrics,
+                                                              self.model.close)
+
+    def step(self, tokens):
+        loss = lm_loss(self.model(tokens[:, :-1]), tokens)
+        self.model.backward(loss)
+        self.model.step()
+        return loss
+
+
+class fully_shard:
+    """FSDP2's way, the model on the meta device: fully_shard per block and the root,
+    to_empty, the init, strata.optim.AdamW (whose engine makes the values, chunk by chunk,
+    from the recorded init), a torch scheduler, loss.backward() and optimizer.step()."""
+
+    def __init__(self, model, args, lr, warmup):
+        state = torch.bfloat16 if args.bf16_state else torch.float32
+        policy = dict(mp_policy=strata.MixedPrecisionPolicy(param_dtype=torch.bfloat16),
+                      offload=strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=args.nvme_path,
+                                                   optimizer_state_dtype=state, gradient_shard_dtype=state))
+        for block in model.blocks:
+            strata.fully_shard(block, **policy)
+        strata.fully_shard(model, **policy)
+        model.to_empty(device="cpu")
+        model.init_weights()
+        self.model = model
+        self.optimizer = strata.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+        engine = self.optimizer.engine
+        self.memory_by_tier, self.last_metrics, self.close = engine.memory_by_kind, engine.last_metrics, engine.close
+        # WarmupLR's linear warmup, as the config above: lr 0 at the first step.
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, s / warmup))
+
+    def step(self, tokens):
+        loss = lm_loss(self.model(tokens[:, :-1]), tokens)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.schedule.step()
+        return loss
 
 
 def peak_rss():
