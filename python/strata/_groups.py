@@ -104,6 +104,17 @@ class GroupSync:
                 if key in g:
                     g[key] = value
 
+    def check_fixed(self, saved: list[dict]) -> None:
+        """Refuses a loaded state dict's groups (load_state_dict) where they set one of the
+        settings fixed when the optimizer was built to another value."""
+        for i, (fixed, s) in enumerate(zip(self._fixed, saved)):
+            for key, was in fixed.items():
+                if key in s and not _same(s[key], was):
+                    raise NotImplementedByStrata(
+                        f"unimplemented: load_state_dict: parameter group {i} has {key}={s[key]!r} in the state dict, "
+                        f"the optimizer was built with {was!r}; strata takes {', '.join((*PER_GROUP, *self._shared))} "
+                        "from a state dict, the other settings are fixed when the optimizer is built")
+
     def pull(self) -> None:
         groups, eng = self._groups, self._eng
         for i, (g, fixed) in enumerate(zip(groups, self._fixed)):

@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from . import _comm, _groups, _guard, _owners, _stand_ins, _state, _strata, _units
+from . import _comm, _groups, _guard, _optim_state, _owners, _stand_ins, _state, _strata, _units
 from . import config as _config
 from .errors import ConfigError, UsageError
 
@@ -47,6 +47,17 @@ class EngineOptimizer(torch.optim.Optimizer):
         """Discards the gradients of backwards no step() counted (Note [zero_grad],
         engine.cpp); otherwise nothing: the engine clears them at each step."""
         self._engine._eng.zero_grad()
+
+    def state_dict(self) -> dict:
+        """torch.optim's state_dict() of the whole model, on every rank (every rank calls
+        it): Note [optimizer state dicts] (_optim_state.py). engine.save_checkpoint is the
+        sharded way."""
+        return _optim_state.state_dict(self._engine._eng, self.param_groups)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's load_state_dict(), on every rank with the same state dict (one
+        of plain torch.optim's for the same parameters loads too)."""
+        _optim_state.load_state_dict(self._engine._eng, self.param_groups, self._sync, state_dict)
 
 
 class Engine:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _groups, fsdp
+from . import _groups, _optim_state, fsdp
 from .errors import ConfigError, UsageError
 
 
@@ -46,6 +46,16 @@ class _EngineOptimizer(torch.optim.Optimizer):
         """Discards the gradients of backwards no step() counted; otherwise nothing: the
         engine clears them at each step (Note [zero_grad], engine.cpp)."""
         self.engine.zero_grad()
+
+    def state_dict(self) -> dict:
+        """torch.optim's state_dict() of the whole model, on every rank (every rank calls
+        it): Note [optimizer state dicts] (_optim_state.py)."""
+        return _optim_state.state_dict(self.engine, self.param_groups)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's load_state_dict(), on every rank with the same state dict (one
+        of plain torch.optim's for the same parameters loads too)."""
+        _optim_state.load_state_dict(self.engine, self.param_groups, self._sync, state_dict)
 
 
 class AdamW(_EngineOptimizer):

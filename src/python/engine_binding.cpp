@@ -15,6 +15,7 @@
 
 #include "bindings.h"
 #include "errors.h"
+#include "optimizer_state.h"
 #include "py_optimizer.h"
 #include "strata/base/config.h"
 #include "strata/ckpt/checkpoint.h"
@@ -232,6 +233,19 @@ void bind_engine(py::module_& m) {
         py::gil_scoped_release nogil;
         return value_or_throw(live(e).consolidated_params());
       })
+      .def("any_rank", [](PyEngine& e, bool flag) {
+        at::Tensor t = at::full({1}, flag ? 1.0F : 0.0F);
+        py::gil_scoped_release nogil;
+        ok_or_throw(e.comm->all_reduce(t, comm::ReduceOp::kMax).wait());
+        return t.item<float>() > 0.5F;
+      }, py::arg("flag"), "whether any rank's flag is true (collective): a decision every rank takes alike")
+      .def("optimizer_state", [](PyEngine& e) { return optimizer_state(live(e), *e.comm); },
+           "Note [optimizer state dicts]: every rank, the whole state: [[state or None per trainable parameter, "
+           "params() order] per group] (collective)")
+      .def("load_optimizer_state", [](PyEngine& e, const py::list& groups, const std::vector<std::vector<std::string>>& names) {
+        load_optimizer_state(live(e), groups, names);
+      }, py::arg("groups"), py::arg("names"),
+         "per group [(engine parameter index, state or None)], the same on every rank (collective)")
       .def("save_checkpoint", [](PyEngine& e, const fs::path& root, std::int64_t step, const std::string& client_json,
                                  const std::string& config_json, int keep) {
         ckpt::SaveOptions o{.root = root, .step = step, .keep = keep,

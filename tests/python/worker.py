@@ -19,6 +19,8 @@ model.to_empty(device="cpu"), model.init_weights() (else models.reset_all) from 
 seed, then the optimizer,
 "set_state" (with "api": "fsdp"): strata.set_model_state_dict(models.make(model, 0)'s state
 dict) once the optimizer is built,
+"save_states": PATH: after training, each rank torch.saves the model's and the optimizer's
+state dicts to PATH.<rank>, "load_states": PATH: loads such a file before training,
 "api": "fsdp" with "fsdp": {stage, optimizer, params, nvme_path, bf16, lr, weight_decay, also: [submodule],
 groups: models.two_groups() and models.inverse_schedule(), bf16_state: bf16 optimizer state and
 gradient shards}
@@ -139,6 +141,23 @@ class OssEngine(OptimizerLoop):
         return dict(self.model.named_parameters())
 
 
+def state_dicts(engine, model) -> dict:
+    """What a plain PyTorch checkpoint holds: model.state_dict() (fully_shard's way; the
+    module's own for initialize at stages 1-2) and optimizer.state_dict()."""
+    if isinstance(engine, FsdpEngine):
+        return {"model": strata.get_model_state_dict(model), "optim": engine.opt.state_dict()}
+    return {"model": model.state_dict(), "optim": engine.optimizer.state_dict()}
+
+
+def load_state_dicts(engine, model, states: dict) -> None:
+    if isinstance(engine, FsdpEngine):
+        strata.set_model_state_dict(model, states["model"])
+        engine.opt.load_state_dict(states["optim"])
+    else:
+        model.load_state_dict(states["model"])
+        engine.optimizer.load_state_dict(states["optim"])
+
+
 def init_meta(model, seed):
     model.to_empty(device="cpu")
     torch.manual_seed(seed)
@@ -173,6 +192,8 @@ def main():
     start = spec.get("start", 0)
     if spec.get("load"):
         engine.load_checkpoint(spec["load"])
+    if spec.get("load_states"):
+        load_state_dicts(engine, model, torch.load(spec["load_states"]))
     per = spec["rows"] // world
     losses, evals, norms = [], [], []
     freeze = spec.get("freeze")  # {"param": name, "from": step, "to": step}: frozen in [from, to)
@@ -198,6 +219,8 @@ def main():
             print(f"rank {rank} step {step} loss {losses[-1]}", file=sys.stderr, flush=True)
     if spec.get("save"):
         engine.save_checkpoint(spec["save"])
+    if spec.get("save_states"):  # every rank its own file: each holds the whole state
+        torch.save(state_dicts(engine, model), f"{spec['save_states']}.{rank}")
     if spec.get("save_16bit"):
         wrote = engine.save_16bit_model(spec["save_16bit"])
         assert wrote == (rank == 0), wrote
