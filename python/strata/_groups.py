@@ -77,6 +77,20 @@ def engine_groups(groups: list[dict]) -> list:
     return out
 
 
+class FixedGroups:
+    """For a torch.optim.Optimizer subclass whose groups the engine took when it was built:
+    add_param_group after that is refused (the engine would never step the new group's
+    parameters; before, the next step failed on a count of lrs). The subclass sets
+    self._sync (a GroupSync) once built; torch's __init__ adds the given groups before."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        if getattr(self, "_sync", None) is not None:
+            raise NotImplementedByStrata("unimplemented: add_param_group on a strata optimizer after it was built: "
+                                         "the engine shards the parameters it is built with. Pass every parameter "
+                                         "group to the optimizer (or to strata.initialize) when building it")
+        super().add_param_group(param_group)
+
+
 class GroupSync:
     """Keeps a torch optimizer's param_groups and the engine's settings the same. pull()
     (before a step) hands the engine what a torch scheduler or the user set in the groups:

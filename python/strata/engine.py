@@ -23,7 +23,7 @@ from . import config as _config
 from .errors import ConfigError, UsageError
 
 
-class EngineOptimizer(torch.optim.Optimizer):
+class EngineOptimizer(_groups.FixedGroups, torch.optim.Optimizer):
     """What initialize() returns as the optimizer: the engine's parameter groups (one, or
     the caller's: _groups.py) with the config's settings, whose "lr", "weight_decay" and
     "betas" or "momentum" reach the engine before each step (_groups.GroupSync), so

@@ -21,7 +21,7 @@ from . import _groups, _optim_state, fsdp
 from .errors import ConfigError, UsageError
 
 
-class _EngineOptimizer(torch.optim.Optimizer):
+class _EngineOptimizer(_groups.FixedGroups, torch.optim.Optimizer):
     _TYPE = ""
     _KEYS: tuple[str, ...] = ()
 

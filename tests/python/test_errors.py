@@ -186,6 +186,16 @@ def test_parameter_groups_that_the_engine_cannot_run(strata):
         strata.initialize(model=model, config=config(), model_parameters=[{"params": rest}])
     with pytest.raises(strata.NotImplementedByStrata, match="group 1 sets betas"):
         strata.optim.AdamW([{"params": ln}, {"params": rest, "betas": (0.8, 0.9)}])
+    # A group added after the engine took the groups would never be stepped; before, the
+    # next step failed on a count of lrs.
+    _, optimizer, _, _ = strata.initialize(model=models.make("gpt"), config=config())
+    with pytest.raises(strata.NotImplementedByStrata, match="add_param_group on a strata optimizer after it was built"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+    sharded = models.make("gpt")
+    strata.fully_shard(sharded)
+    optimizer = strata.optim.AdamW(sharded.parameters())
+    with pytest.raises(strata.NotImplementedByStrata, match="add_param_group on a strata optimizer after it was built"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
 
 
 def test_checkpoint_tag_and_missing_checkpoint(strata, tmp_path):
