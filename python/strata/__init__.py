@@ -17,10 +17,10 @@ from ._guard import register_external_parameter
 from ._units import set_leaf_modules
 from .engine import Engine, initialize
 from .fsdp import (CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard, get_model_state_dict,
-                   set_model_state_dict)
+                   get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
 from .sharded import ShardedOptimizer
 from .errors import (CannotFitError, ConfigError, NotFoundError, NotImplementedByStrata, PeerError, StrataError,
                      StrataIOError, UsageError)
 
-__all__ = ["initialize", "Engine", "Init", "materialize", "DeferredParameter", "GatheredParameters", "register_external_parameter", "set_leaf_modules", "fully_shard", "get_model_state_dict", "set_model_state_dict", "MixedPrecisionPolicy", "OffloadPolicy", "CPUOffloadPolicy", "optim", "ShardedOptimizer", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
+__all__ = ["initialize", "Engine", "Init", "materialize", "DeferredParameter", "GatheredParameters", "register_external_parameter", "set_leaf_modules", "fully_shard", "get_model_state_dict", "set_model_state_dict", "get_optimizer_state_dict", "set_optimizer_state_dict", "MixedPrecisionPolicy", "OffloadPolicy", "CPUOffloadPolicy", "optim", "ShardedOptimizer", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
            "NotFoundError", "PeerError", "UsageError", "NotImplementedByStrata", "__version__"]

@@ -357,5 +357,53 @@ def set_model_state_dict(model: torch.nn.Module, state_dict: dict, *, strict: bo
     return missing, unexpected
 
 
+def get_optimizer_state_dict(model: torch.nn.Module, optimizer) -> dict:
+    """optimizer.state_dict() keyed by the parameters' names in `model` (a tied one by its
+    first), as FSDP2's get_optimizer_state_dict(model, optim, options=StateDictOptions(
+    full_state_dict=True)). Every rank calls it (Note [optimizer state dicts])."""
+    names = _names_in(model, optimizer)
+    sd = optimizer.state_dict()
+    return {"state": {names[i]: s for i, s in sd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+
+
+def set_optimizer_state_dict(model: torch.nn.Module, optimizer, optim_state_dict: dict) -> None:
+    """Loads get_optimizer_state_dict's form (FSDP2's full optimizer state dict) into
+    `optimizer`; every rank calls it with the same dict."""
+    names = _names_in(model, optimizer)
+    index = {n: i for i, n in enumerate(names)}
+    saved = optim_state_dict["param_groups"]
+    unknown = sorted(({n for g in saved for n in g["params"]} | set(optim_state_dict["state"])) - index.keys())
+    if unknown:
+        raise ConfigError(f"invalid_argument: set_optimizer_state_dict: {', '.join(unknown[:5])} "
+                          f"{'are' if len(unknown) > 1 else 'is'} not a parameter of the optimizer's in this model")
+    # By name: each saved group must hold the same parameters as the optimizer's, in any
+    # order; the state goes to the parameter of that name.
+    groups, start = [], 0
+    for i, g in enumerate(optimizer.param_groups):
+        mine = list(range(start, start + len(g["params"])))
+        start += len(mine)
+        if i < len(saved) and set(saved[i]["params"]) != {names[k] for k in mine}:
+            raise ConfigError(f"invalid_argument: set_optimizer_state_dict: parameter group {i} holds other "
+                              "parameters in the state dict than in the optimizer")
+        groups.append(mine)
+    optimizer.load_state_dict({
+        "state": {index[n]: s for n, s in optim_state_dict["state"].items()},
+        "param_groups": [{**g, "params": mine} for g, mine in zip(saved, groups)] + saved[len(groups):]})
+
+
+def _names_in(model: torch.nn.Module, optimizer) -> list[str]:
+    """The name in `model` of each of the optimizer's parameters, in its numbering."""
+    names = {}
+    for n, p in model.named_parameters():
+        names.setdefault(id(p), n)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    missing = [i for i, p in enumerate(params) if id(p) not in names]
+    if missing:
+        raise ConfigError(f"invalid_argument: {len(missing)} of the optimizer's parameters are not in this model; "
+                          "pass the model the optimizer trains")
+    return [names[id(p)] for p in params]
+
+
 def _group_of(p):
     return getattr(p, "_strata_group", None)

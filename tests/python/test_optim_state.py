@@ -133,6 +133,41 @@ def test_state_dicts_load_both_ways(tmp_path, front, stage, optimizer, params):
         assert abs(got - want) <= 1e-5 * abs(want), (step, got, want)
 
 
+# FSDP2's full optimizer state dict, keyed by the parameters' names: torch.optim.AdamW's
+# state under the same names; loaded by name (the groups' lists reversed) into strata
+# built from other values, training continues as plain PyTorch's.
+def test_fsdp2_optimizer_state_dicts_by_name(tmp_path):
+    import strata
+
+    model, call, backward_and_step, opt = build("fully_shard", "gpt", 3, "nvme", "nvme", tmp_path, groups=True)
+    ref, ref_opt = plain("gpt", groups=True)
+    for step in range(3):
+        strata_step(call, backward_and_step, "gpt", step)
+        plain_step(ref, ref_opt, "gpt", step)
+    osd = strata.get_optimizer_state_dict(model, opt)
+    names = {id(p): n for n, p in ref.named_parameters()}
+    ref_params = [p for g in ref_opt.param_groups for p in g["params"]]
+    want = {names[id(ref_params[i])]: s for i, s in ref_opt.state_dict()["state"].items()}
+    assert sorted(osd["state"]) == sorted(want) and "wte.weight" in want
+    for n, w in want.items():
+        assert all(rel(osd["state"][n][k], w[k]) <= 1e-5 for k in ("exp_avg", "exp_avg_sq")), n
+    assert [g["params"] for g in osd["param_groups"]] == [[names[id(p)] for p in g["params"]] for g in ref_opt.param_groups]
+    model2, call2, backward_and_step2, opt2 = build("fully_shard", "gpt", 3, "nvme", "nvme", tmp_path, seed=5,
+                                                   groups=True)
+    strata.set_model_state_dict(model2, strata.get_model_state_dict(model))
+    shuffled = {**osd, "param_groups": [{**g, "params": g["params"][::-1]} for g in osd["param_groups"]]}
+    strata.set_optimizer_state_dict(model2, opt2, shuffled)
+    for step in range(3, 6):
+        got = strata_step(call2, backward_and_step2, "gpt", step)
+        want_loss = plain_step(ref, ref_opt, "gpt", step)
+        assert abs(got - want_loss) <= 1e-5 * abs(want_loss), (step, got, want_loss)
+    with pytest.raises(strata.ConfigError, match="nope.weight is not a parameter"):
+        strata.set_optimizer_state_dict(model2, opt2, {**osd, "state": {**osd["state"], "nope.weight": {}}})
+    swapped = {**osd, "param_groups": osd["param_groups"][::-1]}
+    with pytest.raises(strata.ConfigError, match="group 0 holds other parameters"):
+        strata.set_optimizer_state_dict(model2, opt2, swapped)
+
+
 # What does not match is refused by the parameter's name, and leaves the state as it was;
 # a state dict too large for the machine is refused, pointing at the sharded checkpoints.
 def test_a_state_dict_that_does_not_match_or_fit_is_refused(tmp_path, monkeypatch):
