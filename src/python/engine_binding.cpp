@@ -9,6 +9,8 @@
 
 #include <optional>
 #include <tuple>
+
+#include <ATen/Functions.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <nlohmann/json.hpp>
