@@ -97,9 +97,9 @@ def load_state_dict(eng, groups: list[dict], sync, sd: dict) -> None:
             raise NotImplementedByStrata(f"unimplemented: load_state_dict: group {i} has maximize=True (strata's "
                                          "optimizers minimize)")
     sync.check_fixed(saved)
-    # Every parameter's master and every chunk's master and states while they are loaded,
-    # besides the caller's dict (3.02 GB for 268M parameters).
-    _check_fits(eng, groups, "load_state_dict()", 16)
+    # Every parameter's fp32 master, and one chunk's master and states at a time, besides
+    # the caller's dict.
+    _check_fits(eng, groups, "load_state_dict()", 6)
     states, names = [], []
     for s, trainable in zip(saved, _trainable(eng, groups)):
         states.append([(i, _entry(sd["state"].get(s["params"][k]), p, name)) for i, k, p, name in trainable])

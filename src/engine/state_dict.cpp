@@ -376,42 +376,55 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
                         j, c10::str(params[j].sizes()), c10::str(store.params()[trainable[j]].sizes()));
     }
   }
-  STRATA_RETURN_IF_ERROR(set_group_lrs(lrs));  // only the lrs: see engine.h
-  ParamSteps& steps = m.stepper->param_steps();
-  std::vector<std::optional<ShardState>> loaded(chunks.size());
+  // Every parameter's state first (handles, not copies), so that a mismatch changes nothing.
+  constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+  std::vector<std::size_t> listed_at(store.params().size(), kNone);  // engine parameter -> j
+  std::vector<std::int64_t> step(params.size(), 0);
+  std::vector<std::vector<at::Tensor>> st(params.size());
+  std::vector<std::uint8_t> has(params.size(), 0);
   for (std::size_t j = 0; j < params.size(); ++j) {
-    const std::size_t i = trainable[j];
-    std::int64_t step = 0;
-    std::vector<at::Tensor> st;
+    listed_at[trainable[j]] = j;
     auto it = full.state().find(torch_compat::optim_state_key(params[j]));
-    const bool has = it != full.state().end();
-    if (has && !read_param_state(type, *it->second, &step, &st, m.core.opt.optimizer.amsgrad)) {
+    has[j] = it != full.state().end() ? 1 : 0;
+    if (has[j] && !read_param_state(type, *it->second, &step[j], &st[j], m.core.opt.optimizer.amsgrad)) {
       return make_error(ErrorCode::kInvalidArgument, "load_state_dict: parameter {} has state of another optimizer "
                         "type than {}", j, to_string(type));
     }
-    steps.steps[i] = step;
-    steps.ever_had_grad[i] = has && (type != OptimizerType::kAdagrad || step > 0) ? 1 : 0;
-    const std::uint32_t c = store.layout().where[i].chunk;
-    if (!loaded[c]) {
-      STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
-      loaded[c] = std::move(s);
-    }
+  }
+  STRATA_RETURN_IF_ERROR(set_group_lrs(lrs));  // only the lrs: see engine.h
+  ParamSteps& steps = m.stepper->param_steps();
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    steps.steps[trainable[j]] = step[j];
+    steps.ever_had_grad[trainable[j]] = has[j] && (type != OptimizerType::kAdagrad || step[j] > 0) ? 1 : 0;
+  }
+  // A chunk at a time: its shard read, the listed parameters' slices of master and state
+  // set, written home (one chunk's state in memory, not the model's). The model's
+  // parameters become the loaded masters cast to the compute dtype (a frozen parameter's
+  // master is its value: never stepped).
+  // Which chunks hold a listed parameter, by the layout (every rank alike): a chunk is
+  // written on every rank or none, since writing the shard can be a collective (stages
+  // 1-2 gather the new values), though this rank's slice may hold none of them.
+  std::vector<std::uint8_t> listed_chunk(chunks.size(), 0);
+  for (std::size_t i : trainable) listed_chunk[store.layout().where[i].chunk] = 1;
+  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
+    if (!listed_chunk[c]) continue;
+    STRATA_ASSIGN_OR_RETURN(ShardState s, m.optim->read(c));
     for (const auto& slot : chunks.slots(c)) {
-      if (slot.param != i) continue;
-      ShardState& s = *loaded[c];
+      const std::size_t j = listed_at[slot.param];
+      if (j == kNone) continue;
       s.master.narrow(0, slot.shard_offset, slot.numel)
           .copy_(params[j].detach().reshape({-1}).narrow(0, slot.param_offset, slot.numel));
       for (std::size_t k = 0; k < s.states.size(); ++k) {
         at::Tensor dst = s.states[k].narrow(0, slot.shard_offset, slot.numel);
-        if (has && k < st.size() && st[k].defined()) dst.copy_(st[k].reshape({-1}).narrow(0, slot.param_offset, slot.numel));
-        else dst.fill_(m.kernel.initial_value(k));
+        if (has[j] && k < st[j].size() && st[j][k].defined()) {
+          dst.copy_(st[j][k].reshape({-1}).narrow(0, slot.param_offset, slot.numel));
+        } else {
+          dst.fill_(m.kernel.initial_value(k));
+        }
       }
     }
+    STRATA_RETURN_IF_ERROR(write_shard(c, {.master = s.master, .states = s.states}));
   }
-  // The state goes home, and the model's parameters become the loaded masters cast to
-  // the compute dtype (a frozen parameter's master is its value: never stepped).
-  for (std::uint32_t c = 0; c < chunks.size(); ++c)
-    if (loaded[c]) STRATA_RETURN_IF_ERROR(write_shard(c, {.master = loaded[c]->master, .states = loaded[c]->states}));
   return end_write_shards();
 }
 

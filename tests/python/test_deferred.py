@@ -510,9 +510,10 @@ def test_a_gigabyte_model_is_built_and_sharded_without_holding_it(tmp_path, fron
     assert abs(got["loss"] - got["want_loss"]) <= 1e-5 * abs(got["want_loss"]), got
     assert got["err"] <= 1e-5 and got["state_err"] <= 1e-5, got
     # optimizer.state_dict(): the consolidated fp32 master, m and v, 12 bytes a parameter
-    # (3.36 GB measured for these 268M parameters); load_state_dict(): the masters and
-    # every chunk's shard state while the caller holds the state dict (3.02 GB measured).
+    # (3.36 GB measured for these 268M parameters); load_state_dict(): the masters (4
+    # bytes a parameter) and one chunk's shard state at a time, within what state_dict()
+    # freed (0 measured; 3.02 GB when Engine::load_state_dict held every chunk's at once).
     n = 16 * (4096 * 4096 + 4096)
     assert got["with_state"] - got["before_state"] <= 14 * n, got
     if front == "fully_shard":
-        assert got["reloaded"] - got["with_state"] <= 18 * n, got
+        assert got["reloaded"] - got["with_state"] <= 6 * n, got

@@ -143,7 +143,9 @@ class Engine {
   // takes its groups' lrs. The engine keeps its own weight decays, betas and momentum:
   // LibTorch's torch::load fills an optimizer's state but leaves its groups' options as
   // the constructor made them, so taking them would take defaults (set_group_weight_decays,
-  // set_betas and set_momentum set them).
+  // set_betas and set_momentum set them). Every rank must call it (at stages 1-2 a
+  // written shard is gathered). Checks every parameter's state before changing anything,
+  // then loads a chunk at a time: one chunk's shard state in memory besides `full`.
   Status load_state_dict(torch::optim::Optimizer& full);
 
   // Checkpoints (strata/ckpt/checkpoint.h; format: docs/checkpoints.md). Every rank calls
