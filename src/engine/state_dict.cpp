@@ -398,12 +398,11 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
     steps.ever_had_grad[trainable[j]] = has[j] && (type != OptimizerType::kAdagrad || step[j] > 0) ? 1 : 0;
   }
   // A chunk at a time: its shard read, the listed parameters' slices of master and state
-  // set, written home (one chunk's state in memory, not the model's). The model's
+  // set, written home (one chunk's state in memory, not the model's); the model's
   // parameters become the loaded masters cast to the compute dtype (a frozen parameter's
-  // master is its value: never stepped).
-  // Which chunks hold a listed parameter, by the layout (every rank alike): a chunk is
-  // written on every rank or none, since writing the shard can be a collective (stages
-  // 1-2 gather the new values), though this rank's slice may hold none of them.
+  // master is its value: never stepped). The chunks that hold a listed parameter are
+  // taken from the layout, alike on every rank: writing a shard can be a collective
+  // (stages 1-2 gather the new values) even where this rank's slice holds none of them.
   std::vector<std::uint8_t> listed_chunk(chunks.size(), 0);
   for (std::size_t i : trainable) listed_chunk[store.layout().where[i].chunk] = 1;
   for (std::uint32_t c = 0; c < chunks.size(); ++c) {
