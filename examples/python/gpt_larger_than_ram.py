@@ -132,9 +132,9 @@ def main():
     warmup = args.warmup if args.warmup is not None else max(args.steps // 10, -(-n // 10_000_000), 1)
     t0 = time.perf_counter()
     if args.fully_shard:
-        train = fully_shard(model, args, lr, warmup)
+        train = Fsdp2Way(model, args, lr, warmup)
     else:
-        train = initialize(model, args, lr, warmup)
+        train = DeepSpeedWay(model, args, lr, warmup)
     if rank == 0:
         nvme = sum(train.memory_by_tier()["nvme"].values())
         print(f"engine built in {time.perf_counter() - t0:.1f} s: {gib(nvme)} of model state on nvme at this rank, "
@@ -159,7 +159,7 @@ def lm_loss(logits, tokens):
     return F.cross_entropy(logits.float().reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
 
 
-class initialize:
+class DeepSpeedWay:
     """DeepSpeed's way: strata.initialize with a config; engine.backward, engine.step."""
 
     def __init__(self, model, args, lr, warmup):
@@ -186,7 +186,7 @@ class initialize:
         return loss
 
 
-class fully_shard:
+class Fsdp2Way:
     """FSDP2's way, the model on the meta device: fully_shard per block and the root,
     to_empty, the init, strata.optim.AdamW (whose engine makes the values, chunk by chunk,
     from the recorded init), a torch scheduler, loss.backward() and optimizer.step()."""
