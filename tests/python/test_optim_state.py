@@ -92,6 +92,7 @@ def check_same_state(got, want, tol=1e-5):
 # The awkward model: frozen parameters, one that gets no gradient, a module called twice,
 # tuple outputs, a skip branch. gpt with two parameter groups: numbered across groups.
 @pytest.mark.parametrize("front,stage,optimizer,params", [("fully_shard", 3, "nvme", "nvme"),
+                                                          ("fully_shard", 3, "cpu", "cpu"),
                                                           ("fully_shard", 2, "cpu", "none"),
                                                           ("initialize", 3, "none", "none"),
                                                           ("initialize", 1, "cpu", "none")])
