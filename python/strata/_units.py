@@ -208,6 +208,23 @@ def compute_dtype(cfg: dict):
     return torch.bfloat16 if enabled("bf16") else torch.float16 if enabled("fp16") else torch.float32
 
 
+def check_compute_dtype(dtype) -> None:
+    """fp16 compute needs fp16 matrix multiplies on the compute device. The Python front
+    end computes on the CPU, whose kernels in LibTorch 1.13 have none: without this check
+    the first forward failed with ATen's "addmm_impl_cpu_ not implemented for 'Half'",
+    after the engine had written every chunk's state (minutes for a model larger than
+    RAM). Refused up front instead, as `strata train --fp16` is on a CPU. A LibTorch whose
+    CPU kernels do multiply fp16 passes (probed, not decided by version)."""
+    if dtype != torch.float16:
+        return
+    try:
+        torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, 2, dtype=torch.float16)
+    except RuntimeError as e:
+        raise ConfigError("invalid_argument: fp16 compute needs a GPU: this LibTorch has no fp16 matrix multiply "
+                          f"on the CPU ({str(e).splitlines()[0]}); use bf16 (config bf16.enabled, or "
+                          "MixedPrecisionPolicy(param_dtype=torch.bfloat16)) or fp32") from None
+
+
 def cast_buffers(model: torch.nn.Module, dtype) -> None:
     """Floating-point buffers (batch norm's running statistics) in the compute dtype, as
     DeepSpeed's engine casts the whole module: LibTorch's CPU batch norm refuses bf16

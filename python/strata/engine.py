@@ -77,6 +77,7 @@ class Engine:
             lr_scheduler, "step") else lr_scheduler
 
     def _build(self, module, cfg: dict, comm, groups) -> None:
+        _units.check_compute_dtype(_units.compute_dtype(cfg))
         self._units = _units.units_of(module)
         if not self._units:
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")

@@ -75,6 +75,7 @@ def _policy_settings(stage, mp_policy, offload) -> dict:
     if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
         raise ConfigError(f"invalid_argument: mp_policy.param_dtype {dtype}: strata computes in float32, bfloat16 "
                           "or float16")
+    _units.check_compute_dtype(dtype)
     state_dtype = grad_dtype = torch.float32
     if offload is None:
         opt_dev, par_dev, path = "none", "none", None

@@ -31,6 +31,34 @@ def test_config_typo_names_the_key_and_suggests_the_fix(strata):
         strata.initialize(model=models.make("gpt"), config={"zero_optimisation": {"stage": 3}})
 
 
+def cpu_multiplies_fp16():
+    try:
+        torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, 2, dtype=torch.float16)
+        return True
+    except RuntimeError:
+        return False
+
+
+# fp16 where LibTorch's CPU kernels cannot multiply it (1.13): refused before anything is
+# built, by both front ends, with bf16 as the way out. Before, initialize built the engine
+# and the first forward failed with ATen's "addmm_impl_cpu_ not implemented for 'Half'".
+@pytest.mark.skipif(cpu_multiplies_fp16(), reason="this LibTorch multiplies fp16 on the CPU")
+def test_fp16_on_a_cpu_without_fp16_kernels_is_refused_up_front(strata):
+    model = models.make("gpt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(strata.ConfigError, match=r"fp16 compute needs a GPU: .*'Half'.*use bf16"):
+        strata.initialize(model=model, config=config(fp16={"enabled": True}))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    x, y = models.batch("gpt", 0, 8)
+    models.loss_fn("gpt", model(x), y).backward()  # and still a plain model
+    with pytest.raises(strata.ConfigError, match="fp16 compute needs a GPU"):
+        strata.fully_shard(models.make("gpt"), mp_policy=strata.MixedPrecisionPolicy(param_dtype=torch.float16))
+    engine, *_ = strata.initialize(model=model, config=config(bf16={"enabled": True}))  # the way out runs
+    engine.backward(models.loss_fn("gpt", engine(x).float(), y))
+    engine.step()
+    engine.close()
+
+
 def test_config_file_that_is_missing_or_not_json(strata, tmp_path):
     with pytest.raises(strata.ConfigError, match="cannot read the config"):
         strata.initialize(model=models.make("gpt"), config=tmp_path / "none.json")
