@@ -239,7 +239,9 @@ std::vector<Field> bind(Config& c) {
   f.push_back(recognised("bf16.check_grad_overflow", kNoEffect, "bf16 steps always check for inf/NaN gradients"));
   f.push_back(recognised("fp16.fp16_master_weights_and_grads", kTodo, "master weights stay fp32"));
   f.push_back(recognised("bf16.bf16_master_weights_and_grads", kTodo, "master weights stay fp32"));
-  f.push_back(recognised("bf16.bf16_optimizer_states", kTodo, "optimizer state stays fp32"));
+  Field bf16_states = boolean("bf16.bf16_optimizer_states", c.bf16.optimizer_states);
+  bf16_states.note = "with bf16.enabled, strata.optimizer_state_dtype bf16 (the master stays fp32)";
+  f.push_back(std::move(bf16_states));
 
   OptimizerConfig& o = c.optimizer;
   f.push_back(choice("optimizer.type", o.type,

@@ -96,6 +96,39 @@ TEST(ConfigCompat, LegacyCpuOffloadMeansOptimizerOnCpu) {
   EXPECT_EQ(parse_ok(R"({"bfloat16": {"enabled": true}})").bf16.enabled, true);  // the older section name
 }
 
+// DeepSpeed's bf16.bf16_optimizer_states (Adam's moments in bf16) is strata's
+// strata.optimizer_state_dtype bf16, with bf16 training on; it said "not implemented"
+// and trained fp32 state, 4 bytes a parameter more than the config asked for.
+TEST(ConfigCompat, Bf16OptimizerStatesIsBf16OptimizerStateDtype) {
+  std::vector<std::string> w;
+  const Config c = parse_ok(R"({"bf16": {"enabled": true, "bf16_optimizer_states": true}})", &w);
+  EXPECT_EQ(c.strata.optimizer_state_dtype, StateDtype::kBf16);
+  EXPECT_EQ(c.strata.gradient_shard_dtype, StateDtype::kFp32);
+  EXPECT_TRUE(w.empty()) << all(w);
+  auto back = Config::from_json(c.to_json());
+  ASSERT_TRUE(back) << back.error();
+  EXPECT_EQ(*back, c);
+  for (const char* same : {R"("bf16")", R"("auto")"}) {
+    const std::string text = std::string(R"({"bf16": {"enabled": true, "bf16_optimizer_states": true},
+                                             "strata": {"optimizer_state_dtype": )") + same + "}}";
+    EXPECT_EQ(parse_ok(text.c_str()).strata.optimizer_state_dtype, StateDtype::kBf16) << same;
+  }
+  EXPECT_EQ(parse_ok(R"({"bf16": {"enabled": true, "bf16_optimizer_states": false}})").strata.optimizer_state_dtype,
+            StateDtype::kFp32);
+  std::vector<std::string> off;  // a bf16 key without bf16 training: DeepSpeed ignores it too
+  EXPECT_EQ(parse_ok(R"({"bf16": {"enabled": false, "bf16_optimizer_states": true}})", &off).strata.optimizer_state_dtype,
+            StateDtype::kFp32);
+  EXPECT_NE(all(off).find("bf16.bf16_optimizer_states: applies to bf16 training"), std::string::npos) << all(off);
+  const auto both = Config::parse(R"({"bf16": {"enabled": true, "bf16_optimizer_states": true},
+                                      "strata": {"optimizer_state_dtype": "fp32"}})", "<test>");
+  ASSERT_FALSE(both);
+  EXPECT_NE(both.error().message().find("strata.optimizer_state_dtype \"fp32\" for fp32: give one of them"),
+            std::string::npos) << both.error();
+  const auto not_bool = Config::parse(R"({"bf16": {"enabled": true, "bf16_optimizer_states": "yes"}})", "<test>");
+  ASSERT_FALSE(not_bool);
+  EXPECT_NE(not_bool.error().message().find("bf16.bf16_optimizer_states: expected true or false"), std::string::npos);
+}
+
 // Real DeepSpeed keys strata does not implement are known, with a warning, never unknown.
 TEST(ConfigCompat, DeepSpeedFeaturesStrataLacksAreReportedNotRefused) {
   std::vector<std::string> w;

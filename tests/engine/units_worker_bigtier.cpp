@@ -15,6 +15,7 @@
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
 #include "bf16_state_reference.h"
+#include "toy_model.h"
 #include "units_worker.h"
 
 namespace strata::testing::units {

@@ -76,6 +76,9 @@ struct Fp16Config {
 
 struct Bf16Config {
   bool enabled = false;
+  // DeepSpeed's bf16.bf16_optimizer_states: with bf16 enabled, it is
+  // strata.optimizer_state_dtype bf16 (Config::from_json sets that; the master stays fp32).
+  bool optimizer_states = false;
 
   bool operator==(const Bf16Config&) const = default;
 };
