@@ -133,29 +133,27 @@ std::string line_col(std::string_view text, std::size_t byte) {
   return fmt::format("line {}, column {}", line, col);
 }
 
-// DeepSpeed's bf16.bf16_optimizer_states keeps Adam's moments in bf16, which is strata's
-// strata.optimizer_state_dtype bf16. As in DeepSpeed it belongs to bf16 training: without
-// bf16.enabled it changes nothing, with a warning. Applied after the whole document is
-// read (keys are read in name order, "bf16" before "strata"), so a
-// strata.optimizer_state_dtype that says fp32 is an error, not whichever key came last.
-void apply_bf16_optimizer_states(const json& doc, Config& cfg, std::vector<std::string>& errors,
+// DeepSpeed's bf16.bf16_optimizer_states keeps Adam's moments in bf16: strata's bf16
+// optimizer state (Config::apply_bf16_optimizer_states). Beside a strata.optimizer_state_dtype
+// that says fp32 in a bf16 config it is an error, not a silent choice of one; in a config
+// that turns bf16 off it has no effect, as in DeepSpeed, and says so.
+void check_bf16_optimizer_states(const json& doc, const Config& cfg, std::vector<std::string>& errors,
                                  std::vector<std::string>& warns) {
   if (!cfg.bf16.optimizer_states) return;
-  if (!cfg.bf16.enabled) {
-    warns.emplace_back("bf16.bf16_optimizer_states: applies to bf16 training (as in DeepSpeed); without "
-                       "bf16.enabled it has no effect");
+  const json& bf16 = doc["bf16"];
+  if (bf16.contains("enabled") && bf16["enabled"] == false) {
+    warns.emplace_back("bf16.bf16_optimizer_states: applies to bf16 training (as in DeepSpeed); with "
+                       "bf16.enabled false it has no effect");
     return;
   }
   const json* dtype = nullptr;
   if (doc.contains("strata") && doc["strata"].is_object() && doc["strata"].contains("optimizer_state_dtype"))
     dtype = &doc["strata"]["optimizer_state_dtype"];
-  if (dtype != nullptr && cfg.strata.optimizer_state_dtype == StateDtype::kFp32 &&
+  if (cfg.bf16.enabled && dtype != nullptr && cfg.strata.optimizer_state_dtype == StateDtype::kFp32 &&
       !(dtype->is_string() && dtype->get<std::string>() == "auto")) {
     errors.push_back(fmt::format("bf16.bf16_optimizer_states: true asks for bf16 optimizer state and "
                                  "strata.optimizer_state_dtype {} for fp32: give one of them", dtype->dump()));
-    return;
   }
-  cfg.strata.optimizer_state_dtype = StateDtype::kBf16;
 }
 
 }  // namespace
@@ -217,7 +215,8 @@ Result<Config> Config::from_json(const json& given_doc, std::vector<std::string>
   };
   cfg.batch_given = {.train = given("train_batch_size"), .micro = given("train_micro_batch_size_per_gpu"),
                      .accum = given("gradient_accumulation_steps")};
-  apply_bf16_optimizer_states(doc, cfg, errors, warns);
+  check_bf16_optimizer_states(doc, cfg, errors, warns);
+  cfg.apply_bf16_optimizer_states();
   if (errors.empty()) {
     if (auto st = cfg.validate(); !st) errors.push_back(st.error().message());
   }

@@ -2,6 +2,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -203,6 +204,33 @@ TEST_F(Train, AutoKeysAndTheBatchTripleAndTheSchedulerBlock) {
   auto rows = read_metrics(out);
   ASSERT_EQ(rows.size(), want.size());
   for (std::size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(rows[i]["lr"].get<double>(), want[i], 1e-12) << "step " << i;
+}
+
+// DeepSpeed's bf16.bf16_optimizer_states in a config that leaves bf16 to strata ("auto"),
+// with --bf16 on the command line: the optimizer state is bf16, two thirds of fp32
+// state's bytes on nvme (fp32 master, bf16 m and v). The flag turns bf16 on after the
+// file is read, so the key is applied again then (Config::apply_bf16_optimizer_states).
+TEST_F(Train, Bf16OptimizerStatesFollowTheBf16Flag) {
+  std::map<std::string, std::string> optimizer_row;
+  for (const char* key : {"", R"(, "bf16_optimizer_states": true)"}) {
+    const fs::path cfg = dir_ / "ds.json", out = dir_ / "run";
+    std::ofstream(cfg) << fmt::format(R"({{"bf16": {{"enabled": "auto"{}}}, "train_micro_batch_size_per_gpu": 2,
+      "zero_optimization": {{"stage": 2, "offload_optimizer": {{"device": "nvme", "nvme_path": "{}"}}}}}})",
+                                      key, (dir_ / "nvme").string());
+    auto r = run_command(fmt::format("{} train --config {} --bf16 --out {} --overwrite -n 1 --steps 1 --seq-len 32 "
+                                     "--sample-bytes 0 --eval-batches 0 --no-save",
+                                     strata_bin(), cfg.string(), out.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto at = r.output.find("\n  optimizer ");
+    ASSERT_NE(at, std::string::npos) << r.output;
+    optimizer_row[key] = r.output.substr(at + 1, r.output.find('\n', at + 1) - at - 1);
+  }
+  const auto mib = [](const std::string& row) {  // the row's first size: this rank's optimizer bytes
+    std::smatch m;
+    return std::regex_search(row, m, std::regex(R"(([0-9.]+) MiB)")) ? std::stod(m[1]) : -1.0;
+  };
+  const double fp32 = mib(optimizer_row[""]), bf16 = mib(optimizer_row[R"(, "bf16_optimizer_states": true)"]);
+  EXPECT_NEAR(bf16 / fp32, 2.0 / 3.0, 0.01) << optimizer_row[""] << "\n" << optimizer_row[R"(, "bf16_optimizer_states": true)"];
 }
 
 // An inconsistent batch triple is refused once, by the launching process, before the run

@@ -96,10 +96,10 @@ TEST(ConfigCompat, LegacyCpuOffloadMeansOptimizerOnCpu) {
   EXPECT_EQ(parse_ok(R"({"bfloat16": {"enabled": true}})").bf16.enabled, true);  // the older section name
 }
 
-// DeepSpeed's bf16.bf16_optimizer_states (Adam's moments in bf16) is strata's
-// strata.optimizer_state_dtype bf16, with bf16 training on; it said "not implemented"
-// and trained fp32 state, 4 bytes a parameter more than the config asked for.
-TEST(ConfigCompat, Bf16OptimizerStatesIsBf16OptimizerStateDtype) {
+// DeepSpeed's bf16.bf16_optimizer_states (Adam's moments in bf16) is strata's bf16
+// optimizer state in bf16 training; it said "not implemented" and trained fp32 state, 4
+// bytes a parameter more than the config asked for.
+TEST(ConfigCompat, Bf16OptimizerStatesIsBf16OptimizerState) {
   std::vector<std::string> w;
   const Config c = parse_ok(R"({"bf16": {"enabled": true, "bf16_optimizer_states": true}})", &w);
   EXPECT_EQ(c.strata.optimizer_state_dtype, StateDtype::kBf16);
@@ -115,7 +115,16 @@ TEST(ConfigCompat, Bf16OptimizerStatesIsBf16OptimizerStateDtype) {
   }
   EXPECT_EQ(parse_ok(R"({"bf16": {"enabled": true, "bf16_optimizer_states": false}})").strata.optimizer_state_dtype,
             StateDtype::kFp32);
-  std::vector<std::string> off;  // a bf16 key without bf16 training: DeepSpeed ignores it too
+  // bf16 left to strata ("auto", or absent): it counts once bf16 is on, as strata train's
+  // --bf16 turns it on after reading the file.
+  std::vector<std::string> later;
+  Config flagged = parse_ok(R"({"bf16": {"enabled": "auto", "bf16_optimizer_states": true}})", &later);
+  EXPECT_EQ(flagged.strata.optimizer_state_dtype, StateDtype::kFp32);
+  flagged.bf16.enabled = true;
+  flagged.apply_bf16_optimizer_states();
+  EXPECT_EQ(flagged.strata.optimizer_state_dtype, StateDtype::kBf16);
+  EXPECT_EQ(all(later).find("bf16_optimizer_states"), std::string::npos) << all(later);
+  std::vector<std::string> off;  // bf16 turned off: DeepSpeed ignores the key too
   EXPECT_EQ(parse_ok(R"({"bf16": {"enabled": false, "bf16_optimizer_states": true}})", &off).strata.optimizer_state_dtype,
             StateDtype::kFp32);
   EXPECT_NE(all(off).find("bf16.bf16_optimizer_states: applies to bf16 training"), std::string::npos) << all(off);

@@ -290,6 +290,7 @@ Status TrainOptions::resolve(bool demo_defaults) {
   if (!precision.empty()) {
     c.bf16.enabled = precision == "bf16";
     c.fp16.enabled = precision == "fp16";
+    c.apply_bf16_optimizer_states();
   }
   STRATA_ASSIGN_OR_RETURN(compute, resolve_compute_device(device));
   if (c.fp16.enabled && compute == c10::DeviceType::CPU) {

@@ -76,8 +76,8 @@ struct Fp16Config {
 
 struct Bf16Config {
   bool enabled = false;
-  // DeepSpeed's bf16.bf16_optimizer_states: with bf16 enabled, it is
-  // strata.optimizer_state_dtype bf16 (Config::from_json sets that; the master stays fp32).
+  // DeepSpeed's bf16.bf16_optimizer_states: in bf16 training, the optimizer state in bf16
+  // (Config::apply_bf16_optimizer_states; the master stays fp32).
   bool optimizer_states = false;
 
   bool operator==(const Bf16Config&) const = default;
@@ -257,6 +257,13 @@ struct Config {
   // train / world; otherwise train_batch_size = micro * accum * world. An inconsistent
   // triple is DeepSpeed's error, with the numbers.
   Status resolve_batch(int world_size);
+
+  // DeepSpeed's bf16.bf16_optimizer_states in bf16 training is strata.optimizer_state_dtype
+  // bf16. from_json applies it; strata train again after its precision flags (--bf16 on
+  // a config that leaves bf16 to strata).
+  void apply_bf16_optimizer_states() {
+    if (bf16.enabled && bf16.optimizer_states) strata.optimizer_state_dtype = StateDtype::kBf16;
+  }
 
   bool operator==(const Config&) const = default;
 };
