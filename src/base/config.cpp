@@ -156,6 +156,37 @@ void check_bf16_optimizer_states(const json& doc, const Config& cfg, std::vector
   }
 }
 
+// DeepSpeed's offload_optimizer.ratio below 1 (ZeRO-Offload++'s partial offload): with
+// device cpu that share of the optimizer state goes to host and the rest stays on the
+// compute device, stepped there. That is strata.offload_optim_frac with no offload
+// device, so the config becomes that (to_json then says what runs, and reads back the
+// same). A strata.offload_optim_frac given beside it that says otherwise is an error;
+// nvme with a ratio is refused, as DeepSpeed refuses it (strata.optimizer_max_in_cpu
+// keeps a share of nvme state in host memory instead).
+void apply_offload_ratio(const json& doc, Config& cfg, std::vector<std::string>& errors) {
+  OffloadOptimizerConfig& o = cfg.zero_optimization.offload_optimizer;
+  if (o.ratio >= 1.0 || o.device == OffloadDevice::kNone || cfg.zero_optimization.stage == 0) return;  // validate()
+  if (o.device == OffloadDevice::kNvme) {
+    errors.push_back(fmt::format("zero_optimization.offload_optimizer.ratio: {:g} with device \"nvme\": a ratio "
+                                 "splits the state between the compute device and host memory (device \"cpu\"); "
+                                 "to keep part of nvme state in host memory use strata.optimizer_max_in_cpu",
+                                 o.ratio));
+    return;
+  }
+  const bool frac_given = doc.contains("strata") && doc["strata"].is_object() &&
+                          doc["strata"].contains("offload_optim_frac") &&
+                          !(doc["strata"]["offload_optim_frac"].is_string() &&
+                            doc["strata"]["offload_optim_frac"].get<std::string>() == "auto");
+  if (frac_given && cfg.strata.offload_optim_frac != o.ratio) {
+    errors.push_back(fmt::format("zero_optimization.offload_optimizer.ratio {:g} and strata.offload_optim_frac {:g} "
+                                 "both set the share of optimizer state on host: give one of them",
+                                 o.ratio, cfg.strata.offload_optim_frac));
+    return;
+  }
+  cfg.strata.offload_optim_frac = o.ratio;
+  o.device = OffloadDevice::kNone;
+}
+
 }  // namespace
 
 std::string_view to_string(OptimizerType t) {
@@ -217,6 +248,7 @@ Result<Config> Config::from_json(const json& given_doc, std::vector<std::string>
                      .accum = given("gradient_accumulation_steps")};
   check_bf16_optimizer_states(doc, cfg, errors, warns);
   cfg.apply_bf16_optimizer_states();
+  apply_offload_ratio(doc, cfg, errors);
   if (errors.empty()) {
     if (auto st = cfg.validate(); !st) errors.push_back(st.error().message());
   }

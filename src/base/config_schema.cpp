@@ -202,7 +202,10 @@ void add_offload_fields(std::vector<Field>& out, const std::string& p, OffloadOp
   out.push_back(recognised(p + ".pin_memory", kNoEffect, "pinning needs CUDA; host buffers are pinned automatically when it is present"));
   out.push_back(boolean(p + ".pipeline_read", o.pipeline_read));
   out.push_back(boolean(p + ".pipeline_write", o.pipeline_write));
-  out.push_back(recognised(p + ".ratio", kTodo, "partial optimizer offload is set with strata.offload_optim_frac"));
+  Field ratio = real(p + ".ratio", o.ratio, 0, 1);
+  ratio.note = "with device cpu, the share of the chunks whose state goes to host; the rest stays on compute "
+               "(strata.offload_optim_frac)";
+  out.push_back(std::move(ratio));
   out.push_back(recognised(p + ".fast_init", kNoEffect, "strata always initialises offloaded state in place"));
 }
 

@@ -138,6 +138,39 @@ TEST(ConfigCompat, Bf16OptimizerStatesIsBf16OptimizerState) {
   EXPECT_NE(not_bool.error().message().find("bf16.bf16_optimizer_states: expected true or false"), std::string::npos);
 }
 
+// DeepSpeed's offload_optimizer.ratio (ZeRO-Offload++: with device cpu, that share of
+// the optimizer state on host, the rest on the compute device) is strata's static
+// placement, strata.offload_optim_frac; it was "not implemented" and offloaded it all.
+TEST(ConfigCompat, OffloadOptimizerRatioIsTheShareOfStateOnHost) {
+  std::vector<std::string> w;
+  const Config c = parse_ok(R"({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.3}}})", &w);
+  EXPECT_EQ(c.zero_optimization.offload_optimizer.device, OffloadDevice::kNone);
+  EXPECT_EQ(c.strata.offload_optim_frac, 0.3);
+  EXPECT_TRUE(w.empty()) << all(w);
+  auto back = Config::from_json(c.to_json());
+  ASSERT_TRUE(back) << back.error();
+  EXPECT_EQ(*back, c);
+  const Config whole = parse_ok(R"({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 1}}})");
+  EXPECT_EQ(whole.zero_optimization.offload_optimizer.device, OffloadDevice::kCpu);
+  EXPECT_EQ(whole.strata.offload_optim_frac, 0.0);
+  EXPECT_EQ(parse_ok(R"({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 0.5}},
+                         "strata": {"offload_optim_frac": 0.5}})").strata.offload_optim_frac, 0.5);
+  const auto both = Config::parse(R"({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 0.5}},
+                                      "strata": {"offload_optim_frac": 0.25}})", "<test>");
+  ASSERT_FALSE(both);
+  EXPECT_NE(both.error().message().find("ratio 0.5 and strata.offload_optim_frac 0.25 both set"), std::string::npos)
+      << both.error();
+  const auto nvme = Config::parse(R"({"zero_optimization": {"stage": 3, "offload_optimizer":
+                                      {"device": "nvme", "nvme_path": "/tmp", "ratio": 0.5}}})", "<test>");
+  ASSERT_FALSE(nvme);
+  EXPECT_NE(nvme.error().message().find("use strata.optimizer_max_in_cpu"), std::string::npos) << nvme.error();
+  const auto stage0 = Config::parse(R"({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu", "ratio": 0.5}}})",
+                                    "<test>");
+  ASSERT_FALSE(stage0);
+  EXPECT_NE(stage0.error().message().find("offload_optimizer: needs stage 1, 2 or 3"), std::string::npos) << stage0.error();
+  EXPECT_FALSE(Config::parse(R"({"zero_optimization": {"offload_optimizer": {"ratio": 1.5}}})", "<test>"));
+}
+
 // Real DeepSpeed keys strata does not implement are known, with a warning, never unknown.
 TEST(ConfigCompat, DeepSpeedFeaturesStrataLacksAreReportedNotRefused) {
   std::vector<std::string> w;

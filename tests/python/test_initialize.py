@@ -99,6 +99,22 @@ def test_gpt_matches_plain_pytorch(tmp_path, world, stage, device):
     check_against_reference(train(tmp_path, world, spec))
 
 
+# DeepSpeed's offload_optimizer.ratio: with device cpu, that share of the optimizer
+# state goes to host and the rest stays on the compute device (strata's static
+# placement, strata.offload_optim_frac). It was "not implemented" and offloaded it all:
+# the training is plain PyTorch's either way, the bytes on each tier are what changed.
+@pytest.mark.parametrize("world,stage", [(1, 3), (2, 2)])
+def test_offload_optimizer_ratio_splits_the_state_and_trains_as_plain_pytorch(tmp_path, world, stage):
+    cfg = config(stage, "cpu", tmp_path)
+    cfg["zero_optimization"]["offload_optimizer"]["ratio"] = 0.5
+    ranks = train(tmp_path, world, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS})
+    check_against_reference(ranks)
+    for r in ranks:
+        on_compute, on_host = r["memory"]["compute"]["optimizer"], r["memory"]["host"]["optimizer"]
+        assert on_compute > 0 and on_host > 0, r["memory"]
+        assert 0.3 < on_host / (on_host + on_compute) < 0.7, r["memory"]  # half the chunks, rounded up
+
+
 # Ranks that initialized their models differently (no common seed) all start from rank
 # 0's values, as under DeepSpeed and DDP: the run matches the reference built from them.
 @pytest.mark.parametrize("stage", [1, 3])

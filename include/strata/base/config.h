@@ -129,6 +129,10 @@ struct OffloadOptimizerConfig {
   int buffer_count = 4;
   bool pipeline_read = true;   // read chunk k+1 while chunk k steps (DeepSpeed's default: false)
   bool pipeline_write = true;  // write chunk k-1 back while chunk k steps (DeepSpeed's default: false)
+  // DeepSpeed's share of the optimizer state that device cpu offloads (ZeRO-Offload++);
+  // the rest stays on the compute device. Config::from_json turns ratio < 1 with device
+  // cpu into strata.offload_optim_frac (and device none): strata's static placement.
+  double ratio = 1.0;
 
   bool operator==(const OffloadOptimizerConfig&) const = default;
 };
