@@ -133,6 +133,14 @@ std::string line_col(std::string_view text, std::size_t byte) {
   return fmt::format("line {}, column {}", line, col);
 }
 
+// doc[section][key] where the config gives it a value of its own ("auto" is not one).
+const json* given_value(const json& doc, const char* section, const char* key) {
+  if (!doc.is_object() || !doc.contains(section) || !doc[section].is_object() || !doc[section].contains(key))
+    return nullptr;
+  const json& v = doc[section][key];
+  return v.is_string() && v.get<std::string>() == "auto" ? nullptr : &v;
+}
+
 // DeepSpeed's bf16.bf16_optimizer_states keeps Adam's moments in bf16: strata's bf16
 // optimizer state (Config::apply_bf16_optimizer_states). Beside a strata.optimizer_state_dtype
 // that says fp32 in a bf16 config it is an error, not a silent choice of one; in a config
@@ -140,17 +148,13 @@ std::string line_col(std::string_view text, std::size_t byte) {
 void check_bf16_optimizer_states(const json& doc, const Config& cfg, std::vector<std::string>& errors,
                                  std::vector<std::string>& warns) {
   if (!cfg.bf16.optimizer_states) return;
-  const json& bf16 = doc["bf16"];
-  if (bf16.contains("enabled") && bf16["enabled"] == false) {
+  if (const json* on = given_value(doc, "bf16", "enabled"); on != nullptr && *on == false) {
     warns.emplace_back("bf16.bf16_optimizer_states: applies to bf16 training (as in DeepSpeed); with "
                        "bf16.enabled false it has no effect");
     return;
   }
-  const json* dtype = nullptr;
-  if (doc.contains("strata") && doc["strata"].is_object() && doc["strata"].contains("optimizer_state_dtype"))
-    dtype = &doc["strata"]["optimizer_state_dtype"];
-  if (cfg.bf16.enabled && dtype != nullptr && cfg.strata.optimizer_state_dtype == StateDtype::kFp32 &&
-      !(dtype->is_string() && dtype->get<std::string>() == "auto")) {
+  const json* dtype = given_value(doc, "strata", "optimizer_state_dtype");
+  if (cfg.bf16.enabled && dtype != nullptr && cfg.strata.optimizer_state_dtype == StateDtype::kFp32) {
     errors.push_back(fmt::format("bf16.bf16_optimizer_states: true asks for bf16 optimizer state and "
                                  "strata.optimizer_state_dtype {} for fp32: give one of them", dtype->dump()));
   }
@@ -173,11 +177,7 @@ void apply_offload_ratio(const json& doc, Config& cfg, std::vector<std::string>&
                                  o.ratio));
     return;
   }
-  const bool frac_given = doc.contains("strata") && doc["strata"].is_object() &&
-                          doc["strata"].contains("offload_optim_frac") &&
-                          !(doc["strata"]["offload_optim_frac"].is_string() &&
-                            doc["strata"]["offload_optim_frac"].get<std::string>() == "auto");
-  if (frac_given && cfg.strata.offload_optim_frac != o.ratio) {
+  if (given_value(doc, "strata", "offload_optim_frac") != nullptr && cfg.strata.offload_optim_frac != o.ratio) {
     errors.push_back(fmt::format("zero_optimization.offload_optimizer.ratio {:g} and strata.offload_optim_frac {:g} "
                                  "both set the share of optimizer state on host: give one of them",
                                  o.ratio, cfg.strata.offload_optim_frac));
