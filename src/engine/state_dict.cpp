@@ -379,14 +379,18 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
   // Every parameter's state first (handles, not copies), so that a mismatch changes nothing.
   constexpr std::size_t kNone = static_cast<std::size_t>(-1);
   std::vector<std::size_t> listed_at(store.params().size(), kNone);  // engine parameter -> j
-  std::vector<std::int64_t> step(params.size(), 0);
-  std::vector<std::vector<at::Tensor>> st(params.size());
-  std::vector<std::uint8_t> has(params.size(), 0);
+  struct Given {  // parameter j's entry in the state dict
+    bool has = false;
+    std::int64_t step = 0;
+    std::vector<at::Tensor> states;
+  };
+  std::vector<Given> given(params.size());
   for (std::size_t j = 0; j < params.size(); ++j) {
     listed_at[trainable[j]] = j;
     auto it = full.state().find(torch_compat::optim_state_key(params[j]));
-    has[j] = it != full.state().end() ? 1 : 0;
-    if (has[j] && !read_param_state(type, *it->second, &step[j], &st[j], m.core.opt.optimizer.amsgrad)) {
+    Given& g = given[j];
+    g.has = it != full.state().end();
+    if (g.has && !read_param_state(type, *it->second, &g.step, &g.states, m.core.opt.optimizer.amsgrad)) {
       return make_error(ErrorCode::kInvalidArgument, "load_state_dict: parameter {} has state of another optimizer "
                         "type than {}", j, to_string(type));
     }
@@ -394,8 +398,8 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
   STRATA_RETURN_IF_ERROR(set_group_lrs(lrs));  // only the lrs: see engine.h
   ParamSteps& steps = m.stepper->param_steps();
   for (std::size_t j = 0; j < params.size(); ++j) {
-    steps.steps[trainable[j]] = step[j];
-    steps.ever_had_grad[trainable[j]] = has[j] && (type != OptimizerType::kAdagrad || step[j] > 0) ? 1 : 0;
+    steps.steps[trainable[j]] = given[j].step;
+    steps.ever_had_grad[trainable[j]] = given[j].has && (type != OptimizerType::kAdagrad || given[j].step > 0) ? 1 : 0;
   }
   // A chunk at a time: its shard read, the listed parameters' slices of master and state
   // set, written home (one chunk's state in memory, not the model's); the model's
@@ -413,10 +417,11 @@ Status Engine::load_state_dict(torch::optim::Optimizer& full) {
       if (j == kNone) continue;
       s.master.narrow(0, slot.shard_offset, slot.numel)
           .copy_(params[j].detach().reshape({-1}).narrow(0, slot.param_offset, slot.numel));
+      const Given& g = given[j];
       for (std::size_t k = 0; k < s.states.size(); ++k) {
         at::Tensor dst = s.states[k].narrow(0, slot.shard_offset, slot.numel);
-        if (has[j] && k < st[j].size() && st[j][k].defined()) {
-          dst.copy_(st[j][k].reshape({-1}).narrow(0, slot.param_offset, slot.numel));
+        if (g.has && k < g.states.size() && g.states[k].defined()) {
+          dst.copy_(g.states[k].reshape({-1}).narrow(0, slot.param_offset, slot.numel));
         } else {
           dst.fill_(m.kernel.initial_value(k));
         }

@@ -103,12 +103,14 @@ def test_gpt_matches_plain_pytorch(tmp_path, world, stage, device):
 # state goes to host and the rest stays on the compute device (strata's static
 # placement, strata.offload_optim_frac). It was "not implemented" and offloaded it all:
 # the training is plain PyTorch's either way, the bytes on each tier are what changed.
-@pytest.mark.parametrize("world,stage", [(1, 3), (2, 2)])
-def test_offload_optimizer_ratio_splits_the_state_and_trains_as_plain_pytorch(tmp_path, world, stage):
+# The awkward model too (frozen parameters, one without a gradient, a module called
+# twice, tuple outputs, a skip branch).
+@pytest.mark.parametrize("name,world,stage", [("gpt", 1, 3), ("gpt", 2, 2), ("awkward", 1, 3), ("awkward", 2, 2)])
+def test_offload_optimizer_ratio_splits_the_state_and_trains_as_plain_pytorch(tmp_path, name, world, stage):
     cfg = config(stage, "cpu", tmp_path)
     cfg["zero_optimization"]["offload_optimizer"]["ratio"] = 0.5
-    ranks = train(tmp_path, world, {"model": "gpt", "config": cfg, "steps": STEPS, "rows": ROWS})
-    check_against_reference(ranks)
+    ranks = train(tmp_path, world, {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS})
+    check_against_reference(ranks, name)
     for r in ranks:
         on_compute, on_host = r["memory"]["compute"]["optimizer"], r["memory"]["host"]["optimizer"]
         assert on_compute > 0 and on_host > 0, r["memory"]
