@@ -26,7 +26,9 @@ nlohmann::json BenchReport::to_json() const {
     if (!r.note.empty()) row["note"] = r.note;
     rows.push_back(std::move(row));
   }
-  return {{"bench", name_}, {"config", config_}, {"rows", rows}, {"figures", figures_}, {"ratios", ratios_}};
+  nlohmann::json doc = {{"bench", name_}, {"config", config_}, {"rows", rows}, {"figures", figures_}, {"ratios", ratios_}};
+  if (!skipped_.empty()) doc["skipped"] = skipped_;
+  return doc;
 }
 
 void BenchReport::print(bool json) const {
@@ -49,6 +51,10 @@ void BenchReport::print(bool json) const {
   if (!ratios_.empty()) {
     fmt::print("\n  ratios:\n");
     for (const auto& [k, v] : ratios_.items()) fmt::print("    {:<40} {:.3f}\n", k, v.get<double>());
+  }
+  if (!skipped_.empty()) {
+    fmt::print("\n  not measured:\n");
+    for (const auto& [k, v] : skipped_.items()) fmt::print("    {}: {}\n", k, v.get<std::string>());
   }
 }
 

@@ -8,7 +8,8 @@
 //   report.print(json_output);
 //
 // JSON shape: {"bench": name, "config": {...}, "rows": [{"name", "value", "unit",
-// "baseline", "baseline_value", "ratio"}...], "figures": {name: value}, "ratios": {key: value}}.
+// "baseline", "baseline_value", "ratio"}...], "figures": {name: value}, "ratios": {key: value}},
+// and "skipped": {name: reason} when a measurement could not be made.
 // Timing helpers take medians over repeats, because the machines are shared and noisy.
 #pragma once
 
@@ -35,6 +36,8 @@ class BenchReport {
   // A named ratio for scripts (the `ratios` map); also printed in the table's footer.
   void add_ratio(const std::string& key, double value);
   void add_figure(const std::string& key, double value) { figures_[key] = value; }
+  // A measurement the run could not make, and why (the `skipped` map; a line under the table).
+  void add_skipped(const std::string& name, const std::string& reason) { skipped_[name] = reason; }
 
   nlohmann::json to_json() const;
   // A table on stdout, or to_json() when json is true.
@@ -50,6 +53,7 @@ class BenchReport {
   nlohmann::json config_ = nlohmann::json::object();
   nlohmann::json figures_ = nlohmann::json::object();
   nlohmann::json ratios_ = nlohmann::json::object();
+  nlohmann::json skipped_ = nlohmann::json::object();
   std::vector<Row> rows_;
 };
 

@@ -66,6 +66,14 @@ std::pair<at::Tensor, at::Tensor> batch_for(std::int64_t step, int rank, std::in
   return {d.narrow(1, 0, seq).contiguous(), d.narrow(1, 1, seq).contiguous()};
 }
 
+// A configuration that did not run. `cannot_fit`: the planner found its budget smaller
+// than one step's working set (a small model under the quarter budget): the others are
+// still measured and the report says why this one is missing. Planning is the same on
+// every rank, so every rank skips it together and the collectives stay matched.
+nlohmann::json failed_config(const Error& e) {
+  return {{"error", e.to_string()}, {"cannot_fit", e.code() == ErrorCode::kResourceExhausted}};
+}
+
 // One configuration: `steps` timed steps after two warm-up steps (the first records the
 // trace, the second is the first scheduled one).
 // `auto_budget` is the compute budget of stage3_auto.
@@ -108,10 +116,10 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
   // offloaded placements copy half the bytes to the host and their step reads half.
   if (gpu && c.bf16.enabled) c.strata.gradient_shard_dtype = StateDtype::kBf16;
   auto eo = engine::EngineOptions::from_config(c, comm.world());
-  if (!eo) return {{"error", eo.error().to_string()}};
+  if (!eo) return failed_config(eo.error());
   eo->compute_device = dev;
   auto made = engine::shard(*model, comm, *eo);
-  if (!made) return {{"error", made.error().to_string()}};
+  if (!made) return failed_config(made.error());
   std::unique_ptr<engine::Engine> eng = std::move(*made);
   const bool z3 = eng->stage() == 3;
   std::vector<double> step_s;
@@ -122,9 +130,9 @@ nlohmann::json run_config(const std::string& name, const Zero3BenchOptions& o, c
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor loss = model->loss(x.to(dev), y.to(dev));
     Status st = eng->backward(loss);
-    if (!st) return {{"error", st.error().to_string()}};
+    if (!st) return failed_config(st.error());
     auto r = eng->step();
-    if (!r) return {{"error", r.error().to_string()}};
+    if (!r) return failed_config(r.error());
     // The step's device work, not only its launches: a copy back waits for the stream.
     if (gpu) (void)at::zeros({1}, at::TensorOptions().device(dev)).item<float>();
     if (s < 2) continue;
@@ -181,13 +189,23 @@ int run_worker(const Zero3BenchOptions& o) {
                                              : std::vector<const char*>{"stage0", "stage3_compute", "stage3_quarter",
                                                                         "stage3_auto"};
   for (const char* name : names) {
-    out[name] = run_config(name, o, **comm, *cfg, auto_budget);
-    if ((*comm)->rank() == 0 && !out[name].contains("error")) {
-      fmt::print(stderr, "bench zero3: {} done: {:.0f} tokens/s\n", name, out[name]["tokens_per_s"].get<double>());
+    if (std::string_view(name) == "stage3_auto" && out["stage3_compute"].contains("error")) {
+      out[name] = {{"error", "not run: its budget is derived from stage3_compute, which did not run"},
+                   {"cannot_fit", true}};
+      continue;
     }
+    out[name] = run_config(name, o, **comm, *cfg, auto_budget);
     if (out[name].contains("error")) {
-      fmt::print(stderr, "bench zero3: {}: {}\n", name, out[name]["error"].get<std::string>());
-      return 1;
+      const bool skip = out[name]["cannot_fit"].get<bool>();
+      if ((*comm)->rank() == 0 || !skip) {
+        fmt::print(stderr, "bench zero3: {}: {}{}\n", name, out[name]["error"].get<std::string>(),
+                   skip ? " (not measured; the other configurations go on)" : "");
+      }
+      if (!skip) return 1;
+      continue;
+    }
+    if ((*comm)->rank() == 0) {
+      fmt::print(stderr, "bench zero3: {} done: {:.0f} tokens/s\n", name, out[name]["tokens_per_s"].get<double>());
     }
     if (std::string_view(name) == "stage3_compute") {
       // auto gets what compute-only needed at its peak (activations included) less half
@@ -224,6 +242,12 @@ int run_parent_gpu(const Zero3BenchOptions& o) {
     return 1;
   }
   const nlohmann::json j = (*got)[0];
+  for (const char* cfg : {"gpu_all", "gpu_optim_host", "gpu_offload"}) {
+    if (j[cfg].contains("error")) {  // no budget on the GPU: a placement that cannot run is a failure
+      fmt::print(stderr, "bench zero3: {}: {}\n", cfg, j[cfg]["error"].get<std::string>());
+      return 1;
+    }
+  }
   BenchDir dir("zero3");
   if (!dir.ok()) {
     fmt::print(stderr, "bench zero3: cannot make a temporary directory\n");
@@ -290,7 +314,13 @@ int run_parent(const Zero3BenchOptions& o) {
   // Rank 0's figures (ranks are symmetric); tokens/s is the slower rank's.
   const std::vector<nlohmann::json>& ranks = *got;
   nlohmann::json j = ranks[0];
+  auto measured = [&](const char* cfg) { return !j[cfg].contains("error"); };
+  if (!measured("stage0")) {  // nothing to compare with (no budget there: not expected)
+    fmt::print(stderr, "bench zero3: stage0: {}\n", j["stage0"]["error"].get<std::string>());
+    return 1;
+  }
   for (const char* cfg : {"stage0", "stage3_compute", "stage3_quarter", "stage3_auto"}) {
+    if (!measured(cfg)) continue;
     for (const auto& r : ranks) j[cfg]["tokens_per_s"] = std::min(j[cfg]["tokens_per_s"].get<double>(), r[cfg]["tokens_per_s"].get<double>());
   }
   BenchReport report("zero3");
@@ -304,6 +334,10 @@ int run_parent(const Zero3BenchOptions& o) {
   report.add("stage0 tokens/s", base, "tok/s");
   for (const char* cfg : {"stage3_compute", "stage3_quarter", "stage3_auto"}) {
     const auto& c = j[cfg];
+    if (!measured(cfg)) {
+      report.add_skipped(cfg, c["error"].get<std::string>());
+      continue;
+    }
     report.add(fmt::format("{} tokens/s", cfg), c["tokens_per_s"].get<double>(), "tok/s", "stage0", base);
     const double budget = c["compute_budget"].get<double>();
     report.add(fmt::format("{} peak compute", cfg), c["peak_compute"].get<double>() / (1 << 20), "MiB", "stage0",
@@ -319,12 +353,19 @@ int run_parent(const Zero3BenchOptions& o) {
                "", std::nullopt, fmt::format("{:.0f} gathers/step, {:.3f} s/step blocked", c["gathers"].get<double>(),
                                              c["gather_wait_s"].get<double>()));
   }
-  report.add_ratio("stage3_tokens_vs_stage0", j["stage3_compute"]["tokens_per_s"].get<double>() / base);
-  report.add_ratio("stage3_quarter_tokens_vs_stage0", j["stage3_quarter"]["tokens_per_s"].get<double>() / base);
-  report.add_ratio("stage3_auto_tokens_vs_stage0", j["stage3_auto"]["tokens_per_s"].get<double>() / base);
-  report.add_ratio("prefetch_hit_rate_quarter_budget", j["stage3_quarter"]["prefetch_hit_rate"].get<double>());
-  const double plan = j["stage3_quarter"]["host_compute_plan"].get<double>();
-  report.add_ratio("host_compute_bytes_vs_plan", plan > 0 ? j["stage3_quarter"]["host_compute_bytes"].get<double>() / plan : 0.0);
+  if (measured("stage3_compute")) {
+    report.add_ratio("stage3_tokens_vs_stage0", j["stage3_compute"]["tokens_per_s"].get<double>() / base);
+  }
+  if (measured("stage3_quarter")) {
+    report.add_ratio("stage3_quarter_tokens_vs_stage0", j["stage3_quarter"]["tokens_per_s"].get<double>() / base);
+    report.add_ratio("prefetch_hit_rate_quarter_budget", j["stage3_quarter"]["prefetch_hit_rate"].get<double>());
+    const double plan = j["stage3_quarter"]["host_compute_plan"].get<double>();
+    report.add_ratio("host_compute_bytes_vs_plan",
+                     plan > 0 ? j["stage3_quarter"]["host_compute_bytes"].get<double>() / plan : 0.0);
+  }
+  if (measured("stage3_auto")) {
+    report.add_ratio("stage3_auto_tokens_vs_stage0", j["stage3_auto"]["tokens_per_s"].get<double>() / base);
+  }
   report.print(o.json);
   return 0;
 }

@@ -48,6 +48,27 @@ TEST(BenchZero3, JsonIsTheOnlyOutput) {
   EXPECT_DOUBLE_EQ(doc["ratios"]["host_compute_bytes_vs_plan"].get<double>(), 1.0) << doc.dump(2);
 }
 
+// A model of two small blocks: one block's gathered parameters exceed a quarter of the
+// model, so the quarter budget cannot be planned. The bench still reports the three
+// configurations it measured and names the one it could not, with the planner's reason
+// (it used to stop at the quarter budget and print nothing).
+TEST(BenchZero3, AModelTooSmallForTheQuarterBudgetReportsTheOthers) {
+  auto doc = run_json("zero3 --model custom:2x128x4 --steps 1 --seq 32 --batch 2");
+  ASSERT_TRUE(doc.is_object());
+  ASSERT_TRUE(doc.contains("skipped")) << doc.dump(2);
+  ASSERT_TRUE(doc["skipped"].contains("stage3_quarter")) << doc.dump(2);
+  EXPECT_NE(doc["skipped"]["stage3_quarter"].get<std::string>().find("cannot fit"), std::string::npos) << doc.dump(2);
+  EXPECT_EQ(doc["skipped"].size(), 1u) << doc.dump(2);
+  for (const char* k : {"stage3_tokens_vs_stage0", "stage3_auto_tokens_vs_stage0"}) {
+    ASSERT_TRUE(doc["ratios"].contains(k)) << k << "\n" << doc.dump(2);
+    EXPECT_GT(doc["ratios"][k].get<double>(), 0.0) << k;
+  }
+  EXPECT_FALSE(doc["ratios"].contains("stage3_quarter_tokens_vs_stage0")) << doc.dump(2);
+  for (const auto& r : doc["rows"]) {
+    EXPECT_EQ(r["name"].get<std::string>().find("stage3_quarter"), std::string::npos) << r.dump();
+  }
+}
+
 // The GPU comparison needs a CUDA build and a GPU: without them it says so and exits 2,
 // before starting any rank (the device check runs it for real).
 TEST(BenchZero3, TheGpuComparisonNeedsACudaBuildAndAGpu) {
