@@ -146,6 +146,22 @@ def add_external(unit: Unit, model: torch.nn.Module) -> None:
             unit.param_names.append(names[id(p)])
 
 
+def check_materialized(module: torch.nn.Module | None = None, params=()) -> None:
+    """A lazy module's parameters (torch.nn.LazyLinear's, LazyConv2d's) have no shape until
+    its first forward, and any op on one fails deep inside with torch's message. Checked
+    before anything is changed, so the model is left as it was given. `module`'s
+    parameters are named with their module's class; `params` (an optimizer's) by index."""
+    lazy = torch.nn.parameter.UninitializedParameter
+    found = [f"parameter {prefix}.{n} of a {type(m).__name__}".replace(" .", " ") for prefix, m in
+             (module.named_modules() if module is not None else ()) for n, p in m._parameters.items()
+             if isinstance(p, lazy)]
+    found += [f"the optimizer's parameter #{i}, of a lazy module," for i, p in enumerate(params) if isinstance(p, lazy)]
+    if found:
+        raise ConfigError(f"invalid_argument: {found[0]} has no shape yet (a lazy module makes its parameters in its "
+                          "first forward): run the model once on a batch (under torch.no_grad()), "
+                          "then shard it")
+
+
 def admit_params(params) -> None:
     """What the engine needs of every parameter it shards: on the CPU (this build), and
     contiguous. A parameter laid out otherwise (a channels_last convolution's weight, a

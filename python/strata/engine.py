@@ -78,6 +78,7 @@ class Engine:
 
     def _build(self, module, cfg: dict, comm, groups) -> None:
         _units.check_compute_dtype(_units.compute_dtype(cfg))
+        _units.check_materialized(module)
         self._units = _units.units_of(module)
         if not self._units:
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")

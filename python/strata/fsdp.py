@@ -158,17 +158,13 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
                           "own: its parameters would never be gathered. Apply fully_shard to each module in it (or "
                           "to the module whose forward calls them)")
     settings = _policy_settings(stage, mp_policy, offload)
-    # strata.Init's parameters stay deferred until the optimizer builds the engine: until
-    # then an op on one runs on its meta tensor or is refused by name (Note [deferred
-    # parameters]), and an initialization applied after fully_shard is recorded. A meta
-    # parameter becomes a deferred one for to_empty and the init to follow (Note
-    # [meta-device models]); a meta buffer is refused when the engine is built.
-    _deferred.defer_meta(module)
-    group = _Group(settings, process_group)
-    taken: set[int] = set()
+    _units.check_materialized(module)
+    # Every check comes before the first change: a fully_shard that fails leaves the
+    # module as it was given, to be fixed and sharded again.
+    inners = {}
     for sub in module.modules():
         inner = getattr(sub, "_strata_group", None)
-        if sub is module or inner is None or inner is group:
+        if sub is module or inner is None:
             continue
         if inner.engine is not None:
             raise UsageError("failed_precondition: fully_shard on a module whose submodule's optimizer was already "
@@ -177,15 +173,26 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
             diff = {k: (inner.settings[k], settings[k]) for k in settings if inner.settings[k] != settings[k]}
             raise ConfigError(f"invalid_argument: fully_shard settings differ from a submodule's ({diff}); one "
                               "engine runs them all with one stage, precision and offload")
+        inners[id(inner)] = inner
+    taken = {id(p) for inner in inners.values() for u in inner.units for p in u.params}
+    # Not floating point: in no unit (Note [unit ownership], _units.py).
+    own = [(n, p) for n, p in module.named_parameters() if id(p) not in taken and p.is_floating_point()]
+    _units.admit_params([p for _, p in own if not isinstance(p, _deferred.DeferredParameter) and not p.is_meta])
+    # strata.Init's parameters stay deferred until the optimizer builds the engine: until
+    # then an op on one runs on its meta tensor or is refused by name (Note [deferred
+    # parameters]), and an initialization applied after fully_shard is recorded. A meta
+    # parameter becomes a deferred one for to_empty and the init to follow (Note
+    # [meta-device models]); a meta buffer is refused when the engine is built.
+    _deferred.defer_meta(module)
+    own = [(n, p) for n, p in module.named_parameters() if id(p) not in taken and p.is_floating_point()]
+    group = _Group(settings, process_group)
+    for inner in inners.values():
         for u in inner.units:
             u.group = group
             u.module._strata_group = group
             group.units.append(u)
             for p in u.params:
                 p._strata_group = group
-                taken.add(id(p))
-    # Not floating point: in no unit (Note [unit ownership], _units.py).
-    own = [(n, p) for n, p in module.named_parameters() if id(p) not in taken and p.is_floating_point()]
     unit = _units.Unit(name=type(module).__name__, module=module, params=[p for _, p in own],
                        param_names=[n for n, _ in own])
     unit.group = group
@@ -194,7 +201,6 @@ def fully_shard(module: torch.nn.Module, *, stage: int = 3, mp_policy=None, offl
     group.units.append(unit)
     group.root = module
     module._strata_group = group
-    _units.admit_params([p for p in unit.params if not isinstance(p, _deferred.DeferredParameter)])
     _hook(unit)
     _fsdp2.cast_hooks(unit, mp_policy)
     _fsdp2.add_methods(module)

@@ -34,6 +34,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         params = list(dict.fromkeys(p for g in self.param_groups for p in g["params"]))
         if not params:
             raise ConfigError("invalid_argument: ShardedOptimizer got no parameters")
+        _units.check_materialized(params=params)
         _units.admit_params(params)
         group_by_id = {id(p): g for g, grp in enumerate(self.param_groups) for p in grp["params"]}
         group_of = [group_by_id[id(p)] if p.requires_grad else -1 for p in params]

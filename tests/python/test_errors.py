@@ -335,3 +335,63 @@ def test_integer_parameters_stay_whole_and_float64_is_refused(strata, tmp_path):
 
     with pytest.raises(strata.ConfigError, match=r"parameter 'inp.weight' is Double: the engine shards float32"):
         strata.initialize(model=models.make("reads_child_weight").double(), config=offloaded())
+
+
+def lazy_mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.LazyLinear(16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+
+# A lazy module's parameters have no shape before its first forward. Every front end
+# names the parameter and the way out before changing anything; the model then
+# materializes and trains. Before, torch's "Attempted to use an uninitialized parameter"
+# came from deep inside, and a failed fully_shard left the module marked as sharded
+# ("fully_shard was already applied") so that it could not be sharded again.
+@pytest.mark.filterwarnings("ignore:Lazy modules are a new feature")
+def test_a_lazy_modules_parameters_are_named_and_the_model_left_as_given(strata):
+    x = torch.randn(2, 8)
+    fix = r"parameter 0\.weight of a LazyLinear has no shape yet .*run the model once on a batch"
+    for stage in (0, 3):
+        model = lazy_mlp()
+        with pytest.raises(strata.ConfigError, match=fix):
+            strata.initialize(model=model, config=config(zero_optimization={"stage": stage}))
+        model(x)
+        engine, *_ = strata.initialize(model=model, config=config(zero_optimization={"stage": stage}))
+        engine.backward(engine(x).square().mean())
+        engine.step()
+        engine.close()
+
+    model = lazy_mlp()
+    with pytest.raises(strata.ConfigError, match=r"parameter weight of a LazyLinear has no shape yet"):
+        strata.fully_shard(model[0])
+    with pytest.raises(strata.ConfigError, match=fix):
+        strata.fully_shard(model)
+    assert not any(hasattr(m, "_strata_group") for m in model.modules())
+    with torch.no_grad():
+        expected = model(x)  # a plain model still: this materializes it
+    for m in (model[0], model[2], model):  # and then the same modules shard
+        strata.fully_shard(m)
+    opt = strata.optim.AdamW(model.parameters(), lr=1e-3)
+    out = model(x)
+    torch.testing.assert_close(out, expected)
+    out.square().mean().backward()
+    assert opt.step()["applied"]
+    opt.engine.close()
+
+    with pytest.raises(strata.ConfigError, match=r"the optimizer's parameter #2, of a lazy module, has no shape yet"):
+        strata.ShardedOptimizer(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LazyLinear(4)).parameters())
+
+
+# A fully_shard refused for settings that differ from a submodule's changes nothing: the
+# submodule stays its own unit and the parent shards once given matching settings.
+def test_a_refused_fully_shard_leaves_the_submodules_units_as_they_were(strata):
+    model = models.make("gpt")
+    bf16_grads = strata.OffloadPolicy(gradient_shard_dtype=torch.bfloat16)
+    strata.fully_shard(model.blocks[0], offload=bf16_grads)
+    strata.fully_shard(model.blocks[1])
+    groups = [b._strata_group for b in model.blocks[:2]]
+    with pytest.raises(strata.ConfigError, match="settings differ from a submodule's"):
+        strata.fully_shard(model, offload=bf16_grads)
+    assert [b._strata_group for b in model.blocks[:2]] == groups
+    assert all(len(g.units) == 1 and g.units[0].group is g for g in groups)
+    assert getattr(model, "_strata_group", None) is None
