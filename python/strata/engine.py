@@ -20,7 +20,7 @@ import torch
 
 from . import _comm, _groups, _guard, _optim_state, _owners, _stand_ins, _state, _strata, _units
 from . import config as _config
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, NotImplementedByStrata, UsageError
 
 
 class EngineOptimizer(_groups.FixedGroups, torch.optim.Optimizer):
@@ -66,6 +66,8 @@ class Engine:
     def __init__(self, module: torch.nn.Module, cfg: dict, comm, lr_scheduler=None, groups: list[dict] | None = None):
         self.module = module
         self._config = cfg
+        self._last_boundary: dict | None = None  # the last step() at an accumulation boundary
+        self.skipped_steps = 0  # boundaries whose step was skipped (fp16 overflow), as DeepSpeed counts
         swapped = _stand_ins.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
         try:
             self._build(module, cfg, comm, _groups_remapped(groups, swapped))
@@ -127,7 +129,11 @@ class Engine:
     def _step_engine(self) -> dict:
         # A torch scheduler (or the user) may have set the groups; the config's scheduler
         # sets the next step's lr in the engine.
-        return self.optimizer._sync.around_step(self._eng.step)
+        r = self.optimizer._sync.around_step(self._eng.step)
+        if r["boundary"]:
+            self._last_boundary = r
+            self.skipped_steps += not r["applied"]
+        return r
 
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0) -> float:
         return self._eng.clip_grad_norm(max_norm, norm_type)
@@ -156,8 +162,26 @@ class Engine:
         """Whether the next backward ends an accumulation window (its step() steps)."""
         return self._eng.at_boundary
 
+    # The batch keys as DeepSpeed resolves them at this world size: train_batch_size =
+    # micro * accumulation * world, the one left out (or "auto") derived.
     def gradient_accumulation_steps(self) -> int:
-        return int(self._config.get("gradient_accumulation_steps", 1))
+        return self._eng.batch["gradient_accumulation_steps"]
+
+    def train_batch_size(self) -> int:
+        return self._eng.batch["train_batch_size"]
+
+    def train_micro_batch_size_per_gpu(self) -> int:
+        return self._eng.batch["train_micro_batch_size_per_gpu"]
+
+    def get_global_grad_norm(self) -> float | None:
+        """The global gradient norm (before clipping) of the last step at an accumulation
+        boundary; None before the first."""
+        return None if self._last_boundary is None else self._last_boundary["grad_norm"]
+
+    def was_step_applied(self) -> bool:
+        """Whether the last step at an accumulation boundary updated the parameters (False
+        when fp16 loss scaling found an overflow and skipped it)."""
+        return self._last_boundary is not None and self._last_boundary["applied"]
 
     @property
     def global_rank(self) -> int:
@@ -217,25 +241,47 @@ class Engine:
                               "int, 'step-N' or 'global_stepN'")
         return int(m.group(1))
 
-    def save_checkpoint(self, save_dir, tag=None, client_state: dict | None = None, keep: int = 0) -> str:
+    # DeepSpeed's signatures, so that its training scripts' calls run unchanged (keep:
+    # strata's own, keyword only).
+    def save_checkpoint(self, save_dir, tag=None, client_state: dict | None = None, save_latest: bool = True,
+                        exclude_frozen_parameters: bool = False, *, keep: int = 0) -> str:
         """Every rank calls it. Writes save_dir/step-N (N: tag, else global_steps) and
-        points save_dir/latest at it; keep > 0 keeps only the newest `keep`."""
+        points save_dir/latest at it (not with save_latest=False); keep > 0 keeps only the
+        newest `keep`."""
+        if exclude_frozen_parameters:
+            raise NotImplementedByStrata("unimplemented: save_checkpoint(exclude_frozen_parameters=True): a strata "
+                                         "checkpoint holds every parameter (frozen ones included), so that it loads "
+                                         "at any world size, stage or chunk size")
         step = self._step_of(tag, self.global_steps)
         client = {"client_state": client_state or {}}
         if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "state_dict"):
             client["lr_scheduler"] = _jsonable(self.lr_scheduler.state_dict())
-        path = self._eng.save_checkpoint(os.fspath(save_dir), step, json.dumps(client), json.dumps(self._config), keep)
+        path = self._eng.save_checkpoint(os.fspath(save_dir), step, json.dumps(client), json.dumps(self._config), keep,
+                                         bool(save_latest))
         return os.fspath(path)
 
-    def load_checkpoint(self, load_dir, tag=None, load_optimizer_states: bool = True):
+    def load_checkpoint(self, load_dir, tag=None, load_module_strict: bool = True, load_optimizer_states: bool = True,
+                        load_lr_scheduler_states: bool = True, load_module_only: bool = False, custom_load_fn=None):
         """Every rank calls it. Loads save_dir/step-N (tag), else the latest, saved at any
-        world size, stage or chunk size. Returns (path, client_state)."""
+        world size, stage or chunk size. load_module_only: the parameters and buffers only
+        (to fine-tune from a checkpoint): the optimizer state, the learning rates, the
+        scheduler and the step count stay this engine's. Returns (path, client_state)."""
+        if not load_module_strict:
+            raise NotImplementedByStrata("unimplemented: load_checkpoint(load_module_strict=False): a checkpoint's "
+                                         "parameters must be the model's, by name and shape (a partial state dict "
+                                         "loads with model.load_state_dict(sd, strict=False) before strata.initialize)")
+        if custom_load_fn is not None:
+            raise NotImplementedByStrata("unimplemented: load_checkpoint(custom_load_fn=...): strata reads its own "
+                                         "sharded format (docs/checkpoints.md)")
         path = os.fspath(load_dir)
         if tag is not None:
             path = os.path.join(path, f"step-{self._step_of(tag, 0)}")
-        loaded, _, client_json = self._eng.load_checkpoint(path, load_optimizer_states)
+        loaded, _, client_json = self._eng.load_checkpoint(path, load_optimizer_states and not load_module_only,
+                                                           bool(load_module_only))
         client = json.loads(client_json) if client_json not in ("", "null") else {}
-        if self.lr_scheduler is not None and "lr_scheduler" in client:
+        if load_module_only:
+            return os.fspath(loaded), client.get("client_state", {})
+        if load_lr_scheduler_states and self.lr_scheduler is not None and "lr_scheduler" in client:
             self.lr_scheduler.load_state_dict(client["lr_scheduler"])
         self.optimizer._sync.publish()  # the checkpoint's lrs, weight decays, betas or momentum
         return os.fspath(loaded), client.get("client_state", {})

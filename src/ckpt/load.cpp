@@ -120,7 +120,7 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
   }
   STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> saved_of, match(eng, m, dir));
   STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> buffer_of, match_buffers(m, dir, o.buffers));
-  const bool states = o.optimizer_states;
+  const bool states = o.optimizer_states && !o.module_only;
   if (states && (m.optimizer != eng.optimizer_name() || m.state_names != eng.state_names())) {
     return make_error(ErrorCode::kInvalidArgument,
                       "the checkpoint holds {} optimizer state ({}), the engine runs {}; load without the optimizer "
@@ -205,7 +205,7 @@ Status load_into(engine::Engine& eng, const CheckpointMeta& m, const fs::path& d
     if (m.momentum && eng.momentum() && m.momentum != eng.momentum())
       STRATA_RETURN_IF_ERROR(eng.set_momentum(*m.momentum));
   }
-  eng.set_steps(m.optimizer_steps);
+  if (!o.module_only) eng.set_steps(m.optimizer_steps);
   return ok();
 }
 

@@ -231,8 +231,10 @@ Result<fs::path> save_checkpoint(engine::Engine& eng, const SaveOptions& o) {
       STRATA_RETURN_IF_ERROR(install(tmp, dst));
       STRATA_RETURN_IF_ERROR(fsync_dir(o.root));
       point("renamed");
-      STRATA_RETURN_IF_ERROR(write_durable(o.root, "latest", step_name(step) + "\n"));
-      point("latest");
+      if (o.update_latest) {
+        STRATA_RETURN_IF_ERROR(write_durable(o.root, "latest", step_name(step) + "\n"));
+        point("latest");
+      }
       prune(o.root, o.keep);
       return ok();
     }();

@@ -18,7 +18,13 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.fp16 = cfg.fp16;
   o.compute_dtype = cfg.bf16.enabled ? at::kBFloat16 : cfg.fp16.enabled ? at::kHalf : at::kFloat;
   o.gradient_clipping = cfg.gradient_clipping;
-  o.gradient_accumulation_steps = static_cast<int>(cfg.gradient_accumulation_steps);
+  // The accumulation window the batch keys imply at this world size, as DeepSpeed derives
+  // it ({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4} is 8 micro-steps on
+  // one rank), and an inconsistent triple is an error: a front end may pass the config as
+  // the user wrote it (strata train resolves it first; resolving twice changes nothing).
+  Config batch = cfg;
+  STRATA_RETURN_IF_ERROR(batch.resolve_batch(world));
+  o.gradient_accumulation_steps = static_cast<int>(batch.gradient_accumulation_steps);
   o.reduce_bucket_size = std::max<std::uint64_t>(1, z.reduce_bucket_size);  // 0 (DeepSpeed allows it): reduce at once
   o.overlap_comm = z.overlap_comm;
   o.optimizer_threads = cfg.strata.optimizer_threads;

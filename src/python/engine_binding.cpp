@@ -39,6 +39,8 @@ struct PyEngine {
   // Returns the model's persistent buffers as [(name, tensor)], asked at each checkpoint
   // save and load (a module may replace a buffer's tensor between them); None: no buffers.
   py::object buffer_source = py::none();
+  // The config's batch triple resolved at this world size (Config::resolve_batch).
+  std::int64_t train_batch = 0, micro_batch = 0, accumulation = 0;
 };
 
 // The buffers a checkpoint saves or fills (ckpt::SaveOptions::buffers). Needs the GIL.
@@ -127,6 +129,7 @@ std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector
                                  Groups groups, py::object init) {
   std::vector<std::string> warnings;
   Config cfg = value_or_throw(Config::parse(config_json, "config", &warnings));
+  ok_or_throw(cfg.resolve_batch(comm->world()));
   engine::EngineOptions o = value_or_throw(engine::EngineOptions::from_config(cfg, comm->world()));
   for (auto& [params, lr, decay] : groups) {
     if (lr && *lr != o.optimizer.lr && o.optimizer.lr <= 0) {
@@ -141,6 +144,9 @@ std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector
   for (auto& [name, params, names] : units) specs.push_back({.name = name, .params = std::move(params), .param_names = std::move(names)});
   auto out = std::make_unique<PyEngine>();
   out->comm = std::move(comm);
+  out->train_batch = cfg.train_batch_size;
+  out->micro_batch = cfg.train_micro_batch_size_per_gpu;
+  out->accumulation = cfg.gradient_accumulation_steps;
   if (wrap) {
     o.wrap = [e = out.get()](std::vector<at::Tensor> shards) {
       auto opt = std::make_unique<PyOptimizer>(std::move(shards));
@@ -249,23 +255,24 @@ void bind_engine(py::module_& m) {
       }, py::arg("groups"), py::arg("names"),
          "per group [(engine parameter index, state or None)], the same on every rank (collective)")
       .def("save_checkpoint", [](PyEngine& e, const fs::path& root, std::int64_t step, const std::string& client_json,
-                                 const std::string& config_json, int keep) {
-        ckpt::SaveOptions o{.root = root, .step = step, .keep = keep,
+                                 const std::string& config_json, int keep, bool update_latest) {
+        ckpt::SaveOptions o{.root = root, .step = step, .keep = keep, .update_latest = update_latest,
                             .config = nlohmann::json::parse(config_json.empty() ? "null" : config_json),
                             .client = nlohmann::json::parse(client_json.empty() ? "null" : client_json),
                             .buffers = buffers_of(e)};
         py::gil_scoped_release nogil;
         return value_or_throw(ckpt::save_checkpoint(live(e), o));
-      }, py::arg("root"), py::arg("step") = -1, py::arg("client_json") = "", py::arg("config_json") = "", py::arg("keep") = 0)
-      .def("load_checkpoint", [](PyEngine& e, const fs::path& path, bool optimizer_states) {
+      }, py::arg("root"), py::arg("step") = -1, py::arg("client_json") = "", py::arg("config_json") = "", py::arg("keep") = 0,
+         py::arg("update_latest") = true)
+      .def("load_checkpoint", [](PyEngine& e, const fs::path& path, bool optimizer_states, bool module_only) {
         ckpt::Loaded l;
-        ckpt::LoadOptions o{.optimizer_states = optimizer_states, .buffers = buffers_of(e)};
+        ckpt::LoadOptions o{.optimizer_states = optimizer_states, .module_only = module_only, .buffers = buffers_of(e)};
         {
           py::gil_scoped_release nogil;
           l = value_or_throw(ckpt::load_checkpoint(live(e), path, o));
         }
         return py::make_tuple(l.dir, l.meta.step, l.meta.client.dump());
-      }, py::arg("path"), py::arg("optimizer_states") = true)
+      }, py::arg("path"), py::arg("optimizer_states") = true, py::arg("module_only") = false)
       .def("set_buffer_source", [](PyEngine& e, py::object source) { e.buffer_source = std::move(source); },
            py::arg("source"))
       .def_property_readonly("steps", [](PyEngine& e) { return live(e).steps(); })
@@ -290,6 +297,10 @@ void bind_engine(py::module_& m) {
       .def_property(
           "momentum", [](PyEngine& e) { return live(e).momentum(); },  // None without momentum
           [](PyEngine& e, double mo) { ok_or_throw(live(e).set_momentum(mo)); })
+      .def_property_readonly("batch", [](PyEngine& e) {
+        return py::dict(py::arg("train_batch_size") = e.train_batch, py::arg("train_micro_batch_size_per_gpu") = e.micro_batch,
+                        py::arg("gradient_accumulation_steps") = e.accumulation);
+      })
       .def_property_readonly("world", [](PyEngine& e) { return e.comm->world(); })
       .def_property_readonly("rank", [](PyEngine& e) { return e.comm->rank(); })
       .def("memory_by_kind", [](PyEngine& e) { return memory(live(e).memory_by_kind()); })

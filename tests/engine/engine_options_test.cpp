@@ -31,6 +31,33 @@ TEST(EngineOptions, TooFewOptimizerBuffersAreRefusedNamingTheKeys) {
   EXPECT_TRUE(options_from(R"({"device": "cpu", "buffer_count": 1})"));
 }
 
+// The accumulation window is the one the batch keys imply at the engine's world size, as
+// DeepSpeed resolves them; an inconsistent triple is refused with its numbers. Before,
+// from_config read gradient_accumulation_steps alone: a front end that passed the
+// config as written (the Python API) stepped after every micro-batch.
+TEST(EngineOptions, TheAccumulationWindowIsTheOneTheBatchKeysImply) {
+  auto window = [](const std::string& keys, int world) -> Result<int> {
+    auto cfg = Config::parse("{" + keys + "}");
+    if (!cfg) return std::unexpected(std::move(cfg).error());
+    auto o = EngineOptions::from_config(*cfg, world);
+    if (!o) return std::unexpected(std::move(o).error());
+    return o->gradient_accumulation_steps;
+  };
+  EXPECT_EQ(window(R"("train_batch_size": 32, "train_micro_batch_size_per_gpu": 4)", 1), 8);
+  EXPECT_EQ(window(R"("train_batch_size": 32, "train_micro_batch_size_per_gpu": 4)", 2), 4);
+  EXPECT_EQ(window(R"("train_batch_size": 32, "gradient_accumulation_steps": 2)", 2), 2);
+  EXPECT_EQ(window(R"("train_batch_size": 32)", 4), 1);
+  EXPECT_EQ(window(R"("gradient_accumulation_steps": 3)", 2), 3);
+  EXPECT_EQ(window(R"("train_batch_size": "auto", "train_micro_batch_size_per_gpu": 4,
+                      "gradient_accumulation_steps": "auto")", 2), 1);
+  auto bad = window(R"("train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2)", 1);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().to_string().find("train_batch_size 16 is not train_micro_batch_size_per_gpu 4 * "
+                                         "gradient_accumulation_steps 2 * world size 1"),
+            std::string::npos)
+      << bad.error().to_string();
+}
+
 // strata.optimizer_state_dtype reaches the engine; an unknown dtype is a config error
 // naming the choices; a wrapped torch::optim optimizer keeps its own fp32 state.
 TEST(EngineOptions, OptimizerStateDtypeComesFromTheConfig) {

@@ -198,3 +198,50 @@ def test_awkward_models_with_zero_grad_and_torch_clip(strata, tmp_path, name, st
     (want_losses, want), (got_losses, got) = run(False), run(True)
     assert got_losses == want_losses
     assert all(torch.equal(got[k], v) for k, v in want.items())
+
+
+# The batch keys as DeepSpeed resolves them: train_batch_size with the micro batch and no
+# accumulation count is an accumulation window of train / (micro * world) micro-steps.
+# Before, the engine read gradient_accumulation_steps alone and stepped after every
+# backward (4 times as often, each step on a quarter of the batch), and an inconsistent
+# triple trained silently. The engine's window matches plain PyTorch accumulating 4
+# micro-batches, and DeepSpeed's engine methods report the resolved sizes and the norm.
+@pytest.mark.parametrize("stage", [2, 3])
+def test_train_batch_size_over_the_micro_batch_is_the_accumulation_window(strata, tmp_path, stage):
+    window = 4
+    model = models.make("gpt")
+    cfg = config(stage, "none", tmp_path, train_batch_size=window * ROWS, train_micro_batch_size_per_gpu=ROWS)
+    engine, *_ = strata.initialize(model=model, config=cfg)
+    assert (engine.train_batch_size(), engine.train_micro_batch_size_per_gpu(),
+            engine.gradient_accumulation_steps()) == (window * ROWS, ROWS, window)
+    assert engine.get_global_grad_norm() is None and not engine.was_step_applied()
+    ref = models.make("gpt")
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    applied = []
+    for step in range(2 * window):
+        x, y = models.batch("gpt", step, ROWS)
+        engine.backward(models.loss_fn("gpt", engine(x), y))
+        applied.append(engine.step()["applied"])
+        (models.loss_fn("gpt", ref(x), y) / window).backward()
+        if (step + 1) % window == 0:
+            norm = torch.stack([p.grad.norm() for p in ref.parameters() if p.grad is not None]).norm().item()
+            assert engine.get_global_grad_norm() == pytest.approx(norm, rel=1e-5)
+            assert engine.was_step_applied() and engine.skipped_steps == 0
+            opt.step()
+            opt.zero_grad()
+    assert applied == [False, False, False, True] * 2
+    got = engine.consolidated_state_dict()
+    for k, v in ref.named_parameters():
+        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+    engine.close()
+
+    auto = config(stage, "none", tmp_path, train_batch_size="auto", train_micro_batch_size_per_gpu=ROWS,
+                  gradient_accumulation_steps="auto")
+    engine, *_ = strata.initialize(model=models.make("gpt"), config=auto)
+    assert (engine.train_batch_size(), engine.gradient_accumulation_steps()) == (ROWS, 1)
+    engine.close()
+    bad = config(stage, "none", tmp_path, train_batch_size=16, train_micro_batch_size_per_gpu=4,
+                 gradient_accumulation_steps=2)
+    with pytest.raises(strata.ConfigError, match=r"train_batch_size 16 is not train_micro_batch_size_per_gpu 4 \* "
+                                                 r"gradient_accumulation_steps 2 \* world size 1"):
+        strata.initialize(model=models.make("gpt"), config=bad)

@@ -339,6 +339,64 @@ def test_checkpoint_resumes_in_a_fresh_process(tmp_path, stage, device, groups):
             assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
 
 
+# DeepSpeed's checkpoint arguments, as its training scripts pass them (they raised
+# TypeError before): load_module_only starts fine-tuning from a checkpoint's parameters
+# with this engine's fresh optimizer state, lr and step count, which one step of plain
+# AdamW from those parameters matches; load_lr_scheduler_states=False keeps the
+# scheduler's count; save_latest=False leaves `latest` naming the one before; strata's
+# own keep (keyword only now) prunes. What strata does not do is refused by name.
+def test_deepspeeds_checkpoint_arguments(tmp_path):
+    import strata
+    cfg = config(2, "cpu", tmp_path)
+    halving = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    engine, *_ = strata.initialize(model=models.make("gpt"), config=cfg, lr_scheduler=halving)
+    for step in range(4):
+        x, y = models.batch("gpt", step, ROWS)
+        engine.backward(models.loss_fn("gpt", engine(x), y))
+        engine.step()
+        if step == 2:
+            at_3 = engine.consolidated_state_dict()
+            engine.save_checkpoint(tmp_path / "c")
+    engine.save_checkpoint(tmp_path / "c", save_latest=False)
+    assert (tmp_path / "c" / "latest").read_text().strip() == "step-3" and (tmp_path / "c" / "step-4").is_dir()
+    with pytest.raises(strata.NotImplementedByStrata, match="exclude_frozen_parameters"):
+        engine.save_checkpoint(tmp_path / "c", exclude_frozen_parameters=True)
+    engine.close()
+
+    tuned, *_ = strata.initialize(model=models.make("gpt"), config=cfg, lr_scheduler=halving)
+    path, _ = tuned.load_checkpoint(tmp_path / "c", load_module_only=True)
+    assert path.endswith("step-3") and tuned.global_steps == 0 and tuned.get_lr() == [LR]
+    assert all(torch.equal(v, at_3[k]) for k, v in tuned.consolidated_state_dict().items())
+    ref = models.make("gpt")
+    with torch.no_grad():
+        for k, p in ref.named_parameters():
+            p.copy_(at_3[k].view_as(p))
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    x, y = models.batch("gpt", 9, ROWS)
+    tuned.backward(models.loss_fn("gpt", tuned(x), y))
+    tuned.step()
+    models.loss_fn("gpt", ref(x), y).backward()
+    opt.step()
+    got = tuned.consolidated_state_dict()
+    for k, v in ref.named_parameters():
+        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+    tuned.close()
+
+    for load_scheduler, count in ((True, 4), (False, 0)):
+        resumed, *_ = strata.initialize(model=models.make("gpt"), config=cfg, lr_scheduler=halving)
+        resumed.load_checkpoint(tmp_path / "c", tag=4, load_lr_scheduler_states=load_scheduler)
+        assert resumed.global_steps == 4 and resumed.lr_scheduler.last_epoch == count
+        assert resumed.get_lr() == [pytest.approx(LR / 16)]  # the optimizer's state holds the lr, as DeepSpeed's
+        with pytest.raises(strata.NotImplementedByStrata, match="load_module_strict=False"):
+            resumed.load_checkpoint(tmp_path / "c", load_module_strict=False)
+        with pytest.raises(strata.NotImplementedByStrata, match="custom_load_fn"):
+            resumed.load_checkpoint(tmp_path / "c", custom_load_fn=print)
+        if not load_scheduler:  # strata's keep: the newest two stay
+            resumed.save_checkpoint(tmp_path / "c", tag=5, keep=2)
+            assert sorted(p.name for p in (tmp_path / "c").glob("step-*")) == ["step-4", "step-5"]
+        resumed.close()
+
+
 # The model's buffers (batch norm's running statistics, a step counter) are in the
 # checkpoint: resumed in fresh processes at the same world size they end where the
 # uninterrupted run's do, bit for bit (at one rank, which normalizes over all rows, the

@@ -58,6 +58,7 @@ struct SaveOptions {
   std::filesystem::path root;  // the checkpoints directory
   std::int64_t step = -1;      // its name, root/step-<step>; -1: the optimizer steps applied
   int keep = 0;                // keep the newest `keep` checkpoints (0: every one)
+  bool update_latest = true;   // false: root/latest keeps naming the one before (DeepSpeed's save_latest)
   nlohmann::json config;       // the run's config, recorded as given
   nlohmann::json client;       // the caller's own state, returned by load_checkpoint
   // The model's buffers: rank 0's, whole, in their own dtypes (buffers.bin). As under DDP
@@ -75,6 +76,9 @@ Result<std::filesystem::path> save_checkpoint(engine::Engine& eng, const SaveOpt
 
 struct LoadOptions {
   bool optimizer_states = true;  // false: masters only; optimizer state starts fresh
+  // The parameters only (DeepSpeed's load_module_only, to fine-tune from a checkpoint):
+  // as optimizer_states false, and the engine's step count stays its own.
+  bool module_only = false;
   // Filled in place, by name, on every rank. They must be the saved buffers, by name and
   // shape (the dtype may differ: values are converted). A checkpoint saved before
   // checkpoints held buffers leaves them as they are, with a warning.
