@@ -261,6 +261,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   // Room for a gather that does not fit: buffers whose reductions are in flight, then
   // the storage cache.
   OptimStateHolder* holder = m.optim.get();
+  Impl* self = &m;
   m.gatherer = std::make_unique<Gatherer>(
       core,
       [reducer, &core]() -> Status {
@@ -268,9 +269,12 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
         core.storage.release_all();
         return ok();
       },
-      [holder](std::uint32_t c) -> const at::Tensor& { return holder->memory_master(c); });
+      [holder](std::uint32_t c) -> const at::Tensor& { return holder->memory_master(c); },
+      Gatherer::Edits{.any = [self](std::uint32_t c) { return self->edited_in(c); },
+                      .take = [self](std::uint32_t c, const at::Tensor& slice) {
+                        return self->take_gathered_edits(c, slice);
+                      }});
   m.stepper = std::make_unique<StepDriver>(core, m.kernel, *m.reducer, *m.optim, *m.gatherer);
-  Impl* self = &m;
   if (stage == 3) {
     std::vector<UnitRt> rts;
     for (std::size_t u = 0; u < units.size(); ++u) {
@@ -289,6 +293,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
   STRATA_RETURN_IF_ERROR(m.reducer->setup([self] { self->open_backward(); }));
   if (o.wrap) STRATA_RETURN_IF_ERROR(m.stepper->wrap(o.wrap));
   STRATA_RETURN_IF_ERROR(m.check_fits());
+  m.index_chunk_params();
   m.record_param_versions();
   const plan::ChunkLayout& layout = core.chunks->store().layout();
   log::debug("engine: stage {}, {} parameters in {} chunks of {} elements ({:.1f}% padding), {} units, state {}", stage,

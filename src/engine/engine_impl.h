@@ -37,6 +37,7 @@ struct Engine::Impl {
   std::vector<std::string> param_names;  // per all_params (Engine::param_names)
   std::vector<std::size_t> frozen_at_build;  // all_params frozen when built (Note [unfreezing])
   std::vector<std::int64_t> param_versions;  // per all_params, at the engine's last write (Note [edited parameters])
+  std::vector<std::vector<std::size_t>> chunk_params;  // per chunk: the all_params the store holds in it
   std::optional<OptimStateHolder::PendingRead> pending_read;  // begin_read_shard's
   int gathered = 0;  // gather_params() calls not yet released (Note [gathered parameters])
   std::unique_ptr<OptimStateHolder> optim;
@@ -71,6 +72,10 @@ struct Engine::Impl {
   // param_edits.cpp (Note [edited parameters])
   void record_param_versions();
   Status adopt_param_edits();    // trained parameters changed in place go into the masters
+  // Note [edits while gathered]: the Gatherer's Edits.
+  void index_chunk_params();
+  bool edited_in(std::uint32_t c) const;
+  Status take_gathered_edits(std::uint32_t c, const at::Tensor& slice);
   // all_params index of the tensor `p` is (the same TensorImpl).
   Result<std::size_t> param_index(const at::Tensor& p) const;
   bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }

@@ -9,10 +9,11 @@
 
 namespace strata::engine {
 
-Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master)
+Gatherer::Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master, Edits edits)
     : core_(core),
       make_room_(std::move(make_room)),
       master_(std::move(master)),
+      edits_(std::move(edits)),
       g_(core.chunks->size()),
       copies_(core.chunks->store().options().device) {}
 
@@ -216,11 +217,24 @@ Status Gatherer::release(std::uint32_t c, bool persistent_too) {
   }
   compute_waits(g);  // the storage's next user, on the compute stream, comes after the copy
   g.awaiting_use = false;
+  STRATA_RETURN_IF_ERROR(take_edits(c));
   core_.chunks->free_full(c);
   gathered_bytes_ -= k.gathered_res.bytes();
   k.gathered_res.release();
   k.sm.to(ChunkState::kFree);
   return ok();
+}
+
+Status Gatherer::take_edits(std::uint32_t c) {
+  if (!edits_.any || !edits_.any(c)) return ok();
+  GatherRt& g = g_[c];
+  if (g.staged) {  // it read the shard as it was: the next gather reads it again
+    Staged s = std::move(*g.staged);
+    g.staged.reset();
+    STRATA_RETURN_IF_ERROR(s.io.wait());
+  }
+  const at::Tensor& full = core_.chunks->store().full(c);
+  return edits_.take(c, core_.chunks->store().shard(full, c));
 }
 
 Status Gatherer::release_all(bool and_persistent) {

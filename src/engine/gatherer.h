@@ -50,9 +50,16 @@ class Gatherer {
  public:
   // Chunk c's fp32 master shard in host memory (Note [shard from master]).
   using MasterOf = std::function<const at::Tensor&(std::uint32_t c)>;
+  // Note [edits while gathered] (param_edits.cpp): whether a parameter of gathered chunk
+  // c was changed in place since the engine last wrote it, and taking such changes from
+  // this rank's slice of the gathered chunk into its master and shard.
+  struct Edits {
+    std::function<bool(std::uint32_t c)> any;
+    std::function<Status(std::uint32_t c, const at::Tensor& slice)> take;
+  };
   // `make_room` frees compute memory that is on its way out (gradient buffers whose
   // reductions are in flight) when a reservation does not fit.
-  Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master);
+  Gatherer(EngineCore& core, std::function<Status()> make_room, MasterOf master, Edits edits);
   ~Gatherer();
 
   // After placement: the staging pool for nvme shards (Note [nvme parameter staging]).
@@ -67,7 +74,12 @@ class Gatherer {
   Status ensure(const std::vector<std::uint32_t>& chunks);
   // Release or Evict: free c's gathered storage, unless an access uses it, it is never
   // released (aliased, replicated) or it is persistent and `persistent_too` is not set.
+  // Parameters changed in place while it was gathered keep the change (take_edits).
   Status release(std::uint32_t c, bool persistent_too = false);
+  // Gathered chunk c: parameters changed in place since the engine last wrote them go
+  // into this rank's master and shard (Note [edits while gathered]); a read of the old
+  // shard staged for a later gather is dropped.
+  Status take_edits(std::uint32_t c);
   // Every chunk not in use and not persistent (or with `and_persistent`, persistent too);
   // staged reads no gather took are dropped.
   Status release_all(bool and_persistent);
@@ -120,6 +132,7 @@ class Gatherer {
   EngineCore& core_;
   std::function<Status()> make_room_;
   MasterOf master_;
+  Edits edits_;
   std::vector<GatherRt> g_;
   tiers::CopyStream copies_;
   std::deque<std::uint32_t> copying_;  // chunks with a copy, oldest first

@@ -22,8 +22,20 @@ namespace strata::engine {
 // only the elements whose value is no longer the master's rounding take the new value:
 // the others keep their fp32 masters, so clipping a few elements does not round the
 // rest. A wrapped torch::optim optimizer steps views of the same masters. Otherwise at
-// stage 3 a parameter holds no values outside its forward (the Python front end refuses
-// an edit itself): an edit seen there is refused by name.
+// stage 3 a parameter holds values only while its chunk is gathered: an edit then is
+// taken as Note [edits while gathered] says; one seen later (the Python front end
+// refuses an edit of a released parameter itself) is refused by name.
+//
+// Note [edits while gathered]: at stage 3 a forward may change a gathered parameter in
+// place (nn.Embedding(max_norm=...) renormalizes the rows it looks up). Plain PyTorch
+// keeps the change; freeing the gathered chunk would lose it, and every later gather
+// would read the old shard. So when a chunk whose parameter's version moved is released
+// (or is still gathered at step(), a persistent one), each rank takes the change from
+// its own slice of the gathered chunk: into its master (only the changed elements, as
+// above), and the slice into its shard (host, compute or nvme; none when the shard is
+// the master's cast), so the backward's gather and the next step see it. No collective:
+// ranks that make the same change (the same rows looked up) agree, as DDP needs, and
+// where they differ each slice keeps its own rank's, as at stages 0-2.
 void take_values(const at::Tensor& master, const at::Tensor& value) {
   const at::Tensor v = value.to(at::kCPU).reshape({-1});
   if (v.scalar_type() == at::kFloat) {
@@ -38,6 +50,44 @@ Result<std::size_t> Engine::Impl::param_index(const at::Tensor& p) const {
     if (all_params[i].is_same(p)) return i;
   return make_error(ErrorCode::kInvalidArgument, "a tensor of shape {} is not a parameter of this engine",
                     c10::str(p.sizes()));
+}
+
+void Engine::Impl::index_chunk_params() {
+  const ChunkStore& store = core.chunks->store();
+  chunk_params.assign(core.chunks->size(), {});
+  for (std::size_t i = 0; i < all_params.size(); ++i)
+    if (store_index[i] >= 0)
+      chunk_params[store.layout().where[static_cast<std::size_t>(store_index[i])].chunk].push_back(i);
+}
+
+bool Engine::Impl::edited_in(std::uint32_t c) const {
+  if (c >= chunk_params.size()) return false;  // setup: nothing has run
+  for (std::size_t i : chunk_params[c])
+    if (all_params[i]._version() != param_versions[i]) return true;
+  return false;
+}
+
+Status Engine::Impl::take_gathered_edits(std::uint32_t c, const at::Tensor& slice) {
+  ChunkRuntime& chunks = *core.chunks;
+  ChunkRt& k = chunks[c];
+  std::vector<std::uint8_t> edited(chunks.store().params().size(), 0);
+  for (std::size_t i : chunk_params[c]) {
+    if (all_params[i]._version() == param_versions[i]) continue;
+    edited[static_cast<std::size_t>(store_index[i])] = 1;
+    param_versions[i] = all_params[i]._version();
+  }
+  if (k.trainable && !chunks.slots(c).empty()) {
+    pending_read.reset();  // a save's read begun before the edit holds the old master
+    STRATA_ASSIGN_OR_RETURN(ShardState s, optim->read(c));
+    for (const ChunkStore::ShardSlot& slot : chunks.slots(c))
+      if (edited[slot.param])
+        take_values(s.master.narrow(0, slot.shard_offset, slot.numel), slice.narrow(0, slot.shard_offset, slot.numel));
+    STRATA_RETURN_IF_ERROR(optim->write(c, s));
+  }
+  if (k.shard_from_master) return ok();  // the next gather casts the master
+  if (k.shard_tier == Tier::kNvme) return chunks.store_shard(c, slice);
+  k.shard.copy_(slice);
+  return ok();
 }
 
 void Engine::Impl::record_param_versions() {
@@ -55,6 +105,10 @@ Status Engine::Impl::adopt_param_edits() {
     if (store_index[i] < 0 || all_params[i]._version() == param_versions[i]) continue;
     const auto p = static_cast<std::size_t>(store_index[i]);
     const std::uint32_t c = store.layout().where[p].chunk;
+    if (!chunks[c].always_gathered() && chunks[c].sm.gathered()) {  // Note [edits while gathered]
+      STRATA_RETURN_IF_ERROR(gatherer->take_edits(c));
+      continue;
+    }
     if (!chunks[c].always_gathered()) {
       return make_error(ErrorCode::kUnimplemented,
                         "parameter '{}' was changed in place since the engine last wrote it: its values live in the "
