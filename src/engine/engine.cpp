@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include "engine_impl.h"
 #include "strata/base/log.h"
@@ -316,6 +317,7 @@ Status Engine::pre_forward(UnitId unit) {
     return make_error(ErrorCode::kInvalidArgument, "pre_forward: no unit {}", unit);
   }
   if (m.gathered > 0) return gathered_error("a forward");
+  STRATA_RETURN_IF_ERROR(m.end_failed_backward());
   if (!m.step_open && at::GradMode::is_enabled()) {
     m.step_open = true;
     m.step_t0 = Clock::now();
@@ -348,6 +350,25 @@ void Engine::Impl::open_backward() {
     torch::autograd::Engine::get_default_engine().queue_callback([this] { core.errors.check(close_backward()); });
 }
 
+// Note [the model's exceptions]: the model's own backward may raise (a custom autograd
+// Function refusing a batch, a dtype mismatch in the caller's graph). Plain PyTorch
+// hands the caller that exception, and the gradients made before it stay in .grad until
+// zero_grad(): a loop that catches it and skips the batch trains as if it never came.
+// So: backward() ends a session that raised as a whole one ends (its hooks saw part of
+// it), returns an error naming the exception and keeps the exception itself for the
+// front end to rethrow (take_backward_exception); the partial gradients stay until
+// zero_grad() or step(). A plain loss.backward() that raised leaves its session open
+// (autograd runs no final callbacks after an error): the caller's next call into the
+// engine from outside autograd ends it (end_failed_backward; inside autograd, as in a
+// reentrant checkpoint's forward, the session is live). An error a strata hook recorded
+// is strata's, and is returned as it is. Before, the session stayed open: zero_grad()
+// kept the partial gradients and the next step summed them in without a word (or, after
+// a plain backward, refused to run "during a backward").
+Status Engine::Impl::end_failed_backward() {
+  if (!in_backward || torch::autograd::get_current_graph_task_exec_info() != nullptr) return ok();
+  return close_backward();
+}
+
 Status Engine::Impl::close_backward() {
   in_backward = false;
   step_open = false;
@@ -363,9 +384,12 @@ Status Engine::Impl::close_backward() {
   return st;
 }
 
+std::exception_ptr Engine::take_backward_exception() { return std::exchange(impl_->backward_exception, nullptr); }
+
 Status Engine::backward(const at::Tensor& loss) {
   Impl& m = *impl_;
   if (!loss.defined() || loss.numel() != 1) return make_error(ErrorCode::kInvalidArgument, "backward needs a scalar loss");
+  STRATA_RETURN_IF_ERROR(m.end_failed_backward());
   if (m.access && !m.access->in_step()) {
     if (m.backward_done) {  // Note [one backward per forward] (access_driver.cpp)
       return make_error(ErrorCode::kFailedPrecondition, "backward() after a backward already went through the "
@@ -377,21 +401,38 @@ Status Engine::backward(const at::Tensor& loss) {
   }
   const double factor = m.stepper->scaler().scale() / m.core.opt.gradient_accumulation_steps;
   const std::uint64_t sessions = m.backward_sessions;
+  m.backward_exception = nullptr;
   m.scaling_backward = true;
+  std::optional<Error> raised;
   try {
     (factor == 1.0 ? loss : loss * factor).backward();
   } catch (const std::exception& e) {
-    m.in_backward = false;
-    m.step_open = false;
     m.scaling_backward = false;
-    return make_error(m.core.errors.take_or(e, "backward failed"));
+    if (std::optional<Error> recorded = m.core.errors.take()) {
+      m.in_backward = false;
+      m.step_open = false;
+      return make_error(std::move(*recorded));
+    }
+    // Note [the model's exceptions]: the model's own; the session ends below.
+    m.backward_exception = std::current_exception();
+    const std::string msg = e.what();
+    raised = Error(ErrorCode::kInternal, fmt::format("the model's backward raised: {}", msg.substr(0, msg.find('\n'))));
   }
   m.scaling_backward = false;
-  if (m.backward_sessions != sessions) return m.in_backward ? m.close_backward() : ok();
-  // No hook ran (the loss depends on nothing the engine holds): end the step here.
-  m.backward_t0 = Clock::now();
-  m.reducer->begin_backward(m.at_boundary(), 1.0 / m.stepper->scaler().scale());
-  return m.close_backward();
+  Status st = ok();
+  if (m.backward_sessions != sessions) {
+    if (m.in_backward) st = m.close_backward();
+  } else {  // No hook ran (the loss depends on nothing the engine holds): end the step here.
+    m.backward_t0 = Clock::now();
+    m.reducer->begin_backward(m.at_boundary(), 1.0 / m.stepper->scaler().scale());
+    st = m.close_backward();
+  }
+  if (!st && raised) {  // strata's failure comes first; the model's exception is its note
+    m.backward_exception = nullptr;
+    return make_error(std::move(st).error().with_note(raised->to_string()));
+  }
+  if (raised) return make_error(std::move(*raised));
+  return st;
 }
 
 // Note [zero_grad]: a backward adds into the gradient shards until step() consumes them,
@@ -404,6 +445,7 @@ Status Engine::backward(const at::Tensor& loss) {
 // there is none (torch loops call it before every backward, DeepSpeed's after every step).
 Status Engine::zero_grad() {
   Impl& m = *impl_;
+  STRATA_RETURN_IF_ERROR(m.end_failed_backward());
   if (m.in_backward) return make_error(ErrorCode::kFailedPrecondition, "zero_grad() during a backward");
   if (!m.backward_done) return ok();
   const std::int64_t window = m.core.opt.gradient_accumulation_steps;
@@ -419,6 +461,7 @@ Status Engine::zero_grad() {
 
 Result<double> Engine::clip_grad_norm(double max_norm, double norm_type) {
   Impl& m = *impl_;
+  STRATA_RETURN_IF_ERROR(m.end_failed_backward());
   if (m.in_backward || !m.backward_done) {
     return make_error(ErrorCode::kFailedPrecondition, "clip_grad_norm() without a finished backward since the last "
                       "step(): call it between backward(loss) and step()");
@@ -438,6 +481,7 @@ Result<StepResult> Engine::step() {
   r.loss_scale = m.stepper->scaler().scale();
   r.step = m.step_count;
   if (m.gathered > 0) return gathered_error("step()");
+  STRATA_RETURN_IF_ERROR(m.end_failed_backward());
   if (!std::exchange(m.backward_done, false)) {
     return make_error(ErrorCode::kFailedPrecondition, "step() without a backward since the last step(): each "
                       "micro-step is forward, backward(loss), then step()");

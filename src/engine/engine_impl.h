@@ -57,6 +57,7 @@ struct Engine::Impl {
   bool backward_done = false;    // a backward ended since the last step(): step() needs one
   bool scaling_backward = false; // inside Engine::backward(): the loss carries the scale
   bool unscaled_backward = false;  // this session's loss was not scaled, and had to be
+  std::exception_ptr backward_exception;  // Note [the model's exceptions] (engine.cpp)
   StepMetrics last;
   tiers::HeapTrimPolicy heap_trim;  // after each optimizer step (Note [host heap])
 
@@ -68,6 +69,7 @@ struct Engine::Impl {
   Status check_fits();           // stage 3: the schedule of the provisional trace fits
   void open_backward();          // the first hook of a backward
   Status close_backward();       // when backward ends (autograd callback, or backward())
+  Status end_failed_backward();  // Note [the model's exceptions] (engine.cpp)
   Status check_still_frozen() const;  // Note [unfreezing]
   // param_edits.cpp (Note [edited parameters])
   void record_param_versions();

@@ -13,12 +13,6 @@ void HookErrors::raise(Error e) {
   TORCH_CHECK(false, text);
 }
 
-Error HookErrors::take_or(const std::exception& e, std::string_view what) {
-  if (std::optional<Error> recorded = take()) return std::move(*recorded);
-  const std::string msg = e.what();
-  return Error(ErrorCode::kInternal, fmt::format("{}: {}", what, msg.substr(0, msg.find('\n'))));
-}
-
 std::optional<Error> HookErrors::take() {
   std::lock_guard lock(mu_);
   return std::exchange(first_, std::nullopt);

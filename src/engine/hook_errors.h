@@ -8,13 +8,11 @@
 //
 //   errors.raise(make_error(...).error());     // in a hook: records, then throws
 //   ...
-//   try { loss.backward(); } catch (const std::exception& e) { return errors.take_or(e, "backward"); }
+//   try { loss.backward(); } catch (...) { if (auto e = errors.take()) return make_error(*e); ... }
 #pragma once
 
-#include <exception>
 #include <mutex>
 #include <optional>
-#include <string_view>
 
 #include "strata/base/status.h"
 
@@ -29,9 +27,6 @@ class HookErrors {
   void check(const Status& st) {
     if (!st) raise(st.error());
   }
-  // The recorded Error if there is one, else `e` re-typed as internal with `what`
-  // prefixed. Clears the record.
-  Error take_or(const std::exception& e, std::string_view what);
   // The recorded Error, if any, cleared.
   std::optional<Error> take();
 

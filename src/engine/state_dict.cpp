@@ -208,6 +208,7 @@ Result<std::vector<at::Tensor>> Engine::consolidated_params() {
 // between: the parameters do not view their chunks then.
 Result<std::vector<at::Tensor>> Engine::gather_params(std::span<const at::Tensor> params) {
   Impl& m = *impl_;
+  STRATA_RETURN_IF_ERROR(m.end_failed_backward());
   if (m.in_backward || m.step_open) {
     return make_error(ErrorCode::kFailedPrecondition, "gather_params() between a training forward and the end of "
                       "its backward: gather parameters before the forward or after the backward");

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include <ATen/Functions.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <nlohmann/json.hpp>
@@ -208,8 +209,20 @@ void bind_engine(py::module_& m) {
         ok_or_throw(live(e).post_forward(unit, outputs));
       })
       .def("backward", [](PyEngine& e, const at::Tensor& loss) {
-        py::gil_scoped_release nogil;
-        ok_or_throw(live(e).backward(loss));
+        Status st = ok();
+        std::exception_ptr raised;
+        {
+          py::gil_scoped_release nogil;
+          st = live(e).backward(loss);
+          if (!st) raised = live(e).take_backward_exception();
+        }
+        // Note [the model's exceptions]: what the model's backward raised reaches the
+        // caller as a plain loss.backward() raises it (a Python exception restored).
+        if (raised) {
+          torch::translate_exception_to_python(raised);
+          throw py::error_already_set();
+        }
+        ok_or_throw(std::move(st));
       })
       .def("zero_grad", [](PyEngine& e) {
         py::gil_scoped_release nogil;

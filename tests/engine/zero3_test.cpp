@@ -158,6 +158,16 @@ TEST(Zero3, AnOverBudgetBufferInBackwardIsCannotFitNotInternal) {
   EXPECT_NE(rs[0].output.find("EXPECTED FAILURE: resource_exhausted: cannot fit"), std::string::npos) << all_output(rs);
 }
 
+// Note [the model's exceptions]: at two ranks, stages 2 and 3, everything on nvme.
+TEST(Zero3, TheModelsBackwardExceptionIsHandedOverAndASkippedBatchLeavesNothing) {
+  for (const char* stage : {"2", "3"}) {
+    const auto dir = testing::fresh_temp_dir("bwdraises");
+    expect_all_ok(run_ranks(2, {units_worker(), "bwdraises", stage}, std::chrono::seconds(120),
+                            {{"STRATA_TEST_NVME", dir.string()}}));
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST(Zero3, OverBudgetConfigurationFailsAtSetup) {
   auto rs = run_ranks(2, {zero3_worker(), "overbudget"});
   for (const auto& r : rs) {

@@ -28,6 +28,7 @@
 
 #include <array>
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -109,6 +110,12 @@ class Engine {
 
   // (loss * loss_scale / accumulation_steps).backward(), with the engine's hooks.
   Status backward(const at::Tensor& loss);
+  // When backward() failed because the model's own backward raised (a custom autograd
+  // Function, a dtype mismatch in the caller's graph) rather than strata, that exception
+  // (once; else null). A front end rethrows it, so its caller gets what a plain
+  // loss.backward() raises, type and all; backward()'s error names it for C++ callers
+  // (Note [the model's exceptions] in engine.cpp).
+  std::exception_ptr take_backward_exception();
   // At the accumulation boundary: finish the reduction, check, clip, step, and bring
   // the parameters up to date. Inside the accumulation window it only counts.
   Result<StepResult> step();
