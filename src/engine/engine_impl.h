@@ -77,6 +77,8 @@ struct Engine::Impl {
   // Note [edits while gathered]: the Gatherer's Edits.
   void index_chunk_params();
   bool edited_in(std::uint32_t c) const;
+  // Chunk c's edited (by store index) parameters' values in this rank's slice into its master.
+  Status take_into_master(std::uint32_t c, const at::Tensor& slice, const std::vector<std::uint8_t>& edited);
   Status take_gathered_edits(std::uint32_t c, const at::Tensor& slice);
   // all_params index of the tensor `p` is (the same TensorImpl).
   Result<std::size_t> param_index(const at::Tensor& p) const;

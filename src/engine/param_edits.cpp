@@ -67,6 +67,18 @@ bool Engine::Impl::edited_in(std::uint32_t c) const {
   return false;
 }
 
+Status Engine::Impl::take_into_master(std::uint32_t c, const at::Tensor& slice, const std::vector<std::uint8_t>& edited) {
+  ChunkRuntime& chunks = *core.chunks;
+  // A chunk without optimizer state holds its values in the shard alone.
+  if (!chunks[c].trainable || chunks.slots(c).empty()) return ok();
+  pending_read.reset();  // a save's read begun before the edit holds the old master
+  STRATA_ASSIGN_OR_RETURN(ShardState s, optim->read(c));
+  for (const ChunkStore::ShardSlot& slot : chunks.slots(c))
+    if (edited[slot.param])
+      take_values(s.master.narrow(0, slot.shard_offset, slot.numel), slice.narrow(0, slot.shard_offset, slot.numel));
+  return optim->write(c, s);
+}
+
 Status Engine::Impl::take_gathered_edits(std::uint32_t c, const at::Tensor& slice) {
   ChunkRuntime& chunks = *core.chunks;
   ChunkRt& k = chunks[c];
@@ -76,14 +88,7 @@ Status Engine::Impl::take_gathered_edits(std::uint32_t c, const at::Tensor& slic
     edited[static_cast<std::size_t>(store_index[i])] = 1;
     param_versions[i] = all_params[i]._version();
   }
-  if (k.trainable && !chunks.slots(c).empty()) {
-    pending_read.reset();  // a save's read begun before the edit holds the old master
-    STRATA_ASSIGN_OR_RETURN(ShardState s, optim->read(c));
-    for (const ChunkStore::ShardSlot& slot : chunks.slots(c))
-      if (edited[slot.param])
-        take_values(s.master.narrow(0, slot.shard_offset, slot.numel), slice.narrow(0, slot.shard_offset, slot.numel));
-    STRATA_RETURN_IF_ERROR(optim->write(c, s));
-  }
+  STRATA_RETURN_IF_ERROR(take_into_master(c, slice, edited));
   if (k.shard_from_master) return ok();  // the next gather casts the master
   if (k.shard_tier == Tier::kNvme) return chunks.store_shard(c, slice);
   k.shard.copy_(slice);
@@ -105,11 +110,11 @@ Status Engine::Impl::adopt_param_edits() {
     if (store_index[i] < 0 || all_params[i]._version() == param_versions[i]) continue;
     const auto p = static_cast<std::size_t>(store_index[i]);
     const std::uint32_t c = store.layout().where[p].chunk;
-    if (!chunks[c].always_gathered() && chunks[c].sm.gathered()) {  // Note [edits while gathered]
-      STRATA_RETURN_IF_ERROR(gatherer->take_edits(c));
-      continue;
-    }
     if (!chunks[c].always_gathered()) {
+      if (chunks[c].sm.gathered()) {  // Note [edits while gathered]
+        STRATA_RETURN_IF_ERROR(gatherer->take_edits(c));
+        continue;
+      }
       return make_error(ErrorCode::kUnimplemented,
                         "parameter '{}' was changed in place since the engine last wrote it: its values live in the "
                         "engine's stage-3 shards, which would overwrite the change. Load weights before building "
@@ -119,19 +124,10 @@ Status Engine::Impl::adopt_param_edits() {
     any = true;
   }
   if (!any) return ok();
-  pending_read.reset();  // a save's read begun before the edit holds the old master
-  for (std::uint32_t c = 0; c < chunks.size(); ++c) {
-    // A chunk without optimizer state holds its values in the shard, edited already.
-    if (!chunk_edited[c] || !chunks[c].trainable || chunks.slots(c).empty()) continue;
-    STRATA_ASSIGN_OR_RETURN(ShardState s, optim->read(c));
-    for (const ChunkStore::ShardSlot& slot : chunks.slots(c)) {
-      if (!edited[slot.param]) continue;
-      // The shard is a slice of the whole chunk this rank holds: the parameter's values.
-      take_values(s.master.narrow(0, slot.shard_offset, slot.numel),
-                  chunks[c].shard.narrow(0, slot.shard_offset, slot.numel));
-    }
-    STRATA_RETURN_IF_ERROR(optim->write(c, s));
-  }
+  // The shard of an always-gathered chunk is its slice of the whole chunk this rank
+  // holds, edited already: the parameters' values.
+  for (std::uint32_t c = 0; c < chunks.size(); ++c)
+    if (chunk_edited[c]) STRATA_RETURN_IF_ERROR(take_into_master(c, chunks[c].shard, edited));
   record_param_versions();
   return ok();
 }
