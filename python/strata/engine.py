@@ -112,9 +112,12 @@ class Engine:
 
     forward = __call__
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """loss.backward(), scaled for fp16 loss scaling and gradient accumulation."""
-        self._eng.backward(loss)
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True) -> None:
+        """loss.backward(), scaled for fp16 loss scaling and gradient accumulation, as
+        DeepSpeed's: retain_graph keeps the graph for another backward (stages 0-2: at
+        stage 3 a forward takes one backward); scale_wrt_gas=False leaves the division
+        by gradient_accumulation_steps to the caller."""
+        self._eng.backward(loss, retain_graph, scale_wrt_gas)
 
     def step(self) -> dict:
         """At the accumulation boundary: reduce, clip, step the optimizer, advance the
@@ -161,6 +164,18 @@ class Engine:
     def is_gradient_accumulation_boundary(self) -> bool:
         """Whether the next backward ends an accumulation window (its step() steps)."""
         return self._eng.at_boundary
+
+    def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None:
+        """DeepSpeed's: from now on the caller says whether the next backward and step()
+        end the accumulation window (a step() where it is True steps, however many
+        micro-steps came before), instead of the engine counting
+        gradient_accumulation_steps of them; None goes back to counting. Each backward's
+        loss is still divided by gradient_accumulation_steps (Note [accumulation
+        boundary], engine.cpp)."""
+        if is_boundary is not None and not isinstance(is_boundary, bool):
+            raise ConfigError(f"invalid_argument: set_gradient_accumulation_boundary takes True, False or None, "
+                              f"not {is_boundary!r}")
+        self._eng.set_boundary(is_boundary)
 
     # The batch keys as DeepSpeed resolves them at this world size: train_batch_size =
     # micro * accumulation * world, the one left out (or "auto") derived.

@@ -386,7 +386,7 @@ Status Engine::Impl::close_backward() {
 
 std::exception_ptr Engine::take_backward_exception() { return std::exchange(impl_->backward_exception, nullptr); }
 
-Status Engine::backward(const at::Tensor& loss) {
+Status Engine::backward(const at::Tensor& loss, const BackwardOptions& options) {
   Impl& m = *impl_;
   if (!loss.defined() || loss.numel() != 1) return make_error(ErrorCode::kInvalidArgument, "backward needs a scalar loss");
   STRATA_RETURN_IF_ERROR(m.end_failed_backward());
@@ -399,13 +399,14 @@ Status Engine::backward(const at::Tensor& loss) {
     }
     return make_error(ErrorCode::kFailedPrecondition, "backward() without a forward through the model's units");
   }
-  const double factor = m.stepper->scaler().scale() / m.core.opt.gradient_accumulation_steps;
+  const double factor =
+      m.stepper->scaler().scale() / (options.scale_by_window ? m.core.opt.gradient_accumulation_steps : 1);
   const std::uint64_t sessions = m.backward_sessions;
   m.backward_exception = nullptr;
   m.scaling_backward = true;
   std::optional<Error> raised;
   try {
-    (factor == 1.0 ? loss : loss * factor).backward();
+    (factor == 1.0 ? loss : loss * factor).backward({}, options.retain_graph);
   } catch (const std::exception& e) {
     m.scaling_backward = false;
     if (std::optional<Error> recorded = m.core.errors.take()) {
@@ -448,11 +449,11 @@ Status Engine::zero_grad() {
   STRATA_RETURN_IF_ERROR(m.end_failed_backward());
   if (m.in_backward) return make_error(ErrorCode::kFailedPrecondition, "zero_grad() during a backward");
   if (!m.backward_done) return ok();
-  const std::int64_t window = m.core.opt.gradient_accumulation_steps;
-  if (m.micro_step % window != 0) {
+  if (m.window_micro_steps != 0) {
     return make_error(ErrorCode::kFailedPrecondition, "zero_grad() after a backward that no step() counted, inside "
                       "an accumulation window of {} micro-steps (micro-step {}): the engine cannot take one backward "
-                      "out of the window's sum; call step() after every backward", window, m.micro_step % window + 1);
+                      "out of the window's sum; call step() after every backward",
+                      m.core.opt.gradient_accumulation_steps, m.window_micro_steps + 1);
   }
   STRATA_RETURN_IF_ERROR(m.reducer->discard());
   m.backward_done = false;
@@ -467,10 +468,10 @@ Result<double> Engine::clip_grad_norm(double max_norm, double norm_type) {
                       "step(): call it between backward(loss) and step()");
   }
   if (!m.at_boundary()) {
-    const std::int64_t window = m.core.opt.gradient_accumulation_steps;
     return make_error(ErrorCode::kFailedPrecondition, "clip_grad_norm() in micro-step {} of an accumulation window of "
                       "{}: the gradients are whole only in the window's last micro-step; call it there, before its "
-                      "step() (as torch loops clip just before optimizer.step())", m.micro_step % window + 1, window);
+                      "step() (as torch loops clip just before optimizer.step())", m.window_micro_steps + 1,
+                      m.core.opt.gradient_accumulation_steps);
   }
   return m.stepper->clip_grad_norm(max_norm, norm_type);
 }
@@ -489,8 +490,11 @@ Result<StepResult> Engine::step() {
   STRATA_RETURN_IF_ERROR(m.check_still_frozen());
   STRATA_RETURN_IF_ERROR(m.adopt_param_edits());  // Note [edited parameters] (param_edits.cpp)
   const bool boundary = m.at_boundary();
-  ++m.micro_step;
-  if (!boundary) return r;
+  if (!boundary) {
+    ++m.window_micro_steps;
+    return r;
+  }
+  m.window_micro_steps = 0;
   r.boundary = true;
   const auto t0 = Clock::now();
   const plan::LinkBytes before = m.core.cur.moved;
@@ -568,6 +572,16 @@ void Engine::trace_next_step(std::string path) { impl_->core.trace.arm(std::move
 const LossScaler& Engine::loss_scaler() const { return impl_->stepper->scaler(); }
 std::int64_t Engine::steps() const { return impl_->step_count; }
 bool Engine::at_boundary() const { return impl_->at_boundary(); }
+
+// Note [accumulation boundary]: step() steps at the end of an accumulation window, which
+// the engine counts (every gradient_accumulation_steps-th micro-step) unless the caller
+// says it (set_boundary, DeepSpeed's set_gradient_accumulation_boundary: a backend whose
+// caller sends N backwards and then one step marks the last). Each backward's loss is
+// still divided by gradient_accumulation_steps, as DeepSpeed's is (scale_wrt_gas=False
+// leaves it whole). window_micro_steps counts the step() calls of the window so far, so
+// zero_grad() knows a window's start either way, and counting resumes from the last
+// boundary when the caller hands it back (nullopt).
+void Engine::set_boundary(std::optional<bool> is_boundary) { impl_->boundary_override = is_boundary; }
 std::uint64_t Engine::state_bytes() const { return impl_->optim->bytes(); }
 
 MemoryByKind Engine::memory_by_kind() const {

@@ -47,7 +47,8 @@ struct Engine::Impl {
   std::unique_ptr<StepDriver> stepper;
 
   std::size_t n_units = 0;
-  std::int64_t micro_step = 0;
+  std::int64_t window_micro_steps = 0;  // step() calls since the last boundary (Note [accumulation boundary])
+  std::optional<bool> boundary_override;  // Engine::set_boundary
   std::int64_t step_count = 0;
   bool step_open = false;        // a training forward has begun and its backward not ended
   Clock::time_point step_t0;
@@ -82,7 +83,9 @@ struct Engine::Impl {
   Status take_gathered_edits(std::uint32_t c, const at::Tensor& slice);
   // all_params index of the tensor `p` is (the same TensorImpl).
   Result<std::size_t> param_index(const at::Tensor& p) const;
-  bool at_boundary() const { return (micro_step + 1) % core.opt.gradient_accumulation_steps == 0; }
+  bool at_boundary() const {
+    return boundary_override ? *boundary_override : window_micro_steps + 1 >= core.opt.gradient_accumulation_steps;
+  }
   void apply_schedule();         // the lr (and betas) of the next optimizer step, step_count's
   void finish_metrics();
 };

@@ -208,12 +208,12 @@ void bind_engine(py::module_& m) {
         py::gil_scoped_release nogil;
         ok_or_throw(live(e).post_forward(unit, outputs));
       })
-      .def("backward", [](PyEngine& e, const at::Tensor& loss) {
+      .def("backward", [](PyEngine& e, const at::Tensor& loss, bool retain_graph, bool scale_wrt_gas) {
         Status st = ok();
         std::exception_ptr raised;
         {
           py::gil_scoped_release nogil;
-          st = live(e).backward(loss);
+          st = live(e).backward(loss, {.retain_graph = retain_graph, .scale_by_window = scale_wrt_gas});
           if (!st) raised = live(e).take_backward_exception();
         }
         // Note [the model's exceptions]: what the model's backward raised reaches the
@@ -223,7 +223,7 @@ void bind_engine(py::module_& m) {
           throw py::error_already_set();
         }
         ok_or_throw(std::move(st));
-      })
+      }, py::arg("loss"), py::arg("retain_graph") = false, py::arg("scale_wrt_gas") = true)
       .def("zero_grad", [](PyEngine& e) {
         py::gil_scoped_release nogil;
         ok_or_throw(live(e).zero_grad());
@@ -290,6 +290,7 @@ void bind_engine(py::module_& m) {
            py::arg("source"))
       .def_property_readonly("steps", [](PyEngine& e) { return live(e).steps(); })
       .def_property_readonly("at_boundary", [](PyEngine& e) { return live(e).at_boundary(); })
+      .def("set_boundary", [](PyEngine& e, std::optional<bool> is_boundary) { live(e).set_boundary(is_boundary); })
       .def_property_readonly("stage", [](PyEngine& e) { return live(e).stage(); })
       .def_property_readonly("params", [](PyEngine& e) { return live(e).params(); })
       .def_property_readonly("param_names", [](PyEngine& e) { return live(e).param_names(); })

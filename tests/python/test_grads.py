@@ -245,3 +245,60 @@ def test_train_batch_size_over_the_micro_batch_is_the_accumulation_window(strata
     with pytest.raises(strata.ConfigError, match=r"train_batch_size 16 is not train_micro_batch_size_per_gpu 4 \* "
                                                  r"gradient_accumulation_steps 2 \* world size 1"):
         strata.initialize(model=models.make("gpt"), config=bad)
+
+
+# DeepSpeed's engine.backward(loss, retain_graph=False, scale_wrt_gas=True) and
+# set_gradient_accumulation_boundary (a TypeError and an AttributeError before), against
+# plain PyTorch: windows the caller ends after 3 and then 2 micro-batches, each loss
+# divided by the configured 4 (as DeepSpeed divides it), the second window's losses
+# divided by the caller (scale_wrt_gas=False) and each backward through a graph kept for
+# a second loss (retain_graph, stages 1-2: at stage 3 a forward takes one backward); then
+# the caller hands the boundary back (None) and the engine counts a window of 4 from the
+# last boundary. zero_grad() knows the window's start either way. Note [accumulation
+# boundary] (engine.cpp).
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeeds_backward_arguments_and_the_callers_accumulation_boundary(strata, tmp_path, stage):
+    window = 4
+    engine, *_ = strata.initialize(model=models.make("gpt"), config=config(stage, "nvme", tmp_path,
+                                                                           gradient_accumulation_steps=window,
+                                                                           train_batch_size=window * ROWS))
+    ref = models.make("gpt")
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    retain = stage < 3
+    with pytest.raises(strata.ConfigError, match="True, False or None"):
+        engine.set_gradient_accumulation_boundary(1)
+    applied, step = [], 0
+    for n, ended_by in ((3, "engine-scaled"), (2, "caller-scaled"), (window, None)):
+        if ended_by is None:
+            engine.set_gradient_accumulation_boundary(None)
+        for micro in range(n):
+            x, y = models.batch("gpt", step, ROWS)
+            step += 1
+            boundary = micro == n - 1
+            if ended_by is not None:
+                engine.set_gradient_accumulation_boundary(boundary)
+            assert engine.is_gradient_accumulation_boundary() == boundary
+            out = engine(x)
+            loss = models.loss_fn("gpt", out, y)
+            extra = out.square().mean() * 1e-3  # a second loss through the same graph
+            if ended_by == "caller-scaled":
+                engine.backward(loss / window, retain_graph=retain, scale_wrt_gas=False)
+                if retain:
+                    engine.backward(extra / window, scale_wrt_gas=False)
+            else:
+                engine.backward(loss, retain_graph=retain)
+                if retain:
+                    engine.backward(extra)
+            if micro == 1:  # a step() of this window came before: the engine cannot take this backward out
+                with pytest.raises(strata.UsageError, match="inside an accumulation window"):
+                    engine.zero_grad()
+            applied.append(engine.step()["applied"])
+            out = ref(x)
+            ((models.loss_fn("gpt", out, y) + (out.square().mean() * 1e-3 if retain else 0)) / window).backward()
+        opt.step()
+        opt.zero_grad()
+    assert applied == [False, False, True, False, True, False, False, False, True] and engine.global_steps == 3
+    got = engine.consolidated_state_dict()
+    for k, v in ref.named_parameters():
+        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+    engine.close()

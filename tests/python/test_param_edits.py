@@ -230,9 +230,8 @@ def test_edits_inside_the_forward_are_kept_at_every_placement(strata, tmp_path, 
     model = RenormingEmbeddings(**sizes)
     model.load_state_dict(ref.state_dict())
     if bf16:  # the reference starts from and trains in what bf16 compute sees: the rounded weights
-        round_to = [p for p in ref.parameters()]
         with torch.no_grad():
-            for p in round_to:
+            for p in ref.parameters():
                 p.copy_(p.bfloat16())
     cfg = config(stage, device, tmp_path, bf16=bf16, offload_param=stage == 3)
     cfg["train_batch_size"] = 2 * ROWS

@@ -86,6 +86,15 @@ struct StepMetrics {
   std::uint64_t trace_invalidations = 0;  // so far
 };
 
+// Engine::backward's arguments beyond the loss: DeepSpeed's engine.backward(loss,
+// retain_graph=False, scale_wrt_gas=True).
+struct BackwardOptions {
+  bool retain_graph = false;    // keep the graph for another backward through it (not at
+                                // stage 3, where a forward takes one backward)
+  bool scale_by_window = true;  // divide the loss by gradient_accumulation_steps (DeepSpeed's
+                                // scale_wrt_gas): false when the caller has divided it
+};
+
 // Bytes held per [tier][kind], plan::StateKind order: params, grads, optimizer, buffers.
 using MemoryByKind = std::array<std::array<std::uint64_t, plan::kNumStateKinds>, plan::kNumTiers>;
 
@@ -109,7 +118,7 @@ class Engine {
   Status post_forward(UnitId unit, std::span<const at::Tensor> outputs);
 
   // (loss * loss_scale / accumulation_steps).backward(), with the engine's hooks.
-  Status backward(const at::Tensor& loss);
+  Status backward(const at::Tensor& loss, const BackwardOptions& options = {});
   // When backward() failed because the model's own backward raised (a custom autograd
   // Function, a dtype mismatch in the caller's graph) rather than strata, that exception
   // (once; else null). A front end rethrows it, so its caller gets what a plain
@@ -259,6 +268,11 @@ class Engine {
   const LossScaler& loss_scaler() const;
   std::int64_t steps() const;          // optimizer steps applied
   bool at_boundary() const;            // the next backward ends an accumulation window
+  // DeepSpeed's set_gradient_accumulation_boundary: the caller says whether the next
+  // backward and step() end the window (a step() where it is true steps, however many
+  // micro-steps came before), until it says otherwise; nullopt goes back to counting
+  // gradient_accumulation_steps micro-steps (Note [accumulation boundary] in engine.cpp).
+  void set_boundary(std::optional<bool> is_boundary);
 
   struct Impl;
 
