@@ -29,6 +29,11 @@ class Unit:
     group: object = None  # fully_shard: the group whose engine runs it
 
 
+def named_params(units: list[Unit]):
+    """(name, parameter) of every unit's parameters, in unit order."""
+    return ((name, p) for u in units for name, p in zip(u.param_names, u.params))
+
+
 def output_tensors(out) -> list[torch.Tensor]:
     """Every tensor in a module's output, in order: in tuples, lists and dicts, and in the
     attributes of any other object (a dataclass, a custom output class), at any depth.
@@ -222,6 +227,42 @@ def compute_dtype(cfg: dict):
         b = cfg.get(block)
         return isinstance(b, dict) and b.get("enabled") is True
     return torch.bfloat16 if enabled("bf16") else torch.float16 if enabled("fp16") else torch.float32
+
+
+def with_model_dtype(cfg: dict, named_params) -> dict:
+    """The config with the compute dtype the model's parameters set where it sets none.
+
+    Note [the model's dtype]: with bf16 or fp16 enabled every parameter is cast to it,
+    as DeepSpeed's module.bfloat16()/half(). Otherwise the model keeps its own dtype, as
+    under DeepSpeed (which casts only when a precision section says so), FSDP2 with no
+    param_dtype, and a plain torch loop: a model built in bf16 computes in bf16 over fp32
+    masters. Before, the engine made such a model's parameters fp32 without a word, and a
+    forward that fed them bf16 failed in ATen ("mat1 and mat2 must have the same dtype").
+    The chunks hold one compute dtype, so a model whose parameters have several dtypes is
+    refused by name unless a precision section decides."""
+    if compute_dtype(cfg) != torch.float32:
+        return cfg
+    first: dict = {}  # dtype -> the first parameter of it
+    for name, p in named_params:
+        first.setdefault(p.dtype, name)
+    if len(first) > 1:
+        seen = ", ".join(f"'{name}' is {str(t).removeprefix('torch.')}" for t, name in first.items())
+        raise ConfigError(f"invalid_argument: the model's parameters have more than one dtype ({seen}) and the "
+                          "config enables neither bf16 nor fp16 to choose the one the engine computes in (every "
+                          "parameter is held in one): convert the model to one dtype (model.float() or "
+                          "model.bfloat16()), or enable bf16 to compute every parameter in bfloat16")
+    dtype = next(iter(first), torch.float32)
+    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+    if key is None:
+        return cfg  # float32; other dtypes are refused by the engine, by name
+    block = cfg.get(key)
+    cfg = {**cfg, key: {**(block if isinstance(block, dict) else {}), "enabled": True}}
+    try:
+        check_compute_dtype(dtype)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the model's parameters are float16, so it computes in float16: convert it with "
+                          "model.bfloat16() or model.float())") from None
+    return cfg
 
 
 def check_compute_dtype(dtype) -> None:

@@ -12,6 +12,7 @@ the config.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -67,6 +68,8 @@ class Engine:
         self.module = module
         self._config = cfg
         self._last_boundary: dict | None = None  # the last step() at an accumulation boundary
+        self._boundary: bool | None = None  # set_gradient_accumulation_boundary's, None: counted
+        self._no_sync = False  # inside no_sync()
         self.skipped_steps = 0  # boundaries whose step was skipped (fp16 overflow), as DeepSpeed counts
         swapped = _stand_ins.prepare(module)  # strata.Init's parameters: Note [deferred parameters]
         try:
@@ -84,6 +87,7 @@ class Engine:
         self._units = _units.units_of(module)
         if not self._units:
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")
+        cfg = self._config = _units.with_model_dtype(cfg, _units.named_params(self._units))
         params = [p for u in self._units for p in u.params]
         _units.admit_params(params)
         _units.sync_from_rank0(comm, _units.model_tensors(module))
@@ -122,6 +126,10 @@ class Engine:
     def step(self) -> dict:
         """At the accumulation boundary: reduce, clip, step the optimizer, advance the
         scheduler. Inside the window it only counts. Returns the step's result."""
+        if self._no_sync:
+            raise UsageError("failed_precondition: step() inside no_sync(): the backwards there accumulate into a "
+                             "window the first backward after it ends; call step() after that one (as DeepSpeed "
+                             "refuses step() inside its no_sync())")
         # Through the optimizer's step(), which a torch scheduler wraps to count calls.
         r = self.optimizer.step()
         if r["boundary"] and r["applied"] and self.lr_scheduler is not None:
@@ -175,7 +183,29 @@ class Engine:
         if is_boundary is not None and not isinstance(is_boundary, bool):
             raise ConfigError(f"invalid_argument: set_gradient_accumulation_boundary takes True, False or None, "
                               f"not {is_boundary!r}")
+        if self._no_sync:
+            raise UsageError("failed_precondition: set_gradient_accumulation_boundary inside no_sync(), which "
+                             "holds the boundary off until it exits")
         self._eng.set_boundary(is_boundary)
+        self._boundary = is_boundary
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """DeepSpeed's (and DDP's): the backwards inside accumulate on this rank and reduce
+        nothing; the first backward after it ends their window, its step() steps them all
+        (summed, as torch's .grad sums). step() inside is refused, as DeepSpeed's is.
+        DeepSpeed allows it at stages 0-1 only; strata accumulates on the rank before the
+        boundary at every stage, so here it works at stages 2-3 too (the boundary is held
+        off inside: Note [accumulation boundary], engine.cpp)."""
+        if self._no_sync:
+            raise UsageError("failed_precondition: no_sync() inside no_sync()")
+        self._eng.set_boundary(False)
+        self._no_sync = True
+        try:
+            yield
+        finally:
+            self._no_sync = False
+            self._eng.set_boundary(self._boundary)
 
     # The batch keys as DeepSpeed resolves them at this world size: train_batch_size =
     # micro * accumulation * world, the one left out (or "auto") derived.
@@ -205,6 +235,42 @@ class Engine:
     @property
     def world_size(self) -> int:
         return self._eng.world
+
+    dp_world_size = world_size
+
+    @property
+    def local_rank(self) -> int:
+        return int(os.environ.get("LOCAL_RANK", 0))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes, for its inputs (`x.to(engine.device)`): the CPU in
+        this build."""
+        return torch.device("cpu")
+
+    def zero_optimization_stage(self) -> int:
+        return self._eng.stage
+
+    def bfloat16_enabled(self) -> bool:
+        """Whether the model computes in bf16: the config's bf16.enabled, or a bf16 model's
+        own dtype (Note [the model's dtype], _units.py)."""
+        return _units.compute_dtype(self._config) == torch.bfloat16
+
+    def fp16_enabled(self) -> bool:
+        return _units.compute_dtype(self._config) == torch.float16
+
+    def __getattr__(self, name: str):
+        # As DeepSpeed's engine: what the engine does not have, the model may
+        # (engine.config, engine.generate(...), engine.gradient_checkpointing_enable()).
+        # Only called when the normal lookup failed; dunders are not passed (copy, pickle).
+        module = self.__dict__.get("module")
+        if module is None or name.startswith("__"):
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            raise AttributeError(f"'{type(self).__name__}' object and its module ({type(module).__name__}) have no "
+                                 f"attribute '{name}'") from None
 
     # -- state ------------------------------------------------------------------------
     @property

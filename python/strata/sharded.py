@@ -41,6 +41,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         self._comm = _comm.communicator(process_group)
         _units.sync_from_rank0(self._comm, params)  # as OSS under DDP
         cfg = {"zero_optimization": {"stage": stage}, "optimizer": {"type": "SGD", "params": {"lr": 0.0}}}
+        cfg = _units.with_model_dtype(cfg, ((f"param{i}", p) for i, p in enumerate(params)))
         self._slices: list[list[tuple[int, int, int]]] = []
         self._params = params
         self.engine = _strata.Engine([("params", params, [f"param{i}" for i in range(len(params))])], self._comm,

@@ -35,6 +35,21 @@ def config(stage, device, tmp, **extra):
             "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": WD}}, **extra}
 
 
+def engine_and_plain(strata, tmp_path, stage, window=1, device="nvme"):
+    """The GPT under strata with an accumulation window of `window`, and the same GPT with
+    torch AdamW: (engine, reference model, its optimizer)."""
+    cfg = config(stage, device, tmp_path, gradient_accumulation_steps=window, train_batch_size=window * ROWS)
+    engine, *_ = strata.initialize(model=models.make("gpt"), config=cfg)
+    ref = models.make("gpt")
+    return engine, ref, torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+
+
+def assert_trained_as(engine, ref):
+    got = engine.consolidated_state_dict()
+    for k, v in ref.named_parameters():
+        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+
+
 def plain(world=1, clip=None, groups=False):
     """torch.optim.AdamW, each rank's rows through the model separately (as under DDP), the
     loss their mean; clip_grad_norm_ between backward and step. Losses, norms, parameters."""
@@ -160,9 +175,7 @@ def test_model_zero_grad_inside_an_accumulation_window(strata, tmp_path, stage, 
         if (step + 1) % window == 0:
             opt.step()
             opt.zero_grad()
-    got = engine.consolidated_state_dict()
-    for k, v in ref.named_parameters():
-        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+    assert_trained_as(engine, ref)
     engine.close()
 
 
@@ -230,9 +243,7 @@ def test_train_batch_size_over_the_micro_batch_is_the_accumulation_window(strata
             opt.step()
             opt.zero_grad()
     assert applied == [False, False, False, True] * 2
-    got = engine.consolidated_state_dict()
-    for k, v in ref.named_parameters():
-        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+    assert_trained_as(engine, ref)
     engine.close()
 
     auto = config(stage, "none", tmp_path, train_batch_size="auto", train_micro_batch_size_per_gpu=ROWS,
@@ -259,11 +270,7 @@ def test_train_batch_size_over_the_micro_batch_is_the_accumulation_window(strata
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_deepspeeds_backward_arguments_and_the_callers_accumulation_boundary(strata, tmp_path, stage):
     window = 4
-    engine, *_ = strata.initialize(model=models.make("gpt"), config=config(stage, "nvme", tmp_path,
-                                                                           gradient_accumulation_steps=window,
-                                                                           train_batch_size=window * ROWS))
-    ref = models.make("gpt")
-    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    engine, ref, opt = engine_and_plain(strata, tmp_path, stage, window)
     retain = stage < 3
     with pytest.raises(strata.ConfigError, match="True, False or None"):
         engine.set_gradient_accumulation_boundary(1)
@@ -298,7 +305,78 @@ def test_deepspeeds_backward_arguments_and_the_callers_accumulation_boundary(str
         opt.step()
         opt.zero_grad()
     assert applied == [False, False, True, False, True, False, False, False, True] and engine.global_steps == 3
-    got = engine.consolidated_state_dict()
-    for k, v in ref.named_parameters():
-        assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
+    assert_trained_as(engine, ref)
+    engine.close()
+
+
+# Accelerate's DeepSpeed wrapper (DeepSpeedEngineWrapper.backward): every micro-batch
+# set_gradient_accumulation_boundary(is_boundary=sync_gradients) and backward(loss), and
+# step() only where sync_gradients is True. The backwards of a window sum into its one
+# step, as torch's accumulated .grad does.
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_accelerates_loop_steps_once_per_window_at_the_callers_boundary(strata, tmp_path, stage):
+    window = 4
+    engine, ref, opt = engine_and_plain(strata, tmp_path, stage, window)
+    step = 0
+    for _ in range(3):
+        for micro in range(window):
+            x, y = models.batch("gpt", step, ROWS)
+            step += 1
+            sync = micro == window - 1
+            engine.set_gradient_accumulation_boundary(is_boundary=sync)
+            engine.backward(models.loss_fn("gpt", engine(x), y))
+            if sync:
+                assert engine.step()["applied"]
+            (models.loss_fn("gpt", ref(x), y) / window).backward()
+        opt.step()
+        opt.zero_grad()
+    assert engine.global_steps == 3
+    assert_trained_as(engine, ref)
+    engine.close()
+
+
+# DeepSpeed's (and DDP's) engine.no_sync(): the backwards inside accumulate on the rank,
+# the first backward after it ends their window and its step() steps them all. DeepSpeed
+# allows it at stages 0-1; strata at every stage. step() and a boundary set inside are
+# refused, as is nesting; zero_grad() after backwards inside drops them all, as a plain
+# loop's optimizer.zero_grad() does.
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_no_sync_accumulates_until_the_backward_after_it(strata, tmp_path, stage):
+    engine, ref, opt = engine_and_plain(strata, tmp_path, stage)
+    step = 0
+    for n in (3, 2):
+        with engine.no_sync():
+            assert not engine.is_gradient_accumulation_boundary()
+            for _ in range(n - 1):
+                x, y = models.batch("gpt", step, ROWS)
+                step += 1
+                engine.backward(models.loss_fn("gpt", engine(x), y))
+                models.loss_fn("gpt", ref(x), y).backward()
+            with pytest.raises(strata.UsageError, match="step\\(\\) inside no_sync"):
+                engine.step()
+            with pytest.raises(strata.UsageError, match="inside no_sync"):
+                engine.set_gradient_accumulation_boundary(True)
+            with pytest.raises(strata.UsageError, match="no_sync\\(\\) inside no_sync"):
+                with engine.no_sync():
+                    pass
+        assert engine.is_gradient_accumulation_boundary()
+        x, y = models.batch("gpt", step, ROWS)
+        step += 1
+        engine.backward(models.loss_fn("gpt", engine(x), y))
+        assert engine.step()["applied"]
+        models.loss_fn("gpt", ref(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    # Backwards inside, then zero_grad(): nothing of them reaches the next step.
+    with engine.no_sync():
+        x, y = models.batch("gpt", 99, ROWS)
+        engine.backward(models.loss_fn("gpt", engine(x), y))
+    engine.zero_grad()
+    x, y = models.batch("gpt", step, ROWS)
+    engine.backward(models.loss_fn("gpt", engine(x), y))
+    engine.step()
+    models.loss_fn("gpt", ref(x), y).backward()
+    opt.step()
+    assert engine.global_steps == 3
+    assert_trained_as(engine, ref)
     engine.close()
