@@ -15,6 +15,7 @@ from ._gathered import GatheredParameters
 from ._strata import __version__
 from ._guard import register_external_parameter
 from ._units import set_leaf_modules
+from ._ds_args import add_config_arguments
 from .engine import Engine, initialize
 from .fsdp import (CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard, get_model_state_dict,
                    get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
@@ -22,5 +23,5 @@ from .sharded import ShardedOptimizer
 from .errors import (CannotFitError, ConfigError, NotFoundError, NotImplementedByStrata, PeerError, StrataError,
                      StrataIOError, UsageError)
 
-__all__ = ["initialize", "Engine", "Init", "materialize", "DeferredParameter", "GatheredParameters", "register_external_parameter", "set_leaf_modules", "fully_shard", "get_model_state_dict", "set_model_state_dict", "get_optimizer_state_dict", "set_optimizer_state_dict", "MixedPrecisionPolicy", "OffloadPolicy", "CPUOffloadPolicy", "optim", "ShardedOptimizer", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
+__all__ = ["initialize", "add_config_arguments", "Engine", "Init", "materialize", "DeferredParameter", "GatheredParameters", "register_external_parameter", "set_leaf_modules", "fully_shard", "get_model_state_dict", "set_model_state_dict", "get_optimizer_state_dict", "set_optimizer_state_dict", "MixedPrecisionPolicy", "OffloadPolicy", "CPUOffloadPolicy", "optim", "ShardedOptimizer", "errors", "StrataError", "ConfigError", "CannotFitError", "StrataIOError",
            "NotFoundError", "PeerError", "UsageError", "NotImplementedByStrata", "__version__"]

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from . import _comm, _groups, _guard, _optim_state, _owners, _stand_ins, _state, _strata, _units
+from . import _comm, _ds_args, _groups, _guard, _optim_state, _owners, _stand_ins, _state, _strata, _units
 from . import config as _config
 from .errors import ConfigError, NotImplementedByStrata, UsageError
 
@@ -248,6 +248,18 @@ class Engine:
         this build."""
         return torch.device("cpu")
 
+    def deepspeed_io(self, dataset, batch_size: int | None = None, route=None, pin_memory: bool = True,
+                     data_sampler=None, collate_fn=None, num_local_io_workers: int | None = None):
+        """DeepSpeed's: a DataLoader of this rank's micro-batches of `dataset`
+        (train_micro_batch_size_per_gpu rows unless batch_size says), through a
+        DistributedSampler over the ranks unless data_sampler is given; the config's
+        dataloader_drop_last drops a last partial batch. route is DeepSpeed's label for
+        the loader's use; pin_memory changes nothing here (pinning needs CUDA)."""
+        del route, pin_memory
+        return _ds_args.data_loader(dataset, batch_size or self.train_micro_batch_size_per_gpu(), self.world_size,
+                                    self.global_rank, self._config.get("dataloader_drop_last") is True, collate_fn,
+                                    data_sampler, num_local_io_workers)
+
     def zero_optimization_stage(self) -> int:
         return self._eng.stage
 
@@ -396,11 +408,14 @@ def _jsonable(x):
                       "cannot store as JSON")
 
 
-def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=None, lr_scheduler=None,
-               process_group=None):
-    """DeepSpeed-style: returns (engine, optimizer, None, lr_scheduler).
+def initialize(model: torch.nn.Module = None, config=None, optimizer=None, model_parameters=None, lr_scheduler=None,
+               process_group=None, *, args=None, training_data=None, collate_fn=None, config_params=None,
+               mpu=None, mesh_param=None, dist_init_required=None, distributed_port=None):
+    """DeepSpeed-style: returns (engine, optimizer, data loader or None, lr_scheduler).
 
-    config: a path or a dict in the DeepSpeed vocabulary (`strata config keys`).
+    config: a path or a dict in the DeepSpeed vocabulary (`strata config keys`); or
+        config_params (DeepSpeed's older name), or args.deepspeed_config (args: parsed by a
+        parser strata.add_config_arguments extended). One of them, not two.
     optimizer: None (the config's "optimizer" block), or a torch.optim AdamW, Adam, SGD or
         Adagrad whose type, hyperparameters and parameter groups the fused engine takes
         over (groups may differ in lr and weight_decay).
@@ -412,10 +427,16 @@ def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=
         callable taking that optimizer and returning one.
     process_group: a torch.distributed group to run on; default: strata's own Gloo group
         from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (one rank when they are unset).
+    training_data: a torch Dataset: the third value is then a DataLoader of this rank's
+        micro-batches (engine.deepspeed_io), with collate_fn.
+    mpu, mesh_param: DeepSpeed's model parallelism, refused (strata is data-parallel).
+    dist_init_required, distributed_port: how DeepSpeed starts torch.distributed; strata
+        starts its own communicator from the launcher's variables, so they change nothing.
     """
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"invalid_argument: model must be a torch.nn.Module, got {type(model).__name__}")
-    cfg = _config.load(config)
+    _ds_args.refuse_model_parallel(mpu, mesh_param)
+    cfg = _config.load(_ds_args.resolve_config(config, config_params, args))
     groups = None
     if model_parameters is not None:
         groups = _groups.normalize(model_parameters)
@@ -436,5 +457,6 @@ def initialize(model: torch.nn.Module, config, optimizer=None, model_parameters=
         raise ConfigError("invalid_argument: an lr_scheduler was passed and the config has a \"scheduler\" block; "
                           "give one of the two")
     engine = Engine(model, cfg, _comm.communicator(process_group), lr_scheduler, groups)
-    return engine, engine.optimizer, None, engine.lr_scheduler
+    loader = None if training_data is None else engine.deepspeed_io(training_data, collate_fn=collate_fn)
+    return engine, engine.optimizer, loader, engine.lr_scheduler
 

@@ -375,10 +375,19 @@ std::vector<Field> bind(Config& c) {
   for (const char* key : {"steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown",
                           "tensorboard", "wandb", "csv_monitor", "comms_logger", "flops_profiler",
                           "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "nebula", "timers",
-                          "dataloader_drop_last", "use_node_local_storage", "graph_harvesting", "comet",
+                          "use_node_local_storage", "graph_harvesting", "comet",
                           "vocabulary_size", "allgather_size"}) {
     f.push_back(recognised(key, kNoEffect, "DeepSpeed runtime option with no strata equivalent"));
   }
+  // Read by the Python front end's data loader (initialize(training_data=...),
+  // engine.deepspeed_io); checked here, so that "true" as a string is an error and not False.
+  Field drop_last{.path = "dataloader_drop_last", .kind = Kind::kBool,
+                  .note = "Python: the data loader of initialize(training_data=...) drops a last partial batch"};
+  drop_last.read = [](const json& v) -> Status {
+    if (!v.is_boolean()) return make_error(ErrorCode::kInvalidArgument, "expected true or false, got {}", describe(v));
+    return ok();
+  };
+  f.push_back(std::move(drop_last));
   // DeepSpeed's block configures deepspeed.checkpointing (partitioned or CPU-held
   // activations); recomputation itself needs no config here.
   f.push_back(recognised("activation_checkpointing", kTodo,
