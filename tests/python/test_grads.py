@@ -50,9 +50,10 @@ def assert_trained_as(engine, ref):
         assert rel(got[k], v.detach()) <= 1e-5, f"{k}: relative error {rel(got[k], v.detach())}"
 
 
-def plain(world=1, clip=None, groups=False):
+def plain(world=1, clip=None, groups=False, window=1):
     """torch.optim.AdamW, each rank's rows through the model separately (as under DDP), the
-    loss their mean; clip_grad_norm_ between backward and step. Losses, norms, parameters."""
+    loss their mean; clip_grad_norm_ between backward and step, a step every `window`
+    backwards (their gradients summed). Losses, norms, parameters."""
     torch.set_num_threads(1)
     model = models.make("gpt")
     opt = torch.optim.AdamW(models.two_groups(model) if groups else model.parameters(), lr=LR, weight_decay=WD)
@@ -62,11 +63,13 @@ def plain(world=1, clip=None, groups=False):
         loss = sum(models.loss_fn("gpt", model(x[r * per:(r + 1) * per]), y[r * per:(r + 1) * per])
                    for r in range(world)) / world
         loss.backward()
+        losses.append(loss.item())
+        if (step + 1) % window:
+            continue
         if clip:
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
         opt.step()
         opt.zero_grad()
-        losses.append(loss.item())
     return losses, norms, {k: v.detach().reshape(-1) for k, v in model.named_parameters()}
 
 
@@ -333,6 +336,17 @@ def test_accelerates_loop_steps_once_per_window_at_the_callers_boundary(strata, 
     assert engine.global_steps == 3
     assert_trained_as(engine, ref)
     engine.close()
+
+
+# no_sync() at two ranks (worker.py's "no_sync": each window's backwards but the last
+# inside it, step() after the last): the backwards inside reduce nothing, the last one
+# reduces the window's sum, at every stage (DeepSpeed's allows stages 0-1 only).
+@pytest.mark.parametrize("stage,device", [(1, "cpu"), (2, "cpu"), (3, "nvme")])
+def test_no_sync_at_two_ranks_matches_plain_pytorch(tmp_path, stage, device):
+    spec = {"model": "gpt", "steps": STEPS, "rows": ROWS, "no_sync": 2, "config": config(stage, device, tmp_path)}
+    ranks = train(tmp_path, 2, spec)
+    assert all(r["steps"] == STEPS // 2 for r in ranks)
+    check(ranks, plain(2, window=2), 2)
 
 
 # DeepSpeed's (and DDP's) engine.no_sync(): the backwards inside accumulate on the rank,

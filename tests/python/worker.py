@@ -204,11 +204,15 @@ def main():
             model.zero_grad(set_to_none=spec["zero_grad"] == "none")
         x, y = models.batch(spec["model"], step, spec["rows"])
         loss = models.loss_fn(spec["model"], engine(x[rank * per:(rank + 1) * per]), y[rank * per:(rank + 1) * per])
+        losses.append(loss.item())
+        if spec.get("no_sync") and (step + 1) % spec["no_sync"]:  # a window's backwards but its last
+            with engine.no_sync():
+                engine.backward(loss)
+            continue
         engine.backward(loss)
         if spec.get("clip"):
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec["clip"])))
         engine.step()
-        losses.append(loss.item())
         if spec.get("eval_every") and (step + 1) % spec["eval_every"] == 0:
             engine.eval()  # an evaluation between training steps, as DeepSpeed loops run one
             with torch.no_grad():
