@@ -96,10 +96,14 @@ class _Guard(TorchFunctionMode):
         if not isinstance(a, torch.nn.Parameter):
             raise UsageError(
                 "failed_precondition: a tensor over the storage of a stage-3 parameter, which holds no values "
-                "outside its module's forward (p.data of a sharded parameter; copy.deepcopy(model) clones it): "
-                "read parameters inside strata.GatheredParameters([...]) on every rank (as "
-                "deepspeed.zero.GatheredParameters), or take engine.consolidated_state_dict() (for an EMA model: "
-                "copy the model before strata.initialize, and load that into the copy)")
+                "outside its module's forward (p.data of a sharded parameter; copy.deepcopy(model) clones it; or a "
+                "view a module returned of its own parameter, as `return self.weight[:n]`): register that "
+                "parameter with the module whose forward uses the view, before sharding: "
+                "strata.register_external_parameter(that_module, parameter) (as "
+                "deepspeed.zero.register_external_parameter); read parameters between steps inside "
+                "strata.GatheredParameters([...]) on every rank (as deepspeed.zero.GatheredParameters), or take "
+                "engine.consolidated_state_dict() (for an EMA model: copy the model before strata.initialize, and "
+                "load that into the copy)")
         owner = self.owners.get(id(a))
         if owner is None or owner[0]() is not a:
             return  # not a parameter of a strata engine

@@ -18,6 +18,21 @@ AccessDriver::AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& re
                            Callbacks callbacks)
     : core_(core), gatherer_(gatherer), reducer_(reducer), units_(std::move(units)), cb_(std::move(callbacks)) {}
 
+AccessDriver::~AccessDriver() { remove_leaf_hooks(); }
+
+// Note [leaf outputs]: a unit may return a leaf: its own parameter as it is (a learned
+// token or scale; its caller registers it as an external parameter to use it at stage
+// 3), or an input that requires a gradient, passed through. A hook on a non-leaf output
+// lives and dies with this forward's graph; one on a leaf stays on the tensor, so every
+// later backward fired every earlier forward's hook: the second step failed with "a
+// second backward through one forward" (the hook of the step before had fired), and the
+// hooks piled up one a forward. So they are removed when the backward ends, and when
+// the engine goes (the parameter outlives it; its hooks would call into a freed engine).
+void AccessDriver::remove_leaf_hooks() {
+  for (auto& [tensor, handle] : leaf_hooks_) tensor.remove_hook(handle);
+  leaf_hooks_.clear();
+}
+
 void AccessDriver::begin_step_if_needed() {
   if (in_step_) return;
   in_step_ = true;
@@ -158,7 +173,7 @@ Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs)
   for (const at::Tensor& out : outputs) {
     if (!out.defined() || !out.requires_grad()) continue;
     at::Tensor hooked = out;
-    hooked.register_hook([this, u, fired, serial](const at::Tensor&) {
+    const unsigned handle = hooked.register_hook([this, u, fired, serial](const at::Tensor&) {
       if (*fired) {
         if (!in_step_ || step_serial_ != serial) {
           core_.errors.raise(Error(ErrorCode::kFailedPrecondition, fmt::format(
@@ -180,6 +195,7 @@ Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs)
       cb_.backward_activity();
       begin_unit_backward(u);
     });
+    if (hooked.is_leaf()) leaf_hooks_.emplace_back(hooked, handle);  // Note [leaf outputs]
   }
   return ok();
 }
@@ -208,6 +224,7 @@ void AccessDriver::begin_unit_backward(UnitId u) {
 }
 
 Status AccessDriver::end_backward() {
+  remove_leaf_hooks();  // this backward has run them (Note [leaf outputs])
   while (!bwd_stack_.empty()) {
     const Open open = bwd_stack_.back();
     bwd_stack_.pop_back();

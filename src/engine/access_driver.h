@@ -34,6 +34,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -60,6 +61,9 @@ class AccessDriver {
   };
   AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& reducer, std::vector<UnitRt> units,
                Callbacks callbacks);
+  ~AccessDriver();  // removes the hooks on leaf outputs (Note [leaf outputs])
+  AccessDriver(const AccessDriver&) = delete;
+  AccessDriver& operator=(const AccessDriver&) = delete;
 
   Status pre_forward(UnitId u);
   Status post_forward(UnitId u, std::span<const at::Tensor> outputs);
@@ -121,6 +125,9 @@ class AccessDriver {
   bool step_no_grad_forward_ = false, trace_no_grad_forward_ = false;
   // Open accesses. Backward ones outermost first.
   std::vector<Open> fwd_stack_, bwd_stack_;
+  // Note [leaf outputs]: hooks on outputs that are leaves, removed when the backward ends.
+  std::vector<std::pair<at::Tensor, unsigned>> leaf_hooks_;
+  void remove_leaf_hooks();
   Clock::time_point unit_t0_;
   // auto placement: non-model bytes live at each access of the recording step.
   std::vector<std::uint64_t> access_live_bytes_;
