@@ -202,10 +202,14 @@ def hook_module(module: torch.nn.Module, pre, post) -> list:
     return [first, module.register_forward_hook(post)]
 
 
-def attach(engine, units: list[Unit]) -> None:
-    """Hooks each unit's module to the engine; detach() removes the hooks."""
+def attach(engine, units: list[Unit], root: torch.nn.Module) -> None:
+    """Hooks each unit's module to the engine; detach() removes the hooks. The root's
+    unit (when the root owns parameters) first ends what a forward that raised left open
+    (Note [a forward that raised], access_driver.cpp)."""
     for index, unit in enumerate(units):
-        def pre(module, args, _u=index):
+        def pre(module, args, _u=index, _root=unit.module is root):
+            if _root:
+                engine.abort_forward()
             engine.pre_forward(_u)
 
         def post(module, args, out, _u=index):

@@ -98,7 +98,7 @@ class Engine:
         _stand_ins.forget(params)
         self._eng.set_buffer_source(_units.buffer_source(module))
         self._owner = _owners.register(self._eng, comm, (p for u in self._units for p in u.params))
-        _units.attach(self._eng, self._units)
+        _units.attach(self._eng, self._units, module)
         self._watched = _guard.watch(self._units) if self._eng.stage == 3 else None
         _units.cast_buffers(module, _units.compute_dtype(cfg))
         if engine_groups:
@@ -112,7 +112,11 @@ class Engine:
 
     # -- training ---------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
+        try:
+            return self.module(*args, **kwargs)
+        except BaseException:
+            self._eng.abort_forward()  # Note [a forward that raised] (access_driver.cpp)
+            raise
 
     forward = __call__
 

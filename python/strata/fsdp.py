@@ -215,6 +215,8 @@ def _hook(unit: _units.Unit) -> None:
                              "optimizer was built over its parameters: build strata.optim.AdamW(model.parameters(), "
                              "...) (or Adam, SGD, Adagrad) after the last fully_shard call. A torch.optim optimizer "
                              "cannot step parameters the engine shards")
+        if module is unit.group.root:  # Note [a forward that raised] (access_driver.cpp)
+            engine.abort_forward()
         engine.pre_forward(unit.index)
 
     def post(module, args, out):

@@ -67,6 +67,9 @@ class AccessDriver {
 
   Status pre_forward(UnitId u);
   Status post_forward(UnitId u, std::span<const at::Tensor> outputs);
+  // Ends the forward accesses still open above the first `depth` (Note [a forward that
+  // raised]).
+  Status abort_forward(std::size_t depth = 0);
   // When backward ends: the open backward accesses close, every chunk but the
   // persistent ones is released, and the trace step ends.
   Status end_backward();

@@ -330,6 +330,8 @@ Status Engine::post_forward(UnitId unit, std::span<const at::Tensor> outputs) {
   return impl_->access ? impl_->access->post_forward(unit, outputs) : ok();
 }
 
+Status Engine::abort_forward() { return impl_->access ? impl_->access->abort_forward() : ok(); }
+
 void Engine::Impl::open_backward() {
   if (in_backward) return;
   in_backward = true;

@@ -201,6 +201,10 @@ void bind_engine(py::module_& m) {
         py::gil_scoped_release nogil;
         ok_or_throw(live(e).pre_forward(unit));
       })
+      .def("abort_forward", [](PyEngine& e) {
+        py::gil_scoped_release nogil;
+        ok_or_throw(live(e).abort_forward());
+      })
       .def("post_forward", [](PyEngine& e, int unit, const std::vector<at::Tensor>& outputs) {
         // Without the GIL, as every engine call: an engine thread that drops the last
         // C++ reference to a tensor Python once held decrefs its PyObject, which takes the

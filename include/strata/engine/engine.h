@@ -116,6 +116,10 @@ class Engine {
   // Front-end hooks (Note [front ends]).
   Status pre_forward(UnitId unit);
   Status post_forward(UnitId unit, std::span<const at::Tensor> outputs);
+  // The model's forward raised: the units it entered and never left end here, so their
+  // chunks are not held past the step (Note [a forward that raised]). Front ends call it
+  // where they see the exception, and before the outermost unit's forward.
+  Status abort_forward();
 
   // (loss * loss_scale / accumulation_steps).backward(), with the engine's hooks.
   Status backward(const at::Tensor& loss, const BackwardOptions& options = {});
