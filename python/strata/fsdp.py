@@ -283,7 +283,9 @@ def _build(group: _Group, param_groups: list[dict], optimizer_block: dict) -> No
     _units.sync_from_rank0(comm, _units.model_tensors(group.root))
     unit_params = [p for u in group.units for p in u.params]
     _stand_ins.sync(comm, unit_params)
-    config = _units.with_model_dtype(group.config(optimizer_block), _units.named_params(group.units))
+    config = group.config(optimizer_block)
+    if group.settings["dtype"] is None:  # no mp_policy.param_dtype: the model's own (Note [the model's dtype])
+        config = _units.with_model_dtype(config, _units.named_params(group.units))
     group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config),
                                   param_groups=_groups.engine_groups(param_groups),
                                   init=_stand_ins.initializer(unit_params))

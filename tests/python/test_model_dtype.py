@@ -109,6 +109,12 @@ def test_fully_shard_and_the_sharded_optimizer_keep_a_bf16_models_dtype(strata, 
     for k, v in want.items():
         assert rel(got[k].float(), v.detach().reshape(got[k].shape)) <= 1e-2, k
 
+    # An explicit param_dtype is FSDP2's cast: float32 trains the bf16 model in fp32.
+    model = rounded_gpt().bfloat16()
+    strata.fully_shard(model, mp_policy=strata.MixedPrecisionPolicy(param_dtype=torch.float32))
+    strata.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
     model = rounded_gpt().bfloat16()
     opt = strata.ShardedOptimizer(model.parameters(), torch.optim.AdamW, lr=LR, weight_decay=WD)
     for step in range(STEPS):
