@@ -138,6 +138,7 @@ Status AccessDriver::load_ahead(std::size_t at) {
 }
 
 Status AccessDriver::pre_forward(UnitId u) {
+  std::erase(ended_by_backward_, u);  // a new call: the old one raised
   // Units open now enclose this one (Note [nested backward]).
   for (const Open& outer : fwd_stack_) {
     auto& anc = units_[u].ancestors;
@@ -160,12 +161,13 @@ Status AccessDriver::pre_forward(UnitId u) {
 // front ends call it where they see the exception and before the outermost unit's
 // forward; and the backward's end calls it, since every forward a backward follows has
 // returned.
-Status AccessDriver::abort_forward(std::size_t depth) {
+Status AccessDriver::abort_forward(std::size_t depth, std::vector<UnitId>* ended) {
   Status first = ok();
   while (fwd_stack_.size() > depth) {
     const Open a = fwd_stack_.back();
     fwd_stack_.pop_back();
     log::debug("unit '{}': its forward raised; its access ends here", units_[a.u].name);
+    if (ended) ended->push_back(a.u);
     if (Status st = finish_access(a, plan::Phase::kForward); !st && first) first = std::move(st);
   }
   return first;
@@ -174,6 +176,13 @@ Status AccessDriver::abort_forward(std::size_t depth) {
 Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs) {
   const auto open = std::find_if(fwd_stack_.rbegin(), fwd_stack_.rend(), [u](const Open& o) { return o.u == u; });
   if (open == fwd_stack_.rend()) {
+    if (std::erase(ended_by_backward_, u) > 0) {  // its forward did not raise: it ran a backward
+      return make_error(ErrorCode::kFailedPrecondition,
+                        "a backward ran inside the forward of unit '{}' at stage 3 (torch.autograd.grad inside the "
+                        "model's forward, as an input-gradient feature or penalty computes): stage 3 gathers a unit's "
+                        "parameters for one backward per forward call, and a backward's end ends the forwards still "
+                        "open. Train at stage 1 or 2, which run it", units_[u].name);
+    }
     return make_error(ErrorCode::kFailedPrecondition, "post_forward of unit '{}' without its pre_forward",
                       units_[u].name);
   }
@@ -252,7 +261,10 @@ void AccessDriver::begin_unit_backward(UnitId u) {
 
 Status AccessDriver::end_backward() {
   remove_leaf_hooks();  // this backward has run them (Note [leaf outputs])
-  STRATA_RETURN_IF_ERROR(abort_forward());  // forwards that raised (Note [a forward that raised])
+  // Forwards that raised (Note [a forward that raised]); or, when a backward runs inside
+  // a forward, forwards still running: post_forward then says so.
+  ended_by_backward_.clear();
+  STRATA_RETURN_IF_ERROR(abort_forward(0, &ended_by_backward_));
   while (!bwd_stack_.empty()) {
     const Open open = bwd_stack_.back();
     bwd_stack_.pop_back();

@@ -67,9 +67,9 @@ class AccessDriver {
 
   Status pre_forward(UnitId u);
   Status post_forward(UnitId u, std::span<const at::Tensor> outputs);
-  // Ends the forward accesses still open above the first `depth` (Note [a forward that
-  // raised]).
-  Status abort_forward(std::size_t depth = 0);
+  // Ends the forward accesses still open above the first `depth`, appending their units
+  // to *ended when given (Note [a forward that raised]).
+  Status abort_forward(std::size_t depth = 0, std::vector<UnitId>* ended = nullptr);
   // When backward ends: the open backward accesses close, every chunk but the
   // persistent ones is released, and the trace step ends.
   Status end_backward();
@@ -130,6 +130,8 @@ class AccessDriver {
   std::vector<Open> fwd_stack_, bwd_stack_;
   // Note [leaf outputs]: hooks on outputs that are leaves, removed when the backward ends.
   std::vector<std::pair<at::Tensor, unsigned>> leaf_hooks_;
+  // Units whose open forward the last backward's end ended (Note [a forward that raised]).
+  std::vector<UnitId> ended_by_backward_;
   void remove_leaf_hooks();
   Clock::time_point unit_t0_;
   // auto placement: non-model bytes live at each access of the recording step.
