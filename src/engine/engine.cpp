@@ -520,27 +520,6 @@ Result<StepResult> Engine::step() {
   return r;
 }
 
-// Note [unfreezing]: the engine keeps gradient buffers and optimizer state only for the
-// parameters that were trainable when it was built (a frozen base model costs nothing,
-// as in torch, whose optimizers make state only for parameters that get a gradient, and
-// in DeepSpeed). A parameter unfrozen later (progressive unfreezing) would get gradients
-// that nothing steps, so plain PyTorch training it and strata not would part without a
-// word: step() refuses it, before anything steps. A parameter trainable when built and
-// frozen at once does not step until its first gradient, as a torch optimizer holding it;
-// one frozen after it had gradients steps with zero ones (torch's zero_grad(set_to_none=False)).
-Status Engine::Impl::check_still_frozen() const {
-  for (const std::size_t i : frozen_at_build) {
-    if (!all_params[i].requires_grad()) continue;
-    return make_error(ErrorCode::kUnimplemented,
-                      "parameter '{}' was frozen (requires_grad=False) when the engine was built and requires grad "
-                      "now: the engine keeps optimizer state only for the parameters that were trainable then, so "
-                      "it would not train this one. Make it trainable when building the engine and freeze it right after "
-                      "with requires_grad_(False) (until its first gradient it does not step, as in torch), or save a "
-                      "checkpoint, unfreeze it and build a new engine that loads it", param_names[i]);
-  }
-  return ok();
-}
-
 void Engine::Impl::apply_schedule() {
   if (!lr_schedule) return;
   kernel.set_lr(lr_schedule->lr(step_count));

@@ -1,4 +1,5 @@
-// Engine: trained parameters the caller changed in place (Note [edited parameters]).
+// Engine: what the caller changed of its parameters between steps: their values in place
+// (Note [edited parameters]) and their requires_grad (Note [unfreezing]).
 #include <ATen/ATen.h>
 
 #include "engine_impl.h"
@@ -129,6 +130,27 @@ Status Engine::Impl::adopt_param_edits() {
   for (std::uint32_t c = 0; c < chunks.size(); ++c)
     if (chunk_edited[c]) STRATA_RETURN_IF_ERROR(take_into_master(c, chunks[c].shard, edited));
   record_param_versions();
+  return ok();
+}
+
+// Note [unfreezing]: the engine keeps gradient buffers and optimizer state only for the
+// parameters that were trainable when it was built (a frozen base model costs nothing,
+// as in torch, whose optimizers make state only for parameters that get a gradient, and
+// in DeepSpeed). A parameter unfrozen later (progressive unfreezing) would get gradients
+// that nothing steps, so plain PyTorch training it and strata not would part without a
+// word: step() refuses it, before anything steps. A parameter trainable when built and
+// frozen at once does not step until its first gradient, as a torch optimizer holding it;
+// one frozen after it had gradients steps with zero ones (torch's zero_grad(set_to_none=False)).
+Status Engine::Impl::check_still_frozen() const {
+  for (const std::size_t i : frozen_at_build) {
+    if (!all_params[i].requires_grad()) continue;
+    return make_error(ErrorCode::kUnimplemented,
+                      "parameter '{}' was frozen (requires_grad=False) when the engine was built and requires grad "
+                      "now: the engine keeps optimizer state only for the parameters that were trainable then, so "
+                      "it would not train this one. Make it trainable when building the engine and freeze it right after "
+                      "with requires_grad_(False) (until its first gradient it does not step, as in torch), or save a "
+                      "checkpoint, unfreeze it and build a new engine that loads it", param_names[i]);
+  }
   return ok();
 }
 
