@@ -1,6 +1,7 @@
 // strata ckpt inspect|verify|export|reshard: checkpoints without an engine or ranks.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in format.h before fmt 11)
 
 #include "commands.h"
 #include "strata/base/units.h"

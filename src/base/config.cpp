@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include <fmt/ranges.h>  // fmt::join (in format.h before fmt 11)
 #include <nlohmann/json.hpp>
 
 #include "config_schema.h"

@@ -8,6 +8,8 @@
 #include <limits>
 #include <cstdlib>
 
+#include <fmt/ranges.h>  // fmt::join (in format.h before fmt 11)
+
 #include "strata/base/units.h"
 
 namespace strata::config_schema {

@@ -6,6 +6,8 @@
 #include <map>
 #include <unordered_map>
 
+#include <fmt/ranges.h>  // fmt::join (in format.h before fmt 11)
+
 #include "collective.h"
 #include "commit.h"
 #include "saved_files.h"

@@ -6,6 +6,7 @@
 #include <cassert>
 #include <cstring>
 
+#include <fmt/ranges.h>  // fmt::join (in format.h before fmt 11)
 #include <hwy/targets.h>
 
 #include "kernels/internal.h"
