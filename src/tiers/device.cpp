@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/version.h>
@@ -25,6 +27,10 @@ DeviceInfo detect_device() {
   detail::fill_cuda_info(d);
 #endif
   return d;
+}
+
+std::string nccl_version_string(std::uint64_t packed) {
+  return fmt::format("{}.{}.{}", packed >> 32, (packed >> 16) & 0xFFFF, packed & 0xFFFF);
 }
 
 c10::Device rank_device(c10::DeviceType type, int local_rank) {

@@ -22,10 +22,7 @@ void fill_cuda_info(DeviceInfo& d) {
   e = cudaDriverGetVersion(&v);
   d.cuda_driver = e == cudaSuccess ? (v == 0 ? "none (no driver)" : cuda_version(v)) : failed("cudaDriverGetVersion", e);
   try {
-    // NCCL >= 2.9 packs 10000 * major + 100 * minor + patch; older ones 1000 * major + ...
-    const std::uint64_t n = torch::cuda::nccl::version();
-    d.nccl = n >= 10000 ? fmt::format("{}.{}.{}", n / 10000, (n % 10000) / 100, n % 100)
-                        : fmt::format("{}.{}.{}", n / 1000, (n % 1000) / 100, n % 100);
+    d.nccl = nccl_version_string(torch::cuda::nccl::version());
   } catch (const std::exception& ex) {
     d.nccl = fmt::format("unknown ({})", ex.what());
   }

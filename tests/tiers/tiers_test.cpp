@@ -113,6 +113,13 @@ TEST(PinHooks, NothingIsPinnedForTheCpu) {
 
 // Note [copy stream]: for the CPU the copy stream is inert: the copy runs there and then,
 // and there is no event to wait for (gpu_test.cpp runs it on a GPU).
+// LibTorch packs NCCL's version as major << 32 | minor << 16 | patch; decoding it as
+// NCCL's own 10000 * major + ... printed 2.28.9 as "859176.96.9" on the H200.
+TEST(DeviceInfo, NcclVersionIsDecodedAsLibTorchPacksIt) {
+  EXPECT_EQ(nccl_version_string(8591769609ULL), "2.28.9");
+  EXPECT_EQ(nccl_version_string((std::uint64_t{2} << 32) | (std::uint64_t{14} << 16) | 3), "2.14.3");
+}
+
 TEST(CopyStream, IsInertForTheCpu) {
   CopyStream copies(c10::Device(c10::kCPU));
   EXPECT_FALSE(copies.active());

@@ -42,6 +42,10 @@ struct DeviceInfo {
 
 DeviceInfo detect_device();
 
+// "major.minor.patch" of a version as LibTorch's torch::cuda::nccl::version() packs it:
+// major << 32 | minor << 16 | patch (2.28.9 was 8591769609 on the H200, issue 19).
+std::string nccl_version_string(std::uint64_t packed);
+
 // The device a rank computes on: the CPU, or for CUDA the GPU local_rank modulo the GPUs
 // visible (the one the rendezvous makes current for NCCL).
 c10::Device rank_device(c10::DeviceType type, int local_rank);
