@@ -5,6 +5,7 @@
 // GPU, and the optimizer state on the GPU (stepped there by ATen ops), on host or on
 // nvme (stepped by the fused CPU kernels), and the parameter shards on any tier
 // (docs/gpu.md).
+#include <cstdio>
 #include <filesystem>
 
 #include <gtest/gtest.h>
@@ -28,6 +29,10 @@ void run_on_gpu(const std::vector<std::string>& args, const std::string& worker 
   argv.insert(argv.end(), args.begin(), args.end());
   const auto rs = run_ranks(1, argv, std::chrono::seconds(300),
                             {{"STRATA_TEST_NVME", dir.string()}, {"STRATA_TEST_DEVICE", "cuda"}});
+  // Written before the assertion reports it: on the H200 (2026-12-04) test_gpu died of
+  // SIGSEGV around a worker's end, before gtest printed anything of it.
+  std::fprintf(stderr, "run_on_gpu: %s exited %d after %.1f s\n", worker.c_str(), rs[0].exit_code, rs[0].seconds);
+  if (rs[0].exit_code != 0) std::fprintf(stderr, "%s\n", testing::all_output(rs).c_str());
   expect_all_ok(rs);
   std::filesystem::remove_all(dir);
 }
