@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <exception>
+#include <string_view>
 
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
@@ -101,7 +102,16 @@ Result<std::unique_ptr<Communicator>> init_from(const DistEnv& env, CommOptions 
       opts.numWorkers = env.use_agent_store ? c10::nullopt : c10::optional<std::size_t>(env.world_size);
       opts.waitWorkers = false;
       opts.timeout = options.timeout;
-      store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, opts);
+      try {
+        store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, opts);
+      } catch (const std::exception& e) {
+        // A LibTorch 2.x built without libuv refuses its own default: retry without it.
+        if (std::string_view(e.what()).find("libuv") == std::string_view::npos ||
+            !torch_compat::tcp_store_without_libuv(opts)) {
+          throw;
+        }
+        store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, opts);
+      }
     }
     store->setTimeout(options.timeout);
     // Keys of a restarted attempt must not collide with the previous attempt's.

@@ -9,6 +9,7 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/optim/adam.h>
 
 namespace strata {
@@ -51,6 +52,32 @@ TEST(TorchCompat, AsProcessGroupWrapsGlooForTheCommunicator) {
   std::vector<at::Tensor> t{at::full({2}, 3.0)};
   pg->allreduce(t)->wait();
   EXPECT_TRUE(at::equal(t[0], at::full({2}, 3.0)));
+}
+
+// The rendezvous retries a refused TCP store without libuv (src/comm/rendezvous.cpp):
+// options of 2.x have the switch and it is turned off once; options without it (1.13's)
+// are left alone. scripts/torch2-test runs the multi-process tests that need it on a
+// LibTorch 2.6 built without libuv.
+struct OptionsWithLibUV {
+  bool useLibUV = true;
+};
+struct OptionsWithoutLibUV {
+  int port = 0;
+};
+
+TEST(TorchCompat, TcpStoreWithoutLibuvTurnsTheSwitchOffOnce) {
+  OptionsWithLibUV with;
+  EXPECT_TRUE(torch_compat::tcp_store_without_libuv(with));
+  EXPECT_FALSE(with.useLibUV);
+  EXPECT_FALSE(torch_compat::tcp_store_without_libuv(with));  // already off: no retry
+  OptionsWithoutLibUV without;
+  EXPECT_FALSE(torch_compat::tcp_store_without_libuv(without));
+  c10d::TCPStoreOptions real;  // this LibTorch's own: on by default since 2.4, absent in 1.13
+#if STRATA_TORCH_AT_LEAST(2, 4)
+  EXPECT_TRUE(torch_compat::tcp_store_without_libuv(real));
+#elif !STRATA_TORCH_AT_LEAST(2, 0)
+  EXPECT_FALSE(torch_compat::tcp_store_without_libuv(real));
+#endif
 }
 
 }  // namespace

@@ -57,6 +57,22 @@ void zero_grad_keep(Optimizer& opt) {
 #endif
 }
 
+// Turns off c10d::TCPStoreOptions::useLibUV when the options have it and it is on;
+// returns whether it did. 2.x has the field, on by default since 2.4, and a LibTorch
+// built without libuv (Debian 13's 2.6) refuses a store that asks for it ("use_libuv
+// was requested but PyTorch was build without libuv support"); 1.13 has no such field.
+// A template so that this header need not include TCPStore.hpp.
+template <class TcpStoreOptions>
+bool tcp_store_without_libuv(TcpStoreOptions& options) {
+  if constexpr (requires { options.useLibUV; }) {
+    if (!options.useLibUV) return false;
+    options.useLibUV = false;
+    return true;
+  } else {
+    return false;
+  }
+}
+
 // Blocks the host until a c10::Event has happened: c10::Event::synchronize() is 2.x
 // only; 1.13 polls query().
 template <class Event>
