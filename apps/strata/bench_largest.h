@@ -4,9 +4,9 @@
 //
 // strata's attempt is `strata train` at stage 3, bf16 compute, parameter shards on host,
 // optimizer state and gradient shards in bf16 (strata.optimizer_state_dtype,
-// strata.gradient_shard_dtype: one micro-step, so the bf16 gradients lose nothing) on
-// host for as many elements as 80% of the available RAM holds
-// (strata.optimizer_max_in_cpu) and on nvme for the rest.
+// strata.gradient_shard_dtype: one micro-step, so the bf16 gradients lose nothing) split
+// between host and nvme (strata.optimizer_max_in_cpu) by strata_state_in_cpu over the RAM
+// and disk free when the attempt starts, less a reserve (usable_ram, usable_disk).
 // FSDP2's is scripts/torch_zero_baseline.py --optimizer fsdp2 under $STRATA_PYTHON.
 #pragma once
 
@@ -26,14 +26,22 @@ struct LargestOptions {
   std::int64_t seq = 512;
   std::int64_t batch = 1;
   int attempts = 4;            // per system
+  // Layers of each system's first attempt; 0: where its bytes per parameter say the
+  // machine is full. With attempts = 1, two chosen sizes (FSDP2 at F failing, strata
+  // training 2F) bound the ratio from below in two attempts (add_largest_models).
+  int strata_start = 0;
+  int fsdp2_start = 0;
   std::string nvme_path;       // strata's nvme directory (default: under the bench's directory)
   // Testing the search without training: layers up to `simulate` train under strata,
   // up to simulate / 2 under FSDP2, and no process starts. 0: real attempts.
   int simulate = 0;
 };
 
-// Runs both searches and adds their figures to `report`: each system's largest model
-// (parameters, layers), the probes, and strata's over FSDP2's.
+// Runs both searches, FSDP2's first, printing each attempt's outcome and time to stderr
+// as it ends, and adds their figures to `report`: each system's largest model
+// (parameters, layers, the probes), its smallest failure, strata's largest over FSDP2's
+// when both trained one, and strata's largest over FSDP2's smallest failure (a lower
+// bound on the ratio, since FSDP2's largest is below its smallest failure).
 Status add_largest_models(const LargestOptions& o, BenchReport& report, const std::filesystem::path& dir);
 
 }  // namespace strata::cli

@@ -57,6 +57,7 @@ struct Zero3BenchOptions {
   bool json = false;
   std::string worker_dir;
   bool largest = false;  // --device cuda: also the largest model search (bench_largest.h)
+  bool largest_only = false;  // the search alone (a device call of its own: it takes minutes per attempt)
   LargestOptions largest_opts;
 };
 
@@ -304,7 +305,31 @@ int run_parent_gpu(const Zero3BenchOptions& o) {
   return 0;
 }
 
+// --largest-only, and --largest-simulate (no attempt starts): the largest-model search
+// and its report, without the tokens/s configurations.
+int run_largest_only(const Zero3BenchOptions& o) {
+  BenchDir dir("zero3");
+  if (!dir.ok()) {
+    fmt::print(stderr, "bench zero3: cannot make a temporary directory\n");
+    return 1;
+  }
+  BenchReport report("zero3");
+  report.set_config("largest_width", o.largest_opts.hidden);
+  report.set_config("largest_tokens_per_step", o.largest_opts.seq * o.largest_opts.batch);
+  if (o.largest_opts.simulate == 0) {
+    const tiers::DeviceInfo dev = tiers::detect_device();
+    report.set_config("device", dev.gpus.empty() ? std::string("cuda") : dev.gpus[0].name);
+  }
+  if (const Status st = add_largest_models(o.largest_opts, report, dir.path()); !st) {
+    fmt::print(stderr, "bench zero3: largest model: {}\n", st.error());
+    return 1;
+  }
+  report.print(o.json);
+  return 0;
+}
+
 int run_parent(const Zero3BenchOptions& o) {
+  if (o.largest_only) return run_largest_only(o);
   if (o.device == "cuda") return run_parent_gpu(o);
   auto got = run_bench_ranks("zero3", o.world, worker_args(o));
   if (!got) {
@@ -393,6 +418,14 @@ void add_bench_zero3(CLI::App& bench, int* exit_code) {
       ->check(CLI::Range(128, 65536));
   cmd->add_option("--largest-attempts", o->largest_opts.attempts, "--largest: attempts per system")
       ->check(CLI::Range(1, 20));
+  cmd->add_flag("--largest-only", o->largest_only,
+                "--device cuda: the --largest search alone, without the tokens/s configurations");
+  cmd->add_option("--largest-start-strata", o->largest_opts.strata_start,
+                  "--largest: layers of strata's first attempt (default: where its bytes per parameter fill the machine)")
+      ->check(CLI::Range(1, 10000));
+  cmd->add_option("--largest-start-fsdp2", o->largest_opts.fsdp2_start,
+                  "--largest: layers of FSDP2's first attempt (default: where its bytes per parameter fill the machine)")
+      ->check(CLI::Range(1, 10000));
   cmd->add_option("--nvme-path", o->largest_opts.nvme_path, "--largest: strata's nvme directory (default: a temporary one)");
   cmd->add_option("--worker", o->worker_dir, "(internal) run as one rank")->group("");
   cmd->add_option("--largest-simulate", o->largest_opts.simulate,
@@ -400,15 +433,10 @@ void add_bench_zero3(CLI::App& bench, int* exit_code) {
   cmd->callback([cmd, o, exit_code] {
     o->largest_opts.heads = std::max<std::int64_t>(1, o->largest_opts.hidden / 128);
     if (o->largest_opts.simulate > 0) {  // the search and its report, no attempt started
-      BenchDir dir("zero3");
-      BenchReport report("zero3");
-      const Status st = add_largest_models(o->largest_opts, report, dir.path());
-      if (!st) fmt::print(stderr, "bench zero3: {}\n", st.error());
-      else report.print(o->json);
-      *exit_code = st ? 0 : 1;
+      *exit_code = run_largest_only(*o);
       return;
     }
-    if (o->largest && o->device != "cuda") {
+    if ((o->largest || o->largest_only) && o->device != "cuda") {
       fmt::print(stderr, "bench zero3: --largest compares with FSDP2 on a GPU: it needs --device cuda\n");
       *exit_code = 2;
       return;

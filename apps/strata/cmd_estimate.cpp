@@ -2,8 +2,8 @@
 //
 //   strata estimate --params 7e9 --largest-layer 2e8 --world 8 --stage 3 --offload-optimizer nvme
 //   strata estimate --model gpt:48x1600 --world 4 --stage 3 --bf16 --json
-//   strata estimate --params 13e9 --stage 3 --offload-param cpu --offload-optimizer nvme --bf16 \
-//                   --bf16-state --bf16-grads   # strata.optimizer_state_dtype, gradient_shard_dtype
+//   strata estimate --params 13e9 --stage 3 --offload-param cpu --offload-optimizer nvme --bf16
+//                   --bf16-state --bf16-grads   (strata.optimizer_state_dtype, gradient_shard_dtype)
 //
 // The numbers come from plan::estimate_memory (strata/plan/estimator.h); DeepSpeed's
 // published estimate is printed beside them where DeepSpeed has one.

@@ -60,12 +60,32 @@ std::uint64_t strata_capacity(std::uint64_t host, std::uint64_t disk) {
   return std::max(ram_only, on_nvme + (host - kShardBytes * on_nvme) / kHostStateBytes);
 }
 
-std::uint64_t strata_state_in_cpu(std::uint64_t params, std::uint64_t host) {
+std::uint64_t strata_state_in_cpu(std::uint64_t params, std::uint64_t host, std::uint64_t disk) {
   if (kHostStateBytes * params <= host) return params;
   if (kShardBytes * params >= host) return 0;
-  return (host - kShardBytes * params) / (kHostStateBytes - kShardBytes);
+  // h fits the RAM up to `most` and the disk from `least`.
+  const std::uint64_t most = (host - kShardBytes * params) / (kHostStateBytes - kShardBytes);
+  const std::uint64_t on_disk = disk / kNvmeStateBytes;
+  const std::uint64_t least = params > on_disk ? params - on_disk : 0;
+  return least <= most ? least + (most - least) / 2 : most;
 }
 
 std::uint64_t fsdp2_capacity(std::uint64_t host) { return host / 16; }
+
+std::uint64_t usable_ram(std::uint64_t free_bytes) {
+  const std::uint64_t reserve = std::max<std::uint64_t>(std::uint64_t{8} << 30, free_bytes / 16);
+  return free_bytes > reserve ? free_bytes - reserve : 0;
+}
+
+std::uint64_t usable_disk(std::uint64_t free_bytes) {
+  const std::uint64_t reserve = std::max<std::uint64_t>(std::uint64_t{2} << 30, free_bytes / 50);
+  return free_bytes > reserve ? free_bytes - reserve : 0;
+}
+
+std::vector<std::string> as_oom_victim(std::vector<std::string> argv) {
+  // "$0" "$@": the program and its arguments, unsplit.
+  argv.insert(argv.begin(), {"/bin/sh", "-c", "echo 1000 > /proc/self/oom_score_adj && exec \"$0\" \"$@\""});
+  return argv;
+}
 
 }  // namespace strata::cli

@@ -49,8 +49,23 @@ int gpt_layers_for(std::uint64_t params, std::int64_t hidden, std::int64_t heads
 // m and v on host (16 bytes).
 // The most parameters strata fits in `host` bytes of RAM and `disk` bytes of nvme.
 std::uint64_t strata_capacity(std::uint64_t host, std::uint64_t disk);
-// For a model of `params`: how many elements' state stays on host (RAM first).
-std::uint64_t strata_state_in_cpu(std::uint64_t params, std::uint64_t host);
+// For a model of `params`: how many elements' state stays on host. All of it when it
+// fits there; else the middle of the splits that fit both (each keeps some slack);
+// else, when none does, as much as the RAM holds (the attempt will show).
+std::uint64_t strata_state_in_cpu(std::uint64_t params, std::uint64_t host, std::uint64_t disk);
 std::uint64_t fsdp2_capacity(std::uint64_t host);
+
+// What an attempt may fill of what is free: RAM less max(8 GiB, 1/16) for what is not
+// model state (the runtime, CUDA's host allocations, strata's staging pools: a few GiB
+// at these sizes, docs/performance.md), disk less max(2 GiB, 1/50). A fixed reserve,
+// not a fraction: on a machine of 128 GiB a fifth would leave 26 GB unused.
+std::uint64_t usable_ram(std::uint64_t free_bytes);
+std::uint64_t usable_disk(std::uint64_t free_bytes);
+
+// argv, started through /bin/sh so that the process first raises its own OOM score to
+// the most (an unprivileged process may raise it; its children inherit it). An attempt
+// that runs the machine out of RAM is then what the kernel's OOM killer picks, not the
+// bench that counts the attempts, nor another process of the machine.
+std::vector<std::string> as_oom_victim(std::vector<std::string> argv);
 
 }  // namespace strata::cli

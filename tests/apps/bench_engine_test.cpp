@@ -99,6 +99,7 @@ TEST(BenchZero3, TheLargestModelSearchFindsTheLastModelThatTrains) {
   EXPECT_NE(rows["strata_offload largest model"]["note"].get<std::string>().find("41x"), std::string::npos)
       << "the first attempt that failed is listed";
   EXPECT_NEAR(doc["ratios"]["strata_largest_vs_fsdp2"].get<double>(), params(37) / params(18), 1e-9);
+  EXPECT_NEAR(doc["ratios"]["strata_largest_vs_fsdp2_smallest_failure"].get<double>(), params(37) / params(19), 1e-9);
   // Too few attempts to bracket: the largest that trained so far.
   auto short_doc = run_json("zero3 --largest-simulate 37 --largest-attempts 3 --largest-width 256");
   for (const auto& r : short_doc["rows"]) {
@@ -108,11 +109,40 @@ TEST(BenchZero3, TheLargestModelSearchFindsTheLastModelThatTrains) {
   }
 }
 
+// Two chosen attempts (a device call has minutes, not hours): FSDP2 fails at F layers,
+// strata trains at S. No FSDP2 model trained, so there is no ratio of largest models;
+// FSDP2's largest is below F, so S's parameters over F's bound that ratio from below.
+// Each attempt's outcome is printed as it ends.
+TEST(BenchZero3, TwoChosenAttemptsBoundTheRatioFromBelow) {
+  auto params = [](double layers) { return (256.0 * 256 + 1024 * 256 + layers * (12 * 65536 + 13 * 256) + 512) / 1e9; };
+  const auto r = testing::run_command("(" + testing::strata_bin() +
+                                      " bench zero3 --largest-simulate 37 --largest-attempts 1 --largest-width 256"
+                                      " --largest-start-strata 36 --largest-start-fsdp2 19 --json >/dev/null)");
+  EXPECT_NE(r.output.find("FSDP2 at 19 layers"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("did not train"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("strata at 36 layers"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("trained 3 steps"), std::string::npos) << r.output;
+  auto doc = run_json("zero3 --largest-simulate 37 --largest-attempts 1 --largest-width 256 --largest-start-strata 36 "
+                      "--largest-start-fsdp2 19");
+  ASSERT_TRUE(doc.is_object());
+  std::map<std::string, nlohmann::json> rows;
+  for (const auto& row : doc["rows"]) rows[row["name"].get<std::string>()] = row;
+  ASSERT_TRUE(rows.contains("fsdp2_cpu_offload smallest failure")) << doc.dump(2);
+  EXPECT_NEAR(rows["fsdp2_cpu_offload smallest failure"]["value"].get<double>(), params(19), 1e-12);
+  EXPECT_EQ(rows["fsdp2_cpu_offload largest model"]["value"].get<double>(), 0.0);
+  EXPECT_NEAR(rows["strata_offload largest model"]["value"].get<double>(), params(36), 1e-12);
+  EXPECT_FALSE(rows.contains("strata_offload smallest failure")) << "strata's one attempt trained";
+  EXPECT_FALSE(doc["ratios"].contains("strata_largest_vs_fsdp2")) << doc.dump(2);
+  EXPECT_NEAR(doc["ratios"]["strata_largest_vs_fsdp2_smallest_failure"].get<double>(), params(36) / params(19), 1e-9);
+}
+
 TEST(BenchZero3, TheLargestModelComparisonNeedsTheGpu) {
-  const auto r = testing::run_command(testing::strata_bin() + " bench zero3 --largest --json");
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("--largest compares with FSDP2 on a GPU: it needs --device cuda"), std::string::npos)
-      << r.output;
+  for (const char* flag : {"--largest", "--largest-only"}) {
+    const auto r = testing::run_command(testing::strata_bin() + " bench zero3 --json " + flag);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--largest compares with FSDP2 on a GPU: it needs --device cuda"), std::string::npos)
+        << r.output;
+  }
 }
 
 TEST(BenchTrain, JsonHasEveryStageNextToThePyTorchBaseline) {
