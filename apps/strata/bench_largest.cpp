@@ -33,7 +33,7 @@ Result<bool> strata_trains(int layers, const LargestOptions& o, const fs::path& 
   const fs::path config = dir / fmt::format("strata-{}.json", layers);
   const nlohmann::json cfg = {
       {"zero_optimization", {{"stage3_param_persistence_threshold", 0}}},
-      {"strata", {{"optimizer_state_dtype", "bf16"}, {"gradient_shard_dtype", "bf16"},
+      {"strata", {{"optimizer_state_dtype", "bf16"}, {"gradient_shard_dtype", "bf16"}, {"gradient_shards_on_compute", true},
                   {"optimizer_max_in_cpu", strata_state_in_cpu(params, host, disk)}}}};
   std::ofstream(config) << cfg.dump();
   const fs::path out = dir / fmt::format("strata-{}", layers);

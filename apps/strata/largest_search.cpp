@@ -49,9 +49,9 @@ int gpt_layers_for(std::uint64_t params, std::int64_t hidden, std::int64_t heads
 
 // RAM first: h elements' state on host (kHostStateBytes each) and the rest's parameter
 // shards (kShardBytes each) fill it, the rest's state goes to nvme (kNvmeStateBytes each):
-//   10 h + 2 (N - h) <= host  and  10 (N - h) <= disk
-// so N <= (host + 0.8 disk) / 10 when both are full.
-constexpr std::uint64_t kHostStateBytes = 10, kShardBytes = 2, kNvmeStateBytes = 10;
+//   8 h + 2 (N - h) <= host  and  8 (N - h) <= disk
+// so N <= (host + 0.75 disk) / 8 when both are full.
+constexpr std::uint64_t kHostStateBytes = 8, kShardBytes = 2, kNvmeStateBytes = 8;
 
 std::uint64_t strata_capacity(std::uint64_t host, std::uint64_t disk) {
   const std::uint64_t ram_only = host / kHostStateBytes;

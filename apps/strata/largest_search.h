@@ -42,11 +42,11 @@ int gpt_layers_for(std::uint64_t params, std::int64_t hidden, std::int64_t heads
 
 // What each system keeps per parameter, for the search's start and strata's split of
 // optimizer state between host and nvme. strata (stage 3, bf16 compute, bf16 optimizer
-// state and gradient shards): a chunk whose state is on host holds its fp32 master and
-// bf16 m, v and gradient shard there (10 bytes; the parameter shard is cast from the
-// master), a chunk whose state is on nvme holds its bf16 parameter shard on host (2
-// bytes) and 10 bytes on nvme. FSDP2 with CPUOffloadPolicy: fp32 parameters, gradients,
-// m and v on host (16 bytes).
+// state, bf16 gradient shards kept on the GPU until the step): a chunk whose state is on
+// host holds its fp32 master and bf16 m and v there (8 bytes; the parameter shard is
+// cast from the master), a chunk whose state is on nvme holds its bf16 parameter shard on
+// host (2 bytes) and 8 bytes on nvme. FSDP2 with CPUOffloadPolicy: fp32 parameters,
+// gradients, m and v on host (16 bytes).
 // The most parameters strata fits in `host` bytes of RAM and `disk` bytes of nvme.
 std::uint64_t strata_capacity(std::uint64_t host, std::uint64_t disk);
 // For a model of `params`: how many elements' state stays on host. All of it when it

@@ -365,6 +365,7 @@ std::vector<Field> bind(Config& c) {
   f.push_back(integer("strata.optimizer_threads", s.optimizer_threads, 0, 1024));
   f.push_back(integer("strata.min_io_bytes", s.min_io_bytes, 0, kInf));
   f.push_back(boolean("strata.nvme_gradients", s.nvme_gradients));
+  f.push_back(boolean("strata.gradient_shards_on_compute", s.gradient_shards_on_compute));
   f.push_back(choice("strata.optimizer_state_dtype", s.optimizer_state_dtype,
                      {{"fp32", StateDtype::kFp32}, {"bf16", StateDtype::kBf16}}));
   f.push_back(choice("strata.gradient_shard_dtype", s.gradient_shard_dtype,

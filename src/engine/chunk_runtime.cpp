@@ -58,6 +58,7 @@ plan::ScheduleChunk ChunkRuntime::schedule_chunk(std::uint32_t c) const {
       .optim_tier = k.optim_tier,
       .optim_state_bytes = k.trainable ? shard_elems * optim_bytes_per_elem_ : 0,
       .grad_shard_bytes = k.trainable && !k.grads_on_nvme ? shard_elems * grad_bytes_per_elem_ : 0,
+      .grad_shard_on_compute = k.grads_on_compute,
       .persistent = flagged_persistent,
       .shard_from_master = k.shard_from_master,
       .replicated = replicated_,

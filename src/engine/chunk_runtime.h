@@ -43,6 +43,7 @@ struct ChunkRt {
   Tier shard_tier = Tier::kCompute;
   Tier optim_tier = Tier::kCompute;
   bool grads_on_nvme = false;      // Note [gradients on nvme] (grad_reducer.h)
+  bool grads_on_compute = false;   // Note [gradients kept on compute] (grad_reducer.h)
   bool shard_from_master = false;  // Note [shard from master]: no shard tensor
   at::Tensor shard;                // this rank's shard (compute dtype); a view of the full
                                    // chunk when aliased or replicated; empty on nvme and

@@ -29,6 +29,7 @@ Result<EngineOptions> EngineOptions::from_config(const Config& cfg, int world) {
   o.overlap_comm = z.overlap_comm;
   o.optimizer_threads = cfg.strata.optimizer_threads;
   o.nvme_gradients = cfg.strata.nvme_gradients;
+  o.gradient_shards_on_compute = cfg.strata.gradient_shards_on_compute;
   o.optim_state_dtype = cfg.strata.optimizer_state_dtype == StateDtype::kBf16 ? at::kBFloat16 : at::kFloat;
   o.grad_shard_dtype = cfg.strata.gradient_shard_dtype == StateDtype::kBf16 ? at::kBFloat16 : at::kFloat;
   o.chunks.chunk_size_elems = cfg.strata.chunk_size;

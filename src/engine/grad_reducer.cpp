@@ -84,6 +84,8 @@ Status GradReducer::setup(std::function<void()> on_activity) {
       continue;
     }
     const Tier step = chunks.step_tier(c);
+    // Note [gradients kept on compute]: the shard stays where the reduction lands.
+    const Tier home = chunks[c].grads_on_compute ? Tier::kCompute : step;
     const std::int64_t n = store.shard_elems(c);
     if (!scatter_mode()) {
       // The buffer lives for good; stage 0-1 gradients accumulate in it.
@@ -95,10 +97,10 @@ Status GradReducer::setup(std::function<void()> on_activity) {
     }
     // fp32 by default: micro-steps accumulate in it without rounding, and the kernels
     // read it as the optimizer's own precision. bf16 halves it (grad_shard_dtype).
-    STRATA_ASSIGN_OR_RETURN(g.shard_res, chunks.reserve(step, static_cast<std::uint64_t>(n) * elem_bytes,
+    STRATA_ASSIGN_OR_RETURN(g.shard_res, chunks.reserve(home, static_cast<std::uint64_t>(n) * elem_bytes,
                                                         StateKind::kGrads, c, "grad shard"));
     // Off the compute tier, a GPU's gradients come to it: pinned (Note [pinned host tensors]).
-    g.shard = step == Tier::kCompute ? at::zeros({n}, at::TensorOptions(dtype).device(chunks.device_of(step)))
+    g.shard = home == Tier::kCompute ? at::zeros({n}, at::TensorOptions(dtype).device(chunks.device_of(home)))
                                      : host_empty_for(store.options().device, n, dtype).zero_();
   }
   for (std::uint32_t i = 0; i < store.params().size(); ++i) {
@@ -271,7 +273,10 @@ Status GradReducer::complete(std::uint32_t c) {
   STRATA_RETURN_IF_ERROR(ensure_shard(c));
   if (f.out.device() == g.shard.device()) g.shard.add_(f.out);
   else land_on_host(c, f.out);
-  core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
+  // Kept on compute, it goes to the host at the step (Note [gradients kept on compute]).
+  if (!(*core_.chunks)[c].grads_on_compute) {
+    core_.account(Tier::kCompute, core_.chunks->step_tier(c), core_.chunks->shard_bytes(c));
+  }
   f.out = at::Tensor();
   core_.storage.free(core_.chunks->store().grad(c));
   unbind_grads(c);  // Note [the engine's gradients]

@@ -51,6 +51,18 @@
 // (its all-reduce completed; with one rank, its last gradient in), and finish() waits
 // for those copies once, instead of copying chunk by chunk at the end.
 //
+// Note [gradients kept on compute]: with strata.gradient_shards_on_compute, at stages
+// 2-3, a chunk whose step runs on the host (optimizer state on host or nvme) keeps its
+// gradient shard in compute memory, where the reduction lands, until the step; the step
+// copies it to a host staging buffer just before it steps the chunk (StepDriver). On a
+// GPU the host (or nvme) then holds no gradient bytes: 2 or 4 a parameter move to GPU
+// memory, which at these sizes has room to spare once the model state is off it (the
+// largest model strata trains on one machine: docs/gpu.md). The price is one
+// device-to-host copy of the shard per step, as before, but at the step instead of
+// during backward, and the host waits for it (the GPU has finished backward by then).
+// The prologue's partials (inf/NaN, norms) are taken on compute, by tensor ops. It takes
+// precedence over nvme_gradients: the shard is in neither host memory nor a record.
+//
 // Reductions are launched in the order chunks become ready, which is the same on every
 // rank (the same graph); with overlap_comm off, all at the end of backward in chunk
 // order. Chunks whose parameters did not all get a gradient are reduced at the end of

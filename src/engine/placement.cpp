@@ -63,7 +63,10 @@ Status Engine::Impl::place() {
       optim_in_cpu += chunks.store().shard_elems(c);
       k.optim_tier = Tier::kHost;
     }
-    k.grads_on_nvme = o.nvme_gradients && core.stage() >= 2 && k.trainable && k.optim_tier == Tier::kNvme;
+    k.grads_on_compute =
+        o.gradient_shards_on_compute && core.stage() >= 2 && k.trainable && k.optim_tier != Tier::kCompute;
+    k.grads_on_nvme = !k.grads_on_compute && o.nvme_gradients && core.stage() >= 2 && k.trainable &&
+                      k.optim_tier == Tier::kNvme;
     trainable_index += k.trainable;
     chunks.decide_residency(c);
     // Note [shard from master].

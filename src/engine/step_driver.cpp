@@ -182,19 +182,42 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   const bool tensor_ops = core_.opt.host_step == EngineOptions::StepKernels::kTensorOps;
   const std::vector<ElemRange> groups = holder_.groups(c);
   const bool nvme = k.optim_tier == Tier::kNvme;
+  StagingCache::Buffer grad_host;  // Note [gradients kept on compute]
+  if (k.grads_on_compute) {
+    STRATA_ASSIGN_OR_RETURN(grad_host, grad_to_host(c));
+  }
+  const at::Tensor& grads = k.grads_on_compute ? grad_host.view(n) : reducer_.grad_shard(c);
   for (std::uint32_t g = 0; g < groups.size(); ++g) {
     if (nvme) STRATA_RETURN_IF_ERROR(read_ahead(next_step_++));
     STRATA_ASSIGN_OR_RETURN(ShardState * state, holder_.acquire(c, g));
     // Note [gradients on nvme]: read in with the state, one sub-group at a time.
-    const at::Tensor grad = k.grads_on_nvme ? holder_.grad(c, g)
-                                            : reducer_.grad_shard(c).narrow(0, groups[g].begin, groups[g].size());
+    const at::Tensor grad =
+        k.grads_on_nvme ? holder_.grad(c, g) : grads.narrow(0, groups[g].begin, groups[g].size());
     STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, out, grad_scale,
                                       tensor_ops, core_.pool.get(), &stepped, groups[g]));
     if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
   }
   if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped), .staging = std::move(staging)};
+  grad_buffers_.give(std::move(grad_host));
   core_.trace.add(StepTrace::kOptimizer, "step " + core_.chunks->name(c), t0, Clock::now());
   return ok();
+}
+
+// Note [gradients kept on compute]. One buffer is kept: chunks step one after another.
+// A plain copy: the host needs the values now, and on a GPU the copy waits only for the
+// work queued before it on the compute stream, which by the step is backward's.
+Result<StagingCache::Buffer> StepDriver::grad_to_host(std::uint32_t c) {
+  const at::Tensor& shard = reducer_.grad_shard(c);
+  if (!grad_buffers_.configured()) {
+    const std::int64_t largest = core_.chunks->largest_shard_elems([](const ChunkRt& k) { return k.grads_on_compute; });
+    grad_buffers_.configure(largest, shard.scalar_type(), host_memory_for(shard.device()), 1, [this](std::uint64_t bytes) {
+      return core_.tiers.reserve(Tier::kHost, bytes, StateKind::kBuffers, "grad step staging");
+    });
+  }
+  STRATA_ASSIGN_OR_RETURN(StagingCache::Buffer b, grad_buffers_.take());
+  b.view(shard.numel()).copy_(shard);
+  core_.account(Tier::kCompute, Tier::kHost, bytes_of(shard).size());
+  return b;
 }
 
 Status StepDriver::read_param_shard(std::uint32_t c, const at::Tensor& out) {
@@ -281,7 +304,9 @@ Status StepDriver::step_wrapped(double grad_scale) {
   std::vector<std::vector<std::pair<const ChunkStore::ShardSlot*, at::Tensor>>> kept(wrapped_chunks_.size());
   for (std::size_t i = 0; i < wrapped_chunks_.size(); ++i) {
     const std::uint32_t c = wrapped_chunks_[i];
-    wrapped_params_[i].mutable_grad() = reducer_.grad_shard(c).to(at::kFloat).mul_(grad_scale);
+    // On the master's device: a shard kept on compute (Note [gradients kept on compute]) comes over.
+    wrapped_params_[i].mutable_grad() =
+        reducer_.grad_shard(c).to(wrapped_params_[i].device(), at::kFloat).mul_(grad_scale);
     for (const auto& slot : core_.chunks->slots(c))
       if (!param_steps_.ever_had_grad[slot.param])
         kept[i].emplace_back(&slot, wrapped_params_[i].detach().narrow(0, slot.shard_offset, slot.numel).clone());

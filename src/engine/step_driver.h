@@ -67,6 +67,9 @@ class StepDriver {
   // The current contents of nvme chunk c's parameter shard, into an aligned staging shard.
   Status read_param_shard(std::uint32_t c, const at::Tensor& out);
   StagingCache& param_buffers();  // Note [reused staging], sized at first use
+  // Note [gradients kept on compute]: chunk c's gradient shard, copied from compute
+  // memory into a reused host buffer (pinned for a GPU).
+  Result<StagingCache::Buffer> grad_to_host(std::uint32_t c);
   Status store_param(std::uint32_t c);
   Status flush_param_writes(std::size_t keep = 0);
   Status step_wrapped(double grad_scale);
@@ -108,6 +111,7 @@ class StepDriver {
   tiers::CopyStream copies_;
   std::deque<ShardCopy> shard_copies_;
   StagingCache param_buffers_;
+  StagingCache grad_buffers_;  // Note [gradients kept on compute], sized at first use
   // The nvme sub-groups of this step in order (chunk, sub-group); the next one to
   // request, and the next one to step.
   std::vector<std::pair<std::uint32_t, std::uint32_t>> reads_;

@@ -50,6 +50,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_optimizer = cfg.zero_optimization.offload_optimizer.device;
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
+  in.gradient_shards_on_compute = cfg.strata.gradient_shards_on_compute;
   in.bf16_optimizer_states = cfg.strata.optimizer_state_dtype == StateDtype::kBf16;
   in.bf16_gradient_shards = cfg.strata.gradient_shard_dtype == StateDtype::kBf16;
   in.optimizer_max_in_cpu = cfg.strata.optimizer_max_in_cpu;
@@ -102,7 +103,11 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   // parameter shard in fp32 too (the step writes the shard from it), unless the shard is
   // made from it.
   const std::uint64_t state_per_elem = in.bf16_optimizer_states ? 8 : 12;
-  const bool grads_on_nvme = in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
+  const bool grads_on_compute = in.gradient_shards_on_compute && in.stage >= 2 && opt_tier != Tier::kCompute;
+  const bool grads_on_nvme = !grads_on_compute && in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
+  // Where the gradient shards of the state on nvme and of the state kept on host live.
+  const Tier grad_tier = grads_on_compute ? Tier::kCompute : grads_on_nvme ? Tier::kNvme : step_tier;
+  const Tier grad_in_cpu_tier = grads_on_compute ? Tier::kCompute : Tier::kHost;
   const std::uint64_t grad_per_elem = in.bf16_gradient_shards ? 2 : 4;  // the step's gradient shard
   // strata.optimizer_max_in_cpu: this many state elements (and their gradient shards)
   // stay on host.
@@ -133,13 +138,13 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
       break;
     case 2:
       if (mixed && opt_tier == Tier::kCompute) add(Tier::kCompute, StateKind::kGrads, lp * s);
-      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, grad_per_elem * (s - opt_in_cpu));
-      add(Tier::kHost, StateKind::kGrads, grad_per_elem * opt_in_cpu);
+      add(grad_tier, StateKind::kGrads, grad_per_elem * (s - opt_in_cpu));
+      add(grad_in_cpu_tier, StateKind::kGrads, grad_per_elem * opt_in_cpu);
       break;
     default:
       add(Tier::kCompute, StateKind::kGrads, lp * W);
-      add(grads_on_nvme ? Tier::kNvme : step_tier, StateKind::kGrads, grad_per_elem * (s - opt_in_cpu));
-      add(Tier::kHost, StateKind::kGrads, grad_per_elem * opt_in_cpu);
+      add(grad_tier, StateKind::kGrads, grad_per_elem * (s - opt_in_cpu));
+      add(grad_in_cpu_tier, StateKind::kGrads, grad_per_elem * opt_in_cpu);
       break;
   }
   // optimizer state
@@ -156,6 +161,8 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
         count * (state_per_elem + (grads_on_nvme ? grad_per_elem : 0)) * std::min(w_shard, in.sub_group_elems));
   }
   if (grads_on_nvme) add(Tier::kHost, StateKind::kBuffers, 3 * grad_per_elem * w_shard);
+  // Kept on compute: the step copies one chunk's shard at a time into a host buffer.
+  if (grads_on_compute) add(Tier::kHost, StateKind::kBuffers, grad_per_elem * w_shard);
   // A shard away from the step: the step writes the new shard into a staging shard; to
   // nvme, with two more being written and the Load pool (Note [nvme parameter staging]
   // in src/engine/gatherer.h).

@@ -73,7 +73,7 @@ class Planner {
       persistent_[c] = chunk_persistent(ch, opt_);
       if (!ch.shard_from_master) fixed_[tier_index(ch.shard_tier)] += shard(ch);
       fixed_[tier_index(ch.optim_tier)] += ch.optim_state_bytes;
-      fixed_[tier_index(step_tier(ch))] += ch.grad_shard_bytes;
+      fixed_[tier_index(grad_shard_tier(ch))] += ch.grad_shard_bytes;
       if (persistent_[c]) persistent_bytes_ += ch.bytes;
     }
     STRATA_RETURN_IF_ERROR(prepare_ends());
@@ -211,7 +211,7 @@ class Planner {
       if (ch.shard_tier == t) holders.push_back({fmt::format("chunk {} shard", c), shard(ch)});
       if (ch.optim_tier == t && ch.optim_state_bytes > 0)
         holders.push_back({fmt::format("chunk {} optimizer state", c), ch.optim_state_bytes});
-      if (step_tier(ch) == t && ch.grad_shard_bytes > 0)
+      if (grad_shard_tier(ch) == t && ch.grad_shard_bytes > 0)
         holders.push_back({fmt::format("chunk {} grad shard", c), ch.grad_shard_bytes});
     }
     if (opt_.fixed_bytes[tier_index(t)] > 0) holders.push_back({"fixed", opt_.fixed_bytes[tier_index(t)]});

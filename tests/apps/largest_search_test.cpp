@@ -16,12 +16,12 @@ namespace strata::cli {
 namespace {
 
 // The most parameters N for which some h <= N elements' state on host fits:
-// 10 h + 2 (N - h) <= host and 10 (N - h) <= disk.
+// 8 h + 2 (N - h) <= host and 8 (N - h) <= disk.
 std::uint64_t brute_capacity(std::uint64_t host, std::uint64_t disk) {
   std::uint64_t best = 0;
   for (std::uint64_t n = 0; n <= host; ++n)
     for (std::uint64_t h = 0; h <= n; ++h)
-      if (10 * h + 2 * (n - h) <= host && 10 * (n - h) <= disk) best = std::max(best, n);
+      if (8 * h + 2 * (n - h) <= host && 8 * (n - h) <= disk) best = std::max(best, n);
   return best;
 }
 
@@ -36,18 +36,18 @@ TEST(LargestSearch, CapacityAndSplitMatchBruteForce) {
       for (std::uint64_t m = 0; m <= n; ++m) {
         const std::uint64_t h = strata_state_in_cpu(m, host, disk);
         ASSERT_LE(h, m);
-        EXPECT_LE(10 * h + 2 * (m - h), host) << "host " << host << " disk " << disk << " params " << m;
-        EXPECT_LE(10 * (m - h), disk) << "host " << host << " disk " << disk << " params " << m;
+        EXPECT_LE(8 * h + 2 * (m - h), host) << "host " << host << " disk " << disk << " params " << m;
+        EXPECT_LE(8 * (m - h), disk) << "host " << host << " disk " << disk << " params " << m;
       }
     }
   }
   // A model that fits in RAM keeps all of its state there.
-  EXPECT_EQ(strata_state_in_cpu(10, 100, 1000), 10u);
-  // Between the most the RAM holds (h 8: 80 + 2 * 7 <= 100) and the least the disk
-  // allows (h 5: 10 * 10 <= 100): the middle, 6.
-  EXPECT_EQ(strata_state_in_cpu(15, 100, 100), 6u);
+  EXPECT_EQ(strata_state_in_cpu(12, 100, 1000), 12u);
+  // Between the most the RAM holds (h 11: 88 + 2 * 4 <= 100) and the least the disk
+  // allows (h 3: 8 * 12 <= 100): the middle, 7.
+  EXPECT_EQ(strata_state_in_cpu(15, 100, 100), 7u);
   // None fits: as much as the RAM holds.
-  EXPECT_EQ(strata_state_in_cpu(15, 100, 0), 8u);
+  EXPECT_EQ(strata_state_in_cpu(15, 100, 0), 11u);
   EXPECT_EQ(strata_state_in_cpu(50, 100, 1000), 0u);
   EXPECT_EQ(fsdp2_capacity(160), 10u);
 }

@@ -55,6 +55,13 @@ TEST(Gpu, Stages1And2WithTheStateOnHostOrNvme) {
   for (const char* stage : {"1", "2"})
     for (const char* where : {"cpu", "nvme"}) run_on_gpu({"parity", stage, "adamw", where}, "zero_worker");
 }
+// Gradient shards kept in GPU memory until the step, which copies each to the host
+// (Note [gradients kept on compute]): stage 3 with the state split between host and
+// nvme, stage 2 with it on host.
+TEST(Gpu, GradientShardsKeptOnTheGpuUntilTheStep) {
+  run_on_gpu({"parity", "nvme-optim-split-grads-on-compute"});
+  run_on_gpu({"parity", "2", "adamw", "cpu-grads-on-compute"}, "zero_worker");
+}
 // A compute budget of a quarter of the model: chunks leave GPU memory and come back every
 // step, within the budget.
 TEST(Gpu, AQuarterBudgetEvictsFromGpuMemory) { run_on_gpu({"parity", "quarter"}); }

@@ -15,7 +15,8 @@
 //                                         and a skipped batch leaves nothing behind
 // units_worker bigtier CASE               nvme records of 64 MiB: stage 2 optimizer state,
 //                                         stage 3 parameter shards and optimizer state,
-//                                         2-bf16-split bf16 state and gradients split host/nvme
+//                                         2-bf16-split bf16 state and gradients split host/nvme,
+//                                         3-grads-on-compute gradient shards kept on compute
 #include <array>
 #include <cmath>
 #include <functional>

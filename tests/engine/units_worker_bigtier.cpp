@@ -46,6 +46,9 @@ struct Big : torch::nn::Module {
 void bigtier(const std::string& which) {
   const int stage = which.front() - '0';
   const bool bf16_split = which == "2-bf16-split";
+  // Note [gradients kept on compute]: stage 3's 64 MiB gradient shards stay on compute,
+  // copied to the host at the step, with one weight's state on host and one's on nvme.
+  const bool kept_grads = which == "3-grads-on-compute";
   // Only rank 0 trains the reference: it sees the whole batch, and compares.
   const bool compares = worker_comm()->rank() == 0;
   at::manual_seed(6);
@@ -69,6 +72,10 @@ void bigtier(const std::string& which) {
     o.grad_shard_dtype = at::kBFloat16;
     o.optim_max_in_cpu = 20'000'000;  // one weight's shard (16.8M elements), not both
     o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
+  }
+  if (kept_grads) {
+    o.gradient_shards_on_compute = true;
+    o.optim_max_in_cpu = 20'000'000;
   }
   // Stage 2: two parameter groups (Note [parameter groups]), crossed so that every weight
   // shares its chunk with its bias, of the other group: the step's runs stop at the
@@ -101,13 +108,23 @@ void bigtier(const std::string& which) {
       fail(fmt::format("chunk {}: a record of {} bytes, not a real-size one", c, shard_bytes));
   }
   // max_in_cpu: a weight's parameter shard (stage 3) or optimizer state (bf16_split) on
-  // host, the other's on nvme.
-  if (stage == 3 || bf16_split) {
+  // host, the other's on nvme. (With kept_grads, the first weight's state is on host too,
+  // so its shard is made from the master: Note [shard from master].)
+  if ((stage == 3 && !kept_grads) || bf16_split) {
     const auto by_kind = eng->memory_by_kind();
     const auto kind = plan::kind_index(stage == 3 ? plan::StateKind::kParams : plan::StateKind::kOptimizer);
     if (by_kind[plan::tier_index(plan::Tier::kHost)][kind] < (64ull << 20) ||
         by_kind[plan::tier_index(plan::Tier::kNvme)][kind] < (64ull << 20))
       fail("max_in_cpu: expected a weight's state on host and another's on nvme");
+  }
+  if (kept_grads) {
+    const auto by_kind = eng->memory_by_kind();
+    const auto grads = plan::kind_index(plan::StateKind::kGrads), optim = plan::kind_index(plan::StateKind::kOptimizer);
+    const auto at = [&](plan::Tier t, std::size_t kind) { return by_kind[plan::tier_index(t)][kind]; };
+    if (at(plan::Tier::kCompute, grads) < (128ull << 20) || at(plan::Tier::kHost, grads) != 0 ||
+        at(plan::Tier::kNvme, grads) != 0 || at(plan::Tier::kHost, optim) == 0 || at(plan::Tier::kNvme, optim) == 0) {
+      fail("gradients kept on compute: expected both weights' gradient shards on compute, the state on host and nvme");
+    }
   }
   std::optional<torch::optim::SGD> ref_opt;
   if (compares && grouped) {

@@ -46,6 +46,10 @@ std::vector<Case> cases() {
   out.push_back({2, "nvme-optim-split"});
   out.push_back({2, "compute-tensor-ops"});
   out.push_back({2, "nvme-split-tensor-ops"});
+  // Gradient shards kept in compute memory until the step (Note [gradients kept on
+  // compute]): state on host, and split between host and nvme.
+  out.push_back({2, "host-grads-on-compute"});
+  out.push_back({2, "nvme-optim-split-grads-on-compute"});
   return out;
 }
 
@@ -119,7 +123,8 @@ TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
 
 // Every nvme record at a real size (64 MiB): stage 2's optimizer state (in two parameter
 // groups), stage 3's parameter shards and optimizer state, stage 2's bf16 state and
-// gradient shards split between host and nvme and stepped by ATen ops, three steps
+// gradient shards split between host and nvme and stepped by ATen ops, stage 3's gradient
+// shards kept on compute until the step (Note [gradients kept on compute]), three steps
 // against plain LibTorch. One test per case, so that ctest can run them next to others
 // (each takes minutes).
 class RealSize : public ::testing::TestWithParam<const char*> {};
@@ -131,7 +136,7 @@ TEST_P(RealSize, NvmeRecordsMatchLibTorch) {
   std::filesystem::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Stages, RealSize, ::testing::Values("2", "3", "2-bf16-split"), [](const auto& param_info) {
+INSTANTIATE_TEST_SUITE_P(Stages, RealSize, ::testing::Values("2", "3", "2-bf16-split", "3-grads-on-compute"), [](const auto& param_info) {
   std::string name = fmt::format("stage{}", param_info.param);
   std::replace(name.begin(), name.end(), '-', '_');
   return name;

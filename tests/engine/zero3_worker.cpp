@@ -71,6 +71,11 @@ std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step) {
 
 engine::EngineOptions options(std::string placement, const nn::GPTConfig& cfg, std::uint64_t* model_bytes) {
   engine::EngineOptions o;
+  // Note [gradients kept on compute]: the gradient shards stay in compute memory.
+  if (placement.ends_with("-grads-on-compute")) {
+    o.gradient_shards_on_compute = true;
+    placement.resize(placement.size() - std::string_view("-grads-on-compute").size());
+  }
   if (placement.ends_with("-tensor-ops")) {  // ATen ops step the state (host_step)
     o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
     placement.resize(placement.size() - std::string_view("-tensor-ops").size());
@@ -161,6 +166,8 @@ void compare_params(engine::Engine& eng, nn::GPT& ref, double tol, const std::st
 }
 
 void parity(const std::string& placement, bool bf16) {
+  // The checks of a placement hold with its gradient shards kept on compute too.
+  const std::string base = placement.substr(0, placement.find("-grads-on-compute"));
   const nn::GPTConfig cfg = model_config();
   const c10::Device dev = test_device();
   nn::GPT model(cfg), ref(cfg);
@@ -176,7 +183,7 @@ void parity(const std::string& placement, bool bf16) {
     o.optimizer.lr = 3e-3;
   }
   auto eng = check(engine::shard(*model, *g_comm, o), "shard");
-  if (placement == "host" || placement == "quarter") {
+  if (base == "host" || base == "quarter") {
     // Note [shard from master]: with shards and state on host no shard is stored.
     const auto held = eng->memory_by_kind()[plan::tier_index(plan::Tier::kHost)][plan::kind_index(plan::StateKind::kParams)];
     if (held != 0) fail(fmt::format("{}: {} bytes of parameter shards held on host; the masters make them", placement, held));
@@ -188,7 +195,18 @@ void parity(const std::string& placement, bool bf16) {
     if (by_kind[plan::tier_index(plan::Tier::kHost)][params] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][params] == 0)
       fail("max_in_cpu: expected parameter shards both on host and on nvme");
   }
-  if (placement == "nvme-optim-split") {
+  if (o.gradient_shards_on_compute) {
+    // Every gradient shard in compute memory (the gradient buffers have no bytes before
+    // the first backward), none on host or nvme.
+    const auto by_kind = eng->memory_by_kind();
+    const auto grads = plan::kind_index(plan::StateKind::kGrads);
+    const auto on = [&](plan::Tier t) { return by_kind[plan::tier_index(t)][grads]; };
+    if (on(plan::Tier::kHost) != 0 || on(plan::Tier::kNvme) != 0 || on(plan::Tier::kCompute) == 0) {
+      fail(fmt::format("gradient shards kept on compute: {} bytes on compute, {} on host, {} on nvme",
+                       on(plan::Tier::kCompute), on(plan::Tier::kHost), on(plan::Tier::kNvme)));
+    }
+  }
+  if (placement.starts_with("nvme-optim-split")) {
     const auto by_kind = eng->memory_by_kind();
     const auto optim = plan::kind_index(plan::StateKind::kOptimizer);
     if (by_kind[plan::tier_index(plan::Tier::kHost)][optim] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][optim] == 0)
@@ -241,7 +259,7 @@ void parity(const std::string& placement, bool bf16) {
              m.moved.host_to_compute, m.moved.compute_to_host, m.planned.host_to_compute, m.planned.compute_to_host,
              m.peak[0]);
   if (placement == "quarter" && m.gathers == 0) fail("a quarter budget should gather every step");
-  if ((placement == "host" || placement == "quarter") && m.moved.host_compute() != m.planned.host_compute()) {
+  if ((base == "host" || base == "quarter") && m.moved.host_compute() != m.planned.host_compute()) {
     fail(fmt::format("host<->compute bytes {} differ from the plan's {}", m.moved.host_compute(), m.planned.host_compute()));
   }
 }

@@ -86,6 +86,9 @@ std::vector<OffloadCase> offload_cases() {
   cases.push_back({1, 2, "nvme-subgroups-tensor-ops"});
   // strata.optimizer_state_dtype bf16: on compute, host and nvme sub-groups, and stepped
   // by the tensor ops.
+  // strata.gradient_shards_on_compute: stage 2's shards kept on compute until the step,
+  // with the state on host, and split between host and nvme.
+  for (const char* device : {"cpu-grads-on-compute", "nvme-host-split-grads-on-compute"}) cases.push_back({2, 2, device});
   cases.push_back({2, 2, "bf16-state"});
   cases.push_back({2, 1, "bf16-state-cpu"});
   cases.push_back({2, 2, "bf16-state-nvme-subgroups"});

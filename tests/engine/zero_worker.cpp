@@ -11,7 +11,9 @@
 //                                         nvme-host-split (optimizer_max_in_cpu)
 //                                         (see zero_test.cpp), each with an optional
 //                                         "bf16-state-" prefix; a "tensor-ops" suffix
-//                                         steps with ATen ops (host_step); on
+//                                         steps with ATen ops (host_step), a
+//                                         "-grads-on-compute" one keeps the gradient
+//                                         shards on compute until the step; on
 //                                         STRATA_TEST_DEVICE (gpu_test.cpp)
 // zero_worker shared STAGE                 a module registered twice, through every entry point
 // zero_worker badparam                     a bad parameter (not contiguous, float64, int8) is
@@ -81,6 +83,13 @@ void parity(int stage, const std::string& optim, std::string mode) {
   model.to(test_device());
   auto opts = sharded_options(stage, oc);
   take_tensor_ops(mode, opts);
+  // A "-grads-on-compute" suffix: the gradient shards kept in compute memory until the
+  // step (Note [gradients kept on compute]).
+  const bool grads_on_compute = mode.ends_with("-grads-on-compute");
+  if (grads_on_compute) {
+    opts.gradient_shards_on_compute = true;
+    mode.resize(mode.size() - std::string_view("-grads-on-compute").size());
+  }
   // "bf16-state": m and v in bf16, against the reference with its state rounded alike
   // and, to show the comparison can tell, against the reference without the rounding.
   const bool bf16_state = mode.starts_with("bf16-state");
@@ -144,6 +153,15 @@ void parity(int stage, const std::string& optim, std::string mode) {
     const auto kind = plan::kind_index(plan::StateKind::kOptimizer);
     if (by_kind[plan::tier_index(plan::Tier::kHost)][kind] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][kind] == 0)
       fail("optimizer_max_in_cpu: expected optimizer state both on host and on nvme");
+  }
+  if (grads_on_compute) {
+    const auto by_kind = opt->memory_by_kind();
+    const auto grads = plan::kind_index(plan::StateKind::kGrads);
+    const auto on = [&](plan::Tier t) { return by_kind[plan::tier_index(t)][grads]; };
+    if (on(plan::Tier::kHost) != 0 || on(plan::Tier::kNvme) != 0 || on(plan::Tier::kCompute) == 0) {
+      fail(fmt::format("gradient shards kept on compute: {} bytes on compute, {} on host, {} on nvme",
+                       on(plan::Tier::kCompute), on(plan::Tier::kHost), on(plan::Tier::kNvme)));
+    }
   }
   const at::Tensor unused_before = model.unused.detach().clone();
   for (int s = 0; s < 20; ++s) {

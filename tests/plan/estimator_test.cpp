@@ -148,6 +148,28 @@ TEST(Estimator, KindsAndTiers) {
     EXPECT_EQ(h->at(Tier::kNvme, StateKind::kGrads), 4 * (s - s / 4));
   }
   {
+    // strata.gradient_shards_on_compute (Note [gradients kept on compute]): every gradient
+    // shard on compute, those of the state kept on host too; nothing of them on host or
+    // nvme but the step's one staging shard (no nvme gradient buffers).
+    EstimateInput kept = in;
+    kept.gradient_shards_on_compute = true;
+    kept.optimizer_max_in_cpu = s / 4;
+    auto k = estimate_memory(kept);
+    ASSERT_TRUE(k.has_value());
+    EXPECT_EQ(k->at(Tier::kCompute, StateKind::kGrads), 2 * 200'000'000ull + 4 * s);
+    EXPECT_EQ(k->at(Tier::kHost, StateKind::kGrads), 0u);
+    EXPECT_EQ(k->at(Tier::kNvme, StateKind::kGrads), 0u);
+    EXPECT_EQ(k->at(Tier::kNvme, StateKind::kOptimizer), 12 * (s - s / 4));
+    EXPECT_EQ(k->at(Tier::kHost, StateKind::kBuffers), (4 * 12 + 4) * (200'000'000ull / 8) + (64ull << 20));
+    // With the state on compute there is nothing to keep: the shards are there already.
+    kept.offload_optimizer = OffloadDevice::kNone;
+    kept.offload_param = OffloadDevice::kNone;
+    auto c = estimate_memory(kept);
+    ASSERT_TRUE(c.has_value());
+    EXPECT_EQ(c->at(Tier::kCompute, StateKind::kGrads), 2 * 200'000'000ull + 4 * s);
+    EXPECT_EQ(c->at(Tier::kHost, StateKind::kBuffers), 0u);
+  }
+  {
     EstimateInput host_grads = in;
     host_grads.nvme_gradients = false;
     auto h = estimate_memory(host_grads);

@@ -200,6 +200,13 @@ struct StrataConfig {
   // Stages 2-3 with the optimizer state on nvme: gradient shards go to nvme too, each as
   // soon as it is complete, in the layout the step reads (Note [gradients on nvme]).
   bool nvme_gradients = true;
+  // Stages 2-3, chunks whose optimizer step runs off the compute tier (state on host or
+  // nvme): their gradient shards stay in compute memory until the step, which copies
+  // each one to the host just before it steps the chunk (Note [gradients kept on
+  // compute] in src/engine/grad_reducer.h). On a GPU this moves the shards' bytes (2 or
+  // 4 a parameter) from host RAM or nvme to GPU memory. Takes precedence over
+  // nvme_gradients.
+  bool gradient_shards_on_compute = false;
   // The dtype of the optimizer's state tensors (Adam's m and v, SGD's momentum,
   // Adagrad's sum): fp32, or bf16, which saves 4 of Adam's 16 bytes a parameter
   // (the master stays fp32; checkpoints hold fp32).

@@ -115,6 +115,9 @@ struct EngineOptions {
   // Stages 2-3, optimizer state on nvme: gradient shards on nvme too (Note [gradients on
   // nvme] in src/engine/grad_reducer.h); false keeps them in host memory.
   bool nvme_gradients = true;
+  // Stages 2-3, optimizer state off compute: gradient shards kept in compute memory until
+  // the step (Note [gradients kept on compute] in src/engine/grad_reducer.h).
+  bool gradient_shards_on_compute = false;
   OptimizerFactory wrap;             // set: this torch::optim optimizer runs the step
   // Note [parameter groups]: torch.optim's param_groups, for what training recipes vary
   // per group: the learning rate (no decay on biases and norms, a smaller lr for the

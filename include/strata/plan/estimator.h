@@ -59,6 +59,9 @@ struct EstimateInput {
   // Stages 2-3 with the optimizer on nvme: fp32 gradient shards on nvme as well
   // (strata.nvme_gradients; Note [gradients on nvme]).
   bool nvme_gradients = true;
+  // Stages 2-3 with the optimizer off compute: gradient shards kept in compute memory
+  // until the step (strata.gradient_shards_on_compute; Note [gradients kept on compute]).
+  bool gradient_shards_on_compute = false;
   // Adam's m and v in fp32 or bf16 (strata.optimizer_state_dtype); the master is fp32.
   bool bf16_optimizer_states = false;
   // The gradient shards the step reads in fp32 or bf16 (strata.gradient_shard_dtype).

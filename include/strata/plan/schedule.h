@@ -89,6 +89,9 @@ struct ScheduleChunk {
   Tier optim_tier = Tier::kCompute;
   std::uint64_t optim_state_bytes = 0;  // this rank's master + optimizer state bytes
   std::uint64_t grad_shard_bytes = 0;   // this rank's grad accumulator bytes (fp32 or bf16)
+  // The grad shard stays in compute memory until the step, which copies it to the host
+  // (strata.gradient_shards_on_compute): its bytes count on compute, not where the step runs.
+  bool grad_shard_on_compute = false;
   bool persistent = false;              // keep gathered regardless of the threshold
   // The shard is not stored: gathers cast this rank's fp32 master slice (stage 3, shard
   // and optimizer state both on host; Note [shard from master] in src/engine). Its shard
@@ -219,6 +222,8 @@ Result<Schedule> make_schedule(const ScheduleInput& in);
 // host (the CPU optimizer); the fp32 gradient shard lives there too.
 Tier step_tier(Tier optim_tier);
 inline Tier step_tier(const ScheduleChunk& c) { return step_tier(c.optim_tier); }
+// Where the gradient shard lives between backward and the step.
+inline Tier grad_shard_tier(const ScheduleChunk& c) { return c.grad_shard_on_compute ? Tier::kCompute : step_tier(c); }
 // World 1 with the shard on compute: the shard is the gathered chunk; never moved.
 bool chunk_aliased(const ScheduleChunk& c, int world);
 // Gathered at pre(0), never released within a step: flagged persistent (a chunk of
