@@ -195,17 +195,7 @@ void parity(const std::string& placement, bool bf16) {
     if (by_kind[plan::tier_index(plan::Tier::kHost)][params] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][params] == 0)
       fail("max_in_cpu: expected parameter shards both on host and on nvme");
   }
-  if (o.gradient_shards_on_compute) {
-    // Every gradient shard in compute memory (the gradient buffers have no bytes before
-    // the first backward), none on host or nvme.
-    const auto by_kind = eng->memory_by_kind();
-    const auto grads = plan::kind_index(plan::StateKind::kGrads);
-    const auto on = [&](plan::Tier t) { return by_kind[plan::tier_index(t)][grads]; };
-    if (on(plan::Tier::kHost) != 0 || on(plan::Tier::kNvme) != 0 || on(plan::Tier::kCompute) == 0) {
-      fail(fmt::format("gradient shards kept on compute: {} bytes on compute, {} on host, {} on nvme",
-                       on(plan::Tier::kCompute), on(plan::Tier::kHost), on(plan::Tier::kNvme)));
-    }
-  }
+  if (o.gradient_shards_on_compute) strata::testing::expect_grads_kept_on_compute(eng->memory_by_kind());
   if (placement.starts_with("nvme-optim-split")) {
     const auto by_kind = eng->memory_by_kind();
     const auto optim = plan::kind_index(plan::StateKind::kOptimizer);

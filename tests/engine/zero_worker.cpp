@@ -154,15 +154,7 @@ void parity(int stage, const std::string& optim, std::string mode) {
     if (by_kind[plan::tier_index(plan::Tier::kHost)][kind] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][kind] == 0)
       fail("optimizer_max_in_cpu: expected optimizer state both on host and on nvme");
   }
-  if (grads_on_compute) {
-    const auto by_kind = opt->memory_by_kind();
-    const auto grads = plan::kind_index(plan::StateKind::kGrads);
-    const auto on = [&](plan::Tier t) { return by_kind[plan::tier_index(t)][grads]; };
-    if (on(plan::Tier::kHost) != 0 || on(plan::Tier::kNvme) != 0 || on(plan::Tier::kCompute) == 0) {
-      fail(fmt::format("gradient shards kept on compute: {} bytes on compute, {} on host, {} on nvme",
-                       on(plan::Tier::kCompute), on(plan::Tier::kHost), on(plan::Tier::kNvme)));
-    }
-  }
+  if (grads_on_compute) strata::testing::expect_grads_kept_on_compute(opt->memory_by_kind());
   const at::Tensor unused_before = model.unused.detach().clone();
   for (int s = 0; s < 20; ++s) {
     // What C++ loops call on the model between steps leaves the engine's gradients

@@ -13,6 +13,7 @@
 
 #include "strata/base/status.h"
 #include "strata/comm/communicator.h"
+#include "strata/plan/tier.h"
 
 namespace strata::testing {
 
@@ -48,6 +49,18 @@ inline c10::Device test_device() {
   fmt::print(stderr, "EXPECTED FAILURE: {}\n", e);
   std::fflush(stderr);
   std::_Exit(3);
+}
+
+// Note [gradients kept on compute] (strata.gradient_shards_on_compute): every gradient
+// shard in compute memory and none on host or nvme, in an engine's memory_by_kind() after
+// setup (at stages 2-3 the gradient buffers have no bytes before the first backward).
+template <class ByKind>
+void expect_grads_kept_on_compute(const ByKind& by_kind) {
+  const auto on = [&](plan::Tier t) { return by_kind[plan::tier_index(t)][plan::kind_index(plan::StateKind::kGrads)]; };
+  if (on(plan::Tier::kHost) != 0 || on(plan::Tier::kNvme) != 0 || on(plan::Tier::kCompute) == 0) {
+    fail(fmt::format("gradient shards kept on compute: {} bytes on compute, {} on host, {} on nvme",
+                     on(plan::Tier::kCompute), on(plan::Tier::kHost), on(plan::Tier::kNvme)));
+  }
 }
 
 }  // namespace strata::testing
