@@ -52,10 +52,10 @@ Result<bool> strata_trains(int layers, const LargestOptions& o, const fs::path& 
 
 Result<bool> fsdp2_trains(int layers, const LargestOptions& o, const fs::path& dir) {
   LaunchOptions lo;
-  lo.argv = as_oom_victim({baseline_python(), std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py", "--device", "cuda", "--optimizer",
-             "fsdp2", "--model", model_name(layers, o), "--seq", std::to_string(o.seq), "--batch",
-             std::to_string(o.batch), "--steps", "1", "--warmup", "2", "--precision", "bf16", "--out",
-             (dir / "fsdp2.json").string()});
+  lo.argv = as_oom_victim({baseline_python(), std::string(STRATA_SOURCE_DIR) + "/scripts/torch_zero_baseline.py",
+                           "--device", "cuda", "--optimizer", "fsdp2", "--model", model_name(layers, o), "--seq",
+                           std::to_string(o.seq), "--batch", std::to_string(o.batch), "--steps", "1", "--warmup", "2",
+                           "--precision", "bf16", "--out", (dir / "fsdp2.json").string()});
   lo.output_fd = STDERR_FILENO;  // stdout is the report's
   STRATA_ASSIGN_OR_RETURN(int code, launch(lo));
   return code == 0;

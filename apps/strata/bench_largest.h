@@ -5,8 +5,9 @@
 // strata's attempt is `strata train` at stage 3, bf16 compute, parameter shards on host,
 // gradient shards in bf16 kept on the GPU until the step (strata.gradient_shard_dtype:
 // one micro-step, so the bf16 gradients lose nothing; strata.gradient_shards_on_compute),
-// optimizer state in bf16 (strata.optimizer_state_dtype) split between host and nvme (strata.optimizer_max_in_cpu) by strata_state_in_cpu over the RAM
-// and disk free when the attempt starts, less a reserve (usable_ram, usable_disk).
+// optimizer state in bf16 (strata.optimizer_state_dtype) split between host and nvme
+// (strata.optimizer_max_in_cpu) by strata_state_in_cpu over the RAM and disk free when
+// the attempt starts, less a reserve (usable_ram, usable_disk).
 // FSDP2's is scripts/torch_zero_baseline.py --optimizer fsdp2 under $STRATA_PYTHON.
 #pragma once
 
