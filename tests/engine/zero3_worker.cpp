@@ -72,10 +72,7 @@ std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step) {
 engine::EngineOptions options(std::string placement, const nn::GPTConfig& cfg, std::uint64_t* model_bytes) {
   engine::EngineOptions o;
   // Note [gradients kept on compute]: the gradient shards stay in compute memory.
-  if (placement.ends_with("-grads-on-compute")) {
-    o.gradient_shards_on_compute = true;
-    placement.resize(placement.size() - std::string_view("-grads-on-compute").size());
-  }
+  o.gradient_shards_on_compute = strata::testing::take_suffix(placement, "-grads-on-compute");
   if (placement.ends_with("-tensor-ops")) {  // ATen ops step the state (host_step)
     o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
     placement.resize(placement.size() - std::string_view("-tensor-ops").size());
@@ -167,7 +164,8 @@ void compare_params(engine::Engine& eng, nn::GPT& ref, double tol, const std::st
 
 void parity(const std::string& placement, bool bf16) {
   // The checks of a placement hold with its gradient shards kept on compute too.
-  const std::string base = placement.substr(0, placement.find("-grads-on-compute"));
+  std::string base = placement;
+  strata::testing::take_suffix(base, "-grads-on-compute");
   const nn::GPTConfig cfg = model_config();
   const c10::Device dev = test_device();
   nn::GPT model(cfg), ref(cfg);

@@ -85,11 +85,8 @@ void parity(int stage, const std::string& optim, std::string mode) {
   take_tensor_ops(mode, opts);
   // A "-grads-on-compute" suffix: the gradient shards kept in compute memory until the
   // step (Note [gradients kept on compute]).
-  const bool grads_on_compute = mode.ends_with("-grads-on-compute");
-  if (grads_on_compute) {
-    opts.gradient_shards_on_compute = true;
-    mode.resize(mode.size() - std::string_view("-grads-on-compute").size());
-  }
+  const bool grads_on_compute = strata::testing::take_suffix(mode, "-grads-on-compute");
+  opts.gradient_shards_on_compute = grads_on_compute;
   // "bf16-state": m and v in bf16, against the reference with its state rounded alike
   // and, to show the comparison can tell, against the reference without the rounding.
   const bool bf16_state = mode.starts_with("bf16-state");

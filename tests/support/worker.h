@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include <c10/core/Device.h>
 #include <fmt/format.h>
@@ -49,6 +50,13 @@ inline c10::Device test_device() {
   fmt::print(stderr, "EXPECTED FAILURE: {}\n", e);
   std::fflush(stderr);
   std::_Exit(3);
+}
+
+// Removes `suffix` from the end of a worker's mode argument; whether it was there.
+inline bool take_suffix(std::string& mode, std::string_view suffix) {
+  if (!mode.ends_with(suffix)) return false;
+  mode.resize(mode.size() - suffix.size());
+  return true;
 }
 
 // Note [gradients kept on compute] (strata.gradient_shards_on_compute): every gradient
