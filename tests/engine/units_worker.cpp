@@ -216,7 +216,8 @@ void nested() {
 // bf16_grads (bf16 gradient shards on nvme, against the reference's gradients rounded
 // alike),
 // optim_host_split (optimizer_max_in_cpu: the first chunk's state on host, the rest on
-// nvme), tensor_ops (host_step: ATen ops step the state on nvme; at stage 3 the
+// nvme), grads_on_compute (the same split, the gradient shards kept on compute until the
+// step at stages 2-3), tensor_ops (host_step: ATen ops step the state on nvme; at stage 3 the
 // parameter shards there too), groups (two parameter groups: the matrices decayed, the
 // vectors at half the lr without decay; the state on nvme, at stage 3 the parameter
 // shards too).
@@ -290,6 +291,15 @@ void awkward_case(int stage, const std::string& placement) {
     o.optim_device = OffloadDevice::kNvme;
     o.optim_max_in_cpu = o.chunks.chunk_size_elems / 2;  // one chunk shard at world 2
     nvme();
+  } else if (placement == "grads_on_compute") {
+    // Note [gradients kept on compute]: at stages 2-3 the gradient shards stay on compute
+    // until the step, the optimizer state split between host and nvme (no effect at
+    // stage 1, which the case checks too).
+    o.gradient_shards_on_compute = true;
+    o.optim_device = OffloadDevice::kNvme;
+    o.optim_max_in_cpu = o.chunks.chunk_size_elems / 2;
+    if (stage == 3) o.param_device = OffloadDevice::kCpu;
+    nvme();
   } else if (placement == "tensor_ops") {
     o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
     o.optim_device = OffloadDevice::kNvme;
@@ -332,6 +342,7 @@ void awkward_case(int stage, const std::string& placement) {
     if (by_kind[plan::tier_index(plan::Tier::kHost)][kind] == 0 || by_kind[plan::tier_index(plan::Tier::kNvme)][kind] == 0)
       fail(what + ": expected optimizer state both on host and on nvme");
   }
+  if (placement == "grads_on_compute" && stage >= 2) strata::testing::expect_grads_kept_on_compute(eng->memory_by_kind());
   std::vector<at::Tensor> ref_params;
   for (auto& p : ref.parameters())
     if (p.requires_grad()) ref_params.push_back(p);
@@ -396,7 +407,7 @@ void awkward_case(int stage, const std::string& placement) {
 
 void awkward(int stage) {
   for (const char* p : {"none", "optim_cpu", "optim_nvme", "params_host", "params_nvme", "nvme_split", "budget",
-                        "bf16_state", "bf16_grads", "optim_host_split", "tensor_ops", "groups"})
+                        "bf16_state", "bf16_grads", "optim_host_split", "grads_on_compute", "tensor_ops", "groups"})
     awkward_case(stage, p);
 }
 
