@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "strata/base/fatal_signal.h"
 
 namespace strata::cli {
 namespace {
@@ -17,6 +18,9 @@ const std::vector<std::string>& original_args() { return g_original; }
 }  // namespace strata::cli
 
 int main(int argc, char** argv) {
+  // Note [fatal signal report]: a crash says where, or who sent it, before the process
+  // dies of it (every rank and bench worker is this program too).
+  strata::install_fatal_signal_report("strata");
   strata::cli::g_original.assign(argv + 1, argv + argc);
   // Everything after the first "--" belongs to a program strata starts (strata launch
   // -n 2 -- prog --its-flags); CLI11 only sees what comes before it.

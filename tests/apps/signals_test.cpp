@@ -162,6 +162,27 @@ TEST(Launch, RanksDieWithTheLauncherWhateverTheyRun) {
   fs::remove_all(dir);
 }
 
+// Note [fatal signal report]: strata dying of SIGSEGV says so on stderr, with who sent it
+// and its stack, then dies of that signal (exit status 139), and its ranks end with it.
+TEST(Launch, AFatalSignalIsReportedThenKillsTheLauncherAndItsRanks) {
+  const auto dir = testing::fresh_temp_dir("launch-segv");
+  const std::string marker = fmt::format("sleep 300.{}", ::getpid() + 1);
+  Background run(fmt::format("{} launch -n 1 -- sh -c 'echo up; exec {}'", strata_bin(), marker), dir);
+  ASSERT_TRUE(run.wait_for("[r0] up", 30s)) << run.out() << run.err();
+  ::kill(run.pid(), SIGSEGV);
+  const auto code = run.wait_exit(10s);
+  ASSERT_TRUE(code) << run.err();
+  EXPECT_EQ(*code, 128 + SIGSEGV) << run.err();
+  const std::string err = run.err();
+  EXPECT_NE(err.find(fmt::format("strata: fatal signal SIGSEGV (sent by process {}, uid ", ::getpid())),
+            std::string::npos) << err;
+  EXPECT_NE(err.find("strata: backtrace"), std::string::npos) << err;
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (processes_matching(marker) > 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(processes_matching(marker, /*kill_them=*/true), 0) << "the rank outlived its launcher";
+  fs::remove_all(dir);
+}
+
 // Errors on stderr, output on stdout, through the launcher; the first failure named
 // with its last stderr line, a later one listed after it.
 TEST(Launch, RankErrorsGoToStderrAndTheFirstFailureIsNamed) {

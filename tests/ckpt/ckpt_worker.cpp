@@ -41,6 +41,7 @@
 #include <torch/utils.h>
 
 #include "awkward_model.h"
+#include "strata/base/fatal_signal.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/ckpt/checkpoint.h"
 #include "strata/ckpt/tools.h"
@@ -342,6 +343,7 @@ void buffers(const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  strata::install_fatal_signal_report("ckpt_worker");  // Note [fatal signal report]
   std::vector<std::string> a(argv + 1, argv + argc);
   if (a.empty()) fail("usage: ckpt_worker MODE ...");
   comm::CommOptions co;

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include "strata/base/fatal_signal.h"
 #include "strata/comm/rendezvous.h"
 
 using namespace strata;
@@ -120,6 +121,7 @@ void collectives(comm::Communicator& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  strata::install_fatal_signal_report("comm_worker");  // Note [fatal signal report]
   const std::string mode = argc > 1 ? argv[1] : "collectives";
   comm::CommOptions opts;
   if (argc > 2) opts.timeout = std::chrono::milliseconds(std::stol(argv[2]));

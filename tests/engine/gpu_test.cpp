@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/io_tensor.h"
+#include "strata/base/fatal_signal.h"
 #include "strata/io/buffer_pool.h"
 #include "strata/tiers/copy_stream.h"
 #include "strata/tiers/device.h"
@@ -22,6 +23,15 @@ namespace {
 
 using testing::expect_all_ok;
 using testing::run_ranks;
+
+// Before main: on the H200 (2026-12-04) test_gpu died of SIGSEGV with nothing printed,
+// gtest's results still in stdout's buffer (a pipe under ctest). Line-buffered, they are
+// out before a crash; and the crash itself is reported (Note [fatal signal report]).
+const bool kReportCrashes = [] {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  install_fatal_signal_report("test_gpu");
+  return true;
+}();
 
 void run_on_gpu(const std::vector<std::string>& args, const std::string& worker = "zero3_worker") {
   const auto dir = testing::fresh_temp_dir("gpu");

@@ -31,6 +31,7 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
+#include "strata/base/fatal_signal.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/engine.h"
@@ -568,6 +569,7 @@ void backward_raises(int stage) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  strata::install_fatal_signal_report("units_worker");  // Note [fatal signal report]
   std::vector<std::string> a(argv + 1, argv + argc);
   if (a.empty()) fail("usage: units_worker MODE ...");
   auto comm = check(comm::init_from_env(), "init");

@@ -30,6 +30,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include "strata/base/fatal_signal.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/base/units.h"
 #include "strata/comm/rendezvous.h"
@@ -500,6 +501,7 @@ void small_param_buffers() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  strata::install_fatal_signal_report("zero3_worker");  // Note [fatal signal report]
   std::vector<std::string> a(argv + 1, argv + argc);
   if (a.empty()) fail("usage: zero3_worker MODE ...");
   auto comm = check(comm::init_from_env(), "init");

@@ -50,6 +50,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 
+#include "strata/base/fatal_signal.h"
 #include "strata/comm/rendezvous.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/io/fault_injection.h"
@@ -473,6 +474,7 @@ void fault(const std::string& kind) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  strata::install_fatal_signal_report("zero_worker");  // Note [fatal signal report]
   std::vector<std::string> a(argv + 1, argv + argc);
   if (a.empty()) fail("usage: zero_worker MODE ...");
   comm::CommOptions co;
