@@ -374,12 +374,20 @@ Result<kernels::GradStats> GradReducer::local_stats(std::uint32_t c, double inv_
   return shard_stats(g.shard, inv_scale);
 }
 
+std::optional<at::Tensor> GradReducer::tensor_partials(std::uint32_t c) const {
+  const ChunkGrads& g = grads_[c];
+  if ((*core_.chunks)[c].grads_on_nvme || !g.shard.defined() || !stats_by_tensor_ops(g.shard)) return std::nullopt;
+  return tensor_grad_partials(g.shard);
+}
+
 // The fused prologue over a shard in host memory; tensor ops where the step takes them
 // (a shard on a GPU, or EngineOptions::host_step).
+bool GradReducer::stats_by_tensor_ops(const at::Tensor& shard) const {
+  return !shard.device().is_cpu() || core_.opt.host_step == EngineOptions::StepKernels::kTensorOps;
+}
+
 Result<kernels::GradStats> GradReducer::shard_stats(const at::Tensor& shard, double inv_scale) const {
-  if (!shard.device().is_cpu() || core_.opt.host_step == EngineOptions::StepKernels::kTensorOps) {
-    return tensor_grad_stats(shard, inv_scale);
-  }
+  if (stats_by_tensor_ops(shard)) return tensor_grad_stats(shard, inv_scale);
   STRATA_ASSIGN_OR_RETURN(kernels::DType dt, kernel_dtype(shard.scalar_type()));
   return kernels::grad_prologue(shard.data_ptr(), dt, static_cast<std::size_t>(shard.numel()), inv_scale,
                                 core_.pool.get());

@@ -127,6 +127,10 @@ class GradReducer {
   // At the boundary, after finish(): the prologue's partials over chunk c's gradient
   // shard, unscaled by inv_scale.
   Result<kernels::GradStats> local_stats(std::uint32_t c, double inv_scale) const;
+  // The same as partials on the shard's device (tensor_grad_partials), for a shard whose
+  // figures are tensor ops (on a GPU, or host_step), so that the step copies every
+  // chunk's at once (Note [one copy for the gradient norm]); nullopt for the others.
+  std::optional<at::Tensor> tensor_partials(std::uint32_t c) const;
   // Which parameters received a gradient on this rank, ever.
   const std::vector<std::uint8_t>& had_grad() const { return had_grad_; }
   // After the step: zero the accumulators.
@@ -176,6 +180,7 @@ class GradReducer {
   static constexpr std::size_t kSpillsInFlight = 2;
   bool scatter_mode() const { return core_.stage() >= 2; }
   Result<kernels::GradStats> shard_stats(const at::Tensor& shard, double inv_scale) const;
+  bool stats_by_tensor_ops(const at::Tensor& shard) const;
   Status reserve_buffer(std::uint32_t c);
   Status launch(std::uint32_t c);
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it

@@ -161,7 +161,19 @@ Status step_shard(const StepKernel& kernel, ShardState& state, const std::vector
                   bool tensor_ops, ThreadPool* pool, std::vector<ElemRange>* stepped, ElemRange range);
 
 // The gradient prologue (kernels/grad_prologue.h) as tensor ops, for a gradient shard
-// on a GPU (or anywhere): sums in double, one device-to-host copy of the result.
+// on a GPU (or anywhere), in two halves. Note [one copy for the gradient norm]: the
+// step needs every shard's figures before it may start (the overflow check, clipping),
+// and a copy to the host waits for the device; one copy a shard made the step wait for
+// the GPU once per chunk. So each shard's partials stay on its device, and one copy
+// brings all of them over.
+//
+// A shard's partials {l1, l2_sq, linf} as a double tensor on its device, unscaled, sums
+// in double: no copy to the host.
+at::Tensor tensor_grad_partials(const at::Tensor& grad);
+// Partials of any number of shards on one device, stacked as rows ([n, 3]): summed (linf
+// maxed) there, copied to the host once, scaled by inv_scale.
+kernels::GradStats merge_grad_partials(const at::Tensor& rows, double inv_scale);
+// Both, for one shard.
 kernels::GradStats tensor_grad_stats(const at::Tensor& grad, double inv_scale);
 
 // Sums L1/L2 partials and maxes linf/nonfinite across ranks.

@@ -1,5 +1,9 @@
 #include "step_driver.h"
 
+#include <algorithm>
+#include <optional>
+#include <utility>
+
 #include <ATen/ATen.h>
 #include <torch/optim/optimizer.h>
 
@@ -35,11 +39,22 @@ Status StepDriver::wrap(const OptimizerFactory& factory) {
 Result<kernels::GradStats> StepDriver::global_stats(double inv_scale) {
   STRATA_RETURN_IF_ERROR(reducer_.finish());
   kernels::GradStats local;
+  // Note [one copy for the gradient norm]: shards whose figures are tensor ops leave
+  // their partials on their device (a GPU, or the host under host_step), and each
+  // device's come over in one copy.
+  std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> partials;
   for (std::uint32_t c = 0; c < core_.chunks->size(); ++c) {
     if (!(*core_.chunks)[c].trainable) continue;
+    if (std::optional<at::Tensor> p = reducer_.tensor_partials(c)) {
+      auto on = std::find_if(partials.begin(), partials.end(), [&](const auto& d) { return d.first == p->device(); });
+      if (on == partials.end()) on = partials.insert(partials.end(), {p->device(), {}});
+      on->second.push_back(std::move(*p));
+      continue;
+    }
     STRATA_ASSIGN_OR_RETURN(kernels::GradStats s, reducer_.local_stats(c, inv_scale));
     local.merge(s);
   }
+  for (const auto& [device, rows] : partials) local.merge(merge_grad_partials(at::stack(rows), inv_scale));
   // Stage 0: every rank holds the whole (already averaged) gradient.
   if (core_.chunk_world() == 1) return local;
   return all_reduce_stats(local, core_.comm);

@@ -68,20 +68,31 @@ void adagrad(const kernels::AdagradHyper& h, const kernels::StepInfo& info, cons
 
 }  // namespace
 
-kernels::GradStats tensor_grad_stats(const at::Tensor& grad, double inv_scale) {
+at::Tensor tensor_grad_partials(const at::Tensor& grad) {
+  if (grad.numel() == 0) return at::zeros({3}, grad.options().dtype(at::kDouble));
+  const at::Tensor a = grad.reshape({-1}).to(at::kDouble).abs_();
+  return at::stack({a.sum(), a.square().sum(), a.max()});
+}
+
+kernels::GradStats merge_grad_partials(const at::Tensor& rows, double inv_scale) {
   kernels::GradStats st;
-  if (grad.numel() == 0) return st;
-  const at::Tensor a = grad.to(at::kDouble).abs_().mul_(inv_scale);
-  // One copy to the host for all three: l1, l2^2, linf.
-  const at::Tensor sums = at::stack({a.sum(), a.square().sum(), a.max()}).cpu();
-  const double* v = sums.data_ptr<double>();
-  st.l1 = v[0];
-  st.l2_sq = v[1];
-  st.linf = v[2];
+  if (rows.size(0) == 0) return st;
+  // max propagates NaN, as GradStats::merge does.
+  const at::Tensor t = at::stack({rows.select(1, 0).sum(), rows.select(1, 1).sum(), rows.select(1, 2).max()}).cpu();
+  const double* v = t.data_ptr<double>();
+  // Scaled after the sums: by a positive factor, so the max is the scaled max exactly,
+  // and the sums agree with the prologue's (which scales each element) to rounding.
+  st.l1 = v[0] * inv_scale;
+  st.l2_sq = v[1] * inv_scale * inv_scale;
+  st.linf = v[2] * inv_scale;
   // A sum in double of fp32 or narrower values cannot overflow, so it is inf or NaN
   // exactly when some element is.
   st.nonfinite = !std::isfinite(st.l1);
   return st;
+}
+
+kernels::GradStats tensor_grad_stats(const at::Tensor& grad, double inv_scale) {
+  return merge_grad_partials(tensor_grad_partials(grad).unsqueeze(0), inv_scale);
 }
 
 Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& grad,

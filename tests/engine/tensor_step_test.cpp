@@ -4,7 +4,9 @@
 // config offers, fp32 and bf16 gradients and compute copies, fp32 and bf16 states.
 #include "engine/shard_state.h"
 
+#include <cmath>
 #include <limits>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -139,6 +141,37 @@ TEST(TensorGradStats, MatchTheGradPrologue) {
   const kernels::GradStats empty = tensor_grad_stats(at::empty({0}), 1.0);
   EXPECT_EQ(empty.l1, 0);
   EXPECT_FALSE(empty.nonfinite);
+}
+
+// Note [one copy for the gradient norm]: the partials of several shards, merged in one
+// go, are the prologues of each merged one by one; an empty shard adds nothing, and a
+// shard with an inf or a NaN makes the whole nonfinite (linf NaN when one is NaN).
+TEST(TensorGradStats, PartialsOfManyShardsMergeAsTheirProloguesDo) {
+  at::manual_seed(5);
+  const std::vector<at::Tensor> shards = {(at::randn({4099}) * 7).to(at::kBFloat16), at::empty({0}, at::kBFloat16),
+                                          (at::randn({123}) * 1e3).to(at::kBFloat16), at::randn({70001}).to(at::kBFloat16)};
+  for (const double bad : {0.0, std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()}) {
+    std::vector<at::Tensor> gs, rows;
+    for (const auto& s : shards) gs.push_back(s.clone());
+    if (bad != 0) gs[2][17] = bad;
+    kernels::GradStats want;
+    for (const auto& g : gs) {
+      auto one = kernels::grad_prologue(g.data_ptr(), kernels::DType::kBF16, static_cast<std::size_t>(g.numel()), 0.5);
+      ASSERT_TRUE(one.has_value());
+      want.merge(*one);
+      rows.push_back(tensor_grad_partials(g));
+    }
+    const kernels::GradStats got = merge_grad_partials(at::stack(rows), 0.5);
+    EXPECT_EQ(got.nonfinite, want.nonfinite) << bad;
+    if (bad != 0) {
+      EXPECT_TRUE(got.nonfinite);
+      EXPECT_EQ(std::isnan(got.linf), std::isnan(bad)) << got.linf;
+      continue;
+    }
+    EXPECT_NEAR(got.l1, want.l1, 1e-12 * want.l1);
+    EXPECT_NEAR(got.l2_sq, want.l2_sq, 1e-12 * want.l2_sq);
+    EXPECT_EQ(got.linf, want.linf);
+  }
 }
 
 }  // namespace
