@@ -51,4 +51,15 @@ inline double rel_error(const at::Tensor& a, const at::Tensor& b) {
   return scale > 0 ? err / scale : err;
 }
 
+// ||a - b||_2 / ||b||_2: how far apart two tensors are as a whole. Where a few elements
+// may sit a rounding step apart and the rest agree (bf16 optimizer state, Note [bf16
+// state flips] in bf16_state_reference.h) it stays small, while a difference in every
+// element (bf16 state against fp32 state) does not.
+inline double rel_l2_error(const at::Tensor& a, const at::Tensor& b) {
+  const auto wide = at::promote_types(at::promote_types(a.scalar_type(), b.scalar_type()), at::kDouble);
+  const double scale = at::linalg_vector_norm(b.to(wide), 2).item<double>();
+  const double err = at::linalg_vector_norm(at::sub(a.to(wide), b.to(wide)), 2).item<double>();
+  return scale > 0 ? err / scale : err;
+}
+
 }  // namespace strata::testing

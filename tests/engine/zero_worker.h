@@ -26,10 +26,12 @@ namespace strata::testing::zero {
 
 using strata::testing::fail;
 using strata::testing::rel_error;
+using strata::testing::rel_l2_error;
 using strata::testing::toy_batch;
 using strata::testing::ToyModel;
 
 using strata::testing::kBf16StateTol;
+using strata::testing::kBf16StateWholeTol;
 // bf16 gradient shards against the reference with its gradients rounded alike: both
 // round fp32 gradients that can differ by an fp32 rounding (summation order), so one
 // can land a bf16 step away now and then. Measured after 20 AdamW steps: 2.7e-6 at
@@ -92,6 +94,13 @@ struct Reference {
   // strata.gradient_shard_dtype bf16: each gradient rounded to bf16 (to nearest even)
   // before clipping and the step, which is what the engine's bf16 shards hold.
   bool bf16_grads = false;
+  // With ranks > 1 the step's gradient is each rank's slice's mean-loss gradient,
+  // computed apart and averaged, as data parallelism makes it; 1 takes the whole batch's
+  // at once. The two differ by fp32 rounding, which most comparisons allow for; bf16
+  // optimizer state magnifies it (Note [bf16 state flips]). For two ranks this gradient
+  // is the engine's bit for bit: a sum of two terms rounds once whatever the order, and
+  // halving is exact.
+  int ranks = 1;
   explicit Reference(const OptimizerConfig& c, c10::Device device = c10::kCPU) {
     model.to(device);
     opt = torch_optimizer(c, trainable(model));
@@ -101,8 +110,22 @@ struct Reference {
     x = x.to(model.w1.device());
     y = y.to(model.w1.device());
     torch_compat::zero_grad_keep(*opt);
-    at::Tensor loss = model.loss(x, y);
-    loss.backward();
+    at::Tensor loss;
+    if (ranks == 1) {
+      loss = model.loss(x, y);
+      loss.backward();
+    } else {
+      const std::int64_t per = rows / ranks;
+      loss = at::zeros({}, x.options().dtype(at::kFloat));
+      for (int r = 0; r < ranks; ++r) {
+        at::Tensor l = model.loss(x.narrow(0, r * per, per), y.narrow(0, r * per, per));
+        l.backward();  // into the gradients: the sum over the ranks so far
+        loss = loss + l.detach();
+      }
+      for (auto& p : trainable(model))
+        if (p.grad().defined()) p.grad().div_(ranks);
+      loss = loss / ranks;
+    }
     if (bf16_grads)
       for (auto& p : trainable(model))
         if (p.grad().defined()) p.grad().copy_(p.grad().to(at::kBFloat16));
@@ -121,6 +144,16 @@ inline double max_error(ToyModel& got, ToyModel& want) {
   auto b = want.named_parameters();
   for (const auto& item : got.named_parameters()) worst = std::max(worst, rel_error(item.value(), b[item.key()]));
   return worst;
+}
+
+// Note [bf16 state flips]: every parameter as one vector, relative L2 (rel_l2_error).
+inline double whole_model_error(ToyModel& got, ToyModel& want) {
+  auto flat = [](ToyModel& m) {
+    std::vector<at::Tensor> v;
+    for (const auto& p : m.parameters()) v.push_back(p.detach().reshape({-1}));
+    return at::cat(v);
+  };
+  return rel_l2_error(flat(got), flat(want));
 }
 
 inline void compare(ToyModel& got, ToyModel& want, double tol, const std::string& when, bool skip_unused = false) {
