@@ -21,6 +21,9 @@ namespace {
 constexpr int kFatalSignals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
 const char* g_program = "strata";
 std::atomic<long> g_reporter{0};  // the reporting thread's id; 0 while none is
+// The handler each signal had before ours (Note [fatal signal report]: it runs after the
+// report); sa_handler SIG_DFL where there was none. Written by install only.
+struct sigaction g_previous[NSIG];
 alignas(16) char g_alt_stack[64 << 10];
 
 // One line in a fixed buffer: no allocation, no stdio, no locale.
@@ -127,23 +130,42 @@ void die_of(int sig) {
   ::raise(sig);
 }
 
-void on_fatal(int sig, siginfo_t* info, void*) {
+bool has_handler(const struct sigaction& a) {
+  return (a.sa_flags & SA_SIGINFO) != 0 || (a.sa_handler != SIG_DFL && a.sa_handler != SIG_IGN);
+}
+
+// After the report: the handler that was there before ours, put back and called with
+// the same arguments, so it sees the fault as it happened; if it returns, so do we, and
+// what follows is as it would have been without us. With none, the default action.
+void pass_on(int sig, siginfo_t* info, void* context) {
+  const struct sigaction prev = g_previous[sig];
+  if (!has_handler(prev)) {
+    die_of(sig);
+    return;
+  }
+  ::sigaction(sig, &prev, nullptr);
+  if ((prev.sa_flags & SA_SIGINFO) != 0) prev.sa_sigaction(sig, info, context);
+  else prev.sa_handler(sig);
+}
+
+void on_fatal(int sig, siginfo_t* info, void* context) {
   const int saved_errno = errno;  // a handler that returns leaves errno as it found it
   const long tid = thread_id();
   long none = 0;
   if (!g_reporter.compare_exchange_strong(none, tid)) {
     // A fault inside this thread's own report: no second try. Another thread's report:
-    // let it finish (the process dies with it), then die regardless.
+    // let it finish (the process most likely dies with it), then go on without one.
     if (none != tid) {
       const timespec pause{0, 10'000'000};
       for (int i = 0; i < 300 && g_reporter.load() != 0; ++i) ::nanosleep(&pause, nullptr);
     }
-    die_of(sig);
+    pass_on(sig, info, context);
     errno = saved_errno;
     return;
   }
   report(sig, info, tid);
-  die_of(sig);
+  g_reporter.store(0);
+  pass_on(sig, info, context);
   errno = saved_errno;
 }
 
@@ -168,7 +190,9 @@ void install_fatal_signal_report(const char* program) {
   for (const int sig : kFatalSignals) {
     struct sigaction old {};
     if (::sigaction(sig, nullptr, &old) != 0) continue;
-    if ((old.sa_flags & SA_SIGINFO) != 0 || old.sa_handler != SIG_DFL) continue;  // someone else's, or ours
+    if ((old.sa_flags & SA_SIGINFO) != 0 && old.sa_sigaction == on_fatal) continue;  // installed already
+    if ((old.sa_flags & SA_SIGINFO) == 0 && old.sa_handler == SIG_IGN) continue;   // ignored on purpose
+    g_previous[sig] = old;
     struct sigaction sa {};
     sa.sa_sigaction = on_fatal;
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK;

@@ -24,11 +24,12 @@ struct Death {
   std::string err;  // its stderr
 };
 
-// Runs `body` in a child with the report installed. The sanitizers install their own
-// handlers (which the report leaves alone), so the child puts the defaults back first.
-// `before_kill`, when given, runs in the parent once the child has installed the report,
-// with the child's pid.
-Death run_child(const std::function<void()>& body, const std::function<void(pid_t)>& before_kill = {}) {
+// Runs `body` in a child with the report installed (by `body` itself when `install` is
+// false). The sanitizers install handlers of their own, which would run after the
+// report, so the child puts the defaults back first. `before_kill`, when given, runs in
+// the parent once the child is ready, with the child's pid.
+Death run_child(const std::function<void()>& body, const std::function<void(pid_t)>& before_kill = {},
+                bool install = true) {
   int err[2], ready[2];
   EXPECT_EQ(::pipe(err), 0);
   EXPECT_EQ(::pipe(ready), 0);
@@ -38,7 +39,7 @@ Death run_child(const std::function<void()>& body, const std::function<void(pid_
     ::close(err[0]);
     ::close(ready[0]);
     for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) ::signal(sig, SIG_DFL);
-    install_fatal_signal_report("child");
+    if (install) install_fatal_signal_report("child");
     (void)!::write(ready[1], "r", 1);
     body();
     std::_Exit(0);
@@ -124,19 +125,37 @@ TEST(FatalSignalReport, AStackOverflowIsStillReported) {
   EXPECT_NE(d.err.find("child: fatal signal SIGSEGV ("), std::string::npos) << d.err;
 }
 
-// A handler that was there first (a sanitizer's, Python's faulthandler, the host
-// program's) is left in charge.
-TEST(FatalSignalReport, AnExistingHandlerIsKept) {
-  const Death d = run_child([] {
-    struct sigaction own {};
-    own.sa_handler = [](int) { std::_Exit(42); };
-    ::sigemptyset(&own.sa_mask);
-    ::sigaction(SIGSEGV, &own, nullptr);
-    install_fatal_signal_report("again");
-    ::raise(SIGSEGV);
-  });
+// A handler that was there first (a sanitizer's, Python's faulthandler, a library's)
+// runs after the report, with the signal's details, and what it does stands: this one
+// exits 42 with the si_code it was given.
+TEST(FatalSignalReport, AnEarlierHandlerRunsAfterTheReport) {
+  const Death d = run_child(
+      [] {
+        struct sigaction own {};
+        own.sa_sigaction = [](int, siginfo_t* info, void*) {
+          std::_Exit(info->si_code == SEGV_MAPERR && info->si_addr == reinterpret_cast<void*>(0x30) ? 42 : 43);
+        };
+        own.sa_flags = SA_SIGINFO;
+        ::sigemptyset(&own.sa_mask);
+        ::sigaction(SIGSEGV, &own, nullptr);
+        install_fatal_signal_report("child");
+        write_to_unmapped(0x30);
+      },
+      {}, /*install=*/false);
   EXPECT_EQ(d.exit_code, 42) << d.err;
-  EXPECT_EQ(d.err.find("fatal signal"), std::string::npos) << d.err;
+  EXPECT_NE(d.err.find("child: fatal signal SIGSEGV (address not mapped) at 0x30"), std::string::npos) << d.err;
+}
+
+// A second install changes nothing: one report, then the default action.
+TEST(FatalSignalReport, InstallingTwiceReportsOnce) {
+  const Death d = run_child([] {
+    install_fatal_signal_report("child");
+    write_to_unmapped(0x40);
+  });
+  EXPECT_EQ(d.signal, SIGSEGV) << d.err;
+  const auto first = d.err.find("fatal signal");
+  ASSERT_NE(first, std::string::npos) << d.err;
+  EXPECT_EQ(d.err.find("fatal signal", first + 1), std::string::npos) << d.err;
 }
 
 }  // namespace

@@ -19,11 +19,13 @@
 // `strata bench`'s parent died of SIGSEGV with nothing printed (gtest's buffered stdout
 // went with them); this line and the stack are what a short device call can bring back.
 //
-// A signal that already has a handler keeps it: the sanitizers' reports, Python's
-// faulthandler or a host program's own handler stay in charge. Call it once, from the
-// main thread, before starting threads (the alternate signal stack, which lets a stack
-// overflow still be reported, is the calling thread's). Library code never calls it:
-// the signal dispositions belong to the program.
+// A handler that was there before (a sanitizer's, Python's faulthandler, one a library
+// installed as it loaded: Debian's LibTorch 2.6 pulls in UCX, whose libucs takes SIGSEGV
+// for a report of its own) still runs, after ours, with the same arguments, and what
+// it does next (return, die) stands. A signal ignored on purpose stays ignored. Call it
+// from the main thread, before starting threads (the alternate signal stack, which lets
+// a stack overflow still be reported, is the calling thread's); a second call changes
+// nothing. Library code never calls it: the signal dispositions belong to the program.
 #pragma once
 
 namespace strata {
