@@ -74,10 +74,8 @@ engine::EngineOptions options(std::string placement, const nn::GPTConfig& cfg, s
   engine::EngineOptions o;
   // Note [gradients kept on compute]: the gradient shards stay in compute memory.
   o.gradient_shards_on_compute = strata::testing::take_suffix(placement, "-grads-on-compute");
-  if (placement.ends_with("-tensor-ops")) {  // ATen ops step the state (host_step)
+  if (strata::testing::take_suffix(placement, "-tensor-ops"))  // ATen ops step the state (host_step)
     o.host_step = engine::EngineOptions::StepKernels::kTensorOps;
-    placement.resize(placement.size() - std::string_view("-tensor-ops").size());
-  }
   // SGD with momentum: Adam turns the rounding noise in gradients that are exactly zero
   // in theory (attention key biases) into full-size steps, which no two summation
   // orders agree on; the ZeRO-1/2 tests cover Adam parity on a model without them.

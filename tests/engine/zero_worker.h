@@ -174,9 +174,8 @@ inline std::pair<at::Tensor, at::Tensor> my_rows(std::int64_t step, std::int64_t
 // statistics, wherever the state is (host_step; what state on a GPU always takes).
 // The suffix is taken off MODE.
 inline void take_tensor_ops(std::string& mode, engine::EngineOptions& opts) {
-  if (!mode.ends_with("tensor-ops")) return;
+  if (!strata::testing::take_suffix(mode, "tensor-ops")) return;
   opts.host_step = engine::EngineOptions::StepKernels::kTensorOps;
-  mode.resize(mode.size() - std::string_view("tensor-ops").size());
   if (mode.ends_with('-')) mode.pop_back();
 }
 
