@@ -9,13 +9,19 @@ memory: some ops raise an opaque "setStorage ... out of bounds" error, others (w
 w * 2) read memory near address 0 and kill the process.
 
 While an engine at stage 3 exists, a torch-function mode looks at the parameters every
-torch call receives and raises UsageError, naming the parameter, its owner and the fix
-(strata.register_external_parameter, as DeepSpeed's), before the op runs. The check is a
-type test per argument; gathered parameters pass through.
+torch call receives, before the op runs. The check is a type test per argument;
+gathered parameters pass through. A released one used while a forward of its engine is
+open (a module that reads a child's weight, a tied head in the root's forward) is
+adopted: the unit running takes it and gathers it, now and at its every later access,
+as DeepSpeed gathers a parameter touched in a forward (Note [adopted parameters] in
+src/engine/access_driver.h; the root is always a unit, so a whole forward is covered).
+Anywhere else (between steps, in a backward) the mode raises UsageError naming the
+parameter, its owner and the ways to read it there.
 
-register_external_parameter(module, param) adds `param` to `module`'s unit, so that
-module's forward gathers it too (the engine lets a parameter belong to several units);
-set_leaf_modules adds a module's whole subtree (Note [unit ownership], _units.py).
+register_external_parameter(module, param) adds `param` to `module`'s unit ahead of the
+first step, whose on-demand gathers then fetch it with the unit's own (the engine lets
+a parameter belong to several units); set_leaf_modules adds a module's whole subtree
+(Note [unit ownership], _units.py).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import weakref
 import torch
 from torch.overrides import TorchFunctionMode
 
+from . import _owners
 from .errors import ConfigError, UsageError
 
 
@@ -107,18 +114,17 @@ class _Guard(TorchFunctionMode):
         owner = self.owners.get(id(a))
         if owner is None or owner[0]() is not a:
             return  # not a parameter of a strata engine
+        engine = _owners.owner_of(a)
+        if engine is not None and engine.engine.adopt_param(a):
+            return  # used inside a forward: the unit running now gathers it (Note [adopted parameters])
         _, name, unit = owner
         raise UsageError(
-            f"failed_precondition: parameter '{name}' was used outside the forward of the module that owns it "
-            f"('{unit}'); at stage 3 it holds no values there (they live in shards). Use it through its "
-            "module, or declare the module whose forward uses it before sharding: "
-            f"strata.register_external_parameter(that_module, {name.rsplit('.', 1)[-1]}_parameter) (as "
-            "deepspeed.zero.register_external_parameter), or, when a module's forward reads its children's "
-            "parameters, strata.set_leaf_modules(model, [ThatModuleClass]). To read or edit it between steps "
-            "(an EMA, weight clipping), do so inside strata.GatheredParameters([...]) on every rank (as "
-            "deepspeed.zero.GatheredParameters); to save the trained values (model.state_dict()), use "
-            "engine.consolidated_state_dict() on every rank (fully_shard: strata.get_model_state_dict(model)) "
-            "or save_checkpoint")
+            f"failed_precondition: parameter '{name}' was used outside the forward of the model at stage 3 (its "
+            f"module is '{unit}'), where it holds no values (they live in shards); inside a forward it is gathered "
+            "where it is used. To read or edit it between steps (an EMA, weight clipping), do so inside "
+            "strata.GatheredParameters([...]) on every rank (as deepspeed.zero.GatheredParameters); to save the "
+            "trained values (model.state_dict()), use engine.consolidated_state_dict() on every rank (fully_shard: "
+            "strata.get_model_state_dict(model)) or save_checkpoint")
 
 
 _GUARD = _Guard()

@@ -109,8 +109,8 @@ def is_leaf(module: torch.nn.Module) -> bool:
 
 def units_of(model: torch.nn.Module) -> list[Unit]:
     """Every module whose forward computes with parameters (Note [unit ownership]) or
-    that was given external ones, the root included, in named_modules() order; a
-    parameter two modules own (a tied weight) is in both."""
+    that was given external ones, and the root, with or without parameters, in
+    named_modules() order; a parameter two modules own (a tied weight) is in both."""
     modules = dict(model.named_modules())
     uses: dict[str, list[torch.nn.Parameter]] = {name: [] for name in modules}
     for name, module in modules.items():
@@ -130,7 +130,10 @@ def units_of(model: torch.nn.Module) -> list[Unit]:
         unit = Unit(name=name or type(model).__name__, module=module, params=params,
                     param_names=[names[id(p)] for p in params])
         add_external(unit, model)
-        if unit.params:
+        # The root is a unit even when it owns no parameters: the forward open around the
+        # whole model's, to adopt what the root's own code computes with (a tied head as
+        # F.linear(x, self.wte.weight); Note [adopted parameters], access_driver.h).
+        if unit.params or module is model:
             units.append(unit)
     return units
 

@@ -85,7 +85,7 @@ class Engine:
         _units.check_compute_dtype(_units.compute_dtype(cfg))
         _units.check_materialized(module)
         self._units = _units.units_of(module)
-        if not self._units:
+        if not any(u.params for u in self._units):
             raise ConfigError("invalid_argument: the model has no parameters: nothing to train or shard")
         cfg = self._config = _units.with_model_dtype(cfg, _units.named_params(self._units))
         params = [p for u in self._units for p in u.params]

@@ -22,6 +22,20 @@
 // schedule for the rest of the step: chunks prefetched for it are released, everything
 // is fetched on demand, results do not change, and the next step records again.
 //
+// Note [adopted parameters]: a module's forward may compute with a parameter another
+// module owns (torchvision's Swin attention passes its qkv and proj children's weights to
+// a function of its own; a tied head multiplies by the embedding's weight). At stage 3
+// that parameter holds no values there, as the unit that is running does not gather it.
+// DeepSpeed gathers such a parameter when it is touched in a forward and makes it the
+// running module's from then on; so does adopt(): the innermost unit whose forward is
+// open takes the parameter's chunk, gathered now and counted as in use by each of that
+// unit's open accesses (their ends release it), and every later access of the unit
+// gathers it too: its backward, where autograd reads the saved parameter, and the next
+// steps, which the schedule then prefetches for. The schedule in force was planned
+// without it, so a frozen trace records again from the next step (this step runs on
+// demand from here). The Python front end calls it when its guard sees such a use
+// (Note [released parameters], python/strata/_guard.py).
+//
 // An access ends when its unit's forward returns, or when its backward is done (above);
 // where it ends is part of the trace (Note [overlapping accesses] in strata/plan/trace.h),
 // and the schedule keeps its chunks gathered until then. Within a step a forward with
@@ -67,6 +81,9 @@ class AccessDriver {
 
   Status pre_forward(UnitId u);
   Status post_forward(UnitId u, std::span<const at::Tensor> outputs);
+  // Note [adopted parameters]: the innermost unit whose forward is open takes store
+  // parameter `param`; returns that unit, or nullopt when no unit's forward is open.
+  Result<std::optional<UnitId>> adopt(std::uint32_t param);
   // Ends the forward accesses still open above the first `depth`, appending their units
   // to *ended when given (Note [a forward that raised]).
   Status abort_forward(std::size_t depth = 0, std::vector<UnitId>* ended = nullptr);

@@ -332,6 +332,19 @@ Status Engine::post_forward(UnitId unit, std::span<const at::Tensor> outputs) {
 
 Status Engine::abort_forward() { return impl_->access ? impl_->access->abort_forward() : ok(); }
 
+Result<bool> Engine::adopt_param(const at::Tensor& param) {
+  Impl& m = *impl_;
+  if (!m.access) return false;
+  STRATA_ASSIGN_OR_RETURN(const std::size_t i, m.param_index(param));
+  if (m.store_index[i] < 0) return false;
+  STRATA_ASSIGN_OR_RETURN(const std::optional<UnitId> u,
+                          m.access->adopt(static_cast<std::uint32_t>(m.store_index[i])));
+  if (!u) return false;
+  log::debug("stage 3: parameter '{}' is used in the forward of unit '{}', which gathers it from now on",
+             m.param_names[i], m.access->units()[static_cast<std::size_t>(*u)].name);
+  return true;
+}
+
 void Engine::Impl::open_backward() {
   if (in_backward) return;
   in_backward = true;

@@ -134,6 +134,10 @@ void AccessTrace::end_step() {
   }
 }
 
+void AccessTrace::rerecord() {
+  if (state_ == State::kComplete) state_ = State::kInvalid;
+}
+
 void AccessTrace::invalidate(std::size_t at, const std::string& expected, const std::string& actual) {
   state_ = State::kInvalid;
   ++n_warnings_;

@@ -205,6 +205,10 @@ void bind_engine(py::module_& m) {
         py::gil_scoped_release nogil;
         ok_or_throw(live(e).abort_forward());
       })
+      .def("adopt_param", [](PyEngine& e, const at::Tensor& param) {
+        py::gil_scoped_release nogil;
+        return value_or_throw(live(e).adopt_param(param));
+      })
       .def("post_forward", [](PyEngine& e, int unit, const std::vector<at::Tensor>& outputs) {
         // Without the GIL, as every engine call: an engine thread that drops the last
         // C++ reference to a tensor Python once held decrefs its PyObject, which takes the

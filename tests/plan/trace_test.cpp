@@ -107,6 +107,40 @@ TEST(Trace, MismatchesInvalidateOnceAndReRecord) {
   }
 }
 
+// Note [adopted parameters] (src/engine/access_driver.h): a unit took a parameter while
+// the frozen trace was being followed. rerecord() makes the rest of the step run
+// unmatched and the next step record afresh, with no warning (nothing mismatched); while
+// recording it changes nothing.
+TEST(Trace, RerecordDropsTheFrozenTraceWithoutAWarning) {
+  AccessTrace t;
+  const auto step = fwd_bwd({1, 2, 3});
+  run_step(t, step);
+  t.rerecord();  // frozen when step 1 ended
+  EXPECT_EQ(t.state(), AccessTrace::State::kInvalid);
+  EXPECT_EQ(run_step(t, step), std::vector<long>(6, -1));  // records again
+  ASSERT_TRUE(t.complete());
+
+  t.begin_step();
+  EXPECT_EQ(t.on_access(step[0]), std::optional<std::size_t>(0));
+  t.rerecord();
+  EXPECT_EQ(t.on_access(step[1]), std::nullopt);  // the rest of the step is not matched
+  for (std::size_t i = 2; i < step.size(); ++i) EXPECT_EQ(t.on_access(step[i]), std::nullopt);
+  t.end_step();
+  EXPECT_EQ(run_step(t, step), std::vector<long>(6, -1));
+  EXPECT_EQ(run_step(t, step), (std::vector<long>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(t.n_warnings(), 0u);
+
+  AccessTrace recording;  // while recording: nothing to drop
+  recording.begin_step();
+  recording.on_access(step[0]);
+  recording.rerecord();
+  EXPECT_EQ(recording.state(), AccessTrace::State::kRecord);
+  for (std::size_t i = 1; i < step.size(); ++i) recording.on_access(step[i]);
+  recording.end_step();
+  EXPECT_TRUE(recording.complete());
+  EXPECT_EQ(recording.accesses().size(), step.size());
+}
+
 TEST(Trace, HashIsStableAndSensitive) {
   // A fixed value: the hash must be identical on every rank, process, run and build.
   const auto step = fwd_bwd({0, 1, 2});

@@ -536,6 +536,10 @@ def make(name, seed=0):
         # resnet18_eval: batch norm normalizes with its running statistics (a fixed affine
         # map), so the loss does not hang on how the batch is split across ranks.
         return model.eval() if name == "resnet18_eval" else model
+    if name == "swin_t_eval":  # eval: no stochastic depth
+        import torchvision
+
+        return torchvision.models.swin_t(num_classes=10).eval()
     raise ValueError(name)
 
 
@@ -556,6 +560,8 @@ def batch(name, step, rows):
         return x, torch.randn(rows, 4, generator=g)
     if name.startswith("resnet18"):
         return torch.randn(rows, 3, 32, 32, generator=g), torch.randint(0, 10, (rows,), generator=g)
+    if name.startswith("swin"):
+        return torch.randn(rows, 3, 64, 64, generator=g), torch.randint(0, 10, (rows,), generator=g)
     if name == "cnn_channels_last":
         x = torch.randn(rows, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
         return x, torch.randint(0, 10, (rows,), generator=g)
@@ -568,7 +574,7 @@ def loss_fn(name, out, y):
     if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm") or \
             name.startswith(("normed_mlp", "awkward")):
         return F.mse_loss(out, y)
-    if name.startswith("resnet18") or name == "cnn_channels_last":
+    if name.startswith(("resnet18", "swin")) or name == "cnn_channels_last":
         return F.cross_entropy(out, y)
     raise ValueError(name)
 

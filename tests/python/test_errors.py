@@ -2,6 +2,7 @@
 crash or a hang. One rank, in this process."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import models
 
@@ -241,23 +242,69 @@ def offloaded(**extra):  # stage 3 with the parameters on the host: released bet
     return cfg
 
 
-# A module whose forward reads a child's parameters without calling the child: refused by
-# name with both fixes; marked with strata.set_leaf_modules (as DeepSpeed's
-# set_z3_leaf_modules) its forward gathers its whole subtree and training matches plain
-# PyTorch.
+# A module whose forward reads a child's parameters without calling the child: its unit
+# gathers them where the forward first uses them (Note [adopted parameters],
+# src/engine/access_driver.h; before, refused by name), and marked with
+# strata.set_leaf_modules (as DeepSpeed's set_z3_leaf_modules) its unit holds its whole
+# subtree from the start; either way training matches plain PyTorch.
 def test_set_leaf_modules_gathers_what_a_forward_reads_of_its_children(strata):
-    engine, *_ = strata.initialize(model=models.make("reads_child_weight"), config=offloaded())
-    x, y = models.batch("awkward", 0, 8)
-    with pytest.raises(strata.UsageError, match=r"parameter 'mix\.weight' was used outside .*strata\.set_leaf_modules"):
-        engine(x)
-    engine.close()
+    for marked in (False, True):
+        reference = models.make("reads_child_weight")
+        opt = torch.optim.AdamW(reference.parameters(), lr=1e-3)
+        model = models.make("reads_child_weight")
+        if marked:
+            assert strata.set_leaf_modules(model, [models.ReadsChildWeight]) == [model]
+        engine, *_ = strata.initialize(model=model, config=offloaded())
+        for step in range(3):
+            x, y = models.batch("awkward", step, 8)
+            opt.zero_grad()
+            want = models.loss_fn("awkward", reference(x), y)
+            want.backward()
+            opt.step()
+            got = models.loss_fn("awkward", engine(x), y)
+            engine.backward(got)
+            engine.step()
+            assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()), (marked, step, got.item(), want.item())
+        engine.close()
 
-    reference = models.make("reads_child_weight")
+    with pytest.raises(strata.ConfigError, match="has no module of type LSTM"):
+        strata.set_leaf_modules(model, [torch.nn.LSTM])
+    with pytest.raises(strata.ConfigError, match="takes torch.nn.Module subclasses"):
+        strata.set_leaf_modules(model, ["Linear"])
+
+
+class LateReader(models.ReadsChildWeight):
+    """Calls its child; from when `reads` is set it also reads the child's weight itself."""
+
+    reads = False
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        m = self.mix(h)
+        if self.reads:
+            m = m + 0.5 * F.linear(h, self.mix.weight)
+        return self.out(torch.tanh(m))
+
+
+# Note [adopted parameters]: a forward that first reads another module's parameter after
+# the trace froze (step 3 begins on the schedule; the modules run as before, so nothing
+# mismatches) gathers it there; the schedule planned without it is dropped for the rest
+# of that step, the next step records again (not scheduled: without the adoption it
+# would be), and the one after follows the new schedule. No warning, and losses match
+# plain PyTorch throughout. (1024-element chunks: mix.weight has one of
+# its own, which a reuse distance of 0 releases once mix returns.)
+def test_a_parameter_adopted_after_the_trace_froze(strata):
+    torch.manual_seed(0)
+    reference = LateReader()
+    model = LateReader()
+    model.load_state_dict(reference.state_dict())
     opt = torch.optim.AdamW(reference.parameters(), lr=1e-3)
-    model = models.make("reads_child_weight")
-    assert strata.set_leaf_modules(model, [models.ReadsChildWeight]) == [model]
-    engine, *_ = strata.initialize(model=model, config=offloaded())
-    for step in range(3):
+    cfg = offloaded(strata={"chunk_size": 1024})
+    cfg["zero_optimization"]["stage3_max_reuse_distance"] = 0  # released after each use
+    engine, *_ = strata.initialize(model=model, config=cfg)
+    scheduled = []
+    for step in range(6):
+        model.reads = reference.reads = step >= 3
         x, y = models.batch("awkward", step, 8)
         opt.zero_grad()
         want = models.loss_fn("awkward", reference(x), y)
@@ -267,12 +314,10 @@ def test_set_leaf_modules_gathers_what_a_forward_reads_of_its_children(strata):
         engine.backward(got)
         engine.step()
         assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()), (step, got.item(), want.item())
+        scheduled.append(engine.last_metrics()["scheduled"])
+    assert scheduled == [False, True, True, True, False, True], scheduled
+    assert engine.last_metrics()["trace_invalidations"] == 0
     engine.close()
-
-    with pytest.raises(strata.ConfigError, match="has no module of type LSTM"):
-        strata.set_leaf_modules(model, [torch.nn.LSTM])
-    with pytest.raises(strata.ConfigError, match="takes torch.nn.Module subclasses"):
-        strata.set_leaf_modules(model, ["Linear"])
 
 
 # The guard's other ways in: an attribute that makes a view (.T), and an engine dropped

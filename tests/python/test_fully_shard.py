@@ -59,11 +59,13 @@ def test_reparametrized_layers_match_plain_pytorch(tmp_path, world, name):
 
 
 # The token embedding sharded as a unit of its own, its weight used by the root's forward
-# (the LM head): registered as an external parameter of the root (test_initialize has
-# the unregistered error).
-def test_parameter_used_outside_its_module(tmp_path):
+# (the LM head): adopted by the root's unit where the head uses it (Note [adopted
+# parameters]; before, a UsageError), or registered ahead as an external parameter of
+# the root.
+@pytest.mark.parametrize("registered", [False, True])
+def test_parameter_used_outside_its_module(tmp_path, registered):
     s = spec("gpt_functional_head", tmp_path, optimizer="cpu", params="cpu", also=["wte"])
-    s["external_head"] = True
+    s["external_head"] = registered
     check_against_reference(train(tmp_path, 2, s), "gpt_functional_head")
 
 

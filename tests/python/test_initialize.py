@@ -17,6 +17,12 @@ STEPS, ROWS, LR, WD = 6, 8, 3e-3, 0.01
 # strata stays within 1e-6 of the reference in the loss and 6e-6 in the parameters.
 OPTIMIZER = {"resnet18": ("SGD", {"lr": 1e-4, "momentum": 0.9, "weight_decay": WD})}
 OPTIMIZER["resnet18_eval"] = OPTIMIZER["resnet18"]
+# Attention's key bias has a gradient of zero in exact arithmetic (softmax does not change
+# when a constant is added to every key's score), so what it gets is rounding noise, and
+# Adam's normalized step turns noise into full-size steps: strata and plain PyTorch then
+# agree within 6e-8 on the query and value biases and differ by 0.14 on the key bias
+# (Swin-T, AdamW at 3e-3, 4 steps). SGD's step is as small as that gradient.
+OPTIMIZER["swin_t_eval"] = ("SGD", {"lr": 1e-2, "momentum": 0.9, "weight_decay": WD})
 DEFAULT_OPTIMIZER = ("AdamW", {"lr": LR, "weight_decay": WD})
 
 
@@ -499,6 +505,25 @@ def test_resnet18_matches_plain_pytorch(tmp_path, world, stage, device, budget):
             assert r["metrics"]["peak"]["compute"] <= budget < model_bytes, r["metrics"]
 
 
+# An unmodified torchvision Swin-T (28M parameters), whose window attention hands its
+# qkv and proj children's weights to a function of its own without calling them, at
+# stage 3 with parameters and optimizer state on nvme and a compute budget of a third of
+# the model that evicts, at two ranks: those weights are gathered where the attention
+# uses them (Note [adopted parameters]) and training matches plain PyTorch. Before, it
+# stopped at the first forward (a UsageError naming set_leaf_modules).
+def test_swin_transformer_matches_plain_pytorch(tmp_path):
+    pytest.importorskip("torchvision")
+    budget = 40 << 20
+    cfg = config(3, "nvme", tmp_path, optimizer=OPTIMIZER["swin_t_eval"], chunk_size=1 << 20, compute_budget=budget)
+    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, 2, {"model": "swin_t_eval", "config": cfg, "steps": 4, "rows": ROWS})
+    check_against_reference(ranks, "swin_t_eval", steps=4)
+    model_bytes = 4 * sum(p.numel() for p in models.make("swin_t_eval").parameters())
+    for r in ranks:
+        assert r["metrics"]["peak"]["compute"] <= budget < model_bytes / 2, r["metrics"]
+        assert r["metrics"]["scheduled"], r["metrics"]
+
+
 # Training-mode batch norm (batch statistics, running-stat updates) through strata at
 # stage 3: the losses of the first four steps match plain PyTorch within 1e-5, before a
 # rounding difference has grown past it (see above).
@@ -511,37 +536,29 @@ def test_resnet18_trains_batch_norm_like_plain_pytorch(tmp_path):
         assert abs(g - w) <= 1e-5 * abs(w), f"step {s}: loss {g} vs plain PyTorch {w}"
 
 
-# A parameter used outside the forward of the module that owns it (the LM head as
-# F.linear(x, self.wte.weight) in the root's forward). At stage 3 its storage is released
-# there: unregistered, every rank stops with a UsageError that names the parameter and
-# the fix (before the guard, w.sum() on it killed the process with SIGSEGV and F.linear
-# raised an opaque ATen error); registered with strata.register_external_parameter, the
-# root's forward gathers it, also with a compute budget that evicts, and training matches
-# plain PyTorch.
+# A parameter used in the forward of a module that does not own it: the LM head as
+# F.linear(x, self.wte.weight) in the root's forward (the root owns no parameter), and
+# wpe.weight[:t] (at a nonzero offset into its chunk: the guard once missed it and read
+# near address 0). Note [adopted parameters] (src/engine/access_driver.h): the unit
+# whose forward is running gathers it there and takes it from then on, as DeepSpeed
+# gathers a parameter touched in a forward. Unregistered, at world sizes 1 and 2 and with
+# a compute budget that evicts, training matches plain PyTorch and the last step follows
+# the schedule planned with it. Before, every rank stopped with a UsageError naming
+# strata.register_external_parameter, which still declares it ahead of the first step.
 def test_parameter_used_outside_its_module(tmp_path):
-    spec = {"model": "gpt_functional_head", "config": config(3, "cpu", tmp_path), "steps": 2, "rows": ROWS}
-    results = run_ranks(2, [HERE / "worker.py", "train", json.dumps(spec), tmp_path / "bad.json"])
-    for rc, text in results:
-        assert rc == 1, text
-        assert "UsageError: failed_precondition: parameter 'wte.weight' was used outside the forward" in text, text
-        assert "strata.register_external_parameter" in text
-    # The same for a parameter at a nonzero offset into its chunk (wpe.weight, after
-    # wte.weight): the guard once missed it, and the root's wpe.weight[:t] read near
-    # address 0 and killed the process with SIGSEGV.
-    spec = {**spec, "model": "gpt_position_table"}
-    for rc, text in run_ranks(2, [HERE / "worker.py", "train", json.dumps(spec), tmp_path / "bad1.json"]):
-        assert rc == 1, text
-        assert "UsageError: failed_precondition: parameter 'wpe.weight' was used outside the forward" in text, text
     # The model is 109 KiB. The root's access (its forward, and its backward, which the
     # other units' backward nest in) holds wte.weight's chunk for the whole step; that
     # chunk's gradient buffer is taken only when the summed gradient arrives, at the end
     # (Note [gradient arrival]): 48 KiB is the least that fits.
-    for world, budget in ((1, 0), (2, 0), (2, 48 << 10)):
+    cases = [("gpt_functional_head", 1, 0, False), ("gpt_functional_head", 2, 48 << 10, False),
+             ("gpt_position_table", 2, 0, False), ("gpt_functional_head", 2, 48 << 10, True)]
+    for name, world, budget, registered in cases:
         cfg = config(3, "cpu", tmp_path, chunk_size=1024, **({"compute_budget": budget} if budget else {}))
         cfg["zero_optimization"]["offload_param"] = {"device": "cpu"}
-        spec = {"model": "gpt_functional_head", "config": cfg, "steps": STEPS, "rows": ROWS, "external_head": True}
-        ranks = train(tmp_path, world, spec, f"ext{world}-{budget}")
-        check_against_reference(ranks, "gpt_functional_head")
+        spec = {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS, "external_head": registered}
+        ranks = train(tmp_path, world, spec, f"{name}{world}-{budget}-{registered}")
+        check_against_reference(ranks, name)
+        assert all(r["metrics"]["scheduled"] for r in ranks), (name, world, budget)
         if budget:
             assert all(r["metrics"]["peak"]["compute"] <= budget for r in ranks)
 

@@ -120,6 +120,12 @@ class Engine {
   // chunks are not held past the step (Note [a forward that raised]). Front ends call it
   // where they see the exception, and before the outermost unit's forward.
   Status abort_forward();
+  // Stage 3: `param` is used in the forward of a unit that does not hold it (a module
+  // that reads a child's weight, a tied head): the innermost unit whose forward is open
+  // takes it, gathered now and by its every later access (Note [adopted parameters] in
+  // src/engine/access_driver.h). False when no unit's forward is open (the parameter is
+  // read between steps) or at stages 0-2, where parameters always hold their values.
+  Result<bool> adopt_param(const at::Tensor& param);
 
   // (loss * loss_scale / accumulation_steps).backward(), with the engine's hooks.
   Status backward(const at::Tensor& loss, const BackwardOptions& options = {});

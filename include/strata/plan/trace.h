@@ -78,6 +78,11 @@ class AccessTrace {
   // Ends the step. RECORD: freezes the trace (COMPLETE) if it recorded anything.
   // COMPLETE: a step that stopped before the end of the trace is a mismatch.
   void end_step();
+  // The frozen trace no longer describes the model (a unit took a parameter it did not
+  // hold when the trace was recorded: Note [adopted parameters] in
+  // src/engine/access_driver.h): the rest of this step is ignored, as INVALID, and the
+  // next step records again. No warning: nothing mismatched.
+  void rerecord();
 
   State state() const { return state_; }
   bool complete() const { return state_ == State::kComplete; }
