@@ -8,6 +8,7 @@
 // units_worker nested                     a unit called inside another
 // units_worker nested_tail                 ... whose output is the enclosing unit's output
 // units_worker tuple                      a unit returning a tuple
+// units_worker adopt                      a unit computing with another module's parameter
 // units_worker awkward STAGE              frozen / no-grad / twice-called units vs LibTorch at
 //                                         every placement
 // units_worker bwdbudget                  an over-budget buffer in backward is "cannot fit"
@@ -206,6 +207,58 @@ void nested() {
       [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 8, 90, /*scheduled_from=*/2);
 }
 
+
+// Note [adopted parameters]: a unit whose forward computes with a parameter of a module
+// it does not hold (`other`, a unit of its own that is never called, as torchvision's
+// Swin attention reads its children's weights). The C++ front end says so with
+// adopt_param(): the reader's unit takes the parameter, gathered now and in its
+// backward and later steps (released after every use otherwise). Training matches plain
+// LibTorch and follows the schedule from step 2; outside a forward adopt_param is false
+// and adopts nothing.
+struct Reader : torch::nn::Module {
+  torch::nn::Linear in{nullptr};
+  torch::nn::Linear other{nullptr};  // the parent's
+  engine::Engine* eng = nullptr;      // null: plain LibTorch
+  explicit Reader(torch::nn::Linear o) : other(std::move(o)) { in = register_module("in", torch::nn::Linear(16, 32)); }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = at::tanh(in->forward(x));
+    if (eng != nullptr) {
+      for (const at::Tensor& p : {other->weight, other->bias})
+        if (!check(eng->adopt_param(p), "adopt_param")) fail("adopt_param inside a forward adopted nothing");
+    }
+    return at::linear(h, other->weight, other->bias);
+  }
+};
+struct ReadsOther : torch::nn::Module {
+  torch::nn::Linear other{nullptr}, head{nullptr};
+  std::shared_ptr<Reader> reader;
+  ReadsOther() {
+    other = register_module("other", torch::nn::Linear(32, 32));
+    reader = register_module("reader", std::make_shared<Reader>(other));
+    head = register_module("head", torch::nn::Linear(32, 4));
+  }
+  at::Tensor forward(const at::Tensor& x) { return engine::forward(head, at::tanh(engine::forward(reader, x))); }
+};
+
+void adopt() {
+  at::manual_seed(7);
+  auto model = std::make_shared<ReadsOther>();
+  at::manual_seed(7);
+  auto ref = std::make_shared<ReadsOther>();
+  engine::EngineOptions o = small_unit_options();
+  o.schedule.max_reuse_distance_elems = 0;  // release after every use
+  std::vector<engine::ModuleUnit> units = {{.module = model->other.ptr(), .name = "other"},
+                                         {.module = model->reader, .name = "reader"},
+                                         {.module = model->head.ptr(), .name = "head"}};
+  auto eng = check(engine::shard(*model, *g_comm, o, units), "shard");
+  if (check(eng->adopt_param(model->other->weight), "adopt_param")) fail("adopt_param outside a forward adopted");
+  model->reader->eng = eng.get();
+  torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  train_like_reference(
+      *eng, [&](const at::Tensor& x, int) { return model->forward(x); },
+      [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 6, 40, /*scheduled_from=*/1);
+  if (check(eng->adopt_param(model->other->weight), "adopt_param")) fail("adopt_param between steps adopted");
+}
 
 // The awkward model (awkward_model.h) against plain LibTorch at one stage and placement:
 // losses per step, the consolidated parameters, the frozen weight bit for bit, and the
@@ -581,6 +634,7 @@ int main(int argc, char** argv) {
   else if (mode == "nested") nested<Nested>();
   else if (mode == "nested_tail") nested<TailNested>();
   else if (mode == "tuple") tuple_outputs();
+  else if (mode == "adopt") adopt();
   else if (mode == "awkward") awkward(std::stoi(a.at(1)));
   else if (mode == "bwdbudget") backward_budget();
   else if (mode == "bwdraises") backward_raises(std::stoi(a.at(1)));

@@ -91,6 +91,11 @@ TEST(Zero3, AnInnerUnitsOutputReturnedByItsEnclosingUnitMatchesUnshardedTraining
   expect_all_ok(run_ranks(2, {units_worker(), "nested_tail"}, std::chrono::seconds(60)));
 }
 
+// Note [adopted parameters]: units_worker adopt.
+TEST(Zero3, AUnitComputingWithAnotherModulesParameterAdoptsItAndMatchesLibTorch) {
+  expect_all_ok(run_ranks(2, {units_worker(), "adopt"}, std::chrono::seconds(60)));
+}
+
 TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
   auto rs = run_ranks(2, {units_worker(), "diverge"}, std::chrono::seconds(60));
   for (const auto& r : rs) {

@@ -21,6 +21,12 @@
 //   try { loss = model->loss(x, y); }
 //   catch (const std::exception& e) { return make_error(engine::forward_error(e, "forward")); }
 //
+// A unit whose forward computes with a parameter of a module it does not hold (a
+// sibling's weight, an embedding used as the head) calls engine->adopt_param(p) before
+// using it: at stage 3 it is gathered there, and the unit holds it from then on (Note
+// [adopted parameters] in src/engine/access_driver.h; the Python front end does this by
+// itself).
+//
 // Destroying the engine detaches its units.
 #pragma once
 
