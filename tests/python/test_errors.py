@@ -242,6 +242,20 @@ def offloaded(**extra):  # stage 3 with the parameters on the host: released bet
     return cfg
 
 
+def step_both(engine, reference, opt, step):
+    """One training step of the engine and of plain PyTorch on the same batch of the
+    awkward kind; their losses agree within 1e-5."""
+    x, y = models.batch("awkward", step, 8)
+    opt.zero_grad()
+    want = models.loss_fn("awkward", reference(x), y)
+    want.backward()
+    opt.step()
+    got = models.loss_fn("awkward", engine(x), y)
+    engine.backward(got)
+    engine.step()
+    assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()), (step, got.item(), want.item())
+
+
 # A module whose forward reads a child's parameters without calling the child: its unit
 # gathers them where the forward first uses them (Note [adopted parameters],
 # src/engine/access_driver.h; before, refused by name), and marked with
@@ -256,15 +270,7 @@ def test_set_leaf_modules_gathers_what_a_forward_reads_of_its_children(strata):
             assert strata.set_leaf_modules(model, [models.ReadsChildWeight]) == [model]
         engine, *_ = strata.initialize(model=model, config=offloaded())
         for step in range(3):
-            x, y = models.batch("awkward", step, 8)
-            opt.zero_grad()
-            want = models.loss_fn("awkward", reference(x), y)
-            want.backward()
-            opt.step()
-            got = models.loss_fn("awkward", engine(x), y)
-            engine.backward(got)
-            engine.step()
-            assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()), (marked, step, got.item(), want.item())
+            step_both(engine, reference, opt, step)
         engine.close()
 
     with pytest.raises(strata.ConfigError, match="has no module of type LSTM"):
@@ -291,8 +297,8 @@ class LateReader(models.ReadsChildWeight):
 # mismatches) gathers it there; the schedule planned without it is dropped for the rest
 # of that step, the next step records again (not scheduled: without the adoption it
 # would be), and the one after follows the new schedule. No warning, and losses match
-# plain PyTorch throughout. (1024-element chunks: mix.weight has one of
-# its own, which a reuse distance of 0 releases once mix returns.)
+# plain PyTorch throughout. (1024-element chunks: mix.weight has one of its own, which a
+# reuse distance of 0 releases once mix returns.)
 def test_a_parameter_adopted_after_the_trace_froze(strata):
     torch.manual_seed(0)
     reference = LateReader()
@@ -305,15 +311,7 @@ def test_a_parameter_adopted_after_the_trace_froze(strata):
     scheduled = []
     for step in range(6):
         model.reads = reference.reads = step >= 3
-        x, y = models.batch("awkward", step, 8)
-        opt.zero_grad()
-        want = models.loss_fn("awkward", reference(x), y)
-        want.backward()
-        opt.step()
-        got = models.loss_fn("awkward", engine(x), y)
-        engine.backward(got)
-        engine.step()
-        assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()), (step, got.item(), want.item())
+        step_both(engine, reference, opt, step)
         scheduled.append(engine.last_metrics()["scheduled"])
     assert scheduled == [False, True, True, True, False, True], scheduled
     assert engine.last_metrics()["trace_invalidations"] == 0
