@@ -70,6 +70,8 @@ class _Guard(TorchFunctionMode):
         # dropped without close() leaves its entries; the weak reference tells a new
         # parameter that reuses a freed one's id from the freed one.
         self.owners: dict[int, tuple[weakref.ref, str, str]] = {}
+        # _storage_key -> the watched parameters over that storage (a chunk's), weakly.
+        self.storages: dict[int, list[weakref.ref]] = {}
         self.engines = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -101,13 +103,13 @@ class _Guard(TorchFunctionMode):
         except RuntimeError:
             return
         if not isinstance(a, torch.nn.Parameter):
+            p = self._parameter_under(a)
+            if p is not None and (engine := _owners.owner_of(p)) is not None and engine.engine.adopt_param(p):
+                return  # a view of a parameter, used inside a forward: adopted as the parameter is
             raise UsageError(
-                "failed_precondition: a tensor over the storage of a stage-3 parameter, which holds no values "
-                "outside its module's forward (p.data of a sharded parameter; copy.deepcopy(model) clones it; or a "
-                "view a module returned of its own parameter, as `return self.weight[:n]`): register that "
-                "parameter with the module whose forward uses the view, before sharding: "
-                "strata.register_external_parameter(that_module, parameter) (as "
-                "deepspeed.zero.register_external_parameter); read parameters between steps inside "
+                "failed_precondition: a tensor over the storage of a stage-3 parameter, used outside the forward "
+                "of the model, where it holds no values (p.data of a sharded parameter, or a view of one kept from "
+                "a forward; copy.deepcopy(model) clones it): read parameters between steps inside "
                 "strata.GatheredParameters([...]) on every rank (as deepspeed.zero.GatheredParameters), or take "
                 "engine.consolidated_state_dict() (for an EMA model: copy the model before strata.initialize, and "
                 "load that into the copy)")
@@ -125,6 +127,22 @@ class _Guard(TorchFunctionMode):
             "strata.GatheredParameters([...]) on every rank (as deepspeed.zero.GatheredParameters); to save the "
             "trained values (model.state_dict()), use engine.consolidated_state_dict() on every rank (fully_shard: "
             "strata.get_model_state_dict(model)) or save_checkpoint")
+
+
+    def _parameter_under(self, a: torch.Tensor):
+        """The watched parameter whose elements the released tensor `a` starts in (a view
+        of it, or of its .data), or None. The parameters of a chunk share its storage."""
+        offset = a.storage_offset()
+        for ref in self.storages.get(_storage_key(a), ()):
+            p = ref()
+            if p is not None and p.storage_offset() <= offset < p.storage_offset() + p.numel():
+                return p
+        return None
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    """The identity of t's storage (its StorageImpl), which release and gather keep."""
+    return t.untyped_storage()._cdata if hasattr(t, "untyped_storage") else t.storage()._cdata
 
 
 _GUARD = _Guard()
@@ -149,7 +167,7 @@ def _exit() -> None:
     _GUARD.__exit__(None, None, None)
 
 
-def watch(units) -> list[int]:
+def watch(units) -> list[tuple[int, int]]:
     """Starts checking the parameters of `units` (engine order); returns the keys for
     unwatch(). The mode is entered with the first watched engine."""
     keys = []
@@ -158,16 +176,19 @@ def watch(units) -> list[int]:
             known = _GUARD.owners.get(id(p))
             if known is None or known[0]() is not p:
                 _GUARD.owners[id(p)] = (weakref.ref(p), n, u.name)
-                keys.append(id(p))
+                storage = _storage_key(p)
+                _GUARD.storages.setdefault(storage, []).append(weakref.ref(p))
+                keys.append((id(p), storage))
     if _GUARD.engines == 0:
         _enter()
     _GUARD.engines += 1
     return keys
 
 
-def unwatch(keys: list[int]) -> None:
-    for k in keys:
+def unwatch(keys: list[tuple[int, int]]) -> None:
+    for k, storage in keys:
         _GUARD.owners.pop(k, None)
+        _GUARD.storages.pop(storage, None)
     _GUARD.engines -= 1
     if _GUARD.engines == 0:
         _exit()

@@ -1,11 +1,12 @@
 """Modules that return their own parameter: as it is (a learned token or scale getter, a
 leaf) or a view of it (a learned position table sliced to the sequence). At stage 3 the
-caller's forward must hold the parameter gathered, so it is registered with the caller
-(strata.register_external_parameter, as DeepSpeed's). Before, a returned leaf kept the
+caller's forward must hold the parameter gathered: registered with the caller
+(strata.register_external_parameter, as DeepSpeed's) it is from the first step. Before, a returned leaf kept the
 engine's backward hook of every forward (hooks on a leaf outlive the graph): the second
 step failed with "a second backward through one forward" although there was one
-(Note [leaf outputs], src/engine/access_driver.cpp). Unregistered, the view is refused
-with the fix named. One rank, in this process, against plain PyTorch."""
+(Note [leaf outputs], src/engine/access_driver.cpp). Unregistered, the caller's unit
+adopts them where it uses them (Note [adopted parameters], src/engine/access_driver.h).
+One rank, in this process, against plain PyTorch."""
 import pytest
 import torch
 import torch.nn as nn
@@ -125,11 +126,21 @@ def test_a_returned_parameter_under_fully_shard(strata):
         assert rel(got[k].view_as(v), v.detach()) <= 1e-5, k
 
 
-def test_an_unregistered_returned_view_is_refused_with_the_fix(strata, tmp_path):
-    model, _ = pair(strata, sliced=True, register=False)
+# Note [adopted parameters]: unregistered, the leaf and the views (pos.weight[:n],
+# gain.g.view(...)) are gathered where the caller's forward uses them, and training
+# matches plain PyTorch. Before, the views were refused with a UsageError naming
+# register_external_parameter.
+@pytest.mark.parametrize("sliced", [False, True])
+def test_an_unregistered_returned_parameter_is_adopted_by_its_caller(strata, tmp_path, sliced):
+    model, ref = pair(strata, sliced, register=False)
     engine, *_ = strata.initialize(model=model, config=config(3, "nvme", tmp_path))
-    x, _ = batch(0)
-    with pytest.raises(strata.UsageError, match=r"a view a module returned of its own parameter.*"
-                                                r"strata.register_external_parameter\(that_module, parameter\)"):
-        engine(x)
+    losses = []
+    for step in range(STEPS):
+        x, y = batch(step)
+        loss = loss_of(engine(x), y)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    want = train_plain(ref)
+    assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(losses, want)), (losses, want)
     engine.close()
