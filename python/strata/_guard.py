@@ -128,7 +128,6 @@ class _Guard(TorchFunctionMode):
             "trained values (model.state_dict()), use engine.consolidated_state_dict() on every rank (fully_shard: "
             "strata.get_model_state_dict(model)) or save_checkpoint")
 
-
     def _parameter_under(self, a: torch.Tensor):
         """The watched parameter whose elements the released tensor `a` starts in (a view
         of it, or of its .data), or None. The parameters of a chunk share its storage."""

@@ -132,7 +132,7 @@ def units_of(model: torch.nn.Module) -> list[Unit]:
         add_external(unit, model)
         # The root is a unit even when it owns no parameters: the forward open around the
         # whole model's, to adopt what the root's own code computes with (a tied head as
-        # F.linear(x, self.wte.weight); Note [adopted parameters], access_driver.h).
+        # F.linear(x, self.wte.weight); Note [adopted parameters], src/engine/access_driver.h).
         if unit.params or module is model:
             units.append(unit)
     return units
