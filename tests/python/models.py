@@ -150,10 +150,15 @@ class CheckpointedGPT(TinyGPT):
     inside the backward of a block's last module, which stays open around it; reentrant:
     the first forward runs under no_grad and the recomputation starts a nested backward.
     With head_inside, the last checkpoint also holds the final norm and the (tied) head,
-    so backward's first hook fires inside a nested backward."""
+    so backward's first hook fires inside a nested backward. functional_head: the head is
+    F.linear(h, self.wte.weight) there (no head module; unregistered, Note [adopted
+    parameters])."""
 
-    def __init__(self, reentrant, head_inside=False, **sizes):
-        super().__init__(**sizes)
+    def __init__(self, reentrant, head_inside=False, functional_head=False, **sizes):
+        super().__init__(**({"tied": False} if functional_head else {}), **sizes)
+        if functional_head:
+            del self.head
+            self.head = lambda h: F.linear(h, self.wte.weight)
         self.reentrant = reentrant
         self.head_inside = head_inside
 
@@ -500,6 +505,8 @@ def make(name, seed=0):
         return CheckpointedGPT(reentrant=True)
     if name == "gpt_checkpointed_reentrant_head":
         return CheckpointedGPT(reentrant=True, head_inside=True)
+    if name == "gpt_checkpointed_reentrant_functional_head":
+        return CheckpointedGPT(reentrant=True, head_inside=True, functional_head=True)
     if name == "gpt_checkpointed_reentrant_head_big":
         return CheckpointedGPT(reentrant=True, head_inside=True, dim=BIG_DIM, layers=1, heads=8, vocab=BIG_VOCAB)
     if name == "awkward":

@@ -185,6 +185,22 @@ def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name, s
             assert m["peak"]["compute"] <= budget < model_bytes, m
 
 
+# The head as F.linear(h, self.wte.weight) inside the last reentrant checkpoint, not
+# registered: its first forward runs under no_grad, where the root's unit adopts
+# wte.weight (Note [adopted parameters]), and the recomputation inside backward finds it
+# gathered by the root's backward access. Two ranks, parameters on nvme, a compute budget:
+# as plain PyTorch, on the schedule, within the budget.
+def test_an_adopted_parameter_under_activation_checkpointing(tmp_path):
+    name = "gpt_checkpointed_reentrant_functional_head"
+    cfg = config(3, "nvme", tmp_path, chunk_size=1024, compute_budget=80 << 10)
+    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, 2, {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS})
+    check_against_reference(ranks, name)
+    for r in ranks:
+        m = r["metrics"]
+        assert m["scheduled"] and m["trace_invalidations"] == 0 and m["peak"]["compute"] <= 80 << 10, m
+
+
 # Forward pre-hooks registered before sharding that compute a layer's weight from its
 # parameters (weight_norm, spectral_norm, pruning): the engine's pre-hook runs first,
 # so at stage 3 they read gathered values (before, they ran first and read released
