@@ -242,17 +242,18 @@ Result<std::optional<UnitId>> AccessDriver::adopt(std::uint32_t param) {
   const UnitId u = fwd_stack_.back().u;
   UnitRt& unit = units_[u];
   if (std::find(unit.params.begin(), unit.params.end(), param) != unit.params.end()) return u;
-  unit.params.push_back(param);
   for (std::uint32_t c : plan::chunks_of(core_.chunks->store().layout(), std::span<const std::uint32_t>(&param, 1))) {
     const auto at = std::lower_bound(unit.chunks.begin(), unit.chunks.end(), c);
     if (at != unit.chunks.end() && *at == c) continue;  // a parameter it holds shares the chunk
-    unit.chunks.insert(at, c);
+    // Gathered first: a gather that fails (cannot fit, a lost peer) changes nothing.
     STRATA_RETURN_IF_ERROR(gatherer_.ensure({c}));
+    unit.chunks.insert(at, c);
     // finish_access ends one use of each of the unit's chunks per open access of it.
     auto is_u = [u](const Open& o) { return o.u == u; };
     const auto opens = std::ranges::count_if(fwd_stack_, is_u) + std::ranges::count_if(bwd_stack_, is_u);
     for (std::ptrdiff_t i = 0; i < opens; ++i) (*core_.chunks)[c].sm.begin_use();
   }
+  unit.params.push_back(param);
   if (trace_.complete()) {  // planned without it: plan again from the next step's trace
     trace_.rerecord();
     if (scheduled_step_) {
