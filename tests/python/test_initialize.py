@@ -523,8 +523,8 @@ def test_resnet18_matches_plain_pytorch(tmp_path, world, stage, device, budget):
 
 # An unmodified torchvision Swin-T (28M parameters), whose window attention hands its
 # qkv and proj children's weights to a function of its own without calling them, at
-# stage 3 with parameters and optimizer state on nvme and a compute budget of a third of
-# the model that evicts, at two ranks: those weights are gathered where the attention
+# stage 3 with parameters and optimizer state on nvme and a compute budget of 40 MiB (37%
+# of the model's fp32 bytes) that evicts, at two ranks: those weights are gathered where the attention
 # uses them (Note [adopted parameters]) and training matches plain PyTorch. Before, it
 # stopped at the first forward (a UsageError naming set_leaf_modules).
 def test_swin_transformer_matches_plain_pytorch(tmp_path):
