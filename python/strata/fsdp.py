@@ -298,6 +298,12 @@ def _build(group: _Group, param_groups: list[dict], optimizer_block: dict) -> No
         _guard.watch(group.units)  # for the process's life: fully_shard engines are never closed
 
 
+# What a model wrapped by strata.initialize offers instead (FSDP2 habits meet it first).
+_NOT_FULLY_SHARD = ("; a model wrapped by strata.initialize: engine.consolidated_state_dict() (every parameter's fp32 "
+                    "values, every rank), engine.save_16bit_model(dir) (the whole state_dict, written by rank 0), or "
+                    "engine.save_checkpoint(dir) and engine.load_checkpoint(dir)")
+
+
 def get_model_state_dict(model: torch.nn.Module) -> dict:
     """The whole state_dict of a model sharded with fully_shard (its root), on every rank
     (every rank must call it: the values are gathered): each parameter's fp32 master
@@ -305,7 +311,8 @@ def get_model_state_dict(model: torch.nn.Module) -> dict:
     get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))."""
     group = getattr(model, "_strata_group", None)
     if group is None or group.root is not model:
-        raise ConfigError("invalid_argument: get_model_state_dict takes the root module fully_shard was applied to")
+        raise ConfigError("invalid_argument: get_model_state_dict takes the root module fully_shard was applied to"
+                          + _NOT_FULLY_SHARD)
     if group.engine is None:
         raise UsageError("failed_precondition: build the strata.optim optimizer first: the engine holds the values")
     values = dict(zip(group.engine.param_names, group.engine.consolidated_params()))
@@ -323,7 +330,8 @@ def set_model_state_dict(model: torch.nn.Module, state_dict: dict, *, strict: bo
     (missing_keys, unexpected_keys)."""
     group = getattr(model, "_strata_group", None)
     if group is None or group.root is not model:
-        raise ConfigError("invalid_argument: set_model_state_dict takes the root module fully_shard was applied to")
+        raise ConfigError("invalid_argument: set_model_state_dict takes the root module fully_shard was applied to"
+                          + _NOT_FULLY_SHARD)
     if group.engine is None:
         raise UsageError("failed_precondition: build the strata.optim optimizer first (or, before it, load with "
                          "model.load_state_dict: the engine starts from those values)")

@@ -227,6 +227,18 @@ def test_parameter_groups_that_the_engine_cannot_run(strata):
         optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
 
 
+# FSDP2's state-dict functions called on a model strata.initialize wrapped name what that
+# engine offers instead (before: only "takes the root module fully_shard was applied to").
+def test_fully_shard_state_dict_functions_on_an_initialize_model_name_the_engines_own(strata):
+    model = models.make("gpt")
+    engine, *_ = strata.initialize(model=model, config=config())
+    for call in (lambda: strata.get_model_state_dict(model), lambda: strata.set_model_state_dict(model, {})):
+        with pytest.raises(strata.ConfigError, match=r"fully_shard was applied to; a model wrapped by "
+                                                     r"strata.initialize: engine.consolidated_state_dict\(\)"):
+            call()
+    engine.close()
+
+
 def test_checkpoint_tag_and_missing_checkpoint(strata, tmp_path):
     engine, *_ = strata.initialize(model=models.make("gpt"), config=config())
     with pytest.raises(strata.ConfigError, match="names checkpoints by step"):
