@@ -5,10 +5,10 @@
 //
 // units_worker branch                     a data-dependent path invalidates the trace
 // units_worker diverge                    traces that differ across ranks are an error
-// units_worker nested                     a unit called inside another
+// units_worker nested                     a unit called inside another (units_worker_nesting.cpp)
 // units_worker nested_tail                 ... whose output is the enclosing unit's output
-// units_worker tuple                      a unit returning a tuple
 // units_worker adopt                      a unit computing with another module's parameter
+// units_worker tuple                      a unit returning a tuple
 // units_worker awkward STAGE              frozen / no-grad / twice-called units vs LibTorch at
 //                                         every placement
 // units_worker bwdbudget                  an over-budget buffer in backward is "cannot fit"
@@ -20,7 +20,6 @@
 //                                         3-grads-on-compute gradient shards kept on compute
 #include <array>
 #include <cmath>
-#include <functional>
 #include <optional>
 #include <string>
 
@@ -52,30 +51,6 @@ namespace {
 comm::Communicator* g_comm = nullptr;
 using strata::testing::check;
 using strata::testing::fail;
-
-// Trains a 16-in, 4-out model through `eng` on this rank's 4 rows and its reference in
-// one process on the whole batch, with plain LibTorch; after every step the consolidated
-// parameters must agree, and from step `scheduled_from` the schedule must drive it.
-using ForwardFn = std::function<at::Tensor(const at::Tensor& x, int step)>;
-void train_like_reference(engine::Engine& eng, const ForwardFn& live, const ForwardFn& plain,
-                          torch::optim::Optimizer& ref_opt, const std::vector<at::Tensor>& ref_params, int steps,
-                          std::uint64_t seed, int scheduled_from) {
-  for (int s = 0; s < steps; ++s) {
-    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed + static_cast<std::uint64_t>(s));
-    at::Tensor x = at::randn({4 * g_comm->world(), 16}, g), y = at::randn({4 * g_comm->world(), 4}, g);
-    at::Tensor mx = x.narrow(0, 4 * g_comm->rank(), 4), my = y.narrow(0, 4 * g_comm->rank(), 4);
-    check(eng.backward(at::mse_loss(live(mx, s), my)), "backward");
-    check(eng.step(), "step");
-    torch_compat::zero_grad_keep(ref_opt);
-    at::mse_loss(plain(x, s), y).backward();
-    ref_opt.step();
-    auto got = check(eng.consolidated_params(), "consolidated");
-    for (std::size_t i = 0; i < got.size(); ++i)
-      if (const double e = rel_error(got[i], ref_params[i]); e > 1e-5)
-        fail(fmt::format("step {}: param {} differs, relative error {:.3g}", s, i, e));
-    if (s >= scheduled_from && !eng.last_metrics().scheduled) fail(fmt::format("step {} was not driven by the schedule", s));
-  }
-}
 
 // Three units and a data-dependent path: every third step skips unit `b` and runs `c`.
 struct Branchy : torch::nn::Module {
@@ -130,134 +105,6 @@ void diverge() {
   auto st = eng->backward(at::mse_loss(model->forward(x, g_comm->rank() == 1), y));
   if (st) fail("diverging traces were not detected");
   strata::testing::expected_failure(st.error());
-}
-
-// An inner unit called from inside an outer unit, both sharded.
-struct Inner : torch::nn::Module {
-  torch::nn::Linear lin{nullptr};
-  Inner() { lin = register_module("lin", torch::nn::Linear(32, 32)); }
-  at::Tensor forward(const at::Tensor& x) { return at::tanh(lin->forward(x)); }
-};
-struct Outer : torch::nn::Module {
-  torch::nn::Linear in{nullptr}, out{nullptr};
-  std::shared_ptr<Inner> inner;
-  Outer() {
-    in = register_module("in", torch::nn::Linear(16, 32));
-    inner = register_module("inner", std::make_shared<Inner>());
-    out = register_module("out", torch::nn::Linear(32, 32));
-  }
-  at::Tensor forward(const at::Tensor& x) {
-    at::Tensor h = at::tanh(in->forward(x));
-    h = engine::forward(inner, h);  // nested unit
-    return out->forward(h);         // the outer unit's own parameters, after the inner one
-  }
-};
-struct Nested : torch::nn::Module {
-  std::shared_ptr<Outer> outer;
-  torch::nn::Linear head{nullptr};
-  Nested() {
-    outer = register_module("outer", std::make_shared<Outer>());
-    head = register_module("head", torch::nn::Linear(32, 4));
-  }
-  at::Tensor forward(const at::Tensor& x) { return engine::forward(head, engine::forward(outer, x)); }
-};
-
-// An outer unit whose forward ends with the inner unit's call: one tensor is the output
-// of both (Note [nested backward]). The inner module is the parent's, so the outer unit
-// does not hold its parameters (as strata.fully_shard's root holds only what no inner
-// unit took). Before the fix the outer unit's start closed the inner one, releasing its
-// chunks before its backward ran (an ATen error or a crash).
-struct TailOuter : torch::nn::Module {
-  torch::nn::Linear in{nullptr};
-  std::shared_ptr<Inner> inner;  // not registered here
-  explicit TailOuter(std::shared_ptr<Inner> i) : inner(std::move(i)) {
-    in = register_module("in", torch::nn::Linear(16, 32));
-  }
-  at::Tensor forward(const at::Tensor& x) { return engine::forward(inner, at::tanh(in->forward(x))); }
-};
-struct TailNested : torch::nn::Module {
-  std::shared_ptr<Inner> inner;
-  std::shared_ptr<TailOuter> outer;
-  torch::nn::Linear head{nullptr};
-  TailNested() {
-    // Registered in unit order, the order of the engine's consolidated parameters.
-    auto i = std::make_shared<Inner>();
-    outer = register_module("outer", std::make_shared<TailOuter>(i));
-    inner = register_module("inner", i);
-    head = register_module("head", torch::nn::Linear(32, 4));
-  }
-  at::Tensor forward(const at::Tensor& x) { return engine::forward(head, engine::forward(outer, x)); }
-};
-
-template <class Model>
-void nested() {
-  at::manual_seed(5);
-  auto model = std::make_shared<Model>();
-  at::manual_seed(5);
-  auto ref = std::make_shared<Model>();
-  engine::EngineOptions o = small_unit_options();
-  o.schedule.max_reuse_distance_elems = 0;  // release after every use: nesting must hold them
-  std::vector<engine::ModuleUnit> units = {{.module = model->outer, .name = "outer"},
-                                         {.module = model->outer->inner, .name = "inner"},
-                                         {.module = model->head.ptr(), .name = "head"}};
-  auto eng = check(engine::shard(*model, *g_comm, o, units), "shard");
-  torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
-  train_like_reference(
-      *eng, [&](const at::Tensor& x, int) { return model->forward(x); },
-      [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 8, 90, /*scheduled_from=*/2);
-}
-
-
-// Note [adopted parameters]: a unit whose forward computes with a parameter of a module
-// it does not hold (`other`, a unit of its own that is never called, as torchvision's
-// Swin attention reads its children's weights). The C++ front end says so with
-// adopt_param(): the reader's unit takes the parameter, gathered now and in its
-// backward and later steps (released after every use otherwise). Training matches plain
-// LibTorch and follows the schedule from step 2; outside a forward adopt_param is false
-// and adopts nothing.
-struct Reader : torch::nn::Module {
-  torch::nn::Linear in{nullptr};
-  torch::nn::Linear other{nullptr};  // the parent's
-  engine::Engine* eng = nullptr;      // null: plain LibTorch
-  explicit Reader(torch::nn::Linear o) : other(std::move(o)) { in = register_module("in", torch::nn::Linear(16, 32)); }
-  at::Tensor forward(const at::Tensor& x) {
-    at::Tensor h = at::tanh(in->forward(x));
-    if (eng != nullptr) {
-      for (const at::Tensor& p : {other->weight, other->bias})
-        if (!check(eng->adopt_param(p), "adopt_param")) fail("adopt_param inside a forward adopted nothing");
-    }
-    return at::linear(h, other->weight, other->bias);
-  }
-};
-struct ReadsOther : torch::nn::Module {
-  torch::nn::Linear other{nullptr}, head{nullptr};
-  std::shared_ptr<Reader> reader;
-  ReadsOther() {
-    other = register_module("other", torch::nn::Linear(32, 32));
-    reader = register_module("reader", std::make_shared<Reader>(other));
-    head = register_module("head", torch::nn::Linear(32, 4));
-  }
-  at::Tensor forward(const at::Tensor& x) { return engine::forward(head, at::tanh(engine::forward(reader, x))); }
-};
-
-void adopt() {
-  at::manual_seed(7);
-  auto model = std::make_shared<ReadsOther>();
-  at::manual_seed(7);
-  auto ref = std::make_shared<ReadsOther>();
-  engine::EngineOptions o = small_unit_options();
-  o.schedule.max_reuse_distance_elems = 0;  // release after every use
-  std::vector<engine::ModuleUnit> units = {{.module = model->other.ptr(), .name = "other"},
-                                         {.module = model->reader, .name = "reader"},
-                                         {.module = model->head.ptr(), .name = "head"}};
-  auto eng = check(engine::shard(*model, *g_comm, o, units), "shard");
-  if (check(eng->adopt_param(model->other->weight), "adopt_param")) fail("adopt_param outside a forward adopted");
-  model->reader->eng = eng.get();
-  torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
-  train_like_reference(
-      *eng, [&](const at::Tensor& x, int) { return model->forward(x); },
-      [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 6, 40, /*scheduled_from=*/1);
-  if (check(eng->adopt_param(model->other->weight), "adopt_param")) fail("adopt_param between steps adopted");
 }
 
 // The awkward model (awkward_model.h) against plain LibTorch at one stage and placement:
@@ -509,7 +356,6 @@ void tuple_outputs() {
     fail(fmt::format("the trace has {} accesses, expected 6", eng->schedule() ? eng->schedule()->accesses.size() : 0));
 }
 
-
 // An outer unit that calls an inner unit it does not own: the provisional check sees
 // one unit at a time, but backward holds both, and the inner one's gradient buffer does
 // not fit. The error must reach backward()'s caller as what it is.
@@ -550,7 +396,6 @@ void backward_budget() {
   if (st.error().code() != ErrorCode::kResourceExhausted) fail("the error lost its type: " + st.error().to_string());
   strata::testing::expected_failure(st.error());
 }
-
 
 // Doubles; its backward throws while g_refuse is set (a custom Function refusing a batch).
 bool g_refuse = false;
@@ -631,8 +476,8 @@ int main(int argc, char** argv) {
   const std::string& mode = a[0];
   if (mode == "branch") branch();
   else if (mode == "diverge") diverge();
-  else if (mode == "nested") nested<Nested>();
-  else if (mode == "nested_tail") nested<TailNested>();
+  else if (mode == "nested") nested(/*tail=*/false);
+  else if (mode == "nested_tail") nested(/*tail=*/true);
   else if (mode == "tuple") tuple_outputs();
   else if (mode == "adopt") adopt();
   else if (mode == "awkward") awkward(std::stoi(a.at(1)));
