@@ -507,6 +507,9 @@ def make(name, seed=0):
         return CheckpointedGPT(reentrant=True, head_inside=True)
     if name == "gpt_checkpointed_reentrant_functional_head":
         return CheckpointedGPT(reentrant=True, head_inside=True, functional_head=True)
+    if name == "gpt_checkpointed_reentrant_functional_head_big":
+        return CheckpointedGPT(reentrant=True, head_inside=True, functional_head=True, dim=BIG_DIM, layers=1, heads=8,
+                               vocab=BIG_VOCAB)
     if name == "gpt_checkpointed_reentrant_head_big":
         return CheckpointedGPT(reentrant=True, head_inside=True, dim=BIG_DIM, layers=1, heads=8, vocab=BIG_VOCAB)
     if name == "awkward":

@@ -189,7 +189,7 @@ def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name, s
 # registered: its first forward runs under no_grad, where the root's unit adopts
 # wte.weight (Note [adopted parameters]), and the recomputation inside backward finds it
 # gathered by the root's backward access. Two ranks, parameters on nvme, a compute budget:
-# as plain PyTorch, on the schedule, within the budget.
+# as plain PyTorch, on the schedule, within the budget; and at a real size.
 def test_an_adopted_parameter_under_activation_checkpointing(tmp_path):
     name = "gpt_checkpointed_reentrant_functional_head"
     cfg = config(3, "nvme", tmp_path, chunk_size=1024, compute_budget=80 << 10)
@@ -199,6 +199,14 @@ def test_an_adopted_parameter_under_activation_checkpointing(tmp_path):
     for r in ranks:
         m = r["metrics"]
         assert m["scheduled"] and m["trace_invalidations"] == 0 and m["peak"]["compute"] <= 80 << 10, m
+    # At a real size: the 16.8M-element embedding (a 64 MiB parameter record on nvme, in a
+    # chunk of its own) adopted by the root from nvme, three steps.
+    name = "gpt_checkpointed_reentrant_functional_head_big"
+    cfg = config(3, "nvme", tmp_path, chunk_size=0)
+    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, 1, {"model": name, "config": cfg, "steps": 3, "rows": 4}, "big")
+    assert ranks[0]["memory"]["nvme"]["params"] >= 64 << 20, ranks[0]["memory"]
+    check_against_reference(ranks, name, steps=3, rows=4)
 
 
 # Forward pre-hooks registered before sharding that compute a layer's weight from its
