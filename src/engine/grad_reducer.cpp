@@ -54,6 +54,9 @@ GradReducer::GradReducer(EngineCore& core) : core_(core), copies_(core.chunks->s
   had_grad_.assign(store.params().size(), 0);
   for (std::uint32_t i = 0; i < store.params().size(); ++i)
     if (store.params()[i].requires_grad()) ++grads_[store.layout().where[i].chunk].expected;
+  // Note [all-reduces in one order]: the trainable chunks, last first.
+  for (std::uint32_t c = static_cast<std::uint32_t>(grads_.size()); c-- > 0;)
+    if (grads_[c].expected > 0) all_reduce_order_.push_back(c);
 }
 
 GradReducer::~GradReducer() {
@@ -148,6 +151,7 @@ void GradReducer::begin_backward(bool boundary, double inv_scale) {
     g.launched = false;
     g.complete = false;
   }
+  next_all_reduce_ = 0;
 }
 
 // Note [the engine's gradients]: each trainable parameter's .grad is a view of its
@@ -230,12 +234,17 @@ Status GradReducer::launch(std::uint32_t c) {
   if (!scatter_mode()) {
     if (g.launched) return ok();
     g.launched = true;
-    if (world > 1) {
-      g.op = InFlight{.handle = core_.comm.all_reduce(buf, comm::ReduceOp::kAvg), .issued = Clock::now()};
-      order_.push_back(c);
-      core_.cur.moved.net_all_reduce += core_.chunks->full_bytes(c) * 2 * static_cast<std::uint64_t>(world - 1) / world;
-    } else {
+    if (world == 1) {
       slice_to_host(c);
+      return ok();
+    }
+    // Note [all-reduces in one order]
+    while (next_all_reduce_ < all_reduce_order_.size() && grads_[all_reduce_order_[next_all_reduce_]].launched) {
+      const std::uint32_t k = all_reduce_order_[next_all_reduce_++];
+      grads_[k].op = InFlight{.handle = core_.comm.all_reduce(core_.chunks->store().grad(k), comm::ReduceOp::kAvg),
+                              .issued = Clock::now()};
+      order_.push_back(k);
+      core_.cur.moved.net_all_reduce += core_.chunks->full_bytes(k) * 2 * static_cast<std::uint64_t>(world - 1) / world;
     }
     return ok();
   }

@@ -21,6 +21,19 @@
 //       On a budgeted compute tier a buffer that does not fit first waits for the
 //       reductions in flight; if it still does not fit, that is a "cannot fit" error.
 //
+// Note [all-reduces in one order]: ranks pair their collectives by issue order only, and
+// the chunks' all-reduces are all the same size, so two ranks that issue them in
+// different orders average one chunk's gradients with another's and nothing fails. The
+// order in which chunks become ready is autograd's, which depends on the rank's own data
+// when control flow does (a mixture of experts routes each rank's tokens to other experts;
+// a branch taken on one rank only). So at stages 0-1 a ready chunk is all-reduced only
+// after every chunk before it in one fixed order, the trainable chunks from the last to
+// the first (as DDP launches its buckets in bucket order): backward makes chunks ready in
+// about that order, so overlap is kept, and a chunk whose parameters got no gradient on
+// this rank holds the later ones until backward ends. Stages 2-3 still reduce in
+// readiness order: there every rank must run the same modules (as under FSDP and
+// DeepSpeed's ZeRO-3); docs/python.md says so.
+//
 // Note [gradients on nvme]: at stages 2-3, a chunk whose optimizer state is on nvme
 // (with nvme_gradients, the default) keeps no gradient shard in host memory between
 // backward and step: at 4B parameters the fp32 shards alone would be 16 GB. Its shard
@@ -64,8 +77,9 @@
 // precedence over nvme_gradients: the shard is in neither host memory nor a record.
 //
 // Reductions are launched in the order chunks become ready, which is the same on every
-// rank (the same graph); with overlap_comm off, all at the end of backward in chunk
-// order. Chunks whose parameters did not all get a gradient are reduced at the end of
+// rank when every rank runs the same graph (stages 2-3), or in one fixed order (stages
+// 0-1, Note [all-reduces in one order]); with overlap_comm off, all at the end of
+// backward in chunk order. Chunks whose parameters did not all get a gradient are reduced at the end of
 // backward (the missing ones are zero), or when the schedule says their last use has
 // passed (reduce_now).
 #pragma once
@@ -150,7 +164,7 @@ class GradReducer {
     std::int64_t expected = 0;  // trainable parameters in the chunk
     std::int64_t pending = 0;   // of those, not yet accumulated in this backward
     bool live = false;          // the full buffer has bytes
-    bool launched = false;      // reduced in this backward (all-reduce mode)
+    bool launched = false;      // ready to reduce in this backward (all-reduce mode)
     tiers::Reservation buffer_res;
     at::Tensor shard;           // what the step reads (see grad_shard)
     tiers::Reservation shard_res;
@@ -199,6 +213,8 @@ class GradReducer {
   std::vector<ChunkGrads> grads_;
   std::vector<std::uint8_t> had_grad_;
   std::deque<std::uint32_t> order_;        // reductions in flight, in launch order
+  std::vector<std::uint32_t> all_reduce_order_;  // Note [all-reduces in one order]
+  std::size_t next_all_reduce_ = 0;              // ... its first chunk not issued yet
   std::deque<std::uint32_t> live_order_;   // reduce-scatter mode: buffers with bytes, oldest first
   std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
   bool boundary_ = false;

@@ -456,6 +456,58 @@ class Awkward(nn.Module):
         return self.out(h)
 
 
+class Expert(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.up = nn.Linear(dim, 4 * dim)
+        self.down = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Routed(nn.Module):
+    """Top-1 mixture of experts: each row goes to the expert its gate scores highest, and
+    an expert no row chose is not called. Which experts run, and so which parameters get
+    a gradient and in what order, depends on each rank's own rows."""
+
+    def __init__(self, dim=16, experts=4):
+        super().__init__()
+        self.gate = nn.Linear(dim, experts)
+        self.experts = nn.ModuleList(Expert(dim) for _ in range(experts))
+
+    def forward(self, x):
+        weights = self.gate(x).softmax(-1)
+        choice = weights.argmax(-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            rows = choice == e
+            if rows.any():
+                out[rows] = expert(x[rows]) * weights[rows][:, e:e + 1]
+        return x + out
+
+
+class MixtureOfExperts(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.inp = nn.Linear(8, dim)
+        self.moe1 = Routed(dim)
+        self.moe2 = Routed(dim)
+        self.out = nn.Linear(dim, 4)
+
+    def forward(self, x):
+        return self.out(self.moe2(self.moe1(self.inp(x))))
+
+
+def experts_used(model, x):
+    """Per Routed layer, the experts x's rows go to (the model's values as they are)."""
+    used, h = [], model.inp(x)
+    for layer in (model.moe1, model.moe2):
+        used.append(sorted(set(layer.gate(h).argmax(-1).tolist())))
+        h = layer(h)
+    return used
+
+
 class Pair(nn.Module):
     def __init__(self):
         super().__init__()
@@ -531,6 +583,8 @@ def make(name, seed=0):
         model = NormedMLP()
         model.register_buffer("ema", torch.zeros(4))
         return model
+    if name == "moe":
+        return MixtureOfExperts()
     if name == "reads_child_weight":
         return ReadsChildWeight()
     if name == "object_outputs":
@@ -564,6 +618,9 @@ def batch(name, step, rows):
         return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
     if name == "lstm":
         return torch.randn(rows, 5, 8, generator=g), torch.randn(rows, 4, generator=g)
+    if name == "moe":  # each row scaled differently: the ranks' rows route differently
+        scale = torch.linspace(0.5, 4.0, rows).unsqueeze(1)
+        return torch.randn(rows, 8, generator=g) * scale, torch.randn(rows, 4, generator=g)
     if name.startswith("awkward"):
         x = torch.randn(rows, 16, generator=g)
         x[:, 0] = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0  # the branch, per step
@@ -581,7 +638,7 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm") or \
+    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm", "moe") or \
             name.startswith(("normed_mlp", "awkward")):
         return F.mse_loss(out, y)
     if name.startswith(("resnet18", "swin")) or name == "cnn_channels_last":

@@ -154,6 +154,25 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
             assert m["peak"]["compute"] <= budget < model_bytes, m
 
 
+# Control flow that depends on each rank's data: a top-1 mixture of experts sends each
+# rank's rows to other experts, and skips the experts no row chose, so the ranks' chunks
+# become ready for their all-reduce in different orders (Note [all-reduces in one order]
+# in src/engine/grad_reducer.h). Before, each rank all-reduced them as they became ready:
+# the ranks paired one chunk's all-reduce with another's of the same size, no error, and
+# stepped on the average of unrelated gradients (parameters 0.3-0.4 away from plain
+# PyTorch after 6 steps). Stages 2-3 need the same modules on every rank (docs/python.md).
+@pytest.mark.parametrize("stage,device", [(0, "none"), (1, "cpu"), (1, "nvme")])
+def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device):
+    world, per = 2, ROWS // 2
+    model = models.make("moe")
+    x, _ = models.batch("moe", 0, ROWS)
+    with torch.no_grad():  # the premise: the two ranks' rows choose different experts
+        assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
+    # Chunks smaller than an expert's 2,128 parameters: every chunk holds parts of a few.
+    spec = {"model": "moe", "config": config(stage, device, tmp_path, chunk_size=2048), "steps": STEPS, "rows": ROWS}
+    check_against_reference(train(tmp_path, world, spec), "moe")
+
+
 # Activation checkpointing (torch.utils.checkpoint, reentrant or not) recomputes each
 # block's forward inside backward: at stage 3 with the parameters on nvme and a compute
 # budget of 3/4 of the model's gathered bytes, the schedule keeps the chunks of a
