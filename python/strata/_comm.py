@@ -18,14 +18,18 @@ from . import _strata
 _from_env = None
 
 
-def communicator(process_group=None):
+def communicator(process_group=None, timeout_s=300.0):
     """The communicator for an engine: `process_group`'s, else torch.distributed's
-    default group once initialized, else the process's own group from the environment."""
-    if process_group is not None:
-        return _strata.Communicator.from_process_group(process_group)
-    if dist.is_available() and dist.is_initialized():
-        return _strata.Communicator.from_process_group(dist.group.WORLD)
+    default group once initialized, else the process's own group from the environment.
+    timeout_s (strata.comm_timeout_s): how long its collectives may take from now on."""
     global _from_env
-    if _from_env is None:
-        _from_env = _strata.Communicator.from_env()
-    return _from_env
+    if process_group is not None:
+        comm = _strata.Communicator.from_process_group(process_group, timeout_s)
+    elif dist.is_available() and dist.is_initialized():
+        comm = _strata.Communicator.from_process_group(dist.group.WORLD, timeout_s)
+    else:
+        if _from_env is None:
+            _from_env = _strata.Communicator.from_env(timeout_s)
+        comm = _from_env
+    comm.timeout_s = timeout_s  # the shared one keeps the first engine's otherwise
+    return comm

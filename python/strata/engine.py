@@ -460,7 +460,8 @@ def initialize(model: torch.nn.Module = None, config=None, optimizer=None, model
     if lr_scheduler is not None and isinstance(cfg.get("scheduler"), dict):
         raise ConfigError("invalid_argument: an lr_scheduler was passed and the config has a \"scheduler\" block; "
                           "give one of the two")
-    engine = Engine(model, cfg, _comm.communicator(process_group), lr_scheduler, groups)
+    timeout_s = float(cfg.get("strata", {}).get("comm_timeout_s", 300.0))
+    engine = Engine(model, cfg, _comm.communicator(process_group, timeout_s), lr_scheduler, groups)
     loader = None if training_data is None else engine.deepspeed_io(training_data, collate_fn=collate_fn)
     return engine, engine.optimizer, loader, engine.lr_scheduler
 

@@ -101,7 +101,12 @@ Status Handle::wait() {
       // Gloo says "Timed out waiting ..." for its own deadline; Work::wait says
       // "Operation timed out!". Closed or reset connections mean a peer went away.
       if (has("imed out") || has("imeout")) {
-        return fail(ErrorCode::kTimeout, fmt::format("timed out after {} ms ({})", s.timeout.count(), first_line));
+        // When no peer died, divergent code is the usual cause (docs/distributed.md).
+        return fail(ErrorCode::kTimeout,
+                    fmt::format("timed out after {} ms ({}); a peer is stuck or gone, or the ranks issued different "
+                                "collectives (their code took other paths: at ZeRO stages 2-3 every rank must run the "
+                                "same modules in the same order; STRATA_COMM_CHECK=1 names the first difference)",
+                                s.timeout.count(), first_line));
       }
       if (has("onnection") || has("closed") || has("reset") || has("peer") || has("ocket") || has("Broken pipe")) {
         return fail(ErrorCode::kUnavailable, fmt::format("peer failure ({})", first_line));

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <optional>
 
+#include <fmt/format.h>
 #include <pybind11/pybind11.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/utils/pybind.h>
@@ -61,6 +62,14 @@ void bind_comm(py::module_& m) {
         o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
         return released_on_teardown(value_or_throw(comm::Communicator::create(std::move(pg), o)));
       }, py::arg("group"), py::arg("timeout_s") = 300.0)
+      .def_property("timeout_s", [](const comm::Communicator& c) { return c.timeout().count() / 1000.0; },
+                    [](comm::Communicator& c, double timeout_s) {
+                      if (!(timeout_s > 0)) {
+                        throw PyStrataError{Error(ErrorCode::kInvalidArgument,
+                                                  fmt::format("timeout_s must be positive, got {}", timeout_s))};
+                      }
+                      c.set_timeout(std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)));
+                    }, "How long a collective may take before it fails (strata.comm_timeout_s)")
       .def_property_readonly("rank", &comm::Communicator::rank)
       .def_property_readonly("world", &comm::Communicator::world)
       .def("broadcast", [](comm::Communicator& c, const at::Tensor& t, int root) {

@@ -468,11 +468,13 @@ class Expert(nn.Module):
 
 class Routed(nn.Module):
     """Top-1 mixture of experts: each row goes to the expert its gate scores highest, and
-    an expert no row chose is not called. Which experts run, and so which parameters get
-    a gradient and in what order, depends on each rank's own rows."""
+    an expert no row chose is not called (every_expert: called on no rows). Which experts
+    run, and so which parameters get a gradient and in what order, depends on each
+    rank's own rows."""
 
-    def __init__(self, dim=16, experts=4):
+    def __init__(self, dim=16, experts=4, every_expert=False):
         super().__init__()
+        self.every_expert = every_expert
         self.gate = nn.Linear(dim, experts)
         self.experts = nn.ModuleList(Expert(dim) for _ in range(experts))
 
@@ -482,17 +484,17 @@ class Routed(nn.Module):
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             rows = choice == e
-            if rows.any():
+            if rows.any() or self.every_expert:
                 out[rows] = expert(x[rows]) * weights[rows][:, e:e + 1]
         return x + out
 
 
 class MixtureOfExperts(nn.Module):
-    def __init__(self, dim=16):
+    def __init__(self, dim=16, every_expert=False):
         super().__init__()
         self.inp = nn.Linear(8, dim)
-        self.moe1 = Routed(dim)
-        self.moe2 = Routed(dim)
+        self.moe1 = Routed(dim, every_expert=every_expert)
+        self.moe2 = Routed(dim, every_expert=every_expert)
         self.out = nn.Linear(dim, 4)
 
     def forward(self, x):
@@ -585,6 +587,8 @@ def make(name, seed=0):
         return model
     if name == "moe":
         return MixtureOfExperts()
+    if name == "moe_every_expert":
+        return MixtureOfExperts(every_expert=True)
     if name == "reads_child_weight":
         return ReadsChildWeight()
     if name == "object_outputs":
@@ -618,7 +622,7 @@ def batch(name, step, rows):
         return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
     if name == "lstm":
         return torch.randn(rows, 5, 8, generator=g), torch.randn(rows, 4, generator=g)
-    if name == "moe":  # each row scaled differently: the ranks' rows route differently
+    if name.startswith("moe"):  # each row scaled differently: the ranks' rows route differently
         scale = torch.linspace(0.5, 4.0, rows).unsqueeze(1)
         return torch.randn(rows, 8, generator=g) * scale, torch.randn(rows, 4, generator=g)
     if name.startswith("awkward"):
@@ -638,8 +642,8 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm", "moe") or \
-            name.startswith(("normed_mlp", "awkward")):
+    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm") or \
+            name.startswith(("normed_mlp", "awkward", "moe")):
         return F.mse_loss(out, y)
     if name.startswith(("resnet18", "swin")) or name == "cnn_channels_last":
         return F.cross_entropy(out, y)

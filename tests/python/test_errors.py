@@ -530,3 +530,44 @@ def test_the_models_backward_exception_is_the_callers_and_its_batch_can_be_skipp
     engine.backward(torch.nn.functional.mse_loss(engine(torch.randn(8, 16)), torch.randn(8, 4)))
     assert engine.step()["applied"]
     engine.close()
+
+
+# strata.comm_timeout_s bounds every collective of an initialize engine: a rank whose peer
+# does not come fails with an error that names the op and the likely causes, instead of
+# waiting. Before, the Python API made its communicator with the default 300 s and
+# ignored the key: here rank 0 waited out rank 1's 20 s pause and trained on.
+STALL_SCRIPT = r"""
+import os, sys, time
+import torch
+import strata
+rank = int(os.environ["RANK"])
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+cfg = {"train_batch_size": 4, "zero_optimization": {"stage": 2},
+       "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}, "strata": {"comm_timeout_s": 2}}
+engine, *_ = strata.initialize(model=model, config=cfg)
+loss = engine(torch.randn(2, 8)).square().mean()
+if rank == 1:
+    time.sleep(20)  # rank 0 reaches the gradient reduction alone
+t0 = time.monotonic()
+try:
+    engine.backward(loss)
+    engine.step()
+    print("stepped", flush=True)
+except strata.StrataError as e:
+    print(f"failed after {time.monotonic() - t0:.1f} s: {type(e).__name__}: {e}", flush=True)
+    os._exit(3)  # the peer is gone or stuck: nothing to tear down cleanly
+"""
+
+
+def test_comm_timeout_s_bounds_a_collective_whose_peer_does_not_come(tmp_path):
+    from conftest import run_ranks
+
+    script = tmp_path / "stall.py"
+    script.write_text(STALL_SCRIPT)
+    (rc0, out0), _ = run_ranks(2, [script], timeout=120)
+    assert rc0 == 3, out0
+    assert "PeerError: timeout: " in out0 and "timed out after 2000 ms" in out0, out0
+    assert "STRATA_COMM_CHECK=1" in out0, out0  # the message names the way to find a divergence
+    waited = float(out0.split("failed after ")[1].split(" s")[0])
+    assert waited < 15, out0

@@ -160,17 +160,21 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
 # in src/engine/grad_reducer.h). Before, each rank all-reduced them as they became ready:
 # the ranks paired one chunk's all-reduce with another's of the same size, no error, and
 # stepped on the average of unrelated gradients (parameters 0.3-0.4 away from plain
-# PyTorch after 6 steps). Stages 2-3 need the same modules on every rank (docs/python.md).
-@pytest.mark.parametrize("stage,device", [(0, "none"), (1, "cpu"), (1, "nvme")])
-def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device):
+# PyTorch after 6 steps). Stages 2-3 need the same modules on every rank
+# (docs/distributed.md): there the model calls every expert, on no rows if none chose it.
+@pytest.mark.parametrize("stage,device,name", [(0, "none", "moe"), (1, "cpu", "moe"), (1, "nvme", "moe"),
+                                               (2, "nvme", "moe_every_expert"), (3, "nvme", "moe_every_expert")])
+def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, name):
     world, per = 2, ROWS // 2
-    model = models.make("moe")
-    x, _ = models.batch("moe", 0, ROWS)
+    model = models.make(name)
+    x, _ = models.batch(name, 0, ROWS)
     with torch.no_grad():  # the premise: the two ranks' rows choose different experts
         assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
     # Chunks smaller than an expert's 2,128 parameters: every chunk holds parts of a few.
-    spec = {"model": "moe", "config": config(stage, device, tmp_path, chunk_size=2048), "steps": STEPS, "rows": ROWS}
-    check_against_reference(train(tmp_path, world, spec), "moe")
+    cfg = config(stage, device, tmp_path, chunk_size=2048)
+    if stage == 3:
+        cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
+    check_against_reference(train(tmp_path, world, {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS}), name)
 
 
 # Activation checkpointing (torch.utils.checkpoint, reentrant or not) recomputes each

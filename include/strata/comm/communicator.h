@@ -112,6 +112,8 @@ class Communicator {
   const Caps& device_caps() const { return device_caps_; }
   const std::string& device_backend() const { return device_backend_; }
   std::chrono::milliseconds timeout() const { return options_.timeout; }
+  // For ops issued from now on (an engine's comm_timeout_s on a shared communicator).
+  void set_timeout(std::chrono::milliseconds timeout) { options_.timeout = timeout; }
   // Number of collectives issued so far (the same on every rank if all is well).
   std::uint64_t sequence() const { return seq_; }
 
