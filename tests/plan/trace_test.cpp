@@ -111,6 +111,20 @@ TEST(Trace, MismatchesInvalidateOnceAndReRecord) {
 // the frozen trace was being followed. rerecord() makes the rest of the step run
 // unmatched and the next step record afresh, with no warning (nothing mismatched); while
 // recording it changes nothing.
+// Note [mismatches logged]: a model whose path alternates between two orders (a mixture
+// of experts skipping other experts each step) mismatches every other step; each
+// mismatch is counted, the log gets the 1st, 2nd, 4th, 8th and 16th of 20.
+TEST(Trace, AlternatingPathsAreCountedEveryTimeAndLoggedAtPowersOfTwo) {
+  const std::vector<ModuleAccess> a = {{0, Phase::kForward}, {1, Phase::kForward}, {1, Phase::kBackward}};
+  const std::vector<ModuleAccess> b = {{0, Phase::kForward}, {2, Phase::kForward}, {2, Phase::kBackward}};
+  AccessTrace t;
+  for (int step = 0; step < 40; ++step) run_step(t, step % 2 ? b : a);  // a recorded; b mismatches; a recorded; ...
+  EXPECT_EQ(t.n_warnings(), 20u) << "every other step mismatches";
+  EXPECT_EQ(t.n_logged(), 5u);  // 1, 2, 4, 8, 16
+  EXPECT_NE(t.last_warning().find("access 1: expected module 1 (fwd), got module 2 (fwd)"), std::string::npos)
+      << t.last_warning();
+}
+
 TEST(Trace, RerecordDropsTheFrozenTraceWithoutAWarning) {
   AccessTrace t;
   const auto step = fwd_bwd({1, 2, 3});

@@ -17,7 +17,8 @@
 //   COMPLETE each access is checked against the frozen trace at the same index. A
 //            mismatch (other module, other phase, an access past the end, or a step that
 //            ends early) -> INVALID with exactly one warning naming the step, the access
-//            index, the expected and the actual access.
+//            index, the expected and the actual access (counted; logged at the 1st,
+//            2nd, 4th, 8th, ... mismatch: Note [mismatches logged] in trace.cpp).
 //   INVALID  accesses are ignored for the rest of the step; the next begin_step()
 //            records again from scratch.
 // Invariant: hash() depends only on the frozen sequence, never on the process: it is an
@@ -99,6 +100,8 @@ class AccessTrace {
   std::size_t index() const { return index_; }
   // Warnings emitted (one per invalidated step) and the last one's text.
   std::size_t n_warnings() const { return n_warnings_; }
+  // How many of them went to the log (Note [mismatches logged], trace.cpp).
+  std::size_t n_logged() const { return n_logged_; }
   const std::string& last_warning() const { return last_warning_; }
 
  private:
@@ -112,6 +115,7 @@ class AccessTrace {
   std::size_t index_ = 0;
   std::size_t n_closed_ = 0;
   std::size_t n_warnings_ = 0;
+  std::size_t n_logged_ = 0;
   std::string last_warning_;
 };
 
