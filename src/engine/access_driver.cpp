@@ -388,7 +388,24 @@ Status AccessDriver::end_trace_step() {
     }
   }
   STRATA_RETURN_IF_ERROR(cb_.refit());
-  STRATA_ASSIGN_OR_RETURN(plan::Schedule s, plan(trace_.accesses(), trace_.open_through(), trace_.close_order()));
+  Result<plan::Schedule> planned = plan(trace_.accesses(), trace_.open_through(), trace_.close_order());
+  if (!planned && planned.error().code() == ErrorCode::kResourceExhausted) {
+    // Note [a schedule that does not fit]: the planner holds each chunk's gradient buffer
+    // from its first gradient to its last backward access, as a whole; the steps that run
+    // on demand make room by reducing partial buffers early (Note [partial buffers make
+    // room], grad_reducer.cpp), so a trace the recording step ran within the budget may
+    // have no schedule that fits (two forwards before one backward keep every chunk's
+    // buffer open across both backwards). Its steps then run on demand, as that one did,
+    // within the budget; the plan is the same on every rank, so is the choice.
+    if (!schedule_unfit_warned_) {
+      log::warn("stage 3: no prefetch schedule of this step's module order fits the compute budget ({}); its steps "
+                "fetch on demand, within the budget",
+                planned.error().message());
+      schedule_unfit_warned_ = true;
+    }
+    return ok();
+  }
+  STRATA_ASSIGN_OR_RETURN(plan::Schedule s, std::move(planned));
   log::debug("stage 3: trace of {} accesses frozen (hash {:016x}); schedule: {} gathers, {} prefetched, host<->compute {}",
              trace_.accesses().size(), trace_.hash(), s.n_gathers, s.n_prefetched, format_bytes(s.moved.host_compute()));
   schedule_ = std::move(s);

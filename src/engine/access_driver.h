@@ -140,6 +140,7 @@ class AccessDriver {
   bool in_step_ = false;
   std::uint64_t step_serial_ = 0;  // steps begun: which one a forward call belongs to
   bool scheduled_step_ = false;  // this step follows the schedule (so far)
+  bool schedule_unfit_warned_ = false;  // Note [a schedule that does not fit], access_driver.cpp
   // A forward ran with grad mode off within the step (reentrant checkpointing): in this
   // step, and in the step that recorded the frozen trace.
   bool step_no_grad_forward_ = false, trace_no_grad_forward_ = false;

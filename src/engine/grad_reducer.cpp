@@ -132,6 +132,19 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
     core_.storage.release_all();
     r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
   }
+  // Note [partial buffers make room]: buffers still waiting for some of their gradients
+  // (two forwards before one backward: a chunk's parameters get theirs when the first
+  // forward's backward reaches them) are reduced now with what they hold, oldest first,
+  // as the bucket cap does (Note [gradient bytes in flight]); the rest of their
+  // gradients land in fresh buffers, reduced again later. Every rank runs the same
+  // graph at these stages (docs/distributed.md), so every rank does the same.
+  while (!r && scatter_mode()) {
+    auto oldest = std::find_if(live_order_.begin(), live_order_.end(), [&](std::uint32_t b) { return !grads_[b].op; });
+    if (oldest == live_order_.end()) break;
+    STRATA_RETURN_IF_ERROR(launch(*oldest));
+    STRATA_RETURN_IF_ERROR(drain());
+    r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
+  }
   if (!r) return std::unexpected(std::move(r).error());
   g.buffer_res = std::move(*r);
   const at::Tensor& buf = core_.chunks->store().grad(c);

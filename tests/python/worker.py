@@ -8,6 +8,7 @@ SPEC: {"model", "config", "steps", "rows" (global batch), "seed", "save": dir?,
 (True) or not ("default"),
 "external_head": register the root as a user of wte.weight,
 "groups": "optimizer" | "model_parameters" (see initialize()),
+"two_forwards": each rank's rows go through the model in two forwards, then one backward,
 "eval_every": k: after every k-th step an evaluation forward under no_grad on the whole batch ("evals"),
 "save_16bit": dir: engine.save_16bit_model(dir) after training,
 "clip": max_norm: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between
@@ -203,7 +204,12 @@ def main():
         if spec.get("zero_grad"):
             model.zero_grad(set_to_none=spec["zero_grad"] == "none")
         x, y = models.batch(spec["model"], step, spec["rows"])
-        loss = models.loss_fn(spec["model"], engine(x[rank * per:(rank + 1) * per]), y[rank * per:(rank + 1) * per])
+        mine = x[rank * per:(rank + 1) * per]
+        if spec.get("two_forwards"):  # two forwards before one backward (row-wise models: the same loss)
+            pred = torch.cat([engine(mine[:per // 2]), engine(mine[per // 2:])])
+        else:
+            pred = engine(mine)
+        loss = models.loss_fn(spec["model"], pred, y[rank * per:(rank + 1) * per])
         losses.append(loss.item())
         if spec.get("no_sync") and (step + 1) % spec["no_sync"]:  # a window's backwards but its last
             with engine.no_sync():
