@@ -32,7 +32,7 @@
 // about that order, so overlap is kept, and a chunk whose parameters got no gradient on
 // this rank holds the later ones until backward ends. Stages 2-3 still reduce in
 // readiness order: there every rank must run the same modules (as under FSDP and
-// DeepSpeed's ZeRO-3); docs/python.md says so.
+// DeepSpeed's ZeRO-3; docs/distributed.md).
 //
 // Note [gradients on nvme]: at stages 2-3, a chunk whose optimizer state is on nvme
 // (with nvme_gradients, the default) keeps no gradient shard in host memory between
@@ -79,9 +79,9 @@
 // Reductions are launched in the order chunks become ready, which is the same on every
 // rank when every rank runs the same graph (stages 2-3), or in one fixed order (stages
 // 0-1, Note [all-reduces in one order]); with overlap_comm off, all at the end of
-// backward in chunk order. Chunks whose parameters did not all get a gradient are reduced at the end of
-// backward (the missing ones are zero), or when the schedule says their last use has
-// passed (reduce_now).
+// backward in chunk order. Chunks whose parameters did not all get a gradient are
+// reduced at the end of backward (the missing ones are zero), or when the schedule says
+// their last use has passed (reduce_now).
 #pragma once
 
 #include <cstdint>
