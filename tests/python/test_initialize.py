@@ -178,18 +178,16 @@ def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, n
 
 
 # Two forwards before one backward at stage 3 with a compute budget well below the
-# model: each chunk's gradient buffer waits for the first forward's backward, so the
-# buffers of the second forward's backward pile up. Before, the run stopped with "cannot
-# fit ... grad buffer" in the first step (the runtime made room only by waiting for
-# reductions in flight), and with that fixed, at the second, when the prefetch schedule
-# planned from the first step's trace did not fit (the planner holds each buffer whole
-# across both backwards). Now buffers still waiting for gradients are reduced early with
-# what they hold (Note [partial buffers make room]) and a trace whose schedule does not
-# fit runs on demand (Note [a schedule that does not fit]).
-# The mixture of experts makes it happen: an expert that only the second forward's rows
-# chose gets its gradient early, and its chunk's buffer then waits for the first forward's
-# backward to reach the rest of the chunk. One rank (at two, stage 3 needs the same
-# modules on every rank, and each rank would route its own rows).
+# model. In the mixture of experts an expert that only the second forward's rows chose
+# gets its gradient early, and its chunk's buffer then waits for the first forward's
+# backward to reach the rest of the chunk: such buffers pile up. Before, the run stopped
+# with "cannot fit ... grad buffer" in the first step (the runtime made room only by
+# waiting for reductions in flight), and with that fixed, at the second, when the
+# prefetch schedule planned from the first step's trace did not fit (the planner holds
+# each buffer whole across both backwards). Now buffers still waiting for gradients are
+# reduced early with what they hold (Note [partial buffers make room]) and a trace whose
+# schedule does not fit runs on demand (Note [a schedule that does not fit]). One rank:
+# at two, stage 3 needs the same modules on every rank, and each would route its own rows.
 def test_two_forwards_before_one_backward_within_a_small_compute_budget(tmp_path):
     budget = 20 << 10
     model_bytes = 4 * sum(p.numel() for p in models.make("moe").parameters())
