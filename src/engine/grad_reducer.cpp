@@ -121,6 +121,11 @@ Status GradReducer::setup(std::function<void()> on_activity) {
   return ok();
 }
 
+std::optional<std::uint32_t> GradReducer::oldest_unreduced() const {
+  auto it = std::find_if(live_order_.begin(), live_order_.end(), [&](std::uint32_t b) { return !grads_[b].op; });
+  return it == live_order_.end() ? std::nullopt : std::optional<std::uint32_t>(*it);
+}
+
 Status GradReducer::reserve_buffer(std::uint32_t c) {
   ChunkGrads& g = grads_[c];
   const std::uint64_t bytes = core_.chunks->full_bytes(c);
@@ -139,8 +144,8 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
   // gradients land in fresh buffers, reduced again later. Every rank runs the same
   // graph at these stages (docs/distributed.md), so every rank does the same.
   while (!r && scatter_mode()) {
-    auto oldest = std::find_if(live_order_.begin(), live_order_.end(), [&](std::uint32_t b) { return !grads_[b].op; });
-    if (oldest == live_order_.end()) break;
+    const std::optional<std::uint32_t> oldest = oldest_unreduced();
+    if (!oldest) break;
     STRATA_RETURN_IF_ERROR(launch(*oldest));
     STRATA_RETURN_IF_ERROR(drain());
     r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
@@ -224,8 +229,8 @@ void GradReducer::ensure_buffer(std::uint32_t c) {
       core_.errors.check(complete_oldest());
       continue;
     }
-    auto oldest = std::find_if(live_order_.begin(), live_order_.end(), [&](std::uint32_t b) { return !grads_[b].op; });
-    if (oldest == live_order_.end()) break;
+    const std::optional<std::uint32_t> oldest = oldest_unreduced();
+    if (!oldest) break;
     core_.errors.check(launch(*oldest));
   }
   core_.errors.check(reserve_buffer(c));

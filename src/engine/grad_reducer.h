@@ -196,6 +196,8 @@ class GradReducer {
   Result<kernels::GradStats> shard_stats(const at::Tensor& shard, double inv_scale) const;
   bool stats_by_tensor_ops(const at::Tensor& shard) const;
   Status reserve_buffer(std::uint32_t c);
+  // Reduce-scatter mode: the oldest buffer with bytes and no reduction on its way.
+  std::optional<std::uint32_t> oldest_unreduced() const;
   Status launch(std::uint32_t c);
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it
   Status complete_oldest();

@@ -589,6 +589,8 @@ def make(name, seed=0):
         return MixtureOfExperts()
     if name == "moe_every_expert":
         return MixtureOfExperts(every_expert=True)
+    if name == "moe_big":  # experts of 8.4M parameters: 64 MiB records hold about two
+        return MixtureOfExperts(dim=BIG_DIM)
     if name == "reads_child_weight":
         return ReadsChildWeight()
     if name == "object_outputs":
