@@ -21,6 +21,7 @@ import torch
 
 from . import _comm, _ds_args, _groups, _guard, _optim_state, _owners, _stand_ins, _state, _strata, _units
 from . import config as _config
+from ._config_schedule import ConfigScheduler
 from .errors import ConfigError, NotImplementedByStrata, UsageError
 
 
@@ -80,6 +81,8 @@ class Engine:
             raise
         self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(
             lr_scheduler, "step") else lr_scheduler
+        if self.lr_scheduler is None and isinstance(self._config.get("scheduler"), dict):
+            self.lr_scheduler = ConfigScheduler(self, self._config["scheduler"].get("type", ""))
 
     def _build(self, module, cfg: dict, comm, groups) -> None:
         _units.check_compute_dtype(_units.compute_dtype(cfg))
@@ -136,10 +139,15 @@ class Engine:
                              "refuses step() inside its no_sync())")
         # Through the optimizer's step(), which a torch scheduler wraps to count calls.
         r = self.optimizer.step()
-        if r["boundary"] and r["applied"] and self.lr_scheduler is not None:
+        if r["boundary"] and r["applied"] and self._torch_scheduler() is not None:
             self.lr_scheduler.step()
             self.optimizer._sync.pull()
         return r
+
+    def _torch_scheduler(self):
+        """The caller's scheduler, which step() advances and checkpoints hold; None when
+        there is none or it is the config's schedule (the engine steps that one)."""
+        return None if isinstance(self.lr_scheduler, ConfigScheduler) else self.lr_scheduler
 
     def _step_engine(self) -> dict:
         # A torch scheduler (or the user) may have set the groups; the config's scheduler
@@ -351,7 +359,7 @@ class Engine:
                                          "at any world size, stage or chunk size")
         step = self._step_of(tag, self.global_steps)
         client = {"client_state": client_state or {}}
-        if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "state_dict"):
+        if self._torch_scheduler() is not None and hasattr(self.lr_scheduler, "state_dict"):
             client["lr_scheduler"] = _jsonable(self.lr_scheduler.state_dict())
         path = self._eng.save_checkpoint(os.fspath(save_dir), step, json.dumps(client), json.dumps(self._config), keep,
                                          bool(save_latest))
@@ -378,7 +386,7 @@ class Engine:
         client = json.loads(client_json) if client_json not in ("", "null") else {}
         if load_module_only:
             return os.fspath(loaded), client.get("client_state", {})
-        if load_lr_scheduler_states and self.lr_scheduler is not None and "lr_scheduler" in client:
+        if load_lr_scheduler_states and self._torch_scheduler() is not None and "lr_scheduler" in client:
             self.lr_scheduler.load_state_dict(client["lr_scheduler"])
         self.optimizer._sync.publish()  # the checkpoint's lrs, weight decays, betas or momentum
         return os.fspath(loaded), client.get("client_state", {})
@@ -428,7 +436,8 @@ def initialize(model: torch.nn.Module = None, config=None, optimizer=None, model
         None means every parameter that requires a gradient. Any other trainable
         parameter must be frozen (requires_grad=False).
     lr_scheduler: a torch.optim.lr_scheduler built on the returned optimizer, or a
-        callable taking that optimizer and returning one.
+        callable taking that optimizer and returning one. With the config's "scheduler"
+        block instead, the fourth value is a view of that schedule (_config_schedule.py).
     process_group: a torch.distributed group to run on; default: strata's own Gloo group
         from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (one rank when they are unset).
     training_data: a torch Dataset: the third value is then a DataLoader of this rank's

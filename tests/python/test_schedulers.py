@@ -1,5 +1,7 @@
 """Learning-rate schedules through strata.initialize: a torch.optim.lr_scheduler driving the
 optimizer it returns, and the config's DeepSpeed "scheduler" block, each against plain PyTorch."""
+import contextlib
+
 import pytest
 import torch
 
@@ -72,16 +74,50 @@ def test_config_scheduler_matches_deepspeeds_curve(name):
            "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.01}},
            "scheduler": {"type": kind, "params": params}}
     engine, opt, _, sched = strata.initialize(model=models.make("gpt"), config=cfg)
-    assert sched is None
+    assert sched is engine.lr_scheduler and sched.kind == kind  # DeepSpeed returns its scheduler there
     ref = models.make("gpt")
     ropt = torch.optim.AdamW(ref.parameters(), lr=2e-3, weight_decay=0.01)
     rsched = getattr(ds_schedules, kind)(ropt, **params)
     for step in range(12):
         want = ropt.param_groups[0]["lr"]
         assert engine.get_lr()[0] == pytest.approx(want, rel=1e-12, abs=1e-15), (step, engine.get_lr(), want)
+        assert sched.get_last_lr() == engine.get_lr() and sched.last_batch_iteration == step - 1
         loss, rloss = step_both(engine, ref, ropt, rsched, step)
         assert abs(loss - rloss) <= 1e-5 * abs(rloss), (step, loss, rloss)
+    assert sched.state_dict() == {"last_batch_iteration": 11}
     engine.close()
+
+
+# The schedule returned for a config's "scheduler" block is the engine's: a script written
+# for DeepSpeed that also calls lr_scheduler.step() gets a warning, not a schedule running
+# twice as fast; checkpoints restore it through the step count.
+def test_config_scheduler_step_is_the_engines(tmp_path):
+    import strata
+
+    torch.set_num_threads(1)
+    cfg = {"train_batch_size": 8, "zero_optimization": {"stage": 1},
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+           "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 20, "warmup_num_steps": 5}}}
+    engine, _, _, sched = strata.initialize(model=models.make("gpt"), config=cfg)
+    twin, _, _, twin_sched = strata.initialize(model=models.make("gpt"), config=cfg)
+    for step in range(4):
+        for e in (engine, twin):
+            x, y = models.batch("gpt", step, 8)
+            e.backward(models.loss_fn("gpt", e(x), y))
+            e.step()
+        with pytest.warns(UserWarning, match="does nothing") if step == 0 else contextlib.nullcontext():
+            sched.step()
+        assert sched.get_last_lr() == twin_sched.get_last_lr() and sched.last_batch_iteration == step
+    engine.save_checkpoint(tmp_path)
+    with pytest.raises(strata.UsageError, match="cannot be moved to 1"):
+        sched.load_state_dict({"last_batch_iteration": 1})
+    engine.close()
+    again, _, _, again_sched = strata.initialize(model=models.make("gpt"), config=cfg)
+    assert again_sched.last_batch_iteration == -1
+    again.load_checkpoint(tmp_path)
+    assert again_sched.last_batch_iteration == 3 and again_sched.get_last_lr() == twin_sched.get_last_lr()
+    again.close()
+    twin.close()
 
 
 def test_scheduler_block_errors():
