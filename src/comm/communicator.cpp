@@ -104,7 +104,7 @@ Status Handle::wait() {
         // When no peer died, divergent code is the usual cause (docs/distributed.md).
         return fail(ErrorCode::kTimeout,
                     fmt::format("timed out after {} ms ({}); a peer is stuck or gone, or the ranks issued different "
-                                "collectives (their code took other paths: at ZeRO stages 2-3 every rank must run the "
+                                "collectives (their code took other paths: at ZeRO stage 3 every rank must run the "
                                 "same modules in the same order; STRATA_COMM_CHECK=1 names the first difference)",
                                 s.timeout.count(), first_line));
       }

@@ -54,9 +54,13 @@ GradReducer::GradReducer(EngineCore& core) : core_(core), copies_(core.chunks->s
   had_grad_.assign(store.params().size(), 0);
   for (std::uint32_t i = 0; i < store.params().size(); ++i)
     if (store.params()[i].requires_grad()) ++grads_[store.layout().where[i].chunk].expected;
-  // Note [all-reduces in one order]: the trainable chunks, last first.
+  // Note [reductions in one order]: the trainable chunks, last first.
   for (std::uint32_t c = static_cast<std::uint32_t>(grads_.size()); c-- > 0;)
-    if (grads_[c].expected > 0) all_reduce_order_.push_back(c);
+    if (grads_[c].expected > 0) fixed_order_.push_back(c);
+}
+
+bool GradReducer::in_fixed_order() const {
+  return !scatter_mode() || (core_.stage() == 2 && core_.comm.world() > 1);
 }
 
 GradReducer::~GradReducer() {
@@ -142,8 +146,10 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
   // forward's backward reaches them) are reduced now with what they hold, oldest first,
   // as the bucket cap does (Note [gradient bytes in flight]); the rest of their
   // gradients land in fresh buffers, reduced again later. Every rank runs the same
-  // graph at these stages (docs/distributed.md), so every rank does the same.
-  while (!r && scatter_mode()) {
+  // graph at stage 3 (docs/distributed.md), so every rank does the same. Not in one fixed
+  // order (stage 2, Note [reductions in one order]): an early reduction there is this
+  // rank's own decision, and the budget must hold the buffers as they come.
+  while (!r && scatter_mode() && !in_fixed_order()) {
     const std::optional<std::uint32_t> oldest = oldest_unreduced();
     if (!oldest) break;
     STRATA_RETURN_IF_ERROR(launch(*oldest));
@@ -167,9 +173,11 @@ void GradReducer::begin_backward(bool boundary, double inv_scale) {
   for (ChunkGrads& g : grads_) {
     g.pending = g.expected;
     g.launched = false;
+    g.ready = false;
     g.complete = false;
   }
-  next_all_reduce_ = 0;
+  next_in_order_ = 0;
+  ready_order_.clear();
 }
 
 // Note [the engine's gradients]: each trainable parameter's .grad is a view of its
@@ -223,12 +231,16 @@ void GradReducer::ensure_buffer(std::uint32_t c) {
   // oldest reductions land; if none is in flight, the oldest buffer is reduced now with
   // the gradients it has, and the rest of its gradients land in a fresh buffer that is
   // reduced again later (a reduction is linear, so the sum is the same).
+  // In one fixed order (stage 2, Note [reductions in one order]) only the first: a
+  // reduction out of that order would be this rank's alone, so the cap may be exceeded
+  // while a chunk waits for one before it in the order.
   const std::uint64_t cap = core_.opt.reduce_bucket_size * c10::elementSize(core_.opt.compute_dtype);
   while (live_buffer_bytes_ + core_.chunks->full_bytes(c) > cap) {
     if (!order_.empty()) {
       core_.errors.check(complete_oldest());
       continue;
     }
+    if (in_fixed_order()) break;
     const std::optional<std::uint32_t> oldest = oldest_unreduced();
     if (!oldest) break;
     core_.errors.check(launch(*oldest));
@@ -239,34 +251,52 @@ void GradReducer::ensure_buffer(std::uint32_t c) {
 void GradReducer::on_grad_ready(std::uint32_t param) {
   had_grad_[param] = 1;
   const std::uint32_t c = core_.chunks->store().layout().where[param].chunk;
-  if (--grads_[c].pending > 0 || !core_.opt.overlap_comm) return;
+  if (--grads_[c].pending > 0) return;
+  if (!grads_[c].ready) ready_order_.push_back(c);
+  grads_[c].ready = true;
+  if (!core_.opt.overlap_comm) return;
   if (scatter_mode() || boundary_) core_.errors.check(launch(c));
 }
 
-Status GradReducer::reduce_now(std::uint32_t c) { return scatter_mode() ? launch(c) : ok(); }
+// In one fixed order (stage 2) a chunk is reduced when it is ready or backward ends: the
+// schedule's point is this rank's trace's.
+Status GradReducer::reduce_now(std::uint32_t c) { return scatter_mode() && !in_fixed_order() ? launch(c) : ok(); }
 
 Status GradReducer::launch(std::uint32_t c) {
   ChunkGrads& g = grads_[c];
-  const at::Tensor& buf = core_.chunks->store().grad(c);
-  const int world = core_.comm.world();
-  if (!scatter_mode()) {
-    if (g.launched) return ok();
-    g.launched = true;
-    if (world == 1) {
-      slice_to_host(c);
-      return ok();
-    }
-    // Note [all-reduces in one order]
-    while (next_all_reduce_ < all_reduce_order_.size() && grads_[all_reduce_order_[next_all_reduce_]].launched) {
-      const std::uint32_t k = all_reduce_order_[next_all_reduce_++];
-      grads_[k].op = InFlight{.handle = core_.comm.all_reduce(core_.chunks->store().grad(k), comm::ReduceOp::kAvg),
-                              .issued = Clock::now()};
-      order_.push_back(k);
-      core_.cur.moved.net_all_reduce += core_.chunks->full_bytes(k) * 2 * static_cast<std::uint64_t>(world - 1) / world;
-    }
+  if (!in_fixed_order()) return scatter(c);
+  if (g.launched) return ok();
+  g.launched = true;
+  if (!scatter_mode() && core_.comm.world() == 1) {
+    slice_to_host(c);
     return ok();
   }
-  if (!g.live || g.op) return ok();  // nothing accumulated, or already on its way
+  // Note [reductions in one order]
+  while (next_in_order_ < fixed_order_.size() && grads_[fixed_order_[next_in_order_]].launched) {
+    const std::uint32_t k = fixed_order_[next_in_order_++];
+    STRATA_RETURN_IF_ERROR(scatter_mode() ? scatter(k, /*even_if_empty=*/true) : all_reduce(k));
+  }
+  return ok();
+}
+
+Status GradReducer::all_reduce(std::uint32_t c) {
+  const std::uint64_t world = static_cast<std::uint64_t>(core_.comm.world());
+  grads_[c].op = InFlight{.handle = core_.comm.all_reduce(core_.chunks->store().grad(c), comm::ReduceOp::kAvg),
+                          .issued = Clock::now()};
+  order_.push_back(c);
+  core_.cur.moved.net_all_reduce += core_.chunks->full_bytes(c) * 2 * (world - 1) / world;
+  return ok();
+}
+
+Status GradReducer::scatter(std::uint32_t c, bool even_if_empty) {
+  ChunkGrads& g = grads_[c];
+  if (g.op) return ok();  // already on its way
+  // A chunk none of whose parameters got a gradient on this rank, in one fixed order:
+  // other ranks' may have, and they reduce it now, so this rank adds zeros.
+  if (!g.live && even_if_empty) STRATA_RETURN_IF_ERROR(reserve_buffer(c));
+  if (!g.live) return ok();  // nothing accumulated
+  const at::Tensor& buf = core_.chunks->store().grad(c);
+  const int world = core_.comm.world();
   ChunkStateMachine& sm = (*core_.chunks)[c].sm;
   if (sm.state() == ChunkState::kHoldAfterBwd) sm.to(ChunkState::kReadyForReduce);
   // In place: the result lands in this rank's own slice of the buffer (with one rank,
@@ -456,8 +486,37 @@ Status GradReducer::poll() {
 }
 
 Status GradReducer::end_backward() {
+  STRATA_RETURN_IF_ERROR(reduce_the_rest());
+  return learn_order();
+}
+
+// Note [reductions in one order]: after the first backward that reduces (at stages 0-1,
+// the first at an accumulation boundary), the order is the one in which rank 0's chunks
+// became ready in it: for a model that runs the same modules
+// on every rank that is every rank's order, so no reduction waits. The chunks that were
+// not ready then follow, last first.
+Status GradReducer::learn_order() {
+  if (order_learned_ || !in_fixed_order() || core_.comm.world() == 1) return ok();
+  if (!scatter_mode() && !boundary_) return ok();  // stages 0-1 communicate only at the boundary
+  order_learned_ = true;
+  std::vector<std::uint32_t> order = ready_order_;
+  for (std::uint32_t c : fixed_order_)
+    if (!grads_[c].ready) order.push_back(c);
+  at::Tensor t = at::empty({static_cast<std::int64_t>(order.size())}, at::kInt);
+  std::copy(order.begin(), order.end(), t.data_ptr<std::int32_t>());
+  STRATA_RETURN_IF_ERROR(core_.comm.broadcast(t, 0).wait());
+  const std::int32_t* v = t.data_ptr<std::int32_t>();
+  fixed_order_.assign(v, v + t.numel());
+  return ok();
+}
+
+Status GradReducer::reduce_the_rest() {
   if (scatter_mode()) {
-    for (std::uint32_t c = 0; c < grads_.size(); ++c) STRATA_RETURN_IF_ERROR(launch(c));
+    if (in_fixed_order())
+      for (std::uint32_t c : fixed_order_) STRATA_RETURN_IF_ERROR(launch(c));
+    // What is left: in one fixed order, gradients that came after their chunk's
+    // reduction in this backward (Note [late gradients]).
+    for (std::uint32_t c = 0; c < grads_.size(); ++c) STRATA_RETURN_IF_ERROR(scatter(c));
     STRATA_RETURN_IF_ERROR(drain());
     add_landed(true);  // Note [gradients to host]: every shard is whole
     // nvme chunks whose parameters did not all get a gradient are complete now.

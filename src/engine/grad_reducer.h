@@ -21,18 +21,26 @@
 //       On a budgeted compute tier a buffer that does not fit first waits for the
 //       reductions in flight; if it still does not fit, that is a "cannot fit" error.
 //
-// Note [all-reduces in one order]: ranks pair their collectives by issue order only, and
-// the chunks' all-reduces are all the same size, so two ranks that issue them in
-// different orders average one chunk's gradients with another's and nothing fails. The
-// order in which chunks become ready is autograd's, which depends on the rank's own data
-// when control flow does (a mixture of experts routes each rank's tokens to other experts;
-// a branch taken on one rank only). So at stages 0-1 a ready chunk is all-reduced only
-// after every chunk before it in one fixed order, the trainable chunks from the last to
-// the first (as DDP launches its buckets in bucket order): backward makes chunks ready in
-// about that order, so overlap is kept, and a chunk whose parameters got no gradient on
-// this rank holds the later ones until backward ends. Stages 2-3 still reduce in
-// readiness order: there every rank must run the same modules (as under FSDP and
-// DeepSpeed's ZeRO-3; docs/distributed.md).
+// Note [reductions in one order]: ranks pair their collectives by issue order only, and
+// chunks' reductions are often the same size, so two ranks that issue them in different
+// orders average one chunk's gradients with another's and nothing fails. The order in
+// which chunks become ready is autograd's, which depends on the rank's own data when
+// control flow does (a mixture of experts routes each rank's tokens to other experts; a
+// branch taken on one rank only). So at stages 0-1, and at stage 2 with more than one
+// rank, a ready chunk is reduced only after every chunk before it in one fixed order, the
+// trainable chunks in the order rank 0's became ready in the first backward that reduces
+// (as DDP launches its buckets in one order, which it rebuilds from the first
+// iteration's), and in that backward from the last to the first: for a model that runs the same
+// modules on every rank no reduction then waits, so overlap and memory are as in
+// readiness order; a chunk whose parameters got no gradient on this rank holds the later
+// ones until backward ends. Then every trainable chunk is reduced, at stage 2 with a buffer of zeros for one
+// that got no gradient here. What the order rules out at stage 2 are a rank's own early
+// reductions: the bucket cap only waits for reductions in flight (the cap may be
+// exceeded while a chunk waits for one before it in the order), a compute budget that
+// cannot hold the buffers as they come is an error, and the schedule's reduce points
+// are not used. Stage 3 reduces in readiness order, with those early reductions: its
+// forward gathers a unit's chunks when the unit runs, so every rank must run the same
+// modules anyway (as under FSDP and DeepSpeed's ZeRO-3; docs/distributed.md).
 //
 // Note [gradients on nvme]: at stages 2-3, a chunk whose optimizer state is on nvme
 // (with nvme_gradients, the default) keeps no gradient shard in host memory between
@@ -77,8 +85,8 @@
 // precedence over nvme_gradients: the shard is in neither host memory nor a record.
 //
 // Reductions are launched in the order chunks become ready, which is the same on every
-// rank when every rank runs the same graph (stages 2-3), or in one fixed order (stages
-// 0-1, Note [all-reduces in one order]); with overlap_comm off, all at the end of
+// rank when every rank runs the same graph (stage 3, and with one rank), or in one fixed
+// order (Note [reductions in one order]); with overlap_comm off, all at the end of
 // backward in chunk order. Chunks whose parameters did not all get a gradient are
 // reduced at the end of backward (the missing ones are zero), or when the schedule says
 // their last use has passed (reduce_now).
@@ -164,7 +172,8 @@ class GradReducer {
     std::int64_t expected = 0;  // trainable parameters in the chunk
     std::int64_t pending = 0;   // of those, not yet accumulated in this backward
     bool live = false;          // the full buffer has bytes
-    bool launched = false;      // ready to reduce in this backward (all-reduce mode)
+    bool ready = false;         // every gradient of this backward is in
+    bool launched = false;      // ready to reduce in this backward (in one fixed order)
     tiers::Reservation buffer_res;
     at::Tensor shard;           // what the step reads (see grad_shard)
     tiers::Reservation shard_res;
@@ -198,7 +207,15 @@ class GradReducer {
   Status reserve_buffer(std::uint32_t c);
   // Reduce-scatter mode: the oldest buffer with bytes and no reduction on its way.
   std::optional<std::uint32_t> oldest_unreduced() const;
+  // Chunk c is ready to reduce: issued now, or in one fixed order after the chunks before it.
   Status launch(std::uint32_t c);
+  bool in_fixed_order() const;  // Note [reductions in one order]
+  Status all_reduce(std::uint32_t c);
+  // Reduce-scatter mode: issues chunk c's reduction if its buffer has bytes (or, with
+  // even_if_empty, of zeros: a chunk that got no gradient on this rank).
+  Status scatter(std::uint32_t c, bool even_if_empty = false);
+  Status reduce_the_rest();  // end_backward's reductions
+  Status learn_order();      // after the first backward: Note [reductions in one order]
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it
   Status complete_oldest();
   // Note [gradients to host]: start the copy; add the ones that have landed (all: `every`).
@@ -215,8 +232,10 @@ class GradReducer {
   std::vector<ChunkGrads> grads_;
   std::vector<std::uint8_t> had_grad_;
   std::deque<std::uint32_t> order_;        // reductions in flight, in launch order
-  std::vector<std::uint32_t> all_reduce_order_;  // Note [all-reduces in one order]
-  std::size_t next_all_reduce_ = 0;              // ... its first chunk not issued yet
+  std::vector<std::uint32_t> fixed_order_;  // Note [reductions in one order]
+  std::size_t next_in_order_ = 0;          // ... its first chunk not issued yet
+  std::vector<std::uint32_t> ready_order_;  // this backward's chunks, as they became ready
+  bool order_learned_ = false;             // fixed_order_ is rank 0's first readiness order
   std::deque<std::uint32_t> live_order_;   // reduce-scatter mode: buffers with bytes, oldest first
   std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
   bool boundary_ = false;

@@ -122,7 +122,7 @@ TEST(Zero3, AUnitReturningATupleMatchesLibTorchAtWorldSizes1To4) {
   for (int world : {1, 2, 3, 4}) expect_all_ok(run_ranks(world, {units_worker(), "tuple"}));
 }
 
-TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucket) {
+TEST(Zero3, StageTwoHoldsOneWorldthOfStageZerosGradientsPlusOneBucketAndTheTiedChunk) {
   for (int world : {2, 4}) expect_all_ok(run_ranks(world, {zero3_worker(), "gradmem"}));
 }
 

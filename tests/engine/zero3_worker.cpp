@@ -310,7 +310,10 @@ void overbudget() {
 
 
 // Stage 2 holds 1/world of the gradients (fp32 shards) plus the full-size buffers in
-// flight, at most reduce_bucket_size elements beyond one chunk; stage 0 all of them.
+// flight, at most reduce_bucket_size elements beyond one chunk, and the first chunk
+// (the tied embedding: its gradients come at the start of backward, from the head, and
+// at the end), which with more than one rank waits through backward for its turn in the
+// fixed order of reductions (Note [reductions in one order]); stage 0 all of them.
 void gradmem() {
   const nn::GPTConfig cfg = model_config();
   std::uint64_t peak[3] = {0, 0, 0};
@@ -332,9 +335,9 @@ void gradmem() {
       peak[stage] = std::max(peak[stage], eng->last_metrics().peak_grad_bytes);
     }
   }
-  const std::uint64_t bound = peak[0] / g_comm->world() + bucket_elems * 4;
+  const std::uint64_t bound = peak[0] / g_comm->world() + bucket_elems * 4 + 8192 * 4;
   fmt::print("rank {}: gradient bytes stage 0 {}, stage 2 {}, bound {}\n", g_comm->rank(), peak[0], peak[2], bound);
-  if (peak[2] > bound) fail(fmt::format("stage 2 held {} gradient bytes, more than stage 0's {} / {} + one bucket", peak[2], peak[0], g_comm->world()));
+  if (peak[2] > bound) fail(fmt::format("stage 2 held {} gradient bytes, more than stage 0's {} / {} + one bucket + one chunk", peak[2], peak[0], g_comm->world()));
 }
 
 // A model built deferred (no parameter bytes until the engine makes them, chunk by

@@ -510,6 +510,23 @@ def experts_used(model, x):
     return used
 
 
+class ReversedChain(nn.Module):
+    """Layers registered in the reverse of the order the forward runs them, the input
+    layer last: the chunks (registration order) become ready in backward first to last,
+    the opposite of a model written in order, and the last chunk last of all."""
+
+    def __init__(self, dim=64, depth=8):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+        self.inp = nn.Linear(16, dim)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for layer in reversed(self.layers):
+            h = torch.tanh(layer(h))
+        return h[:, :4]
+
+
 class Pair(nn.Module):
     def __init__(self):
         super().__init__()
@@ -591,6 +608,8 @@ def make(name, seed=0):
         return MixtureOfExperts(every_expert=True)
     if name == "moe_big":  # experts of 8.4M parameters: 64 MiB records hold about two
         return MixtureOfExperts(dim=BIG_DIM)
+    if name == "reversed_chain":
+        return ReversedChain()
     if name == "reads_child_weight":
         return ReadsChildWeight()
     if name == "object_outputs":
@@ -620,7 +639,7 @@ def batch(name, step, rows):
         return tokens[:, :-1], tokens[:, 1:]
     if name.startswith("normed_mlp"):
         return torch.randn(rows, 16, generator=g) + 2.0, torch.randn(rows, 4, generator=g)
-    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral"):
+    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "reversed_chain"):
         return torch.randn(rows, 16, generator=g), torch.randn(rows, 4, generator=g)
     if name == "lstm":
         return torch.randn(rows, 5, 8, generator=g), torch.randn(rows, 4, generator=g)
@@ -644,7 +663,7 @@ def batch(name, step, rows):
 def loss_fn(name, out, y):
     if name.startswith("gpt"):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm") or \
+    if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm", "reversed_chain") or \
             name.startswith(("normed_mlp", "awkward", "moe")):
         return F.mse_loss(out, y)
     if name.startswith(("resnet18", "swin")) or name == "cnn_channels_last":

@@ -156,14 +156,16 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
 
 # Control flow that depends on each rank's data: a top-1 mixture of experts sends each
 # rank's rows to other experts, and skips the experts no row chose, so the ranks' chunks
-# become ready for their all-reduce in different orders (Note [all-reduces in one order]
-# in src/engine/grad_reducer.h). Before, each rank all-reduced them as they became ready:
-# the ranks paired one chunk's all-reduce with another's of the same size, no error, and
-# stepped on the average of unrelated gradients (parameters 0.3-0.4 away from plain
-# PyTorch after 6 steps). Stages 2-3 need the same modules on every rank
-# (docs/distributed.md): there the model calls every expert, on no rows if none chose it.
+# become ready for their reduction in different orders (Note [reductions in one order]
+# in src/engine/grad_reducer.h). Before, each rank reduced them as they became ready: at
+# stages 0-1 the ranks paired one chunk's all-reduce with another's of the same size, no
+# error, and stepped on the average of unrelated gradients (parameters 0.3-0.4 away from
+# plain PyTorch after 6 steps); stage 2 hung in a reduce-scatter (the test killed after
+# 200 s). Stage 3 needs the same modules on every rank (docs/distributed.md): there the
+# model calls every expert, on no rows if none chose it.
 @pytest.mark.parametrize("stage,device,name", [(0, "none", "moe"), (1, "cpu", "moe"), (1, "nvme", "moe"),
-                                               (2, "nvme", "moe_every_expert"), (3, "nvme", "moe_every_expert")])
+                                               (2, "none", "moe"), (2, "cpu", "moe"), (2, "nvme", "moe"),
+                                               (3, "nvme", "moe_every_expert")])
 def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, name):
     world, per = 2, ROWS // 2
     model = models.make(name)
@@ -175,6 +177,30 @@ def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, n
     if stage == 3:
         cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
     check_against_reference(train(tmp_path, world, {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS}), name)
+
+
+# The fixed order of reductions (stages 0-2 with more than one rank) is, from the second
+# backward on, the order in which rank 0's chunks became ready in the first (Note
+# [reductions in one order]). A model that registers its layers in the reverse of the
+# order it runs them, input layer last, makes its chunks ready first to last: in the
+# first backward, in the order last chunk first, every reduction waits for the last
+# chunk, ready last; from the second on, chunk 0 goes first and none waits, as they do
+# in readiness order. Stage 2 at two ranks trains it as plain PyTorch does either way.
+@pytest.mark.parametrize("stage", [1, 2])
+def test_reductions_follow_the_order_chunks_became_ready(tmp_path, stage):
+    traces = {0: str(tmp_path / "first"), 2: str(tmp_path / "third")}
+    spec = {"model": "reversed_chain", "config": config(stage, "cpu", tmp_path, chunk_size=1024), "steps": STEPS,
+            "rows": ROWS, "trace_steps": traces}
+    check_against_reference(train(tmp_path, 2, spec), "reversed_chain")
+    for rank in range(2):
+        order = {}
+        for step, path in traces.items():
+            with open(f"{path}.{rank}") as f:
+                events = [e for e in json.load(f)["traceEvents"] if e.get("cat") == "reduce-scatter"]
+            order[step] = [int(e["name"].split()[-1]) for e in sorted(events, key=lambda e: e["ts"])]
+        last = max(order[0])
+        assert order[0][0] == last and order[2][0] == 0, order
+        assert sorted(order[0]) == sorted(order[2]) == list(range(last + 1)), order
 
 
 # Two forwards before one backward at stage 3 with a compute budget well below the

@@ -199,6 +199,8 @@ def main():
     losses, evals, norms = [], [], []
     freeze = spec.get("freeze")  # {"param": name, "from": step, "to": step}: frozen in [from, to)
     for step in range(start, start + spec["steps"]):
+        if str(step) in spec.get("trace_steps", {}):  # {step: path} (JSON keys): that step's trace.json
+            engine._eng.trace_next_step(f"{spec['trace_steps'][str(step)]}.{rank}")
         if freeze:
             dict(model.named_parameters())[freeze["param"]].requires_grad_(not freeze["from"] <= step < freeze["to"])
         if spec.get("zero_grad"):
