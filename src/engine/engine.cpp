@@ -276,14 +276,17 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
                         return self->take_gathered_edits(c, slice);
                       }});
   m.stepper = std::make_unique<StepDriver>(core, m.kernel, *m.reducer, *m.optim, *m.gatherer);
-  if (stage == 3) {
-    std::vector<UnitRt> rts;
-    for (std::size_t u = 0; u < units.size(); ++u) {
-      std::vector<std::uint32_t> ps;
-      for (std::size_t i : unit_params[u]) ps.push_back(static_cast<std::uint32_t>(m.store_index[i]));
-      rts.push_back(UnitRt{.name = units[u].name, .chunks = plan::chunks_of(core.chunks->store().layout(), ps),
-                           .params = ps});
-    }
+  std::vector<UnitRt> rts;
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    std::vector<std::uint32_t> ps;  // the unit's parameters the store holds (stages 0-2: trainable ones)
+    for (std::size_t i : unit_params[u])
+      if (m.store_index[i] >= 0) ps.push_back(static_cast<std::uint32_t>(m.store_index[i]));
+    rts.push_back(UnitRt{.name = units[u].name, .chunks = plan::chunks_of(core.chunks->store().layout(), ps),
+                         .params = ps});
+  }
+  if (stage < 3) {
+    for (const UnitRt& r : rts) m.unit_chunks.push_back(r.chunks);
+  } else {
     m.access = std::make_unique<AccessDriver>(
         core, *m.gatherer, *m.reducer, std::move(rts),
         AccessDriver::Callbacks{.backward_activity = [self] { self->open_backward(); },
@@ -323,6 +326,7 @@ Status Engine::pre_forward(UnitId unit) {
     m.step_t0 = Clock::now();
     m.core.trace.begin_step();
   }
+  if (!m.access && at::GradMode::is_enabled()) m.reducer->note_forward_use(m.unit_chunks[static_cast<std::size_t>(unit)]);
   return m.access ? m.access->pre_forward(unit) : ok();
 }
 
@@ -355,7 +359,7 @@ void Engine::Impl::open_backward() {
   unscaled_backward = !scaling_backward && (stepper->scaler().scale() != 1.0 || core.opt.gradient_accumulation_steps != 1);
   if (step_open) core.cur.forward_s += std::chrono::duration<double>(backward_t0 - step_t0).count();
   core.trace.begin_step();
-  reducer->begin_backward(at_boundary(), 1.0 / stepper->scaler().scale());
+  core.errors.check(reducer->begin_backward(at_boundary(), 1.0 / stepper->scaler().scale()));
   if (at_boundary()) core.errors.check(stepper->read_early());  // Note [early state reads]
   // A plain loss.backward(): the session ends when autograd has finished the graph, still
   // inside backward(). The callback joins the graph task running now, so Engine::backward
@@ -440,8 +444,8 @@ Status Engine::backward(const at::Tensor& loss, const BackwardOptions& options) 
     if (m.in_backward) st = m.close_backward();
   } else {  // No hook ran (the loss depends on nothing the engine holds): end the step here.
     m.backward_t0 = Clock::now();
-    m.reducer->begin_backward(m.at_boundary(), 1.0 / m.stepper->scaler().scale());
-    st = m.close_backward();
+    st = m.reducer->begin_backward(m.at_boundary(), 1.0 / m.stepper->scaler().scale());
+    if (st) st = m.close_backward();
   }
   if (!st && raised) {  // strata's failure comes first; the model's exception is its note
     m.backward_exception = nullptr;

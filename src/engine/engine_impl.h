@@ -47,6 +47,9 @@ struct Engine::Impl {
   std::unique_ptr<StepDriver> stepper;
 
   std::size_t n_units = 0;
+  // Stages 0-2: each unit's chunks, for the order of reductions (Note [reductions in one
+  // order], grad_reducer.h); stage 3's AccessDriver holds its own.
+  std::vector<std::vector<std::uint32_t>> unit_chunks;
   std::int64_t window_micro_steps = 0;  // step() calls since the last boundary (Note [accumulation boundary])
   std::optional<bool> boundary_override;  // Engine::set_boundary
   std::int64_t step_count = 0;

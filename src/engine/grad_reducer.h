@@ -27,20 +27,22 @@
 // which chunks become ready is autograd's, which depends on the rank's own data when
 // control flow does (a mixture of experts routes each rank's tokens to other experts; a
 // branch taken on one rank only). So at stages 0-1, and at stage 2 with more than one
-// rank, a ready chunk is reduced only after every chunk before it in one fixed order, the
-// trainable chunks in the order rank 0's became ready in the first backward that reduces
-// (as DDP launches its buckets in one order, which it rebuilds from the first
-// iteration's), and in that backward from the last to the first: for a model that runs the same
-// modules on every rank no reduction then waits, so overlap and memory are as in
-// readiness order; a chunk whose parameters got no gradient on this rank holds the later
-// ones until backward ends. Then every trainable chunk is reduced, at stage 2 with a buffer of zeros for one
-// that got no gradient here. What the order rules out at stage 2 are a rank's own early
-// reductions: the bucket cap only waits for reductions in flight (the cap may be
-// exceeded while a chunk waits for one before it in the order), a compute budget that
-// cannot hold the buffers as they come is an error, and the schedule's reduce points
-// are not used. Stage 3 reduces in readiness order, with those early reductions: its
-// forward gathers a unit's chunks when the unit runs, so every rank must run the same
-// modules anyway (as under FSDP and DeepSpeed's ZeRO-3; docs/distributed.md).
+// rank, a ready chunk is reduced only after every chunk before it in one fixed order,
+// rank 0's, broadcast: in the first backward that reduces, the trainable chunks in the
+// reverse of the order its forward first used them (backward makes them ready in about
+// that order), then the unused ones, last first; from then on, the order its chunks
+// became ready in that backward (as DDP launches its buckets in one order, rebuilt from
+// its first iteration's). For a model that runs the same modules on every rank no
+// reduction then waits, so overlap and memory are as in readiness order; a chunk whose
+// parameters got no gradient on this rank holds the later ones until backward ends. Then
+// every trainable chunk is reduced, at stage 2 with a buffer of zeros for one that got no
+// gradient here. What the order rules out at stage 2 are a rank's own early reductions:
+// the bucket cap only waits for reductions in flight (the cap may be exceeded while a
+// chunk waits for one before it in the order), a compute budget that cannot hold the
+// buffers as they come is an error, and the schedule's reduce points are not used.
+// Stage 3 reduces in readiness order, with those early reductions: its forward gathers a
+// unit's chunks when the unit runs, so every rank must run the same modules anyway (as
+// under FSDP and DeepSpeed's ZeRO-3; docs/distributed.md).
 //
 // Note [gradients on nvme]: at stages 2-3, a chunk whose optimizer state is on nvme
 // (with nvme_gradients, the default) keeps no gradient shard in host memory between
@@ -123,8 +125,11 @@ class GradReducer {
   // session there).
   Status setup(std::function<void()> on_activity);
 
-  // inv_scale: 1 / the loss scale of this backward (Note [gradients on nvme]).
-  void begin_backward(bool boundary, double inv_scale);
+  // inv_scale: 1 / the loss scale of this backward (Note [gradients on nvme]). May
+  // broadcast the order of reductions (Note [reductions in one order]).
+  Status begin_backward(bool boundary, double inv_scale);
+  // A forward used a unit's chunks (Note [reductions in one order]).
+  void note_forward_use(const std::vector<std::uint32_t>& chunks);
   // Hooks (errors are raised through core.errors).
   void ensure_buffer(std::uint32_t c);
   std::uint32_t chunk_of(std::uint32_t param) const;
@@ -215,7 +220,11 @@ class GradReducer {
   // even_if_empty, of zeros: a chunk that got no gradient on this rank).
   Status scatter(std::uint32_t c, bool even_if_empty = false);
   Status reduce_the_rest();  // end_backward's reductions
-  Status learn_order();      // after the first backward: Note [reductions in one order]
+  // Note [reductions in one order]: before the first backward that reduces, from the
+  // forward; after it, from the order chunks became ready; each rank 0's, broadcast.
+  Status predict_order();
+  Status learn_order();
+  Status adopt_rank0_order(std::vector<std::uint32_t> order);
   Status complete(std::uint32_t c);  // waits for c's reduction and lands it
   Status complete_oldest();
   // Note [gradients to host]: start the copy; add the ones that have landed (all: `every`).
@@ -235,7 +244,10 @@ class GradReducer {
   std::vector<std::uint32_t> fixed_order_;  // Note [reductions in one order]
   std::size_t next_in_order_ = 0;          // ... its first chunk not issued yet
   std::vector<std::uint32_t> ready_order_;  // this backward's chunks, as they became ready
-  bool order_learned_ = false;             // fixed_order_ is rank 0's first readiness order
+  std::vector<std::uint32_t> forward_order_;  // chunks as the forwards first used them ...
+  std::vector<std::uint8_t> forward_used_;    // ... until the order is predicted
+  bool order_predicted_ = false;  // fixed_order_ is from rank 0's forward
+  bool order_learned_ = false;    // ... from rank 0's first readiness order
   std::deque<std::uint32_t> live_order_;   // reduce-scatter mode: buffers with bytes, oldest first
   std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
   bool boundary_ = false;

@@ -513,10 +513,13 @@ def experts_used(model, x):
 class ReversedChain(nn.Module):
     """Layers registered in the reverse of the order the forward runs them, the input
     layer last: the chunks (registration order) become ready in backward first to last,
-    the opposite of a model written in order, and the last chunk last of all."""
+    the opposite of a model written in order, and the last chunk last of all. The root's
+    own parameter, in chunk 0, is used at the end of the forward, though the root's
+    forward starts first."""
 
     def __init__(self, dim=64, depth=8):
         super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
         self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
         self.inp = nn.Linear(16, dim)
 
@@ -524,7 +527,7 @@ class ReversedChain(nn.Module):
         h = self.inp(x)
         for layer in reversed(self.layers):
             h = torch.tanh(layer(h))
-        return h[:, :4]
+        return h[:, :4] * self.scale
 
 
 class Pair(nn.Module):
