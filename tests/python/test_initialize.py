@@ -258,6 +258,24 @@ def test_two_forwards_before_one_backward_at_a_real_size(tmp_path):
     assert all(abs(g - w) <= 1e-4 * abs(w) for g, w in zip(budgeted["losses"], want)), (budgeted["losses"], want)
 
 
+# Stage 2's reductions in one order at a real size: experts of 8.4M parameters, 64 MiB
+# chunks (about two experts each), gradient records and optimizer state on nvme, two
+# ranks whose rows choose different experts (rank 0 skips one expert of the first layer,
+# rank 1 one of each), so their 64 MiB buffers become ready in different orders and some
+# only when backward ends, partly zero. Before the fixed order this hung in a
+# reduce-scatter (at small chunks: test_rank_dependent_routing_matches_plain_pytorch).
+# Measured: about 25 s, 2.7 GB peak RSS for the test process and its two ranks.
+def test_rank_dependent_routing_at_a_real_size(tmp_path):
+    per = ROWS // 2
+    model = models.make("moe_big")
+    x, _ = models.batch("moe_big", 0, ROWS)
+    with torch.no_grad():
+        assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
+    cfg = config(2, "nvme", tmp_path, chunk_size=16 << 20)
+    check_against_reference(train(tmp_path, 2, {"model": "moe_big", "config": cfg, "steps": 3, "rows": ROWS}),
+                            "moe_big", steps=3)
+
+
 # Activation checkpointing (torch.utils.checkpoint, reentrant or not) recomputes each
 # block's forward inside backward: at stage 3 with the parameters on nvme and a compute
 # budget of 3/4 of the model's gathered bytes, the schedule keeps the chunks of a
