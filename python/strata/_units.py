@@ -107,6 +107,13 @@ def is_leaf(module: torch.nn.Module) -> bool:
     return isinstance(module, LEAF_CLASSES) or module.__dict__.get("_strata_leaf", False)
 
 
+def engine_units(units: list[Unit]) -> list[tuple]:
+    """What the engine takes for each unit: its name, parameters, their names, and whether
+    it is a leaf (its calls of the units inside it are gathered with it: Note [covered
+    units], src/engine/access_driver.h)."""
+    return [(u.name, u.params, u.param_names, is_leaf(u.module)) for u in units]
+
+
 def units_of(model: torch.nn.Module) -> list[Unit]:
     """Every module whose forward computes with parameters (Note [unit ownership]) or
     that was given external ones, and the root, with or without parameters, in

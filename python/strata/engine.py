@@ -96,7 +96,7 @@ class Engine:
         _units.sync_from_rank0(comm, _units.model_tensors(module))
         _stand_ins.sync(comm, params)
         engine_groups = _groups.engine_groups(groups) if groups else []
-        self._eng = _strata.Engine([(u.name, u.params, u.param_names) for u in self._units], comm, json.dumps(cfg),
+        self._eng = _strata.Engine(_units.engine_units(self._units), comm, json.dumps(cfg),
                                    param_groups=engine_groups, init=_stand_ins.initializer(params))
         _stand_ins.forget(params)
         self._eng.set_buffer_source(_units.buffer_source(module))

@@ -286,7 +286,7 @@ def _build(group: _Group, param_groups: list[dict], optimizer_block: dict) -> No
     config = group.config(optimizer_block)
     if group.settings["dtype"] is None:  # no mp_policy.param_dtype: the model's own (Note [the model's dtype])
         config = _units.with_model_dtype(config, _units.named_params(group.units))
-    group.engine = _strata.Engine([(u.name, u.params, u.param_names) for u in group.units], comm, json.dumps(config),
+    group.engine = _strata.Engine(_units.engine_units(group.units), comm, json.dumps(config),
                                   param_groups=_groups.engine_groups(param_groups),
                                   init=_stand_ins.initializer(unit_params))
     _stand_ins.forget(unit_params)

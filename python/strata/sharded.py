@@ -44,7 +44,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         cfg = _units.with_model_dtype(cfg, ((f"param{i}", p) for i, p in enumerate(params)))
         self._slices: list[list[tuple[int, int, int]]] = []
         self._params = params
-        self.engine = _strata.Engine([("params", params, [f"param{i}" for i in range(len(params))])], self._comm,
+        self.engine = _strata.Engine([("params", params, [f"param{i}" for i in range(len(params))], False)], self._comm,
                                      json.dumps(cfg), (group_of, len(self.param_groups), self._make))
         self.local = self.engine.wrapped_optimizer
         _owners.register(self.engine, self._comm, params)

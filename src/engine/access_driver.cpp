@@ -16,7 +16,43 @@ namespace strata::engine {
 
 AccessDriver::AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& reducer, std::vector<UnitRt> units,
                            Callbacks callbacks)
-    : core_(core), gatherer_(gatherer), reducer_(reducer), units_(std::move(units)), cb_(std::move(callbacks)) {}
+    : core_(core), gatherer_(gatherer), reducer_(reducer), units_(std::move(units)), cb_(std::move(callbacks)) {
+  // Note [covered units]: the candidates are the leaf units holding a unit's first parameter.
+  std::vector<std::vector<UnitId>> holders(core_.chunks->store().params().size());
+  std::vector<std::vector<std::uint32_t>> sorted(units_.size());
+  for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u) {
+    sorted[u] = units_[u].params;
+    std::ranges::sort(sorted[u]);
+    for (std::uint32_t p : units_[u].params) holders[p].push_back(u);
+  }
+  chunk_units_.resize(core_.chunks->size());
+  for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u)
+    for (std::uint32_t c : units_[u].chunks) chunk_units_[c].push_back(u);
+  calls_.assign(units_.size(), 0);
+  bwd_ends_.assign(units_.size(), 0);
+  for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u) {
+    if (sorted[u].empty()) continue;
+    for (UnitId v : holders[sorted[u].front()])
+      if (v != u && units_[v].leaf && std::ranges::includes(sorted[v], sorted[u])) units_[u].covered_by.push_back(v);
+  }
+}
+
+bool AccessDriver::has_covered_units() const {
+  return std::ranges::any_of(units_, [](const UnitRt& r) { return !r.covered_by.empty(); });
+}
+
+bool AccessDriver::covered_now(UnitId u) const {
+  const auto& by = units_[u].covered_by;
+  return std::ranges::any_of(fwd_stack_, [&](const Open& o) {
+    return !o.covered && std::find(by.begin(), by.end(), o.u) != by.end();
+  });
+}
+
+const AccessDriver::Open* AccessDriver::innermost_forward() const {
+  for (auto it = fwd_stack_.rbegin(); it != fwd_stack_.rend(); ++it)
+    if (!it->covered) return &*it;
+  return nullptr;
+}
 
 AccessDriver::~AccessDriver() { remove_leaf_hooks(); }
 
@@ -38,6 +74,8 @@ void AccessDriver::begin_step_if_needed() {
   in_step_ = true;
   ++step_serial_;
   step_no_grad_forward_ = false;
+  std::ranges::fill(calls_, 0);
+  std::ranges::fill(bwd_ends_, 0);
   trace_.begin_step();
   scheduled_step_ = core_.opt.prefetch && schedule_.has_value() && trace_.complete();
   if (scheduled_step_) core_.cur.planned += schedule_->moved;
@@ -94,11 +132,13 @@ Result<AccessDriver::Open> AccessDriver::on_access(UnitId u, plan::Phase phase) 
 }
 
 Status AccessDriver::finish_access(const Open& a, plan::Phase phase) {
+  if (a.covered) return ok();  // Note [covered units]
   const UnitId u = a.u;
   const ChunkState after = phase == plan::Phase::kForward ? ChunkState::kHoldAfterFwd : ChunkState::kHoldAfterBwd;
   for (std::uint32_t c : units_[u].chunks) (*core_.chunks)[c].sm.end_use(after);
   core_.trace.add(StepTrace::kCompute, fmt::format("{} {}", units_[u].name, plan::to_string(phase)), unit_t0_,
                   Clock::now());
+  if (phase == plan::Phase::kBackward) STRATA_RETURN_IF_ERROR(backward_ended(u));
   if (a.pos && !trace_.on_close(*a.pos) && scheduled_step_) {
     // It ends elsewhere than the schedule planned for (the trace warned once): as for
     // another path through the model, the rest of the step runs on demand.
@@ -139,13 +179,37 @@ Status AccessDriver::load_ahead(std::size_t at) {
 
 Status AccessDriver::pre_forward(UnitId u) {
   std::erase(ended_by_backward_, u);  // a new call: the old one raised
+  if (covered_now(u)) {  // Note [covered units]
+    fwd_stack_.push_back(Open{.u = u, .covered = true});
+    return ok();
+  }
   // Units open now enclose this one (Note [nested backward]).
   for (const Open& outer : fwd_stack_) {
     auto& anc = units_[u].ancestors;
-    if (outer.u != u && std::find(anc.begin(), anc.end(), outer.u) == anc.end()) anc.push_back(outer.u);
+    if (!outer.covered && outer.u != u && std::find(anc.begin(), anc.end(), outer.u) == anc.end())
+      anc.push_back(outer.u);
   }
   STRATA_ASSIGN_OR_RETURN(Open a, on_access(u, plan::Phase::kForward));
   fwd_stack_.push_back(a);
+  return ok();
+}
+
+// Note [reductions at access ends] (grad_reducer.h). A forward that runs inside a
+// backward is a reentrant checkpoint's recompute of a call that ran without grad mode and
+// was counted then (a non-reentrant one's recompute gets no backward access of its own).
+// A call without grad mode that nothing recomputes (a no_grad pass in the training step)
+// keeps its unit's chunks from being reduced before backward ends.
+void AccessDriver::count_call(UnitId u, bool hooked) {
+  if (in_step_ && bwd_stack_.empty() && (hooked || !at::GradMode::is_enabled())) ++calls_[u];
+}
+
+Status AccessDriver::backward_ended(UnitId u) {
+  if (!reducer_.at_access_ends() || ++bwd_ends_[u] < calls_[u]) return ok();
+  for (std::uint32_t c : units_[u].chunks) {
+    const auto& holders = chunk_units_[c];
+    if (std::ranges::all_of(holders, [&](UnitId v) { return bwd_ends_[v] >= calls_[v]; }))
+      STRATA_RETURN_IF_ERROR(reducer_.reduce_now(c));
+  }
   return ok();
 }
 
@@ -192,7 +256,13 @@ Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs)
   const Open a = fwd_stack_.back();
   fwd_stack_.pop_back();
   STRATA_RETURN_IF_ERROR(finish_access(a, plan::Phase::kForward));
-  if (!at::GradMode::is_enabled()) return ok();  // inference: no backward to prepare
+  // Inference: no backward to prepare. A covered call: the covering unit's backward
+  // access holds its chunks (Note [covered units]).
+  if (a.covered) return ok();
+  if (!at::GradMode::is_enabled()) {
+    count_call(u, false);
+    return ok();
+  }
   // The pre-backward hook: the first gradient of any output of this call arrives just
   // before the unit's own backward runs, so that is when its chunks must be gathered
   // again. One call, one backward access, however many outputs it has.
@@ -206,6 +276,7 @@ Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs)
   // keep the gathered parameters for a later backward.
   auto fired = std::make_shared<bool>(false);
   const std::uint64_t serial = step_serial_;
+  bool hooks = false;
   for (const at::Tensor& out : outputs) {
     if (!out.defined() || !out.requires_grad()) continue;
     at::Tensor hooked = out;
@@ -232,14 +303,17 @@ Status AccessDriver::post_forward(UnitId u, std::span<const at::Tensor> outputs)
       begin_unit_backward(u);
     });
     if (hooked.is_leaf()) leaf_hooks_.emplace_back(hooked, handle);  // Note [leaf outputs]
+    hooks = true;
   }
+  count_call(u, hooks);
   return ok();
 }
 
 // Note [adopted parameters] (access_driver.h).
 Result<std::optional<UnitId>> AccessDriver::adopt(std::uint32_t param) {
-  if (fwd_stack_.empty()) return std::optional<UnitId>();
-  const UnitId u = fwd_stack_.back().u;
+  const Open* open = innermost_forward();
+  if (!open) return std::optional<UnitId>();
+  const UnitId u = open->u;
   UnitRt& unit = units_[u];
   if (std::find(unit.params.begin(), unit.params.end(), param) != unit.params.end()) return u;
   for (std::uint32_t c : plan::chunks_of(core_.chunks->store().layout(), std::span<const std::uint32_t>(&param, 1))) {
@@ -248,12 +322,14 @@ Result<std::optional<UnitId>> AccessDriver::adopt(std::uint32_t param) {
     // Gathered first: a gather that fails (cannot fit, a lost peer) changes nothing.
     STRATA_RETURN_IF_ERROR(gatherer_.ensure({c}));
     unit.chunks.insert(at, c);
+    chunk_units_[c].push_back(u);
     // finish_access ends one use of each of the unit's chunks per open access of it.
-    auto is_u = [u](const Open& o) { return o.u == u; };
+    auto is_u = [u](const Open& o) { return o.u == u && !o.covered; };
     const auto opens = std::ranges::count_if(fwd_stack_, is_u) + std::ranges::count_if(bwd_stack_, is_u);
     for (std::ptrdiff_t i = 0; i < opens; ++i) (*core_.chunks)[c].sm.begin_use();
   }
   unit.params.push_back(param);
+  unit.covered_by.clear();  // it holds a parameter its covering units may not (Note [covered units])
   if (trace_.complete()) {  // planned without it: plan again from the next step's trace
     trace_.rerecord();
     if (scheduled_step_) {
@@ -356,9 +432,13 @@ std::vector<std::uint32_t> AccessDriver::grad_from(std::span<const plan::ModuleA
 }
 
 std::vector<plan::ModuleAccess> AccessDriver::provisional_trace() const {
+  // Covered units run inside the units covering them, as no access (Note [covered units]).
+  std::vector<UnitId> runs;
+  for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u)
+    if (units_[u].covered_by.empty()) runs.push_back(u);
   std::vector<plan::ModuleAccess> t;
-  for (UnitId u = 0; u < static_cast<UnitId>(units_.size()); ++u) t.push_back({u, plan::Phase::kForward});
-  for (UnitId u = static_cast<UnitId>(units_.size()); u-- > 0;) t.push_back({u, plan::Phase::kBackward});
+  for (UnitId u : runs) t.push_back({u, plan::Phase::kForward});
+  for (auto it = runs.rbegin(); it != runs.rend(); ++it) t.push_back({*it, plan::Phase::kBackward});
   return t;
 }
 
@@ -381,7 +461,9 @@ Status AccessDriver::end_trace_step() {
     if (all[r].item<std::int64_t>() != mine) {
       return make_error(ErrorCode::kFailedPrecondition,
                         "the access trace differs across ranks: rank {} recorded {} accesses with hash {:016x}, rank {} "
-                        "hash {:016x}; every rank must run the same modules in the same order",
+                        "hash {:016x}; every rank must run the same modules in the same order (code whose path "
+                        "differs across ranks, as a mixture of experts' routing, goes inside a leaf module: "
+                        "strata.set_leaf_modules)",
                         comm.rank(), trace_.accesses().size(), static_cast<std::uint64_t>(mine), r,
                         static_cast<std::uint64_t>(all[r].item<std::int64_t>()))
           .with_rank(comm.rank());

@@ -41,6 +41,19 @@
 // and the schedule keeps its chunks gathered until then. Within a step a forward with
 // grad mode off is traced too: reentrant activation checkpointing runs the checkpointed
 // modules' forwards under no_grad, then again inside their backward.
+//
+// Note [covered units]: a unit whose parameters are all a leaf unit's (UnitSpec::leaf: a
+// module marked with set_leaf_modules, as DeepSpeed's z3 leaf modules, or one of the
+// built-in leaves, nn.MultiheadAttention and the transformer layers, whose units hold
+// their whole subtree) is covered by it. Called while a forward of the leaf is open, its
+// call is no access of its own: the leaf's access has its chunks gathered, and the call
+// is neither traced nor hooked for backward, where the leaf's backward access holds
+// them. So code inside a leaf may take paths that differ across ranks (a mixture of
+// experts calls only the experts its rank's tokens chose) while every rank's trace,
+// gathers and releases stay the same. The gradients those paths leave differ across
+// ranks, so with covered units stage 3 reduces at access ends (Note [reductions at
+// access ends], grad_reducer.h). A unit that adopts a parameter (Note [adopted
+// parameters]) is covered no more.
 #pragma once
 
 #include <cstdint>
@@ -64,7 +77,9 @@ struct UnitRt {
   std::string name;
   std::vector<std::uint32_t> chunks;  // chunks holding the unit's parameters
   std::vector<std::uint32_t> params;  // the unit's parameters (ChunkStore indexes)
+  bool leaf = false;                  // UnitSpec::leaf
   std::vector<UnitId> ancestors;      // units whose forward was open when it ran
+  std::vector<UnitId> covered_by;     // units holding all of its parameters (Note [covered units])
 };
 
 class AccessDriver {
@@ -94,6 +109,8 @@ class AccessDriver {
   Status after_optimizer_step();
 
   const std::vector<UnitRt>& units() const { return units_; }
+  // Some unit is covered by another (Note [covered units]).
+  bool has_covered_units() const;
   const plan::AccessTrace& trace() const { return trace_; }
   const plan::Schedule* schedule() const { return schedule_ ? &*schedule_ : nullptr; }
   bool in_step() const { return in_step_; }
@@ -117,7 +134,11 @@ class AccessDriver {
   struct Open {
     UnitId u = 0;
     std::optional<std::size_t> at, pos;
+    bool covered = false;  // a call inside a covering unit's forward: no access (Note [covered units])
   };
+  bool covered_now(UnitId u) const;  // an open forward access covers u
+  // The innermost open forward access that is one (not a covered call), or nullptr.
+  const Open* innermost_forward() const;
   Result<Open> on_access(UnitId u, plan::Phase phase);
   Status finish_access(const Open& a, plan::Phase phase);
   Status run_ops(const std::vector<plan::Op>& ops, std::size_t at);
@@ -125,6 +146,11 @@ class AccessDriver {
   Status load_ahead(std::size_t at);
   static constexpr std::size_t kLoadAhead = 2;
   void begin_unit_backward(UnitId u);  // from a tensor hook; raises through core.errors
+  // Note [reductions at access ends]: a forward call of u in this step that a backward
+  // access of u will follow; a backward access of u ended: the chunks no unit still
+  // needs in this backward are reduced.
+  void count_call(UnitId u, bool hooked);
+  Status backward_ended(UnitId u);
   Status end_trace_step();
   void drop_schedule();
   // Note [gradient arrival]: per chunk, the access from which its grad buffer is live.
@@ -148,6 +174,10 @@ class AccessDriver {
   std::vector<Open> fwd_stack_, bwd_stack_;
   // Note [leaf outputs]: hooks on outputs that are leaves, removed when the backward ends.
   std::vector<std::pair<at::Tensor, unsigned>> leaf_hooks_;
+  // Note [reductions at access ends]: per unit, this step's forward calls that a backward
+  // access follows, and the backward accesses that ended; per chunk, the units holding it.
+  std::vector<std::uint32_t> calls_, bwd_ends_;
+  std::vector<std::vector<UnitId>> chunk_units_;
   // Units whose open forward the last backward's end ended (Note [a forward that raised]).
   std::vector<UnitId> ended_by_backward_;
   void remove_leaf_hooks();

@@ -282,7 +282,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
     for (std::size_t i : unit_params[u])
       if (m.store_index[i] >= 0) ps.push_back(static_cast<std::uint32_t>(m.store_index[i]));
     rts.push_back(UnitRt{.name = units[u].name, .chunks = plan::chunks_of(core.chunks->store().layout(), ps),
-                         .params = ps});
+                         .params = ps, .leaf = units[u].leaf});
   }
   if (stage < 3) {
     for (const UnitRt& r : rts) m.unit_chunks.push_back(r.chunks);
@@ -291,6 +291,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
         core, *m.gatherer, *m.reducer, std::move(rts),
         AccessDriver::Callbacks{.backward_activity = [self] { self->open_backward(); },
                                 .refit = [self] { return self->core.opt.placement == Placement::kAuto ? self->fit_auto() : ok(); }});
+    if (m.access->has_covered_units()) m.reducer->reduce_at_access_ends();
   }
   STRATA_RETURN_IF_ERROR(m.place());
   STRATA_RETURN_IF_ERROR(m.fill(chunked, init));

@@ -143,9 +143,10 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
   // as the bucket cap does (Note [gradient bytes in flight]); the rest of their
   // gradients land in fresh buffers, reduced again later. Every rank runs the same
   // graph at stage 3 (docs/distributed.md), so every rank does the same. Not in one fixed
-  // order (stage 2, Note [reductions in one order]): an early reduction there is this
-  // rank's own decision, and the budget must hold the buffers as they come.
-  while (!r && scatter_mode() && !in_fixed_order()) {
+  // order (stage 2, Note [reductions in one order]) nor at access ends: an early
+  // reduction there is this rank's own decision, and the budget must hold the buffers as
+  // they come.
+  while (!r && reduces_early()) {
     const std::optional<std::uint32_t> oldest = oldest_unreduced();
     if (!oldest) break;
     STRATA_RETURN_IF_ERROR(launch(*oldest));
@@ -228,16 +229,16 @@ void GradReducer::ensure_buffer(std::uint32_t c) {
   // oldest reductions land; if none is in flight, the oldest buffer is reduced now with
   // the gradients it has, and the rest of its gradients land in a fresh buffer that is
   // reduced again later (a reduction is linear, so the sum is the same).
-  // In one fixed order (stage 2, Note [reductions in one order]) only the first: a
-  // reduction out of that order would be this rank's alone, so the cap may be exceeded
-  // while a chunk waits for one before it in the order.
+  // In one fixed order (stage 2, Note [reductions in one order]) and at access ends
+  // only the first: a reduction out of that order or off those points would be this
+  // rank's alone, so the cap may be exceeded while a chunk waits for its turn.
   const std::uint64_t cap = core_.opt.reduce_bucket_size * c10::elementSize(core_.opt.compute_dtype);
   while (live_buffer_bytes_ + core_.chunks->full_bytes(c) > cap) {
     if (!order_.empty()) {
       core_.errors.check(complete_oldest());
       continue;
     }
-    if (in_fixed_order()) break;
+    if (!reduces_early()) break;
     const std::optional<std::uint32_t> oldest = oldest_unreduced();
     if (!oldest) break;
     core_.errors.check(launch(*oldest));
@@ -251,7 +252,7 @@ void GradReducer::on_grad_ready(std::uint32_t param) {
   if (--grads_[c].pending > 0) return;
   if (!grads_[c].ready) ready_order_.push_back(c);
   grads_[c].ready = true;
-  if (!core_.opt.overlap_comm) return;
+  if (!core_.opt.overlap_comm || at_access_ends()) return;  // Note [reductions at access ends]
   if (scatter_mode() || boundary_) core_.errors.check(launch(c));
 }
 
@@ -261,6 +262,11 @@ Status GradReducer::reduce_now(std::uint32_t c) { return scatter_mode() && !in_f
 
 Status GradReducer::launch(std::uint32_t c) {
   ChunkGrads& g = grads_[c];
+  if (at_access_ends()) {  // Note [reductions at access ends]: once in a backward, zeros if need be
+    if (g.launched || g.expected == 0) return ok();
+    g.launched = true;
+    return scatter(c, /*even_if_empty=*/true);
+  }
   if (!in_fixed_order()) return scatter(c);
   if (g.launched) return ok();
   g.launched = true;
@@ -491,8 +497,10 @@ Status GradReducer::reduce_the_rest() {
   if (scatter_mode()) {
     if (in_fixed_order())
       for (std::uint32_t c : fixed_order_) STRATA_RETURN_IF_ERROR(launch(c));
-    // What is left: in one fixed order, gradients that came after their chunk's
-    // reduction in this backward (Note [late gradients]).
+    if (at_access_ends())
+      for (std::uint32_t c = 0; c < grads_.size(); ++c) STRATA_RETURN_IF_ERROR(launch(c));
+    // What is left: in one fixed order or at access ends, gradients that came after
+    // their chunk's reduction in this backward (Note [late gradients]).
     for (std::uint32_t c = 0; c < grads_.size(); ++c) STRATA_RETURN_IF_ERROR(scatter(c));
     STRATA_RETURN_IF_ERROR(drain());
     add_landed(true);  // Note [gradients to host]: every shard is whole

@@ -42,7 +42,22 @@
 // buffers as they come is an error, and the schedule's reduce points are not used.
 // Stage 3 reduces in readiness order, with those early reductions: its forward gathers a
 // unit's chunks when the unit runs, so every rank must run the same modules anyway (as
-// under FSDP and DeepSpeed's ZeRO-3; docs/distributed.md).
+// under FSDP and DeepSpeed's ZeRO-3; docs/distributed.md), except inside leaf modules:
+//
+// Note [reductions at access ends]: code inside a leaf module (Note [covered units],
+// access_driver.h) may take paths that differ across ranks: a mixture of experts gives
+// gradients only to the experts its rank's tokens chose. Which chunks become ready, and
+// when, then differs across ranks, and at stage 3 gathers and reductions share one
+// sequence of collectives: not only the order of the reductions but the points where
+// they are issued must be every rank's. So at stage 3 with covered units and more than
+// one rank a chunk is reduced at a point of the access sequence, which every rank
+// shares: when the backward access of the last unit holding it ends (every forward call
+// of those units in this step has had its backward; the schedule's reduce point is the
+// same), and every trainable chunk not reduced by then at the end of backward, in chunk
+// order, with a buffer of zeros where this rank has no gradient. Readiness launches
+// nothing, and a rank's own early reductions (the bucket cap, Note [partial buffers make
+// room]) are off: a compute budget must hold the gradient buffers until their units'
+// backward accesses end.
 //
 // Note [gradients on nvme]: at stages 2-3, a chunk whose optimizer state is on nvme
 // (with nvme_gradients, the default) keeps no gradient shard in host memory between
@@ -128,6 +143,9 @@ class GradReducer {
   // inv_scale: 1 / the loss scale of this backward (Note [gradients on nvme]). May
   // broadcast the order of reductions (Note [reductions in one order]).
   Status begin_backward(bool boundary, double inv_scale);
+  // Stage 3 with covered units (Note [reductions at access ends]). Before setup().
+  void reduce_at_access_ends() { at_access_ends_ = true; }
+  bool at_access_ends() const { return at_access_ends_ && core_.comm.world() > 1; }
   // A forward used a unit's chunks (Note [reductions in one order]).
   void note_forward_use(const std::vector<std::uint32_t>& chunks);
   // Hooks (errors are raised through core.errors).
@@ -136,7 +154,8 @@ class GradReducer {
   // Note [the engine's gradients]: param's .grad is its view of the buffer again.
   void bind_grad(std::uint32_t param);
   void on_grad_ready(std::uint32_t param);
-  // The schedule's ReduceScatter op: chunk c's last use in backward has passed.
+  // The schedule's ReduceScatter op, or the access driver at an access's end (Note
+  // [reductions at access ends]): chunk c's last use in backward has passed.
   Status reduce_now(std::uint32_t c);
   // Finishes the reductions that have completed (frees their buffers).
   Status poll();
@@ -215,6 +234,9 @@ class GradReducer {
   // Chunk c is ready to reduce: issued now, or in one fixed order after the chunks before it.
   Status launch(std::uint32_t c);
   bool in_fixed_order() const;  // Note [reductions in one order]
+  // Reduce-scatter mode: a rank may reduce a buffer early, on its own (the bucket cap,
+  // Note [partial buffers make room]); not when the ranks' readiness may differ.
+  bool reduces_early() const { return scatter_mode() && !in_fixed_order() && !at_access_ends(); }
   Status all_reduce(std::uint32_t c);
   // Reduce-scatter mode: issues chunk c's reduction if its buffer has bytes (or, with
   // even_if_empty, of zeros: a chunk that got no gradient on this rank).
@@ -248,6 +270,7 @@ class GradReducer {
   std::vector<std::uint8_t> forward_used_;    // ... until the order is predicted
   bool order_predicted_ = false;  // fixed_order_ is from rank 0's forward
   bool order_learned_ = false;    // ... from rank 0's first readiness order
+  bool at_access_ends_ = false;   // reduce_at_access_ends()
   std::deque<std::uint32_t> live_order_;   // reduce-scatter mode: buffers with bytes, oldest first
   std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
   bool boundary_ = false;

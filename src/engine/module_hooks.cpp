@@ -97,7 +97,7 @@ Result<std::unique_ptr<Engine>> shard(torch::nn::Module& model, comm::Communicat
   std::unordered_set<const void*> covered;
   for (std::size_t u = 0; u < units.size(); ++u) {
     if (!units[u].module) return make_error(ErrorCode::kInvalidArgument, "unit {} has no module", u);
-    UnitSpec spec{.name = units[u].name.empty() ? fmt::format("unit{}", u) : units[u].name};
+    UnitSpec spec{.name = units[u].name.empty() ? fmt::format("unit{}", u) : units[u].name, .leaf = units[u].leaf};
     std::vector<at::Tensor> ps = units[u].module->parameters(/*recurse=*/true);
     ps.insert(ps.end(), units[u].extra_params.begin(), units[u].extra_params.end());
     for (const at::Tensor& p : ps) {

@@ -125,7 +125,7 @@ py::dict memory(const engine::MemoryByKind& m) {
   return out;
 }
 
-std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector<at::Tensor>, std::vector<std::string>>> units,
+std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector<at::Tensor>, std::vector<std::string>, bool>> units,
                                  std::shared_ptr<comm::Communicator> comm, const std::string& config_json, Wrap wrap,
                                  Groups groups, py::object init) {
   std::vector<std::string> warnings;
@@ -142,7 +142,8 @@ std::unique_ptr<PyEngine> create(std::vector<std::tuple<std::string, std::vector
     o.param_groups.push_back({.params = std::move(params), .lr_scale = scale, .weight_decay = decay});
   }
   std::vector<engine::UnitSpec> specs;
-  for (auto& [name, params, names] : units) specs.push_back({.name = name, .params = std::move(params), .param_names = std::move(names)});
+  for (auto& [name, params, names, leaf] : units)
+    specs.push_back({.name = name, .params = std::move(params), .param_names = std::move(names), .leaf = leaf});
   auto out = std::make_unique<PyEngine>();
   out->comm = std::move(comm);
   out->train_batch = cfg.train_batch_size;

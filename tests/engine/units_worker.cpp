@@ -8,6 +8,7 @@
 // units_worker nested                     a unit called inside another (units_worker_nesting.cpp)
 // units_worker nested_tail                 ... whose output is the enclosing unit's output
 // units_worker adopt                      a unit computing with another module's parameter
+// units_worker routed                     a leaf unit whose inner units differ across ranks
 // units_worker tuple                      a unit returning a tuple
 // units_worker awkward STAGE              frozen / no-grad / twice-called units vs LibTorch at
 //                                         every placement
@@ -480,6 +481,7 @@ int main(int argc, char** argv) {
   else if (mode == "nested_tail") nested(/*tail=*/true);
   else if (mode == "tuple") tuple_outputs();
   else if (mode == "adopt") adopt();
+  else if (mode == "routed") routed();
   else if (mode == "awkward") awkward(std::stoi(a.at(1)));
   else if (mode == "bwdbudget") backward_budget();
   else if (mode == "bwdraises") backward_raises(std::stoi(a.at(1)));

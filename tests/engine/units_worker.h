@@ -77,5 +77,6 @@ void bigtier(const std::string& which);
 // units_worker nested, nested_tail (tail) and adopt (units_worker_nesting.cpp).
 void nested(bool tail);
 void adopt();
+void routed();  // units_worker routed
 
 }  // namespace strata::testing::units

@@ -1,12 +1,14 @@
 // units_worker modes whose units nest or reach across: a unit called inside another
-// (nested), whose output is the enclosing unit's (nested_tail), and a unit computing with
-// another module's parameter (adopt). Each against plain LibTorch (train_like_reference).
+// (nested), whose output is the enclosing unit's (nested_tail), a unit computing with
+// another module's parameter (adopt), and a leaf unit whose inner units differ across
+// ranks (routed). Each against plain LibTorch (train_like_reference).
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/sgd.h>
 
@@ -124,6 +126,48 @@ struct ReadsOther : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) { return engine::forward(head, at::tanh(engine::forward(reader, x))); }
 };
 
+// A top-1 mixture of experts: each row goes to the expert its gate scores highest, and
+// an expert no row chose is not called, so which expert units run depends on each
+// rank's rows. The block is a leaf unit (ModuleUnit::leaf): its calls of the gate and
+// the experts, units of their own, are gathered with it (Note [covered units]) and its
+// chunks reduced when its backward access ends (Note [reductions at access ends]).
+struct Routed : torch::nn::Module {
+  torch::nn::Linear gate{nullptr};
+  torch::nn::ModuleList experts{nullptr};
+  Routed() {
+    gate = register_module("gate", torch::nn::Linear(32, 4));
+    experts = register_module("experts", torch::nn::ModuleList());
+    for (int e = 0; e < 4; ++e) experts->push_back(torch::nn::Linear(32, 32));
+    at::NoGradGuard no_grad;
+    gate->weight.mul_(8);  // scores far apart: each row's choice follows its input, not the bias
+  }
+  at::Tensor choice(const at::Tensor& x) { return gate->forward(x).argmax(-1); }
+  at::Tensor forward(const at::Tensor& x) {
+    const at::Tensor weights = engine::forward(gate, x).softmax(-1);
+    const at::Tensor chosen = weights.argmax(-1);
+    at::Tensor out = at::zeros_like(x);
+    for (int e = 0; e < 4; ++e) {
+      const at::Tensor rows = (chosen == e).nonzero().squeeze(1);
+      if (rows.numel() == 0) continue;
+      const at::Tensor y = engine::forward_as<torch::nn::LinearImpl>(experts[e], x.index_select(0, rows));
+      out = out.index_add(0, rows, at::tanh(y) * weights.index_select(0, rows).select(1, e).unsqueeze(1));
+    }
+    return x + out;
+  }
+};
+struct RoutedNet : torch::nn::Module {
+  torch::nn::Linear in{nullptr}, head{nullptr};
+  std::shared_ptr<Routed> routed;
+  RoutedNet() {
+    in = register_module("in", torch::nn::Linear(16, 32));
+    routed = register_module("routed", std::make_shared<Routed>());
+    head = register_module("head", torch::nn::Linear(32, 4));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    return engine::forward(head, engine::forward(routed, at::tanh(engine::forward(in, x))));
+  }
+};
+
 }  // namespace
 
 void nested(bool tail) { tail ? nested_as<TailNested>() : nested_as<Nested>(); }
@@ -146,6 +190,42 @@ void adopt() {
       *eng, [&](const at::Tensor& x, int) { return model->forward(x); },
       [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 6, 40, /*scheduled_from=*/1);
   if (check(eng->adopt_param(model->other->weight), "adopt_param")) fail("adopt_param between steps adopted");
+}
+
+// The experts the rows of each rank choose at step 0 differ (the premise), and training
+// matches plain LibTorch on the whole batch, from step 1 on the schedule: the trace is
+// every rank's (the experts' calls are not in it). Before, the ranks' collectives
+// diverged in the first backward (an all-gather against a reduce-scatter).
+void routed() {
+  const int world = worker_comm()->world();
+  at::manual_seed(11);
+  auto model = std::make_shared<RoutedNet>();
+  at::manual_seed(11);
+  auto ref = std::make_shared<RoutedNet>();
+  {
+    at::NoGradGuard no_grad;
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(120);  // train_like_reference's step 0 batch
+    const at::Tensor chosen = ref->routed->choice(at::tanh(ref->in->forward(at::randn({4 * world, 16}, g))));
+    std::vector<std::vector<bool>> used(static_cast<std::size_t>(world), std::vector<bool>(4, false));
+    for (int r = 0; r < 4 * world; ++r) used[static_cast<std::size_t>(r / 4)][chosen[r].item<std::int64_t>()] = true;
+    if (world > 1 && used[0] == used[1]) {
+      fail(fmt::format("the premise: the ranks' rows should choose different experts; chose {}",
+                       fmt::join(chosen.data_ptr<std::int64_t>(), chosen.data_ptr<std::int64_t>() + chosen.numel(), ",")));
+    }
+  }
+  engine::EngineOptions o = small_unit_options();
+  o.schedule.max_reuse_distance_elems = 0;  // release after every use
+  std::vector<engine::ModuleUnit> units = {{.module = model->in.ptr(), .name = "in"},
+                                         {.module = model->routed, .name = "routed", .leaf = true},
+                                         {.module = model->routed->gate.ptr(), .name = "gate"}};
+  for (int e = 0; e < 4; ++e) units.push_back({.module = model->routed->experts[e], .name = fmt::format("expert{}", e)});
+  units.push_back({.module = model->head.ptr(), .name = "head"});
+  auto eng = check(engine::shard(*model, *worker_comm(), o, units), "shard");
+  torch::optim::SGD ref_opt(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  train_like_reference(
+      *eng, [&](const at::Tensor& x, int) { return model->forward(x); },
+      [&](const at::Tensor& x, int) { return ref->forward(x); }, ref_opt, ref->parameters(), 8, 120,
+      /*scheduled_from=*/1);
 }
 
 }  // namespace strata::testing::units

@@ -96,6 +96,11 @@ TEST(Zero3, AUnitComputingWithAnotherModulesParameterAdoptsItAndMatchesLibTorch)
   expect_all_ok(run_ranks(2, {units_worker(), "adopt"}, std::chrono::seconds(60)));
 }
 
+// Note [covered units]: units_worker routed (a mixture of experts as a leaf unit).
+TEST(Zero3, ALeafUnitWhoseInnerUnitsDifferAcrossRanksMatchesLibTorch) {
+  expect_all_ok(run_ranks(2, {units_worker(), "routed"}, std::chrono::seconds(60)));
+}
+
 TEST(Zero3, TracesThatDifferAcrossRanksAreAClearError) {
   auto rs = run_ranks(2, {units_worker(), "diverge"}, std::chrono::seconds(60));
   for (const auto& r : rs) {

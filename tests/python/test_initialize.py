@@ -161,10 +161,17 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
 # stages 0-1 the ranks paired one chunk's all-reduce with another's of the same size, no
 # error, and stepped on the average of unrelated gradients (parameters 0.3-0.4 away from
 # plain PyTorch after 6 steps); stage 2 hung in a reduce-scatter (the test killed after
-# 200 s). Stage 3 needs the same modules on every rank (docs/distributed.md): there the
-# model calls every expert, on no rows if none chose it.
+# 200 s). At stage 3 the mixture of experts is a leaf module (strata.set_leaf_modules, as
+# DeepSpeed's set_z3_leaf_modules): its forward gathers every expert, and the experts'
+# calls inside it are no accesses of their own (Note [covered units],
+# src/engine/access_driver.h), so the ranks gather alike; its chunks are reduced when its
+# backward access ends (Note [reductions at access ends], grad_reducer.h). Before, it hung
+# in backward (with STRATA_COMM_CHECK=1: "collective order diverged at #88: rank 0
+# issued all_gather ... but rank 1 issued reduce_scatter"). Without a leaf, stage 3
+# needs every expert called on every rank, on no rows if none chose it.
 @pytest.mark.parametrize("stage,device,name", [(0, "none", "moe"), (1, "cpu", "moe"), (1, "nvme", "moe"),
                                                (2, "none", "moe"), (2, "cpu", "moe"), (2, "nvme", "moe"),
+                                               (3, "none", "moe"), (3, "cpu", "moe"), (3, "nvme", "moe"),
                                                (3, "nvme", "moe_every_expert")])
 def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, name):
     world, per = 2, ROWS // 2
@@ -174,9 +181,31 @@ def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, n
         assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
     # Chunks smaller than an expert's 2,128 parameters: every chunk holds parts of a few.
     cfg = config(stage, device, tmp_path, chunk_size=2048)
+    spec = {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS}
     if stage == 3:
         cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
-    check_against_reference(train(tmp_path, world, {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS}), name)
+        if name == "moe":
+            spec["leaf_modules"] = ["Routed"]
+    check_against_reference(train(tmp_path, world, spec), name)
+
+
+# The same at stage 3 within a compute budget. A leaf holds its whole subtree gathered
+# through its forward and its backward, and its gradient buffers until its backward
+# access ends: a Routed layer is 9 chunks of 8 KiB (each expert's two Linears take one
+# chunk each), 144 KiB with its buffers, the least budget that trains (the first
+# step's on-demand reductions, at the points the access driver counts, and the later
+# steps' schedule). The whole model is 16 chunks: with every buffer held until backward
+# ended, the second layer's 9 and the first's 8, with the first's 8 chunks gathered, 200
+# KiB would not fit in 160.
+def test_rank_dependent_routing_at_stage_3_within_a_compute_budget(tmp_path):
+    budget = 160 << 10
+    cfg = config(3, "nvme", tmp_path, chunk_size=2048, compute_budget=budget)
+    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, 2, {"model": "moe", "config": cfg, "steps": STEPS, "rows": ROWS,
+                                "leaf_modules": ["Routed"]})
+    check_against_reference(ranks, "moe")
+    for r in ranks:
+        assert r["metrics"]["peak"]["compute"] <= budget, r["metrics"]
 
 
 # The fixed order of reductions (stages 0-2 with more than one rank; Note [reductions in
@@ -274,6 +303,23 @@ def test_rank_dependent_routing_at_a_real_size(tmp_path):
     cfg = config(2, "nvme", tmp_path, chunk_size=16 << 20)
     check_against_reference(train(tmp_path, 2, {"model": "moe_big", "config": cfg, "steps": 3, "rows": ROWS}),
                             "moe_big", steps=3)
+
+
+# Stage 3 with the mixture of experts as a leaf module at a real size: 64 MiB chunks,
+# parameters and optimizer state on nvme, two ranks routing to different experts. Each
+# Routed layer (33.6M parameters) is gathered whole at its forward and its backward; its
+# chunks, some with gradients on one rank only, are reduced when its backward access
+# ends (Note [reductions at access ends], src/engine/grad_reducer.h).
+def test_rank_dependent_routing_at_stage_3_at_a_real_size(tmp_path):
+    per = ROWS // 2
+    model = models.make("moe_big")
+    x, _ = models.batch("moe_big", 0, ROWS)
+    with torch.no_grad():
+        assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
+    cfg = config(3, "nvme", tmp_path, chunk_size=16 << 20)
+    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    spec = {"model": "moe_big", "config": cfg, "steps": 3, "rows": ROWS, "leaf_modules": ["Routed"]}
+    check_against_reference(train(tmp_path, 2, spec), "moe_big", steps=3)
 
 
 # Activation checkpointing (torch.utils.checkpoint, reentrant or not) recomputes each

@@ -175,6 +175,8 @@ def main():
         model = models.make(spec["model"], seed)
     if spec.get("load_model"):  # a plain state_dict saved with torch.save
         model.load_state_dict(torch.load(spec["load_model"]))
+    if spec.get("leaf_modules"):  # class names in models: strata.set_leaf_modules
+        strata.set_leaf_modules(model, [getattr(models, c) for c in spec["leaf_modules"]])
     if spec.get("external_head"):  # the root's forward uses wte.weight (gpt_functional_head)
         strata.register_external_parameter(model, model.wte.weight)
     group = None

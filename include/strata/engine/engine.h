@@ -57,6 +57,10 @@ struct UnitSpec {
   std::string name;                      // for messages and traces; "unit<i>" when empty
   std::vector<at::Tensor> params;        // the tensors the unit computes with
   std::vector<std::string> param_names;  // optional, one per param: names in errors
+  // A leaf module's unit: the units its forward calls whose parameters it holds are
+  // gathered with it, as no accesses of their own, and may differ across ranks (Note
+  // [covered units] in src/engine/access_driver.h; set_z3_leaf_modules in DeepSpeed).
+  bool leaf = false;
 };
 
 struct StepResult {

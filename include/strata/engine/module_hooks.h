@@ -129,6 +129,9 @@ struct ModuleUnit {
   std::shared_ptr<torch::nn::Module> module;
   std::vector<at::Tensor> extra_params;
   std::string name;
+  // The module's calls of units inside it are gathered with it (UnitSpec::leaf): code
+  // inside it may take other paths on other ranks at stage 3 (a mixture of experts).
+  bool leaf = false;
 };
 
 // Every child module of `model` that holds parameters, ModuleLists flattened, with the
