@@ -105,8 +105,8 @@ Status Handle::wait() {
         return fail(ErrorCode::kTimeout,
                     fmt::format("timed out after {} ms ({}); a peer is stuck or gone, or the ranks issued different "
                                 "collectives (their code took other paths: at ZeRO stage 3 every rank must run the "
-                                "same modules in the same order outside leaf modules, set_leaf_modules; "
-                                "STRATA_COMM_CHECK=1 names the first difference)",
+                                "same modules in the same order, except inside one unit or a leaf module, "
+                                "set_leaf_modules; STRATA_COMM_CHECK=1 names the first difference)",
                                 s.timeout.count(), first_line));
       }
       if (has("onnection") || has("closed") || has("reset") || has("peer") || has("ocket") || has("Broken pipe")) {

@@ -37,10 +37,6 @@ AccessDriver::AccessDriver(EngineCore& core, Gatherer& gatherer, GradReducer& re
   }
 }
 
-bool AccessDriver::has_covered_units() const {
-  return std::ranges::any_of(units_, [](const UnitRt& r) { return !r.covered_by.empty(); });
-}
-
 bool AccessDriver::covered_now(UnitId u) const {
   const auto& by = units_[u].covered_by;
   return std::ranges::any_of(fwd_stack_, [&](const Open& o) {
@@ -204,7 +200,7 @@ void AccessDriver::count_call(UnitId u, bool hooked) {
 }
 
 Status AccessDriver::backward_ended(UnitId u) {
-  if (!reducer_.at_access_ends() || ++bwd_ends_[u] < calls_[u]) return ok();
+  if (!reducer_.at_access_ends() || !core_.opt.overlap_comm || ++bwd_ends_[u] < calls_[u]) return ok();
   for (std::uint32_t c : units_[u].chunks) {
     const auto& holders = chunk_units_[c];
     if (std::ranges::all_of(holders, [&](UnitId v) { return bwd_ends_[v] >= calls_[v]; }))

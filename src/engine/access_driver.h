@@ -50,10 +50,10 @@
 // is neither traced nor hooked for backward, where the leaf's backward access holds
 // them. So code inside a leaf may take paths that differ across ranks (a mixture of
 // experts calls only the experts its rank's tokens chose) while every rank's trace,
-// gathers and releases stay the same. The gradients those paths leave differ across
-// ranks, so with covered units stage 3 reduces at access ends (Note [reductions at
-// access ends], grad_reducer.h). A unit that adopts a parameter (Note [adopted
-// parameters]) is covered no more.
+// gathers and releases stay the same; the gradients those paths leave differ across
+// ranks, and stage 3 reduces them at access ends (Note [reductions at access ends],
+// grad_reducer.h). A unit that adopts a parameter (Note [adopted parameters]) is
+// covered no more.
 #pragma once
 
 #include <cstdint>
@@ -109,8 +109,6 @@ class AccessDriver {
   Status after_optimizer_step();
 
   const std::vector<UnitRt>& units() const { return units_; }
-  // Some unit is covered by another (Note [covered units]).
-  bool has_covered_units() const;
   const plan::AccessTrace& trace() const { return trace_; }
   const plan::Schedule* schedule() const { return schedule_ ? &*schedule_ : nullptr; }
   bool in_step() const { return in_step_; }

@@ -291,7 +291,6 @@ Result<std::unique_ptr<Engine>> Engine::create(std::vector<UnitSpec> units, comm
         core, *m.gatherer, *m.reducer, std::move(rts),
         AccessDriver::Callbacks{.backward_activity = [self] { self->open_backward(); },
                                 .refit = [self] { return self->core.opt.placement == Placement::kAuto ? self->fit_auto() : ok(); }});
-    if (m.access->has_covered_units()) m.reducer->reduce_at_access_ends();
   }
   STRATA_RETURN_IF_ERROR(m.place());
   STRATA_RETURN_IF_ERROR(m.fill(chunked, init));

@@ -141,11 +141,10 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
   // (two forwards before one backward: a chunk's parameters get theirs when the first
   // forward's backward reaches them) are reduced now with what they hold, oldest first,
   // as the bucket cap does (Note [gradient bytes in flight]); the rest of their
-  // gradients land in fresh buffers, reduced again later. Every rank runs the same
-  // graph at stage 3 (docs/distributed.md), so every rank does the same. Not in one fixed
-  // order (stage 2, Note [reductions in one order]) nor at access ends: an early
-  // reduction there is this rank's own decision, and the budget must hold the buffers as
-  // they come.
+  // gradients land in fresh buffers, reduced again later. With one rank only: with more,
+  // in one fixed order (stage 2, Note [reductions in one order]) or at access ends (stage
+  // 3), an early reduction would be this rank's own decision, so the budget must hold the
+  // buffers as they come.
   while (!r && reduces_early()) {
     const std::optional<std::uint32_t> oldest = oldest_unreduced();
     if (!oldest) break;
@@ -229,9 +228,10 @@ void GradReducer::ensure_buffer(std::uint32_t c) {
   // oldest reductions land; if none is in flight, the oldest buffer is reduced now with
   // the gradients it has, and the rest of its gradients land in a fresh buffer that is
   // reduced again later (a reduction is linear, so the sum is the same).
-  // In one fixed order (stage 2, Note [reductions in one order]) and at access ends
-  // only the first: a reduction out of that order or off those points would be this
-  // rank's alone, so the cap may be exceeded while a chunk waits for its turn.
+  // With more than one rank at stages 2-3 only the first (Note [reductions in one
+  // order], Note [reductions at access ends]): a reduction out of that order or off those
+  // points would be this rank's alone, so the cap may be exceeded while a chunk waits for
+  // its turn.
   const std::uint64_t cap = core_.opt.reduce_bucket_size * c10::elementSize(core_.opt.compute_dtype);
   while (live_buffer_bytes_ + core_.chunks->full_bytes(c) > cap) {
     if (!order_.empty()) {

@@ -40,24 +40,26 @@
 // the bucket cap only waits for reductions in flight (the cap may be exceeded while a
 // chunk waits for one before it in the order), a compute budget that cannot hold the
 // buffers as they come is an error, and the schedule's reduce points are not used.
-// Stage 3 reduces in readiness order, with those early reductions: its forward gathers a
-// unit's chunks when the unit runs, so every rank must run the same modules anyway (as
-// under FSDP and DeepSpeed's ZeRO-3; docs/distributed.md), except inside leaf modules:
+// Stage 3 with more than one rank reduces at access ends (below); with one rank, in
+// readiness order, with those early reductions.
 //
-// Note [reductions at access ends]: code inside a leaf module (Note [covered units],
-// access_driver.h) may take paths that differ across ranks: a mixture of experts gives
-// gradients only to the experts its rank's tokens chose. Which chunks become ready, and
-// when, then differs across ranks, and at stage 3 gathers and reductions share one
-// sequence of collectives: not only the order of the reductions but the points where
-// they are issued must be every rank's. So at stage 3 with covered units and more than
-// one rank a chunk is reduced at a point of the access sequence, which every rank
-// shares: when the backward access of the last unit holding it ends (every forward call
-// of those units in this step has had its backward; the schedule's reduce point is the
-// same), and every trainable chunk not reduced by then at the end of backward, in chunk
-// order, with a buffer of zeros where this rank has no gradient. Readiness launches
-// nothing, and a rank's own early reductions (the bucket cap, Note [partial buffers make
-// room]) are off: a compute budget must hold the gradient buffers until their units'
-// backward accesses end.
+// Note [reductions at access ends]: at stage 3 gathers and reductions share one sequence
+// of collectives, so with more than one rank not only the order of the reductions but
+// the points where they are issued must be every rank's. Every rank runs the same unit
+// accesses (the trace hash says so: docs/distributed.md), but what runs inside a unit
+// may differ: a mixture of experts inside one unit (a fully_shard'ed block, a leaf
+// module: Note [covered units], access_driver.h) gives gradients only to the experts
+// its rank's tokens chose, so which chunks become ready, and when, differs across ranks
+// (reduced as they became ready, the ranks issued an all-gather against a
+// reduce-scatter). So a chunk is reduced at a point of the access sequence: when the
+// backward access of the last unit holding it ends (every forward call of those units
+// in this step has had its backward; the schedule's reduce point is the same), and
+// every trainable chunk not reduced by then at the end of backward, in chunk order,
+// with a buffer of zeros where this rank has no gradient; as FSDP2 reduce-scatters a
+// module's gradients when its backward ends. Readiness launches nothing, and a rank's
+// own early reductions (the bucket cap, Note [partial buffers make room]) are off: a
+// compute budget must hold the gradient buffers until their units' backward accesses
+// end.
 //
 // Note [gradients on nvme]: at stages 2-3, a chunk whose optimizer state is on nvme
 // (with nvme_gradients, the default) keeps no gradient shard in host memory between
@@ -143,9 +145,8 @@ class GradReducer {
   // inv_scale: 1 / the loss scale of this backward (Note [gradients on nvme]). May
   // broadcast the order of reductions (Note [reductions in one order]).
   Status begin_backward(bool boundary, double inv_scale);
-  // Stage 3 with covered units (Note [reductions at access ends]). Before setup().
-  void reduce_at_access_ends() { at_access_ends_ = true; }
-  bool at_access_ends() const { return at_access_ends_ && core_.comm.world() > 1; }
+  // Note [reductions at access ends].
+  bool at_access_ends() const { return core_.stage() == 3 && core_.comm.world() > 1; }
   // A forward used a unit's chunks (Note [reductions in one order]).
   void note_forward_use(const std::vector<std::uint32_t>& chunks);
   // Hooks (errors are raised through core.errors).
@@ -270,7 +271,6 @@ class GradReducer {
   std::vector<std::uint8_t> forward_used_;    // ... until the order is predicted
   bool order_predicted_ = false;  // fixed_order_ is from rank 0's forward
   bool order_learned_ = false;    // ... from rank 0's first readiness order
-  bool at_access_ends_ = false;   // reduce_at_access_ends()
   std::deque<std::uint32_t> live_order_;   // reduce-scatter mode: buffers with bytes, oldest first
   std::uint64_t live_buffer_bytes_ = 0;    // reduce-scatter mode: buffers with bytes
   bool boundary_ = false;

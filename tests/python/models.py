@@ -490,15 +490,27 @@ class Routed(nn.Module):
 
 
 class MixtureOfExperts(nn.Module):
-    def __init__(self, dim=16, every_expert=False):
+    """Two Routed layers. checkpointed: each under activation checkpointing
+    (torch.utils.checkpoint; "reentrant" or "non_reentrant"), its forward run again in
+    backward."""
+
+    def __init__(self, dim=16, every_expert=False, checkpointed=None):
         super().__init__()
+        self.checkpointed = checkpointed
         self.inp = nn.Linear(8, dim)
         self.moe1 = Routed(dim, every_expert=every_expert)
         self.moe2 = Routed(dim, every_expert=every_expert)
         self.out = nn.Linear(dim, 4)
 
     def forward(self, x):
-        return self.out(self.moe2(self.moe1(self.inp(x))))
+        h = self.inp(x)
+        for layer in (self.moe1, self.moe2):
+            if self.checkpointed:
+                from torch.utils.checkpoint import checkpoint
+                h = checkpoint(layer, h, use_reentrant=self.checkpointed == "reentrant")
+            else:
+                h = layer(h)
+        return self.out(h)
 
 
 def experts_used(model, x):
@@ -609,6 +621,8 @@ def make(name, seed=0):
         return MixtureOfExperts()
     if name == "moe_every_expert":
         return MixtureOfExperts(every_expert=True)
+    if name in ("moe_checkpointed_reentrant", "moe_checkpointed_non_reentrant"):
+        return MixtureOfExperts(checkpointed=name.removeprefix("moe_checkpointed_"))
     if name == "moe_big":  # experts of 8.4M parameters: 64 MiB records hold about two
         return MixtureOfExperts(dim=BIG_DIM)
     if name == "reversed_chain":

@@ -45,6 +45,21 @@ def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name):
     assert all(r["metrics"]["scheduled"] and r["metrics"]["trace_invalidations"] == 0 for r in ranks), ranks[0]["metrics"]
 
 
+# A mixture of experts whose two ranks route their rows to different experts, each
+# Routed layer a fully_shard unit holding its whole subtree: the gathers are the same on
+# every rank, the gradients are not (an expert no row chose gets none), and stage 3
+# reduces each chunk when its unit's backward ends (Note [reductions at access ends],
+# src/engine/grad_reducer.h), as FSDP2 does. Before, the ranks reduced chunks as they
+# became ready and hung in the first backward (STRATA_COMM_CHECK=1: "collective order
+# diverged at #88: rank 0 issued all_gather ... but rank 1 issued reduce_scatter").
+def test_rank_dependent_routing_matches_plain_pytorch(tmp_path):
+    model = models.make("moe")
+    x, _ = models.batch("moe", 0, ROWS)
+    with torch.no_grad():  # the premise
+        assert models.experts_used(model, x[:ROWS // 2]) != models.experts_used(model, x[ROWS // 2:])
+    check_against_reference(train(tmp_path, 2, spec("moe", tmp_path, stage=3, optimizer="nvme", params="nvme")), "moe")
+
+
 # strata.optim.AdamW over two parameter groups (no decay on norms and biases, another lr
 # for the rest), a torch scheduler moving each group's lr.
 @pytest.mark.parametrize("world", [1, 2])

@@ -161,17 +161,23 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
 # stages 0-1 the ranks paired one chunk's all-reduce with another's of the same size, no
 # error, and stepped on the average of unrelated gradients (parameters 0.3-0.4 away from
 # plain PyTorch after 6 steps); stage 2 hung in a reduce-scatter (the test killed after
-# 200 s). At stage 3 the mixture of experts is a leaf module (strata.set_leaf_modules, as
+# 200 s). At stage 3 each mixture of experts is a leaf module (strata.set_leaf_modules, as
 # DeepSpeed's set_z3_leaf_modules): its forward gathers every expert, and the experts'
 # calls inside it are no accesses of their own (Note [covered units],
 # src/engine/access_driver.h), so the ranks gather alike; its chunks are reduced when its
 # backward access ends (Note [reductions at access ends], grad_reducer.h). Before, it hung
 # in backward (with STRATA_COMM_CHECK=1: "collective order diverged at #88: rank 0
-# issued all_gather ... but rank 1 issued reduce_scatter"). Without a leaf, stage 3
-# needs every expert called on every rank, on no rows if none chose it.
+# issued all_gather ... but rank 1 issued reduce_scatter"). Also under activation
+# checkpointing: a reentrant checkpoint's forward runs without grad mode, its recompute
+# inside backward, and a chunk must wait for that recompute's backward (counted from the
+# first call; a chunk reduced before its gradients came would be reduced again by one
+# rank only). Without a leaf, stage 3 needs every expert called on every rank, on no
+# rows if none chose it.
 @pytest.mark.parametrize("stage,device,name", [(0, "none", "moe"), (1, "cpu", "moe"), (1, "nvme", "moe"),
                                                (2, "none", "moe"), (2, "cpu", "moe"), (2, "nvme", "moe"),
                                                (3, "none", "moe"), (3, "cpu", "moe"), (3, "nvme", "moe"),
+                                               (3, "nvme", "moe_checkpointed_reentrant"),
+                                               (3, "nvme", "moe_checkpointed_non_reentrant"),
                                                (3, "nvme", "moe_every_expert")])
 def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, name):
     world, per = 2, ROWS // 2
@@ -184,7 +190,7 @@ def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, n
     spec = {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS}
     if stage == 3:
         cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
-        if name == "moe":
+        if name != "moe_every_expert":
             spec["leaf_modules"] = ["Routed"]
     check_against_reference(train(tmp_path, world, spec), name)
 
