@@ -6,8 +6,8 @@ import torch
 
 import models
 from conftest import train
-from test_initialize import (LR, ROWS, STEPS, WD, check_against_reference, check_groups_against_reference, reference,
-                             rel)
+from test_initialize import (LR, ROWS, STEPS, WD, assert_ranks_route_differently, check_against_reference,
+                             check_groups_against_reference, reference, rel)
 
 
 def spec(name, tmp_path, **fsdp):
@@ -53,10 +53,7 @@ def test_activation_checkpointing_matches_plain_pytorch(tmp_path, world, name):
 # became ready and hung in the first backward (STRATA_COMM_CHECK=1: "collective order
 # diverged at #88: rank 0 issued all_gather ... but rank 1 issued reduce_scatter").
 def test_rank_dependent_routing_matches_plain_pytorch(tmp_path):
-    model = models.make("moe")
-    x, _ = models.batch("moe", 0, ROWS)
-    with torch.no_grad():  # the premise
-        assert models.experts_used(model, x[:ROWS // 2]) != models.experts_used(model, x[ROWS // 2:])
+    assert_ranks_route_differently("moe")
     check_against_reference(train(tmp_path, 2, spec("moe", tmp_path, stage=3, optimizer="nvme", params="nvme")), "moe")
 
 

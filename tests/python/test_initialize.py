@@ -154,6 +154,16 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
             assert m["peak"]["compute"] <= budget < model_bytes, m
 
 
+def assert_ranks_route_differently(name, world=2):
+    """The premise of the routing tests: the ranks' rows of step 0 choose different experts."""
+    model = models.make(name)
+    x, _ = models.batch(name, 0, ROWS)
+    per = ROWS // world
+    with torch.no_grad():
+        used = [models.experts_used(model, x[r * per:(r + 1) * per]) for r in range(world)]
+    assert any(u != used[0] for u in used), used
+
+
 # Control flow that depends on each rank's data: a top-1 mixture of experts sends each
 # rank's rows to other experts, and skips the experts no row chose, so the ranks' chunks
 # become ready for their reduction in different orders (Note [reductions in one order]
@@ -180,11 +190,8 @@ def test_awkward_model_matches_plain_pytorch(tmp_path, world, stage, device, bud
                                                (3, "nvme", "moe_checkpointed_non_reentrant"),
                                                (3, "nvme", "moe_every_expert")])
 def test_rank_dependent_routing_matches_plain_pytorch(tmp_path, stage, device, name):
-    world, per = 2, ROWS // 2
-    model = models.make(name)
-    x, _ = models.batch(name, 0, ROWS)
-    with torch.no_grad():  # the premise: the two ranks' rows choose different experts
-        assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
+    world = 2
+    assert_ranks_route_differently(name, world)
     # Chunks smaller than an expert's 2,128 parameters: every chunk holds parts of a few.
     cfg = config(stage, device, tmp_path, chunk_size=2048)
     spec = {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS}
@@ -293,38 +300,26 @@ def test_two_forwards_before_one_backward_at_a_real_size(tmp_path):
     assert all(abs(g - w) <= 1e-4 * abs(w) for g, w in zip(budgeted["losses"], want)), (budgeted["losses"], want)
 
 
-# Stage 2's reductions in one order at a real size: experts of 8.4M parameters, 64 MiB
-# chunks (about two experts each), gradient records and optimizer state on nvme, two
-# ranks whose rows choose different experts (rank 0 skips one expert of the first layer,
-# rank 1 one of each), so their 64 MiB buffers become ready in different orders and some
-# only when backward ends, partly zero. Before the fixed order this hung in a
-# reduce-scatter (at small chunks: test_rank_dependent_routing_matches_plain_pytorch).
-# Measured: about 25 s, 2.7 GB peak RSS for the test process and its two ranks.
-def test_rank_dependent_routing_at_a_real_size(tmp_path):
-    per = ROWS // 2
-    model = models.make("moe_big")
-    x, _ = models.batch("moe_big", 0, ROWS)
-    with torch.no_grad():
-        assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
-    cfg = config(2, "nvme", tmp_path, chunk_size=16 << 20)
-    check_against_reference(train(tmp_path, 2, {"model": "moe_big", "config": cfg, "steps": 3, "rows": ROWS}),
-                            "moe_big", steps=3)
-
-
-# Stage 3 with the mixture of experts as a leaf module at a real size: 64 MiB chunks,
-# parameters and optimizer state on nvme, two ranks routing to different experts. Each
-# Routed layer (33.6M parameters) is gathered whole at its forward and its backward; its
-# chunks, some with gradients on one rank only, are reduced when its backward access
-# ends (Note [reductions at access ends], src/engine/grad_reducer.h).
-def test_rank_dependent_routing_at_stage_3_at_a_real_size(tmp_path):
-    per = ROWS // 2
-    model = models.make("moe_big")
-    x, _ = models.batch("moe_big", 0, ROWS)
-    with torch.no_grad():
-        assert models.experts_used(model, x[:per]) != models.experts_used(model, x[per:])
-    cfg = config(3, "nvme", tmp_path, chunk_size=16 << 20)
-    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
-    spec = {"model": "moe_big", "config": cfg, "steps": 3, "rows": ROWS, "leaf_modules": ["Routed"]}
+# Rank-dependent routing at a real size: experts of 8.4M parameters, 64 MiB chunks
+# (about two experts each), two ranks whose rows choose different experts (rank 0 skips
+# one expert of the first layer, rank 1 one of each), so their 64 MiB buffers become
+# ready in different orders and some only when backward ends, partly zero. Stage 2:
+# gradient records and optimizer state on nvme, reduced in one fixed order; before it,
+# this hung in a reduce-scatter (at small chunks: test_rank_dependent_routing_matches_
+# plain_pytorch); measured about 25 s, 2.7 GB peak RSS for the test process and its two
+# ranks. Stage 3: parameters and optimizer state on nvme, each Routed layer (33.6M
+# parameters) a leaf gathered whole at its forward and its backward, its chunks reduced
+# when its backward access ends (Note [reductions at access ends],
+# src/engine/grad_reducer.h); before, the ranks' collectives diverged in the first
+# backward (a reduce-scatter of 16M elements against an all-gather).
+@pytest.mark.parametrize("stage", [2, 3])
+def test_rank_dependent_routing_at_a_real_size(tmp_path, stage):
+    assert_ranks_route_differently("moe_big")
+    cfg = config(stage, "nvme", tmp_path, chunk_size=16 << 20)
+    spec = {"model": "moe_big", "config": cfg, "steps": 3, "rows": ROWS}
+    if stage == 3:
+        cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+        spec["leaf_modules"] = ["Routed"]
     check_against_reference(train(tmp_path, 2, spec), "moe_big", steps=3)
 
 
