@@ -458,8 +458,8 @@ Status AccessDriver::end_trace_step() {
       return make_error(ErrorCode::kFailedPrecondition,
                         "the access trace differs across ranks: rank {} recorded {} accesses with hash {:016x}, rank {} "
                         "hash {:016x}; every rank must run the same modules in the same order (code whose path "
-                        "differs across ranks, as a mixture of experts' routing, goes inside a leaf module: "
-                        "strata.set_leaf_modules)",
+                        "differs across ranks, as a mixture of experts' routing, goes inside one unit: a "
+                        "fully_shard'ed block, or a leaf module, strata.set_leaf_modules)",
                         comm.rank(), trace_.accesses().size(), static_cast<std::uint64_t>(mine), r,
                         static_cast<std::uint64_t>(all[r].item<std::int64_t>()))
           .with_rank(comm.rank());

@@ -79,7 +79,7 @@ struct UnitRt {
   std::vector<std::uint32_t> params;  // the unit's parameters (ChunkStore indexes)
   bool leaf = false;                  // UnitSpec::leaf
   std::vector<UnitId> ancestors;      // units whose forward was open when it ran
-  std::vector<UnitId> covered_by;     // units holding all of its parameters (Note [covered units])
+  std::vector<UnitId> covered_by;     // leaf units holding all of its parameters (Note [covered units])
 };
 
 class AccessDriver {
