@@ -88,8 +88,10 @@ def set_leaf_modules(model: torch.nn.Module, classes) -> list[torch.nn.Module]:
     """Marks every submodule of `model` (the root included) that is an instance of one of
     `classes` as a leaf: its forward gathers the parameters of its whole subtree (as
     deepspeed.utils.set_z3_leaf_modules). For modules whose forward reads a child's
-    parameters without calling the child. Call it before strata.initialize; returns the
-    modules marked."""
+    parameters without calling the child, and for blocks whose inside takes other paths
+    on other ranks at stage 3 (a mixture of experts calling only the experts its rank's
+    tokens chose): the modules called inside a leaf are gathered with it, not on their
+    own. Call it before strata.initialize; returns the modules marked."""
     classes = tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
     if not classes or not all(isinstance(c, type) and issubclass(c, torch.nn.Module) for c in classes):
         raise ConfigError("invalid_argument: set_leaf_modules(model, classes) takes torch.nn.Module subclasses, got "
