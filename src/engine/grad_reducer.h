@@ -103,12 +103,12 @@
 // The prologue's partials (inf/NaN, norms) are taken on compute, by tensor ops. It takes
 // precedence over nvme_gradients: the shard is in neither host memory nor a record.
 //
-// Reductions are launched in the order chunks become ready, which is the same on every
-// rank when every rank runs the same graph (stage 3, and with one rank), or in one fixed
-// order (Note [reductions in one order]); with overlap_comm off, all at the end of
-// backward in chunk order. Chunks whose parameters did not all get a gradient are
-// reduced at the end of backward (the missing ones are zero), or when the schedule says
-// their last use has passed (reduce_now).
+// Reductions are launched in the order chunks become ready (with one rank), in one fixed
+// order (stages 0-2 with more: Note [reductions in one order]), or at the ends of
+// backward accesses (stage 3 with more: Note [reductions at access ends]); with
+// overlap_comm off, all at the end of backward in chunk order. Chunks whose parameters
+// did not all get a gradient are reduced at the end of backward (the missing ones are
+// zero), or when the schedule says their last use has passed (reduce_now).
 #pragma once
 
 #include <cstdint>
