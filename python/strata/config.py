@@ -40,6 +40,7 @@ _HYPER = {  # torch.optim group key -> config params key
             "nesterov": "nesterov"},
     "Adagrad": {"lr": "lr", "lr_decay": "lr_decay", "weight_decay": "weight_decay", "eps": "eps",
                 "initial_accumulator_value": "initial_accumulator_value"},
+    "Lion": {"lr": "lr", "betas": "betas", "weight_decay": "weight_decay"},
 }
 _HYPER["Adam"] = _HYPER["AdamW"]
 
@@ -58,7 +59,8 @@ def optimizer_block(optimizer: torch.optim.Optimizer) -> tuple[dict, list[dict]]
     kind = _TORCH_OPTIMIZERS.get(type(optimizer))
     if kind is None:
         raise NotImplementedByStrata(
-            f"unimplemented: strata.initialize steps with its own fused optimizers (AdamW, Adam, SGD, Adagrad); "
+            f"unimplemented: strata.initialize steps with its own fused optimizers (torch.optim's AdamW, Adam, "
+            f"SGD, Adagrad; and Lion, which torch lacks, by the config's \"type\": \"Lion\"); "
             f"{type(optimizer).__name__} is not one. Give the optimizer in the config's \"optimizer\" block, or "
             "wrap any torch.optim optimizer with strata.ShardedOptimizer (ZeRO-1/2)")
     groups = optimizer.param_groups

@@ -46,8 +46,8 @@ class OffloadPolicy:
     """Where the optimizer state and the parameter shards live: "none" (compute memory),
     "cpu" (host RAM) or "nvme" (files under nvme_path, written with O_DIRECT).
     optimizer_state_dtype: torch.bfloat16 stores the optimizer's state tensors (Adam's m
-    and v, SGD's momentum, Adagrad's sum) in bf16, rounded to nearest even after each
-    step; the fp32 master and the step's arithmetic stay fp32 (strata.optimizer_state_dtype).
+    and v, SGD's momentum, Adagrad's sum, Lion's m) in bf16, rounded to nearest even after
+    each step; the fp32 master and the step's arithmetic stay fp32 (strata.optimizer_state_dtype).
     gradient_shard_dtype: torch.bfloat16 keeps each rank's reduced gradient shard in bf16
     (strata.gradient_shard_dtype). Together: 12 bytes a parameter offloaded, not 18 (AdamW
     with bf16 compute), wherever they live."""
@@ -213,7 +213,7 @@ def _hook(unit: _units.Unit) -> None:
         if engine is None:
             raise UsageError("failed_precondition: this module was sharded with strata.fully_shard, but no strata "
                              "optimizer was built over its parameters: build strata.optim.AdamW(model.parameters(), "
-                             "...) (or Adam, SGD, Adagrad) after the last fully_shard call. A torch.optim optimizer "
+                             "...) (or Adam, SGD, Adagrad, Lion) after the last fully_shard call. A torch.optim optimizer "
                              "cannot step parameters the engine shards")
         if module is unit.group.root:  # Note [a forward that raised] (access_driver.cpp)
             engine.abort_forward()

@@ -86,3 +86,14 @@ class Adagrad(_EngineOptimizer):
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps)
+
+
+class Lion(_EngineOptimizer):
+    """Lion (Chen et al. 2023): p -= lr * sign(beta1*m + (1-beta1)*g), then
+    m = beta2*m + (1-beta2)*g, with decoupled weight decay (p *= 1 - lr*weight_decay
+    first). torch has no Lion; these defaults are the paper's (an lr 3-10x below AdamW's).
+    Its state dict holds "step" and "exp_avg" per parameter."""
+    _TYPE = "Lion"
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)

@@ -196,6 +196,7 @@ std::string_view to_string(OptimizerType t) {
     case OptimizerType::kAdamW: return "AdamW";
     case OptimizerType::kSGD: return "SGD";
     case OptimizerType::kAdagrad: return "Adagrad";
+    case OptimizerType::kLion: return "Lion";
   }
   return "?";
 }

@@ -251,7 +251,8 @@ std::vector<Field> bind(Config& c) {
   OptimizerConfig& o = c.optimizer;
   f.push_back(choice("optimizer.type", o.type,
                      {{"Adam", OptimizerType::kAdam}, {"AdamW", OptimizerType::kAdamW},
-                      {"SGD", OptimizerType::kSGD}, {"Adagrad", OptimizerType::kAdagrad}}));
+                      {"SGD", OptimizerType::kSGD}, {"Adagrad", OptimizerType::kAdagrad},
+                      {"Lion", OptimizerType::kLion}}));
   f.push_back(real("optimizer.params.lr", o.lr, 0, kInf));
   f.push_back(real_pair("optimizer.params.betas", o.betas, 0, 1));
   f.push_back(real("optimizer.params.eps", o.eps, 0, kInf));

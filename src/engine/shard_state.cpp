@@ -41,6 +41,10 @@ Result<StepKernel> StepKernel::create(const OptimizerConfig& cfg, at::ScalarType
       k.initial_accumulator_ = cfg.initial_accumulator_value;
       k.names_ = {"sum"};
       break;
+    case OptimizerType::kLion:
+      k.lion_ = {.lr = cfg.lr, .beta1 = cfg.betas[0], .beta2 = cfg.betas[1], .weight_decay = cfg.weight_decay};
+      k.names_ = {"exp_avg"};
+      break;
   }
   return k;
 }
@@ -53,21 +57,27 @@ double StepKernel::lr() const {
   switch (type_) {
     case OptimizerType::kSGD: return sgd_.lr;
     case OptimizerType::kAdagrad: return adagrad_.lr;
+    case OptimizerType::kLion: return lion_.lr;
     default: return adam_.lr;
   }
 }
 
-void StepKernel::set_lr(double lr) { adam_.lr = sgd_.lr = adagrad_.lr = lr; }
+void StepKernel::set_lr(double lr) { adam_.lr = sgd_.lr = adagrad_.lr = lion_.lr = lr; }
 double StepKernel::weight_decay() const {
   switch (type_) {
     case OptimizerType::kSGD: return sgd_.weight_decay;
     case OptimizerType::kAdagrad: return adagrad_.weight_decay;
+    case OptimizerType::kLion: return lion_.weight_decay;
     default: return adam_.weight_decay;
   }
 }
+std::array<double, 2> StepKernel::betas() const {
+  if (type_ == OptimizerType::kLion) return {lion_.beta1, lion_.beta2};
+  return {adam_.beta1, adam_.beta2};
+}
 void StepKernel::set_betas(std::array<double, 2> betas) {
-  adam_.beta1 = betas[0];
-  adam_.beta2 = betas[1];
+  adam_.beta1 = lion_.beta1 = betas[0];
+  adam_.beta2 = lion_.beta2 = betas[1];
 }
 
 void StepKernel::set_groups(std::vector<Group> groups, std::vector<std::uint32_t> group_of) {
@@ -92,6 +102,8 @@ Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states,
       return kernels::sgd_step(shard, states.empty() ? nullptr : states[0], for_group(sgd_, group), info, pool);
     case OptimizerType::kAdagrad:
       return kernels::adagrad_step(shard, states[0], for_group(adagrad_, group), info, pool);
+    case OptimizerType::kLion:
+      return kernels::lion_step(shard, states[0], for_group(lion_, group), info, pool);
   }
   return make_error(ErrorCode::kInternal, "unknown optimizer type");
 }

@@ -5,6 +5,7 @@
 //   Adam/AdamW: exp_avg, exp_avg_sq (+ max_exp_avg_sq with amsgrad)
 //   SGD:        momentum_buffer (only with momentum)
 //   Adagrad:    sum
+//   Lion:       exp_avg
 #pragma once
 
 #include <array>
@@ -47,8 +48,8 @@ class StepKernel {
   void set_lr(double lr);
   // The optimizer's weight decay: a group's unless it has its own.
   double weight_decay() const;
-  // Adam's betas (a OneCycle schedule cycles beta1); other optimizers ignore them.
-  std::array<double, 2> betas() const { return {adam_.beta1, adam_.beta2}; }
+  // Adam's or Lion's betas (a OneCycle schedule cycles beta1); SGD and Adagrad ignore them.
+  std::array<double, 2> betas() const;
   void set_betas(std::array<double, 2> betas);
   // SGD's momentum; the other optimizers ignore it.
   double momentum() const { return sgd_.momentum; }
@@ -98,6 +99,7 @@ class StepKernel {
   kernels::AdamHyper adam_;
   kernels::SgdHyper sgd_;
   kernels::AdagradHyper adagrad_;
+  kernels::LionHyper lion_;
   double initial_accumulator_ = 0;
   at::ScalarType state_dtype_ = at::kFloat;
   std::vector<Group> groups_{Group{}};

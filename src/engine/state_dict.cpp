@@ -1,5 +1,6 @@
 // Engine: consolidated parameters, and the optimizer state as a torch::optim optimizer
-// (consolidation onto one rank, and loading one saved at any world size).
+// (consolidation onto one rank, and loading one saved at any world size); Lion's is a
+// strata::engine::Lion (lion.h), LibTorch having none.
 #include <algorithm>
 #include <array>
 #include <optional>
@@ -12,6 +13,7 @@
 #include <torch/optim/sgd.h>
 
 #include "engine_impl.h"
+#include "strata/engine/lion.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/comm/communicator.h"
 
@@ -42,6 +44,8 @@ std::unique_ptr<torch::optim::OptimizerOptions> make_options(OptimizerType type,
                                                                 .weight_decay(weight_decay)
                                                                 .initial_accumulator_value(c.initial_accumulator_value)
                                                                 .eps(c.eps));
+    case OptimizerType::kLion:
+      return std::make_unique<LionOptions>(LionOptions(lr).betas(betas).weight_decay(weight_decay));
   }
   return nullptr;
 }
@@ -56,6 +60,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(OptimizerType type,
       // SGDOptions has no default lr: the defaults only fill groups without options.
       return std::make_unique<torch::optim::SGD>(std::move(groups), torch::optim::SGDOptions(0.0));
     case OptimizerType::kAdagrad: return std::make_unique<torch::optim::Adagrad>(std::move(groups));
+    case OptimizerType::kLion: return std::make_unique<Lion>(std::move(groups));
   }
   return nullptr;
 }
@@ -95,6 +100,11 @@ std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(OptimizerTyp
       s->step(step).sum(t[0]);
       return s;
     }
+    case OptimizerType::kLion: {
+      auto s = std::make_unique<LionParamState>();
+      s->step(step).exp_avg(t[0]);
+      return s;
+    }
   }
   return nullptr;
 }
@@ -126,6 +136,13 @@ bool read_param_state(OptimizerType type, torch::optim::OptimizerParamState& ps,
       if (s == nullptr) return false;
       *step = s->step();
       *t = {s->sum()};
+      return true;
+    }
+    case OptimizerType::kLion: {
+      auto* s = dynamic_cast<LionParamState*>(&ps);
+      if (s == nullptr) return false;
+      *step = s->step();
+      *t = {s->exp_avg()};
       return true;
     }
   }

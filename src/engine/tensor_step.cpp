@@ -1,6 +1,6 @@
 // StepKernel::run_tensors: the optimizer step as ATen tensor ops, for state on a device
 // the fused CPU kernels cannot reach (a GPU). The formulas and their order are
-// kernels/optimizer.h's (LibTorch 1.13's torch::optim), in fp32: bf16 states are widened
+// kernels/optimizer.h's (LibTorch 1.13's torch::optim; Lion's paper), in fp32: bf16 states are widened
 // for the arithmetic and rounded (RNE) when stored back, as the kernels do. ATen may fuse
 // a multiply and an add where the kernels do not, so the two agree to rounding (~1e-7
 // relative), not bit for bit.
@@ -66,6 +66,14 @@ void adagrad(const kernels::AdagradHyper& h, const kernels::StepInfo& info, cons
   store(states[0], sum);
 }
 
+void lion(const kernels::LionHyper& h, const at::Tensor& p, const at::Tensor& g, const std::vector<at::Tensor>& states) {
+  at::Tensor m = wide(states[0]);
+  if (h.weight_decay != 0) p.mul_(1.0 - h.lr * h.weight_decay);
+  p.add_((m * h.beta1 + g * (1.0 - h.beta1)).sign_(), -h.lr);
+  m.mul_(h.beta2).add_(g, 1.0 - h.beta2);
+  store(states[0], m);
+}
+
 }  // namespace
 
 at::Tensor tensor_grad_partials(const at::Tensor& grad) {
@@ -113,6 +121,7 @@ Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::T
     case OptimizerType::kAdamW: adam(for_group(adam_, group), info, master, g, states); break;
     case OptimizerType::kSGD: sgd(for_group(sgd_, group), info, master, g, states); break;
     case OptimizerType::kAdagrad: adagrad(for_group(adagrad_, group), info, master, g, states); break;
+    case OptimizerType::kLion: lion(for_group(lion_, group), master, g, states); break;
   }
   if (param.defined()) param.copy_(master);  // round to nearest even, as cast.h
   return ok();

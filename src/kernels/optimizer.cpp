@@ -74,6 +74,23 @@ AdagradArgs make_adagrad_args(const StepShard& s, void* sum, const AdagradHyper&
   return a;
 }
 
+LionArgs make_lion_args(const StepShard& s, void* m, const LionHyper& h, const StepInfo& info) {
+  LionArgs a{};
+  a.master = s.master;
+  a.grad = s.grad;
+  a.m = m;
+  a.param = s.param;
+  a.grad_scale = static_cast<float>(info.grad_scale);
+  a.decay = static_cast<float>(1 - h.lr * h.weight_decay);
+  a.beta1 = static_cast<float>(h.beta1);
+  a.one_minus_beta1 = static_cast<float>(1 - h.beta1);
+  a.beta2 = static_cast<float>(h.beta2);
+  a.one_minus_beta2 = static_cast<float>(1 - h.beta2);
+  a.neg_lr = static_cast<float>(-h.lr);
+  a.decoupled = h.weight_decay != 0;
+  return a;
+}
+
 }  // namespace detail
 
 namespace {
@@ -180,6 +197,24 @@ Status adagrad_step(const StepShard& shard, void* sum, const AdagradHyper& h, co
   const detail::AdagradFn fn = detail::sgd_adagrad_table().adagrad[detail::grad_index(shard.grad_dtype)]
                                                                   [detail::state_index(shard.state_dtype)]
                                                                   [detail::param_index(shard.param, shard.param_dtype)];
+  detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) { fn(args, b, e); });
+  return ok();
+}
+
+Status lion_step(const StepShard& shard, void* exp_avg, const LionHyper& h, const StepInfo& info, ThreadPool* pool) {
+  const char* op = "lion_step";
+  STRATA_RETURN_IF_ERROR(check_shard(op, shard, info));
+  STRATA_RETURN_IF_ERROR(need(op, exp_avg, "exp_avg", shard.n));
+  STRATA_RETURN_IF_ERROR(check_range(op, "lr", h.lr, 0, false, kInf, true));
+  // Unlike Adam's, a beta of 1 is allowed: beta1 = 1 steps by the momentum's sign alone.
+  STRATA_RETURN_IF_ERROR(check_range(op, "beta1", h.beta1, 0, false, 1, false));
+  STRATA_RETURN_IF_ERROR(check_range(op, "beta2", h.beta2, 0, false, 1, false));
+  STRATA_RETURN_IF_ERROR(check_range(op, "weight_decay", h.weight_decay, 0, false, kInf, true));
+
+  const detail::LionArgs args = detail::make_lion_args(shard, exp_avg, h, info);
+  const detail::LionFn fn = detail::lion_table().fn[detail::grad_index(shard.grad_dtype)]
+                                                   [detail::state_index(shard.state_dtype)]
+                                                   [detail::param_index(shard.param, shard.param_dtype)];
   detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) { fn(args, b, e); });
   return ok();
 }

@@ -1,5 +1,5 @@
 // Scalar references (reference.h). Keep each loop body operation-for-operation equal to
-// its SIMD twin in adam_simd.cpp / sgd_adagrad_simd.cpp; this file, like those, builds
+// its SIMD twin in adam_simd.cpp / sgd_adagrad_simd.cpp / lion_simd.cpp; this file, like those, builds
 // with -ffp-contract=off so the compiler does not fuse a*b+c into an FMA.
 #include "kernels/reference.h"
 
@@ -87,6 +87,23 @@ void adagrad_reference(const StepShard& shard, void* sum, const AdagradHyper& hy
     store_from_f32(sum, shard.state_dtype, i, s);
     const float std_dev = std::sqrt(s) + a.eps;
     w = w + (a.neg_clr * g) / std_dev;
+    shard.master[i] = w;
+    store_param(shard, i, w);
+  }
+}
+
+void lion_reference(const StepShard& shard, void* exp_avg, const LionHyper& hyper, const StepInfo& info) {
+  const LionArgs a = make_lion_args(shard, exp_avg, hyper, info);
+  const DType st = shard.state_dtype;
+  for (std::size_t i = 0; i < shard.n; ++i) {
+    const float g = load_as_f32(shard.grad, shard.grad_dtype, i) * a.grad_scale;
+    float w = shard.master[i];
+    if (a.decoupled) w = w * a.decay;
+    const float m = load_as_f32(exp_avg, st, i);
+    const float c = m * a.beta1 + g * a.one_minus_beta1;
+    const float sign = (c > 0 ? 1.0f : 0.0f) - (c < 0 ? 1.0f : 0.0f);
+    w = w + sign * a.neg_lr;
+    store_from_f32(exp_avg, st, i, m * a.beta2 + g * a.one_minus_beta2);
     shard.master[i] = w;
     store_param(shard, i, w);
   }

@@ -1,5 +1,5 @@
 // Internal: what the public step functions (optimizer.cpp) hand to the per-target SIMD
-// loops (adam_simd.cpp, sgd_adagrad_simd.cpp) and to the scalar reference (reference.h).
+// loops (adam_simd.cpp, sgd_adagrad_simd.cpp, lion_simd.cpp) and to the scalar reference (reference.h).
 //
 // Hyperparameters arrive here already rounded to float the way ATen rounds a double
 // Scalar for a float tensor, so the vector code, the scalar reference and LibTorch all
@@ -66,9 +66,23 @@ struct AdagradArgs {
   bool use_wd;
 };
 
+struct LionArgs {
+  float* master;
+  const void* grad;
+  void* m;
+  void* param;
+  float grad_scale;
+  float decay;  // 1 - lr*wd, used when decoupled
+  float beta1, one_minus_beta1;
+  float beta2, one_minus_beta2;
+  float neg_lr;
+  bool decoupled;
+};
+
 using AdamFn = void (*)(const AdamArgs&, std::size_t begin, std::size_t end);
 using SgdFn = void (*)(const SgdArgs&, std::size_t begin, std::size_t end);
 using AdagradFn = void (*)(const AdagradArgs&, std::size_t begin, std::size_t end);
+using LionFn = void (*)(const LionArgs&, std::size_t begin, std::size_t end);
 
 // Each SIMD file fills one table per target; the dispatch picks the current target's.
 struct AdamTable {
@@ -80,14 +94,20 @@ struct SgdAdagradTable {
   SgdFn sgd[kNumGrad][kNumState][kNumParam];
   AdagradFn adagrad[kNumGrad][kNumState][kNumParam];
 };
+struct LionTable {
+  const char* target;
+  LionFn fn[kNumGrad][kNumState][kNumParam];
+};
 
 // The table of the target Highway's dispatch chooses now (honours force_target).
 const AdamTable& adam_table();
 const SgdAdagradTable& sgd_adagrad_table();
+const LionTable& lion_table();
 
 // Builds the float constants from the public hyperparameters (validated by the caller).
 AdamArgs make_adam_args(const StepShard& s, const AdamState& st, const AdamHyper& h, const StepInfo& info);
 SgdArgs make_sgd_args(const StepShard& s, void* buf, const SgdHyper& h, const StepInfo& info);
 AdagradArgs make_adagrad_args(const StepShard& s, void* sum, const AdagradHyper& h, const StepInfo& info);
+LionArgs make_lion_args(const StepShard& s, void* m, const LionHyper& h, const StepInfo& info);
 
 }  // namespace strata::kernels::detail

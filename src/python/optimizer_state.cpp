@@ -18,6 +18,7 @@
 #include "strata/comm/communicator.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/engine/engine.h"
+#include "strata/engine/lion.h"
 
 namespace strata::python {
 namespace py = pybind11;
@@ -58,6 +59,7 @@ py::dict to_python(optim::OptimizerParamState& ps) {
   if (auto* s = dynamic_cast<optim::AdamParamState*>(&ps)) return adam_like(*s);
   if (auto* s = dynamic_cast<optim::SGDParamState*>(&ps)) return py::dict(py::arg("momentum_buffer") = tensor_or_none(s->momentum_buffer()));
   if (auto* s = dynamic_cast<optim::AdagradParamState*>(&ps)) return py::dict(py::arg("step") = s->step(), py::arg("sum") = s->sum());
+  if (auto* s = dynamic_cast<engine::LionParamState*>(&ps)) return py::dict(py::arg("step") = s->step(), py::arg("exp_avg") = s->exp_avg());
   throw PyStrataError{Error(ErrorCode::kInternal, "state_dict: an optimizer state of no known type")};
 }
 
@@ -112,6 +114,11 @@ std::unique_ptr<optim::OptimizerParamState> from_python(const OptimizerConfig& o
     case OptimizerType::kAdagrad: {
       auto s = std::make_unique<optim::AdagradParamState>();
       s->step(step_of(d, where)).sum(tensor_of(d, "sum", p, where));
+      return s;
+    }
+    case OptimizerType::kLion: {
+      auto s = std::make_unique<engine::LionParamState>();
+      s->step(step_of(d, where)).exp_avg(tensor_of(d, "exp_avg", p, where));
       return s;
     }
   }

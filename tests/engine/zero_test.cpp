@@ -35,6 +35,8 @@ std::vector<ParityCase> parity_cases() {
     for (int stage : {1, 2})
       for (const char* optim : {"adam", "adamw", "sgd"}) cases.push_back({world, stage, optim});
   cases.push_back({3, 2, "adagrad"});
+  cases.push_back({2, 1, "lion"});
+  cases.push_back({3, 2, "lion"});
   return cases;
 }
 
@@ -124,7 +126,9 @@ TEST(Zero, WrappedTorchOptimizerMatches) {
 // groups, for every fused optimizer, the state on nvme, and the tensor-op step; the
 // consolidated optimizer keeps the groups and loads back.
 TEST(Zero, ParameterGroupsMatchTorchOptim) {
-  for (const char* optim : {"adam", "adamw", "sgd", "adagrad"}) expect_all_ok(run_ranks(2, {zero_worker(), "groups", "2", optim}));
+  for (const char* optim : {"adam", "adamw", "sgd", "adagrad", "lion"}) {
+    expect_all_ok(run_ranks(2, {zero_worker(), "groups", "2", optim}));
+  }
   expect_all_ok(run_ranks(2, {zero_worker(), "groups", "1", "adamw", "tensor-ops"}));
   const auto dir = testing::fresh_temp_dir("zero-groups");
   expect_all_ok(run_ranks(2, {zero_worker(), "groups", "2", "adamw", "nvme"}, std::chrono::seconds(120),

@@ -18,6 +18,7 @@
 
 #include "strata/comm/torch_compat.h"
 #include "strata/engine/engine.h"
+#include "strata/engine/lion.h"
 #include "support/worker.h"
 #include "bf16_state_reference.h"
 #include "toy_model.h"
@@ -50,6 +51,7 @@ inline OptimizerConfig optim_config(const std::string& name) {
   else if (name == "adamw") c.type = OptimizerType::kAdamW, c.weight_decay = 0.05;
   else if (name == "sgd") c.type = OptimizerType::kSGD, c.momentum = 0.9, c.nesterov = true, c.weight_decay = 0.01;
   else if (name == "adagrad") c.type = OptimizerType::kAdagrad, c.lr_decay = 0.01, c.weight_decay = 0.01, c.eps = 1e-10;
+  else if (name == "lion") c.type = OptimizerType::kLion, c.lr = 1e-4, c.betas = {0.9, 0.99}, c.weight_decay = 0.1;
   else fail("unknown optimizer " + name);
   return c;
 }
@@ -65,6 +67,8 @@ inline std::unique_ptr<torch::optim::Optimizer> torch_optimizer(const OptimizerC
       return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(c.weight_decay));
     case OptimizerType::kAdagrad:
       return std::make_unique<torch::optim::Adagrad>(params, torch::optim::AdagradOptions(c.lr).lr_decay(c.lr_decay).weight_decay(c.weight_decay).eps(c.eps));
+    case OptimizerType::kLion:  // LibTorch has no Lion: strata's ATen one (its Python twin is tested against a plain one)
+      return std::make_unique<engine::Lion>(params, engine::LionOptions(c.lr).betas(betas).weight_decay(c.weight_decay));
   }
   return nullptr;
 }

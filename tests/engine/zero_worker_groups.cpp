@@ -22,6 +22,9 @@ void set_ref_group(torch::optim::Optimizer& opt, OptimizerType type, std::size_t
       break;
     case OptimizerType::kSGD: static_cast<torch::optim::SGDOptions&>(o).weight_decay(decay).momentum(momentum); break;
     case OptimizerType::kAdagrad: static_cast<torch::optim::AdagradOptions&>(o).weight_decay(decay); break;
+    case OptimizerType::kLion:
+      static_cast<engine::LionOptions&>(o).weight_decay(decay).betas({betas[0], betas[1]});
+      break;
   }
 }
 
@@ -33,6 +36,7 @@ double weight_decay_of(torch::optim::Optimizer& opt, OptimizerType type, std::si
     case OptimizerType::kAdamW: return static_cast<torch::optim::AdamWOptions&>(o).weight_decay();
     case OptimizerType::kSGD: return static_cast<torch::optim::SGDOptions&>(o).weight_decay();
     case OptimizerType::kAdagrad: return static_cast<torch::optim::AdagradOptions&>(o).weight_decay();
+    case OptimizerType::kLion: return static_cast<engine::LionOptions&>(o).weight_decay();
   }
   return -1;
 }
@@ -59,6 +63,7 @@ std::unique_ptr<torch::optim::Optimizer> grouped_optimizer(const OptimizerConfig
     case OptimizerType::kAdamW: return std::make_unique<torch::optim::AdamW>(std::move(pgs));
     case OptimizerType::kSGD: return std::make_unique<torch::optim::SGD>(std::move(pgs), torch::optim::SGDOptions(oc.lr));
     case OptimizerType::kAdagrad: return std::make_unique<torch::optim::Adagrad>(std::move(pgs));
+    case OptimizerType::kLion: return std::make_unique<engine::Lion>(std::move(pgs));
   }
   return nullptr;
 }

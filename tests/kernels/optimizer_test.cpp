@@ -135,6 +135,38 @@ TEST(AdagradStep, EveryTargetMatchesTheScalarReference) {
   }
 }
 
+TEST(LionStep, EveryTargetMatchesTheScalarReference) {
+  for (const LionHyper& h : {LionHyper{.lr = 1e-3, .beta1 = 0.95, .beta2 = 0.98, .weight_decay = 0.1},
+                             LionHyper{.lr = 3e-4}, LionHyper{.lr = 1e-3, .beta1 = 1.0, .beta2 = 1.0}}) {
+    check_against_reference("lion", [&](StepData& d, const StepInfo& info) {
+      return lion_step(d.shard(), d.s0.data(), h, info);
+    }, [&](StepData& d, const StepInfo& info) { detail::lion_reference(d.shard(), d.s0.data(), h, info); });
+  }
+}
+
+// Lion moves every element by exactly lr (after the decay) in the direction opposite to
+// sign(b1*m + (1-b1)*g), zero where that is zero, and leaves m = b2*m + (1-b2)*g: checked
+// element by element against the formula in double, and the sign cases by hand.
+TEST(LionStep, MovesEachElementByTheLearningRate) {
+  const LionHyper h{.lr = 0.01, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.5};
+  // c = 0.9*m + 0.1*g: positive, negative, zero (m = -g/9 exactly? no: m = 0, g = 0), NaN.
+  std::vector<float> w = {1.0f, 1.0f, 1.0f, 1.0f, -2.0f};
+  std::vector<float> g = {0.5f, -0.5f, 0.0f, std::nanf(""), 0.0f};
+  std::vector<float> m = {0.0f, 0.0f, 0.0f, 0.0f, -1.0f};
+  StepShard s{.n = w.size(), .master = w.data(), .grad = g.data()};
+  ASSERT_TRUE(lion_step(s, m.data(), h, {.step = 1}));
+  const float decay = static_cast<float>(1 - 0.01 * 0.5);
+  EXPECT_EQ(w[0], decay - 0.01f);
+  EXPECT_EQ(w[1], decay + 0.01f);
+  EXPECT_EQ(w[2], decay);  // sign(0) = 0: only the decay
+  EXPECT_EQ(w[3], decay);  // sign(NaN) = 0, as torch.sign
+  EXPECT_EQ(w[4], -2.0f * decay + 0.01f);
+  EXPECT_FLOAT_EQ(m[0], 0.005f);
+  EXPECT_FLOAT_EQ(m[1], -0.005f);
+  EXPECT_EQ(m[2], 0.0f);
+  EXPECT_FLOAT_EQ(m[4], -0.99f);
+}
+
 // A pool splits the shard into blocks; the bits must not depend on it.
 TEST(OptimizerSteps, ThreadedStepsEqualSingleThreaded) {
   std::mt19937 rng(1);
@@ -149,6 +181,7 @@ TEST(OptimizerSteps, ThreadedStepsEqualSingleThreaded) {
     const AdamHyper adam{.weight_decay = 0.01, .decoupled_weight_decay = true, .amsgrad = true};
     const SgdHyper sgd{.lr = 0.01, .momentum = 0.9};
     const AdagradHyper adagrad{};
+    const LionHyper lion{.weight_decay = 0.1};
     for (std::int64_t step = 1; step <= 2; ++step) {
       const StepInfo info{.step = step, .grad_scale = 0.5};
       ASSERT_TRUE(adam_step(one.shard(), one.adam_state(), adam, info));
@@ -157,6 +190,8 @@ TEST(OptimizerSteps, ThreadedStepsEqualSingleThreaded) {
       ASSERT_TRUE(sgd_step(many.shard(), many.s0.data(), sgd, info, &pool));
       ASSERT_TRUE(adagrad_step(one.shard(), one.s1.data(), adagrad, info));
       ASSERT_TRUE(adagrad_step(many.shard(), many.s1.data(), adagrad, info, &pool));
+      ASSERT_TRUE(lion_step(one.shard(), one.s2.data(), lion, info));
+      ASSERT_TRUE(lion_step(many.shard(), many.s2.data(), lion, info, &pool));
     }
     EXPECT_TRUE(many.same_as(one));
   }
@@ -224,6 +259,10 @@ TEST(OptimizerSteps, RejectBadArgumentsWithContext) {
   EXPECT_TRUE(sgd_step(d.shard(), nullptr, SgdHyper{}, {}));  // no momentum: no buffer needed
   EXPECT_NE(message(adagrad_step(d.shard(), nullptr, AdagradHyper{}, {})).find("sum"), std::string::npos);
   EXPECT_NE(message(adagrad_step(d.shard(), d.s1.data(), AdagradHyper{.lr_decay = -1}, {})).find("lr_decay"),
+            std::string::npos);
+  EXPECT_NE(message(lion_step(d.shard(), nullptr, LionHyper{}, {})).find("exp_avg"), std::string::npos);
+  EXPECT_NE(message(lion_step(d.shard(), d.s0.data(), LionHyper{.beta2 = 1.5}, {})).find("beta2"), std::string::npos);
+  EXPECT_NE(message(lion_step(d.shard(), d.s0.data(), LionHyper{.weight_decay = -1}, {})).find("weight_decay"),
             std::string::npos);
   // An empty shard needs no arrays.
   EXPECT_TRUE(adam_step(StepShard{}, AdamState{}, AdamHyper{}, {}));

@@ -31,7 +31,7 @@
 
 namespace strata {
 
-enum class OptimizerType { kAdam, kAdamW, kSGD, kAdagrad };
+enum class OptimizerType { kAdam, kAdamW, kSGD, kAdagrad, kLion };
 enum class OffloadDevice { kNone, kCpu, kNvme };
 enum class Placement { kStatic, kAuto };
 enum class StateDtype { kFp32, kBf16 };

@@ -268,7 +268,7 @@ class Engine {
   // A weight decay per group for the next steps (a weight-decay schedule), each finite
   // and >= 0.
   Status set_group_weight_decays(const std::vector<double>& decays);
-  // Adam's and AdamW's betas; nullopt for the other optimizers.
+  // Adam's, AdamW's and Lion's betas; nullopt for the other optimizers.
   std::optional<std::array<double, 2>> betas() const;
   // Betas for the next steps (torch's OneCycleLR cycles beta1), each in [0, 1). An error
   // for optimizers without betas.

@@ -1,4 +1,5 @@
-// Fused CPU optimizer steps over one rank's contiguous shard: Adam, AdamW, SGD, Adagrad.
+// Fused CPU optimizer steps over one rank's contiguous shard: Adam, AdamW, SGD, Adagrad,
+// Lion.
 //
 //   StepShard shard{.n = n, .master = master, .grad = grad, .grad_dtype = DType::kF32,
 //                   .param = compute_copy, .param_dtype = DType::kBF16};
@@ -22,6 +23,9 @@
 //            g = nesterov ? g + momentum*buf : buf (if momentum != 0); p += -lr*g
 //   Adagrad: g += wd*p; sum += g*g; p += (-clr*g) / (sqrt(sum) + eps),
 //            clr = lr / (1 + (step-1)*lr_decay)
+//   Lion:    (no LibTorch class; the paper's Algorithm 2 and DeepSpeed's CPU Lion)
+//            p *= 1 - lr*wd (if wd != 0); c = b1*m + (1-b1)*g; p += -lr*sign(c)
+//            (sign(0) = 0, as torch.sign); m = b2*m + (1-b2)*g
 // They do not use fused multiply-add, so every SIMD target gives the same bits as the
 // scalar reference; against LibTorch (which does use FMA in places) fp32 agrees to ~1e-7.
 //
@@ -38,7 +42,7 @@
 // Errors (kInvalidArgument, with the offending value): a null array that the call needs,
 // a state dtype other than fp32/bf16, step < 1, and hyperparameters torch rejects
 // (lr < 0, eps < 0, betas outside [0, 1), weight_decay < 0, momentum < 0, nesterov
-// without momentum or with dampening, lr_decay < 0).
+// without momentum or with dampening, lr_decay < 0; for Lion, betas outside [0, 1]).
 #pragma once
 
 #include <cstddef>
@@ -116,5 +120,20 @@ Status sgd_step(const StepShard& shard, void* momentum_buffer, const SgdHyper& h
 
 Status adagrad_step(const StepShard& shard, void* sum, const AdagradHyper& hyper, const StepInfo& info,
                     ThreadPool* pool = nullptr);
+
+// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): one state,
+// the momentum m, and an update of the same size for every element (lr * sign).
+// Decoupled weight decay, as AdamW's. These defaults are the paper's advice (an lr 3-10x
+// below AdamW's, beta2 = 0.99); a config's optimizer block defaults as DeepSpeed's does.
+struct LionHyper {
+  double lr = 1e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double weight_decay = 0.0;
+};
+
+// exp_avg: m, zero before the first step.
+Status lion_step(const StepShard& shard, void* exp_avg, const LionHyper& hyper, const StepInfo& info,
+                 ThreadPool* pool = nullptr);
 
 }  // namespace strata::kernels
