@@ -701,3 +701,28 @@ def inverse_schedule(opt):
     lrs move apart, not in proportion."""
     return torch.optim.lr_scheduler.LambdaLR(
         opt, [lambda s, k=k: 1.0 / (1 + (k + 1) * s) for k in range(len(opt.param_groups))])
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion in plain PyTorch, written from the paper (Chen et al. 2023, "Symbolic Discovery
+    of Optimization Algorithms", Algorithm 2): the reference strata's Lion is held
+    against (torch has none). Its state is DeepSpeed's: "step" and "exp_avg"."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"], state["exp_avg"] = 0, torch.zeros_like(p)
+                state["step"] += 1
+                m = state["exp_avg"]
+                p.mul_(1 - lr * wd)  # decoupled weight decay
+                p.add_(torch.sign(m * beta1 + p.grad * (1 - beta1)), alpha=-lr)  # interpolate, then sign
+                m.mul_(beta2).add_(p.grad, alpha=1 - beta2)

@@ -28,8 +28,9 @@ DEFAULT_OPTIMIZER = ("AdamW", {"lr": LR, "weight_decay": WD})
 
 # Cached: eight ResNet-18 cases share two references. Callers only read what it returns.
 @functools.lru_cache(maxsize=None)
-def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False):
-    """The same model, data and optimizer (AdamW; SGD for ResNet-18), in plain PyTorch: losses and final parameters.
+def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False, optimizer=None):
+    """The same model, data and optimizer (AdamW; SGD for ResNet-18; `optimizer`, a
+    hashable (type, ((key, value), ...)), when given), in plain PyTorch: losses and final parameters.
     With world > 1, each rank's rows go through the model separately (as each rank's
     forward does: batch norm then normalizes over that rank's rows, as under DDP) and the
     loss is the mean of the ranks' losses. bf16_state: what bf16 gradient shards and
@@ -40,8 +41,9 @@ def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False):
     # loss after 10 steps (their sums round differently).
     torch.set_num_threads(1)
     model = models.make(name)
-    kind, hyper = OPTIMIZER.get(name, DEFAULT_OPTIMIZER)
-    opt = getattr(torch.optim, kind)([p for p in model.parameters() if p.requires_grad], **hyper)
+    kind, hyper = (optimizer[0], dict(optimizer[1])) if optimizer else OPTIMIZER.get(name, DEFAULT_OPTIMIZER)
+    cls = models.Lion if kind == "Lion" else getattr(torch.optim, kind)  # torch has no Lion
+    opt = cls([p for p in model.parameters() if p.requires_grad], **hyper)
     losses = []
     per = rows // world
     for step in range(steps):
@@ -81,9 +83,12 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def check_against_reference(ranks, name="gpt", steps=STEPS, rows=ROWS):
+def check_against_reference(ranks, name="gpt", steps=STEPS, rows=ROWS, optimizer=None):
+    """optimizer: (type, params) as config() takes it, when not the model's default."""
     world = len(ranks)
-    want_losses, want_params = reference(name, steps=steps, rows=rows, world=world)
+    key = (optimizer[0], tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(optimizer[1].items()))) \
+        if optimizer else None
+    want_losses, want_params = reference(name, steps=steps, rows=rows, world=world, optimizer=key)
     got_losses = [sum(r["losses"][s] for r in ranks) / world for s in range(steps)]
     for s, (g, w) in enumerate(zip(got_losses, want_losses)):
         assert abs(g - w) <= 1e-5 * abs(w), f"step {s}: loss {g} vs plain PyTorch {w}"

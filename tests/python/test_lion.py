@@ -1,0 +1,95 @@
+"""Lion (the config's "type": "Lion", strata.optim.Lion), which torch lacks and DeepSpeed
+offers for its offloaded optimizer: strata's fused kernel against Lion written in plain
+PyTorch from the paper (models.Lion), at every placement and at two ranks, and its state
+dicts: the reference's, loaded both ways."""
+import pytest
+import torch
+
+import models
+from conftest import train
+from test_initialize import ROWS, STEPS, check_against_reference, config, rel
+from test_optim_state import check_same_state, plain_step, strata_step
+
+LION = ("Lion", {"lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1})
+
+
+# Stage 0 with the fused step on the compute tier; ZeRO-Offload's host and nvme state;
+# stage 3 with the parameters on nvme too. The awkward model: frozen parameters, one
+# that never gets a gradient (Lion's state is made at the first gradient, as the
+# reference's), a module called twice, tuple outputs, a skip branch.
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("name,stage,device", [("gpt", 0, "none"), ("gpt", 1, "cpu"), ("gpt", 2, "nvme"),
+                                               ("gpt", 3, "none"), ("gpt", 3, "nvme"), ("awkward", 3, "cpu")])
+def test_lion_matches_plain_pytorch(tmp_path, world, name, stage, device):
+    cfg = config(stage, device, tmp_path, optimizer=LION)
+    if stage == 3 and device != "none":
+        cfg["zero_optimization"]["offload_param"] = {"device": device, "nvme_path": str(tmp_path)}
+    ranks = train(tmp_path, world, {"model": name, "config": cfg, "steps": STEPS, "rows": ROWS})
+    check_against_reference(ranks, name, optimizer=LION)
+
+
+def lion_fully_shard(tmp_path, seed=0):
+    """The GPT sharded per block at stage 3 with its state and parameters on nvme, and
+    strata.optim.Lion over two parameter groups."""
+    import strata
+
+    model = models.make("gpt", seed)
+    offload = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=str(tmp_path))
+    for block in model.blocks:
+        strata.fully_shard(block, offload=offload)
+    strata.fully_shard(model, offload=offload)
+    hyper = dict(lr=LION[1]["lr"], betas=tuple(LION[1]["betas"]), weight_decay=LION[1]["weight_decay"])
+    return model, strata.optim.Lion(models.two_groups(model), **hyper)
+
+
+def plain_lion(seed=0):
+    model = models.make("gpt", seed)
+    return model, models.Lion(models.two_groups(model), lr=LION[1]["lr"], betas=LION[1]["betas"],
+                              weight_decay=LION[1]["weight_decay"])
+
+
+def fsdp_step(model, opt):
+    return lambda loss: (loss.backward(), opt.step(), opt.zero_grad())
+
+
+# The state dict is the plain Lion's (per parameter "step" and "exp_avg"; the groups'
+# lr, betas and weight decay), a run resumes from the plain one's state dicts as plain
+# PyTorch does, and plain PyTorch resumes from strata's.
+def test_lion_state_dicts_are_plain_pytorchs_and_load_both_ways(tmp_path):
+    import strata
+
+    model, opt = lion_fully_shard(tmp_path / "a")
+    ref, ref_opt = plain_lion()
+    for step in range(3):
+        got = strata_step(model, fsdp_step(model, opt), "gpt", step)
+        want = plain_step(ref, ref_opt, "gpt", step)
+        assert abs(got - want) <= 1e-5 * abs(want), (step, got, want)
+    saved = opt.state_dict()
+    assert all(set(s) == {"step", "exp_avg"} for s in saved["state"].values())
+    check_same_state(saved, ref_opt.state_dict())
+
+    resumed, resumed_opt = lion_fully_shard(tmp_path / "b", seed=5)
+    strata.set_model_state_dict(resumed, ref.state_dict())
+    resumed_opt.load_state_dict(ref_opt.state_dict())
+    back, back_opt = plain_lion(seed=9)
+    back.load_state_dict(strata.get_model_state_dict(model))
+    back_opt.load_state_dict(saved)
+    for step in range(3, 6):
+        want = plain_step(ref, ref_opt, "gpt", step)
+        assert abs(strata_step(resumed, fsdp_step(resumed, resumed_opt), "gpt", step) - want) <= 1e-5 * abs(want)
+        assert abs(plain_step(back, back_opt, "gpt", step) - want) <= 1e-5 * abs(want)
+    check_same_state(resumed_opt.state_dict(), ref_opt.state_dict())
+    got = strata.get_model_state_dict(resumed)
+    assert all(rel(got[k], v) <= 1e-5 for k, v in ref.state_dict().items())
+
+
+def test_lion_hyperparameters_out_of_range_are_refused(tmp_path):
+    import strata
+
+    cfg = config(2, "cpu", tmp_path, optimizer=("Lion", {"lr": 1e-4, "betas": [0.9, 1.5]}))
+    with pytest.raises(strata.ConfigError, match="betas"):
+        strata.initialize(model=models.make("gpt"), config=cfg)
+    model = models.make("gpt")
+    strata.fully_shard(model)
+    with pytest.raises(strata.ConfigError, match="weight_decay"):
+        strata.optim.Lion(model.parameters(), weight_decay=-1.0)
