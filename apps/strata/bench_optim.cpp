@@ -237,6 +237,9 @@ int run_optim(const OptimOptions& o) {
                    [&] { return kernels::sgd_step(fp32, b.m.data(), sgd, info, &pool); }, b.m.data(), nullptr);
     bench.step_row("adagrad fp32", "adagrad_fp32", StepPattern::kOneState, fp32,
                    [&] { return kernels::adagrad_step(fp32, b.v.data(), {}, info, &pool); }, b.v.data(), nullptr);
+    const kernels::LionHyper lion{.lr = 1e-4, .weight_decay = 0.1};
+    bench.step_row("lion fp32", "lion_fp32", StepPattern::kOneState, fp32,
+                   [&] { return kernels::lion_step(fp32, b.m.data(), lion, info, &pool); }, b.m.data(), nullptr);
     for (const StepShard* s : std::array<const StepShard*, 2>{&fp32, &bf16g}) {
       const std::string dt(kernels::dtype_name(s->grad_dtype));
       bench.row("grad prologue " + dt, "prologue_" + dt, StepPattern::kRead, *s,

@@ -29,8 +29,9 @@ HWY_NOINLINE void LionRange(const detail::LionArgs& args, std::size_t begin, std
   const auto beta2 = hn::Set(d, a.beta2);
   const auto omb2 = hn::Set(d, a.one_minus_beta2);
   const auto neg_lr = hn::Set(d, a.neg_lr);
+  const auto lr = hn::Neg(neg_lr);
   const auto zero = hn::Zero(d);
-  const auto one = hn::Set(d, 1.0f);
+  const auto neg_zero = hn::Set(d, -0.0f);
   const bool decoupled = a.decoupled;
 
   auto body = [&](float* w_p, const GT* g_p, ST* m_p, PT* out_p) HWY_ATTR {
@@ -39,9 +40,9 @@ HWY_NOINLINE void LionRange(const detail::LionArgs& args, std::size_t begin, std
     if (decoupled) w = hn::Mul(w, decay);
     const auto m = LoadAsF32(d, S(), m_p);
     const auto c = hn::Add(hn::Mul(m, beta1), hn::Mul(g, omb1));
-    // sign(c) as torch.sign: 0 for 0 and for NaN (neither compare holds).
-    const auto sign = hn::Sub(hn::IfThenElseZero(hn::Gt(c, zero), one), hn::IfThenElseZero(hn::Lt(c, zero), one));
-    w = hn::Add(w, hn::Mul(sign, neg_lr));
+    // -lr * sign(c), sign as torch.sign: 0 for 0 and for NaN (neither compare holds);
+    // the zero is -0, as (+0) * -lr is.
+    w = hn::Add(w, hn::IfThenElse(hn::Gt(c, zero), neg_lr, hn::IfThenElse(hn::Lt(c, zero), lr, neg_zero)));
     StoreFromF32(d, S(), hn::Add(hn::Mul(m, beta2), hn::Mul(g, omb2)), m_p);
     hn::StoreU(w, d, w_p);
     StoreFromF32(d, P(), w, out_p);

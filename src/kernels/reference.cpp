@@ -101,8 +101,7 @@ void lion_reference(const StepShard& shard, void* exp_avg, const LionHyper& hype
     if (a.decoupled) w = w * a.decay;
     const float m = load_as_f32(exp_avg, st, i);
     const float c = m * a.beta1 + g * a.one_minus_beta1;
-    const float sign = (c > 0 ? 1.0f : 0.0f) - (c < 0 ? 1.0f : 0.0f);
-    w = w + sign * a.neg_lr;
+    w = w + (c > 0 ? a.neg_lr : (c < 0 ? -a.neg_lr : -0.0f));
     store_from_f32(exp_avg, st, i, m * a.beta2 + g * a.one_minus_beta2);
     shard.master[i] = w;
     store_param(shard, i, w);
