@@ -226,6 +226,17 @@ OptimizerType OptimizerConfig::effective_type() const {
   return type == OptimizerType::kAdam && adam_w_mode ? OptimizerType::kAdamW : type;
 }
 
+int OptimizerConfig::state_tensors() const {
+  switch (type) {
+    case OptimizerType::kAdam:
+    case OptimizerType::kAdamW: return amsgrad ? 3 : 2;
+    case OptimizerType::kSGD: return momentum != 0 ? 1 : 0;
+    case OptimizerType::kAdagrad:
+    case OptimizerType::kLion: return 1;
+  }
+  return 0;
+}
+
 Result<Config> Config::from_json(const json& given_doc, std::vector<std::string>* warnings) {
   Config cfg;
   std::vector<Field> fields = config_schema::bind(cfg);

@@ -3,6 +3,7 @@
 #include "io_tensor.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -46,6 +47,7 @@ Result<StepKernel> StepKernel::create(const OptimizerConfig& cfg, at::ScalarType
       k.names_ = {"exp_avg"};
       break;
   }
+  assert(k.names_.size() == static_cast<std::size_t>(cfg.state_tensors()));  // what estimates count
   return k;
 }
 

@@ -31,6 +31,8 @@ Status EstimateInput::validate() const {
     return make_error(ErrorCode::kInvalidArgument, "estimate: offloading the optimizer needs stage >= 1");
   if (offload_param != OffloadDevice::kNone && stage != 3)
     return make_error(ErrorCode::kInvalidArgument, "estimate: offloading parameters needs stage 3, got stage {}", stage);
+  if (optimizer_states < 0 || optimizer_states > 3)
+    return make_error(ErrorCode::kInvalidArgument, "estimate: optimizer_states must be 0..3, got {}", optimizer_states);
   if (padded_params != 0 && padded_params < n_params)
     return make_error(ErrorCode::kInvalidArgument, "estimate: padded_params {} < n_params {}", padded_params, n_params);
   // Keep every product below 2^64: 20 bytes per element at most.
@@ -51,6 +53,7 @@ Result<EstimateInput> EstimateInput::from_config(const Config& cfg, std::uint64_
   in.offload_param = cfg.zero_optimization.offload_param.device;
   in.nvme_gradients = cfg.strata.nvme_gradients;
   in.gradient_shards_on_compute = cfg.strata.gradient_shards_on_compute;
+  in.optimizer_states = cfg.optimizer.state_tensors();
   in.bf16_optimizer_states = cfg.strata.optimizer_state_dtype == StateDtype::kBf16;
   in.bf16_gradient_shards = cfg.strata.gradient_shard_dtype == StateDtype::kBf16;
   in.optimizer_max_in_cpu = cfg.strata.optimizer_max_in_cpu;
@@ -99,10 +102,11 @@ Result<MemoryEstimate> estimate_memory(const EstimateInput& in) {
   const Tier opt_tier = offload_tier(in.offload_optimizer);
   const Tier step_tier = plan::step_tier(opt_tier);
   const Tier param_tier = offload_tier(in.offload_param);
-  // fp32 master + m + v (fp32 or bf16): the engine keeps the master apart from the
+  // fp32 master + the optimizer's states (fp32 or bf16): the engine keeps the master apart from the
   // parameter shard in fp32 too (the step writes the shard from it), unless the shard is
   // made from it.
-  const std::uint64_t state_per_elem = in.bf16_optimizer_states ? 8 : 12;
+  const std::uint64_t state_per_elem =
+      4 + static_cast<std::uint64_t>(in.optimizer_states) * (in.bf16_optimizer_states ? 2 : 4);
   const bool grads_on_compute = in.gradient_shards_on_compute && in.stage >= 2 && opt_tier != Tier::kCompute;
   const bool grads_on_nvme = !grads_on_compute && in.nvme_gradients && in.stage >= 2 && opt_tier == Tier::kNvme;
   // Where the gradient shards of the state on nvme and of the state kept on host live.

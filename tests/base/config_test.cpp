@@ -259,5 +259,18 @@ TEST(ConfigDocs, TheTableIsTheGeneratedOne) {
   EXPECT_EQ(table, config_keys_markdown()) << "docs/config.md is stale; regenerate with `strata config keys --markdown`";
 }
 
+// DeepSpeed's Lion block (its CPU Lion and FusedLion take lr, betas, weight_decay).
+TEST(Config, LionTakesDeepSpeedsLionBlock) {
+  auto c = parse(R"({"optimizer": {"type": "Lion", "params": {"lr": 1e-4, "betas": [0.9, 0.99], "weight_decay": 0.01}}})");
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->optimizer.effective_type(), OptimizerType::kLion);
+  EXPECT_EQ(c->optimizer.lr, 1e-4);
+  EXPECT_EQ(c->optimizer.betas[1], 0.99);
+  EXPECT_EQ(c->optimizer.weight_decay, 0.01);
+  EXPECT_EQ(to_string(c->optimizer.type), "Lion");
+  EXPECT_NE(error_of(R"({"optimizer": {"type": "Lion", "params": {"betas": [0.9, 1.5]}}})").find("betas"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace strata

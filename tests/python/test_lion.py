@@ -93,3 +93,25 @@ def test_lion_hyperparameters_out_of_range_are_refused(tmp_path):
     strata.fully_shard(model)
     with pytest.raises(strata.ConfigError, match="weight_decay"):
         strata.optim.Lion(model.parameters(), weight_decay=-1.0)
+
+
+# engine.save_checkpoint at step 3 at two ranks, loaded in fresh processes at two and at
+# one: the next steps' losses are the uninterrupted run's (bit for bit at the same world
+# size). A checkpoint of AdamW's state is refused by a Lion engine, naming both.
+def test_a_lion_checkpoint_resumes_in_a_fresh_process(tmp_path):
+    cfg = config(3, "nvme", tmp_path, optimizer=LION)
+    base = {"model": "gpt", "config": cfg, "rows": ROWS}
+    whole = train(tmp_path, 2, {**base, "steps": STEPS}, "whole")
+    ckpt = tmp_path / "ckpt"
+    train(tmp_path, 2, {**base, "steps": 3, "save": str(ckpt)}, "first")
+    want = [sum(r["losses"][s] for r in whole) / 2 for s in range(3, STEPS)]
+    for world in (2, 1):
+        rest = train(tmp_path, world, {**base, "steps": STEPS - 3, "start": 3, "load": str(ckpt), "seed": 7},
+                     f"rest{world}")
+        got = [sum(r["losses"][s] for r in rest) / world for s in range(STEPS - 3)]
+        assert got == want if world == 2 else all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
+
+    adamw = tmp_path / "adamw"
+    train(tmp_path, 1, {**base, "config": config(3, "nvme", tmp_path), "steps": 1, "save": str(adamw)}, "adamw")
+    with pytest.raises(AssertionError, match=r"AdamW optimizer state.*runs Lion"):
+        train(tmp_path, 1, {**base, "steps": 1, "start": 1, "load": str(adamw)}, "refused")

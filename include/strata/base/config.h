@@ -58,6 +58,9 @@ struct OptimizerConfig {
 
   // kAdam with adam_w_mode is kAdamW; every other type is itself.
   OptimizerType effective_type() const;
+  // The optimizer's state tensors per parameter, besides the fp32 master: Adam's m and v
+  // (and vmax with amsgrad), SGD's momentum (none without), Adagrad's sum, Lion's m.
+  int state_tensors() const;
 
   bool operator==(const OptimizerConfig&) const = default;
 };

@@ -17,7 +17,8 @@
 //              step, as DeepSpeed counts it), plus the fp32 shard 4s where the step runs.
 //              stage 3: the working set's grad buffer lp*W on compute, plus the fp32
 //              shard 4s where the step runs (the reduce-scatter lands in it directly).
-//   optimizer  fp32 master (when lp = 2) + m + v = 12 (or 8) bytes per element, sharded
+//   optimizer  fp32 master + the optimizer's states (Adam's m + v: 12 bytes per element,
+//              8 with bf16 states; Lion's m: 8), sharded
 //              (s) from stage 1, unsharded (P) at stage 0, at the optimizer tier.
 //   buffers    offloaded to nvme: host staging for one chunk's optimizer state (state
 //              bytes of W/N elements); params on nvme: two param shards of W/N elements.
@@ -62,7 +63,10 @@ struct EstimateInput {
   // Stages 2-3 with the optimizer off compute: gradient shards kept in compute memory
   // until the step (strata.gradient_shards_on_compute; Note [gradients kept on compute]).
   bool gradient_shards_on_compute = false;
-  // Adam's m and v in fp32 or bf16 (strata.optimizer_state_dtype); the master is fp32.
+  // The optimizer's state tensors per element besides the master (OptimizerConfig::
+  // state_tensors: Adam's m and v 2, Lion's m 1, ...), in fp32 or bf16
+  // (strata.optimizer_state_dtype); the master is fp32.
+  int optimizer_states = 2;
   bool bf16_optimizer_states = false;
   // The gradient shards the step reads in fp32 or bf16 (strata.gradient_shard_dtype).
   bool bf16_gradient_shards = false;
