@@ -40,6 +40,7 @@ std::vector<Case> cases() {
       {"adagrad", make(OptimizerType::kAdagrad, [](OptimizerConfig& c) {
          c.lr_decay = 0.01, c.weight_decay = 0.01, c.initial_accumulator_value = 0.1, c.eps = 1e-10;
        })},
+      {"lion", make(OptimizerType::kLion, [](OptimizerConfig& c) { c.betas = {0.9, 0.99}, c.weight_decay = 0.1; })},
   };
 }
 
