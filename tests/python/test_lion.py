@@ -28,6 +28,20 @@ def test_lion_matches_plain_pytorch(tmp_path, world, name, stage, device):
     check_against_reference(ranks, name, optimizer=LION)
 
 
+# At a real size: experts of 8.4M parameters, 64 MiB chunks, parameters and Lion's
+# state on nvme, two ranks that route their rows to different experts (each Routed
+# layer a leaf). lr 1e-4: an element whose b1*m + (1-b1)*g lies within rounding of zero
+# may take the other sign than plain PyTorch's (the ranks' gradient sums round
+# otherwise), a step of 2*lr in that element; at 1e-4 that stays far below 1e-5 of any
+# weight's norm.
+def test_lion_at_a_real_size(tmp_path):
+    lion = ("Lion", {**LION[1], "lr": 1e-4})
+    cfg = config(3, "nvme", tmp_path, optimizer=lion, chunk_size=16 << 20)
+    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    spec = {"model": "moe_big", "config": cfg, "steps": 3, "rows": ROWS, "leaf_modules": ["Routed"]}
+    check_against_reference(train(tmp_path, 2, spec), "moe_big", steps=3, optimizer=lion)
+
+
 def lion_fully_shard(tmp_path, seed=0):
     """The GPT sharded per block at stage 3 with its state and parameters on nvme, and
     strata.optim.Lion over two parameter groups."""
