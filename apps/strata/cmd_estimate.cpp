@@ -4,6 +4,7 @@
 //   strata estimate --model gpt:48x1600 --world 4 --stage 3 --bf16 --json
 //   strata estimate --params 13e9 --stage 3 --offload-param cpu --offload-optimizer nvme --bf16
 //                   --bf16-state --bf16-grads   (strata.optimizer_state_dtype, gradient_shard_dtype)
+//   strata estimate --params 7e9 --stage 2 --offload-optimizer cpu --optimizer lion
 //
 // The numbers come from plan::estimate_memory (strata/plan/estimator.h); DeepSpeed's
 // published estimate is printed beside them where DeepSpeed has one.
@@ -35,6 +36,7 @@ struct EstimateArgs {
   bool bf16 = false;
   bool fp16 = false;
   bool fp32 = false;
+  std::string optimizer = "adamw";  // whose state tensors are counted (lower case: --optimizer's transform)
   bool bf16_state = false;  // strata.optimizer_state_dtype bf16
   bool bf16_grads = false;  // strata.gradient_shard_dtype bf16
   bool json = false;
@@ -62,6 +64,10 @@ Result<plan::EstimateInput> build_input(const EstimateArgs& a, std::optional<Chu
   in.dtype = a.fp32 ? plan::Dtype::kFp32 : a.bf16 ? plan::Dtype::kBf16 : plan::Dtype::kFp16;
   in.offload_optimizer = device_of(a.offload_optimizer);
   in.offload_param = device_of(a.offload_param);
+  // Adam's m and v; one tensor for the others (SGD's momentum buffer: SGD without
+  // momentum keeps none, so this counts 4 bytes a parameter too many for it).
+  const bool adam = a.optimizer == "adamw" || a.optimizer == "adam";
+  in.optimizer_states = adam ? 2 : 1;
   in.bf16_optimizer_states = a.bf16_state;
   in.bf16_gradient_shards = a.bf16_grads;
   if (!a.params.empty()) {
@@ -96,9 +102,9 @@ void print_table(const plan::EstimateInput& in, const plan::MemoryEstimate& e, c
   fmt::print("strata estimate: {}{} params, world {} ({} per node), ZeRO stage {}, {}\n",
              model.empty() ? "" : model + ", ", format_count(in.n_params), in.world, per_node, in.stage,
              plan::to_string(in.dtype));
-  fmt::print("offload: optimizer {}, params {}; optimizer state {}, gradient shards {}", to_string(in.offload_optimizer),
-             to_string(in.offload_param), in.bf16_optimizer_states ? "bf16" : "fp32",
-             in.bf16_gradient_shards ? "bf16" : "fp32");
+  fmt::print("offload: optimizer {}, params {}; optimizer state {} ({} tensor{} a parameter), gradient shards {}",
+             to_string(in.offload_optimizer), to_string(in.offload_param), in.bf16_optimizer_states ? "bf16" : "fp32",
+             in.optimizer_states, in.optimizer_states == 1 ? "" : "s", in.bf16_gradient_shards ? "bf16" : "fp32");
   if (in.largest_layer_params > 0) fmt::print("; largest layer {} params", format_count(in.largest_layer_params));
   fmt::print("\n");
   if (chunks)
@@ -145,6 +151,7 @@ nlohmann::json to_json(const plan::EstimateInput& in, const plan::MemoryEstimate
         {"dtype", plan::to_string(in.dtype)}, {"offload_optimizer", to_string(in.offload_optimizer)},
         {"offload_param", to_string(in.offload_param)},
         {"optimizer_state_dtype", in.bf16_optimizer_states ? "bf16" : "fp32"},
+        {"optimizer_states", in.optimizer_states},
         {"gradient_shard_dtype", in.bf16_gradient_shards ? "bf16" : "fp32"}}},
       {"tiers", tiers},
       {"total", e.total()},
@@ -196,6 +203,10 @@ void add_estimate_command(CLI::App& app, int* exit_code) {
   auto* fp32 = cmd->add_flag("--fp32", args->fp32, "fp32 only, no master copy");
   bf16->excludes(fp16)->excludes(fp32);
   fp16->excludes(fp32);
+  cmd->add_option("--optimizer", args->optimizer,
+                  "Whose state is counted: AdamW or Adam (m and v; the default), Lion, Adagrad, SGD (one tensor; "
+                  "SGD's momentum buffer)")
+      ->transform(CLI::IsMember({"adamw", "adam", "lion", "adagrad", "sgd"}, CLI::ignore_case));
   cmd->add_flag("--bf16-state", args->bf16_state, "Optimizer state tensors in bf16 (strata.optimizer_state_dtype)");
   cmd->add_flag("--bf16-grads", args->bf16_grads, "Gradient shards in bf16 (strata.gradient_shard_dtype)");
   cmd->add_flag("--json", args->json, "Print JSON: tiers -> kinds -> bytes");

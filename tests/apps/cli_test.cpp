@@ -1,6 +1,7 @@
 // The strata tool as a user runs it: exit codes and what it prints.
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -139,6 +140,24 @@ TEST(Cli, EstimateTakesBf16StateAndGradientShards) {
   EXPECT_EQ(l["tiers"]["nvme"]["grads"].get<std::uint64_t>(), 2 * s);
   EXPECT_EQ(l["inputs"]["gradient_shard_dtype"], "bf16");
   EXPECT_EQ(p["inputs"]["optimizer_state_dtype"], "fp32");
+}
+
+// --optimizer: Lion (and Adagrad, SGD's momentum) keeps one state tensor beside the
+// master, 8 bytes a shard element in fp32 where Adam keeps 12; the default is AdamW.
+TEST(Cli, EstimateCountsTheOptimizersStateTensors) {
+  const std::string base = strata_bin() + " estimate --params 1e9 --world 2 --stage 2 --offload-optimizer cpu --json";
+  const std::uint64_t s = 1'000'000'000ull / 2;
+  for (const auto& [flag, bytes, states] : {std::tuple{"", 12 * s, 2}, std::tuple{" --optimizer Adam", 12 * s, 2},
+                                           std::tuple{" --optimizer lion", 8 * s, 1},
+                                           std::tuple{" --optimizer Lion --bf16-state", 6 * s, 1},
+                                           std::tuple{" --optimizer SGD", 8 * s, 1}}) {
+    auto r = run_command(base + flag + " 2>/dev/null");
+    ASSERT_EQ(r.exit_code, 0) << flag << "\n" << r.output;
+    const auto j = nlohmann::json::parse(r.output);
+    EXPECT_EQ(j["tiers"]["host"]["optimizer"].get<std::uint64_t>(), bytes) << flag;
+    EXPECT_EQ(j["inputs"]["optimizer_states"].get<int>(), states) << flag;
+  }
+  EXPECT_NE(run_command(base + " --optimizer RMSprop 2>&1").exit_code, 0);
 }
 
 TEST(Cli, EstimateFromAModelShape) {
