@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "io_tensor.h"
+#include "strata/base/units.h"
 #include "shard_state.h"
 
 #include <ATen/ATen.h>
@@ -151,6 +152,14 @@ Status GradReducer::reserve_buffer(std::uint32_t c) {
     STRATA_RETURN_IF_ERROR(launch(*oldest));
     STRATA_RETURN_IF_ERROR(drain());
     r = core_.chunks->reserve(Tier::kCompute, bytes, StateKind::kGrads, c, "grad buffer");
+  }
+  if (!r && at_access_ends() && live_buffer_bytes_ > 0) {
+    // Say why the buffers pile up: the holders listed are only the largest few.
+    return std::unexpected(std::move(r).error().with_note(fmt::format(
+        "{} of gradient buffers wait for the last backward of the units that hold their chunks (at stage 3 with {} "
+        "ranks every rank reduces a chunk there: Note [reductions at access ends]; modules called again before the "
+        "backward, as in two forwards before one backward, keep them until then); raise the compute budget",
+        format_bytes(live_buffer_bytes_), core_.comm.world())));
   }
   if (!r) return std::unexpected(std::move(r).error());
   g.buffer_res = std::move(*r);

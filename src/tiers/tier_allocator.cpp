@@ -53,11 +53,16 @@ Result<Reservation> TierAllocator::reserve(Tier tier, std::uint64_t bytes, State
   const std::size_t t = plan::tier_index(tier);
   if (l.budgets[t] != 0 && l.used[t] + bytes > l.budgets[t]) {
     std::vector<std::pair<std::string, std::uint64_t>> top(l.held[t].begin(), l.held[t].end());
-    std::sort(top.begin(), top.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    // Ties keep the ledger's name order, so a message names the same holders every time.
+    std::stable_sort(top.begin(), top.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
     std::string who;
-    for (std::size_t i = 0; i < std::min<std::size_t>(top.size(), 4); ++i) {
-      who += fmt::format("{}{} ({})", i ? ", " : "", top[i].first, format_bytes(top[i].second));
+    constexpr std::size_t kNamed = 4;
+    std::uint64_t rest = 0;
+    for (std::size_t i = 0; i < top.size(); ++i) {
+      if (i < kNamed) who += fmt::format("{}{} ({})", i ? ", " : "", top[i].first, format_bytes(top[i].second));
+      else rest += top[i].second;
     }
+    if (top.size() > kNamed) who += fmt::format(" and {} more ({})", top.size() - kNamed, format_bytes(rest));
     return make_error(ErrorCode::kResourceExhausted, "cannot fit: need {} in {} for {}, budget {}, {} in use, held by: {}",
                       format_bytes(bytes), plan::to_string(tier), holder, format_bytes(l.budgets[t]),
                       format_bytes(l.used[t]), who.empty() ? "nothing" : who);

@@ -281,6 +281,25 @@ def test_two_forwards_before_one_backward_within_a_small_compute_budget(tmp_path
         assert r["metrics"]["peak"]["compute"] <= budget, r["metrics"]
 
 
+# At two ranks stage 3 reduces a chunk when the last backward of the units holding it
+# ends, alike on every rank (Note [reductions at access ends]): buffers cannot be reduced
+# early to make room, and two forwards before one backward keep those of every chunk an
+# expert of the second forward got until the first forward's backward reaches it. Within
+# 192 KiB (one rank runs within 160 KiB) that stops; the error said only "cannot fit"
+# with the four largest holders, and now says how much the waiting buffers hold, why they
+# wait, and what to change.
+def test_two_forwards_at_two_ranks_that_do_not_fit_say_why(tmp_path):
+    cfg = config(3, "nvme", tmp_path, chunk_size=2048, compute_budget=192 << 10)
+    cfg["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    spec = {"model": "moe", "config": cfg, "steps": STEPS, "rows": ROWS, "two_forwards": True,
+            "leaf_modules": ["Routed"]}
+    results = run_ranks(2, [HERE / "worker.py", "train", json.dumps(spec), tmp_path / "out.json"])
+    assert all(rc != 0 for rc, _ in results)
+    said = [text for _, text in results if "CannotFitError" in text]
+    assert said and all("of gradient buffers wait for the last backward of the units that hold their chunks" in t
+                        and "raise the compute budget: cannot fit:" in t and " more (" in t for t in said), said
+
+
 # The same at a real size: experts of 8.4M parameters, 64 MiB chunks and records on nvme,
 # a 160 MiB budget (2.5 chunks) for a 256 MiB model. Without the early reductions the
 # first step stopped with "cannot fit ... grad buffer chunk 2" (checked). Reducing a

@@ -7,6 +7,8 @@
 #include <new>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "strata/tiers/copy_stream.h"
 #include "strata/tiers/device.h"
 #include "strata/tiers/host_heap.h"
@@ -58,6 +60,17 @@ TEST(TierAllocator, OverBudgetNamesNeedBudgetAndHolders) {
   auto h = a.holders(Tier::kCompute, 1);
   ASSERT_EQ(h.size(), 1u);
   EXPECT_EQ(h[0].first, "gathered chunk 2");
+  // Past the four largest, the rest are counted: what fills the tier adds up.
+  std::vector<Reservation> grads;
+  for (int c = 10; c < 14; ++c) {
+    grads.push_back(*a.reserve(Tier::kCompute, 16 << 10, StateKind::kGrads, fmt::format("grad buffer chunk {}", c)));
+  }
+  auto more = a.reserve(Tier::kCompute, 256 << 10, StateKind::kParams, "gathered chunk 6");
+  ASSERT_FALSE(more);
+  EXPECT_NE(more.error().message().find("persistent chunk 0 (128.0 KiB), grad buffer chunk 10 (16.0 KiB), grad buffer "
+                                        "chunk 11 (16.0 KiB) and 2 more (32.0 KiB)"),
+            std::string::npos)
+      << more.error().message();
 }
 
 // Owners do not always control the order their members die in: ZeRO-3's engine once

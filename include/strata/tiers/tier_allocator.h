@@ -11,7 +11,8 @@
 // and budgets"), which says what kind of state it is (plan::StateKind). A reservation that would exceed the budget fails with an error that
 // names the need, the budget, and the biggest holders:
 //   resource_exhausted: cannot fit: need 48.0 MiB in compute, budget 128.0 MiB, 96.0 MiB
-//   in use, held by: gathered chunk 2 (32.0 MiB), gathered chunk 5 (32.0 MiB), ...
+//   in use, held by: gathered chunk 2 (32.0 MiB), gathered chunk 5 (32.0 MiB) and 2 more (32.0 MiB)
+// (the four largest by name, the rest counted).
 // The allocator only accounts; the memory itself comes from LibTorch or the I/O pool.
 // Thread-safe. A reservation shares the allocator's ledger, so releasing one after its
 // allocator is gone is safe (owners rarely control the order their members die in).
