@@ -41,8 +41,7 @@ Target kernel_target() {
   const char* name = detail::cast_table().target;
   assert(std::strcmp(name, detail::prologue_table().target) == 0);
   assert(std::strcmp(name, detail::adam_table().target) == 0);
-  assert(std::strcmp(name, detail::sgd_adagrad_table().target) == 0);
-  assert(std::strcmp(name, detail::lion_table().target) == 0);
+  assert(std::strcmp(name, detail::one_state_table().target) == 0);
   assert(std::strcmp(name, detail::roof_table().target) == 0);
   for (const Target& t : available_targets()) {
     if (t.name == name) return t;

@@ -176,7 +176,7 @@ Status sgd_step(const StepShard& shard, void* momentum_buffer, const SgdHyper& h
   if (h.momentum != 0) STRATA_RETURN_IF_ERROR(need(op, momentum_buffer, "momentum_buffer", shard.n));
 
   const detail::SgdArgs args = detail::make_sgd_args(shard, momentum_buffer, h, info);
-  const detail::SgdFn fn = detail::sgd_adagrad_table().sgd[detail::grad_index(shard.grad_dtype)]
+  const detail::SgdFn fn = detail::one_state_table().sgd[detail::grad_index(shard.grad_dtype)]
                                                           [detail::state_index(shard.state_dtype)]
                                                           [detail::param_index(shard.param, shard.param_dtype)];
   detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) { fn(args, b, e); });
@@ -194,7 +194,7 @@ Status adagrad_step(const StepShard& shard, void* sum, const AdagradHyper& h, co
   STRATA_RETURN_IF_ERROR(check_range(op, "eps", h.eps, 0, false, kInf, true));
 
   const detail::AdagradArgs args = detail::make_adagrad_args(shard, sum, h, info);
-  const detail::AdagradFn fn = detail::sgd_adagrad_table().adagrad[detail::grad_index(shard.grad_dtype)]
+  const detail::AdagradFn fn = detail::one_state_table().adagrad[detail::grad_index(shard.grad_dtype)]
                                                                   [detail::state_index(shard.state_dtype)]
                                                                   [detail::param_index(shard.param, shard.param_dtype)];
   detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) { fn(args, b, e); });
@@ -212,7 +212,7 @@ Status lion_step(const StepShard& shard, void* exp_avg, const LionHyper& h, cons
   STRATA_RETURN_IF_ERROR(check_range(op, "weight_decay", h.weight_decay, 0, false, kInf, true));
 
   const detail::LionArgs args = detail::make_lion_args(shard, exp_avg, h, info);
-  const detail::LionFn fn = detail::lion_table().fn[detail::grad_index(shard.grad_dtype)]
+  const detail::LionFn fn = detail::one_state_table().lion[detail::grad_index(shard.grad_dtype)]
                                                    [detail::state_index(shard.state_dtype)]
                                                    [detail::param_index(shard.param, shard.param_dtype)];
   detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) { fn(args, b, e); });

@@ -1,5 +1,5 @@
 // Scalar references (reference.h). Keep each loop body operation-for-operation equal to
-// its SIMD twin in adam_simd.cpp / sgd_adagrad_simd.cpp / lion_simd.cpp; this file, like those, builds
+// its SIMD twin in adam_simd.cpp / one_state_simd.cpp; this file, like those, builds
 // with -ffp-contract=off so the compiler does not fuse a*b+c into an FMA.
 #include "kernels/reference.h"
 

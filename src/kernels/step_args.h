@@ -1,5 +1,5 @@
 // Internal: what the public step functions (optimizer.cpp) hand to the per-target SIMD
-// loops (adam_simd.cpp, sgd_adagrad_simd.cpp, lion_simd.cpp) and to the scalar reference (reference.h).
+// loops (adam_simd.cpp, one_state_simd.cpp) and to the scalar reference (reference.h).
 //
 // Hyperparameters arrive here already rounded to float the way ATen rounds a double
 // Scalar for a float tensor, so the vector code, the scalar reference and LibTorch all
@@ -89,20 +89,16 @@ struct AdamTable {
   const char* target;
   AdamFn fn[kNumGrad][kNumState][kNumParam];
 };
-struct SgdAdagradTable {
+struct OneStateTable {  // the optimizers with one state tensor
   const char* target;
   SgdFn sgd[kNumGrad][kNumState][kNumParam];
   AdagradFn adagrad[kNumGrad][kNumState][kNumParam];
-};
-struct LionTable {
-  const char* target;
-  LionFn fn[kNumGrad][kNumState][kNumParam];
+  LionFn lion[kNumGrad][kNumState][kNumParam];
 };
 
 // The table of the target Highway's dispatch chooses now (honours force_target).
 const AdamTable& adam_table();
-const SgdAdagradTable& sgd_adagrad_table();
-const LionTable& lion_table();
+const OneStateTable& one_state_table();
 
 // Builds the float constants from the public hyperparameters (validated by the caller).
 AdamArgs make_adam_args(const StepShard& s, const AdamState& st, const AdamHyper& h, const StepInfo& info);
