@@ -25,6 +25,7 @@
 #include "strata/base/aligned.h"
 #include "strata/base/thread_pool.h"
 #include "strata/base/units.h"
+#include "strata/engine/lion.h"
 #include "strata/kernels/cast.h"
 #include "strata/kernels/dispatch.h"
 #include "strata/kernels/grad_prologue.h"
@@ -153,17 +154,16 @@ class OptimBench {
     return "";
   }
 
-  // torch::optim::Adam or AdamW on a copy of the same data, timed alternately with
-  // `ours` (the same step by strata) so that both see the same machine. Returns the
-  // medians as {a_s: torch, b_s: ours}.
-  Paired torch_vs_ours(bool adamw, const std::function<void()>& ours) {
+  // A torch::optim optimizer (made by `make` over one parameter) on a copy of the same
+  // data, timed alternately with `ours` (the same step by strata) so that both see the
+  // same machine. Returns the medians as {a_s: torch, b_s: ours}.
+  using MakeOptimizer = std::function<std::unique_ptr<torch::optim::Optimizer>(std::vector<at::Tensor>)>;
+  Paired torch_vs_ours(const MakeOptimizer& make, const std::function<void()>& ours) {
     at::Tensor p = at::from_blob(b_.master.data(), {static_cast<std::int64_t>(n_)}, at::kFloat).clone();
     p.set_requires_grad(true);
     p.mutable_grad() = at::from_blob(b_.grad.data(), {static_cast<std::int64_t>(n_)}, at::kFloat).clone();
-    std::unique_ptr<torch::optim::Optimizer> opt;
-    if (adamw) opt = std::make_unique<torch::optim::AdamW>(std::vector{p}, torch::optim::AdamWOptions(1e-3).weight_decay(0.01));
-    else opt = std::make_unique<torch::optim::Adam>(std::vector{p}, torch::optim::AdamOptions(1e-3).weight_decay(0.01));
-    // The warm-up step allocates torch's m and v, which later steps reuse (torch still
+    std::unique_ptr<torch::optim::Optimizer> opt = make({p});
+    // The warm-up step allocates torch's state, which later steps reuse (torch still
     // allocates its temporaries every step: that is part of what it costs).
     return time_paired(opt_.repeats, [&] { opt->step(); }, ours);
   }
@@ -254,19 +254,41 @@ int run_optim(const OptimOptions& o) {
                 [&] { die_on_error(kernels::roofline_cast(master, DType::kF32, s->param, s->param_dtype, n, &pool)); });
     }
     if (!o.skip_torch) {
-      const double bytes = static_cast<double>(kernels::step_bytes_per_elem(StepPattern::kAdam, fp32)) * n;
-      for (bool is_adamw : {true, false}) {
-        const kernels::AdamHyper& h = is_adamw ? adamw : adam;
-        const Paired t = bench.torch_vs_ours(
-            is_adamw, [&] { die_on_error(kernels::adam_step(fp32, st32, h, info, &pool)); });
+      // LibTorch has no Lion: its baseline is strata::engine::Lion, whose step is the
+      // ATen ops a Lion written in plain PyTorch runs (equal to the kernel bit for bit:
+      // TorchParity.Lion).
+      struct TorchCase {
+        std::string name, baseline;
+        StepPattern pattern;
+        OptimBench::MakeOptimizer make;
+        std::function<void()> ours;
+      };
+      const std::vector<TorchCase> cases = {
+          {"adamw", "torch::optim::AdamW", StepPattern::kAdam,
+           [](std::vector<at::Tensor> p) -> std::unique_ptr<torch::optim::Optimizer> {
+             return std::make_unique<torch::optim::AdamW>(p, torch::optim::AdamWOptions(1e-3).weight_decay(0.01));
+           },
+           [&] { die_on_error(kernels::adam_step(fp32, st32, adamw, info, &pool)); }},
+          {"adam", "torch::optim::Adam", StepPattern::kAdam,
+           [](std::vector<at::Tensor> p) -> std::unique_ptr<torch::optim::Optimizer> {
+             return std::make_unique<torch::optim::Adam>(p, torch::optim::AdamOptions(1e-3).weight_decay(0.01));
+           },
+           [&] { die_on_error(kernels::adam_step(fp32, st32, adam, info, &pool)); }},
+          {"lion", "ATen Lion", StepPattern::kOneState,
+           [&](std::vector<at::Tensor> p) -> std::unique_ptr<torch::optim::Optimizer> {
+             return std::make_unique<engine::Lion>(p, engine::LionOptions(lion.lr).weight_decay(lion.weight_decay));
+           },
+           [&] { die_on_error(kernels::lion_step(fp32, b.m.data(), lion, info, &pool)); }},
+      };
+      for (const TorchCase& c : cases) {
+        const double bytes = static_cast<double>(kernels::step_bytes_per_elem(c.pattern, fp32)) * n;
+        const Paired t = bench.torch_vs_ours(c.make, c.ours);
         const double torch_s = t.a_s, ours_s = t.b_s;
-        const std::string name = is_adamw ? "adamw" : "adam";
-        report.add(name + " fp32 (strata)", bytes / ours_s / 1e9, "GB/s",
-                   std::string("torch::optim::") + (is_adamw ? "AdamW" : "Adam"), bytes / torch_s / 1e9,
+        report.add(c.name + " fp32 (strata)", bytes / ours_s / 1e9, "GB/s", c.baseline, bytes / torch_s / 1e9,
                    "timed alternately with torch");
-        report.add(name + " fp32 (torch)", n / torch_s / 1e9, "Gelem/s");
-        report.add_figure(name + "_fp32_torch_seconds", torch_s);
-        report.add_ratio(name + "_fp32_vs_torch", torch_s / ours_s);
+        report.add(c.name + " fp32 (torch)", n / torch_s / 1e9, "Gelem/s");
+        report.add_figure(c.name + "_fp32_torch_seconds", torch_s);
+        report.add_ratio(c.name + "_fp32_vs_torch", torch_s / ours_s);
       }
     }
   } catch (const std::exception& e) {
@@ -288,7 +310,7 @@ void add_bench_optim(CLI::App& bench, int* exit_code) {
   cmd->add_option("--threads", opts->threads, "Threads for strata and torch (default: one per core)");
   cmd->add_option("--repeats", opts->repeats, "Timed repeats per figure; medians are reported (default 9)")
       ->check(CLI::Range(1, 1000));
-  cmd->add_flag("--skip-torch", opts->skip_torch, "Do not run the torch::optim baselines");
+  cmd->add_flag("--skip-torch", opts->skip_torch, "Do not run the torch::optim (and ATen Lion) baselines");
   cmd->add_flag("--json", opts->json, "Print one JSON object instead of the table");
   cmd->callback([opts, exit_code] { *exit_code = run_optim(*opts); });
 }
