@@ -46,6 +46,15 @@ OffloadDevice device_of(const std::string& s) {
   return s == "cpu" ? OffloadDevice::kCpu : s == "nvme" ? OffloadDevice::kNvme : OffloadDevice::kNone;
 }
 
+// --optimizer's value (lower case: its transform) as a config's optimizer type.
+OptimizerType optimizer_type(const std::string& s) {
+  if (s == "adam") return OptimizerType::kAdam;
+  if (s == "sgd") return OptimizerType::kSGD;
+  if (s == "adagrad") return OptimizerType::kAdagrad;
+  if (s == "lion") return OptimizerType::kLion;
+  return OptimizerType::kAdamW;
+}
+
 // What the model's chunk layout adds, when the model's parameter sizes are known.
 struct ChunkInfo {
   std::uint64_t chunk_elems = 0;
@@ -64,10 +73,12 @@ Result<plan::EstimateInput> build_input(const EstimateArgs& a, std::optional<Chu
   in.dtype = a.fp32 ? plan::Dtype::kFp32 : a.bf16 ? plan::Dtype::kBf16 : plan::Dtype::kFp16;
   in.offload_optimizer = device_of(a.offload_optimizer);
   in.offload_param = device_of(a.offload_param);
-  // Adam's m and v; one tensor for the others (SGD's momentum buffer: SGD without
-  // momentum keeps none, so this counts 4 bytes a parameter too many for it).
-  const bool adam = a.optimizer == "adamw" || a.optimizer == "adam";
-  in.optimizer_states = adam ? 2 : 1;
+  // The optimizer's own count (OptimizerConfig::state_tensors), SGD's with its momentum
+  // buffer (without momentum it keeps none: 4 bytes a parameter fewer).
+  OptimizerConfig oc;
+  oc.type = optimizer_type(a.optimizer);
+  oc.momentum = 0.9;
+  in.optimizer_states = oc.state_tensors();
   in.bf16_optimizer_states = a.bf16_state;
   in.bf16_gradient_shards = a.bf16_grads;
   if (!a.params.empty()) {

@@ -31,6 +31,13 @@ void LionParamState::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(at::Tensor, exp_avg);
 }
 
+void lion_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, double lr, double beta1, double beta2,
+                 double weight_decay) {
+  if (weight_decay != 0) p.mul_(1 - lr * weight_decay);
+  p.add_((m * beta1 + g * (1 - beta1)).sign_(), -lr);
+  m.mul_(beta2).add_(g, 1 - beta2);
+}
+
 Lion::Lion(std::vector<torch::optim::OptimizerParamGroup> groups, LionOptions defaults)
     : Optimizer(std::move(groups), std::make_unique<LionOptions>(defaults)) {
   const auto [b1, b2] = defaults.betas();
@@ -55,7 +62,6 @@ at::Tensor Lion::step(LossClosure closure) {
     const auto [b1, b2] = o.betas();
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      const at::Tensor& g = p.grad();
       auto& slot = state_[torch_compat::optim_state_key(p)];
       if (!slot) {
         auto fresh = std::make_unique<LionParamState>();
@@ -64,9 +70,7 @@ at::Tensor Lion::step(LossClosure closure) {
       }
       auto& st = static_cast<LionParamState&>(*slot);
       st.step(st.step() + 1);
-      if (o.weight_decay() != 0) p.mul_(1 - o.lr() * o.weight_decay());
-      p.add_((st.exp_avg() * b1 + g * (1 - b1)).sign_(), -o.lr());
-      st.exp_avg().mul_(b2).add_(g, 1 - b2);
+      lion_update(p, p.grad(), st.exp_avg(), o.lr(), b1, b2, o.weight_decay());
     }
   }
   return loss;

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include "shard_state.h"
+#include "strata/engine/lion.h"
 
 namespace strata::engine {
 namespace {
@@ -68,9 +69,7 @@ void adagrad(const kernels::AdagradHyper& h, const kernels::StepInfo& info, cons
 
 void lion(const kernels::LionHyper& h, const at::Tensor& p, const at::Tensor& g, const std::vector<at::Tensor>& states) {
   at::Tensor m = wide(states[0]);
-  if (h.weight_decay != 0) p.mul_(1.0 - h.lr * h.weight_decay);
-  p.add_((m * h.beta1 + g * (1.0 - h.beta1)).sign_(), -h.lr);
-  m.mul_(h.beta2).add_(g, 1.0 - h.beta2);
+  lion_update(p, g, m, h.lr, h.beta1, h.beta2, h.weight_decay);
   store(states[0], m);
 }
 

@@ -42,6 +42,12 @@ struct LionParamState : torch::optim::OptimizerCloneableParamState<LionParamStat
   void serialize(torch::serialize::OutputArchive& archive) const override;
 };
 
+// One Lion step in ATen ops on tensors of any one device: p (fp32) and m updated in
+// place from the gradient g. Lion::step and the engine's tensor-op step
+// (StepKernel::run_tensors) both run it.
+void lion_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, double lr, double beta1, double beta2,
+                 double weight_decay);
+
 class Lion : public torch::optim::Optimizer {
  public:
   // Checks the options as the engine's kernel does (lr, weight_decay >= 0; betas in [0, 1]).
