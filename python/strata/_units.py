@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _deferred, _guard, _stand_ins
+from . import _autocast, _deferred, _guard, _stand_ins
 from .errors import ConfigError
 
 
@@ -271,6 +271,10 @@ def with_model_dtype(cfg: dict, named_params) -> dict:
     key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
     if key is None:
         return cfg  # float32; other dtypes are refused by the engine, by name
+    if _autocast.enabled(cfg):  # as DeepSpeed asserts; else the engine's refusal named a bf16 the user never set
+        raise ConfigError(f"invalid_argument: torch_autocast computes in bf16 over float32 parameters, and the "
+                          f"model's are {str(dtype).removeprefix('torch.')} ('{first[dtype]}'): convert the model "
+                          f"with model.float(), or enable {key} instead of torch_autocast")
     block = cfg.get(key)
     cfg = {**cfg, key: {**(block if isinstance(block, dict) else {}), "enabled": True}}
     try:

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from . import _comm, _ds_args, _groups, _guard, _optim_state, _owners, _stand_ins, _state, _strata, _units
+from . import _autocast, _comm, _ds_args, _groups, _guard, _optim_state, _owners, _stand_ins, _state, _strata, _units
 from . import config as _config
 from ._config_schedule import ConfigScheduler
 from .errors import ConfigError, NotImplementedByStrata, UsageError
@@ -104,6 +104,7 @@ class Engine:
         _units.attach(self._eng, self._units, module)
         self._watched = _guard.watch(self._units) if self._eng.stage == 3 else None
         _units.cast_buffers(module, _units.compute_dtype(cfg))
+        self._autocast = _autocast.forward_context(cfg, self.device.type, self._eng.stage)
         if engine_groups:
             decay = _config.torch_hyper(cfg)["weight_decay"]
             torch_groups = [{"params": list(g[0]), "weight_decay": decay if g[2] is None else g[2]}
@@ -116,7 +117,8 @@ class Engine:
     # -- training ---------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         try:
-            return self.module(*args, **kwargs)
+            with self._autocast():  # config torch_autocast
+                return self.module(*args, **kwargs)
         except BaseException:
             self._eng.abort_forward()  # Note [a forward that raised] (access_driver.cpp)
             raise

@@ -395,6 +395,24 @@ std::string config_keys_markdown() {
 Status Config::validate() const {
   std::vector<std::string> errs;
   if (fp16.enabled && bf16.enabled) errs.emplace_back("fp16.enabled and bf16.enabled: choose one");
+  if (torch_autocast.enabled) {
+    // DeepSpeed asserts the same: autocast runs over fp32 parameters, which a precision
+    // section would have cast.
+    if (fp16.enabled || bf16.enabled) {
+      errs.push_back(fmt::format("torch_autocast.enabled and {}.enabled: choose one (autocast computes in bf16 over "
+                                 "fp32 parameters; {}.enabled casts the parameters themselves)",
+                                 bf16.enabled ? "bf16" : "fp16", bf16.enabled ? "bf16" : "fp16"));
+    }
+    if (torch_autocast.dtype == AutocastDtype::kFp16) {
+      // Without a loss scale small fp16 gradients flush to zero and the run trains on
+      // wrong numbers; strata scales the loss only for fp16 parameters (fp16.enabled).
+      errs.emplace_back("torch_autocast.dtype float16: fp16 autocast needs loss scaling, which strata applies "
+                        "with fp16.enabled only; use \"bfloat16\" (the default), or fp16.enabled");
+    } else if (torch_autocast.dtype == AutocastDtype::kFp32) {
+      errs.emplace_back("torch_autocast.dtype float32: the parameters are fp32 already, so autocast would change "
+                        "nothing; use \"bfloat16\" (the default), or leave torch_autocast off");
+    }
+  }
   const auto& z = zero_optimization;
   auto check_nvme = [&](std::string_view section, OffloadDevice dev, const std::string& nvme_path) {
     if (dev == OffloadDevice::kNvme && nvme_path.empty())

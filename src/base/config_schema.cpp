@@ -247,6 +247,16 @@ std::vector<Field> bind(Config& c) {
   Field bf16_states = boolean("bf16.bf16_optimizer_states", c.bf16.optimizer_states);
   bf16_states.note = "with bf16.enabled, strata.optimizer_state_dtype bf16 (the master stays fp32)";
   f.push_back(std::move(bf16_states));
+  f.push_back(boolean("torch_autocast.enabled", c.torch_autocast.enabled));
+  f.push_back(choice("torch_autocast.dtype", c.torch_autocast.dtype,
+                     {{"bfloat16", AutocastDtype::kBf16}, {"bf16", AutocastDtype::kBf16},
+                      {"torch.bfloat16", AutocastDtype::kBf16}, {"float16", AutocastDtype::kFp16},
+                      {"fp16", AutocastDtype::kFp16}, {"half", AutocastDtype::kFp16},
+                      {"torch.float16", AutocastDtype::kFp16}, {"float32", AutocastDtype::kFp32},
+                      {"fp32", AutocastDtype::kFp32}, {"float", AutocastDtype::kFp32},
+                      {"torch.float32", AutocastDtype::kFp32}}));
+  f.push_back(recognised("torch_autocast.lower_precision_safe_modules", kNoEffect,
+                         "every parameter's gradient is reduced in fp32"));
 
   OptimizerConfig& o = c.optimizer;
   f.push_back(choice("optimizer.type", o.type,
@@ -403,7 +413,7 @@ std::vector<Field> bind(Config& c) {
                           "checkpoint", "data_types", "autotuning", "sparse_attention", "curriculum_learning",
                           "disable_allgather", "seq_parallel_communication_data_type", "load_universal_checkpoint",
                           "weight_quantization", "hybrid_engine", "eigenvalue", "progressive_layer_drop",
-                          "quantize_training", "torch_autocast", "compile", "gradient_accumulation_dtype",
+                          "quantize_training", "compile", "gradient_accumulation_dtype",
                           "fp32_allreduce", "tensor_parallel"}) {
     f.push_back(recognised(key, kTodo, "not implemented by strata"));
   }

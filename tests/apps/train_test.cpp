@@ -257,6 +257,31 @@ TEST_F(Train, ALionConfigTrainsAndItsStateIsEstimatedAsHeld) {
   EXPECT_EQ(read_metrics(out).size(), 3u);
 }
 
+// --autocast (config torch_autocast): the forward in bf16 autocast over fp32 parameters.
+// Its losses track the fp32 run's within 2% and are not the fp32 run's (the forwards did
+// compute in bf16), and the banner says which precision ran.
+TEST_F(Train, AutocastTracksFp32AndIsNotFp32) {
+  std::map<std::string, std::vector<nlohmann::json>> runs;
+  for (const char* precision : {"--autocast", "--fp32"}) {
+    const fs::path out = dir_ / (precision + 2);
+    auto r = run_command(fmt::format("{} train --out {} {} --steps 6 --seq-len 32 --sample-bytes 0 --eval-batches 0 "
+                                     "--no-save",
+                                     strata_bin(), out.string(), precision));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    if (std::string(precision) == "--autocast")
+      EXPECT_NE(r.output.find("bf16 autocast, fp32 parameters"), std::string::npos) << r.output;
+    runs[precision + 2] = read_metrics(out);
+    ASSERT_EQ(runs[precision + 2].size(), 6u);
+  }
+  double most = 0;
+  for (std::size_t s = 0; s < 6; ++s) {
+    const double a = runs["autocast"][s]["loss"], f = runs["fp32"][s]["loss"];
+    EXPECT_NEAR(a, f, 0.02 * f) << "step " << s + 1;
+    most = std::max(most, std::abs(a - f) / f);
+  }
+  EXPECT_GT(most, 1e-5);
+}
+
 // An inconsistent batch triple is refused once, by the launching process, before the run
 // directory exists or a rank starts (it used to be found by every rank after launch).
 TEST_F(Train, AnInconsistentBatchTripleIsRefusedBeforeLaunch) {

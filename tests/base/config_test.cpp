@@ -3,6 +3,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -270,6 +271,37 @@ TEST(Config, LionTakesDeepSpeedsLionBlock) {
   EXPECT_EQ(to_string(c->optimizer.type), "Lion");
   EXPECT_NE(error_of(R"({"optimizer": {"type": "Lion", "params": {"betas": [0.9, 1.5]}}})").find("betas"),
             std::string::npos);
+}
+
+// DeepSpeed's torch_autocast block: enabled and dtype by any of DeepSpeed's names for
+// bf16; fp16 (no loss scaling here) and fp32 (no effect) are refused with the reason, as
+// is autocast beside a precision section (DeepSpeed asserts that too);
+// lower_precision_safe_modules is accepted with a warning.
+TEST(Config, TorchAutocastTakesDeepSpeedsBlock) {
+  EXPECT_FALSE(parse("{}")->torch_autocast.enabled);
+  for (const char* name : {"bfloat16", "bf16", "torch.bfloat16"}) {
+    auto c = parse(fmt::format(R"({{"torch_autocast": {{"enabled": true, "dtype": "{}"}}}})", name));
+    ASSERT_TRUE(c) << name;
+    EXPECT_TRUE(c->torch_autocast.enabled);
+    EXPECT_EQ(c->torch_autocast.dtype, AutocastDtype::kBf16);
+  }
+  std::vector<std::string> warnings;
+  auto c = parse(R"({"torch_autocast": {"enabled": true, "lower_precision_safe_modules": ["torch.nn.Linear"]}})",
+                 &warnings);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("reduced in fp32"), std::string::npos) << warnings[0];
+  EXPECT_NE(error_of(R"({"torch_autocast": {"enabled": true}, "bf16": {"enabled": true}})")
+                .find("torch_autocast.enabled and bf16.enabled: choose one"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"torch_autocast": {"enabled": true, "dtype": "half"}})").find("needs loss scaling"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"torch_autocast": {"enabled": true, "dtype": "float32"}})").find("fp32 already"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"torch_autocast": {"enabled": true, "dtype": "int8"}})").find("torch_autocast.dtype"),
+            std::string::npos);
+  // Off, the dtype is not checked: a config that names fp16 but does not enable autocast runs.
+  EXPECT_TRUE(parse(R"({"torch_autocast": {"enabled": false, "dtype": "fp16"}})"));
 }
 
 }  // namespace

@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include "strata/engine/autocast.h"
+
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -78,6 +81,66 @@ TEST(TorchCompat, TcpStoreWithoutLibuvTurnsTheSwitchOffOnce) {
 #elif !STRATA_TORCH_AT_LEAST(2, 0)
   EXPECT_FALSE(torch_compat::tcp_store_without_libuv(real));
 #endif
+}
+
+// The autocast switches read and set what ATen's own functions of the version do; a
+// device autocast does not know is refused, not passed on.
+TEST(TorchCompat, AutocastSwitchesAreAtensOwn) {
+  ASSERT_FALSE(torch_compat::autocast_enabled(c10::DeviceType::CPU));
+  const c10::ScalarType before = torch_compat::autocast_dtype(c10::DeviceType::CPU);
+  torch_compat::set_autocast_enabled(c10::DeviceType::CPU, true);
+  torch_compat::set_autocast_dtype(c10::DeviceType::CPU, at::kBFloat16);
+  EXPECT_TRUE(torch_compat::autocast_enabled(c10::DeviceType::CPU));
+  EXPECT_EQ(at::mm(at::ones({2, 2}), at::ones({2, 2})).scalar_type(), at::kBFloat16);  // ATen autocasts
+  torch_compat::set_autocast_enabled(c10::DeviceType::CPU, false);
+  torch_compat::set_autocast_dtype(c10::DeviceType::CPU, before);
+  EXPECT_EQ(at::mm(at::ones({2, 2}), at::ones({2, 2})).scalar_type(), at::kFloat);
+  EXPECT_THROW(torch_compat::autocast_enabled(c10::DeviceType::Meta), std::invalid_argument);
+}
+
+// AutocastGuard: matmuls in bf16 while it lives and fp32 after; a nested guard puts back
+// the outer one's state (cache setting included), and the outermost ends autocast.
+TEST(AutocastGuard, TurnsAutocastOnForItsScopeAndRestoresWhatItFound) {
+  const at::Tensor a = at::ones({4, 4}).set_requires_grad(true);
+  {
+    engine::AutocastGuard outer(c10::DeviceType::CPU, at::kBFloat16);
+    EXPECT_EQ(at::mm(a, a).scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(at::autocast::is_autocast_cache_enabled());
+    {
+      engine::AutocastGuard inner(c10::DeviceType::CPU, at::kBFloat16, /*cache=*/false);
+      EXPECT_FALSE(at::autocast::is_autocast_cache_enabled());
+      EXPECT_EQ(at::mm(a, a).scalar_type(), at::kBFloat16);
+    }
+    EXPECT_TRUE(at::autocast::is_autocast_cache_enabled());
+    EXPECT_TRUE(torch_compat::autocast_enabled(c10::DeviceType::CPU));
+  }
+  EXPECT_FALSE(torch_compat::autocast_enabled(c10::DeviceType::CPU));
+  EXPECT_EQ(at::mm(a, a).scalar_type(), at::kFloat);
+  // The gradient of an autocast product reaches the fp32 leaf in fp32.
+  at::Tensor loss;
+  {
+    engine::AutocastGuard guard(c10::DeviceType::CPU, at::kBFloat16);
+    loss = at::mm(a, a).sum();
+  }
+  loss.backward();
+  EXPECT_EQ(a.grad().scalar_type(), at::kFloat);
+}
+
+// forward_autocast follows the config: nothing without torch_autocast.enabled; with it,
+// bf16 with the cast cache below stage 3 and without it at stage 3 (Note [autocast
+// cache at stage 3]).
+TEST(AutocastGuard, ForwardAutocastFollowsTheConfig) {
+  Config c;
+  EXPECT_FALSE(engine::forward_autocast(c, c10::DeviceType::CPU).has_value());
+  c.torch_autocast.enabled = true;
+  for (int stage : {0, 2, 3}) {
+    c.zero_optimization.stage = stage;
+    auto guard = engine::forward_autocast(c, c10::DeviceType::CPU);
+    ASSERT_TRUE(guard.has_value());
+    EXPECT_EQ(torch_compat::autocast_dtype(c10::DeviceType::CPU), at::kBFloat16);
+    EXPECT_EQ(at::autocast::is_autocast_cache_enabled(), stage != 3) << stage;
+  }
+  EXPECT_FALSE(torch_compat::autocast_enabled(c10::DeviceType::CPU));
 }
 
 }  // namespace

@@ -682,7 +682,9 @@ def loss_fn(name, out, y):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
     if name in ("object_outputs", "reparametrized", "reparametrized_spectral", "spectral", "lstm", "reversed_chain") or \
             name.startswith(("normed_mlp", "awkward", "moe")):
-        return F.mse_loss(out, y)
+        # In fp32: a bf16 output (autocast's) against fp32 targets fails in mse_loss's
+        # backward in torch 1.13 ("Found dtype Float but expected BFloat16").
+        return F.mse_loss(out.float(), y)
     if name.startswith(("resnet18", "swin")) or name == "cnn_channels_last":
         return F.cross_entropy(out, y)
     raise ValueError(name)

@@ -1,5 +1,6 @@
 """strata.initialize on an unmodified plain-PyTorch model, at world sizes 1 and 2, in
 real processes, against plain PyTorch training of the same model in this process."""
+import contextlib
 import functools
 import json
 
@@ -28,14 +29,18 @@ DEFAULT_OPTIMIZER = ("AdamW", {"lr": LR, "weight_decay": WD})
 
 # Cached: eight ResNet-18 cases share two references. Callers only read what it returns.
 @functools.lru_cache(maxsize=None)
-def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False, optimizer=None):
+def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False, optimizer=None, autocast=None):
     """The same model, data and optimizer (AdamW; SGD for ResNet-18; `optimizer`, a
     hashable (type, ((key, value), ...)), when given), in plain PyTorch: losses and final parameters.
     With world > 1, each rank's rows go through the model separately (as each rank's
     forward does: batch norm then normalizes over that rank's rows, as under DDP) and the
     loss is the mean of the ranks' losses. bf16_state: what bf16 gradient shards and
     optimizer state hold: each gradient rounded to bf16 (to nearest even) before the step,
-    each state tensor after it; the arithmetic stays fp32."""
+    each state tensor after it; the arithmetic stays fp32. autocast: "cached" or
+    "uncached": each rank's forward under its own torch.autocast in bf16 (PyTorch's AMP;
+    the config's torch_autocast), with its cast cache or without (as at stage 3), and
+    the loss averaged in fp32. Each rank's own: a cast shared by the ranks' forwards
+    would sum their gradients in bf16 before the fp32 parameter's, as no rank does."""
     # One thread, as the rank processes (OMP_NUM_THREADS=1): ResNet-18 on random labels
     # is chaotic enough that plain PyTorch at 1 and at 2 threads differs by 2e-2 in the
     # loss after 10 steps (their sums round differently).
@@ -49,7 +54,12 @@ def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False, optimizer
     for step in range(steps):
         x, y = models.batch(name, step, rows)
         opt.zero_grad()
-        parts = [models.loss_fn(name, model(x[r * per:(r + 1) * per]), y[r * per:(r + 1) * per]) for r in range(world)]
+        parts = []
+        for r in range(world):
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=autocast == "cached") if autocast \
+                    else contextlib.nullcontext():
+                out = model(x[r * per:(r + 1) * per])
+            parts.append(models.loss_fn(name, out, y[r * per:(r + 1) * per]).float())
         loss = sum(parts) / world
         loss.backward()
         if bf16_state:
@@ -83,12 +93,15 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def check_against_reference(ranks, name="gpt", steps=STEPS, rows=ROWS, optimizer=None):
-    """optimizer: (type, params) as config() takes it, when not the model's default."""
+def check_against_reference(ranks, name="gpt", steps=STEPS, rows=ROWS, optimizer=None, autocast=None,
+                            param_tol=1e-5):
+    """optimizer: (type, params) as config() takes it, when not the model's default;
+    autocast: "cached" or "uncached", the reference's forwards under torch.autocast;
+    param_tol: the relative error allowed in each consolidated parameter."""
     world = len(ranks)
     key = (optimizer[0], tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(optimizer[1].items()))) \
         if optimizer else None
-    want_losses, want_params = reference(name, steps=steps, rows=rows, world=world, optimizer=key)
+    want_losses, want_params = reference(name, steps=steps, rows=rows, world=world, optimizer=key, autocast=autocast)
     got_losses = [sum(r["losses"][s] for r in ranks) / world for s in range(steps)]
     for s, (g, w) in enumerate(zip(got_losses, want_losses)):
         assert abs(g - w) <= 1e-5 * abs(w), f"step {s}: loss {g} vs plain PyTorch {w}"
@@ -96,7 +109,7 @@ def check_against_reference(ranks, name="gpt", steps=STEPS, rows=ROWS, optimizer
     # A tied or shared parameter is one parameter, under its first name (as named_parameters()).
     assert set(params) == set(want_params), sorted(params)
     for k, v in params.items():
-        assert rel(v, want_params[k]) <= 1e-5, f"{k}: relative error {rel(v, want_params[k])}"
+        assert rel(v, want_params[k]) <= param_tol, f"{k}: relative error {rel(v, want_params[k])}"
     for r in ranks[1:]:
         assert r["params"].keys() == params.keys() and all(torch.equal(r["params"][k], v) for k, v in params.items()), \
             "ranks disagree on the consolidated parameters"

@@ -181,6 +181,8 @@ void add_train_flags(CLI::App& cmd, TrainOptions& o) {
   prec->add_flag_callback("--bf16", [&o] { o.precision = "bf16"; }, "bf16 compute, fp32 master (default)");
   prec->add_flag_callback("--fp16", [&o] { o.precision = "fp16"; }, "fp16 compute with dynamic loss scaling");
   prec->add_flag_callback("--fp32", [&o] { o.precision = "fp32"; }, "fp32 compute");
+  prec->add_flag_callback("--autocast", [&o] { o.precision = "autocast"; },
+                          "bf16 autocast over fp32 parameters (config torch_autocast)");
   prec->require_option(0, 1);
 }
 
@@ -290,6 +292,7 @@ Status TrainOptions::resolve(bool demo_defaults) {
   if (!precision.empty()) {
     c.bf16.enabled = precision == "bf16";
     c.fp16.enabled = precision == "fp16";
+    c.torch_autocast.enabled = precision == "autocast";
     c.apply_bf16_optimizer_states();
   }
   STRATA_ASSIGN_OR_RETURN(compute, resolve_compute_device(device));

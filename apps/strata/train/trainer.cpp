@@ -30,6 +30,7 @@
 #include "strata/comm/communicator.h"
 #include "strata/nn/data/byte_corpus.h"
 #include "rank_threads.h"
+#include "strata/engine/autocast.h"
 #include "strata/engine/engine.h"
 #include "strata/engine/module_hooks.h"
 #include "strata/tiers/device.h"
@@ -123,6 +124,7 @@ Result<double> evaluate(nn::GPT& model, const nn::ByteCorpus& corpus, const Trai
                                                            {o.seed + 7919, static_cast<std::uint64_t>(b), static_cast<std::uint64_t>(comm.rank())}));
     const c10::Device dev = model->parameters()[0].device();  // the engine's compute device
     STRATA_ASSIGN_OR_RETURN(const double loss, guarded_forward([&] {
+                              const auto autocast = engine::forward_autocast(o.config, dev.type());
                               return model->loss(batch.tokens.to(dev), batch.targets.to(dev)).item<double>();
                             }));
     sum += loss;
@@ -144,7 +146,10 @@ Result<std::string> sample_text(nn::GPT& model, const TrainOptions& o, comm::Com
     const std::int64_t start = std::max<std::int64_t>(0, static_cast<std::int64_t>(tokens.size()) - o.seq_len);
     at::Tensor ctx = at::tensor(std::vector<std::int64_t>(tokens.begin() + start, tokens.end()), at::kLong).unsqueeze(0);
     const c10::Device dev = model->parameters()[0].device();  // the engine's compute device
-    STRATA_ASSIGN_OR_RETURN(at::Tensor out, guarded_forward([&] { return model->forward(ctx.to(dev)); }));
+    STRATA_ASSIGN_OR_RETURN(at::Tensor out, guarded_forward([&] {
+                              const auto autocast = engine::forward_autocast(o.config, dev.type());
+                              return model->forward(ctx.to(dev));
+                            }));
     // Sampled on the CPU, with the CPU generator: the same bytes on every device.
     at::Tensor logits = out.select(1, ctx.size(1) - 1).to(at::kCPU, at::kFloat).squeeze(0);
     at::Tensor probs = at::softmax(logits / 0.8, 0);
@@ -256,7 +261,10 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
   const auto& layout = eng->store().layout();
   StartInfo si{.model = o.model, .params = mcfg.parameter_count(), .layers = mcfg.layers, .hidden = mcfg.hidden,
                .heads = mcfg.heads, .world = comm.world(), .stage = cfg.zero_optimization.stage,
-               .precision = cfg.bf16.enabled ? "bf16 compute, fp32 master" : cfg.fp16.enabled ? "fp16 compute, fp32 master" : "fp32",
+               .precision = cfg.bf16.enabled            ? "bf16 compute, fp32 master"
+                            : cfg.fp16.enabled          ? "fp16 compute, fp32 master"
+                            : cfg.torch_autocast.enabled ? "bf16 autocast, fp32 parameters"
+                                                         : "fp32",
                .data = o.data.empty() ? nn::kFortunesDir : o.data, .data_files = corpus.file_count(),
                .train_bytes = corpus.split_bytes(nn::Split::kTrain), .val_bytes = corpus.split_bytes(nn::Split::kValidation),
                .steps = o.steps, .micro_batch = micro, .grad_accum = accum, .seq = o.seq_len,
@@ -293,7 +301,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
                               at::get_num_threads() == 1 ? "" : "s", blas.name,
                               blas.threads ? fmt::format(" ({} thread{})", blas.threads, blas.threads == 1 ? "" : "s") : "");
   if (root) print_start(si);
-  if (root && !blas.optimized && !cfg.bf16.enabled && !cfg.fp16.enabled) {
+  if (root && !blas.optimized && !cfg.bf16.enabled && !cfg.fp16.enabled && !cfg.torch_autocast.enabled) {
     fmt::print(stderr, "strata train: warning: fp32 matrix products run on the {}, many times slower than an "
                        "optimized BLAS; install libopenblas0-openmp (scripts/setup does), or train in bf16\n",
                blas.name);
@@ -343,6 +351,7 @@ Status run_training(const TrainOptions& o, comm::Communicator& comm) {
     for (std::int64_t m = 0; m < accum; ++m) {
       STRATA_ASSIGN_OR_RETURN(nn::Batch batch, train_rows(corpus, o, micro, step, (comm.rank() * accum + m) * micro));
       STRATA_ASSIGN_OR_RETURN(at::Tensor loss, guarded_forward([&] {
+                                const auto autocast = engine::forward_autocast(cfg, compute.type());
                                 return model->loss(batch.tokens.to(compute), batch.targets.to(compute));
                               }));
       if (faulty && m == 0 && fault.kind == Fault::kStop) ::raise(SIGSTOP);

@@ -35,6 +35,9 @@ enum class OptimizerType { kAdam, kAdamW, kSGD, kAdagrad, kLion };
 enum class OffloadDevice { kNone, kCpu, kNvme };
 enum class Placement { kStatic, kAuto };
 enum class StateDtype { kFp32, kBf16 };
+// torch_autocast.dtype: DeepSpeed's dtype names (bfloat16, float16, float32 and their
+// aliases); only bf16 is run (Config::validate says why the others are refused).
+enum class AutocastDtype { kBf16, kFp16, kFp32 };
 
 std::string_view to_string(OptimizerType t);
 std::string_view to_string(OffloadDevice d);
@@ -84,6 +87,18 @@ struct Bf16Config {
   bool optimizer_states = false;
 
   bool operator==(const Bf16Config&) const = default;
+};
+
+// DeepSpeed's "torch_autocast" block: PyTorch's automatic mixed precision. The forward
+// runs under autocast in bf16 (matmuls and convolutions in bf16, reductions and losses in
+// fp32) over fp32 parameters, which the engine holds, gathers and reduces as fp32; with
+// bf16.enabled instead the parameters themselves are cast to bf16. The forward's guard is
+// engine/autocast.h (AutocastGuard); the Python engine uses torch.autocast.
+struct TorchAutocastConfig {
+  bool enabled = false;
+  AutocastDtype dtype = AutocastDtype::kBf16;
+
+  bool operator==(const TorchAutocastConfig&) const = default;
 };
 
 // DeepSpeed's "scheduler" block: type and params with DeepSpeed's names and defaults.
@@ -245,6 +260,7 @@ struct Config {
   double gradient_clipping = 0.0;  // 0 = no clipping
   Fp16Config fp16;
   Bf16Config bf16;
+  TorchAutocastConfig torch_autocast;
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
   ZeroConfig zero_optimization;

@@ -143,4 +143,13 @@ std::string backend_name_for(PG& pg, c10::DeviceType device) {
   return pg.getBackendName();
 }
 
+// ATen's autocast switches for one device type (CPU or CUDA), defined in torch_compat.cpp
+// so that this header need not include autocast_mode.h: one function per device kind in
+// 1.13-2.3 (set_cpu_enabled, set_enabled for CUDA, ...), one taking the device type since
+// 2.4. Other device types are refused (std::invalid_argument).
+bool autocast_enabled(c10::DeviceType device);
+void set_autocast_enabled(c10::DeviceType device, bool enabled);
+c10::ScalarType autocast_dtype(c10::DeviceType device);
+void set_autocast_dtype(c10::DeviceType device, c10::ScalarType dtype);
+
 }  // namespace strata::torch_compat
