@@ -90,8 +90,8 @@ struct Bf16Config {
 };
 
 // DeepSpeed's "torch_autocast" block: PyTorch's automatic mixed precision. The forward
-// runs under autocast in bf16 (matmuls and convolutions in bf16, reductions and losses in
-// fp32) over fp32 parameters, which the engine holds, gathers and reduces as fp32; with
+// runs under autocast in bf16 (matmuls and convolutions in bf16, what torch's autocast
+// lists for fp32 in fp32) over fp32 parameters, which the engine holds, gathers and reduces as fp32; with
 // bf16.enabled instead the parameters themselves are cast to bf16. The forward's guard is
 // engine/autocast.h (AutocastGuard); the Python engine uses torch.autocast.
 struct TorchAutocastConfig {
