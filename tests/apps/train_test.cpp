@@ -268,8 +268,9 @@ TEST_F(Train, AutocastTracksFp32AndIsNotFp32) {
                                      "--no-save",
                                      strata_bin(), out.string(), precision));
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    if (std::string(precision) == "--autocast")
+    if (std::string(precision) == "--autocast") {
       EXPECT_NE(r.output.find("bf16 autocast, fp32 parameters"), std::string::npos) << r.output;
+    }
     runs[precision + 2] = read_metrics(out);
     ASSERT_EQ(runs[precision + 2].size(), 6u);
   }

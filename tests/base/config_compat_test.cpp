@@ -227,12 +227,14 @@ TEST(ConfigCompat, EveryDeepSpeedConfigModelKeyIsKnown) {
   for (const char* k : {"block_size", "queue_depth", "intra_op_parallelism", "single_submit", "overlap_events",
                         "use_gds"})
     expected.push_back(std::string("aio.") + k);
+  for (const char* k : {"enabled", "dtype", "lower_precision_safe_modules"})
+    expected.push_back(std::string("torch_autocast.") + k);
   for (const char* k :
        {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps_per_print",
         "dump_state", "disable_allgather", "communication_data_type", "seq_parallel_communication_data_type",
         "prescale_gradients", "gradient_predivide_factor", "sparse_gradients", "activation_checkpointing",
         "comms_logger", "tensorboard", "wandb", "csv_monitor", "comet", "gradient_clipping", "amp",
-        "torch_autocast", "compression_training", "graph_harvesting", "optimizer.type", "optimizer.legacy_fusion",
+        "compression_training", "graph_harvesting", "optimizer.type", "optimizer.legacy_fusion",
         "optimizer.params.max_grad_norm", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
         "scheduler.type", "flops_profiler", "wall_clock_breakdown", "memory_breakdown", "autotuning",
         "eigenvalue", "hybrid_engine", "sparse_attention", "pipeline", "progressive_layer_drop",
