@@ -47,8 +47,6 @@ def test_autocast_matches_plain_pytorch_autocast(tmp_path, world, name, stage, d
     # carries that into the layer norms' biases: 3.2e-5 measured, held to 1e-4.
     check_against_reference(ranks, name, autocast="uncached" if stage == 3 else "cached",
                             param_tol=1e-5 if world == 1 else 1e-4)
-    for r in ranks:  # the parameters stay fp32: their bytes are 4 a parameter
-        assert r["params"]["wte.weight" if name == "gpt" else next(iter(r["params"]))].dtype == torch.float32
 
 
 def one_engine(stage, **extra):
