@@ -42,6 +42,7 @@ Target kernel_target() {
   assert(std::strcmp(name, detail::prologue_table().target) == 0);
   assert(std::strcmp(name, detail::adam_table().target) == 0);
   assert(std::strcmp(name, detail::one_state_table().target) == 0);
+  assert(std::strcmp(name, detail::lamb_table().target) == 0);
   assert(std::strcmp(name, detail::roof_table().target) == 0);
   for (const Target& t : available_targets()) {
     if (t.name == name) return t;

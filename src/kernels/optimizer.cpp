@@ -3,7 +3,11 @@
 // split the shard across the pool.
 #include "strata/kernels/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "kernels/internal.h"
 #include "kernels/step_args.h"
@@ -91,12 +95,38 @@ LionArgs make_lion_args(const StepShard& s, void* m, const LionHyper& h, const S
   return a;
 }
 
+LambArgs make_lamb_args(const StepShard& s, const AdamState& st, const LambHyper& h, const StepInfo& info,
+                        double ratio) {
+  LambArgs a{};
+  a.master = s.master;
+  a.grad = s.grad;
+  a.m = st.exp_avg;
+  a.v = st.exp_avg_sq;
+  a.param = s.param;
+  a.grad_scale = static_cast<float>(info.grad_scale);
+  a.beta1 = static_cast<float>(h.beta1);
+  a.one_minus_beta1 = static_cast<float>(1 - h.beta1);
+  a.beta2 = static_cast<float>(h.beta2);
+  a.one_minus_beta2 = static_cast<float>(1 - h.beta2);
+  a.eps = static_cast<float>(h.eps);
+  a.wd = static_cast<float>(h.weight_decay);
+  double step_size = h.lr;
+  if (h.bias_correction) {
+    const double step = static_cast<double>(info.step);
+    step_size = h.lr * std::sqrt(1 - std::pow(h.beta2, step)) / (1 - std::pow(h.beta1, step));
+  }
+  a.neg_ratio = static_cast<float>(-(step_size * ratio));
+  a.use_wd = h.weight_decay != 0;
+  return a;
+}
+
 }  // namespace detail
 
 namespace {
 
-// Checks what every step needs: arrays, dtypes, step, grad_scale.
-Status check_shard(const char* op, const StepShard& s, const StepInfo& info) {
+// Checks what every step needs: arrays, dtypes, step, grad_scale (Lamb's second pass
+// reads no gradient).
+Status check_shard(const char* op, const StepShard& s, const StepInfo& info, bool reads_grad = true) {
   if (!detail::valid_dtype(s.grad_dtype) || !detail::valid_dtype(s.param_dtype)) {
     return make_error(ErrorCode::kInvalidArgument, "{}: unknown grad or param dtype ({}, {})", op,
                       static_cast<int>(s.grad_dtype), static_cast<int>(s.param_dtype));
@@ -109,7 +139,7 @@ Status check_shard(const char* op, const StepShard& s, const StepInfo& info) {
   if (!std::isfinite(info.grad_scale)) {
     return make_error(ErrorCode::kInvalidArgument, "{}: grad_scale must be finite, got {}", op, info.grad_scale);
   }
-  if (s.n > 0 && (s.master == nullptr || s.grad == nullptr)) {
+  if (s.n > 0 && (s.master == nullptr || (reads_grad && s.grad == nullptr))) {
     return make_error(ErrorCode::kInvalidArgument, "{}: {} is null (n={})", op,
                       s.master == nullptr ? "master" : "grad", s.n);
   }
@@ -215,6 +245,68 @@ Status lion_step(const StepShard& shard, void* exp_avg, const LionHyper& h, cons
   const detail::LionFn fn = detail::one_state_table().lion[detail::grad_index(shard.grad_dtype)]
                                                    [detail::state_index(shard.state_dtype)]
                                                    [detail::param_index(shard.param, shard.param_dtype)];
+  detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) { fn(args, b, e); });
+  return ok();
+}
+
+namespace {
+
+// What both Lamb passes check.
+Status check_lamb(const char* op, const StepShard& shard, const AdamState& state, const LambHyper& h,
+                  const StepInfo& info, bool reads_grad) {
+  STRATA_RETURN_IF_ERROR(check_shard(op, shard, info, reads_grad));
+  STRATA_RETURN_IF_ERROR(need(op, state.exp_avg, "exp_avg", shard.n));
+  STRATA_RETURN_IF_ERROR(need(op, state.exp_avg_sq, "exp_avg_sq", shard.n));
+  STRATA_RETURN_IF_ERROR(check_range(op, "lr", h.lr, 0, false, kInf, true));
+  // eps > 0: u of an element that never had a gradient is 0 / (0 + eps), not NaN.
+  STRATA_RETURN_IF_ERROR(check_range(op, "eps", h.eps, 0, true, kInf, true));
+  STRATA_RETURN_IF_ERROR(check_range(op, "beta1", h.beta1, 0, false, 1, true));
+  STRATA_RETURN_IF_ERROR(check_range(op, "beta2", h.beta2, 0, false, 1, true));
+  STRATA_RETURN_IF_ERROR(check_range(op, "weight_decay", h.weight_decay, 0, false, kInf, true));
+  STRATA_RETURN_IF_ERROR(check_range(op, "min_coeff", h.min_coeff, 0, false, kInf, true));
+  STRATA_RETURN_IF_ERROR(check_range(op, "max_coeff", h.max_coeff, h.min_coeff, false, kInf, true));
+  return ok();
+}
+
+}  // namespace
+
+Result<LambSums> lamb_moments(const StepShard& shard, const AdamState& state, const LambHyper& h,
+                              const StepInfo& info, ThreadPool* pool) {
+  STRATA_RETURN_IF_ERROR(check_lamb("lamb_moments", shard, state, h, info, /*reads_grad=*/true));
+  const detail::LambArgs args = detail::make_lamb_args(shard, state, h, info, 1.0);
+  const detail::LambMomentsFn fn =
+      detail::lamb_table().moments[detail::grad_index(shard.grad_dtype)][detail::state_index(shard.state_dtype)];
+  // Each block's sums, combined in block order: the result does not depend on which
+  // thread finishes first.
+  std::vector<std::pair<std::size_t, detail::LambSumsPartial>> parts;
+  std::mutex mu;
+  detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) {
+    detail::LambSumsPartial part;
+    fn(args, b, e, &part);
+    std::lock_guard lock(mu);
+    parts.emplace_back(b, part);
+  });
+  std::sort(parts.begin(), parts.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  detail::LambSumsPartial total;
+  for (const auto& [b, part] : parts) total.merge(part);
+  return LambSums{.p_sq = total.p(), .u_sq = total.u()};
+}
+
+double lamb_ratio(const LambSums& whole, const LambHyper& h) {
+  const double p = std::sqrt(whole.p_sq), u = std::sqrt(whole.u_sq);
+  if (p == 0 || u == 0) return 1.0;
+  return std::clamp(p / u, h.min_coeff, h.max_coeff);
+}
+
+Status lamb_apply(const StepShard& shard, const AdamState& state, const LambHyper& h, const StepInfo& info,
+                  double ratio, ThreadPool* pool) {
+  const char* op = "lamb_apply";
+  STRATA_RETURN_IF_ERROR(check_lamb(op, shard, state, h, info, /*reads_grad=*/false));
+  // A NaN or inf norm (an inf master) would spread to every element of the parameter.
+  STRATA_RETURN_IF_ERROR(check_range(op, "ratio", ratio, 0, true, kInf, true));
+  const detail::LambArgs args = detail::make_lamb_args(shard, state, h, info, ratio);
+  const detail::LambApplyFn fn = detail::lamb_table().apply[detail::state_index(shard.state_dtype)]
+                                                           [detail::param_index(shard.param, shard.param_dtype)];
   detail::run_blocks(pool, shard.n, [&](std::size_t b, std::size_t e) { fn(args, b, e); });
   return ok();
 }

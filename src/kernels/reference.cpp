@@ -108,6 +108,47 @@ void lion_reference(const StepShard& shard, void* exp_avg, const LionHyper& hype
   }
 }
 
+namespace {
+
+// u = m / (sqrt(v) + eps) + wd*p, the operations of lamb_simd.cpp's LambUpdate.
+float lamb_u(const LambArgs& a, float m, float v, float w) {
+  float u = m / (std::sqrt(v) + a.eps);
+  if (a.use_wd) u = u + w * a.wd;
+  return u;
+}
+
+}  // namespace
+
+LambSums lamb_moments_reference(const StepShard& shard, const AdamState& state, const LambHyper& hyper,
+                                const StepInfo& info) {
+  const LambArgs a = make_lamb_args(shard, state, hyper, info, 1.0);
+  const DType st = shard.state_dtype;
+  LambSums sums;
+  for (std::size_t i = 0; i < shard.n; ++i) {
+    const float g = load_as_f32(shard.grad, shard.grad_dtype, i) * a.grad_scale;
+    const float w = shard.master[i];
+    store_from_f32(state.exp_avg, st, i, load_as_f32(state.exp_avg, st, i) * a.beta1 + g * a.one_minus_beta1);
+    store_from_f32(state.exp_avg_sq, st, i,
+                   load_as_f32(state.exp_avg_sq, st, i) * a.beta2 + (g * a.one_minus_beta2) * g);
+    const double u = lamb_u(a, load_as_f32(state.exp_avg, st, i), load_as_f32(state.exp_avg_sq, st, i), w);
+    sums.p_sq += double{w} * w;
+    sums.u_sq += u * u;
+  }
+  return sums;
+}
+
+void lamb_apply_reference(const StepShard& shard, const AdamState& state, const LambHyper& hyper,
+                          const StepInfo& info, double ratio) {
+  const LambArgs a = make_lamb_args(shard, state, hyper, info, ratio);
+  const DType st = shard.state_dtype;
+  for (std::size_t i = 0; i < shard.n; ++i) {
+    float w = shard.master[i];
+    w = w + lamb_u(a, load_as_f32(state.exp_avg, st, i), load_as_f32(state.exp_avg_sq, st, i), w) * a.neg_ratio;
+    shard.master[i] = w;
+    store_param(shard, i, w);
+  }
+}
+
 void cast_reference(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t n) {
   if (src_dtype == dst_dtype) {  // a copy: signalling NaNs stay as they are
     if (n > 0) std::memcpy(dst, src, n * dtype_size(src_dtype));

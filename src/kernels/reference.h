@@ -22,6 +22,11 @@ void adam_reference(const StepShard& shard, const AdamState& state, const AdamHy
 void sgd_reference(const StepShard& shard, void* momentum_buffer, const SgdHyper& hyper, const StepInfo& info);
 void adagrad_reference(const StepShard& shard, void* sum, const AdagradHyper& hyper, const StepInfo& info);
 void lion_reference(const StepShard& shard, void* exp_avg, const LionHyper& hyper, const StepInfo& info);
+// Lamb's passes; the sums are plain double sums in element order.
+LambSums lamb_moments_reference(const StepShard& shard, const AdamState& state, const LambHyper& hyper,
+                                const StepInfo& info);
+void lamb_apply_reference(const StepShard& shard, const AdamState& state, const LambHyper& hyper,
+                          const StepInfo& info, double ratio);
 void cast_reference(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t n);
 GradStats grad_prologue_reference(const void* grad, DType grad_dtype, std::size_t n, double inv_loss_scale);
 

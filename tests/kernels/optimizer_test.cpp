@@ -1,6 +1,7 @@
 #include "strata/kernels/optimizer.h"
 
 #include <cmath>
+#include <tuple>
 
 #include <gtest/gtest.h>
 
@@ -266,6 +267,115 @@ TEST(OptimizerSteps, RejectBadArgumentsWithContext) {
             std::string::npos);
   // An empty shard needs no arrays.
   EXPECT_TRUE(adam_step(StepShard{}, AdamState{}, AdamHyper{}, {}));
+}
+
+// ---- Lamb ----------------------------------------------------------------------
+
+// Sums agree to rounding: their order differs between the vector code (blocks, lanes)
+// and the reference (element order).
+::testing::AssertionResult near_sums(const LambSums& got, const LambSums& want) {
+  for (auto [g, w, name] : {std::tuple{got.p_sq, want.p_sq, "p_sq"}, std::tuple{got.u_sq, want.u_sq, "u_sq"}}) {
+    if (!(std::abs(g - w) <= 1e-12 * std::abs(w) + 1e-300)) {
+      return ::testing::AssertionFailure() << name << " " << g << " vs reference " << w;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(LambStep, EveryTargetMatchesTheScalarReference) {
+  for (const LambHyper& h : {LambHyper{.lr = 1e-2, .weight_decay = 0.01},
+                             LambHyper{.lr = 1e-3, .beta1 = 0.8, .beta2 = 0.95, .eps = 1e-6, .bias_correction = false}}) {
+    // Each step: the first pass, its sums against the reference's, then the second pass
+    // at one ratio for both (the ratio itself is lamb_ratio's, tested below).
+    LambSums simd_sums;
+    check_against_reference("lamb", [&](StepData& d, const StepInfo& info) -> Status {
+      STRATA_ASSIGN_OR_RETURN(simd_sums, lamb_moments(d.shard(), d.adam_state(), h, info));
+      return lamb_apply(d.shard(), d.adam_state(), h, info, 0.5 + 0.25 * static_cast<double>(info.step));
+    }, [&](StepData& d, const StepInfo& info) {
+      const LambSums want = detail::lamb_moments_reference(d.shard(), d.adam_state(), h, info);
+      ASSERT_TRUE(near_sums(simd_sums, want));
+      detail::lamb_apply_reference(d.shard(), d.adam_state(), h, info, 0.5 + 0.25 * static_cast<double>(info.step));
+    });
+  }
+}
+
+// Two elements by hand, in double, from DeepSpeed's FusedLamb formula.
+TEST(LambStep, OneStepByHand) {
+  const LambHyper h{.lr = 0.1, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-6, .weight_decay = 0.1};
+  std::vector<float> w = {3.0f, -4.0f}, g = {0.5f, 2.0f}, m = {0.1f, 0.0f}, v = {0.04f, 0.0f};
+  StepShard s{.n = 2, .master = w.data(), .grad = g.data(), .param = nullptr};
+  const StepInfo info{.step = 2, .grad_scale = 0.5};
+  auto sums = lamb_moments(s, {m.data(), v.data()}, h, info);
+  ASSERT_TRUE(sums);
+  double want_m[2], want_v[2], u[2], usq = 0;
+  for (int i = 0; i < 2; ++i) {
+    const double gi = 0.5 * g[i], m0[2] = {0.1, 0.0}, v0[2] = {0.04, 0.0}, wi[2] = {3.0, -4.0};
+    want_m[i] = 0.9 * m0[i] + 0.1 * gi;
+    want_v[i] = 0.99 * v0[i] + 0.01 * gi * gi;
+    u[i] = want_m[i] / (std::sqrt(want_v[i]) + 1e-6) + 0.1 * wi[i];
+    usq += u[i] * u[i];
+    EXPECT_NEAR(m[i], want_m[i], 1e-7);
+    EXPECT_NEAR(v[i], want_v[i], 1e-8);
+  }
+  EXPECT_NEAR(sums->p_sq, 25.0, 1e-12);
+  EXPECT_NEAR(sums->u_sq, usq, 1e-5 * usq);
+  const double ratio = lamb_ratio(*sums, h);
+  EXPECT_NEAR(ratio, 5.0 / std::sqrt(usq), 1e-6);
+  ASSERT_TRUE(lamb_apply(s, {m.data(), v.data()}, h, info, ratio));
+  const double step_size = 0.1 * std::sqrt(1 - 0.99 * 0.99) / (1 - 0.9 * 0.9);
+  EXPECT_NEAR(w[0], 3.0 - step_size * ratio * u[0], 1e-5);
+  EXPECT_NEAR(w[1], -4.0 - step_size * ratio * u[1], 1e-5);
+}
+
+TEST(LambStep, RatioIsClampedAndOneWhenANormIsZero) {
+  const LambHyper h{.max_coeff = 2.0, .min_coeff = 0.5};
+  EXPECT_DOUBLE_EQ(lamb_ratio({.p_sq = 1.0, .u_sq = 1.0}, h), 1.0);
+  EXPECT_DOUBLE_EQ(lamb_ratio({.p_sq = 9.0, .u_sq = 4.0}, h), 1.5);
+  EXPECT_DOUBLE_EQ(lamb_ratio({.p_sq = 100.0, .u_sq = 1.0}, h), 2.0);
+  EXPECT_DOUBLE_EQ(lamb_ratio({.p_sq = 1.0, .u_sq = 100.0}, h), 0.5);
+  EXPECT_DOUBLE_EQ(lamb_ratio({.p_sq = 0.0, .u_sq = 4.0}, h), 1.0);  // a zero parameter: not clamped to 0.5
+  EXPECT_DOUBLE_EQ(lamb_ratio({.p_sq = 4.0, .u_sq = 0.0}, h), 1.0);
+}
+
+// A pool splits the passes into blocks: m, v and the step are the same bits, the sums the
+// same to rounding (blocks are added in order, but their edges move).
+TEST(LambStep, ThreadedPassesEqualSingleThreaded) {
+  std::mt19937 rng(11);
+  ThreadPool pool(3);
+  for (const Combo& c : {Combo{DType::kF32, DType::kF32, true, DType::kBF16},
+                         Combo{DType::kBF16, DType::kBF16, true, DType::kF16}}) {
+    SCOPED_TRACE(describe(c));
+    StepData one(c, 300'007, 3, rng);
+    StepData many(one);
+    const LambHyper h{.weight_decay = 0.01};
+    for (std::int64_t step = 1; step <= 2; ++step) {
+      const StepInfo info{.step = step, .grad_scale = 0.5};
+      auto a = lamb_moments(one.shard(), one.adam_state(), h, info);
+      auto b = lamb_moments(many.shard(), many.adam_state(), h, info, &pool);
+      ASSERT_TRUE(a && b);
+      EXPECT_TRUE(near_sums(*b, *a));
+      ASSERT_TRUE(lamb_apply(one.shard(), one.adam_state(), h, info, lamb_ratio(*a, h)));
+      ASSERT_TRUE(lamb_apply(many.shard(), many.adam_state(), h, info, lamb_ratio(*a, h), &pool));
+    }
+    EXPECT_TRUE(many.same_as(one));
+  }
+}
+
+TEST(LambStep, RejectsBadArguments) {
+  std::mt19937 rng(12);
+  StepData d(Combo{DType::kF32, DType::kF32, true, DType::kBF16}, 64, 0, rng);
+  auto message = [](const auto& st) { return st ? std::string("ok") : st.error().message(); };
+  EXPECT_NE(message(lamb_moments(d.shard(), d.adam_state(), LambHyper{.eps = 0}, {})).find("eps"), std::string::npos);
+  EXPECT_NE(message(lamb_moments(d.shard(), d.adam_state(), LambHyper{.max_coeff = 0.001}, {})).find("max_coeff"),
+            std::string::npos);
+  EXPECT_NE(message(lamb_moments(d.shard(), {d.s0.data(), nullptr}, LambHyper{}, {})).find("exp_avg_sq"),
+            std::string::npos);
+  EXPECT_NE(message(lamb_apply(d.shard(), d.adam_state(), LambHyper{}, {}, std::nan(""))).find("ratio"),
+            std::string::npos);
+  StepShard no_grad = d.shard();
+  no_grad.grad = nullptr;
+  EXPECT_NE(message(lamb_moments(no_grad, d.adam_state(), LambHyper{}, {})).find("grad is null"), std::string::npos);
+  EXPECT_TRUE(lamb_apply(no_grad, d.adam_state(), LambHyper{}, {}, 1.0));  // the second pass reads no gradient
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // Fused CPU optimizer steps over one rank's contiguous shard: Adam, AdamW, SGD, Adagrad,
-// Lion.
+// Lion, and Lamb's two passes.
 //
 //   StepShard shard{.n = n, .master = master, .grad = grad, .grad_dtype = DType::kF32,
 //                   .param = compute_copy, .param_dtype = DType::kBF16};
@@ -42,7 +42,8 @@
 // Errors (kInvalidArgument, with the offending value): a null array that the call needs,
 // a state dtype other than fp32/bf16, step < 1, and hyperparameters torch rejects
 // (lr < 0, eps < 0, betas outside [0, 1), weight_decay < 0, momentum < 0, nesterov
-// without momentum or with dampening, lr_decay < 0; for Lion, betas outside [0, 1]).
+// without momentum or with dampening, lr_decay < 0; for Lion, betas outside [0, 1]; for
+// Lamb, eps <= 0 or min_coeff > max_coeff or a ratio that is not finite and > 0).
 #pragma once
 
 #include <cstddef>
@@ -135,5 +136,51 @@ struct LionHyper {
 // exp_avg: m, zero before the first step.
 Status lion_step(const StepShard& shard, void* exp_avg, const LionHyper& hyper, const StepInfo& info,
                  ThreadPool* pool = nullptr);
+
+// Lamb (You et al. 2020, "Large Batch Optimization for Deep Learning"), as DeepSpeed's
+// FusedLamb steps one parameter tensor (its config type "Lamb"):
+//   m = b1*m + (1-b1)*g; v = b2*v + ((1-b2)*g)*g; u = m / (sqrt(v) + eps) + wd*p
+//   ratio = clamp(||p|| / ||u||, min_coeff, max_coeff), or 1 when either norm is 0
+//   p += -(step_size * ratio) * u,  step_size = lr * sqrt(bc2) / bc1 (lr without bias_correction)
+// u takes the moments uncorrected; the correction is in step_size, outside the ratio,
+// as DeepSpeed's kernel has it (the paper corrects the moments inside u).
+//
+// The ratio is one per parameter tensor, and a parameter's elements may lie in several
+// shards on several ranks, so a step is two passes over the state: lamb_moments over
+// every piece (m and v updated, the piece's sums of p^2 and u^2 returned, p untouched);
+// the caller adds each parameter's sums across its pieces and ranks and takes
+// lamb_ratio; then lamb_apply over every piece recomputes u from the new m and v (the
+// same operations, so the same bits) and steps the master and its compute copy.
+// u is computed from m and v as stored, so with bf16 states the norm is that of the
+// update applied. Padding (p = m = v = 0) adds nothing to either sum.
+struct LambHyper {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  double max_coeff = 10.0;
+  double min_coeff = 0.01;
+  bool bias_correction = true;
+};
+
+// Sums of squares over one piece (or, added, over a whole parameter).
+struct LambSums {
+  double p_sq = 0;  // of the master before the step
+  double u_sq = 0;  // of the update u
+  void merge(const LambSums& o) {
+    p_sq += o.p_sq;
+    u_sq += o.u_sq;
+  }
+};
+
+// shard.param is not written (the step happens in lamb_apply); grad_scale applies.
+Result<LambSums> lamb_moments(const StepShard& shard, const AdamState& state, const LambHyper& hyper,
+                              const StepInfo& info, ThreadPool* pool = nullptr);
+// The trust ratio of a parameter whose sums over all its elements are `whole`.
+double lamb_ratio(const LambSums& whole, const LambHyper& hyper);
+// shard.grad is not read (may be null); the master and shard.param are written.
+Status lamb_apply(const StepShard& shard, const AdamState& state, const LambHyper& hyper, const StepInfo& info,
+                  double ratio, ThreadPool* pool = nullptr);
 
 }  // namespace strata::kernels
