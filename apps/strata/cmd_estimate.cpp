@@ -52,6 +52,7 @@ OptimizerType optimizer_type(const std::string& s) {
   if (s == "sgd") return OptimizerType::kSGD;
   if (s == "adagrad") return OptimizerType::kAdagrad;
   if (s == "lion") return OptimizerType::kLion;
+  if (s == "lamb") return OptimizerType::kLamb;
   return OptimizerType::kAdamW;
 }
 
@@ -215,9 +216,9 @@ void add_estimate_command(CLI::App& app, int* exit_code) {
   bf16->excludes(fp16)->excludes(fp32);
   fp16->excludes(fp32);
   cmd->add_option("--optimizer", args->optimizer,
-                  "Whose state is counted: AdamW or Adam (m and v; the default), Lion, Adagrad, SGD (one tensor; "
+                  "Whose state is counted: AdamW, Adam (the default) or Lamb (m and v), Lion, Adagrad, SGD (one tensor; "
                   "SGD's momentum buffer)")
-      ->transform(CLI::IsMember({"adamw", "adam", "lion", "adagrad", "sgd"}, CLI::ignore_case));
+      ->transform(CLI::IsMember({"adamw", "adam", "lamb", "lion", "adagrad", "sgd"}, CLI::ignore_case));
   cmd->add_flag("--bf16-state", args->bf16_state, "Optimizer state tensors in bf16 (strata.optimizer_state_dtype)");
   cmd->add_flag("--bf16-grads", args->bf16_grads, "Gradient shards in bf16 (strata.gradient_shard_dtype)");
   cmd->add_flag("--json", args->json, "Print JSON: tiers -> kinds -> bytes");

@@ -41,6 +41,8 @@ _HYPER = {  # torch.optim group key -> config params key
     "Adagrad": {"lr": "lr", "lr_decay": "lr_decay", "weight_decay": "weight_decay", "eps": "eps",
                 "initial_accumulator_value": "initial_accumulator_value"},
     "Lion": {"lr": "lr", "betas": "betas", "weight_decay": "weight_decay"},
+    "Lamb": {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay", "max_coeff": "max_coeff",
+             "min_coeff": "min_coeff", "bias_correction": "bias_correction"},
 }
 _HYPER["Adam"] = _HYPER["AdamW"]
 
@@ -60,7 +62,7 @@ def optimizer_block(optimizer: torch.optim.Optimizer) -> tuple[dict, list[dict]]
     if kind is None:
         raise NotImplementedByStrata(
             f"unimplemented: strata.initialize steps with its own fused optimizers (torch.optim's AdamW, Adam, "
-            f"SGD, Adagrad; and Lion, which torch lacks, by the config's \"type\": \"Lion\"); "
+            f"SGD, Adagrad; and Lion and Lamb, which torch lacks, by the config's \"type\"); "
             f"{type(optimizer).__name__} is not one. Give the optimizer in the config's \"optimizer\" block, or "
             "wrap any torch.optim optimizer with strata.ShardedOptimizer (ZeRO-1/2)")
     groups = optimizer.param_groups

@@ -97,3 +97,19 @@ class Lion(_EngineOptimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
         super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+class Lamb(_EngineOptimizer):
+    """Lamb (You et al. 2020) as DeepSpeed's FusedLamb steps it: Adam's moments, an update
+    u = m / (sqrt(v) + eps) + weight_decay * p, and a trust ratio ||p|| / ||u|| per
+    parameter, clamped to [min_coeff, max_coeff] (1 when either norm is 0), so
+    p -= step_size * ratio * u with step_size = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+    (lr without bias_correction). The norms are the whole parameter's, across shards and
+    ranks. torch has no Lamb; its state dict holds "step", "exp_avg" and "exp_avg_sq"
+    per parameter."""
+    _TYPE = "Lamb"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_coeff=10.0,
+                 min_coeff=0.01, bias_correction=True):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_coeff=max_coeff,
+                         min_coeff=min_coeff, bias_correction=bias_correction)

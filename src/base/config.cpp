@@ -197,6 +197,7 @@ std::string_view to_string(OptimizerType t) {
     case OptimizerType::kSGD: return "SGD";
     case OptimizerType::kAdagrad: return "Adagrad";
     case OptimizerType::kLion: return "Lion";
+    case OptimizerType::kLamb: return "Lamb";
   }
   return "?";
 }
@@ -230,6 +231,7 @@ int OptimizerConfig::state_tensors() const {
   switch (type) {
     case OptimizerType::kAdam:
     case OptimizerType::kAdamW: return amsgrad ? 3 : 2;
+    case OptimizerType::kLamb: return 2;
     case OptimizerType::kSGD: return momentum != 0 ? 1 : 0;
     case OptimizerType::kAdagrad:
     case OptimizerType::kLion: return 1;
@@ -412,6 +414,21 @@ Status Config::validate() const {
       errs.emplace_back("torch_autocast.dtype float32: the parameters are fp32 already, so autocast would change "
                         "nothing; use \"bfloat16\" (the default), or leave torch_autocast off");
     }
+  }
+  if (optimizer.type == OptimizerType::kLamb) {
+    if (optimizer.eps <= 0) {
+      // u = m / (sqrt(v) + eps) of an element that never had a gradient would be 0/0.
+      errs.push_back(fmt::format("optimizer.params.eps: Lamb needs eps > 0, got {:g}", optimizer.eps));
+    }
+    if (optimizer.min_coeff > optimizer.max_coeff) {
+      errs.push_back(fmt::format("optimizer.params.min_coeff {:g} is above max_coeff {:g}", optimizer.min_coeff,
+                                 optimizer.max_coeff));
+    }
+  } else if (!optimizer.bias_correction) {
+    // DeepSpeed's FusedAdam would step without it; strata's Adam corrects always, as
+    // torch.optim does, so the run would not be the one asked for.
+    errs.push_back(fmt::format("optimizer.params.bias_correction: false is taken by Lamb only; {} always corrects "
+                               "its moments, as torch.optim does", to_string(optimizer.type)));
   }
   const auto& z = zero_optimization;
   auto check_nvme = [&](std::string_view section, OffloadDevice dev, const std::string& nvme_path) {

@@ -193,6 +193,18 @@ Field recognised(std::string path, Support s, std::string note) {
   return Field{.path = std::move(path), .kind = Kind::kAny, .support = s, .note = std::move(note)};
 }
 
+// A DeepSpeed boolean whose default is all strata does: false is accepted, true refused
+// with why (taking it with a warning would train on other numbers than asked for).
+Field only_false(std::string path, std::string why) {
+  Field f{.path = std::move(path), .kind = Kind::kBool, .note = "only false: " + why};
+  f.read = [why](const json& v) -> Status {
+    if (!v.is_boolean()) return make_error(ErrorCode::kInvalidArgument, "expected true or false, got {}", describe(v));
+    if (v.get<bool>()) return make_error(ErrorCode::kInvalidArgument, "true is not supported: {}", why);
+    return ok();
+  };
+  return f;
+}
+
 constexpr Support kTodo = Support::kNotImplemented;
 constexpr Support kNoEffect = Support::kNoEffect;
 
@@ -262,7 +274,7 @@ std::vector<Field> bind(Config& c) {
   f.push_back(choice("optimizer.type", o.type,
                      {{"Adam", OptimizerType::kAdam}, {"AdamW", OptimizerType::kAdamW},
                       {"SGD", OptimizerType::kSGD}, {"Adagrad", OptimizerType::kAdagrad},
-                      {"Lion", OptimizerType::kLion}}));
+                      {"Lion", OptimizerType::kLion}, {"Lamb", OptimizerType::kLamb}}));
   f.push_back(real("optimizer.params.lr", o.lr, 0, kInf));
   f.push_back(real_pair("optimizer.params.betas", o.betas, 0, 1));
   f.push_back(real("optimizer.params.eps", o.eps, 0, kInf));
@@ -278,7 +290,10 @@ std::vector<Field> bind(Config& c) {
   f.push_back(recognised("optimizer.params.max_grad_norm", kNoEffect,
                          "DeepSpeed zeroes it outside fp16; clip with gradient_clipping"));
   f.push_back(recognised("optimizer.legacy_fusion", kNoEffect, "strata always uses its fused CPU kernels"));
-  f.push_back(recognised("optimizer.params.bias_correction", kNoEffect, "bias correction is always on, as in torch.optim"));
+  f.push_back(boolean("optimizer.params.bias_correction", o.bias_correction));
+  f.push_back(real("optimizer.params.max_coeff", o.max_coeff, 0, kInf));
+  f.push_back(real("optimizer.params.min_coeff", o.min_coeff, 0, kInf));
+  f.push_back(only_false("optimizer.params.eps_inside_sqrt", "Lamb adds eps outside the square root"));
 
   SchedulerConfig& sc = c.scheduler;
   f.push_back(choice("scheduler.type", sc.type,

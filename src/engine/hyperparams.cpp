@@ -70,7 +70,8 @@ Status Engine::set_group_weight_decays(const std::vector<double>& decays) {
 }
 std::optional<std::array<double, 2>> Engine::betas() const {
   const OptimizerType t = impl_->kernel.type();
-  if (t != OptimizerType::kAdam && t != OptimizerType::kAdamW && t != OptimizerType::kLion) return std::nullopt;
+  if (t != OptimizerType::kAdam && t != OptimizerType::kAdamW && t != OptimizerType::kLion && t != OptimizerType::kLamb)
+    return std::nullopt;
   return impl_->kernel.betas();
 }
 Status Engine::set_betas(std::array<double, 2> betas) {

@@ -121,7 +121,7 @@ Result<std::unique_ptr<OptimStateHolder::Swap>> OptimStateHolder::start_read(std
   s->chunk = c;
   s->group = g;
   const std::int64_t n = groups(c)[g].size();
-  const bool grad = (*core_.chunks)[c].grads_on_nvme;
+  const bool grad = (*core_.chunks)[c].grads_on_nvme && with_grads_;
   while (reading_.size() + writing_.size() >= static_cast<std::size_t>(core_.opt.optim_pipeline.buffer_count)) {
     STRATA_RETURN_IF_ERROR(wait_oldest_write());
   }
@@ -148,8 +148,9 @@ void OptimStateHolder::request_grad(Swap& s) {
   s.grad_requested = true;
 }
 
-void OptimStateHolder::begin_step() {
+void OptimStateHolder::begin_step(bool with_grads) {
   in_step_ = true;
+  with_grads_ = with_grads;
   for (auto& [_, s] : reading_)
     if (s->grad.defined() && !s->grad_requested) request_grad(*s);
 }
@@ -233,6 +234,7 @@ Status OptimStateHolder::release(std::uint32_t c, std::uint32_t g) {
 
 Status OptimStateHolder::flush() {
   in_step_ = false;
+  with_grads_ = true;
   Status first = ok();
   for (auto& s : writing_)
     if (Status st = wait_all(*s); !st && first) first = std::move(st);

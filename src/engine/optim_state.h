@@ -69,7 +69,9 @@ class OptimStateHolder {
   Status prefetch(std::uint32_t c, std::uint32_t g = 0);  // nvme: start reading the records
   // The step begins (Note [early state reads]): sub-groups read early get their
   // gradient records read now; until flush(), every read takes its gradient with it.
-  void begin_step();
+  // Without gradients: a pass that reads none (Lamb's second, Note [Lamb's two passes]
+  // in step_driver.h), after a flush(), when nothing is read ahead.
+  void begin_step(bool with_grads = true);
   // Note [early state reads]: how many sub-groups may be read ahead of the step.
   int early_reads() const;
   // The sub-group's state in memory (waits for its read); its tensors start at the
@@ -138,6 +140,7 @@ class OptimStateHolder {
   std::uint64_t buffer_bytes_ = 0;
   tiers::Reservation staging_res_;
   std::map<GroupId, std::unique_ptr<Swap>> reading_;  // prefetched or being stepped
+  bool with_grads_ = true;  // reads take gradient records (begin_step; flush() sets it back)
   std::vector<std::unique_ptr<Swap>> writing_;       // write-backs in flight, oldest first
   bool in_step_ = false;                             // between begin_step() and flush()
 };

@@ -11,6 +11,13 @@
 #include "strata/comm/communicator.h"
 
 namespace strata::engine {
+namespace {
+
+kernels::DType kernel_state_dtype(at::ScalarType t) {
+  return t == at::kBFloat16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+}
+
+}  // namespace
 
 Result<StepKernel> StepKernel::create(const OptimizerConfig& cfg, at::ScalarType state_dtype) {
   if (state_dtype != at::kFloat && state_dtype != at::kBFloat16) {
@@ -46,6 +53,12 @@ Result<StepKernel> StepKernel::create(const OptimizerConfig& cfg, at::ScalarType
       k.lion_ = {.lr = cfg.lr, .beta1 = cfg.betas[0], .beta2 = cfg.betas[1], .weight_decay = cfg.weight_decay};
       k.names_ = {"exp_avg"};
       break;
+    case OptimizerType::kLamb:
+      k.lamb_ = {.lr = cfg.lr, .beta1 = cfg.betas[0], .beta2 = cfg.betas[1], .eps = cfg.eps,
+                 .weight_decay = cfg.weight_decay, .max_coeff = cfg.max_coeff, .min_coeff = cfg.min_coeff,
+                 .bias_correction = cfg.bias_correction};
+      k.names_ = {"exp_avg", "exp_avg_sq"};
+      break;
   }
   assert(k.names_.size() == static_cast<std::size_t>(cfg.state_tensors()));  // what estimates count
   return k;
@@ -60,26 +73,29 @@ double StepKernel::lr() const {
     case OptimizerType::kSGD: return sgd_.lr;
     case OptimizerType::kAdagrad: return adagrad_.lr;
     case OptimizerType::kLion: return lion_.lr;
+    case OptimizerType::kLamb: return lamb_.lr;
     default: return adam_.lr;
   }
 }
 
-void StepKernel::set_lr(double lr) { adam_.lr = sgd_.lr = adagrad_.lr = lion_.lr = lr; }
+void StepKernel::set_lr(double lr) { adam_.lr = sgd_.lr = adagrad_.lr = lion_.lr = lamb_.lr = lr; }
 double StepKernel::weight_decay() const {
   switch (type_) {
     case OptimizerType::kSGD: return sgd_.weight_decay;
     case OptimizerType::kAdagrad: return adagrad_.weight_decay;
     case OptimizerType::kLion: return lion_.weight_decay;
+    case OptimizerType::kLamb: return lamb_.weight_decay;
     default: return adam_.weight_decay;
   }
 }
 std::array<double, 2> StepKernel::betas() const {
   if (type_ == OptimizerType::kLion) return {lion_.beta1, lion_.beta2};
+  if (type_ == OptimizerType::kLamb) return {lamb_.beta1, lamb_.beta2};
   return {adam_.beta1, adam_.beta2};
 }
 void StepKernel::set_betas(std::array<double, 2> betas) {
-  adam_.beta1 = lion_.beta1 = betas[0];
-  adam_.beta2 = lion_.beta2 = betas[1];
+  adam_.beta1 = lion_.beta1 = lamb_.beta1 = betas[0];
+  adam_.beta2 = lion_.beta2 = lamb_.beta2 = betas[1];
 }
 
 void StepKernel::set_groups(std::vector<Group> groups, std::vector<std::uint32_t> group_of) {
@@ -92,7 +108,7 @@ Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states,
                        const kernels::StepInfo& info, ThreadPool* pool, std::uint32_t group) const {
   kernels::StepShard shard{.n = static_cast<std::size_t>(n), .master = master, .grad = grad, .grad_dtype = grad_dtype,
                            .param = param, .param_dtype = param_dtype,
-                           .state_dtype = state_dtype_ == at::kBFloat16 ? kernels::DType::kBF16 : kernels::DType::kF32};
+                           .state_dtype = kernel_state_dtype(state_dtype_)};
   switch (type_) {
     case OptimizerType::kAdam:
     case OptimizerType::kAdamW: {
@@ -106,8 +122,32 @@ Status StepKernel::run(std::int64_t n, float* master, std::vector<void*> states,
       return kernels::adagrad_step(shard, states[0], for_group(adagrad_, group), info, pool);
     case OptimizerType::kLion:
       return kernels::lion_step(shard, states[0], for_group(lion_, group), info, pool);
+    case OptimizerType::kLamb: break;
   }
-  return make_error(ErrorCode::kInternal, "unknown optimizer type");
+  return make_error(ErrorCode::kInternal, "StepKernel::run: {} does not step in one pass", to_string(type_));
+}
+
+Result<kernels::LambSums> StepKernel::lamb_moments(std::int64_t n, float* master, std::vector<void*> states,
+                                                   const void* grad, kernels::DType grad_dtype,
+                                                   const kernels::StepInfo& info, ThreadPool* pool,
+                                                   std::uint32_t group) const {
+  const kernels::StepShard shard{.n = static_cast<std::size_t>(n), .master = master, .grad = grad,
+                                 .grad_dtype = grad_dtype, .state_dtype = kernel_state_dtype(state_dtype_)};
+  return kernels::lamb_moments(shard, {.exp_avg = states[0], .exp_avg_sq = states[1]}, for_group(lamb_, group), info,
+                               pool);
+}
+
+Status StepKernel::lamb_apply(std::int64_t n, float* master, std::vector<void*> states, void* param,
+                              kernels::DType param_dtype, const kernels::StepInfo& info, double ratio,
+                              ThreadPool* pool, std::uint32_t group) const {
+  const kernels::StepShard shard{.n = static_cast<std::size_t>(n), .master = master, .param = param,
+                                 .param_dtype = param_dtype, .state_dtype = kernel_state_dtype(state_dtype_)};
+  return kernels::lamb_apply(shard, {.exp_avg = states[0], .exp_avg_sq = states[1]}, for_group(lamb_, group), info,
+                             ratio, pool);
+}
+
+double StepKernel::lamb_ratio(const kernels::LambSums& whole, std::uint32_t group) const {
+  return kernels::lamb_ratio(whole, for_group(lamb_, group));
 }
 
 ShardState ShardState::make(std::int64_t n, const StepKernel& kernel) {
@@ -165,10 +205,12 @@ struct StepRun {
   ElemRange elems;
   std::int64_t step = 0;
   std::uint32_t group = 0;
+  std::size_t param = 0;  // the store index of its first parameter
 };
 
+// per_param: one run per parameter (Lamb: each has its own trust ratio).
 std::vector<StepRun> step_runs(const std::vector<ChunkStore::ShardSlot>& sl, const ParamSteps& params,
-                               const StepKernel& kernel, ElemRange range) {
+                               const StepKernel& kernel, ElemRange range, bool per_param = false) {
   // A slot's elements within the range.
   auto lo = [&](std::size_t i) { return std::max(sl[i].shard_offset, range.begin); };
   auto hi = [&](std::size_t i) { return std::min(sl[i].shard_offset + sl[i].numel, range.end); };
@@ -182,15 +224,22 @@ std::vector<StepRun> step_runs(const std::vector<ChunkStore::ShardSlot>& sl, con
     const std::uint32_t group = kernel.group_of(sl[i].param);
     std::int64_t end = hi(i);
     std::size_t j = i + 1;
-    while (j < sl.size() && sl[j].shard_offset == end && end < range.end && params.ever_had_grad[sl[j].param] &&
+    while (!per_param && j < sl.size() && sl[j].shard_offset == end && end < range.end && params.ever_had_grad[sl[j].param] &&
            params.steps[sl[j].param] + 1 == step && kernel.group_of(sl[j].param) == group) {
       end = hi(j);
       ++j;
     }
-    runs.push_back({.elems = {begin, end}, .step = step, .group = group});
+    runs.push_back({.elems = {begin, end}, .step = step, .group = group, .param = sl[i].param});
     i = j;
   }
   return runs;
+}
+
+// The state tensors' addresses at element `at`.
+std::vector<void*> state_ptrs(ShardState& s, std::int64_t at) {
+  std::vector<void*> out;
+  for (auto& t : s.states) out.push_back(static_cast<std::byte*>(t.data_ptr()) + at * t.element_size());
+  return out;
 }
 
 }  // namespace
@@ -216,14 +265,66 @@ Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<Chu
                                                 param.defined() ? param.narrow(0, run.elems.begin, n) : at::Tensor(),
                                                 info, run.group));
     } else {
-      std::vector<void*> states;
-      for (auto& t : s.states) states.push_back(static_cast<std::byte*>(t.data_ptr()) + at * t.element_size());
       const auto* g = static_cast<const std::byte*>(grad.data_ptr()) + at * grad.element_size();
       void* p = param.defined() ? static_cast<std::byte*>(param.data_ptr()) + run.elems.begin * param.element_size()
                                 : nullptr;
-      STRATA_RETURN_IF_ERROR(
-          kernel.run(n, s.master.data_ptr<float>() + at, std::move(states), g, grad_dtype, p, param_dtype, info, pool,
-                     run.group));
+      STRATA_RETURN_IF_ERROR(kernel.run(n, s.master.data_ptr<float>() + at, state_ptrs(s, at), g, grad_dtype, p,
+                                        param_dtype, info, pool, run.group));
+    }
+    if (stepped != nullptr) stepped->push_back(run.elems);
+  }
+  return ok();
+}
+
+Status lamb_moments_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
+                          const ParamSteps& params, const at::Tensor& grad, double grad_scale, bool tensor_ops,
+                          ThreadPool* pool, ElemRange range, std::vector<kernels::LambSums>& sums) {
+  tensor_ops = tensor_ops || !s.master.device().is_cpu();
+  kernels::DType grad_dtype{};
+  if (!tensor_ops) {
+    STRATA_ASSIGN_OR_RETURN(grad_dtype, kernel_dtype(grad.scalar_type()));
+  }
+  for (const StepRun& run : step_runs(sl, params, kernel, range, /*per_param=*/true)) {
+    const std::int64_t at = run.elems.begin - range.begin, n = run.elems.size();
+    const kernels::StepInfo info{.step = run.step, .grad_scale = grad_scale};
+    kernels::LambSums piece;
+    if (tensor_ops) {
+      std::vector<at::Tensor> states;
+      for (auto& t : s.states) states.push_back(t.narrow(0, at, n));
+      STRATA_ASSIGN_OR_RETURN(piece, kernel.lamb_moments_tensors(s.master.narrow(0, at, n), states,
+                                                                 grad.narrow(0, at, n), info, run.group));
+    } else {
+      const auto* g = static_cast<const std::byte*>(grad.data_ptr()) + at * grad.element_size();
+      STRATA_ASSIGN_OR_RETURN(piece, kernel.lamb_moments(n, s.master.data_ptr<float>() + at, state_ptrs(s, at), g,
+                                                         grad_dtype, info, pool, run.group));
+    }
+    sums[run.param].merge(piece);
+  }
+  return ok();
+}
+
+Status lamb_apply_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
+                        const ParamSteps& params, const at::Tensor& param, bool tensor_ops, ThreadPool* pool,
+                        std::vector<ElemRange>* stepped, ElemRange range, const std::vector<double>& ratios) {
+  tensor_ops = tensor_ops || !s.master.device().is_cpu();
+  kernels::DType param_dtype{};
+  if (!tensor_ops && param.defined()) {
+    STRATA_ASSIGN_OR_RETURN(param_dtype, kernel_dtype(param.scalar_type()));
+  }
+  for (const StepRun& run : step_runs(sl, params, kernel, range, /*per_param=*/true)) {
+    const std::int64_t at = run.elems.begin - range.begin, n = run.elems.size();
+    const kernels::StepInfo info{.step = run.step};
+    if (tensor_ops) {
+      std::vector<at::Tensor> states;
+      for (auto& t : s.states) states.push_back(t.narrow(0, at, n));
+      STRATA_RETURN_IF_ERROR(kernel.lamb_apply_tensors(s.master.narrow(0, at, n), states,
+                                                       param.defined() ? param.narrow(0, run.elems.begin, n) : at::Tensor(),
+                                                       info, ratios[run.param], run.group));
+    } else {
+      void* p = param.defined() ? static_cast<std::byte*>(param.data_ptr()) + run.elems.begin * param.element_size()
+                                : nullptr;
+      STRATA_RETURN_IF_ERROR(kernel.lamb_apply(n, s.master.data_ptr<float>() + at, state_ptrs(s, at), p, param_dtype,
+                                               info, ratios[run.param], pool, run.group));
     }
     if (stepped != nullptr) stepped->push_back(run.elems);
   }

@@ -6,6 +6,7 @@
 //   SGD:        momentum_buffer (only with momentum)
 //   Adagrad:    sum
 //   Lion:       exp_avg
+//   Lamb:       exp_avg, exp_avg_sq (stepped in two passes: lamb_moments_shard, lamb_apply_shard)
 #pragma once
 
 #include <array>
@@ -48,7 +49,7 @@ class StepKernel {
   void set_lr(double lr);
   // The optimizer's weight decay: a group's unless it has its own.
   double weight_decay() const;
-  // Adam's or Lion's betas (a OneCycle schedule cycles beta1); SGD and Adagrad ignore them.
+  // Adam's, Lion's or Lamb's betas (a OneCycle schedule cycles beta1); SGD and Adagrad ignore them.
   std::array<double, 2> betas() const;
   void set_betas(std::array<double, 2> betas);
   // SGD's momentum; the other optimizers ignore it.
@@ -74,7 +75,7 @@ class StepKernel {
 
   // One fused step over n elements of parameters of group `group`: master (fp32) and
   // states (state_dtype()) updated in place; param (compute dtype) written from the new
-  // master when not null.
+  // master when not null. Not for Lamb, whose step is two passes (below).
   Status run(std::int64_t n, float* master, std::vector<void*> states, const void* grad, kernels::DType grad_dtype,
              void* param, kernels::DType param_dtype, const kernels::StepInfo& info, ThreadPool* pool,
              std::uint32_t group = 0) const;
@@ -84,6 +85,22 @@ class StepKernel {
   // undefined. All of one length.
   Status run_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& grad,
                      const at::Tensor& param, const kernels::StepInfo& info, std::uint32_t group = 0) const;
+
+  // Lamb's two passes (kernels/optimizer.h) over n elements of one parameter: the first
+  // updates m and v and returns the sums of p^2 and u^2; the second steps the master at
+  // the parameter's trust ratio and writes param when not null (or, as tensors, defined).
+  Result<kernels::LambSums> lamb_moments(std::int64_t n, float* master, std::vector<void*> states, const void* grad,
+                                         kernels::DType grad_dtype, const kernels::StepInfo& info, ThreadPool* pool,
+                                         std::uint32_t group = 0) const;
+  Status lamb_apply(std::int64_t n, float* master, std::vector<void*> states, void* param, kernels::DType param_dtype,
+                    const kernels::StepInfo& info, double ratio, ThreadPool* pool, std::uint32_t group = 0) const;
+  Result<kernels::LambSums> lamb_moments_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,
+                                                 const at::Tensor& grad, const kernels::StepInfo& info,
+                                                 std::uint32_t group = 0) const;
+  Status lamb_apply_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& param,
+                            const kernels::StepInfo& info, double ratio, std::uint32_t group = 0) const;
+  // The trust ratio of a parameter of group `group` from its whole sums.
+  double lamb_ratio(const kernels::LambSums& whole, std::uint32_t group = 0) const;
 
  private:
   // The hyperparameters of group g: the optimizer's, with its lr scaled and its decay.
@@ -100,6 +117,7 @@ class StepKernel {
   kernels::SgdHyper sgd_;
   kernels::AdagradHyper adagrad_;
   kernels::LionHyper lion_;
+  kernels::LambHyper lamb_;
   double initial_accumulator_ = 0;
   at::ScalarType state_dtype_ = at::kFloat;
   std::vector<Group> groups_{Group{}};
@@ -161,6 +179,18 @@ struct ParamSteps {
 Status step_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
                   const ParamSteps& params, const at::Tensor& grad, const at::Tensor& param, double grad_scale,
                   bool tensor_ops, ThreadPool* pool, std::vector<ElemRange>* stepped, ElemRange range);
+
+// Lamb's two passes over elements `range` of a chunk shard (kernels/optimizer.h), one
+// kernel call per stepped parameter's piece, skipping what step_shard skips. The first
+// updates m and v and adds each piece's sums into sums[param] (store order); the
+// caller adds them across shards and ranks into ratios[param] for the second, which
+// steps the master and writes param as step_shard does.
+Status lamb_moments_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
+                          const ParamSteps& params, const at::Tensor& grad, double grad_scale, bool tensor_ops,
+                          ThreadPool* pool, ElemRange range, std::vector<kernels::LambSums>& sums);
+Status lamb_apply_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
+                        const ParamSteps& params, const at::Tensor& param, bool tensor_ops, ThreadPool* pool,
+                        std::vector<ElemRange>* stepped, ElemRange range, const std::vector<double>& ratios);
 
 // The gradient prologue (kernels/grad_prologue.h) as tensor ops, for a gradient shard
 // on a GPU (or anywhere), in two halves. Note [one copy for the gradient norm]: the

@@ -1,6 +1,7 @@
 // Engine: consolidated parameters, and the optimizer state as a torch::optim optimizer
 // (consolidation onto one rank, and loading one saved at any world size); Lion's is a
-// strata::engine::Lion (lion.h), LibTorch having none.
+// strata::engine::Lion (lion.h) and Lamb's a strata::engine::Lamb (lamb.h), LibTorch
+// having neither.
 #include <algorithm>
 #include <array>
 #include <optional>
@@ -13,6 +14,7 @@
 #include <torch/optim/sgd.h>
 
 #include "engine_impl.h"
+#include "strata/engine/lamb.h"
 #include "strata/engine/lion.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/comm/communicator.h"
@@ -46,6 +48,14 @@ std::unique_ptr<torch::optim::OptimizerOptions> make_options(OptimizerType type,
                                                                 .eps(c.eps));
     case OptimizerType::kLion:
       return std::make_unique<LionOptions>(LionOptions(lr).betas(betas).weight_decay(weight_decay));
+    case OptimizerType::kLamb:
+      return std::make_unique<LambOptions>(LambOptions(lr)
+                                               .betas(betas)
+                                               .eps(c.eps)
+                                               .weight_decay(weight_decay)
+                                               .max_coeff(c.max_coeff)
+                                               .min_coeff(c.min_coeff)
+                                               .bias_correction(c.bias_correction));
   }
   return nullptr;
 }
@@ -61,6 +71,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(OptimizerType type,
       return std::make_unique<torch::optim::SGD>(std::move(groups), torch::optim::SGDOptions(0.0));
     case OptimizerType::kAdagrad: return std::make_unique<torch::optim::Adagrad>(std::move(groups));
     case OptimizerType::kLion: return std::make_unique<Lion>(std::move(groups));
+    case OptimizerType::kLamb: return std::make_unique<Lamb>(std::move(groups));
   }
   return nullptr;
 }
@@ -105,6 +116,11 @@ std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(OptimizerTyp
       s->step(step).exp_avg(t[0]);
       return s;
     }
+    case OptimizerType::kLamb: {
+      auto s = std::make_unique<LambParamState>();
+      s->step(step).exp_avg(t[0]).exp_avg_sq(t[1]);
+      return s;
+    }
   }
   return nullptr;
 }
@@ -143,6 +159,13 @@ bool read_param_state(OptimizerType type, torch::optim::OptimizerParamState& ps,
       if (s == nullptr) return false;
       *step = s->step();
       *t = {s->exp_avg()};
+      return true;
+    }
+    case OptimizerType::kLamb: {
+      auto* s = dynamic_cast<LambParamState*>(&ps);
+      if (s == nullptr) return false;
+      *step = s->step();
+      *t = {s->exp_avg(), s->exp_avg_sq()};
       return true;
     }
   }

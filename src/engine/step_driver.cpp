@@ -8,6 +8,7 @@
 #include <torch/optim/optimizer.h>
 
 #include "strata/base/log.h"
+#include "strata/comm/communicator.h"
 
 namespace strata::engine {
 
@@ -84,7 +85,12 @@ Status StepDriver::step(StepResult& r) {
     return ok();
   }
   STRATA_RETURN_IF_ERROR(param_steps_.sync(reducer_.had_grad(), core_.comm));
-  STRATA_RETURN_IF_ERROR(wrapped_ ? step_wrapped(coef / r.loss_scale) : run_ops(step_ops(), coef / r.loss_scale));
+  if (wrapped_) {
+    STRATA_RETURN_IF_ERROR(step_wrapped(coef / r.loss_scale));
+  } else {
+    if (kernel_.type() == OptimizerType::kLamb) STRATA_RETURN_IF_ERROR(lamb_first_pass(coef / r.loss_scale));
+    STRATA_RETURN_IF_ERROR(run_ops(step_ops(), coef / r.loss_scale));
+  }
   param_steps_.advance();
   return ok();
 }
@@ -94,7 +100,7 @@ Status StepDriver::run_ops(std::span<const plan::Op> ops, double grad_scale) {
   // along it: before sub-group i steps, the next read_ahead_depth() ones are requested.
   reads_ = nvme_groups();
   next_read_ = next_step_ = 0;
-  holder_.begin_step();
+  holder_.begin_step(/*with_grads=*/kernel_.type() != OptimizerType::kLamb);  // Note [Lamb's two passes]
   STRATA_RETURN_IF_ERROR(read_ahead(0));
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const plan::Op& op = ops[i];
@@ -197,24 +203,81 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
   const bool tensor_ops = core_.opt.host_step == EngineOptions::StepKernels::kTensorOps;
   const std::vector<ElemRange> groups = holder_.groups(c);
   const bool nvme = k.optim_tier == Tier::kNvme;
+  // Note [Lamb's two passes]: Lamb's second pass reads no gradient.
+  const bool lamb = kernel_.type() == OptimizerType::kLamb;
   StagingCache::Buffer grad_host;  // Note [gradients kept on compute]
-  if (k.grads_on_compute) {
+  if (k.grads_on_compute && !lamb) {
     STRATA_ASSIGN_OR_RETURN(grad_host, grad_to_host(c));
   }
-  const at::Tensor& grads = k.grads_on_compute ? grad_host.view(n) : reducer_.grad_shard(c);
+  const at::Tensor grads = lamb ? at::Tensor() : k.grads_on_compute ? grad_host.view(n) : reducer_.grad_shard(c);
   for (std::uint32_t g = 0; g < groups.size(); ++g) {
     if (nvme) STRATA_RETURN_IF_ERROR(read_ahead(next_step_++));
     STRATA_ASSIGN_OR_RETURN(ShardState * state, holder_.acquire(c, g));
-    // Note [gradients on nvme]: read in with the state, one sub-group at a time.
-    const at::Tensor grad =
-        k.grads_on_nvme ? holder_.grad(c, g) : grads.narrow(0, groups[g].begin, groups[g].size());
-    STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, out, grad_scale,
-                                      tensor_ops, core_.pool.get(), &stepped, groups[g]));
+    if (lamb) {
+      STRATA_RETURN_IF_ERROR(lamb_apply_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, out, tensor_ops,
+                                              core_.pool.get(), &stepped, groups[g], lamb_ratios_));
+    } else {
+      // Note [gradients on nvme]: read in with the state, one sub-group at a time.
+      const at::Tensor grad =
+          k.grads_on_nvme ? holder_.grad(c, g) : grads.narrow(0, groups[g].begin, groups[g].size());
+      STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, out, grad_scale,
+                                        tensor_ops, core_.pool.get(), &stepped, groups[g]));
+    }
     if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
   }
   if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped), .staging = std::move(staging)};
   grad_buffers_.give(std::move(grad_host));
   core_.trace.add(StepTrace::kOptimizer, "step " + core_.chunks->name(c), t0, Clock::now());
+  return ok();
+}
+
+Status StepDriver::lamb_first_pass(double grad_scale) {
+  const auto t0 = Clock::now();
+  const std::size_t n_params = core_.chunks->store().params().size();
+  std::vector<kernels::LambSums> sums(n_params);
+  const bool tensor_ops = core_.opt.host_step == EngineOptions::StepKernels::kTensorOps;
+  reads_ = nvme_groups();
+  next_read_ = next_step_ = 0;
+  holder_.begin_step();
+  STRATA_RETURN_IF_ERROR(read_ahead(0));
+  for (const plan::Op& op : step_ops()) {
+    if (op.kind != plan::OpKind::kStep) continue;
+    const std::uint32_t c = op.chunk;
+    const ChunkRt& k = (*core_.chunks)[c];
+    const bool nvme = k.optim_tier == Tier::kNvme;
+    StagingCache::Buffer grad_host;  // Note [gradients kept on compute]
+    if (k.grads_on_compute) {
+      STRATA_ASSIGN_OR_RETURN(grad_host, grad_to_host(c));
+    }
+    const at::Tensor grads =
+        k.grads_on_compute ? grad_host.view(core_.chunks->store().shard_elems(c)) : reducer_.grad_shard(c);
+    const std::vector<ElemRange> groups = holder_.groups(c);
+    for (std::uint32_t g = 0; g < groups.size(); ++g) {
+      if (nvme) STRATA_RETURN_IF_ERROR(read_ahead(next_step_++));
+      STRATA_ASSIGN_OR_RETURN(ShardState * state, holder_.acquire(c, g));
+      const at::Tensor grad =
+          k.grads_on_nvme ? holder_.grad(c, g) : grads.narrow(0, groups[g].begin, groups[g].size());
+      STRATA_RETURN_IF_ERROR(lamb_moments_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, grad_scale,
+                                                tensor_ops, core_.pool.get(), groups[g], sums));
+      if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
+    }
+    grad_buffers_.give(std::move(grad_host));
+  }
+  STRATA_RETURN_IF_ERROR(holder_.flush());
+  // A parameter's pieces lie on several ranks: one all-reduce adds every parameter's sums.
+  if (core_.chunk_world() > 1 && n_params > 0) {
+    at::Tensor all = at::empty({static_cast<std::int64_t>(n_params), 2}, at::kDouble);
+    double* a = all.data_ptr<double>();
+    for (std::size_t i = 0; i < n_params; ++i) {
+      a[2 * i] = sums[i].p_sq;
+      a[2 * i + 1] = sums[i].u_sq;
+    }
+    STRATA_RETURN_IF_ERROR(core_.comm.all_reduce(all, comm::ReduceOp::kSum).wait());
+    for (std::size_t i = 0; i < n_params; ++i) sums[i] = {.p_sq = a[2 * i], .u_sq = a[2 * i + 1]};
+  }
+  lamb_ratios_.resize(n_params);
+  for (std::size_t i = 0; i < n_params; ++i) lamb_ratios_[i] = kernel_.lamb_ratio(sums[i], kernel_.group_of(i));
+  core_.trace.add(StepTrace::kOptimizer, "lamb norms", t0, Clock::now());
   return ok();
 }
 

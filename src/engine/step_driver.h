@@ -13,6 +13,14 @@
 //           next chunks step, all done before step() returns; to a GPU on a copy stream,
 //           Note [shards back to the GPU])
 //   gather  replicated chunks (stages 1-2): the updated slices all-gathered
+// Note [Lamb's two passes]: Lamb's trust ratio is one per parameter, whose elements lie
+// in several chunks' shards on several ranks, so its step is two passes over the
+// state. The first (lamb_first_pass) goes over every chunk in step order as the step
+// does (nvme state read ahead and written back sub-group by sub-group, with the
+// gradients), updates m and v, and sums each parameter's p^2 and u^2; one all-reduce
+// adds the ranks' sums, and each parameter's ratio follows. The second is the step ops
+// as for any optimizer, stepping each piece at its parameter's ratio and reading no
+// gradient. nvme state is read twice and written twice a step.
 // Per-parameter step counts follow torch::optim: a parameter that never had a gradient
 // is never stepped, and its elements are never written (Note [step writes only what it
 // computed]).
@@ -64,6 +72,8 @@ class StepDriver {
   // The nvme sub-groups of a step, in step order (chunk, sub-group).
   std::vector<std::pair<std::uint32_t, std::uint32_t>> nvme_groups() const;
   Status step_chunk(std::uint32_t c, double grad_scale);
+  // Note [Lamb's two passes]: the first pass, which sets lamb_ratios_.
+  Status lamb_first_pass(double grad_scale);
   // The current contents of nvme chunk c's parameter shard, into an aligned staging shard.
   Status read_param_shard(std::uint32_t c, const at::Tensor& out);
   StagingCache& param_buffers();  // Note [reused staging], sized at first use
@@ -117,6 +127,7 @@ class StepDriver {
   std::vector<std::pair<std::uint32_t, std::uint32_t>> reads_;
   std::size_t next_read_ = 0, next_step_ = 0;
   std::unique_ptr<torch::optim::Optimizer> wrapped_;
+  std::vector<double> lamb_ratios_;  // per store parameter, this step's (Lamb only)
   std::vector<std::uint32_t> wrapped_chunks_;   // the chunks whose masters it steps
   std::vector<at::Tensor> wrapped_params_;      // those masters, as its leaves
 };

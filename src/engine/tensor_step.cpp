@@ -1,6 +1,6 @@
 // StepKernel::run_tensors: the optimizer step as ATen tensor ops, for state on a device
 // the fused CPU kernels cannot reach (a GPU). The formulas and their order are
-// kernels/optimizer.h's (LibTorch 1.13's torch::optim; Lion's paper), in fp32: bf16 states are widened
+// kernels/optimizer.h's (LibTorch 1.13's torch::optim; Lion's paper; DeepSpeed's Lamb), in fp32: bf16 states are widened
 // for the arithmetic and rounded (RNE) when stored back, as the kernels do. ATen may fuse
 // a multiply and an add where the kernels do not, so the two agree to rounding (~1e-7
 // relative), not bit for bit.
@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include "shard_state.h"
+#include "strata/engine/lamb.h"
 #include "strata/engine/lion.h"
 
 namespace strata::engine {
@@ -121,8 +122,35 @@ Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::T
     case OptimizerType::kSGD: sgd(for_group(sgd_, group), info, master, g, states); break;
     case OptimizerType::kAdagrad: adagrad(for_group(adagrad_, group), info, master, g, states); break;
     case OptimizerType::kLion: lion(for_group(lion_, group), master, g, states); break;
+    case OptimizerType::kLamb:
+      return make_error(ErrorCode::kInternal, "StepKernel::run_tensors: Lamb steps in two passes (lamb_*_tensors)");
   }
   if (param.defined()) param.copy_(master);  // round to nearest even, as cast.h
+  return ok();
+}
+
+// Lamb's passes: m and v as stored (bf16 rounded), then u from them, as the kernels.
+Result<kernels::LambSums> StepKernel::lamb_moments_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,
+                                                           const at::Tensor& grad, const kernels::StepInfo& info,
+                                                           std::uint32_t group) const {
+  const kernels::LambHyper h = for_group(lamb_, group);
+  at::Tensor m = wide(states[0]), v = wide(states[1]);
+  lamb_moments_update(grad.to(at::kFloat).mul(info.grad_scale), m, v, h.beta1, h.beta2);
+  store(states[0], m);
+  store(states[1], v);
+  const at::Tensor u = lamb_direction(wide(states[0]), wide(states[1]), master, h.eps, h.weight_decay);
+  // One copy to the host for both sums.
+  const at::Tensor sums = at::stack({master.to(at::kDouble).square().sum(), u.to(at::kDouble).square().sum()}).cpu();
+  return kernels::LambSums{.p_sq = sums[0].item<double>(), .u_sq = sums[1].item<double>()};
+}
+
+Status StepKernel::lamb_apply_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,
+                                      const at::Tensor& param, const kernels::StepInfo& info, double ratio,
+                                      std::uint32_t group) const {
+  const kernels::LambHyper h = for_group(lamb_, group);
+  const double step_size = lamb_step_size(h.lr, h.beta1, h.beta2, info.step, h.bias_correction);
+  master.add_(lamb_direction(wide(states[0]), wide(states[1]), master, h.eps, h.weight_decay), -(step_size * ratio));
+  if (param.defined()) param.copy_(master);
   return ok();
 }
 

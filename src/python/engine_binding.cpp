@@ -91,6 +91,9 @@ py::dict optimizer_settings(const std::string& config_json) {
   d["nesterov"] = o.nesterov;
   d["lr_decay"] = o.lr_decay;
   d["initial_accumulator_value"] = o.initial_accumulator_value;
+  d["max_coeff"] = o.max_coeff;
+  d["min_coeff"] = o.min_coeff;
+  d["bias_correction"] = o.bias_correction;
   return d;
 }
 

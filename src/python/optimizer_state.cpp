@@ -18,6 +18,7 @@
 #include "strata/comm/communicator.h"
 #include "strata/comm/torch_compat.h"
 #include "strata/engine/engine.h"
+#include "strata/engine/lamb.h"
 #include "strata/engine/lion.h"
 
 namespace strata::python {
@@ -60,6 +61,9 @@ py::dict to_python(optim::OptimizerParamState& ps) {
   if (auto* s = dynamic_cast<optim::SGDParamState*>(&ps)) return py::dict(py::arg("momentum_buffer") = tensor_or_none(s->momentum_buffer()));
   if (auto* s = dynamic_cast<optim::AdagradParamState*>(&ps)) return py::dict(py::arg("step") = s->step(), py::arg("sum") = s->sum());
   if (auto* s = dynamic_cast<engine::LionParamState*>(&ps)) return py::dict(py::arg("step") = s->step(), py::arg("exp_avg") = s->exp_avg());
+  if (auto* s = dynamic_cast<engine::LambParamState*>(&ps)) {
+    return py::dict(py::arg("step") = s->step(), py::arg("exp_avg") = s->exp_avg(), py::arg("exp_avg_sq") = s->exp_avg_sq());
+  }
   throw PyStrataError{Error(ErrorCode::kInternal, "state_dict: an optimizer state of no known type")};
 }
 
@@ -119,6 +123,11 @@ std::unique_ptr<optim::OptimizerParamState> from_python(const OptimizerConfig& o
     case OptimizerType::kLion: {
       auto s = std::make_unique<engine::LionParamState>();
       s->step(step_of(d, where)).exp_avg(tensor_of(d, "exp_avg", p, where));
+      return s;
+    }
+    case OptimizerType::kLamb: {
+      auto s = std::make_unique<engine::LambParamState>();
+      s->step(step_of(d, where)).exp_avg(tensor_of(d, "exp_avg", p, where)).exp_avg_sq(tensor_of(d, "exp_avg_sq", p, where));
       return s;
     }
   }

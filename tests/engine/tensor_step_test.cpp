@@ -3,6 +3,7 @@
 // master, states and compute copy after three steps, for every optimizer and option the
 // config offers, fp32 and bf16 gradients and compute copies, fp32 and bf16 states.
 #include "engine/shard_state.h"
+#include "strata/engine/lamb.h"
 
 #include <cmath>
 #include <limits>
@@ -105,6 +106,53 @@ INSTANTIATE_TEST_SUITE_P(All, TensorStep,
                          ::testing::Combine(::testing::ValuesIn(cases()), ::testing::Values(at::kFloat, at::kBFloat16),
                                             ::testing::Values(at::kFloat, at::kBFloat16)),
                          case_name);
+
+// Lamb's passes as tensor ops against the fused kernels, both at the ratio the fused
+// sums give (Note [Lamb's two passes]); the sums agree to rounding. And the consolidated
+// form, strata::engine::Lamb, steps a whole parameter as the two passes do.
+TEST(TensorStep, LambPassesMatchTheFusedCpuKernels) {
+  OptimizerConfig cfg;
+  cfg.type = OptimizerType::kLamb;
+  cfg.lr = 1e-2;
+  cfg.weight_decay = 0.01;
+  cfg.max_coeff = 3.0;
+  auto kernel = StepKernel::create(cfg);
+  ASSERT_TRUE(kernel.has_value()) << kernel.error().to_string();
+  const std::int64_t n = 4099;
+  at::manual_seed(9);
+  const at::Tensor master = at::randn({n});
+  at::Tensor k_master = master.clone(), k_param = at::empty({n}, at::kBFloat16);
+  std::vector<at::Tensor> k_states = {at::zeros({n}), at::zeros({n})};
+  at::Tensor t_master = master.clone(), t_param = at::empty({n}, at::kBFloat16);
+  std::vector<at::Tensor> t_states = {at::zeros({n}), at::zeros({n})};
+  at::Tensor whole = master.clone();  // strata::engine::Lamb's parameter
+  engine::Lamb whole_opt({whole}, engine::LambOptions(cfg.lr).weight_decay(cfg.weight_decay).max_coeff(cfg.max_coeff));
+  for (std::int64_t step = 1; step <= 3; ++step) {
+    const at::Tensor grad = at::randn({n});
+    const kernels::StepInfo info{.step = step, .grad_scale = 1.0};
+    auto k_sums = kernel->lamb_moments(n, k_master.data_ptr<float>(), {k_states[0].data_ptr(), k_states[1].data_ptr()},
+                                       grad.data_ptr(), kernels::DType::kF32, info, nullptr);
+    auto t_sums = kernel->lamb_moments_tensors(t_master, t_states, grad, info);
+    ASSERT_TRUE(k_sums.has_value() && t_sums.has_value());
+    EXPECT_NEAR(t_sums->p_sq, k_sums->p_sq, 1e-9 * k_sums->p_sq);
+    EXPECT_NEAR(t_sums->u_sq, k_sums->u_sq, 1e-5 * k_sums->u_sq);
+    const double ratio = kernel->lamb_ratio(*k_sums);
+    ASSERT_TRUE(kernel->lamb_apply(n, k_master.data_ptr<float>(), {k_states[0].data_ptr(), k_states[1].data_ptr()},
+                                   k_param.data_ptr(), kernels::DType::kBF16, info, ratio, nullptr));
+    ASSERT_TRUE(kernel->lamb_apply_tensors(t_master, t_states, t_param, info, ratio));
+    whole.mutable_grad() = grad;
+    whole_opt.step();
+  }
+  EXPECT_LT(rel(t_master, k_master), 2e-6);
+  EXPECT_LT(rel(whole, k_master), 2e-6);
+  for (std::size_t i = 0; i < 2; ++i) EXPECT_LT(rel(t_states[i], k_states[i]), 2e-6) << i;
+  EXPECT_TRUE(at::equal(t_param, t_master.to(at::kBFloat16)));
+  EXPECT_TRUE(at::equal(k_param, k_master.to(at::kBFloat16)));
+  // One pass does not do: run() and run_tensors() say so.
+  EXPECT_FALSE(kernel->run(n, k_master.data_ptr<float>(), {k_states[0].data_ptr(), k_states[1].data_ptr()},
+                           master.data_ptr(), kernels::DType::kF32, nullptr, kernels::DType::kF32, {}, nullptr));
+  EXPECT_FALSE(kernel->run_tensors(t_master, t_states, master, at::Tensor(), {}));
+}
 
 TEST(TensorStep, RefusesWhatTheKernelsRefuse) {
   OptimizerConfig cfg;

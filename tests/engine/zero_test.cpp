@@ -37,6 +37,8 @@ std::vector<ParityCase> parity_cases() {
   cases.push_back({3, 2, "adagrad"});
   cases.push_back({2, 1, "lion"});
   cases.push_back({3, 2, "lion"});
+  cases.push_back({3, 1, "lamb"});
+  cases.push_back({2, 2, "lamb"});
   return cases;
 }
 
@@ -126,10 +128,11 @@ TEST(Zero, WrappedTorchOptimizerMatches) {
 // groups, for every fused optimizer, the state on nvme, and the tensor-op step; the
 // consolidated optimizer keeps the groups and loads back.
 TEST(Zero, ParameterGroupsMatchTorchOptim) {
-  for (const char* optim : {"adam", "adamw", "sgd", "adagrad", "lion"}) {
+  for (const char* optim : {"adam", "adamw", "sgd", "adagrad", "lion", "lamb"}) {
     expect_all_ok(run_ranks(2, {zero_worker(), "groups", "2", optim}));
   }
   expect_all_ok(run_ranks(2, {zero_worker(), "groups", "1", "adamw", "tensor-ops"}));
+  expect_all_ok(run_ranks(2, {zero_worker(), "groups", "1", "lamb", "tensor-ops"}));
   const auto dir = testing::fresh_temp_dir("zero-groups");
   expect_all_ok(run_ranks(2, {zero_worker(), "groups", "2", "adamw", "nvme"}, std::chrono::seconds(120),
                           {{"STRATA_TEST_NVME", dir.string()}}));

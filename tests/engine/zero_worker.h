@@ -18,6 +18,7 @@
 
 #include "strata/comm/torch_compat.h"
 #include "strata/engine/engine.h"
+#include "strata/engine/lamb.h"
 #include "strata/engine/lion.h"
 #include "support/worker.h"
 #include "bf16_state_reference.h"
@@ -52,6 +53,7 @@ inline OptimizerConfig optim_config(const std::string& name) {
   else if (name == "sgd") c.type = OptimizerType::kSGD, c.momentum = 0.9, c.nesterov = true, c.weight_decay = 0.01;
   else if (name == "adagrad") c.type = OptimizerType::kAdagrad, c.lr_decay = 0.01, c.weight_decay = 0.01, c.eps = 1e-10;
   else if (name == "lion") c.type = OptimizerType::kLion, c.lr = 1e-4, c.betas = {0.9, 0.99}, c.weight_decay = 0.1;
+  else if (name == "lamb") c.type = OptimizerType::kLamb, c.lr = 2e-3, c.weight_decay = 0.01, c.max_coeff = 5.0;
   else fail("unknown optimizer " + name);
   return c;
 }
@@ -69,6 +71,14 @@ inline std::unique_ptr<torch::optim::Optimizer> torch_optimizer(const OptimizerC
       return std::make_unique<torch::optim::Adagrad>(params, torch::optim::AdagradOptions(c.lr).lr_decay(c.lr_decay).weight_decay(c.weight_decay).eps(c.eps));
     case OptimizerType::kLion:  // LibTorch has no Lion: strata's ATen one (its Python twin is tested against a plain one)
       return std::make_unique<engine::Lion>(params, engine::LionOptions(c.lr).betas(betas).weight_decay(c.weight_decay));
+    case OptimizerType::kLamb:  // nor Lamb (its Python twin is tested against a plain one)
+      return std::make_unique<engine::Lamb>(params, engine::LambOptions(c.lr)
+                                                        .betas(betas)
+                                                        .eps(c.eps)
+                                                        .weight_decay(c.weight_decay)
+                                                        .max_coeff(c.max_coeff)
+                                                        .min_coeff(c.min_coeff)
+                                                        .bias_correction(c.bias_correction));
   }
   return nullptr;
 }

@@ -25,6 +25,9 @@ void set_ref_group(torch::optim::Optimizer& opt, OptimizerType type, std::size_t
     case OptimizerType::kLion:
       static_cast<engine::LionOptions&>(o).weight_decay(decay).betas({betas[0], betas[1]});
       break;
+    case OptimizerType::kLamb:
+      static_cast<engine::LambOptions&>(o).weight_decay(decay).betas({betas[0], betas[1]});
+      break;
   }
 }
 
@@ -37,6 +40,7 @@ double weight_decay_of(torch::optim::Optimizer& opt, OptimizerType type, std::si
     case OptimizerType::kSGD: return static_cast<torch::optim::SGDOptions&>(o).weight_decay();
     case OptimizerType::kAdagrad: return static_cast<torch::optim::AdagradOptions&>(o).weight_decay();
     case OptimizerType::kLion: return static_cast<engine::LionOptions&>(o).weight_decay();
+    case OptimizerType::kLamb: return static_cast<engine::LambOptions&>(o).weight_decay();
   }
   return -1;
 }
@@ -64,6 +68,7 @@ std::unique_ptr<torch::optim::Optimizer> grouped_optimizer(const OptimizerConfig
     case OptimizerType::kSGD: return std::make_unique<torch::optim::SGD>(std::move(pgs), torch::optim::SGDOptions(oc.lr));
     case OptimizerType::kAdagrad: return std::make_unique<torch::optim::Adagrad>(std::move(pgs));
     case OptimizerType::kLion: return std::make_unique<engine::Lion>(std::move(pgs));
+    case OptimizerType::kLamb: return std::make_unique<engine::Lamb>(std::move(pgs));
   }
   return nullptr;
 }

@@ -705,6 +705,40 @@ def inverse_schedule(opt):
         opt, [lambda s, k=k: 1.0 / (1 + (k + 1) * s) for k in range(len(opt.param_groups))])
 
 
+class Lamb(torch.optim.Optimizer):
+    """Lamb in plain PyTorch, as DeepSpeed's FusedLamb steps a parameter tensor (its CUDA
+    kernel's three parts, eps outside the square root): the reference strata's Lamb is
+    held against (torch has none). The trust ratio is the whole parameter's."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_coeff=10.0,
+                 min_coeff=0.01, bias_correction=True):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      max_coeff=max_coeff, min_coeff=min_coeff, bias_correction=bias_correction))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            (beta1, beta2), wd = group["betas"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+                state["step"] += 1
+                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                update = m / (v.sqrt() + group["eps"]) + wd * p
+                w_norm, u_norm = p.double().norm().item(), update.double().norm().item()
+                ratio = 1.0 if w_norm == 0 or u_norm == 0 else \
+                    min(max(w_norm / u_norm, group["min_coeff"]), group["max_coeff"])
+                step_size = group["lr"]
+                if group["bias_correction"]:
+                    step_size *= (1 - beta2 ** t) ** 0.5 / (1 - beta1 ** t)
+                p.add_(update, alpha=-step_size * ratio)
+
+
 class Lion(torch.optim.Optimizer):
     """Lion in plain PyTorch, written from the paper (Chen et al. 2023, "Symbolic Discovery
     of Optimization Algorithms", Algorithm 2): the reference strata's Lion is held

@@ -47,7 +47,7 @@ def reference(name, steps=STEPS, rows=ROWS, world=1, bf16_state=False, optimizer
     torch.set_num_threads(1)
     model = models.make(name)
     kind, hyper = (optimizer[0], dict(optimizer[1])) if optimizer else OPTIMIZER.get(name, DEFAULT_OPTIMIZER)
-    cls = models.Lion if kind == "Lion" else getattr(torch.optim, kind)  # torch has no Lion
+    cls = {"Lion": models.Lion, "Lamb": models.Lamb}.get(kind) or getattr(torch.optim, kind)  # torch has neither
     opt = cls([p for p in model.parameters() if p.requires_grad], **hyper)
     losses = []
     per = rows // world

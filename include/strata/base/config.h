@@ -31,7 +31,7 @@
 
 namespace strata {
 
-enum class OptimizerType { kAdam, kAdamW, kSGD, kAdagrad, kLion };
+enum class OptimizerType { kAdam, kAdamW, kSGD, kAdagrad, kLion, kLamb };
 enum class OffloadDevice { kNone, kCpu, kNvme };
 enum class Placement { kStatic, kAuto };
 enum class StateDtype { kFp32, kBf16 };
@@ -58,11 +58,17 @@ struct OptimizerConfig {
   bool nesterov = false;
   double lr_decay = 0.0;  // Adagrad
   double initial_accumulator_value = 0.0;
+  // Lamb (DeepSpeed's FusedLamb): the trust ratio's clamp, and whether step_size takes
+  // the bias corrections (kernels/optimizer.h). Only Lamb may turn bias_correction off.
+  double max_coeff = 10.0;
+  double min_coeff = 0.01;
+  bool bias_correction = true;
 
   // kAdam with adam_w_mode is kAdamW; every other type is itself.
   OptimizerType effective_type() const;
   // The optimizer's state tensors per parameter, besides the fp32 master: Adam's m and v
-  // (and vmax with amsgrad), SGD's momentum (none without), Adagrad's sum, Lion's m.
+  // (and vmax with amsgrad), SGD's momentum (none without), Adagrad's sum, Lion's m,
+  // Lamb's m and v.
   int state_tensors() const;
 
   bool operator==(const OptimizerConfig&) const = default;
