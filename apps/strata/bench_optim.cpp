@@ -25,6 +25,7 @@
 #include "strata/base/aligned.h"
 #include "strata/base/thread_pool.h"
 #include "strata/base/units.h"
+#include "strata/engine/lamb.h"
 #include "strata/engine/lion.h"
 #include "strata/kernels/cast.h"
 #include "strata/kernels/dispatch.h"
@@ -240,6 +241,22 @@ int run_optim(const OptimOptions& o) {
     const kernels::LionHyper lion{.lr = 1e-4, .weight_decay = 0.1};
     bench.step_row("lion fp32", "lion_fp32", StepPattern::kOneState, fp32,
                    [&] { return kernels::lion_step(fp32, b.m.data(), lion, info, &pool); }, b.m.data(), nullptr);
+    // Lamb's two passes over one whole parameter (the ratio between them), against the
+    // fused AdamW step timed alternately: its traffic is 40 bytes an element (R p,g,m,v
+    // W m,v; then R p,m,v W p) to AdamW's 28, so memory speed would put it at 0.70.
+    const kernels::LambHyper lamb{.lr = 1e-3, .weight_decay = 0.01};
+    auto lamb_step = [&] {
+      auto sums = kernels::lamb_moments(fp32, st32, lamb, info, &pool);
+      die_on_error(sums);
+      die_on_error(kernels::lamb_apply(fp32, st32, lamb, info, kernels::lamb_ratio(*sums, lamb), &pool));
+    };
+    {
+      const Paired t = time_paired(o.repeats, lamb_step, [&] { die_on_error(kernels::adam_step(fp32, st32, adamw, info, &pool)); });
+      report.add("lamb fp32", n / t.a_s / 1e9, "Gelem/s", "fused adamw fp32", n / t.b_s / 1e9,
+                 "two passes, 40 B/elem against AdamW's 28 (0.70 at memory speed)");
+      report.add_ratio("lamb_fp32_vs_adamw", t.b_s / t.a_s);
+      report.add_figure("lamb_fp32_seconds", t.a_s);
+    }
     for (const StepShard* s : std::array<const StepShard*, 2>{&fp32, &bf16g}) {
       const std::string dt(kernels::dtype_name(s->grad_dtype));
       bench.row("grad prologue " + dt, "prologue_" + dt, StepPattern::kRead, *s,
@@ -290,6 +307,17 @@ int run_optim(const OptimOptions& o) {
         report.add_figure(c.name + "_fp32_torch_seconds", torch_s);
         report.add_ratio(c.name + "_fp32_vs_torch", torch_s / ours_s);
       }
+      // LibTorch has no Lamb either: strata::engine::Lamb, the ATen ops of a plain-PyTorch
+      // Lamb (one norm per parameter, as here: the whole array is one parameter).
+      const Paired t = bench.torch_vs_ours(
+          [&](std::vector<at::Tensor> p) -> std::unique_ptr<torch::optim::Optimizer> {
+            return std::make_unique<engine::Lamb>(p, engine::LambOptions(lamb.lr).weight_decay(lamb.weight_decay));
+          },
+          lamb_step);
+      report.add("lamb fp32 (strata)", n / t.b_s / 1e9, "Gelem/s", "ATen Lamb", n / t.a_s / 1e9,
+                 "timed alternately with torch");
+      report.add_figure("lamb_fp32_torch_seconds", t.a_s);
+      report.add_ratio("lamb_fp32_vs_torch", t.a_s / t.b_s);
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "strata bench optim: {}\n", e.what());
@@ -310,7 +338,7 @@ void add_bench_optim(CLI::App& bench, int* exit_code) {
   cmd->add_option("--threads", opts->threads, "Threads for strata and torch (default: one per core)");
   cmd->add_option("--repeats", opts->repeats, "Timed repeats per figure; medians are reported (default 9)")
       ->check(CLI::Range(1, 1000));
-  cmd->add_flag("--skip-torch", opts->skip_torch, "Do not run the torch::optim (and ATen Lion) baselines");
+  cmd->add_flag("--skip-torch", opts->skip_torch, "Do not run the torch::optim (and ATen Lion and Lamb) baselines");
   cmd->add_flag("--json", opts->json, "Print one JSON object instead of the table");
   cmd->callback([opts, exit_code] { *exit_code = run_optim(*opts); });
 }

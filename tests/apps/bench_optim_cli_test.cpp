@@ -24,7 +24,8 @@ TEST(BenchOptim, JsonHasTheRatiosScriptsCheck) {
   ASSERT_TRUE(doc.contains("ratios")) << doc.dump(2);
   for (const char* key : {"adamw_fp32_vs_roofline", "adamw_fp32_vs_torch", "adamw_bf16_vs_roofline",
                           "adam_fp32_vs_torch", "sgd_fp32_vs_roofline", "prologue_fp32_vs_roofline",
-                          "lion_fp32_vs_roofline", "lion_fp32_vs_torch"}) {
+                          "lion_fp32_vs_roofline", "lion_fp32_vs_torch", "lamb_fp32_vs_adamw",
+                          "lamb_fp32_vs_torch"}) {
     ASSERT_TRUE(doc["ratios"].contains(key)) << key;
     EXPECT_GT(doc["ratios"][key].get<double>(), 0.0) << key;
   }
