@@ -57,6 +57,11 @@ at::Tensor lamb_direction(const at::Tensor& m, const at::Tensor& v, const at::Te
   return u;
 }
 
+at::Tensor squared_norm(const at::Tensor& t) {
+  // Accumulated in double without a double copy of t.
+  return at::linalg_vector_norm(t, 2, c10::nullopt, false, at::kDouble).square();
+}
+
 double lamb_step_size(double lr, double beta1, double beta2, std::int64_t step, bool bias_correction) {
   if (!bias_correction) return lr;
   const double t = static_cast<double>(step);
@@ -104,8 +109,7 @@ at::Tensor Lamb::step(LossClosure closure) {
       st.step(st.step() + 1);
       lamb_moments_update(p.grad(), st.exp_avg(), st.exp_avg_sq(), b1, b2);
       const at::Tensor u = lamb_direction(st.exp_avg(), st.exp_avg_sq(), p, o.eps(), o.weight_decay());
-      const kernels::LambSums sums{.p_sq = p.to(at::kDouble).square().sum().item<double>(),
-                                   .u_sq = u.to(at::kDouble).square().sum().item<double>()};
+      const kernels::LambSums sums{.p_sq = squared_norm(p).item<double>(), .u_sq = squared_norm(u).item<double>()};
       p.add_(u, -lamb_step_size(o.lr(), b1, b2, st.step(), o.bias_correction()) * kernels::lamb_ratio(sums, h));
     }
   }

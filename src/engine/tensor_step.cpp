@@ -140,7 +140,7 @@ Result<kernels::LambSums> StepKernel::lamb_moments_tensors(const at::Tensor& mas
   store(states[1], v);
   const at::Tensor u = lamb_direction(wide(states[0]), wide(states[1]), master, h.eps, h.weight_decay);
   // One copy to the host for both sums.
-  const at::Tensor sums = at::stack({master.to(at::kDouble).square().sum(), u.to(at::kDouble).square().sum()}).cpu();
+  const at::Tensor sums = at::stack({squared_norm(master), squared_norm(u)}).cpu();
   return kernels::LambSums{.p_sq = sums[0].item<double>(), .u_sq = sums[1].item<double>()};
 }
 

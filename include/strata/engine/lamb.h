@@ -52,6 +52,8 @@ void lamb_moments_update(const at::Tensor& g, const at::Tensor& m, const at::Ten
 // u = m / (sqrt(v) + eps) + weight_decay * p, a new fp32 tensor.
 at::Tensor lamb_direction(const at::Tensor& m, const at::Tensor& v, const at::Tensor& p, double eps,
                           double weight_decay);
+// sum(t^2) as a 0-d double tensor on t's device, accumulated in double.
+at::Tensor squared_norm(const at::Tensor& t);
 // lr * sqrt(1 - beta2^step) / (1 - beta1^step), or lr without bias correction.
 double lamb_step_size(double lr, double beta1, double beta2, std::int64_t step, bool bias_correction);
 
