@@ -430,7 +430,7 @@ def initialize(model: torch.nn.Module = None, config=None, optimizer=None, model
     config: a path or a dict in the DeepSpeed vocabulary (`strata config keys`); or
         config_params (DeepSpeed's older name), or args.deepspeed_config (args: parsed by a
         parser strata.add_config_arguments extended). One of them, not two.
-    optimizer: None (the config's "optimizer" block: its "type" may also be "Lion"), or a
+    optimizer: None (the config's "optimizer" block: its "type" may also be "Lion" or "Lamb"), or a
         torch.optim AdamW, Adam, SGD or Adagrad whose type, hyperparameters and parameter
         groups the fused engine takes over (groups may differ in lr and weight_decay).
     model_parameters: the parameters to train, or parameter groups as torch.optim takes

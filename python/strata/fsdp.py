@@ -213,7 +213,7 @@ def _hook(unit: _units.Unit) -> None:
         if engine is None:
             raise UsageError("failed_precondition: this module was sharded with strata.fully_shard, but no strata "
                              "optimizer was built over its parameters: build strata.optim.AdamW(model.parameters(), "
-                             "...) (or Adam, SGD, Adagrad, Lion) after the last fully_shard call. A torch.optim optimizer "
+                             "...) (or Adam, SGD, Adagrad, Lion, Lamb) after the last fully_shard call. A torch.optim optimizer "
                              "cannot step parameters the engine shards")
         if module is unit.group.root:  # Note [a forward that raised] (access_driver.cpp)
             engine.abort_forward()
