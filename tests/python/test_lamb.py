@@ -40,6 +40,16 @@ def test_lamb_without_bias_correction_and_a_tight_clamp(tmp_path):
                             "gpt", optimizer=lamb)
 
 
+# The first pass reads gradients where the step would: shards kept on compute (copied to
+# a host buffer chunk by chunk), and state split between host and nvme chunk by chunk.
+@pytest.mark.parametrize("device,strata_opts", [("cpu", {"gradient_shards_on_compute": True}),
+                                                ("nvme", {"optimizer_max_in_cpu": 20000})])
+def test_lamb_where_the_gradients_and_state_are_split(tmp_path, device, strata_opts):
+    cfg = config(3, device, tmp_path, optimizer=LAMB, **strata_opts)
+    check_against_reference(train(tmp_path, 2, {"model": "awkward", "config": cfg, "steps": STEPS, "rows": ROWS}),
+                            "awkward", optimizer=LAMB)
+
+
 # The ratio is what makes Lamb Lamb: plain Adam's step (ratio 1) and a ratio taken per
 # piece would both be far from the reference, so the parity above is not Adam's.
 def test_the_trust_ratio_changes_the_run():
