@@ -33,6 +33,16 @@ std::vector<nlohmann::json> read_metrics(const fs::path& dir) {
   return rows;
 }
 
+// The start banner's optimizer row: its estimated nvme bytes equal the measured ones.
+void expect_optimizer_estimated_as_held(const std::string& output) {
+  const auto at = output.find("\n  optimizer ");
+  ASSERT_NE(at, std::string::npos) << output;
+  const std::string row = output.substr(at + 1, output.find('\n', at + 1) - at - 1);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(row, m, std::regex(R"(([0-9.]+ [KMG]iB) .*\| .* ([0-9.]+ [KMG]iB))"))) << row;
+  EXPECT_EQ(m[1], m[2]) << row;  // estimated == measured
+}
+
 class Train : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = testing::fresh_temp_dir("train"); }
@@ -248,12 +258,7 @@ TEST_F(Train, ALionConfigTrainsAndItsStateIsEstimatedAsHeld) {
                                    strata_bin(), cfg.string(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("; Lion, "), std::string::npos) << r.output;
-  const auto at = r.output.find("\n  optimizer ");
-  ASSERT_NE(at, std::string::npos) << r.output;
-  const std::string row = r.output.substr(at + 1, r.output.find('\n', at + 1) - at - 1);
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(row, m, std::regex(R"(([0-9.]+ [KMG]iB) .*\| .* ([0-9.]+ [KMG]iB))"))) << row;
-  EXPECT_EQ(m[1], m[2]) << row;  // estimated == measured
+  expect_optimizer_estimated_as_held(r.output);
   EXPECT_EQ(read_metrics(out).size(), 3u);
 }
 
@@ -272,12 +277,7 @@ TEST_F(Train, ALambConfigTrainsAndItsStateIsEstimatedAsHeld) {
                                    strata_bin(), cfg.string(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("; Lamb, "), std::string::npos) << r.output;
-  const auto at = r.output.find("\n  optimizer ");
-  ASSERT_NE(at, std::string::npos) << r.output;
-  const std::string row = r.output.substr(at + 1, r.output.find('\n', at + 1) - at - 1);
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(row, m, std::regex(R"(([0-9.]+ [KMG]iB) .*\| .* ([0-9.]+ [KMG]iB))"))) << row;
-  EXPECT_EQ(m[1], m[2]) << row;  // estimated == measured
+  expect_optimizer_estimated_as_held(r.output);
   const auto metrics = read_metrics(out);
   ASSERT_EQ(metrics.size(), 8u);
   EXPECT_LT(metrics.back()["loss"].get<double>(), metrics.front()["loss"].get<double>());

@@ -93,6 +93,29 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
+def check_checkpoint_resumes(tmp_path, optimizer):
+    """engine.save_checkpoint at step 3 at two ranks (stage 3, state on nvme, `optimizer`
+    as config() takes it), loaded in fresh processes at two and at one: the next steps'
+    losses are the uninterrupted run's (bit for bit at the same world size). A checkpoint
+    of AdamW's state is refused by the engine, naming both optimizers."""
+    cfg = config(3, "nvme", tmp_path, optimizer=optimizer)
+    base = {"model": "gpt", "config": cfg, "rows": ROWS}
+    whole = train(tmp_path, 2, {**base, "steps": STEPS}, "whole")
+    ckpt = tmp_path / "ckpt"
+    train(tmp_path, 2, {**base, "steps": 3, "save": str(ckpt)}, "first")
+    want = [sum(r["losses"][s] for r in whole) / 2 for s in range(3, STEPS)]
+    for world in (2, 1):
+        rest = train(tmp_path, world, {**base, "steps": STEPS - 3, "start": 3, "load": str(ckpt), "seed": 7},
+                     f"rest{world}")
+        got = [sum(r["losses"][s] for r in rest) / world for s in range(STEPS - 3)]
+        assert got == want if world == 2 else all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
+
+    adamw = tmp_path / "adamw"
+    train(tmp_path, 1, {**base, "config": config(3, "nvme", tmp_path), "steps": 1, "save": str(adamw)}, "adamw")
+    with pytest.raises(AssertionError, match=rf"AdamW optimizer state.*runs {optimizer[0]}"):
+        train(tmp_path, 1, {**base, "steps": 1, "start": 1, "load": str(adamw)}, "refused")
+
+
 def check_against_reference(ranks, name="gpt", steps=STEPS, rows=ROWS, optimizer=None, autocast=None,
                             param_tol=1e-5):
     """optimizer: (type, params) as config() takes it, when not the model's default;

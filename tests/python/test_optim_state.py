@@ -89,6 +89,55 @@ def check_same_state(got, want, tol=1e-5):
             {k: v for k, v in w.items() if k not in EXTRA_TORCH_KEYS}, (g, w)
 
 
+def check_state_dicts_both_ways(tmp_path, strata_cls, plain_cls, hyper, keys):
+    """For an optimizer torch lacks (strata_cls, e.g. strata.optim.Lion, against
+    plain_cls, its plain-PyTorch twin in models.py, both with `hyper`): over the GPT
+    sharded per block at stage 3, its state and parameters on nvme, two parameter
+    groups, the state dict is the plain one's (per parameter exactly `keys`; the groups'
+    hyperparameters), a run resumes from the plain one's state dicts as plain PyTorch
+    does, and plain PyTorch resumes from strata's."""
+    import strata
+
+    def sharded(path, seed=0):
+        model = models.make("gpt", seed)
+        offload = strata.OffloadPolicy(optimizer="nvme", params="nvme", nvme_path=str(path))
+        for block in model.blocks:
+            strata.fully_shard(block, offload=offload)
+        strata.fully_shard(model, offload=offload)
+        return model, strata_cls(models.two_groups(model), **hyper)
+
+    def unsharded(seed=0):
+        model = models.make("gpt", seed)
+        return model, plain_cls(models.two_groups(model), **hyper)
+
+    def fsdp_step(opt):
+        return lambda loss: (loss.backward(), opt.step(), opt.zero_grad())
+
+    model, opt = sharded(tmp_path / "a")
+    ref, ref_opt = unsharded()
+    for step in range(3):
+        got = strata_step(model, fsdp_step(opt), "gpt", step)
+        want = plain_step(ref, ref_opt, "gpt", step)
+        assert abs(got - want) <= 1e-5 * abs(want), (step, got, want)
+    saved = opt.state_dict()
+    assert all(set(st) == set(keys) for st in saved["state"].values())
+    check_same_state(saved, ref_opt.state_dict())
+
+    resumed, resumed_opt = sharded(tmp_path / "b", seed=5)
+    strata.set_model_state_dict(resumed, ref.state_dict())
+    resumed_opt.load_state_dict(ref_opt.state_dict())
+    back, back_opt = unsharded(seed=9)
+    back.load_state_dict(strata.get_model_state_dict(model))
+    back_opt.load_state_dict(saved)
+    for step in range(3, 6):
+        want = plain_step(ref, ref_opt, "gpt", step)
+        assert abs(strata_step(resumed, fsdp_step(resumed_opt), "gpt", step) - want) <= 1e-5 * abs(want)
+        assert abs(plain_step(back, back_opt, "gpt", step) - want) <= 1e-5 * abs(want)
+    check_same_state(resumed_opt.state_dict(), ref_opt.state_dict())
+    got = strata.get_model_state_dict(resumed)
+    assert all(rel(got[k], v) <= 1e-5 for k, v in ref.state_dict().items())
+
+
 # The awkward model: frozen parameters, one that gets no gradient, a module called twice,
 # tuple outputs, a skip branch. gpt with two parameter groups: numbered across groups.
 @pytest.mark.parametrize("front,stage,optimizer,params", [("fully_shard", 3, "nvme", "nvme"),
