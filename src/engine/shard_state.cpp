@@ -278,7 +278,7 @@ Status step_shard(const StepKernel& kernel, ShardState& s, const std::vector<Chu
 
 Status lamb_moments_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,
                           const ParamSteps& params, const at::Tensor& grad, double grad_scale, bool tensor_ops,
-                          ThreadPool* pool, ElemRange range, std::vector<kernels::LambSums>& sums) {
+                          ThreadPool* pool, ElemRange range, LambNorms& norms) {
   tensor_ops = tensor_ops || !s.master.device().is_cpu();
   kernels::DType grad_dtype{};
   if (!tensor_ops) {
@@ -287,20 +287,43 @@ Status lamb_moments_shard(const StepKernel& kernel, ShardState& s, const std::ve
   for (const StepRun& run : step_runs(sl, params, kernel, range, /*per_param=*/true)) {
     const std::int64_t at = run.elems.begin - range.begin, n = run.elems.size();
     const kernels::StepInfo info{.step = run.step, .grad_scale = grad_scale};
-    kernels::LambSums piece;
     if (tensor_ops) {
       std::vector<at::Tensor> states;
       for (auto& t : s.states) states.push_back(t.narrow(0, at, n));
-      STRATA_ASSIGN_OR_RETURN(piece, kernel.lamb_moments_tensors(s.master.narrow(0, at, n), states,
-                                                                 grad.narrow(0, at, n), info, run.group));
+      STRATA_ASSIGN_OR_RETURN(at::Tensor piece, kernel.lamb_moments_tensors(s.master.narrow(0, at, n), states,
+                                                                            grad.narrow(0, at, n), info, run.group));
+      norms.add(run.param, std::move(piece));
     } else {
       const auto* g = static_cast<const std::byte*>(grad.data_ptr()) + at * grad.element_size();
-      STRATA_ASSIGN_OR_RETURN(piece, kernel.lamb_moments(n, s.master.data_ptr<float>() + at, state_ptrs(s, at), g,
-                                                         grad_dtype, info, pool, run.group));
+      STRATA_ASSIGN_OR_RETURN(kernels::LambSums piece,
+                              kernel.lamb_moments(n, s.master.data_ptr<float>() + at, state_ptrs(s, at), g, grad_dtype,
+                                                  info, pool, run.group));
+      norms.add(run.param, piece);
     }
-    sums[run.param].merge(piece);
   }
   return ok();
+}
+
+std::vector<kernels::LambSums>& LambNorms::settle() {
+  std::vector<bool> done(pending_.size());
+  for (std::size_t i = 0; i < pending_.size(); ++i) {
+    if (done[i]) continue;
+    // Every pending piece on this one's device, stacked there and copied over at once.
+    const c10::Device device = pending_[i].second.device();
+    std::vector<std::size_t> mine;
+    std::vector<at::Tensor> rows;
+    for (std::size_t j = i; j < pending_.size(); ++j) {
+      if (done[j] || pending_[j].second.device() != device) continue;
+      done[j] = true;
+      mine.push_back(j);
+      rows.push_back(pending_[j].second);
+    }
+    const at::Tensor host = at::stack(rows).cpu();
+    const double* v = host.data_ptr<double>();
+    for (std::size_t r = 0; r < mine.size(); ++r) sums_[pending_[mine[r]].first].merge({.p_sq = v[2 * r], .u_sq = v[2 * r + 1]});
+  }
+  pending_.clear();
+  return sums_;
 }
 
 Status lamb_apply_shard(const StepKernel& kernel, ShardState& s, const std::vector<ChunkStore::ShardSlot>& sl,

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -94,9 +95,11 @@ class StepKernel {
                                          std::uint32_t group = 0) const;
   Status lamb_apply(std::int64_t n, float* master, std::vector<void*> states, void* param, kernels::DType param_dtype,
                     const kernels::StepInfo& info, double ratio, ThreadPool* pool, std::uint32_t group = 0) const;
-  Result<kernels::LambSums> lamb_moments_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,
-                                                 const at::Tensor& grad, const kernels::StepInfo& info,
-                                                 std::uint32_t group = 0) const;
+  // The tensor form leaves the sums on the master's device, {p_sq, u_sq} in double (see
+  // LambNorms): no copy to the host per piece.
+  Result<at::Tensor> lamb_moments_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,
+                                          const at::Tensor& grad, const kernels::StepInfo& info,
+                                          std::uint32_t group = 0) const;
   Status lamb_apply_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states, const at::Tensor& param,
                             const kernels::StepInfo& info, double ratio, std::uint32_t group = 0) const;
   // The trust ratio of a parameter of group `group` from its whole sums.
@@ -180,14 +183,32 @@ Status step_shard(const StepKernel& kernel, ShardState& state, const std::vector
                   const ParamSteps& params, const at::Tensor& grad, const at::Tensor& param, double grad_scale,
                   bool tensor_ops, ThreadPool* pool, std::vector<ElemRange>* stepped, ElemRange range);
 
+// Note [Lamb's two passes] (step_driver.h): every parameter's sums over its pieces, in
+// store order. Pieces stepped as tensor ops (state on a GPU) leave theirs on their
+// device, and settle() brings each device's over in one copy, as Note [one copy for the
+// gradient norm] does for the gradient partials: a copy per piece would make the
+// host wait for the device once per parameter.
+class LambNorms {
+ public:
+  explicit LambNorms(std::size_t n_params) : sums_(n_params) {}
+  void add(std::size_t param, const kernels::LambSums& piece) { sums_[param].merge(piece); }
+  void add(std::size_t param, at::Tensor on_device) { pending_.emplace_back(param, std::move(on_device)); }
+  // This rank's sums, with every pending piece added.
+  std::vector<kernels::LambSums>& settle();
+
+ private:
+  std::vector<kernels::LambSums> sums_;
+  std::vector<std::pair<std::size_t, at::Tensor>> pending_;  // {p_sq, u_sq} on a device
+};
+
 // Lamb's two passes over elements `range` of a chunk shard (kernels/optimizer.h), one
 // kernel call per stepped parameter's piece, skipping what step_shard skips. The first
-// updates m and v and adds each piece's sums into sums[param] (store order); the
-// caller adds them across shards and ranks into ratios[param] for the second, which
-// steps the master and writes param as step_shard does.
+// updates m and v and adds each piece's sums into `norms`; the caller adds them across
+// ranks into ratios[param] (store order) for the second, which steps the master and
+// writes param as step_shard does.
 Status lamb_moments_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
                           const ParamSteps& params, const at::Tensor& grad, double grad_scale, bool tensor_ops,
-                          ThreadPool* pool, ElemRange range, std::vector<kernels::LambSums>& sums);
+                          ThreadPool* pool, ElemRange range, LambNorms& norms);
 Status lamb_apply_shard(const StepKernel& kernel, ShardState& state, const std::vector<ChunkStore::ShardSlot>& slots,
                         const ParamSteps& params, const at::Tensor& param, bool tensor_ops, ThreadPool* pool,
                         std::vector<ElemRange>* stepped, ElemRange range, const std::vector<double>& ratios);

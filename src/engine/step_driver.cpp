@@ -234,7 +234,7 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
 Status StepDriver::lamb_first_pass(double grad_scale) {
   const auto t0 = Clock::now();
   const std::size_t n_params = core_.chunks->store().params().size();
-  std::vector<kernels::LambSums> sums(n_params);
+  LambNorms norms(n_params);
   const bool tensor_ops = core_.opt.host_step == EngineOptions::StepKernels::kTensorOps;
   reads_ = nvme_groups();
   next_read_ = next_step_ = 0;
@@ -258,12 +258,13 @@ Status StepDriver::lamb_first_pass(double grad_scale) {
       const at::Tensor grad =
           k.grads_on_nvme ? holder_.grad(c, g) : grads.narrow(0, groups[g].begin, groups[g].size());
       STRATA_RETURN_IF_ERROR(lamb_moments_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, grad_scale,
-                                                tensor_ops, core_.pool.get(), groups[g], sums));
+                                                tensor_ops, core_.pool.get(), groups[g], norms));
       if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
     }
     grad_buffers_.give(std::move(grad_host));
   }
   STRATA_RETURN_IF_ERROR(holder_.flush());
+  std::vector<kernels::LambSums>& sums = norms.settle();
   // A parameter's pieces lie on several ranks: one all-reduce adds every parameter's sums.
   if (core_.chunk_world() > 1 && n_params > 0) {
     at::Tensor all = at::empty({static_cast<std::int64_t>(n_params), 2}, at::kDouble);

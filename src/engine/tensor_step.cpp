@@ -130,18 +130,16 @@ Status StepKernel::run_tensors(const at::Tensor& master, const std::vector<at::T
 }
 
 // Lamb's passes: m and v as stored (bf16 rounded), then u from them, as the kernels.
-Result<kernels::LambSums> StepKernel::lamb_moments_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,
-                                                           const at::Tensor& grad, const kernels::StepInfo& info,
-                                                           std::uint32_t group) const {
+Result<at::Tensor> StepKernel::lamb_moments_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,
+                                                    const at::Tensor& grad, const kernels::StepInfo& info,
+                                                    std::uint32_t group) const {
   const kernels::LambHyper h = for_group(lamb_, group);
   at::Tensor m = wide(states[0]), v = wide(states[1]);
   lamb_moments_update(grad.to(at::kFloat).mul(info.grad_scale), m, v, h.beta1, h.beta2);
   store(states[0], m);
   store(states[1], v);
   const at::Tensor u = lamb_direction(wide(states[0]), wide(states[1]), master, h.eps, h.weight_decay);
-  // One copy to the host for both sums.
-  const at::Tensor sums = at::stack({squared_norm(master), squared_norm(u)}).cpu();
-  return kernels::LambSums{.p_sq = sums[0].item<double>(), .u_sq = sums[1].item<double>()};
+  return at::stack({squared_norm(master), squared_norm(u)});
 }
 
 Status StepKernel::lamb_apply_tensors(const at::Tensor& master, const std::vector<at::Tensor>& states,

@@ -132,10 +132,13 @@ TEST(TensorStep, LambPassesMatchTheFusedCpuKernels) {
     const kernels::StepInfo info{.step = step, .grad_scale = 1.0};
     auto k_sums = kernel->lamb_moments(n, k_master.data_ptr<float>(), {k_states[0].data_ptr(), k_states[1].data_ptr()},
                                        grad.data_ptr(), kernels::DType::kF32, info, nullptr);
-    auto t_sums = kernel->lamb_moments_tensors(t_master, t_states, grad, info);
-    ASSERT_TRUE(k_sums.has_value() && t_sums.has_value());
-    EXPECT_NEAR(t_sums->p_sq, k_sums->p_sq, 1e-9 * k_sums->p_sq);
-    EXPECT_NEAR(t_sums->u_sq, k_sums->u_sq, 1e-5 * k_sums->u_sq);
+    auto t_piece = kernel->lamb_moments_tensors(t_master, t_states, grad, info);
+    ASSERT_TRUE(k_sums.has_value() && t_piece.has_value());
+    LambNorms norms(1);  // the tensor form's sums come over through LambNorms
+    norms.add(0, *t_piece);
+    const kernels::LambSums t_sums = norms.settle()[0];
+    EXPECT_NEAR(t_sums.p_sq, k_sums->p_sq, 1e-9 * k_sums->p_sq);
+    EXPECT_NEAR(t_sums.u_sq, k_sums->u_sq, 1e-5 * k_sums->u_sq);
     const double ratio = kernel->lamb_ratio(*k_sums);
     ASSERT_TRUE(kernel->lamb_apply(n, k_master.data_ptr<float>(), {k_states[0].data_ptr(), k_states[1].data_ptr()},
                                    k_param.data_ptr(), kernels::DType::kBF16, info, ratio, nullptr));
@@ -152,6 +155,21 @@ TEST(TensorStep, LambPassesMatchTheFusedCpuKernels) {
   EXPECT_FALSE(kernel->run(n, k_master.data_ptr<float>(), {k_states[0].data_ptr(), k_states[1].data_ptr()},
                            master.data_ptr(), kernels::DType::kF32, nullptr, kernels::DType::kF32, {}, nullptr));
   EXPECT_FALSE(kernel->run_tensors(t_master, t_states, master, at::Tensor(), {}));
+}
+
+// LambNorms adds each parameter's pieces, from the kernels and from tensors, in one copy.
+TEST(TensorStep, LambNormsAddEachParametersPieces) {
+  LambNorms norms(3);
+  norms.add(0, kernels::LambSums{.p_sq = 1.0, .u_sq = 2.0});
+  norms.add(2, at::tensor({10.0, 20.0}, at::kDouble));
+  norms.add(0, at::tensor({0.5, 0.25}, at::kDouble));
+  const std::vector<kernels::LambSums>& sums = norms.settle();
+  ASSERT_EQ(sums.size(), 3u);
+  EXPECT_EQ(sums[0].p_sq, 1.5);
+  EXPECT_EQ(sums[0].u_sq, 2.25);
+  EXPECT_EQ(sums[1].p_sq, 0.0);
+  EXPECT_EQ(sums[2].u_sq, 20.0);
+  EXPECT_EQ(norms.settle()[2].p_sq, 10.0);  // settled once: nothing added twice
 }
 
 TEST(TensorStep, RefusesWhatTheKernelsRefuse) {
