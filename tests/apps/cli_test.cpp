@@ -150,7 +150,8 @@ TEST(Cli, EstimateCountsTheOptimizersStateTensors) {
   for (const auto& [flag, bytes, states] : {std::tuple{"", 12 * s, 2}, std::tuple{" --optimizer Adam", 12 * s, 2},
                                            std::tuple{" --optimizer lion", 8 * s, 1},
                                            std::tuple{" --optimizer Lion --bf16-state", 6 * s, 1},
-                                           std::tuple{" --optimizer SGD", 8 * s, 1}}) {
+                                           std::tuple{" --optimizer SGD", 8 * s, 1},
+                                           std::tuple{" --optimizer Lamb", 12 * s, 2}}) {
     auto r = run_command(base + flag + " 2>/dev/null");
     ASSERT_EQ(r.exit_code, 0) << flag << "\n" << r.output;
     const auto j = nlohmann::json::parse(r.output);
