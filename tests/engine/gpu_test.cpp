@@ -61,6 +61,12 @@ TEST(Gpu, Fp32ParityWithEverythingOnTheGpu) { run_on_gpu({"parity", "compute"});
 TEST(Gpu, Stages0To2WithTheStateOnTheGpu) {
   for (const char* stage : {"0", "1", "2"}) run_on_gpu({"parity", stage, "adamw", ""}, "zero_worker");
 }
+// Lamb (Note [Lamb's two passes]): its state on the GPU, stepped by ATen ops whose sums
+// stay on the GPU until one copy (LambNorms), and on host, stepped by the fused kernels
+// with the new shards going back to the GPU; against strata::engine::Lamb on the GPU.
+TEST(Gpu, LambWithTheStateOnTheGpuOrOnHost) {
+  for (const char* where : {"", "cpu"}) run_on_gpu({"parity", "2", "lamb", where}, "zero_worker");
+}
 TEST(Gpu, Stages1And2WithTheStateOnHostOrNvme) {
   for (const char* stage : {"1", "2"})
     for (const char* where : {"cpu", "nvme"}) run_on_gpu({"parity", stage, "adamw", where}, "zero_worker");
