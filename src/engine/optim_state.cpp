@@ -217,7 +217,7 @@ const at::Tensor& OptimStateHolder::grad(std::uint32_t c, std::uint32_t g) const
   return s.grad;
 }
 
-Status OptimStateHolder::release(std::uint32_t c, std::uint32_t g) {
+Status OptimStateHolder::release(std::uint32_t c, std::uint32_t g, Changed changed) {
   if (!on_nvme(c)) return ok();
   auto it = reading_.find(id(c, g));
   if (it == reading_.end()) return ok();
@@ -225,8 +225,13 @@ Status OptimStateHolder::release(std::uint32_t c, std::uint32_t g) {
   reading_.erase(it);
   s->grad = at::Tensor();  // stepped: the gradient is spent
   const auto ts = tensors(s->state);
-  for (std::uint32_t t = 0; t < ts.size(); ++t) s->io.push_back(core_.swap->put_async(optim_key(c, t, g), bytes_of(*ts[t])));
-  core_.account(Tier::kHost, Tier::kNvme, s->state.bytes());
+  std::uint64_t written = 0;
+  for (std::uint32_t t = 0; t < ts.size(); ++t) {
+    if (!(changed & (t == 0 ? kMaster : kStates))) continue;
+    s->io.push_back(core_.swap->put_async(optim_key(c, t, g), bytes_of(*ts[t])));
+    written += bytes_of(*ts[t]).size();
+  }
+  core_.account(Tier::kHost, Tier::kNvme, written);
   writing_.push_back(std::move(s));
   if (!core_.opt.optim_pipeline.write_behind) return wait_oldest_write();
   return ok();

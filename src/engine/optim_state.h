@@ -78,7 +78,12 @@ class OptimStateHolder {
   // sub-group's first element.
   Result<ShardState*> acquire(std::uint32_t c, std::uint32_t g = 0);
   const at::Tensor& grad(std::uint32_t c, std::uint32_t g) const;  // after acquire: its gradient read from nvme
-  Status release(std::uint32_t c, std::uint32_t g);  // after its step: nvme: start writing back
+  // After its step: nvme: start writing back. `changed`: what the step wrote, the master
+  // and (in StepKernel::state_names() order) the states; records of the others are
+  // left as they are (Lamb's first pass changes only the states, its second only the
+  // master: Note [Lamb's two passes]).
+  enum Changed : std::uint8_t { kMaster = 1, kStates = 2, kAll = kMaster | kStates };
+  Status release(std::uint32_t c, std::uint32_t g, Changed changed = kAll);
   Status flush();                                    // every write-back finished; the step is over
 
   // Chunk c's master when its state lives in memory (Note [shard from master]).

@@ -223,7 +223,8 @@ Status StepDriver::step_chunk(std::uint32_t c, double grad_scale) {
       STRATA_RETURN_IF_ERROR(step_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, out, grad_scale,
                                         tensor_ops, core_.pool.get(), &stepped, groups[g]));
     }
-    if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
+    // Lamb's second pass changed the master only (Note [Lamb's two passes]).
+    if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g, lamb ? OptimStateHolder::kMaster : OptimStateHolder::kAll));
   }
   if (!direct) staged_ = Staged{.chunk = c, .values = out, .stepped = std::move(stepped), .staging = std::move(staging)};
   grad_buffers_.give(std::move(grad_host));
@@ -259,7 +260,7 @@ Status StepDriver::lamb_first_pass(double grad_scale) {
           k.grads_on_nvme ? holder_.grad(c, g) : grads.narrow(0, groups[g].begin, groups[g].size());
       STRATA_RETURN_IF_ERROR(lamb_moments_shard(kernel_, *state, core_.chunks->slots(c), param_steps_, grad, grad_scale,
                                                 tensor_ops, core_.pool.get(), groups[g], norms));
-      if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g));
+      if (nvme) STRATA_RETURN_IF_ERROR(holder_.release(c, g, OptimStateHolder::kStates));  // m and v
     }
     grad_buffers_.give(std::move(grad_host));
   }

@@ -20,7 +20,8 @@
 // gradients), updates m and v, and sums each parameter's p^2 and u^2; one all-reduce
 // adds the ranks' sums, and each parameter's ratio follows. The second is the step ops
 // as for any optimizer, stepping each piece at its parameter's ratio and reading no
-// gradient. nvme state is read twice and written twice a step.
+// gradient. nvme state is read twice a step; each pass writes back only what it changed
+// (m and v, then the master), so the writes are AdamW's.
 // Per-parameter step counts follow torch::optim: a parameter that never had a gradient
 // is never stepped, and its elements are never written (Note [step writes only what it
 // computed]).
