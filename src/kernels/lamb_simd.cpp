@@ -8,6 +8,8 @@
 
 #include <hwy/highway.h>
 
+#include <type_traits>
+
 #include "kernels/simd_convert-inl.h"
 #include "kernels/step_args.h"
 
@@ -89,10 +91,15 @@ HWY_NOINLINE void LambMomentsRange(const detail::LambArgs& args, std::size_t beg
   auto body = [&](const float* w_p, const GT* g_p, ST* m_p, ST* v_p, SquareSums<decltype(d)>& sums) HWY_ATTR {
     const auto g = hn::Mul(LoadAsF32(d, G(), g_p), grad_scale);
     const auto w = hn::LoadU(d, w_p);
-    StoreFromF32(d, S(), hn::Add(hn::Mul(LoadAsF32(d, S(), m_p), beta1), hn::Mul(g, omb1)), m_p);
-    StoreFromF32(d, S(), hn::Add(hn::Mul(LoadAsF32(d, S(), v_p), beta2), hn::Mul(hn::Mul(g, omb2), g)), v_p);
-    // Read back: with bf16 states, the rounded values pass 2 will see.
-    sums.add(d, w, update(LoadAsF32(d, S(), m_p), LoadAsF32(d, S(), v_p), w));
+    auto m = hn::Add(hn::Mul(LoadAsF32(d, S(), m_p), beta1), hn::Mul(g, omb1));
+    auto v = hn::Add(hn::Mul(LoadAsF32(d, S(), v_p), beta2), hn::Mul(hn::Mul(g, omb2), g));
+    StoreFromF32(d, S(), m, m_p);
+    StoreFromF32(d, S(), v, v_p);
+    if constexpr (!std::is_same_v<S, F32>) {  // read back the rounded values pass 2 will see
+      m = LoadAsF32(d, S(), m_p);
+      v = LoadAsF32(d, S(), v_p);
+    }
+    sums.add(d, w, update(m, v, w));
   };
 
   const float* w = a.master;
